@@ -1,0 +1,48 @@
+# The two commands: `make run` (embedded default: SQLite, in-process timers, demo data)
+# and `make test` (PostgreSQL + Redis + SQLite, the whole suite). Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: run test lint typecheck check bench services clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/bpm db upgrade
+	$(BIN)/bpm demo load
+	$(BIN)/bpm serve --host $(HOST) --port $(PORT)
+
+services:
+	@bash scripts/services.sh
+
+test: $(DEV_STAMP) services
+	$(BIN)/python -m pytest
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: $(DEV_STAMP) services
+	$(BIN)/python bench/engine_throughput.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Everything that touches SpiffWorkflow's parser, specs and serializer."""

@@ -1,0 +1,160 @@
+"""The deploy linter: everything SpiffWorkflow would only discover at run time.
+
+SpiffWorkflow's own validation is XSD only; bad expressions, unquoted timer values and
+missing forms pass parsing and fail in production. Each finding names the file, line and
+element and says what to do. A deployment with any finding stores nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from typing import Any
+
+from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.bpmn.specs.mixins.exclusive_gateway import ExclusiveGateway
+from SpiffWorkflow.bpmn.specs.mixins.inclusive_gateway import InclusiveGateway
+from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
+from SpiffWorkflow.bpmn.specs.mixins.script_task import ScriptTask
+from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
+
+from engine.bpmn.parser import (
+    ParsedProcess,
+    RegistryServiceTask,
+    camunda_of,
+    check_timer_literal,
+    normalize_timers,
+)
+from engine.errors import ExpressionError, Problem
+from engine.expressions import SafeEvaluator
+from engine.service_tasks import ServiceRegistry
+
+DYNAMIC_GROUP_PREFIXES = ("branch:", "client:")
+_EXPRESSION_ATTRIBUTES = ("assignee", "dueDate", "followUpDate", "priority")
+
+
+def candidate_groups_of(task_spec: Any) -> list[str]:
+    camunda = camunda_of(task_spec)
+    raw = camunda.get("candidateGroups")
+    if raw:
+        return [g.strip() for g in raw.split(",") if g.strip()]
+    return [task_spec.lane] if task_spec.lane else []
+
+
+def _message_definitions(task_spec: Any) -> Iterator[MessageEventDefinition]:
+    definition = getattr(task_spec, "event_definition", None)
+    if isinstance(definition, MessageEventDefinition):
+        yield definition
+    for inner in getattr(definition, "event_definitions", []) or []:
+        if isinstance(inner, MessageEventDefinition):
+            yield inner
+
+
+def lint(
+    processes: list[ParsedProcess],
+    *,
+    forms: dict[str, Any],
+    evaluator: SafeEvaluator,
+    services: ServiceRegistry,
+    allow_scripts: bool,
+    known_groups: Collection[str] | None,
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for process in processes:
+        specs = [process.spec, *process.subprocess_specs.values()]
+
+        def report(element_id: str | None, message: str, process: ParsedProcess = process) -> None:
+            line = process.lines.get(element_id) if element_id else None
+            problems.append(Problem(process.source_file, line, element_id, message))
+
+        def check_expr(element_id: str, what: str, expression: str) -> None:
+            try:
+                evaluator.check(expression)
+            except ExpressionError as exc:
+                report(element_id, f"{what}: {exc.message}")
+
+        for task_spec, definition, text in normalize_timers(specs):
+            message = check_timer_literal(definition, text)
+            if message:
+                report(task_spec.bpmn_id, message)
+            elif text.strip().startswith(("${", "#{")):
+                check_expr(task_spec.bpmn_id, "timer expression", text)
+
+        for spec in specs:
+            for task_spec in spec.task_specs.values():
+                element = getattr(task_spec, "bpmn_id", None)
+                if element is None:
+                    continue  # SpiffWorkflow's internal Start/End/split specs
+                _lint_task(task_spec, element, report, check_expr, forms=forms, services=services,
+                           evaluator=evaluator, allow_scripts=allow_scripts,
+                           known_groups=known_groups)
+    return problems
+
+
+def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
+               forms: dict[str, Any], services: ServiceRegistry, evaluator: SafeEvaluator,
+               allow_scripts: bool, known_groups: Collection[str] | None) -> None:
+    scripts = []
+    if isinstance(task_spec, ScriptTask):
+        scripts.append(("script task", task_spec.script or ""))
+    for attr in ("prescript", "postscript"):
+        if getattr(task_spec, attr, None):
+            scripts.append((attr, getattr(task_spec, attr)))
+    for what, script in scripts:
+        if not allow_scripts:
+            report(element, f"{what}s are not allowed: diagrams may not run code. Ask a developer "
+                            "for a service task function, or enable BPM_ALLOW_SCRIPT_TASKS")
+            continue
+        try:
+            evaluator.check_script(script)
+        except ExpressionError as exc:
+            report(element, f"{what}: {exc.message}")
+
+    camunda = camunda_of(task_spec)
+    for attr in _EXPRESSION_ATTRIBUTES:
+        value = camunda.get(attr)
+        if value and value.strip().startswith(("${", "#{")):
+            check_expr(element, f"camunda:{attr}", value)
+
+    if isinstance(task_spec, UserTask):
+        form_key = camunda.get("formKey")
+        if not form_key:
+            report(element, "user task has no form: set camunda:formKey to a file name in "
+                            "the bundle's forms/ folder (without .json)")
+        elif form_key not in forms:
+            report(element, f"form {form_key!r} not found: add forms/{form_key}.json to the bundle")
+        groups = candidate_groups_of(task_spec)
+        if not groups and not camunda.get("assignee"):
+            report(element, "user task has no lane, camunda:candidateGroups or camunda:assignee: "
+                            "nobody could ever see it")
+        for group in groups:
+            if group.startswith(("${", "#{")):
+                check_expr(element, "candidate group", group)
+            elif group.startswith(DYNAMIC_GROUP_PREFIXES):
+                continue
+            elif known_groups is not None and group not in known_groups:
+                report(element, f"candidate group {group!r} does not exist: create it "
+                                "(bpm group create) or fix the lane/candidateGroups")
+
+    if isinstance(task_spec, (ExclusiveGateway, InclusiveGateway)):
+        for condition, _target in task_spec.cond_task_specs:
+            if condition is not None:
+                check_expr(element, "gateway condition", condition.args[0])
+
+    if isinstance(task_spec, RegistryServiceTask):
+        if task_spec.operation_name not in services:
+            report(element, f"service task function {task_spec.operation_name!r} is not "
+                            f"registered; known: {', '.join(services.names())}")
+        for name, expression in task_spec.operation_params.items():
+            check_expr(element, f"service parameter {name!r}", expression)
+
+    if isinstance(task_spec, LoopTask):
+        for attr in ("cardinality", "condition", "completion_condition"):
+            value = getattr(task_spec, attr, None)
+            if isinstance(value, str) and value:
+                check_expr(element, f"loop {attr}", value)
+
+    for definition in _message_definitions(task_spec):
+        if not definition.name:
+            report(element, "message event has no message with a name: set messageRef")
+        for prop in definition.correlation_properties:
+            check_expr(element, f"correlation property {prop.name!r}", prop.retrieval_expression)

@@ -1,0 +1,312 @@
+"""Reading diagrams: hostile-XML-safe parsing, Camunda attributes, one spec per process.
+
+Process owners draw in the product's modeler or in Camunda Modeler, so the contract is
+Camunda 7's extension attributes (``camunda:candidateGroups``, ``camunda:assignee``,
+``camunda:formKey``, ``camunda:dueDate``, ``camunda:followUpDate``, ``camunda:priority``,
+``camunda:properties``, and ``camunda:topic`` on external service tasks). SpiffWorkflow's
+parser ignores them; the task parsers below copy them into ``task_spec.extensions``, which
+SpiffWorkflow serializes with the spec.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+from SpiffWorkflow.bpmn.parser.BpmnParser import full_tag
+from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
+from SpiffWorkflow.bpmn.specs.bpmn_process_spec import BpmnProcessSpec
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import (
+    CycleTimerEventDefinition,
+    DurationTimerEventDefinition,
+    TimeDateEventDefinition,
+    TimerEventDefinition,
+)
+from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
+from SpiffWorkflow.spiff.parser.task_spec import SpiffTaskParser
+from SpiffWorkflow.spiff.specs.defaults import ManualTask, NoneTask, ServiceTask, UserTask
+
+from engine.errors import Problem
+from engine.expressions import unwrap
+
+CAMUNDA_NS = "http://camunda.org/schema/1.0/bpmn"
+_CAMUNDA_TASK_ATTRIBUTES = (
+    "assignee", "candidateGroups", "candidateUsers", "formKey", "dueDate", "followUpDate",
+    "priority",
+)
+MAX_BPMN_BYTES = 5 * 1024 * 1024
+
+
+class RegistryServiceTask(ServiceTask):  # type: ignore[misc]
+    """A service task that calls a registered Python function (see engine.service_tasks).
+
+    The result is merged into the task data, or stored under ``camunda:resultVariable``.
+    """
+
+    def _execute(self, my_task: Any) -> bool:
+        service = self.extensions.get("service", {})
+        params = {k: {"value": v, "type": "any"} for k, v in self.evaluate_params(my_task).items()}
+        result = my_task.workflow.script_engine.call_service(
+            my_task, operation_name=self.operation_name, operation_params=params
+        )
+        if service.get("result_variable"):
+            my_task.data[service["result_variable"]] = result
+        elif isinstance(result, dict):
+            my_task.data.update(result)
+        return True
+
+    def evaluate_params(self, my_task: Any) -> dict[str, Any]:
+        engine = my_task.workflow.script_engine
+        return {name: engine.evaluate(my_task, expr) for name, expr in self.operation_params.items()}
+
+
+def camunda_of(task_spec: Any) -> dict[str, str]:
+    """The Camunda attributes a task parser kept (empty for SpiffWorkflow's own specs)."""
+    return (getattr(task_spec, "extensions", None) or {}).get("camunda", {})
+
+
+def _camunda_attributes(node: etree._Element) -> dict[str, str]:
+    return {
+        name: node.get(f"{{{CAMUNDA_NS}}}{name}")
+        for name in _CAMUNDA_TASK_ATTRIBUTES
+        if node.get(f"{{{CAMUNDA_NS}}}{name}") is not None
+    }
+
+
+def _camunda_properties(node: etree._Element) -> dict[str, str]:
+    props = node.xpath(
+        "./bpmn:extensionElements/camunda:properties/camunda:property",
+        namespaces={"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL", "camunda": CAMUNDA_NS},
+    )
+    return {p.get("name"): p.get("value", "") for p in props if p.get("name")}
+
+
+class CamundaTaskParser(SpiffTaskParser):  # type: ignore[misc]
+    """Adds Camunda attributes and properties to SpiffWorkflow's extensions."""
+
+    def parse_extensions(self, node: etree._Element | None = None) -> dict[str, Any]:
+        node = self.node if node is None else node
+        extensions: dict[str, Any] = SpiffTaskParser._parse_extensions(node)
+        camunda = _camunda_attributes(node)
+        if camunda:
+            extensions["camunda"] = camunda
+        properties = _camunda_properties(node)
+        if properties:
+            extensions.setdefault("properties", {}).update(properties)
+        return extensions
+
+
+class RegistryServiceTaskParser(CamundaTaskParser):
+    def create_task(self) -> Any:
+        topic = self.node.get(f"{{{CAMUNDA_NS}}}topic")
+        if not topic:
+            raise ValidationException(
+                "a service task must name a registered function with "
+                'camunda:type="external" camunda:topic="<name>"',
+                node=self.node, file_name=self.filename,
+            )
+        params = {}
+        for param in self.xpath(
+            "./bpmn:extensionElements/camunda:inputOutput/camunda:inputParameter"
+        ):
+            params[param.get("name")] = (param.text or "").strip()
+        return self.spec_class(
+            self.spec, self.bpmn_id, operation_name=topic, operation_params=params,
+            result_variable=self.node.get(f"{{{CAMUNDA_NS}}}resultVariable") or "",
+            **self.bpmn_attributes,
+        )
+
+    def parse_extensions(self, node: etree._Element | None = None) -> dict[str, Any]:
+        extensions = super().parse_extensions(node)
+        extensions["service"] = {
+            "topic": self.node.get(f"{{{CAMUNDA_NS}}}topic"),
+            "result_variable": self.node.get(f"{{{CAMUNDA_NS}}}resultVariable"),
+        }
+        return extensions
+
+
+class ProductParser(SpiffBpmnParser):  # type: ignore[misc]
+    OVERRIDE_PARSER_CLASSES = dict(SpiffBpmnParser.OVERRIDE_PARSER_CLASSES)
+    OVERRIDE_PARSER_CLASSES.update({
+        full_tag("userTask"): (CamundaTaskParser, UserTask),
+        full_tag("task"): (CamundaTaskParser, NoneTask),
+        full_tag("manualTask"): (CamundaTaskParser, ManualTask),
+        full_tag("serviceTask"): (RegistryServiceTaskParser, RegistryServiceTask),
+    })
+
+    def __init__(self) -> None:
+        namespaces = dict(SpiffBpmnParser().namespaces)
+        namespaces["camunda"] = CAMUNDA_NS
+        super().__init__(namespaces=namespaces, validator=VALIDATOR)
+
+
+# -- XML ----------------------------------------------------------------------------------
+_SAFE_XML = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+    huge_tree=False, remove_pis=True,
+)
+
+
+def parse_xml(data: bytes, filename: str) -> etree._ElementTree:
+    """Parse untrusted XML: no DTD, no entities, no network, bounded size.
+
+    A DOCTYPE has no place in BPMN; refusing it outright closes the XML-bomb and
+    external-entity doors whatever lxml's defaults become.
+    """
+    if len(data) > MAX_BPMN_BYTES:
+        raise _problem(filename, None, None, f"file is larger than {MAX_BPMN_BYTES} bytes")
+    try:
+        tree = etree.ElementTree(etree.fromstring(data, parser=_SAFE_XML))
+    except etree.XMLSyntaxError as exc:
+        raise _problem(filename, exc.lineno, None, f"not well-formed XML: {exc.msg}") from None
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise _problem(filename, 1, None, "DOCTYPE declarations are not allowed in BPMN files")
+    return tree
+
+
+class ParseFailure(Exception):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.format())
+        self.problem = problem
+
+
+def _problem(file: str, line: int | None, element: str | None, message: str) -> ParseFailure:
+    return ParseFailure(Problem(file=file, line=line, element_id=element, message=message))
+
+
+# -- Specs --------------------------------------------------------------------------------
+@dataclass
+class ParsedProcess:
+    key: str
+    name: str | None
+    source_file: str
+    xml: str
+    spec: BpmnProcessSpec
+    subprocess_specs: dict[str, BpmnProcessSpec]
+    lines: dict[str, int] = field(default_factory=dict)
+
+
+def element_lines(tree: etree._ElementTree) -> dict[str, int]:
+    return {el.get("id"): el.sourceline for el in tree.iter() if isinstance(el.tag, str)
+            and el.get("id")}
+
+
+def parse_files(files: dict[str, bytes]) -> tuple[list[ParsedProcess], list[Problem]]:
+    """Parse every file of a bundle together (call activities may cross files)."""
+    parser = ProductParser()
+    problems: list[Problem] = []
+    trees: dict[str, etree._ElementTree] = {}
+    for filename, data in sorted(files.items()):
+        try:
+            tree = parse_xml(data, filename)
+            parser.add_bpmn_xml(tree, filename=filename)
+            trees[filename] = tree
+        except ParseFailure as exc:
+            problems.append(exc.problem)
+        except ValidationException as exc:
+            problems.append(_validation_problem(exc, filename))
+        except Exception as exc:  # noqa: BLE001 - the library crashes on odd input
+            # SpiffWorkflow raises TypeError/KeyError on some valid-but-unusual BPMN; the
+            # author still needs a located, readable message rather than a stack trace.
+            problems.append(Problem(filename, None, None,
+                                    f"cannot parse: {type(exc).__name__}: {exc}"))
+    if problems:
+        return [], problems
+
+    processes: list[ParsedProcess] = []
+    for process_id in parser.get_process_ids():
+        process_parser = parser.get_process_parser(process_id)
+        filename = process_parser.filename
+        if process_parser.node.tag != full_tag("process"):
+            continue  # an embedded subprocess: part of its parent's spec
+        try:
+            spec = parser.get_spec(process_id)
+            subprocess_specs = parser.get_subprocess_specs(process_id)
+        except ValidationException as exc:
+            problems.append(_validation_problem(exc, filename))
+            continue
+        except Exception as exc:  # noqa: BLE001 - see above
+            problems.append(Problem(filename, None, process_id,
+                                    f"cannot build the process: {type(exc).__name__}: {exc}"))
+            continue
+        tree = trees[filename]
+        processes.append(ParsedProcess(
+            key=process_id,
+            name=process_parser.node.get("name"),
+            source_file=filename,
+            xml=files[filename].decode("utf-8"),
+            spec=spec,
+            subprocess_specs=subprocess_specs,
+            lines=element_lines(tree),
+        ))
+    if not processes and not problems:
+        problems.append(Problem(sorted(files)[0] if files else "-", None, None,
+                                "no executable process (isExecutable=\"true\") found"))
+    return processes, problems
+
+
+def _validation_problem(exc: ValidationException, filename: str) -> Problem:
+    line = exc.line_number if isinstance(exc.line_number, int) else None
+    message = str(exc).split("\n")[0]
+    message = re.sub(r"\s+", " ", message).strip()
+    return Problem(exc.file_name or filename, line, exc.id or None, message)
+
+
+# -- Timer values -------------------------------------------------------------------------
+def normalize_timers(specs: list[BpmnProcessSpec]) -> list[tuple[Any, TimerEventDefinition, str]]:
+    """Turn Camunda-style timer text into SpiffWorkflow expressions, in place.
+
+    Camunda Modeler writes ``PT4H``; SpiffWorkflow evaluates the text as an expression and
+    needs ``"PT4H"``. Text wrapped in ``${…}`` is an expression; anything else is a literal.
+    Run once, on freshly parsed specs (the stored spec holds the normalized text). Returns (task spec, definition, original text) for the linter.
+    """
+    found = []
+    for spec in specs:
+        for task_spec in spec.task_specs.values():
+            for definition in _timer_definitions(task_spec):
+                original = definition.expression or ""
+                definition.expression = _timer_expression(original)
+                found.append((task_spec, definition, original))
+    return found
+
+
+def _timer_definitions(task_spec: Any) -> list[TimerEventDefinition]:
+    definition = getattr(task_spec, "event_definition", None)
+    if definition is None:
+        return []
+    if isinstance(definition, TimerEventDefinition):
+        return [definition]
+    return [d for d in getattr(definition, "event_definitions", []) if isinstance(d, TimerEventDefinition)]
+
+
+def _timer_expression(text: str) -> str:
+    stripped = text.strip()
+    if stripped.startswith(("${", "#{")):
+        return unwrap(stripped)
+    if stripped[:1] in ("'", '"'):
+        return stripped
+    return repr(stripped)
+
+
+def check_timer_literal(definition: TimerEventDefinition, text: str) -> str | None:
+    """Return a message if a literal timer value is not valid ISO 8601, else None."""
+    stripped = text.strip().strip("'\"")
+    if text.strip().startswith(("${", "#{")):
+        return None
+    try:
+        if isinstance(definition, DurationTimerEventDefinition):
+            TimerEventDefinition.parse_iso_duration(stripped)
+        elif isinstance(definition, CycleTimerEventDefinition):
+            TimerEventDefinition.parse_iso_recurring_interval(stripped)
+        elif isinstance(definition, TimeDateEventDefinition):
+            from datetime import datetime
+            parsed = datetime.fromisoformat(stripped)
+            if parsed.tzinfo is None:
+                return (f"timer date {stripped!r} has no UTC offset; write it as "
+                        f"{stripped}+08:00 (or Z)")
+    except Exception:  # noqa: BLE001 - SpiffWorkflow raises bare Exception for bad ISO text
+        return (f"timer value {stripped!r} is not ISO 8601 (examples: PT4H, P15D, "
+                "R3/PT1H, 2026-12-01T09:00:00+08:00); wrap an expression in ${...}")
+    return None

@@ -1,0 +1,122 @@
+"""Deployment bundles: one or more ``.bpmn`` files plus the ``forms/*.json`` they use.
+
+A process owner ships a diagram with its forms, as a directory or a zip. Zips are read
+defensively (entry count and total size are bounded; paths never touch the disk).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from engine.errors import Problem
+
+MAX_ZIP_ENTRIES = 500
+MAX_ZIP_BYTES = 20 * 1024 * 1024
+
+
+@dataclass
+class Bundle:
+    name: str
+    bpmn: dict[str, bytes] = field(default_factory=dict)
+    forms: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def add_file(self, relative: str, data: bytes) -> None:
+        path = PurePosixPath(relative)
+        if path.suffix == ".bpmn":
+            self.bpmn[relative] = data
+        elif path.suffix == ".json" and path.parent.name == "forms":
+            self._add_form(relative, path.stem, data)
+
+    def _add_form(self, relative: str, key: str, data: bytes) -> None:
+        try:
+            schema = json.loads(data)
+            Draft202012Validator.check_schema(schema)
+        except json.JSONDecodeError as exc:
+            self.problems.append(Problem(relative, exc.lineno, None, f"form is not JSON: {exc.msg}"))
+            return
+        except SchemaError as exc:
+            self.problems.append(Problem(relative, None, None,
+                                         f"form is not a valid JSON Schema: {exc.message}"))
+            return
+        self.forms[key] = schema
+
+    def merge(self, other: "Bundle") -> None:
+        self.bpmn.update(other.bpmn)
+        self.forms.update(other.forms)
+        self.problems.extend(other.problems)
+
+
+def from_directory(directory: Path) -> Bundle:
+    bundle = Bundle(name=directory.name)
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and (path.suffix == ".bpmn" or path.parent.name == "forms"):
+            bundle.add_file(path.relative_to(directory).as_posix(), path.read_bytes())
+    return bundle
+
+
+def from_zip(data: bytes, name: str) -> Bundle:
+    bundle = Bundle(name=name)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        bundle.problems.append(Problem(name, None, None, "not a zip file"))
+        return bundle
+    entries = [info for info in archive.infolist() if not info.is_dir()]
+    if len(entries) > MAX_ZIP_ENTRIES:
+        bundle.problems.append(Problem(name, None, None, f"more than {MAX_ZIP_ENTRIES} files"))
+        return bundle
+    if sum(info.file_size for info in entries) > MAX_ZIP_BYTES:
+        bundle.problems.append(Problem(name, None, None,
+                                       f"more than {MAX_ZIP_BYTES} bytes uncompressed"))
+        return bundle
+    for info in entries:
+        relative = info.filename.lstrip("/")
+        if ".." in PurePosixPath(relative).parts:
+            bundle.problems.append(Problem(name, None, None, f"unsafe path {info.filename!r}"))
+            continue
+        # Bounded read: the declared size may lie in a crafted archive.
+        with archive.open(info) as handle:
+            content = handle.read(MAX_ZIP_BYTES + 1)
+        if len(content) > MAX_ZIP_BYTES:
+            bundle.problems.append(Problem(name, None, None, "archive entry too large"))
+            return bundle
+        bundle.add_file(_strip_top_folder(relative, entries), content)
+    return bundle
+
+
+def _strip_top_folder(relative: str, entries: list[zipfile.ZipInfo]) -> str:
+    """Zips made by "compress folder" put everything under one top folder; ignore it."""
+    tops = {PurePosixPath(i.filename).parts[0] for i in entries if len(PurePosixPath(i.filename).parts) > 1}
+    singles = [i for i in entries if len(PurePosixPath(i.filename).parts) == 1]
+    if len(tops) == 1 and not singles:
+        return PurePosixPath(*PurePosixPath(relative).parts[1:]).as_posix()
+    return relative
+
+
+def from_paths(paths: list[Path]) -> Bundle:
+    """Directories, zips or single ``.bpmn`` files (with ``forms/`` beside them)."""
+    bundle = Bundle(name=", ".join(p.name for p in paths))
+    for path in paths:
+        if path.is_dir():
+            bundle.merge(from_directory(path))
+        elif path.suffix == ".zip":
+            bundle.merge(from_zip(path.read_bytes(), path.name))
+        elif path.suffix == ".bpmn" and path.is_file():
+            bundle.add_file(path.name, path.read_bytes())
+            forms_dir = path.parent / "forms"
+            if forms_dir.is_dir():
+                for form in sorted(forms_dir.glob("*.json")):
+                    bundle.add_file(f"forms/{form.name}", form.read_bytes())
+        else:
+            bundle.problems.append(Problem(str(path), None, None,
+                                           "not a directory, .zip or .bpmn file"))
+    return bundle

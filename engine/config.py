@@ -1,0 +1,98 @@
+"""Settings from environment variables, checked at start.
+
+A bad value stops the process with a message naming the variable, instead of failing
+later inside a request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+from engine.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB_PATH = PROJECT_ROOT / "var" / "bpm.sqlite3"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str | None
+    secret_key: str
+    allow_script_tasks: bool = False
+    expression_timeout_ms: int = 100
+    workflows_dir: Path = PROJECT_ROOT / "workflows"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        database_url = env.get("BPM_DATABASE_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
+        _check_database_url(database_url)
+        redis_url = env.get("BPM_REDIS_URL") or None
+        if redis_url is not None:
+            _check_redis_url(redis_url)
+        secret_key = env.get("BPM_SECRET_KEY") or "dev-only-not-secret"
+        if env.get("BPM_SECRET_KEY") is not None and len(secret_key) < 16:
+            raise ConfigError("BPM_SECRET_KEY must be at least 16 characters long")
+        return cls(
+            database_url=database_url,
+            redis_url=redis_url,
+            secret_key=secret_key,
+            allow_script_tasks=_bool(env, "BPM_ALLOW_SCRIPT_TASKS", False),
+            expression_timeout_ms=_int(env, "BPM_EXPRESSION_TIMEOUT_MS", 100, minimum=1),
+        )
+
+
+def _check_database_url(url: str) -> None:
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        return
+    if scheme in ("postgresql", "postgresql+psycopg"):
+        if not urlparse(url).hostname and "host=" not in url:
+            raise ConfigError(f"BPM_DATABASE_URL has no host: {url!r}")
+        return
+    raise ConfigError(
+        f"BPM_DATABASE_URL must start with sqlite:/// or postgresql+psycopg://, got {url!r}"
+    )
+
+
+def _check_redis_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss", "unix") or (
+        parsed.scheme != "unix" and not parsed.hostname
+    ):
+        raise ConfigError(f"BPM_REDIS_URL must look like redis://host:6379/0, got {url!r}")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value

@@ -1,0 +1,126 @@
+"""Database plumbing: engine, sessions, the unit of work, portable column types.
+
+Services receive a ``Session`` and never commit. The entry point (an HTTP request, a CLI
+command, a job) opens one unit of work with :meth:`Database.transaction`, which commits once
+and then runs the side effects registered with :func:`after_commit` (enqueueing jobs,
+sending notifications) so nothing leaves the process for a change that was rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, create_engine, event
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+_AFTER_COMMIT = "bpm_after_commit"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes on every backend.
+
+    PostgreSQL keeps the offset itself; SQLite stores text without one, so values are
+    normalised to UTC on the way in and marked UTC on the way out. Naive values are refused:
+    they are the classic source of eight-hour errors in Asia/Shanghai.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, **kwargs)
+        _serialize_sqlite_writers(engine)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def _serialize_sqlite_writers(engine: Engine) -> None:
+    """Make every SQLite transaction ``BEGIN IMMEDIATE``.
+
+    SQLite has no ``SELECT … FOR UPDATE``. Taking the write lock when the transaction begins
+    gives the embedded default the same guarantee as the row lock on PostgreSQL: two
+    changes to one instance never interleave. pysqlite's own transaction handling is turned
+    off so that this BEGIN is the only one.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the entry point's transaction has committed."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+class Database:
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = url
+        self.engine = make_engine(url, **engine_kwargs)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: commit on success, roll back on any error, then side effects."""
+        session = self.sessions()
+        try:
+            yield session
+            session.commit()
+            callbacks = session.info.pop(_AFTER_COMMIT, [])
+        except BaseException:
+            session.rollback()
+            session.info.pop(_AFTER_COMMIT, None)
+            raise
+        finally:
+            session.close()
+        for callback in callbacks:
+            callback()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,148 @@
+"""One exception hierarchy for the whole engine.
+
+Every error carries a stable machine-readable ``code``; adapters map the classes to their
+own vocabulary in one place (``api/errors.py`` for HTTP, ``api/cli.py`` for exit codes).
+The engine never raises HTTP errors itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class BpmError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ConfigError(BpmError):
+    code = "config_invalid"
+
+
+# -- not found ---------------------------------------------------------------------------
+class NotFound(BpmError):
+    code = "not_found"
+
+
+class ProcessNotFound(NotFound):
+    code = "process_not_found"
+
+
+class InstanceNotFound(NotFound):
+    code = "instance_not_found"
+
+
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+class MessageNotCorrelated(NotFound):
+    """Nobody waits for this message with this key; nothing was changed."""
+
+    code = "message_not_correlated"
+
+
+# -- who is asking -----------------------------------------------------------------------
+class AuthenticationFailed(BpmError):
+    code = "unauthenticated"
+
+
+class PermissionDenied(BpmError):
+    code = "forbidden"
+
+
+class NotCandidate(PermissionDenied):
+    code = "not_candidate"
+
+
+class NotAssignee(PermissionDenied):
+    code = "not_assignee"
+
+
+# -- state conflicts ---------------------------------------------------------------------
+class Conflict(BpmError):
+    code = "conflict"
+
+
+class TaskNotOpen(Conflict):
+    """The task was completed or cancelled, typically by a concurrent request."""
+
+    code = "task_not_open"
+
+
+class TaskAlreadyClaimed(Conflict):
+    code = "task_claimed"
+
+
+class InstanceNotRunning(Conflict):
+    code = "instance_not_running"
+
+
+class DuplicateBusinessKey(Conflict):
+    code = "duplicate_business_key"
+
+
+class AmbiguousCorrelation(Conflict):
+    code = "message_ambiguous"
+
+
+# -- bad input ---------------------------------------------------------------------------
+class InvalidInput(BpmError):
+    code = "invalid_input"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class FormValidationError(InvalidInput):
+    code = "form_invalid"
+
+    def __init__(self, message: str, errors: list[FieldError]) -> None:
+        super().__init__(message, errors=[e.__dict__ for e in errors])
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One deploy-lint finding, located so a process owner can fix it."""
+
+    file: str
+    line: int | None
+    element_id: str | None
+    message: str
+
+    def format(self) -> str:
+        where = f"{self.file}:{self.line if self.line is not None else 0}"
+        return f"{where} {self.element_id or '-'}: {self.message}"
+
+
+class DeploymentRejected(InvalidInput):
+    """Lint or parse problems; nothing was stored."""
+
+    code = "deployment_invalid"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(
+            f"deployment rejected: {len(problems)} problem(s)",
+            problems=[p.__dict__ for p in problems],
+        )
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return "\n".join(p.format() for p in self.problems)
+
+
+class ExpressionError(InvalidInput):
+    code = "expression_invalid"

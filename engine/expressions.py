@@ -1,0 +1,186 @@
+"""The safe evaluator: the only way diagram text is turned into values.
+
+BPMN is written by process owners, not developers, so SpiffWorkflow's default script engine
+(``eval``/``exec`` with full builtins) must never run. Every gateway condition, timer value,
+assignment expression, correlation expression and multi-instance expression goes through
+:class:`SafeEvaluator`, which is simpleeval with the attack surface cut down further:
+
+* names resolve only to the task's data and a short list of pure functions;
+* attribute access is refused except dotted access into dicts (``client.tier``) and a few
+  string/dict methods; no dunders, no ``format``, no object graph to climb;
+* exponents and sequence sizes are bounded, and a wall-clock budget stops evaluation that
+  runs too long (``BPM_EXPRESSION_TIMEOUT_MS``).
+
+Script tasks are refused at deploy unless ``BPM_ALLOW_SCRIPT_TASKS`` is set, and even then a
+script may only be a sequence of ``name = expression`` lines evaluated by the same evaluator.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import operator
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import simpleeval
+
+from engine.errors import ExpressionError
+
+MAX_EXPRESSION_LENGTH = 2000
+MAX_EXPONENT = 256
+_WRAPPED = re.compile(r"^\s*[$#]\{(?P<body>.*)\}\s*$", re.DOTALL)
+
+_SAFE_METHODS: dict[type, frozenset[str]] = {
+    str: frozenset(
+        {"startswith", "endswith", "lower", "upper", "strip", "lstrip", "rstrip", "split",
+         "replace", "isdigit"}
+    ),
+    dict: frozenset({"get", "keys", "values", "items"}),
+    list: frozenset({"count", "index"}),
+}
+
+
+def unwrap(expression: str) -> str:
+    """Strip a Camunda-style ``${…}`` wrapper; expressions may be written with or without it."""
+    match = _WRAPPED.match(expression)
+    return match.group("body").strip() if match else expression.strip()
+
+
+def _safe_pow(a: Any, b: Any) -> Any:
+    if isinstance(b, (int, float)) and abs(b) > MAX_EXPONENT:
+        raise ExpressionError(f"exponent {b} is larger than {MAX_EXPONENT}")
+    return operator.pow(a, b)
+
+
+def _date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    return date.fromisoformat(str(value))
+
+
+def _datetime(value: Any) -> datetime:
+    parsed = datetime.fromisoformat(str(value))
+    if parsed.tzinfo is None:
+        raise ExpressionError(f"datetime {value!r} has no UTC offset")
+    return parsed
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "len": len, "min": min, "max": max, "abs": abs, "round": round, "sum": sum,
+    "any": any, "all": all, "sorted": sorted, "int": int, "float": float, "str": str,
+    "bool": bool, "date": _date, "datetime": _datetime,
+    "days": lambda n: timedelta(days=n), "hours": lambda n: timedelta(hours=n),
+    "minutes": lambda n: timedelta(minutes=n),
+}
+
+
+class _Evaluator(simpleeval.EvalWithCompoundTypes):  # type: ignore[misc]
+    def __init__(self, names: Mapping[str, Any], deadline: float) -> None:
+        operators = dict(simpleeval.DEFAULT_OPERATORS)
+        operators[ast.Pow] = _safe_pow
+        super().__init__(operators=operators, functions=FUNCTIONS, names=dict(names))
+        self._deadline = deadline
+
+    def _eval(self, node: ast.AST) -> Any:
+        if time.monotonic() > self._deadline:
+            raise ExpressionError("expression took too long and was stopped")
+        return super()._eval(node)
+
+    def _eval_attribute(self, node: ast.Attribute) -> Any:
+        if node.attr.startswith("_"):
+            raise ExpressionError(f"access to {node.attr!r} is not allowed")
+        value = self._eval(node.value)
+        if isinstance(value, dict) and node.attr in value:
+            return value[node.attr]
+        allowed = _SAFE_METHODS.get(type(value), frozenset())
+        if node.attr in allowed:
+            return getattr(value, node.attr)
+        raise ExpressionError(
+            f"attribute {node.attr!r} is not available on {type(value).__name__}"
+        )
+
+    def _eval_name(self, node: ast.Name) -> Any:
+        try:
+            return super()._eval_name(node)
+        except simpleeval.NameNotDefined:
+            raise ExpressionError(f"name {node.id!r} is not defined") from None
+
+
+class SafeEvaluator:
+    def __init__(self, *, timeout_ms: int = 100) -> None:
+        self.timeout = timeout_ms / 1000.0
+
+    def check(self, expression: str) -> None:
+        """Parse-only check used by the deploy linter: syntax and forbidden constructs."""
+        body = unwrap(expression)
+        if len(body) > MAX_EXPRESSION_LENGTH:
+            raise ExpressionError(f"expression is longer than {MAX_EXPRESSION_LENGTH} characters")
+        try:
+            tree = ast.parse(body, mode="eval")
+        except SyntaxError as exc:
+            raise ExpressionError(f"syntax error in {body!r}: {exc.msg}") from None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                raise ExpressionError(f"access to {node.attr!r} is not allowed")
+            if isinstance(node, ast.Name) and node.id.startswith("__"):
+                raise ExpressionError(f"name {node.id!r} is not allowed")
+            if isinstance(node, (ast.Lambda, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)):
+                raise ExpressionError(f"{type(node).__name__} is not allowed in expressions")
+
+    def evaluate(self, expression: str, names: Mapping[str, Any]) -> Any:
+        self.check(expression)
+        evaluator = _Evaluator(names, time.monotonic() + self.timeout)
+        try:
+            return evaluator.eval(unwrap(expression))
+        except ExpressionError:
+            raise
+        except simpleeval.InvalidExpression as exc:
+            raise ExpressionError(f"{unwrap(expression)!r}: {exc}") from None
+        except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError,
+                AttributeError) as exc:
+            raise ExpressionError(f"{unwrap(expression)!r}: {type(exc).__name__}: {exc}") from None
+
+    # -- restricted scripts (only when BPM_ALLOW_SCRIPT_TASKS is on) ----------------------
+    def check_script(self, script: str) -> list[tuple[str, str]]:
+        """A script is a list of ``name = expression`` lines; anything else is refused."""
+        try:
+            tree = ast.parse(script or "", mode="exec")
+        except SyntaxError as exc:
+            raise ExpressionError(f"syntax error on line {exc.lineno}: {exc.msg}") from None
+        assignments = []
+        for stmt in tree.body:
+            if not (
+                isinstance(stmt, ast.Assign)
+                and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)
+                and not stmt.targets[0].id.startswith("_")
+            ):
+                raise ExpressionError(
+                    f"line {stmt.lineno}: scripts may only assign expressions to names "
+                    "(name = expression)"
+                )
+            source = ast.get_source_segment(script, stmt.value) or ""
+            self.check(source)
+            assignments.append((stmt.targets[0].id, source))
+        return assignments
+
+    def run_script(self, script: str, data: dict[str, Any]) -> None:
+        for name, source in self.check_script(script):
+            data[name] = self.evaluate(source, data)
+
+
+def json_safe(value: Any) -> Any:
+    """Round-trip through JSON so task data stays serializable (datetimes become text)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -1,0 +1,141 @@
+"""Starting, reading, cancelling and retrying process instances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from SpiffWorkflow.bpmn.util import BpmnEvent
+from SpiffWorkflow.util.task import TaskState
+
+from engine.deployments import get_latest
+from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied
+from engine.expressions import json_safe
+from engine.identity import SUPERVISOR, Actor
+from engine.models import AuditEvent, ProcessInstance
+from engine.runtime import (
+    CANCELLED,
+    FAILED,
+    RUNNING,
+    Runtime,
+    audit,
+    locked_instance,
+    run_and_save,
+    save,
+)
+
+
+def start(session: Session, rt: Runtime, *, process_key: str, business_key: str, actor: Actor,
+          data: dict[str, Any] | None = None, client_id: str | None = None,
+          branch_code: str | None = None, message: tuple[str, dict[str, Any]] | None = None,
+          ) -> ProcessInstance:
+    """Start the latest version of ``process_key``. ``message`` (name, payload) triggers a
+    message start event instead of the none start event."""
+    if not business_key or len(business_key) > 128:
+        raise InvalidInput("business_key is required (at most 128 characters)")
+    data = json_safe(data or {})
+    version = get_latest(session, process_key)
+    exists = session.execute(
+        select(ProcessInstance.id).where(ProcessInstance.process_key == process_key,
+                                         ProcessInstance.business_key == business_key)
+    ).first()
+    if exists:
+        raise DuplicateBusinessKey(
+            f"{process_key} already has an instance with business key {business_key!r}",
+            instance_id=exists[0],
+        )
+    now = rt.now()
+    workflow = rt.new_workflow(session, version.id)
+    start_task = workflow.get_next_task(spec_name="Start")
+    # Scripts and conditions read task data, not workflow.data: seed the Start task.
+    start_task.data.update(data)
+    instance = ProcessInstance(
+        process_version_id=version.id, process_key=process_key, business_key=business_key,
+        status=RUNNING, client_id=client_id or data.get("client_id"),
+        branch_code=branch_code or data.get("branch_code"), state=b"", projected={},
+        started_by=actor.username, started_at=now, updated_at=now, audit_seq=0, audit_head="",
+    )
+    session.add(instance)
+    session.flush()
+    audit(session, rt, instance, "instance.started", actor, process_key=process_key,
+          version=version.version, business_key=business_key, data=data)
+    if message is not None:
+        workflow.do_engine_steps()
+        name, payload = message
+        _deliver_start_message(workflow, name, json_safe(payload))
+        audit(session, rt, instance, "message.received", actor, message=name, payload=payload)
+    run_and_save(session, rt, instance, workflow, actor=actor)
+    return instance
+
+
+def _deliver_start_message(workflow: Any, name: str, payload: dict[str, Any]) -> None:
+    for task in workflow.get_tasks(state=TaskState.WAITING):
+        definition = getattr(task.task_spec, "event_definition", None)
+        if definition is not None and getattr(definition, "name", None) == name:
+            correlations = definition.get_correlations(task, payload) if hasattr(definition, "get_correlations") else {}
+            workflow.send_event(BpmnEvent(definition, payload, correlations))
+            return
+    raise InvalidInput(f"the process has no start event for message {name!r}")
+
+
+def get(session: Session, instance_id: int) -> ProcessInstance:
+    instance = session.get(ProcessInstance, instance_id)
+    if instance is None:
+        raise InstanceNotFound(f"no instance {instance_id}")
+    return instance
+
+
+def get_all(session: Session, *, process_key: str | None = None, status: str | None = None,
+            business_key: str | None = None, limit: int = 50, offset: int = 0) -> list[ProcessInstance]:
+    query = select(ProcessInstance).order_by(ProcessInstance.id.desc()).limit(limit).offset(offset)
+    if process_key:
+        query = query.where(ProcessInstance.process_key == process_key)
+    if status:
+        query = query.where(ProcessInstance.status == status)
+    if business_key:
+        query = query.where(ProcessInstance.business_key == business_key)
+    return list(session.execute(query).scalars())
+
+
+def data_of(session: Session, rt: Runtime, instance: ProcessInstance) -> dict[str, Any]:
+    """The instance's current variables (one instance: deserializing here is fine)."""
+    workflow = rt.load(session, instance)
+    task = workflow.last_task or workflow.task_tree
+    return json_safe(dict(task.data))
+
+
+def cancel(session: Session, rt: Runtime, *, instance_id: int, actor: Actor, reason: str = "") -> ProcessInstance:
+    if not actor.has_role(SUPERVISOR):
+        raise PermissionDenied("cancelling an instance needs the supervisor role")
+    instance = locked_instance(session, instance_id, allow=(RUNNING, FAILED))
+    workflow = rt.load(session, instance)
+    workflow.cancel()
+    instance.status = CANCELLED
+    instance.ended_at = rt.now()
+    instance.ended_by = actor.username
+    save(session, rt, instance, workflow, actor=actor)
+    audit(session, rt, instance, "instance.cancelled", actor, reason=reason)
+    return instance
+
+
+def retry(session: Session, rt: Runtime, *, instance_id: int, actor: Actor) -> ProcessInstance:
+    """Run a failed instance's failed step again (after the cause was fixed)."""
+    if not actor.has_role(SUPERVISOR):
+        raise PermissionDenied("retrying an instance needs the supervisor role")
+    instance = locked_instance(session, instance_id, allow=(FAILED,))
+    workflow = rt.load(session, instance)
+    for task in workflow.get_tasks(state=TaskState.ERROR):
+        task._set_state(TaskState.READY)
+    previous_error, instance.status, instance.error = instance.error, RUNNING, None
+    audit(session, rt, instance, "instance.retried", actor, previous_error=previous_error)
+    run_and_save(session, rt, instance, workflow, actor=actor)
+    return instance
+
+
+def history(session: Session, instance_id: int) -> list[AuditEvent]:
+    get(session, instance_id)
+    return list(session.execute(
+        select(AuditEvent).where(AuditEvent.stream == f"instance:{instance_id}")
+        .order_by(AuditEvent.seq)
+    ).scalars())

@@ -1,0 +1,249 @@
+"""Tables. Everything a screen or a worker queries is a projection row here, so no query
+ever has to deserialize a workflow (architecture invariant 3)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from engine.db import Base, UTCDateTime
+
+# BigInteger on PostgreSQL, INTEGER (the rowid alias) on SQLite so ids autoincrement there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class User(Base):
+    __tablename__ = "bpm_user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    branch_code: Mapped[str | None] = mapped_column(String(32))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Group(Base):
+    """A candidate group, a job role or a service group: anything tasks are offered to."""
+
+    __tablename__ = "bpm_group"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32), default="role")
+
+
+class GroupMember(Base):
+    __tablename__ = "bpm_group_member"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("bpm_group.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("bpm_user.id"), primary_key=True)
+
+    __table_args__ = (Index("ix_group_member_user", "user_id"),)
+
+
+class ApiToken(Base):
+    """Only the SHA-256 of a token is stored; the token itself is shown once."""
+
+    __tablename__ = "bpm_api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("bpm_user.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64), default="api")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Deployment(Base):
+    __tablename__ = "bpm_deployment"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    deployed_by: Mapped[str | None] = mapped_column(String(64))
+    deployed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    files: Mapped[list[str]] = mapped_column(JSON)
+
+
+class ProcessVersion(Base):
+    """Immutable once written: the XML, the serialized spec (stored once, not per instance)
+    and the forms it references."""
+
+    __tablename__ = "bpm_process_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    process_key: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(String(256))
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("bpm_deployment.id"))
+    source_file: Mapped[str] = mapped_column(String(256))
+    bpmn_xml: Mapped[str] = mapped_column(Text)
+    spec_json: Mapped[str] = mapped_column(Text)
+    forms: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Names of messages that start this process (message start events).
+    start_messages: Mapped[list[str]] = mapped_column(JSON)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("process_key", "version", name="uq_process_version"),)
+
+
+class ProcessInstance(Base):
+    __tablename__ = "bpm_process_instance"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    process_version_id: Mapped[int] = mapped_column(ForeignKey("bpm_process_version.id"))
+    process_key: Mapped[str] = mapped_column(String(128))
+    business_key: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    branch_code: Mapped[str | None] = mapped_column(String(32))
+    # Instance-only state: the spec lives once in bpm_process_version.
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    # Which task ids are currently projected (open tasks, subscriptions, timers), so a
+    # change can diff in memory instead of reading three tables back.
+    projected: Mapped[dict[str, str]] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_by: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_by: Mapped[str | None] = mapped_column(String(64))
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Head of this instance's audit chain; the instance row lock serializes appends to it.
+    audit_seq: Mapped[int] = mapped_column(Integer, default=0)
+    audit_head: Mapped[str] = mapped_column(String(64), default="")
+
+    __table_args__ = (
+        UniqueConstraint("process_key", "business_key", name="uq_instance_business_key"),
+        Index("ix_instance_status", "status", "process_key"),
+        Index("ix_instance_client", "client_id"),
+    )
+
+
+class Task(Base):
+    """The inbox projection: one row per human task."""
+
+    __tablename__ = "bpm_task"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("bpm_process_instance.id"))
+    process_key: Mapped[str] = mapped_column(String(128))
+    element_id: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str | None] = mapped_column(String(256))
+    lane: Mapped[str | None] = mapped_column(String(128))
+    candidate_groups: Mapped[list[str]] = mapped_column(JSON)
+    assignee: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer, default=50)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    follow_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_by: Mapped[str | None] = mapped_column(String(64))
+    business_key: Mapped[str] = mapped_column(String(128))
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    branch_code: Mapped[str | None] = mapped_column(String(32))
+    form_key: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        # "my tasks", sorted by due time
+        Index("ix_task_assignee_status_due", "assignee", "status", "due_at"),
+        # "overdue" / "due soon" across everything open
+        Index("ix_task_status_due", "status", "due_at"),
+        Index("ix_task_instance", "instance_id"),
+        Index("ix_task_business_key", "business_key"),
+    )
+
+
+class TaskCandidate(Base):
+    """One row per (task, candidate group): "my groups' unclaimed tasks" is an index scan."""
+
+    __tablename__ = "bpm_task_candidate"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("bpm_task.id"), primary_key=True)
+    group_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+    __table_args__ = (Index("ix_task_candidate_group", "group_key", "task_id"),)
+
+
+class MessageSubscription(Base):
+    __tablename__ = "bpm_message_subscription"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("bpm_process_instance.id"))
+    task_uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    element_id: Mapped[str] = mapped_column(String(128))
+    message_name: Mapped[str] = mapped_column(String(128))
+    correlation_key: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_subscription_lookup", "message_name", "correlation_key"),)
+
+
+class Timer(Base):
+    """A waiting BPMN timer. The database, not the queue, is the source of truth."""
+
+    __tablename__ = "bpm_timer"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("bpm_process_instance.id"))
+    task_uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    element_id: Mapped[str] = mapped_column(String(128))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_timer_status_due", "status", "due_at"),)
+
+
+class AuditStream(Base):
+    """Chain heads for streams that are not an instance (deployments, users)."""
+
+    __tablename__ = "bpm_audit_stream"
+
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    head: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEvent(Base):
+    """Append-only. ``hash`` covers the event and the previous event's hash of the stream."""
+
+    __tablename__ = "bpm_audit_event"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    instance_id: Mapped[int | None] = mapped_column(BigId)
+    task_uuid: Mapped[str | None] = mapped_column(String(36))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        UniqueConstraint("stream", "seq", name="uq_audit_stream_seq"),
+        Index("ix_audit_instance", "instance_id", "seq"),
+    )

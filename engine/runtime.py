@@ -1,0 +1,324 @@
+"""The instance unit of work, and the dependencies every engine service shares.
+
+Invariant 1 of the architecture: every change to an instance locks its row, loads the
+workflow, applies the change, runs engine steps, saves, refreshes the projections and
+appends audit events, all in the caller's transaction. :func:`locked_instance`,
+:func:`advance` and :func:`save` are those steps; the services in ``engine.instances``,
+``engine.tasks`` and ``engine.messages`` compose them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from jsonschema import Draft202012Validator
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
+from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
+from SpiffWorkflow.util.task import TaskState
+
+from engine.assignment import resolve_candidate_groups
+from engine.audit import record_instance_event
+from engine.bpmn.lint import candidate_groups_of
+from engine.bpmn.parser import camunda_of
+from engine.bpmn.script_engine import SafeScriptEngine
+from engine.bpmn.serializer import SpecCache, dump_state, load_state
+from engine.clock import Clock, SystemClock
+from engine.config import Settings
+from engine.errors import ExpressionError, InstanceNotFound, InstanceNotRunning
+from engine.expressions import SafeEvaluator
+from engine.identity import Actor
+from engine.models import MessageSubscription, ProcessInstance, ProcessVersion, Task, TaskCandidate, Timer
+from engine.service_tasks import ServiceRegistry
+from engine.service_tasks import registry as default_registry
+
+log = logging.getLogger(__name__)
+
+RUNNING, COMPLETED, CANCELLED, FAILED = "running", "completed", "cancelled", "failed"
+OPEN, CLAIMED = "open", "claimed"
+TASK_DONE, TASK_CANCELLED = "completed", "cancelled"
+ACTIVE_TASK_STATES = (OPEN, CLAIMED)
+KIND_TASK, KIND_MESSAGE, KIND_TIMER = "task", "message", "timer"
+
+
+@dataclass
+class Runtime:
+    """What engine services need besides a session; built once per process."""
+
+    settings: Settings
+    clock: Clock = field(default_factory=SystemClock)
+    services: ServiceRegistry = field(default_factory=lambda: default_registry)
+    specs: SpecCache = field(default_factory=SpecCache)
+
+    def __post_init__(self) -> None:
+        self.evaluator = SafeEvaluator(timeout_ms=self.settings.expression_timeout_ms)
+        self.script_engine = SafeScriptEngine(
+            self.evaluator, self.services, allow_scripts=self.settings.allow_script_tasks
+        )
+        self._validators: dict[tuple[int, str], Draft202012Validator] = {}
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def spec_for(self, session: Session, version_id: int) -> Any:
+        def loader() -> str:
+            return session.execute(
+                select(ProcessVersion.spec_json).where(ProcessVersion.id == version_id)
+            ).scalar_one()
+
+        return self.specs.get(version_id, loader)
+
+    def form_validator(self, session: Session, version_id: int, form_key: str) -> Draft202012Validator | None:
+        key = (version_id, form_key)
+        if key not in self._validators:
+            forms = session.execute(
+                select(ProcessVersion.forms).where(ProcessVersion.id == version_id)
+            ).scalar_one()
+            schema = forms.get(form_key)
+            if schema is None:
+                return None
+            self._validators[key] = Draft202012Validator(schema)
+        return self._validators[key]
+
+    def new_workflow(self, session: Session, version_id: int) -> BpmnWorkflow:
+        spec, subprocess_specs = self.spec_for(session, version_id)
+        return BpmnWorkflow(spec, subprocess_specs, script_engine=self.script_engine)
+
+    def load(self, session: Session, instance: ProcessInstance) -> BpmnWorkflow:
+        spec, subprocess_specs = self.spec_for(session, instance.process_version_id)
+        return load_state(instance.state, spec, subprocess_specs, self.script_engine)
+
+
+def locked_instance(session: Session, instance_id: int, *, allow: tuple[str, ...] = (RUNNING,)) -> ProcessInstance:
+    """Lock the instance row (``FOR UPDATE``; SQLite's BEGIN IMMEDIATE already holds the
+    database) and re-read it, so a change waiting for the lock sees its predecessor."""
+    instance = session.execute(
+        select(ProcessInstance).where(ProcessInstance.id == instance_id)
+        .with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if instance is None:
+        raise InstanceNotFound(f"no instance {instance_id}")
+    if instance.status not in allow:
+        raise InstanceNotRunning(f"instance {instance_id} is {instance.status}")
+    return instance
+
+
+def advance(rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow) -> None:
+    """Run engine steps. A failure inside (a service task raising, an expression failing)
+    leaves SpiffWorkflow's task in ERROR with everything before it done: that state is
+    consistent, so it is saved and the instance is marked failed with the error kept."""
+    try:
+        workflow.do_engine_steps()
+    except Exception as exc:  # noqa: BLE001 - any failure of diagram logic fails the instance
+        log.warning("instance %s failed: %s", instance.id, exc)
+        instance.status = FAILED
+        instance.error = _describe_failure(exc)
+
+
+def _describe_failure(exc: Exception) -> str:
+    task = getattr(exc, "task", None)
+    where = ""
+    if task is not None:
+        spec = task.task_spec
+        where = f"{getattr(spec, 'bpmn_id', spec.name)} ({getattr(spec, 'bpmn_name', '') or ''}): "
+    cause = getattr(exc, "exception", None) or exc.__cause__
+    detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+    return f"{where}{exc}" if str(exc) and detail in str(exc) else f"{where}{exc} [{detail}]"
+
+
+def run_and_save(session: Session, rt: Runtime, instance: ProcessInstance,
+                 workflow: BpmnWorkflow, *, actor: Actor) -> None:
+    """The tail of every change: engine steps, save, projections, outcome in the audit."""
+    advance(rt, instance, workflow)
+    if instance.status == FAILED:
+        audit(session, rt, instance, "instance.failed", actor, error=instance.error)
+    save(session, rt, instance, workflow, actor=actor)
+    if instance.status == COMPLETED:
+        audit(session, rt, instance, "instance.completed", actor)
+
+
+def save(session: Session, rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow, *,
+         actor: Actor) -> None:
+    now = rt.now()
+    if instance.status == RUNNING and workflow.is_completed():
+        instance.status = COMPLETED
+        instance.ended_at = now
+        instance.ended_by = actor.username
+    instance.state = dump_state(workflow)
+    instance.updated_at = now
+    project(session, rt, instance, workflow, now=now)
+
+
+# -- projections ---------------------------------------------------------------------------
+def _wanted(workflow: BpmnWorkflow, instance: ProcessInstance) -> dict[str, tuple[str, Any]]:
+    wanted: dict[str, tuple[str, Any]] = {}
+    if instance.status in (COMPLETED, CANCELLED):
+        return wanted
+    if instance.status in (RUNNING, FAILED):
+        # A failed instance keeps its open tasks visible (completing them answers
+        # "instance failed" until an administrator retries), rather than losing them.
+        for task in workflow.get_tasks(state=TaskState.READY, manual=True):
+            wanted[str(task.id)] = (KIND_TASK, task)
+    for task in workflow.get_tasks(state=TaskState.WAITING):
+        definition = getattr(task.task_spec, "event_definition", None)
+        if definition is None:
+            continue
+        definitions = [definition, *getattr(definition, "event_definitions", [])]
+        if any(isinstance(d, MessageEventDefinition) for d in definitions):
+            wanted[str(task.id)] = (KIND_MESSAGE, task)
+        elif any(isinstance(d, TimerEventDefinition) for d in definitions):
+            wanted[str(task.id)] = (KIND_TIMER, task)
+    return wanted
+
+
+def project(session: Session, rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow, *,
+            now: datetime) -> None:
+    """Bring the inbox, subscription and timer rows in line with the workflow.
+
+    The instance row remembers what is projected, so this diffs in memory and writes only
+    what changed: usually one insert and one update per step.
+    """
+    wanted = _wanted(workflow, instance)
+    current = dict(instance.projected or {})
+    gone = {uuid: kind for uuid, kind in current.items() if uuid not in wanted}
+    if gone:
+        _retire(session, workflow, gone, now)
+    for uuid, (kind, task) in wanted.items():
+        if current.get(uuid) == kind:
+            continue
+        if kind == KIND_TASK:
+            _insert_task(session, rt, instance, task, now)
+        elif kind == KIND_MESSAGE:
+            _insert_subscriptions(session, rt, instance, task, now)
+        else:
+            _insert_timer(session, instance, task, now)
+    instance.projected = {uuid: kind for uuid, (kind, _) in wanted.items()}
+
+
+def _retire(session: Session, workflow: BpmnWorkflow, gone: dict[str, str], now: datetime) -> None:
+    tasks = [u for u, k in gone.items() if k == KIND_TASK]
+    messages = [u for u, k in gone.items() if k == KIND_MESSAGE]
+    timers = [u for u, k in gone.items() if k == KIND_TIMER]
+    if tasks:
+        # A task completed through the API is already marked completed by its service;
+        # whatever is still open here was cancelled by the process (boundary, cancel, end).
+        session.execute(
+            update(Task).where(Task.task_uuid.in_(tasks), Task.status.in_(ACTIVE_TASK_STATES))
+            .values(status=TASK_CANCELLED, completed_at=now)
+        )
+    if messages:
+        session.execute(delete(MessageSubscription).where(MessageSubscription.task_uuid.in_(messages)))
+    if timers:
+        fired, cancelled = [], []
+        for uuid in timers:
+            task = workflow.get_task_from_id(UUID(uuid))
+            (fired if task is not None and task.has_state(TaskState.COMPLETED | TaskState.READY)
+             else cancelled).append(uuid)
+        for uuids, status in ((fired, "fired"), (cancelled, "cancelled")):
+            if uuids:
+                session.execute(
+                    update(Timer).where(Timer.task_uuid.in_(uuids), Timer.status == "waiting")
+                    .values(status=status, fired_at=now if status == "fired" else None)
+                )
+
+
+def _evaluate_attribute(rt: Runtime, task: Any, value: str | None) -> Any:
+    if value is None:
+        return None
+    stripped = value.strip()
+    if stripped.startswith(("${", "#{")):
+        return rt.evaluator.evaluate(stripped, task.data)
+    return stripped
+
+
+def _as_datetime(value: Any, what: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if parsed.tzinfo is None:
+        raise ExpressionError(f"{what} {value!r} has no UTC offset")
+    return parsed
+
+
+def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task: Any, now: datetime) -> None:
+    spec = task.task_spec
+    camunda = camunda_of(spec)
+    try:
+        assignee = _evaluate_attribute(rt, task, camunda.get("assignee"))
+        due_at = _as_datetime(_evaluate_attribute(rt, task, camunda.get("dueDate")), "camunda:dueDate")
+        follow_up = _as_datetime(_evaluate_attribute(rt, task, camunda.get("followUpDate")),
+                                 "camunda:followUpDate")
+        priority_raw = _evaluate_attribute(rt, task, camunda.get("priority"))
+        priority = int(priority_raw) if priority_raw not in (None, "") else 50
+        groups = resolve_candidate_groups(session, rt.evaluator, candidate_groups_of(spec),
+                                          instance=instance, data=task.data)
+    except (ExpressionError, ValueError) as exc:
+        # The step itself succeeded; an unusable assignment/due expression fails the
+        # instance so an administrator sees it, instead of a task nobody can find.
+        instance.status = FAILED
+        instance.error = f"{spec.bpmn_id}: {exc}"
+        assignee, due_at, follow_up, priority, groups = None, None, None, 50, []
+    row = Task(
+        task_uuid=str(task.id), instance_id=instance.id, process_key=instance.process_key,
+        element_id=spec.bpmn_id, name=spec.bpmn_name, lane=spec.lane, candidate_groups=groups,
+        assignee=str(assignee) if assignee else None, status=CLAIMED if assignee else OPEN,
+        priority=priority, created_at=now, due_at=due_at, follow_up_at=follow_up,
+        business_key=instance.business_key, client_id=instance.client_id,
+        branch_code=instance.branch_code, form_key=camunda.get("formKey"),
+    )
+    session.add(row)
+    session.flush()
+    session.add_all(TaskCandidate(task_id=row.id, group_key=g) for g in groups)
+
+
+def correlation_key_for(rt: Runtime, instance: ProcessInstance, definition: MessageEventDefinition,
+                        data: dict[str, Any]) -> str:
+    """The business key, unless the message declares a correlation property."""
+    for prop in definition.correlation_properties:
+        try:
+            return str(rt.evaluator.evaluate(prop.retrieval_expression, data))
+        except ExpressionError:
+            continue
+    return instance.business_key
+
+
+def _insert_subscriptions(session: Session, rt: Runtime, instance: ProcessInstance, task: Any,
+                          now: datetime) -> None:
+    definition = task.task_spec.event_definition
+    for d in [definition, *getattr(definition, "event_definitions", [])]:
+        if isinstance(d, MessageEventDefinition):
+            session.add(MessageSubscription(
+                instance_id=instance.id, task_uuid=str(task.id), element_id=task.task_spec.bpmn_id,
+                message_name=d.name, correlation_key=correlation_key_for(rt, instance, d, task.data),
+                created_at=now,
+            ))
+            return  # one row per waiting task: the task uuid is unique
+
+
+def timer_due(task: Any) -> datetime | None:
+    value = task.internal_data.get("event_value")
+    if isinstance(value, dict):
+        value = value.get("next")
+    if not value:
+        return None
+    return TimerEventDefinition.get_datetime(value) if isinstance(value, str) else None
+
+
+def _insert_timer(session: Session, instance: ProcessInstance, task: Any, now: datetime) -> None:
+    due = timer_due(task)
+    if due is None:
+        return
+    session.add(Timer(instance_id=instance.id, task_uuid=str(task.id), element_id=task.task_spec.bpmn_id,
+                      due_at=due, status="waiting", created_at=now))
+
+
+def audit(session: Session, rt: Runtime, instance: ProcessInstance, kind: str, actor: Actor, *,
+          task_uuid: str | None = None, **data: Any) -> None:
+    record_instance_event(session, instance, kind=kind, actor=actor.username, at=rt.now(),
+                          data=data, task_uuid=task_uuid)

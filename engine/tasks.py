@@ -1,0 +1,223 @@
+"""The human side: inbox queries and claim, unclaim, assign, delegate, complete.
+
+Rules: only a member of a candidate group (or the named assignee) may claim; only the
+assignee may complete. Completing an unclaimed task as a candidate claims it in the same
+transaction ("claim and complete"), so two people pressing Complete on one open task race
+on the instance lock: exactly one wins, the other gets ``task_not_open``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Select, exists, func, or_, select
+from sqlalchemy.orm import Session
+from SpiffWorkflow.util.task import TaskState
+
+from engine.errors import (
+    FieldError,
+    FormValidationError,
+    InstanceNotRunning,
+    InvalidInput,
+    NotAssignee,
+    NotCandidate,
+    TaskAlreadyClaimed,
+    TaskNotFound,
+    TaskNotOpen,
+)
+from engine.expressions import json_safe
+from engine.identity import SUPERVISOR, Actor, get_user
+from engine.models import ProcessInstance, Task, TaskCandidate
+from engine.runtime import (
+    ACTIVE_TASK_STATES,
+    CLAIMED,
+    FAILED,
+    OPEN,
+    RUNNING,
+    TASK_DONE,
+    Runtime,
+    audit,
+    locked_instance,
+    run_and_save,
+)
+
+
+def _is_candidate(task: Task, actor: Actor) -> bool:
+    return bool(actor.groups.intersection(task.candidate_groups or []))
+
+
+def can_see(task: Task, actor: Actor) -> bool:
+    return (actor.has_role(SUPERVISOR) or task.assignee == actor.username
+            or task.owner == actor.username or _is_candidate(task, actor))
+
+
+def get(session: Session, task_id: int, *, actor: Actor) -> Task:
+    """One scoped lookup: a task the actor may not see does not exist for them."""
+    task = session.get(Task, task_id)
+    if task is None or not can_see(task, actor):
+        raise TaskNotFound(f"no task {task_id}")
+    return task
+
+
+def _lock(session: Session, task_id: int, actor: Actor) -> tuple[Task, ProcessInstance]:
+    """Lock the task's instance, then re-read the task: whoever held the lock before us
+    may have completed or claimed it."""
+    task = get(session, task_id, actor=actor)
+    instance = locked_instance(session, task.instance_id, allow=(RUNNING, FAILED))
+    session.refresh(task)
+    if task.status not in ACTIVE_TASK_STATES:
+        raise TaskNotOpen(f"task {task_id} is already {task.status}")
+    return task, instance
+
+
+def claim(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Task:
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee == actor.username:
+        return task
+    if task.assignee is not None:
+        raise TaskAlreadyClaimed(f"task {task_id} is claimed by {task.assignee}")
+    if not _is_candidate(task, actor):
+        raise NotCandidate("only a member of the task's candidate groups may claim it")
+    task.assignee, task.status = actor.username, CLAIMED
+    audit(session, rt, instance, "task.claimed", actor, task_uuid=task.task_uuid, task_id=task.id)
+    return task
+
+
+def unclaim(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Task:
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee != actor.username and not actor.has_role(SUPERVISOR):
+        raise NotAssignee("only the assignee or a supervisor may release a task")
+    previous, task.assignee, task.owner, task.status = task.assignee, None, None, OPEN
+    audit(session, rt, instance, "task.unclaimed", actor, task_uuid=task.task_uuid,
+          task_id=task.id, previous_assignee=previous)
+    return task
+
+
+def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor) -> Task:
+    """A supervisor gives the task to someone (reassignment included)."""
+    if not actor.has_role(SUPERVISOR):
+        raise NotAssignee("assigning a task needs the supervisor role")
+    target = get_user(session, username)
+    if not target.active:
+        raise InvalidInput(f"user {username!r} is inactive")
+    task, instance = _lock(session, task_id, actor)
+    previous, task.assignee, task.status = task.assignee, username, CLAIMED
+    audit(session, rt, instance, "task.assigned", actor, task_uuid=task.task_uuid, task_id=task.id,
+          assignee=username, previous_assignee=previous)
+    return task
+
+
+def delegate(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor) -> Task:
+    """The assignee hands the task to a colleague and remains its owner."""
+    target = get_user(session, username)
+    if not target.active:
+        raise InvalidInput(f"user {username!r} is inactive")
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee != actor.username:
+        raise NotAssignee("only the assignee may delegate a task")
+    task.owner = task.owner or actor.username
+    task.assignee = username
+    audit(session, rt, instance, "task.delegated", actor, task_uuid=task.task_uuid,
+          task_id=task.id, assignee=username, owner=task.owner)
+    return task
+
+
+def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task: Task,
+                  data: dict[str, Any]) -> None:
+    if not task.form_key:
+        return
+    validator = rt.form_validator(session, instance.process_version_id, task.form_key)
+    if validator is None:
+        return
+    errors = [
+        FieldError(field="/".join(str(p) for p in error.absolute_path) or
+                   (error.validator == "required" and _missing_field(error.message)) or "",
+                   message=error.message)
+        for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    ]
+    if errors:
+        raise FormValidationError(f"the form {task.form_key!r} has {len(errors)} error(s)", errors)
+
+
+def _missing_field(message: str) -> str:
+    # jsonschema reports a missing property on the parent: "'amount' is a required property"
+    return message.split("'")[1] if message.count("'") >= 2 else ""
+
+
+def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
+             data: dict[str, Any] | None = None) -> Task:
+    data = json_safe(data or {})
+    task, instance = _lock(session, task_id, actor)
+    if instance.status == FAILED:
+        raise InstanceNotRunning(f"instance {instance.id} failed: {instance.error}")
+    if task.assignee is None:
+        if not _is_candidate(task, actor):
+            raise NotCandidate("only a member of the task's candidate groups may complete it")
+        task.assignee = actor.username
+        audit(session, rt, instance, "task.claimed", actor, task_uuid=task.task_uuid, task_id=task.id)
+    elif task.assignee != actor.username:
+        raise NotAssignee(f"task {task_id} is assigned to {task.assignee}")
+    validate_form(rt, session, instance, task, data)
+
+    workflow = rt.load(session, instance)
+    spiff_task = workflow.get_task_from_id(UUID(task.task_uuid))
+    if spiff_task is None or not spiff_task.has_state(TaskState.READY):
+        raise TaskNotOpen(f"task {task_id} is no longer waiting for input")
+    spiff_task.set_data(**data)
+    spiff_task.run()
+    now = rt.now()
+    task.status, task.completed_at, task.completed_by = TASK_DONE, now, actor.username
+    audit(session, rt, instance, "task.completed", actor, task_uuid=task.task_uuid,
+          task_id=task.id, element_id=task.element_id, data=data)
+    run_and_save(session, rt, instance, workflow, actor=actor)
+    return task
+
+
+# -- inbox --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InboxQuery:
+    assignee_me: bool = False
+    candidate_me: bool = False
+    status: tuple[str, ...] = ACTIVE_TASK_STATES
+    overdue: bool = False
+    due_within: timedelta | None = None
+    process_key: str | None = None
+    business_key: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+def _scoped(query: Select[Any], actor: Actor) -> Select[Any]:
+    if actor.has_role(SUPERVISOR):
+        return query
+    in_my_groups = exists().where(TaskCandidate.task_id == Task.id,
+                                  TaskCandidate.group_key.in_(sorted(actor.groups)))
+    return query.where(or_(Task.assignee == actor.username, Task.owner == actor.username, in_my_groups))
+
+
+def inbox(session: Session, *, actor: Actor, query: InboxQuery, now: datetime) -> tuple[list[Task], int]:
+    stmt = select(Task).where(Task.status.in_(query.status))
+    if query.assignee_me:
+        stmt = stmt.where(Task.assignee == actor.username)
+    if query.candidate_me:
+        stmt = stmt.where(Task.assignee.is_(None), exists().where(
+            TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups))))
+    if query.overdue:
+        stmt = stmt.where(Task.due_at < now)
+    if query.due_within is not None:
+        stmt = stmt.where(Task.due_at >= now, Task.due_at < now + query.due_within)
+    if query.process_key:
+        stmt = stmt.where(Task.process_key == query.process_key)
+    if query.business_key:
+        stmt = stmt.where(Task.business_key == query.business_key)
+    stmt = _scoped(stmt, actor)
+    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    # Tasks without a due date sort last: NULLS LAST spelled portably.
+    rows = session.execute(
+        stmt.order_by(Task.due_at.is_(None), Task.due_at, Task.priority.desc(), Task.id)
+        .limit(query.limit).offset(query.offset)
+    ).scalars()
+    return list(rows), total

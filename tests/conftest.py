@@ -1,0 +1,131 @@
+"""Test fixtures: real PostgreSQL (127.0.0.1:5432/test) and real Redis, plus SQLite.
+
+Every test that takes ``db`` runs on PostgreSQL; tests marked ``@pytest.mark.sqlite`` run on
+the embedded SQLite default as well. Isolation: PostgreSQL tables are truncated after each
+test; each SQLite test gets a fresh copy of a migrated database file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from engine import bundle, deployments, identity
+from engine.config import Settings
+from engine.db import Base, Database
+from engine.identity import Actor
+from engine.runtime import Runtime
+from engine.schema import upgrade
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PG_URL = os.environ.get("BPM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BPM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        backends = ["postgresql", "sqlite"] if metafunc.definition.get_closest_marker("sqlite") else ["postgresql"]
+        metafunc.parametrize("backend", backends)
+
+
+@pytest.fixture(scope="session")
+def pg_migrated() -> str:
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    upgrade(PG_URL)
+    return PG_URL
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.sqlite3"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if backend == "postgresql":
+        return str(request.getfixturevalue("pg_migrated"))
+    template = request.getfixturevalue("sqlite_template")
+    path = tmp_path / "bpm.sqlite3"
+    shutil.copy(template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings.from_env({"BPM_DATABASE_URL": database_url})
+
+
+@pytest.fixture
+def db(settings: Settings, backend: str) -> Iterator[Database]:
+    database = Database(settings.database_url)
+    yield database
+    if backend == "postgresql":
+        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        with database.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    database.dispose()
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Runtime:
+    return Runtime(settings)
+
+
+@dataclass(frozen=True)
+class People:
+    """Named personas, as in healthchecks' tests."""
+
+    clerk: Actor  # 柜员 in branch HZ01, group clerks
+    teammate: Actor  # another clerk in HZ01
+    manager: Actor  # group managers
+    outsider: Actor  # a clerk of another branch, in none of the task's groups
+    owner: Actor  # process owner: may deploy
+    supervisor: Actor  # may assign, cancel, retry
+    system: Actor
+
+
+@pytest.fixture
+def people(db: Database, rt: Runtime) -> People:
+    specs = [
+        ("li", "李柜员", "HZ01", ["clerks"]),
+        ("zhao", "赵柜员", "HZ01", ["clerks"]),
+        ("wang", "王经理", "HZ01", ["managers"]),
+        ("chen", "陈柜员", "NB02", ["ningbo_clerks"]),
+        ("owner", "流程负责人", None, ["process_owner"]),
+        ("boss", "营业部负责人", "HZ01", ["supervisor"]),
+    ]
+    with db.transaction() as s:
+        for key in ["clerks", "managers", "ningbo_clerks", "admin", "process_owner", "supervisor"]:
+            identity.ensure_group(s, key=key)
+        for username, name, branch, groups in specs:
+            identity.create_user(s, username=username, display_name=name, now=rt.now(),
+                                 password=f"{username}-pw", branch_code=branch, groups=groups)
+
+    def actor(username: str, groups: list[str], branch: str | None) -> Actor:
+        return Actor(username=username, groups=frozenset(groups), branch_code=branch)
+
+    return People(*(actor(u, g, b) for u, _, b, g in specs), system=Actor.system())
+
+
+def deploy_fixture(db: Database, rt: Runtime, name: str, actor: Actor) -> list[deployments.DeployedVersion]:
+    with db.transaction() as s:
+        return deployments.deploy(s, rt, bundle.from_paths([FIXTURES / name]), actor=actor)
+
+
+@pytest.fixture
+def review(db: Database, rt: Runtime, people: People) -> str:
+    """The review fixture process deployed; returns its key."""
+    deploy_fixture(db, rt, "review", people.owner)
+    return "review"
