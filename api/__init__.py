@@ -1,0 +1,46 @@
+"""The HTTP adapter: Flask app factory, REST API under /api/v1, worklist pages."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from api import errors
+from api.context import BpmContext
+from engine.config import Settings
+from engine.db import Database
+from engine.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None,
+               database: Database | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=25 * 1024 * 1024,
+        JSON_AS_ASCII=False,
+        API_TITLE="Brokerage client-service BPM",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+    )
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    database = database or Database(settings.database_url)
+    app.extensions["bpm"] = BpmContext(settings=settings, db=database,
+                                       runtime=runtime or Runtime(settings))
+    api = errors.ProblemApi(app, spec_kwargs={
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    })
+    errors.register(app)
+
+    from api.views import auth, deployments, instances, messages, tasks
+
+    for module in (auth, deployments, instances, tasks, messages):
+        api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
+
+    from worklist_ui import register as register_pages
+
+    register_pages(app)
+    return app

@@ -49,7 +49,7 @@ class Bundle:
             return
         self.forms[key] = schema
 
-    def merge(self, other: "Bundle") -> None:
+    def merge(self, other: Bundle) -> None:
         self.bpmn.update(other.bpmn)
         self.forms.update(other.forms)
         self.problems.extend(other.problems)

@@ -7,9 +7,9 @@ later inside a request.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlparse
 
 from engine.errors import ConfigError
@@ -34,7 +34,7 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         database_url = env.get("BPM_DATABASE_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
         _check_database_url(database_url)

@@ -7,18 +7,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
 from SpiffWorkflow.bpmn.specs.mixins.events.start_event import StartEvent
-from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from engine.audit import record_system_event
 from engine.bpmn import lint as linter
 from engine.bpmn.parser import ParsedProcess, camunda_of, parse_files
 from engine.bpmn.serializer import dump_spec
 from engine.bundle import Bundle
-from engine.errors import DeploymentRejected, PermissionDenied, ProcessNotFound, Problem
+from engine.errors import DeploymentRejected, PermissionDenied, Problem, ProcessNotFound
 from engine.identity import PROCESS_OWNER, Actor, group_keys
 from engine.models import Deployment, ProcessVersion
 from engine.runtime import Runtime
@@ -53,9 +52,8 @@ def _forms_used(process: ParsedProcess, forms: dict[str, Any]) -> dict[str, Any]
     for spec in [process.spec, *process.subprocess_specs.values()]:
         for task_spec in spec.task_specs.values():
             key = camunda_of(task_spec).get("formKey")
-            if isinstance(task_spec, UserTask) or key:
-                if key in forms:
-                    used[key] = forms[key]
+            if key in forms:
+                used[key] = forms[key]
     return used
 
 

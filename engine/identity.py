@@ -42,7 +42,7 @@ class Actor:
         return self.is_admin or any(r in self.groups for r in roles)
 
     @classmethod
-    def system(cls, name: str = "system") -> "Actor":
+    def system(cls, name: str = "system") -> Actor:
         return cls(username=name, groups=frozenset({ADMIN}))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from lxml import etree
 from SpiffWorkflow.bpmn.parser.BpmnParser import full_tag
@@ -128,13 +128,13 @@ class RegistryServiceTaskParser(CamundaTaskParser):
 
 
 class ProductParser(SpiffBpmnParser):  # type: ignore[misc]
-    OVERRIDE_PARSER_CLASSES = dict(SpiffBpmnParser.OVERRIDE_PARSER_CLASSES)
-    OVERRIDE_PARSER_CLASSES.update({
+    OVERRIDE_PARSER_CLASSES: ClassVar[dict[str, tuple[type, type]]] = {
+        **SpiffBpmnParser.OVERRIDE_PARSER_CLASSES,
         full_tag("userTask"): (CamundaTaskParser, UserTask),
         full_tag("task"): (CamundaTaskParser, NoneTask),
         full_tag("manualTask"): (CamundaTaskParser, ManualTask),
         full_tag("serviceTask"): (RegistryServiceTaskParser, RegistryServiceTask),
-    })
+    }
 
     def __init__(self) -> None:
         namespaces = dict(SpiffBpmnParser().namespaces)
@@ -260,7 +260,8 @@ def normalize_timers(specs: list[BpmnProcessSpec]) -> list[tuple[Any, TimerEvent
 
     Camunda Modeler writes ``PT4H``; SpiffWorkflow evaluates the text as an expression and
     needs ``"PT4H"``. Text wrapped in ``${…}`` is an expression; anything else is a literal.
-    Run once, on freshly parsed specs (the stored spec holds the normalized text). Returns (task spec, definition, original text) for the linter.
+    Run once, on freshly parsed specs (the stored spec holds the normalized text).
+    Returns (task spec, definition, original text) for the linter.
     """
     found = []
     for spec in specs:

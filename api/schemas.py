@@ -1,0 +1,171 @@
+"""marshmallow schemas: what the API accepts and returns (and what OpenAPI documents)."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from engine.runtime import ACTIVE_TASK_STATES
+
+TASK_STATUSES = ("open", "claimed", "completed", "cancelled")
+INSTANCE_STATUSES = ("running", "completed", "cancelled", "failed")
+
+
+class LoginIn(Schema):
+    username = fields.String(required=True)
+    password = fields.String(required=True, load_only=True)
+
+
+class TokenOut(Schema):
+    token = fields.String()
+    username = fields.String()
+
+
+class MeOut(Schema):
+    username = fields.String()
+    groups = fields.List(fields.String())
+    branch_code = fields.String(allow_none=True)
+
+
+class VersionOut(Schema):
+    id = fields.Integer()
+    process_key = fields.String()
+    version = fields.Integer()
+    name = fields.String(allow_none=True)
+    sha256 = fields.String()
+    source_file = fields.String()
+    deployment_id = fields.Integer()
+    start_messages = fields.List(fields.String())
+    created_at = fields.DateTime()
+
+
+class DeployedOut(VersionOut):
+    created = fields.Boolean()
+
+
+class DeployOut(Schema):
+    versions = fields.List(fields.Nested(DeployedOut))
+
+
+class ProblemOut(Schema):
+    file = fields.String()
+    line = fields.Integer(allow_none=True)
+    element_id = fields.String(allow_none=True)
+    message = fields.String()
+
+
+class CheckOut(Schema):
+    ok = fields.Boolean()
+    problems = fields.List(fields.Nested(ProblemOut))
+
+
+class DeployQuery(Schema):
+    check = fields.Boolean(load_default=False, metadata={"description": "validate only, store nothing"})
+
+
+class StartIn(Schema):
+    business_key = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    data = fields.Dict(keys=fields.String(), load_default=dict)
+    client_id = fields.String(load_default=None, allow_none=True)
+    branch_code = fields.String(load_default=None, allow_none=True)
+
+
+class InstanceOut(Schema):
+    id = fields.Integer()
+    process_key = fields.String()
+    process_version_id = fields.Integer()
+    business_key = fields.String()
+    status = fields.String()
+    client_id = fields.String(allow_none=True)
+    branch_code = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    started_by = fields.String(allow_none=True)
+    started_at = fields.DateTime()
+    ended_by = fields.String(allow_none=True)
+    ended_at = fields.DateTime(allow_none=True)
+
+
+class InstanceDetailOut(InstanceOut):
+    data = fields.Dict()
+
+
+class InstanceQuery(Schema):
+    process = fields.String(load_default=None)
+    status = fields.String(load_default=None, validate=validate.OneOf(INSTANCE_STATUSES))
+    business_key = fields.String(load_default=None)
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class CancelIn(Schema):
+    reason = fields.String(load_default="", validate=validate.Length(max=1000))
+
+
+class HistoryOut(Schema):
+    seq = fields.Integer()
+    kind = fields.String()
+    actor = fields.String(allow_none=True)
+    occurred_at = fields.DateTime()
+    task_uuid = fields.String(allow_none=True)
+    data = fields.Dict()
+
+
+class TaskOut(Schema):
+    id = fields.Integer()
+    instance_id = fields.Integer()
+    process_key = fields.String()
+    element_id = fields.String()
+    name = fields.String(allow_none=True)
+    lane = fields.String(allow_none=True)
+    candidate_groups = fields.List(fields.String())
+    assignee = fields.String(allow_none=True)
+    owner = fields.String(allow_none=True)
+    status = fields.String()
+    priority = fields.Integer()
+    created_at = fields.DateTime()
+    due_at = fields.DateTime(allow_none=True)
+    follow_up_at = fields.DateTime(allow_none=True)
+    completed_at = fields.DateTime(allow_none=True)
+    completed_by = fields.String(allow_none=True)
+    business_key = fields.String()
+    client_id = fields.String(allow_none=True)
+    branch_code = fields.String(allow_none=True)
+    form_key = fields.String(allow_none=True)
+
+
+class TaskDetailOut(TaskOut):
+    form = fields.Dict(allow_none=True, metadata={"description": "the task's JSON Schema form"})
+
+
+class TaskQuery(Schema):
+    assignee = fields.String(load_default=None, validate=validate.Equal("me"))
+    candidate = fields.String(load_default=None, validate=validate.Equal("me"))
+    status = fields.List(fields.String(validate=validate.OneOf(TASK_STATUSES)),
+                         load_default=lambda: list(ACTIVE_TASK_STATES))
+    overdue = fields.Boolean(load_default=False)
+    due_within_hours = fields.Float(load_default=None, validate=validate.Range(min=0))
+    process = fields.String(load_default=None)
+    business_key = fields.String(load_default=None)
+    sort = fields.String(load_default="due", validate=validate.Equal("due"))
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class TaskPageOut(Schema):
+    items = fields.List(fields.Nested(TaskOut))
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
+class UserIn(Schema):
+    username = fields.String(required=True)
+
+
+class CompleteIn(Schema):
+    data = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class MessageIn(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    correlation_key = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    payload = fields.Dict(keys=fields.String(), load_default=dict)

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api.auth import current_actor
+from api.context import bpm
+from api.schemas import CheckOut, DeployOut, DeployQuery, VersionOut
+from engine import bundle as bundles
+from engine import deployments
+from engine.errors import InvalidInput
+
+PREFIX = ""
+blp = Blueprint("deployments", __name__, description="Deploy BPMN bundles; list process versions")
+
+
+def _bundle_from_request() -> bundles.Bundle:
+    """multipart ``files`` (.bpmn, .zip, forms as .json), or a raw XML or zip body."""
+    if request.files:
+        bundle = bundles.Bundle(name="upload")
+        for upload in request.files.getlist("files") or list(request.files.values()):
+            name = PurePosixPath(upload.filename or "upload").name
+            data = upload.read()
+            if name.endswith(".zip"):
+                bundle.merge(bundles.from_zip(data, name))
+            elif name.endswith(".json"):
+                bundle.add_file(f"forms/{name}", data)
+            else:
+                bundle.add_file(name if name.endswith(".bpmn") else f"{name}.bpmn", data)
+        return bundle
+    mimetype = request.mimetype or ""
+    body = request.get_data()
+    if not body:
+        raise InvalidInput("send the bundle as multipart 'files', or an XML or zip body")
+    if mimetype in ("application/zip", "application/x-zip-compressed"):
+        return bundles.from_zip(body, "upload.zip")
+    if mimetype.endswith("xml") or mimetype in ("application/octet-stream", ""):
+        bundle = bundles.Bundle(name="upload")
+        bundle.add_file(request.args.get("filename", "upload.bpmn"), body)
+        return bundle
+    raise InvalidInput(f"unsupported content type {mimetype!r}")
+
+
+@blp.route("/deployments")
+class Deployments(MethodView):
+    @blp.arguments(DeployQuery, location="query")
+    @blp.response(201, DeployOut)
+    @blp.alt_response(200, schema=CheckOut, description="with ?check=true: the lint result")
+    def post(self, query: dict[str, Any]) -> Any:
+        """Deploy a bundle: one or more .bpmn files with the forms/*.json they use.
+
+        Identical content creates no new version. Any problem rejects the whole bundle
+        (422, with every problem located by file, line and element)."""
+        ctx = bpm()
+        actor = current_actor()
+        bundle = _bundle_from_request()
+        with ctx.db.transaction() as session:
+            if query["check"]:
+                _, problems = deployments.check(session, ctx.runtime, bundle)
+                return CheckOut().dump({"ok": not problems, "problems": [p.__dict__ for p in problems]}), 200
+            results = deployments.deploy(session, ctx.runtime, bundle, actor=actor)
+            versions = [{**VersionOut().dump(r.version), "created": r.created} for r in results]
+        return {"versions": versions}
+
+
+@blp.route("/processes")
+class Processes(MethodView):
+    @blp.response(200, VersionOut(many=True))
+    def get(self) -> Any:
+        """The latest version of every deployed process."""
+        current_actor()
+        ctx = bpm()
+        with ctx.db.transaction() as session:
+            return deployments.latest_versions(session)
+
+
+@blp.route("/processes/<string:process_key>/versions")
+class ProcessVersions(MethodView):
+    @blp.response(200, VersionOut(many=True))
+    def get(self, process_key: str) -> Any:
+        """Every version of one process, newest first."""
+        current_actor()
+        ctx = bpm()
+        with ctx.db.transaction() as session:
+            versions = deployments.get_all(session, process_key=process_key)
+            if not versions:
+                deployments.get_latest(session, process_key)  # raises ProcessNotFound
+            return versions

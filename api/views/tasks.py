@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from api.auth import current_actor
+from api.context import bpm
+from api.schemas import CompleteIn, TaskDetailOut, TaskOut, TaskPageOut, TaskQuery, UserIn
+from engine import tasks
+from engine.models import ProcessInstance
+
+PREFIX = "/tasks"
+blp = Blueprint("tasks", __name__, description="The inbox: find, claim and complete human tasks")
+
+
+@blp.route("")
+class Inbox(MethodView):
+    @blp.arguments(TaskQuery, location="query")
+    @blp.response(200, TaskPageOut)
+    def get(self, query: dict[str, Any]) -> Any:
+        """Tasks the caller may see, sorted by due time (no due date last).
+
+        ``assignee=me``: my tasks; ``candidate=me``: unclaimed tasks of my groups;
+        ``overdue=true``; ``due_within_hours=N``: due soon."""
+        ctx = bpm()
+        actor = current_actor()
+        q = tasks.InboxQuery(
+            assignee_me=query["assignee"] == "me", candidate_me=query["candidate"] == "me",
+            status=tuple(query["status"]), overdue=query["overdue"],
+            due_within=(timedelta(hours=query["due_within_hours"])
+                        if query["due_within_hours"] is not None else None),
+            process_key=query["process"], business_key=query["business_key"],
+            limit=query["limit"], offset=query["offset"],
+        )
+        with ctx.db.transaction() as session:
+            items, total = tasks.inbox(session, actor=actor, query=q, now=ctx.runtime.now())
+            return {"items": items, "total": total, "limit": q.limit, "offset": q.offset}
+
+
+@blp.route("/<int:task_id>")
+class TaskDetail(MethodView):
+    @blp.response(200, TaskDetailOut)
+    def get(self, task_id: int) -> Any:
+        """One task with its form (JSON Schema)."""
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            task = tasks.get(session, task_id, actor=actor)
+            form = None
+            if task.form_key:
+                version_id = session.get(ProcessInstance, task.instance_id).process_version_id  # type: ignore[union-attr]
+                validator = ctx.runtime.form_validator(session, version_id, task.form_key)
+                form = validator.schema if validator is not None else None
+            return {**TaskOut().dump(task), "form": form}
+
+
+def _command(name: str, doc: str, body_schema: Any = None) -> None:
+    def view(task_id: int, body: dict[str, Any] | None = None) -> Any:
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            service = getattr(tasks, name)
+            extra = {}
+            if name in ("assign", "delegate"):
+                extra["username"] = body["username"]  # type: ignore[index]
+            if name == "complete":
+                extra["data"] = body["data"]  # type: ignore[index]
+            return service(session, ctx.runtime, task_id=task_id, actor=actor, **extra)
+
+    if body_schema is not None:
+        def endpoint(body: dict[str, Any], task_id: int) -> Any:
+            return view(task_id, body)
+
+        endpoint = blp.arguments(body_schema)(endpoint)
+    else:
+        def endpoint(task_id: int) -> Any:  # type: ignore[misc]
+            return view(task_id)
+
+    endpoint.__doc__ = doc
+    endpoint.__name__ = name
+    blp.route(f"/<int:task_id>/{name}", methods=["POST"], endpoint=name)(
+        blp.response(200, TaskOut)(endpoint)
+    )
+
+
+_command("claim", "Claim an open task of one of my groups.")
+_command("unclaim", "Give a claimed task back to its groups (assignee or supervisor).")
+_command("assign", "Give the task to a user (supervisor).", UserIn)
+_command("delegate", "Hand my task to a colleague; I stay its owner.", UserIn)
+_command("complete", "Complete the task with its form data (validated against the form).", CompleteIn)
