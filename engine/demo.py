@@ -64,8 +64,8 @@ def load(session: Session, rt: Runtime) -> int:
         identity.ensure_group(session, key=key, name=name)
     for key, name in JOB_ROLES.items():
         identity.ensure_group(session, key=key, name=name)
-        for branch in BRANCHES:
-            identity.ensure_group(session, key=f"{branch}:{key}", name=f"{branch} {name}",
+        for code in BRANCHES:
+            identity.ensure_group(session, key=f"{code}:{key}", name=f"{code} {name}",
                                   kind="branch_role")
     existing = set(session.execute(select(User.username)).scalars())
     created = 0
@@ -73,7 +73,7 @@ def load(session: Session, rt: Runtime) -> int:
         if username in existing:
             continue
         groups = [*roles, *extra, *(f"{branch}:{r}" for r in roles if branch)]
-        if group:
+        if group is not None:
             identity.ensure_group(session, key=group, name=f"服务小组 {group}", kind="service_group")
             groups.append(group)
         identity.create_user(session, username=username, display_name=name, now=rt.now(),

@@ -215,7 +215,8 @@ def _retire(session: Session, workflow: BpmnWorkflow, gone: dict[str, str], now:
     if messages:
         session.execute(delete(MessageSubscription).where(MessageSubscription.task_uuid.in_(messages)))
     if timers:
-        fired, cancelled = [], []
+        fired: list[str] = []
+        cancelled: list[str] = []
         for uuid in timers:
             task = workflow.get_task_from_id(UUID(uuid))
             (fired if task is not None and task.has_state(TaskState.COMPLETED | TaskState.READY)

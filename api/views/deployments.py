@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any
 
-from flask import request
+from flask import jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -61,9 +61,13 @@ class Deployments(MethodView):
         with ctx.db.transaction() as session:
             if query["check"]:
                 _, problems = deployments.check(session, ctx.runtime, bundle)
-                return CheckOut().dump({"ok": not problems, "problems": [p.__dict__ for p in problems]}), 200
+                # A Response is returned as is: the 201 DeployOut schema must not re-dump it.
+                return jsonify(CheckOut().dump({"ok": not problems,
+                                                "problems": [p.__dict__ for p in problems]})), 200
             results = deployments.deploy(session, ctx.runtime, bundle, actor=actor)
-            versions = [{**VersionOut().dump(r.version), "created": r.created} for r in results]
+            # Raw attributes, not VersionOut().dump(): DeployOut dumps them (datetimes once).
+            versions = [{**{f: getattr(r.version, f) for f in VersionOut().fields}, "created": r.created}
+                        for r in results]
         return {"versions": versions}
 
 

@@ -49,7 +49,9 @@ class Instance(MethodView):
         ctx = bpm()
         with ctx.db.transaction() as session:
             instance = instances.get(session, instance_id)
-            return {**InstanceOut().dump(instance), "data": instances.data_of(session, ctx.runtime, instance)}
+            # Raw attributes: InstanceDetailOut dumps them (a pre-dumped datetime would fail).
+            return {**{f: getattr(instance, f) for f in InstanceOut().fields},
+                    "data": instances.data_of(session, ctx.runtime, instance)}
 
 
 @blp.route("/instances/<int:instance_id>/cancel")

@@ -54,7 +54,8 @@ class TaskDetail(MethodView):
                 version_id = session.get(ProcessInstance, task.instance_id).process_version_id  # type: ignore[union-attr]
                 validator = ctx.runtime.form_validator(session, version_id, task.form_key)
                 form = validator.schema if validator is not None else None
-            return {**TaskOut().dump(task), "form": form}
+            # Raw attributes: TaskDetailOut dumps them (a pre-dumped datetime would fail).
+            return {**{f: getattr(task, f) for f in TaskOut().fields}, "form": form}
 
 
 def _command(name: str, doc: str, body_schema: Any = None) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from engine import models  # noqa: F401 - registers the tables on Base.metadata
 from engine.config import Settings
@@ -31,7 +32,7 @@ def run_migrations_online() -> None:
     engine.dispose()
 
 
-def _run(connection: object) -> None:
+def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=Base.metadata,
                       render_as_batch=url.startswith("sqlite"))
     with context.begin_transaction():
