@@ -250,11 +250,50 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
 
 @main.command()
+@click.option("--sweep-interval", default=5.0, show_default=True, type=float,
+              help="Seconds between sweeps that re-enqueue due, unfired timers.")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty (for tests).")
 @pass_ctx
-def worker(ctx: Context) -> None:
-    """Run a timer worker (rq). Timers arrive with the SLA/timer issue."""
-    fail("the rq timer worker is not built yet (see the SLA and timers issue); "
-         "`bpm serve` needs no worker today", code=2)
+def worker(ctx: Context, sweep_interval: float, burst: bool) -> None:
+    """Run an rq worker that fires timers (needs BPM_REDIS_URL).
+
+    Runs rq's scheduler (enqueue_at) in the same process, plus a sweep thread: the database
+    is the source of truth, so a flushed Redis or a killed worker loses no timer."""
+    import threading
+
+    from rq import SimpleWorker
+
+    from engine.queueing import RqScheduler, sweep
+
+    settings = ctx.settings
+    if not settings.redis_url:
+        fail("bpm worker needs BPM_REDIS_URL (without it, `bpm serve` runs timers itself)")
+    assert settings.redis_url is not None
+    scheduler = RqScheduler(settings.redis_url)
+    rt = Runtime(settings, scheduler=scheduler)
+    stop = threading.Event()
+
+    def sweeper() -> None:
+        backoff = sweep_interval
+        while not stop.is_set():
+            try:
+                with ctx.db.transaction() as session:
+                    sweep(session, scheduler, rt.now())
+                backoff = sweep_interval
+            except Exception as exc:  # noqa: BLE001 - database or Redis away: back off, retry
+                click.echo(f"sweep failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s", err=True)
+                backoff = min(backoff * 2, 60.0)
+            stop.wait(backoff)
+
+    thread = threading.Thread(target=sweeper, name="bpm-sweep", daemon=True)
+    thread.start()
+    # SimpleWorker runs jobs in this process: no fork per job, and the database pool and
+    # the spec cache survive between jobs.
+    rq_worker = SimpleWorker([scheduler.queue], connection=scheduler.queue.connection)
+    try:
+        rq_worker.work(with_scheduler=True, burst=burst)
+    finally:
+        stop.set()
 
 
 def run() -> None:

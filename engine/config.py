@@ -27,6 +27,8 @@ class Settings:
     secret_key: str
     allow_script_tasks: bool = False
     expression_timeout_ms: int = 100
+    # Extra modules that register service-task functions (comma-separated dotted names).
+    service_modules: tuple[str, ...] = ()
     workflows_dir: Path = PROJECT_ROOT / "workflows"
 
     @property
@@ -50,6 +52,7 @@ class Settings:
             secret_key=secret_key,
             allow_script_tasks=_bool(env, "BPM_ALLOW_SCRIPT_TASKS", False),
             expression_timeout_ms=_int(env, "BPM_EXPRESSION_TIMEOUT_MS", 100, minimum=1),
+            service_modules=_modules(env, "BPM_SERVICE_MODULES"),
         )
 
 
@@ -72,6 +75,15 @@ def _check_redis_url(url: str) -> None:
         parsed.scheme != "unix" and not parsed.hostname
     ):
         raise ConfigError(f"BPM_REDIS_URL must look like redis://host:6379/0, got {url!r}")
+
+
+def _modules(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name) or ""
+    modules = tuple(m.strip() for m in raw.split(",") if m.strip())
+    for module in modules:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigError(f"{name} must be comma-separated module names, got {module!r}")
+    return modules
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

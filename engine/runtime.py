@@ -9,6 +9,7 @@ appends audit events, all in the caller's transaction. :func:`locked_instance`,
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,7 @@ from engine.bpmn.script_engine import SafeScriptEngine
 from engine.bpmn.serializer import SpecCache, dump_state, load_state
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
+from engine.db import after_commit
 from engine.errors import ExpressionError, InstanceNotFound, InstanceNotRunning
 from engine.expressions import SafeEvaluator
 from engine.identity import Actor
@@ -55,8 +57,13 @@ class Runtime:
     clock: Clock = field(default_factory=SystemClock)
     services: ServiceRegistry = field(default_factory=lambda: default_registry)
     specs: SpecCache = field(default_factory=SpecCache)
+    # Told about every new timer after commit: the embedded runner or the rq scheduler.
+    scheduler: Any = None
 
     def __post_init__(self) -> None:
+        for module in self.settings.service_modules:
+            # Developer-written service-task functions register themselves on import.
+            importlib.import_module(module)
         self.evaluator = SafeEvaluator(timeout_ms=self.settings.expression_timeout_ms)
         self.script_engine = SafeScriptEngine(
             self.evaluator, self.services, allow_scripts=self.settings.allow_script_tasks
@@ -197,7 +204,7 @@ def project(session: Session, rt: Runtime, instance: ProcessInstance, workflow: 
         elif kind == KIND_MESSAGE:
             _insert_subscriptions(session, rt, instance, task, now)
         else:
-            _insert_timer(session, instance, task, now)
+            _insert_timer(session, rt, instance, task, now)
     instance.projected = {uuid: kind for uuid, (kind, _) in wanted.items()}
 
 
@@ -311,12 +318,16 @@ def timer_due(task: Any) -> datetime | None:
     return TimerEventDefinition.get_datetime(value) if isinstance(value, str) else None
 
 
-def _insert_timer(session: Session, instance: ProcessInstance, task: Any, now: datetime) -> None:
+def _insert_timer(session: Session, rt: Runtime, instance: ProcessInstance, task: Any, now: datetime) -> None:
     due = timer_due(task)
     if due is None:
         return
-    session.add(Timer(instance_id=instance.id, task_uuid=str(task.id), element_id=task.task_spec.bpmn_id,
-                      due_at=due, status="waiting", created_at=now))
+    timer = Timer(instance_id=instance.id, task_uuid=str(task.id), element_id=task.task_spec.bpmn_id,
+                  due_at=due, status="waiting", created_at=now)
+    session.add(timer)
+    if rt.scheduler is not None:
+        scheduler = rt.scheduler
+        after_commit(session, lambda: scheduler.timer_created(timer.id, timer.due_at))
 
 
 def audit(session: Session, rt: Runtime, instance: ProcessInstance, kind: str, actor: Actor, *,

@@ -1,0 +1,209 @@
+"""Business calendars: working days (工作日), trading days (交易日), business hours.
+
+Semantics (the frequent confusion in peers' trackers is "is one day 24 hours or one
+working day?"; here the unit says which):
+
+* ``CD``/``CH``/``CMIN``: calendar days, hours, minutes. One CD is 24 hours.
+* ``CM``: calendar months: the same local date and time N months later, clamped to the
+  month's last day (Jan 31 + 1 CM = Feb 28/29). Used for regulatory "1个月".
+* ``WD``: working days. The clock starts at ``t`` if ``t`` is within business hours of a
+  working day, otherwise at the next opening. The due time is the same local time of day on
+  the Nth following working day. So 3 WD from Friday 18:00 is Thursday 09:00 (the clock
+  starts Monday 09:00), and 1 WD from Monday 10:30 is Tuesday 10:30.
+* ``TD``: the same with trading days: working days that fall Monday–Friday. The exchanges
+  stay closed on 调休 make-up weekends, so a make-up Sunday is a WD but not a TD.
+* ``WH``: working hours: only minutes inside business hours of working days count.
+
+Days come from the ``bpm_calendar_day`` table (seeded from the ``chinese-calendar``
+package, editable by administrators because next year's holidays are announced each
+November). A computation that needs a day outside the known range still returns a date,
+treating Monday–Friday as working and trading days, and says ``incomplete=True`` so the
+task is flagged ``calendar_incomplete`` instead of silently trusting a guess.
+"""
+
+from __future__ import annotations
+
+import calendar as pycalendar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from engine.clock import ensure_aware
+from engine.errors import InvalidInput
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+MAX_SCAN_DAYS = 3660
+
+
+class Unit(StrEnum):
+    CALENDAR_DAYS = "CD"
+    CALENDAR_HOURS = "CH"
+    CALENDAR_MINUTES = "CMIN"
+    CALENDAR_MONTHS = "CM"
+    WORKING_DAYS = "WD"
+    TRADING_DAYS = "TD"
+    WORKING_HOURS = "WH"
+
+
+@dataclass(frozen=True)
+class DayInfo:
+    working: bool
+    trading: bool
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class BusinessHours:
+    """Opening periods of a working day in a time zone, e.g. 09:00–11:30 and 13:00–17:00."""
+
+    periods: tuple[tuple[time, time], ...] = ((time(9), time(17)),)
+    tz: ZoneInfo = SHANGHAI
+
+    def __post_init__(self) -> None:
+        if not self.periods:
+            raise InvalidInput("business hours need at least one period")
+        previous = time.min
+        for start, end in self.periods:
+            if not (previous <= start < end):
+                raise InvalidInput("business-hour periods must be increasing and non-overlapping")
+            previous = end
+
+    @property
+    def opening(self) -> time:
+        return self.periods[0][0]
+
+
+@dataclass(frozen=True)
+class Due:
+    at: datetime
+    incomplete: bool  # some day needed lies outside the calendar's known data
+
+
+class BusinessCalendar:
+    def __init__(self, days: Mapping[date, DayInfo], hours: BusinessHours | None = None) -> None:
+        self.days = days
+        self.hours = hours or BusinessHours()
+        self.known_from = min(days) if days else None
+        self.known_until = max(days) if days else None
+
+    # -- days ------------------------------------------------------------------------------
+    def day(self, d: date) -> tuple[DayInfo, bool]:
+        """The day's kind, and whether it came from known data."""
+        info = self.days.get(d)
+        if info is not None:
+            return info, True
+        weekday = d.weekday() < 5
+        return DayInfo(working=weekday, trading=weekday), False
+
+    def _is_open_day(self, d: date, trading: bool) -> tuple[bool, bool]:
+        info, known = self.day(d)
+        return (info.trading if trading else info.working), known
+
+    # -- arithmetic ------------------------------------------------------------------------
+    def add(self, start: datetime, amount: int | float | Decimal, unit: Unit | str) -> Due:
+        ensure_aware(start, name="start")
+        unit = Unit(unit)
+        if amount < 0:
+            raise InvalidInput("an SLA target cannot be negative")
+        if unit is Unit.CALENDAR_DAYS:
+            return Due(start + timedelta(days=float(amount)), False)
+        if unit is Unit.CALENDAR_HOURS:
+            return Due(start + timedelta(hours=float(amount)), False)
+        if unit is Unit.CALENDAR_MINUTES:
+            return Due(start + timedelta(minutes=float(amount)), False)
+        if unit is Unit.CALENDAR_MONTHS:
+            return Due(self._add_months(start, int(amount)), False)
+        if unit is Unit.WORKING_HOURS:
+            return self._add_working_minutes(start, Decimal(str(amount)) * 60)
+        return self._add_days(start, int(amount), trading=unit is Unit.TRADING_DAYS)
+
+    def _add_months(self, start: datetime, months: int) -> datetime:
+        local = start.astimezone(self.hours.tz)
+        index = local.month - 1 + months
+        year, month = local.year + index // 12, index % 12 + 1
+        day = min(local.day, pycalendar.monthrange(year, month)[1])
+        return local.replace(year=year, month=month, day=day).astimezone(start.tzinfo)
+
+    def clock_start(self, moment: datetime, *, trading: bool = False) -> tuple[datetime, bool]:
+        """``moment`` if inside business hours of an open day, else the next opening."""
+        local = moment.astimezone(self.hours.tz)
+        d, complete = local.date(), True
+        for _ in range(MAX_SCAN_DAYS):
+            is_open, known = self._is_open_day(d, trading)
+            complete &= known
+            if is_open:
+                for begin, end in self.hours.periods:
+                    begin_at = datetime.combine(d, begin, self.hours.tz)
+                    end_at = datetime.combine(d, end, self.hours.tz)
+                    if local < begin_at:
+                        return begin_at, complete
+                    if begin_at <= local < end_at:
+                        return local, complete
+            d += timedelta(days=1)
+            local = datetime.combine(d, time.min, self.hours.tz)
+        raise InvalidInput("no open business day within ten years")
+
+    def _add_days(self, start: datetime, days: int, *, trading: bool) -> Due:
+        begin, complete = self.clock_start(start, trading=trading)
+        d, remaining = begin.date(), days
+        for _ in range(MAX_SCAN_DAYS):
+            if remaining == 0:
+                due = datetime.combine(d, begin.timetz().replace(tzinfo=None), self.hours.tz)
+                return Due(due.astimezone(start.tzinfo), not complete)
+            d += timedelta(days=1)
+            is_open, known = self._is_open_day(d, trading)
+            complete &= known
+            if is_open:
+                remaining -= 1
+        raise InvalidInput("the target is more than ten years away")
+
+    def _add_working_minutes(self, start: datetime, minutes: Decimal) -> Due:
+        local, complete = self.clock_start(start)
+        remaining = timedelta(minutes=float(minutes))
+        d = local.date()
+        for _ in range(MAX_SCAN_DAYS):
+            is_open, known = self._is_open_day(d, False)
+            complete &= known
+            if is_open:
+                for begin, end in self.hours.periods:
+                    begin_at = datetime.combine(d, begin, self.hours.tz)
+                    end_at = datetime.combine(d, end, self.hours.tz)
+                    if end_at <= local:
+                        continue
+                    segment_start = max(begin_at, local)
+                    available = end_at - segment_start
+                    if remaining <= available:
+                        return Due((segment_start + remaining).astimezone(start.tzinfo), not complete)
+                    remaining -= available
+            d += timedelta(days=1)
+            local = datetime.combine(d, time.min, self.hours.tz)
+        raise InvalidInput("the target is more than ten years away")
+
+    def elapsed_fraction(self, start: datetime, due: datetime, now: datetime) -> float:
+        """How much of the target has elapsed, in wall-clock terms (for milestones)."""
+        total = (due - start).total_seconds()
+        if total <= 0:
+            return 1.0
+        return max(0.0, (now - start).total_seconds() / total)
+
+
+def seed_days(first: date = date(2004, 1, 1), last: date = date(2026, 12, 31)) -> dict[date, DayInfo]:
+    """Days from the ``chinese-calendar`` package (State Council notices, 调休 included)."""
+    import chinese_calendar
+
+    days: dict[date, DayInfo] = {}
+    d = first
+    while d <= last:
+        working = chinese_calendar.is_workday(d)
+        is_holiday, name = chinese_calendar.get_holiday_detail(d)
+        days[d] = DayInfo(working=working, trading=working and d.weekday() < 5,
+                          name=name if (is_holiday and name) or (working and d.weekday() >= 5 and name) else None)
+        d += timedelta(days=1)
+    return days
+
+
+def ensure_aware_due(value: datetime) -> datetime:
+    return ensure_aware(value, name="due date")

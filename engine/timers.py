@@ -1,0 +1,171 @@
+"""Firing timers. The database is the source of truth; queues only deliver wake-ups.
+
+Every waiting BPMN timer has a ``bpm_timer`` row (see ``runtime.project``). Firing one is
+idempotent: lock the instance (the same lock order as every other change, so a timer and
+a user's completion never deadlock), then claim the row with a conditional UPDATE
+(``waiting`` → ``fired``); a second delivery, a second worker or a retried job finds
+nothing to claim and changes nothing. Claim and effect commit together, so a worker killed
+mid-job leaves the row ``waiting`` and the next sweep fires it again, exactly once.
+
+SpiffWorkflow fires a timer only when ``due < now`` strictly, so callers wake just after
+the due instant (:data:`FIRE_DELAY`), never at it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Protocol
+from uuid import UUID
+
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from engine.db import Database
+from engine.errors import InstanceNotFound, InstanceNotRunning
+from engine.identity import Actor
+from engine.models import Timer
+from engine.runtime import Runtime, audit, locked_instance, run_and_save, timer_due
+
+log = logging.getLogger(__name__)
+FIRE_DELAY = timedelta(milliseconds=5)
+TIMER_ACTOR = Actor.system("timer")
+
+
+class Scheduler(Protocol):
+    """Where new timers are announced after commit (embedded thread or rq)."""
+
+    def timer_created(self, timer_id: int, due_at: datetime) -> None: ...
+
+
+class NoScheduler:
+    def timer_created(self, timer_id: int, due_at: datetime) -> None:
+        return None
+
+
+def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
+    """Fire one timer if it is due and still waiting; return whether it fired."""
+    now = rt.now()
+    row = session.execute(select(Timer.instance_id, Timer.status, Timer.due_at)
+                          .where(Timer.id == timer_id)).first()
+    if row is None or row.status != "waiting" or row.due_at >= now:
+        return False
+    try:
+        instance = locked_instance(session, row.instance_id)
+    except (InstanceNotFound, InstanceNotRunning):
+        # The instance ended or was cancelled: nothing may happen, and the row is settled.
+        session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
+                        .values(status="cancelled"))
+        return False
+    claimed = session.execute(
+        update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
+        .values(status="fired", fired_at=now)
+    ).rowcount
+    if claimed != 1:
+        return False  # another delivery got here first
+    timer = session.get(Timer, timer_id)
+    assert timer is not None
+    workflow = rt.load(session, instance)
+    workflow.refresh_timers()
+    task = workflow.get_task_from_id(UUID(timer.task_uuid))
+    if task is not None and task.has_state(TaskState.WAITING) and not _cycle(task):
+        # SpiffWorkflow did not consider it due (clock skew between processes):
+        # put the claim back so the next wake-up tries again.
+        session.execute(update(Timer).where(Timer.id == timer_id).values(status="waiting", fired_at=None))
+        return False
+    audit(session, rt, instance, "timer.fired", TIMER_ACTOR, task_uuid=timer.task_uuid,
+          element_id=timer.element_id, due_at=timer.due_at.isoformat())
+    run_and_save(session, rt, instance, workflow, actor=TIMER_ACTOR)
+    if task is not None and task.has_state(TaskState.WAITING) and _cycle(task):
+        # A cycle timer keeps waiting for its next occurrence: the same row waits again.
+        next_at = timer_due(task)
+        if next_at is not None:
+            session.execute(update(Timer).where(Timer.id == timer_id)
+                            .values(status="waiting", due_at=next_at))
+    return True
+
+
+def _cycle(task: object) -> bool:
+    value = getattr(task, "internal_data", {}).get("event_value")
+    return isinstance(value, dict)
+
+
+def due_ids(session: Session, now: datetime, *, limit: int = 500) -> list[int]:
+    return list(session.execute(
+        select(Timer.id).where(Timer.status == "waiting", Timer.due_at < now)
+        .order_by(Timer.due_at).limit(limit)
+    ).scalars())
+
+
+def next_due(session: Session) -> datetime | None:
+    due: datetime | None = session.execute(
+        select(func.min(Timer.due_at)).where(Timer.status == "waiting")
+    ).scalar_one_or_none()
+    return due
+
+
+def fire_due(db: Database, rt: Runtime, *, limit: int = 500) -> int:
+    """Fire everything due now, one transaction per timer. Returns how many fired."""
+    with db.transaction() as session:
+        ids = due_ids(session, rt.now(), limit=limit)
+    fired = 0
+    for timer_id in ids:
+        try:
+            with db.transaction() as session:
+                fired += fire(session, rt, timer_id)
+        except Exception:
+            log.exception("timer %s could not be fired; it stays waiting for the next sweep", timer_id)
+    return fired
+
+
+class EmbeddedRunner:
+    """The default for ``make run``: one thread in the app process that sleeps until the
+    next due timer (or until told a new one exists) and fires what is due."""
+
+    def __init__(self, db: Database, rt: Runtime, *, max_sleep: float = 30.0,
+                 on_error: Callable[[Exception], None] | None = None) -> None:
+        self.db, self.rt, self.max_sleep = db, rt, max_sleep
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_error = on_error
+
+    def timer_created(self, timer_id: int, due_at: datetime) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="bpm-timers", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def run_once(self) -> float:
+        """Fire what is due; return seconds to sleep until the next due timer."""
+        fire_due(self.db, self.rt)
+        with self.db.transaction() as session:
+            upcoming = next_due(session)
+        if upcoming is None:
+            return self.max_sleep
+        wait = (upcoming + FIRE_DELAY - self.rt.now()).total_seconds()
+        return min(max(wait, 0.0), self.max_sleep)
+
+    def _loop(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                wait = self.run_once()
+                backoff = 1.0
+            except Exception as exc:  # noqa: BLE001 - database away: back off and retry
+                log.warning("timer runner: %s; retrying in %.0f s", exc, backoff)
+                if self._on_error:
+                    self._on_error(exc)
+                wait, backoff = backoff, min(backoff * 2, 60.0)
+            self._wake.wait(wait)
+            self._wake.clear()

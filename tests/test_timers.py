@@ -1,0 +1,135 @@
+"""BPMN timers: projected rows, idempotent firing, the embedded runner. Time moves with
+time-machine; nothing sleeps for a timer."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from sqlalchemy import func, select
+
+from engine import instances, tasks, timers
+from engine.models import AuditEvent, ProcessInstance, Timer
+
+START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
+
+
+def _to_waiting_for_ack(db, rt, people, key="R-1"):
+    with db.transaction() as s:
+        inst = instances.start(s, rt, process_key="review", business_key=key, actor=people.clerk,
+                               data={"priority": 50, "due_at": None})
+    with db.transaction() as s:
+        task = tasks.inbox(s, actor=people.clerk, query=tasks.InboxQuery(business_key=key), now=rt.now())[0][0]
+        tasks.complete(s, rt, task_id=task.id, actor=people.clerk, data={"amount": 10, "summary": "小额"})
+    with db.transaction() as s:
+        task = tasks.inbox(s, actor=people.clerk, query=tasks.InboxQuery(business_key=key), now=rt.now())[0][0]
+        tasks.complete(s, rt, task_id=task.id, actor=people.clerk, data={"approved": True})
+    return inst.id
+
+
+def _timer(db, instance_id):
+    with db.transaction() as s:
+        return s.execute(select(Timer).where(Timer.instance_id == instance_id)).scalar_one()
+
+
+def _status(db, instance_id):
+    with db.transaction() as s:
+        return s.get(ProcessInstance, instance_id).status
+
+
+@pytest.mark.sqlite
+def test_a_waiting_boundary_timer_has_a_row_due_fifteen_days_later(db, rt, people, review):
+    with time_machine.travel(START, tick=False):
+        instance_id = _to_waiting_for_ack(db, rt, people)
+    timer = _timer(db, instance_id)
+    assert timer.status == "waiting" and timer.element_id == "ack_timeout"
+    assert timer.due_at == START + timedelta(days=15)
+
+
+@pytest.mark.sqlite
+def test_nothing_fires_before_the_due_time_and_it_fires_just_after(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        traveller.move_to(START + timedelta(days=15))  # exactly due: SpiffWorkflow needs due < now
+        assert timers.fire_due(db, rt) == 0
+        assert _status(db, instance_id) == "running"
+        traveller.shift(timedelta(seconds=1))
+        assert timers.fire_due(db, rt) == 1
+    assert _status(db, instance_id) == "completed"
+    assert _timer(db, instance_id).status == "fired"
+
+
+@pytest.mark.sqlite
+def test_a_second_delivery_of_the_same_timer_changes_nothing(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        timer_id = _timer(db, instance_id).id
+        traveller.move_to(START + timedelta(days=16))
+        with db.transaction() as s:
+            assert timers.fire(s, rt, timer_id) is True
+        with db.transaction() as s:
+            before = s.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
+            assert timers.fire(s, rt, timer_id) is False
+            assert s.execute(select(func.count()).select_from(AuditEvent)).scalar_one() == before
+
+
+@pytest.mark.sqlite
+def test_a_timer_whose_instance_was_cancelled_does_nothing(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        with db.transaction() as s:
+            instances.cancel(s, rt, instance_id=instance_id, actor=people.supervisor, reason="duplicate")
+        assert _timer(db, instance_id).status == "cancelled"
+        traveller.move_to(START + timedelta(days=16))
+        assert timers.fire_due(db, rt) == 0
+    assert _status(db, instance_id) == "cancelled"
+
+
+@pytest.mark.sqlite
+def test_the_message_arriving_first_cancels_the_timer_row(db, rt, people, review):
+    from engine import messages
+
+    with time_machine.travel(START, tick=False):
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        with db.transaction() as s:
+            messages.correlate(s, rt, name="client_ack", correlation_key="R-1", actor=people.system)
+    assert _timer(db, instance_id).status == "cancelled"
+
+
+def test_two_racing_firings_of_one_timer_fire_it_once(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        timer_id = _timer(db, instance_id).id
+        traveller.move_to(START + timedelta(days=16))
+        barrier = threading.Barrier(2)
+        results: list[bool] = []
+
+        def worker():
+            with db.transaction() as s:
+                barrier.wait()
+                results.append(timers.fire(s, rt, timer_id))
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert sorted(results) == [False, True]
+    with db.transaction() as s:
+        fired = s.execute(select(func.count()).select_from(AuditEvent)
+                          .where(AuditEvent.instance_id == instance_id, AuditEvent.kind == "timer.fired")).scalar_one()
+    assert fired == 1
+
+
+@pytest.mark.sqlite
+def test_the_embedded_runner_sleeps_until_the_next_due_timer(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        runner = timers.EmbeddedRunner(db, rt, max_sleep=3600 * 24 * 30)
+        wait = runner.run_once()
+        assert wait == pytest.approx(timedelta(days=15).total_seconds() + 0.005, abs=0.01)
+        traveller.move_to(START + timedelta(days=15, seconds=1))
+        assert runner.run_once() == 3600 * 24 * 30  # nothing left to wait for
+    assert _status(db, instance_id) == "completed"
