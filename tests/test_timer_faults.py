@@ -1,0 +1,245 @@
+"""Timer delivery through real rq workers on real Redis and PostgreSQL, under faults:
+Redis flushed, two workers racing, a worker SIGKILLed mid-firing, the database away.
+
+Timers here are due in the (real) past when the workers start, because they were created
+under time-machine: nothing sleeps for a timer. The tests wait only for worker processes,
+polling the database with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import time_machine
+from redis import Redis
+from sqlalchemy import func, select
+
+from engine import instances
+from engine.config import Settings
+from engine.db import Database
+from engine.models import AuditEvent, ProcessInstance, Timer
+from engine.queueing import RqScheduler
+from engine.runtime import Runtime
+from tests.conftest import REDIS_URL, deploy_fixture
+from tests.test_timers import _to_waiting_for_ack
+
+ROOT = Path(__file__).resolve().parent.parent
+START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+WORKER = [sys.executable, "-c", "from api.cli import run; run()", "worker", "--sweep-interval", "0.3"]
+
+
+@pytest.fixture
+def redis():
+    connection = Redis.from_url(REDIS_URL)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+
+
+@pytest.fixture
+def rq_rt(settings, redis):
+    settings = Settings.from_env({"BPM_DATABASE_URL": settings.database_url, "BPM_REDIS_URL": REDIS_URL,
+                                  "BPM_SERVICE_MODULES": "tests.service_fixtures"})
+    return Runtime(settings, scheduler=RqScheduler(REDIS_URL))
+
+
+class Workers:
+    def __init__(self, database_url: str) -> None:
+        self.env = {**os.environ, "BPM_DATABASE_URL": database_url, "BPM_REDIS_URL": REDIS_URL,
+                    "BPM_SERVICE_MODULES": "tests.service_fixtures", "PYTHONPATH": str(ROOT)}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, database_url: str | None = None) -> subprocess.Popen[bytes]:
+        env = dict(self.env)
+        if database_url:
+            env["BPM_DATABASE_URL"] = database_url
+        proc = subprocess.Popen(WORKER, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(settings):
+    pool = Workers(settings.database_url)
+    yield pool
+    pool.stop_all()
+
+
+def wait_until(predicate, *, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _fired_counts(db: Database, instance_ids: list[int]) -> dict[int, int]:
+    with db.transaction() as s:
+        rows = s.execute(select(AuditEvent.instance_id, func.count()).where(
+            AuditEvent.kind == "timer.fired", AuditEvent.instance_id.in_(instance_ids))
+            .group_by(AuditEvent.instance_id)).all()
+    counts = {i: 0 for i in instance_ids}
+    counts.update({i: n for i, n in rows})
+    return counts
+
+
+def _all_completed(db: Database, instance_ids: list[int]) -> bool:
+    with db.transaction() as s:
+        statuses = s.execute(select(ProcessInstance.status).where(ProcessInstance.id.in_(instance_ids))).scalars()
+        return all(status == "completed" for status in statuses)
+
+
+def _waiting_instances(db, rt, people, n: int) -> list[int]:
+    deploy_fixture(db, rt, "review", people.owner)
+    with time_machine.travel(START, tick=False):
+        return [_to_waiting_for_ack(db, rt, people, key=f"R-{i}") for i in range(n)]
+
+
+def test_timers_enqueued_then_lost_in_a_redis_flush_all_fire_after_the_sweep(db, rq_rt, people, redis, workers):
+    ids = _waiting_instances(db, rq_rt, people, 12)
+    assert redis.zcard("rq:scheduled:bpm-timers") == 12  # enqueued after each commit
+    redis.flushdb()
+    workers.start()
+    wait_until(lambda: _all_completed(db, ids), what="all timers to fire after the flush")
+    assert set(_fired_counts(db, ids).values()) == {1}
+
+
+def test_two_workers_and_duplicate_deliveries_fire_each_timer_exactly_once(db, rq_rt, people, redis, workers):
+    ids = _waiting_instances(db, rq_rt, people, 20)
+    with db.transaction() as s:
+        timers = s.execute(select(Timer.id, Timer.due_at).where(Timer.instance_id.in_(ids))).all()
+    scheduler = RqScheduler(REDIS_URL)
+    for timer_id, due_at in timers:  # a second delivery of every timer
+        scheduler.queue.enqueue("engine.jobs.fire_timer_job", timer_id)
+        scheduler.enqueue(timer_id, due_at)
+    workers.start()
+    workers.start()
+    wait_until(lambda: _all_completed(db, ids), what="all timers to fire")
+    time.sleep(1.0)  # let the duplicate deliveries run too: they must change nothing
+    assert set(_fired_counts(db, ids).values()) == {1}
+
+
+def test_a_worker_killed_while_firing_leaves_the_timer_to_fire_exactly_once_later(
+        db, rq_rt, people, redis, workers, tmp_path):
+    marker, release = tmp_path / "attempts.txt", tmp_path / "release"
+    deploy_fixture(db, rq_rt, "timer_block", people.owner)
+    with time_machine.travel(START, tick=False), db.transaction() as s:
+        instance_id = instances.start(s, rq_rt, process_key="timer_block", business_key="K-1", actor=people.system,
+                                      data={"marker": str(marker), "release": str(release)}).id
+    first = workers.start()
+    wait_until(lambda: marker.exists() and marker.read_text().count("attempt") == 1, what="the first attempt")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    with db.transaction() as s:
+        assert s.execute(select(Timer.status).where(Timer.instance_id == instance_id)).scalar_one() == "waiting"
+        assert s.get(ProcessInstance, instance_id).status == "running"
+    assert _fired_counts(db, [instance_id]) == {instance_id: 0}
+
+    release.touch()
+    workers.start()
+    wait_until(lambda: _all_completed(db, [instance_id]), what="the timer to fire after the restart")
+    assert _fired_counts(db, [instance_id]) == {instance_id: 1}
+    assert marker.read_text().count("attempt") == 2  # the killed attempt was rolled back
+
+
+class PausableProxy:
+    """A TCP proxy to PostgreSQL that can drop every connection and refuse new ones."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._server: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def resume(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def pause(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for conn in self._conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            self._conns.clear()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def test_workers_retry_while_the_database_is_away_and_fire_everything_when_it_returns(
+        db, rq_rt, people, redis, workers, settings):
+    proxy = PausableProxy(("127.0.0.1", 5432))
+    proxy.resume()
+    proxied_url = settings.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    try:
+        deploy_fixture(db, rq_rt, "review", people.owner)
+        workers.start(database_url=proxied_url)
+        time.sleep(1.5)  # the worker is up and has swept once through the proxy
+        proxy.pause()
+        with time_machine.travel(START, tick=False):
+            ids = [_to_waiting_for_ack(db, rq_rt, people, key=f"D-{i}") for i in range(5)]
+        time.sleep(3.0)  # deliveries and sweeps fail meanwhile
+        assert _fired_counts(db, ids) == {i: 0 for i in ids}
+        proxy.resume()
+        wait_until(lambda: _all_completed(db, ids), timeout=90, what="timers to fire once the database is back")
+        assert set(_fired_counts(db, ids).values()) == {1}
+    finally:
+        proxy.pause()
