@@ -8,6 +8,7 @@ polling the database with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -190,10 +191,8 @@ class PausableProxy:
                 self._server.close()
                 self._server = None
             for conn in self._conns:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 conn.close()
             self._conns.clear()
 
@@ -218,10 +217,8 @@ class PausableProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
 
 def test_workers_retry_while_the_database_is_away_and_fire_everything_when_it_returns(
