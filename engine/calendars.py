@@ -198,9 +198,8 @@ def seed_days(first: date = date(2004, 1, 1), last: date = date(2026, 12, 31)) -
     d = first
     while d <= last:
         working = chinese_calendar.is_workday(d)
-        is_holiday, name = chinese_calendar.get_holiday_detail(d)
-        days[d] = DayInfo(working=working, trading=working and d.weekday() < 5,
-                          name=name if (is_holiday and name) or (working and d.weekday() >= 5 and name) else None)
+        _, name = chinese_calendar.get_holiday_detail(d)  # names holidays and 调休 days alike
+        days[d] = DayInfo(working=working, trading=working and d.weekday() < 5, name=name)
         d += timedelta(days=1)
     return days
 

@@ -3,11 +3,14 @@ ever has to deserialize a workflow (architecture invariant 3)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Date,
+    Numeric,
     BigInteger,
     Boolean,
     ForeignKey,
@@ -17,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -163,6 +167,15 @@ class Task(Base):
     client_id: Mapped[str | None] = mapped_column(String(64))
     branch_code: Mapped[str | None] = mapped_column(String(32))
     form_key: Mapped[str | None] = mapped_column(String(128))
+    # "bpmn" for diagram tasks; "escalation" for tasks opened by an SLA milestone.
+    kind: Mapped[str] = mapped_column(String(16), default="bpmn", server_default="bpmn")
+    # SLA clock (engine.sla): where the due date came from, the clock's start, pauses.
+    due_source: Mapped[str | None] = mapped_column(String(16))
+    sla_policy_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_sla_policy.id"))
+    sla_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sla_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    calendar_incomplete: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         # "my tasks", sorted by due time
@@ -200,20 +213,28 @@ class MessageSubscription(Base):
 
 
 class Timer(Base):
-    """A waiting BPMN timer. The database, not the queue, is the source of truth."""
+    """A waiting timer: a BPMN timer event ("bpmn"), an SLA milestone of a human task
+    ("sla") or a scheduled process start ("schedule"). The database, not the queue, is the
+    source of truth."""
 
     __tablename__ = "bpm_timer"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    instance_id: Mapped[int] = mapped_column(ForeignKey("bpm_process_instance.id"))
-    task_uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="bpmn", server_default="bpmn")
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_process_instance.id"))
+    # The BPMN timer task, or the human task an SLA milestone belongs to.
+    task_uuid: Mapped[str | None] = mapped_column(String(36))
     element_id: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     due_at: Mapped[datetime] = mapped_column(UTCDateTime())
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (Index("ix_timer_status_due", "status", "due_at"),)
+    __table_args__ = (
+        Index("ix_timer_status_due", "status", "due_at"),
+        Index("ix_timer_task", "task_uuid"),
+    )
 
 
 class AuditStream(Base):
@@ -247,3 +268,102 @@ class AuditEvent(Base):
         UniqueConstraint("stream", "seq", name="uq_audit_stream_seq"),
         Index("ix_audit_instance", "instance_id", "seq"),
     )
+
+
+class CalendarDay(Base):
+    """One row per date: 工作日 (State Council holidays and 调休 make-up days) and 交易日."""
+
+    __tablename__ = "bpm_calendar_day"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    working: Mapped[bool] = mapped_column(Boolean)
+    trading: Mapped[bool] = mapped_column(Boolean)
+    name: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(32))
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BusinessHoursRow(Base):
+    __tablename__ = "bpm_business_hours"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tz: Mapped[str] = mapped_column(String(64))
+    # [["09:00", "11:30"], ["13:00", "17:00"]]
+    periods: Mapped[list[list[str]]] = mapped_column(JSON)
+
+
+class Setting(Base):
+    """Small engine-wide values, e.g. the calendar revision that invalidates caches."""
+
+    __tablename__ = "bpm_setting"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class SlaPolicy(Base):
+    """Which tasks it applies to, the target on a calendar, milestones, pause rule.
+    Ordered by ``position``; the first active match wins."""
+
+    __tablename__ = "bpm_sla_policy"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(256))
+    position: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    process_key: Mapped[str | None] = mapped_column(String(128))
+    element_id: Mapped[str | None] = mapped_column(String(128))
+    lane: Mapped[str | None] = mapped_column(String(128))
+    min_priority: Mapped[int | None] = mapped_column(Integer)
+    # Instance variables that must match, e.g. {"vip_tier": "diamond"}.
+    match_data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    target_amount: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+    target_unit: Mapped[str] = mapped_column(String(8))
+    business_hours: Mapped[str] = mapped_column(String(64))
+    # [{"at": 0.5, "action": "notify", "to": "assignee"}, {"at": 1.0, "action": "escalate",
+    #   "to": "branch:branch_head"}]
+    milestones: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    pausable: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class Notification(Base):
+    """The outbox: written in the transaction, delivered by a notifier after commit."""
+
+    __tablename__ = "bpm_notification"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(128))
+    subject: Mapped[str] = mapped_column(String(256))
+    body: Mapped[str] = mapped_column(Text)
+    instance_id: Mapped[int | None] = mapped_column(BigId)
+    task_id: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_notification_pending", "sent_at", "id"),)
+
+
+class Schedule(Base):
+    """Start a process on a business-calendar rule, e.g. the first working day of each
+    quarter at 09:00 (periodic callback batches)."""
+
+    __tablename__ = "bpm_schedule"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    process_key: Mapped[str] = mapped_column(String(128))
+    rule: Mapped[str] = mapped_column(String(64))
+    at_time: Mapped[str] = mapped_column(String(5))
+    business_hours: Mapped[str] = mapped_column(String(64))
+    catch_up: Mapped[str] = mapped_column(String(8))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -42,6 +42,22 @@ def upgrade() -> None:
     sa.Column('head', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('stream')
     )
+    op.create_table('bpm_business_hours',
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('tz', sa.String(length=64), nullable=False),
+    sa.Column('periods', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('name')
+    )
+    op.create_table('bpm_calendar_day',
+    sa.Column('day', sa.Date(), nullable=False),
+    sa.Column('working', sa.Boolean(), nullable=False),
+    sa.Column('trading', sa.Boolean(), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=True),
+    sa.Column('source', sa.String(length=32), nullable=False),
+    sa.Column('updated_by', sa.String(length=64), nullable=True),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('day')
+    )
     op.create_table('bpm_deployment',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=256), nullable=False),
@@ -55,6 +71,64 @@ def upgrade() -> None:
     sa.Column('key', sa.String(length=128), nullable=False),
     sa.Column('name', sa.String(length=128), nullable=False),
     sa.Column('kind', sa.String(length=32), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('key')
+    )
+    op.create_table('bpm_notification',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('channel', sa.String(length=32), nullable=False),
+    sa.Column('recipient', sa.String(length=128), nullable=False),
+    sa.Column('subject', sa.String(length=256), nullable=False),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('instance_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('bpm_notification', schema=None) as batch_op:
+        batch_op.create_index('ix_notification_pending', ['sent_at', 'id'], unique=False)
+
+    op.create_table('bpm_schedule',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('key', sa.String(length=128), nullable=False),
+    sa.Column('process_key', sa.String(length=128), nullable=False),
+    sa.Column('rule', sa.String(length=64), nullable=False),
+    sa.Column('at_time', sa.String(length=5), nullable=False),
+    sa.Column('business_hours', sa.String(length=64), nullable=False),
+    sa.Column('catch_up', sa.String(length=8), nullable=False),
+    sa.Column('data', sa.JSON(), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('next_run_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('last_run_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('key')
+    )
+    op.create_table('bpm_setting',
+    sa.Column('key', sa.String(length=64), nullable=False),
+    sa.Column('value', sa.String(length=256), nullable=False),
+    sa.PrimaryKeyConstraint('key')
+    )
+    op.create_table('bpm_sla_policy',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('key', sa.String(length=128), nullable=False),
+    sa.Column('name', sa.String(length=256), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('process_key', sa.String(length=128), nullable=True),
+    sa.Column('element_id', sa.String(length=128), nullable=True),
+    sa.Column('lane', sa.String(length=128), nullable=True),
+    sa.Column('min_priority', sa.Integer(), nullable=True),
+    sa.Column('match_data', sa.JSON(), nullable=False),
+    sa.Column('target_amount', sa.Numeric(precision=10, scale=2), nullable=False),
+    sa.Column('target_unit', sa.String(length=8), nullable=False),
+    sa.Column('business_hours', sa.String(length=64), nullable=False),
+    sa.Column('milestones', sa.JSON(), nullable=False),
+    sa.Column('pausable', sa.Boolean(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_by', sa.String(length=64), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key')
     )
@@ -171,7 +245,15 @@ def upgrade() -> None:
     sa.Column('client_id', sa.String(length=64), nullable=True),
     sa.Column('branch_code', sa.String(length=32), nullable=True),
     sa.Column('form_key', sa.String(length=128), nullable=True),
+    sa.Column('kind', sa.String(length=16), server_default='bpmn', nullable=False),
+    sa.Column('due_source', sa.String(length=16), nullable=True),
+    sa.Column('sla_policy_id', sa.Integer(), nullable=True),
+    sa.Column('sla_started_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('sla_paused_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('breached_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('calendar_incomplete', sa.Boolean(), server_default=sa.false(), nullable=False),
     sa.ForeignKeyConstraint(['instance_id'], ['bpm_process_instance.id'], ),
+    sa.ForeignKeyConstraint(['sla_policy_id'], ['bpm_sla_policy.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('task_uuid')
     )
@@ -183,19 +265,21 @@ def upgrade() -> None:
 
     op.create_table('bpm_timer',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('instance_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('task_uuid', sa.String(length=36), nullable=False),
+    sa.Column('kind', sa.String(length=16), server_default='bpmn', nullable=False),
+    sa.Column('instance_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('task_uuid', sa.String(length=36), nullable=True),
     sa.Column('element_id', sa.String(length=128), nullable=False),
+    sa.Column('payload', sa.JSON(), nullable=True),
     sa.Column('due_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('fired_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['instance_id'], ['bpm_process_instance.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('task_uuid')
+    sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('bpm_timer', schema=None) as batch_op:
         batch_op.create_index('ix_timer_status_due', ['status', 'due_at'], unique=False)
+        batch_op.create_index('ix_timer_task', ['task_uuid'], unique=False)
 
     op.create_table('bpm_task_candidate',
     sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -214,6 +298,7 @@ def downgrade() -> None:
 
     op.drop_table('bpm_task_candidate')
     with op.batch_alter_table('bpm_timer', schema=None) as batch_op:
+        batch_op.drop_index('ix_timer_task')
         batch_op.drop_index('ix_timer_status_due')
 
     op.drop_table('bpm_timer')
@@ -240,8 +325,17 @@ def downgrade() -> None:
     op.drop_table('bpm_group_member')
     op.drop_table('bpm_api_token')
     op.drop_table('bpm_user')
+    op.drop_table('bpm_sla_policy')
+    op.drop_table('bpm_setting')
+    op.drop_table('bpm_schedule')
+    with op.batch_alter_table('bpm_notification', schema=None) as batch_op:
+        batch_op.drop_index('ix_notification_pending')
+
+    op.drop_table('bpm_notification')
     op.drop_table('bpm_group')
     op.drop_table('bpm_deployment')
+    op.drop_table('bpm_calendar_day')
+    op.drop_table('bpm_business_hours')
     op.drop_table('bpm_audit_stream')
     with op.batch_alter_table('bpm_audit_event', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_instance')
