@@ -40,6 +40,12 @@ class Context:
     def runtime(self) -> Runtime:
         return Runtime(self.settings)
 
+    def close(self) -> None:
+        """Close the pooled connections: psycopg warns about connections left to the GC."""
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
 
@@ -50,8 +56,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(click_ctx: click.Context) -> None:
     """证券客户服务流程引擎 - brokerage client-service BPM."""
+    # One Context for the whole invocation, closed when the command ends (even on error).
+    click_ctx.call_on_close(click_ctx.ensure_object(Context).close)
 
 
 @main.group()

@@ -29,6 +29,8 @@ class Settings:
     expression_timeout_ms: int = 100
     # Extra modules that register service-task functions (comma-separated dotted names).
     service_modules: tuple[str, ...] = ()
+    # After downtime, a cycle timer fires "once" (skipping missed occurrences) or "all".
+    timer_catch_up: str = "once"
     workflows_dir: Path = PROJECT_ROOT / "workflows"
 
     @property
@@ -53,6 +55,7 @@ class Settings:
             allow_script_tasks=_bool(env, "BPM_ALLOW_SCRIPT_TASKS", False),
             expression_timeout_ms=_int(env, "BPM_EXPRESSION_TIMEOUT_MS", 100, minimum=1),
             service_modules=_modules(env, "BPM_SERVICE_MODULES"),
+            timer_catch_up=_choice(env, "BPM_TIMER_CATCH_UP", "once", ("once", "all")),
         )
 
 
@@ -75,6 +78,13 @@ def _check_redis_url(url: str) -> None:
         parsed.scheme != "unix" and not parsed.hostname
     ):
         raise ConfigError(f"BPM_REDIS_URL must look like redis://host:6379/0, got {url!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _modules(env: Mapping[str, str], name: str) -> tuple[str, ...]:

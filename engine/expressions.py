@@ -32,6 +32,9 @@ from engine.errors import ExpressionError
 
 MAX_EXPRESSION_LENGTH = 2000
 MAX_EXPONENT = 256
+# Bits in the result of ``a ** b``: a bounded exponent alone still lets ``((10**256)**256)**256``
+# run for seconds inside one C call, where the time budget cannot stop it.
+MAX_POWER_BITS = 4096
 _WRAPPED = re.compile(r"^\s*[$#]\{(?P<body>.*)\}\s*$", re.DOTALL)
 
 _SAFE_METHODS: dict[type, frozenset[str]] = {
@@ -53,7 +56,29 @@ def unwrap(expression: str) -> str:
 def _safe_pow(a: Any, b: Any) -> Any:
     if isinstance(b, (int, float)) and abs(b) > MAX_EXPONENT:
         raise ExpressionError(f"exponent {b} is larger than {MAX_EXPONENT}")
+    if isinstance(a, int) and isinstance(b, int) and abs(a).bit_length() * abs(b) > MAX_POWER_BITS:
+        raise ExpressionError(f"the result of a power would be larger than {MAX_POWER_BITS} bits")
     return operator.pow(a, b)
+
+
+def _bounded_replace(value: str) -> Callable[..., str]:
+    """``str.replace`` whose result stays within simpleeval's string limit (one call of it
+    could otherwise build gigabytes: ``('a'*100000).replace('a', 'a'*100000)``)."""
+    def replace(old: str, new: str, count: int = -1) -> str:
+        if isinstance(old, str) and isinstance(new, str) and len(new) > len(old):
+            hits = value.count(old) if count < 0 else min(count, value.count(old))
+            if len(value) + hits * (len(new) - len(old)) > simpleeval.MAX_STRING_LENGTH:
+                raise ExpressionError(f"replace would build more than {simpleeval.MAX_STRING_LENGTH} characters")
+        return value.replace(old, new, count)
+
+    return replace
+
+
+def _sum(values: Any, start: Any = 0) -> Any:
+    """``sum`` of numbers only: ``sum(lists, [])`` concatenates quadratically in one C call."""
+    if not isinstance(start, (int, float)):
+        raise ExpressionError("sum() adds numbers only")
+    return sum(values, start)
 
 
 def _date(value: Any) -> date:
@@ -70,12 +95,16 @@ def _datetime(value: Any) -> datetime:
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "len": len, "min": min, "max": max, "abs": abs, "round": round, "sum": sum,
+    "len": len, "min": min, "max": max, "abs": abs, "round": round, "sum": _sum,
     "any": any, "all": all, "sorted": sorted, "int": int, "float": float, "str": str,
     "bool": bool, "date": _date, "datetime": _datetime,
     "days": lambda n: timedelta(days=n), "hours": lambda n: timedelta(hours=n),
     "minutes": lambda n: timedelta(minutes=n),
 }
+
+
+# Added by simpleeval's EvalWithCompoundTypes.
+_COMPOUND_FUNCTIONS = frozenset({"list", "tuple", "dict", "set"})
 
 
 class _Evaluator(simpleeval.EvalWithCompoundTypes):  # type: ignore[misc]
@@ -97,6 +126,8 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):  # type: ignore[misc]
         if isinstance(value, dict) and node.attr in value:
             return value[node.attr]
         allowed = _SAFE_METHODS.get(type(value), frozenset())
+        if isinstance(value, str) and node.attr == "replace":
+            return _bounded_replace(value)
         if node.attr in allowed:
             return getattr(value, node.attr)
         raise ExpressionError(
@@ -130,6 +161,9 @@ class SafeEvaluator:
                 raise ExpressionError(f"name {node.id!r} is not allowed")
             if isinstance(node, (ast.Lambda, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)):
                 raise ExpressionError(f"{type(node).__name__} is not allowed in expressions")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id not in FUNCTIONS and node.func.id not in _COMPOUND_FUNCTIONS):
+                raise ExpressionError(f"function {node.func.id!r} is not available in expressions")
 
     def evaluate(self, expression: str, names: Mapping[str, Any]) -> Any:
         self.check(expression)

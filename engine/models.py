@@ -9,14 +9,14 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    Date,
-    Numeric,
     BigInteger,
     Boolean,
+    Date,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -38,6 +38,7 @@ class User(Base):
     display_name: Mapped[str] = mapped_column(String(128))
     password_hash: Mapped[str | None] = mapped_column(String(256))
     branch_code: Mapped[str | None] = mapped_column(String(32))
+    email: Mapped[str | None] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -174,6 +175,8 @@ class Task(Base):
     sla_policy_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_sla_policy.id"))
     sla_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sla_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When the task turns "at risk" (80 % of the target in the target's own terms).
+    at_risk_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     calendar_incomplete: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 

@@ -24,6 +24,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from engine import sla
 from engine.assignment import resolve_candidate_groups
 from engine.audit import record_instance_event
 from engine.bpmn.lint import candidate_groups_of
@@ -193,6 +194,9 @@ def project(session: Session, rt: Runtime, instance: ProcessInstance, workflow: 
     """
     wanted = _wanted(workflow, instance)
     current = dict(instance.projected or {})
+    # Set before the rows below are written: their flushes then carry it in the same UPDATE
+    # of the instance row as the state, instead of a second UPDATE at commit.
+    instance.projected = {uuid: kind for uuid, (kind, _) in wanted.items()}
     gone = {uuid: kind for uuid, kind in current.items() if uuid not in wanted}
     if gone:
         _retire(session, workflow, gone, now)
@@ -205,7 +209,6 @@ def project(session: Session, rt: Runtime, instance: ProcessInstance, workflow: 
             _insert_subscriptions(session, rt, instance, task, now)
         else:
             _insert_timer(session, rt, instance, task, now)
-    instance.projected = {uuid: kind for uuid, (kind, _) in wanted.items()}
 
 
 def _retire(session: Session, workflow: BpmnWorkflow, gone: dict[str, str], now: datetime) -> None:
@@ -213,6 +216,7 @@ def _retire(session: Session, workflow: BpmnWorkflow, gone: dict[str, str], now:
     messages = [u for u, k in gone.items() if k == KIND_MESSAGE]
     timers = [u for u, k in gone.items() if k == KIND_TIMER]
     if tasks:
+        sla.retire_task_timers(session, tasks)
         # A task completed through the API is already marked completed by its service;
         # whatever is still open here was cancelled by the process (boundary, cancel, end).
         session.execute(
@@ -283,6 +287,7 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
     session.add(row)
     session.flush()
     session.add_all(TaskCandidate(task_id=row.id, group_key=g) for g in groups)
+    sla.start_clock(session, rt, instance=instance, task=row, data=task.data, now=now)
 
 
 def correlation_key_for(rt: Runtime, instance: ProcessInstance, definition: MessageEventDefinition,

@@ -24,6 +24,7 @@ from engine.errors import (
     InvalidInput,
     NotAssignee,
     NotCandidate,
+    PermissionDenied,
     TaskAlreadyClaimed,
     TaskNotFound,
     TaskNotOpen,
@@ -99,7 +100,7 @@ def unclaim(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Tas
 def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor) -> Task:
     """A supervisor gives the task to someone (reassignment included)."""
     if not actor.has_role(SUPERVISOR):
-        raise NotAssignee("assigning a task needs the supervisor role")
+        raise PermissionDenied("assigning a task needs the supervisor role")
     target = get_user(session, username)
     if not target.active:
         raise InvalidInput(f"user {username!r} is inactive")
@@ -214,10 +215,13 @@ def inbox(session: Session, *, actor: Actor, query: InboxQuery, now: datetime) -
     if query.business_key:
         stmt = stmt.where(Task.business_key == query.business_key)
     stmt = _scoped(stmt, actor)
-    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
     # Tasks without a due date sort last: NULLS LAST spelled portably.
-    rows = session.execute(
+    rows = list(session.execute(
         stmt.order_by(Task.due_at.is_(None), Task.due_at, Task.priority.desc(), Task.id)
         .limit(query.limit).offset(query.offset)
-    ).scalars()
-    return list(rows), total
+    ).scalars())
+    if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
+        # A page that is not full and not past the end already tells the total.
+        return rows, query.offset + len(rows)
+    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    return rows, total

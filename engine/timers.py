@@ -17,18 +17,19 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from engine.db import Database
+from engine import schedules, sla
+from engine.db import Database, after_commit
 from engine.errors import InstanceNotFound, InstanceNotRunning
 from engine.identity import Actor
-from engine.models import Timer
-from engine.runtime import Runtime, audit, locked_instance, run_and_save, timer_due
+from engine.models import ProcessInstance, Timer
+from engine.runtime import FAILED, RUNNING, Runtime, audit, locked_instance, run_and_save, timer_due
 
 log = logging.getLogger(__name__)
 FIRE_DELAY = timedelta(milliseconds=5)
@@ -49,32 +50,54 @@ class NoScheduler:
 def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
     """Fire one timer if it is due and still waiting; return whether it fired."""
     now = rt.now()
-    row = session.execute(select(Timer.instance_id, Timer.status, Timer.due_at)
+    row = session.execute(select(Timer.kind, Timer.instance_id, Timer.status, Timer.due_at)
                           .where(Timer.id == timer_id)).first()
     if row is None or row.status != "waiting" or row.due_at >= now:
         return False
+    if row.kind == "schedule":
+        return schedules.fire(session, rt, timer_id, now=now)
     try:
-        instance = locked_instance(session, row.instance_id)
+        instance = locked_instance(session, row.instance_id, allow=(RUNNING, FAILED))
     except (InstanceNotFound, InstanceNotRunning):
         # The instance ended or was cancelled: nothing may happen, and the row is settled.
         session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
                         .values(status="cancelled"))
         return False
+    if not _claim(session, timer_id, now):
+        return False  # another delivery got here first
+    timer = session.get(Timer, timer_id)
+    assert timer is not None
+    if timer.kind == "sla":
+        sla.fire_milestone(session, rt, timer=timer, instance=instance, now=now, evaluator=rt.evaluator)
+        return True
+    if instance.status != RUNNING:
+        _unclaim(session, timer_id)  # a failed instance's timers wait for its retry
+        return False
+    return _fire_bpmn(session, rt, timer, instance, now)
+
+
+def _claim(session: Session, timer_id: int, now: datetime) -> bool:
     claimed = session.execute(
         update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
         .values(status="fired", fired_at=now)
     ).rowcount
-    if claimed != 1:
-        return False  # another delivery got here first
-    timer = session.get(Timer, timer_id)
-    assert timer is not None
+    return bool(claimed == 1)
+
+
+def _unclaim(session: Session, timer_id: int) -> None:
+    session.execute(update(Timer).where(Timer.id == timer_id).values(status="waiting", fired_at=None))
+
+
+def _fire_bpmn(session: Session, rt: Runtime, timer: Timer, instance: ProcessInstance, now: datetime) -> bool:
     workflow = rt.load(session, instance)
+    task = workflow.get_task_from_id(UUID(timer.task_uuid)) if timer.task_uuid else None
+    if task is not None and _cycle(task):
+        _apply_catch_up(task, rt.settings.timer_catch_up, now)
     workflow.refresh_timers()
-    task = workflow.get_task_from_id(UUID(timer.task_uuid))
     if task is not None and task.has_state(TaskState.WAITING) and not _cycle(task):
         # SpiffWorkflow did not consider it due (clock skew between processes):
         # put the claim back so the next wake-up tries again.
-        session.execute(update(Timer).where(Timer.id == timer_id).values(status="waiting", fired_at=None))
+        _unclaim(session, timer.id)
         return False
     audit(session, rt, instance, "timer.fired", TIMER_ACTOR, task_uuid=timer.task_uuid,
           element_id=timer.element_id, due_at=timer.due_at.isoformat())
@@ -83,9 +106,32 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
         # A cycle timer keeps waiting for its next occurrence: the same row waits again.
         next_at = timer_due(task)
         if next_at is not None:
-            session.execute(update(Timer).where(Timer.id == timer_id)
+            session.execute(update(Timer).where(Timer.id == timer.id)
                             .values(status="waiting", due_at=next_at))
+            _announce(session, rt, timer.id, next_at)
     return True
+
+
+def _apply_catch_up(task: Any, policy: str, now: datetime) -> None:
+    """After downtime a cycle timer is behind by several occurrences. ``once`` (the
+    default) fires one and skips the rest; ``all`` fires every missed occurrence."""
+    value = task.internal_data.get("event_value")
+    if policy != "once" or not isinstance(value, dict):
+        return
+    step = timedelta(seconds=value["duration"])
+    next_at = datetime.fromisoformat(value["next"])
+    remaining = value["cycles"]  # occurrences left; -1 means unbounded
+    while next_at + step < now and (remaining < 0 or remaining > 1):
+        next_at += step
+        if remaining > 0:
+            remaining -= 1
+    value["next"], value["cycles"] = next_at.isoformat(), remaining
+
+
+def _announce(session: Session, rt: Runtime, timer_id: int, due_at: datetime) -> None:
+    if rt.scheduler is not None:
+        scheduler = rt.scheduler
+        after_commit(session, lambda: scheduler.timer_created(timer_id, due_at))
 
 
 def _cycle(task: object) -> bool:

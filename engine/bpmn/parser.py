@@ -199,6 +199,7 @@ def parse_files(files: dict[str, bytes]) -> tuple[list[ParsedProcess], list[Prob
     problems: list[Problem] = []
     trees: dict[str, etree._ElementTree] = {}
     for filename, data in sorted(files.items()):
+        tree = None
         try:
             tree = parse_xml(data, filename)
             parser.add_bpmn_xml(tree, filename=filename)
@@ -206,7 +207,7 @@ def parse_files(files: dict[str, bytes]) -> tuple[list[ParsedProcess], list[Prob
         except ParseFailure as exc:
             problems.append(exc.problem)
         except ValidationException as exc:
-            problems.append(_validation_problem(exc, filename))
+            problems.append(_validation_problem(exc, filename, tree))
         except Exception as exc:  # noqa: BLE001 - the library crashes on odd input
             # SpiffWorkflow raises TypeError/KeyError on some valid-but-unusual BPMN; the
             # author still needs a located, readable message rather than a stack trace.
@@ -225,7 +226,7 @@ def parse_files(files: dict[str, bytes]) -> tuple[list[ParsedProcess], list[Prob
             spec = parser.get_spec(process_id)
             subprocess_specs = parser.get_subprocess_specs(process_id)
         except ValidationException as exc:
-            problems.append(_validation_problem(exc, filename))
+            problems.append(_validation_problem(exc, filename, trees.get(exc.file_name or filename)))
             continue
         except Exception as exc:  # noqa: BLE001 - see above
             problems.append(Problem(filename, None, process_id,
@@ -247,8 +248,12 @@ def parse_files(files: dict[str, bytes]) -> tuple[list[ParsedProcess], list[Prob
     return processes, problems
 
 
-def _validation_problem(exc: ValidationException, filename: str) -> Problem:
+def _validation_problem(exc: ValidationException, filename: str,
+                        tree: etree._ElementTree | None = None) -> Problem:
     line = exc.line_number if isinstance(exc.line_number, int) else None
+    if line is None and tree is not None and exc.id:
+        # SpiffWorkflow reads ``node.line_number``, which lxml elements do not have.
+        line = element_lines(tree).get(exc.id)
     message = str(exc).split("\n")[0]
     message = re.sub(r"\s+", " ", message).strip()
     return Problem(exc.file_name or filename, line, exc.id or None, message)

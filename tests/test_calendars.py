@@ -1,0 +1,82 @@
+"""Business-calendar arithmetic against the examples of the domain brief (§4.5)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+
+import pytest
+
+from engine.calendars import SHANGHAI, BusinessCalendar, BusinessHours, DayInfo, Unit, seed_days
+from engine.errors import InvalidInput
+
+
+@pytest.fixture(scope="module")
+def cal() -> BusinessCalendar:
+    return BusinessCalendar(seed_days(date(2024, 1, 1), date(2026, 12, 31)))
+
+
+def sh(*args: int) -> datetime:
+    return datetime(*args, tzinfo=SHANGHAI)
+
+
+def test_twenty_working_days_count_the_make_up_sunday_and_skip_qingming(cal):
+    # Brief §4.5, CB-20250401-0107: due 2025-04-29; 04-04 is 清明, Sunday 04-27 is a 调休 working day.
+    due = cal.add(sh(2025, 4, 1, 9), 20, Unit.WORKING_DAYS)
+    assert due.at == sh(2025, 4, 29, 9) and not due.incomplete
+
+
+def test_trading_days_skip_the_make_up_sunday(cal):
+    assert cal.add(sh(2025, 4, 1, 9), 20, Unit.TRADING_DAYS).at == sh(2025, 4, 30, 9)
+
+
+def test_thirty_working_days_from_a_complaint_on_june_12(cal):
+    assert cal.add(sh(2025, 6, 12, 10), 30, "WD").at == sh(2025, 7, 24, 10)  # brief: CMP-20250612-0001
+
+
+def test_two_trading_days_for_a_risk_disclosure_callback(cal):
+    assert cal.add(sh(2025, 6, 12, 10), 2, "TD").at == sh(2025, 6, 16, 10)  # brief: CB-20250612-0044
+
+
+def test_outside_business_hours_the_clock_starts_at_the_next_opening(cal):
+    # Friday 18:00: the clock starts Monday 09:00, so 3 WD end Thursday 09:00.
+    assert cal.add(sh(2025, 6, 13, 18), 3, "WD").at == sh(2025, 6, 19, 9)
+    assert cal.add(sh(2025, 6, 16, 7, 30), 1, "WD").at == sh(2025, 6, 17, 9)
+
+
+def test_a_calendar_day_is_24_hours_whatever_the_weekday(cal):
+    assert cal.add(sh(2025, 6, 13, 18), 1, "CD").at == sh(2025, 6, 14, 18)
+
+
+def test_calendar_months_clamp_to_the_end_of_a_short_month(cal):
+    assert cal.add(sh(2025, 1, 31, 10), 1, "CM").at == sh(2025, 2, 28, 10)
+    assert cal.add(sh(2025, 6, 3, 10), 1, "CM").at == sh(2025, 7, 3, 10)  # brief: CB-20250603-0031
+
+
+def test_working_hours_skip_nights_and_weekends(cal):
+    assert cal.add(sh(2025, 6, 13, 16), 4, "WH").at == sh(2025, 6, 16, 12)
+
+
+def test_working_hours_skip_the_lunch_break():
+    hours = BusinessHours(periods=((time(9), time(11, 30)), (time(13), time(17))))
+    cal = BusinessCalendar({}, hours)
+    assert cal.add(sh(2026, 3, 2, 11), 1, "WH").at == sh(2026, 3, 2, 13, 30)
+
+
+def test_beyond_the_known_data_the_date_is_computed_and_flagged(cal):
+    due = cal.add(sh(2026, 12, 28, 10), 5, "WD")
+    assert due.incomplete
+    assert due.at == sh(2027, 1, 4, 10)  # weekends only: 2027's holidays are not known yet
+
+
+def test_an_administrator_correction_changes_the_answer():
+    days = seed_days(date(2026, 3, 1), date(2026, 3, 31))
+    days[date(2026, 3, 3)] = DayInfo(working=False, trading=False, name="临时休市")
+    cal = BusinessCalendar(days)
+    assert cal.add(sh(2026, 3, 2, 10), 1, "WD").at == sh(2026, 3, 4, 10)
+
+
+def test_naive_datetimes_and_negative_targets_are_refused(cal):
+    with pytest.raises(ValueError):
+        cal.add(datetime(2026, 3, 2, 10), 1, "WD")  # noqa: DTZ001 - the point of the test
+    with pytest.raises(InvalidInput):
+        cal.add(sh(2026, 3, 2, 10), -1, "WD")

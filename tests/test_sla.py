@@ -1,0 +1,203 @@
+"""SLA policies as data: due dates on business calendars, milestones, breach, pause,
+recompute on change, administrator calendar edits, scheduled starts, cycle catch-up."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import time_machine
+from sqlalchemy import func, select
+
+from engine import instances, schedules, sla, tasks, timers
+from engine.calendars import SHANGHAI
+from engine.models import AuditEvent, Notification, ProcessInstance, Task, Timer
+
+MONDAY_9 = datetime(2026, 3, 2, 9, 0, tzinfo=SHANGHAI)
+POLICY = {
+    "key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
+    "element_id": "register", "target_amount": 2, "target_unit": "WD", "business_hours": "default",
+    "milestones": [
+        {"at": 0.5, "action": "notify", "to": "assignee"},
+        {"at": 0.8, "action": "notify", "to": "candidates"},
+        {"at": 1.0, "action": "escalate", "to": "managers"},
+    ],
+}
+
+
+def sh(*args: int) -> datetime:
+    return datetime(*args, tzinfo=SHANGHAI)
+
+
+def _policy(db, rt, people, **changes):
+    with db.transaction() as s:
+        return sla.upsert_policy(s, rt, data={**POLICY, **changes}, actor=people.owner)[1]
+
+
+def _start(db, rt, people, key="R-1", **data):
+    with db.transaction() as s:
+        return instances.start(s, rt, process_key="review", business_key=key, actor=people.clerk,
+                               data={"priority": 50, "due_at": None, **data}).id
+
+
+def _task(db, key="R-1", element="register"):
+    with db.transaction() as s:
+        return s.execute(select(Task).where(Task.business_key == key, Task.element_id == element)).scalar_one()
+
+
+@pytest.mark.sqlite
+def test_a_policy_gives_the_task_a_due_date_in_working_days(db, rt, people, review):
+    _policy(db, rt, people)
+    with time_machine.travel(MONDAY_9, tick=False):
+        _start(db, rt, people)
+    task = _task(db)
+    assert task.due_at == sh(2026, 3, 4, 9) and task.due_source == "policy" and not task.calendar_incomplete
+    with db.transaction() as s:
+        due = sorted(s.execute(select(Timer.due_at).where(Timer.kind == "sla")).scalars())
+    assert due == [sh(2026, 3, 3, 9), sh(2026, 3, 3, 13, 48), sh(2026, 3, 4, 9)]  # 1 WD, 1.6 WD, 2 WD
+
+
+@pytest.mark.sqlite
+def test_a_due_date_from_the_diagram_wins_over_the_policy(db, rt, people, review):
+    _policy(db, rt, people)
+    own_due = sh(2026, 3, 10, 17)
+    with time_machine.travel(MONDAY_9, tick=False):
+        _start(db, rt, people, due_at=own_due.isoformat())
+    task = _task(db)
+    assert task.due_at == own_due and task.due_source == "diagram"
+
+
+@pytest.mark.sqlite
+def test_milestones_notify_then_the_breach_escalates_and_stays_after_late_completion(db, rt, people, review):
+    _policy(db, rt, people)
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        _start(db, rt, people)
+        clock.move_to(sh(2026, 3, 3, 9, 0, 1))
+        assert timers.fire_due(db, rt) == 1
+        with db.transaction() as s:
+            assert sorted(s.execute(select(Notification.recipient)).scalars()) == ["li", "zhao"]
+            task = s.execute(select(Task).where(Task.element_id == "register")).scalar_one()
+            assert sla.state(task, rt.now())[0] == sla.ON_TRACK
+        clock.move_to(sh(2026, 3, 3, 14))
+        assert timers.fire_due(db, rt) == 1
+        with db.transaction() as s:
+            task = s.execute(select(Task).where(Task.element_id == "register")).scalar_one()
+            assert sla.state(task, rt.now())[0] == sla.AT_RISK
+        clock.move_to(sh(2026, 3, 4, 9, 0, 1))
+        assert timers.fire_due(db, rt) == 1
+        with db.transaction() as s:
+            escalation = s.execute(select(Task).where(Task.kind == "escalation")).scalar_one()
+            assert escalation.candidate_groups == ["managers"] and escalation.status == "open"
+            original = s.execute(select(Task).where(Task.element_id == "register")).scalar_one()
+            assert original.status == "open" and original.breached_at is not None
+            assert sla.state(original, rt.now())[0] == sla.BREACHED
+            task_id = original.id
+        with db.transaction() as s:
+            tasks.complete(s, rt, task_id=task_id, actor=people.clerk, data={"amount": 1, "summary": "迟了"})
+    task = _task(db)
+    assert task.status == "completed" and task.breached_at is not None
+    with db.transaction() as s:
+        kinds = list(s.execute(select(AuditEvent.kind).where(AuditEvent.kind.like("sla.%"))).scalars())
+    assert kinds.count("sla.breached") == 1 and kinds.count("sla.milestone") == 3
+
+
+@pytest.mark.sqlite
+def test_completing_on_time_cancels_the_remaining_milestones(db, rt, people, review):
+    _policy(db, rt, people)
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        _start(db, rt, people)
+        task_id = _task(db).id
+        with db.transaction() as s:
+            tasks.complete(s, rt, task_id=task_id, actor=people.clerk, data={"amount": 1, "summary": "准时"})
+        clock.move_to(sh(2026, 3, 5, 9))
+        assert timers.fire_due(db, rt) == 0
+    with db.transaction() as s:
+        assert set(s.execute(select(Timer.status).where(Timer.kind == "sla")).scalars()) == {"cancelled"}
+    assert _task(db).breached_at is None
+
+
+@pytest.mark.sqlite
+def test_waiting_for_the_client_pauses_the_clock_and_moves_the_due_date(db, rt, people, review):
+    _policy(db, rt, people)
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        instance_id = _start(db, rt, people)
+        task = _task(db)
+        with db.transaction() as s:
+            sla.pause(s, rt, task=s.get(Task, task.id), instance=s.get(ProcessInstance, instance_id),
+                      actor=people.clerk, reason="等待客户补充材料")
+        clock.move_to(sh(2026, 3, 5, 9))  # a day past the original due time: nothing fires
+        assert timers.fire_due(db, rt) == 0
+        with db.transaction() as s:
+            assert sla.state(s.get(Task, task.id), rt.now())[0] == sla.PAUSED
+            sla.resume(s, rt, task=s.get(Task, task.id), instance=s.get(ProcessInstance, instance_id),
+                       actor=people.clerk)
+    resumed = _task(db)
+    assert resumed.due_at == task.due_at + timedelta(days=3)  # paused Monday 09:00 → Thursday 09:00
+    with db.transaction() as s:
+        due = sorted(s.execute(select(Timer.due_at).where(Timer.kind == "sla", Timer.status == "waiting")).scalars())
+    assert due[-1] == resumed.due_at
+
+
+@pytest.mark.sqlite
+def test_changing_a_policy_recomputes_open_tasks_and_says_how_many(db, rt, people, review):
+    _policy(db, rt, people)
+    with time_machine.travel(MONDAY_9, tick=False):
+        _start(db, rt, people, key="R-1")
+        _start(db, rt, people, key="R-2")
+        changed = _policy(db, rt, people, target_amount=5)
+    assert changed == 2
+    assert _task(db, "R-1").due_at == sh(2026, 3, 9, 9)  # 5 WD from Monday 09:00
+    with db.transaction() as s:
+        waiting = s.execute(select(func.count()).select_from(Timer)
+                            .where(Timer.kind == "sla", Timer.status == "waiting")).scalar_one()
+    assert waiting == 6  # 3 milestones x 2 tasks, the old ones cancelled
+
+
+@pytest.mark.sqlite
+def test_a_policy_matches_on_instance_variables_first_match_wins(db, rt, people, review):
+    _policy(db, rt, people)
+    _policy(db, rt, people, key="review.register.diamond", position=1, target_amount=1,
+            match_data={"vip_tier": "diamond"})
+    with time_machine.travel(MONDAY_9, tick=False):
+        _start(db, rt, people, key="R-D", vip_tier="diamond")
+        _start(db, rt, people, key="R-S", vip_tier="silver")
+    assert _task(db, "R-D").due_at == sh(2026, 3, 3, 9)
+    assert _task(db, "R-S").due_at == sh(2026, 3, 4, 9)
+
+
+@pytest.mark.sqlite
+def test_an_administrator_holiday_moves_due_dates_after_recompute(db, rt, people, review):
+    _policy(db, rt, people)
+    with time_machine.travel(MONDAY_9, tick=False):
+        _start(db, rt, people)
+        with db.transaction() as s:
+            sla.set_day(s, day=date(2026, 3, 3), working=False, trading=False, name="临时假日",
+                        actor=people.owner, now=rt.now())
+            assert sla.recompute(s, rt, now=rt.now()) == 1
+    assert _task(db).due_at == sh(2026, 3, 5, 9)
+
+
+@pytest.mark.sqlite
+def test_a_due_date_past_the_known_calendar_is_flagged_not_wrong(db, rt, people, review):
+    _policy(db, rt, people)
+    with time_machine.travel(datetime(2026, 12, 30, 9, tzinfo=SHANGHAI), tick=False):
+        _start(db, rt, people)
+    task = _task(db)
+    assert task.calendar_incomplete and task.due_at == sh(2027, 1, 1, 9)
+    with db.transaction() as s:
+        assert sla.coverage(s).incomplete_open_tasks == 1
+
+
+@pytest.mark.sqlite
+def test_a_quarterly_schedule_starts_once_after_downtime(db, rt, people, review):
+    with time_machine.travel(sh(2026, 3, 15, 12), tick=False) as clock, db.transaction() as s:
+        schedule = schedules.create(s, rt, key="CBQ", process_key="review", rule="first_working_day_of_quarter",
+                                    at_time="09:00", actor=people.owner, data={"priority": 50, "due_at": None})
+        assert schedule.next_run_at == sh(2026, 4, 1, 9)
+    with time_machine.travel(sh(2026, 10, 5, 12), tick=False):  # down from March to October
+        assert timers.fire_due(db, rt) == 1
+        assert timers.fire_due(db, rt) == 0
+        with db.transaction() as s:
+            keys = list(s.execute(select(ProcessInstance.business_key)).scalars())
+            assert keys == ["CBQ-20260401"]
+            assert schedules.get_all(s)[0].next_run_at == sh(2026, 10, 8, 9)  # after the Oct 1-7 holiday
