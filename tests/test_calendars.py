@@ -77,6 +77,6 @@ def test_an_administrator_correction_changes_the_answer():
 
 def test_naive_datetimes_and_negative_targets_are_refused(cal):
     with pytest.raises(ValueError):
-        cal.add(datetime(2026, 3, 2, 10), 1, "WD")  # noqa: DTZ001 - the point of the test
+        cal.add(datetime(2026, 3, 2, 10), 1, "WD")
     with pytest.raises(InvalidInput):
         cal.add(sh(2026, 3, 2, 10), -1, "WD")

@@ -3,7 +3,7 @@ recompute on change, administrator calendar edits, scheduled starts, cycle catch
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 import time_machine
@@ -190,7 +190,7 @@ def test_a_due_date_past_the_known_calendar_is_flagged_not_wrong(db, rt, people,
 
 @pytest.mark.sqlite
 def test_a_quarterly_schedule_starts_once_after_downtime(db, rt, people, review):
-    with time_machine.travel(sh(2026, 3, 15, 12), tick=False) as clock, db.transaction() as s:
+    with time_machine.travel(sh(2026, 3, 15, 12), tick=False), db.transaction() as s:
         schedule = schedules.create(s, rt, key="CBQ", process_key="review", rule="first_working_day_of_quarter",
                                     at_time="09:00", actor=people.owner, data={"priority": 50, "due_at": None})
         assert schedule.next_run_at == sh(2026, 4, 1, 9)
