@@ -8,6 +8,7 @@ from api import errors
 from api.context import BpmContext
 from engine.config import Settings
 from engine.db import Database
+from engine.queueing import RqScheduler
 from engine.runtime import Runtime
 
 
@@ -27,17 +28,20 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     database = database or Database(settings.database_url)
-    app.extensions["bpm"] = BpmContext(settings=settings, db=database,
-                                       runtime=runtime or Runtime(settings))
+    if runtime is None:
+        # Under gunicorn, new timers are announced to rq; `bpm worker` fires them.
+        scheduler = RqScheduler(settings.redis_url) if settings.redis_url else None
+        runtime = Runtime(settings, scheduler=scheduler)
+    app.extensions["bpm"] = BpmContext(settings=settings, db=database, runtime=runtime)
     api = errors.ProblemApi(app, spec_kwargs={
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
     })
     errors.register(app)
 
-    from api.views import auth, deployments, instances, messages, tasks
+    from api.views import auth, deployments, instances, messages, sla, tasks
 
-    for module in (auth, deployments, instances, tasks, messages):
+    for module in (auth, deployments, instances, tasks, messages, sla):
         api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
 
     from worklist_ui import register as register_pages

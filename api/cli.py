@@ -219,6 +219,98 @@ def audit_verify(ctx: Context) -> None:
         sys.exit(1)
 
 
+@main.group()
+def calendar() -> None:
+    """The working-day / trading-day calendar."""
+
+
+@calendar.command("set-day")
+@click.argument("day", type=click.DateTime(formats=["%Y-%m-%d"]))
+@click.option("--holiday", "holiday", help="Make it a holiday with this name (not a working day).")
+@click.option("--workday", "workday", help="Make it a working day (e.g. a 调休 make-up day) with this name.")
+@click.option("--trading/--no-trading", default=None,
+              help="Override the trading flag (default: working and Monday-Friday).")
+@pass_ctx
+def calendar_set_day(ctx: Context, day: Any, holiday: str | None, workday: str | None, trading: bool | None) -> None:
+    """Add or correct one day, then recompute the due dates of open tasks."""
+    from engine import sla
+
+    if (holiday is None) == (workday is None):
+        fail("give exactly one of --holiday NAME or --workday NAME", code=2)
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        sla.set_day(session, day=day.date(), working=workday is not None, trading=trading,
+                    name=holiday or workday, actor=identity.Actor.system("cli"), now=rt.now())
+        count = sla.recompute(session, rt, now=rt.now())
+    click.echo(f"{day.date()} saved; {count} open task(s) got a new due date")
+
+
+@calendar.command("coverage")
+@pass_ctx
+def calendar_coverage(ctx: Context) -> None:
+    """What the calendar knows, and open tasks whose due date needed more."""
+    from engine import sla
+
+    with ctx.db.transaction() as session:
+        cover = sla.coverage(session)
+    click.echo(f"known: {cover.first} .. {cover.last}; open tasks flagged calendar_incomplete: "
+               f"{cover.incomplete_open_tasks}")
+
+
+@main.group()
+def sla() -> None:
+    """SLA policies (data, not diagram edits)."""
+
+
+@sla.command("load")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_ctx
+def sla_load(ctx: Context, path: Path) -> None:
+    """Create or update the policies in a JSON file (a list of policies with a "key")."""
+    import json
+
+    from engine import sla as sla_service
+
+    try:
+        policies = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        fail(f"{path}:{exc.lineno}: not JSON: {exc.msg}")
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        total = 0
+        for policy in policies:
+            total = sla_service.upsert_policy(session, rt, data=policy, actor=identity.Actor.system("cli"))[1]
+    click.echo(f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'} saved; "
+               f"{total} open task(s) recomputed")
+
+
+@main.group()
+def timer() -> None:
+    """Waiting timers."""
+
+
+@timer.command("reschedule")
+@click.argument("timer_id", type=int)
+@click.argument("due_at")
+@pass_ctx
+def timer_reschedule(ctx: Context, timer_id: int, due_at: str) -> None:
+    """Move a waiting timer to DUE_AT (ISO 8601 with an offset, e.g. 2026-12-01T09:00:00+08:00)."""
+    from datetime import datetime
+
+    from engine import timers
+
+    try:
+        when = datetime.fromisoformat(due_at)
+    except ValueError:
+        fail(f"{due_at!r} is not an ISO 8601 date-time", code=2)
+    if when.tzinfo is None:
+        fail("give the time with an offset, e.g. +08:00", code=2)
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        timers.reschedule(session, rt, timer_id=timer_id, due_at=when, actor=identity.Actor.system("cli"))
+    click.echo(f"timer {timer_id} now due {when.isoformat()}")
+
+
 @main.group("demo")
 def demo_group() -> None:
     """Demo data."""
@@ -251,11 +343,28 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
     In production run gunicorn: ``gunicorn 'api.wsgi:app'``."""
     from api import create_app
+    from engine.notify import Notifier
+    from engine.queueing import RqScheduler
+    from engine.timers import EmbeddedRunner
 
-    app = create_app(ctx.settings, database=ctx.db)
+    rt = ctx.runtime()
+    runner = None
+    if ctx.settings.redis_url:
+        rt.scheduler = RqScheduler(ctx.settings.redis_url)  # `bpm worker` fires them
+        timers_note = "timers: rq workers (run `bpm worker`)"
+    else:
+        runner = EmbeddedRunner(ctx.db, rt, notifier=Notifier.from_settings(rt))
+        rt.scheduler = runner
+        runner.start()
+        timers_note = "timers: embedded runner"
+    app = create_app(ctx.settings, database=ctx.db, runtime=rt)
     click.echo(f"Brokerage BPM is running at http://{host}:{port}/  "
-               f"(API: http://{host}:{port}/api/v1/openapi.json; demo login s104 / demo)")
-    app.run(host=host, port=port, debug=False, use_reloader=False)
+               f"(API: http://{host}:{port}/api/v1/openapi.json; demo login s104 / demo; {timers_note})")
+    try:
+        app.run(host=host, port=port, debug=False, use_reloader=False)
+    finally:
+        if runner is not None:
+            runner.stop()
 
 
 @main.command()
@@ -272,6 +381,7 @@ def worker(ctx: Context, sweep_interval: float, burst: bool) -> None:
 
     from rq import SimpleWorker
 
+    from engine.notify import Notifier
     from engine.queueing import RqScheduler, sweep
 
     settings = ctx.settings
@@ -280,6 +390,7 @@ def worker(ctx: Context, sweep_interval: float, burst: bool) -> None:
     assert settings.redis_url is not None
     scheduler = RqScheduler(settings.redis_url)
     rt = Runtime(settings, scheduler=scheduler)
+    notifier = Notifier.from_settings(rt)
     stop = threading.Event()
 
     def sweeper() -> None:
@@ -288,6 +399,7 @@ def worker(ctx: Context, sweep_interval: float, burst: bool) -> None:
             try:
                 with ctx.db.transaction() as session:
                     sweep(session, scheduler, rt.now())
+                notifier.deliver_pending(ctx.db, rt)
                 backoff = sweep_interval
             except Exception as exc:  # noqa: BLE001 - database or Redis away: back off, retry
                 click.echo(f"sweep failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s", err=True)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import Schema, fields, validate
 
+from api.context import bpm
+from engine import sla
+from engine.calendars import Unit
 from engine.runtime import ACTIVE_TASK_STATES
 
 TASK_STATUSES = ("open", "claimed", "completed", "cancelled")
@@ -130,6 +135,20 @@ class TaskOut(Schema):
     client_id = fields.String(allow_none=True)
     branch_code = fields.String(allow_none=True)
     form_key = fields.String(allow_none=True)
+    kind = fields.String()
+    due_source = fields.String(allow_none=True, metadata={"description": "diagram or policy"})
+    calendar_incomplete = fields.Boolean(
+        metadata={"description": "the due date needed days the calendar does not know yet"})
+    breached_at = fields.DateTime(allow_none=True)
+    sla_paused_at = fields.DateTime(allow_none=True)
+    sla_state = fields.Method("_sla_state", metadata={"description": "on_track, at_risk, breached, paused or none"})
+    seconds_to_breach = fields.Method("_seconds_to_breach", allow_none=True)
+
+    def _sla_state(self, task: Any) -> str:
+        return sla.state(task, bpm().runtime.now())[0]
+
+    def _seconds_to_breach(self, task: Any) -> float | None:
+        return sla.state(task, bpm().runtime.now())[1]
 
 
 class TaskDetailOut(TaskOut):
@@ -169,3 +188,102 @@ class MessageIn(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
     correlation_key = fields.String(required=True, validate=validate.Length(min=1, max=128))
     payload = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class PauseIn(Schema):
+    reason = fields.String(load_default="", validate=validate.Length(max=500))
+
+
+class MilestoneSchema(Schema):
+    at = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False, max=5))
+    action = fields.String(required=True, validate=validate.OneOf(sla.ACTIONS))
+    to = fields.String(load_default=None, allow_none=True)
+    by = fields.Integer(load_default=None, allow_none=True)
+
+
+class PolicySchema(Schema):
+    key = fields.String(dump_only=True)
+    name = fields.String(required=True)
+    position = fields.Integer(load_default=100)
+    active = fields.Boolean(load_default=True)
+    process_key = fields.String(load_default=None, allow_none=True)
+    element_id = fields.String(load_default=None, allow_none=True)
+    lane = fields.String(load_default=None, allow_none=True)
+    min_priority = fields.Integer(load_default=None, allow_none=True)
+    match_data = fields.Dict(load_default=dict)
+    target_amount = fields.Decimal(required=True, as_string=True)
+    target_unit = fields.String(required=True, validate=validate.OneOf([u.value for u in Unit]))
+    business_hours = fields.String(load_default="default")
+    milestones = fields.List(fields.Nested(MilestoneSchema), load_default=list)
+    pausable = fields.Boolean(load_default=True)
+    updated_at = fields.DateTime(dump_only=True)
+    updated_by = fields.String(dump_only=True, allow_none=True)
+
+
+class PolicySavedOut(Schema):
+    policy = fields.Nested(PolicySchema)
+    recomputed_tasks = fields.Integer()
+
+
+class CalendarQuery(Schema):
+    start = fields.Date(required=True, data_key="from")
+    end = fields.Date(required=True, data_key="to")
+
+
+class CalendarDayOut(Schema):
+    day = fields.Date()
+    working = fields.Boolean()
+    trading = fields.Boolean()
+    name = fields.String(allow_none=True)
+    source = fields.String()
+    updated_by = fields.String(allow_none=True)
+
+
+class CalendarDayIn(Schema):
+    working = fields.Boolean(required=True)
+    trading = fields.Boolean(load_default=None, allow_none=True,
+                             metadata={"description": "default: working and Monday-Friday"})
+    name = fields.String(load_default=None, allow_none=True)
+
+
+class CoverageOut(Schema):
+    first = fields.Date(allow_none=True)
+    last = fields.Date(allow_none=True)
+    incomplete_open_tasks = fields.Integer()
+    recomputed_tasks = fields.Integer(load_default=None)
+
+
+class TimerOut(Schema):
+    id = fields.Integer()
+    kind = fields.String()
+    instance_id = fields.Integer(allow_none=True)
+    element_id = fields.String()
+    due_at = fields.DateTime()
+    status = fields.String()
+    fired_at = fields.DateTime(allow_none=True)
+
+
+class RescheduleIn(Schema):
+    due_at = fields.AwareDateTime(required=True)
+
+
+class ScheduleIn(Schema):
+    key = fields.String(required=True)
+    process_key = fields.String(required=True)
+    rule = fields.String(required=True)
+    at_time = fields.String(required=True, validate=validate.Regexp(r"^\d{2}:\d{2}$"))
+    business_hours = fields.String(load_default="default")
+    catch_up = fields.String(load_default="once", validate=validate.OneOf(["once", "all"]))
+    data = fields.Dict(load_default=dict)
+
+
+class ScheduleOut(Schema):
+    id = fields.Integer()
+    key = fields.String()
+    process_key = fields.String()
+    rule = fields.String()
+    at_time = fields.String()
+    catch_up = fields.String()
+    active = fields.Boolean()
+    next_run_at = fields.DateTime(allow_none=True)
+    last_run_at = fields.DateTime(allow_none=True)

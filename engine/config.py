@@ -31,6 +31,7 @@ class Settings:
     service_modules: tuple[str, ...] = ()
     # After downtime, a cycle timer fires "once" (skipping missed occurrences) or "all".
     timer_catch_up: str = "once"
+    smtp_url: str | None = None
     workflows_dir: Path = PROJECT_ROOT / "workflows"
 
     @property
@@ -56,6 +57,7 @@ class Settings:
             expression_timeout_ms=_int(env, "BPM_EXPRESSION_TIMEOUT_MS", 100, minimum=1),
             service_modules=_modules(env, "BPM_SERVICE_MODULES"),
             timer_catch_up=_choice(env, "BPM_TIMER_CATCH_UP", "once", ("once", "all")),
+            smtp_url=env.get("BPM_SMTP_URL") or None,
         )
 
 

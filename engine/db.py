@@ -90,6 +90,11 @@ def _serialize_sqlite_writers(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE/DELETE (``Session.execute`` is typed as a plain Result)."""
+    return int(result.rowcount)
+
+
 def after_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run ``callback`` once the entry point's transaction has committed."""
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)

@@ -35,6 +35,9 @@ MAX_EXPONENT = 256
 # Bits in the result of ``a ** b``: a bounded exponent alone still lets ``((10**256)**256)**256``
 # run for seconds inside one C call, where the time budget cannot stop it.
 MAX_POWER_BITS = 4096
+# Elements plus characters in any one value, nested containers counted in full.
+MAX_VALUE_SIZE = 1_000_000
+_SCALARS = frozenset({int, float, bool, type(None)})
 _WRAPPED = re.compile(r"^\s*[$#]\{(?P<body>.*)\}\s*$", re.DOTALL)
 
 _SAFE_METHODS: dict[type, frozenset[str]] = {
@@ -118,6 +121,31 @@ class _Evaluator(simpleeval.EvalWithCompoundTypes):  # type: ignore[misc]
         if time.monotonic() > self._deadline:
             raise ExpressionError("expression took too long and was stopped")
         return super()._eval(node)
+
+    def _check_disallowed_items(self, item: Any) -> None:
+        """simpleeval walks every node's result recursively, without a budget: a list of
+        aliases such as ``[[1] * 100000] * 100000`` is cheap to build but 10^10 elements to
+        walk (or to print, compare or sort, in one C call the time budget cannot stop).
+        Walk with a budget instead, so no value grows beyond :data:`MAX_VALUE_SIZE`."""
+        budget = MAX_VALUE_SIZE
+        stack = [item]
+        while stack:
+            value = stack.pop()
+            kind = type(value)
+            if kind in _SCALARS:
+                budget -= 1
+            elif kind is str:
+                budget -= len(value)
+            elif isinstance(value, (list, tuple, set, frozenset, dict)):
+                budget -= len(value) + 1
+                if budget >= 0:
+                    items = value.items() if isinstance(value, dict) else value
+                    stack.extend(v for v in items if type(v) not in _SCALARS)
+            else:
+                budget -= 1
+                super()._check_disallowed_items(value)  # modules, forbidden functions
+            if budget < 0:
+                raise ExpressionError(f"a value is larger than {MAX_VALUE_SIZE} elements and characters")
 
     def _eval_attribute(self, node: ast.Attribute) -> Any:
         if node.attr.startswith("_"):

@@ -6,14 +6,14 @@ from typing import Any
 
 from SpiffWorkflow.bpmn.util import BpmnEvent
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine.deployments import get_latest
 from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied
 from engine.expressions import json_safe
 from engine.identity import SUPERVISOR, Actor
-from engine.models import AuditEvent, ProcessInstance
+from engine.models import AuditEvent, ProcessInstance, Task
 from engine.runtime import (
     CANCELLED,
     FAILED,
@@ -111,6 +111,10 @@ def cancel(session: Session, rt: Runtime, *, instance_id: int, actor: Actor, rea
     instance = locked_instance(session, instance_id, allow=(RUNNING, FAILED))
     workflow = rt.load(session, instance)
     workflow.cancel()
+    # Escalation tasks are not in the workflow; close them with it.
+    session.execute(update(Task).where(Task.instance_id == instance.id, Task.kind == "escalation",
+                                       Task.status.in_(("open", "claimed")))
+                    .values(status="cancelled", completed_at=rt.now()))
     instance.status = CANCELLED
     instance.ended_at = rt.now()
     instance.ended_by = actor.username

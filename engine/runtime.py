@@ -126,15 +126,22 @@ def advance(rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow) -> N
     except Exception as exc:  # noqa: BLE001 - any failure of diagram logic fails the instance
         log.warning("instance %s failed: %s", instance.id, exc)
         instance.status = FAILED
-        instance.error = _describe_failure(exc)
+        instance.error = _describe_failure(exc, workflow)
 
 
-def _describe_failure(exc: Exception) -> str:
+def _describe_failure(exc: Exception, workflow: BpmnWorkflow | None = None) -> str:
     task = getattr(exc, "task", None)
+    bare = task is None
+    if bare and workflow is not None:
+        # A service-task function's own exception reaches us bare (SpiffWorkflow only marks
+        # its task ERROR): name that task and the exception's type, or the error says neither.
+        task = next(iter(workflow.get_tasks(state=TaskState.ERROR)), None)
     where = ""
     if task is not None:
         spec = task.task_spec
         where = f"{getattr(spec, 'bpmn_id', spec.name)} ({getattr(spec, 'bpmn_name', '') or ''}): "
+    if bare:
+        return f"{where}{type(exc).__name__}: {exc}"
     cause = getattr(exc, "exception", None) or exc.__cause__
     detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
     return f"{where}{exc}" if str(exc) and detail in str(exc) else f"{where}{exc} [{detail}]"

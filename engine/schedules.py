@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from engine import instances
 from engine.audit import record_system_event
 from engine.calendars import BusinessCalendar
-from engine.db import after_commit
+from engine.db import after_commit, rowcount
 from engine.errors import DuplicateBusinessKey, InvalidInput, PermissionDenied
 from engine.identity import PROCESS_OWNER, Actor
 from engine.models import Schedule, Timer
@@ -102,8 +102,8 @@ def _arm(session: Session, rt: Any, schedule: Schedule, due: datetime, now: date
 def fire(session: Session, rt: Any, timer_id: int, *, now: datetime) -> bool:
     from engine.sla import CALENDARS
 
-    claimed = session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
-                              .values(status="fired", fired_at=now)).rowcount
+    claimed = rowcount(session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
+                                       .values(status="fired", fired_at=now)))
     if claimed != 1:
         return False
     timer = session.get(Timer, timer_id)

@@ -17,6 +17,7 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from engine import sla
 from engine.errors import (
     FieldError,
     FormValidationError,
@@ -143,6 +144,16 @@ def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task
         raise FormValidationError(f"the form {task.form_key!r} has {len(errors)} error(s)", errors)
 
 
+def form_of(session: Session, rt: Runtime, task: Task) -> dict[str, Any] | None:
+    """The task's JSON Schema form, as deployed with its process version."""
+    if not task.form_key:
+        return None
+    version_id = session.execute(select(ProcessInstance.process_version_id)
+                                 .where(ProcessInstance.id == task.instance_id)).scalar_one()
+    validator = rt.form_validator(session, version_id, task.form_key)
+    return dict(validator.schema) if validator is not None else None
+
+
 def _missing_field(message: str) -> str:
     # jsonschema reports a missing property on the parent: "'amount' is a required property"
     return message.split("'")[1] if message.count("'") >= 2 else ""
@@ -162,6 +173,14 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
     elif task.assignee != actor.username:
         raise NotAssignee(f"task {task_id} is assigned to {task.assignee}")
     validate_form(rt, session, instance, task, data)
+    now = rt.now()
+    if task.kind == "escalation":
+        # An escalation opened by an SLA milestone is not a diagram step: closing it records
+        # the supervisor's handling and leaves the process where it is.
+        task.status, task.completed_at, task.completed_by = TASK_DONE, now, actor.username
+        audit(session, rt, instance, "task.completed", actor, task_uuid=task.task_uuid,
+              task_id=task.id, element_id=task.element_id, data=data)
+        return task
 
     workflow = rt.load(session, instance)
     spiff_task = workflow.get_task_from_id(UUID(task.task_uuid))
@@ -169,11 +188,28 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
         raise TaskNotOpen(f"task {task_id} is no longer waiting for input")
     spiff_task.set_data(**data)
     spiff_task.run()
-    now = rt.now()
     task.status, task.completed_at, task.completed_by = TASK_DONE, now, actor.username
     audit(session, rt, instance, "task.completed", actor, task_uuid=task.task_uuid,
           task_id=task.id, element_id=task.element_id, data=data)
     run_and_save(session, rt, instance, workflow, actor=actor)
+    return task
+
+
+def pause(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reason: str) -> Task:
+    """Mark the task "waiting for client": its SLA clock stops."""
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee != actor.username and not actor.has_role(SUPERVISOR):
+        raise NotAssignee("only the assignee or a supervisor may pause a task's clock")
+    sla.pause(session, rt, task=task, instance=instance, actor=actor, reason=reason)
+    return task
+
+
+def resume(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Task:
+    """The client answered: the clock runs again and the due date moves by the pause."""
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee != actor.username and not actor.has_role(SUPERVISOR):
+        raise NotAssignee("only the assignee or a supervisor may resume a task's clock")
+    sla.resume(session, rt, task=task, instance=instance, actor=actor)
     return task
 
 

@@ -25,9 +25,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from engine import schedules, sla
-from engine.db import Database, after_commit
-from engine.errors import InstanceNotFound, InstanceNotRunning
-from engine.identity import Actor
+from engine.audit import record_system_event
+from engine.bpmn.serializer import dump_state
+from engine.clock import ensure_aware
+from engine.db import Database, after_commit, rowcount
+from engine.errors import InstanceNotFound, InstanceNotRunning, InvalidInput, NotFound, PermissionDenied
+from engine.identity import SUPERVISOR, Actor
 from engine.models import ProcessInstance, Timer
 from engine.runtime import FAILED, RUNNING, Runtime, audit, locked_instance, run_and_save, timer_due
 
@@ -77,11 +80,11 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
 
 
 def _claim(session: Session, timer_id: int, now: datetime) -> bool:
-    claimed = session.execute(
+    claimed = rowcount(session.execute(
         update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
         .values(status="fired", fired_at=now)
-    ).rowcount
-    return bool(claimed == 1)
+    ))
+    return claimed == 1
 
 
 def _unclaim(session: Session, timer_id: int) -> None:
@@ -171,9 +174,9 @@ class EmbeddedRunner:
     """The default for ``make run``: one thread in the app process that sleeps until the
     next due timer (or until told a new one exists) and fires what is due."""
 
-    def __init__(self, db: Database, rt: Runtime, *, max_sleep: float = 30.0,
+    def __init__(self, db: Database, rt: Runtime, *, max_sleep: float = 30.0, notifier: Any = None,
                  on_error: Callable[[Exception], None] | None = None) -> None:
-        self.db, self.rt, self.max_sleep = db, rt, max_sleep
+        self.db, self.rt, self.max_sleep, self.notifier = db, rt, max_sleep, notifier
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -195,6 +198,8 @@ class EmbeddedRunner:
     def run_once(self) -> float:
         """Fire what is due; return seconds to sleep until the next due timer."""
         fire_due(self.db, self.rt)
+        if self.notifier is not None:
+            self.notifier.deliver_pending(self.db, self.rt)
         with self.db.transaction() as session:
             upcoming = next_due(session)
         if upcoming is None:
@@ -215,3 +220,49 @@ class EmbeddedRunner:
                 wait, backoff = backoff, min(backoff * 2, 60.0)
             self._wake.wait(wait)
             self._wake.clear()
+
+
+def reschedule(session: Session, rt: Runtime, *, timer_id: int, due_at: datetime, actor: Actor) -> Timer:
+    """An administrator moves a waiting timer (audited). A BPMN timer's new time is also
+    written into the workflow, so SpiffWorkflow and the row agree."""
+    if not actor.has_role(SUPERVISOR):
+        raise PermissionDenied("rescheduling a timer needs the supervisor or admin role")
+    ensure_aware(due_at, name="due_at")
+    timer = session.get(Timer, timer_id)
+    if timer is None:
+        raise NotFound(f"no timer {timer_id}")
+    previous = timer.due_at
+    if timer.instance_id is not None:
+        instance = locked_instance(session, timer.instance_id, allow=(RUNNING, FAILED))
+        session.refresh(timer)
+    if timer.status not in ("waiting", "paused"):
+        raise InvalidInput(f"timer {timer_id} is {timer.status}; only waiting timers can be moved")
+    if timer.kind == "bpmn":
+        workflow = rt.load(session, instance)
+        task = workflow.get_task_from_id(UUID(timer.task_uuid)) if timer.task_uuid else None
+        if task is None or not task.has_state(TaskState.WAITING):
+            raise InvalidInput(f"timer {timer_id} is no longer waiting in its process")
+        value = task.internal_data.get("event_value")
+        if isinstance(value, dict):
+            value["next"] = due_at.isoformat()
+        else:
+            task.internal_data["event_value"] = due_at.isoformat()
+        instance.state = dump_state(workflow)
+    timer.due_at = due_at
+    data = {"timer_id": timer_id, "kind": timer.kind, "from": previous.isoformat(), "to": due_at.isoformat()}
+    if timer.instance_id is not None:
+        audit(session, rt, instance, "timer.rescheduled", actor, task_uuid=timer.task_uuid, **data)
+    else:
+        record_system_event(session, kind="timer.rescheduled", actor=actor.username, at=rt.now(), data=data)
+    _announce(session, rt, timer.id, due_at)
+    return timer
+
+
+def get_all(session: Session, *, instance_id: int | None = None, status: str | None = None,
+            limit: int = 100) -> list[Timer]:
+    query = select(Timer).order_by(Timer.due_at).limit(limit)
+    if instance_id is not None:
+        query = query.where(Timer.instance_id == instance_id)
+    if status:
+        query = query.where(Timer.status == status)
+    return list(session.execute(query).scalars())

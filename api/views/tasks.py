@@ -8,9 +8,8 @@ from flask_smorest import Blueprint
 
 from api.auth import current_actor
 from api.context import bpm
-from api.schemas import CompleteIn, TaskDetailOut, TaskOut, TaskPageOut, TaskQuery, UserIn
+from api.schemas import CompleteIn, PauseIn, TaskDetailOut, TaskOut, TaskPageOut, TaskQuery, UserIn
 from engine import tasks
-from engine.models import ProcessInstance
 
 PREFIX = "/tasks"
 blp = Blueprint("tasks", __name__, description="The inbox: find, claim and complete human tasks")
@@ -49,27 +48,29 @@ class TaskDetail(MethodView):
         actor = current_actor()
         with ctx.db.transaction() as session:
             task = tasks.get(session, task_id, actor=actor)
-            form = None
-            if task.form_key:
-                version_id = session.get(ProcessInstance, task.instance_id).process_version_id  # type: ignore[union-attr]
-                validator = ctx.runtime.form_validator(session, version_id, task.form_key)
-                form = validator.schema if validator is not None else None
-            # Raw attributes: TaskDetailOut dumps them (a pre-dumped datetime would fail).
-            return {**{f: getattr(task, f) for f in TaskOut().fields}, "form": form}
+            return _WithForm(task, tasks.form_of(session, ctx.runtime, task))
+
+
+class _WithForm:
+    """A task plus its form schema, read by TaskDetailOut like the task itself."""
+
+    def __init__(self, task: Any, form: dict[str, Any] | None) -> None:
+        self._task, self.form = task, form
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
 
 
 def _command(name: str, doc: str, body_schema: Any = None) -> None:
+    """Register ``POST /tasks/<id>/<name>`` calling ``engine.tasks.<name>``; the body
+    schema's fields are the service's keyword arguments."""
+    service = getattr(tasks, name)
+
     def view(task_id: int, body: dict[str, Any] | None = None) -> Any:
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            service = getattr(tasks, name)
-            extra = {}
-            if name in ("assign", "delegate"):
-                extra["username"] = body["username"]  # type: ignore[index]
-            if name == "complete":
-                extra["data"] = body["data"]  # type: ignore[index]
-            return service(session, ctx.runtime, task_id=task_id, actor=actor, **extra)
+            return service(session, ctx.runtime, task_id=task_id, actor=actor, **(body or {}))
 
     if body_schema is not None:
         def endpoint(body: dict[str, Any], task_id: int) -> Any:
@@ -92,3 +93,5 @@ _command("unclaim", "Give a claimed task back to its groups (assignee or supervi
 _command("assign", "Give the task to a user (supervisor).", UserIn)
 _command("delegate", "Hand my task to a colleague; I stay its owner.", UserIn)
 _command("complete", "Complete the task with its form data (validated against the form).", CompleteIn)
+_command("pause", "Waiting for the client: stop the task's SLA clock (assignee or supervisor).", PauseIn)
+_command("resume", "The client answered: restart the clock; the due date moves by the pause.")

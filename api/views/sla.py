@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import select
+
+from api.auth import current_actor
+from api.context import bpm
+from api.schemas import (
+    CalendarDayIn,
+    CalendarDayOut,
+    CalendarQuery,
+    CoverageOut,
+    PolicySavedOut,
+    PolicySchema,
+    RescheduleIn,
+    ScheduleIn,
+    ScheduleOut,
+    TimerOut,
+)
+from engine import schedules, sla, timers
+from engine.errors import InvalidInput
+from engine.models import CalendarDay, SlaPolicy
+
+PREFIX = ""
+blp = Blueprint("sla", __name__, description="SLA policies, business calendars, timers and schedules")
+
+
+@blp.route("/sla/policies")
+class Policies(MethodView):
+    @blp.response(200, PolicySchema(many=True))
+    def get(self) -> Any:
+        """All SLA policies in matching order (first match wins)."""
+        current_actor()
+        with bpm().db.transaction() as session:
+            return list(session.execute(select(SlaPolicy).order_by(SlaPolicy.position, SlaPolicy.id)).scalars())
+
+
+@blp.route("/sla/policies/<string:key>")
+class Policy(MethodView):
+    @blp.arguments(PolicySchema)
+    @blp.response(200, PolicySavedOut)
+    def put(self, body: dict[str, Any], key: str) -> Any:
+        """Create or change a policy. Open tasks it now matches get new due dates and
+        milestones (no diagram is redeployed); the answer says how many."""
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            policy, count = sla.upsert_policy(session, ctx.runtime, data={**body, "key": key}, actor=actor)
+            return {"policy": policy, "recomputed_tasks": count}
+
+
+@blp.route("/calendar/days")
+class CalendarDays(MethodView):
+    @blp.arguments(CalendarQuery, location="query")
+    @blp.response(200, CalendarDayOut(many=True))
+    def get(self, query: dict[str, Any]) -> Any:
+        """Working and trading days between ``from`` and ``to`` (at most a year)."""
+        current_actor()
+        if query["end"] < query["start"] or query["end"] - query["start"] > timedelta(days=366):
+            raise InvalidInput("ask for at most one year, with from <= to")
+        with bpm().db.transaction() as session:
+            return list(session.execute(
+                select(CalendarDay).where(CalendarDay.day >= query["start"], CalendarDay.day <= query["end"])
+                .order_by(CalendarDay.day)).scalars())
+
+
+@blp.route("/calendar/days/<string:day>")
+class CalendarDayEdit(MethodView):
+    @blp.arguments(CalendarDayIn)
+    @blp.response(200, CoverageOut)
+    def put(self, body: dict[str, Any], day: str) -> Any:
+        """Add or correct a day (e.g. next year's holidays, announced each November) and
+        recompute the due dates of open tasks."""
+        ctx = bpm()
+        actor = current_actor()
+        try:
+            parsed = date.fromisoformat(day)
+        except ValueError:
+            raise InvalidInput(f"{day!r} is not a date (YYYY-MM-DD)") from None
+        with ctx.db.transaction() as session:
+            sla.set_day(session, day=parsed, working=body["working"], trading=body["trading"], name=body["name"],
+                        actor=actor, now=ctx.runtime.now())
+            count = sla.recompute(session, ctx.runtime, now=ctx.runtime.now())
+            cover = sla.coverage(session)
+            return {**cover.__dict__, "recomputed_tasks": count}
+
+
+@blp.route("/calendar/coverage")
+class Coverage(MethodView):
+    @blp.response(200, CoverageOut)
+    def get(self) -> Any:
+        """The range the calendar knows, and how many open tasks have a due date computed
+        beyond it (flagged ``calendar_incomplete``)."""
+        current_actor()
+        with bpm().db.transaction() as session:
+            return sla.coverage(session).__dict__
+
+
+@blp.route("/timers")
+class Timers(MethodView):
+    @blp.response(200, TimerOut(many=True))
+    def get(self) -> Any:
+        """Waiting timers, soonest first (BPMN timers, SLA milestones, schedules)."""
+        current_actor()
+        with bpm().db.transaction() as session:
+            return timers.get_all(session, status="waiting")
+
+
+@blp.route("/timers/<int:timer_id>/reschedule")
+class Reschedule(MethodView):
+    @blp.arguments(RescheduleIn)
+    @blp.response(200, TimerOut)
+    def post(self, body: dict[str, Any], timer_id: int) -> Any:
+        """Move a waiting timer (supervisor; audited)."""
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            return timers.reschedule(session, ctx.runtime, timer_id=timer_id, due_at=body["due_at"], actor=actor)
+
+
+@blp.route("/schedules")
+class Schedules(MethodView):
+    @blp.response(200, ScheduleOut(many=True))
+    def get(self) -> Any:
+        """Scheduled process starts."""
+        current_actor()
+        with bpm().db.transaction() as session:
+            return schedules.get_all(session)
+
+    @blp.arguments(ScheduleIn)
+    @blp.response(201, ScheduleOut)
+    def post(self, body: dict[str, Any]) -> Any:
+        """Start a process on a business-calendar rule, e.g. the first working day of each
+        quarter at 09:00."""
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            return schedules.create(session, ctx.runtime, actor=actor, **body)
