@@ -287,3 +287,10 @@ class ScheduleOut(Schema):
     active = fields.Boolean()
     next_run_at = fields.DateTime(allow_none=True)
     last_run_at = fields.DateTime(allow_none=True)
+
+
+class BusinessHoursSchema(Schema):
+    name = fields.String(dump_only=True)
+    tz = fields.String(load_default="Asia/Shanghai")
+    periods = fields.List(fields.List(fields.String(), validate=validate.Length(equal=2)), required=True,
+                          metadata={"example": [["09:00", "11:30"], ["13:00", "17:00"]]})

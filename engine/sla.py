@@ -113,6 +113,27 @@ def set_day(session: Session, *, day: Any, working: bool, trading: bool | None, 
     return row
 
 
+def set_business_hours(session: Session, *, name: str, periods: list[list[str]], tz: str, actor: Actor,
+                       now: datetime) -> BusinessHoursRow:
+    """Define or change named business hours, e.g. [["09:00", "11:30"], ["13:00", "17:00"]]."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("editing business hours needs the process_owner or admin role")
+    try:
+        BusinessHours(periods=tuple((time.fromisoformat(a), time.fromisoformat(b)) for a, b in periods),
+                      tz=ZoneInfo(tz))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInput(f"business hours {periods!r} in {tz!r}: {exc}") from None
+    row = session.get(BusinessHoursRow, name)
+    if row is None:
+        row = BusinessHoursRow(name=name)
+        session.add(row)
+    row.periods, row.tz = [list(p) for p in periods], tz
+    bump_calendar_revision(session)
+    record_system_event(session, kind="calendar.hours_set", actor=actor.username, at=now,
+                        data={"name": name, "periods": periods, "tz": tz})
+    return row
+
+
 @dataclass(frozen=True)
 class CalendarCoverage:
     first: Any

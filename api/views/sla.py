@@ -10,6 +10,7 @@ from sqlalchemy import select
 from api.auth import current_actor
 from api.context import bpm
 from api.schemas import (
+    BusinessHoursSchema,
     CalendarDayIn,
     CalendarDayOut,
     CalendarQuery,
@@ -23,7 +24,7 @@ from api.schemas import (
 )
 from engine import schedules, sla, timers
 from engine.errors import InvalidInput
-from engine.models import CalendarDay, SlaPolicy
+from engine.models import BusinessHoursRow, CalendarDay, SlaPolicy
 
 PREFIX = ""
 blp = Blueprint("sla", __name__, description="SLA policies, business calendars, timers and schedules")
@@ -87,6 +88,29 @@ class CalendarDayEdit(MethodView):
             count = sla.recompute(session, ctx.runtime, now=ctx.runtime.now())
             cover = sla.coverage(session)
             return {**cover.__dict__, "recomputed_tasks": count}
+
+
+@blp.route("/calendar/hours")
+class BusinessHoursList(MethodView):
+    @blp.response(200, BusinessHoursSchema(many=True))
+    def get(self) -> Any:
+        """Named business hours (used by WD/TD/WH targets and for the clock's start)."""
+        current_actor()
+        with bpm().db.transaction() as session:
+            return list(session.execute(select(BusinessHoursRow).order_by(BusinessHoursRow.name)).scalars())
+
+
+@blp.route("/calendar/hours/<string:name>")
+class BusinessHoursEdit(MethodView):
+    @blp.arguments(BusinessHoursSchema)
+    @blp.response(200, BusinessHoursSchema)
+    def put(self, body: dict[str, Any], name: str) -> Any:
+        """Define or change business hours, e.g. with a lunch break."""
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            return sla.set_business_hours(session, name=name, periods=body["periods"], tz=body["tz"], actor=actor,
+                                          now=ctx.runtime.now())
 
 
 @blp.route("/calendar/coverage")
