@@ -269,19 +269,43 @@ def sla_load(ctx: Context, path: Path) -> None:
     """Create or update the policies in a JSON file (a list of policies with a "key")."""
     import json
 
+    from marshmallow import ValidationError
+    from sqlalchemy import select
+
+    from api.schemas import PolicySchema
     from engine import sla as sla_service
+    from engine.models import Task
 
     try:
         policies = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         fail(f"{path}:{exc.lineno}: not JSON: {exc.msg}")
+    if not isinstance(policies, list) or not all(isinstance(p, dict) for p in policies):
+        fail(f"{path}: expected a JSON list of policies (objects with a \"key\")")
+    loaded = []
+    for number, policy in enumerate(policies, 1):
+        key = policy.get("key")
+        if not isinstance(key, str) or not key:
+            fail(f"{path}: policy #{number} has no \"key\"")
+        try:  # the same rules as PUT /api/v1/sla/policies/<key>
+            loaded.append({**PolicySchema().load({k: v for k, v in policy.items() if k != "key"}), "key": key})
+        except ValidationError as exc:
+            fail(f"{path}: policy {key!r}: {json.dumps(exc.messages, ensure_ascii=False)}")
+
+    def due_dates(session: Any) -> dict[int, tuple[Any, Any]]:
+        rows = session.execute(select(Task.id, Task.sla_policy_id, Task.due_at)
+                               .where(Task.status.in_(("open", "claimed"))))
+        return {row.id: (row.sla_policy_id, row.due_at) for row in rows}
+
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
-        total = 0
-        for policy in policies:
-            total = sla_service.upsert_policy(session, rt, data=policy, actor=identity.Actor.system("cli"))[1]
+        before = due_dates(session)
+        for policy in loaded:
+            sla_service.upsert_policy(session, rt, data=policy, actor=identity.Actor.system("cli"))
+        # Each save recomputes every open task: count the tasks the whole file changed.
+        changed = sum(1 for task_id, due in due_dates(session).items() if before.get(task_id) != due)
     click.echo(f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'} saved; "
-               f"{total} open task(s) recomputed")
+               f"{changed} open task(s) recomputed")
 
 
 @main.group()

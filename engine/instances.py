@@ -6,14 +6,14 @@ from typing import Any
 
 from SpiffWorkflow.bpmn.util import BpmnEvent
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.deployments import get_latest
 from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied
 from engine.expressions import json_safe
 from engine.identity import SUPERVISOR, Actor
-from engine.models import AuditEvent, ProcessInstance, Task
+from engine.models import AuditEvent, ProcessInstance, Task, TaskCandidate
 from engine.runtime import (
     CANCELLED,
     FAILED,
@@ -79,16 +79,34 @@ def _deliver_start_message(workflow: Any, name: str, payload: dict[str, Any]) ->
     raise InvalidInput(f"the process has no start event for message {name!r}")
 
 
-def get(session: Session, instance_id: int) -> ProcessInstance:
-    instance = session.get(ProcessInstance, instance_id)
+def _visible(actor: Actor) -> Any:
+    """Who may see an instance: supervisors; whoever started it; whoever has, had or may
+    take one of its tasks. (Branch- and group-wide visibility rules come with the client
+    registry.)"""
+    involved = exists().where(
+        Task.instance_id == ProcessInstance.id,
+        or_(Task.assignee == actor.username, Task.owner == actor.username, Task.completed_by == actor.username,
+            exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups)))),
+    )
+    return or_(ProcessInstance.started_by == actor.username, involved)
+
+
+def get(session: Session, instance_id: int, *, actor: Actor) -> ProcessInstance:
+    """One scoped lookup: an instance the actor may not see does not exist for them."""
+    query = select(ProcessInstance).where(ProcessInstance.id == instance_id)
+    if not actor.has_role(SUPERVISOR):
+        query = query.where(_visible(actor))
+    instance = session.execute(query).scalar_one_or_none()
     if instance is None:
         raise InstanceNotFound(f"no instance {instance_id}")
     return instance
 
 
-def get_all(session: Session, *, process_key: str | None = None, status: str | None = None,
+def get_all(session: Session, *, actor: Actor, process_key: str | None = None, status: str | None = None,
             business_key: str | None = None, limit: int = 50, offset: int = 0) -> list[ProcessInstance]:
     query = select(ProcessInstance).order_by(ProcessInstance.id.desc()).limit(limit).offset(offset)
+    if not actor.has_role(SUPERVISOR):
+        query = query.where(_visible(actor))
     if process_key:
         query = query.where(ProcessInstance.process_key == process_key)
     if status:
@@ -137,8 +155,8 @@ def retry(session: Session, rt: Runtime, *, instance_id: int, actor: Actor) -> P
     return instance
 
 
-def history(session: Session, instance_id: int) -> list[AuditEvent]:
-    get(session, instance_id)
+def history(session: Session, instance_id: int, *, actor: Actor) -> list[AuditEvent]:
+    get(session, instance_id, actor=actor)
     return list(session.execute(
         select(AuditEvent).where(AuditEvent.stream == f"instance:{instance_id}")
         .order_by(AuditEvent.seq)

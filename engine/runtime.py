@@ -153,7 +153,10 @@ def run_and_save(session: Session, rt: Runtime, instance: ProcessInstance,
     advance(rt, instance, workflow)
     if instance.status == FAILED:
         audit(session, rt, instance, "instance.failed", actor, error=instance.error)
+    failed_before_save = instance.status == FAILED
     save(session, rt, instance, workflow, actor=actor)
+    if instance.status == FAILED and not failed_before_save:  # a task's assignment or due date failed
+        audit(session, rt, instance, "instance.failed", actor, error=instance.error)
     if instance.status == COMPLETED:
         audit(session, rt, instance, "instance.completed", actor)
 
@@ -279,10 +282,12 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
                                           instance=instance, data=task.data)
     except (ExpressionError, ValueError) as exc:
         # The step itself succeeded; an unusable assignment/due expression fails the
-        # instance so an administrator sees it, instead of a task nobody can find.
+        # instance so an administrator sees it, instead of a task nobody can find. No row is
+        # written and the task is left unprojected, so a retry projects it afresh.
         instance.status = FAILED
         instance.error = f"{spec.bpmn_id}: {exc}"
-        assignee, due_at, follow_up, priority, groups = None, None, None, 50, []
+        instance.projected = {k: v for k, v in (instance.projected or {}).items() if k != str(task.id)}
+        return
     row = Task(
         task_uuid=str(task.id), instance_id=instance.id, process_key=instance.process_key,
         element_id=spec.bpmn_id, name=spec.bpmn_name, lane=spec.lane, candidate_groups=groups,

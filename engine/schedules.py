@@ -21,7 +21,7 @@ from engine import instances
 from engine.audit import record_system_event
 from engine.calendars import BusinessCalendar
 from engine.db import after_commit, rowcount
-from engine.errors import DuplicateBusinessKey, InvalidInput, PermissionDenied
+from engine.errors import Conflict, DuplicateBusinessKey, InvalidInput, PermissionDenied
 from engine.identity import PROCESS_OWNER, Actor
 from engine.models import Schedule, Timer
 
@@ -48,7 +48,10 @@ def next_run(rule: str, at_time: str, calendar: BusinessCalendar, after: datetim
     """The first occurrence strictly after ``after``."""
     if rule not in RULES:
         raise InvalidInput(f"rule must be one of {', '.join(RULES)}")
-    clock = time.fromisoformat(at_time)
+    try:
+        clock = time.fromisoformat(at_time)
+    except ValueError:
+        raise InvalidInput(f"at_time {at_time!r} is not a time of day (HH:MM)") from None
     tz = calendar.hours.tz
     local_after = after.astimezone(tz)
     trading = rule == "every_trading_day"
@@ -76,6 +79,8 @@ def create(session: Session, rt: Any, *, key: str, process_key: str, rule: str, 
         raise PermissionDenied("schedules need the process_owner or admin role")
     if catch_up not in ("once", "all"):
         raise InvalidInput("catch_up must be 'once' or 'all'")
+    if session.execute(select(Schedule.id).where(Schedule.key == key)).first() is not None:
+        raise Conflict(f"a schedule {key!r} already exists")
     now = rt.now()
     calendar = CALENDARS.get(session, business_hours)
     first = next_run(rule, at_time, calendar, now)

@@ -412,11 +412,12 @@ def fire_milestone(session: Session, rt: Any, *, timer: Timer, instance: Process
         record_instance_event(session, instance, kind="sla.breached", actor="sla", at=now, task_uuid=task.task_uuid,
                               data={"task_id": task.id, "due_at": task.due_at.isoformat() if task.due_at else None})
     subject = f"[{task.business_key}] {task.name or task.element_id}"
+    # The API stores omitted optional fields as null: null "to"/"by" mean the defaults.
     if action == "notify":
-        _notify(session, _recipients(session, evaluator, instance, task, payload.get("to", "assignee")),
+        _notify(session, _recipients(session, evaluator, instance, task, payload.get("to") or "assignee"),
                 subject=f"{subject}: {_progress_text(fraction)}", body=_body(task, fraction), task=task, now=now)
     elif action == "raise_priority":
-        task.priority = min(100, task.priority + int(payload.get("by", 20)))
+        task.priority = min(100, task.priority + int(payload.get("by") or 20))
     elif action == "reassign":
         groups = resolve_candidate_groups(session, evaluator, [payload["to"]], instance=instance, data={})
         _set_candidates(session, task, groups)

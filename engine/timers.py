@@ -249,7 +249,8 @@ def reschedule(session: Session, rt: Runtime, *, timer_id: int, due_at: datetime
             task.internal_data["event_value"] = due_at.isoformat()
         instance.state = dump_state(workflow)
     timer.due_at = due_at
-    data = {"timer_id": timer_id, "kind": timer.kind, "from": previous.isoformat(), "to": due_at.isoformat()}
+    # "timer_kind", not "kind": the audit helper's own ``kind`` argument is the event's kind.
+    data = {"timer_id": timer_id, "timer_kind": timer.kind, "from": previous.isoformat(), "to": due_at.isoformat()}
     if timer.instance_id is not None:
         audit(session, rt, instance, "timer.rescheduled", actor, task_uuid=timer.task_uuid, **data)
     else:

@@ -32,10 +32,10 @@ class Instances(MethodView):
     @blp.response(200, InstanceOut(many=True))
     def get(self, query: dict[str, Any]) -> Any:
         """Instances, newest first."""
-        current_actor()
+        actor = current_actor()
         ctx = bpm()
         with ctx.db.transaction() as session:
-            return instances.get_all(session, process_key=query["process"], status=query["status"],
+            return instances.get_all(session, actor=actor, process_key=query["process"], status=query["status"],
                                      business_key=query["business_key"], limit=query["limit"],
                                      offset=query["offset"])
 
@@ -45,10 +45,10 @@ class Instance(MethodView):
     @blp.response(200, InstanceDetailOut)
     def get(self, instance_id: int) -> Any:
         """One instance with its current variables."""
-        current_actor()
+        actor = current_actor()
         ctx = bpm()
         with ctx.db.transaction() as session:
-            instance = instances.get(session, instance_id)
+            instance = instances.get(session, instance_id, actor=actor)
             # Raw attributes: InstanceDetailOut dumps them (a pre-dumped datetime would fail).
             return {**{f: getattr(instance, f) for f in InstanceOut().fields},
                     "data": instances.data_of(session, ctx.runtime, instance)}
@@ -83,7 +83,7 @@ class History(MethodView):
     @blp.response(200, HistoryOut(many=True))
     def get(self, instance_id: int) -> Any:
         """The instance's audit trail, oldest first."""
-        current_actor()
+        actor = current_actor()
         ctx = bpm()
         with ctx.db.transaction() as session:
-            return instances.history(session, instance_id)
+            return instances.history(session, instance_id, actor=actor)
