@@ -136,7 +136,8 @@ def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task
         return
     errors = [
         FieldError(field="/".join(str(p) for p in error.absolute_path) or
-                   (error.validator == "required" and _missing_field(error.message)) or "",
+                   (error.validator in ("required", "additionalProperties")
+                    and _missing_field(error.message)) or "",
                    message=error.message)
         for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     ]

@@ -1,0 +1,132 @@
+"""Two people acting on one task at the same moment, on PostgreSQL (row locks, READ COMMITTED).
+
+Each thread has its own ``db.transaction()``; a barrier releases both calls together. Both
+people are candidates of the same unclaimed task, so the loser must learn that the task is
+gone (TaskNotOpen), not that it belongs to someone else: the winner's implicit claim and its
+completion commit together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from engine import audit, instances, tasks
+from engine.errors import BpmError, NotAssignee, TaskAlreadyClaimed, TaskNotOpen
+from engine.identity import Actor
+from engine.models import AuditEvent, ProcessInstance, Task
+from tests.engine_bpmn import people_without_passwords
+
+ROUNDS = 2
+
+
+@pytest.fixture
+def people(db, rt):
+    return people_without_passwords(db, rt)
+
+
+def _race(db, calls: list[Callable[[Any], Any]]) -> list[tuple[str, Any]]:
+    """Run each call in its own thread and transaction, released together."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[tuple[str, Any] | None] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[Any], Any]) -> None:
+        try:
+            with db.transaction() as s:
+                barrier.wait(timeout=10)
+                result = call(s)
+            outcomes[index] = ("ok", result)
+        except BpmError as exc:
+            outcomes[index] = ("error", exc)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcomes[index] = ("crash", exc)
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(not t.is_alive() for t in threads), "a thread hung: deadlock?"
+    assert all(o is not None and o[0] != "crash" for o in outcomes), outcomes
+    return outcomes  # type: ignore[return-value]
+
+
+def _start(db, rt, people, key):
+    with db.transaction() as s:
+        inst = instances.start(s, rt, process_key="review", business_key=key, actor=people.clerk,
+                               data={"priority": 50, "due_at": None})
+    with db.transaction() as s:
+        task = s.execute(select(Task).where(Task.instance_id == inst.id)).scalar_one()
+    return inst.id, task.id
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_two_candidates_complete_the_same_task_at_once_exactly_one_wins(db, rt, people, review, round_):
+    instance_id, task_id = _start(db, rt, people, f"R-{round_}")
+    form = {"amount": 100, "summary": "并发完成"}
+    outcomes = _race(db, [
+        lambda s: tasks.complete(s, rt, task_id=task_id, actor=people.clerk, data=form).completed_by,
+        lambda s: tasks.complete(s, rt, task_id=task_id, actor=people.teammate, data=form).completed_by,
+    ])
+
+    winners = [value for kind, value in outcomes if kind == "ok"]
+    losers = [value for kind, value in outcomes if kind == "error"]
+    assert len(winners) == 1 and len(losers) == 1, outcomes
+    assert isinstance(losers[0], TaskNotOpen), losers[0]
+    winner = winners[0]
+
+    with db.transaction() as s:
+        task = s.get(Task, task_id)
+        assert (task.status, task.assignee, task.completed_by) == ("completed", winner, winner)
+        following = s.execute(select(Task).where(Task.instance_id == instance_id, Task.status.in_(("open", "claimed"))))
+        assert [t.element_id for t in following.scalars()] == ["approve_small"]
+        events = [e.kind for e in instances.history(s, instance_id, actor=Actor.system())]
+        assert events.count("task.completed") == 1
+        assert events.count("task.claimed") == 1
+        instance = s.get(ProcessInstance, instance_id)
+        assert instance.status == "running"
+        assert instance.audit_seq == len(events)
+        assert instances.data_of(s, rt, instance)["summary"] == "并发完成"
+        assert audit.verify(s).broken == []
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_two_concurrent_claims_exactly_one_wins(db, rt, people, review, round_):
+    instance_id, task_id = _start(db, rt, people, f"C-{round_}")
+    outcomes = _race(db, [
+        lambda s: tasks.claim(s, rt, task_id=task_id, actor=people.clerk).assignee,
+        lambda s: tasks.claim(s, rt, task_id=task_id, actor=people.teammate).assignee,
+    ])
+    winners = [value for kind, value in outcomes if kind == "ok"]
+    losers = [value for kind, value in outcomes if kind == "error"]
+    assert len(winners) == 1 and len(losers) == 1, outcomes
+    assert isinstance(losers[0], TaskAlreadyClaimed)
+    with db.transaction() as s:
+        assert s.get(Task, task_id).assignee == winners[0]
+        claims = s.execute(select(func.count()).select_from(AuditEvent)
+                           .where(AuditEvent.instance_id == instance_id, AuditEvent.kind == "task.claimed"))
+        assert claims.scalar_one() == 1
+        assert audit.verify(s).broken == []
+
+
+def test_a_claim_racing_a_completion_never_leaves_a_claimed_completed_task(db, rt, people, review):
+    _, task_id = _start(db, rt, people, "X-1")
+    form = {"amount": 100, "summary": "并发"}
+    outcomes = _race(db, [
+        lambda s: tasks.complete(s, rt, task_id=task_id, actor=people.clerk, data=form).status,
+        lambda s: tasks.claim(s, rt, task_id=task_id, actor=people.teammate).status,
+    ])
+    with db.transaction() as s:
+        task = s.get(Task, task_id)
+        if outcomes[0][0] == "ok":  # completion first: the claim found nothing to claim
+            assert isinstance(outcomes[1][1], TaskNotOpen)
+            assert (task.status, task.assignee) == ("completed", "li")
+        else:  # the claim first: li is no longer the assignee
+            assert isinstance(outcomes[0][1], NotAssignee)
+            assert outcomes[1] == ("ok", "claimed")
+            assert (task.status, task.assignee) == ("claimed", "zhao")
+        assert audit.verify(s).broken == []

@@ -1,0 +1,193 @@
+"""Deploy lint: every finding is a located Problem, and a rejected deployment stores nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import deployments, instances
+from engine.config import Settings
+from engine.errors import DeploymentRejected, Problem
+from engine.runtime import Runtime
+from tests.engine_bpmn import (
+    bundle_of,
+    flow,
+    line_of,
+    linear,
+    people_without_passwords,
+    process,
+    row_counts,
+    user_task,
+)
+
+pytestmark = pytest.mark.sqlite
+
+
+@pytest.fixture
+def people(db, rt):
+    return people_without_passwords(db, rt)
+
+
+def _script(task_id: str, script: str) -> str:
+    return f'    <bpmn:scriptTask id="{task_id}" name="脚本"><bpmn:script>{script}</bpmn:script></bpmn:scriptTask>\n'
+
+
+def _gateway(condition: str) -> str:
+    return ('    <bpmn:startEvent id="start"/>\n' + flow("start", "gw")
+            + '    <bpmn:exclusiveGateway id="gw" name="判断" default="f_gw_other"/>\n'
+            + flow("gw", "yes", condition=condition)
+            + flow("gw", "other")
+            + '    <bpmn:endEvent id="yes"/>\n    <bpmn:endEvent id="other"/>\n')
+
+
+def _timer(kind: str, value: str) -> str:
+    return linear(("wait", f'    <bpmn:intermediateCatchEvent id="wait" name="等待"><bpmn:timerEventDefinition>'
+                           f"<bpmn:{kind}>{value}</bpmn:{kind}></bpmn:timerEventDefinition>"
+                           "</bpmn:intermediateCatchEvent>\n"))
+
+
+def _service(topic_attrs: str) -> str:
+    return linear(("call", f'    <bpmn:serviceTask id="call" name="调用" {topic_attrs}/>\n'))
+
+
+# (case id, process body, element the problem must name, words the message must contain)
+CASES = [
+    ("script_task", linear(("calc", _script("calc", "total = 1"))), "calc", "BPM_ALLOW_SCRIPT_TASKS"),
+    ("user_task_without_form", linear(("ask", user_task("ask", form=None))), "ask", "camunda:formKey"),
+    ("form_file_missing", linear(("ask", user_task("ask", form="no_such_form"))), "ask",
+     "forms/no_such_form.json"),
+    ("candidate_group_unknown", linear(("ask", user_task("ask", groups="ghosts"))), "ask", "'ghosts' does not exist"),
+    ("user_task_offered_to_nobody", linear(("ask", user_task("ask", groups=None))), "ask", "nobody could ever see"),
+    ("gateway_syntax", _gateway("${amount &gt;}"), "gw", "syntax error"),
+    ("gateway_import", _gateway("${__import__('os').system('id')}"), "gw", "__import__"),
+    ("gateway_dunder_attribute", _gateway("${amount.__class__.__mro__}"), "gw", "is not allowed"),
+    ("gateway_open", _gateway("${open('/etc/passwd')}"), "gw", "open"),
+    ("timer_not_iso", _timer("timeDuration", "PT4X"), "wait", "not ISO 8601"),
+    ("timer_naive_date", _timer("timeDate", "2026-12-01T09:00:00"), "wait", "no UTC offset"),
+    ("timer_expression_import", _timer("timeDuration", "${__import__('os')}"), "wait", "__import__"),
+    ("service_topic_unknown", _service('camunda:type="external" camunda:topic="transfer_money"'), "call",
+     "'transfer_money' is not registered"),
+    ("service_without_topic", _service(""), "call", "camunda:topic"),
+    ("assignee_expression_dunder", linear(("ask", user_task("ask", extra='camunda:assignee="${x.__globals__}"'))),
+     "ask", "__globals__"),
+    ("due_date_expression_syntax", linear(("ask", user_task("ask", extra='camunda:dueDate="${due +}"'))),
+     "ask", "camunda:dueDate"),
+]
+
+
+@pytest.mark.parametrize(("body", "element", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_lint_rejects_with_a_located_problem_and_stores_nothing(db, rt, people, body, element, words):
+    xml = process(body)
+    before = row_counts(db)
+    with pytest.raises(DeploymentRejected) as caught, db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(xml), actor=people.owner)
+
+    problems = caught.value.problems
+    assert all(isinstance(p, Problem) for p in problems)
+    assert [p.element_id for p in problems] == [element], problems
+    (problem,) = problems
+    assert words in problem.message
+    assert problem.file == "p.bpmn"
+    assert problem.line == line_of(xml, element)
+    assert problem.format().startswith(f"p.bpmn:{problem.line} {element}: ")
+    assert caught.value.code == "deployment_invalid"
+    assert row_counts(db) == before
+
+
+def test_every_problem_is_reported_at_once(db, rt, people):
+    xml = process(linear(
+        ("calc", _script("calc", "x = 1")),
+        ("ask", user_task("ask", form="missing", groups="ghosts")),
+        ("call", '    <bpmn:serviceTask id="call" camunda:type="external" camunda:topic="nope"/>\n'),
+    ))
+    before = row_counts(db)
+    with pytest.raises(DeploymentRejected) as caught, db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(xml), actor=people.owner)
+    found = sorted((p.element_id, p.line) for p in caught.value.problems)
+    assert found == sorted([("calc", line_of(xml, "calc")), ("ask", line_of(xml, "ask")),
+                            ("ask", line_of(xml, "ask")), ("call", line_of(xml, "call"))])
+    assert row_counts(db) == before
+
+
+def test_one_bad_process_rejects_the_whole_bundle(db, rt, people):
+    good = process(linear(("ask", user_task("ask"))), key="good")
+    bad = process(linear(("ask", user_task("ask", form="missing"))), key="bad")
+    bundle = bundle_of(good)
+    bundle.bpmn["bad.bpmn"] = bad.encode()
+    before = row_counts(db)
+    with pytest.raises(DeploymentRejected) as caught, db.transaction() as s:
+        deployments.deploy(s, rt, bundle, actor=people.owner)
+    assert [(p.file, p.element_id) for p in caught.value.problems] == [("bad.bpmn", "ask")]
+    assert row_counts(db) == before
+
+
+def test_a_lane_names_its_candidate_group(db, rt, people):
+    def with_lane(lane_name: str) -> str:
+        lanes = ('    <bpmn:laneSet id="ls"><bpmn:lane id="lane1" name="' + lane_name + '">'
+                 "<bpmn:flowNodeRef>start</bpmn:flowNodeRef><bpmn:flowNodeRef>ask</bpmn:flowNodeRef>"
+                 "<bpmn:flowNodeRef>end</bpmn:flowNodeRef></bpmn:lane></bpmn:laneSet>\n")
+        return process(lanes + linear(("ask", user_task("ask", groups=None))))
+
+    with pytest.raises(DeploymentRejected) as caught, db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(with_lane("不存在的组")), actor=people.owner)
+    assert [p.element_id for p in caught.value.problems] == ["ask"]
+    assert "does not exist" in caught.value.problems[0].message
+    with db.transaction() as s:
+        assert [d.created for d in deployments.deploy(s, rt, bundle_of(with_lane("clerks")), actor=people.owner)] \
+            == [True]
+
+
+def test_check_without_a_session_stores_nothing_and_skips_group_lookup(db, rt, people):
+    xml = process(linear(("ask", user_task("ask", groups="ghosts", form="missing"))))
+    before = row_counts(db)
+    _, problems = deployments.check(None, rt, bundle_of(xml))
+    assert [(p.element_id, "not found" in p.message) for p in problems] == [("ask", True)]
+    assert row_counts(db) == before
+
+
+# -- script tasks when allowed ------------------------------------------------------------
+@pytest.fixture
+def scripts_rt(database_url):
+    return Runtime(Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_ALLOW_SCRIPT_TASKS": "true"}))
+
+
+SCRIPT_XML = process(linear(
+    ("calc", _script("calc", "total = amount * 2\nlabel = 'big' if total &gt; 100 else 'small'")),
+    ("check", user_task("check")),
+), key="scripted")
+
+
+def test_allowed_script_runs_through_the_safe_evaluator(db, scripts_rt, people):
+    with db.transaction() as s:
+        (deployed,) = deployments.deploy(s, scripts_rt, bundle_of(SCRIPT_XML), actor=people.owner)
+        assert deployed.created
+    with db.transaction() as s:
+        inst = instances.start(s, scripts_rt, process_key="scripted", business_key="S-1", actor=people.clerk,
+                               data={"amount": 60})
+        assert inst.status == "running"
+        data = instances.data_of(s, scripts_rt, inst)
+    assert (data["total"], data["label"]) == (120, "big")
+
+
+@pytest.mark.parametrize("script", [
+    "import os",
+    "x = open('/etc/passwd').read()",
+    "for i in items:\n    x = i",
+], ids=["import", "open", "loop"])
+def test_allowed_scripts_are_still_only_name_equals_expression(db, scripts_rt, people, script):
+    xml = process(linear(("calc", _script("calc", script))), key="scripted")
+    before = row_counts(db)
+    with pytest.raises(DeploymentRejected) as caught, db.transaction() as s:
+        deployments.deploy(s, scripts_rt, bundle_of(xml), actor=people.owner)
+    assert [p.element_id for p in caught.value.problems] == ["calc"]
+    assert caught.value.problems[0].line == line_of(xml, "calc")
+    assert row_counts(db) == before
+
+
+def test_a_script_version_fails_at_run_time_once_scripts_are_disabled(db, rt, scripts_rt, people):
+    with db.transaction() as s:
+        deployments.deploy(s, scripts_rt, bundle_of(SCRIPT_XML), actor=people.owner)
+    with db.transaction() as s:  # rt: the default settings, scripts off
+        inst = instances.start(s, rt, process_key="scripted", business_key="S-2", actor=people.clerk,
+                               data={"amount": 60})
+    assert inst.status == "failed"
+    assert "script tasks are disabled" in inst.error and "calc" in inst.error
