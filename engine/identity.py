@@ -46,7 +46,7 @@ class Actor:
         return cls(username=name, groups=frozenset({ADMIN}))
 
 
-def _hash_password(password: str, salt: bytes | None = None) -> str:
+def hash_password(password: str, salt: bytes | None = None) -> str:
     salt = salt or secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
     return f"scrypt${salt.hex()}${digest.hex()}"
@@ -56,7 +56,7 @@ def _check_password(password: str, stored: str | None) -> bool:
     if not stored or not stored.startswith("scrypt$"):
         return False
     _, salt_hex, digest_hex = stored.split("$")
-    candidate = _hash_password(password, bytes.fromhex(salt_hex)).split("$")[2]
+    candidate = hash_password(password, bytes.fromhex(salt_hex)).split("$")[2]
     return hmac.compare_digest(candidate, digest_hex)
 
 
@@ -79,7 +79,7 @@ def create_user(session: Session, *, username: str, display_name: str, now: date
     if session.execute(select(User.id).where(User.username == username)).first():
         raise Conflict(f"user {username!r} already exists")
     user = User(username=username, display_name=display_name, branch_code=branch_code,
-                password_hash=_hash_password(password) if password else None, active=True,
+                password_hash=hash_password(password) if password else None, active=True,
                 created_at=now)
     session.add(user)
     session.flush()

@@ -128,8 +128,14 @@ class People:
     system: Actor
 
 
+@pytest.fixture(scope="session")
+def password_hashes() -> dict[str, str]:
+    """scrypt is deliberately slow; hash each persona's password once per test run."""
+    return {}
+
+
 @pytest.fixture
-def people(db: Database, rt: Runtime) -> People:
+def people(db: Database, rt: Runtime, password_hashes: dict[str, str]) -> People:
     specs = [
         ("li", "李柜员", "HZ01", ["clerks"]),
         ("zhao", "赵柜员", "HZ01", ["clerks"]),
@@ -142,8 +148,11 @@ def people(db: Database, rt: Runtime) -> People:
         for key in ["clerks", "managers", "ningbo_clerks", "admin", "process_owner", "supervisor"]:
             identity.ensure_group(s, key=key)
         for username, name, branch, groups in specs:
-            identity.create_user(s, username=username, display_name=name, now=rt.now(),
-                                 password=f"{username}-pw", branch_code=branch, groups=groups)
+            user = identity.create_user(s, username=username, display_name=name, now=rt.now(),
+                                        branch_code=branch, groups=groups)
+            if username not in password_hashes:
+                password_hashes[username] = identity.hash_password(f"{username}-pw")
+            user.password_hash = password_hashes[username]
 
     def actor(username: str, groups: list[str], branch: str | None) -> Actor:
         return Actor(username=username, groups=frozenset(groups), branch_code=branch)
