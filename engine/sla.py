@@ -283,14 +283,18 @@ def _schedule_milestones(session: Session, rt: Any, instance: ProcessInstance, t
     else:
         points = [(m, milestone_due(calendar, start, due, policy.target_amount, policy.target_unit, m["at"]))
                   for m in policy.milestones]
+    # A paused task's clock stopped at the pause: its milestones are held until resume()
+    # moves them by the paused time (a recompute during a pause must not arm them).
+    paused = task.sla_paused_at is not None
     for milestone, at in points:
-        if at < now:
+        if at < (task.sla_paused_at if paused else now):
             continue
         timer = Timer(kind="sla", instance_id=instance.id, task_uuid=task.task_uuid,
-                      element_id=task.element_id, due_at=at, status="waiting", created_at=now,
-                      payload={"task_id": task.id, "policy": policy.key, **milestone})
+                      element_id=task.element_id, due_at=at, status="paused" if paused else "waiting",
+                      created_at=now, payload={"task_id": task.id, "policy": policy.key, **milestone})
         session.add(timer)
-        _announce(session, rt, timer)
+        if not paused:
+            _announce(session, rt, timer)
 
 
 def _announce(session: Session, rt: Any, timer: Timer) -> None:

@@ -1,0 +1,266 @@
+"""The notification outbox (``engine.notify``): SLA milestones write ``bpm_notification``
+rows inside the instance transaction; a notifier delivers them after commit on pluggable
+channels (log, e-mail), records failures and retries.
+
+The e-mail channel talks SMTP to a tiny fake server started here on 127.0.0.1 (the mail
+server is outside the product); the database is the real one.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pytest
+import time_machine
+from sqlalchemy import select, update
+
+from engine import instances, sla, timers
+from engine.calendars import SHANGHAI
+from engine.config import Settings
+from engine.models import Notification, Timer, User
+from engine.notify import MAX_ATTEMPTS, EmailChannel, LogChannel, Notifier
+from engine.runtime import Runtime
+
+MONDAY_9 = datetime(2026, 3, 2, 9, tzinfo=SHANGHAI)
+HALF_WAY = datetime(2026, 3, 3, 9, 0, 1, tzinfo=SHANGHAI)  # just past 1 of 2 working days
+POLICY = {"key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
+          "element_id": "register", "target_amount": 2, "target_unit": "WD",
+          "milestones": [{"at": 0.5, "action": "notify", "to": "candidates"}]}
+SUBJECT = "[R-1] 登记: 已用时 50% of the SLA"
+
+
+@pytest.fixture
+def half_way(db, rt, people, review) -> Iterator[time_machine.Coordinates]:
+    """A register task of R-1 (candidates: the clerks li and zhao) under a policy that
+    notifies the candidates half-way; the clock stands just past that milestone."""
+    with db.transaction() as s:
+        sla.upsert_policy(s, rt, data=POLICY, actor=people.owner)
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        with db.transaction() as s:
+            instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk,
+                            data={"priority": 50, "due_at": None})
+        clock.move_to(HALF_WAY)
+        yield clock
+
+
+def outbox(db) -> list[Notification]:
+    with db.transaction() as s:
+        return list(s.execute(select(Notification).order_by(Notification.recipient)).scalars())
+
+
+def set_email(db, username, address):
+    """``identity.create_user`` takes no e-mail address: set it in the database."""
+    with db.transaction() as s:
+        s.execute(update(User).where(User.username == username).values(email=address))
+
+
+def notify_records(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "bpm.notify"]
+
+
+# -- the outbox -----------------------------------------------------------------------------
+@pytest.mark.sqlite
+def test_milestone_notifications_are_rows_until_the_notifier_delivers_them(db, rt, half_way, caplog):
+    caplog.set_level(logging.INFO, logger="bpm.notify")
+    assert timers.fire_due(db, rt) == 1
+    rows = outbox(db)
+    assert [(n.recipient, n.subject, n.sent_at, n.attempts) for n in rows] == [
+        ("li", SUBJECT, None, 0), ("zhao", SUBJECT, None, 0)]
+    assert all(n.task_id is not None and n.instance_id is not None for n in rows)
+    assert "R-1" in rows[0].body and "已用时 50%" in rows[0].body
+    assert notify_records(caplog) == []  # firing wrote rows; nobody has been told yet
+
+    assert Notifier({"log": LogChannel()}).deliver_pending(db, rt) == 2
+    assert notify_records(caplog) == [f"notify li: {SUBJECT} — {rows[0].body}",
+                                      f"notify zhao: {SUBJECT} — {rows[1].body}"]
+    assert [(n.sent_at, n.attempts, n.last_error) for n in outbox(db)] == [(HALF_WAY, 0, None)] * 2
+
+    assert Notifier({"log": LogChannel()}).deliver_pending(db, rt) == 0  # sent once, never again
+    assert len(notify_records(caplog)) == 2
+
+
+@pytest.mark.sqlite
+def test_a_rolled_back_firing_notifies_no_one_and_the_milestone_fires_later(db, rt, half_way, caplog):
+    caplog.set_level(logging.INFO, logger="bpm.notify")
+    with db.transaction() as s:
+        timer_id = s.execute(select(Timer.id).where(Timer.kind == "sla", Timer.status == "waiting")
+                             .order_by(Timer.due_at)).scalars().first()
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        assert timers.fire(s, rt, timer_id) is True
+        s.flush()
+        assert len(s.execute(select(Notification)).scalars().all()) == 2  # written in the transaction
+        raise RuntimeError("the instance transaction fails after the milestone")
+    assert outbox(db) == []
+    assert Notifier({"log": LogChannel()}).deliver_pending(db, rt) == 0
+    assert notify_records(caplog) == []
+    with db.transaction() as s:
+        assert s.get(Timer, timer_id).status == "waiting"  # the claim rolled back too
+
+    assert timers.fire_due(db, rt) == 1
+    assert Notifier({"log": LogChannel()}).deliver_pending(db, rt) == 2
+    assert len(notify_records(caplog)) == 2
+
+
+def test_rows_of_an_uncommitted_transaction_are_not_delivered(db, rt, half_way, caplog):
+    """PostgreSQL only: SQLite allows a single writer, so the notifier could not even start."""
+    caplog.set_level(logging.INFO, logger="bpm.notify")
+    notifier = Notifier({"log": LogChannel()})
+    with db.transaction() as s:
+        timer_id = s.execute(select(Timer.id).where(Timer.kind == "sla").order_by(Timer.due_at)).scalars().first()
+    with db.transaction() as s:
+        assert timers.fire(s, rt, timer_id) is True
+        s.flush()
+        assert notifier.deliver_pending(db, rt) == 0  # another connection: nothing committed yet
+    assert notify_records(caplog) == []
+    assert notifier.deliver_pending(db, rt) == 2
+
+
+# -- failures and retries -------------------------------------------------------------------
+def _closed_port() -> int:
+    """A local port with nothing listening: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.sqlite
+def test_a_failing_channel_records_attempts_and_error_and_leaves_the_row_for_retry(db, rt, half_way):
+    set_email(db, "li", "li@example.com")
+    assert timers.fire_due(db, rt) == 1
+    down = Notifier({"email": EmailChannel(f"smtp://127.0.0.1:{_closed_port()}")})
+    assert down.deliver_pending(db, rt) == 0
+    li, zhao = outbox(db)
+    assert (li.sent_at, li.attempts) == (None, 1) and li.last_error.startswith("ConnectionRefusedError")
+    assert (zhao.sent_at, zhao.attempts, zhao.last_error) == (None, 1, "ValueError: user zhao has no e-mail address")
+
+    assert down.deliver_pending(db, rt) == 0
+    assert [n.attempts for n in outbox(db)] == [2, 2]  # retried, still unsent
+
+    # A channel that works again (here: a log) delivers what is still pending.
+    assert Notifier({"log": LogChannel()}).deliver_pending(db, rt) == 2
+    assert [(n.sent_at, n.attempts) for n in outbox(db)] == [(HALF_WAY, 2), (HALF_WAY, 2)]
+
+
+@pytest.mark.sqlite
+def test_a_row_that_keeps_failing_is_given_up_after_max_attempts(db, rt, half_way):
+    assert timers.fire_due(db, rt) == 1
+    no_address = Notifier({"email": EmailChannel(f"smtp://127.0.0.1:{_closed_port()}")})
+    for _ in range(MAX_ATTEMPTS + 3):
+        assert no_address.deliver_pending(db, rt) == 0
+    assert [(n.attempts, n.sent_at) for n in outbox(db)] == [(MAX_ATTEMPTS, None)] * 2
+    assert Notifier({"log": LogChannel()}).deliver_pending(db, rt) == 0  # left for an administrator
+
+
+@pytest.mark.sqlite
+def test_channels_are_pluggable(db, rt, half_way):
+    @dataclass
+    class Pager:  # e.g. SMS later: anything with send(recipient=, subject=, body=)
+        sent: list[tuple[str, str]] = field(default_factory=list)
+
+        def send(self, *, recipient: User, subject: str, body: str) -> None:
+            self.sent.append((recipient.username, subject))
+
+    pager = Pager()
+    assert timers.fire_due(db, rt) == 1
+    assert Notifier({"log": LogChannel(), "pager": pager}).deliver_pending(db, rt) == 2
+    assert pager.sent == [("li", SUBJECT), ("zhao", SUBJECT)]
+
+
+# -- e-mail over SMTP -----------------------------------------------------------------------
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> email.message.EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+class _SmtpSession(socketserver.StreamRequestHandler):
+    """Just enough SMTP (RFC 5321) for smtplib: greeting, EHLO, MAIL, RCPT, DATA, QUIT."""
+
+    def reply(self, text: str) -> None:
+        self.wfile.write(text.encode("ascii") + b"\r\n")
+
+    def handle(self) -> None:
+        self.reply("220 fake-smtp ESMTP ready")
+        sender, recipients = "", []
+        while line := self.rfile.readline():
+            verb, _, argument = line.decode("utf-8").rstrip("\r\n").partition(" ")
+            verb = verb.upper()
+            if verb == "EHLO":
+                self.reply("250-fake-smtp")
+                self.reply("250 8BITMIME")
+            elif verb == "MAIL":
+                sender, recipients = argument.split(":", 1)[1].split()[0].strip("<>"), []
+                self.reply("250 OK")
+            elif verb == "RCPT":
+                recipients.append(argument.split(":", 1)[1].split()[0].strip("<>"))
+                self.reply("250 OK")
+            elif verb == "DATA":
+                self.reply("354 End data with <CR><LF>.<CR><LF>")
+                lines = []
+                while (data := self.rfile.readline()) not in (b".\r\n", b""):
+                    lines.append(data[1:] if data.startswith(b"..") else data)
+                self.server.received.append(Received(sender, recipients, b"".join(lines)))  # type: ignore[attr-defined]
+                self.reply("250 OK: queued")
+            elif verb == "QUIT":
+                self.reply("221 Bye")
+                return
+            else:  # HELO, RSET, NOOP
+                self.reply("250 OK")
+
+
+class _SmtpServer(socketserver.ThreadingTCPServer):
+    daemon_threads = False  # server_close() waits for the sessions: no socket is left open
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _SmtpSession)
+        self.received: list[Received] = []
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[_SmtpServer]:
+    server = _SmtpServer()
+    thread = threading.Thread(target=server.serve_forever, name="fake-smtp", daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.mark.sqlite
+def test_the_email_channel_sends_the_milestone_to_a_users_address(db, half_way, smtp_server, database_url):
+    port = smtp_server.server_address[1]
+    rt = Runtime(Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_SMTP_URL": f"smtp://127.0.0.1:{port}"}))
+    notifier = Notifier.from_settings(rt)
+    assert sorted(notifier.channels) == ["email", "log"]
+    set_email(db, "li", "li@example.com")
+    assert timers.fire_due(db, rt) == 1
+
+    assert notifier.deliver_pending(db, rt) == 1  # li; zhao has no address
+    (mail,) = smtp_server.received
+    assert (mail.sender, mail.recipients) == ("bpm@localhost", ["li@example.com"])
+    message = mail.message
+    assert (message["From"], message["To"], message["Subject"]) == ("bpm@localhost", "li@example.com", SUBJECT)
+    li, zhao = outbox(db)
+    assert message.get_content().strip() == li.body
+    assert li.sent_at == HALF_WAY and li.last_error is None
+    assert (zhao.sent_at, zhao.attempts, zhao.last_error) == (None, 1, "ValueError: user zhao has no e-mail address")
+
+    set_email(db, "zhao", "zhao@example.com")  # the administrator fills in the address
+    assert notifier.deliver_pending(db, rt) == 1
+    assert [m.recipients for m in smtp_server.received] == [["li@example.com"], ["zhao@example.com"]]
+    assert all(n.sent_at is not None for n in outbox(db))
