@@ -175,6 +175,8 @@ class Task(Base):
     sla_policy_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_sla_policy.id"))
     sla_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sla_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Total time the clock was paused ("waiting for client"); due = target + this.
+    sla_paused_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # When the task turns "at risk" (80 % of the target in the target's own terms).
     at_risk_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
@@ -84,11 +84,14 @@ CALENDARS = CalendarCache()
 
 
 def bump_calendar_revision(session: Session) -> None:
+    # A fresh random token, not a counter: two concurrent edits must not both write "n+1"
+    # and leave other processes trusting a cache of the first edit.
+    token = uuid4().hex
     setting = session.get(Setting, "calendar_revision")
     if setting is None:
-        session.add(Setting(key="calendar_revision", value="1"))
+        session.add(Setting(key="calendar_revision", value=token))
     else:
-        setting.value = str(int(setting.value) + 1)
+        setting.value = token
 
 
 def set_day(session: Session, *, day: Any, working: bool, trading: bool | None, name: str | None,
@@ -272,8 +275,10 @@ def _at_risk(session: Session, policy: SlaPolicy | None, task: Task, *, start: d
 
 
 def _schedule_milestones(session: Session, rt: Any, instance: ProcessInstance, task: Task,
-                         policy: SlaPolicy, *, start: datetime, now: datetime) -> None:
-    """Timer rows for the milestones still ahead: a recompute must not re-notify the past."""
+                         policy: SlaPolicy, *, start: datetime, now: datetime,
+                         shift: timedelta = timedelta()) -> None:
+    """Timer rows for the milestones still ahead: a recompute must not re-notify the past.
+    ``shift`` is time the clock already spent paused; every milestone moves by it."""
     assert task.due_at is not None
     calendar = CALENDARS.get(session, policy.business_hours)
     due = Due(task.due_at, task.calendar_incomplete)
@@ -287,6 +292,7 @@ def _schedule_milestones(session: Session, rt: Any, instance: ProcessInstance, t
     # moves them by the paused time (a recompute during a pause must not arm them).
     paused = task.sla_paused_at is not None
     for milestone, at in points:
+        at += shift
         if at < (task.sla_paused_at if paused else now):
             continue
         timer = Timer(kind="sla", instance_id=instance.id, task_uuid=task.task_uuid,
@@ -332,10 +338,13 @@ def recompute(session: Session, rt: Any, *, now: datetime) -> int:
         else:
             calendar = CALENDARS.get(session, policy.business_hours)
             due = calendar.add(start, policy.target_amount, policy.target_unit)
+            # Time already spent waiting for the client stays added, as resume() added it.
+            paused = timedelta(seconds=task.sla_paused_seconds or 0)
             task.due_at, task.due_source, task.calendar_incomplete = due.at, "policy", due.incomplete
             task.sla_policy_id = policy.id
-            task.at_risk_at = _at_risk(session, policy, task, start=start)
-            _schedule_milestones(session, rt, instance, task, policy, start=start, now=now)
+            task.at_risk_at = _at_risk(session, policy, task, start=start) + paused
+            _schedule_milestones(session, rt, instance, task, policy, start=start, now=now, shift=paused)
+            task.due_at = due.at + paused
         if (task.sla_policy_id, task.due_at) != previous:
             count += 1
     return count
@@ -378,6 +387,7 @@ def resume(session: Session, rt: Any, *, task: Task, instance: ProcessInstance, 
     now = rt.now()
     paused_for = now - task.sla_paused_at
     task.sla_paused_at = None
+    task.sla_paused_seconds = (task.sla_paused_seconds or 0) + int(paused_for.total_seconds())
     if task.due_at is not None:
         task.due_at += paused_for
     if task.at_risk_at is not None:

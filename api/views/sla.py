@@ -23,7 +23,8 @@ from api.schemas import (
     TimerOut,
 )
 from engine import schedules, sla, timers
-from engine.errors import InvalidInput
+from engine.errors import InvalidInput, PermissionDenied
+from engine.identity import PROCESS_OWNER, SUPERVISOR
 from engine.models import BusinessHoursRow, CalendarDay, SlaPolicy
 
 PREFIX = ""
@@ -128,8 +129,10 @@ class Coverage(MethodView):
 class Timers(MethodView):
     @blp.response(200, TimerOut(many=True))
     def get(self) -> Any:
-        """Waiting timers, soonest first (BPMN timers, SLA milestones, schedules)."""
-        current_actor()
+        """Waiting timers, soonest first (BPMN timers, SLA milestones, schedules); for
+        supervisors and process owners."""
+        if not current_actor().has_role(SUPERVISOR, PROCESS_OWNER):
+            raise PermissionDenied("the timer list is for supervisors and process owners")
         with bpm().db.transaction() as session:
             return timers.get_all(session, status="waiting")
 

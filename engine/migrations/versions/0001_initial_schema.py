@@ -251,6 +251,7 @@ def upgrade() -> None:
     sa.Column('sla_policy_id', sa.Integer(), nullable=True),
     sa.Column('sla_started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('sla_paused_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('sla_paused_seconds', sa.Integer(), server_default='0', nullable=False),
     sa.Column('at_risk_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('breached_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('calendar_incomplete', sa.Boolean(), server_default=sa.false(), nullable=False),
