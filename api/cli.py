@@ -348,14 +348,17 @@ def demo_load(ctx: Context) -> None:
     with ctx.db.transaction() as session:
         created = demo.load(session, rt)
     click.echo(f"demo users: {created} created (password '{demo.PASSWORD}')")
-    workflows = ctx.settings.workflows_dir
-    if any(workflows.glob("*.bpmn")):
+    try:
         with ctx.db.transaction() as session:
-            results = deployments.deploy(session, rt, bundle.from_paths([workflows]),
-                                         actor=identity.Actor.system("demo"))
-        for result in results:
-            click.echo(f"{'deployed' if result.created else 'unchanged'}: "
-                       f"{result.version.process_key} v{result.version.version}")
+            results, policies = demo.load_workflows(session, rt, ctx.settings.workflows_dir)
+    except DeploymentRejected as exc:
+        for problem in exc.problems:
+            click.echo(problem.format())
+        sys.exit(1)
+    for result in results:
+        click.echo(f"{'deployed' if result.created else 'unchanged'}: "
+                   f"{result.version.process_key} v{result.version.version}")
+    click.echo(f"SLA policies saved: {policies}")
 
 
 @main.command()

@@ -5,10 +5,13 @@ Every demo user's password is ``demo``. Loading is idempotent.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import identity
+from engine import bundle, deployments, identity, sla
 from engine.models import User
 from engine.runtime import Runtime
 
@@ -84,3 +87,18 @@ def load(session: Session, rt: Runtime) -> int:
                              password=PASSWORD, groups=["admin"], actor="demo")
         created += 1
     return created
+
+
+def load_workflows(session: Session, rt: Runtime, workflows: Path) -> tuple[list[deployments.DeployedVersion], int]:
+    """Deploy the diagrams in ``workflows/`` and save the SLA policies in
+    ``workflows/sla/*.json``; returns the versions and how many policies were saved."""
+    results = []
+    actor = identity.Actor.system("demo")
+    if any(workflows.glob("*.bpmn")):
+        results = deployments.deploy(session, rt, bundle.from_paths([workflows]), actor=actor)
+    saved = 0
+    for path in sorted((workflows / "sla").glob("*.json")):
+        for policy in json.loads(path.read_text(encoding="utf-8")):
+            sla.upsert_policy(session, rt, data=policy, actor=actor)
+            saved += 1
+    return results, saved
