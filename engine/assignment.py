@@ -12,6 +12,7 @@ or an expression ``${…}`` that evaluates to a key or a list of keys.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -42,8 +43,24 @@ def resolve_candidate_groups(session: Session, evaluator: SafeEvaluator, raw: li
     return list(dict.fromkeys(resolved))
 
 
+_KEYS: dict[str, tuple[str, float]] = {}
+KEY_CACHE_SECONDS = 60.0
+
+
 def _group_key(session: Session, key_or_name: str) -> str:
-    """Lanes carry display names (柜员); candidate groups carry keys (counter_staff)."""
+    """Lanes carry display names (柜员); candidate groups carry keys (counter_staff).
+
+    Cached for a minute per process: every task creation would otherwise pay a query for a
+    mapping that changes when an administrator renames a group."""
+    cached = _KEYS.get(key_or_name)
+    if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_SECONDS:
+        return cached[0]
+    key = _lookup_group_key(session, key_or_name)
+    _KEYS[key_or_name] = (key, time.monotonic())
+    return key
+
+
+def _lookup_group_key(session: Session, key_or_name: str) -> str:
     row = session.execute(
         select(Group.key).where(or_(Group.key == key_or_name, Group.name == key_or_name))
         .order_by((Group.key == key_or_name).desc()).limit(1)

@@ -63,7 +63,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pool_pre_ping: it costs a round trip (and a server transaction) on every checkout.
+    # A connection that died is detected when used; SQLAlchemy then invalidates the pool
+    # and the unit of work fails once, like any transient error, and is retried by its caller.
+    kwargs.setdefault("pool_recycle", 1800)
     return create_engine(url, **kwargs)
 
 

@@ -99,8 +99,9 @@ class ProcessVersion(Base):
     name: Mapped[str | None] = mapped_column(String(256))
     deployment_id: Mapped[int] = mapped_column(ForeignKey("bpm_deployment.id"))
     source_file: Mapped[str] = mapped_column(String(256))
-    bpmn_xml: Mapped[str] = mapped_column(Text)
-    spec_json: Mapped[str] = mapped_column(Text)
+    # Large and rarely needed on the hot path (the spec is cached per version): load on access.
+    bpmn_xml: Mapped[str] = mapped_column(Text, deferred=True)
+    spec_json: Mapped[str] = mapped_column(Text, deferred=True)
     forms: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Names of messages that start this process (message start events).
     start_messages: Mapped[list[str]] = mapped_column(JSON)

@@ -226,13 +226,24 @@ def _retire(session: Session, workflow: BpmnWorkflow, gone: dict[str, str], now:
     messages = [u for u, k in gone.items() if k == KIND_MESSAGE]
     timers = [u for u, k in gone.items() if k == KIND_TIMER]
     if tasks:
-        sla.retire_task_timers(session, tasks)
         # A task completed through the API is already marked completed by its service;
         # whatever is still open here was cancelled by the process (boundary, cancel, end).
-        session.execute(
-            update(Task).where(Task.task_uuid.in_(tasks), Task.status.in_(ACTIVE_TASK_STATES))
-            .values(status=TASK_CANCELLED, completed_at=now)
-        )
+        # Rows this transaction already holds are settled in memory (no statement); the rest
+        # by one UPDATE each.
+        loaded = {t.task_uuid: t for t in session.identity_map.values() if isinstance(t, Task)}
+        unknown = [u for u in tasks if u not in loaded]
+        for uuid in tasks:
+            row = loaded.get(uuid)
+            if row is not None and row.status in ACTIVE_TASK_STATES:
+                row.status, row.completed_at = TASK_CANCELLED, now
+        with_sla = unknown + [u for u in tasks if u in loaded and loaded[u].sla_policy_id is not None]
+        if with_sla:
+            sla.retire_task_timers(session, with_sla)
+        if unknown:
+            session.execute(
+                update(Task).where(Task.task_uuid.in_(unknown), Task.status.in_(ACTIVE_TASK_STATES))
+                .values(status=TASK_CANCELLED, completed_at=now)
+            )
     if messages:
         session.execute(delete(MessageSubscription).where(MessageSubscription.task_uuid.in_(messages)))
     if timers:
@@ -296,10 +307,13 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         business_key=instance.business_key, client_id=instance.client_id,
         branch_code=instance.branch_code, form_key=camunda.get("formKey"),
     )
+    # Due date and SLA fields before the INSERT, milestones (which need the id) after it.
+    policy = sla.start_clock(session, instance=instance, task=row, data=task.data, now=now)
     session.add(row)
     session.flush()
     session.add_all(TaskCandidate(task_id=row.id, group_key=g) for g in groups)
-    sla.start_clock(session, rt, instance=instance, task=row, data=task.data, now=now)
+    if policy is not None:
+        sla.schedule_milestones(session, rt, instance=instance, task=row, policy=policy, now=now)
 
 
 def correlation_key_for(rt: Runtime, instance: ProcessInstance, definition: MessageEventDefinition,

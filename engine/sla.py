@@ -246,9 +246,10 @@ def match(session: Session, task: Task, data: dict[str, Any]) -> SlaPolicy | Non
 
 
 # -- the clock ------------------------------------------------------------------------------
-def start_clock(session: Session, rt: Any, *, instance: ProcessInstance, task: Task,
-                data: dict[str, Any], now: datetime) -> None:
-    """Give a new task its due date and milestone timers."""
+def start_clock(session: Session, *, instance: ProcessInstance, task: Task, data: dict[str, Any],
+                now: datetime) -> SlaPolicy | None:
+    """Give a new task its due date; returns the policy whose milestones
+    :func:`schedule_milestones` must arm once the task row has an id."""
     policy = match(session, task, data)
     task.sla_started_at = now
     if task.due_at is not None:
@@ -260,8 +261,13 @@ def start_clock(session: Session, rt: Any, *, instance: ProcessInstance, task: T
     if task.due_at is not None:
         task.at_risk_at = _at_risk(session, policy, task, start=now)
     if policy is None or task.due_at is None:
-        return
+        return None
     task.sla_policy_id = policy.id
+    return policy
+
+
+def schedule_milestones(session: Session, rt: Any, *, instance: ProcessInstance, task: Task, policy: SlaPolicy,
+                        now: datetime) -> None:
     _schedule_milestones(session, rt, instance, task, policy, start=now, now=now)
 
 

@@ -42,7 +42,6 @@ from engine.runtime import (
     TASK_DONE,
     Runtime,
     audit,
-    locked_instance,
     run_and_save,
 )
 
@@ -65,11 +64,21 @@ def get(session: Session, task_id: int, *, actor: Actor) -> Task:
 
 
 def _lock(session: Session, task_id: int, actor: Actor) -> tuple[Task, ProcessInstance]:
-    """Lock the task's instance, then re-read the task: whoever held the lock before us
-    may have completed or claimed it."""
-    task = get(session, task_id, actor=actor)
-    instance = locked_instance(session, task.instance_id, allow=(RUNNING, FAILED))
-    session.refresh(task)
+    """Lock the task's instance, then read the task: whoever held the lock before us may
+    have completed or claimed it. Two statements: the lock finds the instance through the
+    task, and the task is read once, after the lock."""
+    owner = select(Task.instance_id).where(Task.id == task_id).scalar_subquery()
+    instance = session.execute(
+        select(ProcessInstance).where(ProcessInstance.id == owner)
+        .with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    task = session.execute(
+        select(Task).where(Task.id == task_id).execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if task is None or instance is None or not can_see(task, actor):
+        raise TaskNotFound(f"no task {task_id}")
+    if instance.status not in (RUNNING, FAILED):
+        raise InstanceNotRunning(f"instance {instance.id} is {instance.status}")
     if task.status not in ACTIVE_TASK_STATES:
         raise TaskNotOpen(f"task {task_id} is already {task.status}")
     return task, instance

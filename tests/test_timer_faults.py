@@ -188,6 +188,10 @@ class PausableProxy:
     def pause(self) -> None:
         with self._lock:
             if self._server is not None:
+                # shutdown() first: close() alone does not wake a thread blocked in accept(),
+                # which would go on accepting connections while the "database" is away.
+                with contextlib.suppress(OSError):
+                    self._server.shutdown(socket.SHUT_RDWR)
                 self._server.close()
                 self._server = None
             for conn in self._conns:
