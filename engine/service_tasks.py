@@ -58,3 +58,10 @@ def _noop(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 def _echo(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Copies its parameters into the task data."""
     return dict(params)
+
+
+# Domain functions register themselves on import (after ``registry`` exists).
+from engine import (  # noqa: E402
+    callback_services,  # noqa: F401
+    complaint_services,  # noqa: F401
+)

@@ -1,0 +1,70 @@
+"""Service-task functions of the callback process (回访, brief §2.3): data only, no I/O.
+
+``callback_prepare`` checks the start data and fills the tunables of brief §7 the
+instance did not bring; ``callback_assess`` turns the questionnaire's answers into the
+exception route (K6). Due dates are not computed here: the SLA policies in
+``workflows/sla/callback.json`` put them on the right calendar per ``callback_type``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from engine.service_tasks import registry
+
+CALLBACK_TYPES = ("new_account", "periodic", "post_closure", "risk_disclosure", "departed_staff", "anomaly")
+# Brief §7 defaults, by configuration key; start data overrides them per instance.
+DEFAULTS: dict[str, Any] = {
+    "callback.max_attempts": 3,
+    "callback.retry_after": "PT4H",  # spacing between attempts (≥ 4 hours [A], K3)
+    "callback.qa_sample_rate": 0.1,  # plus 100 % of exceptions (K8)
+}
+_ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
+
+
+@registry.register("callback_prepare")
+def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """K1: refuse a callback that could never be worked; set the attempt loop's counters."""
+    callback_type = data.get("callback_type")
+    if callback_type not in CALLBACK_TYPES:
+        raise ValueError(f"callback_type must be one of {', '.join(CALLBACK_TYPES)}, got {callback_type!r}")
+    for name in ("client_id", "branch_code", "service_group"):
+        if not data.get(name):
+            raise ValueError(f"a callback needs {name} in its start data")
+    max_attempts = int(data.get("max_attempts") or DEFAULTS["callback.max_attempts"])
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    retry_after = str(data.get("retry_after") or DEFAULTS["callback.retry_after"])
+    if not _ISO_DURATION.match(retry_after):
+        raise ValueError(f"retry_after must be an ISO 8601 duration such as PT4H, got {retry_after!r}")
+    rate = float(data.get("qa_sample_rate", DEFAULTS["callback.qa_sample_rate"]))
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError("qa_sample_rate is a fraction between 0 and 1")
+    return {
+        "max_attempts": max_attempts, "retry_after": retry_after, "attempt_no": 0,
+        "qa_sample_rate": rate, "qa_sampled": random.random() < rate,
+        "exception_route": "none", "exception_items": [], "conduct_items": [], "service_items": [],
+    }
+
+
+# K6: which answers are an exception, and whose. Staff-conduct items go to compliance,
+# service items to the branch; a wish to complain (or obstruction) becomes a complaint.
+_CONDUCT = {
+    "opened_by_self": "否", "staff_operated_account": "是", "discretionary_mandate": "是",
+    "risk_disclosed": "否",
+}
+_SERVICE = {"account_changes_confirmed": "否", "suitability_result_known": "不知晓"}
+
+
+@registry.register("callback_assess")
+def assess(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Route by precedence complaint > compliance > branch; every item found is kept."""
+    conduct = [k for k, bad in _CONDUCT.items() if data.get(k) == bad]
+    service = [k for k, bad in _SERVICE.items() if data.get(k) == bad]
+    complaint = bool(data.get("wants_to_complain")) or data.get("obstructed") == "是"
+    route = "complaint" if complaint else "compliance" if conduct else "branch" if service else "none"
+    items = (["wants_to_complain"] if complaint else []) + conduct + service
+    return {"exception_route": route, "exception_items": items, "conduct_items": conduct,
+            "service_items": service, "qa_sampled": bool(data.get("qa_sampled")) or route != "none"}

@@ -1,0 +1,278 @@
+"""The callback process (回访, brief §2.3) driven through the engine on the demo data:
+happy path with QA review, retries spaced by timers, retry exhaustion, exception routes,
+and due dates on the right calendar per callback type. Time moves with time-machine."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from lxml import etree
+from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import select
+
+from engine import bundle, demo, deployments, identity, instances, tasks, timers
+from engine.calendars import SHANGHAI
+from engine.config import PROJECT_ROOT
+from engine.errors import TaskNotFound
+from engine.identity import Actor
+from engine.models import AuditEvent, ProcessInstance, Task, Timer
+
+AGENT, OTHER_AGENT, SUPERVISOR, COMPLIANCE = "s003", "s004", "s002", "s006"
+# Demo clients (brief §4.4): branch and service group travel in the start data until the
+# client registry provides them.
+CLIENTS = {
+    "C03": {"client_id": "C03", "branch_code": "NB01", "service_group": "NB01-G1"},
+    "C06": {"client_id": "C06", "branch_code": "HZ01", "service_group": "HZ01-G2"},
+    "C08": {"client_id": "C08", "branch_code": "NB01", "service_group": "NB01-G2"},
+}
+REACHED = {"attempt_at": "2025-06-16T10:05:00+08:00", "dialled_number_masked": "177****5089",
+           "result": "reached", "recording_id": "REC-0001"}
+NO_ANSWER = {"attempt_at": "2025-06-16T10:05:00+08:00", "dialled_number_masked": "177****5089",
+             "result": "no_answer"}
+IDENTITY_OK = {"identity_confirmed": True, "method": "name_id_last4"}
+ANSWERS_OK = {"opened_by_self": "是", "account_changes_confirmed": "是", "staff_operated_account": "否",
+              "discretionary_mandate": "否", "risk_disclosed": "是", "suitability_result_known": "知晓",
+              "service_satisfaction": 5, "wants_to_complain": False, "recording_id": "REC-0001",
+              "investor_education_delivered": ["风险提示", "防诈骗提示"]}
+QA_OK = {"script_followed": True, "data_accurate": True, "qa_score": 92}
+
+
+def sh(*args: int) -> datetime:
+    return datetime(*args, tzinfo=SHANGHAI)
+
+
+@pytest.fixture
+def callback(db, rt) -> None:
+    """Demo people and groups, workflows/ deployed and its SLA policies saved."""
+    with db.transaction() as s:
+        demo.load(s, rt)
+        results, _ = demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
+    assert "callback" in {r.version.process_key for r in results}
+
+
+def _actor(db, username: str) -> Actor:
+    with db.transaction() as s:
+        return identity.actor_for(s, identity.get_user(s, username))
+
+
+def _start(db, rt, key: str, callback_type: str, client: str, **data: Any) -> int:
+    with db.transaction() as s:
+        return instances.start(s, rt, process_key="callback", business_key=key, actor=Actor.system("crm"),
+                               data={"callback_type": callback_type, **CLIENTS[client], **data}).id
+
+
+def _open_task(db, key: str, element: str) -> Task:
+    with db.transaction() as s:
+        return s.execute(select(Task).where(Task.business_key == key, Task.element_id == element,
+                                            Task.status.in_(("open", "claimed")))).scalar_one()
+
+
+def _complete(db, rt, key: str, element: str, username: str, data: dict[str, Any]) -> Task:
+    task = _open_task(db, key, element)
+    actor = _actor(db, username)
+    with db.transaction() as s:
+        # The task is offered to the actor: it is in their candidate inbox.
+        inbox, _ = tasks.inbox(s, actor=actor, query=tasks.InboxQuery(candidate_me=True, business_key=key),
+                               now=rt.now())
+        assert task.id in {t.id for t in inbox}
+        tasks.complete(s, rt, task_id=task.id, actor=actor, data=data)
+    return task
+
+
+def _status(db, instance_id: int) -> str:
+    with db.transaction() as s:
+        return s.get(ProcessInstance, instance_id).status
+
+
+def _end_events(db, rt, instance_id: int) -> list[str]:
+    with db.transaction() as s:
+        workflow = rt.load(s, s.get(ProcessInstance, instance_id))
+    return [t.task_spec.bpmn_id for t in workflow.get_tasks(state=TaskState.COMPLETED)
+            if isinstance(t.task_spec, EndEvent) and t.task_spec.bpmn_id]
+
+
+def _data(db, rt, instance_id: int) -> dict[str, Any]:
+    with db.transaction() as s:
+        return instances.data_of(s, rt, s.get(ProcessInstance, instance_id))
+
+
+def _trail(db, instance_id: int) -> list[tuple[str, str, str | None]]:
+    with db.transaction() as s:
+        events = s.execute(select(AuditEvent).where(AuditEvent.stream == f"instance:{instance_id}")
+                           .order_by(AuditEvent.seq)).scalars()
+        return [(e.kind, e.actor, (e.data or {}).get("element_id")) for e in events]
+
+
+def _retry_timers(db, instance_id: int) -> list[Timer]:
+    with db.transaction() as s:
+        return list(s.execute(select(Timer).where(Timer.instance_id == instance_id,
+                                                  Timer.element_id == "retry_wait").order_by(Timer.id)).scalars())
+
+
+@pytest.mark.sqlite
+def test_reached_and_satisfied_ends_completed_after_qa_review(db, rt, callback):
+    with time_machine.travel(sh(2025, 6, 3, 10), tick=False):
+        instance_id = _start(db, rt, "CB-20250603-0031", "new_account", "C08", qa_sample_rate=1.0)
+        attempt = _open_task(db, "CB-20250603-0031", "call_attempt")
+        assert attempt.candidate_groups == ["call_center_agent"] and attempt.lane == "客服中心坐席"
+        assert attempt.form_key == "callback_call_attempt"
+        manager = _actor(db, "s206")  # the client's own account manager never sees the call
+        with db.transaction() as s, pytest.raises(TaskNotFound):
+            tasks.complete(s, rt, task_id=attempt.id, actor=manager, data=REACHED)
+        _complete(db, rt, "CB-20250603-0031", "call_attempt", AGENT, REACHED)
+        _complete(db, rt, "CB-20250603-0031", "verify_identity", AGENT, IDENTITY_OK)
+        _complete(db, rt, "CB-20250603-0031", "questionnaire", AGENT, ANSWERS_OK)
+        qa = _open_task(db, "CB-20250603-0031", "qa_review")
+        assert qa.candidate_groups == ["call_center_supervisor"] and qa.due_at == sh(2025, 6, 10, 10)  # 5 WD
+        _complete(db, rt, "CB-20250603-0031", "qa_review", SUPERVISOR, QA_OK)
+    assert _status(db, instance_id) == "completed"
+    assert _end_events(db, rt, instance_id) == ["end_completed"]
+    data = _data(db, rt, instance_id)
+    assert data["attempt_no"] == 1 and data["max_attempts"] == 3 and data["exception_route"] == "none"
+    trail = _trail(db, instance_id)
+    assert trail[0][0] == "instance.started" and trail[-1][0] == "instance.completed"
+    assert [(a, e) for k, a, e in trail if k == "task.completed"] == [
+        (AGENT, "call_attempt"), (AGENT, "verify_identity"), (AGENT, "questionnaire"), (SUPERVISOR, "qa_review")]
+
+
+@pytest.mark.sqlite
+def test_unreachable_twice_then_reached_on_the_third_attempt(db, rt, callback):
+    key, start = "CB-20250616-0107", sh(2025, 6, 16, 10)
+    with time_machine.travel(start, tick=False) as clock:
+        instance_id = _start(db, rt, key, "periodic", "C03", qa_sample_rate=0)
+        first = _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
+        assert first.due_at == sh(2025, 7, 14, 10)  # 20 WD
+        [timer] = _retry_timers(db, instance_id)
+        assert timer.status == "waiting" and timer.due_at == start + timedelta(hours=4)  # PT4H spacing
+        clock.move_to(start + timedelta(hours=4))
+        assert timers.fire_due(db, rt) == 0  # not before the spacing has passed
+        clock.shift(timedelta(seconds=1))
+        assert timers.fire_due(db, rt) == 1
+        second = _complete(db, rt, key, "call_attempt", OTHER_AGENT, NO_ANSWER)
+        assert second.id != first.id
+        clock.shift(timedelta(hours=4, seconds=1))
+        assert timers.fire_due(db, rt) == 1
+        assert [t.status for t in _retry_timers(db, instance_id)] == ["fired", "fired"]
+        _complete(db, rt, key, "call_attempt", AGENT, REACHED)
+        _complete(db, rt, key, "verify_identity", AGENT, IDENTITY_OK)
+        _complete(db, rt, key, "questionnaire", AGENT, ANSWERS_OK)
+    assert _status(db, instance_id) == "completed"
+    assert _end_events(db, rt, instance_id) == ["end_completed"]  # not sampled for QA
+    assert _data(db, rt, instance_id)["attempt_no"] == 3
+    kinds = [k for k, _, _ in _trail(db, instance_id)]
+    assert kinds.count("timer.fired") == 2 and kinds.count("task.completed") == 5
+
+
+@pytest.mark.sqlite
+def test_retry_exhaustion_ends_unreachable(db, rt, callback):
+    key, start = "CB-20250616-0200", sh(2025, 6, 16, 10)
+    with time_machine.travel(start, tick=False) as clock:
+        instance_id = _start(db, rt, key, "anomaly", "C06")
+        for attempt in range(1, 4):
+            _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
+            if attempt < 3:
+                clock.shift(timedelta(hours=4, seconds=1))
+                assert timers.fire_due(db, rt) == 1
+    assert _status(db, instance_id) == "completed"
+    assert _end_events(db, rt, instance_id) == ["end_unreachable"]
+    assert len(_retry_timers(db, instance_id)) == 2  # no wait after the last attempt
+    data = _data(db, rt, instance_id)
+    assert data["attempt_no"] == data["max_attempts"] == 3
+
+
+@pytest.mark.sqlite
+def test_a_staff_conduct_answer_goes_to_compliance_then_to_qa_review(db, rt, callback):
+    key = "CB-20250612-0044"
+    with time_machine.travel(sh(2025, 6, 12, 10), tick=False):
+        instance_id = _start(db, rt, key, "risk_disclosure", "C06", qa_sample_rate=0)
+        _complete(db, rt, key, "call_attempt", AGENT, REACHED)
+        _complete(db, rt, key, "verify_identity", AGENT, IDENTITY_OK)
+        _complete(db, rt, key, "questionnaire", AGENT, {**ANSWERS_OK, "staff_operated_account": "是"})
+        review = _open_task(db, key, "handle_compliance")
+        assert review.candidate_groups == ["compliance"] and review.lane == "合规"
+        assert review.due_at == sh(2025, 6, 19, 10)  # 5 WD
+        _complete(db, rt, key, "handle_compliance", COMPLIANCE,
+                  {"finding": "客户经理代客下单，已核实", "action": "interview_staff",
+                   "closed_at": "2025-06-13T15:00:00+08:00"})
+        # Exceptions are always reviewed, whatever the sample rate.
+        _complete(db, rt, key, "qa_review", SUPERVISOR, QA_OK)
+    assert _end_events(db, rt, instance_id) == ["end_exception"]
+    data = _data(db, rt, instance_id)
+    assert data["exception_route"] == "compliance" and data["exception_items"] == ["staff_operated_account"]
+
+
+@pytest.mark.sqlite
+def test_service_items_go_to_the_branch_head_and_a_wish_to_complain_to_complaint_intake(db, rt, callback):
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        _start(db, rt, "CB-B", "periodic", "C06", qa_sample_rate=0)
+        _complete(db, rt, "CB-B", "call_attempt", AGENT, REACHED)
+        _complete(db, rt, "CB-B", "verify_identity", AGENT, IDENTITY_OK)
+        _complete(db, rt, "CB-B", "questionnaire", AGENT, {**ANSWERS_OK, "account_changes_confirmed": "否"})
+        assert _open_task(db, "CB-B", "branch_follow_up").candidate_groups == ["HZ01:branch_head"]
+        _complete(db, rt, "CB-B", "branch_follow_up", "s101",
+                  {"finding": "客户不认可一笔转账", "action": "correct", "closed_at": "2025-06-17T10:00:00+08:00"})
+        assert _open_task(db, "CB-B", "qa_review")
+
+        complaint_id = _start(db, rt, "CB-C", "new_account", "C08", qa_sample_rate=0)
+        _complete(db, rt, "CB-C", "call_attempt", AGENT, REACHED)
+        _complete(db, rt, "CB-C", "verify_identity", AGENT, IDENTITY_OK)
+        _complete(db, rt, "CB-C", "questionnaire", AGENT,
+                  {**ANSWERS_OK, "wants_to_complain": True, "discretionary_mandate": "是"})
+        _complete(db, rt, "CB-C", "complaint_handover", AGENT,
+                  {"complaint_summary": "客户称客户经理全权代理操作", "complaint_case_no": "CMP-20250616-0001"})
+        # The complaint also names a conduct item: compliance reviews it as well.
+        _complete(db, rt, "CB-C", "handle_compliance", COMPLIANCE,
+                  {"finding": "转投诉流程处理", "action": "report", "closed_at": "2025-06-16T16:00:00+08:00"})
+        _complete(db, rt, "CB-C", "qa_review", SUPERVISOR, QA_OK)
+    assert _end_events(db, rt, complaint_id) == ["end_exception"]
+    assert _data(db, rt, complaint_id)["exception_items"] == ["wants_to_complain", "discretionary_mandate"]
+
+
+@pytest.mark.sqlite
+def test_invalid_number_goes_to_the_clients_service_group_and_refusal_ends_refused(db, rt, callback):
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        alt_id = _start(db, rt, "CB-ALT", "periodic", "C03", qa_sample_rate=0)
+        _complete(db, rt, "CB-ALT", "call_attempt", AGENT, {**NO_ANSWER, "result": "invalid_number"})
+        alt = _open_task(db, "CB-ALT", "alt_channel")
+        assert alt.candidate_groups == ["NB01-G1"] and alt.lane == "营业部（负责人 / 服务小组）"
+        _complete(db, rt, "CB-ALT", "alt_channel", "s205", {"channel": "sms", "alt_result": "unreachable"})
+        refused_id = _start(db, rt, "CB-REF", "periodic", "C03", qa_sample_rate=0)
+        _complete(db, rt, "CB-REF", "call_attempt", AGENT, {**REACHED, "result": "refused"})
+    assert _end_events(db, rt, alt_id) == ["end_unreachable_alt"]
+    assert _end_events(db, rt, refused_id) == ["end_refused"]
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize(("callback_type", "started", "due"), [
+    ("new_account", sh(2025, 6, 3, 10), sh(2025, 7, 3, 10)),  # +1 calendar month (CM)
+    ("new_account", sh(2025, 1, 31, 10), sh(2025, 2, 28, 10)),  # clamped to the month's end
+    ("risk_disclosure", sh(2025, 6, 12, 10), sh(2025, 6, 16, 10)),  # +2 trading days over a weekend
+    ("periodic", sh(2025, 4, 1, 10), sh(2025, 4, 29, 10)),  # 20 WD, skips 清明, counts make-up Sunday 04-27
+    ("post_closure", sh(2025, 6, 13, 10), sh(2025, 6, 20, 10)),  # 5 WD
+])
+def test_the_due_date_follows_the_type_on_its_calendar(db, rt, callback, callback_type, started, due):
+    with time_machine.travel(started, tick=False):
+        _start(db, rt, "CB-DUE", callback_type, "C08")
+    attempt = _open_task(db, "CB-DUE", "call_attempt")
+    assert attempt.due_at == due and attempt.due_source == "policy" and not attempt.calendar_incomplete
+
+
+def test_the_diagram_parses_lints_and_has_interchange_for_every_element(rt):
+    path = PROJECT_ROOT / "workflows" / "callback.bpmn"
+    processes, problems = deployments.check(None, rt, bundle.from_paths([path]))
+    assert problems == [] and [p.key for p in processes] == ["callback"]
+    ns = {"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL",
+          "bpmndi": "http://www.omg.org/spec/BPMN/20100524/DI", "di": "http://www.omg.org/spec/DD/20100524/DI"}
+    tree = etree.parse(str(path))
+    process = tree.find("bpmn:process", ns)
+    nodes = {el.get("id") for el in process if el.tag.endswith(("Event", "Task", "Gateway"))}
+    flows = {el.get("id") for el in process.iterfind("bpmn:sequenceFlow", ns)}
+    lanes = {el.get("id") for el in process.iterfind(".//bpmn:lane", ns)}
+    shapes = {el.get("bpmnElement") for el in tree.iterfind(".//bpmndi:BPMNShape", ns)}
+    edges = {el.get("bpmnElement"): el.findall("di:waypoint", ns) for el in tree.iterfind(".//bpmndi:BPMNEdge", ns)}
+    assert nodes | lanes | {"participant_callback"} <= shapes
+    assert set(edges) == flows and all(len(points) >= 2 for points in edges.values())

@@ -1,0 +1,357 @@
+"""workflows/complaint.bpmn (投诉纠纷处理, brief §2.1) driven through the engine services on
+the demo data: who gets each task, the end state, and due dates from workflows/sla/complaint.json."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import select
+
+from engine import demo, identity, instances, messages, tasks, timers
+from engine.calendars import SHANGHAI
+from engine.complaint_services import COMPLAINT_DEFAULTS, classify
+from engine.config import PROJECT_ROOT
+from engine.models import MessageSubscription, ProcessInstance, Task, User
+
+pytestmark = pytest.mark.sqlite
+
+WORKFLOWS = PROJECT_ROOT / "workflows"
+MONDAY_9 = datetime(2026, 3, 2, 9, 0, tzinfo=SHANGHAI)  # an ordinary working Monday
+END_STATES = {"end_resolved": "E1", "end_withdrawn": "E2", "end_referred": "E3", "end_no_response": "E4",
+              "end_redirected": "E5", "end_report_forwarded": "E5"}
+INTAKE = ["call_center_agent", "HZ01:counter_staff"]
+HANDLERS = ["HZ01:branch_cs_director", "HZ01:account_manager"]
+
+
+def sh(*args: int) -> datetime:
+    return datetime(*args, tzinfo=SHANGHAI)
+
+
+@pytest.fixture
+def staff(db, rt) -> dict[str, identity.Actor]:
+    """The demo people (engine.demo.STAFF) with the demo workflows and SLA policies deployed."""
+    with db.transaction() as s:
+        demo.load(s, rt)
+        results, _ = demo.load_workflows(s, rt, WORKFLOWS)
+        assert "complaint" in {r.version.process_key for r in results}
+        return {u.username: identity.actor_for(s, u) for u in s.execute(select(User)).scalars()}
+
+
+class Case:
+    """One complaint instance, driven the way the worklist would: inbox, then complete."""
+
+    def __init__(self, db, rt, staff, key: str) -> None:
+        self.db, self.rt, self.staff, self.key = db, rt, staff, key
+        self.instance_id: int | None = None
+        self.handled: list[tuple[str, list[str], str]] = []  # (element, candidate groups, completed by)
+
+    def receive(self, message: str, payload: dict[str, Any], sender: str = "s003") -> None:
+        with self.db.transaction() as s:
+            self.instance_id = messages.correlate(s, self.rt, name=message, correlation_key=self.key,
+                                                  actor=self.staff[sender], payload=payload).id
+
+    def open_tasks(self) -> list[Task]:
+        with self.db.transaction() as s:
+            return list(s.execute(select(Task).where(Task.business_key == self.key, Task.kind == "bpmn",
+                                                     Task.status.in_(("open", "claimed"))).order_by(Task.id)).scalars())
+
+    def open_task(self) -> Task:
+        (task,) = self.open_tasks()
+        return task
+
+    def do(self, element: str, who: str, data: dict[str, Any], *, alone: bool = True) -> Task:
+        """``element`` must be open (and the only open task unless ``alone`` is false), visible
+        in ``who``'s inbox; ``who`` completes it."""
+        open_now = self.open_tasks()
+        assert element in [t.element_id for t in open_now], f"expected {element}, open: {open_now}"
+        assert not alone or len(open_now) == 1, [t.element_id for t in open_now]
+        task = next(t for t in open_now if t.element_id == element)
+        actor = self.staff[who]
+        with self.db.transaction() as s:
+            inbox, _ = tasks.inbox(s, actor=actor, query=tasks.InboxQuery(business_key=self.key), now=self.rt.now())
+            assert task.id in {t.id for t in inbox}, f"{element} is not in {who}'s inbox"
+            tasks.complete(s, self.rt, task_id=task.id, actor=actor, data=data)
+        self.handled.append((element, list(task.candidate_groups or []), who))
+        return task
+
+    def correlate(self, message: str, payload: dict[str, Any]) -> None:
+        with self.db.transaction() as s:
+            messages.correlate(s, self.rt, name=message, correlation_key=self.key, actor=self.staff["s003"],
+                               payload=payload)
+
+    def instance(self) -> ProcessInstance:
+        with self.db.transaction() as s:
+            return s.get(ProcessInstance, self.instance_id)
+
+    def data(self) -> dict[str, Any]:
+        with self.db.transaction() as s:
+            return instances.data_of(s, self.rt, s.get(ProcessInstance, self.instance_id))
+
+    def end_state(self) -> str:
+        """The instance is completed and reached exactly one of the end states E1–E5."""
+        with self.db.transaction() as s:
+            instance = s.get(ProcessInstance, self.instance_id)
+            assert instance.status == "completed", instance.error
+            workflow = self.rt.load(s, instance)
+            reached = {t.task_spec.bpmn_id for t in workflow.get_tasks(state=TaskState.COMPLETED)
+                       if getattr(t.task_spec, "bpmn_id", None) in END_STATES}
+        assert len(reached) == 1, reached
+        return END_STATES[reached.pop()]
+
+
+def registration(**changes: Any) -> dict[str, Any]:
+    return {"received_at": "2026-03-02T09:00:00+08:00", "channel": "phone", "request_kind": "complaint",
+            "client_id": "C0003", "business_line": "brokerage", "summary": "佣金收取与约定不符",
+            "client_request": "explanation", "amount_claimed": 0, "consent_contact_channel": "phone", **changes}
+
+
+PHONE_CALL = {"channel": "phone", "client_id": "C0003", "branch_code": "HZ01", "first_contact_owner": "s003"}
+CONTACTED = {"contact_at": "2026-03-02T10:30:00+08:00", "contact_channel": "phone", "contact_result": "reached",
+             "client_expectation": "退还多收佣金", "recording_id": "REC-1"}
+COMMUNICATED = {"communicated_at": "2026-03-05T10:00:00+08:00", "channel": "phone", "client_response": "accepts",
+                "written_reply_sent": True, "recording_id": "REC-2"}
+
+
+def _satisfaction(case: Case, clock: Any, who: str = "s004", csat: int = 5) -> None:
+    """The callback waits ``complaint.satisfaction_delay`` after closure, then goes to an agent."""
+    with case.db.transaction() as s:
+        waiting = s.execute(select(Task).where(Task.business_key == case.key, Task.kind == "bpmn",
+                                               Task.status.in_(("open", "claimed")))).scalars().all()
+    assert waiting == []  # the timer runs: nothing in anyone's inbox yet
+    clock.shift(timedelta(days=1, minutes=1))
+    assert timers.fire_due(case.db, case.rt) >= 1
+    case.do("satisfaction_callback", who, {"csat": csat, "resolved_in_client_view": True, "would_recommend": 9})
+
+
+def test_a_general_complaint_is_resolved_by_the_branch(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0001")
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", PHONE_CALL)
+        register = case.open_task()
+        assert register.due_at == sh(2026, 3, 2, 13) and register.due_source == "policy"  # 4 business hours
+        clock.move_to(sh(2026, 3, 2, 10))
+        case.do("register", "s003", registration())
+        assert case.data()["severity"] == "general"
+        ack = case.open_task()
+        assert (ack.assignee, ack.status) == ("s003", "claimed")  # the first-contact owner
+        assert ack.due_at == sh(2026, 3, 3, 10)  # complaint.sla.ack: 1 WD from its creation
+        case.do("acknowledge", "s003", CONTACTED)
+        investigate = case.do("investigate", "s106", {"facts_found": "系统佣金模板配置错误", "root_cause": "fees",
+                                                      "staff_at_fault": False, "loss_amount_claimed": 120})
+        assert investigate.due_at == sh(2026, 3, 9, 10)  # complaint.investigate.general: 5 WD
+        case.do("propose_resolution", "s103", {"resolution_type": "fee_refund", "compensation_amount": 120,
+                                               "resolution_text": "退还多收佣金 120 元并致歉"})
+        case.do("approve_branch", "s101", {"decision": "approve", "comment": "同意"})
+        case.do("communicate_result", "s003", COMMUNICATED)
+        case.do("close_case", "s103", {"closure_reason": "resolved", "lessons_learned": "佣金模板变更须复核"})
+        _satisfaction(case, clock)
+    assert case.end_state() == "E1"
+    assert case.handled == [
+        ("register", INTAKE, "s003"), ("acknowledge", INTAKE, "s003"), ("investigate", HANDLERS, "s106"),
+        ("propose_resolution", HANDLERS, "s103"), ("approve_branch", ["HZ01:branch_head"], "s101"),
+        ("communicate_result", INTAKE, "s003"), ("close_case", ["HZ01:branch_cs_director"], "s103"),
+        ("satisfaction_callback", ["call_center_agent"], "s004"),
+    ]
+    data = case.data()
+    assert data["archived"] is True and data["notifications"] == []
+
+
+def test_a_major_complaint_goes_through_compliance_and_headquarters(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0002")
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", PHONE_CALL)
+        case.do("register", "s003", registration(amount_claimed=80000, client_request="compensation",
+                                                 alleged_violations=["suitability_mismatch"]))
+        data = case.data()
+        assert (data["severity"], data["sla_track"]) == ("major", "major")
+        assert data["severity_reasons"] == ["amount_claimed", "alleged_violation"]
+        assert data["notifications"] == [{"to": "compliance", "reason": "major"}]
+        case.do("acknowledge", "s003", CONTACTED)
+        investigate = case.open_task()
+        assert investigate.due_at == sh(2026, 3, 16, 9)  # complaint.investigate.major: 10 WD
+        case.do("investigate", "s106", {"facts_found": "风险等级不匹配仍完成购买", "root_cause": "suitability",
+                                        "staff_at_fault": True, "loss_amount_claimed": 80000,
+                                        "loss_amount_assessed": 60000})
+        case.do("compliance_review", "s006", {"violation_confirmed": True, "violation_type": "suitability",
+                                              "regulatory_report_required": False, "disciplinary_referral": True,
+                                              "opinion": "适当性管理违规，建议补偿并问责"})
+        proposal = {"resolution_type": "compensation", "compensation_amount": 70000, "resolution_text": "补偿 7 万元"}
+        case.do("propose_resolution", "s103", proposal)
+        case.do("approve_hq", "s007", {"decision": "rework", "comment": "金额依据不足，按核定损失重拟"})
+        case.do("propose_resolution", "s103", {**proposal, "compensation_amount": 60000,
+                                               "resolution_text": "按核定损失补偿 6 万元"})
+        case.do("approve_hq", "s007", {"decision": "approve"})
+        case.do("approve_compliance", "s006", {"decision": "approve", "comment": "会签同意"})
+        case.do("communicate_result", "s003", COMMUNICATED)
+        case.do("close_case_hq", "s008", {"closure_reason": "resolved"})
+        _satisfaction(case, clock, who="s005", csat=2)
+        case.do("quality_ticket", "s103", {"findings": "客户对处理时长不满", "actions": "重大投诉周报跟踪"})
+    assert case.end_state() == "E1"
+    assert [(e, g) for e, g, _ in case.handled] == [
+        ("register", INTAKE), ("acknowledge", INTAKE), ("investigate", HANDLERS),
+        ("compliance_review", ["compliance"]), ("propose_resolution", HANDLERS), ("approve_hq", ["hq_complaint_dept"]),
+        ("propose_resolution", HANDLERS), ("approve_hq", ["hq_complaint_dept"]), ("approve_compliance", ["compliance"]),
+        ("communicate_result", INTAKE), ("close_case_hq", ["hq_complaint_dept"]),
+        ("satisfaction_callback", ["call_center_agent"]), ("quality_ticket", ["HZ01:branch_cs_director"]),
+    ]
+
+
+@pytest.mark.parametrize(("kind", "element", "who", "groups", "form"), [
+    ("consultation", "answer_or_forward", "s003", INTAKE,
+     {"answer": "已解释两融利率计算方式", "answered_at": "2026-03-02T09:30:00+08:00"}),
+    ("report", "forward_report", "s109", ["compliance"], {"received_by_compliance": True, "opinion": "立案核查"}),
+], ids=["consultation", "report"])
+def test_a_request_that_is_not_a_complaint_is_redirected(db, rt, staff, kind, element, who, groups, form):
+    case = Case(db, rt, staff, f"CMP-20260302-{kind}")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", PHONE_CALL)
+        case.do("register", "s003", registration(request_kind=kind))
+        task = case.do(element, who, form)
+    assert task.candidate_groups == groups
+    assert case.end_state() == "E5"
+
+
+def test_the_client_withdraws_during_the_investigation(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0004")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", PHONE_CALL)
+        case.do("register", "s003", registration())
+        case.do("acknowledge", "s003", CONTACTED)
+        investigate = case.open_task()
+        assert investigate.element_id == "investigate"
+        case.correlate("client_withdraws", {"withdrawal_note": "客户来电表示不再追究"})
+        with db.transaction() as s:
+            assert s.get(Task, investigate.id).status == "cancelled"  # the handling sub-process was interrupted
+        confirm = case.do("confirm_withdrawal", "s003", {"withdrawal_reason": "no_longer_interested",
+                                                         "withdrawal_confirmed_by_client": True,
+                                                         "recording_id": "REC-9"})
+        assert confirm.assignee == "s003"
+        case.do("close_case", "s103", {"closure_reason": "withdrawn"})
+        case.do("withdrawal_verify", "s005", {"withdrawal_voluntary": True})
+    assert case.end_state() == "E2"
+    assert case.data()["withdrawal_note"] == "客户来电表示不再追究"
+    with db.transaction() as s:
+        assert s.execute(select(MessageSubscription).where(
+            MessageSubscription.instance_id == case.instance_id)).first() is None
+
+
+def test_an_extension_is_approved_and_told_to_the_client_while_the_investigation_goes_on(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0007")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", PHONE_CALL)
+        case.do("register", "s003", registration())
+        case.do("acknowledge", "s003", CONTACTED)
+        case.correlate("complaint_extension_requested", {"extension_reason": "需调取交易所数据", "extension_days": 10})
+        assert sorted(t.element_id for t in case.open_tasks()) == ["approve_extension", "investigate"]
+        approve = case.do("approve_extension", "s103", {"extension_decision": "approve", "extension_days": 10},
+                          alone=False)
+        assert approve.candidate_groups == ["HZ01:branch_cs_director"]  # general case: the branch's 客服总监
+        notify = case.do("notify_extension", "s003", {"reason": "需调取交易所数据",
+                                                      "new_due_at": "2026-03-30T17:00:00+08:00"}, alone=False)
+        assert notify.assignee == "s003"
+        case.do("investigate", "s107", {"facts_found": "交易所数据已调取", "root_cause": "trading_system",
+                                        "staff_at_fault": False})
+        case.correlate("client_withdraws", {})
+        case.do("confirm_withdrawal", "s003", {"withdrawal_reason": "resolved_privately",
+                                               "withdrawal_confirmed_by_client": True})
+        case.do("close_case", "s103", {"closure_reason": "withdrawn"})
+        case.do("withdrawal_verify", "s004", {"withdrawal_voluntary": True})
+    assert case.end_state() == "E2"
+
+
+def test_a_12386_transfer_meets_the_regulator_due_date_and_is_referred_to_mediation(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0005")
+    due = "2026-03-20T17:00:00+08:00"
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_12386_transfer", {"channel": "12386", "regulator_ref": "12386-2026-000123",
+                                                  "regulator_due_at": due, "branch_code": "HZ01"}, sender="s007")
+        assert case.open_task().candidate_groups == ["hq_complaint_dept"]
+        case.do("register_12386", "s007", registration(channel="12386", regulator_ref="12386-2026-000123",
+                                                       regulator_due_at=due, first_contact_owner="s007"))
+        assert case.data()["severity"] == "regulator"
+        ack = case.open_task()
+        assert (ack.element_id, ack.assignee, ack.due_at) == ("acknowledge", "s007", sh(2026, 3, 4, 9))  # 2 WD
+        case.do("acknowledge", "s007", CONTACTED)
+        case.do("investigate", "s107", {"facts_found": "交易系统延迟", "root_cause": "trading_system",
+                                        "staff_at_fault": False})
+        case.do("compliance_review", "s109", {"violation_confirmed": False, "regulatory_report_required": False,
+                                              "disciplinary_referral": False, "opinion": "未见违规"})
+        case.do("propose_resolution", "s107", {"resolution_type": "explanation", "compensation_amount": 0,
+                                               "resolution_text": "系统延迟原因说明"})
+        case.do("approve_branch", "s101", {"decision": "approve"})
+        case.do("communicate_result", "s007", {**COMMUNICATED, "client_response": "rejects"})
+        case.do("inform_redress", "s007", {"informed_at": "2026-03-06T10:00:00+08:00", "mediation_requested": True,
+                                           "dispute_channel": "sac_mediation", "external_ref": "SAC-2026-77"})
+        case.do("close_case_hq", "s008", {"closure_reason": "referred"})
+        report = case.open_task()
+        assert (report.element_id, report.due_at, report.due_source) == \
+            ("report_regulator", datetime.fromisoformat(due), "diagram")
+        case.do("report_regulator", "s007", {"regulator_feedback_at": "2026-03-06T15:00:00+08:00",
+                                             "feedback_summary": "已解释，客户申请协会调解"})
+    assert case.end_state() == "E3"
+
+
+def test_no_answer_from_the_client_closes_the_case_as_no_response(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0006")
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", PHONE_CALL)
+        case.do("register", "s003", registration())
+        case.do("acknowledge", "s003", CONTACTED)
+        case.do("investigate", "s108", {"facts_found": "服务态度问题", "root_cause": "service_attitude",
+                                        "staff_at_fault": False})
+        case.do("propose_resolution", "s108", {"resolution_type": "explanation", "compensation_amount": 0,
+                                               "resolution_text": "致歉并说明"})
+        case.do("approve_branch", "s101", {"decision": "approve"})
+        case.do("communicate_result", "s003", {**COMMUNICATED, "client_response": "no_response"})
+        with db.transaction() as s:
+            (waiting,) = s.execute(select(MessageSubscription).where(
+                MessageSubscription.instance_id == case.instance_id,
+                MessageSubscription.message_name == "complaint_client_answer")).scalars()
+        assert waiting.element_id == "wait_client_answer"  # the client may still answer until the timer
+        clock.shift(timedelta(days=14, minutes=1))  # complaint.no_response_wait
+        assert timers.fire_due(db, rt) >= 1
+        case.do("close_case", "s103", {"closure_reason": "no_response"})
+        _satisfaction(case, clock, who="s003")
+    assert case.end_state() == "E4"
+
+
+def test_classification_reads_its_thresholds_from_the_case_or_the_defaults():
+    assert classify({"amount_claimed": 50000})["severity"] == "general"  # not above complaint.major_amount
+    assert classify({"amount_claimed": 50000.01})["severity"] == "major"
+    assert classify({"amount_claimed": 20000, "major_amount": 10000})["severity"] == "major"  # per-case override
+    assert classify({"client_age": COMPLAINT_DEFAULTS["complaint.elderly_age"]})["severity"] == "major"
+    assert classify({"same_matter_count": 3})["severity"] == "group"
+    assert classify({"joint_complaint": True, "channel": "sac"})["severity"] == "regulator"
+    result = classify({})
+    assert result["branch_limit"] == COMPLAINT_DEFAULTS["complaint.branch_limit"]
+    assert (result["severity"], result["sla_track"], result["first_contact_owner"]) == ("general", "general", None)
+
+
+def test_the_diagram_parses_and_has_diagram_interchange_for_everything():
+    from lxml import etree
+
+    from engine.bpmn.parser import parse_files
+
+    path = WORKFLOWS / "complaint.bpmn"
+    processes, problems = parse_files({path.name: path.read_bytes()})
+    assert problems == [] and [p.key for p in processes] == ["complaint"]
+    tree = etree.parse(str(path))
+    ns = {"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL",
+          "bpmndi": "http://www.omg.org/spec/BPMN/20100524/DI", "di": "http://www.omg.org/spec/DD/20100524/DI"}
+    shapes = {s.get("bpmnElement") for s in tree.iterfind(".//bpmndi:BPMNShape", ns)}
+    edges = {e.get("bpmnElement"): len(e.findall("di:waypoint", ns)) for e in tree.iterfind(".//bpmndi:BPMNEdge", ns)}
+    flows = {f.get("id") for f in tree.iterfind(".//bpmn:sequenceFlow", ns)} | {
+        f.get("id") for f in tree.iterfind(".//bpmn:messageFlow", ns)}
+    kinds = ("startEvent", "endEvent", "userTask", "serviceTask", "receiveTask", "exclusiveGateway",
+             "intermediateCatchEvent", "boundaryEvent", "subProcess", "lane", "participant")
+    nodes = {el.get("id") for kind in kinds for el in tree.iterfind(f".//bpmn:{kind}", ns)}
+    assert nodes - shapes == set()
+    assert flows - set(edges) == set() and min(edges.values()) >= 2
+    for task in tree.iterfind(".//bpmn:userTask", ns):  # every user task has a form and candidate groups
+        camunda = "{http://camunda.org/schema/1.0/bpmn}"
+        form = WORKFLOWS / "forms" / f"{task.get(f'{camunda}formKey')}.json"
+        assert task.get(f"{camunda}candidateGroups") and form.exists()
