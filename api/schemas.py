@@ -261,6 +261,14 @@ class TimerOut(Schema):
     due_at = fields.DateTime()
     status = fields.String()
     fired_at = fields.DateTime(allow_none=True)
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True)
+
+
+class TimerQuery(Schema):
+    status = fields.String(load_default="waiting",
+                           validate=validate.OneOf(["waiting", "paused", "fired", "cancelled", "failed"]),
+                           metadata={"description": "failed: timers given up after repeated errors"})
 
 
 class RescheduleIn(Schema):

@@ -19,6 +19,6 @@ def _context() -> tuple[Database, Runtime]:
 
 
 def fire_timer_job(timer_id: int) -> bool:
+    """Raises only when the database is unreachable, so rq retries with backoff."""
     db, rt = _context()
-    with db.transaction() as session:
-        return timers.fire(session, rt, timer_id)
+    return timers.fire_once(db, rt, timer_id)

@@ -236,6 +236,9 @@ class Timer(Base):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Failed firings (not counting the database being away); "failed" after too many.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_timer_status_due", "status", "due_at"),

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine import instances
+from engine.deployments import get_latest
 from engine.audit import record_system_event
 from engine.calendars import BusinessCalendar
 from engine.db import after_commit, rowcount
@@ -81,6 +82,7 @@ def create(session: Session, rt: Any, *, key: str, process_key: str, rule: str, 
         raise InvalidInput("catch_up must be 'once' or 'all'")
     if session.execute(select(Schedule.id).where(Schedule.key == key)).first() is not None:
         raise Conflict(f"a schedule {key!r} already exists")
+    get_latest(session, process_key)  # refuse a schedule for a process that is not deployed
     now = rt.now()
     calendar = CALENDARS.get(session, business_hours)
     first = next_run(rule, at_time, calendar, now)

@@ -22,6 +22,7 @@ from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from engine import schedules, sla
@@ -156,6 +157,35 @@ def next_due(session: Session) -> datetime | None:
     return due
 
 
+MAX_ATTEMPTS = 5
+
+
+def fire_once(db: Database, rt: Runtime, timer_id: int) -> bool:
+    """One delivery of one timer, as its own unit of work.
+
+    If firing raises (a milestone's role no longer exists, a schedule's process is not
+    deployed...), the attempt is recorded on the row, and after :data:`MAX_ATTEMPTS` the
+    timer is marked ``failed`` for an administrator instead of being retried on every sweep
+    forever. The database being unreachable is not the timer's fault: it is re-raised and
+    not counted, and the sweep delivers the timer once the database is back.
+    """
+    try:
+        with db.transaction() as session:
+            return fire(session, rt, timer_id)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded on the row, then given up after MAX_ATTEMPTS
+        log.exception("timer %s could not be fired", timer_id)
+        with db.transaction() as session:
+            timer = session.get(Timer, timer_id)
+            if timer is not None and timer.status == "waiting":
+                timer.attempts = (timer.attempts or 0) + 1
+                timer.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                if timer.attempts >= MAX_ATTEMPTS:
+                    timer.status = "failed"
+        return False
+
+
 def fire_due(db: Database, rt: Runtime, *, limit: int = 500) -> int:
     """Fire everything due now, one transaction per timer. Returns how many fired."""
     with db.transaction() as session:
@@ -163,10 +193,10 @@ def fire_due(db: Database, rt: Runtime, *, limit: int = 500) -> int:
     fired = 0
     for timer_id in ids:
         try:
-            with db.transaction() as session:
-                fired += fire(session, rt, timer_id)
-        except Exception:
-            log.exception("timer %s could not be fired; it stays waiting for the next sweep", timer_id)
+            fired += fire_once(db, rt, timer_id)
+        except (OperationalError, InterfaceError):
+            log.warning("database unreachable while firing timer %s; the next sweep retries", timer_id)
+            raise
     return fired
 
 

@@ -201,3 +201,29 @@ def test_a_quarterly_schedule_starts_once_after_downtime(db, rt, people, review)
             keys = list(s.execute(select(ProcessInstance.business_key)).scalars())
             assert keys == ["CBQ-20260401"]
             assert schedules.get_all(s)[0].next_run_at == sh(2026, 10, 8, 9)  # after the Oct 1-7 holiday
+
+
+@pytest.mark.sqlite
+def test_a_timer_that_keeps_failing_is_given_up_instead_of_retried_forever(db, rt, people, review):
+    with time_machine.travel(sh(2026, 3, 15, 12), tick=False), db.transaction() as s:
+        # The business key <key>-<yyyymmdd> is too long for an instance: every start fails.
+        schedules.create(s, rt, key="K" * 125, process_key="review", rule="every_working_day",
+                         at_time="09:00", actor=people.owner, data={"priority": 50, "due_at": None})
+    with time_machine.travel(sh(2026, 3, 16, 10), tick=False):
+        for attempt in range(1, timers.MAX_ATTEMPTS + 1):
+            assert timers.fire_due(db, rt) == 0
+            with db.transaction() as s:
+                timer = s.execute(select(Timer).where(Timer.kind == "schedule")).scalar_one()
+                assert timer.attempts == attempt and "business_key" in (timer.last_error or "")
+        assert timer.status == "failed"
+        with db.transaction() as s:
+            assert timers.due_ids(s, rt.now()) == []  # no longer swept
+
+
+@pytest.mark.sqlite
+def test_a_schedule_for_a_process_that_is_not_deployed_is_refused(db, rt, people, review):
+    from engine.errors import ProcessNotFound
+
+    with pytest.raises(ProcessNotFound), db.transaction() as s:
+        schedules.create(s, rt, key="GONE", process_key="not_deployed", rule="every_working_day",
+                         at_time="09:00", actor=people.owner)

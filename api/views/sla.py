@@ -21,6 +21,7 @@ from api.schemas import (
     ScheduleIn,
     ScheduleOut,
     TimerOut,
+    TimerQuery,
 )
 from engine import schedules, sla, timers
 from engine.errors import InvalidInput, PermissionDenied
@@ -127,14 +128,15 @@ class Coverage(MethodView):
 
 @blp.route("/timers")
 class Timers(MethodView):
+    @blp.arguments(TimerQuery, location="query")
     @blp.response(200, TimerOut(many=True))
-    def get(self) -> Any:
+    def get(self, query: dict[str, Any]) -> Any:
         """Waiting timers, soonest first (BPMN timers, SLA milestones, schedules); for
         supervisors and process owners."""
         if not current_actor().has_role(SUPERVISOR, PROCESS_OWNER):
             raise PermissionDenied("the timer list is for supervisors and process owners")
         with bpm().db.transaction() as session:
-            return timers.get_all(session, status="waiting")
+            return timers.get_all(session, status=query["status"])
 
 
 @blp.route("/timers/<int:timer_id>/reschedule")

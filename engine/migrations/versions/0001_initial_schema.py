@@ -277,6 +277,8 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('fired_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('attempts', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['instance_id'], ['bpm_process_instance.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
