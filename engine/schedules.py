@@ -18,10 +18,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine import instances
-from engine.deployments import get_latest
 from engine.audit import record_system_event
 from engine.calendars import BusinessCalendar
 from engine.db import after_commit, rowcount
+from engine.deployments import get_latest
 from engine.errors import Conflict, DuplicateBusinessKey, InvalidInput, PermissionDenied
 from engine.identity import PROCESS_OWNER, Actor
 from engine.models import Schedule, Timer
