@@ -395,21 +395,27 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--sweep-interval", default=5.0, show_default=True, type=float,
+@click.option("--sweep-interval", default=2.0, show_default=True, type=float,
               help="Seconds between sweeps that re-enqueue due, unfired timers.")
+@click.option("--stale-after", default=30.0, show_default=True, type=float,
+              help="Seconds after which a timer whose job is still 'started' is delivered again "
+                   "(its worker died).")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty (for tests).")
 @pass_ctx
-def worker(ctx: Context, sweep_interval: float, burst: bool) -> None:
+def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool) -> None:
     """Run an rq worker that fires timers (needs BPM_REDIS_URL).
 
     Runs rq's scheduler (enqueue_at) in the same process, plus a sweep thread: the database
     is the source of truth, so a flushed Redis or a killed worker loses no timer."""
+    import os
+    import socket
     import threading
+    from datetime import timedelta
 
     from rq import SimpleWorker
 
     from engine.notify import Notifier
-    from engine.queueing import RqScheduler, sweep
+    from engine.queueing import RqScheduler, acquire_sweep_lock, sweep
 
     settings = ctx.settings
     if not settings.redis_url:
@@ -418,15 +424,17 @@ def worker(ctx: Context, sweep_interval: float, burst: bool) -> None:
     scheduler = RqScheduler(settings.redis_url)
     rt = Runtime(settings, scheduler=scheduler)
     notifier = Notifier.from_settings(rt)
+    worker_name = f"{socket.gethostname()}:{os.getpid()}"
     stop = threading.Event()
 
     def sweeper() -> None:
         backoff = sweep_interval
         while not stop.is_set():
             try:
-                with ctx.db.transaction() as session:
-                    sweep(session, scheduler, rt.now())
-                notifier.deliver_pending(ctx.db, rt)
+                if acquire_sweep_lock(scheduler, worker_name, sweep_interval):
+                    with ctx.db.transaction() as session:
+                        sweep(session, scheduler, rt.now(), stale_after=timedelta(seconds=stale_after))
+                    notifier.deliver_pending(ctx.db, rt)
                 backoff = sweep_interval
             except Exception as exc:  # noqa: BLE001 - database or Redis away: back off, retry
                 click.echo(f"sweep failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s", err=True)

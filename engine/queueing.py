@@ -1,9 +1,10 @@
 """The rq timer backend: Redis delivers wake-ups, the database keeps the truth.
 
-Every timer is enqueued at its due time (plus :data:`timers.FIRE_DELAY`) under a
-deterministic job id, ``bpm-timer-<id>``. A periodic sweep (``sweep``) re-enqueues timers
-that are due or about to be and are not fired: so a Redis that was flushed or restarted,
-an enqueue that failed after commit, or a worker killed mid-job loses nothing. A timer
+Every timer is enqueued at its due time (just after it, see :func:`wake_time`) under a
+deterministic job id, ``bpm-timer-<id>``. A periodic sweep (``sweep``, one worker at a time)
+enqueues timers that are due or about to be, are not fired and have no live job in Redis:
+so a Redis that was flushed or restarted, an enqueue that failed after commit, or a worker
+killed mid-job loses nothing. A timer
 delivered twice fires once (``timers.fire`` claims its row). Only enqueueing lives here;
 the worker loop is an adapter (``bpm worker``).
 """
@@ -13,10 +14,12 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
+from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -51,22 +54,62 @@ class RqScheduler:
         except RedisError as exc:
             log.warning("could not enqueue timer %s (%s); the sweep will deliver it", timer_id, exc)
 
-    def enqueue(self, timer_id: int, due_at: datetime) -> None:
-        self.queue.enqueue_at(due_at + FIRE_DELAY, FIRE_JOB, timer_id, job_id=job_id(timer_id),
-                              retry=RETRY, result_ttl=0, failure_ttl=7 * 24 * 3600)
+    def enqueue(self, timer_id: int, due_at: datetime, *, pipeline: Any = None) -> None:
+        self.queue.enqueue_at(wake_time(due_at), FIRE_JOB, timer_id, job_id=job_id(timer_id), retry=RETRY,
+                              result_ttl=0, failure_ttl=7 * 24 * 3600, pipeline=pipeline)
+
+
+def wake_time(due_at: datetime) -> datetime:
+    """Just after the due time, rounded *up* to a whole second: rq keeps scheduled times in
+    whole seconds, rounded down, so an unrounded 12:00:00.700 would run at 12:00:00 and find
+    the timer not yet due (SpiffWorkflow fires only when due < now)."""
+    wake = due_at + FIRE_DELAY
+    whole = wake.replace(microsecond=0)
+    return whole if whole == wake else whole + timedelta(seconds=1)
 
 
 def sweep(session: Session, scheduler: RqScheduler, now: datetime, *,
-          horizon: timedelta = timedelta(seconds=30), limit: int = 5000) -> int:
-    """(Re-)enqueue unfired timers due before ``now + horizon``; returns how many.
+          horizon: timedelta = timedelta(seconds=10), stale_after: timedelta = timedelta(seconds=30),
+          limit: int = 5000) -> int:
+    """Enqueue unfired timers due before ``now + horizon`` that Redis does not hold (a
+    flush, a restart, an enqueue that failed after commit, a job rq gave up on); returns
+    how many were enqueued.
 
-    Uses the (status, due_at) index: its cost depends on what is due soon, not on how many
-    timers are pending in total.
+    Uses the (status, due_at) index, so its cost depends on what is due soon, not on how
+    many timers are pending. Jobs still queued or scheduled are left alone, so a backlog is
+    not multiplied by re-deliveries; a job "started" on a timer overdue by more than
+    ``stale_after`` belongs to a worker that died (firing takes milliseconds) and is
+    delivered again. A live duplicate is harmless: the timer row is claimed once.
     """
     rows = session.execute(
         select(Timer.id, Timer.due_at).where(Timer.status == "waiting", Timer.due_at < now + horizon)
         .order_by(Timer.due_at).limit(limit)
     ).all()
-    for timer_id, due_at in rows:
-        scheduler.enqueue(timer_id, due_at)
-    return len(rows)
+    if not rows:
+        return 0
+    redis = scheduler.queue.connection
+    with redis.pipeline(transaction=False) as pipe:
+        for timer_id, _ in rows:
+            pipe.hget(Job.key_for(job_id(timer_id)), "status")
+        statuses = pipe.execute()
+    missing = [(t, due) for (t, due), status in zip(rows, statuses, strict=True)
+               if _lost(status) or (status == b"started" and due < now - stale_after)]
+    if missing:
+        with redis.pipeline() as pipe:
+            for timer_id, due_at in missing:
+                scheduler.enqueue(timer_id, due_at, pipeline=pipe)
+            pipe.execute()
+    return len(missing)
+
+
+_ALIVE = {b"queued", b"scheduled", b"started", b"deferred"}  # "started" checked for staleness too
+
+
+def _lost(status: bytes | None) -> bool:
+    return status not in _ALIVE
+
+
+def acquire_sweep_lock(scheduler: RqScheduler, owner: str, seconds: float) -> bool:
+    """One sweeper at a time across all workers: the others skip this round."""
+    redis = scheduler.queue.connection
+    return bool(redis.set("bpm:sweep-lock", owner, nx=True, px=max(int(seconds * 1000), 100)))

@@ -35,7 +35,8 @@ from tests.test_timers import _to_waiting_for_ack
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
-WORKER = [sys.executable, "-c", "from api.cli import run; run()", "worker", "--sweep-interval", "0.3"]
+WORKER = [sys.executable, "-c", "from api.cli import run; run()", "worker", "--sweep-interval", "0.3",
+          "--stale-after", "1"]
 
 
 @pytest.fixture
@@ -63,20 +64,25 @@ class Workers:
         env = dict(self.env)
         if database_url:
             env["BPM_DATABASE_URL"] = database_url
-        proc = subprocess.Popen(WORKER, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own process group: rq runs its scheduler in a child process, which outlives a
+        # SIGKILLed worker and would go on draining this Redis database in later tests.
+        proc = subprocess.Popen(WORKER, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
         self.procs.append(proc)
         return proc
 
     def stop_all(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
 
 
 @pytest.fixture
