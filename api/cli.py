@@ -395,7 +395,7 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--sweep-interval", default=2.0, show_default=True, type=float,
+@click.option("--sweep-interval", default=0.5, show_default=True, type=float,
               help="Seconds between sweeps that re-enqueue due, unfired timers.")
 @click.option("--stale-after", default=30.0, show_default=True, type=float,
               help="Seconds after which a timer whose job is still 'started' is delivered again "

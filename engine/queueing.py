@@ -93,11 +93,18 @@ def sweep(session: Session, scheduler: RqScheduler, now: datetime, *,
             pipe.hget(Job.key_for(job_id(timer_id)), "status")
         statuses = pipe.execute()
     missing = [(t, due) for (t, due), status in zip(rows, statuses, strict=True)
-               if _lost(status) or (status == b"started" and due < now - stale_after)]
+               if _lost(status) or (status == b"started" and due < now - stale_after)
+               # Due now but still parked in rq's scheduler, which moves jobs once a second:
+               # hand it to the workers directly (the parked copy later finds it fired).
+               or (status == b"scheduled" and due < now)]
     if missing:
         with redis.pipeline() as pipe:
             for timer_id, due_at in missing:
-                scheduler.enqueue(timer_id, due_at, pipeline=pipe)
+                if due_at < now:
+                    scheduler.queue.enqueue(FIRE_JOB, timer_id, job_id=job_id(timer_id), retry=RETRY,
+                                            result_ttl=0, failure_ttl=7 * 24 * 3600, pipeline=pipe)
+                else:
+                    scheduler.enqueue(timer_id, due_at, pipeline=pipe)
             pipe.execute()
     return len(missing)
 
