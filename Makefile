@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint typecheck check bench services clean
+.PHONY: run test lint typecheck check bench bench-full services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ check: lint typecheck test
 
 bench: $(DEV_STAMP) services
 	$(BIN)/python bench/engine_throughput.py
+	$(BIN)/python bench/timers.py --quick
+
+bench-full: $(DEV_STAMP) services
+	$(BIN)/python bench/engine_throughput.py --instances 1000
+	$(BIN)/python bench/timers.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -88,31 +88,3 @@ def row_counts(db: Database) -> dict[str, int]:
     with db.transaction() as s:
         return {table.name: s.execute(select(func.count()).select_from(table)).scalar_one()
                 for table in Base.metadata.sorted_tables}
-
-
-# The personas of ``tests.conftest.people``, created without passwords: scrypt costs about
-# 70 ms a user, which made fixture setup most of these tests' run time. Modules that do not
-# test logins override ``people`` with :func:`people_without_passwords`.
-PERSONAS = [
-    ("li", "李柜员", "HZ01", ["clerks"]),
-    ("zhao", "赵柜员", "HZ01", ["clerks"]),
-    ("wang", "王经理", "HZ01", ["managers"]),
-    ("chen", "陈柜员", "NB02", ["ningbo_clerks"]),
-    ("owner", "流程负责人", None, ["process_owner"]),
-    ("boss", "营业部负责人", "HZ01", ["supervisor"]),
-]
-
-
-def people_without_passwords(db: Database, rt: Any) -> Any:
-    from engine import identity
-    from engine.identity import Actor
-    from tests.conftest import People
-
-    with db.transaction() as s:
-        for key in ["clerks", "managers", "ningbo_clerks", "admin", "process_owner", "supervisor"]:
-            identity.ensure_group(s, key=key)
-        for username, name, branch, groups in PERSONAS:
-            identity.create_user(s, username=username, display_name=name, now=rt.now(),
-                                 branch_code=branch, groups=groups)
-    return People(*(Actor(username=u, groups=frozenset(g), branch_code=b) for u, _, b, g in PERSONAS),
-                  system=Actor.system())

@@ -10,14 +10,9 @@ from sqlalchemy import delete, select, text, update
 from engine import audit, instances, messages, tasks
 from engine.identity import Actor
 from engine.models import AuditEvent, Task
-from tests.engine_bpmn import people_without_passwords
 
 pytestmark = pytest.mark.sqlite
 
-
-@pytest.fixture
-def people(db, rt):
-    return people_without_passwords(db, rt)
 
 
 def _complete_open(db, rt, actor, instance_id, data):

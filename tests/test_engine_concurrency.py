@@ -19,14 +19,9 @@ from engine import audit, instances, tasks
 from engine.errors import BpmError, NotAssignee, TaskAlreadyClaimed, TaskNotOpen
 from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Task
-from tests.engine_bpmn import people_without_passwords
 
 ROUNDS = 2
 
-
-@pytest.fixture
-def people(db, rt):
-    return people_without_passwords(db, rt)
 
 
 def _race(db, calls: list[Callable[[Any], Any]]) -> list[tuple[str, Any]]:

@@ -15,7 +15,6 @@ from tests.engine_bpmn import (
     bundle_of,
     fixture_bundle,
     linear,
-    people_without_passwords,
     process,
     row_counts,
     user_task,
@@ -23,10 +22,6 @@ from tests.engine_bpmn import (
 
 pytestmark = pytest.mark.sqlite
 
-
-@pytest.fixture
-def people(db, rt):
-    return people_without_passwords(db, rt)
 
 OTHER = process(linear(("note", user_task("note", name="记录"))), key="other", name="其他流程")
 

@@ -20,14 +20,10 @@ from engine.identity import Actor
 from engine.models import ProcessInstance, Task
 from engine.runtime import Runtime
 from engine.service_tasks import ServiceRegistry
-from tests.engine_bpmn import bundle_of, flow, linear, people_without_passwords, process, user_task
+from tests.engine_bpmn import bundle_of, flow, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
 
-
-@pytest.fixture
-def people(db, rt):
-    return people_without_passwords(db, rt)
 
 
 class CoreSystem:

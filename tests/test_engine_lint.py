@@ -13,7 +13,6 @@ from tests.engine_bpmn import (
     flow,
     line_of,
     linear,
-    people_without_passwords,
     process,
     row_counts,
     user_task,
@@ -21,10 +20,6 @@ from tests.engine_bpmn import (
 
 pytestmark = pytest.mark.sqlite
 
-
-@pytest.fixture
-def people(db, rt):
-    return people_without_passwords(db, rt)
 
 
 def _script(task_id: str, script: str) -> str:

@@ -9,14 +9,10 @@ from engine import deployments, instances, messages, tasks
 from engine.errors import AmbiguousCorrelation, DuplicateBusinessKey, MessageNotCorrelated
 from engine.identity import Actor
 from engine.models import MessageSubscription, ProcessInstance, Task
-from tests.engine_bpmn import bundle_of, flow, people_without_passwords, process, row_counts, user_task
+from tests.engine_bpmn import bundle_of, flow, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
 
-
-@pytest.fixture
-def people(db, rt):
-    return people_without_passwords(db, rt)
 
 
 def _complete_open(db, rt, actor, instance_id, data):

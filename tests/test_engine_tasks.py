@@ -21,14 +21,10 @@ from engine.errors import (
 )
 from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Task
-from tests.engine_bpmn import bundle_of, linear, people_without_passwords, process, row_counts, user_task
+from tests.engine_bpmn import bundle_of, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
 
-
-@pytest.fixture
-def people(db, rt):
-    return people_without_passwords(db, rt)
 
 
 def _start(db, rt, actor, key, *, due_at=None, priority=50):

@@ -13,7 +13,7 @@ from engine import deployments, instances, messages, tasks, timers
 from engine.errors import MessageNotCorrelated
 from engine.identity import Actor
 from engine.models import MessageSubscription, ProcessInstance, Task, Timer
-from tests.engine_bpmn import bundle_of, linear, people_without_passwords, process, row_counts, user_task
+from tests.engine_bpmn import bundle_of, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
 
@@ -26,10 +26,6 @@ FOLLOW_UP = process(linear(
     ("call_client", user_task("call_client", name="回访客户")),
 ), key="callback")
 
-
-@pytest.fixture
-def people(db, rt):
-    return people_without_passwords(db, rt)
 
 
 @pytest.fixture

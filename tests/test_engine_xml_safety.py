@@ -12,17 +12,13 @@ import pytest
 from engine import deployments
 from engine.bundle import Bundle
 from engine.errors import DeploymentRejected
-from tests.engine_bpmn import BPMN_NS, bundle_of, linear, people_without_passwords, process, row_counts, user_task
+from tests.engine_bpmn import BPMN_NS, bundle_of, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
 
 TAIL = (f'<bpmn:definitions xmlns:bpmn="{BPMN_NS}" id="d" targetNamespace="http://x">'
         '<bpmn:process id="p" isExecutable="true"><bpmn:startEvent id="s"/></bpmn:process></bpmn:definitions>')
 
-
-@pytest.fixture
-def people(db, rt):
-    return people_without_passwords(db, rt)
 
 
 def _rejected(db, rt, actor, bundle: Bundle) -> DeploymentRejected:
