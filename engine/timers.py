@@ -174,7 +174,7 @@ def fire_once(db: Database, rt: Runtime, timer_id: int) -> bool:
             return fire(session, rt, timer_id)
     except (OperationalError, InterfaceError):
         raise
-    except Exception as exc:  # noqa: BLE001 - recorded on the row, then given up after MAX_ATTEMPTS
+    except Exception as exc:
         log.exception("timer %s could not be fired", timer_id)
         with db.transaction() as session:
             timer = session.get(Timer, timer_id)
