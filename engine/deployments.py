@@ -94,7 +94,8 @@ def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> li
             process_key=process.key, version=(latest.version + 1) if latest else 1,
             name=process.name, deployment_id=deployment.id, source_file=process.source_file,
             bpmn_xml=process.xml, spec_json=dump_spec(process.spec, process.subprocess_specs),
-            forms=forms, start_messages=_start_messages(process), sha256=digest, created_at=now,
+            forms=forms, start_messages=_start_messages(process), starter_groups=process.starter_groups,
+            sha256=digest, created_at=now,
         )
         session.add(version)
         session.flush()

@@ -36,6 +36,8 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str,
         raise InvalidInput("business_key is required (at most 128 characters)")
     data = json_safe(data or {})
     version = get_latest(session, process_key)
+    if version.starter_groups and not actor.has_role(SUPERVISOR) and not actor.groups & set(version.starter_groups):
+        raise PermissionDenied(f"starting {process_key} needs one of the groups {', '.join(version.starter_groups)}")
     exists = session.execute(
         select(ProcessInstance.id).where(ProcessInstance.process_key == process_key,
                                          ProcessInstance.business_key == business_key)

@@ -105,6 +105,8 @@ class ProcessVersion(Base):
     forms: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Names of messages that start this process (message start events).
     start_messages: Mapped[list[str]] = mapped_column(JSON)
+    # camunda:candidateStarterGroups of the process; empty: any signed-in user may start it.
+    starter_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -186,6 +186,7 @@ class ParsedProcess:
     spec: BpmnProcessSpec
     subprocess_specs: dict[str, BpmnProcessSpec]
     lines: dict[str, int] = field(default_factory=dict)
+    starter_groups: list[str] = field(default_factory=list)
 
 
 def element_lines(tree: etree._ElementTree) -> dict[str, int]:
@@ -241,6 +242,9 @@ def parse_files(files: dict[str, bytes]) -> tuple[list[ParsedProcess], list[Prob
             spec=spec,
             subprocess_specs=subprocess_specs,
             lines=element_lines(tree),
+            starter_groups=[g.strip() for g in
+                            (process_parser.node.get(f"{{{CAMUNDA_NS}}}candidateStarterGroups") or "").split(",")
+                            if g.strip()],
         ))
     if not processes and not problems:
         problems.append(Problem(sorted(files)[0] if files else "-", None, None,

@@ -177,6 +177,7 @@ def upgrade() -> None:
     sa.Column('spec_json', sa.Text(), nullable=False),
     sa.Column('forms', sa.JSON(), nullable=False),
     sa.Column('start_messages', sa.JSON(), nullable=False),
+    sa.Column('starter_groups', sa.JSON(), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['deployment_id'], ['bpm_deployment.id'], ),
