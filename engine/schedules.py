@@ -14,17 +14,18 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import instances
 from engine.audit import record_system_event
 from engine.calendars import BusinessCalendar
-from engine.db import after_commit, rowcount
+from engine.db import after_commit
 from engine.deployments import get_latest
 from engine.errors import Conflict, DuplicateBusinessKey, InvalidInput, PermissionDenied
 from engine.identity import PROCESS_OWNER, Actor
 from engine.models import Schedule, Timer
+from engine.sla import CALENDARS
 
 RULES = ("first_working_day_of_month", "first_working_day_of_quarter", "every_working_day", "every_trading_day")
 SCHEDULE_ACTOR = Actor.system("schedule")
@@ -74,8 +75,6 @@ def next_run(rule: str, at_time: str, calendar: BusinessCalendar, after: datetim
 def create(session: Session, rt: Any, *, key: str, process_key: str, rule: str, at_time: str,
            actor: Actor, business_hours: str = "default", catch_up: str = "once",
            data: dict[str, Any] | None = None) -> Schedule:
-    from engine.sla import CALENDARS
-
     if not actor.has_role(PROCESS_OWNER):
         raise PermissionDenied("schedules need the process_owner or admin role")
     if catch_up not in ("once", "all"):
@@ -106,15 +105,10 @@ def _arm(session: Session, rt: Any, schedule: Schedule, due: datetime, now: date
         after_commit(session, lambda: scheduler.timer_created(timer.id, timer.due_at))
 
 
-def fire(session: Session, rt: Any, timer_id: int, *, now: datetime) -> bool:
-    from engine.sla import CALENDARS
-
-    claimed = rowcount(session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
-                                       .values(status="fired", fired_at=now)))
-    if claimed != 1:
-        return False
-    timer = session.get(Timer, timer_id)
-    assert timer is not None and timer.payload is not None
+def start_slot(session: Session, rt: Any, timer: Timer, *, now: datetime) -> bool:
+    """Start the process for the slot of ``timer`` (already claimed by ``timers.fire``)
+    and arm the next slot."""
+    assert timer.payload is not None
     schedule = session.get(Schedule, timer.payload["schedule_id"])
     if schedule is None or not schedule.active:
         return False

@@ -54,23 +54,24 @@ class NoScheduler:
 def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
     """Fire one timer if it is due and still waiting; return whether it fired."""
     now = rt.now()
-    row = session.execute(select(Timer.kind, Timer.instance_id, Timer.status, Timer.due_at)
-                          .where(Timer.id == timer_id)).first()
-    if row is None or row.status != "waiting" or row.due_at >= now:
+    timer = session.execute(select(Timer).where(Timer.id == timer_id)).scalar_one_or_none()
+    if timer is None or timer.status != "waiting" or timer.due_at >= now:
         return False
-    if row.kind == "schedule":
-        return schedules.fire(session, rt, timer_id, now=now)
+    if timer.kind == "schedule":
+        # No instance to lock: the claim alone makes a second delivery a no-op.
+        return _claim(session, timer_id, now) and schedules.start_slot(session, rt, timer, now=now)
+    assert timer.instance_id is not None
     try:
-        instance = locked_instance(session, row.instance_id, allow=(RUNNING, FAILED))
+        instance = locked_instance(session, timer.instance_id, allow=(RUNNING, FAILED))
     except (InstanceNotFound, InstanceNotRunning):
         # The instance ended or was cancelled: nothing may happen, and the row is settled.
         session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
                         .values(status="cancelled"))
         return False
+    # The claim is the authority (the read above took no lock); the ORM-enabled UPDATE also
+    # refreshes ``timer`` in memory, so the row need not be read again.
     if not _claim(session, timer_id, now):
         return False  # another delivery got here first
-    timer = session.get(Timer, timer_id)
-    assert timer is not None
     if timer.kind == "sla":
         sla.fire_milestone(session, rt, timer=timer, instance=instance, now=now, evaluator=rt.evaluator)
         return True
