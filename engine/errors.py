@@ -68,6 +68,13 @@ class NotAssignee(PermissionDenied):
     code = "not_assignee"
 
 
+class Recused(PermissionDenied):
+    """The user is excluded from this task (e.g. the subject of a complaint, or QA of their
+    own call), whatever their groups or roles."""
+
+    code = "task_recused"
+
+
 # -- state conflicts ---------------------------------------------------------------------
 class Conflict(BpmError):
     code = "conflict"
@@ -146,3 +153,35 @@ class DeploymentRejected(InvalidInput):
 
 class ExpressionError(InvalidInput):
     code = "expression_invalid"
+
+
+# -- client registry and classification --------------------------------------------------
+class BranchNotFound(NotFound):
+    code = "branch_not_found"
+
+
+class ServiceGroupNotFound(NotFound):
+    code = "service_group_not_found"
+
+
+class ClientNotFound(NotFound):
+    """Also the answer for a client the caller may not see (no existence leak)."""
+
+    code = "client_not_found"
+
+
+class RuleSetNotFound(NotFound):
+    """No classification rules are effective on the date asked for."""
+
+    code = "rule_set_not_found"
+
+
+class ServiceGroupInvalid(InvalidInput):
+    """A service group must have 2–3 members of its branch, at least one of them middle/
+    back office (中后台), each in no other group (seed 篇二; brief §1, §4.2)."""
+
+    code = "service_group_invalid"
+
+
+class RevealNotAllowed(PermissionDenied):
+    code = "reveal_forbidden"

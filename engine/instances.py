@@ -13,7 +13,7 @@ from engine.deployments import get_latest
 from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied
 from engine.expressions import json_safe
 from engine.identity import SUPERVISOR, Actor
-from engine.models import AuditEvent, ProcessInstance, Task, TaskCandidate
+from engine.models import AuditEvent, ProcessInstance, Task, TaskCandidate, TaskExclusion
 from engine.runtime import (
     CANCELLED,
     FAILED,
@@ -24,6 +24,7 @@ from engine.runtime import (
     run_and_save,
     save,
 )
+from engine.tasks import principals
 
 
 def start(session: Session, rt: Runtime, *, process_key: str, business_key: str, actor: Actor,
@@ -93,9 +94,16 @@ def _visible(actor: Actor) -> Any:
     return or_(ProcessInstance.started_by == actor.username, involved)
 
 
+def _not_recused(actor: Actor) -> Any:
+    """Someone recused from any step of a case cannot read the case at all (a complaint's
+    subject cannot read it), whatever their roles."""
+    return ~exists().where(Task.instance_id == ProcessInstance.id, exists().where(
+        TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals(actor))))
+
+
 def get(session: Session, instance_id: int, *, actor: Actor) -> ProcessInstance:
     """One scoped lookup: an instance the actor may not see does not exist for them."""
-    query = select(ProcessInstance).where(ProcessInstance.id == instance_id)
+    query = select(ProcessInstance).where(ProcessInstance.id == instance_id, _not_recused(actor))
     if not actor.has_role(SUPERVISOR):
         query = query.where(_visible(actor))
     instance = session.execute(query).scalar_one_or_none()
@@ -106,7 +114,8 @@ def get(session: Session, instance_id: int, *, actor: Actor) -> ProcessInstance:
 
 def get_all(session: Session, *, actor: Actor, process_key: str | None = None, status: str | None = None,
             business_key: str | None = None, limit: int = 50, offset: int = 0) -> list[ProcessInstance]:
-    query = select(ProcessInstance).order_by(ProcessInstance.id.desc()).limit(limit).offset(offset)
+    query = (select(ProcessInstance).where(_not_recused(actor))
+             .order_by(ProcessInstance.id.desc()).limit(limit).offset(offset))
     if not actor.has_role(SUPERVISOR):
         query = query.where(_visible(actor))
     if process_key:

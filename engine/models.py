@@ -184,6 +184,10 @@ class Task(Base):
     at_risk_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     calendar_incomplete: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Recusal: "user:<name>" and "group:<key>" principals that may not see, claim, complete
+    # or be given this task (a complaint's subject and their service group; QA is not the
+    # caller). Mirrored in bpm_task_exclusion for the inbox queries.
+    excluded: Mapped[list[str] | None] = mapped_column(JSON)
 
     __table_args__ = (
         # "my tasks", sorted by due time
@@ -204,6 +208,15 @@ class TaskCandidate(Base):
     group_key: Mapped[str] = mapped_column(String(128), primary_key=True)
 
     __table_args__ = (Index("ix_task_candidate_group", "group_key", "task_id"),)
+
+
+class TaskExclusion(Base):
+    """One row per (task, excluded principal); written only for tasks that recuse someone."""
+
+    __tablename__ = "bpm_task_exclusion"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("bpm_task.id"), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(160), primary_key=True)
 
 
 class MessageSubscription(Base):

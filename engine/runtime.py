@@ -28,16 +28,24 @@ from engine import sla
 from engine.assignment import resolve_candidate_groups
 from engine.audit import record_instance_event
 from engine.bpmn.lint import candidate_groups_of
-from engine.bpmn.parser import camunda_of
+from engine.bpmn.parser import EXCLUDE_GROUPS, EXCLUDE_USERS, camunda_of, properties_of
 from engine.bpmn.script_engine import SafeScriptEngine
 from engine.bpmn.serializer import SpecCache, dump_state, load_state
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
 from engine.db import after_commit
-from engine.errors import ExpressionError, InstanceNotFound, InstanceNotRunning
+from engine.errors import BpmError, ExpressionError, InstanceNotFound, InstanceNotRunning
 from engine.expressions import SafeEvaluator
 from engine.identity import Actor
-from engine.models import MessageSubscription, ProcessInstance, ProcessVersion, Task, TaskCandidate, Timer
+from engine.models import (
+    MessageSubscription,
+    ProcessInstance,
+    ProcessVersion,
+    Task,
+    TaskCandidate,
+    TaskExclusion,
+    Timer,
+)
 from engine.service_tasks import ServiceRegistry
 from engine.service_tasks import registry as default_registry
 
@@ -157,8 +165,73 @@ def run_and_save(session: Session, rt: Runtime, instance: ProcessInstance,
     save(session, rt, instance, workflow, actor=actor)
     if instance.status == FAILED and not failed_before_save:  # a task's assignment or due date failed
         audit(session, rt, instance, "instance.failed", actor, error=instance.error)
+    if instance.status in (RUNNING, COMPLETED) and _outgoing_messages(workflow):
+        _send_messages(session, rt, instance, workflow, actor=actor)
     if instance.status == COMPLETED:
         audit(session, rt, instance, "instance.completed", actor)
+
+
+def _outgoing_messages(workflow: BpmnWorkflow) -> list[Any]:
+    """Messages thrown that no event of this instance caught: SpiffWorkflow queues them."""
+    return [e for e in workflow.bpmn_events if isinstance(e.event_definition, MessageEventDefinition)]
+
+
+def _send_messages(session: Session, rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow, *,
+                   actor: Actor) -> None:
+    """Deliver thrown messages to other processes in the same transaction: to the instance
+    waiting under the correlation key, or as a message start (a retention case starts its
+    post-closure callback; a callback's complaint route starts a complaint).
+
+    Each delivery runs in a savepoint. One that fails (nobody receives the message, the
+    receiving start fails) leaves the message queued in this instance's state and marks the
+    instance failed with the reason; a retry, after the cause is fixed, sends it again. So a
+    message is never lost and never half-delivered."""
+    from engine import messages  # the message service builds on this module
+
+    # Save the thrower first: a receiver may answer with a message to this very instance.
+    session.flush()
+    for event in _outgoing_messages(workflow):
+        definition = event.event_definition
+        payload = _thrown_payload(workflow, event)
+        key = _thrown_correlation_key(rt, instance, definition, payload)
+        try:
+            with session.begin_nested():
+                # The receiving process's starter groups do not apply: the diagram, not the
+                # person whose step threw the message, decided to start it.
+                target = messages.correlate(session, rt, name=definition.name, correlation_key=key,
+                                            actor=Actor.system(actor.username), payload=payload)
+        except BpmError as exc:
+            instance.status = FAILED
+            instance.error = f"message {definition.name!r} (key {key!r}) could not be delivered: {exc}"
+            audit(session, rt, instance, "instance.failed", actor, error=instance.error)
+            break
+        workflow.bpmn_events.remove(event)
+        audit(session, rt, instance, "message.sent", actor, message=definition.name, correlation_key=key,
+              to_instance=target.id, to_process=target.process_key)
+    instance.state = dump_state(workflow)
+
+
+def _thrown_payload(workflow: BpmnWorkflow, event: Any) -> dict[str, Any]:
+    """What the message carries: its ``spiffworkflow:messagePayload`` expression's value when
+    the diagram gives one, else every variable of the throwing step (Camunda's "all")."""
+    definition = event.event_definition
+    if getattr(definition, "expression", None) is not None:
+        return dict(event.payload) if isinstance(event.payload, dict) else {"payload": event.payload}
+    throwers = [t for t in workflow.get_tasks(state=TaskState.COMPLETED)
+                if definition in (getattr(t.task_spec, "event_definition", None),
+                                  *getattr(getattr(t.task_spec, "event_definition", None), "event_definitions", []))]
+    latest = max(throwers, key=lambda t: t.last_state_change, default=None)
+    return dict(latest.data) if latest is not None else {}
+
+
+def _thrown_correlation_key(rt: Runtime, instance: ProcessInstance, definition: MessageEventDefinition,
+                            payload: dict[str, Any]) -> str:
+    for prop in definition.correlation_properties:
+        try:
+            return str(rt.evaluator.evaluate(prop.retrieval_expression, payload))
+        except ExpressionError:
+            continue
+    return str(payload.get("business_key") or instance.business_key)
 
 
 def save(session: Session, rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow, *,
@@ -291,6 +364,7 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
         groups = resolve_candidate_groups(session, rt.evaluator, candidate_groups_of(spec),
                                           instance=instance, data=task.data)
+        excluded = _exclusions(rt, task, properties_of(spec))
     except (ExpressionError, ValueError) as exc:
         # The step itself succeeded; an unusable assignment/due expression fails the
         # instance so an administrator sees it, instead of a task nobody can find. No row is
@@ -305,15 +379,34 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         assignee=str(assignee) if assignee else None, status=CLAIMED if assignee else OPEN,
         priority=priority, created_at=now, due_at=due_at, follow_up_at=follow_up,
         business_key=instance.business_key, client_id=instance.client_id,
-        branch_code=instance.branch_code, form_key=camunda.get("formKey"),
+        branch_code=instance.branch_code, form_key=camunda.get("formKey"), excluded=excluded or None,
     )
     # Due date and SLA fields before the INSERT, milestones (which need the id) after it.
     policy = sla.start_clock(session, instance=instance, task=row, data=task.data, now=now)
     session.add(row)
     session.flush()
     session.add_all(TaskCandidate(task_id=row.id, group_key=g) for g in groups)
+    session.add_all(TaskExclusion(task_id=row.id, principal=p) for p in excluded)
     if policy is not None:
         sla.schedule_milestones(session, rt, instance=instance, task=row, policy=policy, now=now)
+
+
+def _exclusions(rt: Runtime, task: Any, properties: dict[str, str]) -> list[str]:
+    """Principals recused from the task: ``user:<name>`` and ``group:<key>``. A property is a
+    literal (comma-separated) or an expression giving a name or a list; empty values (the
+    variable not set yet) exclude nobody."""
+    principals: list[str] = []
+    for name, prefix in ((EXCLUDE_USERS, "user:"), (EXCLUDE_GROUPS, "group:")):
+        raw = properties.get(name)
+        if not raw or not raw.strip():
+            continue
+        if raw.strip().startswith(("${", "#{")):
+            value = rt.evaluator.evaluate(raw.strip(), task.data)
+            values = value if isinstance(value, (list, tuple, set)) else [value]
+        else:
+            values = raw.split(",")
+        principals.extend(prefix + str(v).strip() for v in values if v is not None and str(v).strip())
+    return list(dict.fromkeys(principals))
 
 
 def correlation_key_for(rt: Runtime, instance: ProcessInstance, definition: MessageEventDefinition,

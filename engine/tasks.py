@@ -18,6 +18,7 @@ from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine import sla
+from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of
 from engine.errors import (
     FieldError,
     FormValidationError,
@@ -26,13 +27,14 @@ from engine.errors import (
     NotAssignee,
     NotCandidate,
     PermissionDenied,
+    Recused,
     TaskAlreadyClaimed,
     TaskNotFound,
     TaskNotOpen,
 )
 from engine.expressions import json_safe
-from engine.identity import SUPERVISOR, Actor, get_user
-from engine.models import ProcessInstance, Task, TaskCandidate
+from engine.identity import SUPERVISOR, Actor, actor_for, get_user
+from engine.models import ProcessInstance, Task, TaskCandidate, TaskExclusion
 from engine.runtime import (
     ACTIVE_TASK_STATES,
     CLAIMED,
@@ -50,9 +52,28 @@ def _is_candidate(task: Task, actor: Actor) -> bool:
     return bool(actor.groups.intersection(task.candidate_groups or []))
 
 
+def principals(actor: Actor) -> list[str]:
+    """How an actor can be named in a task's exclusions."""
+    return [f"user:{actor.username}", *sorted(f"group:{g}" for g in actor.groups)]
+
+
+def is_excluded(task: Task, actor: Actor) -> bool:
+    return bool(task.excluded) and not set(task.excluded or ()).isdisjoint(principals(actor))
+
+
 def can_see(task: Task, actor: Actor) -> bool:
+    """Recusal wins over everything, roles included: the subject of a complaint may not
+    learn that the task exists, even as a supervisor."""
+    if is_excluded(task, actor):
+        return False
     return (actor.has_role(SUPERVISOR) or task.assignee == actor.username
             or task.owner == actor.username or _is_candidate(task, actor))
+
+
+def _refuse_excluded(session: Session, task: Task, username: str) -> None:
+    """A task cannot be given to someone it recuses."""
+    if task.excluded and is_excluded(task, actor_for(session, get_user(session, username))):
+        raise Recused(f"{username} is excluded from task {task.id} (recusal) and cannot be given it")
 
 
 def get(session: Session, task_id: int, *, actor: Actor) -> Task:
@@ -115,6 +136,7 @@ def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor:
     if not target.active:
         raise InvalidInput(f"user {username!r} is inactive")
     task, instance = _lock(session, task_id, actor)
+    _refuse_excluded(session, task, username)
     previous, task.assignee, task.status = task.assignee, username, CLAIMED
     audit(session, rt, instance, "task.assigned", actor, task_uuid=task.task_uuid, task_id=task.id,
           assignee=username, previous_assignee=previous)
@@ -129,6 +151,7 @@ def delegate(session: Session, rt: Runtime, *, task_id: int, username: str, acto
     task, instance = _lock(session, task_id, actor)
     if task.assignee != actor.username:
         raise NotAssignee("only the assignee may delegate a task")
+    _refuse_excluded(session, task, username)
     task.owner = task.owner or actor.username
     task.assignee = username
     audit(session, rt, instance, "task.delegated", actor, task_uuid=task.task_uuid,
@@ -197,6 +220,11 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
     if spiff_task is None or not spiff_task.has_state(TaskState.READY):
         raise TaskNotOpen(f"task {task_id} is no longer waiting for input")
     spiff_task.set_data(**data)
+    completed_by_variable = properties_of(spiff_task.task_spec).get(COMPLETED_BY_VARIABLE)
+    if completed_by_variable:
+        # "Who did this step" for later steps' rules (QA is not the caller; the approver is
+        # not the nominator), set by the engine so a form cannot claim someone else did it.
+        spiff_task.data[completed_by_variable] = actor.username
     spiff_task.run()
     task.status, task.completed_at, task.completed_by = TASK_DONE, now, actor.username
     audit(session, rt, instance, "task.completed", actor, task_uuid=task.task_uuid,
@@ -238,6 +266,8 @@ class InboxQuery:
 
 
 def _scoped(query: Select[Any], actor: Actor) -> Select[Any]:
+    query = query.where(~exists().where(TaskExclusion.task_id == Task.id,
+                                        TaskExclusion.principal.in_(principals(actor))))
     if actor.has_role(SUPERVISOR):
         return query
     in_my_groups = exists().where(TaskCandidate.task_id == Task.id,

@@ -18,11 +18,15 @@ from SpiffWorkflow.bpmn.specs.mixins.script_task import ScriptTask
 from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
 
 from engine.bpmn.parser import (
+    COMPLETED_BY_VARIABLE,
+    EXCLUDE_GROUPS,
+    EXCLUDE_USERS,
     ParsedProcess,
     RegistryServiceTask,
     camunda_of,
     check_timer_literal,
     normalize_timers,
+    properties_of,
 )
 from engine.errors import ExpressionError, Problem
 from engine.expressions import SafeEvaluator
@@ -126,6 +130,15 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
         if not groups and not camunda.get("assignee"):
             report(element, "user task has no lane, camunda:candidateGroups or camunda:assignee: "
                             "nobody could ever see it")
+        properties = properties_of(task_spec)
+        for name in (EXCLUDE_USERS, EXCLUDE_GROUPS):
+            value = properties.get(name, "").strip()
+            if value.startswith(("${", "#{")):
+                check_expr(element, f"property {name!r}", value)
+        variable = properties.get(COMPLETED_BY_VARIABLE)
+        if variable is not None and not variable.isidentifier():
+            report(element, f"property {COMPLETED_BY_VARIABLE!r} must name a variable (letters, digits, "
+                            f"underscore), got {variable!r}")
         for group in groups:
             if group.startswith(("${", "#{")):
                 check_expr(element, "candidate group", group)

@@ -67,6 +67,15 @@ def camunda_of(task_spec: Any) -> dict[str, str]:
     return (getattr(task_spec, "extensions", None) or {}).get("camunda", {})
 
 
+def properties_of(task_spec: Any) -> dict[str, str]:
+    """The ``camunda:properties`` of a task (``excludeUsers``, ``completedByVariable``, …)."""
+    return (getattr(task_spec, "extensions", None) or {}).get("properties", {})
+
+
+# Task properties the engine acts on (see README, "Recusal").
+EXCLUDE_USERS, EXCLUDE_GROUPS, COMPLETED_BY_VARIABLE = "excludeUsers", "excludeGroups", "completedByVariable"
+
+
 def _camunda_attributes(node: etree._Element) -> dict[str, str]:
     return {
         name: node.get(f"{{{CAMUNDA_NS}}}{name}")

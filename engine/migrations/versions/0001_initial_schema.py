@@ -256,6 +256,7 @@ def upgrade() -> None:
     sa.Column('at_risk_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('breached_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('calendar_incomplete', sa.Boolean(), server_default=sa.false(), nullable=False),
+    sa.Column('excluded', sa.JSON(), nullable=True),
     sa.ForeignKeyConstraint(['instance_id'], ['bpm_process_instance.id'], ),
     sa.ForeignKeyConstraint(['sla_policy_id'], ['bpm_sla_policy.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -296,9 +297,17 @@ def upgrade() -> None:
     with op.batch_alter_table('bpm_task_candidate', schema=None) as batch_op:
         batch_op.create_index('ix_task_candidate_group', ['group_key', 'task_id'], unique=False)
 
+    op.create_table('bpm_task_exclusion',
+    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('principal', sa.String(length=160), nullable=False),
+    sa.ForeignKeyConstraint(['task_id'], ['bpm_task.id'], ),
+    sa.PrimaryKeyConstraint('task_id', 'principal')
+    )
+
 
 
 def downgrade() -> None:
+    op.drop_table('bpm_task_exclusion')
     with op.batch_alter_table('bpm_task_candidate', schema=None) as batch_op:
         batch_op.drop_index('ix_task_candidate_group')
 
