@@ -87,6 +87,7 @@ class InstanceOut(Schema):
     started_at = fields.DateTime()
     ended_by = fields.String(allow_none=True)
     ended_at = fields.DateTime(allow_none=True)
+    facts = fields.Dict(allow_none=True, metadata={"description": "the diagram's reportVariables"})
 
 
 class InstanceDetailOut(InstanceOut):

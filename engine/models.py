@@ -107,6 +107,8 @@ class ProcessVersion(Base):
     start_messages: Mapped[list[str]] = mapped_column(JSON)
     # camunda:candidateStarterGroups of the process; empty: any signed-in user may start it.
     starter_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Process property reportVariables: which variables the instances' facts carry.
+    report_variables: Mapped[list[str] | None] = mapped_column(JSON)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -129,6 +131,9 @@ class ProcessInstance(Base):
     # change can diff in memory instead of reading three tables back.
     projected: Mapped[dict[str, str]] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # The diagram's reportVariables as of the last save (severity, outcome, …): figures
+    # and filters read these instead of deserializing every case.
+    facts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     started_by: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_by: Mapped[str | None] = mapped_column(String(64))

@@ -35,7 +35,7 @@ from engine.clock import Clock, SystemClock
 from engine.config import Settings
 from engine.db import after_commit
 from engine.errors import BpmError, ExpressionError, InstanceNotFound, InstanceNotRunning
-from engine.expressions import SafeEvaluator
+from engine.expressions import SafeEvaluator, json_safe
 from engine.identity import Actor
 from engine.models import (
     MessageSubscription,
@@ -78,6 +78,7 @@ class Runtime:
             self.evaluator, self.services, allow_scripts=self.settings.allow_script_tasks
         )
         self._validators: dict[tuple[int, str], Draft202012Validator] = {}
+        self._report_variables: dict[int, list[str]] = {}
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -101,6 +102,14 @@ class Runtime:
                 return None
             self._validators[key] = Draft202012Validator(schema)
         return self._validators[key]
+
+    def report_variables(self, session: Session, version_id: int) -> list[str]:
+        """The version's reportVariables (versions are immutable: cached for good)."""
+        if version_id not in self._report_variables:
+            self._report_variables[version_id] = list(session.execute(
+                select(ProcessVersion.report_variables).where(ProcessVersion.id == version_id)
+            ).scalar_one() or [])
+        return self._report_variables[version_id]
 
     def new_workflow(self, session: Session, version_id: int) -> BpmnWorkflow:
         spec, subprocess_specs = self.spec_for(session, version_id)
@@ -243,7 +252,28 @@ def save(session: Session, rt: Runtime, instance: ProcessInstance, workflow: Bpm
         instance.ended_by = actor.username
     instance.state = dump_state(workflow)
     instance.updated_at = now
+    variables = rt.report_variables(session, instance.process_version_id)
+    if variables:
+        instance.facts = facts_of(workflow, variables)
     project(session, rt, instance, workflow, now=now)
+
+
+def facts_of(workflow: BpmnWorkflow, variables: list[str]) -> dict[str, Any]:
+    """The latest value each report variable was given, across all branches.
+
+    Each parallel branch carries its own copy of the data, so "the last task's data" would
+    let a branch's stale copy win. A task counts as setting a variable only where its value
+    differs from its parent's; those settings are applied in the order the tasks changed."""
+    wanted = set(variables)
+    facts: dict[str, Any] = {}
+    states = TaskState.COMPLETED | TaskState.READY | TaskState.WAITING
+    touched = [t for t in workflow.get_tasks(state=states) if t.data]
+    missing = object()
+    for task in sorted(touched, key=lambda t: t.last_state_change):
+        inherited = task.parent.data if task.parent is not None else {}
+        facts.update((k, v) for k, v in task.data.items()
+                     if k in wanted and inherited.get(k, missing) != v)
+    return json_safe(facts)
 
 
 # -- projections ---------------------------------------------------------------------------

@@ -201,3 +201,40 @@ def test_an_undeliverable_message_fails_the_sender_keeps_the_message_and_retry_s
         assert s.get(ProcessInstance, sender_id).status == "completed"
         started = s.execute(select(ProcessInstance).where(ProcessInstance.process_key == "callback")).scalars().all()
         assert [i.business_key for i in started] == ["XH-1"]
+
+
+# -- facts: the diagram's reportVariables on the instance row ------------------------------
+FACTS = process(
+    '    <bpmn:extensionElements><camunda:properties>'
+    '<camunda:property name="reportVariables" value="severity, outcome ,amount"/>'
+    '</camunda:properties></bpmn:extensionElements>\n'
+    '    <bpmn:startEvent id="start"/>\n' + flow("start", "fork")
+    + '    <bpmn:parallelGateway id="fork"/>\n' + flow("fork", "a") + flow("fork", "b")
+    + user_task("a") + user_task("b") + flow("a", "join") + flow("b", "join")
+    + '    <bpmn:parallelGateway id="join"/>\n' + flow("join", "end") + '    <bpmn:endEvent id="end"/>\n',
+    key="facts")
+
+
+def test_an_instance_carries_its_report_variables_latest_value_across_parallel_branches(db, rt, people):
+    _deploy(db, rt, people, FACTS)
+    with db.transaction() as s:
+        inst = instances.start(s, rt, process_key="facts", business_key="F-1", actor=people.clerk,
+                               data={"severity": "general", "secret": "x"})
+    assert _facts(db, inst.id) == {"severity": "general"}
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open_task(db, inst.id, "b").id, actor=people.clerk,
+                       data={"severity": "major", "amount": 12000})
+    assert _facts(db, inst.id) == {"severity": "major", "amount": 12000}
+    # Branch a still holds the start's copy of severity: it must not win over b's newer value.
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open_task(db, inst.id, "a").id, actor=people.clerk,
+                       data={"outcome": "resolved"})
+    with db.transaction() as s:
+        instance = s.get(ProcessInstance, inst.id)
+        assert instance.status == "completed"
+        assert instance.facts == {"severity": "major", "amount": 12000, "outcome": "resolved"}
+
+
+def _facts(db, instance_id):
+    with db.transaction() as s:
+        return s.get(ProcessInstance, instance_id).facts

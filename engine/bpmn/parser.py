@@ -74,6 +74,8 @@ def properties_of(task_spec: Any) -> dict[str, str]:
 
 # Task properties the engine acts on (see README, "Recusal").
 EXCLUDE_USERS, EXCLUDE_GROUPS, COMPLETED_BY_VARIABLE = "excludeUsers", "excludeGroups", "completedByVariable"
+# A process property (see README, "Figures").
+REPORT_VARIABLES = "reportVariables"
 
 
 def _camunda_attributes(node: etree._Element) -> dict[str, str]:
@@ -196,6 +198,9 @@ class ParsedProcess:
     subprocess_specs: dict[str, BpmnProcessSpec]
     lines: dict[str, int] = field(default_factory=dict)
     starter_groups: list[str] = field(default_factory=list)
+    # Process property reportVariables: variables copied to the instance's facts on every
+    # save, so supervisors' figures are SQL over rows, never a deserialization per case.
+    report_variables: list[str] = field(default_factory=list)
 
 
 def element_lines(tree: etree._ElementTree) -> dict[str, int]:
@@ -254,6 +259,9 @@ def parse_files(files: dict[str, bytes]) -> tuple[list[ParsedProcess], list[Prob
             starter_groups=[g.strip() for g in
                             (process_parser.node.get(f"{{{CAMUNDA_NS}}}candidateStarterGroups") or "").split(",")
                             if g.strip()],
+            report_variables=[v.strip() for v in
+                              _camunda_properties(process_parser.node).get(REPORT_VARIABLES, "").split(",")
+                              if v.strip()],
         ))
     if not processes and not problems:
         problems.append(Problem(sorted(files)[0] if files else "-", None, None,
