@@ -6,14 +6,15 @@ from typing import Any
 
 from SpiffWorkflow.bpmn.util import BpmnEvent
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import bindparam, exists, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine.deployments import get_latest
-from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied
+from engine import sla
+from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied, ProcessNotFound
 from engine.expressions import json_safe
 from engine.identity import SUPERVISOR, Actor
-from engine.models import AuditEvent, ProcessInstance, Task, TaskCandidate, TaskExclusion
+from engine.models import AuditEvent, ProcessInstance, ProcessVersion, Task, TaskCandidate, TaskExclusion
 from engine.runtime import (
     CANCELLED,
     FAILED,
@@ -36,17 +37,19 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str,
     if not business_key or len(business_key) > 128:
         raise InvalidInput("business_key is required (at most 128 characters)")
     data = json_safe(data or {})
-    version = get_latest(session, process_key)
+    # One round trip: the latest version, an instance already holding the business key, and
+    # the reference-data revisions the new tasks' SLA clocks check their caches against.
+    found = session.execute(_START_LOOKUP, {"process_key": process_key, "business_key": business_key}).first()
+    if found is None:
+        raise ProcessNotFound(f"no process {process_key!r} is deployed")
+    version, existing_id, calendar_revision, sla_revision = found
+    sla.remember_revisions(session, calendar_revision, sla_revision)
     if version.starter_groups and not actor.has_role(SUPERVISOR) and not actor.groups & set(version.starter_groups):
         raise PermissionDenied(f"starting {process_key} needs one of the groups {', '.join(version.starter_groups)}")
-    exists = session.execute(
-        select(ProcessInstance.id).where(ProcessInstance.process_key == process_key,
-                                         ProcessInstance.business_key == business_key)
-    ).first()
-    if exists:
+    if existing_id is not None:
         raise DuplicateBusinessKey(
             f"{process_key} already has an instance with business key {business_key!r}",
-            instance_id=exists[0],
+            instance_id=existing_id,
         )
     now = rt.now()
     workflow = rt.new_workflow(session, version.id)
@@ -60,7 +63,12 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str,
         started_by=actor.username, started_at=now, updated_at=now, audit_seq=0, audit_head="",
     )
     session.add(instance)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # Someone started the same business key since the check above (unique constraint).
+        raise DuplicateBusinessKey(
+            f"{process_key} already has an instance with business key {business_key!r}") from None
     audit(session, rt, instance, "instance.started", actor, process_key=process_key,
           version=version.version, business_key=business_key, data=data)
     if message is not None:
@@ -70,6 +78,17 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str,
         audit(session, rt, instance, "message.received", actor, message=name, payload=payload)
     run_and_save(session, rt, instance, workflow, actor=actor)
     return instance
+
+
+_START_LOOKUP = (
+    select(ProcessVersion,
+           select(ProcessInstance.id).where(ProcessInstance.process_key == bindparam("process_key"),
+                                            ProcessInstance.business_key == bindparam("business_key"))
+           .scalar_subquery(),
+           *sla.REVISION_COLUMNS)
+    .where(ProcessVersion.process_key == bindparam("process_key"))
+    .order_by(ProcessVersion.version.desc()).limit(1)
+)
 
 
 def _deliver_start_message(workflow: Any, name: str, payload: dict[str, Any]) -> None:

@@ -21,7 +21,8 @@ from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefin
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import inspect as sqlalchemy_inspect
 from sqlalchemy.orm import Session
 
 from engine import sla
@@ -79,6 +80,7 @@ class Runtime:
         )
         self._validators: dict[tuple[int, str], Draft202012Validator] = {}
         self._report_variables: dict[int, list[str]] = {}
+        self.policies = sla.PolicyCache()
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -120,13 +122,29 @@ class Runtime:
         return load_state(instance.state, spec, subprocess_specs, self.script_engine)
 
 
+def lock_statement(where: Any) -> Any:
+    """``SELECT instance FOR UPDATE`` (SQLite's BEGIN IMMEDIATE already holds the database),
+    re-reading the row so a change that waited for the lock sees its predecessor, and
+    bringing the reference-data revisions along (see ``sla.revisions``)."""
+    return (select(ProcessInstance, *sla.REVISION_COLUMNS).where(where)
+            .with_for_update(of=ProcessInstance).execution_options(populate_existing=True))
+
+
+def lock_instance_row(session: Session, statement: Any, params: dict[str, Any]) -> ProcessInstance | None:
+    row = session.execute(statement, params).one_or_none()
+    if row is None:
+        return None
+    instance, calendar_revision, sla_revision = row
+    sla.remember_revisions(session, calendar_revision, sla_revision)
+    return instance  # type: ignore[no-any-return]
+
+
+_LOCK_BY_ID = lock_statement(ProcessInstance.id == bindparam("instance_id"))
+
+
 def locked_instance(session: Session, instance_id: int, *, allow: tuple[str, ...] = (RUNNING,)) -> ProcessInstance:
-    """Lock the instance row (``FOR UPDATE``; SQLite's BEGIN IMMEDIATE already holds the
-    database) and re-read it, so a change waiting for the lock sees its predecessor."""
-    instance = session.execute(
-        select(ProcessInstance).where(ProcessInstance.id == instance_id)
-        .with_for_update().execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    """Lock the instance row and re-read it (see :func:`lock_statement`)."""
+    instance = lock_instance_row(session, _LOCK_BY_ID, {"instance_id": instance_id})
     if instance is None:
         raise InstanceNotFound(f"no instance {instance_id}")
     if instance.status not in allow:
@@ -412,13 +430,24 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         branch_code=instance.branch_code, form_key=camunda.get("formKey"), excluded=excluded or None,
     )
     # Due date and SLA fields before the INSERT, milestones (which need the id) after it.
-    policy = sla.start_clock(session, instance=instance, task=row, data=task.data, now=now)
-    session.add(row)
-    session.flush()
-    session.add_all(TaskCandidate(task_id=row.id, group_key=g) for g in groups)
-    session.add_all(TaskExclusion(task_id=row.id, principal=p) for p in excluded)
+    policy = sla.start_clock(session, rt, instance=instance, task=row, data=task.data, now=now)
+    # Plain INSERTs, not the unit of work: this runs for every step of every instance, and
+    # the ORM's flush costs several times the statements. The row object stays transient;
+    # whoever needs the task later in the transaction reads it (``_retire`` does).
+    connection = session.connection()
+    values = {k: v for k, v in sqlalchemy_inspect(row).dict.items() if not k.startswith("_")}
+    row.id = connection.execute(_INSERT_TASK, values).scalar_one()
+    if groups:
+        connection.execute(_INSERT_CANDIDATE, [{"task_id": row.id, "group_key": g} for g in groups])
+    if excluded:
+        connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p} for p in excluded])
     if policy is not None:
         sla.schedule_milestones(session, rt, instance=instance, task=row, policy=policy, now=now)
+
+
+_INSERT_TASK = insert(Task).returning(Task.id)
+_INSERT_CANDIDATE = insert(TaskCandidate)
+_INSERT_EXCLUSION = insert(TaskExclusion)
 
 
 def _exclusions(rt: Runtime, task: Any, properties: dict[str, str]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, event, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.assignment import resolve_candidate_groups
@@ -63,7 +63,7 @@ class CalendarCache:
         self._hours: dict[str, BusinessHours] = {}
 
     def get(self, session: Session, hours_name: str) -> BusinessCalendar:
-        revision = session.execute(select(Setting.value).where(Setting.key == "calendar_revision")).scalar()
+        revision = revisions(session).get("calendar_revision")
         if revision != self._revision:
             days = {row.day: DayInfo(row.working, row.trading, row.name)
                     for row in session.execute(select(CalendarDay)).scalars()}
@@ -82,16 +82,79 @@ def _hours(row: BusinessHoursRow) -> BusinessHours:
 
 CALENDARS = CalendarCache()
 
+_REVISIONS_KEY = "bpm_revisions"
+_REVISIONS = select(Setting.key, Setting.value).where(Setting.key.in_(("calendar_revision", "sla_revision")))
 
-def bump_calendar_revision(session: Session) -> None:
+
+# The same two values as columns, so the statement that locks an instance brings them along
+# and a step that creates tasks needs no round trip of its own to check its caches.
+REVISION_COLUMNS = tuple(
+    select(Setting.value).where(Setting.key == key).scalar_subquery().label(key)
+    for key in ("calendar_revision", "sla_revision")
+)
+
+
+def remember_revisions(session: Session, calendar_revision: str | None, sla_revision: str | None) -> None:
+    """Values read by a statement with :data:`REVISION_COLUMNS`."""
+    if _REVISIONS_KEY not in session.info:
+        session.info[_REVISIONS_KEY] = {k: v for k, v in (("calendar_revision", calendar_revision),
+                                                         ("sla_revision", sla_revision)) if v is not None}
+
+
+def revisions(session: Session) -> dict[str, str]:
+    """Revisions of the reference data processes cache (calendar, SLA policies), read once
+    per transaction and on the connection, so asking does not flush the session."""
+    cached: dict[str, str] | None = session.info.get(_REVISIONS_KEY)
+    if cached is None:
+        cached = {key: value for key, value in session.connection().execute(_REVISIONS).all()}
+        session.info[_REVISIONS_KEY] = cached
+    return cached
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _forget_revisions(session: Session) -> None:
+    session.info.pop(_REVISIONS_KEY, None)
+
+
+def _bump_revision(session: Session, key: str) -> None:
     # A fresh random token, not a counter: two concurrent edits must not both write "n+1"
     # and leave other processes trusting a cache of the first edit.
     token = uuid4().hex
-    setting = session.get(Setting, "calendar_revision")
+    setting = session.get(Setting, key)
     if setting is None:
-        session.add(Setting(key="calendar_revision", value=token))
+        session.add(Setting(key=key, value=token))
     else:
         setting.value = token
+    revisions(session)[key] = token
+
+
+def bump_calendar_revision(session: Session) -> None:
+    _bump_revision(session, "calendar_revision")
+
+
+# A policy as cached: a plain row (attribute access like the model), never an ORM object,
+# which a rollback in the session that loaded it would expire under every other user.
+PolicyRow = Any
+_ACTIVE_POLICIES = (select(SlaPolicy.__table__).where(SlaPolicy.__table__.c.active.is_(True))
+                    .order_by(SlaPolicy.__table__.c.position, SlaPolicy.__table__.c.id))
+
+
+class PolicyCache:
+    """Active policies by SLA revision: matching a new task costs no query (every task
+    creation would otherwise read the policy table). One per Runtime."""
+
+    def __init__(self) -> None:
+        self._revision: str | None = None
+        self._policies: list[PolicyRow] = []
+
+    def active(self, session: Session) -> list[PolicyRow]:
+        revision = revisions(session).get("sla_revision", "")
+        if revision != self._revision:
+            session.flush()  # a policy saved in this transaction is part of it
+            self._policies = list(session.connection().execute(_ACTIVE_POLICIES).all())
+            self._revision = revision
+        return self._policies
 
 
 def set_day(session: Session, *, day: Any, working: bool, trading: bool | None, name: str | None,
@@ -222,13 +285,14 @@ def upsert_policy(session: Session, rt: Any, *, data: dict[str, Any], actor: Act
     policy.pausable = bool(data.get("pausable", True))
     policy.updated_at, policy.updated_by = now, actor.username
     session.flush()
+    _bump_revision(session, "sla_revision")
     record_system_event(session, kind="sla.policy_saved", actor=actor.username, at=now,
                         data={"key": policy.key, "position": policy.position,
                               "target": f"{policy.target_amount} {policy.target_unit}"})
     return policy, recompute(session, rt, now=now)
 
 
-def _matches(policy: SlaPolicy, task: Task, data: dict[str, Any]) -> bool:
+def _matches(policy: PolicyRow, task: Task, data: dict[str, Any]) -> bool:
     return (
         policy.active
         and (policy.process_key is None or policy.process_key == task.process_key)
@@ -239,18 +303,16 @@ def _matches(policy: SlaPolicy, task: Task, data: dict[str, Any]) -> bool:
     )
 
 
-def match(session: Session, task: Task, data: dict[str, Any]) -> SlaPolicy | None:
-    policies = session.execute(select(SlaPolicy).where(SlaPolicy.active.is_(True))
-                               .order_by(SlaPolicy.position, SlaPolicy.id)).scalars()
-    return next((p for p in policies if _matches(p, task, data)), None)
+def match(session: Session, rt: Any, task: Task, data: dict[str, Any]) -> PolicyRow | None:
+    return next((p for p in rt.policies.active(session) if _matches(p, task, data)), None)
 
 
 # -- the clock ------------------------------------------------------------------------------
-def start_clock(session: Session, *, instance: ProcessInstance, task: Task, data: dict[str, Any],
-                now: datetime) -> SlaPolicy | None:
+def start_clock(session: Session, rt: Any, *, instance: ProcessInstance, task: Task, data: dict[str, Any],
+                now: datetime) -> PolicyRow | None:
     """Give a new task its due date; returns the policy whose milestones
     :func:`schedule_milestones` must arm once the task row has an id."""
-    policy = match(session, task, data)
+    policy = match(session, rt, task, data)
     task.sla_started_at = now
     if task.due_at is not None:
         task.due_source = "diagram"
@@ -266,12 +328,12 @@ def start_clock(session: Session, *, instance: ProcessInstance, task: Task, data
     return policy
 
 
-def schedule_milestones(session: Session, rt: Any, *, instance: ProcessInstance, task: Task, policy: SlaPolicy,
+def schedule_milestones(session: Session, rt: Any, *, instance: ProcessInstance, task: Task, policy: PolicyRow,
                         now: datetime) -> None:
     _schedule_milestones(session, rt, instance, task, policy, start=now, now=now)
 
 
-def _at_risk(session: Session, policy: SlaPolicy | None, task: Task, *, start: datetime) -> datetime:
+def _at_risk(session: Session, policy: PolicyRow | None, task: Task, *, start: datetime) -> datetime:
     assert task.due_at is not None
     if policy is None or task.due_source == "diagram":
         return start + (task.due_at - start) * AT_RISK_FRACTION
@@ -281,7 +343,7 @@ def _at_risk(session: Session, policy: SlaPolicy | None, task: Task, *, start: d
 
 
 def _schedule_milestones(session: Session, rt: Any, instance: ProcessInstance, task: Task,
-                         policy: SlaPolicy, *, start: datetime, now: datetime,
+                         policy: PolicyRow, *, start: datetime, now: datetime,
                          shift: timedelta = timedelta()) -> None:
     """Timer rows for the milestones still ahead: a recompute must not re-notify the past.
     ``shift`` is time the clock already spent paused; every milestone moves by it."""
@@ -333,7 +395,7 @@ def recompute(session: Session, rt: Any, *, now: datetime) -> int:
             workflows[instance.id] = rt.load(session, instance)
         spiff_task = workflows[instance.id].get_task_from_id(UUID(task.task_uuid))
         data = dict(spiff_task.data) if spiff_task is not None else {}
-        policy = match(session, task, data)
+        policy = match(session, rt, task, data)
         previous = (task.sla_policy_id, task.due_at)
         session.execute(update(Timer).where(Timer.kind == "sla", Timer.task_uuid == task.task_uuid,
                                             Timer.status.in_(("waiting", "paused")))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import Select, exists, func, or_, select
+from sqlalchemy import Integer, Select, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine import sla
@@ -44,6 +45,8 @@ from engine.runtime import (
     TASK_DONE,
     Runtime,
     audit,
+    lock_instance_row,
+    lock_statement,
     run_and_save,
 )
 
@@ -84,18 +87,17 @@ def get(session: Session, task_id: int, *, actor: Actor) -> Task:
     return task
 
 
+_LOCK_BY_TASK = lock_statement(
+    ProcessInstance.id == select(Task.instance_id).where(Task.id == bindparam("task_id")).scalar_subquery())
+_READ_TASK = select(Task).where(Task.id == bindparam("task_id")).execution_options(populate_existing=True)
+
+
 def _lock(session: Session, task_id: int, actor: Actor) -> tuple[Task, ProcessInstance]:
     """Lock the task's instance, then read the task: whoever held the lock before us may
     have completed or claimed it. Two statements: the lock finds the instance through the
     task, and the task is read once, after the lock."""
-    owner = select(Task.instance_id).where(Task.id == task_id).scalar_subquery()
-    instance = session.execute(
-        select(ProcessInstance).where(ProcessInstance.id == owner)
-        .with_for_update().execution_options(populate_existing=True)
-    ).scalar_one_or_none()
-    task = session.execute(
-        select(Task).where(Task.id == task_id).execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    instance = lock_instance_row(session, _LOCK_BY_TASK, {"task_id": task_id})
+    task = session.execute(_READ_TASK, {"task_id": task_id}).scalar_one_or_none()
     if task is None or instance is None or not can_see(task, actor):
         raise TaskNotFound(f"no task {task_id}")
     if instance.status not in (RUNNING, FAILED):
@@ -265,39 +267,56 @@ class InboxQuery:
     offset: int = 0
 
 
-def _scoped(query: Select[Any], actor: Actor) -> Select[Any]:
-    query = query.where(~exists().where(TaskExclusion.task_id == Task.id,
-                                        TaskExclusion.principal.in_(principals(actor))))
-    if actor.has_role(SUPERVISOR):
-        return query
-    in_my_groups = exists().where(TaskCandidate.task_id == Task.id,
-                                  TaskCandidate.group_key.in_(sorted(actor.groups)))
-    return query.where(or_(Task.assignee == actor.username, Task.owner == actor.username, in_my_groups))
+_Shape = tuple[bool, bool, bool, bool, bool, bool, bool]
+
+
+@lru_cache(maxsize=256)
+def _inbox_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
+    """The inbox query for one combination of filters, with every value a bound parameter.
+
+    Built once per shape: constructing a statement of this size (and its cache key) costs
+    more than running it, and the inbox is the most frequent request there is."""
+    assignee_me, candidate_me, overdue, due_within, by_process, by_business_key, supervisor = shape
+    stmt = select(Task).where(Task.status.in_(bindparam("status", expanding=True)))
+    if assignee_me:
+        stmt = stmt.where(Task.assignee == bindparam("me"))
+    if candidate_me:
+        stmt = stmt.where(Task.assignee.is_(None), exists().where(
+            TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(bindparam("groups", expanding=True))))
+    if overdue:
+        stmt = stmt.where(Task.due_at < bindparam("now"))
+    if due_within:
+        stmt = stmt.where(Task.due_at >= bindparam("now"), Task.due_at < bindparam("until"))
+    if by_process:
+        stmt = stmt.where(Task.process_key == bindparam("process_key"))
+    if by_business_key:
+        stmt = stmt.where(Task.business_key == bindparam("business_key"))
+    # Recusal hides a task from everyone it names, supervisors included.
+    stmt = stmt.where(~exists().where(TaskExclusion.task_id == Task.id,
+                                      TaskExclusion.principal.in_(bindparam("principals", expanding=True))))
+    if not supervisor:
+        in_my_groups = exists().where(TaskCandidate.task_id == Task.id,
+                                      TaskCandidate.group_key.in_(bindparam("groups", expanding=True)))
+        stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))
+    # Tasks without a due date sort last: NULLS LAST spelled portably.
+    page = (stmt.order_by(Task.due_at.is_(None), Task.due_at, Task.priority.desc(), Task.id)
+            .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
+    return page, select(func.count()).select_from(stmt.subquery())
 
 
 def inbox(session: Session, *, actor: Actor, query: InboxQuery, now: datetime) -> tuple[list[Task], int]:
-    stmt = select(Task).where(Task.status.in_(query.status))
-    if query.assignee_me:
-        stmt = stmt.where(Task.assignee == actor.username)
-    if query.candidate_me:
-        stmt = stmt.where(Task.assignee.is_(None), exists().where(
-            TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups))))
-    if query.overdue:
-        stmt = stmt.where(Task.due_at < now)
-    if query.due_within is not None:
-        stmt = stmt.where(Task.due_at >= now, Task.due_at < now + query.due_within)
-    if query.process_key:
-        stmt = stmt.where(Task.process_key == query.process_key)
-    if query.business_key:
-        stmt = stmt.where(Task.business_key == query.business_key)
-    stmt = _scoped(stmt, actor)
-    # Tasks without a due date sort last: NULLS LAST spelled portably.
-    rows = list(session.execute(
-        stmt.order_by(Task.due_at.is_(None), Task.due_at, Task.priority.desc(), Task.id)
-        .limit(query.limit).offset(query.offset)
-    ).scalars())
+    supervisor = actor.has_role(SUPERVISOR)
+    page, count = _inbox_statements((query.assignee_me, query.candidate_me, query.overdue, query.due_within is not None,
+                             bool(query.process_key), bool(query.business_key), supervisor))
+    params: dict[str, Any] = {
+        "status": list(query.status), "me": actor.username, "groups": sorted(actor.groups),
+        "now": now, "until": now + query.due_within if query.due_within is not None else now,
+        "process_key": query.process_key, "business_key": query.business_key,
+        "principals": principals(actor), "limit": query.limit, "offset": query.offset,
+    }
+    rows = list(session.execute(page, params).scalars())
     if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
         # A page that is not full and not past the end already tells the total.
         return rows, query.offset + len(rows)
-    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    total = session.execute(count, params).scalar_one()
     return rows, total

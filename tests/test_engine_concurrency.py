@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from engine import audit, instances, tasks
-from engine.errors import BpmError, NotAssignee, TaskAlreadyClaimed, TaskNotOpen
+from engine.errors import BpmError, DuplicateBusinessKey, NotAssignee, TaskAlreadyClaimed, TaskNotOpen
 from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Task
 
@@ -125,3 +125,54 @@ def test_a_claim_racing_a_completion_never_leaves_a_claimed_completed_task(db, r
             assert outcomes[1] == ("ok", "claimed")
             assert (task.status, task.assignee) == ("claimed", "zhao")
         assert audit.verify(s).broken == []
+
+
+def test_two_starts_of_one_business_key_at_once_give_one_instance_and_a_duplicate_error(db, rt, people, review):
+    """The second start passes the up-front check (the first instance is not committed yet)
+    and then waits on the unique index; when the first commits it must get the product's
+    409 error, not a database crash."""
+    first_flushed, release_first = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def first() -> None:
+        with db.transaction() as s:
+            outcome["first"] = instances.start(s, rt, process_key="review", business_key="DUP-1",
+                                               actor=people.clerk, data={"priority": 50, "due_at": None}).id
+            first_flushed.set()
+            release_first.wait(timeout=10)
+
+    def second() -> None:
+        try:
+            with db.transaction() as s:
+                instances.start(s, rt, process_key="review", business_key="DUP-1", actor=people.teammate,
+                                data={"priority": 50, "due_at": None})
+            outcome["second"] = "started"
+        except BpmError as exc:
+            outcome["second"] = exc
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert first_flushed.wait(timeout=10)
+    two = threading.Thread(target=second)
+    two.start()
+    _wait_until_blocked_on_a_lock(db)
+    release_first.set()
+    one.join(timeout=30)
+    two.join(timeout=30)
+    assert isinstance(outcome["second"], DuplicateBusinessKey), outcome
+    with db.transaction() as s:
+        keys = s.execute(select(ProcessInstance.id).where(ProcessInstance.business_key == "DUP-1")).scalars().all()
+    assert keys == [outcome["first"]]
+
+
+def _wait_until_blocked_on_a_lock(db, attempts: int = 500) -> None:
+    """Poll PostgreSQL until some session of this database waits for a lock."""
+    for _ in range(attempts):
+        with db.engine.connect() as conn:
+            waiting = conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar_one()
+        if waiting:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the second start never blocked on the first one's row")
