@@ -26,6 +26,7 @@ SUPERVISOR = "supervisor"
 SYSTEM_ROLES = {ADMIN: "系统管理员 Administrator", PROCESS_OWNER: "流程负责人 Process owner",
                 SUPERVISOR: "主管 Supervisor"}
 TOKEN_PREFIX = "bpm_"
+SERVICE_GROUP_KIND = "service_group"
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ def ensure_group(session: Session, *, key: str, name: str | None = None, kind: s
 
 def add_member(session: Session, *, group_key: str, username: str) -> None:
     group = ensure_group(session, key=group_key)
+    if group.kind == SERVICE_GROUP_KIND:
+        # A service group's rules (2-3 members, one back office, one group per person) and
+        # its bpm_staff mirror are kept by engine.registry, the only writer of its members.
+        raise Conflict(f"{group_key} is a service group: change its members through the client registry "
+                       "(bpm registry import --groups)")
     user = get_user(session, username)
     exists = session.get(GroupMember, (group.id, user.id))
     if exists is None:

@@ -4,11 +4,11 @@ on a fresh database and again on a loaded one."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from engine import demo
 from engine.config import PROJECT_ROOT
-from engine.models import Group, GroupMember, ProcessVersion, SlaPolicy
+from engine.models import AuditEvent, Branch, Client, Group, GroupMember, ProcessVersion, SlaPolicy
 
 
 @pytest.mark.sqlite
@@ -34,3 +34,30 @@ def test_every_demo_service_group_has_two_or_three_members(db, rt):
         sizes = dict(s.execute(select(Group.key, func.count()).join(GroupMember, GroupMember.group_id == Group.id)
                                .where(Group.kind == "service_group").group_by(Group.key)).all())
     assert sizes == {"HZ01-G1": 3, "HZ01-G2": 2, "NB01-G1": 2, "NB01-G2": 2, "SX01-G1": 3}  # brief §4.3
+
+
+@pytest.mark.sqlite
+def test_the_demo_registry_is_the_briefs_and_a_reload_writes_nothing(db, rt):
+    def writes(s) -> int:
+        kinds = ("branch.", "staff.", "service_group.", "client.", "classification.", "user.")
+        return s.execute(select(func.count()).select_from(AuditEvent).where(
+            or_(*(AuditEvent.kind.startswith(k) for k in kinds)))).scalar_one()
+
+    with db.transaction() as s:
+        demo.load(s, rt)
+    with db.transaction() as s:
+        clients = {c.client_id: (c.branch_code, c.service_group_key, c.classification, c.vip_tier)
+                   for c in s.execute(select(Client)).scalars()}
+        assert [b.code for b in s.execute(select(Branch).order_by(Branch.code)).scalars()] == ["HZ01", "NB01", "SX01"]
+        before = writes(s)
+    # Brief §4.3 (groups; C09 and C10 in the branch pool) and §4.4 (class with T = 3, tier).
+    assert clients == {
+        "C01": ("HZ01", "HZ01-G1", "A+", "diamond"), "C02": ("HZ01", "HZ01-G1", "B", "diamond"),
+        "C03": ("NB01", "NB01-G1", "A", "diamond"), "C04": ("NB01", "NB01-G1", "C", "gold"),
+        "C05": ("SX01", "SX01-G1", "D", "gold"), "C06": ("HZ01", "HZ01-G2", "C-", "gold"),
+        "C07": ("SX01", "SX01-G1", "D-", "gold"),  # below gold, in downgrade grace (VIP-20250603-0011)
+        "C08": ("NB01", "NB01-G2", "E", "silver"), "C09": ("SX01", None, "F", None), "C10": ("HZ01", None, "G", None),
+    }
+    with db.transaction() as s:
+        assert demo.load(s, rt) == 0
+        assert writes(s) == before
