@@ -39,9 +39,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     })
     errors.register(app)
 
-    from api.views import auth, deployments, instances, messages, sla, tasks
+    from api.views import auth, deployments, figures, instances, messages, registry, sla, tasks
 
-    for module in (auth, deployments, instances, tasks, messages, sla):
+    for module in (auth, deployments, instances, tasks, messages, sla, registry, figures):
         api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
 
     from worklist_ui import register as register_pages

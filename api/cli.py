@@ -335,6 +335,102 @@ def timer_reschedule(ctx: Context, timer_id: int, due_at: str) -> None:
     click.echo(f"timer {timer_id} now due {when.isoformat()}")
 
 
+@main.group("registry")
+def registry_group() -> None:
+    """The client registry: branches, staff, service groups, clients; classification."""
+
+
+@registry_group.command("import")
+@click.option("--branches", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="branches CSV")
+@click.option("--staff", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="staff CSV")
+@click.option("--groups", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="service groups CSV")
+@click.option("--clients", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="clients CSV")
+@pass_ctx
+def registry_import_cmd(ctx: Context, branches: Path | None, staff: Path | None, groups: Path | None,
+                        clients: Path | None) -> None:
+    """Create or update rows from CSV files (applied branches, staff, groups, clients).
+
+    Valid rows are applied; each rejected row is printed as ``file:line column: reason``
+    and the exit code is 1. Importing the same files again changes nothing."""
+    from engine import registry_import
+
+    paths = {"branches": branches, "staff": staff, "groups": groups, "clients": clients}
+    files = {kind: (str(path), path.read_bytes()) for kind, path in paths.items() if path is not None}
+    if not files:
+        fail("give at least one of --branches, --staff, --groups, --clients", code=2)
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        report = registry_import.import_files(session, files=files, actor=identity.Actor.system("cli"), now=rt.now())
+    for file_report in report.files:
+        click.echo(file_report.summary())
+        for error in file_report.rejected:
+            click.echo(f"  {error.format(file_report.source)}")
+    if report.rejected:
+        sys.exit(1)
+
+
+@registry_group.command("evaluate")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Evaluation date (default: today in Asia/Shanghai).")
+@pass_ctx
+def registry_evaluate(ctx: Context, as_of: Any) -> None:
+    """Classify every client and apply VIP tiers and downgrade grace as of a date; print
+    the changes, one a line."""
+    from engine import classification
+    from engine.calendars import SHANGHAI
+
+    rt = ctx.runtime()
+    day = as_of.date() if as_of is not None else rt.now().astimezone(SHANGHAI).date()
+    with ctx.db.transaction() as session:
+        result = classification.evaluate(session, as_of=day, actor=identity.Actor.system("cli"), now=rt.now())
+    for change in result.changes:
+        grace = f" (grace until {change.grace_until})" if change.grace_until else ""
+        click.echo(f"{change.client_id} {change.kind}: {change.before or '-'} -> {change.after or '-'}"
+                   f"{grace} [{change.rules}]")
+    skipped = f"; {result.skipped} skipped (already evaluated after {day})" if result.skipped else ""
+    click.echo(f"{result.evaluated} client(s) evaluated as of {day}: {len(result.changes)} change(s){skipped}")
+
+
+@main.group("figures")
+def figures_group() -> None:
+    """Inputs of the supervisors' figures: client period figures, settings."""
+
+
+@figures_group.command("import-snapshot")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_ctx
+def figures_import_snapshot(ctx: Context, path: Path) -> None:
+    """Load per-period client figures (assets at start and end, net inflow, traded amount,
+    referrals) from a CSV file. Rejected rows are printed as ``file:line column: reason``
+    and the exit code is 1; importing the same file again changes nothing."""
+    from engine import snapshots
+
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        report = snapshots.import_csv(session, data=path.read_bytes(), actor=identity.Actor.system("cli"),
+                                      now=rt.now(), source=str(path))
+    click.echo(report.summary())
+    for error in report.rejected:
+        click.echo(f"  {error.format(report.source)}")
+    if report.rejected:
+        sys.exit(1)
+
+
+@figures_group.command("set")
+@click.argument("key")
+@click.argument("value")
+@pass_ctx
+def figures_set(ctx: Context, key: str, value: str) -> None:
+    """Override a figure setting (e.g. ``complaint.sla.resolve.general "15 WD"``) or give
+    the prior year-end active clients: ``callback.periodic.active_clients.2025[.HZ01] 12000``."""
+    from engine import figures
+
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        figures.set_setting(session, key=key, value=value, actor=identity.Actor.system("cli"), now=rt.now())
+    click.echo(f"{key} = {value.strip()}")
+
+
 @main.group("demo")
 def demo_group() -> None:
     """Demo data."""
@@ -343,11 +439,13 @@ def demo_group() -> None:
 @demo_group.command("load")
 @pass_ctx
 def demo_load(ctx: Context) -> None:
-    """Deploy workflows/ and create the demo users (password: demo). Idempotent."""
+    """Create the demo branches, staff (password: demo), service groups and clients, and
+    deploy workflows/. Idempotent."""
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
         created = demo.load(session, rt)
-    click.echo(f"demo users: {created} created (password '{demo.PASSWORD}')")
+    click.echo(f"demo users: {created} created (password '{demo.PASSWORD}'); branches, service groups and "
+               f"clients loaded from {demo.DEMO_DATA}")
     try:
         with ctx.db.transaction() as session:
             results, policies = demo.load_workflows(session, rt, ctx.settings.workflows_dir)

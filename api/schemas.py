@@ -7,7 +7,7 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from api.context import bpm
-from engine import sla
+from engine import classification, client_access, sla
 from engine.calendars import Unit
 from engine.runtime import ACTIVE_TASK_STATES
 
@@ -68,7 +68,8 @@ class DeployQuery(Schema):
 
 
 class StartIn(Schema):
-    business_key = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    business_key = fields.String(load_default=None, validate=validate.Length(min=1, max=128), metadata={
+        "description": "omit to number the case by the process's businessKeyFormat (CMP-20250612-0001)"})
     data = fields.Dict(keys=fields.String(), load_default=dict)
     client_id = fields.String(load_default=None, allow_none=True)
     branch_code = fields.String(load_default=None, allow_none=True)
@@ -187,7 +188,8 @@ class CompleteIn(Schema):
 
 class MessageIn(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
-    correlation_key = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    correlation_key = fields.String(load_default=None, validate=validate.Length(min=1, max=128), metadata={
+        "description": "the waiting case's business key; omit for a message that starts a numbered case"})
     payload = fields.Dict(keys=fields.String(), load_default=dict)
 
 
@@ -303,3 +305,295 @@ class BusinessHoursSchema(Schema):
     tz = fields.String(load_default="Asia/Shanghai")
     periods = fields.List(fields.List(fields.String(), validate=validate.Length(equal=2)), required=True,
                           metadata={"example": [["09:00", "11:30"], ["13:00", "17:00"]]})
+
+
+# -- client registry and classification -----------------------------------------------------
+class BranchOut(Schema):
+    code = fields.String()
+    name = fields.String()
+    city = fields.String()
+
+
+class ClientOut(Schema):
+    """Identifiers always arrive masked (brief §6.2); the full value only through
+    ``POST /clients/<id>/reveal``. ``assets``/``turnover`` are null for callers who may not
+    see them (counter staff, call centre)."""
+
+    client_id = fields.String()
+    name = fields.String()
+    branch_code = fields.String()
+    service_group = fields.String(allow_none=True, metadata={"description": "null: the branch pool"})
+    age = fields.Integer(allow_none=True)
+    id_number_masked = fields.String(allow_none=True, metadata={"example": "3301**********2315"})
+    phone_masked = fields.String(allow_none=True, metadata={"example": "139****0421"})
+    account_number_masked = fields.String(allow_none=True, metadata={"example": "**** 5521"})
+    assets = fields.Decimal(as_string=True, allow_none=True)
+    turnover = fields.Decimal(as_string=True, allow_none=True)
+    risk_level = fields.String(allow_none=True)
+    c1_lowest = fields.Boolean()
+    operating_habit = fields.String(allow_none=True)
+    classification = fields.String(allow_none=True)
+    class_rules = fields.String(allow_none=True, metadata={"description": "the rule version that classified it"})
+    classified_on = fields.Date(allow_none=True)
+    vip_tier = fields.String(allow_none=True)
+    tier_since = fields.Date(allow_none=True)
+    downgrade_grace_until = fields.Date(allow_none=True)
+    updated_at = fields.DateTime()
+
+
+class ClientPageOut(Schema):
+    items = fields.List(fields.Nested(ClientOut))
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
+class ClientQuery(Schema):
+    branch = fields.String(load_default=None)
+    service_group = fields.String(load_default=None)
+    classification = fields.String(load_default=None)
+    vip_tier = fields.String(load_default=None)
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class RevealIn(Schema):
+    field = fields.String(required=True, validate=validate.OneOf(list(client_access.REVEAL_ROLES)))
+    reason = fields.String(required=True, validate=validate.OneOf(client_access.REVEAL_REASONS))
+    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+
+
+class RevealOut(Schema):
+    client_id = fields.String()
+    field = fields.String()
+    value = fields.String(allow_none=True)
+    revealed_at = fields.DateTime()
+    remask_after_seconds = fields.Integer()
+
+
+class MemberOut(Schema):
+    username = fields.String()
+    display_name = fields.String()
+    job_roles = fields.List(fields.String())
+    back_office = fields.Boolean()
+    lead = fields.Boolean()
+
+
+class ServiceGroupOut(Schema):
+    key = fields.String()
+    name = fields.String()
+    branch_code = fields.String()
+    members = fields.List(fields.Nested(MemberOut))
+    client_count = fields.Integer()
+
+
+class GroupQuery(Schema):
+    branch = fields.String(load_default=None)
+
+
+class RowErrorOut(Schema):
+    line = fields.Integer()
+    column = fields.String(allow_none=True)
+    reason = fields.String()
+
+
+class FileReportOut(Schema):
+    kind = fields.String()
+    source = fields.String()
+    created = fields.Integer()
+    updated = fields.Integer()
+    unchanged = fields.Integer()
+    rejected = fields.List(fields.Nested(RowErrorOut))
+
+
+class ImportReportOut(Schema):
+    ok = fields.Boolean(metadata={"description": "no row was rejected"})
+    rejected = fields.Integer()
+    files = fields.List(fields.Nested(FileReportOut))
+
+
+class BandSchema(Schema):
+    min_assets = fields.Decimal(required=True, as_string=True)
+    active = fields.String(required=True, validate=validate.OneOf(classification.CLASSES))
+    inactive = fields.String(required=True, validate=validate.OneOf(classification.CLASSES))
+
+
+class VipThresholdsSchema(Schema):
+    silver = fields.Decimal(required=True, as_string=True)
+    gold = fields.Decimal(required=True, as_string=True)
+    diamond = fields.Decimal(required=True, as_string=True)
+
+
+class RuleSetIn(Schema):
+    """A new version; values left out are copied from the scope's latest version."""
+
+    scope = fields.String(load_default=classification.COMPANY)
+    effective_from = fields.Date(required=True)
+    approved_by = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    note = fields.String(load_default=None, allow_none=True)
+    turnover_threshold = fields.Decimal(load_default=None, allow_none=True, as_string=True)
+    bands = fields.List(fields.Nested(BandSchema), load_default=None, allow_none=True)
+    vip_thresholds = fields.Nested(VipThresholdsSchema, load_default=None, allow_none=True)
+    downgrade_grace_months = fields.Integer(load_default=None, allow_none=True)
+
+
+class RuleSetOut(Schema):
+    id = fields.Integer()
+    scope = fields.String()
+    version = fields.Integer()
+    effective_from = fields.Date()
+    effective_to = fields.Date(allow_none=True)
+    turnover_threshold = fields.Decimal(as_string=True)
+    bands = fields.List(fields.Dict())
+    vip_thresholds = fields.Dict()
+    downgrade_grace_months = fields.Integer()
+    approved_by = fields.String()
+    note = fields.String(allow_none=True)
+    created_by = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+
+
+# -- supervisors' figures (brief §5) --------------------------------------------------------
+class FigureQuery(Schema):
+    first = fields.Date(data_key="from", load_default=None,
+                        metadata={"description": "first day (Asia/Shanghai), inclusive; default 1 January"})
+    last = fields.Date(data_key="to", load_default=None,
+                       metadata={"description": "last day (Asia/Shanghai), inclusive; default today"})
+    branch = fields.String(load_default=None, metadata={"description": "branch code; branch staff: their own"})
+    group = fields.String(load_default=None, metadata={"description": "service group (candidate group for tasks)"})
+
+
+class OverdueQuery(FigureQuery):
+    by = fields.List(fields.String(validate=validate.OneOf(["branch", "group", "process", "step", "assignee"])),
+                     load_default=lambda: ["branch"],
+                     metadata={"description": "repeat to combine, e.g. by=process&by=step"})
+    buckets = fields.List(fields.Float(validate=validate.Range(min=0, min_inclusive=False)), load_default=None,
+                          metadata={"description": "ageing bucket edges in days overdue, e.g. buckets=1&buckets=3"})
+
+
+class SatisfactionQuery(FigureQuery):
+    by = fields.String(load_default="branch", validate=validate.OneOf(["branch", "group"]))
+
+
+class BucketOut(Schema):
+    from_days = fields.Float()
+    to_days = fields.Float(allow_none=True)
+    count = fields.Integer()
+
+
+class TaskFigureRowOut(Schema):
+    key = fields.Dict(keys=fields.String(), values=fields.String(allow_none=True))
+    overdue = fields.Integer()
+    at_risk = fields.Integer()
+    closed_late = fields.Integer()
+    regulatory_overdue = fields.Integer()
+    ageing = fields.List(fields.Nested(BucketOut))
+
+
+class TaskFiguresOut(Schema):
+    as_of = fields.DateTime()
+    by = fields.List(fields.String())
+    total = fields.Nested(TaskFigureRowOut)
+    rows = fields.List(fields.Nested(TaskFigureRowOut))
+
+
+class SeverityFiguresOut(Schema):
+    severity = fields.String()
+    responded = fields.Integer()
+    on_time = fields.Integer()
+    on_time_rate = fields.Float(allow_none=True)
+    median_days = fields.Float(allow_none=True)
+    p90_days = fields.Float(allow_none=True)
+    max_days = fields.Float(allow_none=True)
+    median_working_days = fields.Float(allow_none=True)
+    p90_working_days = fields.Float(allow_none=True)
+    unresolved_overdue = fields.Integer()
+
+
+class RegulatorFeedbackOut(Schema):
+    due = fields.Integer()
+    on_time = fields.Integer()
+    late = fields.Integer()
+    pending = fields.Integer()
+    on_time_rate = fields.Float(allow_none=True)
+
+
+class ComplaintFiguresOut(Schema):
+    as_of = fields.DateTime()
+    by_severity = fields.List(fields.Nested(SeverityFiguresOut))
+    total = fields.Nested(SeverityFiguresOut)
+    regulator_feedback = fields.Nested(RegulatorFeedbackOut)
+
+
+class RetentionFiguresOut(Schema):
+    as_of = fields.DateTime()
+    requests = fields.Integer()
+    open_to_talk = fields.Integer()
+    conversations_held = fields.Integer()
+    retained = fields.Integer()
+    attempt_rate = fields.Float(allow_none=True)
+    success_rate = fields.Float(allow_none=True)
+    obstruction_complaints = fields.Integer()
+    post_closure_obstructed = fields.Integer()
+    late_executions = fields.Integer()
+    guard_total = fields.Integer()
+
+
+class NewAccountCallbacksOut(Schema):
+    as_of = fields.DateTime()
+    opened = fields.Integer()
+    completed_on_time = fields.Integer()
+    completed_late = fields.Integer()
+    overdue = fields.Integer()
+    pending = fields.Integer()
+    completion_rate = fields.Float(allow_none=True)
+    target = fields.Float()
+
+
+class PeriodicCallbacksOut(Schema):
+    year = fields.Integer()
+    base_year_end = fields.Integer()
+    active_clients = fields.Integer(allow_none=True)
+    min_ratio = fields.Decimal(as_string=True)
+    quota = fields.Integer(allow_none=True)
+    clients_called = fields.Integer()
+    coverage = fields.Float(allow_none=True)
+
+
+class SatisfactionOut(Schema):
+    responses = fields.Integer()
+    mean = fields.Float(allow_none=True)
+    satisfied_share = fields.Float(allow_none=True)
+
+
+class SatisfactionRowOut(Schema):
+    key = fields.String(allow_none=True)
+    complaint = fields.Nested(SatisfactionOut)
+    callback = fields.Nested(SatisfactionOut)
+    overall = fields.Nested(SatisfactionOut)
+
+
+class GroupScoreOut(Schema):
+    group = fields.String()
+    branch = fields.String()
+    clients = fields.Integer()
+    assets_start = fields.Decimal(as_string=True)
+    assets_end = fields.Decimal(as_string=True)
+    growth = fields.Decimal(as_string=True)
+    new_money = fields.Decimal(as_string=True)
+    appreciation = fields.Decimal(as_string=True)
+    growth_rate = fields.Float(allow_none=True)
+    traded_amount = fields.Decimal(as_string=True)
+    avg_assets = fields.Decimal(as_string=True)
+    turnover = fields.Float(allow_none=True)
+    referrals = fields.Integer()
+    referral_rate = fields.Float(allow_none=True)
+    score = fields.Float()
+    rank = fields.Integer()
+    highlight = fields.String(allow_none=True)
+
+
+class PeriodAssessmentOut(Schema):
+    period_start = fields.Date()
+    period_end = fields.Date()
+    groups = fields.List(fields.Nested(GroupScoreOut))

@@ -109,6 +109,9 @@ class ProcessVersion(Base):
     starter_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     # Process property reportVariables: which variables the instances' facts carry.
     report_variables: Mapped[list[str] | None] = mapped_column(JSON)
+    # Process property businessKeyFormat, e.g. "CMP-{yyyymmdd}-{seq:4}": numbers a case
+    # started without a business key.
+    business_key_format: Mapped[str | None] = mapped_column(String(128))
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -331,6 +334,15 @@ class Setting(Base):
     value: Mapped[str] = mapped_column(String(256))
 
 
+class Counter(Base):
+    """Named counters, e.g. "CMP-20250612-" for the day's complaint case numbers."""
+
+    __tablename__ = "bpm_counter"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
 class SlaPolicy(Base):
     """Which tasks it applies to, the target on a calendar, milestones, pause rule.
     Ordered by ``position``; the first active match wins."""
@@ -396,3 +408,156 @@ class Schedule(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# -- client registry and classification (brief §3, §4, §6) --------------------------------
+class Branch(Base):
+    """营业部."""
+
+    __tablename__ = "bpm_branch"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    city: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ServiceGroup(Base):
+    """客户服务小组: the registry side of a ``bpm_group`` of kind ``service_group``.
+
+    Members are the staff whose ``bpm_staff.service_group_key`` names the group, mirrored
+    as ``bpm_group_member`` rows so the group works as a candidate group; only
+    ``engine.registry`` writes either, and always both."""
+
+    __tablename__ = "bpm_service_group"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("bpm_group.id"), unique=True)
+    branch_code: Mapped[str] = mapped_column(ForeignKey("bpm_branch.code"))
+    lead_user_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_user.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_service_group_branch", "branch_code"),)
+
+
+class StaffProfile(Base):
+    """What the registry knows about a ``bpm_user`` who is staff: branch, job roles, whether
+    they are middle/back office (中后台), and their one service group (brief §1: a job role
+    plus membership of at most one group, so a column, not a link table)."""
+
+    __tablename__ = "bpm_staff"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("bpm_user.id"), primary_key=True)
+    staff_no: Mapped[str | None] = mapped_column(String(32), unique=True)
+    branch_code: Mapped[str | None] = mapped_column(ForeignKey("bpm_branch.code"))
+    job_roles: Mapped[list[str]] = mapped_column(JSON)
+    back_office: Mapped[bool] = mapped_column(Boolean, default=False)
+    service_group_key: Mapped[str | None] = mapped_column(ForeignKey("bpm_service_group.key"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_staff_service_group", "service_group_key"),)
+
+
+class ClassRuleSet(Base):
+    """One version of the classification standard (brief §3.2) and VIP thresholds (§3.3).
+
+    Immutable once written, except ``effective_to``, which the next version of the same
+    scope sets. ``scope`` is ``company`` or a branch code (a branch adjustment approved by
+    经纪业务管理总部, seed 第三条). ``bands``: ``[{"min_assets": "0", "active": "G",
+    "inactive": "G"}, …]`` in ascending ``min_assets``; a client is in the last band whose
+    lower bound (inclusive) they reach, and "active" means turnover ≥ the threshold. Money
+    is kept as decimal strings in JSON."""
+
+    __tablename__ = "bpm_class_rule_set"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer)
+    effective_from: Mapped[date] = mapped_column(Date)
+    effective_to: Mapped[date | None] = mapped_column(Date)
+    turnover_threshold: Mapped[Decimal] = mapped_column(Numeric(10, 4))
+    bands: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    vip_thresholds: Mapped[dict[str, str]] = mapped_column(JSON)
+    downgrade_grace_months: Mapped[int] = mapped_column(Integer)
+    approved_by: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("scope", "version", name="uq_class_rule_set_version"),)
+
+
+class Client(Base):
+    """A client (客户) of a branch, assigned to a service group or to the branch pool
+    (``service_group_key`` empty), never to an individual.
+
+    ``id_number``, ``phone`` and ``account_number`` are stored in full and leave the engine
+    masked (``engine.client_access``); ``classification`` … ``downgrade_grace_until`` are
+    written by ``engine.classification.evaluate``."""
+
+    __tablename__ = "bpm_client"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    branch_code: Mapped[str] = mapped_column(ForeignKey("bpm_branch.code"))
+    service_group_key: Mapped[str | None] = mapped_column(ForeignKey("bpm_service_group.key"))
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    id_number: Mapped[str | None] = mapped_column(String(32))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    account_number: Mapped[str | None] = mapped_column(String(32))
+    # 日均总资产 of the evaluation month and annualised turnover, from the account system.
+    assets: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    turnover: Mapped[Decimal] = mapped_column(Numeric(10, 4))
+    risk_level: Mapped[str | None] = mapped_column(String(8))
+    c1_lowest: Mapped[bool] = mapped_column(Boolean, default=False)
+    operating_habit: Mapped[str | None] = mapped_column(String(16))
+    classification: Mapped[str | None] = mapped_column(String(4))
+    class_rule_set_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_class_rule_set.id"))
+    classified_on: Mapped[date | None] = mapped_column(Date)
+    vip_tier: Mapped[str | None] = mapped_column(String(16))
+    tier_since: Mapped[date | None] = mapped_column(Date)
+    downgrade_grace_until: Mapped[date | None] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_client_branch_group", "branch_code", "service_group_key"),
+        Index("ix_client_service_group", "service_group_key"),
+    )
+
+
+# -- supervisors' figures (brief §5) ------------------------------------------------------
+class ClientSnapshot(Base):
+    """One client's figures for one period (usually a month), imported from the account
+    system (``bpm figures import-snapshot``) for the service-group assessment (seed 篇二).
+
+    ``branch_code`` and ``service_group_key`` are the client's branch and group *in that
+    period* (clients move between groups; a month's growth belongs to the group that served
+    it); an empty group is the branch pool. ``net_inflow`` is 追加资金 (deposits and securities
+    transferred in at market value, minus withdrawals and transfers out), ``traded_amount``
+    is 成交金额 (buy + sell) and ``avg_assets`` 日均总资产, both over the period."""
+
+    __tablename__ = "bpm_client_snapshot"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    period_start: Mapped[date] = mapped_column(Date)
+    period_end: Mapped[date] = mapped_column(Date)
+    client_id: Mapped[str] = mapped_column(String(64))
+    branch_code: Mapped[str] = mapped_column(String(32))
+    service_group_key: Mapped[str | None] = mapped_column(String(64))
+    assets_start: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    assets_end: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    net_inflow: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    traded_amount: Mapped[Decimal] = mapped_column(Numeric(20, 2))
+    avg_assets: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    referrals: Mapped[int] = mapped_column(Integer, default=0)
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    imported_by: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        UniqueConstraint("period_start", "period_end", "client_id", name="uq_client_snapshot_period"),
+        # The assessment reads one period's rows of a branch, grouped by service group.
+        Index("ix_client_snapshot_scope", "period_start", "period_end", "branch_code", "service_group_key"),
+    )
