@@ -95,7 +95,7 @@ def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> li
             name=process.name, deployment_id=deployment.id, source_file=process.source_file,
             bpmn_xml=process.xml, spec_json=dump_spec(process.spec, process.subprocess_specs),
             forms=forms, start_messages=_start_messages(process), starter_groups=process.starter_groups,
-            report_variables=process.report_variables,
+            report_variables=process.report_variables, business_key_format=process.business_key_format,
             sha256=digest, created_at=now,
         )
         session.add(version)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from SpiffWorkflow.bpmn.specs.event_definitions.simple import NoneEventDefinition
+from SpiffWorkflow.bpmn.specs.mixins.events.start_event import StartEvent
 from SpiffWorkflow.bpmn.util import BpmnEvent
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import bindparam, exists, or_, select, update
@@ -14,7 +16,8 @@ from engine import sla
 from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied, ProcessNotFound
 from engine.expressions import json_safe
 from engine.identity import SUPERVISOR, Actor
-from engine.models import AuditEvent, ProcessInstance, ProcessVersion, Task, TaskCandidate, TaskExclusion
+from engine.models import AuditEvent, Client, ProcessInstance, ProcessVersion, Task, TaskCandidate, TaskExclusion
+from engine.numbering import next_business_key
 from engine.runtime import (
     CANCELLED,
     FAILED,
@@ -28,15 +31,16 @@ from engine.runtime import (
 from engine.tasks import principals
 
 
-def start(session: Session, rt: Runtime, *, process_key: str, business_key: str, actor: Actor,
+def start(session: Session, rt: Runtime, *, process_key: str, business_key: str | None, actor: Actor,
           data: dict[str, Any] | None = None, client_id: str | None = None,
           branch_code: str | None = None, message: tuple[str, dict[str, Any]] | None = None,
           ) -> ProcessInstance:
     """Start the latest version of ``process_key``. ``message`` (name, payload) triggers a
-    message start event instead of the none start event."""
-    if not business_key or len(business_key) > 128:
-        raise InvalidInput("business_key is required (at most 128 characters)")
-    data = json_safe(data or {})
+    message start event instead of the none start event. Without a business key, a process
+    that declares a businessKeyFormat gets the next case number."""
+    if business_key is not None and (not business_key or len(business_key) > 128):
+        raise InvalidInput("business_key must be 1 to 128 characters")
+    data = _with_client_context(session, json_safe(data or {}), client_id)
     # One round trip: the latest version, an instance already holding the business key, and
     # the reference-data revisions the new tasks' SLA clocks check their caches against.
     found = session.execute(_START_LOOKUP, {"process_key": process_key, "business_key": business_key}).first()
@@ -52,6 +56,11 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str,
             instance_id=existing_id,
         )
     now = rt.now()
+    branch_code = branch_code or data.get("branch_code")
+    if business_key is None:
+        if not version.business_key_format:
+            raise InvalidInput(f"business_key is required: {process_key} declares no businessKeyFormat")
+        business_key = next_business_key(session, version.business_key_format, now=now, branch_code=branch_code)
     workflow = rt.new_workflow(session, version.id)
     start_task = workflow.get_next_task(spec_name="Start")
     # Scripts and conditions read task data, not workflow.data: seed the Start task.
@@ -59,7 +68,7 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str,
     instance = ProcessInstance(
         process_version_id=version.id, process_key=process_key, business_key=business_key,
         status=RUNNING, client_id=client_id or data.get("client_id"),
-        branch_code=branch_code or data.get("branch_code"), state=b"", projected={},
+        branch_code=branch_code, state=b"", projected={},
         started_by=actor.username, started_at=now, updated_at=now, audit_seq=0, audit_head="",
     )
     session.add(instance)
@@ -72,12 +81,28 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str,
     audit(session, rt, instance, "instance.started", actor, process_key=process_key,
           version=version.version, business_key=business_key, data=data)
     if message is not None:
-        workflow.do_engine_steps()
         name, payload = message
         _deliver_start_message(workflow, name, json_safe(payload))
         audit(session, rt, instance, "message.received", actor, message=name, payload=payload)
     run_and_save(session, rt, instance, workflow, actor=actor)
     return instance
+
+
+def _with_client_context(session: Session, data: dict[str, Any], client_id: str | None) -> dict[str, Any]:
+    """A case about a registered client starts with the registry's branch, service group,
+    class, tier and risk level (never the identifiers: those stay masked in the registry),
+    so diagrams route ``client:service_group`` from the truth, not from what a form typed.
+    Values the caller gave win: a test or an import may need to say otherwise."""
+    client_id = client_id or data.get("client_id")
+    if not client_id:
+        return data
+    client = session.get(Client, client_id)
+    if client is None:
+        return data
+    registry = {"client_id": client.client_id, "branch_code": client.branch_code,
+                "service_group": client.service_group_key, "client_class": client.classification,
+                "vip_tier": client.vip_tier, "risk_level": client.risk_level}
+    return {**{k: v for k, v in registry.items() if v is not None}, **data}
 
 
 _START_LOOKUP = (
@@ -92,6 +117,18 @@ _START_LOOKUP = (
 
 
 def _deliver_start_message(workflow: Any, name: str, payload: dict[str, Any]) -> None:
+    """Start by the message, never by a none start event the process also has (the
+    callback process starts by hand, by "account opened" or by a closure's message)."""
+    workflow.get_next_task(spec_name="Start", state=TaskState.READY).run()
+    split = workflow.get_next_task(spec_name="StartEventSplit", state=TaskState.READY)
+    if split is None:
+        workflow.do_engine_steps()  # one start event: let it wait for its message
+    else:
+        split.run()
+        for task in workflow.get_tasks(state=TaskState.READY):
+            if isinstance(task.task_spec, StartEvent) and isinstance(task.task_spec.event_definition,
+                                                                     NoneEventDefinition):
+                task.cancel()
     for task in workflow.get_tasks(state=TaskState.WAITING):
         definition = getattr(task.task_spec, "event_definition", None)
         if definition is not None and getattr(definition, "name", None) == name:

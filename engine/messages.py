@@ -19,7 +19,7 @@ from engine.models import MessageSubscription, ProcessInstance
 from engine.runtime import Runtime, audit, locked_instance, run_and_save
 
 
-def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str, actor: Actor,
+def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str | None, actor: Actor,
               payload: dict[str, Any] | None = None) -> ProcessInstance:
     """Deliver ``name`` to the instance waiting for it under ``correlation_key``.
 
@@ -28,7 +28,7 @@ def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str,
     :class:`MessageNotCorrelated` is raised.
     """
     payload = json_safe(payload or {})
-    subscriptions = _subscriptions(session, name, correlation_key)
+    subscriptions = _subscriptions(session, name, correlation_key) if correlation_key else []
     instance_ids = {s.instance_id for s in subscriptions}
     if len(instance_ids) > 1:
         raise AmbiguousCorrelation(
@@ -38,11 +38,13 @@ def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str,
     if not subscriptions:
         starters = [v for v in latest_versions(session) if name in (v.start_messages or [])]
         if len(starters) == 1:
+            # No key: the started process numbers the case (businessKeyFormat).
             return instances.start(session, rt, process_key=starters[0].process_key,
-                                   business_key=correlation_key, actor=actor, data=payload,
+                                   business_key=correlation_key or None, actor=actor, data=payload,
                                    message=(name, payload))
         raise MessageNotCorrelated(f"nobody waits for message {name!r} with key {correlation_key!r}")
 
+    assert correlation_key  # subscriptions were found by it
     instance = locked_instance(session, subscriptions[0].instance_id)
     # Re-read under the lock: a concurrent delivery may have consumed the subscription.
     subscription = next(iter(_subscriptions(session, name, correlation_key)), None)

@@ -219,8 +219,10 @@ def _send_messages(session: Session, rt: Runtime, instance: ProcessInstance, wor
     session.flush()
     for event in _outgoing_messages(workflow):
         definition = event.event_definition
-        payload = _thrown_payload(workflow, event)
-        key = _thrown_correlation_key(rt, instance, definition, payload)
+        # The receiving case remembers where it came from (a callback opened by a closure).
+        payload = {**_thrown_payload(workflow, event), "origin_business_key": instance.business_key,
+                   "origin_process": instance.process_key}
+        key = _thrown_correlation_key(rt, definition, payload)
         try:
             with session.begin_nested():
                 # The receiving process's starter groups do not apply: the diagram, not the
@@ -251,14 +253,15 @@ def _thrown_payload(workflow: BpmnWorkflow, event: Any) -> dict[str, Any]:
     return dict(latest.data) if latest is not None else {}
 
 
-def _thrown_correlation_key(rt: Runtime, instance: ProcessInstance, definition: MessageEventDefinition,
-                            payload: dict[str, Any]) -> str:
+def _thrown_correlation_key(rt: Runtime, definition: MessageEventDefinition, payload: dict[str, Any]) -> str | None:
+    """The waiting case's key, from the message's correlation property. None when the
+    message declares none: it starts a new case, numbered by the receiving process."""
     for prop in definition.correlation_properties:
         try:
             return str(rt.evaluator.evaluate(prop.retrieval_expression, payload))
         except ExpressionError:
             continue
-    return str(payload.get("business_key") or instance.business_key)
+    return None
 
 
 def save(session: Session, rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow, *,
@@ -505,12 +508,16 @@ def _insert_timer(session: Session, rt: Runtime, instance: ProcessInstance, task
     due = timer_due(task)
     if due is None:
         return
-    timer = Timer(instance_id=instance.id, task_uuid=str(task.id), element_id=task.task_spec.bpmn_id,
-                  due_at=due, status="waiting", created_at=now)
-    session.add(timer)
+    timer_id = session.connection().execute(_INSERT_TIMER, {
+        "kind": "bpmn", "instance_id": instance.id, "task_uuid": str(task.id), "element_id": task.task_spec.bpmn_id,
+        "due_at": due, "status": "waiting", "created_at": now,
+    }).scalar_one()
     if rt.scheduler is not None:
         scheduler = rt.scheduler
-        after_commit(session, lambda: scheduler.timer_created(timer.id, timer.due_at))
+        after_commit(session, lambda: scheduler.timer_created(timer_id, due))
+
+
+_INSERT_TIMER = insert(Timer).returning(Timer.id)
 
 
 def audit(session: Session, rt: Runtime, instance: ProcessInstance, kind: str, actor: Actor, *,

@@ -3,6 +3,8 @@ messages thrown from one process to another."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import select
 
@@ -154,6 +156,9 @@ SENDER = process(
     + flow("notify", "end") + '    <bpmn:endEvent id="end"/>\n',
     key="closure", extra='  <bpmn:message id="msg_cb" name="callback_requested"/>\n')
 RECEIVER = process(
+    '    <bpmn:extensionElements><camunda:properties>'
+    '<camunda:property name="businessKeyFormat" value="CB-{yyyymmdd}-{seq:4}"/>'
+    '</camunda:properties></bpmn:extensionElements>\n'
     '    <bpmn:startEvent id="received"><bpmn:messageEventDefinition messageRef="msg_cb"/></bpmn:startEvent>\n'
     + flow("received", "call") + user_task("call", name="回访", groups="managers") + flow("call", "end")
     + '    <bpmn:endEvent id="end"/>\n',
@@ -178,8 +183,12 @@ def test_a_thrown_message_starts_the_process_that_starts_on_it(db, rt, people):
         sender = s.get(ProcessInstance, sender_id)
         started = s.execute(select(ProcessInstance).where(ProcessInstance.process_key == "callback")).scalar_one()
         assert sender.status == "completed"
-        assert (started.business_key, started.client_id, started.status) == ("XH-1", "C07", "running")
-        assert instances.data_of(s, rt, started)["closed"] is True  # the thrower's data is the payload
+        # A new case, numbered by the receiving process, that knows where it came from.
+        assert re.fullmatch(r"CB-\d{8}-0001", started.business_key)
+        assert (started.client_id, started.status) == ("C07", "running")
+        data = instances.data_of(s, rt, started)
+        assert data["closed"] is True  # the thrower's data is the payload
+        assert (data["origin_business_key"], data["origin_process"]) == ("XH-1", "closure")
         sent = s.execute(select(AuditEvent).where(AuditEvent.stream == f"instance:{sender_id}",
                                                   AuditEvent.kind == "message.sent")).scalar_one()
         assert sent.data["to_instance"] == started.id and sent.data["message"] == "callback_requested"
@@ -200,7 +209,7 @@ def test_an_undeliverable_message_fails_the_sender_keeps_the_message_and_retry_s
     with db.transaction() as s:
         assert s.get(ProcessInstance, sender_id).status == "completed"
         started = s.execute(select(ProcessInstance).where(ProcessInstance.process_key == "callback")).scalars().all()
-        assert [i.business_key for i in started] == ["XH-1"]
+        assert len(started) == 1 and started[0].business_key.startswith("CB-")
 
 
 # -- facts: the diagram's reportVariables on the instance row ------------------------------

@@ -30,6 +30,7 @@ from engine.bpmn.parser import (
 )
 from engine.errors import ExpressionError, Problem
 from engine.expressions import SafeEvaluator
+from engine.numbering import check_format
 from engine.service_tasks import ServiceRegistry
 
 DYNAMIC_GROUP_PREFIXES = ("branch:", "client:")
@@ -75,6 +76,11 @@ def lint(
                 evaluator.check(expression)
             except ExpressionError as exc:
                 report(element_id, f"{what}: {exc.message}")
+
+        if process.business_key_format is not None:
+            problem = check_format(process.business_key_format)
+            if problem:
+                report(process.key, f"process property 'businessKeyFormat' {process.business_key_format!r}: {problem}")
 
         for task_spec, definition, text in normalize_timers(specs):
             message = check_timer_literal(definition, text)

@@ -74,8 +74,8 @@ def properties_of(task_spec: Any) -> dict[str, str]:
 
 # Task properties the engine acts on (see README, "Recusal").
 EXCLUDE_USERS, EXCLUDE_GROUPS, COMPLETED_BY_VARIABLE = "excludeUsers", "excludeGroups", "completedByVariable"
-# A process property (see README, "Figures").
-REPORT_VARIABLES = "reportVariables"
+# Process properties (see README, "Figures" and "Case numbers").
+REPORT_VARIABLES, BUSINESS_KEY_FORMAT = "reportVariables", "businessKeyFormat"
 
 
 def _camunda_attributes(node: etree._Element) -> dict[str, str]:
@@ -201,6 +201,7 @@ class ParsedProcess:
     # Process property reportVariables: variables copied to the instance's facts on every
     # save, so supervisors' figures are SQL over rows, never a deserialization per case.
     report_variables: list[str] = field(default_factory=list)
+    business_key_format: str | None = None
 
 
 def element_lines(tree: etree._ElementTree) -> dict[str, int]:
@@ -262,6 +263,7 @@ def parse_files(files: dict[str, bytes]) -> tuple[list[ParsedProcess], list[Prob
             report_variables=[v.strip() for v in
                               _camunda_properties(process_parser.node).get(REPORT_VARIABLES, "").split(",")
                               if v.strip()],
+            business_key_format=_camunda_properties(process_parser.node).get(BUSINESS_KEY_FORMAT) or None,
         ))
     if not processes and not problems:
         problems.append(Problem(sorted(files)[0] if files else "-", None, None,

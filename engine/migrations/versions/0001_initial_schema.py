@@ -106,6 +106,11 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key')
     )
+    op.create_table('bpm_counter',
+    sa.Column('name', sa.String(length=128), nullable=False),
+    sa.Column('value', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('name')
+    )
     op.create_table('bpm_setting',
     sa.Column('key', sa.String(length=64), nullable=False),
     sa.Column('value', sa.String(length=256), nullable=False),
@@ -179,6 +184,7 @@ def upgrade() -> None:
     sa.Column('start_messages', sa.JSON(), nullable=False),
     sa.Column('starter_groups', sa.JSON(), nullable=False),
     sa.Column('report_variables', sa.JSON(), nullable=True),
+    sa.Column('business_key_format', sa.String(length=128), nullable=True),
     sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['deployment_id'], ['bpm_deployment.id'], ),
@@ -344,6 +350,7 @@ def downgrade() -> None:
     op.drop_table('bpm_user')
     op.drop_table('bpm_sla_policy')
     op.drop_table('bpm_setting')
+    op.drop_table('bpm_counter')
     op.drop_table('bpm_schedule')
     with op.batch_alter_table('bpm_notification', schema=None) as batch_op:
         batch_op.drop_index('ix_notification_pending')
