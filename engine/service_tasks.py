@@ -64,4 +64,6 @@ def _echo(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 from engine import (  # noqa: E402
     callback_services,  # noqa: F401
     complaint_services,  # noqa: F401
+    retention_services,  # noqa: F401
+    vip_services,  # noqa: F401
 )

@@ -1,0 +1,632 @@
+"""workflows/retention.bpmn (客户转销户挽留, brief §2.2) driven through the engine services on the
+demo data: who gets each task, the end state (X1–X4), due dates from workflows/sla/retention.json
+on the right calendar (instructions on trading days, reviews on working days), the audit trail,
+and the post-closure callback started in workflows/callback.bpmn by a thrown message.
+
+The rule every path checks in its own way: retention never blocks or delays the request [P8].
+The conversation happens only if the client agreed, runs beside the operational track and is
+cut off when the instructions are submitted; the branch's review comes after, never before.
+Time moves with time-machine; the exchange's return is a message sent by the test."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+import time_machine
+from lxml import etree
+from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import select
+
+from engine import bundle, demo, deployments, identity, instances, messages, tasks, timers
+from engine.calendars import SHANGHAI, Unit
+from engine.config import PROJECT_ROOT
+from engine.errors import MessageNotCorrelated, TaskNotFound
+from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task, Timer, User
+from engine.retention_services import DEFAULTS, check_preconditions, outcome_of, prepare, settings_of, wrap_up
+from engine.sla import CALENDARS
+
+pytestmark = pytest.mark.sqlite
+
+WORKFLOWS = PROJECT_ROOT / "workflows"
+END_STATES = {"end_completed": "X1", "end_retained": "X2", "end_lapsed": "X3", "end_rejected": "X4"}
+REVIEW_ENDS = {"end_reviewed", "end_head_reviewed", "end_review_skipped"}
+# Demo clients (brief §4.4); branch, group and assets travel in the request until the client
+# registry supplies them. C05 孙立平: SX01-G1, ¥550,000 (above the ¥500,000 review threshold).
+# C10 何静: HZ01 branch pool (no service group), ¥6,000.
+C05 = {"client_id": "C05", "branch_code": "SX01", "service_group": "SX01-G1", "client_assets": 550000}
+C10 = {"client_id": "C10", "branch_code": "HZ01", "service_group": None, "client_assets": 6000}
+C06 = {"client_id": "C06", "branch_code": "HZ01", "service_group": "HZ01-G2", "client_assets": 380000}
+ACCEPT_TRANSFER = {"request_types": ["sz_transfer", "sh_dedesignation"], "target_broker": "XX证券",
+                   "target_seat_no": "123456", "identity_verified": True, "identity_method": "counter_id_face",
+                   "client_reason_stated": "commission", "client_open_to_retention_talk": True,
+                   "informed_of_procedure_and_timeline": True, "recording_id": "REC-R1"}
+ACCEPT_CLOSURE = {"request_types": ["fund_account_closure", "securities_account_cancellation"],
+                  "identity_verified": True, "identity_method": "counter_id_face",
+                  "client_open_to_retention_talk": False, "informed_of_procedure_and_timeline": True}
+SUBMITTED = {"submitted_at": "2025-06-16T10:30:00+08:00", "instruction_refs": ["SZ-TG-0001", "SH-CX-0001"]}
+COMPLETED = {"completed_at": "2025-06-17T10:30:00+08:00", "notice_channel": "sms", "closure_certificate_issued": False}
+REVIEWED = {"reason_validated": "confirmed", "service_failure_found": False, "obstruction_found": False}
+NOT_RETAINED = {"reason_code": "commission", "competitor": "XX证券", "offers_made": ["commission_adjustment"],
+                "within_fee_schedule": True, "retention_outcome": "not_retained", "retention_recording_id": "REC-B1"}
+
+
+def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI)
+
+
+@pytest.fixture
+def staff(db, rt) -> dict[str, identity.Actor]:
+    """The demo people with workflows/ and its SLA policies deployed."""
+    with db.transaction() as s:
+        demo.load(s, rt)
+        results, _ = demo.load_workflows(s, rt, WORKFLOWS)
+        assert {"retention", "callback"} <= {r.version.process_key for r in results}
+        return {u.username: identity.actor_for(s, u) for u in s.execute(select(User)).scalars()}
+
+
+class Case:
+    """One retention case, driven the way the worklist would: inbox, then complete."""
+
+    def __init__(self, db, rt, staff, key: str) -> None:
+        self.db, self.rt, self.staff, self.key = db, rt, staff, key
+        self.instance_id: int | None = None
+        self.handled: list[tuple[str, list[str], str]] = []  # (element, candidate groups, completed by)
+
+    def receive(self, client: dict[str, Any], **data: Any) -> None:
+        """R0: the request arrives (counter, app or phone appointment) as a message."""
+        payload = {"channel": "counter", "account_status": {}, **client, **data}
+        with self.db.transaction() as s:
+            self.instance_id = messages.correlate(s, self.rt, name="retention_request_received",
+                                                  correlation_key=self.key, actor=identity.Actor.system("counter"),
+                                                  payload=payload).id
+
+    def open_tasks(self) -> list[Task]:
+        with self.db.transaction() as s:
+            return list(s.execute(select(Task).where(Task.business_key == self.key, Task.process_key == "retention",
+                                                     Task.kind == "bpmn", Task.status.in_(("open", "claimed")))
+                                  .order_by(Task.id)).scalars())
+
+    def task(self, element: str) -> Task:
+        (task,) = [t for t in self.open_tasks() if t.element_id == element]
+        return task
+
+    def do(self, element: str, who: str, data: dict[str, Any]) -> Task:
+        """``element`` is open and in ``who``'s inbox; ``who`` completes it."""
+        open_now = self.open_tasks()
+        assert element in [t.element_id for t in open_now], f"expected {element}, open: {open_now}"
+        task = next(t for t in open_now if t.element_id == element)
+        actor = self.staff[who]
+        with self.db.transaction() as s:
+            inbox, _ = tasks.inbox(s, actor=actor, query=tasks.InboxQuery(business_key=self.key), now=self.rt.now())
+            assert task.id in {t.id for t in inbox}, f"{element} is not in {who}'s inbox"
+            tasks.complete(s, self.rt, task_id=task.id, actor=actor, data=data)
+        self.handled.append((element, list(task.candidate_groups or []), who))
+        self.assert_not_failed()
+        return task
+
+    def send(self, message: str, payload: dict[str, Any] | None = None, sender: str = "client") -> None:
+        with self.db.transaction() as s:
+            messages.correlate(s, self.rt, name=message, correlation_key=self.key,
+                               actor=identity.Actor.system(sender), payload=payload or {})
+        self.assert_not_failed()
+
+    def instance(self) -> ProcessInstance:
+        with self.db.transaction() as s:
+            return s.get(ProcessInstance, self.instance_id)
+
+    def assert_not_failed(self) -> None:
+        instance = self.instance()
+        assert instance.status != "failed", instance.error
+
+    def data(self) -> dict[str, Any]:
+        with self.db.transaction() as s:
+            return instances.data_of(s, self.rt, s.get(ProcessInstance, self.instance_id))
+
+    def task_data(self, element: str) -> dict[str, Any]:
+        """The variables an open task sees (what its form is shown with)."""
+        task = self.task(element)
+        with self.db.transaction() as s:
+            workflow = self.rt.load(s, s.get(ProcessInstance, self.instance_id))
+            return dict(workflow.get_task_from_id(UUID(task.task_uuid)).data)
+
+    def ends(self) -> set[str]:
+        """The process's own end events reached (X1–X4 and the review's ends; not the
+        sub-process's inner ones)."""
+        with self.db.transaction() as s:
+            workflow = self.rt.load(s, s.get(ProcessInstance, self.instance_id))
+            return {t.task_spec.bpmn_id for t in workflow.get_tasks(state=TaskState.COMPLETED)
+                    if isinstance(t.task_spec, EndEvent) and t.task_spec.bpmn_id in set(END_STATES) | REVIEW_ENDS}
+
+    def end_state(self) -> str:
+        """The case reached exactly one of the end states X1–X4."""
+        reached = self.ends() & set(END_STATES)
+        assert len(reached) == 1, reached
+        return END_STATES[reached.pop()]
+
+    def subscriptions(self) -> list[str]:
+        with self.db.transaction() as s:
+            return sorted(s.execute(select(MessageSubscription.message_name).where(
+                MessageSubscription.instance_id == self.instance_id)).scalars())
+
+    def trail(self) -> list[tuple[str, str, dict[str, Any]]]:
+        with self.db.transaction() as s:
+            events = s.execute(select(AuditEvent).where(AuditEvent.stream == f"instance:{self.instance_id}")
+                               .order_by(AuditEvent.seq)).scalars()
+            return [(e.kind, e.actor, dict(e.data or {})) for e in events]
+
+    def completions(self) -> list[tuple[str | None, str]]:
+        return [(d.get("element_id"), a) for k, a, d in self.trail() if k == "task.completed"]
+
+    def task_row(self, task_id: int) -> Task:
+        with self.db.transaction() as s:
+            return s.get(Task, task_id)
+
+
+def _callbacks(db) -> list[ProcessInstance]:
+    with db.transaction() as s:
+        return list(s.execute(select(ProcessInstance).where(ProcessInstance.process_key == "callback")).scalars())
+
+
+def _trading_days_after(db, start: datetime, amount: int) -> datetime:
+    """``amount`` trading days after ``start`` on the calendar in the database."""
+    with db.transaction() as s:
+        return CALENDARS.get(s, "default").add(start, amount, Unit.TRADING_DAYS).at
+
+
+# -- X1: completed ----------------------------------------------------------------------------
+def test_a_transfer_completes_beside_a_conversation_that_does_not_retain_the_client(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0002")  # brief §4.5
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False) as clock:
+        case.receive(C05)
+        accept = case.task("accept")
+        assert (accept.lane, accept.form_key) == ("柜员", "retention_accept")
+        assert accept.candidate_groups == ["SX01:counter_staff"]
+        assert (accept.due_at, accept.due_source) == (sh(2025, 6, 16, 11, 30), "policy")  # 2 working hours
+        clock.move_to(sh(2025, 6, 16, 10))
+        case.do("accept", "s302", ACCEPT_TRANSFER)
+        # Both tracks open at once: the instructions do not wait for the conversation.
+        assert sorted(t.element_id for t in case.open_tasks()) == ["retention_conversation", "submit_instructions"]
+        submit, talk = case.task("submit_instructions"), case.task("retention_conversation")
+        assert submit.candidate_groups == ["SX01:counter_staff"] and submit.due_at == sh(2025, 6, 17, 10)  # 1 TD
+        assert talk.candidate_groups == ["SX01-G1"] and talk.due_at == sh(2025, 6, 17, 10)  # before submission
+        assert case.subscriptions() == ["retention_client_withdraws"]
+        clock.move_to(sh(2025, 6, 16, 10, 20))
+        case.do("retention_conversation", "s303", NOT_RETAINED)
+        case.do("submit_instructions", "s302", SUBMITTED)
+        # After submission the client can no longer withdraw: the case waits for the exchange.
+        assert case.subscriptions() == ["retention_exchange_result"]
+        clock.move_to(sh(2025, 6, 17, 10))
+        case.send("retention_exchange_result",
+                  {"exchange_result": "success", "returned_at": "2025-06-17T10:00:00+08:00"}, sender="csdc")
+        complete = case.do("complete_notify", "s302", COMPLETED)
+        assert complete.due_at == sh(2025, 6, 18, 10)  # 1 TD
+        assert "end_completed" in case.ends()  # X1 is reached before (and whatever) the review
+        review = case.task("review_ops")
+        assert review.candidate_groups == ["SX01:branch_ops_director"] and review.due_at == sh(2025, 6, 24, 10)  # 5 WD
+        case.do("review_ops", "s301", REVIEWED)
+        head = case.task("review_head")  # ¥550,000 > retention.review_asset_threshold
+        assert head.candidate_groups == ["SX01:branch_head"] and head.due_at == sh(2025, 6, 24, 10)
+        case.do("review_head", "s301", REVIEWED)
+    assert case.instance().status == "completed"
+    assert case.end_state() == "X1" and case.ends() == {"end_completed", "end_head_reviewed"}
+    assert case.handled == [
+        ("accept", ["SX01:counter_staff"], "s302"), ("retention_conversation", ["SX01-G1"], "s303"),
+        ("submit_instructions", ["SX01:counter_staff"], "s302"), ("complete_notify", ["SX01:counter_staff"], "s302"),
+        ("review_ops", ["SX01:branch_ops_director"], "s301"), ("review_head", ["SX01:branch_head"], "s301"),
+    ]
+    data = case.data()
+    assert (data["outcome"], data["accepted_by"], data["submitted_by"], data["retention_handled_by"]) == \
+        ("completed", "s302", "s302", "s303")
+    # Both tracks' variables survive the join: the conversation's record is the case's.
+    assert (data["retention_outcome"], data["retention_recording_id"], data["recording_id"]) == \
+        ("not_retained", "REC-B1", "REC-R1")
+    assert data["review_excluded_users"] == ["s302", "s303"]  # whoever worked the case
+    trail = case.trail()
+    assert [k for k, _, _ in trail][:2] == ["instance.started", "message.received"]
+    assert trail[-1][0] == "instance.completed"
+    returns = [(k, a) for k, a, d in trail if d.get("message") == "retention_exchange_result"]
+    assert returns == [("message.received", "csdc")]
+    assert case.completions() == [(e, who) for e, _, who in case.handled]
+
+
+def test_a_closure_without_a_retention_conversation_goes_straight_through(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250613-0001")  # brief §4.5: C10 declined a retention talk
+    with time_machine.travel(sh(2025, 6, 13, 9, 30), tick=False) as clock:
+        case.receive(C10)
+        case.do("accept", "s104", ACCEPT_CLOSURE)
+        # Declined: nobody is asked to contact the client about retention, ever.
+        assert [t.element_id for t in case.open_tasks()] == ["submit_instructions"]
+        case.do("submit_instructions", "s104", SUBMITTED)
+        clock.move_to(sh(2025, 6, 13, 15))
+        case.send("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
+        case.do("complete_notify", "s104", {**COMPLETED, "closure_certificate_issued": True})
+        assert case.task("review_ops").candidate_groups == ["HZ01:branch_ops_director"]
+        case.do("review_ops", "s102", REVIEWED)  # ¥6,000: no branch-head review
+    assert case.instance().status == "completed"
+    assert case.end_state() == "X1" and case.ends() == {"end_completed", "end_reviewed"}
+    with db.transaction() as s:
+        assert s.execute(select(Task).where(Task.business_key == case.key,
+                                            Task.element_id == "retention_conversation")).first() is None
+    data = case.data()
+    assert data.get("retention_handled_by") is None and data["review_by_branch_head"] is False
+
+
+def test_the_post_closure_callback_is_started_as_a_callback_process(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250613-0001")
+    with time_machine.travel(sh(2025, 6, 13, 9, 30), tick=False) as clock:
+        case.receive(C10)
+        case.do("accept", "s104", ACCEPT_CLOSURE)
+        case.do("submit_instructions", "s104", SUBMITTED)
+        clock.move_to(sh(2025, 6, 13, 15))
+        case.send("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
+        case.do("complete_notify", "s104", {**COMPLETED, "completed_at": "2025-06-13T15:00:00+08:00"})
+    (callback,) = _callbacks(db)  # exactly one post-closure callback was started
+    assert callback.business_key.startswith("CB-")  # numbered by the callback process (brief §2.0)
+    assert (callback.status, callback.client_id, callback.branch_code) == ("running", "C10", "HZ01")
+    sent = [d for k, _, d in case.trail() if k == "message.sent"]
+    assert sent == [{"message": "post_closure_callback_requested", "correlation_key": None,
+                     "to_instance": callback.id, "to_process": "callback"}]
+    with db.transaction() as s:
+        call = s.execute(select(Task).where(Task.instance_id == callback.id, Task.element_id == "call_attempt")
+                         ).scalar_one()
+        data = instances.data_of(s, rt, callback)
+        started = s.execute(select(AuditEvent.kind).where(AuditEvent.stream == f"instance:{callback.id}")
+                            .order_by(AuditEvent.seq)).scalars().all()
+    # brief §4.5: "R7 post-closure callback due 2025-06-20 (5 WD)", to the independent call centre.
+    assert call.candidate_groups == ["call_center_agent"] and call.due_at == sh(2025, 6, 20, 15)
+    assert (data["callback_type"], data["origin_business_key"], data["service_group"]) == \
+        ("post_closure", "RET-20250613-0001", "HZ01:account_manager")  # branch-pool client: the branch's AMs
+    assert started[:2] == ["instance.started", "message.received"]
+
+
+def test_a_request_sent_without_a_case_number_is_numbered_ret_date_sequence(db, rt, staff):
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False), db.transaction() as s:
+        first = messages.correlate(s, rt, name="retention_request_received", correlation_key=None,
+                                   actor=identity.Actor.system("app"), payload={**C06, "channel": "app"})
+        second = messages.correlate(s, rt, name="retention_request_received", correlation_key=None,
+                                    actor=identity.Actor.system("app"), payload={**C10, "channel": "app"})
+        keys = (first.business_key, second.business_key)
+    assert keys == ("RET-20250616-0001", "RET-20250616-0002")  # brief §2.0
+
+
+# -- X2: retained ------------------------------------------------------------------------------
+def test_a_retained_client_withdraws_the_request_themselves(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0003")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False) as clock:
+        case.receive(C05, review_sample_rate=0)  # retained cases are reviewed whatever the sample rate
+        case.do("accept", "s302", ACCEPT_TRANSFER)
+        submit = case.task("submit_instructions")
+        case.do("retention_conversation", "s304", {**NOT_RETAINED, "retention_outcome": "retained",
+                                                   "offers_made": ["service_upgrade"]})
+        # "Retained" in a staff member's form changes nothing: the transfer is still on track.
+        assert [t.element_id for t in case.open_tasks()] == ["submit_instructions"]
+        clock.move_to(sh(2025, 6, 16, 11))
+        case.send("retention_client_withdraws", {"withdrawal_requested_at": "2025-06-16T11:00:00+08:00"})
+        assert case.task_row(submit.id).status == "cancelled"
+        confirm = case.do("confirm_withdrawal", "s302", {"withdrawal_channel": "counter",
+                                                         "withdrawal_confirmed_by_client": True,
+                                                         "signature_ref": "SIG-0003"})
+        assert confirm.candidate_groups == ["SX01:counter_staff"] and confirm.due_at == sh(2025, 6, 16, 15)  # 4 WH
+        assert "end_retained" in case.ends()
+        case.do("review_ops", "s301", REVIEWED)
+        case.do("review_head", "s301", REVIEWED)
+    assert case.instance().status == "completed" and case.end_state() == "X2"
+    assert case.subscriptions() == [] and _callbacks(db) == []
+    assert case.data()["review_excluded_users"] == ["s302", "s304"]
+    received = [d["message"] for k, _, d in case.trail() if k == "message.received"]
+    assert received == ["retention_request_received", "retention_client_withdraws"]
+
+
+def test_the_client_may_withdraw_while_blocking_items_are_being_cleared(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0004")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False):
+        case.receive(C06, account_status={"same_day_orders": True})
+        case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+        case.do("inform_blocking", "s104", {"items_explained": True, "expected_clear_date": "2025-06-17"})
+        assert case.subscriptions() == ["retention_client_withdraws", "retention_items_cleared"]
+        case.send("retention_client_withdraws")
+        case.do("confirm_withdrawal", "s104", {"withdrawal_channel": "phone_recorded",
+                                               "withdrawal_confirmed_by_client": True, "recording_id": "REC-W"})
+        case.do("review_ops", "s102", REVIEWED)
+    assert case.end_state() == "X2" and case.subscriptions() == []
+    with db.transaction() as s:  # the lapse timer died with the wait
+        assert s.execute(select(Timer.status).where(Timer.instance_id == case.instance_id,
+                                                    Timer.element_id == "lapse_timer")).scalar_one() == "cancelled"
+
+
+def test_submitting_the_instructions_cuts_the_conversation_off_and_ends_the_right_to_withdraw(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0005")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False):
+        case.receive(C05)
+        case.do("accept", "s302", ACCEPT_TRANSFER)
+        talk = case.task("retention_conversation")
+        case.do("submit_instructions", "s302", SUBMITTED)  # the conversation has not happened yet
+        assert case.task_row(talk.id).status == "cancelled"
+        assert case.open_tasks() == [] and case.subscriptions() == ["retention_exchange_result"]
+        with db.transaction() as s, pytest.raises(MessageNotCorrelated):
+            messages.correlate(s, rt, name="retention_client_withdraws", correlation_key=case.key,
+                               actor=identity.Actor.system("client"), payload={})
+    assert ("retention_conversation", "s303") not in case.completions()
+    assert case.data().get("retention_handled_by") is None
+
+
+def test_a_withdrawal_also_closes_a_conversation_still_open(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0013")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False):
+        case.receive(C05)
+        case.do("accept", "s302", ACCEPT_TRANSFER)
+        talk, submit = case.task("retention_conversation"), case.task("submit_instructions")
+        case.send("retention_client_withdraws")
+        assert (case.task_row(talk.id).status, case.task_row(submit.id).status) == ("cancelled", "cancelled")
+        assert [t.element_id for t in case.open_tasks()] == ["confirm_withdrawal"]
+        case.do("confirm_withdrawal", "s302", {"withdrawal_channel": "app", "withdrawal_confirmed_by_client": True,
+                                               "recording_id": "REC-APP"})
+        case.do("review_ops", "s301", REVIEWED)
+        case.do("review_head", "s301", REVIEWED)
+    assert case.end_state() == "X2" and case.data().get("retention_handled_by") is None
+
+
+# -- preconditions, X3 and X4 -----------------------------------------------------------------
+def test_blocking_items_are_explained_and_the_request_goes_on_once_the_client_clears_them(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0006")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False) as clock:
+        case.receive(C10, account_status={"holdings": 12000, "fund_balance": "3500.00", "suspended_securities": True})
+        case.do("accept", "s104", ACCEPT_CLOSURE)
+        # Suspended securities only block a 深市转托管, which this closure does not include.
+        assert [i["code"] for i in case.task_data("inform_blocking")["blocking_items"]] == ["holdings", "fund_balance"]
+        inform = case.task("inform_blocking")
+        assert inform.candidate_groups == ["HZ01:counter_staff"] and inform.due_at == sh(2025, 6, 16, 13, 30)  # 4 WH
+        case.do("inform_blocking", "s104", {"items_explained": True, "expected_clear_date": "2025-06-18"})
+        clock.move_to(sh(2025, 6, 18, 10))
+        case.send("retention_items_cleared", {"account_status": {"fund_balance": 0}})
+        assert [t.element_id for t in case.open_tasks()] == ["submit_instructions"]
+        assert case.task("submit_instructions").due_at == sh(2025, 6, 19, 10)  # 1 TD from the re-check
+        data = case.task_data("submit_instructions")
+    assert (data["preconditions_met"], data["blocking_items"], data["precondition_checks"]) == (True, [], 2)
+    assert [d["message"] for k, _, d in case.trail() if k == "message.received"] == \
+        ["retention_request_received", "retention_items_cleared"]
+
+
+def test_a_request_whose_items_are_not_cleared_lapses_never_before_twenty_trading_days(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250922-0001")
+    informed = sh(2025, 9, 22, 10)  # the National Day closure (10-01..10-08) falls in the window
+    with time_machine.travel(informed, tick=False) as clock:
+        case.receive(C06, account_status={"margin_debt": 80000})
+        case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+        case.do("inform_blocking", "s104", {"items_explained": True})
+        with db.transaction() as s:
+            timer = s.execute(select(Timer).where(Timer.instance_id == case.instance_id,
+                                                  Timer.element_id == "lapse_timer")).scalar_one()
+        assert DEFAULTS["retention.lapse_after"] == "P40D" and timer.due_at == informed + timedelta(days=40)
+        assert timer.due_at >= _trading_days_after(db, informed, 20)  # brief §7 retention.lapse_after: 20 TD
+        clock.move_to(timer.due_at)
+        assert timers.fire_due(db, rt) == 0
+        clock.shift(timedelta(minutes=1))
+        assert timers.fire_due(db, rt) >= 1
+        case.assert_not_failed()
+        assert "end_lapsed" in case.ends() and case.subscriptions() == []
+        case.do("review_ops", "s102", REVIEWED)  # lapses are always reviewed
+    assert case.instance().status == "completed" and case.end_state() == "X3"
+    assert ("timer.fired", "timer") in [(k, a) for k, a, _ in case.trail()]
+
+
+def test_a_judicial_freeze_is_refused_with_its_legal_basis(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0007")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False):
+        case.receive(C06, account_status={"judicial_freeze": True, "holdings": 1000})
+        case.do("accept", "s104", ACCEPT_TRANSFER)
+        assert [t.element_id for t in case.open_tasks()] == ["inform_rejection"]  # no retention talk, no blocking list
+        rejection = case.do("inform_rejection", "s104", {"rejection_reason": "judicial_freeze",
+                                                         "legal_basis": "法院协助冻结通知书（2025）浙0102执123号",
+                                                         "informed_at": "2025-06-16T10:00:00+08:00"})
+        assert rejection.candidate_groups == ["HZ01:counter_staff"]
+        case.do("review_ops", "s102", REVIEWED)
+    assert case.end_state() == "X4" and case.data()["outcome"] == "rejected"
+
+
+def test_an_unverified_identity_is_refused_before_anything_else(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0008")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False):
+        case.receive(C06)
+        case.do("accept", "s104", {"request_types": ["sz_transfer"], "target_broker": "XX证券",
+                                   "target_seat_no": "123456", "identity_verified": False,
+                                   "client_open_to_retention_talk": True, "informed_of_procedure_and_timeline": True})
+        assert [t.element_id for t in case.open_tasks()] == ["inform_rejection"]
+        case.do("inform_rejection", "s104", {"rejection_reason": "identity_not_verified",
+                                             "legal_basis": "《证券账户管理规则》本人办理，身份证件与人像不符",
+                                             "informed_at": "2025-06-16T09:45:00+08:00"})
+        case.do("review_ops", "s102", REVIEWED)
+    assert case.end_state() == "X4"
+    with db.transaction() as s:
+        assert s.execute(select(Task).where(Task.business_key == case.key, Task.element_id.in_(
+            ("submit_instructions", "retention_conversation")))).first() is None
+
+
+# -- the operational track -----------------------------------------------------------------------
+@pytest.mark.parametrize(("accepted", "due"), [
+    (sh(2025, 6, 13, 18, 40), sh(2025, 6, 17, 9)),  # Friday evening: the clock starts at Monday's opening
+    (sh(2025, 9, 30, 16), sh(2025, 10, 9, 16)),  # the day before National Day: the next trading day
+    (sh(2025, 10, 10, 16), sh(2025, 10, 13, 16)),  # Friday: Saturday 10-11 is a make-up working day, not a TD
+    (sh(2025, 10, 11, 10, 30), sh(2025, 10, 14, 9)),  # accepted on that make-up Saturday (branches open)
+], ids=["friday-evening", "before-national-day", "before-make-up-saturday", "on-make-up-saturday"])
+def test_instructions_are_due_on_the_trading_calendar(db, rt, staff, accepted, due):
+    case = Case(db, rt, staff, "RET-TD")
+    with time_machine.travel(accepted - timedelta(minutes=10), tick=False) as clock:
+        case.receive(C06)
+        clock.move_to(accepted)
+        case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+    submit = case.task("submit_instructions")
+    assert (submit.due_at, submit.due_source, submit.calendar_incomplete) == (due, "policy", False)
+    with db.transaction() as s:
+        breach = s.execute(select(Timer.payload).where(Timer.kind == "sla", Timer.task_uuid == submit.task_uuid,
+                                                       Timer.due_at == due)).scalars().all()
+    assert sorted((p["action"], p["to"]) for p in breach) == [
+        ("escalate", "branch:branch_ops_director"), ("escalate", "compliance")]
+
+
+def test_instructions_not_submitted_within_a_trading_day_escalate_and_flag_compliance(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0009")
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False) as clock:
+        case.receive(C06)
+        case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+        submit = case.task("submit_instructions")
+        clock.move_to(sh(2025, 6, 17, 10, 1))
+        timers.fire_due(db, rt)
+        with db.transaction() as s:
+            escalations = s.execute(select(Task).where(Task.instance_id == case.instance_id,
+                                                       Task.kind == "escalation")).scalars().all()
+        assert sorted(g for t in escalations for g in t.candidate_groups) == ["HZ01:branch_ops_director", "compliance"]
+        assert case.task_row(submit.id).breached_at is not None
+        case.do("submit_instructions", "s104", SUBMITTED)  # late, but nothing ever stops it
+    kinds = [k for k, _, _ in case.trail()]
+    assert kinds.count("sla.escalated") == 2 and "sla.breached" in kinds
+
+
+def test_an_exchange_failure_is_resolved_resubmitted_and_then_completed(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0010")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False) as clock:
+        case.receive(C05)
+        case.do("accept", "s302", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+        case.do("submit_instructions", "s302", SUBMITTED)
+        clock.move_to(sh(2025, 6, 17, 10))
+        case.send("retention_exchange_result", {"exchange_result": "failed", "failure_reason": "转入席位号有误"},
+                  sender="csdc")
+        failure = case.task("resolve_failure")
+        assert failure.candidate_groups == ["SX01:counter_staff"] and failure.due_at == sh(2025, 6, 18, 10)  # 1 TD
+        case.do("resolve_failure", "s302", {"resolution": "与客户核对后更正席位号", "instruction_refs": ["SZ-TG-0002"],
+                                            "resubmitted_at": "2025-06-17T10:30:00+08:00"})
+        assert case.subscriptions() == ["retention_exchange_result"]
+        clock.move_to(sh(2025, 6, 18, 10))
+        case.send("retention_exchange_result", {"exchange_result": "success", "failure_reason": None}, sender="csdc")
+        case.do("complete_notify", "s302", COMPLETED)
+    assert case.end_state() == "X1"
+    assert [d["payload"]["exchange_result"] for k, _, d in case.trail()
+            if k == "message.received" and d["message"] == "retention_exchange_result"] == ["failed", "success"]
+
+
+# -- R6: the post-hoc review -------------------------------------------------------------------
+def test_nobody_reviews_a_case_they_worked_on(db, rt, staff):
+    # A deputy who also works the counter (as in small branches): HZ01's review group has two people.
+    with db.transaction() as s:
+        identity.create_user(s, username="s110", display_name="测试副总监", now=rt.now(), branch_code="HZ01",
+                             groups=["counter_staff", "HZ01:counter_staff", "branch_ops_director",
+                                     "HZ01:branch_ops_director"], actor="test")
+        staff["s110"] = identity.actor_for(s, identity.get_user(s, "s110"))
+    case = Case(db, rt, staff, "RET-20250616-0011")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False):
+        case.receive(C06, account_status={"judicial_freeze": True})
+        case.do("accept", "s110", ACCEPT_TRANSFER)
+        case.do("inform_rejection", "s104", {"rejection_reason": "judicial_freeze", "legal_basis": "协助冻结通知书",
+                                             "informed_at": "2025-06-16T10:00:00+08:00"})
+        review = case.task("review_ops")
+        assert review.candidate_groups == ["HZ01:branch_ops_director"]
+        with db.transaction() as s:
+            inbox, _ = tasks.inbox(s, actor=staff["s110"], query=tasks.InboxQuery(business_key=case.key),
+                                   now=rt.now())
+            assert review.id not in {t.id for t in inbox}
+        with db.transaction() as s, pytest.raises(TaskNotFound):
+            tasks.complete(s, rt, task_id=review.id, actor=staff["s110"], data=REVIEWED)
+        case.do("review_ops", "s102", REVIEWED)
+    assert case.data()["review_excluded_users"] == ["s104", "s110"]  # accepted_by, rejected_by
+    assert case.instance().status == "completed" and case.end_state() == "X4"
+
+
+def test_completed_cases_are_sampled_for_review_by_the_configured_rate(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0012")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False):
+        case.receive(C05, review_sample_rate=0)
+        case.do("accept", "s302", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+        case.do("submit_instructions", "s302", SUBMITTED)
+        case.send("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
+        case.do("complete_notify", "s302", COMPLETED)
+    assert case.instance().status == "completed"
+    assert case.ends() == {"end_completed", "end_review_skipped"}
+    assert (case.data()["review_required"], case.open_tasks()) == (False, [])
+
+
+# -- service functions -------------------------------------------------------------------------
+def test_tunables_come_from_the_case_or_the_brief_defaults():
+    assert settings_of({}) == {"lapse_after": "P40D", "review_asset_threshold": 500000.0, "review_sample_rate": 1.0}
+    assert settings_of({"lapse_after": "P30D", "review_sample_rate": "0.25"})["review_sample_rate"] == 0.25
+    with pytest.raises(ValueError, match="ISO 8601"):
+        settings_of({"lapse_after": "20 TD"})
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        settings_of({"review_sample_rate": 2})
+    with pytest.raises(ValueError, match="branch_code"):
+        prepare({"client_id": "C05"}, {})
+    assert prepare({"client_id": "C10", "branch_code": "HZ01"}, {})["retention_groups"] == \
+        ["HZ01:account_manager"]  # branch-pool clients: the branch's account managers
+
+
+def test_blocking_items_depend_on_what_is_requested():
+    snapshot = {"account_status": {"same_day_orders": True, "holdings": 100, "suspended_securities": True}}
+    assert [i["code"] for i in check_preconditions({**snapshot, "request_types": ["sz_transfer"]}, {})
+            ["blocking_items"]] == ["suspended_securities"]  # a transfer moves the holdings; orders do not block it
+    assert [i["code"] for i in check_preconditions({**snapshot, "request_types": ["sh_dedesignation"]}, {})
+            ["blocking_items"]] == ["same_day_orders"]
+    closure = check_preconditions({**snapshot, "request_types": ["securities_account_cancellation"]}, {})
+    assert [i["code"] for i in closure["blocking_items"]] == ["same_day_orders", "holdings"]
+    assert check_preconditions({"request_types": ["sz_transfer"], "account_status": {"margin_debt": "0.00"}}, {})[
+        "preconditions_met"] is True
+    credit = {"account_status": {"credit_account_open": True}}
+    assert [i["code"] for i in check_preconditions({**credit, "request_types": ["fund_account_closure"]}, {})
+            ["blocking_items"]] == ["credit_account_open"]  # the credit account is closed first…
+    assert check_preconditions({**credit, "request_types": ["credit_account_closure", "fund_account_closure"]}, {})[
+        "preconditions_met"] is True  # …which a request that includes it does
+    frozen = check_preconditions({"request_types": ["sz_transfer"], "account_status": {"judicial_freeze": True}}, {})
+    assert (frozen["exit_state"], frozen["preconditions_met"]) == ("frozen", False)
+    with pytest.raises(ValueError, match="request_types"):
+        check_preconditions({"request_types": ["close_everything"]}, {})
+
+
+def test_the_outcome_and_the_review_follow_the_facts_of_the_path():
+    assert outcome_of({"exit_state": "withdrawn", "exchange_result": None}) == "retained"
+    assert outcome_of({"exit_state": "lapsed"}) == "lapsed"
+    assert outcome_of({"identity_verified": False}) == "rejected"
+    assert outcome_of({"exit_state": "frozen", "identity_verified": True}) == "rejected"
+    assert outcome_of({"exit_state": "submitted", "exchange_result": "success"}) == "completed"
+    with pytest.raises(ValueError):
+        outcome_of({"exit_state": "submitted", "exchange_result": "failed"})
+    case = {"client_id": "C05", "branch_code": "SX01", "service_group": "SX01-G1",
+            "exit_state": "lapsed", "client_assets": 500000, "review_sample_rate": 0,
+            "accepted_by": "s302", "blocking_informed_by": "s302", "reviewed_by": "s301"}
+    result = wrap_up(case, {})
+    assert (result["review_required"], result["review_by_branch_head"]) == (True, False)  # not above the threshold
+    assert result["review_excluded_users"] == ["s302"] and result["post_closure_callback"] is None
+    done = wrap_up({**case, "exit_state": "submitted", "exchange_result": "success", "review_sample_rate": 1,
+                    "client_assets": 500000.01}, {})
+    assert (done["outcome"], done["review_required"], done["review_by_branch_head"]) == ("completed", True, True)
+    assert done["post_closure_callback"] == {
+        "callback_type": "post_closure", "client_id": "C05", "branch_code": "SX01", "service_group": "SX01-G1",
+        "request_types": [], "closure_reason_stated": None, "completed_at": None}
+
+
+# -- the diagram -------------------------------------------------------------------------------
+def test_the_diagram_lints_and_has_interchange_for_every_element(rt):
+    path = WORKFLOWS / "retention.bpmn"
+    processes, problems = deployments.check(None, rt, bundle.from_paths([WORKFLOWS]))
+    assert problems == [] and "retention" in [p.key for p in processes]
+    ns = {"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL",
+          "bpmndi": "http://www.omg.org/spec/BPMN/20100524/DI", "di": "http://www.omg.org/spec/DD/20100524/DI"}
+    camunda = "{http://camunda.org/schema/1.0/bpmn}"
+    tree = etree.parse(str(path))
+    kinds = ("startEvent", "endEvent", "userTask", "serviceTask", "receiveTask", "exclusiveGateway",
+             "parallelGateway", "intermediateCatchEvent", "intermediateThrowEvent", "boundaryEvent", "subProcess",
+             "lane", "participant")
+    nodes = {el.get("id") for kind in kinds for el in tree.iterfind(f".//bpmn:{kind}", ns)}
+    shapes = {s.get("bpmnElement") for s in tree.iterfind(".//bpmndi:BPMNShape", ns)}
+    edges = {e.get("bpmnElement"): len(e.findall("di:waypoint", ns)) for e in tree.iterfind(".//bpmndi:BPMNEdge", ns)}
+    flows = {f.get("id") for f in tree.iterfind(".//bpmn:sequenceFlow", ns)} | {
+        f.get("id") for f in tree.iterfind(".//bpmn:messageFlow", ns)}
+    assert nodes - shapes == set() and flows - set(edges) == set() and min(edges.values()) >= 2
+    for task in tree.iterfind(".//bpmn:userTask", ns):  # a form and candidate groups on every user task
+        assert task.get(f"{camunda}candidateGroups")
+        assert (WORKFLOWS / "forms" / f"{task.get(f'{camunda}formKey')}.json").exists()
+    # The callback process starts on the message the retention case throws.
+    callback = etree.parse(str(WORKFLOWS / "callback.bpmn"))
+    names = {m.get("name") for m in callback.iterfind("bpmn:message", ns)}
+    assert "post_closure_callback_requested" in names
