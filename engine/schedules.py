@@ -7,10 +7,16 @@ The next run is a ``schedule`` timer row. After downtime, a schedule whose catch
 is ``once`` (the default) starts once for the missed slots, not once per slot; ``all``
 starts one instance per missed slot. The business key is ``<schedule key>-<yyyymmdd>``, so
 a slot never starts twice.
+
+A schedule may run an engine job instead of starting a process: ``process_key`` is then
+``job:<name>`` with the name registered in :data:`JOBS` (the monthly VIP evaluation, which
+classifies every client and starts a VIP case per tier change). A job's slot is recorded in
+the system audit stream, which is also what makes a second run of one slot a no-op.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -18,14 +24,23 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import instances
-from engine.audit import record_system_event
+from engine.audit import SYSTEM_STREAM, record_system_event
 from engine.calendars import BusinessCalendar
 from engine.db import after_commit
 from engine.deployments import get_latest
 from engine.errors import Conflict, DuplicateBusinessKey, InvalidInput, PermissionDenied
 from engine.identity import PROCESS_OWNER, Actor
-from engine.models import Schedule, Timer
+from engine.models import AuditEvent, Schedule, Timer
 from engine.sla import CALENDARS
+
+JOB_PREFIX = "job:"
+
+
+def _jobs() -> dict[str, Callable[..., dict[str, Any]]]:
+    from engine import vip_evaluation  # builds on instances and messages, like this module
+
+    return {vip_evaluation.JOB_NAME: vip_evaluation.job}
+
 
 RULES = ("first_working_day_of_month", "first_working_day_of_quarter", "every_working_day", "every_trading_day")
 SCHEDULE_ACTOR = Actor.system("schedule")
@@ -81,7 +96,11 @@ def create(session: Session, rt: Any, *, key: str, process_key: str, rule: str, 
         raise InvalidInput("catch_up must be 'once' or 'all'")
     if session.execute(select(Schedule.id).where(Schedule.key == key)).first() is not None:
         raise Conflict(f"a schedule {key!r} already exists")
-    get_latest(session, process_key)  # refuse a schedule for a process that is not deployed
+    if process_key.startswith(JOB_PREFIX):
+        if process_key.removeprefix(JOB_PREFIX) not in _jobs():
+            raise InvalidInput(f"no job {process_key.removeprefix(JOB_PREFIX)!r}; known: {', '.join(sorted(_jobs()))}")
+    else:
+        get_latest(session, process_key)  # refuse a schedule for a process that is not deployed
     now = rt.now()
     calendar = CALENDARS.get(session, business_hours)
     first = next_run(rule, at_time, calendar, now)
@@ -115,17 +134,32 @@ def start_slot(session: Session, rt: Any, timer: Timer, *, now: datetime) -> boo
     calendar = CALENDARS.get(session, schedule.business_hours)
     slot = timer.due_at.astimezone(calendar.hours.tz)
     business_key = f"{schedule.key}-{slot:%Y%m%d}"
-    try:
-        with session.begin_nested():
-            instances.start(session, rt, process_key=schedule.process_key, business_key=business_key,
-                            actor=SCHEDULE_ACTOR, data={**schedule.data, "scheduled_for": slot.isoformat()})
-    except DuplicateBusinessKey:
-        pass  # this slot already started (e.g. by hand): a slot never starts twice
+    if schedule.process_key.startswith(JOB_PREFIX):
+        _run_job(session, rt, schedule, business_key, slot, now)
+    else:
+        try:
+            with session.begin_nested():
+                instances.start(session, rt, process_key=schedule.process_key, business_key=business_key,
+                                actor=SCHEDULE_ACTOR, data={**schedule.data, "scheduled_for": slot.isoformat()})
+        except DuplicateBusinessKey:
+            pass  # this slot already started (e.g. by hand): a slot never starts twice
     schedule.last_run_at = now
     after = now if schedule.catch_up == "once" else timer.due_at
     schedule.next_run_at = next_run(schedule.rule, schedule.at_time, calendar, after)
     _arm(session, rt, schedule, schedule.next_run_at, now)
     return True
+
+
+def _run_job(session: Session, rt: Any, schedule: Schedule, slot_key: str, slot: datetime, now: datetime) -> None:
+    name = schedule.process_key.removeprefix(JOB_PREFIX)
+    done = session.execute(select(AuditEvent.id).where(
+        AuditEvent.stream == SYSTEM_STREAM, AuditEvent.kind == "schedule.job_run",
+        AuditEvent.data["slot"].as_string() == slot_key)).first()
+    if done is not None:
+        return  # this slot already ran
+    result = _jobs()[name](session, rt, slot=slot)
+    record_system_event(session, kind="schedule.job_run", actor=SCHEDULE_ACTOR.username, at=now,
+                        data={"slot": slot_key, "job": name, "result": result})
 
 
 def get_all(session: Session) -> list[Schedule]:
