@@ -8,11 +8,12 @@ from SpiffWorkflow.bpmn.specs.event_definitions.simple import NoneEventDefinitio
 from SpiffWorkflow.bpmn.specs.mixins.events.start_event import StartEvent
 from SpiffWorkflow.bpmn.util import BpmnEvent
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import bindparam, exists, or_, select, update
+from sqlalchemy import and_, bindparam, exists, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine import sla
+from engine import client_access, sla
+from engine.client_access import BRANCH_MANAGEMENT, BRANCH_OR_ALL
 from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied, ProcessNotFound
 from engine.expressions import json_safe
 from engine.identity import SUPERVISOR, Actor
@@ -138,16 +139,31 @@ def _deliver_start_message(workflow: Any, name: str, payload: dict[str, Any]) ->
     raise InvalidInput(f"the process has no start event for message {name!r}")
 
 
-def _visible(actor: Actor) -> Any:
-    """Who may see an instance: supervisors; whoever started it; whoever has, had or may
-    take one of its tasks. (Branch- and group-wide visibility rules come with the client
-    registry.)"""
+def _visible(session: Session, actor: Actor) -> Any:
+    """Who may read a case (brief §6.3): whoever started it or has, had or may take one
+    of its tasks; branch management, branch compliance and branch supervisors their
+    branch's cases; a service group's members the cases of the group's clients (and of
+    the branch pool's unassigned clients); HQ complaint and brokerage management, HQ
+    compliance and administrators every case. Counter staff and call-centre agents see only
+    cases they took part in. Recusal (:func:`_not_recused`) still applies on top."""
     involved = exists().where(
         Task.instance_id == ProcessInstance.id,
         or_(Task.assignee == actor.username, Task.owner == actor.username, Task.completed_by == actor.username,
             exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups)))),
     )
-    return or_(ProcessInstance.started_by == actor.username, involved)
+    scope = client_access.scope_of(session, actor)
+    if scope.everything:
+        return true()
+    parts = [ProcessInstance.started_by == actor.username, involved]
+    branches = sorted(b for b in scope.branches if actor.groups & (BRANCH_MANAGEMENT | BRANCH_OR_ALL))
+    if branches:
+        # A case tied to no branch (no client) is company business: branch management sees it.
+        parts.append(or_(ProcessInstance.branch_code.in_(branches), ProcessInstance.branch_code.is_(None)))
+    if scope.groups or scope.pool_branches:
+        parts.append(exists().where(Client.client_id == ProcessInstance.client_id, or_(
+            Client.service_group_key.in_(sorted(scope.groups)),
+            and_(Client.branch_code.in_(sorted(scope.pool_branches)), Client.service_group_key.is_(None)))))
+    return or_(*parts)
 
 
 def _not_recused(actor: Actor) -> Any:
@@ -159,9 +175,8 @@ def _not_recused(actor: Actor) -> Any:
 
 def get(session: Session, instance_id: int, *, actor: Actor) -> ProcessInstance:
     """One scoped lookup: an instance the actor may not see does not exist for them."""
-    query = select(ProcessInstance).where(ProcessInstance.id == instance_id, _not_recused(actor))
-    if not actor.has_role(SUPERVISOR):
-        query = query.where(_visible(actor))
+    query = select(ProcessInstance).where(ProcessInstance.id == instance_id, _not_recused(actor),
+                                          _visible(session, actor))
     instance = session.execute(query).scalar_one_or_none()
     if instance is None:
         raise InstanceNotFound(f"no instance {instance_id}")
@@ -172,8 +187,7 @@ def get_all(session: Session, *, actor: Actor, process_key: str | None = None, s
             business_key: str | None = None, limit: int = 50, offset: int = 0) -> list[ProcessInstance]:
     query = (select(ProcessInstance).where(_not_recused(actor))
              .order_by(ProcessInstance.id.desc()).limit(limit).offset(offset))
-    if not actor.has_role(SUPERVISOR):
-        query = query.where(_visible(actor))
+    query = query.where(_visible(session, actor))
     if process_key:
         query = query.where(ProcessInstance.process_key == process_key)
     if status:

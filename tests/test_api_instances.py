@@ -64,10 +64,15 @@ def test_a_duplicate_business_key_is_409_naming_the_existing_instance(client, au
 
 
 def test_start_body_is_validated(client, auth, review):
-    for body in ({}, {"business_key": ""}, {"business_key": "x" * 129}, {"business_key": "B", "data": [1]}):
+    for body in ({"business_key": ""}, {"business_key": "x" * 129}, {"business_key": "B", "data": [1]}):
         problem = assert_problem(client.post(f"{API}/processes/review/instances", json=body, headers=auth("li")),
                                  422, "invalid_request")
         assert "json" in problem["errors"]
+    # No key at all is allowed by the schema (a numbered process makes one), but "review"
+    # declares no businessKeyFormat: the engine says so.
+    problem = assert_problem(client.post(f"{API}/processes/review/instances", json={}, headers=auth("li")),
+                             400, "invalid_input")
+    assert "businessKeyFormat" in problem["detail"]
 
 
 @pytest.mark.sqlite
