@@ -370,6 +370,8 @@ def _retire(session: Session, workflow: BpmnWorkflow, gone: dict[str, str], now:
             )
     if messages:
         session.execute(delete(MessageSubscription).where(MessageSubscription.task_uuid.in_(messages)))
+    settled = session.info.get(_SETTLED_TIMERS, set())
+    timers = [u for u in timers if u not in settled]
     if timers:
         fired: list[str] = []
         cancelled: list[str] = []
@@ -383,6 +385,14 @@ def _retire(session: Session, workflow: BpmnWorkflow, gone: dict[str, str], now:
                     update(Timer).where(Timer.task_uuid.in_(uuids), Timer.status == "waiting")
                     .values(status=status, fired_at=now if status == "fired" else None)
                 )
+
+
+_SETTLED_TIMERS = "bpm_settled_timers"
+
+
+def settled_timer(session: Session, task_uuid: str) -> None:
+    """The caller already marked this timer's row fired: retiring it needs no statement."""
+    session.info.setdefault(_SETTLED_TIMERS, set()).add(task_uuid)
 
 
 def _evaluate_attribute(rt: Runtime, task: Any, value: str | None) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,7 @@ from engine.db import Database, after_commit, rowcount
 from engine.errors import InstanceNotFound, InstanceNotRunning, InvalidInput, NotFound, PermissionDenied
 from engine.identity import SUPERVISOR, Actor
 from engine.models import ProcessInstance, Timer
-from engine.runtime import FAILED, RUNNING, Runtime, audit, locked_instance, run_and_save, timer_due
+from engine.runtime import FAILED, RUNNING, Runtime, audit, locked_instance, run_and_save, settled_timer, timer_due
 
 log = logging.getLogger(__name__)
 FIRE_DELAY = timedelta(milliseconds=5)
@@ -81,16 +81,19 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
     return _fire_bpmn(session, rt, timer, instance, now)
 
 
+_CLAIM = (update(Timer).where(Timer.id == bindparam("timer_id"), Timer.status == "waiting")
+          .values(status="fired", fired_at=bindparam("now")))
+_UNCLAIM = update(Timer).where(Timer.id == bindparam("timer_id")).values(status="waiting", fired_at=None)
+
+
 def _claim(session: Session, timer_id: int, now: datetime) -> bool:
-    claimed = rowcount(session.execute(
-        update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
-        .values(status="fired", fired_at=now)
-    ))
-    return claimed == 1
+    # On the connection: a plain conditional UPDATE, without the ORM's flush before it or
+    # its bookkeeping after it (nothing in this transaction reads the row's status again).
+    return rowcount(session.connection().execute(_CLAIM, {"timer_id": timer_id, "now": now})) == 1
 
 
 def _unclaim(session: Session, timer_id: int) -> None:
-    session.execute(update(Timer).where(Timer.id == timer_id).values(status="waiting", fired_at=None))
+    session.connection().execute(_UNCLAIM, {"timer_id": timer_id})
 
 
 def _fire_bpmn(session: Session, rt: Runtime, timer: Timer, instance: ProcessInstance, now: datetime) -> bool:
@@ -106,6 +109,8 @@ def _fire_bpmn(session: Session, rt: Runtime, timer: Timer, instance: ProcessIns
         return False
     audit(session, rt, instance, "timer.fired", TIMER_ACTOR, task_uuid=timer.task_uuid,
           element_id=timer.element_id, due_at=timer.due_at.isoformat())
+    if timer.task_uuid:
+        settled_timer(session, timer.task_uuid)  # claimed above: the projection need not settle it
     run_and_save(session, rt, instance, workflow, actor=TIMER_ACTOR)
     if task is not None and task.has_state(TaskState.WAITING) and _cycle(task):
         # A cycle timer keeps waiting for its next occurrence: the same row waits again.
