@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import Integer, Select, bindparam, exists, func, or_, select
+from sqlalchemy import Integer, Select, String, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine import sla
@@ -69,8 +69,19 @@ def can_see(task: Task, actor: Actor) -> bool:
     learn that the task exists, even as a supervisor."""
     if is_excluded(task, actor):
         return False
-    return (actor.has_role(SUPERVISOR) or task.assignee == actor.username
-            or task.owner == actor.username or _is_candidate(task, actor))
+    return ((actor.has_role(SUPERVISOR) and _in_supervised_branch(task, actor))
+            or task.assignee == actor.username or task.owner == actor.username or _is_candidate(task, actor))
+
+
+def _supervised_branch(actor: Actor) -> str | None:
+    """A supervisor who belongs to a branch supervises that branch (brief §6.3: branch
+    management sees its branch); one at headquarters, and administrators, everything."""
+    return None if actor.is_admin else actor.branch_code
+
+
+def _in_supervised_branch(task: Task, actor: Actor) -> bool:
+    branch = _supervised_branch(actor)
+    return branch is None or task.branch_code in (None, branch)
 
 
 def _refuse_excluded(session: Session, task: Task, username: str) -> None:
@@ -294,7 +305,11 @@ def _inbox_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
     # Recusal hides a task from everyone it names, supervisors included.
     stmt = stmt.where(~exists().where(TaskExclusion.task_id == Task.id,
                                       TaskExclusion.principal.in_(bindparam("principals", expanding=True))))
-    if not supervisor:
+    if supervisor:
+        # A branch supervisor's view: their branch, and tasks tied to no branch.
+        branch = bindparam("supervised_branch", type_=String)
+        stmt = stmt.where(or_(branch.is_(None), Task.branch_code.is_(None), Task.branch_code == branch))
+    else:
         in_my_groups = exists().where(TaskCandidate.task_id == Task.id,
                                       TaskCandidate.group_key.in_(bindparam("groups", expanding=True)))
         stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))
@@ -313,6 +328,7 @@ def inbox(session: Session, *, actor: Actor, query: InboxQuery, now: datetime) -
         "now": now, "until": now + query.due_within if query.due_within is not None else now,
         "process_key": query.process_key, "business_key": query.business_key,
         "principals": principals(actor), "limit": query.limit, "offset": query.offset,
+        "supervised_branch": _supervised_branch(actor),
     }
     rows = list(session.execute(page, params).scalars())
     if 0 < len(rows) < query.limit or (not rows and query.offset == 0):

@@ -5,10 +5,13 @@ HQ every case; recusal on top."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
-from engine import deployments, demo, identity, instances
-from engine.errors import InstanceNotFound
+from engine import demo, deployments, identity, instances, tasks
+from engine.errors import InstanceNotFound, TaskNotFound
 from engine.identity import Actor
+from engine.models import Task
+from engine.tasks import InboxQuery
 from tests.engine_bpmn import bundle_of, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
@@ -64,3 +67,17 @@ def test_a_case_outside_the_scope_does_not_exist_for_the_reader(db, cases):
         instances.get(s, cases["C04"], actor=_actor(s, "s101"))
     with db.transaction() as s:
         assert instances.get(s, cases["C04"], actor=_actor(s, "s201")).id == cases["C04"]
+
+
+def test_a_branch_supervisor_supervises_the_tasks_of_their_branch_only(db, rt, cases):
+    with db.transaction() as s:
+        by_client = {t.client_id: t.id for t in s.execute(select(Task).where(Task.process_key == "case")).scalars()}
+        hz_head, hq = _actor(s, "s101"), _actor(s, "s007")  # both hold the supervisor role
+        listed, _ = tasks.inbox(s, actor=hz_head, query=InboxQuery(process_key="case"), now=rt.now())
+        everything, _ = tasks.inbox(s, actor=hq, query=InboxQuery(process_key="case"), now=rt.now())
+    assert {t.client_id for t in listed} == {"C06", "C01", "C10"}
+    assert {t.client_id for t in everything} == {"C06", "C01", "C10", "C04"}
+    with pytest.raises(TaskNotFound), db.transaction() as s:
+        tasks.assign(s, rt, task_id=by_client["C04"], username="s205", actor=_actor(s, "s101"))
+    with db.transaction() as s:
+        tasks.assign(s, rt, task_id=by_client["C04"], username="s205", actor=_actor(s, "s201"))
