@@ -391,6 +391,28 @@ class GroupQuery(Schema):
     branch = fields.String(load_default=None)
 
 
+class DepartureIn(Schema):
+    departed_on = fields.Date(required=True, metadata={"description": "the last day (today or earlier)"})
+
+
+class GroupShortfallOut(Schema):
+    key = fields.String()
+    members = fields.List(fields.String())
+    problems = fields.List(fields.String(), metadata={
+        "description": "size: fewer than 2 members left; back_office: no middle/back-office member left"})
+    message = fields.String()
+
+
+class DepartureOut(Schema):
+    username = fields.String()
+    departed_on = fields.Date()
+    service_group = fields.String(allow_none=True)
+    callbacks = fields.List(fields.Nested(InstanceOut), metadata={
+        "description": "one departed_staff callback per client of the person's service group"})
+    released_tasks = fields.Integer(metadata={"description": "tasks the person had claimed, back in their queues"})
+    groups_needing_replacement = fields.List(fields.Nested(GroupShortfallOut))
+
+
 class RowErrorOut(Schema):
     line = fields.Integer()
     column = fields.String(allow_none=True)

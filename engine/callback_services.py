@@ -15,6 +15,8 @@ from typing import Any
 from engine.service_tasks import registry
 
 CALLBACK_TYPES = ("new_account", "periodic", "post_closure", "risk_disclosure", "departed_staff", "anomaly")
+# Brief §2.3: the permissions whose opening triggers a risk-disclosure callback.
+HIGH_RISK_PERMISSIONS = ("创业板", "科创板", "两融", "港股通", "期权", "北交所")
 # Brief §7 defaults, by configuration key; start data overrides them per instance.
 DEFAULTS: dict[str, Any] = {
     "callback.max_attempts": 3,
@@ -47,6 +49,17 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         "qa_sample_rate": rate, "qa_sampled": random.random() < rate,
         "exception_route": "none", "exception_items": [], "conduct_items": [], "service_items": [],
     }
+
+
+@registry.register("callback_permission_opened")
+def permission_opened(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Message "high-risk permission opened": a risk-disclosure callback about the
+    permission the message names. An unknown name fails the case rather than calling a
+    client about something nobody can tell them (the questionnaire asks about it)."""
+    permission = data.get("permission")
+    if permission not in HIGH_RISK_PERMISSIONS:
+        raise ValueError(f"permission must be one of {', '.join(HIGH_RISK_PERMISSIONS)}, got {permission!r}")
+    return {"callback_type": "risk_disclosure", "product_or_permission": permission}
 
 
 # K6: which answers are an exception, and whose. Staff-conduct items go to compliance,

@@ -185,3 +185,10 @@ class ServiceGroupInvalid(InvalidInput):
 
 class RevealNotAllowed(PermissionDenied):
     code = "reveal_forbidden"
+
+
+class StaffAlreadyDeparted(Conflict):
+    """The departure was recorded before (the user is inactive): recording it again would
+    start a second batch of callbacks."""
+
+    code = "staff_already_departed"

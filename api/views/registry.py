@@ -14,6 +14,8 @@ from api.schemas import (
     ClientOut,
     ClientPageOut,
     ClientQuery,
+    DepartureIn,
+    DepartureOut,
     GroupQuery,
     ImportReportOut,
     RevealIn,
@@ -98,6 +100,23 @@ class ServiceGroupDetail(MethodView):
         actor = current_actor()
         with bpm().db.transaction() as session:
             return client_access.get_group(session, key, actor=actor)
+
+
+@blp.route("/staff/<string:username>/departure")
+class StaffDeparture(MethodView):
+    @blp.arguments(DepartureIn)
+    @blp.response(201, DepartureOut)
+    def post(self, body: dict[str, Any], username: str) -> Any:
+        """员工离职: deactivate the user, end their service-group membership (their clients
+        stay with the group) and start a ``departed_staff`` callback for each client of the
+        group (admin, or the branch head of the person's branch). A group left below 2
+        members or without a middle/back-office member is listed under
+        ``groups_needing_replacement``. 409 ``staff_already_departed`` the second time."""
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            return registry.staff_departed(session, ctx.runtime, username=username, actor=actor,
+                                           now=ctx.runtime.now(), **body)
 
 
 @blp.route("/registry/import")
