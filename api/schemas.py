@@ -219,6 +219,8 @@ class PolicySchema(Schema):
     business_hours = fields.String(load_default="default")
     milestones = fields.List(fields.Nested(MilestoneSchema), load_default=list)
     pausable = fields.Boolean(load_default=True)
+    anchor_variable = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "variable with the moment the clock counts from (e.g. opened_at), if earlier than the task"})
     updated_at = fields.DateTime(dump_only=True)
     updated_by = fields.String(dump_only=True, allow_none=True)
 

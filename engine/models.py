@@ -367,6 +367,9 @@ class SlaPolicy(Base):
     #   "to": "branch:branch_head"}]
     milestones: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     pausable: Mapped[bool] = mapped_column(Boolean, default=True)
+    # A variable holding the moment the clock counts from (the account's opening, the
+    # 12386 transfer's receipt), when that is earlier than the task's creation.
+    anchor_variable: Mapped[str | None] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_by: Mapped[str | None] = mapped_column(String(64))
 

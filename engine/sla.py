@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from engine.assignment import resolve_candidate_groups
 from engine.audit import record_instance_event, record_system_event
-from engine.calendars import BusinessCalendar, BusinessHours, DayInfo, Due, Unit
+from engine.calendars import SHANGHAI, BusinessCalendar, BusinessHours, DayInfo, Due, Unit
 from engine.db import after_commit
 from engine.errors import InvalidInput, NotFound, PermissionDenied
 from engine.expressions import SafeEvaluator
@@ -247,6 +247,9 @@ def validate_policy(session: Session, data: dict[str, Any]) -> None:
         raise InvalidInput(f"target_unit must be one of {[u.value for u in Unit]}") from None
     if Decimal(str(data.get("target_amount", 0))) <= 0:
         raise InvalidInput("target_amount must be positive")
+    anchor = data.get("anchor_variable")
+    if anchor is not None and (not isinstance(anchor, str) or not anchor.isidentifier()):
+        raise InvalidInput(f"anchor_variable must name a variable, got {anchor!r}")
     if session.get(BusinessHoursRow, data.get("business_hours", "default")) is None:
         raise InvalidInput(f"no business hours named {data.get('business_hours')!r}")
     for milestone in data.get("milestones", []):
@@ -283,6 +286,7 @@ def upsert_policy(session: Session, rt: Any, *, data: dict[str, Any], actor: Act
     policy.business_hours = data.get("business_hours", "default")
     policy.milestones = sorted(data.get("milestones", []), key=lambda m: m["at"])
     policy.pausable = bool(data.get("pausable", True))
+    policy.anchor_variable = data.get("anchor_variable") or None
     policy.updated_at, policy.updated_by = now, actor.username
     session.flush()
     _bump_revision(session, "sla_revision")
@@ -313,24 +317,49 @@ def start_clock(session: Session, rt: Any, *, instance: ProcessInstance, task: T
     """Give a new task its due date; returns the policy whose milestones
     :func:`schedule_milestones` must arm once the task row has an id."""
     policy = match(session, rt, task, data)
-    task.sla_started_at = now
+    start = _anchor(policy, data, now)
+    task.sla_started_at = start
     if task.due_at is not None:
         task.due_source = "diagram"
     elif policy is not None:
         calendar = CALENDARS.get(session, policy.business_hours)
-        due = calendar.add(now, policy.target_amount, policy.target_unit)
+        due = calendar.add(start, policy.target_amount, policy.target_unit)
         task.due_at, task.due_source, task.calendar_incomplete = due.at, "policy", due.incomplete
     if task.due_at is not None:
-        task.at_risk_at = _at_risk(session, policy, task, start=now)
+        task.at_risk_at = _at_risk(session, policy, task, start=start)
     if policy is None or task.due_at is None:
         return None
     task.sla_policy_id = policy.id
     return policy
 
 
+def _anchor(policy: PolicyRow | None, data: dict[str, Any], now: datetime) -> datetime:
+    """Where the clock starts: the policy's anchor variable when it holds an earlier,
+    timezone-aware moment (a regulatory deadline counts from the event, not from when the
+    case reached us), else now. An unusable value falls back to now rather than failing
+    the step: the due date is then late, never early, and the value is visible in the data."""
+    name = getattr(policy, "anchor_variable", None)
+    raw = data.get(name) if name else None
+    if not raw:
+        return now
+    try:
+        moment = raw if isinstance(raw, datetime) else datetime.fromisoformat(str(raw))
+    except ValueError:
+        return now
+    if moment.tzinfo is None and len(str(raw)) == 10:
+        # A date only ("opened 2025-06-03"): that day at the time it is now, so a message
+        # arriving on the day itself changes nothing and a late one moves back whole days.
+        local = now.astimezone(SHANGHAI)
+        moment = datetime.combine(moment.date(), local.timetz())
+    if moment.tzinfo is None or moment > now:
+        return now
+    return moment
+
+
 def schedule_milestones(session: Session, rt: Any, *, instance: ProcessInstance, task: Task, policy: PolicyRow,
                         now: datetime) -> None:
-    _schedule_milestones(session, rt, instance, task, policy, start=now, now=now)
+    start = task.sla_started_at or now
+    _schedule_milestones(session, rt, instance, task, policy, start=start, now=now, overdue_breach=start < now)
 
 
 def _at_risk(session: Session, policy: PolicyRow | None, task: Task, *, start: datetime) -> datetime:
@@ -344,7 +373,7 @@ def _at_risk(session: Session, policy: PolicyRow | None, task: Task, *, start: d
 
 def _schedule_milestones(session: Session, rt: Any, instance: ProcessInstance, task: Task,
                          policy: PolicyRow, *, start: datetime, now: datetime,
-                         shift: timedelta = timedelta()) -> None:
+                         shift: timedelta = timedelta(), overdue_breach: bool = False) -> None:
     """Timer rows for the milestones still ahead: a recompute must not re-notify the past.
     ``shift`` is time the clock already spent paused; every milestone moves by it."""
     assert task.due_at is not None
@@ -362,7 +391,10 @@ def _schedule_milestones(session: Session, rt: Any, instance: ProcessInstance, t
     for milestone, at in points:
         at += shift
         if at < (task.sla_paused_at if paused else now):
-            continue
+            if not (overdue_breach and milestone["at"] >= 1.0 and not paused):
+                continue
+            # A clock anchored in the past can be breached on arrival: record it now.
+            at = now
         timer = Timer(kind="sla", instance_id=instance.id, task_uuid=task.task_uuid,
                       element_id=task.element_id, due_at=at, status="paused" if paused else "waiting",
                       created_at=now, payload={"task_id": task.id, "policy": policy.key, **milestone})

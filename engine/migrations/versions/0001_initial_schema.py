@@ -132,6 +132,7 @@ def upgrade() -> None:
     sa.Column('business_hours', sa.String(length=64), nullable=False),
     sa.Column('milestones', sa.JSON(), nullable=False),
     sa.Column('pausable', sa.Boolean(), nullable=False),
+    sa.Column('anchor_variable', sa.String(length=128), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_by', sa.String(length=64), nullable=True),
     sa.PrimaryKeyConstraint('id'),

@@ -1,0 +1,79 @@
+"""An SLA clock anchored to the event (brief §2.3: "opening date + 1 calendar month"), not to
+the moment the case reached us: the policy's anchor_variable."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+import time_machine
+from sqlalchemy import select
+
+from engine import demo, messages, sla, timers
+from engine.calendars import SHANGHAI
+from engine.config import PROJECT_ROOT
+from engine.errors import InvalidInput
+from engine.identity import Actor
+from engine.models import AuditEvent, Task
+
+pytestmark = pytest.mark.sqlite
+SYSTEM = Actor.system("account-system")
+
+
+def sh(*args: int) -> datetime:
+    return datetime(*args, tzinfo=SHANGHAI)
+
+
+@pytest.fixture
+def callback(db, rt):
+    with db.transaction() as s:
+        demo.load(s, rt)
+        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
+
+
+def _opened(db, rt, payload):
+    with db.transaction() as s:
+        case = messages.correlate(s, rt, name="account_opened", correlation_key=None, actor=SYSTEM, payload=payload)
+        return s.execute(select(Task).where(Task.instance_id == case.id, Task.element_id == "call_attempt")
+                         ).scalar_one(), case.id
+
+
+def test_a_late_message_counts_from_the_opening_not_from_its_arrival(db, rt, callback):
+    # Opened 06-03, the account system's message arrives on 06-10: due 07-03, not 07-10.
+    with time_machine.travel(sh(2025, 6, 10, 10), tick=False):
+        attempt, _ = _opened(db, rt, {"client_id": "C08", "opened_at": "2025-06-03"})
+    assert attempt.due_at == sh(2025, 7, 3, 10)
+    assert attempt.sla_started_at == sh(2025, 6, 3, 10)
+
+
+def test_an_exact_moment_anchors_the_clock_to_it(db, rt, callback):
+    with time_machine.travel(sh(2025, 6, 10, 10), tick=False):
+        attempt, _ = _opened(db, rt, {"client_id": "C08", "opened_at": "2025-06-05T15:30:00+08:00"})
+    assert attempt.due_at == sh(2025, 7, 5, 15, 30)
+
+
+@pytest.mark.parametrize("opened_at", ["2025-06-20", "not a date", "2025-06-03T10:00:00"])
+def test_an_unusable_anchor_counts_from_now(db, rt, callback, opened_at):
+    # In the future, unparseable, or without an offset: the due date is late, never early.
+    with time_machine.travel(sh(2025, 6, 10, 10), tick=False):
+        attempt, _ = _opened(db, rt, {"client_id": "C08", "opened_at": opened_at})
+    assert attempt.due_at == sh(2025, 7, 10, 10)
+
+
+def test_a_case_already_past_its_deadline_on_arrival_is_breached_at_once(db, rt, callback):
+    with time_machine.travel(sh(2025, 7, 10, 10), tick=False):
+        attempt, instance_id = _opened(db, rt, {"client_id": "C08", "opened_at": "2025-06-03"})
+        assert attempt.due_at == sh(2025, 7, 3, 10)
+        assert sla.state(attempt, sh(2025, 7, 10, 10))[0] == sla.BREACHED
+    with time_machine.travel(sh(2025, 7, 10, 10) + timedelta(seconds=1), tick=False):
+        timers.fire_due(db, rt)
+    with db.transaction() as s:
+        assert s.get(Task, attempt.id).breached_at is not None
+        kinds = s.execute(select(AuditEvent.kind).where(AuditEvent.stream == f"instance:{instance_id}")).scalars()
+        assert "sla.breached" in list(kinds)
+
+
+def test_a_policy_anchor_must_name_a_variable(db, rt, callback):
+    with pytest.raises(InvalidInput, match="anchor_variable"), db.transaction() as s:
+        sla.upsert_policy(s, rt, data={"key": "x", "target_amount": 1, "target_unit": "CD",
+                                       "anchor_variable": "opened at"}, actor=Actor.system("owner"))
