@@ -23,8 +23,10 @@ from engine.models import ApiToken, Group, GroupMember, User
 ADMIN = "admin"
 PROCESS_OWNER = "process_owner"
 SUPERVISOR = "supervisor"
+# Outside systems (account opening, HR, surveillance, the 12386 gateway) sending messages.
+INTEGRATION = "integration"
 SYSTEM_ROLES = {ADMIN: "系统管理员 Administrator", PROCESS_OWNER: "流程负责人 Process owner",
-                SUPERVISOR: "主管 Supervisor"}
+                SUPERVISOR: "主管 Supervisor", INTEGRATION: "外部系统 Integration"}
 TOKEN_PREFIX = "bpm_"
 SERVICE_GROUP_KIND = "service_group"
 

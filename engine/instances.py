@@ -16,7 +16,7 @@ from engine import client_access, sla
 from engine.client_access import BRANCH_MANAGEMENT, BRANCH_OR_ALL
 from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied, ProcessNotFound
 from engine.expressions import json_safe
-from engine.identity import SUPERVISOR, Actor
+from engine.identity import INTEGRATION, SUPERVISOR, Actor
 from engine.models import AuditEvent, Client, ProcessInstance, ProcessVersion, Task, TaskCandidate, TaskExclusion
 from engine.numbering import next_business_key
 from engine.runtime import (
@@ -49,7 +49,11 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
         raise ProcessNotFound(f"no process {process_key!r} is deployed")
     version, existing_id, calendar_revision, sla_revision = found
     sla.remember_revisions(session, calendar_revision, sla_revision)
-    if version.starter_groups and not actor.has_role(SUPERVISOR) and not actor.groups & set(version.starter_groups):
+    # Outside systems start processes by message whatever the starter groups (which are
+    # about people); a person needs one of them, or the supervisor role.
+    system_start = message is not None and actor.has_role(INTEGRATION)
+    if (version.starter_groups and not system_start and not actor.has_role(SUPERVISOR)
+            and not actor.groups & set(version.starter_groups)):
         raise PermissionDenied(f"starting {process_key} needs one of the groups {', '.join(version.starter_groups)}")
     if existing_id is not None:
         raise DuplicateBusinessKey(
@@ -181,6 +185,11 @@ def get(session: Session, instance_id: int, *, actor: Actor) -> ProcessInstance:
     if instance is None:
         raise InstanceNotFound(f"no instance {instance_id}")
     return instance
+
+
+def readable(session: Session, instance_id: int, actor: Actor) -> bool:
+    return session.execute(select(ProcessInstance.id).where(
+        ProcessInstance.id == instance_id, _not_recused(actor), _visible(session, actor))).first() is not None
 
 
 def get_all(session: Session, *, actor: Actor, process_key: str | None = None, status: str | None = None,

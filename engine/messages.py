@@ -14,7 +14,7 @@ from engine import instances
 from engine.deployments import latest_versions
 from engine.errors import AmbiguousCorrelation, MessageNotCorrelated
 from engine.expressions import json_safe
-from engine.identity import Actor
+from engine.identity import INTEGRATION, Actor
 from engine.models import MessageSubscription, ProcessInstance
 from engine.runtime import Runtime, audit, locked_instance, run_and_save
 
@@ -45,6 +45,10 @@ def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str 
         raise MessageNotCorrelated(f"nobody waits for message {name!r} with key {correlation_key!r}")
 
     assert correlation_key  # subscriptions were found by it
+    if not actor.has_role(INTEGRATION) and not instances.readable(session, subscriptions[0].instance_id, actor):
+        # A person may tell a case something (the client withdrew at the counter) only if
+        # they may read that case; outside systems hold the integration role.
+        raise MessageNotCorrelated(f"nobody waits for message {name!r} with key {correlation_key!r}")
     instance = locked_instance(session, subscriptions[0].instance_id)
     # Re-read under the lock: a concurrent delivery may have consumed the subscription.
     subscription = next(iter(_subscriptions(session, name, correlation_key)), None)

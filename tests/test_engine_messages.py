@@ -168,3 +168,18 @@ def test_a_message_start_event_starts_an_instance_keyed_by_the_correlation_key(d
         messages.correlate(s, rt, name="complaint_received", correlation_key="CMP-20261125-0001",
                            actor=people.system, payload={})
     assert row_counts(db) == before
+
+
+def test_a_person_cannot_message_a_case_they_may_not_read(db, rt, people, review):
+    """A clerk of another branch, in none of the case's groups, cannot tell the case anything;
+    an outside system (the integration role) can, and so can the clerk who started it."""
+    from engine.identity import INTEGRATION
+
+    one = _waiting_for_ack(db, rt, people, "R-9")
+    before = row_counts(db)
+    with pytest.raises(MessageNotCorrelated), db.transaction() as s:
+        messages.correlate(s, rt, name="client_ack", correlation_key="R-9", actor=people.outsider, payload={})
+    assert row_counts(db) == before
+    gateway = Actor(username="gateway", groups=frozenset({INTEGRATION}))
+    with db.transaction() as s:
+        assert messages.correlate(s, rt, name="client_ack", correlation_key="R-9", actor=gateway, payload={}).id == one
