@@ -29,23 +29,31 @@ from engine import sla
 from engine.assignment import resolve_candidate_groups
 from engine.audit import record_instance_event
 from engine.bpmn.lint import candidate_groups_of
-from engine.bpmn.parser import EXCLUDE_GROUPS, EXCLUDE_USERS, camunda_of, properties_of
+from engine.bpmn.parser import (
+    EXCLUDE_GROUPS,
+    EXCLUDE_SERVICE_GROUPS_OF,
+    EXCLUDE_USERS,
+    camunda_of,
+    properties_of,
+)
 from engine.bpmn.script_engine import SafeScriptEngine
 from engine.bpmn.serializer import SpecCache, dump_state, load_state
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
 from engine.db import after_commit
 from engine.errors import BpmError, ExpressionError, InstanceNotFound, InstanceNotRunning
-from engine.expressions import SafeEvaluator, json_safe
+from engine.expressions import SafeEvaluator, json_safe, unwrap
 from engine.identity import Actor
 from engine.models import (
     MessageSubscription,
     ProcessInstance,
     ProcessVersion,
+    StaffProfile,
     Task,
     TaskCandidate,
     TaskExclusion,
     Timer,
+    User,
 )
 from engine.service_tasks import ServiceRegistry
 from engine.service_tasks import registry as default_registry
@@ -425,7 +433,7 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
         groups = resolve_candidate_groups(session, rt.evaluator, candidate_groups_of(spec),
                                           instance=instance, data=task.data)
-        excluded = _exclusions(rt, task, properties_of(spec))
+        excluded = _exclusions(session, rt, task, properties_of(spec))
     except (ExpressionError, ValueError) as exc:
         # The step itself succeeded; an unusable assignment/due expression fails the
         # instance so an administrator sees it, instead of a task nobody can find. No row is
@@ -463,21 +471,32 @@ _INSERT_CANDIDATE = insert(TaskCandidate)
 _INSERT_EXCLUSION = insert(TaskExclusion)
 
 
-def _exclusions(rt: Runtime, task: Any, properties: dict[str, str]) -> list[str]:
+def _exclusions(session: Session, rt: Runtime, task: Any, properties: dict[str, str]) -> list[str]:
     """Principals recused from the task: ``user:<name>`` and ``group:<key>``. A property is a
-    literal (comma-separated) or an expression giving a name or a list; empty values (the
-    variable not set yet) exclude nobody."""
-    principals: list[str] = []
-    for name, prefix in ((EXCLUDE_USERS, "user:"), (EXCLUDE_GROUPS, "group:")):
-        raw = properties.get(name)
-        if not raw or not raw.strip():
-            continue
-        if raw.strip().startswith(("${", "#{")):
-            value = rt.evaluator.evaluate(raw.strip(), task.data)
-            values = value if isinstance(value, (list, tuple, set)) else [value]
+    literal (comma-separated) or an expression giving a name or a list; empty values, and a
+    plain ``${variable}`` that is not set (a complaint with no staff subject), exclude nobody.
+    ``excludeServiceGroupsOf`` names users whose service groups are recused as well."""
+    def values_of(name: str) -> list[str]:
+        raw = (properties.get(name) or "").strip()
+        if not raw:
+            return []
+        if raw.startswith(("${", "#{")):
+            if unwrap(raw).isidentifier() and unwrap(raw) not in task.data:
+                return []
+            value = rt.evaluator.evaluate(raw, task.data)
+            found = value if isinstance(value, (list, tuple, set)) else [value]
         else:
-            values = raw.split(",")
-        principals.extend(prefix + str(v).strip() for v in values if v is not None and str(v).strip())
+            found = raw.split(",")
+        return [str(v).strip() for v in found if v is not None and str(v).strip()]
+
+    principals = [f"user:{u}" for u in values_of(EXCLUDE_USERS)]
+    principals += [f"group:{g}" for g in values_of(EXCLUDE_GROUPS)]
+    subjects = values_of(EXCLUDE_SERVICE_GROUPS_OF)
+    if subjects:
+        groups = session.execute(select(StaffProfile.service_group_key).join(User, User.id == StaffProfile.user_id)
+                                 .where(User.username.in_(subjects), StaffProfile.service_group_key.is_not(None))
+                                 ).scalars()
+        principals += [f"group:{g}" for g in groups]
     return list(dict.fromkeys(principals))
 
 

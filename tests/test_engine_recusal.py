@@ -247,3 +247,16 @@ def test_an_instance_carries_its_report_variables_latest_value_across_parallel_b
 def _facts(db, instance_id):
     with db.transaction() as s:
         return s.get(ProcessInstance, instance_id).facts
+
+
+def test_an_exclusion_naming_a_variable_that_is_not_set_excludes_nobody(db, rt, people):
+    # A complaint about the firm's systems names no staff subject: nobody is recused, and
+    # the case goes on instead of failing on an undefined name.
+    xml = process(linear(("t", _task_with("t", "clerks", excludeUsers="${subject_staff_ids}",
+                                          excludeServiceGroupsOf="${subject_staff_ids}"))), key="no_subject")
+    _deploy(db, rt, people, xml)
+    with db.transaction() as s:
+        inst = instances.start(s, rt, process_key="no_subject", business_key="NS-1", actor=people.clerk)
+    assert _open_task(db, inst.id, "t").excluded is None
+    with db.transaction() as s:
+        assert s.get(ProcessInstance, inst.id).status == "running"

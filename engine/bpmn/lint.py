@@ -20,6 +20,7 @@ from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
 from engine.bpmn.parser import (
     COMPLETED_BY_VARIABLE,
     EXCLUDE_GROUPS,
+    EXCLUDE_SERVICE_GROUPS_OF,
     EXCLUDE_USERS,
     ParsedProcess,
     RegistryServiceTask,
@@ -137,7 +138,7 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
             report(element, "user task has no lane, camunda:candidateGroups or camunda:assignee: "
                             "nobody could ever see it")
         properties = properties_of(task_spec)
-        for name in (EXCLUDE_USERS, EXCLUDE_GROUPS):
+        for name in (EXCLUDE_USERS, EXCLUDE_GROUPS, EXCLUDE_SERVICE_GROUPS_OF):
             value = properties.get(name, "").strip()
             if value.startswith(("${", "#{")):
                 check_expr(element, f"property {name!r}", value)

@@ -74,6 +74,8 @@ def properties_of(task_spec: Any) -> dict[str, str]:
 
 # Task properties the engine acts on (see README, "Recusal").
 EXCLUDE_USERS, EXCLUDE_GROUPS, COMPLETED_BY_VARIABLE = "excludeUsers", "excludeGroups", "completedByVariable"
+# Usernames whose service groups are recused too (a complaint's subject and their group).
+EXCLUDE_SERVICE_GROUPS_OF = "excludeServiceGroupsOf"
 # Process properties (see README, "Figures" and "Case numbers").
 REPORT_VARIABLES, BUSINESS_KEY_FORMAT = "reportVariables", "businessKeyFormat"
 
