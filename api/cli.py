@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from engine import audit, bundle, demo, deployments, identity
+from engine import audit, bundle, demo, demo_cases, deployments, identity
 from engine.config import Settings
 from engine.db import Database
 from engine.errors import BpmError, ConfigError, DeploymentRejected
@@ -391,6 +391,31 @@ def registry_evaluate(ctx: Context, as_of: Any) -> None:
     click.echo(f"{result.evaluated} client(s) evaluated as of {day}: {len(result.changes)} change(s){skipped}")
 
 
+@registry_group.command("staff-departed")
+@click.argument("username")
+@click.option("--on", "departed_on", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="The departure date (today or earlier).")
+@pass_ctx
+def registry_staff_departed(ctx: Context, username: str, departed_on: Any) -> None:
+    """员工离职: deactivate USERNAME, end their service-group membership and start a
+    departed_staff callback for each client of the group; print the callbacks and any
+    group that now needs a replacement."""
+    from engine import registry
+
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        result = registry.staff_departed(session, rt, username=username, departed_on=departed_on.date(),
+                                         actor=identity.Actor.system("cli"), now=rt.now())
+        callbacks = [(c.business_key, c.client_id, c.status) for c in result.callbacks]
+    for business_key, client_id, status in callbacks:
+        click.echo(f"{business_key} departed_staff callback for {client_id} ({status})")
+    for shortfall in result.groups_needing_replacement:
+        click.echo(f"warning: {shortfall.message} (members: {', '.join(shortfall.members) or 'none'})")
+    released = f"; {result.released_tasks} claimed task(s) returned to their queues" if result.released_tasks else ""
+    click.echo(f"{username} departed on {result.departed_on}: deactivated, left "
+               f"{result.service_group or 'no service group'}; {len(callbacks)} callback(s) started{released}")
+
+
 @main.group("figures")
 def figures_group() -> None:
     """Inputs of the supervisors' figures: client period figures, settings."""
@@ -439,8 +464,8 @@ def demo_group() -> None:
 @demo_group.command("load")
 @pass_ctx
 def demo_load(ctx: Context) -> None:
-    """Create the demo branches, staff (password: demo), service groups and clients, and
-    deploy workflows/. Idempotent."""
+    """Create the demo branches, staff (password: demo), service groups and clients, deploy
+    workflows/, and open the cases of brief §4.5 with dates relative to today. Idempotent."""
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
         created = demo.load(session, rt)
@@ -457,6 +482,21 @@ def demo_load(ctx: Context) -> None:
         click.echo(f"{'deployed' if result.created else 'unchanged'}: "
                    f"{result.version.process_key} v{result.version.version}")
     click.echo(f"SLA policies saved: {policies}")
+    try:
+        with ctx.db.transaction() as session:
+            cases = demo_cases.load_cases(session, rt, now=rt.now())
+    except BpmError as exc:
+        fail(f"the open cases of brief §4.5 could not be loaded: {exc}")
+    failed = []
+    for case in cases:
+        if case.error is not None:
+            failed.append(case)
+            click.echo(f"not loaded: {case.spec.key} ({case.spec.process_key}): {case.error}", err=True)
+            continue
+        click.echo(f"{'created' if case.created else 'exists'}: {case.key} ({case.spec.process_key}): "
+                   f"{'; '.join(case.lines)}")
+    if failed:
+        fail(f"{len(failed)} of the {len(cases)} demo cases could not be loaded")
 
 
 @main.command()

@@ -11,14 +11,17 @@ from __future__ import annotations
 import csv
 import json
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import bundle, classification, deployments, identity, registry, registry_import, sla
+from engine.calendars import Unit
 from engine.errors import InvalidInput
-from engine.models import User
+from engine.models import SlaPolicy, User
 from engine.runtime import Runtime
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
@@ -71,7 +74,9 @@ def load(session: Session, rt: Runtime) -> int:
 
 def load_workflows(session: Session, rt: Runtime, workflows: Path) -> tuple[list[deployments.DeployedVersion], int]:
     """Deploy the diagrams in ``workflows/`` and save the SLA policies in
-    ``workflows/sla/*.json``; returns the versions and how many policies were saved."""
+    ``workflows/sla/*.json``; returns the versions and how many policies were saved (new
+    or changed: saving a policy recomputes every open task's due date and milestone
+    timers, so an unchanged one is left alone and a reload writes nothing)."""
     results = []
     actor = identity.Actor.system("demo")
     if any(workflows.glob("*.bpmn")):
@@ -79,6 +84,42 @@ def load_workflows(session: Session, rt: Runtime, workflows: Path) -> tuple[list
     saved = 0
     for path in sorted((workflows / "sla").glob("*.json")):
         for policy in json.loads(path.read_text(encoding="utf-8")):
-            sla.upsert_policy(session, rt, data=policy, actor=actor)
-            saved += 1
+            if not _policy_unchanged(session, policy):
+                sla.upsert_policy(session, rt, data=policy, actor=actor)
+                saved += 1
     return results, saved
+
+
+# How ``sla.upsert_policy`` stores each field of a policy file (key -> stored value).
+_POLICY_FIELDS: dict[str, Any] = {
+    "key": lambda d: d["key"],
+    "name": lambda d: d.get("name", d["key"]),
+    "position": lambda d: int(d.get("position", 100)),
+    "active": lambda d: bool(d.get("active", True)),
+    "process_key": lambda d: d.get("process_key"),
+    "element_id": lambda d: d.get("element_id"),
+    "lane": lambda d: d.get("lane"),
+    "min_priority": lambda d: d.get("min_priority"),
+    "match_data": lambda d: dict(d.get("match_data") or {}),
+    "target_amount": lambda d: Decimal(str(d["target_amount"])),
+    "target_unit": lambda d: Unit(d["target_unit"]).value,
+    "business_hours": lambda d: d.get("business_hours", "default"),
+    "milestones": lambda d: sorted(d.get("milestones", []), key=lambda m: m["at"]),
+    "pausable": lambda d: bool(d.get("pausable", True)),
+    "anchor_variable": lambda d: d.get("anchor_variable") or None,
+}
+
+
+def _policy_unchanged(session: Session, data: dict[str, Any]) -> bool:
+    """Whether the stored policy already says what ``data`` says (as ``sla.upsert_policy``
+    stores it). A field this does not know, or anything unreadable, counts as a change: the
+    policy is then saved, through the checks of ``upsert_policy``."""
+    if not isinstance(data, dict) or set(data) - set(_POLICY_FIELDS):
+        return False
+    policy = session.execute(select(SlaPolicy).where(SlaPolicy.key == data.get("key"))).scalar_one_or_none()
+    if policy is None:
+        return False
+    try:
+        return all(getattr(policy, name) == stored(data) for name, stored in _POLICY_FIELDS.items())
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        return False
