@@ -32,9 +32,13 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     callback_type = data.get("callback_type")
     if callback_type not in CALLBACK_TYPES:
         raise ValueError(f"callback_type must be one of {', '.join(CALLBACK_TYPES)}, got {callback_type!r}")
-    for name in ("client_id", "branch_code", "service_group"):
+    for name in ("client_id", "branch_code"):
         if not data.get(name):
             raise ValueError(f"a callback needs {name} in its start data")
+    # A client in the branch pool (no service group yet, like most new accounts) is served
+    # by the branch's account managers (brief §4.3, §6.3): they stand in for the group.
+    pool = not data.get("service_group")
+    service_group = data.get("service_group") or f"{data['branch_code']}:account_manager"
     max_attempts = int(data.get("max_attempts") or DEFAULTS["callback.max_attempts"])
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -45,6 +49,7 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     if not 0.0 <= rate <= 1.0:
         raise ValueError("qa_sample_rate is a fraction between 0 and 1")
     return {
+        "service_group": service_group, "branch_pool": pool,
         "max_attempts": max_attempts, "retry_after": retry_after, "attempt_no": 0,
         "qa_sample_rate": rate, "qa_sampled": random.random() < rate,
         "exception_route": "none", "exception_items": [], "conduct_items": [], "service_items": [],

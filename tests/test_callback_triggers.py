@@ -436,3 +436,15 @@ def test_the_diagram_declares_the_messages_and_draws_every_node_in_its_lane(db, 
         points = edges[flow.get("id")]
         assert _touches(points[0], shapes[flow.get("sourceRef")]), f"{flow.get('id')} starts off its source"
         assert _touches(points[-1], shapes[flow.get("targetRef")]), f"{flow.get('id')} ends off its target"
+
+
+@pytest.mark.sqlite
+def test_a_new_account_in_the_branch_pool_is_served_by_the_branchs_account_managers(db, rt, callback):
+    # Brief §4.4: C09 冯志强 (SX01) has no service group, like most freshly opened accounts.
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        instance = _send(db, rt, "account_opened", {"client_id": "C09", "opened_at": "2025-06-16"})
+    assert instance.status == "running", instance.error
+    data = _data(db, rt, instance.id)
+    assert (data["service_group"], data["branch_pool"]) == ("SX01:account_manager", True)
+    [attempt] = _open_tasks(db, instance.business_key, "call_attempt")
+    assert attempt.due_at == sh(2025, 7, 16, 10)
