@@ -30,8 +30,10 @@ run: $(STAMP)
 services:
 	@bash scripts/services.sh
 
+# One pytest worker per core: each worker gets its own PostgreSQL schema and SQLite files
+# (tests/conftest.py); the Redis fault tests share database 15 and run in one worker.
 test: $(DEV_STAMP) services
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

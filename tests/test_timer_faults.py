@@ -33,6 +33,8 @@ from engine.runtime import Runtime
 from tests.conftest import REDIS_URL, deploy_fixture
 from tests.test_timers import _to_waiting_for_ack
 
+# Every test here owns Redis database 15 (it flushes it): run them all in one xdist worker.
+pytestmark = pytest.mark.xdist_group("redis")
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
 WORKER = [sys.executable, "-c", "from api.cli import run; run()", "worker", "--sweep-interval", "0.3",
