@@ -129,9 +129,8 @@ def committed_transactions(url: URL) -> int:
 
 @dataclass
 class StatementCounter:
-    """SQLAlchemy cursor executions and pool checkouts (one per transaction). Each checkout
-    also costs a pre-ping (``pool_pre_ping``), and each transaction a BEGIN and a COMMIT,
-    which the cursor events do not see."""
+    """SQLAlchemy cursor executions and pool checkouts (one per transaction). Each transaction
+    also costs a BEGIN and a COMMIT, which the cursor events do not see."""
 
     statements: int = 0
     checkouts: int = 0
@@ -518,8 +517,7 @@ def _run(args: argparse.Namespace, url: URL, n: int, n_http: int) -> int:
           f"({100 * svc_cpu / svc_s:.0f}%; the rest is waiting for PostgreSQL)")
     print(f"  SQL statements per instance: {svc_statements / n:.1f} (SQLAlchemy cursor executions) in "
           f"{svc_checkouts / n:.1f} transactions;")
-    print("  each transaction also costs BEGIN, COMMIT and the pool pre-ping (SELECT 1 in autocommit: one more round")
-    print("  trip and one more server transaction per checkout, hence twice the transactions below)")
+    print("  each transaction also costs its BEGIN and COMMIT, which the count above does not see")
     print(f"  committed transactions per instance (pg_stat_database): service layer {svc_xacts / n:.1f}", end="")
     if http_rate is not None:
         print(f", HTTP {http_xacts / n_http:.1f} (7 requests; each also authenticates its token in a transaction)")
