@@ -186,3 +186,14 @@ def test_a_script_version_fails_at_run_time_once_scripts_are_disabled(db, rt, sc
                                data={"amount": 60})
     assert inst.status == "failed"
     assert "script tasks are disabled" in inst.error and "calc" in inst.error
+
+
+def test_a_duplicate_id_is_named_with_what_to_do(db, rt, people):
+    # The process and a task share the id "review": XSD reports "not a valid value of the
+    # atomic type 'xs:ID'", which no process owner can act on.
+    xml = process(linear(("review", user_task("review"))), key="review")
+    with pytest.raises(DeploymentRejected) as caught, db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(xml), actor=people.owner)
+    [problem] = caught.value.problems
+    assert problem.element_id == "review" and problem.line == line_of(xml, "review") + 2
+    assert "used by more than one element" in problem.message and "xs:ID" not in problem.message

@@ -281,7 +281,18 @@ def _validation_problem(exc: ValidationException, filename: str,
         line = element_lines(tree).get(exc.id)
     message = str(exc).split("\n")[0]
     message = re.sub(r"\s+", " ", message).strip()
+    bad_id = _XSD_BAD_ID.search(message)
+    if bad_id:
+        # The schema's words for a duplicate id ("not a valid value of the atomic type
+        # 'xs:ID'") tell a process owner nothing: say what is wrong and what to do.
+        element = bad_id.group(1)
+        return Problem(exc.file_name or filename, line, element,
+                       f"the id {element!r} is used by more than one element, or is not a valid id (start with a "
+                       "letter or '_'; letters, digits, '-', '_' and '.' only): give each element its own id")
     return Problem(exc.file_name or filename, line, exc.id or None, message)
+
+
+_XSD_BAD_ID = re.compile(r"attribute 'id': '([^']*)' is not a valid value of the atomic type 'xs:ID'")
 
 
 # -- Timer values -------------------------------------------------------------------------
