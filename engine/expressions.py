@@ -18,6 +18,7 @@ script may only be a sequence of ``name = expression`` lines evaluated by the sa
 from __future__ import annotations
 
 import ast
+import gc
 import json
 import operator
 import re
@@ -197,7 +198,12 @@ class SafeEvaluator:
         self.check(expression)
         # The budget is this thread's CPU time, not the wall clock: a runaway expression
         # burns CPU, while a busy machine (or a pause in another thread) must not stop a
-        # trivial condition halfway through a step.
+        # trivial condition halfway through a step. The garbage collector is held off for
+        # the evaluation too: a full collection in a large process takes longer than the
+        # budget and would be charged to whichever condition it interrupted. Sizes are
+        # bounded, so an expression cannot build enough garbage to need it.
+        collecting = gc.isenabled()
+        gc.disable()
         evaluator = _Evaluator(names, time.thread_time() + self.timeout)
         try:
             return evaluator.eval(unwrap(expression))
@@ -208,6 +214,9 @@ class SafeEvaluator:
         except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError,
                 AttributeError) as exc:
             raise ExpressionError(f"{unwrap(expression)!r}: {type(exc).__name__}: {exc}") from None
+        finally:
+            if collecting:
+                gc.enable()
 
     # -- restricted scripts (only when BPM_ALLOW_SCRIPT_TASKS is on) ----------------------
     def check_script(self, script: str) -> list[tuple[str, str]]:
