@@ -230,7 +230,8 @@ def _send_messages(session: Session, rt: Runtime, instance: ProcessInstance, wor
         # The receiving case remembers where it came from (a callback opened by a closure).
         payload = {**_thrown_payload(workflow, event), "origin_business_key": instance.business_key,
                    "origin_process": instance.process_key}
-        key = _thrown_correlation_key(rt, definition, payload)
+        # No declared key: the message starts a new case, numbered by the receiving process.
+        key = declared_correlation_key(rt, definition, payload)
         try:
             with session.begin_nested():
                 # The receiving process's starter groups do not apply: the diagram, not the
@@ -261,12 +262,12 @@ def _thrown_payload(workflow: BpmnWorkflow, event: Any) -> dict[str, Any]:
     return dict(latest.data) if latest is not None else {}
 
 
-def _thrown_correlation_key(rt: Runtime, definition: MessageEventDefinition, payload: dict[str, Any]) -> str | None:
-    """The waiting case's key, from the message's correlation property. None when the
-    message declares none: it starts a new case, numbered by the receiving process."""
+def declared_correlation_key(rt: Runtime, definition: MessageEventDefinition, data: dict[str, Any]) -> str | None:
+    """The key the message's correlation property gives for ``data``, or None when it
+    declares none (or none evaluates)."""
     for prop in definition.correlation_properties:
         try:
-            return str(rt.evaluator.evaluate(prop.retrieval_expression, payload))
+            return str(rt.evaluator.evaluate(prop.retrieval_expression, data))
         except ExpressionError:
             continue
     return None
@@ -503,12 +504,8 @@ def _exclusions(session: Session, rt: Runtime, task: Any, properties: dict[str, 
 def correlation_key_for(rt: Runtime, instance: ProcessInstance, definition: MessageEventDefinition,
                         data: dict[str, Any]) -> str:
     """The business key, unless the message declares a correlation property."""
-    for prop in definition.correlation_properties:
-        try:
-            return str(rt.evaluator.evaluate(prop.retrieval_expression, data))
-        except ExpressionError:
-            continue
-    return instance.business_key
+    key = declared_correlation_key(rt, definition, data)
+    return key if key is not None else instance.business_key
 
 
 def _insert_subscriptions(session: Session, rt: Runtime, instance: ProcessInstance, task: Any,
