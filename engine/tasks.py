@@ -309,7 +309,9 @@ def _inbox_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
         # A branch supervisor's view: their branch, and tasks tied to no branch.
         branch = bindparam("supervised_branch", type_=String)
         stmt = stmt.where(or_(branch.is_(None), Task.branch_code.is_(None), Task.branch_code == branch))
-    else:
+    elif not (assignee_me or candidate_me):
+        # "Mine" and "my groups' unclaimed" already imply the visibility rule below; saying
+        # it again doubled the planner's work on the most frequent query (and misled it).
         in_my_groups = exists().where(TaskCandidate.task_id == Task.id,
                                       TaskCandidate.group_key.in_(bindparam("groups", expanding=True)))
         stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))

@@ -30,10 +30,21 @@ from engine.audit import record_system_event
 from engine.bpmn.serializer import dump_state
 from engine.clock import ensure_aware
 from engine.db import Database, after_commit, rowcount
-from engine.errors import InstanceNotFound, InstanceNotRunning, InvalidInput, NotFound, PermissionDenied
+from engine.errors import InvalidInput, NotFound, PermissionDenied
 from engine.identity import SUPERVISOR, Actor
 from engine.models import ProcessInstance, Timer
-from engine.runtime import FAILED, RUNNING, Runtime, audit, locked_instance, run_and_save, settled_timer, timer_due
+from engine.runtime import (
+    FAILED,
+    RUNNING,
+    Runtime,
+    audit,
+    lock_instance_row,
+    lock_statement,
+    locked_instance,
+    run_and_save,
+    settled_timer,
+    timer_due,
+)
 
 log = logging.getLogger(__name__)
 FIRE_DELAY = timedelta(milliseconds=5)
@@ -54,16 +65,19 @@ class NoScheduler:
 def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
     """Fire one timer if it is due and still waiting; return whether it fired."""
     now = rt.now()
-    timer = session.execute(select(Timer).where(Timer.id == timer_id)).scalar_one_or_none()
-    if timer is None or timer.status != "waiting" or timer.due_at >= now:
-        return False
-    if timer.kind == "schedule":
+    # Usually one statement: the timer's instance locked, the timer read along with it.
+    found = lock_instance_row(session, _LOCK_WITH_TIMER, {"timer_id": timer_id})
+    if found is None:
+        # No instance (a schedule's timer), or no such timer.
+        timer = session.execute(select(Timer).where(Timer.id == timer_id)).scalar_one_or_none()
+        if timer is None or timer.kind != "schedule" or timer.status != "waiting" or timer.due_at >= now:
+            return False
         # No instance to lock: the claim alone makes a second delivery a no-op.
         return _claim(session, timer_id, now) and schedules.start_slot(session, rt, timer, now=now)
-    assert timer.instance_id is not None
-    try:
-        instance = locked_instance(session, timer.instance_id, allow=(RUNNING, FAILED))
-    except (InstanceNotFound, InstanceNotRunning):
+    instance, timer = found
+    if timer.status != "waiting" or timer.due_at >= now:
+        return False
+    if instance.status not in (RUNNING, FAILED):
         # The instance ended or was cancelled: nothing may happen, and the row is settled.
         session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == "waiting")
                         .values(status="cancelled"))
@@ -81,6 +95,9 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
     return _fire_bpmn(session, rt, timer, instance, now)
 
 
+# The timer row is read with the instance but not locked: the claim below is the authority.
+_LOCK_WITH_TIMER = lock_statement(ProcessInstance.id == Timer.instance_id, Timer.id == bindparam("timer_id"),
+                                  also=Timer)
 _CLAIM = (update(Timer).where(Timer.id == bindparam("timer_id"), Timer.status == "waiting")
           .values(status="fired", fired_at=bindparam("now")))
 _UNCLAIM = update(Timer).where(Timer.id == bindparam("timer_id")).values(status="waiting", fired_at=None)
