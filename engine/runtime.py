@@ -21,8 +21,9 @@ from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefin
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import String, bindparam, delete, func, insert, select, update
 from sqlalchemy import inspect as sqlalchemy_inspect
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from engine import sla
@@ -130,21 +131,25 @@ class Runtime:
         return load_state(instance.state, spec, subprocess_specs, self.script_engine)
 
 
-def lock_statement(where: Any) -> Any:
+def lock_statement(*where: Any, also: Any = None) -> Any:
     """``SELECT instance FOR UPDATE`` (SQLite's BEGIN IMMEDIATE already holds the database),
     re-reading the row so a change that waited for the lock sees its predecessor, and
-    bringing the reference-data revisions along (see ``sla.revisions``)."""
-    return (select(ProcessInstance, *sla.REVISION_COLUMNS).where(where)
+    bringing the reference-data revisions along (see ``sla.revisions``). ``also``: one more
+    entity read in the same statement, unlocked (its columns are as of the statement's
+    start, so only for rows whose later claim is the authority, like a timer's)."""
+    entities = (ProcessInstance,) if also is None else (ProcessInstance, also)
+    return (select(*entities, *sla.REVISION_COLUMNS).where(*where)
             .with_for_update(of=ProcessInstance).execution_options(populate_existing=True))
 
 
-def lock_instance_row(session: Session, statement: Any, params: dict[str, Any]) -> ProcessInstance | None:
+def lock_instance_row(session: Session, statement: Any, params: dict[str, Any]) -> Any:
+    """The locked instance, or ``(instance, other)`` for a statement built with ``also``."""
     row = session.execute(statement, params).one_or_none()
     if row is None:
         return None
-    instance, calendar_revision, sla_revision = row
+    *entities, calendar_revision, sla_revision = row
     sla.remember_revisions(session, calendar_revision, sla_revision)
-    return instance  # type: ignore[no-any-return]
+    return entities[0] if len(entities) == 1 else tuple(entities)
 
 
 _LOCK_BY_ID = lock_statement(ProcessInstance.id == bindparam("instance_id"))
@@ -458,9 +463,15 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
     # whoever needs the task later in the transaction reads it (``_retire`` does).
     connection = session.connection()
     values = {k: v for k, v in sqlalchemy_inspect(row).dict.items() if not k.startswith("_")}
-    row.id = connection.execute(_INSERT_TASK, values).scalar_one()
-    if groups:
-        connection.execute(_INSERT_CANDIDATE, [{"task_id": row.id, "group_key": g} for g in groups])
+    if groups and connection.dialect.name == "postgresql":
+        # The task and its candidate rows in one statement: the row's id never has to
+        # travel back to Python before the candidates can be written.
+        params = {**_TASK_DEFAULTS, **values, "groups": groups}
+        row.id = connection.execute(_INSERT_TASK_WITH_CANDIDATES, params).scalars().all()[0]
+    else:
+        row.id = connection.execute(_INSERT_TASK, values).scalar_one()
+        if groups:
+            connection.execute(_INSERT_CANDIDATE, [{"task_id": row.id, "group_key": g} for g in groups])
     if excluded:
         connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p} for p in excluded])
     if policy is not None:
@@ -469,6 +480,19 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
 
 _INSERT_TASK = insert(Task).returning(Task.id)
 _INSERT_CANDIDATE = insert(TaskCandidate)
+# Every column but the id bound by name (a CTE's INSERT takes no implicit column list);
+# unset ones get their Python-side default, as the plain INSERT would.
+_TASK_COLUMNS = [c for c in Task.__table__.columns if c.key != "id"]
+_TASK_DEFAULTS = {c.key: (c.default.arg if c.default is not None and not callable(c.default.arg) else None)
+                  for c in _TASK_COLUMNS}
+_NEW_TASK = (insert(Task).values({c.key: bindparam(c.key, type_=c.type) for c in _TASK_COLUMNS})
+             .returning(Task.id).cte("new_task"))
+_INSERT_TASK_WITH_CANDIDATES = (
+    insert(TaskCandidate)
+    .from_select(["task_id", "group_key"],
+                 select(_NEW_TASK.c.id, func.unnest(bindparam("groups", type_=ARRAY(String)))))
+    .returning(TaskCandidate.task_id)
+)
 _INSERT_EXCLUSION = insert(TaskExclusion)
 
 
