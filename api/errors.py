@@ -1,14 +1,24 @@
 """The one place where engine errors become HTTP: ``application/problem+json`` (RFC 9457)
-with a stable ``code`` taken from the exception class."""
+with a stable ``code`` taken from the exception class.
+
+Every 422 carries ``errors``: a flat list of ``{"field": ..., "message": ...}``, whichever
+check refused the request (the request schema, a form's JSON Schema, the variables of a data
+correction, a deployment's lint). ``field`` is the path of the offending value with segments
+joined by ``/``, the form errors' convention: ``milestones/0/action``, ``limit``, ``""`` for
+the input as a whole. A deployment's entries also keep ``file``, ``line`` and ``element_id``.
+"""
 
 from __future__ import annotations
 
+import http
 from typing import Any
 
 from flask import Flask, Response, json
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
+from api.schemas import ProblemDetailsOut
 from engine import errors
 
 PROBLEM = "application/problem+json"
@@ -20,6 +30,7 @@ STATUS: list[tuple[type[errors.BpmError], int]] = [
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.FormValidationError, 422),
+    (errors.DataInvalid, 422),
     (errors.DeploymentRejected, 422),
     (errors.InvalidInput, 400),
     (errors.ConfigError, 500),
@@ -38,18 +49,47 @@ def problem(status: int, code: str, title: str, detail: str | None = None, **ext
     if detail:
         body["detail"] = detail
     body.update(extra)
+    if status == 422 and not body.get("errors"):
+        # The contract is "every 422 lists what was wrong": a refusal that names no field
+        # still gives a client one entry to show.
+        body["errors"] = [{"field": "", "message": detail or title}]
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=PROBLEM,
                     headers=headers)
 
 
+def field_errors(messages: Any, path: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """marshmallow's nested messages (``{"milestones": {0: {"action": ["…"]}}}``) as the flat
+    list; ``_schema`` (a check of the object as a whole) adds no path segment."""
+    if isinstance(messages, dict):
+        return [entry for key, value in messages.items()
+                for entry in field_errors(value, path if key == "_schema" else (*path, str(key)))]
+    if isinstance(messages, (list, tuple)):
+        return [entry for value in messages for entry in field_errors(value, path)]
+    return [{"field": "/".join(path), "message": str(messages)}]
+
+
+def _deployment_errors(exc: errors.DeploymentRejected) -> list[dict[str, Any]]:
+    """A lint problem's field is the bundle file it is in; line and element locate it there."""
+    return [{"field": p.file, "message": p.message, "file": p.file, "line": p.line, "element_id": p.element_id}
+            for p in exc.problems]
+
+
 def _handle_engine_error(exc: errors.BpmError) -> Response:
     status = status_for(exc)
-    return problem(status, exc.code, exc.code.replace("_", " "), exc.message, **exc.details)
+    details = dict(exc.details)
+    if isinstance(exc, errors.DeploymentRejected):
+        details.pop("problems", None)
+        details["errors"] = _deployment_errors(exc)
+    return problem(status, exc.code, exc.code.replace("_", " "), exc.message, **details)
 
 
 class ProblemApi(Api):  # type: ignore[misc]
     """flask-smorest's error handler, speaking problem+json like the engine errors."""
+
+    # What flask-smorest documents for every error response (its own ErrorSchema describes
+    # a payload this API never sends).
+    ERROR_SCHEMA = ProblemDetailsOut
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         data = getattr(error, "data", None) or {}
@@ -58,10 +98,27 @@ class ProblemApi(Api):  # type: ignore[misc]
                 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
                 422: "invalid_request"}.get(status, "error" if status < 500 else "internal_error")
         extra = {}
-        if "errors" in data or "messages" in data:
-            extra["errors"] = data.get("errors") or data.get("messages")
+        messages = data.get("messages")
+        if messages:
+            # webargs keys its messages by location ("json", "query"): an endpoint reads one
+            # location, so the location adds nothing to the field's path.
+            located = messages.values() if isinstance(messages, dict) else [messages]
+            extra["errors"] = [entry for by_location in located for entry in field_errors(by_location)]
         detail = data.get("message") or (error.description if status < 500 else None)
         return problem(status, code, error.name, detail, **extra)
+
+    def _register_responses(self) -> None:
+        """flask-smorest's shared responses (``UNPROCESSABLE_ENTITY``, ``CONFLICT``, …), with
+        the media type the errors are sent as: it would document them as application/json."""
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if not 100 <= status < 200 and status not in (204, 304):
+                response["schema"] = self.ERROR_SCHEMA
+            prepare_response(response, self.spec, PROBLEM)
+            self.spec.components.response(status.name, response, lazy=True)
+        default: dict[str, Any] = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
+        prepare_response(default, self.spec, PROBLEM)
+        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, default, lazy=True)
 
 
 def register(app: Flask) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import INCLUDE, Schema, fields, validate
 
 from api.context import bpm
 from engine import classification, client_access, sla
@@ -13,6 +13,33 @@ from engine.runtime import ACTIVE_TASK_STATES
 
 TASK_STATUSES = ("open", "claimed", "completed", "cancelled")
 INSTANCE_STATUSES = ("running", "completed", "cancelled", "failed")
+
+
+class FieldErrorOut(Schema):
+    field = fields.String(required=True, metadata={"description": (
+        "where the offending value is: its path with segments joined by '/' (a request body "
+        "member 'milestones/0/action', a query parameter 'limit', a form field 'contacts/0/phone', "
+        "a variable 'set/amount'); '' for the input as a whole; for deployment_invalid, the file")})
+    message = fields.String(required=True)
+    file = fields.String(metadata={"description": "deployment_invalid only: the bundle file"})
+    line = fields.Integer(allow_none=True, metadata={"description": "deployment_invalid only"})
+    element_id = fields.String(allow_none=True, metadata={"description": "deployment_invalid only"})
+
+
+class ProblemDetailsOut(Schema):
+    """Every error response: ``application/problem+json`` (RFC 9457)."""
+
+    class Meta:
+        unknown = INCLUDE  # some codes add members, e.g. duplicate_business_key's instance_id
+
+    type = fields.String(metadata={"description": "always about:blank"})
+    status = fields.Integer()
+    code = fields.String(metadata={"description": "stable machine-readable code, e.g. form_invalid"})
+    title = fields.String()
+    detail = fields.String()
+    errors = fields.List(fields.Nested(FieldErrorOut), metadata={"description": (
+        "on every 422 (invalid_request, form_invalid, data_invalid, deployment_invalid): "
+        "one entry per problem, never empty")})
 
 
 class LoginIn(Schema):
@@ -105,6 +132,14 @@ class InstanceQuery(Schema):
 
 class CancelIn(Schema):
     reason = fields.String(load_default="", validate=validate.Length(max=1000))
+
+
+class DataCorrectionIn(Schema):
+    set = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), load_default=dict,
+                      metadata={"description": "variables to set, name to new value"})
+    remove = fields.List(fields.String(), load_default=list, metadata={"description": "variables to remove"})
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000),
+                           metadata={"description": "why the data was wrong (kept in the audit trail)"})
 
 
 class HistoryOut(Schema):

@@ -121,6 +121,17 @@ class FormValidationError(InvalidInput):
         self.errors = errors
 
 
+class DataInvalid(InvalidInput):
+    """Process variables a caller gave were refused (a reserved name, a value JSON cannot
+    carry); each error names the offending entry, like a form's field errors."""
+
+    code = "data_invalid"
+
+    def __init__(self, message: str, errors: list[FieldError]) -> None:
+        super().__init__(message, errors=[e.__dict__ for e in errors])
+        self.errors = errors
+
+
 @dataclass(frozen=True)
 class Problem:
     """One deploy-lint finding, located so a process owner can fix it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from SpiffWorkflow.bpmn.specs.event_definitions.simple import NoneEventDefinition
@@ -13,8 +14,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import client_access, sla
+from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of
 from engine.client_access import BRANCH_MANAGEMENT, BRANCH_OR_ALL
-from engine.errors import DuplicateBusinessKey, InstanceNotFound, InvalidInput, PermissionDenied, ProcessNotFound
+from engine.errors import (
+    DataInvalid,
+    DuplicateBusinessKey,
+    FieldError,
+    InstanceNotFound,
+    InvalidInput,
+    PermissionDenied,
+    ProcessNotFound,
+)
 from engine.expressions import json_safe
 from engine.identity import INTEGRATION, SUPERVISOR, Actor
 from engine.models import AuditEvent, Client, ProcessInstance, ProcessVersion, Task, TaskCandidate, TaskExclusion
@@ -251,3 +261,116 @@ def history(session: Session, instance_id: int, *, actor: Actor) -> list[AuditEv
         select(AuditEvent).where(AuditEvent.stream == f"instance:{instance_id}")
         .order_by(AuditEvent.seq)
     ).scalars())
+
+
+# Variables the engine writes, which a correction must not rewrite: where a case started by
+# another case's message came from (runtime._send_messages), the client registry's context
+# copied at start (_with_client_context: the registry is the truth, and the client and branch
+# are also the instance row's, which scopes who sees the case and resolves ``branch:`` groups),
+# and SpiffWorkflow's own key for BPMN data objects. A diagram's completedByVariable names are
+# added per instance: "who did this step" is the engine's to say (engine.tasks.complete).
+ENGINE_VARIABLES = frozenset({
+    "origin_business_key", "origin_process",
+    "client_id", "branch_code", "service_group", "client_class", "vip_tier", "risk_level",
+    "data_objects",
+})
+
+# Tasks that still hold their own copy of the variables: a step reads its copy, inherited
+# from its parent when it became ready, so these are what the rest of the run will see.
+_HOLDING_DATA = TaskState.ERROR | TaskState.READY | TaskState.WAITING | TaskState.STARTED
+
+
+def correct_data(session: Session, rt: Runtime, *, instance_id: int, actor: Actor, reason: str,
+                 set: dict[str, Any] | None = None, remove: list[str] | None = None) -> ProcessInstance:
+    """Correct the variables of a failed instance before its retry (supervisor): ``set``
+    gives names their new JSON values (new names are allowed: a missing variable), ``remove``
+    drops variables. The instance stays failed; :func:`retry` runs the failed step again.
+
+    SpiffWorkflow 3.2 keeps variables in each task's ``data``, not in ``workflow.data`` (filled
+    from the end event's data only when the workflow completes). A retried step runs with its
+    own copy, so the change is written to every task still holding one: the failed step, open
+    tasks and waiting events of parallel branches (which would bring the old value back at
+    their join), and the last completed step, whose data is what the instance shows
+    (:func:`data_of`) and what the report facts read. Completed steps before it keep what they
+    ran with; the audit event keeps old and new values. A variable removed here comes back at
+    a join from a parallel branch that had already finished with it.
+
+    Refused: without the supervisor role (PermissionDenied), an instance the actor may not
+    see (InstanceNotFound), one that has not failed (InstanceNotRunning), a blank reason, a
+    reserved name, a value JSON cannot carry unchanged, removing a variable the failed step
+    does not have, or nothing to change (DataInvalid, naming each entry)."""
+    if not actor.has_role(SUPERVISOR):
+        raise PermissionDenied("correcting an instance's data needs the supervisor role")
+    if not readable(session, instance_id, actor):
+        raise InstanceNotFound(f"no instance {instance_id}")
+    instance = locked_instance(session, instance_id, allow=(FAILED,))
+    workflow = rt.load(session, instance)
+    values, removed = dict(set or {}), list(remove or [])
+    failed = workflow.get_tasks(state=TaskState.ERROR)
+    # The failed step's variables when a step raised; else (a task's assignment or due date
+    # failed, nothing is in ERROR) the instance's variables as data_of shows them.
+    current = (failed[0] if failed else workflow.last_task or workflow.task_tree).data
+    _check_correction(workflow, current, values, removed, reason)
+    names = sorted({*values, *removed})
+    old = {name: json.loads(json.dumps(current[name])) for name in names if name in current}
+
+    targets = workflow.get_tasks(state=_HOLDING_DATA)
+    if workflow.last_task is not None and workflow.last_task not in targets:
+        targets.append(workflow.last_task)
+    for task in targets:
+        for name in removed:
+            task.data.pop(name, None)
+        task.data.update(json.loads(json.dumps(values)))  # each task its own copy
+    # ``old`` lacks a name that was not set before, ``new`` one that was removed.
+    audit(session, rt, instance, "instance.data_corrected", actor, keys=names, old=old, new=values,
+          reason=reason.strip(), error=instance.error)
+    save(session, rt, instance, workflow, actor=actor)
+    return instance
+
+
+def _check_correction(workflow: Any, current: dict[str, Any], values: dict[str, Any], removed: list[str],
+                      reason: str) -> None:
+    reserved = ENGINE_VARIABLES | _completed_by_variables(workflow)
+    problems: list[FieldError] = []
+    if not isinstance(reason, str) or not reason.strip():
+        problems.append(FieldError("reason", "a reason is required: it is kept in the audit trail"))
+    elif len(reason) > 1000:
+        problems.append(FieldError("reason", "at most 1000 characters"))
+    if not values and not removed:
+        problems.append(FieldError("", "nothing to correct: give variables to set or to remove"))
+    for name, value in values.items():
+        field = f"set/{name}"
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
+            problems.append(FieldError(field, f"{name!r} is not a variable name an expression can read"))
+        elif name in reserved:
+            problems.append(FieldError(field, f"{name!r} is written by the engine, not corrected by hand"))
+        elif name in removed:
+            problems.append(FieldError(field, f"{name!r} is both set and removed"))
+        message = _not_json(value)
+        if message:
+            problems.append(FieldError(field, message))
+    for index, name in enumerate(removed):
+        field = f"remove/{index}"
+        if name in reserved:
+            problems.append(FieldError(field, f"{name!r} is written by the engine, not corrected by hand"))
+        elif name not in current:
+            problems.append(FieldError(field, f"the failed step has no variable {name!r}"))
+    if problems:
+        raise DataInvalid(f"the correction has {len(problems)} error(s); nothing was changed", problems)
+
+
+def _not_json(value: Any) -> str | None:
+    """Why ``value`` cannot be stored as it is (the state is JSON), or None."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"not a JSON value: {exc}"
+    if json.loads(text) != value:  # a tuple, keys that are not text: stored, it would change
+        return "not a JSON value: it would not read back the same"
+    return None
+
+
+def _completed_by_variables(workflow: Any) -> set[str]:
+    specs = [workflow.spec, *workflow.subprocess_specs.values()]
+    return {name for spec in specs for task_spec in spec.task_specs.values()
+            if (name := properties_of(task_spec).get(COMPLETED_BY_VARIABLE))}

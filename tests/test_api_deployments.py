@@ -81,9 +81,10 @@ def test_raw_xml_body_is_deployed(client, auth):
 def test_raw_xml_of_a_diagram_whose_forms_are_missing_is_rejected(client, auth, db):
     response = post_deploy(client, {**auth("owner"), "Content-Type": "application/xml"}, data=REVIEW_XML)
     problem = assert_problem(response, 422, "deployment_invalid")
-    missing = {(p["element_id"], p["line"]) for p in problem["problems"]}
-    assert missing == {("register", 18), ("approve_big", 25), ("approve_small", 26)}
-    assert all("not found: add forms/" in p["message"] for p in problem["problems"])
+    missing = {(e["field"], e["element_id"], e["line"]) for e in problem["errors"]}
+    assert missing == {("upload.bpmn", "register", 18), ("upload.bpmn", "approve_big", 25),
+                       ("upload.bpmn", "approve_small", 26)}
+    assert all("not found: add forms/" in e["message"] for e in problem["errors"])
     assert stored(db) == (0, 0)
 
 
@@ -165,8 +166,8 @@ def test_malformed_xml_is_422_located_by_file_and_line_and_stores_nothing(client
     data = multipart([("review.bpmn", broken), *FORMS.items()])
     response = post_deploy(client, auth("owner"), data=data, content_type="multipart/form-data")
     problem = assert_problem(response, 422, "deployment_invalid")
-    (located,) = problem["problems"]
-    assert located["file"] == "review.bpmn"
+    (located,) = problem["errors"]
+    assert located["field"] == located["file"] == "review.bpmn"
     assert located["line"] >= 33  # the unclosed tag is on line 33; libxml2 notices where it ends
     assert "not well-formed XML" in located["message"]
     assert stored(db) == (0, 0)
@@ -185,12 +186,12 @@ def test_hostile_or_empty_bodies_are_refused_without_resolving_anything(client, 
         (b"<html><body>not bpmn</body></html>", ""),
     ]:
         problem = assert_problem(post_deploy(client, xml, data=content), 422, "deployment_invalid")
-        assert message in problem["problems"][0]["message"]
+        assert message in problem["errors"][0]["message"]
         assert "root:" not in str(problem)  # /etc/passwd was not read
     response = post_deploy(client, {**auth("owner"), "Content-Type": "application/zip"}, data=b"PK\x03\x04 nope")
     problem = assert_problem(response, 422, "deployment_invalid")
-    assert problem["problems"][0] == {"file": "upload.zip", "line": None, "element_id": None,
-                                      "message": "not a zip file"}
+    assert problem["errors"][0] == {"field": "upload.zip", "message": "not a zip file", "file": "upload.zip",
+                                    "line": None, "element_id": None}
     assert_problem(post_deploy(client, xml, data=b""), 400, "invalid_input")  # no bundle at all
     assert_problem(post_deploy(client, {**auth("owner"), "Content-Type": "text/plain"}, data=b"hello"),
                    400, "invalid_input")

@@ -1,10 +1,12 @@
-"""Instances through the API: start, list, read, history, cancel, retry."""
+"""Instances through the API: start, list, read, history, cancel, correct data, retry."""
 
 import pytest
 from sqlalchemy import func, select
 
+from engine import deployments
 from engine.models import MessageSubscription, ProcessInstance
 from tests.conftest import assert_problem
+from tests.engine_bpmn import bundle_of, flow, process
 
 API = "/api/v1"
 
@@ -64,10 +66,11 @@ def test_a_duplicate_business_key_is_409_naming_the_existing_instance(client, au
 
 
 def test_start_body_is_validated(client, auth, review):
-    for body in ({"business_key": ""}, {"business_key": "x" * 129}, {"business_key": "B", "data": [1]}):
+    for body, field in (({"business_key": ""}, "business_key"), ({"business_key": "x" * 129}, "business_key"),
+                        ({"business_key": "B", "data": [1]}, "data")):
         problem = assert_problem(client.post(f"{API}/processes/review/instances", json=body, headers=auth("li")),
                                  422, "invalid_request")
-        assert "json" in problem["errors"]
+        assert [e["field"] for e in problem["errors"]] == [field]
     # No key at all is allowed by the schema (a numbered process makes one), but "review"
     # declares no businessKeyFormat: the engine says so.
     problem = assert_problem(client.post(f"{API}/processes/review/instances", json={}, headers=auth("li")),
@@ -226,3 +229,81 @@ def test_a_candidate_of_one_of_its_tasks_and_a_supervisor_can_read_an_instance(c
         response = client.get(f"{API}/instances/{instance['id']}", headers=auth(reader))
         assert response.status_code == 200, (reader, response.get_data(as_text=True))
     assert [i["id"] for i in client.get(f"{API}/instances", headers=auth("zhao")).json] == [instance["id"]]
+
+
+# -- correcting a failed instance's data -------------------------------------------------------
+GATEWAY = process(
+    '    <bpmn:startEvent id="start"/>\n' + flow("start", "gw")
+    + '    <bpmn:exclusiveGateway id="gw" default="f_gw_small"/>\n'
+    + flow("gw", "big", condition="${amount &gt; 50000}") + flow("gw", "small")
+    + '    <bpmn:endEvent id="big"/>\n    <bpmn:endEvent id="small"/>\n', key="gateway_flow")
+
+
+@pytest.fixture
+def gateway(db, rt, people):
+    with db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(GATEWAY), actor=people.owner)
+    return "gateway_flow"
+
+
+def patch_data(client, headers, instance_id, body):
+    return client.patch(f"{API}/instances/{instance_id}/data", json=body, headers=headers)
+
+
+@pytest.mark.sqlite
+def test_a_supervisor_corrects_a_failed_instances_data_and_the_retry_runs_with_it(client, auth, gateway):
+    failed = client.post(f"{API}/processes/gateway_flow/instances", json={"business_key": "G-1"},
+                         headers=auth("li")).json
+    assert failed["status"] == "failed" and "amount" in failed["error"]  # the gateway has no amount
+    body = {"set": {"amount": 80000}, "reason": "漏填金额"}
+
+    assert_problem(patch_data(client, auth("li"), failed["id"], body), 403, "forbidden")
+    response = patch_data(client, auth("boss"), failed["id"], body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert (response.json["status"], response.json["data"]["amount"]) == ("failed", 80000)
+    assert client.get(f"{API}/instances/{failed['id']}", headers=auth("boss")).json["data"]["amount"] == 80000
+    history = client.get(f"{API}/instances/{failed['id']}/history", headers=auth("boss")).json
+    assert (history[-1]["kind"], history[-1]["actor"]) == ("instance.data_corrected", "boss")
+    assert history[-1]["data"] == {"keys": ["amount"], "old": {}, "new": {"amount": 80000}, "reason": "漏填金额",
+                                   "error": failed["error"]}
+
+    retried = client.post(f"{API}/instances/{failed['id']}/retry", headers=auth("boss"))
+    assert retried.status_code == 200, retried.get_data(as_text=True)
+    assert retried.json["status"] == "completed"
+    assert_problem(patch_data(client, auth("boss"), failed["id"], body), 409, "instance_not_running")
+
+
+def test_correcting_data_is_refused_for_running_unknown_and_unseen_instances(client, auth, review):
+    running = start(client, auth("li"), "CD-1")
+    body = {"set": {"amount": 1}, "reason": "x"}
+    assert_problem(patch_data(client, auth("boss"), running["id"], body), 409, "instance_not_running")
+    assert_problem(patch_data(client, auth("boss"), 999999, body), 404, "instance_not_found")
+    assert_problem(patch_data(client, auth("chen"), running["id"], body), 403, "forbidden")
+    assert client.get(f"{API}/instances/{running['id']}", headers=auth("li")).json["data"].get("amount") is None
+
+
+@pytest.mark.sqlite
+def test_a_bad_correction_is_422_naming_each_field_and_changes_nothing(client, auth, gateway):
+    failed = client.post(f"{API}/processes/gateway_flow/instances", json={"business_key": "G-2"},
+                         headers=auth("li")).json
+    boss = auth("boss")
+    problem = assert_problem(patch_data(client, boss, failed["id"], {"set": [1], "remove": "amount"}),
+                             422, "invalid_request")
+    assert {e["field"] for e in problem["errors"]} == {"set", "remove", "reason"}
+    problem = assert_problem(patch_data(client, boss, failed["id"], {
+        "set": {"origin_business_key": "CMP-1", "amount": 1}, "remove": ["client_id", "nope"], "reason": "r"}),
+        422, "data_invalid")
+    assert [e["field"] for e in problem["errors"]] == ["set/origin_business_key", "remove/0", "remove/1"]
+    assert all(set(e) == {"field", "message"} for e in problem["errors"])
+    history = client.get(f"{API}/instances/{failed['id']}/history", headers=boss).json
+    assert [e["kind"] for e in history] == ["instance.started", "instance.failed"]
+    assert "amount" not in client.get(f"{API}/instances/{failed['id']}", headers=boss).json["data"]
+
+
+def test_the_correction_is_documented_in_openapi(client):
+    spec = client.get(f"{API}/openapi.json").json
+    operation = spec["paths"]["/api/v1/instances/{instance_id}/data"]["patch"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert set(spec["components"]["schemas"][body]["properties"]) == {"set", "remove", "reason"}
+    assert spec["components"]["schemas"][body]["required"] == ["reason"]
+    assert {"200", "403", "404", "409", "422"} <= set(operation["responses"])

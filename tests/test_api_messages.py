@@ -107,8 +107,10 @@ def test_a_message_that_starts_a_process_creates_an_instance(client, auth, db, p
 
 def test_message_body_is_validated(client, auth):
     # A name alone is a valid body: a message that starts a numbered case needs no key.
-    for body in ({}, {"correlation_key": "K"}, {"name": "", "correlation_key": "K"},
-                 {"name": "m", "correlation_key": ""}, {"name": "m", "correlation_key": "K", "payload": [1, 2]}):
+    for body, field in (({}, "name"), ({"correlation_key": "K"}, "name"),
+                        ({"name": "", "correlation_key": "K"}, "name"),
+                        ({"name": "m", "correlation_key": ""}, "correlation_key"),
+                        ({"name": "m", "correlation_key": "K", "payload": [1, 2]}, "payload")):
         problem = assert_problem(client.post(f"{API}/messages", json=body, headers=auth("li")),
                                  422, "invalid_request")
-        assert problem["errors"]
+        assert [e["field"] for e in problem["errors"]] == [field], body

@@ -80,10 +80,10 @@ def test_only_a_process_owner_may_save_a_policy_and_bad_policies_are_refused(cli
 
     owner = auth("owner")
     bad_unit = assert_problem(put_policy(client, owner, "p", target_unit="weeks"), 422, "invalid_request")
-    assert "target_unit" in bad_unit["errors"]["json"]
+    assert [e["field"] for e in bad_unit["errors"]] == ["target_unit"]
     bad_action = assert_problem(put_policy(client, owner, "p", milestones=[{"at": 0.5, "action": "sms"}]),
                                 422, "invalid_request")
-    assert "action" in bad_action["errors"]["json"]["milestones"]["0"]
+    assert [e["field"] for e in bad_action["errors"]] == ["milestones/0/action"]
     bad_fraction = put_policy(client, owner, "p", milestones=[{"at": 0, "action": "notify"}])
     assert_problem(bad_fraction, 422, "invalid_request")
     # Well-formed but meaningless: a reassignment to nobody, business hours that do not exist.

@@ -266,3 +266,45 @@ def test_form_validation_errors_are_422_with_field_errors_and_the_task_stays_ope
     history = client.get(f"{API}/instances/{instance['id']}/history", headers=li).json
     assert [e["kind"] for e in history] == ["instance.started"]
     assert command(client, li, task["id"], "complete", {"data": REGISTER}).status_code == 200
+
+
+def _fields(problem):
+    """The one 422 shape: ``errors`` is a non-empty list of {"field": str, "message": str, …}."""
+    assert isinstance(problem["errors"], list) and problem["errors"]
+    assert all(isinstance(e["field"], str) and isinstance(e["message"], str) and e["message"]
+               for e in problem["errors"])
+    return {e["field"] for e in problem["errors"]}
+
+
+@pytest.mark.sqlite
+def test_every_kind_of_422_lists_its_errors_the_same_way_and_openapi_says_so(client, auth, review):
+    li = auth("li")
+    start(client, li, "SHAPE-1")
+    task = task_of(client, li, "SHAPE-1")
+    form = assert_problem(command(client, li, task["id"], "complete", {"data": {"amount": -5}}), 422, "form_invalid")
+    body = assert_problem(command(client, li, task["id"], "complete", {"data": "not an object"}),
+                          422, "invalid_request")
+    wrong_types = assert_problem(client.post(f"{API}/processes/review/instances",
+                                             json={"business_key": 7, "client_id": []}, headers=li),
+                                 422, "invalid_request")
+    missing = assert_problem(client.post(f"{API}/auth/login", json={"username": "li"}), 422, "invalid_request")
+    query = assert_problem(client.get(f"{API}/tasks?limit=0", headers=li), 422, "invalid_request")
+    deployment = assert_problem(client.post(f"{API}/deployments", data=b"<bpmn",
+                                            headers={**auth("owner"), "Content-Type": "application/xml"}),
+                                422, "deployment_invalid")
+    assert _fields(form) == {"amount", "summary"}  # a form's JSON Schema
+    assert _fields(body) == {"data"}  # a request body's marshmallow schema
+    assert _fields(wrong_types) == {"business_key", "client_id"}
+    assert _fields(missing) == {"password"}
+    assert _fields(query) == {"limit"}  # a query parameter
+    assert _fields(deployment) == {"upload.bpmn"}  # a deployment's lint: the file, and where in it
+    assert deployment["errors"][0]["line"] == 1 and "problems" not in deployment
+
+    spec = client.get(f"{API}/openapi.json").json
+    complete = spec["paths"]["/api/v1/tasks/{task_id}/complete"]["post"]["responses"]["422"]
+    assert complete == {"$ref": "#/components/responses/UNPROCESSABLE_ENTITY"}
+    response = spec["components"]["responses"]["UNPROCESSABLE_ENTITY"]
+    problem_ref = response["content"]["application/problem+json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    errors = spec["components"]["schemas"][problem_ref]["properties"]["errors"]
+    entry = spec["components"]["schemas"][errors["items"]["$ref"].rsplit("/", 1)[-1]]
+    assert {"field", "message"} <= set(entry["properties"]) and entry["required"] == ["field", "message"]

@@ -7,11 +7,19 @@ from flask_smorest import Blueprint
 
 from api.auth import current_actor
 from api.context import bpm
-from api.schemas import CancelIn, HistoryOut, InstanceDetailOut, InstanceOut, InstanceQuery, StartIn
+from api.schemas import (
+    CancelIn,
+    DataCorrectionIn,
+    HistoryOut,
+    InstanceDetailOut,
+    InstanceOut,
+    InstanceQuery,
+    StartIn,
+)
 from engine import instances
 
 PREFIX = ""
-blp = Blueprint("instances", __name__, description="Start, read, cancel and retry process instances")
+blp = Blueprint("instances", __name__, description="Start, read, cancel, correct and retry process instances")
 
 
 @blp.route("/processes/<string:process_key>/instances")
@@ -76,6 +84,32 @@ class RetryInstance(MethodView):
         actor = current_actor()
         with ctx.db.transaction() as session:
             return instances.retry(session, ctx.runtime, instance_id=instance_id, actor=actor)
+
+
+@blp.route("/instances/<int:instance_id>/data")
+class InstanceData(MethodView):
+    @blp.arguments(DataCorrectionIn)
+    @blp.response(200, InstanceDetailOut)
+    @blp.alt_response(403, response="FORBIDDEN")
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
+    def patch(self, body: dict[str, Any], instance_id: int) -> Any:
+        """Correct a failed instance's variables before retrying it (supervisor).
+
+        ``set`` gives variables new values (or adds missing ones), ``remove`` drops them;
+        ``reason`` is required. Only a failed instance (409 ``instance_not_running``
+        otherwise). Names the engine writes (``origin_business_key``, ``origin_process``, the registry's
+        ``client_id``, ``branch_code``, ``service_group``, ``client_class``, ``vip_tier``,
+        ``risk_level``, a diagram's ``completedByVariable``) are refused with 422
+        ``data_invalid``. The instance stays failed until ``POST …/retry``; the change is
+        audited as ``instance.data_corrected`` with old and new values."""
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            instance = instances.correct_data(session, ctx.runtime, instance_id=instance_id, actor=actor,
+                                              set=body["set"], remove=body["remove"], reason=body["reason"])
+            return {**{f: getattr(instance, f) for f in InstanceOut().fields},
+                    "data": instances.data_of(session, ctx.runtime, instance)}
 
 
 @blp.route("/instances/<int:instance_id>/history")
