@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+UI := worklist_ui
+NODE_STAMP := $(UI)/node_modules/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
@@ -22,6 +24,16 @@ $(DEV_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Node packages for the test tooling (tests/test_diagrams_modeler.py opens every diagram as
+# Camunda Modeler does): exactly what package-lock.json pins, again whenever it changes.
+# --include=dev: they are devDependencies, and NODE_ENV=production must not drop them.
+$(NODE_STAMP): $(UI)/package.json $(UI)/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+		echo "make: node and npm are needed for the diagram import check (tests/test_diagrams_modeler.py);" \
+			"install Node.js 20 or later with npm, e.g. apt-get install nodejs npm" >&2; exit 1; }
+	npm ci --prefix $(UI) --include=dev --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: $(STAMP)
 	$(BIN)/bpm db upgrade
 	$(BIN)/bpm demo load
@@ -32,7 +44,7 @@ services:
 
 # One pytest worker per core: each worker gets its own PostgreSQL schema and SQLite files
 # (tests/conftest.py); the Redis fault tests share database 15 and run in one worker.
-test: $(DEV_STAMP) services
+test: $(DEV_STAMP) $(NODE_STAMP) services
 	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 lint: $(DEV_STAMP)
@@ -52,4 +64,4 @@ bench-full: $(DEV_STAMP) services
 	$(BIN)/python bench/timers.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info $(UI)/node_modules
