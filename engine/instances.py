@@ -181,10 +181,12 @@ def _visible(session: Session, actor: Actor) -> Any:
 
 
 def _not_recused(actor: Actor) -> Any:
-    """Someone recused from any step of a case cannot read the case at all (a complaint's
-    subject cannot read it), whatever their roles."""
+    """Someone recused case-wide from any step of a case (``recusalScope="case"``: a
+    complaint's subject) cannot read the case at all, whatever their roles. Separation of
+    duties on one step (QA is not the caller) leaves the case readable."""
     return ~exists().where(Task.instance_id == ProcessInstance.id, exists().where(
-        TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals(actor))))
+        TaskExclusion.task_id == Task.id, TaskExclusion.case_wide.is_(True),
+        TaskExclusion.principal.in_(principals(actor))))
 
 
 def get(session: Session, instance_id: int, *, actor: Actor) -> ProcessInstance:

@@ -225,6 +225,8 @@ class TaskExclusion(Base):
 
     task_id: Mapped[int] = mapped_column(ForeignKey("bpm_task.id"), primary_key=True)
     principal: Mapped[str] = mapped_column(String(160), primary_key=True)
+    # The task's recusalScope is "case": the principal cannot read the case either.
+    case_wide: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class MessageSubscription(Base):

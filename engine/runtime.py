@@ -34,7 +34,9 @@ from engine.bpmn.parser import (
     EXCLUDE_GROUPS,
     EXCLUDE_SERVICE_GROUPS_OF,
     EXCLUDE_USERS,
+    RECUSAL_SCOPE,
     camunda_of,
+    exclusion_parts,
     properties_of,
 )
 from engine.bpmn.script_engine import SafeScriptEngine
@@ -473,7 +475,9 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         if groups:
             connection.execute(_INSERT_CANDIDATE, [{"task_id": row.id, "group_key": g} for g in groups])
     if excluded:
-        connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p} for p in excluded])
+        case_wide = properties_of(spec).get(RECUSAL_SCOPE) == "case"
+        connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p, "case_wide": case_wide}
+                                               for p in excluded])
     if policy is not None:
         sla.schedule_milestones(session, rt, instance=instance, task=row, policy=policy, now=now)
 
@@ -502,16 +506,13 @@ def _exclusions(session: Session, rt: Runtime, task: Any, properties: dict[str, 
     plain ``${variable}`` that is not set (a complaint with no staff subject), exclude nobody.
     ``excludeServiceGroupsOf`` names users whose service groups are recused as well."""
     def values_of(name: str) -> list[str]:
-        raw = (properties.get(name) or "").strip()
-        if not raw:
-            return []
-        if raw.startswith(("${", "#{")):
-            if unwrap(raw).isidentifier() and unwrap(raw) not in task.data:
-                return []
-            value = rt.evaluator.evaluate(raw, task.data)
-            found = value if isinstance(value, (list, tuple, set)) else [value]
-        else:
-            found = raw.split(",")
+        found: list[Any] = []
+        for raw in exclusion_parts(properties.get(name) or ""):
+            if not raw.startswith(("${", "#{")):
+                found += raw.split(",")
+            elif not (unwrap(raw).isidentifier() and unwrap(raw) not in task.data):
+                value = rt.evaluator.evaluate(raw, task.data)
+                found += value if isinstance(value, (list, tuple, set)) else [value]
         return [str(v).strip() for v in found if v is not None and str(v).strip()]
 
     principals = [f"user:{u}" for u in values_of(EXCLUDE_USERS)]

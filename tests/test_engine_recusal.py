@@ -35,6 +35,12 @@ QA = process(linear(
     ("qa", _task_with("qa", "clerks,managers", excludeUsers="${[caller, subject]}",
                       excludeGroups="${subject_group}")),
 ), key="qa_check")
+# The same, but recusal of the subject reaches the whole case (a complaint's subject).
+QA_CASE_WIDE = process(linear(
+    ("call", _task_with("call", "clerks", completedByVariable="caller")),
+    ("qa", _task_with("qa", "clerks,managers", excludeUsers="${[caller, subject]}",
+                      excludeGroups="${subject_group}", recusalScope="case")),
+), key="qa_check")
 
 
 def _deploy(db, rt, people, xml):
@@ -48,8 +54,8 @@ def _open_task(db, instance_id, element_id):
                                             Task.status.in_(("open", "claimed")))).scalar_one()
 
 
-def _start_qa(db, rt, people, *, subject="nobody", subject_group=""):
-    _deploy(db, rt, people, QA)
+def _start_qa(db, rt, people, *, subject="nobody", subject_group="", xml=QA):
+    _deploy(db, rt, people, xml)
     with db.transaction() as s:
         inst = instances.start(s, rt, process_key="qa_check", business_key="QA-1", actor=people.clerk,
                                data={"subject": subject, "subject_group": subject_group})
@@ -114,14 +120,35 @@ def test_a_supervisor_cannot_assign_or_a_colleague_delegate_the_task_to_someone_
         tasks.assign(s, rt, task_id=qa.id, username="zhao", actor=people.supervisor)
 
 
-def test_someone_recused_from_a_step_cannot_read_the_case(db, rt, people):
-    instance_id, _qa = _start_qa(db, rt, people, subject="wang")
+def test_someone_recused_case_wide_from_a_step_cannot_read_the_case(db, rt, people):
+    instance_id, _qa = _start_qa(db, rt, people, subject="wang", xml=QA_CASE_WIDE)
     boss_as_subject = Actor(username="wang", groups=frozenset({"supervisor"}))
     with pytest.raises(InstanceNotFound), db.transaction() as s:
         instances.get(s, instance_id, actor=boss_as_subject)
     with db.transaction() as s:
         assert instance_id not in [i.id for i in instances.get_all(s, actor=boss_as_subject)]
         assert instances.get(s, instance_id, actor=people.supervisor).id == instance_id
+
+
+def test_separation_of_duties_on_one_step_leaves_the_case_readable(db, rt, people):
+    # The default scope is the task: the caller is kept off the QA of their own call but
+    # still follows the case they worked on.
+    instance_id, qa = _start_qa(db, rt, people, subject="wang")
+    boss_as_subject = Actor(username="wang", groups=frozenset({"supervisor"}))
+    with db.transaction() as s:
+        assert instances.get(s, instance_id, actor=boss_as_subject).id == instance_id
+        found, _ = tasks.inbox(s, actor=boss_as_subject, query=tasks.InboxQuery(), now=rt.now())
+        assert qa.id not in [t.id for t in found]
+    with pytest.raises(TaskNotFound), db.transaction() as s:
+        tasks.claim(s, rt, task_id=qa.id, actor=boss_as_subject)
+
+
+def test_deploy_refuses_an_unknown_recusal_scope(db, rt, people):
+    bad = process(linear(("t", _task_with("t", "clerks", excludeUsers="${subject}", recusalScope="branch"))),
+                  key="bad_scope")
+    with pytest.raises(DeploymentRejected) as caught, db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(bad), actor=people.owner)
+    assert any("recusalScope" in p.message and "'branch'" in p.message for p in caught.value.problems)
 
 
 def test_a_task_without_exclusions_stores_none(db, rt, people):

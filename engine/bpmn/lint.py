@@ -22,10 +22,13 @@ from engine.bpmn.parser import (
     EXCLUDE_GROUPS,
     EXCLUDE_SERVICE_GROUPS_OF,
     EXCLUDE_USERS,
+    RECUSAL_SCOPE,
+    RECUSAL_SCOPES,
     ParsedProcess,
     RegistryServiceTask,
     camunda_of,
     check_timer_literal,
+    exclusion_parts,
     normalize_timers,
     properties_of,
 )
@@ -139,9 +142,12 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
                             "nobody could ever see it")
         properties = properties_of(task_spec)
         for name in (EXCLUDE_USERS, EXCLUDE_GROUPS, EXCLUDE_SERVICE_GROUPS_OF):
-            value = properties.get(name, "").strip()
-            if value.startswith(("${", "#{")):
-                check_expr(element, f"property {name!r}", value)
+            for value in exclusion_parts(properties.get(name, "")):
+                if value.startswith(("${", "#{")):
+                    check_expr(element, f"property {name!r}", value)
+        scope = properties.get(RECUSAL_SCOPE)
+        if scope is not None and scope not in RECUSAL_SCOPES:
+            report(element, f"property {RECUSAL_SCOPE!r} must be one of {', '.join(RECUSAL_SCOPES)}, got {scope!r}")
         variable = properties.get(COMPLETED_BY_VARIABLE)
         if variable is not None and not variable.isidentifier():
             report(element, f"property {COMPLETED_BY_VARIABLE!r} must name a variable (letters, digits, "

@@ -76,6 +76,22 @@ def properties_of(task_spec: Any) -> dict[str, str]:
 EXCLUDE_USERS, EXCLUDE_GROUPS, COMPLETED_BY_VARIABLE = "excludeUsers", "excludeGroups", "completedByVariable"
 # Usernames whose service groups are recused too (a complaint's subject and their group).
 EXCLUDE_SERVICE_GROUPS_OF = "excludeServiceGroupsOf"
+_SEVERAL_EXPRESSIONS = re.compile(r"^\s*[$#]\{[^{}]*\}(\s*,\s*[$#]\{[^{}]*\})+\s*$")
+_ONE_EXPRESSION = re.compile(r"[$#]\{[^{}]*\}")
+
+
+def exclusion_parts(raw: str) -> list[str]:
+    """An exclusion property may list several expressions, ``${first_contact_owner},
+    ${subject_staff_ids}``: each is evaluated on its own, so an unset one (no staff subject)
+    excludes nobody instead of failing the whole list. Anything else is one value."""
+    raw = raw.strip()
+    return _ONE_EXPRESSION.findall(raw) if _SEVERAL_EXPRESSIONS.match(raw) else [raw] if raw else []
+
+
+# How far a task's exclusions reach: "task" (the default; separation of duties: QA is not the
+# caller, the approver not the nominator, who may still follow the case) or "case" (recusal
+# of a complaint's subject: they cannot read the case either, brief §6.3).
+RECUSAL_SCOPE, RECUSAL_SCOPES = "recusalScope", ("task", "case")
 # Process properties (see README, "Figures" and "Case numbers").
 REPORT_VARIABLES, BUSINESS_KEY_FORMAT = "reportVariables", "businessKeyFormat"
 
