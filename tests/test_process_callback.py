@@ -1,9 +1,12 @@
 """The callback process (回访, brief §2.3) driven through the engine on the demo data:
-happy path with QA review, retries spaced by timers, retry exhaustion, exception routes,
-and due dates on the right calendar per callback type. Time moves with time-machine."""
+happy path with QA review, retries spaced by timers, retry exhaustion, exception routes
+(a wish to complain starts a complaint case by message), separation of duties (the client's
+service group never works the call; the caller never reviews it), and due dates on the
+right calendar per callback type. Time moves with time-machine."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,11 +20,13 @@ from sqlalchemy import select
 from engine import bundle, demo, deployments, identity, instances, tasks, timers
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
-from engine.errors import TaskNotFound
+from engine.errors import NotAssignee, Recused, TaskNotFound
 from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Task, Timer
 
 AGENT, OTHER_AGENT, SUPERVISOR, COMPLIANCE = "s003", "s004", "s002", "s006"
+# 龚丽: counter staff in NB01-G2 (C08's service group); some tests also give her call-centre shifts.
+GROUP_MEMBER = "s208"
 # Demo clients (brief §4.4): branch and service group travel in the start data until the
 # client registry provides them.
 CLIENTS = {
@@ -41,8 +46,8 @@ ANSWERS_OK = {"opened_by_self": "是", "account_changes_confirmed": "是", "staf
 QA_OK = {"script_followed": True, "data_accurate": True, "qa_score": 92}
 
 
-def sh(*args: int) -> datetime:
-    return datetime(*args, tzinfo=SHANGHAI)
+def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI)
 
 
 @pytest.fixture
@@ -71,16 +76,44 @@ def _open_task(db, key: str, element: str) -> Task:
                                             Task.status.in_(("open", "claimed")))).scalar_one()
 
 
+def _offered(db, rt, username: str, key: str) -> set[int]:
+    """The person's work on the case: unclaimed tasks of their groups and tasks given to them."""
+    actor = _actor(db, username)
+    with db.transaction() as s:
+        found = set()
+        for query in (tasks.InboxQuery(candidate_me=True, business_key=key),
+                      tasks.InboxQuery(assignee_me=True, business_key=key)):
+            found |= {t.id for t in tasks.inbox(s, actor=actor, query=query, now=rt.now())[0]}
+        return found
+
+
 def _complete(db, rt, key: str, element: str, username: str, data: dict[str, Any]) -> Task:
     task = _open_task(db, key, element)
     actor = _actor(db, username)
+    assert task.id in _offered(db, rt, username, key), f"{element} is not offered to {username}"
     with db.transaction() as s:
-        # The task is offered to the actor: it is in their candidate inbox.
-        inbox, _ = tasks.inbox(s, actor=actor, query=tasks.InboxQuery(candidate_me=True, business_key=key),
-                               now=rt.now())
-        assert task.id in {t.id for t in inbox}
         tasks.complete(s, rt, task_id=task.id, actor=actor, data=data)
     return task
+
+
+def _grant(db, username: str, group: str) -> None:
+    """A second hat (brief §1: group membership comes on top of the job role)."""
+    with db.transaction() as s:
+        identity.add_member(s, group_key=group, username=username)
+
+
+def _refused(db, rt, task: Task, username: str) -> None:
+    """``username`` is recused from ``task``: it is in none of their views, claiming or
+    completing it finds no such task (no existence leak), and no supervisor can give it to them."""
+    actor = _actor(db, username)
+    with db.transaction() as s:
+        for query in (tasks.InboxQuery(), tasks.InboxQuery(candidate_me=True)):
+            assert task.id not in {t.id for t in tasks.inbox(s, actor=actor, query=query, now=rt.now())[0]}
+    for operation in (tasks.claim, tasks.complete):
+        with pytest.raises(TaskNotFound), db.transaction() as s:
+            operation(s, rt, task_id=task.id, actor=actor)
+    with pytest.raises(Recused), db.transaction() as s:
+        tasks.assign(s, rt, task_id=task.id, username=username, actor=_actor(db, "s007"))  # an HQ supervisor
 
 
 def _status(db, instance_id: int) -> str:
@@ -206,30 +239,164 @@ def test_a_staff_conduct_answer_goes_to_compliance_then_to_qa_review(db, rt, cal
 
 
 @pytest.mark.sqlite
-def test_service_items_go_to_the_branch_head_and_a_wish_to_complain_to_complaint_intake(db, rt, callback):
+def test_service_items_go_to_the_branch_head_then_to_qa_review(db, rt, callback):
     with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
-        _start(db, rt, "CB-B", "periodic", "C06", qa_sample_rate=0)
+        instance_id = _start(db, rt, "CB-B", "periodic", "C06", qa_sample_rate=0)
         _complete(db, rt, "CB-B", "call_attempt", AGENT, REACHED)
         _complete(db, rt, "CB-B", "verify_identity", AGENT, IDENTITY_OK)
         _complete(db, rt, "CB-B", "questionnaire", AGENT, {**ANSWERS_OK, "account_changes_confirmed": "否"})
         assert _open_task(db, "CB-B", "branch_follow_up").candidate_groups == ["HZ01:branch_head"]
         _complete(db, rt, "CB-B", "branch_follow_up", "s101",
                   {"finding": "客户不认可一笔转账", "action": "correct", "closed_at": "2025-06-17T10:00:00+08:00"})
-        assert _open_task(db, "CB-B", "qa_review")
+        _complete(db, rt, "CB-B", "qa_review", SUPERVISOR, QA_OK)
+    assert _end_events(db, rt, instance_id) == ["end_exception"]
+    assert _data(db, rt, instance_id)["exception_items"] == ["account_changes_confirmed"]
 
-        complaint_id = _start(db, rt, "CB-C", "new_account", "C08", qa_sample_rate=0)
-        _complete(db, rt, "CB-C", "call_attempt", AGENT, REACHED)
-        _complete(db, rt, "CB-C", "verify_identity", AGENT, IDENTITY_OK)
-        _complete(db, rt, "CB-C", "questionnaire", AGENT,
+
+HANDOVER = {"complaint_summary": "客户称客户经理全权代理操作其账户并造成亏损", "business_line": "brokerage",
+            "client_request": "staff_sanction", "amount_claimed": 0,
+            "alleged_violations": ["discretionary_trading"], "subject_staff_ids": ["s206"]}
+
+
+def _complaints(db) -> list[ProcessInstance]:
+    with db.transaction() as s:
+        return list(s.execute(select(ProcessInstance).where(ProcessInstance.process_key == "complaint")).scalars())
+
+
+@pytest.mark.sqlite
+def test_a_wish_to_complain_starts_a_complaint_case_by_message_and_the_callback_ends_with_an_exception(
+        db, rt, callback):
+    key = "CB-20250616-0301"
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        callback_id = _start(db, rt, key, "new_account", "C08", qa_sample_rate=0)
+        _complete(db, rt, key, "call_attempt", AGENT, REACHED)
+        _complete(db, rt, key, "verify_identity", AGENT, IDENTITY_OK)
+        _complete(db, rt, key, "questionnaire", AGENT,
                   {**ANSWERS_OK, "wants_to_complain": True, "discretionary_mandate": "是"})
-        _complete(db, rt, "CB-C", "complaint_handover", AGENT,
-                  {"complaint_summary": "客户称客户经理全权代理操作", "complaint_case_no": "CMP-20250616-0001"})
-        # The complaint also names a conduct item: compliance reviews it as well.
-        _complete(db, rt, "CB-C", "handle_compliance", COMPLIANCE,
+        # The caller heard the complaint: they write it down, within C1's 4 business hours.
+        handover = _open_task(db, key, "complaint_handover")
+        assert (handover.assignee, handover.status, handover.due_at) == (AGENT, "claimed", sh(2025, 6, 16, 14))
+        assert _complaints(db) == []  # nobody registers the complaint by hand
+        _complete(db, rt, key, "complaint_handover", AGENT, HANDOVER)
+
+        [complaint] = _complaints(db)
+        assert re.fullmatch(r"CMP-20250616-\d{4}", complaint.business_key)
+        assert (complaint.client_id, complaint.branch_code, complaint.status) == ("C08", "NB01", "running")
+        data = _data(db, rt, complaint.id)
+        assert (data["origin_business_key"], data["origin_process"]) == (key, "callback")
+        assert (data["channel"], data["request_kind"], data["summary"]) == \
+            ("callback", "complaint", HANDOVER["complaint_summary"])
+        assert (data["received_at"], data["recording_id"], data["first_contact_owner"]) == \
+            (REACHED["attempt_at"], "REC-0001", AGENT)
+        assert data["callback_findings"] == ["wants_to_complain", "discretionary_mandate"]
+        assert data["subject_staff_ids"] == ["s206"] and data["service_group"] == "NB01-G2"  # from the registry
+        assert "attempt_no" not in data and "qa_sampled" not in data  # the callback's own variables stay home
+        assert data["severity"] == "major" and data["severity_reasons"] == ["alleged_violation"]
+        with db.transaction() as s:
+            complaint_tasks = s.execute(select(Task).where(Task.instance_id == complaint.id)).scalars().all()
+            sent = s.execute(select(AuditEvent).where(AuditEvent.stream == f"instance:{callback_id}",
+                                                      AuditEvent.kind == "message.sent")).scalar_one()
+        # Straight to handling: the caller, as first-contact owner, acknowledges the complaint.
+        assert [(t.element_id, t.assignee) for t in complaint_tasks] == [("acknowledge", AGENT)]
+        assert (sent.data["message"], sent.data["to_instance"]) == ("complaint_from_callback", complaint.id)
+
+        # The complaint also names a conduct item: compliance reviews it, then QA (not the caller).
+        _complete(db, rt, key, "handle_compliance", COMPLIANCE,
                   {"finding": "转投诉流程处理", "action": "report", "closed_at": "2025-06-16T16:00:00+08:00"})
-        _complete(db, rt, "CB-C", "qa_review", SUPERVISOR, QA_OK)
-    assert _end_events(db, rt, complaint_id) == ["end_exception"]
-    assert _data(db, rt, complaint_id)["exception_items"] == ["wants_to_complain", "discretionary_mandate"]
+        _complete(db, rt, key, "qa_review", SUPERVISOR, QA_OK)
+    assert _status(db, callback_id) == "completed"
+    assert _end_events(db, rt, callback_id) == ["end_exception"]
+
+
+@pytest.mark.sqlite
+def test_an_obstructed_closure_found_on_a_post_closure_callback_becomes_a_complaint(db, rt, callback):
+    key = "CB-20250616-0302"
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        callback_id = _start(db, rt, key, "post_closure", "C03", qa_sample_rate=0)
+        _complete(db, rt, key, "call_attempt", OTHER_AGENT, REACHED)
+        _complete(db, rt, key, "verify_identity", OTHER_AGENT, IDENTITY_OK)
+        _complete(db, rt, key, "questionnaire", OTHER_AGENT, {**ANSWERS_OK, "obstructed": "是"})
+        _complete(db, rt, key, "complaint_handover", OTHER_AGENT,
+                  {**HANDOVER, "complaint_summary": "销户申请被营业部拖延两周", "business_line": "account_services",
+                   "client_request": "explanation", "alleged_violations": ["transfer_obstruction"],
+                   "subject_staff_ids": []})
+        [complaint] = _complaints(db)
+        data = _data(db, rt, complaint.id)
+        assert (complaint.client_id, data["origin_business_key"], data["first_contact_owner"]) == \
+            ("C03", key, OTHER_AGENT)
+        assert data["alleged_violations"] == ["transfer_obstruction"] and data["callback_type"] == "post_closure"
+        # No conduct item besides the complaint: straight to QA, which is 100 % for exceptions.
+        with db.transaction() as s:
+            open_now = s.execute(select(Task.element_id).where(Task.business_key == key,
+                                                               Task.status.in_(("open", "claimed")))).scalars().all()
+        assert open_now == ["qa_review"]
+        _complete(db, rt, key, "qa_review", SUPERVISOR, QA_OK)
+    assert _end_events(db, rt, callback_id) == ["end_exception"]
+
+
+@pytest.mark.sqlite
+def test_the_clients_service_group_is_never_offered_the_call_even_when_a_member_works_call_centre_shifts(
+        db, rt, callback):
+    _grant(db, GROUP_MEMBER, "call_center_agent")
+    key = "CB-20250616-0401"
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        _start(db, rt, "CB-OTHER", "periodic", "C03", qa_sample_rate=0)  # NB01-G1's client
+        instance_id = _start(db, rt, key, "periodic", "C08", qa_sample_rate=0)  # her group's client
+        # As a call-centre agent she is offered other groups' calls, so only the recusal keeps her off.
+        assert _open_task(db, "CB-OTHER", "call_attempt").id in _offered(db, rt, GROUP_MEMBER, "CB-OTHER")
+        attempt = _open_task(db, key, "call_attempt")
+        assert attempt.excluded == ["group:NB01-G2"]
+        _refused(db, rt, attempt, GROUP_MEMBER)
+        _complete(db, rt, key, "call_attempt", AGENT, REACHED)
+        for element, data in (("verify_identity", IDENTITY_OK),
+                              ("questionnaire", {**ANSWERS_OK, "wants_to_complain": True}),
+                              ("complaint_handover", {**HANDOVER, "subject_staff_ids": []})):
+            task = _open_task(db, key, element)
+            assert (task.excluded, task.assignee) == (["group:NB01-G2"], AGENT)
+            _refused(db, rt, task, GROUP_MEMBER)
+            _complete(db, rt, key, element, AGENT, data)
+    assert {a for k, a, _ in _trail(db, instance_id) if k == "task.completed"} == {AGENT}
+
+
+@pytest.mark.sqlite
+def test_identity_check_and_questionnaire_stay_with_the_agent_who_reached_the_client(db, rt, callback):
+    key, start = "CB-20250616-0402", sh(2025, 6, 16, 10)
+    with time_machine.travel(start, tick=False) as clock:
+        instance_id = _start(db, rt, key, "periodic", "C03", qa_sample_rate=1.0)
+        _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
+        clock.shift(timedelta(hours=4, seconds=1))
+        assert timers.fire_due(db, rt) == 1
+        _complete(db, rt, key, "call_attempt", OTHER_AGENT, REACHED)  # the retry went to a colleague
+        for element, data in (("verify_identity", IDENTITY_OK), ("questionnaire", ANSWERS_OK)):
+            task = _open_task(db, key, element)
+            assert (task.assignee, task.status) == (OTHER_AGENT, "claimed")
+            assert task.id not in _offered(db, rt, AGENT, key)  # the first caller never spoke to the client
+            with pytest.raises(NotAssignee), db.transaction() as s:
+                tasks.complete(s, rt, task_id=task.id, actor=_actor(db, AGENT), data=data)
+            _complete(db, rt, key, element, OTHER_AGENT, data)
+        assert _data(db, rt, instance_id)["caller"] == OTHER_AGENT
+        assert _open_task(db, key, "qa_review").excluded == [f"user:{OTHER_AGENT}"]
+
+
+@pytest.mark.sqlite
+def test_the_caller_cannot_see_claim_or_complete_the_qa_review_while_another_supervisor_can(db, rt, callback):
+    # 许婧 supervises the call centre and takes calls herself on a busy day; 罗斌 is a second reviewer.
+    _grant(db, SUPERVISOR, "call_center_agent")
+    _grant(db, "s005", "call_center_supervisor")
+    key = "CB-20250616-0403"
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        instance_id = _start(db, rt, key, "new_account", "C08", qa_sample_rate=1.0)
+        _complete(db, rt, key, "call_attempt", SUPERVISOR, REACHED)
+        _complete(db, rt, key, "verify_identity", SUPERVISOR, IDENTITY_OK)
+        _complete(db, rt, key, "questionnaire", SUPERVISOR, ANSWERS_OK)
+        qa = _open_task(db, key, "qa_review")
+        assert qa.candidate_groups == ["call_center_supervisor"] and qa.excluded == [f"user:{SUPERVISOR}"]
+        _refused(db, rt, qa, SUPERVISOR)  # her supervisor role does not help
+        _complete(db, rt, key, "qa_review", "s005", QA_OK)
+    assert _end_events(db, rt, instance_id) == ["end_completed"]
+    assert [(a, e) for k, a, e in _trail(db, instance_id) if k == "task.completed"] == [
+        (SUPERVISOR, "call_attempt"), (SUPERVISOR, "verify_identity"), (SUPERVISOR, "questionnaire"),
+        ("s005", "qa_review")]
 
 
 @pytest.mark.sqlite

@@ -15,6 +15,8 @@ from engine import demo, identity, instances, messages, tasks, timers
 from engine.calendars import SHANGHAI
 from engine.complaint_services import COMPLAINT_DEFAULTS, classify
 from engine.config import PROJECT_ROOT
+from engine.errors import TaskNotFound
+from engine.identity import Actor
 from engine.models import MessageSubscription, ProcessInstance, Task, User
 
 pytestmark = pytest.mark.sqlite
@@ -27,8 +29,8 @@ INTAKE = ["call_center_agent", "HZ01:counter_staff"]
 HANDLERS = ["HZ01:branch_cs_director", "HZ01:account_manager"]
 
 
-def sh(*args: int) -> datetime:
-    return datetime(*args, tzinfo=SHANGHAI)
+def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI)
 
 
 @pytest.fixture
@@ -317,6 +319,47 @@ def test_no_answer_from_the_client_closes_the_case_as_no_response(db, rt, staff)
         case.do("close_case", "s103", {"closure_reason": "no_response"})
         _satisfaction(case, clock, who="s003")
     assert case.end_state() == "E4"
+
+
+# What workflows/callback.bpmn sends (its throw_complaint payload) when a client complains
+# on a callback: the caller's registration, not a form someone fills in again.
+FROM_CALLBACK = {"client_id": "C02", "branch_code": "HZ01", "channel": "callback", "request_kind": "complaint",
+                 "received_at": "2026-03-02T08:40:00+08:00", "summary": "客户称客户经理推荐了超出其风险等级的产品",
+                 "business_line": "product_sales", "client_request": "compensation", "amount_claimed": 38000,
+                 "alleged_violations": ["suitability_mismatch"], "subject_staff_ids": ["s107"],
+                 "recording_id": "REC-CB-1", "first_contact_owner": "s004", "callback_type": "periodic",
+                 "callback_findings": ["wants_to_complain"]}
+
+
+def test_a_complaint_from_a_callback_is_classified_without_a_second_registration_and_recuses_the_named_staff(
+        db, rt, staff):
+    with time_machine.travel(MONDAY_9, tick=False):
+        with db.transaction() as s:
+            # As the engine delivers a thrown message: the thrower's step, not a person, starts it.
+            started = messages.correlate(s, rt, name="complaint_from_callback", correlation_key=None,
+                                         actor=Actor.system("s004"),
+                                         payload={**FROM_CALLBACK, "origin_business_key": "CB-20260302-0009",
+                                                  "origin_process": "callback"})
+        case = Case(db, rt, staff, started.business_key)
+        case.instance_id = started.id
+        assert case.key == "CMP-20260302-0001"  # numbered by the complaint process
+        data = case.data()
+        assert (data["severity"], data["severity_reasons"]) == ("major", ["alleged_violation"])
+        assert (data["channel"], data["origin_business_key"], data["service_group"]) == \
+            ("callback", "CB-20260302-0009", "HZ01-G1")
+        ack = case.open_task()  # no second registration: classified, compliance told, handling begun
+        assert (ack.element_id, ack.assignee, ack.status) == ("acknowledge", "s004", "claimed")
+        assert data["notifications"] == [{"to": "compliance", "reason": "major"}]
+        case.do("acknowledge", "s004", CONTACTED)
+        # The staff member the client named, and their service group, are recused from the investigation.
+        investigate = case.open_task()
+        assert sorted(investigate.excluded) == ["group:HZ01-G1", "user:s107"]
+        for recused in ("s107", "s106"):
+            with pytest.raises(TaskNotFound), db.transaction() as s:
+                tasks.claim(s, rt, task_id=investigate.id, actor=staff[recused])
+        case.do("investigate", "s108", {"facts_found": "风险等级不匹配", "root_cause": "suitability",
+                                        "staff_at_fault": True})
+    assert [(e, who) for e, _, who in case.handled] == [("acknowledge", "s004"), ("investigate", "s108")]
 
 
 def test_classification_reads_its_thresholds_from_the_case_or_the_defaults():
