@@ -1,7 +1,8 @@
 """Demo data for ``make run`` (brief §4): three branches, their staff, service groups
 and ten clients, shipped as the CSV files in ``demo_data/`` and loaded through the same
 importer an administrator uses (so the demo doubles as a check of the importer), then
-classified as of the demo's "today".
+classified as of the demo's "today"; and the monthly VIP tier evaluation's schedule (brief
+§2.4 V0a), so the running demo evaluates tiers on the first working day of each month.
 
 Every demo user's password is ``demo``. Loading is idempotent.
 """
@@ -18,7 +19,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import bundle, classification, deployments, identity, registry, registry_import, sla
+from engine import (
+    bundle,
+    classification,
+    deployments,
+    identity,
+    registry,
+    registry_import,
+    schedules,
+    sla,
+    vip_evaluation,
+)
 from engine.calendars import Unit
 from engine.errors import InvalidInput
 from engine.models import SlaPolicy, User
@@ -38,11 +49,16 @@ EXTRA_ROLES: dict[str, list[str]] = {
 }
 JOB_ROLES = registry.JOB_ROLES
 PASSWORD = "demo"
+# Brief §2.4 V0a: "Timer start — monthly tier evaluation on the 1st WD of each month". The key
+# is the one engine.vip_evaluation documents: an operator creating it by hand gets a conflict
+# instead of a second schedule evaluating (and starting VIP cases) twice a month.
+VIP_SCHEDULE_KEY = "vip-monthly"
 
 
 def load(session: Session, rt: Runtime) -> int:
-    """Create the demo groups, users, branches and clients that do not exist yet, and
-    classify the clients as of :data:`DEMO_TODAY`; returns how many users were created."""
+    """Create the demo groups, users, branches and clients that do not exist yet, classify
+    the clients as of :data:`DEMO_TODAY`, and create the monthly evaluation's schedule
+    (:data:`VIP_SCHEDULE_KEY`) unless it exists; returns how many users were created."""
     actor = identity.Actor.system("demo")
     for key, name in identity.SYSTEM_ROLES.items():
         identity.ensure_group(session, key=key, name=name)
@@ -69,6 +85,11 @@ def load(session: Session, rt: Runtime) -> int:
         created.append("admin")
     classification.ensure_default(session, now=rt.now())
     classification.evaluate(session, as_of=DEMO_TODAY, actor=actor, now=rt.now())
+    if not any(s.key == VIP_SCHEDULE_KEY for s in schedules.get_all(session)):
+        # The first run is the next first working day of a month at 09:00 (Shanghai); the job
+        # evaluates whatever the registry holds then.
+        schedules.create(session, rt, key=VIP_SCHEDULE_KEY, process_key=schedules.JOB_PREFIX + vip_evaluation.JOB_NAME,
+                         rule="first_working_day_of_month", at_time="09:00", actor=actor)
     return len(created)
 
 

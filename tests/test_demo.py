@@ -1,14 +1,18 @@
-"""`make run` loads the demo people, deploys workflows/ and its SLA policies: that must work
-on a fresh database and again on a loaded one."""
+"""`make run` loads the demo people, deploys workflows/ and its SLA policies, and schedules
+the monthly VIP evaluation: that must work on a fresh database and again on a loaded one."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
+import time_machine
 from sqlalchemy import func, or_, select
 
-from engine import demo
+from engine import demo, schedules, timers
+from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
-from engine.models import AuditEvent, Branch, Client, Group, GroupMember, ProcessVersion, SlaPolicy
+from engine.models import AuditEvent, Branch, Client, Group, GroupMember, ProcessVersion, SlaPolicy, Timer
 
 
 @pytest.mark.sqlite
@@ -61,3 +65,37 @@ def test_the_demo_registry_is_the_briefs_and_a_reload_writes_nothing(db, rt):
     with db.transaction() as s:
         assert demo.load(s, rt) == 0
         assert writes(s) == before
+
+
+@pytest.mark.sqlite
+def test_the_demo_schedules_the_monthly_vip_evaluation_once_for_the_first_working_day(db, rt):
+    # Thursday 2025-09-25: October's first working day is Thursday 10-09, after National Day.
+    with time_machine.travel(datetime(2025, 9, 25, 12, tzinfo=SHANGHAI), tick=False):
+        with db.transaction() as s:
+            demo.load(s, rt)
+            demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
+        with db.transaction() as s:
+            demo.load(s, rt)  # `bpm demo load` again
+    first_slot = datetime(2025, 10, 9, 9, tzinfo=SHANGHAI)
+    with db.transaction() as s:
+        [schedule] = schedules.get_all(s)
+        assert (schedule.key, schedule.process_key, schedule.rule, schedule.at_time, schedule.active) == (
+            "vip-monthly", "job:vip.monthly_evaluation", "first_working_day_of_month", "09:00", True)
+        assert schedule.next_run_at == first_slot
+        armed = s.execute(select(Timer.due_at).where(Timer.kind == "schedule", Timer.status == "waiting")).all()
+        assert armed == [(first_slot,)]
+        created = s.execute(select(func.count()).select_from(AuditEvent)
+                            .where(AuditEvent.kind == "schedule.created")).scalar_one()
+        assert created == 1
+        clients = s.execute(select(func.count()).select_from(Client)).scalar_one()
+    # The running demo's timer runner fires the slot: the evaluation runs once, over every client.
+    with time_machine.travel(first_slot - timedelta(seconds=1), tick=False):
+        assert timers.fire_due(db, rt) == 0
+    with time_machine.travel(first_slot + timedelta(seconds=1), tick=False):
+        assert timers.fire_due(db, rt) == 1
+    with db.transaction() as s:
+        runs = s.execute(select(AuditEvent).where(AuditEvent.kind == "schedule.job_run")).scalars().all()
+        assert [(r.data["slot"], r.data["job"], r.data["result"]["evaluated"]) for r in runs] == [
+            ("vip-monthly-20251009", "vip.monthly_evaluation", clients)]
+        # November 1 is a Saturday: the next run is Monday 11-03.
+        assert schedules.get_all(s)[0].next_run_at == datetime(2025, 11, 3, 9, tzinfo=SHANGHAI)

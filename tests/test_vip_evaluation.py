@@ -22,7 +22,9 @@ pytestmark = pytest.mark.sqlite
 
 @pytest.fixture
 def registry(db, rt):
-    with db.transaction() as s:
+    # Loaded on Thursday 2025-09-25, so the demo's monthly evaluation schedule waits for the
+    # first working day of October (after the National Day holiday).
+    with time_machine.travel(datetime(2025, 9, 25, 12, tzinfo=SHANGHAI), tick=False), db.transaction() as s:
         demo.load(s, rt)
         demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
 
@@ -89,12 +91,11 @@ def test_a_change_without_a_case_to_tell_is_reported_not_lost(db, rt, registry):
 
 def test_the_first_working_day_schedule_runs_the_evaluation_once_per_slot(db, rt, registry):
     _set_assets(db, C09=60_000)
-    owner = Actor.system("owner")
-    # Thursday 2025-09-25: the next slot is the first working day of October, i.e. after
-    # the National Day holiday: Thursday 2025-10-09 at 09:00.
-    with time_machine.travel(datetime(2025, 9, 25, 12, tzinfo=SHANGHAI), tick=False), db.transaction() as s:
-        schedule = schedules.create(s, rt, key="vip-monthly", process_key="job:vip.monthly_evaluation",
-                                    rule="first_working_day_of_month", at_time="09:00", actor=owner)
+    # The demo's schedule, created on Thursday 2025-09-25: the next slot is the first working
+    # day of October, after the National Day holiday: Thursday 2025-10-09 at 09:00.
+    with db.transaction() as s:
+        [schedule] = schedules.get_all(s)
+        assert (schedule.key, schedule.process_key) == ("vip-monthly", "job:vip.monthly_evaluation")
         assert schedule.next_run_at == datetime(2025, 10, 9, 9, tzinfo=SHANGHAI)
     with time_machine.travel(datetime(2025, 10, 9, 9, tzinfo=SHANGHAI) + timedelta(seconds=1), tick=False):
         assert timers.fire_due(db, rt) == 1
