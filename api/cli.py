@@ -550,10 +550,8 @@ def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool)
     import threading
     from datetime import timedelta
 
-    from rq import SimpleWorker
-
     from engine.notify import Notifier
-    from engine.queueing import RqScheduler, acquire_sweep_lock, sweep
+    from engine.queueing import RqScheduler, acquire_sweep_lock, make_worker, sweep
 
     settings = ctx.settings
     if not settings.redis_url:
@@ -581,9 +579,7 @@ def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool)
 
     thread = threading.Thread(target=sweeper, name="bpm-sweep", daemon=True)
     thread.start()
-    # SimpleWorker runs jobs in this process: no fork per job, and the database pool and
-    # the spec cache survive between jobs.
-    rq_worker = SimpleWorker([scheduler.queue], connection=scheduler.queue.connection)
+    rq_worker = make_worker(settings.redis_url)
     try:
         rq_worker.work(with_scheduler=True, burst=burst)
     finally:

@@ -18,7 +18,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Retry
+from rq import Queue, Retry, SimpleWorker
 from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -57,6 +57,20 @@ class RqScheduler:
     def enqueue(self, timer_id: int, due_at: datetime, *, pipeline: Any = None) -> None:
         self.queue.enqueue_at(wake_time(due_at), FIRE_JOB, timer_id, job_id=job_id(timer_id), retry=RETRY,
                               result_ttl=0, failure_ttl=7 * 24 * 3600, pipeline=pipeline)
+
+
+def make_worker(redis_url: str, queue_name: str = QUEUE_NAME) -> SimpleWorker:
+    """An rq worker on its own Redis client.
+
+    rq blocks on the queue for minutes (its dequeue timeout) and widens its client's socket
+    timeout to match, but only for connections opened afterwards. The shared client of
+    :func:`connect` already has connections with redis-py's default 5 s timeout (the sweep
+    thread opened them): on one of those, every idle dequeue ends in a socket timeout that
+    rq treats as Redis being down, and it sleeps 1, 2, 4... up to 60 s before listening again,
+    while due timers wait. SimpleWorker runs jobs in this process: no fork per job, and the
+    database pool and the spec cache survive between jobs."""
+    connection = Redis.from_url(redis_url)
+    return SimpleWorker([Queue(queue_name, connection=connection)], connection=connection)
 
 
 def wake_time(due_at: datetime) -> datetime:

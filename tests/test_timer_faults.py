@@ -62,14 +62,15 @@ class Workers:
                     "BPM_SERVICE_MODULES": "tests.service_fixtures", "PYTHONPATH": str(ROOT)}
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, database_url: str | None = None) -> subprocess.Popen[bytes]:
+    def start(self, database_url: str | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
         env = dict(self.env)
         if database_url:
             env["BPM_DATABASE_URL"] = database_url
         # Its own process group: rq runs its scheduler in a child process, which outlives a
         # SIGKILLed worker and would go on draining this Redis database in later tests.
-        proc = subprocess.Popen(WORKER, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        with log.open("wb") if log is not None else contextlib.nullcontext(subprocess.DEVNULL) as output:
+            proc = subprocess.Popen(WORKER, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         self.procs.append(proc)
         return proc
 
@@ -133,6 +134,20 @@ def test_timers_enqueued_then_lost_in_a_redis_flush_all_fire_after_the_sweep(db,
     workers.start()
     wait_until(lambda: _all_completed(db, ids), what="all timers to fire after the flush")
     assert set(_fired_counts(db, ids).values()) == {1}
+
+
+def test_a_worker_idle_for_longer_than_a_socket_timeout_still_listens_and_fires_at_once(
+        db, rq_rt, people, redis, workers, tmp_path):
+    # redis-py closes a read after 5 s by default. A worker whose blocking dequeue ran on such a
+    # connection took every idle spell for Redis being down and slept 1, 2, 4... up to 60 s
+    # before listening again: a quiet night made the morning's timers late by up to a minute.
+    log = tmp_path / "worker.log"
+    workers.start(log=log)
+    wait_until(lambda: b"Listening on" in log.read_bytes(), timeout=30, what="the worker to listen")
+    time.sleep(7)  # idle past redis-py's 5 s socket timeout (what is tested is the idle spell)
+    ids = _waiting_instances(db, rq_rt, people, 3)  # due in the past, announced to rq on commit
+    wait_until(lambda: _all_completed(db, ids), timeout=5, what="the timers to fire after the idle spell")
+    assert b"could not connect to Redis" not in log.read_bytes()
 
 
 def test_two_workers_and_duplicate_deliveries_fire_each_timer_exactly_once(db, rq_rt, people, redis, workers):
