@@ -551,7 +551,7 @@ def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool)
     from datetime import timedelta
 
     from engine.notify import Notifier
-    from engine.queueing import RqScheduler, acquire_sweep_lock, make_worker, sweep
+    from engine.queueing import RqScheduler, acquire_sweep_lock, die_with_parent, make_worker, sweep
 
     settings = ctx.settings
     if not settings.redis_url:
@@ -579,6 +579,7 @@ def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool)
 
     thread = threading.Thread(target=sweeper, name="bpm-sweep", daemon=True)
     thread.start()
+    die_with_parent()
     rq_worker = make_worker(settings.redis_url)
     try:
         rq_worker.work(with_scheduler=True, burst=burst)

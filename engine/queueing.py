@@ -11,7 +11,11 @@ the worker loop is an adapter (``bpm worker``).
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
+import sys
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -57,6 +61,29 @@ class RqScheduler:
     def enqueue(self, timer_id: int, due_at: datetime, *, pipeline: Any = None) -> None:
         self.queue.enqueue_at(wake_time(due_at), FIRE_JOB, timer_id, job_id=job_id(timer_id), retry=RETRY,
                               result_ttl=0, failure_ttl=7 * 24 * 3600, pipeline=pipeline)
+
+
+def die_with_parent() -> None:
+    """Make every child this process forks from now on (rq's scheduler) end with it.
+
+    rq runs its scheduler in a forked child that nothing tells when the worker is killed
+    with SIGKILL: it would go on moving jobs from a dead worker's Redis registries. Linux
+    sends the child SIGTERM when its parent dies (PR_SET_PDEATHSIG); elsewhere this is a
+    no-op and a supervisor that kills the whole process group is needed."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def in_child() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(0)
+
+    os.register_at_fork(after_in_child=in_child)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def make_worker(redis_url: str, queue_name: str = QUEUE_NAME) -> SimpleWorker:

@@ -188,6 +188,30 @@ def test_a_worker_killed_while_firing_leaves_the_timer_to_fire_exactly_once_late
     assert marker.read_text().count("attempt") == 2  # the killed attempt was rolled back
 
 
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in found.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait() is missing
+
+
+def test_rqs_scheduler_process_ends_with_a_worker_killed_by_sigkill(db, rq_rt, people, redis, workers):
+    # rq forks its scheduler; nothing told it that its worker had died, and it went on
+    # moving jobs in Redis for a worker that no longer existed.
+    worker = workers.start()
+    wait_until(lambda: bool(_children(worker.pid)), timeout=30, what="rq's scheduler process")
+    [scheduler] = _children(worker.pid)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    wait_until(lambda: not _alive(scheduler), timeout=10, what="the scheduler to end with its worker")
+
+
 class PausableProxy:
     """A TCP proxy to PostgreSQL that can drop every connection and refuse new ones."""
 
