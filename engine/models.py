@@ -186,8 +186,11 @@ class Task(Base):
     sla_policy_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_sla_policy.id"))
     sla_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sla_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # Total time the clock was paused ("waiting for client"); due = target + this.
+    # Total wall-clock time the clock was paused ("waiting for client").
     sla_paused_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The pauses themselves, [[from, to], ...] in ISO 8601: the due date excludes them in the
+    # target's own terms (business time for WD/TD/WH), measured again on every recompute.
+    sla_pauses: Mapped[list[list[str]] | None] = mapped_column(JSON)
     # When the task turns "at risk" (80 % of the target in the target's own terms).
     at_risk_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -392,6 +395,10 @@ class Notification(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A deliverer's claim while it sends (engine.notify): no other deliverer takes the row
+    # until the claim's lease has run out.
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (Index("ix_notification_pending", "sent_at", "id"),)
 
@@ -499,8 +506,16 @@ class Client(Base):
     (``service_group_key`` empty), never to an individual.
 
     ``id_number``, ``phone`` and ``account_number`` are stored in full and leave the engine
-    masked (``engine.client_access``); ``classification`` … ``downgrade_grace_until`` are
-    written by ``engine.classification.evaluate``."""
+    masked (``engine.client_access``).
+
+    VIP tier: ``vip_tier`` and ``tier_since`` are the *effective* tier, the one the client is
+    served at; after the registry creates a client only the VIP case changes them, at its
+    activation, downgrade or closure step (``engine.vip_tier``). The monthly evaluation
+    (``engine.classification.evaluate``) writes ``classification`` … ``classified_on``,
+    ``evaluated_tier`` (the tier the rules give the client's assets, which may be waiting for
+    a welcome call or an approval, or be refused) and ``downgrade_grace_until`` (the client is
+    below the effective tier: a downgrade is pending until the case applies it or the assets
+    recover)."""
 
     __tablename__ = "bpm_client"
 
@@ -523,7 +538,11 @@ class Client(Base):
     classified_on: Mapped[date | None] = mapped_column(Date)
     vip_tier: Mapped[str | None] = mapped_column(String(16))
     tier_since: Mapped[date | None] = mapped_column(Date)
+    evaluated_tier: Mapped[str | None] = mapped_column(String(16))
     downgrade_grace_until: Mapped[date | None] = mapped_column(Date)
+    # active, dormant (休眠账户) or suspended (中止交易账户), from the account system: dormant and
+    # suspended accounts are outside the periodic callback quota's base and sample [P4].
+    account_status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
