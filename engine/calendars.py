@@ -14,6 +14,17 @@ working day?"; here the unit says which):
   stay closed on 调休 make-up weekends, so a make-up Sunday is a WD but not a TD.
 * ``WH``: working hours: only minutes inside business hours of working days count.
 
+Pausing ("waiting for client") excludes the paused time from the target in the target's
+own terms (:meth:`BusinessCalendar.paused_time`, :meth:`BusinessCalendar.extend`): for
+``WD`` and ``WH`` the business hours of working days inside the pause, for ``TD`` those of
+trading days, for the calendar units the wall-clock time. A part-day pause of a ``WD``
+target counts as that many working hours, as a fractional milestone does, rather than
+being rounded to whole days: rounding down would ignore up to a day of waiting, rounding up
+would count ten minutes as a day. So a pause from Friday 16:00 to Monday 10:00 moves a
+``WD``, ``TD`` or ``WH`` due date by two working hours (Friday 16–17, Monday 9–10), and a
+``CD`` due date by 66 hours. Moved ``WD``/``TD`` due dates keep the rule that they fall
+inside business hours: one that would land on a closing time is the next opening instead.
+
 Days come from the ``bpm_calendar_day`` table (seeded from the ``chinese-calendar``
 package, editable by administrators because next year's holidays are announced each
 November). A computation that needs a day outside the known range still returns a date,
@@ -46,6 +57,10 @@ class Unit(StrEnum):
     WORKING_DAYS = "WD"
     TRADING_DAYS = "TD"
     WORKING_HOURS = "WH"
+
+
+# Units counted in business time; the others are calendar (wall-clock) units.
+BUSINESS_UNITS = frozenset((Unit.WORKING_DAYS, Unit.TRADING_DAYS, Unit.WORKING_HOURS))
 
 
 @dataclass(frozen=True)
@@ -161,11 +176,18 @@ class BusinessCalendar:
         raise InvalidInput("the target is more than ten years away")
 
     def _add_working_minutes(self, start: datetime, minutes: Decimal) -> Due:
-        local, complete = self.clock_start(start)
-        remaining = timedelta(minutes=float(minutes))
+        return self.add_business_time(start, timedelta(minutes=float(minutes)))
+
+    def add_business_time(self, start: datetime, duration: timedelta, *, trading: bool = False) -> Due:
+        """``start`` plus ``duration`` counted only inside business hours of working days
+        (trading days with ``trading=True``). A sum that ends exactly at a closing time is
+        that closing time."""
+        ensure_aware(start, name="start")
+        local, complete = self.clock_start(start, trading=trading)
+        remaining = duration
         d = local.date()
         for _ in range(MAX_SCAN_DAYS):
-            is_open, known = self._is_open_day(d, False)
+            is_open, known = self._is_open_day(d, trading)
             complete &= known
             if is_open:
                 for begin, end in self.hours.periods:
@@ -181,6 +203,54 @@ class BusinessCalendar:
             d += timedelta(days=1)
             local = datetime.combine(d, time.min, self.hours.tz)
         raise InvalidInput("the target is more than ten years away")
+
+    def business_time(self, start: datetime, end: datetime, *, trading: bool = False) -> tuple[timedelta, bool]:
+        """Time inside business hours of working days (trading days with ``trading=True``)
+        between ``start`` and ``end``, and whether every day it looked at was known data."""
+        ensure_aware(start, name="start")
+        ensure_aware(end, name="end")
+        total, complete = timedelta(), True
+        if end <= start:
+            return total, complete
+        local_start, local_end = start.astimezone(self.hours.tz), end.astimezone(self.hours.tz)
+        d = local_start.date()
+        while d <= local_end.date():
+            is_open, known = self._is_open_day(d, trading)
+            complete &= known
+            if is_open:
+                for begin, close in self.hours.periods:
+                    a = max(datetime.combine(d, begin, self.hours.tz), local_start)
+                    b = min(datetime.combine(d, close, self.hours.tz), local_end)
+                    if b > a:
+                        total += b - a
+            d += timedelta(days=1)
+        return total, complete
+
+    def paused_time(self, start: datetime, end: datetime, unit: Unit | str) -> tuple[timedelta, bool]:
+        """How much of a target in ``unit`` a pause from ``start`` to ``end`` holds back
+        (see the module's notes on pausing), and whether every day needed was known."""
+        unit = Unit(unit)
+        if unit in BUSINESS_UNITS:
+            return self.business_time(start, end, trading=unit is Unit.TRADING_DAYS)
+        return max(end - start, timedelta()), True
+
+    def extend(self, moment: datetime, paused: timedelta, unit: Unit | str) -> Due:
+        """``moment`` of an unpaused clock moved later by ``paused`` (a result of
+        :meth:`paused_time` for the same unit): where it falls once the pause is excluded."""
+        ensure_aware(moment, name="moment")
+        unit = Unit(unit)
+        if paused <= timedelta():
+            return Due(moment, False)
+        if unit not in BUSINESS_UNITS:
+            return Due(moment + paused, False)
+        trading = unit is Unit.TRADING_DAYS
+        due = self.add_business_time(moment, paused, trading=trading)
+        if unit is Unit.WORKING_HOURS:
+            return due
+        # A WD/TD due date is a moment inside business hours (the same time of day as the
+        # clock's start); a closing time is the same business instant as the next opening.
+        at, complete = self.clock_start(due.at, trading=trading)
+        return Due(at.astimezone(moment.tzinfo), due.incomplete or not complete)
 
     def elapsed_fraction(self, start: datetime, due: datetime, now: datetime) -> float:
         """How much of the target has elapsed, in wall-clock terms (for milestones)."""

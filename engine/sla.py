@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import Decimal
@@ -228,7 +229,11 @@ def milestone_due(calendar: BusinessCalendar, start: datetime, due: Due, amount:
             start, trading=unit == Unit.TRADING_DAYS)[0]
         rest = span - whole
         if rest:
-            at = calendar.add(at, Decimal(_minutes_per_day(calendar.hours)) * rest / 60, Unit.WORKING_HOURS).at
+            # The fraction of a day is business hours of the target's own days: a trading
+            # day's half is never on a make-up Sunday, when the exchanges are closed.
+            minutes = float(Decimal(_minutes_per_day(calendar.hours)) * rest)
+            at = calendar.add_business_time(at, timedelta(minutes=minutes),
+                                            trading=unit == Unit.TRADING_DAYS).at
         return at
     if unit == Unit.WORKING_HOURS:
         return calendar.add(start, Decimal(str(fraction)) * amount, Unit.WORKING_HOURS).at
@@ -373,9 +378,10 @@ def _at_risk(session: Session, policy: PolicyRow | None, task: Task, *, start: d
 
 def _schedule_milestones(session: Session, rt: Any, instance: ProcessInstance, task: Task,
                          policy: PolicyRow, *, start: datetime, now: datetime,
-                         shift: timedelta = timedelta(), overdue_breach: bool = False) -> None:
+                         shift: Callable[[datetime], datetime] | None = None,
+                         overdue_breach: bool = False) -> None:
     """Timer rows for the milestones still ahead: a recompute must not re-notify the past.
-    ``shift`` is time the clock already spent paused; every milestone moves by it."""
+    ``shift`` moves a milestone past the time the clock already spent paused."""
     assert task.due_at is not None
     calendar = CALENDARS.get(session, policy.business_hours)
     due = Due(task.due_at, task.calendar_incomplete)
@@ -389,7 +395,8 @@ def _schedule_milestones(session: Session, rt: Any, instance: ProcessInstance, t
     # moves them by the paused time (a recompute during a pause must not arm them).
     paused = task.sla_paused_at is not None
     for milestone, at in points:
-        at += shift
+        if shift is not None:
+            at = shift(at)
         if at < (task.sla_paused_at if paused else now):
             if not (overdue_breach and milestone["at"] >= 1.0 and not paused):
                 continue
@@ -438,13 +445,15 @@ def recompute(session: Session, rt: Any, *, now: datetime) -> int:
         else:
             calendar = CALENDARS.get(session, policy.business_hours)
             due = calendar.add(start, policy.target_amount, policy.target_unit)
-            # Time already spent waiting for the client stays added, as resume() added it.
-            paused = timedelta(seconds=task.sla_paused_seconds or 0)
+            # Time already spent waiting for the client stays excluded, as resume() excluded
+            # it, but measured again on today's calendar and in the policy's current unit.
+            paused = _PausedTime(calendar, policy.target_unit, _pauses(task), legacy=_legacy_pause(task))
             task.due_at, task.due_source, task.calendar_incomplete = due.at, "policy", due.incomplete
             task.sla_policy_id = policy.id
-            task.at_risk_at = _at_risk(session, policy, task, start=start) + paused
+            task.at_risk_at = paused(_at_risk(session, policy, task, start=start))
             _schedule_milestones(session, rt, instance, task, policy, start=start, now=now, shift=paused)
-            task.due_at = due.at + paused
+            task.due_at = paused(due.at)
+            task.calendar_incomplete = due.incomplete or paused.incomplete
         if (task.sla_policy_id, task.due_at) != previous:
             count += 1
     return count
@@ -481,27 +490,80 @@ def pause(session: Session, rt: Any, *, task: Task, instance: ProcessInstance, a
 
 
 def resume(session: Session, rt: Any, *, task: Task, instance: ProcessInstance, actor: Actor) -> None:
-    """The due date and pending milestones move by the paused time."""
+    """The due date and pending milestones move by the paused time, measured in the
+    target's terms (business time for WD/TD/WH, see :mod:`engine.calendars`)."""
     if task.sla_paused_at is None:
         return
     now = rt.now()
-    paused_for = now - task.sla_paused_at
+    since = task.sla_paused_at
     task.sla_paused_at = None
-    task.sla_paused_seconds = (task.sla_paused_seconds or 0) + int(paused_for.total_seconds())
+    task.sla_paused_seconds = (task.sla_paused_seconds or 0) + int((now - since).total_seconds())
+    # The interval itself is kept: a recompute measures it again on the calendar of the day.
+    task.sla_pauses = [*(task.sla_pauses or []), [since.isoformat(), now.isoformat()]]
+    calendar, unit = _pause_terms(session, task)
+    paused = _PausedTime(calendar, unit, [(since, now)])
     if task.due_at is not None:
-        task.due_at += paused_for
+        task.due_at = paused(task.due_at)
     if task.at_risk_at is not None:
-        task.at_risk_at += paused_for
+        task.at_risk_at = paused(task.at_risk_at)
     held = session.execute(select(Timer).where(Timer.kind == "sla", Timer.task_uuid == task.task_uuid,
                                                Timer.status == "paused")).scalars().all()
     for timer in held:
-        timer.due_at += paused_for
+        timer.due_at = paused(timer.due_at)
         timer.status = "waiting"
         _announce(session, rt, timer)
+    if paused.incomplete:
+        task.calendar_incomplete = True
     record_instance_event(session, instance, kind="sla.resumed", actor=actor.username, at=now,
                           task_uuid=task.task_uuid,
-                          data={"task_id": task.id, "paused_seconds": paused_for.total_seconds(),
+                          data={"task_id": task.id, "paused_seconds": (now - since).total_seconds(),
+                                "counted_seconds": paused.total.total_seconds(), "unit": str(unit),
                                 "due_at": task.due_at.isoformat() if task.due_at else None})
+
+
+class _PausedTime:
+    """The time a clock spent paused, in its target's terms; calling it moves a moment of
+    the unpaused clock to where it falls once that time is excluded.
+
+    ``legacy`` is wall-clock time of pauses recorded only as a total (before the intervals
+    were kept, migration 0007); it moves every moment as it did then."""
+
+    def __init__(self, calendar: BusinessCalendar, unit: Unit | str,
+                 intervals: Iterable[tuple[datetime, datetime]], *, legacy: timedelta = timedelta()) -> None:
+        self.calendar, self.unit, self.legacy = calendar, Unit(unit), legacy
+        self.total, self.incomplete = timedelta(), False
+        for since, until in intervals:
+            part, complete = calendar.paused_time(since, until, self.unit)
+            self.total += part
+            self.incomplete |= not complete
+
+    def __call__(self, at: datetime) -> datetime:
+        moved = self.calendar.extend(at, self.total, self.unit)
+        self.incomplete |= moved.incomplete
+        return moved.at + self.legacy
+
+
+# Wall-clock terms for a clock without a policy unit (no calendar days are consulted).
+_WALL_CLOCK = BusinessCalendar({})
+
+
+def _pause_terms(session: Session, task: Task) -> tuple[BusinessCalendar, Unit]:
+    """The calendar and unit a task's paused time is measured in: its policy's, when the
+    policy gave the due date; wall-clock for a diagram's own due date, whose milestones
+    are wall-clock fractions of its window too."""
+    policy = session.get(SlaPolicy, task.sla_policy_id) if task.sla_policy_id is not None else None
+    if policy is None or task.due_source != "policy":
+        return _WALL_CLOCK, Unit.CALENDAR_MINUTES
+    return CALENDARS.get(session, policy.business_hours), Unit(policy.target_unit)
+
+
+def _pauses(task: Task) -> list[tuple[datetime, datetime]]:
+    return [(datetime.fromisoformat(a), datetime.fromisoformat(b)) for a, b in task.sla_pauses or []]
+
+
+def _legacy_pause(task: Task) -> timedelta:
+    recorded = sum(int((b - a).total_seconds()) for a, b in _pauses(task))
+    return timedelta(seconds=max((task.sla_paused_seconds or 0) - recorded, 0))
 
 
 def retire_task_timers(session: Session, task_uuids: list[str]) -> None:

@@ -116,8 +116,9 @@ def _unclaim(session: Session, timer_id: int) -> None:
 def _fire_bpmn(session: Session, rt: Runtime, timer: Timer, instance: ProcessInstance, now: datetime) -> bool:
     workflow = rt.load(session, instance)
     task = workflow.get_task_from_id(UUID(timer.task_uuid)) if timer.task_uuid else None
+    caught_up: dict[str, Any] = {}
     if task is not None and _cycle(task):
-        _apply_catch_up(task, rt.settings.timer_catch_up, now)
+        caught_up = _apply_catch_up(task, rt.settings.timer_catch_up, now)
     workflow.refresh_timers()
     if task is not None and task.has_state(TaskState.WAITING) and not _cycle(task):
         # SpiffWorkflow did not consider it due (clock skew between processes):
@@ -125,7 +126,7 @@ def _fire_bpmn(session: Session, rt: Runtime, timer: Timer, instance: ProcessIns
         _unclaim(session, timer.id)
         return False
     audit(session, rt, instance, "timer.fired", TIMER_ACTOR, task_uuid=timer.task_uuid,
-          element_id=timer.element_id, due_at=timer.due_at.isoformat())
+          element_id=timer.element_id, due_at=timer.due_at.isoformat(), **caught_up)
     if timer.task_uuid:
         settled_timer(session, timer.task_uuid)  # claimed above: the projection need not settle it
     run_and_save(session, rt, instance, workflow, actor=TIMER_ACTOR)
@@ -139,20 +140,30 @@ def _fire_bpmn(session: Session, rt: Runtime, timer: Timer, instance: ProcessIns
     return True
 
 
-def _apply_catch_up(task: Any, policy: str, now: datetime) -> None:
+def _apply_catch_up(task: Any, policy: str, now: datetime) -> dict[str, Any]:
     """After downtime a cycle timer is behind by several occurrences. ``once`` (the
-    default) fires one and skips the rest; ``all`` fires every missed occurrence."""
+    default) fires the latest one and skips the earlier ones; ``all`` fires every missed
+    occurrence. Returns, for the ``timer.fired`` audit event, what was skipped: how many
+    occurrences, the first and last of them and the one that fires instead (nothing when
+    none was skipped). A count and two ends, not a list: an unbounded cycle of minutes
+    after a week's downtime has ten thousand."""
     value = task.internal_data.get("event_value")
     if policy != "once" or not isinstance(value, dict):
-        return
+        return {}
     step = timedelta(seconds=value["duration"])
-    next_at = datetime.fromisoformat(value["next"])
+    first = next_at = datetime.fromisoformat(value["next"])
     remaining = value["cycles"]  # occurrences left; -1 means unbounded
+    skipped = 0
     while next_at + step < now and (remaining < 0 or remaining > 1):
         next_at += step
+        skipped += 1
         if remaining > 0:
             remaining -= 1
     value["next"], value["cycles"] = next_at.isoformat(), remaining
+    if not skipped:
+        return {}
+    return {"catch_up": policy, "skipped_occurrences": skipped, "first_skipped_at": first.isoformat(),
+            "last_skipped_at": (next_at - step).isoformat(), "occurrence_at": next_at.isoformat()}
 
 
 def _announce(session: Session, rt: Runtime, timer_id: int, due_at: datetime) -> None:

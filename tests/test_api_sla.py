@@ -227,9 +227,10 @@ def test_a_policy_change_while_a_task_is_paused_arms_no_milestone_until_it_resum
             assert s.execute(select(Notification)).first() is None
         resumed = command(client, login(client, "li"), task["id"], "resume")
         assert resumed.status_code == 200
-        assert at(resumed.json["due_at"]) == sh(2026, 3, 5, 9) + (sh(2026, 3, 6, 9) - MONDAY_9)
+        # The four paused working days (Monday to Thursday) are excluded: 3 WD from Friday 09:00.
+        assert at(resumed.json["due_at"]) == sh(2026, 3, 11, 9)
         assert timers.fire_due(db, rt) == 0  # the milestones moved with the due date
-        clock.move_to(sh(2026, 3, 7, 13, 0, 1))  # half of 3 WD (Tuesday 13:00) + the 4 paused days
+        clock.move_to(sh(2026, 3, 9, 13, 0, 1))  # half of 3 WD (Tuesday 13:00) + the 4 paused working days
         assert timers.fire_due(db, rt) == 1
 
 

@@ -1,9 +1,11 @@
 """The notification outbox (``engine.notify``): SLA milestones write ``bpm_notification``
 rows inside the instance transaction; a notifier delivers them after commit on pluggable
-channels (log, e-mail), records failures and retries.
+channels (log, e-mail), records failures and retries. Deliverers claim rows with a lease
+and send with no transaction open, so a slow mail server holds up nobody else.
 
 The e-mail channel talks SMTP to a tiny fake server started here on 127.0.0.1 (the mail
-server is outside the product); the database is the real one.
+server is outside the product); a slow server is a fake channel that waits for the test to
+let each send finish. The database is the real one.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+import queue
 import socket
 import socketserver
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
@@ -26,7 +29,7 @@ from engine import instances, sla, timers
 from engine.calendars import SHANGHAI
 from engine.config import Settings
 from engine.models import Notification, Timer, User
-from engine.notify import MAX_ATTEMPTS, EmailChannel, LogChannel, Notifier
+from engine.notify import LEASE, MAX_ATTEMPTS, EmailChannel, LogChannel, Notifier
 from engine.runtime import Runtime
 
 MONDAY_9 = datetime(2026, 3, 2, 9, tzinfo=SHANGHAI)
@@ -172,6 +175,157 @@ def test_channels_are_pluggable(db, rt, half_way):
     assert timers.fire_due(db, rt) == 1
     assert Notifier({"log": LogChannel(), "pager": pager}).deliver_pending(db, rt) == 2
     assert pager.sent == [("li", SUBJECT), ("zhao", SUBJECT)]
+
+
+# -- claims: a slow channel, a deliverer that dies, deliverers racing -----------------------
+class Recorder:
+    """A channel that only remembers whom it told."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, *, recipient: User, subject: str, body: str) -> None:
+        self.sent.append(recipient.username)
+
+
+class SlowServer:
+    """A channel standing for a slow SMTP server: each send waits until the test lets it
+    finish. ``sending.get()`` hands the test the recipient and the event that finishes it."""
+
+    def __init__(self) -> None:
+        self.sending: queue.Queue[tuple[str, threading.Event]] = queue.Queue()
+        self.sent: list[str] = []
+
+    def send(self, *, recipient: User, subject: str, body: str) -> None:
+        done = threading.Event()
+        self.sending.put((recipient.username, done))
+        if not done.wait(timeout=30):
+            raise TimeoutError("the test never let this send finish")
+        self.sent.append(recipient.username)
+
+
+class Deliverer(threading.Thread):
+    """``deliver_pending`` in a thread of its own, as a second worker process would run it."""
+
+    def __init__(self, notifier: Notifier, db, rt, **kwargs) -> None:
+        super().__init__(daemon=True)
+        self.notifier, self.db, self.rt, self.kwargs = notifier, db, rt, kwargs
+        self.result: int | BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.notifier.deliver_pending(self.db, self.rt, **self.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.result = exc
+
+
+@pytest.mark.sqlite
+def test_a_second_deliverer_is_not_blocked_while_the_first_is_sending(db, rt, half_way):
+    assert timers.fire_due(db, rt) == 1  # li and zhao
+    slow, quick = SlowServer(), Recorder()
+    first = Deliverer(Notifier({"email": slow}), db, rt, limit=1)
+    first.start()
+    (recipient, finish) = slow.sending.get(timeout=30)
+    try:
+        assert recipient == "li"
+        # Mid-send, the first deliverer holds no connection: no transaction, no lock.
+        assert db.engine.pool.checkedout() == 0
+        li, zhao = outbox(db)
+        assert (li.sent_at, zhao.claimed_by) == (None, None) and li.claimed_by is not None  # li is "sending"
+        # The second deliverer runs to the end and sends what the first did not claim.
+        assert Notifier({"log": quick}).deliver_pending(db, rt) == 1
+        assert quick.sent == ["zhao"]
+    finally:
+        finish.set()
+        first.join(timeout=30)
+    assert first.result == 1 and slow.sent == ["li"]
+    assert [(n.recipient, n.sent_at, n.claimed_by) for n in outbox(db)] == [("li", HALF_WAY, None),
+                                                                          ("zhao", HALF_WAY, None)]
+
+
+class Crash(BaseException):
+    """The deliverer's process dies mid-send: nothing it could catch and record."""
+
+
+class DyingServer:
+    def send(self, *, recipient: User, subject: str, body: str) -> None:
+        raise Crash
+
+
+@pytest.mark.sqlite
+def test_rows_claimed_by_a_deliverer_that_died_are_sent_after_the_lease(db, rt, half_way):
+    assert timers.fire_due(db, rt) == 1
+    with pytest.raises(Crash):
+        Notifier({"email": DyingServer()}).deliver_pending(db, rt)
+    assert [(n.sent_at, n.attempts, n.claimed_at) for n in outbox(db)] == [(None, 0, HALF_WAY)] * 2
+
+    survivor = Recorder()
+    assert Notifier({"log": survivor}).deliver_pending(db, rt) == 0  # claimed: perhaps still being sent
+    half_way.move_to(HALF_WAY + LEASE - timedelta(seconds=1))
+    assert Notifier({"log": survivor}).deliver_pending(db, rt) == 0
+    half_way.move_to(HALF_WAY + LEASE)
+    assert Notifier({"log": survivor}).deliver_pending(db, rt) == 2
+    assert survivor.sent == ["li", "zhao"]
+    assert [(n.sent_at, n.attempts, n.claimed_by) for n in outbox(db)] == [(HALF_WAY + LEASE, 0, None)] * 2
+
+
+@pytest.mark.sqlite
+def test_a_batch_slower_than_the_lease_keeps_its_unsent_rows(db, rt, half_way):
+    """Each row's lease is renewed just before it is sent, so a batch whose sends add up to
+    more than the lease does not hand its tail to another deliverer mid-way."""
+    assert timers.fire_due(db, rt) == 1
+    slow, other = SlowServer(), Recorder()
+    first = Deliverer(Notifier({"email": slow}), db, rt)  # claims li and zhao at HALF_WAY
+    first.start()
+    try:
+        (recipient, finish) = slow.sending.get(timeout=30)
+        assert recipient == "li"
+        half_way.move_to(HALF_WAY + LEASE * 0.75)
+        finish.set()
+        (recipient, finish) = slow.sending.get(timeout=30)  # zhao's lease renewed at 0.75
+        assert recipient == "zhao"
+        half_way.move_to(HALF_WAY + LEASE * 1.5)  # the batch's claim is older than the lease
+        assert Notifier({"log": other}).deliver_pending(db, rt) == 0
+    finally:
+        finish.set()
+        first.join(timeout=30)
+    assert first.result == 2 and slow.sent == ["li", "zhao"] and other.sent == []
+    assert [n.sent_at for n in outbox(db)] == [HALF_WAY + LEASE * 0.75, HALF_WAY + LEASE * 1.5]
+
+
+def test_two_concurrent_deliverers_never_send_a_row_twice(db, rt, people):
+    """PostgreSQL: both deliverers hold a claimed batch at the same moment (each one's first
+    send waits for the other's), and every row is sent exactly once."""
+    now = datetime(2026, 3, 2, 1, tzinfo=UTC)
+    with db.transaction() as s:
+        s.add_all(Notification(channel="default", recipient=("li", "zhao")[i % 2], subject=f"n{i}", body="",
+                               created_at=now, attempts=0) for i in range(40))
+    meeting = threading.Barrier(2, timeout=30)
+    sent: list[tuple[str, str]] = []
+
+    class Meeting:
+        def __init__(self, name: str) -> None:
+            self.name, self.first = name, True
+
+        def send(self, *, recipient: User, subject: str, body: str) -> None:
+            if self.first:
+                self.first = False
+                meeting.wait()
+            sent.append((self.name, subject))
+
+    def drain(name: str) -> None:
+        channel = Meeting(name)
+        while Notifier({"meeting": channel}).deliver_pending(db, rt, limit=5):
+            pass
+
+    threads = [threading.Thread(target=drain, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(subject for _, subject in sent) == sorted(f"n{i}" for i in range(40))
+    assert {name for name, _ in sent} == {"a", "b"}
+    assert all(n.sent_at is not None and n.claimed_by is None for n in outbox(db))
 
 
 # -- e-mail over SMTP -----------------------------------------------------------------------

@@ -3,7 +3,7 @@ recompute on change, administrator calendar edits, scheduled starts, cycle catch
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 import pytest
 import time_machine
@@ -55,6 +55,20 @@ def test_a_policy_gives_the_task_a_due_date_in_working_days(db, rt, people, revi
     with db.transaction() as s:
         due = sorted(s.execute(select(Timer.due_at).where(Timer.kind == "sla")).scalars())
     assert due == [sh(2026, 3, 3, 9), sh(2026, 3, 3, 13, 48), sh(2026, 3, 4, 9)]  # 1 WD, 1.6 WD, 2 WD
+
+
+@pytest.mark.sqlite
+def test_a_fraction_of_a_trading_day_is_counted_on_trading_days(db, rt, people, review):
+    # 1 TD from Friday 26 September 2025 14:00: Sunday 28 September is a make-up working day
+    # but the exchanges are closed, so the target is Monday 14:00 and its half (4 h: Friday
+    # 14–17, then one hour) is Monday 10:00, not Sunday 10:00.
+    _policy(db, rt, people, target_amount=1, target_unit="TD",
+            milestones=[{"at": 0.5, "action": "notify", "to": "assignee"}])
+    with time_machine.travel(sh(2025, 9, 26, 14), tick=False):
+        _start(db, rt, people)
+    assert _task(db).due_at == sh(2025, 9, 29, 14)
+    with db.transaction() as s:
+        assert s.execute(select(Timer.due_at).where(Timer.kind == "sla")).scalar_one() == sh(2025, 9, 29, 10)
 
 
 @pytest.mark.sqlite
@@ -132,7 +146,9 @@ def test_waiting_for_the_client_pauses_the_clock_and_moves_the_due_date(db, rt, 
             sla.resume(s, rt, task=s.get(Task, task.id), instance=s.get(ProcessInstance, instance_id),
                        actor=people.clerk)
     resumed = _task(db)
-    assert resumed.due_at == task.due_at + timedelta(days=3)  # paused Monday 09:00 → Thursday 09:00
+    # Paused Monday 09:00 → Thursday 09:00: three working days excluded, so the 2 WD count
+    # from Thursday 09:00 (not Wednesday 09:00 + 72 h, which is a Saturday).
+    assert task.due_at == sh(2026, 3, 4, 9) and resumed.due_at == sh(2026, 3, 9, 9)
     with db.transaction() as s:
         due = sorted(s.execute(select(Timer.due_at).where(Timer.kind == "sla", Timer.status == "waiting")).scalars())
     assert due[-1] == resumed.due_at

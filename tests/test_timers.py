@@ -133,3 +133,33 @@ def test_the_embedded_runner_sleeps_until_the_next_due_timer(db, rt, people, rev
         traveller.move_to(START + timedelta(days=15, seconds=1))
         assert runner.run_once() == 3600 * 24 * 30  # nothing left to wait for
     assert _status(db, instance_id) == "completed"
+
+
+def _fired_events(db, instance_id):
+    with db.transaction() as s:
+        return list(s.execute(select(AuditEvent.data).where(AuditEvent.instance_id == instance_id,
+                                                             AuditEvent.kind == "timer.fired")
+                              .order_by(AuditEvent.id)).scalars())
+
+
+@pytest.mark.sqlite
+def test_a_cycle_timer_catching_up_once_audits_the_occurrences_it_skipped(db, rt, people):
+    from tests.conftest import deploy_fixture
+
+    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    with time_machine.travel(START, tick=False) as traveller:
+        with db.transaction() as s:
+            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
+                                          data={}).id
+        traveller.move_to(START + timedelta(hours=4, minutes=30))  # down while +1 h … +4 h were due
+        assert timers.fire_due(db, rt) == 1
+        traveller.move_to(START + timedelta(hours=5, seconds=1))  # the fifth, on time
+        assert timers.fire_due(db, rt) == 1
+    caught_up, on_time = _fired_events(db, instance_id)
+    moments = {key: datetime.fromisoformat(caught_up[key])
+               for key in ("due_at", "first_skipped_at", "last_skipped_at", "occurrence_at")}
+    assert moments == {"due_at": START + timedelta(hours=1), "first_skipped_at": START + timedelta(hours=1),
+                       "last_skipped_at": START + timedelta(hours=3), "occurrence_at": START + timedelta(hours=4)}
+    assert (caught_up["skipped_occurrences"], caught_up["catch_up"]) == (3, "once")
+    assert set(on_time) == {"element_id", "due_at"}  # nothing skipped, nothing to say
+    assert datetime.fromisoformat(on_time["due_at"]) == START + timedelta(hours=5)
