@@ -22,9 +22,10 @@ Two adjustments keep the snapshot consistent with the moment of loading:
 * CB-…0044 is started two trading days before the business day at a time of day that makes
   it due one hour from now (10:00 at the earliest, 16:59 at the latest): it is due today and
   at risk (80 % of its two trading days are gone) for the rest of the working day;
-* RET-…0002 happened "today" (received 09:00, accepted 09:15). Before 09:15 on the business
-  day, or on a day off, that has not happened yet: the request is then the previous working
-  day's, and its instructions are due on the business day.
+* RET-…0002 happened "today" (received 09:00, accepted 09:15), so its instructions are due
+  at today's 15:00 close. Before 09:15 on the business day, or on a day off, that has not
+  happened yet: the request is then the previous working day's, received after that day's
+  close (16:00), and its instructions are due at the business day's close all the same.
 
 On a day that is not a working day no task of these diagrams can be due that day: every due
 date lies on the working- or trading-day calendar (the only calendar-month deadline, the
@@ -61,6 +62,9 @@ BRIEF_TODAY = date(2025, 6, 16)  # brief §4: "Dates assume a demo today of 2025
 DUE_TODAY_LEAD = timedelta(hours=1)  # CB-…0044 falls due this long after loading (see above)
 EARLIEST_DUE, LATEST_DUE = time(10), time(16, 59)
 RET_TODAY_RECEIVED, RET_TODAY_ACCEPTED = time(9), time(9, 15)
+# A request from the previous working day came after its 15:00 close: its instructions are
+# due at the business day's close, as the brief's "to be submitted today" has it.
+RET_LATE_RECEIVED, RET_LATE_ACCEPTED = time(16), time(16, 15)
 
 # Systems that start cases or send messages (not people).
 ACCOUNT_SYSTEM = Actor.system("account-system")  # account opened, permission opened
@@ -143,6 +147,13 @@ class Timeline:
         """The day RET-…0002 was received and accepted (see the module docstring)."""
         accepted = datetime.combine(self.business_day, RET_TODAY_ACCEPTED, SHANGHAI)
         return self.business_day if accepted <= self.now else self.step(self.business_day, -1)
+
+    def request_times(self) -> tuple[datetime, datetime]:
+        """When RET-…0002 was received and accepted: this morning, or after yesterday's close."""
+        day = self.request_day()
+        received, accepted = ((RET_TODAY_RECEIVED, RET_TODAY_ACCEPTED) if day == self.business_day
+                              else (RET_LATE_RECEIVED, RET_LATE_ACCEPTED))
+        return datetime.combine(day, received, SHANGHAI), datetime.combine(day, accepted, SHANGHAI)
 
 
 # -- steps ------------------------------------------------------------------------------------
@@ -307,6 +318,7 @@ def _complaint_12386(tl: Timeline, *, received: date, contacted_on: date) -> Cas
 def _retention_transfer(tl: Timeline) -> CaseSpec:
     """C05 孙立平 transfers to a competitor for a lower commission and is open to a talk."""
     day = tl.request_day()
+    received, accepted = tl.request_times()
     accept = {"request_types": ["sz_transfer", "sh_dedesignation"], "target_broker": "XX证券",
               "target_seat_no": "123456", "identity_verified": True, "identity_method": "counter_id_face",
               "client_reason_stated": "commission", "client_open_to_retention_talk": True,
@@ -315,9 +327,9 @@ def _retention_transfer(tl: Timeline) -> CaseSpec:
     return CaseSpec(
         "RET-20250616-0002", "retention", "C05", _number("RET", day, 2),
         "A1 instructions due (TD); B1 retention talk with SX01-G1, cut off when A1 is submitted",
-        [Step(datetime.combine(day, RET_TODAY_RECEIVED, SHANGHAI), "transfer request at the SX01 counter",
+        [Step(received, "transfer request at the SX01 counter",
               message("retention_request_received", request, "s302")),
-         Step(datetime.combine(day, RET_TODAY_ACCEPTED, SHANGHAI), "R1 verify identity and accept (邵琳)",
+         Step(accepted, "R1 verify identity and accept (邵琳)",
               complete("accept", "s302", accept))],
     )
 

@@ -11,6 +11,11 @@ assignment expression, correlation expression and multi-instance expression goes
 * exponents and sequence sizes are bounded, and a wall-clock budget stops evaluation that
   runs too long (``BPM_EXPRESSION_TIMEOUT_MS``).
 
+Business-calendar functions (``add_trading_days``, ``next_trading_day_at``, …, see
+:mod:`engine.date_functions`) are known everywhere but work only when the caller hands
+:meth:`SafeEvaluator.evaluate` a :class:`~engine.date_functions.DateFunctions` bound to the
+instance's calendar snapshot; the deploy check validates their literal arguments.
+
 Script tasks are refused at deploy unless ``BPM_ALLOW_SCRIPT_TASKS`` is set, and even then a
 script may only be a sequence of ``name = expression`` lines evaluated by the same evaluator.
 """
@@ -29,6 +34,8 @@ from typing import Any
 
 import simpleeval
 
+from engine import date_functions
+from engine.date_functions import DateFunctions
 from engine.errors import ExpressionError
 
 MAX_EXPRESSION_LENGTH = 2000
@@ -104,6 +111,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "bool": bool, "date": _date, "datetime": _datetime,
     "days": lambda n: timedelta(days=n), "hours": lambda n: timedelta(hours=n),
     "minutes": lambda n: timedelta(minutes=n),
+    **date_functions.UNBOUND,
 }
 
 
@@ -112,10 +120,11 @@ _COMPOUND_FUNCTIONS = frozenset({"list", "tuple", "dict", "set"})
 
 
 class _Evaluator(simpleeval.EvalWithCompoundTypes):  # type: ignore[misc]
-    def __init__(self, names: Mapping[str, Any], deadline: float) -> None:
+    def __init__(self, names: Mapping[str, Any], deadline: float,
+                 functions: dict[str, Callable[..., Any]] = FUNCTIONS) -> None:
         operators = dict(simpleeval.DEFAULT_OPERATORS)
         operators[ast.Pow] = _safe_pow
-        super().__init__(operators=operators, functions=FUNCTIONS, names=dict(names))
+        super().__init__(operators=operators, functions=functions, names=dict(names))
         self._deadline = deadline
 
     def _eval(self, node: ast.AST) -> Any:
@@ -175,7 +184,11 @@ class SafeEvaluator:
         self.timeout = timeout_ms / 1000.0
 
     def check(self, expression: str) -> None:
-        """Parse-only check used by the deploy linter: syntax and forbidden constructs."""
+        """Parse-only check used by the deploy linter: syntax, forbidden constructs, unknown
+        functions, and the literal arguments of the date functions."""
+        self._parse(expression)
+
+    def _parse(self, expression: str) -> ast.Expression:
         body = unwrap(expression)
         if len(body) > MAX_EXPRESSION_LENGTH:
             raise ExpressionError(f"expression is longer than {MAX_EXPRESSION_LENGTH} characters")
@@ -193,9 +206,21 @@ class SafeEvaluator:
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                     and node.func.id not in FUNCTIONS and node.func.id not in _COMPOUND_FUNCTIONS):
                 raise ExpressionError(f"function {node.func.id!r} is not available in expressions")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in date_functions.NAMES):
+                date_functions.check_call(node)
+        return tree
 
-    def evaluate(self, expression: str, names: Mapping[str, Any]) -> Any:
-        self.check(expression)
+    def evaluate(self, expression: str, names: Mapping[str, Any], *, dates: DateFunctions | None = None) -> Any:
+        """The expression's value. ``dates``: the date functions bound to the instance's
+        calendar snapshot; without them a call to one fails with a message saying why."""
+        tree = self._parse(expression)
+        functions = FUNCTIONS
+        if dates is not None and date_functions.calls(tree):
+            # Resolved before the budget starts: reading a new calendar revision is I/O done
+            # once per revision and process, not work of this expression.
+            dates.prepare()
+            functions = {**FUNCTIONS, **dates.bound()}
         # The budget is this thread's CPU time, not the wall clock: a runaway expression
         # burns CPU, while a busy machine (or a pause in another thread) must not stop a
         # trivial condition halfway through a step. The garbage collector is held off for
@@ -204,7 +229,7 @@ class SafeEvaluator:
         # bounded, so an expression cannot build enough garbage to need it.
         collecting = gc.isenabled()
         gc.disable()
-        evaluator = _Evaluator(names, time.thread_time() + self.timeout)
+        evaluator = _Evaluator(names, time.thread_time() + self.timeout, functions)
         try:
             return evaluator.eval(unwrap(expression))
         except ExpressionError:

@@ -45,7 +45,7 @@ _ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(
 # Who worked the case (camunda:property completedByVariable on the user tasks): none of them
 # may do its post-hoc review (brief §6.3, separation of duties).
 HANDLER_VARIABLES = ("accepted_by", "blocking_informed_by", "rejected_by", "submitted_by", "retention_handled_by",
-                     "failure_resolved_by", "completed_by_staff", "withdrawal_confirmed_by")
+                     "result_chased_by", "failure_resolved_by", "completed_by_staff", "withdrawal_confirmed_by")
 COMPLETED, RETAINED, LAPSED, REJECTED = "completed", "retained", "lapsed", "rejected"
 
 

@@ -39,10 +39,11 @@ from engine.bpmn.parser import (
     exclusion_parts,
     properties_of,
 )
-from engine.bpmn.script_engine import SafeScriptEngine
+from engine.bpmn.script_engine import SafeScriptEngine, attach_calendar, date_functions_for
 from engine.bpmn.serializer import SpecCache, dump_state, load_state
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
+from engine.date_functions import CalendarSnapshot, DateFunctions
 from engine.db import after_commit
 from engine.errors import BpmError, ExpressionError, InstanceNotFound, InstanceNotRunning
 from engine.expressions import SafeEvaluator, json_safe, unwrap
@@ -126,11 +127,18 @@ class Runtime:
 
     def new_workflow(self, session: Session, version_id: int) -> BpmnWorkflow:
         spec, subprocess_specs = self.spec_for(session, version_id)
-        return BpmnWorkflow(spec, subprocess_specs, script_engine=self.script_engine)
+        workflow = BpmnWorkflow(spec, subprocess_specs, script_engine=self.script_engine)
+        return attach_calendar(workflow, self.calendar_snapshot(session))
 
     def load(self, session: Session, instance: ProcessInstance) -> BpmnWorkflow:
         spec, subprocess_specs = self.spec_for(session, instance.process_version_id)
-        return load_state(instance.state, spec, subprocess_specs, self.script_engine)
+        workflow = load_state(instance.state, spec, subprocess_specs, self.script_engine)
+        return attach_calendar(workflow, self.calendar_snapshot(session))
+
+    def calendar_snapshot(self, session: Session) -> CalendarSnapshot:
+        """What diagram date functions compute with: the SLA calendar at the revision this
+        transaction read (the instance lock brings it), from the shared cache on first use."""
+        return CalendarSnapshot(lambda: sla.CALENDARS.get(session, "default"), clock=self.now)
 
 
 def lock_statement(*where: Any, also: Any = None) -> Any:
@@ -411,12 +419,12 @@ def settled_timer(session: Session, task_uuid: str) -> None:
     session.info.setdefault(_SETTLED_TIMERS, set()).add(task_uuid)
 
 
-def _evaluate_attribute(rt: Runtime, task: Any, value: str | None) -> Any:
+def _evaluate_attribute(rt: Runtime, task: Any, value: str | None, dates: DateFunctions | None = None) -> Any:
     if value is None:
         return None
     stripped = value.strip()
     if stripped.startswith(("${", "#{")):
-        return rt.evaluator.evaluate(stripped, task.data)
+        return rt.evaluator.evaluate(stripped, task.data, dates=dates)
     return stripped
 
 
@@ -432,12 +440,13 @@ def _as_datetime(value: Any, what: str) -> datetime | None:
 def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task: Any, now: datetime) -> None:
     spec = task.task_spec
     camunda = camunda_of(spec)
+    dates = date_functions_for(task)  # a due date computed on guessed calendar days flags the task
     try:
-        assignee = _evaluate_attribute(rt, task, camunda.get("assignee"))
-        due_at = _as_datetime(_evaluate_attribute(rt, task, camunda.get("dueDate")), "camunda:dueDate")
-        follow_up = _as_datetime(_evaluate_attribute(rt, task, camunda.get("followUpDate")),
+        assignee = _evaluate_attribute(rt, task, camunda.get("assignee"), dates)
+        due_at = _as_datetime(_evaluate_attribute(rt, task, camunda.get("dueDate"), dates), "camunda:dueDate")
+        follow_up = _as_datetime(_evaluate_attribute(rt, task, camunda.get("followUpDate"), dates),
                                  "camunda:followUpDate")
-        priority_raw = _evaluate_attribute(rt, task, camunda.get("priority"))
+        priority_raw = _evaluate_attribute(rt, task, camunda.get("priority"), dates)
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
         groups = resolve_candidate_groups(session, rt.evaluator, candidate_groups_of(spec),
                                           instance=instance, data=task.data)
@@ -457,6 +466,7 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         priority=priority, created_at=now, due_at=due_at, follow_up_at=follow_up,
         business_key=instance.business_key, client_id=instance.client_id,
         branch_code=instance.branch_code, form_key=camunda.get("formKey"), excluded=excluded or None,
+        calendar_incomplete=dates is not None and dates.incomplete,
     )
     # Due date and SLA fields before the INSERT, milestones (which need the id) after it.
     policy = sla.start_clock(session, rt, instance=instance, task=row, data=task.data, now=now)

@@ -315,16 +315,18 @@ def test_a_transfer_completes_beside_the_retention_talk_and_starts_its_post_clos
         assert re.fullmatch(r"RET-\d{8}-\d{4}", key) and key == "RET-20250926-0001"  # brief §2.0
         clock.move_to(sh(2025, 9, 26, 10))
         http.take("s302", key, "accept", ACCEPT_TRANSFER)  # 邵琳 at the SX01 counter
-        # Both tracks open at once; the instructions are due the next trading day, Monday,
-        # not on the make-up Sunday the branch works.
+        # Both tracks open at once. The instructions are due by the close (15:00) of the trading
+        # day the request became ready on; the talk within a trading day, so Monday, not the
+        # make-up Sunday the branch works.
         submit = http.open_task("s302", key, "submit_instructions")
         talk = http.open_task("s303", key, "retention_conversation")
-        assert due(submit) == sh(2025, 9, 29, 10) and due(talk) == sh(2025, 9, 29, 10)
+        assert due(submit) == sh(2025, 9, 26, 15) and due(talk) == sh(2025, 9, 29, 10)
         assert talk["candidate_groups"] == ["SX01-G1"]  # the client's own group, nobody else's
         http.refused("s205", talk)
         clock.move_to(sh(2025, 9, 26, 10, 20))
         http.take("s303", key, "retention_conversation", NOT_RETAINED)  # 孔伟
-        http.take("s302", key, "submit_instructions", SUBMITTED)
+        # Submitted when it happened (the exchange's result is chased from T+1 10:00 after it).
+        http.take("s302", key, "submit_instructions", {**SUBMITTED, "submitted_at": "2025-09-26T10:20:00+08:00"})
         assert http.sees("s301", key) == []  # nothing waits on the branch: the exchange has it
         clock.move_to(sh(2025, 9, 29, 10))  # T+1 trading day
         http.send("csdc_gateway", "retention_exchange_result",

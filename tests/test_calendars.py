@@ -6,7 +6,9 @@ from datetime import date, datetime, time
 
 import pytest
 
+from engine import sla
 from engine.calendars import SHANGHAI, BusinessCalendar, BusinessHours, DayInfo, Unit, seed_days
+from engine.date_functions import DateFunctions
 from engine.errors import InvalidInput
 
 
@@ -80,3 +82,28 @@ def test_naive_datetimes_and_negative_targets_are_refused(cal):
         cal.add(datetime(2026, 3, 2, 10), 1, "WD")
     with pytest.raises(InvalidInput):
         cal.add(sh(2026, 3, 2, 10), -1, "WD")
+
+
+# -- the calendar diagram date functions see (engine/date_functions.py) --------------------------
+@pytest.mark.sqlite
+def test_diagram_date_functions_see_an_administrators_correction_once_the_revision_moves(db, rt, people):
+    expression = "add_trading_days('2025-06-13T16:00:00+08:00', 1, at='10:00')"
+
+    def evaluate(session, snapshot=None):
+        snapshot = snapshot or rt.calendar_snapshot(session)
+        return rt.evaluator.evaluate(expression, {}, dates=DateFunctions(snapshot)), snapshot
+
+    with db.transaction() as s:
+        before, held = evaluate(s)
+        revision = sla.revisions(s)["calendar_revision"]
+    assert before == "2025-06-16T10:00:00+08:00"
+    with db.transaction() as s:  # the exchanges stay closed on Monday 06-16
+        sla.set_day(s, day=date(2025, 6, 16), working=False, trading=False, name="临时休市", actor=people.owner,
+                    now=rt.now())
+    with db.transaction() as s:
+        assert sla.revisions(s)["calendar_revision"] != revision
+        after, _ = evaluate(s)
+        again, _ = evaluate(s, held)
+    assert after == "2025-06-17T10:00:00+08:00"
+    # A snapshot is one revision: what a unit of work already computed with does not change under it.
+    assert again == before

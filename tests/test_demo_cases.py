@@ -179,7 +179,7 @@ def test_the_transfer_runs_both_tracks_and_the_closure_is_done_with_its_callback
     talk, submit = _open(db, transfer)  # by element id
     assert (submit.element_id, submit.candidate_groups) == ("submit_instructions", ["SX01:counter_staff"])
     assert (talk.element_id, talk.candidate_groups) == ("retention_conversation", ["SX01-G1"])
-    assert submit.due_at == sh(2026, 11, 27, 9, 15)  # 1 TD from the acceptance at 09:15 today
+    assert submit.due_at == sh(2026, 11, 26, 15)  # by the close of today, a trading day (accepted 09:15)
     assert _waiting(db, transfer)[1] == {"retention_client_withdraws"}
     assert _data(db, rt, transfer)["client_open_to_retention_talk"] is True
 

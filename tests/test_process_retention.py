@@ -2,6 +2,9 @@
 demo data: who gets each task, the end state (X1–X4), due dates from workflows/sla/retention.json
 on the right calendar (instructions on trading days, reviews on working days), the audit trail,
 and the post-closure callback started in workflows/callback.bpmn by a thrown message.
+The diagram's own times are on the trading calendar through the date functions
+(engine/date_functions.py): the instructions are due by the 15:00 close, and the exchange's
+result is chased at 10:00 on the next trading day.
 
 The rule every path checks in its own way: retention never blocks or delays the request [P8].
 The conversation happens only if the client agreed, runs beside the operational track and is
@@ -10,7 +13,7 @@ Time moves with time-machine; the exchange's return is a message sent by the tes
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +24,7 @@ from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
-from engine import bundle, demo, deployments, identity, instances, messages, tasks, timers
+from engine import bundle, demo, deployments, identity, instances, messages, sla, tasks, timers
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
 from engine.errors import MessageNotCorrelated, TaskNotFound
@@ -165,6 +168,14 @@ class Case:
         with self.db.transaction() as s:
             return s.get(Task, task_id)
 
+    def waiting_timers(self) -> list[tuple[str, datetime]]:
+        """The diagram's timers waiting now (not SLA milestones): (element, due)."""
+        with self.db.transaction() as s:
+            return [(e, due) for e, due in s.execute(
+                select(Timer.element_id, Timer.due_at).where(Timer.instance_id == self.instance_id,
+                                                             Timer.kind == "bpmn", Timer.status == "waiting")
+                .order_by(Timer.id)).all()]
+
 
 def _callbacks(db) -> list[ProcessInstance]:
     with db.transaction() as s:
@@ -191,14 +202,17 @@ def test_a_transfer_completes_beside_a_conversation_that_does_not_retain_the_cli
         # Both tracks open at once: the instructions do not wait for the conversation.
         assert sorted(t.element_id for t in case.open_tasks()) == ["retention_conversation", "submit_instructions"]
         submit, talk = case.task("submit_instructions"), case.task("retention_conversation")
-        assert submit.candidate_groups == ["SX01:counter_staff"] and submit.due_at == sh(2025, 6, 17, 10)  # 1 TD
+        # Ready at 10:00 on a trading day: due by that day's close (the diagram's due date).
+        assert submit.candidate_groups == ["SX01:counter_staff"] and submit.due_at == sh(2025, 6, 16, 15)
         assert talk.candidate_groups == ["SX01-G1"] and talk.due_at == sh(2025, 6, 17, 10)  # before submission
         assert case.subscriptions() == ["retention_client_withdraws"]
         clock.move_to(sh(2025, 6, 16, 10, 20))
         case.do("retention_conversation", "s303", NOT_RETAINED)
         case.do("submit_instructions", "s302", SUBMITTED)
-        # After submission the client can no longer withdraw: the case waits for the exchange.
+        # After submission the client can no longer withdraw: the case waits for the exchange,
+        # which is chased if nothing has come by 10:00 on the next trading day.
         assert case.subscriptions() == ["retention_exchange_result"]
+        assert case.waiting_timers() == [("result_due", sh(2025, 6, 17, 10))]
         clock.move_to(sh(2025, 6, 17, 10))
         case.send("retention_exchange_result",
                   {"exchange_result": "success", "returned_at": "2025-06-17T10:00:00+08:00"}, sender="csdc")
@@ -384,7 +398,7 @@ def test_blocking_items_are_explained_and_the_request_goes_on_once_the_client_cl
         clock.move_to(sh(2025, 6, 18, 10))
         case.send("retention_items_cleared", {"account_status": {"fund_balance": 0}})
         assert [t.element_id for t in case.open_tasks()] == ["submit_instructions"]
-        assert case.task("submit_instructions").due_at == sh(2025, 6, 19, 10)  # 1 TD from the re-check
+        assert case.task("submit_instructions").due_at == sh(2025, 6, 18, 15)  # the close of the re-check's day
         data = case.task_data("submit_instructions")
     assert (data["preconditions_met"], data["blocking_items"], data["precondition_checks"]) == (True, [], 2)
     assert [d["message"] for k, _, d in case.trail() if k == "message.received"] == \
@@ -447,25 +461,42 @@ def test_an_unverified_identity_is_refused_before_anything_else(db, rt, staff):
 
 
 # -- the operational track -----------------------------------------------------------------------
-@pytest.mark.parametrize(("accepted", "due"), [
-    (sh(2025, 6, 13, 18, 40), sh(2025, 6, 17, 9)),  # Friday evening: the clock starts at Monday's opening
-    (sh(2025, 9, 30, 16), sh(2025, 10, 9, 16)),  # the day before National Day: the next trading day
-    (sh(2025, 10, 10, 16), sh(2025, 10, 13, 16)),  # Friday: Saturday 10-11 is a make-up working day, not a TD
-    (sh(2025, 10, 11, 10, 30), sh(2025, 10, 14, 9)),  # accepted on that make-up Saturday (branches open)
-], ids=["friday-evening", "before-national-day", "before-make-up-saturday", "on-make-up-saturday"])
-def test_instructions_are_due_on_the_trading_calendar(db, rt, staff, accepted, due):
+@pytest.mark.parametrize(("ready", "due"), [
+    (sh(2025, 6, 16, 14, 59), sh(2025, 6, 16, 15)),  # Monday before the close: that day's close
+    (sh(2025, 6, 16, 15), sh(2025, 6, 17, 15)),  # at the close: the next trading day's
+    (sh(2025, 6, 13, 18, 40), sh(2025, 6, 16, 15)),  # Friday evening: over the weekend to Monday
+    (sh(2025, 9, 30, 16), sh(2025, 10, 9, 15)),  # the day before National Day (10-01..10-08 closed)
+    (sh(2025, 9, 28, 10), sh(2025, 9, 29, 15)),  # make-up Sunday 09-28: branches open, exchanges closed
+    (sh(2025, 10, 10, 16), sh(2025, 10, 13, 15)),  # Friday: Saturday 10-11 is a make-up working day, not a TD
+    (sh(2025, 10, 11, 10, 30), sh(2025, 10, 13, 15)),  # ready on that make-up Saturday
+], ids=["before-close", "at-close", "friday-evening", "before-national-day", "make-up-sunday",
+        "before-make-up-saturday", "on-make-up-saturday"])
+def test_instructions_are_due_by_the_close_of_the_trading_day_the_request_became_ready(db, rt, staff, ready, due):
+    # Timer behaviour changed with the date functions: this was "1 TD from the clock start"
+    # (retention.sla.submit); the diagram now gives the due date, the policy the reminders.
     case = Case(db, rt, staff, "RET-TD")
-    with time_machine.travel(accepted - timedelta(minutes=10), tick=False) as clock:
+    with time_machine.travel(ready - timedelta(minutes=10), tick=False) as clock:
         case.receive(C06)
-        clock.move_to(accepted)
+        clock.move_to(ready)
         case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
     submit = case.task("submit_instructions")
-    assert (submit.due_at, submit.due_source, submit.calendar_incomplete) == (due, "policy", False)
+    assert (submit.due_at, submit.due_source, submit.calendar_incomplete) == (due, "diagram", False)
     with db.transaction() as s:
         breach = s.execute(select(Timer.payload).where(Timer.kind == "sla", Timer.task_uuid == submit.task_uuid,
                                                        Timer.due_at == due)).scalars().all()
     assert sorted((p["action"], p["to"]) for p in breach) == [
         ("escalate", "branch:branch_ops_director"), ("escalate", "compliance")]
+
+
+def test_a_due_date_beyond_the_known_calendar_is_flagged(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20261231-0001")
+    with time_machine.travel(sh(2026, 12, 31, 16), tick=False):  # 2027's holidays are not known yet
+        case.receive(C06)
+        case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+    submit = case.task("submit_instructions")
+    # 2027-01-01 is a Friday: beyond the known data only weekends are closed, so it is a
+    # guess (New Year's Day will close the exchanges) and the task says so.
+    assert (submit.due_at, submit.calendar_incomplete) == (sh(2027, 1, 1, 15), True)
 
 
 def test_instructions_not_submitted_within_a_trading_day_escalate_and_flag_compliance(db, rt, staff):
@@ -500,12 +531,105 @@ def test_an_exchange_failure_is_resolved_resubmitted_and_then_completed(db, rt, 
         case.do("resolve_failure", "s302", {"resolution": "与客户核对后更正席位号", "instruction_refs": ["SZ-TG-0002"],
                                             "resubmitted_at": "2025-06-17T10:30:00+08:00"})
         assert case.subscriptions() == ["retention_exchange_result"]
+        assert case.waiting_timers() == [("result_due", sh(2025, 6, 18, 10))]  # T+1 of the resubmission
         clock.move_to(sh(2025, 6, 18, 10))
         case.send("retention_exchange_result", {"exchange_result": "success", "failure_reason": None}, sender="csdc")
         case.do("complete_notify", "s302", COMPLETED)
     assert case.end_state() == "X1"
     assert [d["payload"]["exchange_result"] for k, _, d in case.trail()
             if k == "message.received" and d["message"] == "retention_exchange_result"] == ["failed", "success"]
+
+
+# -- waiting for the exchange (A2/A3) ----------------------------------------------------------
+def _submitted(db, rt, staff, key: str, submitted_at: str) -> Case:
+    """A transfer whose instructions were submitted at ``submitted_at`` (recorded then)."""
+    case = Case(db, rt, staff, key)
+    case.receive(C06)
+    case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+    case.do("submit_instructions", "s104", {**SUBMITTED, "submitted_at": submitted_at})
+    return case
+
+
+@pytest.mark.parametrize(("submitted_at", "chase_at"), [
+    ("2025-06-16T10:30:00+08:00", sh(2025, 6, 17, 10)),  # Monday: T+1 is Tuesday
+    ("2025-06-16T15:00:00+08:00", sh(2025, 6, 18, 10)),  # at the 15:00 cut-off: T is the next trading day
+    ("2025-06-13T14:00:00+08:00", sh(2025, 6, 16, 10)),  # Friday: over the weekend
+    ("2025-06-13T16:00:00+08:00", sh(2025, 6, 17, 10)),  # Friday after the cut-off: T Monday, T+1 Tuesday
+    ("2025-09-30T14:00:00+08:00", sh(2025, 10, 9, 10)),  # before National Day (10-01..10-08 closed)
+    ("2025-09-26T14:00:00+08:00", sh(2025, 9, 29, 10)),  # Friday: make-up Sunday 09-28 is no trading day
+    ("2025-09-28T10:00:00+08:00", sh(2025, 9, 30, 10)),  # recorded on that make-up Sunday: T is Monday
+], ids=["monday", "at-cut-off", "friday", "friday-after-cut-off", "before-national-day",
+        "before-make-up-sunday", "on-make-up-sunday"])
+def test_the_exchange_result_is_awaited_until_ten_on_the_next_trading_day(db, rt, staff, submitted_at, chase_at):
+    with time_machine.travel(datetime.fromisoformat(submitted_at), tick=False):
+        case = _submitted(db, rt, staff, "RET-WAIT", submitted_at)
+    assert case.subscriptions() == ["retention_exchange_result"]  # the result may come at any time
+    assert case.waiting_timers() == [("result_due", chase_at)]
+
+
+def test_a_result_missing_at_ten_on_the_next_trading_day_is_chased_and_recorded(db, rt, staff):
+    with time_machine.travel(sh(2025, 9, 30, 14), tick=False) as clock:
+        case = _submitted(db, rt, staff, "RET-20250930-0001", "2025-09-30T14:00:00+08:00")
+        clock.move_to(sh(2025, 10, 9, 10))  # due, but a timer fires only once its time has passed
+        assert timers.fire_due(db, rt) == 0 and case.open_tasks() == []
+        clock.shift(timedelta(minutes=1))
+        assert timers.fire_due(db, rt) == 1
+        chase = case.task("chase_result")
+        assert (chase.candidate_groups, chase.due_at) == (["HZ01:counter_staff"], sh(2025, 10, 9, 12, 1))  # 2 WH
+        assert case.subscriptions() == ["retention_exchange_result"]  # a late result still closes the wait
+        clock.move_to(sh(2025, 10, 9, 10, 20))
+        case.do("chase_result", "s104", {"exchange_result": "success", "result_source": "csdc_terminal",
+                                         "result_checked_at": "2025-10-09T10:20:00+08:00"})
+        assert [t.element_id for t in case.open_tasks()] == ["complete_notify"]
+        assert case.subscriptions() == [] and case.waiting_timers() == []
+        case.do("complete_notify", "s104", {**COMPLETED, "completed_at": "2025-10-09T10:30:00+08:00"})
+        case.do("review_ops", "s102", REVIEWED)
+    data = case.data()
+    assert (data["exchange_result"], data["result_chased_by"], data["outcome"]) == ("success", "s104", "completed")
+    assert "s104" in data["review_excluded_users"]
+    assert ("timer.fired", "timer") in [(k, a) for k, a, _ in case.trail()]
+
+
+def test_a_result_arriving_while_it_is_chased_closes_the_chase_and_a_resubmission_waits_again(db, rt, staff):
+    with time_machine.travel(sh(2025, 6, 16, 10, 30), tick=False) as clock:
+        case = _submitted(db, rt, staff, "RET-20250616-0030", "2025-06-16T10:30:00+08:00")
+        clock.move_to(sh(2025, 6, 17, 10, 1))
+        timers.fire_due(db, rt)
+        chase = case.task("chase_result")
+        clock.move_to(sh(2025, 6, 17, 10, 15))
+        case.send("retention_exchange_result", {"exchange_result": "failed", "failure_reason": "转入席位号有误"},
+                  sender="csdc")
+        assert case.task_row(chase.id).status == "cancelled"
+        assert [t.element_id for t in case.open_tasks()] == ["resolve_failure"]
+        clock.move_to(sh(2025, 6, 17, 15, 30))
+        case.do("resolve_failure", "s104", {"resolution": "更正席位号后重新提交", "instruction_refs": ["SZ-TG-0031"],
+                                            "resubmitted_at": "2025-06-17T15:30:00+08:00"})
+        # Resubmitted after the cut-off: T is Wednesday 06-18, the result is due Thursday 10:00.
+        assert case.waiting_timers() == [("result_due", sh(2025, 6, 19, 10))]
+        assert case.subscriptions() == ["retention_exchange_result"]
+
+
+def test_a_calendar_correction_applies_to_waits_armed_after_the_revision_moves(db, rt, staff):
+    with time_machine.travel(sh(2025, 6, 16, 10, 30), tick=False):
+        before = _submitted(db, rt, staff, "RET-20250616-0040", "2025-06-16T10:30:00+08:00")
+        with db.transaction() as s:  # the exchanges close on Tuesday 06-17 (a typhoon)
+            sla.set_day(s, day=date(2025, 6, 17), working=False, trading=False, name="台风休市",
+                        actor=staff["s001"], now=rt.now())
+        after = _submitted(db, rt, staff, "RET-20250616-0041", "2025-06-16T10:30:00+08:00")
+    # A timer keeps the due time it was armed with (SpiffWorkflow stores it); one armed after
+    # the correction counts on the corrected calendar.
+    assert before.waiting_timers() == [("result_due", sh(2025, 6, 17, 10))]
+    assert after.waiting_timers() == [("result_due", sh(2025, 6, 18, 10))]
+
+
+def test_a_chase_time_beyond_the_known_calendar_is_flagged_in_the_case(db, rt, staff):
+    with time_machine.travel(sh(2026, 12, 31, 10), tick=False) as clock:
+        case = _submitted(db, rt, staff, "RET-20261231-0002", "2026-12-31T10:00:00+08:00")
+        # 2027-01-01 is a Friday beyond the known data: counted as a trading day, and flagged.
+        assert case.waiting_timers() == [("result_due", sh(2027, 1, 1, 10))]
+        clock.move_to(sh(2027, 1, 1, 10, 1))
+        timers.fire_due(db, rt)
+        assert case.task_data("chase_result")["calendar_incomplete"] is True
 
 
 # -- R6: the post-hoc review -------------------------------------------------------------------

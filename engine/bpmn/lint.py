@@ -7,16 +7,19 @@ element and says what to do. A deployment with any finding stores nothing.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Collection, Iterator
 from typing import Any
 
 from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimeDateEventDefinition, TimerEventDefinition
 from SpiffWorkflow.bpmn.specs.mixins.exclusive_gateway import ExclusiveGateway
 from SpiffWorkflow.bpmn.specs.mixins.inclusive_gateway import InclusiveGateway
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.bpmn.specs.mixins.script_task import ScriptTask
 from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
 
+from engine import date_functions
 from engine.bpmn.parser import (
     COMPLETED_BY_VARIABLE,
     EXCLUDE_GROUPS,
@@ -33,7 +36,7 @@ from engine.bpmn.parser import (
     properties_of,
 )
 from engine.errors import ExpressionError, Problem
-from engine.expressions import SafeEvaluator
+from engine.expressions import SafeEvaluator, unwrap
 from engine.numbering import check_format
 from engine.service_tasks import ServiceRegistry
 
@@ -75,11 +78,22 @@ def lint(
             line = process.lines.get(element_id) if element_id else None
             problems.append(Problem(process.source_file, line, element_id, message))
 
-        def check_expr(element_id: str, what: str, expression: str) -> None:
+        def check_expr(element_id: str, what: str, expression: str, *, calendar: bool = True) -> bool:
+            """Whether the expression passed. ``calendar`` False: the engine evaluates this
+            kind of expression without an instance's calendar (candidate groups, recusals,
+            correlation keys), so a date function there could never run."""
             try:
                 evaluator.check(expression)
             except ExpressionError as exc:
                 report(element_id, f"{what}: {exc.message}")
+                return False
+            used = sorted(date_functions.calls(_tree(expression)))
+            if used and not calendar:
+                report(element_id, f"{what}: {', '.join(f'{n}()' for n in used)} cannot be used here: "
+                                   "the business calendar is available to timers, gateway conditions, due "
+                                   "dates and service parameters")
+                return False
+            return True
 
         if process.business_key_format is not None:
             problem = check_format(process.business_key_format)
@@ -90,8 +104,10 @@ def lint(
             message = check_timer_literal(definition, text)
             if message:
                 report(task_spec.bpmn_id, message)
-            elif text.strip().startswith(("${", "#{")):
-                check_expr(task_spec.bpmn_id, "timer expression", text)
+            elif text.strip().startswith(("${", "#{")) and check_expr(task_spec.bpmn_id, "timer expression", text):
+                message = _timer_value_problem(definition, text)
+                if message:
+                    report(task_spec.bpmn_id, message)
 
         for spec in specs:
             for task_spec in spec.task_specs.values():
@@ -144,7 +160,7 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
         for name in (EXCLUDE_USERS, EXCLUDE_GROUPS, EXCLUDE_SERVICE_GROUPS_OF):
             for value in exclusion_parts(properties.get(name, "")):
                 if value.startswith(("${", "#{")):
-                    check_expr(element, f"property {name!r}", value)
+                    check_expr(element, f"property {name!r}", value, calendar=False)
         scope = properties.get(RECUSAL_SCOPE)
         if scope is not None and scope not in RECUSAL_SCOPES:
             report(element, f"property {RECUSAL_SCOPE!r} must be one of {', '.join(RECUSAL_SCOPES)}, got {scope!r}")
@@ -154,7 +170,7 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
                             f"underscore), got {variable!r}")
         for group in groups:
             if group.startswith(("${", "#{")):
-                check_expr(element, "candidate group", group)
+                check_expr(element, "candidate group", group, calendar=False)
             elif group.startswith(DYNAMIC_GROUP_PREFIXES):
                 continue
             elif known_groups is not None and group not in known_groups:
@@ -183,4 +199,24 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
         if not definition.name:
             report(element, "message event has no message with a name: set messageRef")
         for prop in definition.correlation_properties:
-            check_expr(element, f"correlation property {prop.name!r}", prop.retrieval_expression)
+            check_expr(element, f"correlation property {prop.name!r}", prop.retrieval_expression, calendar=False)
+
+
+def _tree(expression: str) -> ast.Expression:
+    """The syntax tree of an expression that passed ``SafeEvaluator.check``."""
+    return ast.parse(unwrap(expression), mode="eval")
+
+
+def _timer_value_problem(definition: TimerEventDefinition, text: str) -> str | None:
+    """A timer whose whole expression is a date function call must get the kind of value its
+    timer needs: a date-time for timeDate, never for a duration or cycle, never true/false."""
+    body = _tree(text).body
+    if not (isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id in date_functions.NAMES):
+        return None
+    name = body.func.id
+    if name not in date_functions.RETURNS_MOMENT:
+        return f"timer expression: {name}() gives true or false, not a time; use it in a gateway condition"
+    if not isinstance(definition, TimeDateEventDefinition):
+        return (f"timer expression: {name}() gives a date-time: put it in a timeDate timer, "
+                "not a timeDuration or timeCycle")
+    return None
