@@ -374,8 +374,8 @@ def registry_import_cmd(ctx: Context, branches: Path | None, staff: Path | None,
               help="Evaluation date (default: today in Asia/Shanghai).")
 @pass_ctx
 def registry_evaluate(ctx: Context, as_of: Any) -> None:
-    """Classify every client and apply VIP tiers and downgrade grace as of a date; print
-    the changes, one a line."""
+    """Classify every client and record the evaluated VIP tiers and downgrade grace as of a
+    date (the client's VIP case changes the effective tier); print the changes, one a line."""
     from engine import classification
     from engine.calendars import SHANGHAI
 
@@ -446,13 +446,16 @@ def figures_import_snapshot(ctx: Context, path: Path) -> None:
 @click.argument("value")
 @pass_ctx
 def figures_set(ctx: Context, key: str, value: str) -> None:
-    """Override a figure setting (e.g. ``complaint.sla.resolve.general "15 WD"``) or give
-    the prior year-end active clients: ``callback.periodic.active_clients.2025[.HZ01] 12000``."""
-    from engine import figures
+    """Override a figure setting (e.g. ``complaint.sla.resolve.general "15 WD"``), give the
+    prior year-end active clients (``callback.periodic.active_clients.2025[.HZ01] 12000``),
+    or tune the quarterly periodic callback batch (``callback.periodic.quarterly_ratio 0.03``)."""
+    from engine import figures, periodic_callbacks
 
     rt = ctx.runtime()
+    # The batch's sampling settings live with the batch; everything else is a figure's.
+    owner = periodic_callbacks if key in periodic_callbacks.PARSERS else figures
     with ctx.db.transaction() as session:
-        figures.set_setting(session, key=key, value=value, actor=identity.Actor.system("cli"), now=rt.now())
+        owner.set_setting(session, key=key, value=value, actor=identity.Actor.system("cli"), now=rt.now())
     click.echo(f"{key} = {value.strip()}")
 
 

@@ -1,8 +1,10 @@
 """Demo data for ``make run`` (brief §4): three branches, their staff, service groups
 and ten clients, shipped as the CSV files in ``demo_data/`` and loaded through the same
 importer an administrator uses (so the demo doubles as a check of the importer), then
-classified as of the demo's "today"; and the monthly VIP tier evaluation's schedule (brief
-§2.4 V0a), so the running demo evaluates tiers on the first working day of each month.
+classified as of the demo's "today"; and the schedules of the monthly VIP tier evaluation
+(brief §2.4 V0a) and of the quarterly periodic callback batch (§2.3), so the running demo
+evaluates tiers on the first working day of each month and samples clients for callbacks
+on the first working day of each quarter.
 
 Every demo user's password is ``demo``. Loading is idempotent.
 """
@@ -24,6 +26,7 @@ from engine import (
     classification,
     deployments,
     identity,
+    periodic_callbacks,
     registry,
     registry_import,
     schedules,
@@ -53,12 +56,18 @@ PASSWORD = "demo"
 # is the one engine.vip_evaluation documents: an operator creating it by hand gets a conflict
 # instead of a second schedule evaluating (and starting VIP cases) twice a month.
 VIP_SCHEDULE_KEY = "vip-monthly"
+# Brief §2.3 periodic: "Quarterly batches on the 1st WD of each quarter". 10:00, an hour after
+# the VIP evaluation that runs on the same day (a quarter's first working day is also its
+# month's): the sample is stratified by the classes that evaluation just set (and the effective tiers).
+PERIODIC_SCHEDULE_KEY = "callback-periodic"
+PERIODIC_SCHEDULE_AT = "10:00"
 
 
 def load(session: Session, rt: Runtime) -> int:
     """Create the demo groups, users, branches and clients that do not exist yet, classify
     the clients as of :data:`DEMO_TODAY`, and create the monthly evaluation's schedule
-    (:data:`VIP_SCHEDULE_KEY`) unless it exists; returns how many users were created."""
+    (:data:`VIP_SCHEDULE_KEY`) and the periodic callback batch's
+    (:data:`PERIODIC_SCHEDULE_KEY`) unless they exist; returns how many users were created."""
     actor = identity.Actor.system("demo")
     for key, name in identity.SYSTEM_ROLES.items():
         identity.ensure_group(session, key=key, name=name)
@@ -85,11 +94,16 @@ def load(session: Session, rt: Runtime) -> int:
         created.append("admin")
     classification.ensure_default(session, now=rt.now())
     classification.evaluate(session, as_of=DEMO_TODAY, actor=actor, now=rt.now())
-    if not any(s.key == VIP_SCHEDULE_KEY for s in schedules.get_all(session)):
+    existing_schedules = {s.key for s in schedules.get_all(session)}
+    if VIP_SCHEDULE_KEY not in existing_schedules:
         # The first run is the next first working day of a month at 09:00 (Shanghai); the job
         # evaluates whatever the registry holds then.
         schedules.create(session, rt, key=VIP_SCHEDULE_KEY, process_key=schedules.JOB_PREFIX + vip_evaluation.JOB_NAME,
                          rule="first_working_day_of_month", at_time="09:00", actor=actor)
+    if PERIODIC_SCHEDULE_KEY not in existing_schedules:
+        schedules.create(session, rt, key=PERIODIC_SCHEDULE_KEY,
+                         process_key=schedules.JOB_PREFIX + periodic_callbacks.JOB_NAME,
+                         rule="first_working_day_of_quarter", at_time=PERIODIC_SCHEDULE_AT, actor=actor)
     return len(created)
 
 

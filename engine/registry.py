@@ -64,8 +64,11 @@ GROUP_MIN_MEMBERS, GROUP_MAX_MEMBERS = 2, 3
 SERVICE_GROUP_KIND = identity.SERVICE_GROUP_KIND
 RISK_LEVELS = ("C1", "C2", "C3", "C4", "C5")
 OPERATING_HABITS = ("on_site", "off_site")
+# 休眠 and 中止交易 accounts are outside the periodic callback quota's base and sample [P4].
+ACCOUNT_STATUSES = ("active", "dormant", "suspended")
 # Set when a client is created; an upsert of an existing client leaves them alone, because
-# the monthly evaluation owns them after that (re-importing an old file must not undo it).
+# the client's VIP case owns them after that (engine.vip_tier; the monthly evaluation only
+# records the evaluated tier), and re-importing an old file must not undo it.
 VIP_FIELDS = ("vip_tier", "tier_since", "downgrade_grace_until")
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
@@ -588,7 +591,7 @@ def _release_claimed_tasks(session: Session, rt: Runtime, username: str, *, acto
 # -- clients -------------------------------------------------------------------------------
 CLIENT_FIELDS = ("client_id", "name", "branch", "service_group", "birth_date", "id_number", "phone",
                  "account_number", "assets", "turnover", "risk_level", "c1_lowest", "operating_habit",
-                 *VIP_FIELDS)
+                 "account_status", *VIP_FIELDS)
 _ID_NUMBER = re.compile(r"^(\d{17}[\dX]|\d{15})$")
 _PHONE = re.compile(r"^\d{7,15}$")
 _ACCOUNT = re.compile(r"^\d{6,32}$")
@@ -680,6 +683,8 @@ def _client_values(session: Session, values: Mapping[str, Any], *, now: datetime
         "assets": _number(values, "assets", MAX_ASSETS), "turnover": _number(values, "turnover", MAX_TURNOVER),
         "risk_level": risk_level, "c1_lowest": c1_lowest,
         "operating_habit": _choice(values, "operating_habit", OPERATING_HABITS),
+        # Empty means active: a client file without the column keeps treating clients as active.
+        "account_status": _choice(values, "account_status", ACCOUNT_STATUSES) or ACCOUNT_STATUSES[0],
         "vip_tier": tier, "tier_since": tier_since, "downgrade_grace_until": grace,
     }
 

@@ -10,8 +10,9 @@ a slot never starts twice.
 
 A schedule may run an engine job instead of starting a process: ``process_key`` is then
 ``job:<name>`` with the name registered in :data:`JOBS` (the monthly VIP evaluation, which
-classifies every client and starts a VIP case per tier change). A job's slot is recorded in
-the system audit stream, which is also what makes a second run of one slot a no-op.
+classifies every client and starts a VIP case per tier change; the quarterly periodic
+callback batch, which samples clients and starts their callbacks). A job's slot is recorded
+in the system audit stream, which is also what makes a second run of one slot a no-op.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ JOB_PREFIX = "job:"
 
 
 def _jobs() -> dict[str, Callable[..., dict[str, Any]]]:
-    from engine import vip_evaluation  # builds on instances and messages, like this module
+    from engine import periodic_callbacks, vip_evaluation  # build on instances, like this module does
 
-    return {vip_evaluation.JOB_NAME: vip_evaluation.job}
+    return {vip_evaluation.JOB_NAME: vip_evaluation.job, periodic_callbacks.JOB_NAME: periodic_callbacks.job}
 
 
 RULES = ("first_working_day_of_month", "first_working_day_of_quarter", "every_working_day", "every_trading_day")

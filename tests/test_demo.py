@@ -1,5 +1,6 @@
 """`make run` loads the demo people, deploys workflows/ and its SLA policies, and schedules
-the monthly VIP evaluation: that must work on a fresh database and again on a loaded one."""
+the monthly VIP evaluation and the quarterly periodic callback batch: that must work on a
+fresh database and again on a loaded one."""
 
 from __future__ import annotations
 
@@ -9,10 +10,21 @@ import pytest
 import time_machine
 from sqlalchemy import func, or_, select
 
-from engine import demo, schedules, timers
+from engine import demo, periodic_callbacks, schedules, timers
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
-from engine.models import AuditEvent, Branch, Client, Group, GroupMember, ProcessVersion, SlaPolicy, Timer
+from engine.models import (
+    AuditEvent,
+    Branch,
+    Client,
+    Group,
+    GroupMember,
+    ProcessInstance,
+    ProcessVersion,
+    Schedule,
+    SlaPolicy,
+    Timer,
+)
 
 
 @pytest.mark.sqlite
@@ -67,35 +79,77 @@ def test_the_demo_registry_is_the_briefs_and_a_reload_writes_nothing(db, rt):
         assert writes(s) == before
 
 
-@pytest.mark.sqlite
-def test_the_demo_schedules_the_monthly_vip_evaluation_once_for_the_first_working_day(db, rt):
-    # Thursday 2025-09-25: October's first working day is Thursday 10-09, after National Day.
+def _load_twice_on_thursday_2025_09_25(db, rt) -> None:
+    # October's first working day, also the fourth quarter's, is Thursday 10-09, after National Day.
     with time_machine.travel(datetime(2025, 9, 25, 12, tzinfo=SHANGHAI), tick=False):
         with db.transaction() as s:
             demo.load(s, rt)
             demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
         with db.transaction() as s:
             demo.load(s, rt)  # `bpm demo load` again
+
+
+def _schedule(s, key: str) -> Schedule:
+    return next(schedule for schedule in schedules.get_all(s) if schedule.key == key)
+
+
+@pytest.mark.sqlite
+def test_the_demo_creates_each_of_its_schedules_once(db, rt):
+    _load_twice_on_thursday_2025_09_25(db, rt)
+    with db.transaction() as s:
+        assert [x.key for x in schedules.get_all(s)] == ["callback-periodic", "vip-monthly"]
+        armed = s.execute(select(Timer.element_id, Timer.due_at).where(Timer.kind == "schedule",
+                                                                      Timer.status == "waiting")).all()
+        assert sorted(armed) == [("callback-periodic", datetime(2025, 10, 9, 10, tzinfo=SHANGHAI)),
+                                 ("vip-monthly", datetime(2025, 10, 9, 9, tzinfo=SHANGHAI))]
+        created = s.execute(select(func.count()).select_from(AuditEvent)
+                            .where(AuditEvent.kind == "schedule.created")).scalar_one()
+        assert created == 2
+
+
+@pytest.mark.sqlite
+def test_the_demo_schedules_the_monthly_vip_evaluation_once_for_the_first_working_day(db, rt):
+    _load_twice_on_thursday_2025_09_25(db, rt)
     first_slot = datetime(2025, 10, 9, 9, tzinfo=SHANGHAI)
     with db.transaction() as s:
-        [schedule] = schedules.get_all(s)
+        schedule = _schedule(s, demo.VIP_SCHEDULE_KEY)
         assert (schedule.key, schedule.process_key, schedule.rule, schedule.at_time, schedule.active) == (
             "vip-monthly", "job:vip.monthly_evaluation", "first_working_day_of_month", "09:00", True)
         assert schedule.next_run_at == first_slot
-        armed = s.execute(select(Timer.due_at).where(Timer.kind == "schedule", Timer.status == "waiting")).all()
-        assert armed == [(first_slot,)]
-        created = s.execute(select(func.count()).select_from(AuditEvent)
-                            .where(AuditEvent.kind == "schedule.created")).scalar_one()
-        assert created == 1
         clients = s.execute(select(func.count()).select_from(Client)).scalar_one()
     # The running demo's timer runner fires the slot: the evaluation runs once, over every client.
     with time_machine.travel(first_slot - timedelta(seconds=1), tick=False):
         assert timers.fire_due(db, rt) == 0
     with time_machine.travel(first_slot + timedelta(seconds=1), tick=False):
-        assert timers.fire_due(db, rt) == 1
+        assert timers.fire_due(db, rt) == 1  # the callback batch waits for 10:00
     with db.transaction() as s:
         runs = s.execute(select(AuditEvent).where(AuditEvent.kind == "schedule.job_run")).scalars().all()
         assert [(r.data["slot"], r.data["job"], r.data["result"]["evaluated"]) for r in runs] == [
             ("vip-monthly-20251009", "vip.monthly_evaluation", clients)]
         # November 1 is a Saturday: the next run is Monday 11-03.
-        assert schedules.get_all(s)[0].next_run_at == datetime(2025, 11, 3, 9, tzinfo=SHANGHAI)
+        assert _schedule(s, demo.VIP_SCHEDULE_KEY).next_run_at == datetime(2025, 11, 3, 9, tzinfo=SHANGHAI)
+
+
+@pytest.mark.sqlite
+def test_the_demo_schedules_the_periodic_callback_batch_for_the_first_working_day_of_each_quarter(db, rt):
+    _load_twice_on_thursday_2025_09_25(db, rt)
+    # An hour after the VIP evaluation of the same morning, so the sample sees its classes and tiers.
+    slot = datetime(2025, 10, 9, 10, tzinfo=SHANGHAI)
+    with db.transaction() as s:
+        schedule = _schedule(s, demo.PERIODIC_SCHEDULE_KEY)
+        assert (schedule.process_key, schedule.rule, schedule.at_time, schedule.active, schedule.next_run_at) == (
+            "job:callback.periodic_batch", "first_working_day_of_quarter", "10:00", True, slot)
+    with time_machine.travel(slot + timedelta(seconds=1), tick=False):
+        assert timers.fire_due(db, rt) == 2  # the 09:00 evaluation, then the batch
+    with db.transaction() as s:
+        run = s.execute(select(AuditEvent).where(AuditEvent.kind == "schedule.job_run",
+                                                 AuditEvent.data["slot"].as_string() == "callback-periodic-20251009")
+                        ).scalar_one()
+        assert run.data["job"] == periodic_callbacks.JOB_NAME
+        # The demo's ten active clients at the default 2.5 % a quarter: one callback.
+        assert (run.data["result"]["quota"], run.data["result"]["started"]) == (1, 1)
+        [case] = s.execute(select(ProcessInstance).where(ProcessInstance.process_key == "callback")).scalars()
+        assert (case.business_key, case.facts["callback_type"]) == ("CB-20251009-0001", "periodic")
+        # The next quarter's first working day is Sunday 2026-01-04, the 调休 make-up day after the
+        # New Year holiday (01-01 … 01-03).
+        assert _schedule(s, demo.PERIODIC_SCHEDULE_KEY).next_run_at == datetime(2026, 1, 4, 10, tzinfo=SHANGHAI)
