@@ -9,6 +9,12 @@ version that classified it, so an old evaluation keeps its version when a new on
 :func:`evaluate` classifies every client as of a date and returns the changes. It starts
 no process and sends nothing: its only writes are the client rows (and one audit event
 recording them), so the monthly VIP evaluation can start instances from the list.
+
+It never changes a client's effective VIP tier (``vip_tier``, ``tier_since``): that is the
+VIP case's, which welcomes the client, gets the approval a diamond tier or an override
+needs, and runs the grace period and the pre-downgrade contact first (``engine.vip_tier``).
+The evaluation records the tier the rules give (``evaluated_tier``, with the assets and the
+rule version in the audit event) and whether a downgrade is pending (``downgrade_grace_until``).
 """
 
 from __future__ import annotations
@@ -53,10 +59,10 @@ DEFAULT_RULES: dict[str, Any] = {
 DEFAULT_APPROVED_BY = "brief §3.2/§3.3 defaults"
 
 CLASS_CHANGED = "class_changed"
-TIER_UPGRADED = "tier_upgraded"
-GRACE_STARTED = "grace_started"  # assets fell below the tier: kept until grace ends
-GRACE_CLEARED = "grace_cleared"  # back at or above the tier during grace
-GRACE_EXPIRED = "grace_expired"  # still below when grace ended: downgraded
+TIER_UPGRADED = "tier_upgraded"  # the rules give a tier above the effective one: a case may activate it
+GRACE_STARTED = "grace_started"  # assets fell below the effective tier: kept until grace ends
+GRACE_CLEARED = "grace_cleared"  # back at or above the effective tier during grace
+GRACE_EXPIRED = "grace_expired"  # still below when grace ended: the case goes on to the downgrade
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,8 @@ class Rules:
         return tier
 
 
-def _rank(tier: str | None) -> int:
+def rank(tier: str | None) -> int:
+    """A tier's place in :data:`TIERS`, no tier (None) lowest."""
     return 0 if tier is None else TIERS.index(tier) + 1
 
 
@@ -267,11 +274,13 @@ class Change:
     after: str | None
     rules: str  # "company v1": the version that decided it
     grace_until: date | None = None
+    assets: Decimal | None = None  # a tier change's evidence: the assets the rules were applied to
 
     def as_dict(self) -> dict[str, Any]:
         return {"client_id": self.client_id, "branch_code": self.branch_code, "service_group": self.service_group,
                 "kind": self.kind, "before": self.before, "after": self.after, "rules": self.rules,
-                "grace_until": self.grace_until.isoformat() if self.grace_until else None}
+                "grace_until": self.grace_until.isoformat() if self.grace_until else None,
+                "assets": None if self.assets is None else str(self.assets)}
 
 
 @dataclass
@@ -284,13 +293,15 @@ class Evaluation:
 
 
 def evaluate(session: Session, *, as_of: date, actor: Actor, now: datetime) -> Evaluation:
-    """Classify every client and apply VIP tiers as of ``as_of``; return what changed.
+    """Classify every client and evaluate VIP tiers as of ``as_of``; return what changed.
 
-    Tiers: an upgrade applies at once. A client whose assets fall below their tier keeps it
-    until ``as_of`` + ``downgrade_grace_months`` (``grace_started``); back at or above the
-    tier during grace clears it (``grace_cleared``); the first evaluation on or after the
-    grace end that still finds them below downgrades them to their tier by assets
-    (``grace_expired``). Running the same ``as_of`` twice changes nothing the second time.
+    Tiers are compared with the client's effective tier, which this never changes. A tier by
+    assets above it is ``tier_upgraded`` when the previous evaluation gave another tier (the
+    same tier again has its case already, or had it refused or declined). A client below it
+    is in grace until ``as_of`` + ``downgrade_grace_months`` (``grace_started``); back at or
+    above it during grace clears it (``grace_cleared``); the first evaluation on or after the
+    grace end that still finds them below says so (``grace_expired``). Running the same
+    ``as_of`` twice changes nothing the second time.
     """
     if not actor.has_role(RULES_ROLE):
         raise PermissionDenied("running the classification needs hq_brokerage_mgmt")
@@ -314,39 +325,36 @@ def evaluate(session: Session, *, as_of: date, actor: Actor, now: datetime) -> E
 
 def _evaluate_one(client: Client, rules: Rules, as_of: date) -> list[Change]:
     changes: list[Change] = []
+    assets, turnover = Decimal(client.assets), Decimal(client.turnover)
 
     def change(kind: str, before: str | None, after: str | None, grace_until: date | None = None) -> None:
         changes.append(Change(client.client_id, client.branch_code, client.service_group_key, kind, before, after,
-                              rules.label, grace_until))
+                              rules.label, grace_until, None if kind == CLASS_CHANGED else assets))
 
-    assets, turnover = Decimal(client.assets), Decimal(client.turnover)
     new_class = rules.classify(assets, turnover)
     if new_class != client.classification:
         change(CLASS_CHANGED, client.classification, new_class)
         client.classification = new_class
     if client.class_rule_set_id != rules.id:
         client.class_rule_set_id = rules.id
-    if client.classified_on != as_of:
-        client.classified_on = as_of
+    previously_on, client.classified_on = client.classified_on, as_of
 
-    current, by_assets = client.vip_tier, rules.tier_for(assets)
-    if _rank(by_assets) > _rank(current):
-        change(TIER_UPGRADED, current, by_assets)
-        client.vip_tier, client.tier_since, client.downgrade_grace_until = by_assets, as_of, None
-    elif _rank(by_assets) == _rank(current):
-        if client.downgrade_grace_until is not None:
-            change(GRACE_CLEARED, current, current)
-            client.downgrade_grace_until = None
-    elif client.downgrade_grace_until is None:
-        until = add_months(as_of, rules.downgrade_grace_months)
-        if until > as_of:
-            change(GRACE_STARTED, current, current, until)
+    effective, previous, by_assets = client.vip_tier, client.evaluated_tier, rules.tier_for(assets)
+    client.evaluated_tier = by_assets
+    grace_until = client.downgrade_grace_until
+    if grace_until is not None and rank(by_assets) >= rank(effective):
+        change(GRACE_CLEARED, effective, effective)
+        client.downgrade_grace_until = None
+    if rank(by_assets) > rank(effective):
+        if by_assets != previous:
+            change(TIER_UPGRADED, effective, by_assets)
+    elif rank(by_assets) < rank(effective):
+        if grace_until is None:
+            # No grace configured (0 months) still starts one: the case contacts the client
+            # before the downgrade's effective date either way.
+            until = add_months(as_of, rules.downgrade_grace_months)
+            change(GRACE_STARTED, effective, effective, until)
             client.downgrade_grace_until = until
-        else:  # no grace configured: downgrade now
-            change(GRACE_EXPIRED, current, by_assets)
-            client.vip_tier, client.tier_since = by_assets, (as_of if by_assets else None)
-    elif as_of >= client.downgrade_grace_until:
-        change(GRACE_EXPIRED, current, by_assets, client.downgrade_grace_until)
-        client.vip_tier, client.tier_since, client.downgrade_grace_until = (
-            by_assets, as_of if by_assets else None, None)
+        elif grace_until <= as_of and (previously_on is None or previously_on < grace_until):
+            change(GRACE_EXPIRED, effective, by_assets, grace_until)
     return changes

@@ -12,9 +12,10 @@ Columns (a column absent from the file leaves that field as it is; an empty cell
   ``branch`` empty for HQ; ``back_office`` true/false, empty: from the roles)
 * groups: ``key,branch,name,members,lead`` (members: usernames separated by ``;``)
 * clients: ``client_id,name,branch,service_group,birth_date,id_number,phone,account_number,
-  assets,turnover,risk_level,c1_lowest,operating_habit,vip_tier,tier_since,
-  downgrade_grace_until`` (``service_group`` empty: the branch pool; VIP columns count only
-  for new clients, see ``engine.registry.VIP_FIELDS``)
+  assets,turnover,risk_level,c1_lowest,operating_habit,account_status,vip_tier,tier_since,
+  downgrade_grace_until`` (``service_group`` empty: the branch pool; ``account_status``
+  active, dormant or suspended, empty: active; VIP columns count only for new clients, see
+  ``engine.registry.VIP_FIELDS``)
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def _bool(value: str) -> bool:
     raise ValueError(f"{value!r} is not true or false")
 
 
-def _decimal(value: str) -> Decimal:
+def parse_decimal(value: str) -> Decimal:
+    """A CSV cell as a finite number; thousands separators are allowed. ValueError says why not."""
     try:
         number = Decimal(value.strip().replace(",", ""))
     except InvalidOperation:
@@ -65,7 +67,8 @@ def _decimal(value: str) -> Decimal:
     return number
 
 
-def _date(value: str) -> date:
+def parse_date(value: str) -> date:
+    """A CSV cell as an ISO date (YYYY-MM-DD). ValueError says why not."""
     try:
         return date.fromisoformat(value.strip())
     except ValueError:
@@ -93,10 +96,11 @@ LAYOUTS: dict[str, Layout] = {
                      {"key": _str, "branch": _str, "name": _str, "members": _list, "lead": _str},
                      registry.upsert_service_group),
     "clients": Layout("client_id", ("client_id", "name", "branch"),
-                      {"client_id": _str, "name": _str, "branch": _str, "service_group": _str, "birth_date": _date,
-                       "id_number": _str, "phone": _str, "account_number": _str, "assets": _decimal,
-                       "turnover": _decimal, "risk_level": _str, "c1_lowest": _bool, "operating_habit": _str,
-                       "vip_tier": _str, "tier_since": _date, "downgrade_grace_until": _date},
+                      {"client_id": _str, "name": _str, "branch": _str, "service_group": _str,
+                       "birth_date": parse_date, "id_number": _str, "phone": _str, "account_number": _str,
+                       "assets": parse_decimal, "turnover": parse_decimal, "risk_level": _str, "c1_lowest": _bool,
+                       "operating_habit": _str, "account_status": _str, "vip_tier": _str, "tier_since": parse_date,
+                       "downgrade_grace_until": parse_date},
                       registry.upsert_client),
 }
 
@@ -134,7 +138,9 @@ class ImportReport:
         return sum(len(f.rejected) for f in self.files)
 
 
-def _decode(data: bytes | str) -> str:
+def decode(data: bytes | str) -> str:
+    """A CSV file's text: UTF-8 (with or without a BOM), else GB18030 (Excel's Chinese CSV);
+    UnicodeDecodeError when it is neither."""
     if isinstance(data, str):
         return data.removeprefix("\ufeff")
     try:
@@ -151,7 +157,7 @@ def import_csv(session: Session, *, kind: str, data: bytes | str, actor: Actor, 
     layout = LAYOUTS[kind]
     report = FileReport(kind=kind, source=source or f"{kind}.csv")
     try:
-        text = _decode(data)
+        text = decode(data)
     except UnicodeDecodeError:
         report.rejected.append(RowError(1, None, "the file is neither UTF-8 nor GB18030 text"))
         return report

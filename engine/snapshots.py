@@ -9,7 +9,10 @@ Columns (``avg_assets`` and ``referrals`` may be left out):
 ``period_start,period_end,client_id,branch,service_group,assets_start,assets_end,net_inflow,
 traded_amount,avg_assets,referrals``. Dates are ``YYYY-MM-DD`` and both inclusive; money in
 yuan; ``service_group`` empty means the branch pool; ``avg_assets`` (日均总资产) empty means
-the mean of the start and end assets; ``referrals`` empty means 0.
+the mean of the start and end assets; ``referrals`` empty means 0. ``branch`` and
+``service_group`` must be in the client registry, the group one of that branch's: a row
+under a code the assessment does not know would count for no branch or group the
+supervisors can see, or for the wrong one, so it is rejected instead.
 
 As for the registry files: every valid row is applied and every invalid one reported (line,
 column, reason), each row in its own savepoint; rows are upserts by (period, client), so
@@ -32,8 +35,8 @@ from sqlalchemy.orm import Session
 from engine.audit import record_system_event
 from engine.errors import BpmError, InvalidInput, PermissionDenied
 from engine.identity import Actor
-from engine.models import ClientSnapshot
-from engine.registry_import import FileReport, RowError, _date, _decimal, _decode
+from engine.models import Branch, ClientSnapshot, ServiceGroup
+from engine.registry_import import FileReport, RowError, decode, parse_date, parse_decimal
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 REQUIRED = ("period_start", "period_end", "client_id", "branch", "assets_start", "assets_end", "net_inflow",
@@ -49,9 +52,9 @@ def _whole(value: str) -> int:
 
 
 COLUMNS: dict[str, Callable[[str], Any]] = {
-    "period_start": _date, "period_end": _date, "client_id": str, "branch": str, "service_group": str,
-    "assets_start": _decimal, "assets_end": _decimal, "net_inflow": _decimal, "traded_amount": _decimal,
-    "avg_assets": _decimal, "referrals": _whole,
+    "period_start": parse_date, "period_end": parse_date, "client_id": str, "branch": str, "service_group": str,
+    "assets_start": parse_decimal, "assets_end": parse_decimal, "net_inflow": parse_decimal,
+    "traded_amount": parse_decimal, "avg_assets": parse_decimal, "referrals": _whole,
 }
 
 
@@ -77,9 +80,23 @@ def _values(values: dict[str, Any]) -> dict[str, Any]:
             "service_group_key": values.get("service_group"), "referrals": values.get("referrals") or 0, **money}
 
 
+def _check_registry(session: Session, branch: str, group_key: str | None) -> None:
+    """The branch and the group are the registry's (as for a client, engine.registry)."""
+    if session.get(Branch, branch) is None:
+        raise _invalid("branch", f"no branch {branch!r} in the client registry")
+    if group_key is None:
+        return
+    group = session.get(ServiceGroup, group_key)
+    if group is None:
+        raise _invalid("service_group", f"no service group {group_key!r} in the client registry")
+    if group.branch_code != branch:
+        raise _invalid("service_group", f"service group {group_key} belongs to {group.branch_code}, not to {branch}")
+
+
 def upsert(session: Session, *, values: dict[str, Any], actor: Actor, now: datetime) -> str:
     """Create or replace one client's row of one period; says which (or that nothing changed)."""
     new = _values(values)
+    _check_registry(session, new["branch_code"], new["service_group_key"])
     row = session.execute(select(ClientSnapshot).where(
         ClientSnapshot.period_start == new["period_start"], ClientSnapshot.period_end == new["period_end"],
         ClientSnapshot.client_id == new["client_id"])).scalar_one_or_none()
@@ -102,7 +119,7 @@ def import_csv(session: Session, *, data: bytes | str, actor: Actor, now: dateti
         raise PermissionDenied("importing client figures needs the admin role")
     report = FileReport(kind="snapshot", source=source or "snapshot.csv")
     try:
-        text = _decode(data)
+        text = decode(data)
     except UnicodeDecodeError:
         report.rejected.append(RowError(1, None, "the file is neither UTF-8 nor GB18030 text"))
         return report

@@ -11,6 +11,10 @@ changes into cases:
 * ``grace_cleared`` and ``grace_expired`` are told, as ``vip_reevaluated``, to the client's
   open VIP case waiting in its grace period, which then ends or goes on to the downgrade.
 
+The evaluation only records the evaluated tier; the client's effective tier changes when the
+case activates or applies it (``engine.vip_tier``). A case starts with the thresholds and
+the grace period of the rule version that decided the change, so it computes the same tier.
+
 Each change runs in a savepoint: one client's case failing to start (say, a client without
 a branch) is reported and leaves the others started.
 """
@@ -56,6 +60,7 @@ def run(session: Session, rt: Any, *, as_of: date, evaluated_at: datetime) -> Ou
     result = classification.evaluate(session, as_of=as_of, actor=EVALUATION_ACTOR, now=rt.now())
     outcome = Outcome(as_of=as_of, evaluated=result.evaluated)
     period = previous_period(as_of)
+    book = classification.RuleBook(session)
     for change in result.changes:
         if change.kind not in STARTS + TOLD:
             continue
@@ -68,7 +73,8 @@ def run(session: Session, rt: Any, *, as_of: date, evaluated_at: datetime) -> Ou
             with session.begin_nested():
                 if change.kind in STARTS:
                     data = {**payload, "trigger": "evaluation", "previous_tier": change.before or "none",
-                            "risk_level": client.risk_level}
+                            "new_tier": client.evaluated_tier or "none", "risk_level": client.risk_level,
+                            **_rule_settings(book.for_branch(client.branch_code, as_of))}
                     if change.kind == classification.GRACE_STARTED:
                         data["months_below_threshold"] = 1
                     case = instances.start(session, rt, process_key=PROCESS_KEY, business_key=None,
@@ -85,6 +91,12 @@ def run(session: Session, rt: Any, *, as_of: date, evaluated_at: datetime) -> Ou
         except BpmError as exc:
             outcome.problems.append(f"{client.client_id}: {change.kind}: {exc}")
     return outcome
+
+
+def _rule_settings(rules: classification.Rules) -> dict[str, Any]:
+    """The rule version's thresholds and grace as the case's variables (vip_services.VARIABLES)."""
+    return {**{f"{tier}_threshold": str(amount) for tier, amount in rules.vip_thresholds},
+            "downgrade_grace_months": rules.downgrade_grace_months}
 
 
 def _waiting_case(session: Session, client_id: str) -> str | None:

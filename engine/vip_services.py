@@ -9,6 +9,10 @@ run can override any of them without a code change. Due dates are not computed h
 SLA policies in ``workflows/sla/vip_onboarding.json`` put them on the working-day calendar.
 Times this module computes (end of the grace period, effective date of a downgrade) are
 calendar arithmetic on the evaluation's own timestamp, never "now".
+
+The ``outcome`` a function returns is what the case did to the client: ``activated``,
+``downgraded``, ``recovered`` and ``closed`` change the client's effective tier (or settle a
+pending downgrade) in the registry, through ``engine.vip_tier``, as the step is saved.
 """
 
 from __future__ import annotations
@@ -105,8 +109,10 @@ def settings_of(data: dict[str, Any]) -> dict[str, Any]:
     if not (_money(values["silver_threshold"]) < _money(values["gold_threshold"])
             < _money(values["diamond_threshold"])):
         raise ValueError("tier thresholds must increase: silver < gold < diamond")
-    if int(values["downgrade_grace_months"]) < 1:
-        raise ValueError("downgrade_grace_months must be at least 1")
+    # 0 is a rule version's "no grace" (engine.classification): the contact and the
+    # effective date still come before the downgrade.
+    if int(values["downgrade_grace_months"]) < 0:
+        raise ValueError("downgrade_grace_months cannot be negative")
     if not 0 < float(values["prospect_ratio"]) < 1:
         raise ValueError("prospect_ratio is a fraction between 0 and 1")
     if not _SERVICE_LEVEL.match(str(values["advisory_risk_level"])):
@@ -453,3 +459,8 @@ def _close(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 def _record_prospect(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """V10: on the service group's nurturing list (目标贵宾客户培育); nothing the client sees."""
     return {"prospect": True, "outcome": "nurtured"}
+
+
+# Applies the outcomes above to the client registry when a step is saved; imported here so
+# that it is active wherever these functions can run.
+from engine import vip_tier  # noqa: E402,F401

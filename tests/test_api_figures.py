@@ -25,7 +25,7 @@ from engine.models import Task
 from tests.conftest import assert_problem
 from tests.engine_bpmn import bundle_of, flow, linear, process, user_task
 from tests.test_cli import bpm
-from tests.test_figures import RETENTION, SNAPSHOT_COLUMNS, clean_settings  # noqa: F401 - a fixture
+from tests.test_figures import RETENTION, SNAPSHOT_COLUMNS, clean_settings, groups  # noqa: F401 - fixtures
 
 API = "/api/v1"
 D = timedelta(days=1)
@@ -239,7 +239,7 @@ SNAPSHOT = SNAPSHOT_COLUMNS + """
 """
 
 
-@pytest.mark.usefixtures("clean_settings")
+@pytest.mark.usefixtures("clean_settings", "groups")  # a snapshot row must name a known branch and group
 def test_snapshots_and_settings_from_the_cli_feed_the_group_assessment(db, rt, client, people, hq, database_url,
                                                                        tmp_path):
     path = tmp_path / "feb.csv"
@@ -257,9 +257,9 @@ def test_snapshots_and_settings_from_the_cli_feed_the_group_assessment(db, rt, c
     body = get(client, login(client, "hq"), "group-assessment?from=2026-02-01&to=2026-02-28")
     (february,) = body
     assert (february["period_start"], february["period_end"]) == ("2026-02-01", "2026-02-28")
-    groups = {g["group"]: g for g in february["groups"]}
+    by_group = {g["group"]: g for g in february["groups"]}
     assert [g["group"] for g in february["groups"]] == ["HZ01-G1", "NB01-G1", "HZ01-G2"]
-    g1 = groups["HZ01-G1"]
+    g1 = by_group["HZ01-G1"]
     assert (Decimal(g1["growth"]), Decimal(g1["new_money"]), Decimal(g1["appreciation"])) == \
         (Decimal(100000), Decimal(40000), Decimal(60000))
     assert (g1["growth_rate"], g1["turnover"], g1["referral_rate"]) == \

@@ -1,7 +1,9 @@
 """Classification (brief §3.2) and VIP tiers (§3.3) from the versioned rule table:
 the eleven classes at their boundaries, tier thresholds, a configurable diamond threshold,
 downgrade grace as time passes (time-machine, nothing sleeps), versions that keep old
-evaluations as they were, and ``bpm registry evaluate``."""
+evaluations as they were, and ``bpm registry evaluate``. The evaluation records the tier the
+rules give (``evaluated_tier``); the effective tier (``vip_tier``) is the VIP case's to change
+(tests/test_vip_evaluation.py), so here it stays what the registry was given."""
 
 from __future__ import annotations
 
@@ -107,17 +109,19 @@ def test_tier_thresholds(db, branches):
     for number, (assets, _) in enumerate(TIER_BOUNDARIES):
         add_client(db, f"T{number}", assets)
     result = evaluate(db, date(2025, 6, 1))
-    upgrades = {c.client_id: c.after for c in result.changes if c.kind == classification.TIER_UPGRADED}
-    assert upgrades == {f"T{n}": tier for n, (_, tier) in enumerate(TIER_BOUNDARIES) if tier}
-    assert [client(db, f"T{n}").vip_tier for n in range(len(TIER_BOUNDARIES))] == [t for _, t in TIER_BOUNDARIES]
-    assert client(db, "T2").tier_since == date(2025, 6, 1)
+    upgrades = {c.client_id: (c.after, c.assets) for c in result.changes if c.kind == classification.TIER_UPGRADED}
+    assert upgrades == {f"T{n}": (tier, Decimal(assets)) for n, (assets, tier) in enumerate(TIER_BOUNDARIES) if tier}
+    evaluated = [client(db, f"T{n}") for n in range(len(TIER_BOUNDARIES))]
+    assert [c.evaluated_tier for c in evaluated] == [t for _, t in TIER_BOUNDARIES]
+    # Evaluated, not granted: the VIP case welcomes the client (and gets an approval) first.
+    assert {(c.vip_tier, c.tier_since) for c in evaluated} == {(None, None)}
 
 
 @pytest.mark.sqlite
 def test_the_diamond_threshold_is_configurable_by_a_new_rule_version(db, branches):
-    add_client(db, "OLD", "1500000")
+    add_client(db, "OLD", "1500000", vip_tier="diamond", tier_since=date(2025, 12, 5))  # activated by its case
     evaluate(db, date(2025, 12, 1))
-    assert client(db, "OLD").vip_tier == "diamond"  # 150万 ≥ the default 100万
+    assert client(db, "OLD").evaluated_tier == "diamond"  # 150万 ≥ the default 100万
 
     new_rules(db, date(2026, 1, 1), vip_thresholds={"silver": "50000", "gold": "300000", "diamond": "2000000"})
     add_client(db, "NEW", "1500000")
@@ -125,7 +129,8 @@ def test_the_diamond_threshold_is_configurable_by_a_new_rule_version(db, branche
     assert ("NEW", classification.TIER_UPGRADED, None, "gold") in kinds(result)
     # The existing diamond is now below the threshold: it keeps the tier while grace runs.
     assert ("OLD", classification.GRACE_STARTED, "diamond", "diamond") in kinds(result)
-    assert (client(db, "OLD").vip_tier, client(db, "OLD").downgrade_grace_until) == ("diamond", date(2026, 4, 1))
+    old = client(db, "OLD")
+    assert (old.vip_tier, old.evaluated_tier, old.downgrade_grace_until) == ("diamond", "gold", date(2026, 4, 1))
 
 
 @pytest.mark.sqlite
@@ -153,11 +158,12 @@ def bpm(database_url, *args):
 
 
 @pytest.mark.sqlite
-def test_a_client_below_their_tier_keeps_it_until_the_grace_period_ends(database_url, db, branches):
-    add_client(db, "FALL", "400000")
-    add_client(db, "BACK", "400000")
-    evaluate(db, date(2026, 2, 2))
-    assert client(db, "FALL").vip_tier == "gold"
+def test_a_client_below_their_tier_keeps_it_while_grace_runs_and_the_evaluation_never_downgrades(
+        database_url, db, branches):
+    add_client(db, "FALL", "400000", vip_tier="gold", tier_since=date(2026, 2, 2))
+    add_client(db, "BACK", "400000", vip_tier="gold", tier_since=date(2026, 2, 2))
+    assert kinds(evaluate(db, date(2026, 2, 2))) == [("BACK", "class_changed", None, "D-"),
+                                                     ("FALL", "class_changed", None, "D-")]
     set_assets(db, "FALL", "200000")
     set_assets(db, "BACK", "250000")
 
@@ -182,22 +188,34 @@ def test_a_client_below_their_tier_keeps_it_until_the_grace_period_ends(database
         assert bpm(database_url, "registry", "evaluate").stdout.splitlines()[:-1] == []  # one day before the end
     with time_machine.travel(shanghai(2026, 6, 2), tick=False):
         june = bpm(database_url, "registry", "evaluate")
+        again = bpm(database_url, "registry", "evaluate")
     assert june.stdout.splitlines()[:-1] == [
         "FALL grace_expired: gold -> silver (grace until 2026-06-02) [company v1]"]
+    assert again.stdout.splitlines()[:-1] == []  # said once: the case has been told
+    # The downgrade is the case's, after its pre-downgrade contact, on its effective date: until
+    # then FALL is served as gold, and the pending downgrade stays on record.
     fell, back = client(db, "FALL"), client(db, "BACK")
-    assert (fell.vip_tier, fell.tier_since, fell.downgrade_grace_until) == ("silver", date(2026, 6, 2), None)
-    assert (back.vip_tier, back.tier_since, back.downgrade_grace_until) == ("gold", date(2026, 2, 2), None)
+    assert (fell.vip_tier, fell.tier_since, fell.evaluated_tier, fell.downgrade_grace_until) == (
+        "gold", date(2026, 2, 2), "silver", date(2026, 6, 2))
+    assert (back.vip_tier, back.tier_since, back.evaluated_tier, back.downgrade_grace_until) == (
+        "gold", date(2026, 2, 2), "gold", None)
 
 
 @pytest.mark.sqlite
 def test_the_grace_period_comes_from_the_rules(db, branches):
     new_rules(db, date(2026, 1, 1), downgrade_grace_months=0)
-    add_client(db, "X", "400000")
+    add_client(db, "X", "400000", vip_tier="gold", tier_since=date(2025, 3, 3))
     evaluate(db, date(2026, 1, 5))
     set_assets(db, "X", "20000")
-    assert kinds(evaluate(db, date(2026, 2, 2))) == [("X", classification.CLASS_CHANGED, "D-", "F"),
-                                                     ("X", classification.GRACE_EXPIRED, "gold", None)]
-    assert (client(db, "X").vip_tier, client(db, "X").tier_since) == (None, None)
+    # No grace: the downgrade is pending at once (its case still contacts the client first).
+    february = evaluate(db, date(2026, 2, 2))
+    assert [(c.kind, c.before, c.after, c.grace_until) for c in february.changes] == [
+        (classification.CLASS_CHANGED, "D-", "F", None),
+        (classification.GRACE_STARTED, "gold", "gold", date(2026, 2, 2))]
+    assert kinds(evaluate(db, date(2026, 3, 2))) == []  # pending already: nothing to start again
+    x = client(db, "X")
+    assert (x.vip_tier, x.tier_since, x.evaluated_tier, x.downgrade_grace_until) == (
+        "gold", date(2025, 3, 3), None, date(2026, 2, 2))
 
 
 # -- versions ------------------------------------------------------------------------------
@@ -275,6 +293,10 @@ def test_an_evaluation_only_updates_client_rows_and_running_it_twice_changes_not
     assert kinds(first) == [("A", "class_changed", None, "A+"), ("A", "tier_upgraded", None, "diamond"),
                             ("B", "class_changed", None, "F")]
     assert kinds(evaluate(db, date(2025, 6, 2))) == []
+    # A later month that finds the same tier again starts nothing either: that tier has its
+    # case already (or had it refused), whatever the case has made of it so far.
+    assert kinds(evaluate(db, date(2025, 7, 1))) == []
+    assert (client(db, "A").vip_tier, client(db, "A").evaluated_tier) == (None, "diamond")
     with db.transaction() as s:
         for model in (ProcessInstance, Task, Notification):
             assert s.execute(select(func.count()).select_from(model)).scalar_one() == 0
@@ -282,6 +304,7 @@ def test_an_evaluation_only_updates_client_rows_and_running_it_twice_changes_not
     assert event.actor == "s001"
     assert event.data["as_of"] == "2025-06-02"
     assert [c["kind"] for c in event.data["changes"]] == ["class_changed", "tier_upgraded", "class_changed"]
+    assert event.data["changes"][1]["assets"] == "6200000.00"  # the evidence: the assets the rules were applied to
 
 
 @pytest.mark.sqlite

@@ -18,7 +18,19 @@ import pytest
 import time_machine
 from sqlalchemy import delete, or_, select
 
-from engine import bundle, demo, deployments, figures, identity, instances, sla, snapshots, tasks, timers
+from engine import (
+    bundle,
+    demo,
+    deployments,
+    figures,
+    identity,
+    instances,
+    registry_import,
+    sla,
+    snapshots,
+    tasks,
+    timers,
+)
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput, PermissionDenied
@@ -644,6 +656,16 @@ SNAPSHOT = [
 ]
 
 
+@pytest.fixture
+def groups(db, rt):
+    """The demo's branches, staff and service groups: a snapshot row must name them."""
+    with db.transaction() as s:
+        report = registry_import.import_files(
+            s, files={kind: (path.name, path.read_bytes()) for kind, path in demo.FILES.items() if kind != "clients"},
+            actor=Actor.system("test"), now=rt.now())
+    assert report.rejected == 0
+
+
 def _csv(rows: list[tuple[Any, ...]]) -> str:
     return SNAPSHOT_COLUMNS + "\n" + "".join(",".join(str(v) for v in (*period, *rest)) + "\n"
                                              for period, *rest in rows)
@@ -679,7 +701,8 @@ def _assess(rows: list[tuple[Any, ...]], weights: dict[str, float], highlight: i
 
 
 @pytest.mark.sqlite
-def test_service_group_assessment_splits_growth_ranks_groups_and_reads_imported_snapshots(db, rt, clean_settings):
+def test_service_group_assessment_splits_growth_ranks_groups_and_reads_imported_snapshots(db, rt, clean_settings,
+                                                                                          groups):
     admin = Actor.system("test")
     with db.transaction() as s:
         report = snapshots.import_csv(s, data=_csv(SNAPSHOT).encode("utf-8"), actor=admin, now=rt.now())
@@ -717,7 +740,7 @@ def test_service_group_assessment_splits_growth_ranks_groups_and_reads_imported_
     assert [(g.group, g.rank) for g in g2[0].groups] == [("HZ01-G2", want["HZ01-G2"]["rank"])]
 
 
-def test_the_snapshot_import_reports_bad_rows_and_applies_a_corrected_file_once(db, rt):
+def test_the_snapshot_import_reports_bad_rows_and_applies_a_corrected_file_once(db, rt, groups):
     admin = Actor.system("test")
     good = [(JAN, "C01", "HZ01", "HZ01-G1", 100, 120, 10, 500, 110, 0)]
     text = (_csv(good)
@@ -750,6 +773,39 @@ def test_the_snapshot_import_reports_bad_rows_and_applies_a_corrected_file_once(
             snapshots.import_csv(s, data=_csv(good), actor=Actor("clerk", frozenset({"clerks"})), now=rt.now())
     assert {e.column for e in wrong_header.rejected} >= {"period_start", "assets_start", "assets"}
     assert wrong_header.created == 0
+
+
+@pytest.mark.sqlite
+def test_a_snapshot_row_outside_the_registry_is_rejected_and_never_counted(db, rt, clean_settings, groups):
+    admin = Actor.system("test")
+    good = [r for r in SNAPSHOT if r[0] == JAN]
+    outside = [
+        (JAN, "C11", "XX99", "", 1_000_000, 9_000_000, 0, 50_000_000, 5_000_000, 5),  # no such branch
+        (JAN, "C12", "HZ01", "HZ01-G9", 100, 9_000_000, 0, 50_000_000, 5_000_000, 5),  # no such group
+        (JAN, "C13", "HZ01", "NB01-G1", 100, 9_000_000, 0, 50_000_000, 5_000_000, 5),  # NB01's group, not HZ01's
+        (JAN, "C14", "XX99", "HZ01-G1", 100, 9_000_000, 0, 50_000_000, 5_000_000, 5),  # HZ01-G1 exists; XX99 does not
+    ]
+    with db.transaction() as s:
+        report = snapshots.import_csv(s, data=_csv(good + outside), actor=admin, now=rt.now(), source="jan.csv")
+    first_bad = len(good) + 2  # the header is line 1
+    assert (report.created, report.updated, report.unchanged) == (len(good), 0, 0)
+    assert [e.format("jan.csv") for e in report.rejected] == [
+        f"jan.csv:{first_bad} branch: no branch 'XX99' in the client registry",
+        f"jan.csv:{first_bad + 1} service_group: no service group 'HZ01-G9' in the client registry",
+        f"jan.csv:{first_bad + 2} service_group: service group NB01-G1 belongs to NB01, not to HZ01",
+        f"jan.csv:{first_bad + 3} branch: no branch 'XX99' in the client registry",
+    ]
+    with db.transaction() as s:
+        stored = set(s.execute(select(ClientSnapshot.client_id)).scalars())
+        (event,) = s.execute(select(AuditEvent).where(AuditEvent.kind == "figures.snapshot_imported")).scalars()
+        (january,) = figures.group_assessment(s, scope=whole_scope(date(2026, 1, 1), date(2026, 1, 31)),
+                                              config=figures.load_config(s))
+    assert stored == {r[1] for r in good}
+    assert [line for line, _, _ in event.data["rejected"]] == [first_bad + n for n in range(4)]
+    # The groups' figures are the good rows' alone: the rejected ones' 9 million of growth is nowhere.
+    want = _assess(good, {"growth": 0.5, "turnover": 0.3, "referrals": 0.2}, highlight=2)
+    assert {g.group: (g.growth, g.clients) for g in january.groups} == {
+        k: (Decimal(w["growth"]), w["clients"]) for k, w in want.items()}
 
 
 # -- who may see what, settings, arithmetic --------------------------------------------------

@@ -1,11 +1,12 @@
 """workflows/vip_onboarding.bpmn (贵宾客户准入 / 等级调整, brief §2.4) driven through the engine
 services on the demo data: the end state, who got each task (candidate groups), due dates on
 the working-day calendar from workflows/sla/vip_onboarding.json, the grace period's timers,
-and the audit trail. Time moves with time-machine."""
+the audit trail, and the client's effective tier in the registry, which only the case's
+activation, downgrade and closure steps change. Time moves with time-machine."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import PermissionDenied, TaskNotFound
 from engine.identity import Actor
-from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task, Timer, User
+from engine.models import AuditEvent, Client, MessageSubscription, ProcessInstance, Task, Timer, User
 from engine.vip_services import DEFAULTS, VARIABLES, evaluate, reevaluate
 
 pytestmark = pytest.mark.sqlite
@@ -163,6 +164,12 @@ class Case:
             return list(s.execute(select(Timer).where(Timer.instance_id == self.instance_id, Timer.kind == "bpmn",
                                                       Timer.element_id == element).order_by(Timer.id)).scalars())
 
+    def registry(self) -> tuple[str | None, date | None, date | None]:
+        """The client's effective tier, since when, and a pending downgrade's grace end."""
+        with self.db.transaction() as s:
+            client = s.get(Client, self.data()["client_id"])
+            return client.vip_tier, client.tier_since, client.downgrade_grace_until
+
     def waiting_for(self) -> set[tuple[str, str]]:
         with self.db.transaction() as s:
             return {(m.message_name, m.element_id) for m in s.execute(
@@ -252,6 +259,7 @@ def test_an_override_below_the_threshold_goes_to_headquarters_and_a_rejection_ch
     data = case.data()
     assert (data["is_override"], data["approval_level"], data["decision"]) == (True, "hq", "reject")
     assert data["vip_tier"] == "gold" and "benefits" not in data  # nothing was activated
+    assert case.registry() == ("gold", date(2025, 3, 3), None)  # as the registry had it (demo data)
     assert case.completions() == [("s108", "nominate"), ("s108", "verify_welcome"), ("s001", "approve_hq")]
 
 
@@ -285,7 +293,10 @@ def test_an_unassigned_client_with_an_expired_assessment_is_assigned_and_reasses
         assert case.data()["risk_assessment_valid"] is False  # older than risk.validity_months
         welcome = case.open_task()
         assert welcome.candidate_groups == ["SX01:account_manager"]  # the branch pool (no group yet)
+        assert case.registry() == (None, None, None)
         case.do("verify_welcome", "s303", {**WELCOMED, "risk_assessment_valid": False})
+        # Silver needs no approval: activated right after the welcome call, on that day.
+        assert case.registry() == ("silver", date(2025, 6, 3), None)
         data = case.data()
         assert (data["vip_tier"], data["advisory_withheld_reason"]) == ("silver", "risk_assessment_invalid")
         assert "sms_weekly_picks" not in data["benefits"] and "sms_info_package" in data["benefits"]
@@ -336,9 +347,15 @@ def test_a_downgrade_follows_the_grace_period_and_the_pre_downgrade_contact(db, 
                                                   "recording_id": "REC-VIP-7"})
         [due] = case.timers("downgrade_due")
         assert due.due_at == sh(2025, 8, 1)  # 1st of the month after the notice time
+        clock.move_to(sh(2025, 7, 31, 23, 59, 59))
+        assert timers.fire_due(db, rt) == 0
+        # Contacted, grace over, but not yet effective: still served as gold (demo: gold since
+        # 2024-05-06, the downgrade pending since an evaluation before the demo's today).
+        assert case.registry() == ("gold", date(2024, 5, 6), date(2025, 8, 1))
         clock.move_to(sh(2025, 8, 1, 0, 0, 1))
         assert timers.fire_due(db, rt) == 1
     assert case.end_state() == "end_downgraded"
+    assert case.registry() == ("silver", date(2025, 8, 1), None)
     data = case.data()
     assert (data["vip_tier"], data["downgraded_from"], data["at_risk"]) == ("silver", "gold", False)
     assert "private_room" not in data["benefits"] and "sms_info_package" in data["benefits"]
@@ -365,7 +382,10 @@ def test_no_downgrade_when_the_assets_recover_within_the_grace_period(db, rt, st
         assert s.execute(select(Task).where(Task.instance_id == case.instance_id)).first() is None
     data = case.data()
     assert (data["vip_tier"], data["recovered"], data["at_risk"]) == ("gold", True, False)
-    assert [k for k, _, _ in case.trail()] == ["instance.started", "message.received", "instance.completed"]
+    # Still gold, since when it was; the pending downgrade is settled.
+    assert case.registry() == ("gold", date(2024, 5, 6), None)
+    assert [k for k, _, _ in case.trail()] == ["instance.started", "message.received", "client.vip_tier",
+                                               "instance.completed"]
 
 
 def test_assets_recovering_after_the_contact_but_before_the_effective_date_cancel_the_downgrade(db, rt, staff):
@@ -434,6 +454,7 @@ def test_closing_the_account_during_the_grace_period_ends_the_case(db, rt, staff
     assert case.end_state() == "end_closed"
     assert [t.status for t in case.timers("grace_expired")] == ["cancelled"]
     assert (case.data()["vip_tier"], case.data()["benefits"]) == ("none", [])
+    assert case.registry() == (None, None, None)
 
 
 def test_due_dates_are_on_working_days_counting_make_up_days(db, rt, staff):
