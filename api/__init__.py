@@ -6,6 +6,7 @@ from flask import Flask
 
 from api import errors
 from api.context import BpmContext
+from engine import field_policy
 from engine.config import Settings
 from engine.db import Database
 from engine.queueing import RqScheduler
@@ -32,7 +33,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         # Under gunicorn, new timers are announced to rq; `bpm worker` fires them.
         scheduler = RqScheduler(settings.redis_url) if settings.redis_url else None
         runtime = Runtime(settings, scheduler=scheduler)
-    app.extensions["bpm"] = BpmContext(settings=settings, db=database, runtime=runtime)
+    # Field visibility (brief §6.3) is data beside the diagrams; an invalid policy stops the
+    # app here (FieldPolicyInvalid names each problem) instead of serving case data unscreened.
+    policy = field_policy.load_directory(settings.workflows_dir / field_policy.DIRECTORY)
+    app.extensions["bpm"] = BpmContext(settings=settings, db=database, runtime=runtime, field_policy=policy)
     api = errors.ProblemApi(app, spec_kwargs={
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],

@@ -1,13 +1,14 @@
-"""The engine objects an app instance holds: settings, database, runtime."""
+"""The engine objects an app instance holds: settings, database, runtime, field policy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import current_app
 
 from engine.config import Settings
 from engine.db import Database
+from engine.field_policy import FieldPolicy
 from engine.runtime import Runtime
 
 
@@ -16,6 +17,8 @@ class BpmContext:
     settings: Settings
     db: Database
     runtime: Runtime
+    # Loaded once at start (create_app): a policy is configuration, refused before serving.
+    field_policy: FieldPolicy = field(default_factory=FieldPolicy)
 
 
 def bpm() -> BpmContext:

@@ -102,6 +102,20 @@ class StartIn(Schema):
     branch_code = fields.String(load_default=None, allow_none=True)
 
 
+class WithheldOut(Schema):
+    """Variables of one field group left out of a response (brief §6.3; the policy is
+    ``workflows/field_policy/<process>.json``). They are absent, never replaced by a value."""
+
+    group = fields.String(metadata={"description": "the policy's field group, e.g. staff_conduct"})
+    title = fields.String(metadata={"description": "what the group is, to show in place of the values"})
+    fields_ = fields.List(fields.String(), attribute="fields", data_key="fields",
+                          metadata={"description": "the withheld variable names"})
+
+
+_WITHHELD_DOC = ("variables of the case this caller may not see, by field group; they are left out of "
+                 "facts and data. Empty: nothing was withheld")
+
+
 class InstanceOut(Schema):
     id = fields.Integer()
     process_key = fields.String()
@@ -116,6 +130,7 @@ class InstanceOut(Schema):
     ended_by = fields.String(allow_none=True)
     ended_at = fields.DateTime(allow_none=True)
     facts = fields.Dict(allow_none=True, metadata={"description": "the diagram's reportVariables"})
+    withheld = fields.List(fields.Nested(WithheldOut), metadata={"description": _WITHHELD_DOC})
 
 
 class InstanceDetailOut(InstanceOut):
@@ -149,6 +164,8 @@ class HistoryOut(Schema):
     occurred_at = fields.DateTime()
     task_uuid = fields.String(allow_none=True)
     data = fields.Dict()
+    withheld = fields.List(fields.Nested(WithheldOut), metadata={"description": (
+        "variables left out of this event's data, payload or old/new values, by field group")})
 
 
 class TaskOut(Schema):

@@ -24,6 +24,19 @@ class ConfigError(BpmError):
     code = "config_invalid"
 
 
+class FieldPolicyInvalid(ConfigError):
+    """A field-visibility policy file (``workflows/field_policy/*.json``) was refused; the
+    app does not start on a policy it cannot read (``engine.field_policy``)."""
+
+    code = "field_policy_invalid"
+
+    def __init__(self, problems: list[str]) -> None:
+        # The message lists every problem: ``bpm serve`` and gunicorn print only the message.
+        super().__init__("\n  ".join([f"the field policy was refused: {len(problems)} problem(s)", *problems]),
+                         problems=problems)
+        self.problems = problems
+
+
 # -- not found ---------------------------------------------------------------------------
 class NotFound(BpmError):
     code = "not_found"

@@ -4,9 +4,10 @@ from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from sqlalchemy.orm import Session
 
 from api.auth import current_actor
-from api.context import bpm
+from api.context import BpmContext, bpm
 from api.schemas import (
     CancelIn,
     DataCorrectionIn,
@@ -16,10 +17,38 @@ from api.schemas import (
     InstanceQuery,
     StartIn,
 )
-from engine import instances
+from engine import field_policy, instances
+from engine.identity import Actor
+from engine.models import ProcessInstance
 
 PREFIX = ""
 blp = Blueprint("instances", __name__, description="Start, read, cancel, correct and retry process instances")
+
+# Every response here carries case variables (facts, data, history), so each goes through the
+# field policy (brief §6.3): a caller is shown only the variables their roles may see, and
+# ``withheld`` says what was left out.
+_ROW_FIELDS = [name for name in InstanceOut().fields if name not in ("facts", "withheld")]
+
+
+def instance_out(case: field_policy.ScreenedCase) -> dict[str, Any]:
+    """Raw attributes: InstanceOut dumps them (a pre-dumped datetime would fail)."""
+    body: dict[str, Any] = {name: getattr(case.instance, name) for name in _ROW_FIELDS}
+    body.update(facts=case.facts, withheld=case.withheld)
+    if case.data is not None:
+        body["data"] = case.data
+    return body
+
+
+def _rows(session: Session, ctx: BpmContext, actor: Actor, rows: list[ProcessInstance]) -> list[dict[str, Any]]:
+    """Instances by their facts alone (no workflow load per row)."""
+    screened = field_policy.screen_cases(session, ctx.field_policy, actor=actor, instances=rows)
+    return [instance_out(case) for case in screened]
+
+
+def _detail(session: Session, ctx: BpmContext, actor: Actor, instance: ProcessInstance) -> dict[str, Any]:
+    data = instances.data_of(session, ctx.runtime, instance)
+    return instance_out(field_policy.screen_case(session, ctx.field_policy, actor=actor, instance=instance,
+                                                 data=data))
 
 
 @blp.route("/processes/<string:process_key>/instances")
@@ -31,7 +60,8 @@ class StartInstance(MethodView):
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            return instances.start(session, ctx.runtime, process_key=process_key, actor=actor, **body)
+            instance = instances.start(session, ctx.runtime, process_key=process_key, actor=actor, **body)
+            return _rows(session, ctx, actor, [instance])[0]
 
 
 @blp.route("/instances")
@@ -43,23 +73,22 @@ class Instances(MethodView):
         actor = current_actor()
         ctx = bpm()
         with ctx.db.transaction() as session:
-            return instances.get_all(session, actor=actor, process_key=query["process"], status=query["status"],
+            rows = instances.get_all(session, actor=actor, process_key=query["process"], status=query["status"],
                                      business_key=query["business_key"], limit=query["limit"],
                                      offset=query["offset"])
+            return _rows(session, ctx, actor, rows)
 
 
 @blp.route("/instances/<int:instance_id>")
 class Instance(MethodView):
     @blp.response(200, InstanceDetailOut)
     def get(self, instance_id: int) -> Any:
-        """One instance with its current variables."""
+        """One instance with its current variables, those the caller may see (``withheld``
+        lists the rest by field group)."""
         actor = current_actor()
         ctx = bpm()
         with ctx.db.transaction() as session:
-            instance = instances.get(session, instance_id, actor=actor)
-            # Raw attributes: InstanceDetailOut dumps them (a pre-dumped datetime would fail).
-            return {**{f: getattr(instance, f) for f in InstanceOut().fields},
-                    "data": instances.data_of(session, ctx.runtime, instance)}
+            return _detail(session, ctx, actor, instances.get(session, instance_id, actor=actor))
 
 
 @blp.route("/instances/<int:instance_id>/cancel")
@@ -71,8 +100,9 @@ class CancelInstance(MethodView):
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            return instances.cancel(session, ctx.runtime, instance_id=instance_id, actor=actor,
-                                    reason=body["reason"])
+            instance = instances.cancel(session, ctx.runtime, instance_id=instance_id, actor=actor,
+                                        reason=body["reason"])
+            return _rows(session, ctx, actor, [instance])[0]
 
 
 @blp.route("/instances/<int:instance_id>/retry")
@@ -83,7 +113,8 @@ class RetryInstance(MethodView):
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            return instances.retry(session, ctx.runtime, instance_id=instance_id, actor=actor)
+            instance = instances.retry(session, ctx.runtime, instance_id=instance_id, actor=actor)
+            return _rows(session, ctx, actor, [instance])[0]
 
 
 @blp.route("/instances/<int:instance_id>/data")
@@ -108,16 +139,20 @@ class InstanceData(MethodView):
         with ctx.db.transaction() as session:
             instance = instances.correct_data(session, ctx.runtime, instance_id=instance_id, actor=actor,
                                               set=body["set"], remove=body["remove"], reason=body["reason"])
-            return {**{f: getattr(instance, f) for f in InstanceOut().fields},
-                    "data": instances.data_of(session, ctx.runtime, instance)}
+            return _detail(session, ctx, actor, instance)
 
 
 @blp.route("/instances/<int:instance_id>/history")
 class History(MethodView):
     @blp.response(200, HistoryOut(many=True))
     def get(self, instance_id: int) -> Any:
-        """The instance's audit trail, oldest first."""
+        """The instance's audit trail, oldest first; variables the caller may not see are
+        left out of each event (``withheld``), except on a form they completed themselves."""
         actor = current_actor()
         ctx = bpm()
         with ctx.db.transaction() as session:
-            return instances.history(session, instance_id, actor=actor)
+            events = instances.history(session, instance_id, actor=actor)
+            instance = instances.get(session, instance_id, actor=actor)
+            return field_policy.screen_history(session, ctx.field_policy, actor=actor, instance=instance,
+                                               data=instances.data_of(session, ctx.runtime, instance),
+                                               events=events)

@@ -8,7 +8,8 @@ from flask_smorest import Blueprint
 from api.auth import current_actor
 from api.context import bpm
 from api.schemas import InstanceOut, MessageIn
-from engine import messages
+from api.views.instances import instance_out
+from engine import field_policy, messages
 
 PREFIX = "/messages"
 blp = Blueprint("messages", __name__, description="Messages from outside systems")
@@ -25,6 +26,9 @@ class Messages(MethodView):
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            return messages.correlate(session, ctx.runtime, name=body["name"],
-                                      correlation_key=body["correlation_key"], actor=actor,
-                                      payload=body["payload"])
+            instance = messages.correlate(session, ctx.runtime, name=body["name"],
+                                          correlation_key=body["correlation_key"], actor=actor,
+                                          payload=body["payload"])
+            # The answer carries the case's facts: screened like every instance response.
+            [screened] = field_policy.screen_cases(session, ctx.field_policy, actor=actor, instances=[instance])
+            return instance_out(screened)
