@@ -95,13 +95,14 @@ def workers(settings):
     pool.stop_all()
 
 
-def wait_until(predicate, *, timeout: float = 60.0, what: str = "condition") -> None:
+def wait_until(predicate, *, timeout: float = 60.0, what: str = "condition", log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = f"; the worker's log ends:\n{log.read_text(errors='replace')[-3000:]}" if log is not None else ""
+    raise AssertionError(f"timed out waiting for {what}{tail}")
 
 
 def _fired_counts(db: Database, instance_ids: list[int]) -> dict[int, int]:
@@ -201,11 +202,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait() is missing
 
 
-def test_rqs_scheduler_process_ends_with_a_worker_killed_by_sigkill(db, rq_rt, people, redis, workers):
+def test_rqs_scheduler_process_ends_with_a_worker_killed_by_sigkill(db, rq_rt, people, redis, workers, tmp_path):
     # rq forks its scheduler; nothing told it that its worker had died, and it went on
     # moving jobs in Redis for a worker that no longer existed.
-    worker = workers.start()
-    wait_until(lambda: bool(_children(worker.pid)), timeout=30, what="rq's scheduler process")
+    log = tmp_path / "worker.log"
+    worker = workers.start(log=log)
+    wait_until(lambda: bool(_children(worker.pid)), timeout=60, what="rq's scheduler process", log=log)
     [scheduler] = _children(worker.pid)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
