@@ -36,11 +36,18 @@ DEFAULTS: dict[str, Any] = {
     # R6: share of completed transfers/closures given a post-hoc review. The brief reviews
     # every case (1.0) [A]; retained, lapsed and rejected cases are always reviewed.
     "retention.review_sample_rate": 1.0,
+    # A1: instructions are due by the exchange's close on the day the preconditions are met,
+    # if that is a trading day before the close; else by the next trading day's close [A].
+    "retention.submit_cutoff": "15:00",
+    # A2/A3: the exchange's result is chased at this time of T+1 (T = the submission's
+    # trading day, by the same cut-off) when it has not arrived [A].
+    "retention.result_check_at": "10:00",
 }
 
 REQUEST_TYPES = ("sz_transfer", "sh_dedesignation", "fund_account_closure", "securities_account_cancellation",
                  "credit_account_closure", "custody_cancellation")
 CLOSURES = frozenset({"fund_account_closure", "securities_account_cancellation", "custody_cancellation"})
+_TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
 # Who worked the case (camunda:property completedByVariable on the user tasks): none of them
 # may do its post-hoc review (brief §6.3, separation of duties).
@@ -62,6 +69,9 @@ def settings_of(data: dict[str, Any]) -> dict[str, Any]:
     if not 0.0 <= rate <= 1.0:
         raise ValueError("review_sample_rate is a fraction between 0 and 1")
     values["review_sample_rate"] = rate
+    for name in ("submit_cutoff", "result_check_at"):
+        if not _TIME_OF_DAY.match(str(values[name])):
+            raise ValueError(f"{name} must be a time of day HH:MM (Asia/Shanghai), got {values[name]!r}")
     values["review_asset_threshold"] = _money(values["review_asset_threshold"])
     return values
 

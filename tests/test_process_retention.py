@@ -488,6 +488,21 @@ def test_instructions_are_due_by_the_close_of_the_trading_day_the_request_became
         ("escalate", "branch:branch_ops_director"), ("escalate", "compliance")]
 
 
+def test_the_submission_cut_off_and_the_result_check_time_are_tunables(db, rt, staff):
+    # An exchange (or a branch) with an earlier cut-off: the case's own values, not the diagram's.
+    case = Case(db, rt, staff, "RET-CUTOFF")
+    with time_machine.travel(sh(2025, 6, 16, 14, 30), tick=False):  # Monday, after a 14:00 cut-off
+        case.receive(C06, submit_cutoff="14:00", result_check_at="09:30")
+        case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+    assert case.task("submit_instructions").due_at == sh(2025, 6, 17, 14)  # the next trading day's cut-off
+    with time_machine.travel(sh(2025, 6, 17, 10), tick=False):
+        case.do("submit_instructions", "s104", {**SUBMITTED, "submitted_at": "2025-06-17T10:00:00+08:00"})
+    with db.transaction() as s:
+        [chase_at] = s.execute(select(Timer.due_at).where(Timer.instance_id == case.instance_id, Timer.kind == "bpmn",
+                                                          Timer.element_id == "result_due")).scalars().all()
+    assert chase_at == sh(2025, 6, 18, 9, 30)  # T+1 at the case's check time
+
+
 def test_a_due_date_beyond_the_known_calendar_is_flagged(db, rt, staff):
     case = Case(db, rt, staff, "RET-20261231-0001")
     with time_machine.travel(sh(2026, 12, 31, 16), tick=False):  # 2027's holidays are not known yet
@@ -674,12 +689,15 @@ def test_completed_cases_are_sampled_for_review_by_the_configured_rate(db, rt, s
 
 # -- service functions -------------------------------------------------------------------------
 def test_tunables_come_from_the_case_or_the_brief_defaults():
-    assert settings_of({}) == {"lapse_after": "P40D", "review_asset_threshold": 500000.0, "review_sample_rate": 1.0}
+    assert settings_of({}) == {"lapse_after": "P40D", "review_asset_threshold": 500000.0, "review_sample_rate": 1.0,
+                               "submit_cutoff": "15:00", "result_check_at": "10:00"}
     assert settings_of({"lapse_after": "P30D", "review_sample_rate": "0.25"})["review_sample_rate"] == 0.25
     with pytest.raises(ValueError, match="ISO 8601"):
         settings_of({"lapse_after": "20 TD"})
     with pytest.raises(ValueError, match="between 0 and 1"):
         settings_of({"review_sample_rate": 2})
+    with pytest.raises(ValueError, match="submit_cutoff must be a time of day"):
+        settings_of({"submit_cutoff": "3pm"})
     with pytest.raises(ValueError, match="branch_code"):
         prepare({"client_id": "C05"}, {})
     assert prepare({"client_id": "C10", "branch_code": "HZ01"}, {})["retention_groups"] == \
