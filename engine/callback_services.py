@@ -53,6 +53,9 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         "max_attempts": max_attempts, "retry_after": retry_after, "attempt_no": 0,
         "qa_sample_rate": rate, "qa_sampled": random.random() < rate,
         "exception_route": "none", "exception_items": [], "conduct_items": [], "service_items": [],
+        # Set by the telephony system's client_called_back message when an agent took the
+        # client's call: the case goes straight to identity verification with that agent.
+        "answered_by": None, "inbound": False,
     }
 
 

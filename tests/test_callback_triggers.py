@@ -204,6 +204,29 @@ def test_a_client_calling_back_ends_the_wait_and_offers_the_next_attempt_at_once
 
 
 @pytest.mark.sqlite
+def test_an_inbound_call_taken_by_an_agent_goes_straight_to_identity_verification_with_that_agent(
+        db, rt, callback):
+    # Brief §2.3: the client's call interrupts the attempt loop and jumps to K4 (inbound).
+    from tests.test_process_callback import IDENTITY_OK
+
+    start = sh(2025, 6, 16, 10)
+    with time_machine.travel(start, tick=False):
+        instance = _send(db, rt, "account_opened", {"client_id": "C08"})
+        key = instance.business_key
+        [first] = _open_tasks(db, key, "call_attempt")
+        _complete(db, rt, first, AGENT, NO_ANSWER)
+        _send(db, rt, "client_called_back", {"inbound_number_masked": "177****5089", "answered_by": "s004"}, key=key)
+        assert _open_tasks(db, key, "call_attempt") == []  # no dialling out: the client is on the line
+        [verify] = _open_tasks(db, key, "verify_identity")
+        assert (verify.assignee, verify.status) == ("s004", "claimed")
+        data = _data(db, rt, instance.id)
+        assert (data["caller"], data["inbound"], data["answered_by"], data["attempt_no"]) == ("s004", True, None, 1)
+        _complete(db, rt, verify, "s004", IDENTITY_OK)
+        [questionnaire] = _open_tasks(db, key, "questionnaire")
+        assert questionnaire.assignee == "s004"  # the same call goes on with the same agent
+
+
+@pytest.mark.sqlite
 def test_a_call_back_while_no_wait_is_running_changes_nothing(db, rt, callback):
     with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
         instance = _send(db, rt, "account_opened", {"client_id": "C08"})
