@@ -332,7 +332,7 @@ def correct_data(session: Session, rt: Runtime, *, instance_id: int, actor: Acto
 
 def _check_correction(workflow: Any, current: dict[str, Any], values: dict[str, Any], removed: list[str],
                       reason: str) -> None:
-    reserved = ENGINE_VARIABLES | _completed_by_variables(workflow)
+    reserved = ENGINE_VARIABLES | completed_by_variables(workflow)
     problems: list[FieldError] = []
     if not isinstance(reason, str) or not reason.strip():
         problems.append(FieldError("reason", "a reason is required: it is kept in the audit trail"))
@@ -372,7 +372,7 @@ def _not_json(value: Any) -> str | None:
     return None
 
 
-def _completed_by_variables(workflow: Any) -> set[str]:
+def completed_by_variables(workflow: Any) -> set[str]:
     specs = [workflow.spec, *workflow.subprocess_specs.values()]
     return {name for spec in specs for task_spec in spec.task_specs.values()
             if (name := properties_of(task_spec).get(COMPLETED_BY_VARIABLE))}

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import instances
+from engine.bpmn.parser import PAYLOAD_VARIABLES, properties_of
 from engine.deployments import latest_versions
 from engine.errors import AmbiguousCorrelation, MessageNotCorrelated
 from engine.expressions import json_safe
@@ -61,14 +62,31 @@ def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str 
     definition = _message_definition(task.task_spec.event_definition, name)
     correlations = definition.get_correlations(task, payload)
     workflow.send_event(BpmnEvent(definition, payload, correlations))
+    dropped: list[str] = []
     if getattr(definition, "message_var", None) is None:
         # Camunda semantics: a message's payload becomes process variables. (SpiffWorkflow
         # only keeps it when spiffworkflow:messageVariable names a variable.)
-        task.data.update(payload)
+        accepted, dropped = _variables_of(workflow, task.task_spec, payload)
+        task.data.update(accepted)
     audit(session, rt, instance, "message.received", actor, task_uuid=subscription.task_uuid,
-          message=name, correlation_key=correlation_key, payload=payload)
+          message=name, correlation_key=correlation_key, payload=payload,
+          **({"dropped": dropped} if dropped else {}))
     run_and_save(session, rt, instance, workflow, actor=actor)
     return instance
+
+
+def _variables_of(workflow: Any, task_spec: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """What of a payload becomes case variables, and what is dropped (kept in the audit).
+
+    An outside system tells a running case something; it does not get to rewrite the case:
+    the engine's own variables (the client and branch the case is about, who did a step,
+    where it came from) are never taken from a message, and a catching event that declares
+    ``payloadVariables`` takes only those names."""
+    declared = properties_of(task_spec).get(PAYLOAD_VARIABLES)
+    allowed = None if declared is None else {n.strip() for n in declared.split(",") if n.strip()}
+    reserved = instances.ENGINE_VARIABLES | instances.completed_by_variables(workflow)
+    accepted = {k: v for k, v in payload.items() if k not in reserved and (allowed is None or k in allowed)}
+    return accepted, sorted(set(payload) - set(accepted))
 
 
 def _subscriptions(session: Session, name: str, key: str) -> list[MessageSubscription]:

@@ -215,12 +215,21 @@ def test_an_inbound_call_taken_by_an_agent_goes_straight_to_identity_verificatio
         key = instance.business_key
         [first] = _open_tasks(db, key, "call_attempt")
         _complete(db, rt, first, AGENT, NO_ANSWER)
-        _send(db, rt, "client_called_back", {"inbound_number_masked": "177****5089", "answered_by": "s004"}, key=key)
+        before = _data(db, rt, instance.id)
+        # The telephony system says who answered; it cannot name the caller, skip QA or move the case.
+        _send(db, rt, "client_called_back", {"inbound_number_masked": "177****5089", "answered_by": "s004",
+                                             "caller": "s999", "qa_sampled": False, "client_id": "C01"}, key=key)
         assert _open_tasks(db, key, "call_attempt") == []  # no dialling out: the client is on the line
         [verify] = _open_tasks(db, key, "verify_identity")
         assert (verify.assignee, verify.status) == ("s004", "claimed")
         data = _data(db, rt, instance.id)
         assert (data["caller"], data["inbound"], data["answered_by"], data["attempt_no"]) == ("s004", True, None, 1)
+        assert (data["client_id"], data["qa_sampled"]) == ("C08", before["qa_sampled"])
+        with db.transaction() as s:
+            events = s.execute(select(AuditEvent).where(AuditEvent.instance_id == instance.id,
+                                                        AuditEvent.kind == "message.received")).scalars().all()
+        [received] = [e for e in events if e.data["message"] == "client_called_back"]
+        assert received.data["dropped"] == ["caller", "client_id", "qa_sampled"]
         _complete(db, rt, verify, "s004", IDENTITY_OK)
         [questionnaire] = _open_tasks(db, key, "questionnaire")
         assert questionnaire.assignee == "s004"  # the same call goes on with the same agent

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from engine import deployments, instances, messages, tasks
 from engine.errors import AmbiguousCorrelation, DuplicateBusinessKey, MessageNotCorrelated
 from engine.identity import Actor
-from engine.models import MessageSubscription, ProcessInstance, Task
+from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task
 from tests.engine_bpmn import bundle_of, flow, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
@@ -119,6 +119,24 @@ def test_the_payload_becomes_process_variables(db, rt, people):
         data = instances.data_of(s, rt, s.get(ProcessInstance, ids["D-1"]))
         assert (data["docs_ok"], data["doc_count"], data["files"]) == (True, 3, ["身份证.pdf", "银行卡.pdf"])
         assert s.get(ProcessInstance, ids["D-2"]).status == "completed"  # one document: rejected branch
+
+
+def test_a_message_never_rewrites_the_engines_own_variables_and_the_audit_names_what_it_dropped(db, rt, people):
+    with db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(DOCS), actor=people.owner)
+        instance_id = instances.start(s, rt, process_key="docs", business_key="D-9", actor=people.clerk,
+                                      data={"client_id": "C01", "branch_code": "HZ01"}).id
+    with db.transaction() as s:
+        messages.correlate(s, rt, name="docs_received", correlation_key="D-9", actor=people.system,
+                           payload={"docs_ok": True, "doc_count": 2, "client_id": "C99", "branch_code": "SX01",
+                                    "origin_business_key": "FORGED-1"})
+    with db.transaction() as s:
+        data = instances.data_of(s, rt, s.get(ProcessInstance, instance_id))
+        assert (data["client_id"], data["branch_code"], data["docs_ok"]) == ("C01", "HZ01", True)
+        assert "origin_business_key" not in data
+        [received] = s.execute(select(AuditEvent).where(AuditEvent.instance_id == instance_id,
+                                                        AuditEvent.kind == "message.received")).scalars().all()
+        assert received.data["dropped"] == ["branch_code", "client_id", "origin_business_key"]
 
 
 def test_two_instances_waiting_under_one_key_are_ambiguous(db, rt, people):

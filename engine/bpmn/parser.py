@@ -88,6 +88,8 @@ def exclusion_parts(raw: str) -> list[str]:
     return _ONE_EXPRESSION.findall(raw) if _SEVERAL_EXPRESSIONS.match(raw) else [raw] if raw else []
 
 
+# On a message catch event or receive task: the payload fields that become case variables.
+PAYLOAD_VARIABLES = "payloadVariables"
 # How far a task's exclusions reach: "task" (the default; separation of duties: QA is not the
 # caller, the approver not the nominator, who may still follow the case) or "case" (recusal
 # of a complaint's subject: they cannot read the case either, brief §6.3).
@@ -156,9 +158,20 @@ class RegistryServiceTaskParser(CamundaTaskParser):
         return extensions
 
 
+def _with_camunda_properties(tag: str) -> tuple[type, type]:
+    """SpiffWorkflow's own parser for ``tag``, reading ``camunda:properties`` as well (a
+    message catch event's ``payloadVariables``)."""
+    parser_class, spec_class = SpiffBpmnParser.OVERRIDE_PARSER_CLASSES[full_tag(tag)]
+    wrapped = type(f"Camunda{parser_class.__name__}", (parser_class,),
+                   {"parse_extensions": CamundaTaskParser.parse_extensions})
+    return wrapped, spec_class
+
+
 class ProductParser(SpiffBpmnParser):  # type: ignore[misc]
     OVERRIDE_PARSER_CLASSES: ClassVar[dict[str, tuple[type, type]]] = {
         **SpiffBpmnParser.OVERRIDE_PARSER_CLASSES,
+        **{full_tag(tag): _with_camunda_properties(tag)
+           for tag in ("receiveTask", "intermediateCatchEvent", "boundaryEvent", "startEvent")},
         full_tag("userTask"): (CamundaTaskParser, UserTask),
         full_tag("task"): (CamundaTaskParser, NoneTask),
         full_tag("manualTask"): (CamundaTaskParser, ManualTask),
