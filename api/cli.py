@@ -232,8 +232,9 @@ def calendar() -> None:
               help="Override the trading flag (default: working and Monday-Friday).")
 @pass_ctx
 def calendar_set_day(ctx: Context, day: Any, holiday: str | None, workday: str | None, trading: bool | None) -> None:
-    """Add or correct one day, then recompute the due dates of open tasks."""
-    from engine import sla
+    """Add or correct one day, then recompute the due dates of open tasks and the schedules'
+    next runs."""
+    from engine import schedules, sla
 
     if (holiday is None) == (workday is None):
         fail("give exactly one of --holiday NAME or --workday NAME", code=2)
@@ -242,7 +243,8 @@ def calendar_set_day(ctx: Context, day: Any, holiday: str | None, workday: str |
         sla.set_day(session, day=day.date(), working=workday is not None, trading=trading,
                     name=holiday or workday, actor=identity.Actor.system("cli"), now=rt.now())
         count = sla.recompute(session, rt, now=rt.now())
-    click.echo(f"{day.date()} saved; {count} open task(s) got a new due date")
+        moved = schedules.recompute(session, rt, now=rt.now())
+    click.echo(f"{day.date()} saved; {count} open task(s) got a new due date; {moved} schedule(s) moved")
 
 
 @calendar.command("coverage")

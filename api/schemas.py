@@ -308,6 +308,7 @@ class CoverageOut(Schema):
     last = fields.Date(allow_none=True)
     incomplete_open_tasks = fields.Integer()
     recomputed_tasks = fields.Integer(load_default=None)
+    moved_schedules = fields.Integer(load_default=None)
 
 
 class TimerOut(Schema):

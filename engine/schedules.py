@@ -116,6 +116,36 @@ def create(session: Session, rt: Any, *, key: str, process_key: str, rule: str, 
     return schedule
 
 
+def recompute(session: Session, rt: Any, *, now: datetime) -> int:
+    """Move each schedule's waiting slot to where the calendar now puts it; returns how many
+    moved. Next year's holidays are announced in November: until an administrator enters
+    them, "the first working day of January" is computed on weekends only (1 January) and
+    would start the batch on New Year's Day. A slot already due (waiting for a late worker)
+    stays: moving it would skip it."""
+    moved = 0
+    rows = session.execute(
+        select(Schedule, Timer).join(Timer, (Timer.kind == "schedule") & (Timer.element_id == Schedule.key))
+        .where(Schedule.active.is_(True), Timer.status == "waiting", Timer.due_at > now)
+    ).all()
+    for schedule, timer in rows:
+        due = next_run(schedule.rule, schedule.at_time, CALENDARS.get(session, schedule.business_hours), now)
+        if due == timer.due_at:
+            continue
+        previous = timer.due_at
+        timer.due_at = schedule.next_run_at = due
+        _announce_moved(session, rt, timer.id, due)
+        record_system_event(session, kind="schedule.moved", actor=None, at=now,
+                            data={"key": schedule.key, "from": previous.isoformat(), "to": due.isoformat()})
+        moved += 1
+    return moved
+
+
+def _announce_moved(session: Session, rt: Any, timer_id: int, due: datetime) -> None:
+    if rt.scheduler is not None:
+        scheduler = rt.scheduler
+        after_commit(session, lambda: scheduler.timer_created(timer_id, due))
+
+
 def _arm(session: Session, rt: Any, schedule: Schedule, due: datetime, now: datetime) -> None:
     timer = Timer(kind="schedule", instance_id=None, task_uuid=None, element_id=schedule.key, due_at=due,
                   status="waiting", created_at=now, payload={"schedule_id": schedule.id})

@@ -77,7 +77,7 @@ def test_set_day_adds_next_years_holiday_and_coverage_reports_it(database_url, d
 
     result = bpm(database_url, "calendar", "set-day", "2027-01-01", "--holiday", "元旦")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "2027-01-01 saved; 0 open task(s) got a new due date"
+    assert result.stdout.strip() == "2027-01-01 saved; 0 open task(s) got a new due date; 0 schedule(s) moved"
     after = bpm(database_url, "calendar", "coverage")
     assert after.stdout.strip() == "known: 2004-01-01 .. 2027-01-01; open tasks flagged calendar_incomplete: 0"
 
@@ -99,7 +99,7 @@ def test_set_day_recomputes_open_due_dates_and_marks_make_up_days(database_url, 
         assert register_task(db).due_at == sh(2026, 3, 4, 9)
         result = bpm(database_url, "calendar", "set-day", "2026-03-03", "--holiday", "临时假日")
         assert result.exit_code == 0, result.output
-        assert result.stdout.strip() == "2026-03-03 saved; 1 open task(s) got a new due date"
+        assert result.stdout.strip() == "2026-03-03 saved; 1 open task(s) got a new due date; 0 schedule(s) moved"
         assert register_task(db).due_at == sh(2026, 3, 5, 9)
 
         makeup = bpm(database_url, "calendar", "set-day", "2026-03-07", "--workday", "调休")

@@ -220,6 +220,32 @@ def test_a_quarterly_schedule_starts_once_after_downtime(db, rt, people, review)
 
 
 @pytest.mark.sqlite
+def test_next_years_holidays_entered_by_an_administrator_move_a_schedules_waiting_slot(db, rt, people, review):
+    # Created in November 2026, before 2027's holidays are known: "the first working day of
+    # the quarter" is computed on weekends only, so it falls on New Year's Day.
+    with time_machine.travel(sh(2026, 11, 25, 12), tick=False) as clock:
+        with db.transaction() as s:
+            schedule = schedules.create(s, rt, key="CBQ", process_key="review", rule="first_working_day_of_quarter",
+                                        at_time="09:00", actor=people.owner, data={"priority": 50, "due_at": None})
+            assert schedule.next_run_at == sh(2027, 1, 1, 9)
+        with db.transaction() as s:
+            sla.set_day(s, day=date(2027, 1, 1), working=False, trading=False, name="元旦", actor=people.owner,
+                        now=rt.now())
+            assert schedules.recompute(s, rt, now=rt.now()) == 1
+        with db.transaction() as s:
+            assert schedules.get_all(s)[0].next_run_at == sh(2027, 1, 4, 9)  # the Monday after
+            assert s.execute(select(Timer.due_at).where(Timer.kind == "schedule")).scalar_one() == sh(2027, 1, 4, 9)
+            assert s.execute(select(func.count()).select_from(AuditEvent)
+                             .where(AuditEvent.kind == "schedule.moved")).scalar_one() == 1
+        clock.move_to(sh(2027, 1, 1, 9, 0, 1))
+        assert timers.fire_due(db, rt) == 0  # nothing starts on the holiday
+        clock.move_to(sh(2027, 1, 4, 9, 0, 1))
+        assert timers.fire_due(db, rt) == 1
+        with db.transaction() as s:
+            assert list(s.execute(select(ProcessInstance.business_key)).scalars()) == ["CBQ-20270104"]
+
+
+@pytest.mark.sqlite
 def test_a_timer_that_keeps_failing_is_given_up_instead_of_retried_forever(db, rt, people, review):
     with time_machine.travel(sh(2026, 3, 15, 12), tick=False), db.transaction() as s:
         # The business key <key>-<yyyymmdd> is too long for an instance: every start fails.

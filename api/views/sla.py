@@ -88,8 +88,9 @@ class CalendarDayEdit(MethodView):
             sla.set_day(session, day=parsed, working=body["working"], trading=body["trading"], name=body["name"],
                         actor=actor, now=ctx.runtime.now())
             count = sla.recompute(session, ctx.runtime, now=ctx.runtime.now())
+            moved = schedules.recompute(session, ctx.runtime, now=ctx.runtime.now())
             cover = sla.coverage(session)
-            return {**cover.__dict__, "recomputed_tasks": count}
+            return {**cover.__dict__, "recomputed_tasks": count, "moved_schedules": moved}
 
 
 @blp.route("/calendar/hours")
