@@ -222,13 +222,18 @@ def set_setting(session: Session, *, key: str, value: str, actor: Actor, now: da
     else:
         raise InvalidInput(f"unknown figure setting {key!r}; known: {', '.join(DEFAULTS)}, "
                            f"{ACTIVE_CLIENTS}.<year>[.<branch>]")
+    return store_setting(session, key=key, value=value, actor=actor, now=now, kind="figures.setting_set")
+
+
+def store_setting(session: Session, *, key: str, value: str, actor: Actor, now: datetime, kind: str) -> Setting:
+    """Write a checked setting and audit the change (``kind``) with its value before and after."""
     row = session.get(Setting, key)
     before = None if row is None else row.value
     if row is None:
         row = Setting(key=key, value=value.strip())
         session.add(row)
     row.value = value.strip()
-    record_system_event(session, kind="figures.setting_set", actor=actor.username, at=now,
+    record_system_event(session, kind=kind, actor=actor.username, at=now,
                         data={"key": key, "before": before, "after": row.value})
     return row
 

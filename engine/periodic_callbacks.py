@@ -137,15 +137,8 @@ def set_setting(session: Session, *, key: str, value: str, actor: Actor, now: da
     if key not in PARSERS:
         raise InvalidInput(f"unknown periodic callback setting {key!r}; known: {', '.join(DEFAULTS)}")
     PARSERS[key](value)
-    row = session.get(Setting, key)
-    before = None if row is None else row.value
-    if row is None:
-        row = Setting(key=key, value=value.strip())
-        session.add(row)
-    row.value = value.strip()
-    record_system_event(session, kind="callback.periodic_setting_set", actor=actor.username, at=now,
-                        data={"key": key, "before": before, "after": row.value})
-    return row
+    return figures.store_setting(session, key=key, value=value, actor=actor, now=now,
+                                 kind="callback.periodic_setting_set")
 
 
 # -- the draw (pure: no database) ------------------------------------------------------------

@@ -214,3 +214,20 @@ def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
     assert isinstance(body["title"], str) and body["title"]
     assert isinstance(body["detail"], str) and body["detail"]
     return body
+
+
+@pytest.fixture
+def demo_app(db, rt, client) -> dict[str, str]:
+    """The demo loaded as ``bpm demo load`` does (people, registry, workflows), and the
+    headers of the account-opening system: a user holding the integration role."""
+    from engine import demo
+    from engine.config import PROJECT_ROOT
+
+    with db.transaction() as s:
+        demo.load(s, rt)
+        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
+        identity.ensure_group(s, key=identity.INTEGRATION)
+        identity.create_user(s, username="account_system", display_name="开户系统", now=rt.now(),
+                             groups=[identity.INTEGRATION])
+        token = identity.issue_token(s, username="account_system", now=rt.now())
+    return {"Authorization": f"Bearer {token}"}

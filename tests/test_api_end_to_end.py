@@ -9,26 +9,12 @@ from typing import Any
 import pytest
 import time_machine
 
-from engine import demo, identity
+from engine import demo
 from engine.calendars import SHANGHAI
-from engine.config import PROJECT_ROOT
 from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, QA_OK, REACHED
 
 API = "/api/v1"
 pytestmark = pytest.mark.sqlite
-
-
-@pytest.fixture
-def demo_app(db, rt, client):
-    with db.transaction() as s:
-        demo.load(s, rt)
-        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
-        # The account-opening system: a user holding the integration role.
-        identity.ensure_group(s, key=identity.INTEGRATION)
-        identity.create_user(s, username="account_system", display_name="开户系统", now=rt.now(),
-                             groups=[identity.INTEGRATION])
-        token = identity.issue_token(s, username="account_system", now=rt.now())
-    return {"Authorization": f"Bearer {token}"}
 
 
 def _login(client, username: str) -> dict[str, str]:

@@ -14,28 +14,14 @@ import pytest
 import time_machine
 
 from api import create_app
-from engine import demo, identity
+from engine import demo
 from engine.calendars import SHANGHAI
-from engine.config import PROJECT_ROOT
 from engine.errors import FieldPolicyInvalid
 from tests.test_field_policy import CALLBACK_COLUMN, CALLER, CONDUCT_ANSWERS, HQ_COMPLIANCE, OTHER_AGENT, POLICY
 from tests.test_process_callback import IDENTITY_OK, QA_OK, REACHED
 
 API = "/api/v1"
 MONDAY = datetime(2025, 6, 16, 10, tzinfo=SHANGHAI)
-
-
-@pytest.fixture
-def integration(db, rt) -> dict[str, str]:
-    """The demo loaded as ``bpm demo load`` does, and the account-opening system's token."""
-    with db.transaction() as s:
-        demo.load(s, rt)
-        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
-        identity.ensure_group(s, key=identity.INTEGRATION)
-        identity.create_user(s, username="account_system", display_name="开户系统", now=rt.now(),
-                             groups=[identity.INTEGRATION])
-        token = identity.issue_token(s, username="account_system", now=rt.now())
-    return {"Authorization": f"Bearer {token}"}
 
 
 class Readers:
@@ -65,14 +51,14 @@ class Readers:
 
 
 @pytest.fixture
-def conduct_case(client, integration) -> tuple[Readers, dict[str, Any]]:
+def conduct_case(client, demo_app) -> tuple[Readers, dict[str, Any]]:
     """A new-account callback of C06 (HZ01-G2) opened by the account system's message, reached
     by 高晨 (s003), whose answers say staff operated the account: compliance (谢文) handles the
     exception, QA (许婧) reviews it, the case completes. Returns the readers and the message's
     answer (the case as the account system was shown it)."""
     readers = Readers(client)
     with time_machine.travel(MONDAY, tick=False):
-        sent = client.post(f"{API}/messages", headers=integration, json={
+        sent = client.post(f"{API}/messages", headers=demo_app, json={
             "name": "account_opened", "payload": {"client_id": "C06", "opened_at": "2025-06-16", "qa_sample_rate": 0}})
         assert sent.status_code == 200, sent.get_data(as_text=True)
         key = sent.json["business_key"]
