@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from engine.service_tasks import registry
@@ -22,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     "callback.max_attempts": 3,
     "callback.retry_after": "PT4H",  # spacing between attempts (≥ 4 hours [A], K3)
     "callback.qa_sample_rate": 0.1,  # plus 100 % of exceptions (K8)
+    # R8 (brief §2.2, §7 retention.winback_after): the former service group may contact a
+    # closed-out client this many calendar days after the closure, with consent only [A].
+    "retention.winback_after_days": 90,
 }
 _ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
 
@@ -56,7 +60,22 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         # Set by the telephony system's client_called_back message when an agent took the
         # client's call: the case goes straight to identity verification with that agent.
         "answered_by": None, "inbound": False,
+        # R8: asked in the post-closure questionnaire; the win-back waits until win_back_at.
+        "consent_marketing_contact": None, "win_back_at": _win_back_at(data),
     }
+
+
+def _win_back_at(data: dict[str, Any]) -> str | None:
+    """When the former service group may try to win back a client who closed out (R8):
+    ``retention.winback_after_days`` calendar days after the closure was completed (the
+    retention case's ``completed_at``, carried by its message). None for other callbacks."""
+    if data.get("callback_type") != "post_closure" or not data.get("completed_at"):
+        return None
+    completed = datetime.fromisoformat(str(data["completed_at"]))
+    if completed.tzinfo is None:
+        raise ValueError(f"completed_at {data['completed_at']!r} has no UTC offset")
+    days = int(data.get("winback_after_days") or DEFAULTS["retention.winback_after_days"])
+    return (completed + timedelta(days=days)).isoformat()
 
 
 @registry.register("callback_permission_opened")

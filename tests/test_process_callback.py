@@ -443,3 +443,29 @@ def test_the_diagram_parses_lints_and_has_interchange_for_every_element(rt):
     edges = {el.get("bpmnElement"): el.findall("di:waypoint", ns) for el in tree.iterfind(".//bpmndi:BPMNEdge", ns)}
     assert nodes | lanes | {"participant_callback"} <= shapes
     assert set(edges) == flows and all(len(points) >= 2 for points in edges.values())
+
+
+def test_a_closed_out_client_who_consented_is_offered_to_the_former_group_for_a_win_back_90_days_on(
+        db, rt, callback):
+    # R8: only with consent_marketing_contact, 90 calendar days after the closure (completed_at).
+    key, declined = "CB-20250616-0308", "CB-20250616-0309"
+    closed = {"completed_at": "2025-06-13T15:10:00+08:00"}
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False) as clock:
+        callback_id = _start(db, rt, key, "post_closure", "C03", qa_sample_rate=0, **closed)
+        other_id = _start(db, rt, declined, "post_closure", "C03", qa_sample_rate=0, **closed)
+        for case, consent in ((key, True), (declined, False)):
+            _complete(db, rt, case, "call_attempt", OTHER_AGENT, REACHED)
+            _complete(db, rt, case, "verify_identity", OTHER_AGENT, IDENTITY_OK)
+            _complete(db, rt, case, "questionnaire", OTHER_AGENT,
+                      {**ANSWERS_OK, "consent_marketing_contact": consent})
+        assert _status(db, other_id) == "completed"  # no consent: nobody calls again
+        assert _status(db, callback_id) == "running"
+        with db.transaction() as s:
+            [wait] = s.execute(select(Timer).where(Timer.instance_id == callback_id,
+                                                   Timer.status == "waiting")).scalars()
+        assert (wait.element_id, wait.due_at) == ("win_back_wait", sh(2025, 9, 11, 15, 10))
+        clock.move_to(sh(2025, 9, 11, 15, 10) + timedelta(seconds=1))
+        assert timers.fire_due(db, rt) == 1
+        task = _complete(db, rt, key, "win_back", "s205", {"contact_result": "reached", "interest": "considering"})
+        assert task.candidate_groups == ["NB01-G1"]  # the former service group
+    assert _status(db, callback_id) == "completed"
