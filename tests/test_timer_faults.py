@@ -37,6 +37,8 @@ from tests.test_timers import _to_waiting_for_ack
 pytestmark = pytest.mark.xdist_group("redis")
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+# Only the scheduler-process test uses it (it runs in the "redis" group with the others).
+OWN_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/11"
 WORKER = [sys.executable, "-c", "from api.cli import run; run()", "worker", "--sweep-interval", "0.3",
           "--stale-after", "1"]
 
@@ -62,10 +64,13 @@ class Workers:
                     "BPM_SERVICE_MODULES": "tests.service_fixtures", "PYTHONPATH": str(ROOT)}
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, database_url: str | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(self, database_url: str | None = None, log: Path | None = None,
+              redis_url: str | None = None) -> subprocess.Popen[bytes]:
         env = dict(self.env)
         if database_url:
             env["BPM_DATABASE_URL"] = database_url
+        if redis_url:
+            env["BPM_REDIS_URL"] = redis_url
         # Its own process group: rq runs its scheduler in a child process, which outlives a
         # SIGKILLed worker and would go on draining this Redis database in later tests.
         with log.open("wb") if log is not None else contextlib.nullcontext(subprocess.DEVNULL) as output:
@@ -204,14 +209,19 @@ def _alive(pid: int) -> bool:
 
 def test_rqs_scheduler_process_ends_with_a_worker_killed_by_sigkill(db, rq_rt, people, redis, workers, tmp_path):
     # rq forks its scheduler; nothing told it that its worker had died, and it went on
-    # moving jobs in Redis for a worker that no longer existed.
+    # moving jobs in Redis for a worker that no longer existed. A Redis database of its own:
+    # rq starts a scheduler only where no other holds the queue's scheduler lock.
+    own = Redis.from_url(OWN_REDIS_URL)
+    own.flushdb()
     log = tmp_path / "worker.log"
-    worker = workers.start(log=log)
+    worker = workers.start(log=log, redis_url=OWN_REDIS_URL)
     wait_until(lambda: bool(_children(worker.pid)), timeout=60, what="rq's scheduler process", log=log)
     [scheduler] = _children(worker.pid)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
     wait_until(lambda: not _alive(scheduler), timeout=10, what="the scheduler to end with its worker")
+    own.flushdb()
+    own.close()
 
 
 class PausableProxy:
