@@ -60,6 +60,7 @@ from sqlalchemy.orm import Session
 
 from engine.errors import FieldPolicyInvalid
 from engine.identity import SYSTEM_ROLES, Actor
+from engine.masking import mask_identifiers
 from engine.models import AuditEvent, ProcessInstance, ServiceGroup, StaffProfile, Task, User
 from engine.registry import JOB_ROLES
 
@@ -378,7 +379,8 @@ class Decision:
         if values is None:
             return None, set()
         kept = {name: value for name, value in values.items() if name not in self.hidden}
-        return kept, set(values) - set(kept)
+        # What is shown is masked like the registry's identifiers (brief §6.2), every reader alike.
+        return mask_identifiers(kept), set(values) - set(kept)
 
     def report(self, names: Iterable[str]) -> list[Withheld]:
         by_group: dict[str, list[str]] = {}

@@ -5,6 +5,7 @@ audited reveal (``engine.client_access.reveal``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 
 def _mask(value: str | None, head: int, tail: int) -> str | None:
@@ -36,3 +37,26 @@ def mask_account(value: str | None) -> str | None:
 MASKERS: dict[str, Callable[[str | None], str | None]] = {
     "id_number": mask_id_number, "phone": mask_phone, "account_number": mask_account,
 }
+
+# Case variables named like an identifier (a complaint's ``complainant_phone``, a form's
+# ``bank_account_no``): masked wherever case data leaves the engine, like the registry's.
+_BY_SUFFIX: tuple[tuple[tuple[str, ...], Callable[[str | None], str | None]], ...] = (
+    (("phone", "mobile"), mask_phone),
+    (("id_number",), mask_id_number),
+    (("account_number", "account_no"), mask_account),
+)
+
+
+def mask_identifiers(value: Any, name: str = "") -> Any:
+    """``value`` with every string held under an identifier-like name masked, at any depth
+    (variables, form data inside history events, lists of contacts)."""
+    if isinstance(value, dict):
+        return {k: mask_identifiers(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_identifiers(v, name) for v in value]
+    if isinstance(value, str):
+        lowered = name.lower()
+        for suffixes, mask in _BY_SUFFIX:
+            if lowered.endswith(suffixes):
+                return mask(value)
+    return value

@@ -455,3 +455,20 @@ def test_history_leaves_withheld_answers_out_of_each_event_except_the_readers_ow
     assert {w.group for w in other.withheld} == {"summary", "answers", "staff_conduct"}
     assert member.data["data"] == {"recording_id": "REC-0001", "service_satisfaction": 5}
     assert other.data["element_id"] == "questionnaire" and other.actor == CALLER  # the event itself stays
+
+
+def test_identifiers_in_case_data_are_masked_for_every_reader_compliance_included(db, rt, demo_data):
+    # Brief §6.2: a phone, ID or account number typed into a form is masked like the registry's.
+    with time_machine.travel(MONDAY, tick=False), db.transaction() as s:
+        complaint = messages.correlate(s, rt, name="complaint_from_callback", correlation_key=None,
+                                       actor=Actor.system(OTHER_AGENT),
+                                       payload={"client_id": "C02", "branch_code": "HZ01", "channel": "callback",
+                                                "request_kind": "complaint", "summary": "佣金多收",
+                                                "complainant_phone": "13900000421",
+                                                "contacts": [{"relative_id_number": "330106199001012315"}],
+                                                "first_contact_owner": OTHER_AGENT})
+    page = screened(db, rt, HQ_COMPLIANCE, complaint.id)
+    assert page is not None and page.data is not None
+    assert page.data["complainant_phone"] == "139****0421"
+    assert page.data["contacts"] == [{"relative_id_number": "3301**********2315"}]
+    assert full_data(db, rt, complaint.id)["complainant_phone"] == "13900000421"  # stored as given
