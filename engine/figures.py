@@ -145,7 +145,8 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
-def _ratio(value: str) -> Decimal:
+def parse_share(value: str) -> Decimal:
+    """A share in (0, 1], e.g. a quota ratio (other settings' parsers use it too)."""
     try:
         ratio = Decimal(value.strip())
     except InvalidOperation:
@@ -184,7 +185,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "complaint.sla.regulator_margin": lambda v: _target(v, units=_WD),
     "complaint.extension.max": lambda v: _target(v, units=_WD),
     "callback.new_account.deadline": _target,
-    "callback.periodic.min_ratio": _ratio,
+    "callback.periodic.min_ratio": parse_share,
     "figures.group_score.weights": _weights,
     "figures.group_rank.highlight": _positive_int,
 }

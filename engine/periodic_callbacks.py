@@ -73,16 +73,6 @@ DEFAULTS: dict[str, str] = {
 }
 
 
-def _share(value: str) -> Decimal:
-    try:
-        ratio = Decimal(value.strip())
-    except InvalidOperation:
-        raise InvalidInput(f"{value!r} is not a number") from None
-    if not 0 < ratio <= 1:
-        raise InvalidInput(f"{value!r} must be a share between 0 and 1")
-    return ratio
-
-
 def _factor(value: str) -> Decimal:
     try:
         factor = Decimal(value.strip())
@@ -103,7 +93,7 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
 
 
 PARSERS: dict[str, Callable[[str], Any]] = {
-    "callback.periodic.quarterly_ratio": _share,
+    "callback.periodic.quarterly_ratio": figures.parse_share,
     "callback.periodic.oversample_factor": _factor,
     "callback.periodic.elderly_age": _whole(1, 150),
     "callback.periodic.recent_months": _whole(0, 120),
