@@ -217,15 +217,21 @@ def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def demo_app(db, rt, client) -> dict[str, str]:
-    """The demo loaded as ``bpm demo load`` does (people, registry, workflows), and the
-    headers of the account-opening system: a user holding the integration role."""
+def demo_loaded(db, rt) -> None:
+    """The demo loaded as ``bpm demo load`` does: people, registry, workflows/ deployed."""
     from engine import demo
     from engine.config import PROJECT_ROOT
 
     with db.transaction() as s:
         demo.load(s, rt)
         demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
+
+
+@pytest.fixture
+def demo_app(db, rt, client, demo_loaded) -> dict[str, str]:
+    """The demo, and the headers of the account-opening system: a user holding the
+    integration role."""
+    with db.transaction() as s:
         identity.ensure_group(s, key=identity.INTEGRATION)
         identity.create_user(s, username="account_system", display_name="开户系统", now=rt.now(),
                              groups=[identity.INTEGRATION])

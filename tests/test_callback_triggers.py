@@ -16,7 +16,7 @@ from lxml import etree
 from sqlalchemy import func, select
 
 from api import cli
-from engine import demo, identity, instances, messages, registry, tasks, timers
+from engine import identity, instances, messages, registry, tasks, timers
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import (
@@ -58,11 +58,8 @@ def sh(*args: int) -> datetime:
 
 
 @pytest.fixture
-def callback(db, rt) -> None:
+def callback(demo_loaded) -> None:
     """Demo people, groups and clients; workflows/ deployed with its SLA policies."""
-    with db.transaction() as s:
-        demo.load(s, rt)
-        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
 
 
 def _actor(db, username: str) -> Actor:

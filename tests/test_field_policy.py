@@ -15,7 +15,7 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import demo, field_policy, identity, instances, messages, tasks
+from engine import field_policy, identity, instances, messages, tasks
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import FieldPolicyInvalid, InstanceNotFound
@@ -54,11 +54,8 @@ CALLBACK_COLUMN: dict[str, frozenset[str] | None] = {
 
 
 @pytest.fixture
-def demo_data(db, rt) -> None:
+def demo_data(demo_loaded) -> None:
     """The demo people, registry and workflows/ deployed, as ``bpm demo load`` does."""
-    with db.transaction() as s:
-        demo.load(s, rt)
-        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
 
 
 def actor(session, username: str) -> Actor:
@@ -411,16 +408,21 @@ def test_a_list_shows_the_facts_a_reader_may_see_and_withholds_what_the_facts_ca
     assert caller.facts is not None and caller.facts["exception_route"] == "compliance"
 
 
+def complaint_from_callback(db, rt, **details: Any) -> ProcessInstance:
+    """C02's complaint raised on a callback by the other agent, with ``details`` added."""
+    with time_machine.travel(MONDAY, tick=False), db.transaction() as s:
+        return messages.correlate(s, rt, name="complaint_from_callback", correlation_key=None,
+                                  actor=Actor.system(OTHER_AGENT),
+                                  payload={"client_id": "C02", "branch_code": "HZ01", "channel": "callback",
+                                           "request_kind": "complaint", "summary": "佣金多收",
+                                           "first_contact_owner": OTHER_AGENT, **details})
+
+
 def test_a_complaint_list_decides_from_the_report_facts_who_is_implicated(db, rt, demo_data):
     # The subject is a report fact, so a list can tell whether its reader is implicated:
     # compliance sees the narrative facts there, a colleague in the subject's group does not.
-    with time_machine.travel(MONDAY, tick=False), db.transaction() as s:
-        complaint = messages.correlate(s, rt, name="complaint_from_callback", correlation_key=None,
-                                       actor=Actor.system(OTHER_AGENT),
-                                       payload={"client_id": "C02", "branch_code": "HZ01", "channel": "callback",
-                                                "request_kind": "complaint", "summary": "佣金多收",
-                                                "alleged_violations": ["suitability_mismatch"],
-                                                "subject_staff_ids": ["s107"], "first_contact_owner": OTHER_AGENT})
+    complaint = complaint_from_callback(db, rt, alleged_violations=["suitability_mismatch"],
+                                        subject_staff_ids=["s107"])
 
     def listed_facts(username: str) -> dict[str, Any] | None:
         with db.transaction() as s:
@@ -459,14 +461,8 @@ def test_history_leaves_withheld_answers_out_of_each_event_except_the_readers_ow
 
 def test_identifiers_in_case_data_are_masked_for_every_reader_compliance_included(db, rt, demo_data):
     # Brief §6.2: a phone, ID or account number typed into a form is masked like the registry's.
-    with time_machine.travel(MONDAY, tick=False), db.transaction() as s:
-        complaint = messages.correlate(s, rt, name="complaint_from_callback", correlation_key=None,
-                                       actor=Actor.system(OTHER_AGENT),
-                                       payload={"client_id": "C02", "branch_code": "HZ01", "channel": "callback",
-                                                "request_kind": "complaint", "summary": "佣金多收",
-                                                "complainant_phone": "13900000421",
-                                                "contacts": [{"relative_id_number": "330106199001012315"}],
-                                                "first_contact_owner": OTHER_AGENT})
+    complaint = complaint_from_callback(db, rt, complainant_phone="13900000421",
+                                        contacts=[{"relative_id_number": "330106199001012315"}])
     page = screened(db, rt, HQ_COMPLIANCE, complaint.id)
     assert page is not None and page.data is not None
     assert page.data["complainant_phone"] == "139****0421"
