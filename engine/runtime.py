@@ -450,7 +450,8 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
         groups = resolve_candidate_groups(session, rt.evaluator, candidate_groups_of(spec),
                                           instance=instance, data=task.data)
-        excluded = _exclusions(session, rt, task, properties_of(spec))
+        properties = properties_of(spec)
+        excluded = _exclusions(session, rt, task, properties)
     except (ExpressionError, ValueError) as exc:
         # The step itself succeeded; an unusable assignment/due expression fails the
         # instance so an administrator sees it, instead of a task nobody can find. No row is
@@ -485,7 +486,7 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         if groups:
             connection.execute(_INSERT_CANDIDATE, [{"task_id": row.id, "group_key": g} for g in groups])
     if excluded:
-        case_wide = properties_of(spec).get(RECUSAL_SCOPE) == "case"
+        case_wide = properties.get(RECUSAL_SCOPE) == "case"
         connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p, "case_wide": case_wide}
                                                for p in excluded])
     if policy is not None:

@@ -27,12 +27,11 @@ from sqlalchemy.orm import Session
 from engine import instances
 from engine.audit import SYSTEM_STREAM, record_system_event
 from engine.calendars import BusinessCalendar
-from engine.db import after_commit
 from engine.deployments import get_latest
 from engine.errors import Conflict, DuplicateBusinessKey, InvalidInput, PermissionDenied
 from engine.identity import PROCESS_OWNER, Actor
 from engine.models import AuditEvent, Schedule, Timer
-from engine.sla import CALENDARS
+from engine.sla import CALENDARS, announce_timer
 
 JOB_PREFIX = "job:"
 
@@ -133,26 +132,18 @@ def recompute(session: Session, rt: Any, *, now: datetime) -> int:
             continue
         previous = timer.due_at
         timer.due_at = schedule.next_run_at = due
-        _announce_moved(session, rt, timer.id, due)
+        announce_timer(session, rt, timer)
         record_system_event(session, kind="schedule.moved", actor=None, at=now,
                             data={"key": schedule.key, "from": previous.isoformat(), "to": due.isoformat()})
         moved += 1
     return moved
 
 
-def _announce_moved(session: Session, rt: Any, timer_id: int, due: datetime) -> None:
-    if rt.scheduler is not None:
-        scheduler = rt.scheduler
-        after_commit(session, lambda: scheduler.timer_created(timer_id, due))
-
-
 def _arm(session: Session, rt: Any, schedule: Schedule, due: datetime, now: datetime) -> None:
     timer = Timer(kind="schedule", instance_id=None, task_uuid=None, element_id=schedule.key, due_at=due,
                   status="waiting", created_at=now, payload={"schedule_id": schedule.id})
     session.add(timer)
-    if rt.scheduler is not None:
-        scheduler = rt.scheduler
-        after_commit(session, lambda: scheduler.timer_created(timer.id, timer.due_at))
+    announce_timer(session, rt, timer)
 
 
 def start_slot(session: Session, rt: Any, timer: Timer, *, now: datetime) -> bool:

@@ -407,10 +407,12 @@ def _schedule_milestones(session: Session, rt: Any, instance: ProcessInstance, t
                       created_at=now, payload={"task_id": task.id, "policy": policy.key, **milestone})
         session.add(timer)
         if not paused:
-            _announce(session, rt, timer)
+            announce_timer(session, rt, timer)
 
 
-def _announce(session: Session, rt: Any, timer: Timer) -> None:
+def announce_timer(session: Session, rt: Any, timer: Timer) -> None:
+    """Tell the timer backend about a new or moved timer once the transaction commits (the
+    row's id and due time are read then, so a timer not flushed yet is announced too)."""
     if rt.scheduler is not None:
         scheduler = rt.scheduler
         after_commit(session, lambda: scheduler.timer_created(timer.id, timer.due_at))
@@ -511,7 +513,7 @@ def resume(session: Session, rt: Any, *, task: Task, instance: ProcessInstance, 
     for timer in held:
         timer.due_at = paused(timer.due_at)
         timer.status = "waiting"
-        _announce(session, rt, timer)
+        announce_timer(session, rt, timer)
     if paused.incomplete:
         task.calendar_incomplete = True
     record_instance_event(session, instance, kind="sla.resumed", actor=actor.username, at=now,
