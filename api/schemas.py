@@ -205,6 +205,12 @@ class TaskOut(Schema):
         return sla.state(task, bpm().runtime.now())[1]
 
 
+class TaskCompletedOut(TaskOut):
+    next_tasks = fields.List(fields.Nested(TaskOut), metadata={
+        "description": "tasks this completion opened that the caller may see (their next step); "
+                       "others' new tasks are in their inboxes"})
+
+
 class TaskDetailOut(TaskOut):
     form = fields.Dict(allow_none=True, metadata={"description": "the task's JSON Schema form"})
 

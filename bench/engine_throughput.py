@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import http.client
 import io
+import json
 import os
 import platform
 import pstats
@@ -37,6 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
@@ -218,7 +221,11 @@ class ServiceStats:
 
 
 def drive_service_instance(db: Database, rt: Runtime, actor: Actor, business_key: str,
-                           counter: StatementCounter, stats: ServiceStats | None) -> None:
+                           counter: StatementCounter, stats: ServiceStats | None, *,
+                           inbox_each_step: bool = False) -> None:
+    """Start, find the first task with an inbox query, complete the three tasks: each next
+    task is the one the completion hands its user (``tasks.opened``), as the API's
+    ``next_tasks`` does. ``inbox_each_step``: query the inbox before every completion instead."""
     @contextlib.contextmanager
     def op(name: str) -> Iterator[None]:
         t0, s0, c0 = time.perf_counter(), counter.statements, counter.checkouts
@@ -230,24 +237,34 @@ def drive_service_instance(db: Database, rt: Runtime, actor: Actor, business_key
             entry.statements += counter.statements - s0
             entry.checkouts += counter.checkouts - c0
 
-    with op("start"), db.transaction() as s:
-        instances.start(s, rt, process_key=PROCESS_KEY, business_key=business_key, actor=actor,
-                        data=START_DATA)
-    query = tasks.InboxQuery(candidate_me=True, business_key=business_key)
-    for form in FORM_DATA:
+    def from_inbox() -> int:
         with op("inbox"), db.transaction() as s:
             found, _total = tasks.inbox(s, actor=actor, query=query, now=rt.now())
             task_ids = [t.id for t in found]
         if len(task_ids) != 1:
             raise BenchError(f"service layer: {business_key}: expected one task in the inbox, found {len(task_ids)}")
+        return task_ids[0]
+
+    with op("start"), db.transaction() as s:
+        instances.start(s, rt, process_key=PROCESS_KEY, business_key=business_key, actor=actor,
+                        data=START_DATA)
+    query = tasks.InboxQuery(candidate_me=True, business_key=business_key)
+    task_id: int | None = from_inbox()
+    for step, form in enumerate(FORM_DATA):
+        if task_id is None or (inbox_each_step and step > 0):
+            task_id = from_inbox()
         with op("complete"), db.transaction() as s:
-            tasks.complete(s, rt, task_id=task_ids[0], actor=actor, data=form)
+            tasks.complete(s, rt, task_id=task_id, actor=actor, data=form)
+            handed = [t.id for t in tasks.opened(s, actor)]
+        if len(handed) != (0 if step == len(FORM_DATA) - 1 else 1):
+            raise BenchError(f"service layer: {business_key}: step {step + 1} handed over {len(handed)} tasks")
+        task_id = handed[0] if handed else None
 
 
 def run_service(db: Database, rt: Runtime, actor: Actor, prefix: str, n: int, counter: StatementCounter,
-                stats: ServiceStats | None = None) -> None:
+                stats: ServiceStats | None = None, *, inbox_each_step: bool = False) -> None:
     for i in range(n):
-        drive_service_instance(db, rt, actor, f"{prefix}-{i:06d}", counter, stats)
+        drive_service_instance(db, rt, actor, f"{prefix}-{i:06d}", counter, stats, inbox_each_step=inbox_each_step)
 
 
 # -- HTTP -----------------------------------------------------------------------------------
@@ -294,39 +311,71 @@ def gunicorn(url: URL, workers: int) -> Iterator[str]:
             os.unlink(log.name)
 
 
-def _expect(response: requests.Response, status: int, what: str) -> Any:
-    if response.status_code != status:
-        raise BenchError(f"HTTP {what}: expected {status}, got {response.status_code}: {response.text[:500]}")
-    return response.json()
+class HttpClient:
+    """A keep-alive JSON client on ``http.client``: what the benchmark's own side costs should
+    be small next to the server's (``requests`` spent about 1 ms of CPU per call, on the same
+    two CPUs as the server and PostgreSQL). The client's CPU is printed with the figures."""
+
+    def __init__(self, base: str) -> None:
+        parts = urlsplit(base)
+        self.prefix = parts.path
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=60)
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
+
+    def call(self, what: str, status: int, method: str, path: str, *, body: Any = None,
+             params: dict[str, str] | None = None) -> Any:
+        target = self.prefix + path + (f"?{urlencode(params)}" if params else "")
+        payload = json.dumps(body).encode() if body is not None else None
+        self.conn.request(method, target, body=payload, headers=self.headers)
+        response = self.conn.getresponse()
+        raw = response.read()
+        if response.status != status:
+            raise BenchError(f"HTTP {what}: expected {status}, got {response.status}: {raw[:500]!r}")
+        return json.loads(raw)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
-def login(http: requests.Session, base: str) -> None:
-    body = _expect(http.post(f"{base}/auth/login", json={"username": USERNAME, "password": PASSWORD}),
-                   200, "login")
-    http.headers["Authorization"] = f"Bearer {body['token']}"
+def login(client: HttpClient) -> None:
+    body = client.call("login", 200, "POST", "/auth/login", body={"username": USERNAME, "password": PASSWORD})
+    client.headers["Authorization"] = f"Bearer {body['token']}"
 
 
-def drive_http_instance(http: requests.Session, base: str, business_key: str, times: dict[str, list[float]]) -> None:
+def drive_http_instance(client: HttpClient, business_key: str, times: dict[str, list[float]], *,
+                        inbox_each_step: bool = False) -> None:
+    """The issue's sequence: start, an inbox query, three completions (each names the next
+    task in ``next_tasks``); ``inbox_each_step``: an inbox query before every completion."""
     def call(name: str, status: int, method: str, path: str, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
-        body = _expect(http.request(method, f"{base}{path}", **kwargs), status, name)
+        body = client.call(name, status, method, path, **kwargs)
         times.setdefault(name, []).append(time.perf_counter() - t0)
         return body
 
-    call("start", 201, "POST", f"/processes/{PROCESS_KEY}/instances",
-         json={"business_key": business_key, "data": START_DATA})
-    for form in FORM_DATA:
+    def from_inbox() -> int:
         page = call("inbox", 200, "GET", "/tasks", params={"business_key": business_key, "candidate": "me"})
         if len(page["items"]) != 1:
             raise BenchError(f"HTTP: {business_key}: expected one task in the inbox, found {len(page['items'])}")
-        call("complete", 200, "POST", f"/tasks/{page['items'][0]['id']}/complete", json={"data": form})
+        return int(page["items"][0]["id"])
+
+    call("start", 201, "POST", f"/processes/{PROCESS_KEY}/instances",
+         body={"business_key": business_key, "data": START_DATA})
+    task_id: int | None = from_inbox()
+    for step, form in enumerate(FORM_DATA):
+        if task_id is None or (inbox_each_step and step > 0):
+            task_id = from_inbox()
+        done = call("complete", 200, "POST", f"/tasks/{task_id}/complete", body={"data": form})
+        handed = [t["id"] for t in done["next_tasks"]]
+        if len(handed) != (0 if step == len(FORM_DATA) - 1 else 1):
+            raise BenchError(f"HTTP: {business_key}: step {step + 1} handed over {len(handed)} tasks")
+        task_id = handed[0] if handed else None
 
 
-def run_http(http: requests.Session, base: str, prefix: str, n: int,
-             times: dict[str, list[float]] | None = None) -> None:
+def run_http(client: HttpClient, prefix: str, n: int, times: dict[str, list[float]] | None = None, *,
+             inbox_each_step: bool = False) -> None:
     times = {} if times is None else times
     for i in range(n):
-        drive_http_instance(http, base, f"{prefix}-{i:06d}", times)
+        drive_http_instance(client, f"{prefix}-{i:06d}", times, inbox_each_step=inbox_each_step)
 
 
 # -- storage --------------------------------------------------------------------------------
@@ -424,6 +473,60 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+@dataclass
+class Measured:
+    """One timed run of n instances along one path."""
+
+    n: int
+    seconds: float
+    cpu: float  # this process's CPU: the engine itself, or the HTTP client
+    xacts: int  # committed transactions (pg_stat_database), service layer only
+    statements: int = 0
+    checkouts: int = 0
+    ops: dict[str, OpStats] = field(default_factory=dict)
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds
+
+
+def measure_service(db: Database, rt: Runtime, actor: Actor, url: URL, counter: StatementCounter, prefix: str,
+                    n: int, *, inbox_each_step: bool, profiler: cProfile.Profile | None = None) -> Measured:
+    stats = ServiceStats()
+    db.dispose()
+    xact0 = committed_transactions(url)
+    s0, c0 = counter.statements, counter.checkouts
+    if profiler:
+        profiler.enable()
+    cpu0 = time.process_time()
+    seconds = timed(lambda: run_service(db, rt, actor, prefix, n, counter, stats, inbox_each_step=inbox_each_step))
+    cpu = time.process_time() - cpu0
+    if profiler:
+        profiler.disable()
+    statements, checkouts = counter.statements - s0, counter.checkouts - c0
+    db.dispose()
+    xacts = committed_transactions(url) - xact0
+    done, started = count_status(url, prefix)
+    if done != n or started != n:
+        raise BenchError(f"service layer ({prefix}): {done} of {started} instances completed, expected {n}")
+    return Measured(n, seconds, cpu, xacts, statements, checkouts, ops=stats.ops)
+
+
+def measure_http(base: str, url: URL, prefix: str, n: int, *, inbox_each_step: bool) -> Measured:
+    client = HttpClient(base)
+    try:
+        login(client)
+        times: dict[str, list[float]] = {}
+        cpu0 = time.process_time()
+        seconds = timed(lambda: run_http(client, prefix, n, times, inbox_each_step=inbox_each_step))
+        cpu = time.process_time() - cpu0
+    finally:
+        client.close()
+    # gunicorn's backends report their transactions only when they exit: _run counts them.
+    return Measured(n, seconds, cpu, xacts=0, times=times)
+
+
 def _run(args: argparse.Namespace, url: URL, n: int, n_http: int) -> int:
     print(f"preparing database {url.render_as_string(hide_password=True)} (schema dropped and migrated) ...",
           flush=True)
@@ -443,54 +546,56 @@ def _run(args: argparse.Namespace, url: URL, n: int, n_http: int) -> int:
     rt_s = timed(lambda: run_in_memory(spec, subprocess_specs, rt.script_engine, n, round_trip=True))
     print(f"in-memory: {n / mem_s:.0f}/s", flush=True)
 
-    # 2. service layer on PostgreSQL
+    # 2. service layer on PostgreSQL: the issue's sequence, then an inbox query before every step
     run_service(db, rt, actor, "warm-svc", args.warmup, counter)
     analyze(url)
-    stats = ServiceStats()
-    db.dispose()
-    xact0 = committed_transactions(url)
-    s0, c0 = counter.statements, counter.checkouts
     profiler = cProfile.Profile() if args.profile else None
-    if profiler:
-        profiler.enable()
-    cpu0 = time.process_time()
-    svc_s = timed(lambda: run_service(db, rt, actor, "svc", n, counter, stats))
-    svc_cpu = time.process_time() - cpu0
-    if profiler:
-        profiler.disable()
-    svc_statements, svc_checkouts = counter.statements - s0, counter.checkouts - c0
-    db.dispose()
-    svc_xacts = committed_transactions(url) - xact0
-    done, started = count_status(url, "svc")
-    if done != n or started != n:
-        raise BenchError(f"service layer: {done} of {started} instances completed, expected {n}")
-    print(f"service layer: {n / svc_s:.0f}/s", flush=True)
+    svc = measure_service(db, rt, actor, url, counter, "svc-next", n, inbox_each_step=False, profiler=profiler)
+    print(f"service layer: {svc.rate:.0f}/s", flush=True)
+    svc_each = measure_service(db, rt, actor, url, counter, "svc-each", n, inbox_each_step=True)
+    print(f"service layer, inbox query before every step: {svc_each.rate:.0f}/s", flush=True)
 
-    # 3. HTTP through gunicorn
-    http_s: float | None = None
-    http_xacts = 0
-    http_times: dict[str, list[float]] = {}
+    # 3. HTTP through gunicorn, the same two sequences
+    http_runs: list[Measured] = []
+    http_xacts = 0.0
     if not args.skip_http and n_http > 0:
-        with gunicorn(url, args.workers) as base, requests.Session() as http:
-            login(http, base)
-            run_http(http, base, "warm-http", max(args.warmup, 2 * args.workers))
-            xact0 = committed_transactions(url)
-            http_s = timed(lambda: run_http(http, base, "http", n_http, http_times))
-        http_xacts = committed_transactions(url) - xact0  # gunicorn's backends have exited
-        done, started = count_status(url, "http")
-        if done != n_http or started != n_http:
-            raise BenchError(f"HTTP: {done} of {started} instances completed, expected {n_http}")
-        print(f"HTTP: {n_http / http_s:.0f}/s", flush=True)
+        db.dispose()
+        xact0 = committed_transactions(url)
+        warm_n = max(args.warmup, 2 * args.workers)
+        with gunicorn(url, args.workers) as base:
+            warm = HttpClient(base)
+            login(warm)
+            run_http(warm, "warm-http", warm_n)
+            warm.close()
+            http_runs.append(measure_http(base, url, "http-next", n_http, inbox_each_step=False))
+            print(f"HTTP: {http_runs[0].rate:.0f}/s", flush=True)
+            http_runs.append(measure_http(base, url, "http-each", n_http, inbox_each_step=True))
+            print(f"HTTP, inbox query before every step: {http_runs[1].rate:.0f}/s", flush=True)
+        # Every HTTP instance's transactions (warm-up and both sequences, plus three logins):
+        # gunicorn's backends report theirs when they exit, so they cannot be told apart.
+        http_xacts = (committed_transactions(url) - xact0) / (warm_n + 2 * n_http)
+        for prefix in ("http-next", "http-each"):
+            done, started = count_status(url, prefix)
+            if done != n_http or started != n_http:
+                raise BenchError(f"HTTP ({prefix}): {done} of {started} instances completed, expected {n_http}")
     db.dispose()
 
     completed, total, state_avg, raw_avg, sizes = storage(url)
     if completed != total:
         raise BenchError(f"{total - completed} instances did not complete")
 
-    # -- report ----------------------------------------------------------------------------
-    mem_rate, rt_rate, svc_rate = n / mem_s, n / rt_s, n / svc_s
-    http_rate = n_http / http_s if http_s else None
-    line = "-" * 96
+    report(args, url, n, n_http, load_before, mem_s, rt_s, svc, svc_each, http_runs, http_xacts,
+           (completed, state_avg, raw_avg, sizes))
+    if profiler is not None:
+        print(profile_report(profiler, 30))
+    return 0
+
+
+def report(args: argparse.Namespace, url: URL, n: int, n_http: int, load_before: float, mem_s: float, rt_s: float,
+           svc: Measured, svc_each: Measured, http_runs: list[Measured], http_xacts: float,
+           stored: tuple[int, float, float, list[TableSize]]) -> None:
+    mem_rate, rt_rate = n / mem_s, n / rt_s
+    line = "-" * 100
     print()
     print(line)
     print(f"Engine throughput: diagram '{PROCESS_KEY}' (1 service task + 3 user tasks), sequential, one client")
@@ -498,47 +603,56 @@ def _run(args: argparse.Namespace, url: URL, n: int, n_http: int) -> int:
           f"{n} instances per path ({n_http} over HTTP), {args.warmup} warm-up instances untimed")
     print(f"load average before/after the run: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
           "(anything else running on the machine slows every figure)")
+    print("sequence: start, one inbox query, three completions, each completion handing over the next task")
+    print("(the API's next_tasks); 'inbox each step' queries the inbox before every completion instead")
     print(line)
-    print(f"{'path':<46}{'instances/s':>12}{'ms/instance':>13}{'target':>11}{'result':>9}")
-    print(f"{'in-memory SpiffWorkflow':<46}{mem_rate:>12.1f}{1000 / mem_rate:>13.2f}{'-':>11}{'':>9}")
-    print(f"{'  (+ state dump/load each step, no database)':<46}{rt_rate:>12.1f}{1000 / rt_rate:>13.2f}"
-          f"{'-':>11}{'':>9}")
-    print(f"{'service layer on PostgreSQL':<46}{svc_rate:>12.1f}{1000 / svc_rate:>13.2f}"
-          f"{f'>= {TARGET_SERVICE:.0f}/s':>11}{verdict(svc_rate, TARGET_SERVICE):>9}")
-    if http_rate is not None:
-        print(f"{f'HTTP API (gunicorn -w {args.workers}, one requests.Session)':<46}{http_rate:>12.1f}"
-              f"{1000 / http_rate:>13.2f}{f'>= {TARGET_HTTP:.0f}/s':>11}{verdict(http_rate, TARGET_HTTP):>9}")
+    print(f"{'path':<50}{'instances/s':>12}{'ms/instance':>13}{'target':>11}{'result':>9}")
+
+    def row(label: str, rate: float, target: float | None = None) -> None:
+        verdict_text = verdict(rate, target) if target is not None else ""
+        target_text = f">= {target:.0f}/s" if target is not None else "-"
+        print(f"{label:<50}{rate:>12.1f}{1000 / rate:>13.2f}{target_text:>11}{verdict_text:>9}")
+
+    row("in-memory SpiffWorkflow", mem_rate)
+    row("  (+ state dump/load each step, no database)", rt_rate)
+    row("service layer on PostgreSQL", svc.rate, TARGET_SERVICE)
+    row("  inbox each step", svc_each.rate)
+    if http_runs:
+        row(f"HTTP API (gunicorn -w {args.workers}, one keep-alive client)", http_runs[0].rate, TARGET_HTTP)
+        row("  inbox each step", http_runs[1].rate)
     else:
-        print(f"{'HTTP API':<46}{'skipped':>12}")
+        print(f"{'HTTP API':<50}{'skipped':>12}")
     print(line)
-    print(f"ratios: service / in-memory = {svc_rate / mem_rate:.3f} ({mem_rate / svc_rate:.1f}x slower)", end="")
-    if http_rate is not None:
-        print(f"; HTTP / service = {http_rate / svc_rate:.3f} ({svc_rate / http_rate:.1f}x slower)")
+    print(f"ratios: service / in-memory = {svc.rate / mem_rate:.3f} ({mem_rate / svc.rate:.1f}x slower)", end="")
+    if http_runs:
+        print(f"; HTTP / service = {http_runs[0].rate / svc.rate:.3f} ({svc.rate / http_runs[0].rate:.1f}x slower)")
     else:
         print()
     print()
-    print("service layer per instance (1 start + 3 x (inbox query + complete), each its own transaction):")
-    print(f"  {'operation':<10}{'calls':>7}{'ms/call':>10}{'ms/inst':>10}{'SQL stmts/call':>16}{'txns/call':>11}")
-    for name, op in stats.ops.items():
-        per_call = op.count / n
-        print(f"  {name:<10}{per_call:>7.0f}{1000 * op.seconds / op.count:>10.2f}{1000 * op.seconds / n:>10.2f}"
-              f"{op.statements / op.count:>16.1f}{op.checkouts / op.count:>11.1f}")
-    engine_s = stats.ops["start"].seconds + stats.ops["complete"].seconds
-    print(f"  engine calls only (start + 3 completes, inbox queries left out): {n / engine_s:.1f} instances/s")
-    print(f"  CPU of this Python process: {1000 * svc_cpu / n:.2f} ms/instance of {1000 * svc_s / n:.2f} ms "
-          f"({100 * svc_cpu / svc_s:.0f}%; the rest is waiting for PostgreSQL)")
-    print(f"  SQL statements per instance: {svc_statements / n:.1f} (SQLAlchemy cursor executions) in "
-          f"{svc_checkouts / n:.1f} transactions;")
-    print("  each transaction also costs its BEGIN and COMMIT, which the count above does not see")
-    print(f"  committed transactions per instance (pg_stat_database): service layer {svc_xacts / n:.1f}", end="")
-    if http_rate is not None:
-        print(f", HTTP {http_xacts / n_http:.1f} (7 requests; each also authenticates its token in a transaction)")
-    else:
+    for label, m in (("service layer per instance", svc), ("inbox each step", svc_each)):
+        print(f"{label} (each operation its own transaction):")
+        print(f"  {'operation':<10}{'calls':>7}{'ms/call':>10}{'ms/inst':>10}{'SQL stmts/call':>16}{'txns/call':>11}")
+        for name, op in m.ops.items():
+            if op.count:
+                print(f"  {name:<10}{op.count / n:>7.0f}{1000 * op.seconds / op.count:>10.2f}"
+                      f"{1000 * op.seconds / n:>10.2f}{op.statements / op.count:>16.1f}"
+                      f"{op.checkouts / op.count:>11.1f}")
+        print(f"  CPU of this Python process: {1000 * m.cpu / n:.2f} ms/instance of "
+              f"{1000 * m.seconds / n:.2f} ms ({100 * m.cpu / m.seconds:.0f}%; the rest is waiting for PostgreSQL)")
+        print(f"  SQL statements per instance: {m.statements / n:.1f} (SQLAlchemy cursor executions) in "
+              f"{m.checkouts / n:.1f} transactions ({m.xacts / n:.1f} committed, pg_stat_database);"
+              " each also costs its BEGIN and COMMIT")
+    engine_s = svc.ops["start"].seconds + svc.ops["complete"].seconds
+    print(f"engine calls only (start + 3 completes, inbox queries left out): {n / engine_s:.1f} instances/s")
+    if http_runs:
         print()
-    if http_times:
-        parts = ", ".join(f"{name} {1000 * sum(v) / len(v):.2f} ms x {len(v) / n_http:.0f}"
-                          for name, v in http_times.items())
-        print(f"HTTP per request (client-side latency, mean): {parts}")
+        print(f"HTTP: committed transactions per instance, both sequences together: {http_xacts:.1f}")
+        for label, m in (("HTTP", http_runs[0]), ("HTTP inbox each step", http_runs[1])):
+            parts = ", ".join(f"{name} {1000 * sum(v) / len(v):.2f} ms x {len(v) / n_http:.0f}"
+                              for name, v in m.times.items())
+            print(f"{label}, per request (client-side latency, mean): {parts}; "
+                  f"client CPU {1000 * m.cpu / n_http:.2f} ms/instance")
+    completed, state_avg, raw_avg, sizes = stored
     print()
     print(f"storage per completed instance ({completed} completed instances in the bench database):")
     print(f"  state blob (bpm_process_instance.state, zlib JSON): {state_avg:,.0f} B stored, "
@@ -557,9 +671,6 @@ def _run(args: argparse.Namespace, url: URL, n: int, n_http: int) -> int:
     print("  (pg_total_relation_size: heap + indexes + TOAST; 'as run' includes dead row versions left by")
     print("   updates before autovacuum; 'compact' is after VACUUM FULL, i.e. the live data)")
     print(line)
-    if profiler is not None:
-        print(profile_report(profiler, 30))
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinitio
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import String, bindparam, delete, func, insert, select, update
+from sqlalchemy import event as sa_event
 from sqlalchemy import inspect as sqlalchemy_inspect
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -387,6 +388,9 @@ def _retire(session: Session, workflow: BpmnWorkflow, gone: dict[str, str], now:
         with_sla = unknown + [u for u in tasks if u in loaded and loaded[u].sla_policy_id is not None]
         if with_sla:
             sla.retire_task_timers(session, with_sla)
+        for row in opened_tasks(session):
+            if row.task_uuid in unknown:  # opened earlier in this unit of work, now gone
+                row.status, row.completed_at = TASK_CANCELLED, now
         if unknown:
             session.execute(
                 update(Task).where(Task.task_uuid.in_(unknown), Task.status.in_(ACTIVE_TASK_STATES))
@@ -485,12 +489,31 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         row.id = connection.execute(_INSERT_TASK, values).scalar_one()
         if groups:
             connection.execute(_INSERT_CANDIDATE, [{"task_id": row.id, "group_key": g} for g in groups])
+    for key, default in _TASK_DEFAULTS.items():
+        if default is not None and getattr(row, key) is None:
+            setattr(row, key, default)  # as stored, for whoever reads the row from opened_tasks
+    session.info.setdefault(_OPENED_TASKS, []).append(row)
     if excluded:
         case_wide = properties.get(RECUSAL_SCOPE) == "case"
         connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p, "case_wide": case_wide}
                                                for p in excluded])
     if policy is not None:
         sla.schedule_milestones(session, rt, instance=instance, task=row, policy=policy, now=now)
+
+
+_OPENED_TASKS = "bpm_opened_tasks"
+
+
+def opened_tasks(session: Session) -> list[Task]:
+    """The task rows this unit of work inserted, in order (transient objects, ids set)."""
+    return list(session.info.get(_OPENED_TASKS, ()))
+
+
+@sa_event.listens_for(Session, "after_soft_rollback")
+def _forget_opened(session: Session, _previous: Any) -> None:
+    # A rolled-back savepoint may have opened some of them: forget all rather than name a
+    # task that does not exist (the caller falls back to the inbox).
+    session.info.pop(_OPENED_TASKS, None)
 
 
 _INSERT_TASK = insert(Task).returning(Task.id)

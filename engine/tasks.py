@@ -47,6 +47,7 @@ from engine.runtime import (
     audit,
     lock_instance_row,
     lock_statement,
+    opened_tasks,
     run_and_save,
 )
 
@@ -244,6 +245,12 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
           task_id=task.id, element_id=task.element_id, data=data)
     run_and_save(session, rt, instance, workflow, actor=actor)
     return task
+
+
+def opened(session: Session, actor: Actor) -> list[Task]:
+    """The tasks this unit of work opened that ``actor`` may see: what a completion hands
+    its user next (often their own next step), without a second request to the inbox."""
+    return [t for t in opened_tasks(session) if t.status in ACTIVE_TASK_STATES and can_see(t, actor)]
 
 
 def pause(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reason: str) -> Task:

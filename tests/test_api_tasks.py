@@ -240,6 +240,27 @@ def test_complete_then_complete_again_is_409(client, auth, review):
 
 
 @pytest.mark.sqlite
+def test_complete_hands_over_the_next_tasks_the_caller_may_see_and_only_those(client, auth, review):
+    li, wang = auth("li"), auth("wang")
+    # A small amount goes to the clerks' approval: li is offered it at once, as in her inbox.
+    start(client, li, "NX-small")
+    done = command(client, li, task_of(client, li, "NX-small")["id"], "complete", {"data": REGISTER})
+    assert done.status_code == 200, done.get_data(as_text=True)
+    (following,) = done.json["next_tasks"]
+    assert following == task_of(client, li, "NX-small")  # the same task, as the inbox shows it
+    assert (following["element_id"], following["status"], following["kind"]) == ("approve_small", "open", "bpmn")
+    finished = command(client, li, following["id"], "complete", {"data": {"approved": True}})
+    assert finished.status_code == 200 and finished.json["next_tasks"] == []  # the end: nothing opened
+    # A big amount goes to the managers: li is handed nothing and learns nothing of it.
+    start(client, li, "NX-big")
+    done = command(client, li, task_of(client, li, "NX-big")["id"], "complete",
+                   {"data": {**REGISTER, "amount": 80000}})
+    assert done.status_code == 200 and done.json["next_tasks"] == []
+    (theirs,) = inbox(client, wang, "business_key=NX-big")["items"]
+    assert theirs["element_id"] == "approve_big"
+
+
+@pytest.mark.sqlite
 def test_form_validation_errors_are_422_with_field_errors_and_the_task_stays_open(client, auth, review):
     instance = start(client, auth("li"), "FV-1")
     li = auth("li")

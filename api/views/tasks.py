@@ -8,7 +8,16 @@ from flask_smorest import Blueprint
 
 from api.auth import current_actor
 from api.context import bpm
-from api.schemas import CompleteIn, PauseIn, TaskDetailOut, TaskOut, TaskPageOut, TaskQuery, UserIn
+from api.schemas import (
+    CompleteIn,
+    PauseIn,
+    TaskCompletedOut,
+    TaskDetailOut,
+    TaskOut,
+    TaskPageOut,
+    TaskQuery,
+    UserIn,
+)
 from engine import tasks
 
 PREFIX = "/tasks"
@@ -61,7 +70,17 @@ class _WithForm:
         return getattr(self._task, name)
 
 
-def _command(name: str, doc: str, body_schema: Any = None) -> None:
+class _WithNext:
+    """A completed task plus the tasks its completion opened for the caller."""
+
+    def __init__(self, task: Any, next_tasks: list[Any]) -> None:
+        self._task, self.next_tasks = task, next_tasks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+
+def _command(name: str, doc: str, body_schema: Any = None, out: Any = TaskOut) -> None:
     """Register ``POST /tasks/<id>/<name>`` calling ``engine.tasks.<name>``; the body
     schema's fields are the service's keyword arguments."""
     service = getattr(tasks, name)
@@ -70,7 +89,10 @@ def _command(name: str, doc: str, body_schema: Any = None) -> None:
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            return service(session, ctx.runtime, task_id=task_id, actor=actor, **(body or {}))
+            result = service(session, ctx.runtime, task_id=task_id, actor=actor, **(body or {}))
+            if out is TaskCompletedOut:
+                return _WithNext(result, tasks.opened(session, actor))
+            return result
 
     if body_schema is not None:
         def endpoint(body: dict[str, Any], task_id: int) -> Any:
@@ -84,7 +106,7 @@ def _command(name: str, doc: str, body_schema: Any = None) -> None:
     endpoint.__doc__ = doc
     endpoint.__name__ = name
     blp.route(f"/<int:task_id>/{name}", methods=["POST"], endpoint=name)(
-        blp.response(200, TaskOut)(endpoint)
+        blp.response(200, out)(endpoint)
     )
 
 
@@ -92,6 +114,8 @@ _command("claim", "Claim an open task of one of my groups.")
 _command("unclaim", "Give a claimed task back to its groups (assignee or supervisor).")
 _command("assign", "Give the task to a user (supervisor).", UserIn)
 _command("delegate", "Hand my task to a colleague; I stay its owner.", UserIn)
-_command("complete", "Complete the task with its form data (validated against the form).", CompleteIn)
+_command("complete", "Complete the task with its form data (validated against the form). "
+         "``next_tasks``: the tasks the completion opened that the caller may see.", CompleteIn,
+         out=TaskCompletedOut)
 _command("pause", "Waiting for the client: stop the task's SLA clock (assignee or supervisor).", PauseIn)
 _command("resume", "The client answered: restart the clock; the due date moves by the pause.")
