@@ -32,6 +32,8 @@ class Settings:
     # After downtime, a cycle timer fires "once" (skipping missed occurrences) or "all".
     timer_catch_up: str = "once"
     smtp_url: str | None = None
+    # Workflows kept in memory per process between changes (0: restore the state every time).
+    workflow_cache: int = 256
     workflows_dir: Path = PROJECT_ROOT / "workflows"
 
     @property
@@ -58,6 +60,7 @@ class Settings:
             service_modules=_modules(env, "BPM_SERVICE_MODULES"),
             timer_catch_up=_choice(env, "BPM_TIMER_CATCH_UP", "once", ("once", "all")),
             smtp_url=env.get("BPM_SMTP_URL") or None,
+            workflow_cache=_int(env, "BPM_WORKFLOW_CACHE", 256, minimum=0),
         )
 
 

@@ -9,7 +9,7 @@ from SpiffWorkflow.bpmn.specs.event_definitions.simple import NoneEventDefinitio
 from SpiffWorkflow.bpmn.specs.mixins.events.start_event import StartEvent
 from SpiffWorkflow.bpmn.util import BpmnEvent
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import and_, bindparam, exists, or_, select, true, update
+from sqlalchemy import String, and_, bindparam, exists, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -51,14 +51,17 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
     that declares a businessKeyFormat gets the next case number."""
     if business_key is not None and (not business_key or len(business_key) > 128):
         raise InvalidInput("business_key must be 1 to 128 characters")
-    data = _with_client_context(session, json_safe(data or {}), client_id)
-    # One round trip: the latest version, an instance already holding the business key, and
-    # the reference-data revisions the new tasks' SLA clocks check their caches against.
-    found = session.execute(_START_LOOKUP, {"process_key": process_key, "business_key": business_key}).first()
+    data = json_safe(data or {})
+    # One round trip: the latest version, an instance already holding the business key, the
+    # client's registry entry, and the reference-data revisions the new tasks' SLA clocks
+    # check their caches against.
+    found = session.execute(_START_LOOKUP, {"process_key": process_key, "business_key": business_key,
+                                            "client_id": client_id or data.get("client_id")}).first()
     if found is None:
         raise ProcessNotFound(f"no process {process_key!r} is deployed")
-    version, existing_id, calendar_revision, sla_revision = found
-    sla.remember_revisions(session, calendar_revision, sla_revision)
+    version, existing_id = found, found.existing_id  # the row names the version's columns
+    sla.remember_revisions(session, found.calendar_revision, found.sla_revision)
+    data = _with_client_context(found, data)
     # Outside systems start processes by message whatever the starter groups (which are
     # about people); a person needs one of them, or the supervisor role.
     system_start = message is not None and actor.has_role(INTEGRATION)
@@ -103,29 +106,30 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
     return instance
 
 
-def _with_client_context(session: Session, data: dict[str, Any], client_id: str | None) -> dict[str, Any]:
+def _with_client_context(found: Any, data: dict[str, Any]) -> dict[str, Any]:
     """A case about a registered client starts with the registry's branch, service group,
     class, tier and risk level (never the identifiers: those stay masked in the registry),
     so diagrams route ``client:service_group`` from the truth, not from what a form typed.
-    Values the caller gave win: a test or an import may need to say otherwise."""
-    client_id = client_id or data.get("client_id")
-    if not client_id:
+    Values the caller gave win: a test or an import may need to say otherwise.
+    ``found``: the start lookup's row, whose client columns are empty for no such client."""
+    if found.client_id is None:
         return data
-    client = session.get(Client, client_id)
-    if client is None:
-        return data
-    registry = {"client_id": client.client_id, "branch_code": client.branch_code,
-                "service_group": client.service_group_key, "client_class": client.classification,
-                "vip_tier": client.vip_tier, "risk_level": client.risk_level}
+    registry = {"client_id": found.client_id, "branch_code": found.client_branch_code,
+                "service_group": found.service_group_key, "client_class": found.classification,
+                "vip_tier": found.vip_tier, "risk_level": found.risk_level}
     return {**{k: v for k, v in registry.items() if v is not None}, **data}
 
 
 _START_LOOKUP = (
-    select(ProcessVersion,
+    select(ProcessVersion.id, ProcessVersion.version, ProcessVersion.starter_groups,
+           ProcessVersion.business_key_format,
            select(ProcessInstance.id).where(ProcessInstance.process_key == bindparam("process_key"),
                                             ProcessInstance.business_key == bindparam("business_key"))
-           .scalar_subquery(),
+           .scalar_subquery().label("existing_id"),
+           Client.client_id, Client.branch_code.label("client_branch_code"), Client.service_group_key,
+           Client.classification, Client.vip_tier, Client.risk_level,
            *sla.REVISION_COLUMNS)
+    .outerjoin(Client, Client.client_id == bindparam("client_id", type_=String))
     .where(ProcessVersion.process_key == bindparam("process_key"))
     .order_by(ProcessVersion.version.desc()).limit(1)
 )

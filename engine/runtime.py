@@ -41,7 +41,7 @@ from engine.bpmn.parser import (
     properties_of,
 )
 from engine.bpmn.script_engine import SafeScriptEngine, attach_calendar, date_functions_for
-from engine.bpmn.serializer import SpecCache, dump_state, load_state
+from engine.bpmn.serializer import SpecCache, WorkflowCache, dump_state, load_state
 from engine.clock import Clock, SystemClock
 from engine.config import Settings
 from engine.date_functions import CalendarSnapshot, DateFunctions
@@ -91,6 +91,7 @@ class Runtime:
         self.script_engine = SafeScriptEngine(
             self.evaluator, self.services, allow_scripts=self.settings.allow_script_tasks
         )
+        self.workflows = WorkflowCache(self.settings.workflow_cache)
         self._validators: dict[tuple[int, str], Draft202012Validator] = {}
         self._report_variables: dict[int, list[str]] = {}
         self.policies = sla.PolicyCache()
@@ -132,9 +133,29 @@ class Runtime:
         return attach_calendar(workflow, self.calendar_snapshot(session))
 
     def load(self, session: Session, instance: ProcessInstance) -> BpmnWorkflow:
-        spec, subprocess_specs = self.spec_for(session, instance.process_version_id)
-        workflow = load_state(instance.state, spec, subprocess_specs, self.script_engine)
+        workflow = self.workflows.take(instance.id, instance.state)
+        if workflow is None:
+            spec, subprocess_specs = self.spec_for(session, instance.process_version_id)
+            workflow = load_state(instance.state, spec, subprocess_specs, self.script_engine)
         return attach_calendar(workflow, self.calendar_snapshot(session))
+
+    def keep(self, session: Session, instance: ProcessInstance, workflow: BpmnWorkflow) -> None:
+        """Offer the saved workflow to the cache once the transaction commits, under the state
+        it was last saved as (see :class:`WorkflowCache`)."""
+        kept: dict[int, tuple[ProcessInstance, BpmnWorkflow]] | None = session.info.get(_KEPT)
+        if kept is None:
+            kept = session.info[_KEPT] = {}
+            cache = self.workflows
+
+            def offer() -> None:
+                for instance_id, (row, flow) in kept.items():
+                    # The attribute as this transaction left it; absent (expired) means unknown.
+                    state = row.__dict__.get("state")
+                    if isinstance(state, bytes) and row.status in (RUNNING, FAILED):
+                        cache.put(instance_id, state, flow)
+
+            after_commit(session, offer)
+        kept[instance.id] = (instance, workflow)
 
     def calendar_snapshot(self, session: Session) -> CalendarSnapshot:
         """What diagram date functions compute with: the SLA calendar at the revision this
@@ -302,6 +323,7 @@ def save(session: Session, rt: Runtime, instance: ProcessInstance, workflow: Bpm
     if variables:
         instance.facts = facts_of(workflow, variables)
     project(session, rt, instance, workflow, now=now)
+    rt.keep(session, instance, workflow)
 
 
 def facts_of(workflow: BpmnWorkflow, variables: list[str]) -> dict[str, Any]:
@@ -509,11 +531,18 @@ def opened_tasks(session: Session) -> list[Task]:
     return list(session.info.get(_OPENED_TASKS, ()))
 
 
+_KEPT = "bpm_kept_workflows"
+
+
 @sa_event.listens_for(Session, "after_soft_rollback")
 def _forget_opened(session: Session, _previous: Any) -> None:
     # A rolled-back savepoint may have opened some of them: forget all rather than name a
-    # task that does not exist (the caller falls back to the inbox).
+    # task that does not exist (the caller falls back to the inbox). Likewise the workflows
+    # to keep: one changed inside the savepoint no longer matches its row's state.
     session.info.pop(_OPENED_TASKS, None)
+    kept = session.info.get(_KEPT)
+    if kept is not None:
+        kept.clear()
 
 
 _INSERT_TASK = insert(Task).returning(Task.id)

@@ -432,10 +432,7 @@ def test_every_variable_the_client_registry_brings_is_reserved():
     """The context a case starts with (instances._with_client_context) and the reserved
     names must not drift apart: a new registry key is reserved too, or this fails."""
 
-    class Registry:
-        def get(self, model, client_id):
-            return SimpleNamespace(client_id=client_id, branch_code="HZ01", service_group_key="HZ01-G1",
-                                   classification="C2", vip_tier="gold", risk_level="C3")
-
-    context = instances._with_client_context(Registry(), {}, "C01")
+    found = SimpleNamespace(client_id="C01", client_branch_code="HZ01", service_group_key="HZ01-G1",
+                            classification="C2", vip_tier="gold", risk_level="C3")
+    context = instances._with_client_context(found, {})
     assert len(context) == 6 and set(context) <= instances.ENGINE_VARIABLES
