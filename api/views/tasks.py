@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from sqlalchemy.orm import Session
 
 from api.auth import current_actor
 from api.context import bpm
@@ -19,6 +21,8 @@ from api.schemas import (
     UserIn,
 )
 from engine import tasks
+from engine.identity import Actor
+from engine.models import Task
 
 PREFIX = "/tasks"
 blp = Blueprint("tasks", __name__, description="The inbox: find, claim and complete human tasks")
@@ -57,42 +61,34 @@ class TaskDetail(MethodView):
         actor = current_actor()
         with ctx.db.transaction() as session:
             task = tasks.get(session, task_id, actor=actor)
-            return _WithForm(task, tasks.form_of(session, ctx.runtime, task))
+            return _With(task, form=tasks.form_of(session, ctx.runtime, task))
 
 
-class _WithForm:
-    """A task plus its form schema, read by TaskDetailOut like the task itself."""
+class _With:
+    """A task plus fields of the response beside its own (its form; the next tasks), read
+    by the response schema like the task itself."""
 
-    def __init__(self, task: Any, form: dict[str, Any] | None) -> None:
-        self._task, self.form = task, form
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._task, name)
-
-
-class _WithNext:
-    """A completed task plus the tasks its completion opened for the caller."""
-
-    def __init__(self, task: Any, next_tasks: list[Any]) -> None:
-        self._task, self.next_tasks = task, next_tasks
+    def __init__(self, task: Any, **extra: Any) -> None:
+        self._task = task
+        self.__dict__.update(extra)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._task, name)
 
 
-def _command(name: str, doc: str, body_schema: Any = None, out: Any = TaskOut) -> None:
+def _command(name: str, doc: str, body_schema: Any = None, out: Any = TaskOut,
+             respond: Callable[[Session, Actor, Task], Any] | None = None) -> None:
     """Register ``POST /tasks/<id>/<name>`` calling ``engine.tasks.<name>``; the body
-    schema's fields are the service's keyword arguments."""
+    schema's fields are the service's keyword arguments. ``respond`` builds the response
+    from the task, in the same transaction, for an ``out`` schema that says more."""
     service = getattr(tasks, name)
 
     def view(task_id: int, body: dict[str, Any] | None = None) -> Any:
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            result = service(session, ctx.runtime, task_id=task_id, actor=actor, **(body or {}))
-            if out is TaskCompletedOut:
-                return _WithNext(result, tasks.opened(session, actor))
-            return result
+            task = service(session, ctx.runtime, task_id=task_id, actor=actor, **(body or {}))
+            return respond(session, actor, task) if respond is not None else task
 
     if body_schema is not None:
         def endpoint(body: dict[str, Any], task_id: int) -> Any:
@@ -116,6 +112,7 @@ _command("assign", "Give the task to a user (supervisor).", UserIn)
 _command("delegate", "Hand my task to a colleague; I stay its owner.", UserIn)
 _command("complete", "Complete the task with its form data (validated against the form). "
          "``next_tasks``: the tasks the completion opened that the caller may see.", CompleteIn,
-         out=TaskCompletedOut)
+         out=TaskCompletedOut,
+         respond=lambda session, actor, task: _With(task, next_tasks=tasks.opened(session, actor)))
 _command("pause", "Waiting for the client: stop the task's SLA clock (assignee or supervisor).", PauseIn)
 _command("resume", "The client answered: restart the clock; the due date moves by the pause.")
