@@ -70,9 +70,7 @@ def write_pending(session: Session) -> None:
     """Insert the events recorded since the last write (every ORM flush does this)."""
     rows = session.info.pop(_PENDING, None)
     if rows:
-        # One row (most flushes) as a plain execute: a list goes to the driver's
-        # executemany, whose pipeline costs more than the row for a single event.
-        session.connection().execute(_INSERT_EVENT, rows[0] if len(rows) == 1 else rows)
+        session.connection().execute(_INSERT_EVENT, rows)
 
 
 @sa_event.listens_for(Session, "after_flush")

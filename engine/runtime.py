@@ -501,7 +501,12 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
     # the ORM's flush costs several times the statements. The row object stays transient;
     # whoever needs the task later in the transaction reads it (``_retire`` does).
     connection = session.connection()
-    values = {k: v for k, v in sqlalchemy_inspect(row).dict.items() if not k.startswith("_")}
+    given = sqlalchemy_inspect(row).dict
+    for key in [k for k, default in _TASK_DEFAULTS.items() if default is not None and k not in given]:
+        # The column defaults the INSERT would apply, on the object too: it is handed out as
+        # it is stored (``opened_tasks``).
+        setattr(row, key, _TASK_DEFAULTS[key])
+    values = {k: v for k, v in given.items() if not k.startswith("_")}
     if groups and connection.dialect.name == "postgresql":
         # The task and its candidate rows in one statement: the row's id never has to
         # travel back to Python before the candidates can be written.
@@ -511,9 +516,6 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         row.id = connection.execute(_INSERT_TASK, values).scalar_one()
         if groups:
             connection.execute(_INSERT_CANDIDATE, [{"task_id": row.id, "group_key": g} for g in groups])
-    for key, default in _TASK_DEFAULTS.items():
-        if default is not None and getattr(row, key) is None:
-            setattr(row, key, default)  # as stored, for whoever reads the row from opened_tasks
     session.info.setdefault(_OPENED_TASKS, []).append(row)
     if excluded:
         case_wide = properties.get(RECUSAL_SCOPE) == "case"
@@ -535,7 +537,7 @@ _KEPT = "bpm_kept_workflows"
 
 
 @sa_event.listens_for(Session, "after_soft_rollback")
-def _forget_opened(session: Session, _previous: Any) -> None:
+def _forget_on_rollback(session: Session, _previous: Any) -> None:
     # A rolled-back savepoint may have opened some of them: forget all rather than name a
     # task that does not exist (the caller falls back to the inbox). Likewise the workflows
     # to keep: one changed inside the savepoint no longer matches its row's state.

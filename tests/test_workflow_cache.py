@@ -4,6 +4,8 @@ one it was saved as. Two Runtime objects over one database stand for two process
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from sqlalchemy import select
 
@@ -99,6 +101,6 @@ def test_a_finished_instance_is_not_kept_and_size_zero_keeps_nothing(db, setting
     assert _instance(db, instance_id).status == "completed"
     assert len(rt.workflows) == 0
 
-    off = Runtime(settings.__class__(**{**settings.__dict__, "workflow_cache": 0}))
+    off = Runtime(replace(settings, workflow_cache=0))
     _start(db, off, people.clerk, "WC-5")
     assert len(off.workflows) == 0
