@@ -5,6 +5,8 @@ and every COMMIT that the service layer sends while it drives one instance. :fun
 sends exactly those, again and again, over one raw psycopg connection with server-side
 prepared statements: no SQLAlchemy, no SpiffWorkflow, no engine code. Only the values
 that must differ per instance change (business key, instance and task ids, task uuids).
+Each copy is a completed instance with the same rows, of the same sizes, as the engine's (the
+bench's storage figures count them too).
 
 What the replay costs is what this statement plan costs the database and the driver
 alone, so the service layer cannot run faster than it on the same machine. That tells a
