@@ -13,9 +13,10 @@ from __future__ import annotations
 import http
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, current_app, json
 from flask_smorest import Api
 from flask_smorest.utils import prepare_response
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from api.schemas import ProblemDetailsOut
@@ -44,7 +45,8 @@ def status_for(exc: errors.BpmError) -> int:
     return 500
 
 
-def problem(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> Response:
+def problem(status: int, code: str, title: str, detail: str | None = None, *,
+            headers: dict[str, str] | None = None, **extra: Any) -> Response:
     body = {"type": "about:blank", "status": status, "code": code, "title": title}
     if detail:
         body["detail"] = detail
@@ -53,7 +55,7 @@ def problem(status: int, code: str, title: str, detail: str | None = None, **ext
         # The contract is "every 422 lists what was wrong": a refusal that names no field
         # still gives a client one entry to show.
         body["errors"] = [{"field": "", "message": detail or title}]
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    headers = {**({"WWW-Authenticate": "Bearer"} if status == 401 else {}), **(headers or {})}
     return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=PROBLEM,
                     headers=headers)
 
@@ -84,6 +86,23 @@ def _handle_engine_error(exc: errors.BpmError) -> Response:
     return problem(status, exc.code, exc.code.replace("_", " "), exc.message, **details)
 
 
+# PostgreSQL rolled the transaction back because of another one (deadlock detected,
+# serialization failure, lock not available): the request itself was fine, nothing of it was
+# saved, and sent again it can go through. Two changes that lock the same rows in opposite
+# orders (a VIP case's tier step and the monthly evaluation) end this way.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+
+
+def _handle_database_error(exc: OperationalError) -> Response:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate not in RETRYABLE_SQLSTATES:
+        raise exc  # not the request's to retry: Flask's 500 (problem+json) and its log line
+    current_app.logger.warning("rolled back by the database (SQLSTATE %s), answered 503: %s", sqlstate, exc.orig)
+    return problem(503, "concurrent_change", "concurrent change",
+                   "another change to the same records collided with this one and the database rolled this one "
+                   "back; nothing was saved: send the request again", headers={"Retry-After": "1"})
+
+
 class ProblemApi(Api):  # type: ignore[misc]
     """flask-smorest's error handler, speaking problem+json like the engine errors."""
 
@@ -97,7 +116,7 @@ class ProblemApi(Api):  # type: ignore[misc]
         code = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
                 422: "invalid_request"}.get(status, "error" if status < 500 else "internal_error")
-        extra = {}
+        extra: dict[str, Any] = {}
         messages = data.get("messages")
         if messages:
             # webargs keys its messages by location ("json", "query"): an endpoint reads one
@@ -123,3 +142,4 @@ class ProblemApi(Api):  # type: ignore[misc]
 
 def register(app: Flask) -> None:
     app.register_error_handler(errors.BpmError, _handle_engine_error)
+    app.register_error_handler(OperationalError, _handle_database_error)

@@ -55,7 +55,8 @@ def apply(session: Session, instance: ProcessInstance, facts: dict[str, Any], *,
     # instance, then client; the monthly evaluation takes clients first, then instances, so
     # a case step applying a tier at the very moment the evaluation tells that same case
     # something can deadlock: PostgreSQL aborts one, and both are retried (the timer or
-    # the schedule's slot stays unfired; a person's step answers with an error).
+    # the schedule's slot stays unfired; a person's step answers 503 concurrent_change,
+    # nothing saved, to be sent again: api/errors.py).
     # Re-read the row, unless this transaction has unflushed changes to it (the monthly
     # evaluation's, when it tells the case in the same transaction): re-reading would drop them.
     loaded = session.identity_map.get(session.identity_key(Client, instance.client_id))
