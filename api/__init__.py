@@ -14,7 +14,9 @@ from engine.runtime import Runtime
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None,
-               database: Database | None = None) -> Flask:
+               database: Database | None = None, record_policy: bool = False) -> Flask:
+    """``record_policy``: put the field policy in the audit trail if it changed since the last
+    start (``field_policy.record_change``); the serving entry points do, tests need not."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config.update(
@@ -35,7 +37,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         runtime = Runtime(settings, scheduler=scheduler)
     # Field visibility (brief §6.3) is data beside the diagrams; an invalid policy stops the
     # app here (FieldPolicyInvalid names each problem) instead of serving case data unscreened.
-    policy = field_policy.load_directory(settings.workflows_dir / field_policy.DIRECTORY)
+    policy_directory = settings.workflows_dir / field_policy.DIRECTORY
+    policy = field_policy.load_directory(policy_directory)
+    if record_policy:
+        with database.transaction() as session:
+            field_policy.record_change(session, policy_directory, at=runtime.now(), actor="system")
     app.extensions["bpm"] = BpmContext(settings=settings, db=database, runtime=runtime, field_policy=policy)
     api = errors.ProblemApi(app, spec_kwargs={
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

@@ -527,7 +527,7 @@ def serve(ctx: Context, host: str, port: int) -> None:
         rt.scheduler = runner
         runner.start()
         timers_note = "timers: embedded runner"
-    app = create_app(ctx.settings, database=ctx.db, runtime=rt)
+    app = create_app(ctx.settings, database=ctx.db, runtime=rt, record_policy=True)
     click.echo(f"Brokerage BPM is running at http://{host}:{port}/  "
                f"(API: http://{host}:{port}/api/v1/openapi.json; demo login s104 / demo; {timers_note})")
     try:

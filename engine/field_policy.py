@@ -47,6 +47,7 @@ response lists them, by group, under ``withheld``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,10 +59,11 @@ from jsonschema import Draft202012Validator
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from engine.audit import SYSTEM_STREAM, record_system_event
 from engine.errors import FieldPolicyInvalid
 from engine.identity import SYSTEM_ROLES, Actor
 from engine.masking import mask_identifiers
-from engine.models import AuditEvent, ProcessInstance, ServiceGroup, StaffProfile, Task, User
+from engine.models import AuditEvent, AuditStream, ProcessInstance, ServiceGroup, StaffProfile, Task, User
 from engine.registry import JOB_ROLES
 
 DIRECTORY = "field_policy"  # under the workflows directory, beside sla/ and forms/
@@ -206,6 +208,38 @@ def load_directory(directory: Path) -> FieldPolicy:
     if problems:
         raise FieldPolicyInvalid(problems)
     return FieldPolicy(processes)
+
+
+CHANGED = "field_policy.changed"  # the audit event of a policy taking effect
+
+
+def record_change(session: Session, directory: Path, *, at: datetime, actor: str) -> AuditEvent | None:
+    """Put the policy files the app is about to serve in the system audit trail when they
+    differ from those it last recorded (at the first start: all of them), so compliance can
+    tell from the database which rules decided who saw what, and since when.
+
+    The event lists the files added, changed and removed, every file's sha256 and the content
+    of the added and changed ones; a start with the same files records nothing. The caller
+    loaded the directory first (``load_directory``): only a policy that was accepted is
+    recorded. Two app processes starting at once record it once: the system stream's row is
+    locked before the last record is read."""
+    files = {p.name: p.read_bytes() for p in sorted(directory.glob("*.json"))} if directory.is_dir() else {}
+    digests = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
+    session.execute(select(AuditStream.seq).where(AuditStream.stream == SYSTEM_STREAM).with_for_update())
+    last = session.execute(
+        select(AuditEvent.data).where(AuditEvent.stream == SYSTEM_STREAM, AuditEvent.kind == CHANGED)
+        .order_by(AuditEvent.seq.desc()).limit(1)
+    ).scalar_one_or_none()
+    before: dict[str, str] = (last or {}).get("files", {})
+    if digests == before:
+        return None
+    added = [n for n in digests if n not in before]
+    changed = [n for n in digests if n in before and before[n] != digests[n]]
+    removed = [n for n in before if n not in digests]
+    return record_system_event(session, kind=CHANGED, actor=actor, at=at, data={
+        "directory": directory.name, "files": digests, "added": added, "changed": changed, "removed": removed,
+        "content": {n: json.loads(files[n]) for n in added + changed},
+    })
 
 
 def parse(raw: Any, *, source: str = "policy") -> ProcessPolicy:

@@ -6,7 +6,9 @@ tests/test_case_visibility.py's; here every reader already may, or the expected 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,12 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import field_policy, identity, instances, messages, tasks
+from engine import audit, field_policy, identity, instances, messages, tasks
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import FieldPolicyInvalid, InstanceNotFound
 from engine.identity import Actor
-from engine.models import ProcessInstance, Task
+from engine.models import AuditEvent, ProcessInstance, Task
 from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, QA_OK, REACHED
 from tests.test_process_retention import ACCEPT_TRANSFER, C06, NOT_RETAINED, REVIEWED
 
@@ -468,3 +470,53 @@ def test_identifiers_in_case_data_are_masked_for_every_reader_compliance_include
     assert page.data["complainant_phone"] == "139****0421"
     assert page.data["contacts"] == [{"relative_id_number": "3301**********2315"}]
     assert full_data(db, rt, complaint.id)["complainant_phone"] == "13900000421"  # stored as given
+
+
+# -- the policy in the audit trail ----------------------------------------------------------
+def _changes(db) -> list[dict[str, Any]]:
+    with db.transaction() as s:
+        return [e.data for e in s.execute(
+            select(AuditEvent).where(AuditEvent.kind == field_policy.CHANGED).order_by(AuditEvent.seq)).scalars()]
+
+
+@pytest.mark.sqlite
+def test_the_policy_served_is_audited_once_then_again_only_with_what_changed(db, rt, tmp_path):
+    shipped = PROJECT_ROOT / "workflows" / field_policy.DIRECTORY
+    directory = tmp_path / field_policy.DIRECTORY
+    shutil.copytree(shipped, directory)
+    names = sorted(p.name for p in shipped.glob("*.json"))
+
+    with db.transaction() as s:
+        assert field_policy.record_change(s, directory, at=rt.now(), actor="system") is not None
+    with db.transaction() as s:  # the next start, same files: nothing to record
+        assert field_policy.record_change(s, directory, at=rt.now(), actor="system") is None
+    (first,) = _changes(db)
+    assert first["added"] == names and first["changed"] == first["removed"] == []
+    assert first["files"] == {n: hashlib.sha256((shipped / n).read_bytes()).hexdigest() for n in names}
+    assert first["content"] == {n: json.loads((shipped / n).read_text(encoding="utf-8")) for n in names}
+
+    edited = json.loads((directory / "callback.json").read_text(encoding="utf-8"))
+    edited["field_groups"]["summary"]["title"] = "满意度（修订）"
+    (directory / "callback.json").write_text(json.dumps(edited, ensure_ascii=False), encoding="utf-8")
+    (directory / "retention.json").unlink()
+    with db.transaction() as s:
+        event = field_policy.record_change(s, directory, at=rt.now(), actor="system")
+        assert event is not None and event.actor == "system"
+    second = _changes(db)[1]
+    assert (second["added"], second["changed"], second["removed"]) == ([], ["callback.json"], ["retention.json"])
+    assert second["content"] == {"callback.json": edited}
+    assert sorted(second["files"]) == ["callback.json", "complaint.json"]
+    with db.transaction() as s:
+        assert audit.verify(s).broken == []
+
+
+def test_the_serving_app_records_the_policy_it_starts_with_and_a_plain_app_does_not(settings, db, rt):
+    from api import create_app
+
+    create_app(settings, runtime=rt, database=db)
+    assert _changes(db) == []
+    create_app(settings, runtime=rt, database=db, record_policy=True)
+    create_app(settings, runtime=rt, database=db, record_policy=True)  # a restart: unchanged
+    (recorded,) = _changes(db)
+    shipped = PROJECT_ROOT / "workflows" / field_policy.DIRECTORY
+    assert recorded["added"] == sorted(p.name for p in shipped.glob("*.json"))
