@@ -221,8 +221,9 @@ def record_change(session: Session, directory: Path, *, at: datetime, actor: str
     The event lists the files added, changed and removed, every file's sha256 and the content
     of the added and changed ones; a start with the same files records nothing. The caller
     loaded the directory first (``load_directory``): only a policy that was accepted is
-    recorded. Two app processes starting at once record it once: the system stream's row is
-    locked before the last record is read."""
+    recorded. Two app processes starting at once record it once: the system stream's row
+    (there from the first deployment or user on) is locked before the last record is read,
+    and SQLite serializes the two transactions anyway."""
     files = {p.name: p.read_bytes() for p in sorted(directory.glob("*.json"))} if directory.is_dir() else {}
     digests = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
     session.execute(select(AuditStream.seq).where(AuditStream.stream == SYSTEM_STREAM).with_for_update())
