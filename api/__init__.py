@@ -37,11 +37,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         runtime = Runtime(settings, scheduler=scheduler)
     # Field visibility (brief §6.3) is data beside the diagrams; an invalid policy stops the
     # app here (FieldPolicyInvalid names each problem) instead of serving case data unscreened.
-    policy_directory = settings.workflows_dir / field_policy.DIRECTORY
-    policy = field_policy.load_directory(policy_directory)
+    policy = field_policy.load_directory(settings.workflows_dir / field_policy.DIRECTORY)
     if record_policy:
         with database.transaction() as session:
-            field_policy.record_change(session, policy_directory, at=runtime.now(), actor="system")
+            field_policy.record_change(session, policy, at=runtime.now(), actor="system")
     app.extensions["bpm"] = BpmContext(settings=settings, db=database, runtime=runtime, field_policy=policy)
     api = errors.ProblemApi(app, spec_kwargs={
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

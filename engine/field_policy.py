@@ -171,6 +171,8 @@ class FieldPolicy:
     """Every process's policy, by process key. A process without one restricts nothing."""
 
     processes: Mapping[str, ProcessPolicy] = field(default_factory=dict)
+    # The files it was read from, by name, as read: what ``record_change`` audits.
+    files: Mapping[str, bytes] = field(default_factory=dict)
 
     def of(self, process_key: str) -> ProcessPolicy | None:
         return self.processes.get(process_key)
@@ -185,10 +187,12 @@ def load_directory(directory: Path) -> FieldPolicy:
     processes: dict[str, ProcessPolicy] = {}
     claimed: dict[str, str] = {}  # process key -> the first file naming it, valid or not
     problems: list[str] = []
+    files: dict[str, bytes] = {}
     for path in sorted(directory.glob("*.json")):
         source = f"{directory.name}/{path.name}"
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            files[path.name] = path.read_bytes()
+            raw = json.loads(files[path.name].decode("utf-8"))
         except json.JSONDecodeError as exc:
             problems.append(f"{source}:{exc.lineno}: not JSON: {exc.msg}")
             continue
@@ -207,24 +211,24 @@ def load_directory(directory: Path) -> FieldPolicy:
                 processes[key] = policy
     if problems:
         raise FieldPolicyInvalid(problems)
-    return FieldPolicy(processes)
+    return FieldPolicy(processes, files)
 
 
 CHANGED = "field_policy.changed"  # the audit event of a policy taking effect
 
 
-def record_change(session: Session, directory: Path, *, at: datetime, actor: str) -> AuditEvent | None:
+def record_change(session: Session, policy: FieldPolicy, *, at: datetime, actor: str) -> AuditEvent | None:
     """Put the policy files the app is about to serve in the system audit trail when they
     differ from those it last recorded (at the first start: all of them), so compliance can
     tell from the database which rules decided who saw what, and since when.
 
     The event lists the files added, changed and removed, every file's sha256 and the content
-    of the added and changed ones; a start with the same files records nothing. The caller
-    loaded the directory first (``load_directory``): only a policy that was accepted is
-    recorded. Two app processes starting at once record it once: the system stream's row
-    (there from the first deployment or user on) is locked before the last record is read,
-    and SQLite serializes the two transactions anyway."""
-    files = {p.name: p.read_bytes() for p in sorted(directory.glob("*.json"))} if directory.is_dir() else {}
+    of the added and changed ones; a start with the same files records nothing. ``policy``
+    is what ``load_directory`` accepted, with the bytes it read: what is recorded is what is
+    served, even if a file changes on disk meanwhile. Two app processes starting at once
+    record it once: the system stream's row (there from the first deployment or user on) is
+    locked before the last record is read, and SQLite serializes the two transactions anyway."""
+    files = policy.files
     digests = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
     session.execute(select(AuditStream.seq).where(AuditStream.stream == SYSTEM_STREAM).with_for_update())
     last = session.execute(
@@ -238,7 +242,7 @@ def record_change(session: Session, directory: Path, *, at: datetime, actor: str
     changed = [n for n in digests if n in before and before[n] != digests[n]]
     removed = [n for n in before if n not in digests]
     return record_system_event(session, kind=CHANGED, actor=actor, at=at, data={
-        "directory": directory.name, "files": digests, "added": added, "changed": changed, "removed": removed,
+        "directory": DIRECTORY, "files": digests, "added": added, "changed": changed, "removed": removed,
         "content": {n: json.loads(files[n]) for n in added + changed},
     })
 

@@ -487,9 +487,11 @@ def test_the_policy_served_is_audited_once_then_again_only_with_what_changed(db,
     names = sorted(p.name for p in shipped.glob("*.json"))
 
     with db.transaction() as s:
-        assert field_policy.record_change(s, directory, at=rt.now(), actor="system") is not None
+        assert field_policy.record_change(s, field_policy.load_directory(directory), at=rt.now(),
+                                          actor="system") is not None
     with db.transaction() as s:  # the next start, same files: nothing to record
-        assert field_policy.record_change(s, directory, at=rt.now(), actor="system") is None
+        assert field_policy.record_change(s, field_policy.load_directory(directory), at=rt.now(),
+                                          actor="system") is None
     (first,) = _changes(db)
     assert first["added"] == names and first["changed"] == first["removed"] == []
     assert first["files"] == {n: hashlib.sha256((shipped / n).read_bytes()).hexdigest() for n in names}
@@ -500,7 +502,8 @@ def test_the_policy_served_is_audited_once_then_again_only_with_what_changed(db,
     (directory / "callback.json").write_text(json.dumps(edited, ensure_ascii=False), encoding="utf-8")
     (directory / "retention.json").unlink()
     with db.transaction() as s:
-        event = field_policy.record_change(s, directory, at=rt.now(), actor="system")
+        event = field_policy.record_change(s, field_policy.load_directory(directory), at=rt.now(),
+                                          actor="system")
         assert event is not None and event.actor == "system"
     second = _changes(db)[1]
     assert (second["added"], second["changed"], second["removed"]) == ([], ["callback.json"], ["retention.json"])
