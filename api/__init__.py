@@ -6,11 +6,11 @@ from flask import Flask
 
 from api import errors
 from api.context import BpmContext
-from engine import field_policy
+from engine.access import field_policy
+from engine.bootstrap import build_runtime, rq_scheduler
 from engine.config import Settings
 from engine.db import Database
-from engine.queueing import RqScheduler
-from engine.runtime import Runtime
+from engine.process.runtime import Runtime
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None,
@@ -33,8 +33,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     database = database or Database(settings.database_url)
     if runtime is None:
         # Under gunicorn, new timers are announced to rq; `bpm worker` fires them.
-        scheduler = RqScheduler(settings.redis_url) if settings.redis_url else None
-        runtime = Runtime(settings, scheduler=scheduler)
+        runtime = build_runtime(settings, scheduler=rq_scheduler(settings))
     # Field visibility (brief §6.3) is data beside the diagrams; an invalid policy stops the
     # app here (FieldPolicyInvalid names each problem) instead of serving case data unscreened.
     policy = field_policy.load_directory(settings.workflows_dir / field_policy.DIRECTORY)

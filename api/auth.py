@@ -14,9 +14,9 @@ import time
 from flask import g, request
 
 from api.context import bpm
-from engine import identity
+from engine.access import identity
+from engine.access.identity import Actor
 from engine.errors import AuthenticationFailed
-from engine.identity import Actor
 
 TOKEN_CACHE_SECONDS = 10.0
 _cache: dict[str, tuple[Actor, float]] = {}

@@ -13,11 +13,17 @@ from typing import Any, NoReturn
 
 import click
 
-from engine import audit, bundle, demo, demo_cases, deployments, identity
+from engine import audit
+from engine.access import identity
+from engine.bootstrap import build_runtime, rq_scheduler
+from engine.bpmn import bundle
+from engine.brokerage import demo, demo_cases, departures
 from engine.config import Settings
 from engine.db import Database
 from engine.errors import BpmError, ConfigError, DeploymentRejected
-from engine.runtime import Runtime
+from engine.process import deployments
+from engine.process.runtime import Runtime
+from engine.sla import admin as sla_admin
 
 
 class Context:
@@ -38,7 +44,7 @@ class Context:
         return self._db
 
     def runtime(self) -> Runtime:
-        return Runtime(self.settings)
+        return build_runtime(self.settings)
 
     def close(self) -> None:
         """Close the pooled connections: psycopg warns about connections left to the GC."""
@@ -234,15 +240,15 @@ def calendar() -> None:
 def calendar_set_day(ctx: Context, day: Any, holiday: str | None, workday: str | None, trading: bool | None) -> None:
     """Add or correct one day, then recompute the due dates of open tasks and the schedules'
     next runs."""
-    from engine import schedules, sla
+    from engine.timers import schedules
 
     if (holiday is None) == (workday is None):
         fail("give exactly one of --holiday NAME or --workday NAME", code=2)
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
-        sla.set_day(session, day=day.date(), working=workday is not None, trading=trading,
+        sla_admin.set_day(session, day=day.date(), working=workday is not None, trading=trading,
                     name=holiday or workday, actor=identity.Actor.system("cli"), now=rt.now())
-        count = sla.recompute(session, rt, now=rt.now())
+        count = sla_admin.recompute(session, rt, now=rt.now())
         moved = schedules.recompute(session, rt, now=rt.now())
     click.echo(f"{day.date()} saved; {count} open task(s) got a new due date; {moved} schedule(s) moved")
 
@@ -251,10 +257,9 @@ def calendar_set_day(ctx: Context, day: Any, holiday: str | None, workday: str |
 @pass_ctx
 def calendar_coverage(ctx: Context) -> None:
     """What the calendar knows, and open tasks whose due date needed more."""
-    from engine import sla
 
     with ctx.db.transaction() as session:
-        cover = sla.coverage(session)
+        cover = sla_admin.coverage(session)
     click.echo(f"known: {cover.first} .. {cover.last}; open tasks flagged calendar_incomplete: "
                f"{cover.incomplete_open_tasks}")
 
@@ -275,7 +280,6 @@ def sla_load(ctx: Context, path: Path) -> None:
     from sqlalchemy import select
 
     from api.schemas import PolicySchema
-    from engine import sla as sla_service
     from engine.models import Task
 
     try:
@@ -303,7 +307,7 @@ def sla_load(ctx: Context, path: Path) -> None:
     with ctx.db.transaction() as session:
         before = due_dates(session)
         for policy in loaded:
-            sla_service.upsert_policy(session, rt, data=policy, actor=identity.Actor.system("cli"))
+            sla_admin.upsert_policy(session, rt, data=policy, actor=identity.Actor.system("cli"))
         # Each save recomputes every open task: count the tasks the whole file changed.
         changed = sum(1 for task_id, due in due_dates(session).items() if before.get(task_id) != due)
     click.echo(f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'} saved; "
@@ -323,7 +327,7 @@ def timer_reschedule(ctx: Context, timer_id: int, due_at: str) -> None:
     """Move a waiting timer to DUE_AT (ISO 8601 with an offset, e.g. 2026-12-01T09:00:00+08:00)."""
     from datetime import datetime
 
-    from engine import timers
+    from engine.timers import firing
 
     try:
         when = datetime.fromisoformat(due_at)
@@ -333,7 +337,7 @@ def timer_reschedule(ctx: Context, timer_id: int, due_at: str) -> None:
         fail("give the time with an offset, e.g. +08:00", code=2)
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
-        timers.reschedule(session, rt, timer_id=timer_id, due_at=when, actor=identity.Actor.system("cli"))
+        firing.reschedule(session, rt, timer_id=timer_id, due_at=when, actor=identity.Actor.system("cli"))
     click.echo(f"timer {timer_id} now due {when.isoformat()}")
 
 
@@ -354,7 +358,7 @@ def registry_import_cmd(ctx: Context, branches: Path | None, staff: Path | None,
 
     Valid rows are applied; each rejected row is printed as ``file:line column: reason``
     and the exit code is 1. Importing the same files again changes nothing."""
-    from engine import registry_import
+    from engine.brokerage import registry_import
 
     paths = {"branches": branches, "staff": staff, "groups": groups, "clients": clients}
     files = {kind: (str(path), path.read_bytes()) for kind, path in paths.items() if path is not None}
@@ -378,7 +382,7 @@ def registry_import_cmd(ctx: Context, branches: Path | None, staff: Path | None,
 def registry_evaluate(ctx: Context, as_of: Any) -> None:
     """Classify every client and record the evaluated VIP tiers and downgrade grace as of a
     date (the client's VIP case changes the effective tier); print the changes, one a line."""
-    from engine import classification
+    from engine.brokerage import classification
     from engine.calendars import SHANGHAI
 
     rt = ctx.runtime()
@@ -402,11 +406,10 @@ def registry_staff_departed(ctx: Context, username: str, departed_on: Any) -> No
     """员工离职: deactivate USERNAME, end their service-group membership and start a
     departed_staff callback for each client of the group; print the callbacks and any
     group that now needs a replacement."""
-    from engine import registry
 
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
-        result = registry.staff_departed(session, rt, username=username, departed_on=departed_on.date(),
+        result = departures.staff_departed(session, rt, username=username, departed_on=departed_on.date(),
                                          actor=identity.Actor.system("cli"), now=rt.now())
         callbacks = [(c.business_key, c.client_id, c.status) for c in result.callbacks]
     for business_key, client_id, status in callbacks:
@@ -430,7 +433,7 @@ def figures_import_snapshot(ctx: Context, path: Path) -> None:
     """Load per-period client figures (assets at start and end, net inflow, traded amount,
     referrals) from a CSV file. Rejected rows are printed as ``file:line column: reason``
     and the exit code is 1; importing the same file again changes nothing."""
-    from engine import snapshots
+    from engine.brokerage import snapshots
 
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
@@ -451,7 +454,7 @@ def figures_set(ctx: Context, key: str, value: str) -> None:
     """Override a figure setting (e.g. ``complaint.sla.resolve.general "15 WD"``), give the
     prior year-end active clients (``callback.periodic.active_clients.2025[.HZ01] 12000``),
     or tune the quarterly periodic callback batch (``callback.periodic.quarterly_ratio 0.03``)."""
-    from engine import figures, periodic_callbacks
+    from engine.brokerage import figures, periodic_callbacks
 
     rt = ctx.runtime()
     # The batch's sampling settings live with the batch; everything else is a figure's.
@@ -513,14 +516,11 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
     In production run gunicorn: ``gunicorn 'api.wsgi:app'``."""
     from api import create_app
-    from engine.notify import Notifier
-    from engine.queueing import RqScheduler
-    from engine.timers import EmbeddedRunner
-
-    rt = ctx.runtime()
+    from engine.timers.firing import EmbeddedRunner
+    from engine.timers.notify import Notifier
+    rt = build_runtime(ctx.settings, scheduler=rq_scheduler(ctx.settings))
     runner = None
-    if ctx.settings.redis_url:
-        rt.scheduler = RqScheduler(ctx.settings.redis_url)  # `bpm worker` fires them
+    if rt.scheduler is not None:  # `bpm worker` fires them
         timers_note = "timers: rq workers (run `bpm worker`)"
     else:
         runner = EmbeddedRunner(ctx.db, rt, notifier=Notifier.from_settings(rt))
@@ -555,15 +555,15 @@ def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool)
     import threading
     from datetime import timedelta
 
-    from engine.notify import Notifier
-    from engine.queueing import RqScheduler, acquire_sweep_lock, die_with_parent, make_worker, sweep
+    from engine.timers.notify import Notifier
+    from engine.timers.queueing import RqScheduler, acquire_sweep_lock, die_with_parent, make_worker, sweep
 
     settings = ctx.settings
     if not settings.redis_url:
         fail("bpm worker needs BPM_REDIS_URL (without it, `bpm serve` runs timers itself)")
     assert settings.redis_url is not None
     scheduler = RqScheduler(settings.redis_url)
-    rt = Runtime(settings, scheduler=scheduler)
+    rt = build_runtime(settings, scheduler=scheduler)
     notifier = Notifier.from_settings(rt)
     worker_name = f"{socket.gethostname()}:{os.getpid()}"
     stop = threading.Event()

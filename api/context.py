@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 
+from engine.access.field_policy import FieldPolicy
 from engine.config import Settings
 from engine.db import Database
-from engine.field_policy import FieldPolicy
-from engine.runtime import Runtime
+from engine.process.runtime import Runtime
 
 
 @dataclass

@@ -7,9 +7,12 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, fields, validate
 
 from api.context import bpm
-from engine import classification, client_access, sla
+from engine.access import client_access
+from engine.brokerage import classification
 from engine.calendars import Unit
-from engine.runtime import ACTIVE_TASK_STATES
+from engine.models import ACTIVE_TASK_STATES
+from engine.sla import clock as sla_clock
+from engine.sla import milestones
 
 TASK_STATUSES = ("open", "claimed", "completed", "cancelled")
 INSTANCE_STATUSES = ("running", "completed", "cancelled", "failed")
@@ -199,10 +202,10 @@ class TaskOut(Schema):
     seconds_to_breach = fields.Method("_seconds_to_breach", allow_none=True)
 
     def _sla_state(self, task: Any) -> str:
-        return sla.state(task, bpm().runtime.now())[0]
+        return sla_clock.state(task, bpm().runtime.now())[0]
 
     def _seconds_to_breach(self, task: Any) -> float | None:
-        return sla.state(task, bpm().runtime.now())[1]
+        return sla_clock.state(task, bpm().runtime.now())[1]
 
 
 class TaskCompletedOut(TaskOut):
@@ -257,7 +260,7 @@ class PauseIn(Schema):
 
 class MilestoneSchema(Schema):
     at = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False, max=5))
-    action = fields.String(required=True, validate=validate.OneOf(sla.ACTIONS))
+    action = fields.String(required=True, validate=validate.OneOf(milestones.ACTIONS))
     to = fields.String(load_default=None, allow_none=True)
     by = fields.Integer(load_default=None, allow_none=True)
 

@@ -51,14 +51,16 @@ from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 
-from engine import bundle as bundles
-from engine import deployments, identity, instances, tasks
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.bootstrap import build_runtime
+from engine.bpmn import bundle as bundles
 from engine.bpmn.parser import parse_files
 from engine.bpmn.serializer import dump_state, load_state
 from engine.config import Settings
 from engine.db import Database
-from engine.identity import Actor
-from engine.runtime import Runtime
+from engine.process import deployments, instances, tasks
+from engine.process.runtime import Runtime
 from engine.schema import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -538,7 +540,7 @@ def _run(args: argparse.Namespace, url: URL, n: int, n_http: int) -> int:
     load_before = os.getloadavg()[0]
     prepare_database(url)
     settings = Settings.from_env({"BPM_DATABASE_URL": url_string(url)})
-    rt = Runtime(settings)
+    rt = build_runtime(settings)
     db = Database(settings.database_url)
     counter = StatementCounter()
     counter.attach(db.engine)

@@ -57,16 +57,17 @@ from redis import Redis
 from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import URL, make_url
 
-from engine import bundle as bundles
-from engine import deployments, instances
+from engine.access.identity import Actor
+from engine.bootstrap import build_runtime
+from engine.bpmn import bundle as bundles
 from engine.config import Settings
 from engine.db import Database
-from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Timer
-from engine.queueing import QUEUE_NAME, RqScheduler, sweep
-from engine.runtime import Runtime
+from engine.process import deployments, instances
+from engine.process.runtime import Runtime
 from engine.schema import upgrade
-from engine.timers import EmbeddedRunner
+from engine.timers.firing import EmbeddedRunner
+from engine.timers.queueing import QUEUE_NAME, RqScheduler, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = Path(__file__).resolve().parent / "timers_bundle"
@@ -145,7 +146,7 @@ def make_runtime(database_url: str, redis_url: str | None) -> tuple[Database, Ru
         env["BPM_REDIS_URL"] = redis_url
     settings = Settings.from_env(env)
     scheduler = RqScheduler(redis_url) if redis_url else None
-    return Database(settings.database_url), Runtime(settings, scheduler=scheduler)
+    return Database(settings.database_url), build_runtime(settings, scheduler=scheduler)
 
 
 # -- processes and CPU ----------------------------------------------------------------------

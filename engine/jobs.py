@@ -1,24 +1,27 @@
-"""Functions rq workers run. Each job is one unit of work over the engine services."""
+"""Functions rq workers run. Each job is one unit of work over the engine services.
+
+rq stores a job's function by its dotted path, so jobs queued by an earlier release name
+``engine.jobs.fire_timer_job``: this module keeps that path (``timers.queueing.FIRE_JOB``).
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from engine import timers
+from engine.bootstrap import build_runtime, rq_scheduler
 from engine.config import Settings
 from engine.db import Database
-from engine.queueing import RqScheduler
-from engine.runtime import Runtime
+from engine.process.runtime import Runtime
+from engine.timers import firing
 
 
 @lru_cache(maxsize=1)
 def _context() -> tuple[Database, Runtime]:
     settings = Settings.from_env()
-    scheduler = RqScheduler(settings.redis_url) if settings.redis_url else None
-    return Database(settings.database_url), Runtime(settings, scheduler=scheduler)
+    return Database(settings.database_url), build_runtime(settings, scheduler=rq_scheduler(settings))
 
 
 def fire_timer_job(timer_id: int) -> bool:
     """Raises only when the database is unreachable, so rq retries with backoff."""
     db, rt = _context()
-    return timers.fire_once(db, rt, timer_id)
+    return firing.fire_once(db, rt, timer_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -28,6 +29,63 @@ from engine.db import Base, UTCDateTime
 
 # BigInteger on PostgreSQL, INTEGER (the rowid alias) on SQLite so ids autoincrement there.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+# -- the values of the status and kind columns ------------------------------------------------
+# StrEnums are str: they compare equal to the plain strings a query returns, bind as those
+# strings on both stores, and serialize to JSON as them.
+class InstanceStatus(StrEnum):
+    """``bpm_process_instance.status``."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    # A step raised or an expression failed: kept as it was, until an administrator retries.
+    FAILED = "failed"
+
+
+class TaskStatus(StrEnum):
+    """``bpm_task.status``: open (in the candidate groups' pool), claimed, or done."""
+
+    OPEN = "open"
+    CLAIMED = "claimed"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+# A task someone may still act on: the inbox's statuses.
+ACTIVE_TASK_STATES = (TaskStatus.OPEN, TaskStatus.CLAIMED)
+
+
+class TaskKind(StrEnum):
+    """``bpm_task.kind``: a user task of the diagram, or a task an SLA milestone opened."""
+
+    BPMN = "bpmn"
+    ESCALATION = "escalation"
+
+
+class TimerStatus(StrEnum):
+    """``bpm_timer.status``. Only a waiting timer is claimed and fired; an SLA milestone is
+    paused while its task's clock is."""
+
+    WAITING = "waiting"
+    PAUSED = "paused"
+    FIRED = "fired"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+# A timer that may still fire (a paused milestone waits for its task's clock to resume).
+ACTIVE_TIMER_STATES = (TimerStatus.WAITING, TimerStatus.PAUSED)
+
+
+class TimerKind(StrEnum):
+    """``bpm_timer.kind``: a BPMN timer event, an SLA milestone of a human task, or a
+    schedule's next slot."""
+
+    BPMN = "bpmn"
+    SLA = "sla"
+    SCHEDULE = "schedule"
 
 
 class User(Base):

@@ -19,11 +19,15 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
-from engine import bundle, deployments, identity
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.access.roles import INTEGRATION
+from engine.bootstrap import build_runtime
+from engine.bpmn import bundle
 from engine.config import Settings
 from engine.db import Base, Database
-from engine.identity import Actor
-from engine.runtime import Runtime
+from engine.process import deployments
+from engine.process.runtime import Runtime
 from engine.schema import upgrade
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -112,7 +116,7 @@ def _reseed_calendar(conn) -> None:
 
 @pytest.fixture
 def rt(settings: Settings) -> Runtime:
-    return Runtime(settings)
+    return build_runtime(settings)
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,7 @@ def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
 @pytest.fixture
 def demo_loaded(db, rt) -> None:
     """The demo loaded as ``bpm demo load`` does: people, registry, workflows/ deployed."""
-    from engine import demo
+    from engine.brokerage import demo
     from engine.config import PROJECT_ROOT
 
     with db.transaction() as s:
@@ -232,8 +236,8 @@ def demo_app(db, rt, client, demo_loaded) -> dict[str, str]:
     """The demo, and the headers of the account-opening system: a user holding the
     integration role."""
     with db.transaction() as s:
-        identity.ensure_group(s, key=identity.INTEGRATION)
+        identity.ensure_group(s, key=INTEGRATION)
         identity.create_user(s, username="account_system", display_name="开户系统", now=rt.now(),
-                             groups=[identity.INTEGRATION])
+                             groups=[INTEGRATION])
         token = identity.issue_token(s, username="account_system", now=rt.now())
     return {"Authorization": f"Bearer {token}"}

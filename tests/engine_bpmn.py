@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from engine import bundle as bundles
-from engine.bundle import Bundle
+from engine.bpmn import bundle as bundles
+from engine.bpmn.bundle import Bundle
 from engine.db import Base, Database
 
 FIXTURES = Path(__file__).parent / "fixtures"

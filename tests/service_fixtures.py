@@ -6,10 +6,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.service_tasks import registry
+from engine.bpmn.service_tasks import ServiceRegistry
+from engine.process.runtime import Runtime
+
+functions = ServiceRegistry()
 
 
-@registry.register("block_for_test")
+def install(runtime: Runtime) -> None:
+    runtime.services.include(functions)
+
+
+@functions.register("block_for_test")
 def block_for_test(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Record an attempt, then wait until the test releases it (a file appears)."""
     marker, release = Path(params["marker"]), Path(params["release"])

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from engine import identity
+from engine.access import identity
 from tests.conftest import assert_problem
 
 API = "/api/v1"

@@ -7,8 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from engine import sla
 from engine.calendars import SHANGHAI
+from engine.sla import calendar_store
 from tests.conftest import assert_problem
 
 
@@ -20,7 +20,7 @@ def test_a_process_owner_defines_business_hours_with_a_lunch_break(client, auth,
     listed = client.get("/api/v1/calendar/hours", headers=auth("li")).json
     assert {"name": "counter", "tz": "Asia/Shanghai", "periods": [["09:00", "11:30"], ["13:00", "16:00"]]} in listed
     with db.transaction() as s:
-        calendar = sla.CALENDARS.get(s, "counter")
+        calendar = calendar_store.CALENDARS.get(s, "counter")
     start = datetime(2026, 3, 2, 11, 0, tzinfo=SHANGHAI)
     assert calendar.add(start, 1, "WH").at == datetime(2026, 3, 2, 13, 30, tzinfo=SHANGHAI)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import time_machine
 
-from engine import demo
+from engine.brokerage import demo
 from engine.calendars import SHANGHAI
 from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, QA_OK, REACHED
 

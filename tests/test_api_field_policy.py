@@ -14,7 +14,7 @@ import pytest
 import time_machine
 
 from api import create_app
-from engine import demo
+from engine.brokerage import demo
 from engine.calendars import SHANGHAI
 from engine.errors import FieldPolicyInvalid
 from tests.test_field_policy import CALLBACK_COLUMN, CALLER, CONDUCT_ANSWERS, HQ_COMPLIANCE, OTHER_AGENT, POLICY

@@ -18,10 +18,12 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import deployments, figures, identity, instances, tasks
+from engine.access import identity
+from engine.brokerage import figures
 from engine.calendars import SHANGHAI
 from engine.errors import InvalidInput
 from engine.models import Task
+from engine.process import deployments, instances, tasks
 from tests.conftest import assert_problem
 from tests.engine_bpmn import bundle_of, flow, linear, process, user_task
 from tests.test_cli import bpm

@@ -3,8 +3,8 @@
 import pytest
 from sqlalchemy import func, select
 
-from engine import deployments
 from engine.models import MessageSubscription, ProcessInstance
+from engine.process import deployments
 from tests.conftest import assert_problem
 from tests.engine_bpmn import bundle_of, flow, process
 

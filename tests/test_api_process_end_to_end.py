@@ -18,10 +18,14 @@ import pytest
 import time_machine
 from flask.testing import FlaskClient
 
-from engine import callback_services, demo, identity, timers
+from engine.access import identity
+from engine.access.roles import INTEGRATION
+from engine.brokerage import demo
+from engine.brokerage.services import callback as callback_services
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
-from engine.runtime import Runtime
+from engine.process.runtime import Runtime
+from engine.timers import firing
 from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, REACHED
 from tests.test_process_complaint import COMMUNICATED, CONTACTED, PHONE_CALL, registration
 from tests.test_process_retention import ACCEPT_TRANSFER, C05, COMPLETED, NOT_RETAINED, REVIEWED, SUBMITTED
@@ -143,9 +147,9 @@ def http(db, rt, client) -> Http:
     with db.transaction() as s:
         demo.load(s, rt)
         demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
-        identity.ensure_group(s, key=identity.INTEGRATION)
+        identity.ensure_group(s, key=INTEGRATION)
         for username, name in SYSTEMS.items():
-            identity.create_user(s, username=username, display_name=name, now=rt.now(), groups=[identity.INTEGRATION])
+            identity.create_user(s, username=username, display_name=name, now=rt.now(), groups=[INTEGRATION])
             token = identity.issue_token(s, username=username, now=rt.now())
             systems[username] = {"Authorization": f"Bearer {token}"}
     return Http(client, rt, systems)
@@ -219,7 +223,7 @@ def test_a_mis_selling_complaint_is_investigated_without_the_accused_group_and_r
         # The satisfaction call waits a day after closure (complaint.satisfaction_delay).
         assert http.sees("s004", key) == []
         clock.shift(timedelta(days=1, minutes=1))
-        assert timers.fire_due(db, rt) >= 1
+        assert firing.fire_due(db, rt) >= 1
         http.take("s004", key, "satisfaction_callback", {"csat": 4, "resolved_in_client_view": True})
         done = http.instance("s007", instance_id)
     assert done["status"] == "completed"

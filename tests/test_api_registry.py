@@ -15,9 +15,12 @@ from datetime import date
 import pytest
 from sqlalchemy import select
 
-from engine import bundle, demo, deployments, identity, instances, registry, tasks
-from engine.identity import Actor
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.bpmn import bundle
+from engine.brokerage import demo, registry
 from engine.models import AuditEvent, Task
+from engine.process import deployments, instances, tasks
 from tests.conftest import assert_problem
 
 API = "/api/v1"

@@ -13,9 +13,9 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import timers
 from engine.calendars import SHANGHAI
 from engine.models import AuditEvent, Notification, ProcessInstance, Timer
+from engine.timers import firing
 from tests.conftest import assert_problem
 
 API = "/api/v1"
@@ -222,16 +222,16 @@ def test_a_policy_change_while_a_task_is_paused_arms_no_milestone_until_it_resum
         assert at(task["due_at"]) == sh(2026, 3, 5, 9) and task["sla_state"] == "paused"
 
         clock.move_to(sh(2026, 3, 6, 9))  # past every milestone of the new target: the clock stands still
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
         with db.transaction() as s:
             assert s.execute(select(Notification)).first() is None
         resumed = command(client, login(client, "li"), task["id"], "resume")
         assert resumed.status_code == 200
         # The four paused working days (Monday to Thursday) are excluded: 3 WD from Friday 09:00.
         assert at(resumed.json["due_at"]) == sh(2026, 3, 11, 9)
-        assert timers.fire_due(db, rt) == 0  # the milestones moved with the due date
+        assert firing.fire_due(db, rt) == 0  # the milestones moved with the due date
         clock.move_to(sh(2026, 3, 9, 13, 0, 1))  # half of 3 WD (Tuesday 13:00) + the 4 paused working days
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
 
 
 @pytest.mark.sqlite
@@ -390,12 +390,12 @@ def test_a_supervisor_reschedules_a_timer_and_it_fires_at_the_new_time_not_the_o
         assert at(moved.json["due_at"]) == later and moved.json["status"] == "waiting"
 
         clock.move_to(START + timedelta(days=15, seconds=1))  # the old time: nothing happens
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
         clock.move_to(later)  # due < now strictly
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
         clock.move_to(later + timedelta(seconds=1))
-        assert timers.fire_due(db, rt) == 1
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 0
         boss = login(client, "boss")
         assert client.get(f"{API}/timers", headers=boss).json == []
         fired_again = client.post(url, json={"due_at": (later + timedelta(days=1)).isoformat()}, headers=boss)
@@ -445,7 +445,7 @@ def test_a_process_owner_schedules_a_quarterly_start_that_the_timers_run(client,
         assert at(timer["due_at"]) == sh(2026, 4, 1, 9)
 
         clock.move_to(sh(2026, 4, 1, 9, 0, 1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         owner = login(client, "owner")
         (schedule,) = client.get(f"{API}/schedules", headers=owner).json
         assert at(schedule["next_run_at"]) == sh(2026, 7, 1, 9)
@@ -494,8 +494,8 @@ def test_milestones_saved_through_the_api_with_their_defaults_fire(client, db, r
         assert saved.status_code == 200, saved.get_data(as_text=True)
         start(client, login(client, "li"), "R-1")
         clock.move_to(sh(2026, 3, 3, 9, 0, 1))
-        assert timers.fire_due(db, rt) == 2
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 2
+        assert firing.fire_due(db, rt) == 0
         task = task_of(client, login(client, "li"), "R-1")
     assert task["priority"] == 70
     with db.transaction() as s:
@@ -516,7 +516,7 @@ def _reminders(db, rt, instance_id):
 
 def _fire_until_quiet(db, rt):
     fired = []
-    while (count := timers.fire_due(db, rt)) and len(fired) < 20:
+    while (count := firing.fire_due(db, rt)) and len(fired) < 20:
         fired.append(count)
     return sum(fired)
 
@@ -528,15 +528,15 @@ def _fire_until_quiet(db, rt):
 ])
 def test_a_cycle_timer_catches_up_after_the_clock_jumps_by_its_policy(client, db, people, database_url, catch_up,
                                                                       caught_up, in_all):
-    from engine import instances
+    from engine.bootstrap import build_runtime
     from engine.config import Settings
-    from engine.runtime import Runtime
+    from engine.process import instances
     from tests.conftest import deploy_fixture
 
     env = {"BPM_DATABASE_URL": database_url}
     if catch_up != "once":  # "once" is the default
         env["BPM_TIMER_CATCH_UP"] = catch_up
-    rt = Runtime(Settings.from_env(env))
+    rt = build_runtime(Settings.from_env(env))
     assert rt.settings.timer_catch_up == catch_up
     deploy_fixture(db, rt, "cycle", people.owner)
     with time_machine.travel(START, tick=False) as clock:

@@ -6,10 +6,11 @@ from datetime import date, datetime, time
 
 import pytest
 
-from engine import sla
+from engine.bpmn.date_functions import DateFunctions
 from engine.calendars import SHANGHAI, BusinessCalendar, BusinessHours, DayInfo, Unit, seed_days
-from engine.date_functions import DateFunctions
 from engine.errors import InvalidInput
+from engine.sla import admin as sla_admin
+from engine.sla import calendar_store
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +96,13 @@ def test_diagram_date_functions_see_an_administrators_correction_once_the_revisi
 
     with db.transaction() as s:
         before, held = evaluate(s)
-        revision = sla.revisions(s)["calendar_revision"]
+        revision = calendar_store.revisions(s)["calendar_revision"]
     assert before == "2025-06-16T10:00:00+08:00"
     with db.transaction() as s:  # the exchanges stay closed on Monday 06-16
-        sla.set_day(s, day=date(2025, 6, 16), working=False, trading=False, name="临时休市", actor=people.owner,
+        sla_admin.set_day(s, day=date(2025, 6, 16), working=False, trading=False, name="临时休市", actor=people.owner,
                     now=rt.now())
     with db.transaction() as s:
-        assert sla.revisions(s)["calendar_revision"] != revision
+        assert calendar_store.revisions(s)["calendar_revision"] != revision
         after, _ = evaluate(s)
         again, _ = evaluate(s, held)
     assert after == "2025-06-17T10:00:00+08:00"

@@ -16,7 +16,9 @@ from lxml import etree
 from sqlalchemy import func, select
 
 from api import cli
-from engine import identity, instances, messages, registry, tasks, timers
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.brokerage import departures, registry
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import (
@@ -26,7 +28,6 @@ from engine.errors import (
     PermissionDenied,
     StaffAlreadyDeparted,
 )
-from engine.identity import Actor
 from engine.models import (
     AuditEvent,
     Client,
@@ -41,6 +42,8 @@ from engine.models import (
     Timer,
     User,
 )
+from engine.process import instances, messages, tasks
+from engine.timers import firing
 from tests.conftest import assert_problem
 
 API = "/api/v1"
@@ -196,7 +199,7 @@ def test_a_client_calling_back_ends_the_wait_and_offers_the_next_attempt_at_once
         assert "message.received" in _kinds(db, instance.id)
         # The cancelled wait never fires: at the old retry time nothing happens.
         clock.move_to(start + timedelta(hours=4, seconds=1))
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
         assert [t.id for t in _open_tasks(db, key, "call_attempt")] == [second.id]
 
 
@@ -250,7 +253,7 @@ def test_without_a_call_back_the_wait_still_ends_by_its_timer(db, rt, callback):
         [first] = _open_tasks(db, instance.business_key, "call_attempt")
         _complete(db, rt, first, AGENT, NO_ANSWER)
         clock.move_to(start + timedelta(hours=4, seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
     assert [t.status for t in _retry_timers(db, instance.id)] == ["fired"]
     assert len(_open_tasks(db, instance.business_key, "call_attempt")) == 1
     with db.transaction() as s:  # the message is no longer awaited
@@ -259,10 +262,10 @@ def test_without_a_call_back_the_wait_still_ends_by_its_timer(db, rt, callback):
 
 
 # -- staff departure -----------------------------------------------------------------------------
-def _depart(db, rt, username: str, by: str, on: date) -> registry.Departure:
+def _depart(db, rt, username: str, by: str, on: date) -> departures.Departure:
     actor = _actor(db, by)
     with db.transaction() as s:
-        return registry.staff_departed(s, rt, username=username, departed_on=on, actor=actor, now=rt.now())
+        return departures.staff_departed(s, rt, username=username, departed_on=on, actor=actor, now=rt.now())
 
 
 def _staff(db, username: str) -> tuple[bool, str | None, set[str]]:

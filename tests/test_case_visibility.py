@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from engine import demo, deployments, identity, instances, tasks
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.brokerage import demo
 from engine.errors import InstanceNotFound, TaskNotFound
-from engine.identity import Actor
 from engine.models import Task
-from engine.tasks import InboxQuery
+from engine.process import deployments, instances, tasks
+from engine.process.tasks import InboxQuery
 from tests.engine_bpmn import bundle_of, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite

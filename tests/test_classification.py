@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from api import cli
-from engine import classification, registry, registry_import
+from engine.access.identity import Actor
+from engine.brokerage import classification, registry, registry_import
+from engine.brokerage.demo import FILES
 from engine.calendars import SHANGHAI
-from engine.demo import FILES
 from engine.errors import InvalidInput, PermissionDenied, RuleSetNotFound
-from engine.identity import Actor
 from engine.models import AuditEvent, ClassRuleSet, Client, Notification, ProcessInstance, Task
 
 HQ = Actor("s001", frozenset({"hq_brokerage_mgmt"}))

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, func, inspect, select, text
 
 from api import cli
-from engine import instances, tasks
 from engine.config import Settings
 from engine.errors import ConfigError
 from engine.models import Deployment, ProcessVersion
+from engine.process import instances, tasks
 from tests.conftest import FIXTURES
 
 REVIEW = FIXTURES / "review"

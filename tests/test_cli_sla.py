@@ -18,9 +18,11 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from api import cli
-from engine import instances, sla, tasks, timers
 from engine.calendars import SHANGHAI
 from engine.models import AuditEvent, CalendarDay, ProcessInstance, SlaPolicy, Task, Timer
+from engine.process import instances, tasks
+from engine.sla import admin as sla_admin
+from engine.timers import firing
 
 # Unset anything a developer's shell may export, so the command sees only the test database.
 UNSET = ("BPM_REDIS_URL", "BPM_SECRET_KEY", "BPM_TIMER_CATCH_UP", "BPM_SMTP_URL", "BPM_SERVICE_MODULES")
@@ -65,7 +67,7 @@ def register_task(db, key="R-1"):
 
 def save_policy(db, rt, people, **changes):
     with db.transaction() as s:
-        sla.upsert_policy(s, rt, data={**POLICY, **changes}, actor=people.owner)
+        sla_admin.upsert_policy(s, rt, data={**POLICY, **changes}, actor=people.owner)
 
 
 # -- bpm calendar ---------------------------------------------------------------------------
@@ -180,7 +182,7 @@ def test_timer_reschedule_moves_a_waiting_timer_and_it_fires_then(database_url, 
         assert result.stdout.strip() == f"timer {timer_id} now due 2026-03-05T09:00:00+08:00"
 
         clock.move_to(sh(2026, 3, 5, 9, 0, 1))  # ten days before the diagram's 15
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
     with db.transaction() as s:
         assert s.get(ProcessInstance, instance_id).status == "completed"
         (event,) = s.execute(select(AuditEvent).where(AuditEvent.kind == "timer.rescheduled")).scalars()
@@ -256,7 +258,7 @@ def test_timer_reschedule_errors_are_one_line(database_url, db, rt, people, revi
         with db.transaction() as s:
             timer_id = s.execute(select(Timer.id).where(Timer.instance_id == instance_id)).scalar_one()
         clock.move_to(START + timedelta(days=15, seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         code, out, err = run("timer", "reschedule", timer_id, "2026-12-01T09:00:00+08:00")
     assert code == 1 and err.startswith("error: instance_not_running:")
     assert "Traceback" not in out + err

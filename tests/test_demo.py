@@ -10,7 +10,7 @@ import pytest
 import time_machine
 from sqlalchemy import func, or_, select
 
-from engine import demo, periodic_callbacks, schedules, timers
+from engine.brokerage import demo, periodic_callbacks
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.models import (
@@ -25,6 +25,7 @@ from engine.models import (
     SlaPolicy,
     Timer,
 )
+from engine.timers import firing, schedules
 
 
 @pytest.mark.sqlite
@@ -119,9 +120,9 @@ def test_the_demo_schedules_the_monthly_vip_evaluation_once_for_the_first_workin
         clients = s.execute(select(func.count()).select_from(Client)).scalar_one()
     # The running demo's timer runner fires the slot: the evaluation runs once, over every client.
     with time_machine.travel(first_slot - timedelta(seconds=1), tick=False):
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
     with time_machine.travel(first_slot + timedelta(seconds=1), tick=False):
-        assert timers.fire_due(db, rt) == 1  # the callback batch waits for 10:00
+        assert firing.fire_due(db, rt) == 1  # the callback batch waits for 10:00
     with db.transaction() as s:
         runs = s.execute(select(AuditEvent).where(AuditEvent.kind == "schedule.job_run")).scalars().all()
         assert [(r.data["slot"], r.data["job"], r.data["result"]["evaluated"]) for r in runs] == [
@@ -140,7 +141,7 @@ def test_the_demo_schedules_the_periodic_callback_batch_for_the_first_working_da
         assert (schedule.process_key, schedule.rule, schedule.at_time, schedule.active, schedule.next_run_at) == (
             "job:callback.periodic_batch", "first_working_day_of_quarter", "10:00", True, slot)
     with time_machine.travel(slot + timedelta(seconds=1), tick=False):
-        assert timers.fire_due(db, rt) == 2  # the 09:00 evaluation, then the batch
+        assert firing.fire_due(db, rt) == 2  # the 09:00 evaluation, then the batch
     with db.transaction() as s:
         run = s.execute(select(AuditEvent).where(AuditEvent.kind == "schedule.job_run",
                                                  AuditEvent.data["slot"].as_string() == "callback-periodic-20251009")

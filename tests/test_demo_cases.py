@@ -12,10 +12,14 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from engine import audit, demo, demo_cases, identity, instances, messages, sla, tasks
+from engine import audit
+from engine.access import identity
+from engine.brokerage import demo, demo_cases
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task, Timer, User
+from engine.process import instances, messages, tasks
+from engine.sla import clock as sla_clock
 from tests.engine_bpmn import row_counts
 
 pytestmark = pytest.mark.sqlite
@@ -117,7 +121,7 @@ def _states(db, now: datetime) -> dict[str, list[Task]]:
     tasks due on ``now``'s day."""
     by_state: dict[str, list[Task]] = {"due_today": []}
     for task in _inbox(db, "admin", now):
-        by_state.setdefault(sla.state(task, now)[0], []).append(task)
+        by_state.setdefault(sla_clock.state(task, now)[0], []).append(task)
         if task.due_at is not None and task.due_at.astimezone(SHANGHAI).date() == now.date():
             by_state["due_today"].append(task)
     return by_state
@@ -212,12 +216,12 @@ def test_the_callbacks_wait_for_a_retry_are_due_today_and_overdue_and_escalated(
     (risk,) = _open(db, risk_key)
     assert _data(db, rt, risk_key)["product_or_permission"] == "创业板"  # "high-risk permission opened"
     assert risk.due_at == THURSDAY + timedelta(hours=1)  # 2 TD from 11-24 11:30: today, an hour from now
-    assert sla.state(risk, THURSDAY)[0] == "at_risk"
+    assert sla_clock.state(risk, THURSDAY)[0] == "at_risk"
 
     periodic = KEYS["CB-20250401-0107"][1]
     (call,) = _open(db, periodic)
     assert call.due_at == sh(2026, 10, 15, 9, 30)  # 20 WD from 09-11, across National Day
-    assert call.breached_at is not None and sla.state(call, THURSDAY)[0] == "breached"
+    assert call.breached_at is not None and sla_clock.state(call, THURSDAY)[0] == "breached"
     (escalation,) = _open(db, periodic, kind="escalation")
     assert escalation.candidate_groups == ["call_center_supervisor"]
     assert escalation.id in {t.id for t in _inbox(db, "s002", THURSDAY)}  # 许婧
@@ -257,7 +261,7 @@ def test_something_is_due_today_something_at_risk_and_something_overdue(db, rt, 
     (risk,) = _open(db, keys["CB-20250612-0044"])
     assert risk.due_at.astimezone(SHANGHAI).date() == now.date()  # due today, whatever the hour
     (overdue,) = _open(db, keys["CB-20250401-0107"])
-    assert sla.state(overdue, now)[0] == "breached"
+    assert sla_clock.state(overdue, now)[0] == "breached"
 
 
 def test_on_a_weekend_the_items_are_due_on_the_next_working_day(db, rt):
@@ -275,7 +279,7 @@ def test_on_a_weekend_the_items_are_due_on_the_next_working_day(db, rt):
     (risk,) = _open(db, keys["CB-20250612-0044"])
     submit = next(t for t in _open(db, keys["RET-20250616-0002"]) if t.element_id == "submit_instructions")
     assert risk.due_at == sh(2026, 11, 30, 10) and submit.due_at.astimezone(SHANGHAI).date() == monday
-    assert sla.state(risk, saturday)[0] == "at_risk"
+    assert sla_clock.state(risk, saturday)[0] == "at_risk"
 
 
 # -- reloading -----------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ import itertools
 import pytest
 from sqlalchemy import delete, select, text, update
 
-from engine import audit, instances, messages, tasks
-from engine.identity import Actor
+from engine import audit
+from engine.access.identity import Actor
 from engine.models import AuditEvent, Task
+from engine.process import instances, messages, tasks
 
 pytestmark = pytest.mark.sqlite
 

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from engine import audit, instances, tasks
+from engine import audit
+from engine.access.identity import Actor
 from engine.errors import BpmError, DuplicateBusinessKey, NotAssignee, TaskAlreadyClaimed, TaskNotOpen
-from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Task
+from engine.process import instances, tasks
 
 ROUNDS = 2
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from engine import deployments, instances, messages, tasks
 from engine.errors import DuplicateBusinessKey, InvalidInput, PermissionDenied, ProcessNotFound
 from engine.models import AuditEvent, Deployment, ProcessInstance, ProcessVersion, Task
+from engine.process import deployments, instances, messages, tasks
 from tests.conftest import deploy_fixture
 from tests.engine_bpmn import (
     bundle_of,

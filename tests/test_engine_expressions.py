@@ -8,11 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from engine import deployments
+from engine.bpmn.date_functions import CalendarSnapshot, DateFunctions
+from engine.bpmn.expressions import SafeEvaluator, json_safe, unwrap
 from engine.calendars import SHANGHAI, BusinessCalendar, DayInfo, seed_days
-from engine.date_functions import CalendarSnapshot, DateFunctions
 from engine.errors import ExpressionError
-from engine.expressions import SafeEvaluator, json_safe, unwrap
+from engine.process import deployments
 from tests.engine_bpmn import bundle_of, flow, linear, process, user_task
 
 NAMES = {

@@ -17,13 +17,14 @@ import pytest
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
-from engine import audit, deployments, instances, tasks
+from engine import audit
+from engine.access.identity import Actor
+from engine.bootstrap import build_runtime
+from engine.bpmn.service_tasks import ServiceRegistry
 from engine.config import Settings
 from engine.errors import DataInvalid, InstanceNotFound, InstanceNotRunning, PermissionDenied
-from engine.identity import Actor
 from engine.models import ProcessInstance, Task
-from engine.runtime import Runtime
-from engine.service_tasks import ServiceRegistry
+from engine.process import deployments, instances, tasks
 from tests.engine_bpmn import bundle_of, flow, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
@@ -51,10 +52,10 @@ def core():
 
 @pytest.fixture
 def frt(settings, core):
-    """A runtime whose registry holds only the test's functions."""
+    """A runtime whose registry holds the test's functions instead of the built-in ones."""
     registry = ServiceRegistry()
     registry.register("core_lookup")(core)
-    return Runtime(settings, services=registry)
+    return build_runtime(settings, services=registry)
 
 
 SERVICE = ('    <bpmn:serviceTask id="lookup" name="查询核心系统" camunda:type="external" camunda:topic="core_lookup">'
@@ -198,7 +199,7 @@ def test_an_expression_error_at_run_time_fails_the_instance(db, rt, people):
 
 
 def test_an_expression_that_runs_too_long_is_stopped_and_fails_the_instance(db, database_url, people):
-    slow_rt = Runtime(Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_EXPRESSION_TIMEOUT_MS": "1"}))
+    slow_rt = build_runtime(Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_EXPRESSION_TIMEOUT_MS": "1"}))
     heavy = "${len([a * b for a in items for b in items if a != b]) &gt; 0}"  # allowed, ~10,000 steps
     xml = process(
         '    <bpmn:startEvent id="start"/>\n' + flow("start", "gw")
@@ -216,7 +217,7 @@ def test_an_expression_that_runs_too_long_is_stopped_and_fails_the_instance(db, 
     assert "took too long" in inst.error
     # The same expression finishes with the default budget: it was stopped, not refused.
     with db.transaction() as s:
-        relaxed = Runtime(Settings.from_env({"BPM_DATABASE_URL": database_url}))
+        relaxed = build_runtime(Settings.from_env({"BPM_DATABASE_URL": database_url}))
         ok = instances.start(s, relaxed, process_key="heavy_flow", business_key="H-2", actor=people.clerk,
                              data={"items": list(range(20))})
         assert ok.status == "completed"
@@ -247,7 +248,7 @@ def strict():
 def srt(settings, strict):
     registry = ServiceRegistry()
     registry.register("core_lookup")(strict)
-    return Runtime(settings, services=registry)
+    return build_runtime(settings, services=registry)
 
 
 GATEWAY = process(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine import deployments, instances
+from engine.bootstrap import build_runtime
 from engine.config import Settings
 from engine.errors import DeploymentRejected, Problem
-from engine.runtime import Runtime
+from engine.process import deployments, instances
 from tests.engine_bpmn import (
     bundle_of,
     flow,
@@ -142,7 +142,7 @@ def test_check_without_a_session_stores_nothing_and_skips_group_lookup(db, rt, p
 # -- script tasks when allowed ------------------------------------------------------------
 @pytest.fixture
 def scripts_rt(database_url):
-    return Runtime(Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_ALLOW_SCRIPT_TASKS": "true"}))
+    return build_runtime(Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_ALLOW_SCRIPT_TASKS": "true"}))
 
 
 SCRIPT_XML = process(linear(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from engine import deployments, instances, messages, tasks
+from engine.access.identity import Actor
 from engine.errors import AmbiguousCorrelation, DuplicateBusinessKey, MessageNotCorrelated
-from engine.identity import Actor
 from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task
+from engine.process import deployments, instances, messages, tasks
 from tests.engine_bpmn import bundle_of, flow, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
@@ -191,7 +191,7 @@ def test_a_message_start_event_starts_an_instance_keyed_by_the_correlation_key(d
 def test_a_person_cannot_message_a_case_they_may_not_read(db, rt, people, review):
     """A clerk of another branch, in none of the case's groups, cannot tell the case anything;
     an outside system (the integration role) can, and so can the clerk who started it."""
-    from engine.identity import INTEGRATION
+    from engine.access.roles import INTEGRATION
 
     one = _waiting_for_ack(db, rt, people, "R-9")
     before = row_counts(db)

@@ -8,11 +8,11 @@ import re
 import pytest
 from sqlalchemy import select
 
-from engine import deployments, instances, tasks
+from engine.access.identity import Actor
 from engine.errors import DeploymentRejected, InstanceNotFound, Recused, TaskNotFound
-from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Task
-from engine.tasks import InboxQuery
+from engine.process import deployments, instances, tasks
+from engine.process.tasks import InboxQuery
 from tests.engine_bpmn import bundle_of, flow, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from engine import deployments, instances, tasks
+from engine.access.identity import Actor
 from engine.errors import (
     FormValidationError,
     InstanceNotRunning,
@@ -19,8 +19,8 @@ from engine.errors import (
     TaskNotOpen,
     UserNotFound,
 )
-from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Task
+from engine.process import deployments, instances, tasks
 from tests.engine_bpmn import bundle_of, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite

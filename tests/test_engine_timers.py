@@ -9,10 +9,11 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import deployments, instances, messages, tasks, timers
+from engine.access.identity import Actor
 from engine.errors import MessageNotCorrelated
-from engine.identity import Actor
 from engine.models import MessageSubscription, ProcessInstance, Task, Timer
+from engine.process import deployments, instances, messages, tasks
+from engine.timers import firing
 from tests.engine_bpmn import bundle_of, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
@@ -52,7 +53,7 @@ def test_a_time_date_expression_gives_the_timer_row_its_due_time(db, rt, people,
         with db.transaction() as s:
             assert s.execute(select(Task).where(Task.instance_id == inst.id)).first() is None
         traveller.move_to(datetime.fromisoformat(at) + timedelta(seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
     assert _timer(db, inst.id).status == "fired"
     with db.transaction() as s:
         task = s.execute(select(Task).where(Task.instance_id == inst.id)).scalar_one()
@@ -94,7 +95,7 @@ def test_a_fired_boundary_timer_ends_the_wait_and_a_late_message_finds_nobody(db
     with time_machine.travel(START, tick=False) as traveller:
         instance_id = _to_waiting_for_ack(db, rt, people, "R-2")
         traveller.move_to(START + timedelta(days=15, seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         with db.transaction() as s:
             instance = s.get(ProcessInstance, instance_id)
             assert (instance.status, instance.ended_at) == ("completed", START + timedelta(days=15, seconds=1))

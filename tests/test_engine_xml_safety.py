@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from engine import deployments
-from engine.bundle import Bundle
+from engine.bpmn.bundle import Bundle
 from engine.errors import DeploymentRejected
+from engine.process import deployments
 from tests.engine_bpmn import BPMN_NS, bundle_of, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite

@@ -21,11 +21,13 @@ from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine import instances, sla, tasks
+from engine.bootstrap import build_runtime
 from engine.config import Settings
 from engine.models import Timer
-from engine.queueing import RqScheduler, job_id, wake_time
-from engine.runtime import Runtime
+from engine.process import instances, tasks
+from engine.process.runtime import Runtime
+from engine.sla import admin as sla_admin
+from engine.timers.queueing import RqScheduler, job_id, wake_time
 from tests.conftest import REDIS_URL, People
 
 pytestmark = pytest.mark.xdist_group("redis-12")
@@ -52,7 +54,7 @@ def redis() -> Iterator[Redis]:
 
 @pytest.fixture
 def rq_rt(settings: Settings, redis: Redis) -> Runtime:
-    return Runtime(settings, scheduler=RqScheduler(REDIS_12))
+    return build_runtime(settings, scheduler=RqScheduler(REDIS_12))
 
 
 def _boundary_timer(s: Session, rt: Runtime, people: People) -> None:
@@ -80,7 +82,7 @@ def ready(db, rq_rt: Runtime, people: People, review: str, redis: Redis) -> Runt
                                now=rq_rt.now())[0][0]
             tasks.complete(s, rq_rt, task_id=task.id, actor=people.clerk, data={"amount": 10, "summary": "小额"})
         with db.transaction() as s:
-            sla.upsert_policy(s, rq_rt, data=POLICY, actor=people.owner)
+            sla_admin.upsert_policy(s, rq_rt, data=POLICY, actor=people.owner)
     with db.transaction() as s:
         assert s.execute(select(Timer.id)).first() is None
     assert redis.dbsize() == 0

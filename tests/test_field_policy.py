@@ -17,12 +17,14 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import audit, field_policy, identity, instances, messages, tasks
+from engine import audit
+from engine.access import field_policy, identity
+from engine.access.identity import Actor
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import FieldPolicyInvalid, InstanceNotFound
-from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Task
+from engine.process import instances, messages, tasks
 from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, QA_OK, REACHED
 from tests.test_process_retention import ACCEPT_TRANSFER, C06, NOT_RETAINED, REVIEWED
 

@@ -18,24 +18,18 @@ import pytest
 import time_machine
 from sqlalchemy import delete, or_, select
 
-from engine import (
-    bundle,
-    demo,
-    deployments,
-    figures,
-    identity,
-    instances,
-    registry_import,
-    sla,
-    snapshots,
-    tasks,
-    timers,
-)
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.bpmn import bundle
+from engine.brokerage import demo, figures, registry_import, snapshots
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput, PermissionDenied
-from engine.identity import Actor
 from engine.models import AuditEvent, ClientSnapshot, Setting, Task, User
+from engine.process import deployments, instances, tasks
+from engine.sla import admin as sla_admin
+from engine.sla import calendar_store
+from engine.timers import firing
 from tests.engine_bpmn import bundle_of, flow, process, user_task
 from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, REACHED
 from tests.test_process_complaint import COMMUNICATED, CONTACTED, PHONE_CALL, Case, registration
@@ -73,7 +67,7 @@ def staff(db, rt) -> dict[str, Actor]:
                            actor=system)
         for name in ("complaint", "callback"):
             for policy in json.loads((WORKFLOWS / "sla" / f"{name}.json").read_text(encoding="utf-8")):
-                sla.upsert_policy(s, rt, data=policy, actor=system)
+                sla_admin.upsert_policy(s, rt, data=policy, actor=system)
         return {u.username: identity.actor_for(s, u) for u in s.execute(select(User)).scalars()}
 
 
@@ -364,7 +358,7 @@ def test_an_approved_extension_and_the_regulator_date_move_the_resolution_deadli
     moves it to 03-30; a 12386 case is due 2 WD before the regulator's date."""
     with db.transaction() as s:
         config = figures.load_config(s)
-        calendar = sla.CALENDARS.get(s, config.business_hours)
+        calendar = calendar_store.CALENDARS.get(s, config.business_hours)
     start = sh(2026, 3, 2, 9)
     assert figures.resolution_due(calendar, config, start, {"severity": "general"}) == sh(2026, 3, 23, 9)
     assert figures.resolution_due(calendar, config, start, {"severity": "general", "extension_decision": "approve",
@@ -602,7 +596,7 @@ def test_satisfaction_by_branch_and_by_group_from_complaints_and_callbacks(db, r
             case.do("communicate_result", "s003", COMMUNICATED)
             case.do("close_case", "s103", {"closure_reason": "resolved"})
             clock.shift(D + timedelta(minutes=1))  # complaint.satisfaction_delay
-            assert timers.fire_due(db, rt) >= 1
+            assert firing.fire_due(db, rt) >= 1
             case.do("satisfaction_callback", "s005", {"csat": score, "resolved_in_client_view": score >= 4})
         clock.move_to(sh(2026, 4, 1, 10))  # given in April: outside the period asked for
         _start_callback(db, rt, "CB-S9", "periodic", "C03")

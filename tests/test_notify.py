@@ -25,12 +25,14 @@ import pytest
 import time_machine
 from sqlalchemy import select, update
 
-from engine import instances, sla, timers
+from engine.bootstrap import build_runtime
 from engine.calendars import SHANGHAI
 from engine.config import Settings
 from engine.models import Notification, Timer, User
-from engine.notify import LEASE, MAX_ATTEMPTS, EmailChannel, LogChannel, Notifier
-from engine.runtime import Runtime
+from engine.process import instances
+from engine.sla import admin as sla_admin
+from engine.timers import firing
+from engine.timers.notify import LEASE, MAX_ATTEMPTS, EmailChannel, LogChannel, Notifier
 
 MONDAY_9 = datetime(2026, 3, 2, 9, tzinfo=SHANGHAI)
 HALF_WAY = datetime(2026, 3, 3, 9, 0, 1, tzinfo=SHANGHAI)  # just past 1 of 2 working days
@@ -45,7 +47,7 @@ def half_way(db, rt, people, review) -> Iterator[time_machine.Coordinates]:
     """A register task of R-1 (candidates: the clerks li and zhao) under a policy that
     notifies the candidates half-way; the clock stands just past that milestone."""
     with db.transaction() as s:
-        sla.upsert_policy(s, rt, data=POLICY, actor=people.owner)
+        sla_admin.upsert_policy(s, rt, data=POLICY, actor=people.owner)
     with time_machine.travel(MONDAY_9, tick=False) as clock:
         with db.transaction() as s:
             instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk,
@@ -73,7 +75,7 @@ def notify_records(caplog) -> list[str]:
 @pytest.mark.sqlite
 def test_milestone_notifications_are_rows_until_the_notifier_delivers_them(db, rt, half_way, caplog):
     caplog.set_level(logging.INFO, logger="bpm.notify")
-    assert timers.fire_due(db, rt) == 1
+    assert firing.fire_due(db, rt) == 1
     rows = outbox(db)
     assert [(n.recipient, n.subject, n.sent_at, n.attempts) for n in rows] == [
         ("li", SUBJECT, None, 0), ("zhao", SUBJECT, None, 0)]
@@ -97,7 +99,7 @@ def test_a_rolled_back_firing_notifies_no_one_and_the_milestone_fires_later(db, 
         timer_id = s.execute(select(Timer.id).where(Timer.kind == "sla", Timer.status == "waiting")
                              .order_by(Timer.due_at)).scalars().first()
     with pytest.raises(RuntimeError), db.transaction() as s:
-        assert timers.fire(s, rt, timer_id) is True
+        assert firing.fire(s, rt, timer_id) is True
         s.flush()
         assert len(s.execute(select(Notification)).scalars().all()) == 2  # written in the transaction
         raise RuntimeError("the instance transaction fails after the milestone")
@@ -107,7 +109,7 @@ def test_a_rolled_back_firing_notifies_no_one_and_the_milestone_fires_later(db, 
     with db.transaction() as s:
         assert s.get(Timer, timer_id).status == "waiting"  # the claim rolled back too
 
-    assert timers.fire_due(db, rt) == 1
+    assert firing.fire_due(db, rt) == 1
     assert Notifier({"log": LogChannel()}).deliver_pending(db, rt) == 2
     assert len(notify_records(caplog)) == 2
 
@@ -119,7 +121,7 @@ def test_rows_of_an_uncommitted_transaction_are_not_delivered(db, rt, half_way, 
     with db.transaction() as s:
         timer_id = s.execute(select(Timer.id).where(Timer.kind == "sla").order_by(Timer.due_at)).scalars().first()
     with db.transaction() as s:
-        assert timers.fire(s, rt, timer_id) is True
+        assert firing.fire(s, rt, timer_id) is True
         s.flush()
         assert notifier.deliver_pending(db, rt) == 0  # another connection: nothing committed yet
     assert notify_records(caplog) == []
@@ -137,7 +139,7 @@ def _closed_port() -> int:
 @pytest.mark.sqlite
 def test_a_failing_channel_records_attempts_and_error_and_leaves_the_row_for_retry(db, rt, half_way):
     set_email(db, "li", "li@example.com")
-    assert timers.fire_due(db, rt) == 1
+    assert firing.fire_due(db, rt) == 1
     down = Notifier({"email": EmailChannel(f"smtp://127.0.0.1:{_closed_port()}")})
     assert down.deliver_pending(db, rt) == 0
     li, zhao = outbox(db)
@@ -154,7 +156,7 @@ def test_a_failing_channel_records_attempts_and_error_and_leaves_the_row_for_ret
 
 @pytest.mark.sqlite
 def test_a_row_that_keeps_failing_is_given_up_after_max_attempts(db, rt, half_way):
-    assert timers.fire_due(db, rt) == 1
+    assert firing.fire_due(db, rt) == 1
     no_address = Notifier({"email": EmailChannel(f"smtp://127.0.0.1:{_closed_port()}")})
     for _ in range(MAX_ATTEMPTS + 3):
         assert no_address.deliver_pending(db, rt) == 0
@@ -172,7 +174,7 @@ def test_channels_are_pluggable(db, rt, half_way):
             self.sent.append((recipient.username, subject))
 
     pager = Pager()
-    assert timers.fire_due(db, rt) == 1
+    assert firing.fire_due(db, rt) == 1
     assert Notifier({"log": LogChannel(), "pager": pager}).deliver_pending(db, rt) == 2
     assert pager.sent == [("li", SUBJECT), ("zhao", SUBJECT)]
 
@@ -221,7 +223,7 @@ class Deliverer(threading.Thread):
 
 @pytest.mark.sqlite
 def test_a_second_deliverer_is_not_blocked_while_the_first_is_sending(db, rt, half_way):
-    assert timers.fire_due(db, rt) == 1  # li and zhao
+    assert firing.fire_due(db, rt) == 1  # li and zhao
     slow, quick = SlowServer(), Recorder()
     first = Deliverer(Notifier({"email": slow}), db, rt, limit=1)
     first.start()
@@ -254,7 +256,7 @@ class DyingServer:
 
 @pytest.mark.sqlite
 def test_rows_claimed_by_a_deliverer_that_died_are_sent_after_the_lease(db, rt, half_way):
-    assert timers.fire_due(db, rt) == 1
+    assert firing.fire_due(db, rt) == 1
     with pytest.raises(Crash):
         Notifier({"email": DyingServer()}).deliver_pending(db, rt)
     assert [(n.sent_at, n.attempts, n.claimed_at) for n in outbox(db)] == [(None, 0, HALF_WAY)] * 2
@@ -273,7 +275,7 @@ def test_rows_claimed_by_a_deliverer_that_died_are_sent_after_the_lease(db, rt, 
 def test_a_batch_slower_than_the_lease_keeps_its_unsent_rows(db, rt, half_way):
     """Each row's lease is renewed just before it is sent, so a batch whose sends add up to
     more than the lease does not hand its tail to another deliverer mid-way."""
-    assert timers.fire_due(db, rt) == 1
+    assert firing.fire_due(db, rt) == 1
     slow, other = SlowServer(), Recorder()
     first = Deliverer(Notifier({"email": slow}), db, rt)  # claims li and zhao at HALF_WAY
     first.start()
@@ -398,11 +400,11 @@ def smtp_server() -> Iterator[_SmtpServer]:
 @pytest.mark.sqlite
 def test_the_email_channel_sends_the_milestone_to_a_users_address(db, half_way, smtp_server, database_url):
     port = smtp_server.server_address[1]
-    rt = Runtime(Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_SMTP_URL": f"smtp://127.0.0.1:{port}"}))
+    rt = build_runtime(Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_SMTP_URL": f"smtp://127.0.0.1:{port}"}))
     notifier = Notifier.from_settings(rt)
     assert sorted(notifier.channels) == ["email", "log"]
     set_email(db, "li", "li@example.com")
-    assert timers.fire_due(db, rt) == 1
+    assert firing.fire_due(db, rt) == 1
 
     assert notifier.deliver_pending(db, rt) == 1  # li; zhao has no address
     (mail,) = smtp_server.received

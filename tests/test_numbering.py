@@ -10,11 +10,11 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import deployments, instances, messages
 from engine.calendars import SHANGHAI
 from engine.errors import DeploymentRejected, InvalidInput
 from engine.models import ProcessInstance
 from engine.numbering import check_format
+from engine.process import deployments, instances, messages
 from tests.engine_bpmn import bundle_of, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
@@ -114,7 +114,7 @@ def test_concurrent_starts_never_share_a_number(db, rt, people):
 
 
 def test_a_case_for_a_registered_client_starts_with_the_registrys_branch_and_group(db, rt, people):
-    from engine import demo
+    from engine.brokerage import demo
 
     with db.transaction() as s:
         demo.load(s, rt)

@@ -21,25 +21,17 @@ import pytest
 import time_machine
 from sqlalchemy import delete, or_, select
 
-from engine import (
-    demo,
-    figures,
-    identity,
-    instances,
-    periodic_callbacks,
-    registry,
-    registry_import,
-    schedules,
-    sla,
-    tasks,
-    timers,
-)
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.brokerage import demo, figures, periodic_callbacks, registry, registry_import
+from engine.brokerage.periodic_callbacks import Candidate
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput, PermissionDenied, ProcessNotFound
-from engine.identity import Actor
 from engine.models import AuditEvent, Client, ProcessInstance, Setting, SlaPolicy, Task
-from engine.periodic_callbacks import Candidate
+from engine.process import instances, tasks
+from engine.sla import calendar_store
+from engine.timers import firing, schedules
 
 pytestmark = pytest.mark.sqlite
 
@@ -393,7 +385,7 @@ def test_the_started_cases_are_periodic_callbacks_due_20_working_days_later(db, 
     due = sh(2025, 11, 5, 10)
     cases = _callbacks(db)
     with db.transaction() as s:
-        assert sla.CALENDARS.get(s, "default").add(Q4, 20, Unit.WORKING_DAYS).at == due
+        assert calendar_store.CALENDARS.get(s, "default").add(Q4, 20, Unit.WORKING_DAYS).at == due
         for key in outcome.started:
             case = cases[key]
             data = instances.data_of(s, rt, case)
@@ -425,8 +417,8 @@ def test_the_schedule_slot_runs_once_even_if_delivered_twice(db, rt):
         assert (schedule.process_key, schedule.rule, schedule.next_run_at) == (
             "job:callback.periodic_batch", "first_working_day_of_quarter", slot)
     with time_machine.travel(slot + timedelta(seconds=1), tick=False):
-        assert timers.fire_due(db, rt) == 2  # the VIP evaluation (09:00) and the batch
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 2  # the VIP evaluation (09:00) and the batch
+        assert firing.fire_due(db, rt) == 0
     [record] = _batches(db)
     assert record["quota"] == 1 and len(record["started"]) == 1  # ceil(2.5 % of 10)
     with db.transaction() as s:

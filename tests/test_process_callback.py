@@ -17,12 +17,16 @@ from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
-from engine import bundle, demo, deployments, identity, instances, tasks, timers
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.bpmn import bundle
+from engine.brokerage import demo
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import NotAssignee, Recused, TaskNotFound
-from engine.identity import Actor
 from engine.models import AuditEvent, ProcessInstance, Task, Timer
+from engine.process import deployments, instances, tasks
+from engine.timers import firing
 
 AGENT, OTHER_AGENT, SUPERVISOR, COMPLIANCE = "s003", "s004", "s002", "s006"
 # 龚丽: counter staff in NB01-G2 (C08's service group); some tests also give her call-centre shifts.
@@ -182,13 +186,13 @@ def test_unreachable_twice_then_reached_on_the_third_attempt(db, rt, callback):
         [timer] = _retry_timers(db, instance_id)
         assert timer.status == "waiting" and timer.due_at == start + timedelta(hours=4)  # PT4H spacing
         clock.move_to(start + timedelta(hours=4))
-        assert timers.fire_due(db, rt) == 0  # not before the spacing has passed
+        assert firing.fire_due(db, rt) == 0  # not before the spacing has passed
         clock.shift(timedelta(seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         second = _complete(db, rt, key, "call_attempt", OTHER_AGENT, NO_ANSWER)
         assert second.id != first.id
         clock.shift(timedelta(hours=4, seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         assert [t.status for t in _retry_timers(db, instance_id)] == ["fired", "fired"]
         _complete(db, rt, key, "call_attempt", AGENT, REACHED)
         _complete(db, rt, key, "verify_identity", AGENT, IDENTITY_OK)
@@ -209,7 +213,7 @@ def test_retry_exhaustion_ends_unreachable(db, rt, callback):
             _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
             if attempt < 3:
                 clock.shift(timedelta(hours=4, seconds=1))
-                assert timers.fire_due(db, rt) == 1
+                assert firing.fire_due(db, rt) == 1
     assert _status(db, instance_id) == "completed"
     assert _end_events(db, rt, instance_id) == ["end_unreachable"]
     assert len(_retry_timers(db, instance_id)) == 2  # no wait after the last attempt
@@ -365,7 +369,7 @@ def test_identity_check_and_questionnaire_stay_with_the_agent_who_reached_the_cl
         instance_id = _start(db, rt, key, "periodic", "C03", qa_sample_rate=1.0)
         _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
         clock.shift(timedelta(hours=4, seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         _complete(db, rt, key, "call_attempt", OTHER_AGENT, REACHED)  # the retry went to a colleague
         for element, data in (("verify_identity", IDENTITY_OK), ("questionnaire", ANSWERS_OK)):
             task = _open_task(db, key, element)
@@ -465,7 +469,7 @@ def test_a_closed_out_client_who_consented_is_offered_to_the_former_group_for_a_
                                                    Timer.status == "waiting")).scalars()
         assert (wait.element_id, wait.due_at) == ("win_back_wait", sh(2025, 9, 11, 15, 10))
         clock.move_to(sh(2025, 9, 11, 15, 10) + timedelta(seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         task = _complete(db, rt, key, "win_back", "s205", {"contact_result": "reached", "interest": "considering"})
         assert task.candidate_groups == ["NB01-G1"]  # the former service group
     assert _status(db, callback_id) == "completed"

@@ -11,13 +11,16 @@ import time_machine
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
-from engine import demo, identity, instances, messages, tasks, timers
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.brokerage import demo
+from engine.brokerage.services.complaint import COMPLAINT_DEFAULTS, classify
 from engine.calendars import SHANGHAI
-from engine.complaint_services import COMPLAINT_DEFAULTS, classify
 from engine.config import PROJECT_ROOT
 from engine.errors import TaskNotFound
-from engine.identity import Actor
 from engine.models import MessageSubscription, ProcessInstance, Task, User
+from engine.process import instances, messages, tasks
+from engine.timers import firing
 
 pytestmark = pytest.mark.sqlite
 
@@ -125,7 +128,7 @@ def _satisfaction(case: Case, clock: Any, who: str = "s004", csat: int = 5) -> N
                                                Task.status.in_(("open", "claimed")))).scalars().all()
     assert waiting == []  # the timer runs: nothing in anyone's inbox yet
     clock.shift(timedelta(days=1, minutes=1))
-    assert timers.fire_due(case.db, case.rt) >= 1
+    assert firing.fire_due(case.db, case.rt) >= 1
     case.do("satisfaction_callback", who, {"csat": csat, "resolved_in_client_view": True, "would_recommend": 9})
 
 
@@ -315,7 +318,7 @@ def test_no_answer_from_the_client_closes_the_case_as_no_response(db, rt, staff)
                 MessageSubscription.message_name == "complaint_client_answer")).scalars()
         assert waiting.element_id == "wait_client_answer"  # the client may still answer until the timer
         clock.shift(timedelta(days=14, minutes=1))  # complaint.no_response_wait
-        assert timers.fire_due(db, rt) >= 1
+        assert firing.fire_due(db, rt) >= 1
         case.do("close_case", "s103", {"closure_reason": "no_response"})
         _satisfaction(case, clock, who="s003")
     assert case.end_state() == "E4"

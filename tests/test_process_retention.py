@@ -24,13 +24,18 @@ from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
-from engine import bundle, demo, deployments, identity, instances, messages, sla, tasks, timers
+from engine.access import identity
+from engine.bpmn import bundle
+from engine.brokerage import demo
+from engine.brokerage.services.retention import DEFAULTS, check_preconditions, outcome_of, prepare, settings_of, wrap_up
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
 from engine.errors import MessageNotCorrelated, TaskNotFound
 from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task, Timer, User
-from engine.retention_services import DEFAULTS, check_preconditions, outcome_of, prepare, settings_of, wrap_up
-from engine.sla import CALENDARS
+from engine.process import deployments, instances, messages, tasks
+from engine.sla import admin as sla_admin
+from engine.sla.calendar_store import CALENDARS
+from engine.timers import firing
 
 pytestmark = pytest.mark.sqlite
 
@@ -418,9 +423,9 @@ def test_a_request_whose_items_are_not_cleared_lapses_never_before_twenty_tradin
         assert DEFAULTS["retention.lapse_after"] == "P40D" and timer.due_at == informed + timedelta(days=40)
         assert timer.due_at >= _trading_days_after(db, informed, 20)  # brief §7 retention.lapse_after: 20 TD
         clock.move_to(timer.due_at)
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
         clock.shift(timedelta(minutes=1))
-        assert timers.fire_due(db, rt) >= 1
+        assert firing.fire_due(db, rt) >= 1
         case.assert_not_failed()
         assert "end_lapsed" in case.ends() and case.subscriptions() == []
         case.do("review_ops", "s102", REVIEWED)  # lapses are always reviewed
@@ -521,7 +526,7 @@ def test_instructions_not_submitted_within_a_trading_day_escalate_and_flag_compl
         case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
         submit = case.task("submit_instructions")
         clock.move_to(sh(2025, 6, 17, 10, 1))
-        timers.fire_due(db, rt)
+        firing.fire_due(db, rt)
         with db.transaction() as s:
             escalations = s.execute(select(Task).where(Task.instance_id == case.instance_id,
                                                        Task.kind == "escalation")).scalars().all()
@@ -586,9 +591,9 @@ def test_a_result_missing_at_ten_on_the_next_trading_day_is_chased_and_recorded(
     with time_machine.travel(sh(2025, 9, 30, 14), tick=False) as clock:
         case = _submitted(db, rt, staff, "RET-20250930-0001", "2025-09-30T14:00:00+08:00")
         clock.move_to(sh(2025, 10, 9, 10))  # due, but a timer fires only once its time has passed
-        assert timers.fire_due(db, rt) == 0 and case.open_tasks() == []
+        assert firing.fire_due(db, rt) == 0 and case.open_tasks() == []
         clock.shift(timedelta(minutes=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         chase = case.task("chase_result")
         assert (chase.candidate_groups, chase.due_at) == (["HZ01:counter_staff"], sh(2025, 10, 9, 12, 1))  # 2 WH
         assert case.subscriptions() == ["retention_exchange_result"]  # a late result still closes the wait
@@ -609,7 +614,7 @@ def test_a_result_arriving_while_it_is_chased_closes_the_chase_and_a_resubmissio
     with time_machine.travel(sh(2025, 6, 16, 10, 30), tick=False) as clock:
         case = _submitted(db, rt, staff, "RET-20250616-0030", "2025-06-16T10:30:00+08:00")
         clock.move_to(sh(2025, 6, 17, 10, 1))
-        timers.fire_due(db, rt)
+        firing.fire_due(db, rt)
         chase = case.task("chase_result")
         clock.move_to(sh(2025, 6, 17, 10, 15))
         case.send("retention_exchange_result", {"exchange_result": "failed", "failure_reason": "转入席位号有误"},
@@ -628,7 +633,7 @@ def test_a_calendar_correction_applies_to_waits_armed_after_the_revision_moves(d
     with time_machine.travel(sh(2025, 6, 16, 10, 30), tick=False):
         before = _submitted(db, rt, staff, "RET-20250616-0040", "2025-06-16T10:30:00+08:00")
         with db.transaction() as s:  # the exchanges close on Tuesday 06-17 (a typhoon)
-            sla.set_day(s, day=date(2025, 6, 17), working=False, trading=False, name="台风休市",
+            sla_admin.set_day(s, day=date(2025, 6, 17), working=False, trading=False, name="台风休市",
                         actor=staff["s001"], now=rt.now())
         after = _submitted(db, rt, staff, "RET-20250616-0041", "2025-06-16T10:30:00+08:00")
     # A timer keeps the due time it was armed with (SpiffWorkflow stores it); one armed after
@@ -643,7 +648,7 @@ def test_a_chase_time_beyond_the_known_calendar_is_flagged_in_the_case(db, rt, s
         # 2027-01-01 is a Friday beyond the known data: counted as a trading day, and flagged.
         assert case.waiting_timers() == [("result_due", sh(2027, 1, 1, 10))]
         clock.move_to(sh(2027, 1, 1, 10, 1))
-        timers.fire_due(db, rt)
+        firing.fire_due(db, rt)
         assert case.task_data("chase_result")["calendar_incomplete"] is True
 
 

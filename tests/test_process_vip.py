@@ -16,13 +16,17 @@ from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
-from engine import bundle, demo, deployments, identity, instances, messages, tasks, timers
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.bpmn import bundle
+from engine.brokerage import demo
+from engine.brokerage.services.vip import DEFAULTS, VARIABLES, evaluate, reevaluate
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import PermissionDenied, TaskNotFound
-from engine.identity import Actor
 from engine.models import AuditEvent, Client, MessageSubscription, ProcessInstance, Task, Timer, User
-from engine.vip_services import DEFAULTS, VARIABLES, evaluate, reevaluate
+from engine.process import deployments, instances, messages, tasks
+from engine.timers import firing
 
 pytestmark = pytest.mark.sqlite
 
@@ -336,9 +340,9 @@ def test_a_downgrade_follows_the_grace_period_and_the_pre_downgrade_contact(db, 
         case.correlate("vip_reevaluated", {"avg_daily_assets_prev_month": 170_000, "evaluation_period": "2025-06"})
         assert case.status() == "running" and case.data()["months_below_threshold"] == 3
         clock.move_to(sh(2025, 7, 3, 10))
-        assert timers.fire_due(db, rt) == 0  # not before the grace period has ended
+        assert firing.fire_due(db, rt) == 0  # not before the grace period has ended
         clock.shift(timedelta(seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         contact = case.open_task()
         assert (contact.element_id, contact.candidate_groups) == ("pre_downgrade_contact", ["SX01-G1"])
         assert contact.due_at == sh(2025, 7, 17, 10, 0, 1)  # vip.sla.pre_downgrade_contact: 10 WD
@@ -348,12 +352,12 @@ def test_a_downgrade_follows_the_grace_period_and_the_pre_downgrade_contact(db, 
         [due] = case.timers("downgrade_due")
         assert due.due_at == sh(2025, 8, 1)  # 1st of the month after the notice time
         clock.move_to(sh(2025, 7, 31, 23, 59, 59))
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
         # Contacted, grace over, but not yet effective: still served as gold (demo: gold since
         # 2024-05-06, the downgrade pending since an evaluation before the demo's today).
         assert case.registry() == ("gold", date(2024, 5, 6), date(2025, 8, 1))
         clock.move_to(sh(2025, 8, 1, 0, 0, 1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
     assert case.end_state() == "end_downgraded"
     assert case.registry() == ("silver", date(2025, 8, 1), None)
     data = case.data()
@@ -374,7 +378,7 @@ def test_no_downgrade_when_the_assets_recover_within_the_grace_period(db, rt, st
         clock.move_to(sh(2025, 7, 1, 10))
         case.correlate("vip_reevaluated", {"avg_daily_assets_prev_month": 320_000, "evaluation_period": "2025-06"})
         clock.move_to(sh(2025, 8, 1, 9))
-        assert timers.fire_due(db, rt) == 0  # the grace timer went with the recovery
+        assert firing.fire_due(db, rt) == 0  # the grace timer went with the recovery
     assert case.end_state() == "end_recovered"
     assert [t.status for t in case.timers("grace_expired")] == ["cancelled"]
     assert case.waiting_for() == set()

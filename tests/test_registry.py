@@ -14,11 +14,12 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from api import cli
-from engine import identity, registry, registry_import
-from engine.assignment import resolve_candidate_groups
-from engine.demo import FILES
+from engine.access import identity
+from engine.access.assignment import resolve_candidate_groups
+from engine.access.identity import Actor
+from engine.brokerage import registry, registry_import
+from engine.brokerage.demo import FILES
 from engine.errors import Conflict, PermissionDenied, ServiceGroupInvalid
-from engine.identity import Actor
 from engine.models import AuditEvent, Client, Group, GroupMember, ProcessInstance, ServiceGroup, StaffProfile, User
 
 ADMIN = Actor.system("importer")

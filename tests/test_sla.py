@@ -9,9 +9,12 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from engine import instances, schedules, sla, tasks, timers
 from engine.calendars import SHANGHAI
 from engine.models import AuditEvent, Notification, ProcessInstance, Task, Timer
+from engine.process import instances, tasks
+from engine.sla import admin as sla_admin
+from engine.sla import clock as sla_clock
+from engine.timers import firing, schedules
 
 MONDAY_9 = datetime(2026, 3, 2, 9, 0, tzinfo=SHANGHAI)
 POLICY = {
@@ -31,7 +34,7 @@ def sh(*args: int) -> datetime:
 
 def _policy(db, rt, people, **changes):
     with db.transaction() as s:
-        return sla.upsert_policy(s, rt, data={**POLICY, **changes}, actor=people.owner)[1]
+        return sla_admin.upsert_policy(s, rt, data={**POLICY, **changes}, actor=people.owner)[1]
 
 
 def _start(db, rt, people, key="R-1", **data):
@@ -87,24 +90,24 @@ def test_milestones_notify_then_the_breach_escalates_and_stays_after_late_comple
     with time_machine.travel(MONDAY_9, tick=False) as clock:
         _start(db, rt, people)
         clock.move_to(sh(2026, 3, 3, 9, 0, 1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         with db.transaction() as s:
             assert sorted(s.execute(select(Notification.recipient)).scalars()) == ["li", "zhao"]
             task = s.execute(select(Task).where(Task.element_id == "register")).scalar_one()
-            assert sla.state(task, rt.now())[0] == sla.ON_TRACK
+            assert sla_clock.state(task, rt.now())[0] == sla_clock.ON_TRACK
         clock.move_to(sh(2026, 3, 3, 14))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         with db.transaction() as s:
             task = s.execute(select(Task).where(Task.element_id == "register")).scalar_one()
-            assert sla.state(task, rt.now())[0] == sla.AT_RISK
+            assert sla_clock.state(task, rt.now())[0] == sla_clock.AT_RISK
         clock.move_to(sh(2026, 3, 4, 9, 0, 1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         with db.transaction() as s:
             escalation = s.execute(select(Task).where(Task.kind == "escalation")).scalar_one()
             assert escalation.candidate_groups == ["managers"] and escalation.status == "open"
             original = s.execute(select(Task).where(Task.element_id == "register")).scalar_one()
             assert original.status == "open" and original.breached_at is not None
-            assert sla.state(original, rt.now())[0] == sla.BREACHED
+            assert sla_clock.state(original, rt.now())[0] == sla_clock.BREACHED
             task_id = original.id
         with db.transaction() as s:
             tasks.complete(s, rt, task_id=task_id, actor=people.clerk, data={"amount": 1, "summary": "迟了"})
@@ -124,7 +127,7 @@ def test_completing_on_time_cancels_the_remaining_milestones(db, rt, people, rev
         with db.transaction() as s:
             tasks.complete(s, rt, task_id=task_id, actor=people.clerk, data={"amount": 1, "summary": "准时"})
         clock.move_to(sh(2026, 3, 5, 9))
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
     with db.transaction() as s:
         assert set(s.execute(select(Timer.status).where(Timer.kind == "sla")).scalars()) == {"cancelled"}
     assert _task(db).breached_at is None
@@ -137,13 +140,13 @@ def test_waiting_for_the_client_pauses_the_clock_and_moves_the_due_date(db, rt, 
         instance_id = _start(db, rt, people)
         task = _task(db)
         with db.transaction() as s:
-            sla.pause(s, rt, task=s.get(Task, task.id), instance=s.get(ProcessInstance, instance_id),
+            sla_clock.pause(s, rt, task=s.get(Task, task.id), instance=s.get(ProcessInstance, instance_id),
                       actor=people.clerk, reason="等待客户补充材料")
         clock.move_to(sh(2026, 3, 5, 9))  # a day past the original due time: nothing fires
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
         with db.transaction() as s:
-            assert sla.state(s.get(Task, task.id), rt.now())[0] == sla.PAUSED
-            sla.resume(s, rt, task=s.get(Task, task.id), instance=s.get(ProcessInstance, instance_id),
+            assert sla_clock.state(s.get(Task, task.id), rt.now())[0] == sla_clock.PAUSED
+            sla_clock.resume(s, rt, task=s.get(Task, task.id), instance=s.get(ProcessInstance, instance_id),
                        actor=people.clerk)
     resumed = _task(db)
     # Paused Monday 09:00 → Thursday 09:00: three working days excluded, so the 2 WD count
@@ -187,9 +190,9 @@ def test_an_administrator_holiday_moves_due_dates_after_recompute(db, rt, people
     with time_machine.travel(MONDAY_9, tick=False):
         _start(db, rt, people)
         with db.transaction() as s:
-            sla.set_day(s, day=date(2026, 3, 3), working=False, trading=False, name="临时假日",
+            sla_admin.set_day(s, day=date(2026, 3, 3), working=False, trading=False, name="临时假日",
                         actor=people.owner, now=rt.now())
-            assert sla.recompute(s, rt, now=rt.now()) == 1
+            assert sla_admin.recompute(s, rt, now=rt.now()) == 1
     assert _task(db).due_at == sh(2026, 3, 5, 9)
 
 
@@ -201,7 +204,7 @@ def test_a_due_date_past_the_known_calendar_is_flagged_not_wrong(db, rt, people,
     task = _task(db)
     assert task.calendar_incomplete and task.due_at == sh(2027, 1, 1, 9)
     with db.transaction() as s:
-        assert sla.coverage(s).incomplete_open_tasks == 1
+        assert sla_admin.coverage(s).incomplete_open_tasks == 1
 
 
 @pytest.mark.sqlite
@@ -211,8 +214,8 @@ def test_a_quarterly_schedule_starts_once_after_downtime(db, rt, people, review)
                                     at_time="09:00", actor=people.owner, data={"priority": 50, "due_at": None})
         assert schedule.next_run_at == sh(2026, 4, 1, 9)
     with time_machine.travel(sh(2026, 10, 5, 12), tick=False):  # down from March to October
-        assert timers.fire_due(db, rt) == 1
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 0
         with db.transaction() as s:
             keys = list(s.execute(select(ProcessInstance.business_key)).scalars())
             assert keys == ["CBQ-20260401"]
@@ -229,7 +232,7 @@ def test_next_years_holidays_entered_by_an_administrator_move_a_schedules_waitin
                                         at_time="09:00", actor=people.owner, data={"priority": 50, "due_at": None})
             assert schedule.next_run_at == sh(2027, 1, 1, 9)
         with db.transaction() as s:
-            sla.set_day(s, day=date(2027, 1, 1), working=False, trading=False, name="元旦", actor=people.owner,
+            sla_admin.set_day(s, day=date(2027, 1, 1), working=False, trading=False, name="元旦", actor=people.owner,
                         now=rt.now())
             assert schedules.recompute(s, rt, now=rt.now()) == 1
         with db.transaction() as s:
@@ -238,9 +241,9 @@ def test_next_years_holidays_entered_by_an_administrator_move_a_schedules_waitin
             assert s.execute(select(func.count()).select_from(AuditEvent)
                              .where(AuditEvent.kind == "schedule.moved")).scalar_one() == 1
         clock.move_to(sh(2027, 1, 1, 9, 0, 1))
-        assert timers.fire_due(db, rt) == 0  # nothing starts on the holiday
+        assert firing.fire_due(db, rt) == 0  # nothing starts on the holiday
         clock.move_to(sh(2027, 1, 4, 9, 0, 1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         with db.transaction() as s:
             assert list(s.execute(select(ProcessInstance.business_key)).scalars()) == ["CBQ-20270104"]
 
@@ -252,14 +255,14 @@ def test_a_timer_that_keeps_failing_is_given_up_instead_of_retried_forever(db, r
         schedules.create(s, rt, key="K" * 125, process_key="review", rule="every_working_day",
                          at_time="09:00", actor=people.owner, data={"priority": 50, "due_at": None})
     with time_machine.travel(sh(2026, 3, 16, 10), tick=False):
-        for attempt in range(1, timers.MAX_ATTEMPTS + 1):
-            assert timers.fire_due(db, rt) == 0
+        for attempt in range(1, firing.MAX_ATTEMPTS + 1):
+            assert firing.fire_due(db, rt) == 0
             with db.transaction() as s:
                 timer = s.execute(select(Timer).where(Timer.kind == "schedule")).scalar_one()
                 assert timer.attempts == attempt and "business_key" in (timer.last_error or "")
         assert timer.status == "failed"
         with db.transaction() as s:
-            assert timers.due_ids(s, rt.now()) == []  # no longer swept
+            assert firing.due_ids(s, rt.now()) == []  # no longer swept
 
 
 @pytest.mark.sqlite

@@ -9,12 +9,16 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import demo, messages, sla, timers
+from engine.access.identity import Actor
+from engine.brokerage import demo
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput
-from engine.identity import Actor
 from engine.models import AuditEvent, Task
+from engine.process import messages
+from engine.sla import admin as sla_admin
+from engine.sla import clock as sla_clock
+from engine.timers import firing
 
 pytestmark = pytest.mark.sqlite
 SYSTEM = Actor.system("account-system")
@@ -64,9 +68,9 @@ def test_a_case_already_past_its_deadline_on_arrival_is_breached_at_once(db, rt,
     with time_machine.travel(sh(2025, 7, 10, 10), tick=False):
         attempt, instance_id = _opened(db, rt, {"client_id": "C08", "opened_at": "2025-06-03"})
         assert attempt.due_at == sh(2025, 7, 3, 10)
-        assert sla.state(attempt, sh(2025, 7, 10, 10))[0] == sla.BREACHED
+        assert sla_clock.state(attempt, sh(2025, 7, 10, 10))[0] == sla_clock.BREACHED
     with time_machine.travel(sh(2025, 7, 10, 10) + timedelta(seconds=1), tick=False):
-        timers.fire_due(db, rt)
+        firing.fire_due(db, rt)
     with db.transaction() as s:
         assert s.get(Task, attempt.id).breached_at is not None
         kinds = s.execute(select(AuditEvent.kind).where(AuditEvent.stream == f"instance:{instance_id}")).scalars()
@@ -75,5 +79,5 @@ def test_a_case_already_past_its_deadline_on_arrival_is_breached_at_once(db, rt,
 
 def test_a_policy_anchor_must_name_a_variable(db, rt, callback):
     with pytest.raises(InvalidInput, match="anchor_variable"), db.transaction() as s:
-        sla.upsert_policy(s, rt, data={"key": "x", "target_amount": 1, "target_unit": "CD",
+        sla_admin.upsert_policy(s, rt, data={"key": "x", "target_amount": 1, "target_unit": "CD",
                                        "anchor_variable": "opened at"}, actor=Actor.system("owner"))

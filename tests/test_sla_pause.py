@@ -17,9 +17,12 @@ import pytest
 import time_machine
 from sqlalchemy import select, update
 
-from engine import instances, sla, timers
 from engine.calendars import SHANGHAI, BusinessCalendar, BusinessHours, DayInfo
 from engine.models import AuditEvent, ProcessInstance, Task, Timer
+from engine.process import instances
+from engine.sla import admin as sla_admin
+from engine.sla import clock as sla_clock
+from engine.timers import firing
 
 MILESTONES = [
     {"at": 0.5, "action": "notify", "to": "assignee"},
@@ -101,7 +104,7 @@ def _policy(db, rt, people, unit: str, amount: int) -> None:
     data = {"key": "review.register", "name": "登记", "position": 10, "process_key": "review",
             "element_id": "register", "target_amount": amount, "target_unit": unit, "milestones": MILESTONES}
     with db.transaction() as s:
-        sla.upsert_policy(s, rt, data=data, actor=people.owner)
+        sla_admin.upsert_policy(s, rt, data=data, actor=people.owner)
 
 
 def _start(db, rt, people) -> int:
@@ -117,13 +120,13 @@ def _task_id(db) -> int:
 
 def _pause(db, rt, people, instance_id: int, task_id: int) -> None:
     with db.transaction() as s:
-        sla.pause(s, rt, task=s.get(Task, task_id), instance=s.get(ProcessInstance, instance_id),
+        sla_clock.pause(s, rt, task=s.get(Task, task_id), instance=s.get(ProcessInstance, instance_id),
                   actor=people.clerk, reason="等待客户补充材料")
 
 
 def _resume(db, rt, people, instance_id: int, task_id: int) -> None:
     with db.transaction() as s:
-        sla.resume(s, rt, task=s.get(Task, task_id), instance=s.get(ProcessInstance, instance_id),
+        sla_clock.resume(s, rt, task=s.get(Task, task_id), instance=s.get(ProcessInstance, instance_id),
                    actor=people.clerk)
 
 
@@ -141,12 +144,12 @@ def _paused_and_resumed(db, rt, people, case: Case) -> tuple[int, int]:
         instance_id = _start(db, rt, people)
         task_id = _task_id(db)
         clock.move_to(case.pause)
-        assert timers.fire_due(db, rt) == 1  # the 50 % reminder, before the pause
+        assert firing.fire_due(db, rt) == 1  # the 50 % reminder, before the pause
         assert _milestones(db) == [(0.5, "fired", case.fired), (0.8, "waiting", case.at_80[0]),
                                    (1.0, "waiting", case.due[0])]
         _pause(db, rt, people, instance_id, task_id)
         clock.move_to(case.resume)
-        assert timers.fire_due(db, rt) == 0  # held while paused
+        assert firing.fire_due(db, rt) == 0  # held while paused
         _resume(db, rt, people, instance_id, task_id)
     return instance_id, task_id
 
@@ -173,11 +176,11 @@ def test_moved_milestones_fire_at_their_new_times(db, rt, people, review):
     case = CASES["WD-weekend"]
     _paused_and_resumed(db, rt, people, case)
     with time_machine.travel(case.at_80[0] + timedelta(seconds=1), tick=False) as clock:
-        assert timers.fire_due(db, rt) == 0  # where the 80 % reminder was before the pause
+        assert firing.fire_due(db, rt) == 0  # where the 80 % reminder was before the pause
         clock.move_to(case.at_80[1] + timedelta(seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         clock.move_to(case.due[1] + timedelta(seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
     with db.transaction() as s:
         assert s.execute(select(Task.breached_at).where(Task.element_id == "register")).scalar_one() == \
             case.due[1] + timedelta(seconds=1)
@@ -205,9 +208,9 @@ def test_a_recompute_measures_past_pauses_on_the_calendar_as_it_now_is(db, rt, p
     case = CASES["WD-weekend"]
     _paused_and_resumed(db, rt, people, case)
     with time_machine.travel(case.resume + timedelta(minutes=5), tick=False), db.transaction() as s:
-        sla.set_day(s, day=date(2025, 6, 13), working=False, trading=False, name="台风停业",
+        sla_admin.set_day(s, day=date(2025, 6, 13), working=False, trading=False, name="台风停业",
                     actor=people.owner, now=rt.now())
-        assert sla.recompute(s, rt, now=rt.now()) == 1
+        assert sla_admin.recompute(s, rt, now=rt.now()) == 1
     with db.transaction() as s:
         due = s.execute(select(Task.due_at).where(Task.element_id == "register")).scalar_one()
     # 3 WD from Thursday 10:00 is now Wednesday 10:00; one working hour was paused (Monday 9–10).

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine import instances, tasks
+from engine.process import instances, tasks
 
 
 @pytest.mark.sqlite

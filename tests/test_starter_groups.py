@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine import bundle, deployments, instances
+from engine.bpmn import bundle
 from engine.errors import PermissionDenied
+from engine.process import deployments, instances
 from tests.conftest import FIXTURES
 
 

@@ -24,12 +24,12 @@ import time_machine
 from redis import Redis
 from sqlalchemy import func, select
 
-from engine import instances
+from engine.bootstrap import build_runtime
 from engine.config import Settings
 from engine.db import Database
 from engine.models import AuditEvent, ProcessInstance, Timer
-from engine.queueing import RqScheduler
-from engine.runtime import Runtime
+from engine.process import instances
+from engine.timers.queueing import RqScheduler
 from tests.conftest import REDIS_URL, deploy_fixture
 from tests.test_timers import _to_waiting_for_ack
 
@@ -55,7 +55,7 @@ def redis():
 def rq_rt(settings, redis):
     settings = Settings.from_env({"BPM_DATABASE_URL": settings.database_url, "BPM_REDIS_URL": REDIS_URL,
                                   "BPM_SERVICE_MODULES": "tests.service_fixtures"})
-    return Runtime(settings, scheduler=RqScheduler(REDIS_URL))
+    return build_runtime(settings, scheduler=RqScheduler(REDIS_URL))
 
 
 class Workers:

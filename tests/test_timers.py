@@ -10,8 +10,9 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from engine import instances, tasks, timers
 from engine.models import AuditEvent, ProcessInstance, Timer
+from engine.process import instances, tasks
+from engine.timers import firing
 
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
 
@@ -53,10 +54,10 @@ def test_nothing_fires_before_the_due_time_and_it_fires_just_after(db, rt, peopl
     with time_machine.travel(START, tick=False) as traveller:
         instance_id = _to_waiting_for_ack(db, rt, people)
         traveller.move_to(START + timedelta(days=15))  # exactly due: SpiffWorkflow needs due < now
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
         assert _status(db, instance_id) == "running"
         traveller.shift(timedelta(seconds=1))
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
     assert _status(db, instance_id) == "completed"
     assert _timer(db, instance_id).status == "fired"
 
@@ -68,10 +69,10 @@ def test_a_second_delivery_of_the_same_timer_changes_nothing(db, rt, people, rev
         timer_id = _timer(db, instance_id).id
         traveller.move_to(START + timedelta(days=16))
         with db.transaction() as s:
-            assert timers.fire(s, rt, timer_id) is True
+            assert firing.fire(s, rt, timer_id) is True
         with db.transaction() as s:
             before = s.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
-            assert timers.fire(s, rt, timer_id) is False
+            assert firing.fire(s, rt, timer_id) is False
             assert s.execute(select(func.count()).select_from(AuditEvent)).scalar_one() == before
 
 
@@ -83,13 +84,13 @@ def test_a_timer_whose_instance_was_cancelled_does_nothing(db, rt, people, revie
             instances.cancel(s, rt, instance_id=instance_id, actor=people.supervisor, reason="duplicate")
         assert _timer(db, instance_id).status == "cancelled"
         traveller.move_to(START + timedelta(days=16))
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 0
     assert _status(db, instance_id) == "cancelled"
 
 
 @pytest.mark.sqlite
 def test_the_message_arriving_first_cancels_the_timer_row(db, rt, people, review):
-    from engine import messages
+    from engine.process import messages
 
     with time_machine.travel(START, tick=False):
         instance_id = _to_waiting_for_ack(db, rt, people)
@@ -109,7 +110,7 @@ def test_two_racing_firings_of_one_timer_fire_it_once(db, rt, people, review):
         def worker():
             with db.transaction() as s:
                 barrier.wait()
-                results.append(timers.fire(s, rt, timer_id))
+                results.append(firing.fire(s, rt, timer_id))
 
         threads = [threading.Thread(target=worker) for _ in range(2)]
         for t in threads:
@@ -127,7 +128,7 @@ def test_two_racing_firings_of_one_timer_fire_it_once(db, rt, people, review):
 def test_the_embedded_runner_sleeps_until_the_next_due_timer(db, rt, people, review):
     with time_machine.travel(START, tick=False) as traveller:
         instance_id = _to_waiting_for_ack(db, rt, people)
-        runner = timers.EmbeddedRunner(db, rt, max_sleep=3600 * 24 * 30)
+        runner = firing.EmbeddedRunner(db, rt, max_sleep=3600 * 24 * 30)
         wait = runner.run_once()
         assert wait == pytest.approx(timedelta(days=15).total_seconds() + 0.005, abs=0.01)
         traveller.move_to(START + timedelta(days=15, seconds=1))
@@ -152,9 +153,9 @@ def test_a_cycle_timer_catching_up_once_audits_the_occurrences_it_skipped(db, rt
             instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
                                           data={}).id
         traveller.move_to(START + timedelta(hours=4, minutes=30))  # down while +1 h … +4 h were due
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
         traveller.move_to(START + timedelta(hours=5, seconds=1))  # the fifth, on time
-        assert timers.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 1
     caught_up, on_time = _fired_events(db, instance_id)
     moments = {key: datetime.fromisoformat(caught_up[key])
                for key in ("due_at", "first_skipped_at", "last_skipped_at", "occurrence_at")}

@@ -12,12 +12,15 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from engine import demo, identity, instances, schedules, tasks, timers, vip_evaluation
+from engine.access import identity
+from engine.access.identity import Actor
+from engine.brokerage import demo, vip_evaluation
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput
-from engine.identity import Actor
 from engine.models import AuditEvent, Client, ProcessInstance, Schedule, Task, User
+from engine.process import instances, tasks
+from engine.timers import firing, schedules
 from tests.test_process_vip import WELCOMED
 
 pytestmark = pytest.mark.sqlite
@@ -79,7 +82,7 @@ def _do(db, rt, case: ProcessInstance, element: str, username: str, data: dict, 
 
 def _fire(db, rt, at: datetime) -> None:
     with time_machine.travel(at, tick=False):
-        timers.fire_due(db, rt)
+        firing.fire_due(db, rt)
 
 
 def _status(db, case: ProcessInstance) -> str:
@@ -235,8 +238,8 @@ def test_the_first_working_day_schedule_runs_the_evaluation_once_per_slot(db, rt
         assert (schedule.key, schedule.process_key) == ("vip-monthly", "job:vip.monthly_evaluation")
         assert schedule.next_run_at == datetime(2025, 10, 9, 9, tzinfo=SHANGHAI)
     with time_machine.travel(datetime(2025, 10, 9, 9, tzinfo=SHANGHAI) + timedelta(seconds=1), tick=False):
-        assert timers.fire_due(db, rt) == 1
-        assert timers.fire_due(db, rt) == 0
+        assert firing.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 0
     cases = _vip_cases(db)
     assert list(cases) == ["C09"] and cases["C09"].business_key == "VIP-20251009-0001"
     with db.transaction() as s:

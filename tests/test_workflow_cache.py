@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
-from engine import instances, messages, tasks
+from engine.bootstrap import build_runtime
 from engine.models import MessageSubscription, ProcessInstance, Task
-from engine.runtime import Runtime
+from engine.process import instances, messages, tasks
 
 pytestmark = pytest.mark.sqlite
 
@@ -59,7 +59,7 @@ def test_a_committed_change_leaves_its_workflow_for_the_next_one(db, rt, people,
 
 
 def test_a_change_made_by_another_process_is_not_overwritten_by_a_stale_workflow(db, settings, people, review):
-    one, other = Runtime(settings), Runtime(settings)
+    one, other = build_runtime(settings), build_runtime(settings)
     instance_id = _start(db, one, people.clerk, "WC-2")
     assert len(one.workflows) == 1
     # The other process completes the first step; `one` still holds the workflow at step 1.
@@ -91,7 +91,7 @@ def test_a_change_that_rolls_back_leaves_nothing_behind(db, rt, people, review):
 
 
 def test_a_finished_instance_is_not_kept_and_size_zero_keeps_nothing(db, settings, people, review):
-    rt = Runtime(settings)
+    rt = build_runtime(settings)
     instance_id = _start(db, rt, people.clerk, "WC-4")
     _complete(db, rt, people.clerk, _open_task(db, instance_id).id, REGISTER)
     _complete(db, rt, people.clerk, _open_task(db, instance_id).id, APPROVE)
@@ -101,6 +101,6 @@ def test_a_finished_instance_is_not_kept_and_size_zero_keeps_nothing(db, setting
     assert _instance(db, instance_id).status == "completed"
     assert len(rt.workflows) == 0
 
-    off = Runtime(replace(settings, workflow_cache=0))
+    off = build_runtime(replace(settings, workflow_cache=0))
     _start(db, off, people.clerk, "WC-5")
     assert len(off.workflows) == 0

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from api.auth import current_actor
 from api.context import bpm
 from api.schemas import LoginIn, MeOut, TokenOut
-from engine import identity
+from engine.access import identity
 
 PREFIX = "/auth"
 blp = Blueprint("auth", __name__, description="Sign in; who am I")

@@ -10,9 +10,9 @@ from flask_smorest import Blueprint
 from api.auth import current_actor
 from api.context import bpm
 from api.schemas import CheckOut, DeployOut, DeployQuery, VersionOut
-from engine import bundle as bundles
-from engine import deployments
+from engine.bpmn import bundle as bundles
 from engine.errors import InvalidInput
+from engine.process import deployments
 
 PREFIX = ""
 blp = Blueprint("deployments", __name__, description="Deploy BPMN bundles; list process versions")

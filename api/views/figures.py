@@ -19,7 +19,7 @@ from api.schemas import (
     SatisfactionRowOut,
     TaskFiguresOut,
 )
-from engine import figures
+from engine.brokerage import figures
 
 PREFIX = "/figures"
 blp = Blueprint("figures", __name__,

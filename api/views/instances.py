@@ -17,9 +17,10 @@ from api.schemas import (
     InstanceQuery,
     StartIn,
 )
-from engine import field_policy, instances
-from engine.identity import Actor
+from engine.access import field_policy
+from engine.access.identity import Actor
 from engine.models import ProcessInstance
+from engine.process import instances
 
 PREFIX = ""
 blp = Blueprint("instances", __name__, description="Start, read, cancel, correct and retry process instances")

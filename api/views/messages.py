@@ -9,7 +9,8 @@ from api.auth import current_actor
 from api.context import bpm
 from api.schemas import InstanceOut, MessageIn
 from api.views.instances import instance_out
-from engine import field_policy, messages
+from engine.access import field_policy
+from engine.process import messages
 
 PREFIX = "/messages"
 blp = Blueprint("messages", __name__, description="Messages from outside systems")

@@ -24,7 +24,8 @@ from api.schemas import (
     RuleSetOut,
     ServiceGroupOut,
 )
-from engine import classification, client_access, registry, registry_import
+from engine.access import client_access
+from engine.brokerage import classification, departures, registry, registry_import
 from engine.errors import InvalidInput
 
 PREFIX = ""
@@ -115,7 +116,7 @@ class StaffDeparture(MethodView):
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            return registry.staff_departed(session, ctx.runtime, username=username, actor=actor,
+            return departures.staff_departed(session, ctx.runtime, username=username, actor=actor,
                                            now=ctx.runtime.now(), **body)
 
 

@@ -23,10 +23,11 @@ from api.schemas import (
     TimerOut,
     TimerQuery,
 )
-from engine import schedules, sla, timers
+from engine.access.roles import PROCESS_OWNER, SUPERVISOR
 from engine.errors import InvalidInput, PermissionDenied
-from engine.identity import PROCESS_OWNER, SUPERVISOR
 from engine.models import BusinessHoursRow, CalendarDay, SlaPolicy
+from engine.sla import admin as sla_admin
+from engine.timers import firing, schedules
 
 PREFIX = ""
 blp = Blueprint("sla", __name__, description="SLA policies, business calendars, timers and schedules")
@@ -52,7 +53,7 @@ class Policy(MethodView):
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            policy, count = sla.upsert_policy(session, ctx.runtime, data={**body, "key": key}, actor=actor)
+            policy, count = sla_admin.upsert_policy(session, ctx.runtime, data={**body, "key": key}, actor=actor)
             return {"policy": policy, "recomputed_tasks": count}
 
 
@@ -85,11 +86,11 @@ class CalendarDayEdit(MethodView):
         except ValueError:
             raise InvalidInput(f"{day!r} is not a date (YYYY-MM-DD)") from None
         with ctx.db.transaction() as session:
-            sla.set_day(session, day=parsed, working=body["working"], trading=body["trading"], name=body["name"],
+            sla_admin.set_day(session, day=parsed, working=body["working"], trading=body["trading"], name=body["name"],
                         actor=actor, now=ctx.runtime.now())
-            count = sla.recompute(session, ctx.runtime, now=ctx.runtime.now())
+            count = sla_admin.recompute(session, ctx.runtime, now=ctx.runtime.now())
             moved = schedules.recompute(session, ctx.runtime, now=ctx.runtime.now())
-            cover = sla.coverage(session)
+            cover = sla_admin.coverage(session)
             return {**cover.__dict__, "recomputed_tasks": count, "moved_schedules": moved}
 
 
@@ -112,7 +113,7 @@ class BusinessHoursEdit(MethodView):
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            return sla.set_business_hours(session, name=name, periods=body["periods"], tz=body["tz"], actor=actor,
+            return sla_admin.set_business_hours(session, name=name, periods=body["periods"], tz=body["tz"], actor=actor,
                                           now=ctx.runtime.now())
 
 
@@ -124,7 +125,7 @@ class Coverage(MethodView):
         beyond it (flagged ``calendar_incomplete``)."""
         current_actor()
         with bpm().db.transaction() as session:
-            return sla.coverage(session).__dict__
+            return sla_admin.coverage(session).__dict__
 
 
 @blp.route("/timers")
@@ -137,7 +138,7 @@ class Timers(MethodView):
         if not current_actor().has_role(SUPERVISOR, PROCESS_OWNER):
             raise PermissionDenied("the timer list is for supervisors and process owners")
         with bpm().db.transaction() as session:
-            return timers.get_all(session, status=query["status"])
+            return firing.get_all(session, status=query["status"])
 
 
 @blp.route("/timers/<int:timer_id>/reschedule")
@@ -149,7 +150,7 @@ class Reschedule(MethodView):
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:
-            return timers.reschedule(session, ctx.runtime, timer_id=timer_id, due_at=body["due_at"], actor=actor)
+            return firing.reschedule(session, ctx.runtime, timer_id=timer_id, due_at=body["due_at"], actor=actor)
 
 
 @blp.route("/schedules")

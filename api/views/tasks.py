@@ -20,9 +20,9 @@ from api.schemas import (
     TaskQuery,
     UserIn,
 )
-from engine import tasks
-from engine.identity import Actor
+from engine.access.identity import Actor
 from engine.models import Task
+from engine.process import tasks
 
 PREFIX = "/tasks"
 blp = Blueprint("tasks", __name__, description="The inbox: find, claim and complete human tasks")

@@ -19,7 +19,8 @@ from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.bpmn.specs.mixins.script_task import ScriptTask
 from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
 
-from engine import date_functions
+from engine.bpmn import date_functions
+from engine.bpmn.expressions import SafeEvaluator, unwrap
 from engine.bpmn.parser import (
     COMPLETED_BY_VARIABLE,
     EXCLUDE_GROUPS,
@@ -35,10 +36,9 @@ from engine.bpmn.parser import (
     normalize_timers,
     properties_of,
 )
+from engine.bpmn.service_tasks import ServiceRegistry
 from engine.errors import ExpressionError, Problem
-from engine.expressions import SafeEvaluator, unwrap
 from engine.numbering import check_format
-from engine.service_tasks import ServiceRegistry
 
 DYNAMIC_GROUP_PREFIXES = ("branch:", "client:")
 _EXPRESSION_ATTRIBUTES = ("assignee", "dueDate", "followUpDate", "priority")

@@ -28,8 +28,8 @@ from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
 from SpiffWorkflow.spiff.parser.task_spec import SpiffTaskParser
 from SpiffWorkflow.spiff.specs.defaults import ManualTask, NoneTask, ServiceTask, UserTask
 
+from engine.bpmn.expressions import unwrap
 from engine.errors import Problem
-from engine.expressions import unwrap
 
 CAMUNDA_NS = "http://camunda.org/schema/1.0/bpmn"
 _CAMUNDA_TASK_ATTRIBUTES = (

@@ -21,10 +21,10 @@ from SpiffWorkflow.bpmn.exceptions import WorkflowTaskException
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
 from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
 
-from engine.date_functions import CalendarSnapshot, DateFunctions
+from engine.bpmn.date_functions import CalendarSnapshot, DateFunctions
+from engine.bpmn.expressions import SafeEvaluator, json_safe
+from engine.bpmn.service_tasks import ServiceRegistry
 from engine.errors import BpmError, ExpressionError
-from engine.expressions import SafeEvaluator, json_safe
-from engine.service_tasks import ServiceRegistry
 
 log = logging.getLogger(__name__)
 

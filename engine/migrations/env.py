@@ -6,7 +6,6 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from engine import models  # noqa: F401 - registers the tables on Base.metadata
 from engine.config import Settings
 from engine.db import Base, make_engine
 

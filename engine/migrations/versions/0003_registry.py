@@ -7,13 +7,33 @@ Create Date: 2026-11-26
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
-from engine.classification import COMPANY, DEFAULT_APPROVED_BY, DEFAULT_EFFECTIVE_FROM, DEFAULT_RULES
+# Version 1 of the classification standard as it was when this migration was written: a
+# migration carries its own data, so a later change to the defaults in
+# engine.brokerage.classification (which never imports back into migrations) cannot change
+# what this revision seeds.
+COMPANY = "company"
+DEFAULT_EFFECTIVE_FROM = date(2000, 1, 1)
+DEFAULT_RULES: dict[str, Any] = {
+    "turnover_threshold": "3",
+    "bands": [
+        {"min_assets": "0", "active": "G", "inactive": "G"},
+        {"min_assets": "10000", "active": "E", "inactive": "F"},
+        {"min_assets": "100000", "active": "C-", "inactive": "D-"},
+        {"min_assets": "500000", "active": "C", "inactive": "D"},
+        {"min_assets": "1000000", "active": "A", "inactive": "B"},
+        {"min_assets": "5000000", "active": "A+", "inactive": "B+"},
+    ],
+    "vip_thresholds": {"silver": "50000", "gold": "300000", "diamond": "1000000"},
+    "downgrade_grace_months": 3,
+}
+DEFAULT_APPROVED_BY = "brief §3.2/§3.3 defaults"
 
 revision = "0003"
 down_revision = "0002"

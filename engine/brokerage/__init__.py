@@ -1,0 +1,24 @@
+"""The brokerage's own processes and data: the client registry, classification and VIP
+tiers, the service-task functions of the four processes, the figures, the settings they
+read, the scheduled jobs and the demo.
+
+Everything here builds on the engine core; nothing in the core imports this package. It
+plugs in at one place, :func:`install`, which :func:`engine.bootstrap.build_runtime` calls.
+"""
+
+from __future__ import annotations
+
+from engine.brokerage import periodic_callbacks, vip_evaluation, vip_tier
+from engine.brokerage.services import callback, complaint, retention, vip
+from engine.process.runtime import Runtime
+
+
+def install(runtime: Runtime) -> None:
+    """Register the brokerage with a runtime: the service-task functions its diagrams call,
+    the jobs its schedules run, and the hook that applies a VIP case's outcome to the
+    client's tier as the step is saved."""
+    for module in (complaint, retention, callback, vip):
+        runtime.services.include(module.functions)
+    runtime.jobs[vip_evaluation.JOB_NAME] = vip_evaluation.job
+    runtime.jobs[periodic_callbacks.JOB_NAME] = periodic_callbacks.job
+    runtime.on_facts_changed.append(vip_tier.on_facts_changed)

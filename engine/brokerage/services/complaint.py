@@ -1,0 +1,121 @@
+"""Service-task functions of the complaint process (workflows/complaint.bpmn, brief §2.1).
+
+Reviewed, side-effect-free functions: each reads a copy of the case data and returns the
+variables to set. Every threshold is a tunable with a documented default in
+:data:`COMPLAINT_DEFAULTS` (brief §7, all [A]); a value already in the case data (from the
+start message or an earlier step) wins over the default, so a deployment can override any
+of them per case without a code change.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from engine.bpmn.service_tasks import ServiceRegistry
+
+# The functions diagrams call by topic; engine.brokerage.install registers them.
+functions = ServiceRegistry()
+
+# key in brief §7 -> default. The process variable is the part after "complaint.".
+COMPLAINT_DEFAULTS: dict[str, Any] = {
+    "complaint.major_amount": 50000,  # compensation claimed above this is a major complaint
+    "complaint.branch_limit": 5000,  # the branch head approves compensation up to this
+    "complaint.compliance_cosign_amount": 50000,  # compliance co-signs compensation above this
+    "complaint.group_threshold": 3,  # complaints on the same matter that make a group complaint
+    "complaint.elderly_age": 65,  # a complainant this old or older makes a complaint major
+    "complaint.csat_alert_max": 2,  # a satisfaction score at or below this opens a quality ticket
+    "complaint.satisfaction_delay": "P1D",  # wait after closure before the satisfaction call
+    "complaint.no_response_wait": "P14D",  # wait for the client's answer (≈ 10 WD) before E4
+    "complaint.archive_years": 20,  # retention of the archived case file
+    "complaint.extension_max_days": 15,  # an extension is allowed once, at most this many WD
+}
+
+# Alleged violations that make a complaint major on their own (brief C2).
+MAJOR_VIOLATIONS = frozenset({
+    "suitability_mismatch", "discretionary_trading", "staff_operating_account",
+    "transfer_obstruction", "misappropriation",
+})
+REGULATOR_CHANNELS = frozenset({"12386", "csrc_bureau", "sac"})
+GENERAL, MAJOR, GROUP, REGULATOR = "general", "major", "group", "regulator"
+
+
+def settings_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The tunables as process variables: the case's own value, else the default."""
+    values = {}
+    for key, default in COMPLAINT_DEFAULTS.items():
+        name = key.split(".", 1)[1]
+        value = data.get(name)
+        values[name] = default if value in (None, "") else value
+    return values
+
+
+def _money(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value)) if value not in (None, "") else Decimal(0)
+    except InvalidOperation:
+        return Decimal(0)
+
+
+def classify(data: dict[str, Any]) -> dict[str, Any]:
+    """Severity per brief C2/C4: regulator-transferred, group, major or general."""
+    settings = settings_of(data)
+    reasons: list[str] = []
+    regulator = bool(data.get("regulator_ref")) or data.get("channel") in REGULATOR_CHANNELS
+    group = bool(data.get("joint_complaint")) or int(data.get("same_matter_count") or 0) >= int(
+        settings["group_threshold"])
+    if _money(data.get("amount_claimed")) > _money(settings["major_amount"]):
+        reasons.append("amount_claimed")
+    if MAJOR_VIOLATIONS.intersection(data.get("alleged_violations") or []):
+        reasons.append("alleged_violation")
+    if data.get("media_or_litigation_threat"):
+        reasons.append("media_or_litigation_threat")
+    age = data.get("client_age")
+    if isinstance(age, (int, float)) and age >= settings["elderly_age"]:
+        reasons.append("elderly_client")
+    if regulator:
+        severity = REGULATOR
+    elif group:
+        severity = GROUP
+    elif reasons:
+        severity = MAJOR
+    else:
+        severity = GENERAL
+    branch = data.get("branch_code")
+    return {
+        **settings,
+        "severity": severity,
+        "severity_reasons": reasons + (["group"] if group else []) + (["regulator"] if regulator else []),
+        # SLA policies and the closing level distinguish two tracks: general, and the rest.
+        "sla_track": GENERAL if severity == GENERAL else MAJOR,
+        "is_regulator_transfer": regulator,
+        "assigned_branch": branch,
+        # Who approves an extension (brief §2.1): the branch's 客服总监 on general cases, HQ otherwise.
+        "extension_approvers": [f"{branch}:branch_cs_director" if branch else "branch_cs_director"]
+        if severity == GENERAL else ["hq_complaint_dept"],
+        # Defaults for variables that diagram expressions read before a form sets them.
+        "first_contact_owner": data.get("first_contact_owner") or None,
+        "regulator_due_at": data.get("regulator_due_at") or None,
+        "notifications": list(data.get("notifications") or []),
+    }
+
+
+@functions.register("complaint_classify")
+def _classify(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """C2 分类分级: severity, SLA track and the tunables as process variables."""
+    return classify({**data, **params})
+
+
+@functions.register("complaint_notify")
+def _notify(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Records that a group must be told (C4: compliance on major, group and regulator
+    cases). Delivery to people is not done here: the engine has no notification step yet."""
+    notice = {"to": str(params.get("to") or ""), "reason": str(params.get("reason") or "")}
+    return {"notifications": [*list(data.get("notifications") or []), notice]}
+
+
+@functions.register("complaint_archive")
+def _archive(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """C18 归档: marks the case archived with its retention period. The WORM copy of §6
+    is not made here (no archive store yet)."""
+    return {"archived": True, "archive_years": settings_of(data)["archive_years"]}

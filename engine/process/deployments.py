@@ -1,0 +1,140 @@
+"""Deploying bundles: parse, validate, lint, then store immutable process versions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.bpmn.specs.mixins.events.start_event import StartEvent
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine.access.identity import Actor, group_keys
+from engine.access.roles import PROCESS_OWNER
+from engine.audit import record_system_event
+from engine.bpmn import lint as linter
+from engine.bpmn.bundle import Bundle
+from engine.bpmn.parser import ParsedProcess, camunda_of, parse_files
+from engine.bpmn.serializer import dump_spec
+from engine.errors import DeploymentRejected, PermissionDenied, Problem, ProcessNotFound
+from engine.models import Deployment, ProcessVersion
+from engine.process.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class DeployedVersion:
+    version: ProcessVersion
+    created: bool
+
+
+def check(session: Session | None, rt: Runtime, bundle: Bundle) -> tuple[list[ParsedProcess], list[Problem]]:
+    """Everything a deploy checks, storing nothing. ``session`` None skips the checks
+    that need the database (do candidate groups exist)."""
+    problems = list(bundle.problems)
+    if not bundle.bpmn:
+        problems.append(Problem(bundle.name or "-", None, None, "the bundle has no .bpmn file"))
+        return [], problems
+    processes, parse_problems = parse_files(bundle.bpmn)
+    problems.extend(parse_problems)
+    if processes:
+        problems.extend(linter.lint(
+            processes, forms=bundle.forms, evaluator=rt.evaluator, services=rt.services,
+            allow_scripts=rt.settings.allow_script_tasks,
+            known_groups=group_keys(session) if session is not None else None,
+        ))
+    return processes, problems
+
+
+def _forms_used(process: ParsedProcess, forms: dict[str, Any]) -> dict[str, Any]:
+    used = {}
+    for spec in [process.spec, *process.subprocess_specs.values()]:
+        for task_spec in spec.task_specs.values():
+            key = camunda_of(task_spec).get("formKey")
+            if key in forms:
+                used[key] = forms[key]
+    return used
+
+
+def _start_messages(process: ParsedProcess) -> list[str]:
+    names = []
+    for task_spec in process.spec.task_specs.values():
+        definition = getattr(task_spec, "event_definition", None)
+        if isinstance(task_spec, StartEvent) and isinstance(definition, MessageEventDefinition):
+            names.append(definition.name)
+    return names
+
+
+def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> list[DeployedVersion]:
+    """Store a new version of each process whose XML or forms changed; all or nothing."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("deploying needs the process_owner role")
+    processes, problems = check(session, rt, bundle)
+    if problems:
+        raise DeploymentRejected(problems)
+    now = rt.now()
+    deployment: Deployment | None = None
+    results = []
+    for process in processes:
+        forms = _forms_used(process, bundle.forms)
+        digest = hashlib.sha256(
+            process.xml.encode() + json.dumps(forms, sort_keys=True).encode()
+        ).hexdigest()
+        latest = latest_version(session, process.key)
+        if latest is not None and latest.sha256 == digest:
+            results.append(DeployedVersion(latest, created=False))
+            continue
+        if deployment is None:
+            deployment = Deployment(name=bundle.name, deployed_by=actor.username, deployed_at=now,
+                                    files=sorted([*bundle.bpmn, *(f"forms/{k}.json" for k in bundle.forms)]))
+            session.add(deployment)
+            session.flush()
+        version = ProcessVersion(
+            process_key=process.key, version=(latest.version + 1) if latest else 1,
+            name=process.name, deployment_id=deployment.id, source_file=process.source_file,
+            bpmn_xml=process.xml, spec_json=dump_spec(process.spec, process.subprocess_specs),
+            forms=forms, start_messages=_start_messages(process), starter_groups=process.starter_groups,
+            report_variables=process.report_variables, business_key_format=process.business_key_format,
+            sha256=digest, created_at=now,
+        )
+        session.add(version)
+        session.flush()
+        record_system_event(session, kind="process.deployed", actor=actor.username, at=now,
+                            data={"process_key": version.process_key, "version": version.version,
+                                  "version_id": version.id, "sha256": digest,
+                                  "deployment_id": deployment.id})
+        results.append(DeployedVersion(version, created=True))
+    return results
+
+
+def latest_version(session: Session, process_key: str) -> ProcessVersion | None:
+    return session.execute(
+        select(ProcessVersion).where(ProcessVersion.process_key == process_key)
+        .order_by(ProcessVersion.version.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def get_latest(session: Session, process_key: str) -> ProcessVersion:
+    version = latest_version(session, process_key)
+    if version is None:
+        raise ProcessNotFound(f"no process {process_key!r} is deployed")
+    return version
+
+
+def get_all(session: Session, *, process_key: str | None = None) -> list[ProcessVersion]:
+    query = select(ProcessVersion).order_by(ProcessVersion.process_key, ProcessVersion.version.desc())
+    if process_key:
+        query = query.where(ProcessVersion.process_key == process_key)
+    return list(session.execute(query).scalars())
+
+
+def latest_versions(session: Session) -> list[ProcessVersion]:
+    newest = (select(ProcessVersion.process_key, func.max(ProcessVersion.version).label("v"))
+              .group_by(ProcessVersion.process_key).subquery())
+    return list(session.execute(
+        select(ProcessVersion).join(newest, (ProcessVersion.process_key == newest.c.process_key)
+                                    & (ProcessVersion.version == newest.c.v))
+        .order_by(ProcessVersion.process_key)
+    ).scalars())

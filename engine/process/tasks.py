@@ -1,0 +1,345 @@
+"""The human side: inbox queries and claim, unclaim, assign, delegate, complete.
+
+Rules: only a member of a candidate group (or the named assignee) may claim; only the
+assignee may complete. Completing an unclaimed task as a candidate claims it in the same
+transaction ("claim and complete"), so two people pressing Complete on one open task race
+on the instance lock: exactly one wins, the other gets ``task_not_open``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import Integer, Select, String, bindparam, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from engine.access.identity import Actor, actor_for, get_user
+from engine.access.roles import SUPERVISOR
+from engine.bpmn.expressions import json_safe
+from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of
+from engine.errors import (
+    FieldError,
+    FormValidationError,
+    InstanceNotRunning,
+    InvalidInput,
+    NotAssignee,
+    NotCandidate,
+    PermissionDenied,
+    Recused,
+    TaskAlreadyClaimed,
+    TaskNotFound,
+    TaskNotOpen,
+)
+from engine.models import (
+    ACTIVE_TASK_STATES,
+    InstanceStatus,
+    ProcessInstance,
+    Task,
+    TaskCandidate,
+    TaskExclusion,
+    TaskStatus,
+)
+from engine.process.projection import opened_tasks
+from engine.process.runtime import Runtime, lock_instance_row, lock_statement
+from engine.process.unit_of_work import audit, run_and_save
+from engine.sla import clock as sla_clock
+
+
+def _is_candidate(task: Task, actor: Actor) -> bool:
+    return bool(actor.groups.intersection(task.candidate_groups or []))
+
+
+def principals(actor: Actor) -> list[str]:
+    """How an actor can be named in a task's exclusions."""
+    return [f"user:{actor.username}", *sorted(f"group:{g}" for g in actor.groups)]
+
+
+def is_excluded(task: Task, actor: Actor) -> bool:
+    return bool(task.excluded) and not set(task.excluded or ()).isdisjoint(principals(actor))
+
+
+def can_see(task: Task, actor: Actor) -> bool:
+    """Recusal wins over everything, roles included: the subject of a complaint may not
+    learn that the task exists, even as a supervisor."""
+    if is_excluded(task, actor):
+        return False
+    return ((actor.has_role(SUPERVISOR) and _in_supervised_branch(task, actor))
+            or task.assignee == actor.username or task.owner == actor.username or _is_candidate(task, actor))
+
+
+def _supervised_branch(actor: Actor) -> str | None:
+    """A supervisor who belongs to a branch supervises that branch (brief §6.3: branch
+    management sees its branch); one at headquarters, and administrators, everything."""
+    return None if actor.is_admin else actor.branch_code
+
+
+def _in_supervised_branch(task: Task, actor: Actor) -> bool:
+    branch = _supervised_branch(actor)
+    return branch is None or task.branch_code in (None, branch)
+
+
+def _refuse_excluded(session: Session, task: Task, username: str) -> None:
+    """A task cannot be given to someone it recuses."""
+    if task.excluded and is_excluded(task, actor_for(session, get_user(session, username))):
+        raise Recused(f"{username} is excluded from task {task.id} (recusal) and cannot be given it")
+
+
+def get(session: Session, task_id: int, *, actor: Actor) -> Task:
+    """One scoped lookup: a task the actor may not see does not exist for them."""
+    task = session.get(Task, task_id)
+    if task is None or not can_see(task, actor):
+        raise TaskNotFound(f"no task {task_id}")
+    return task
+
+
+_LOCK_BY_TASK = lock_statement(
+    ProcessInstance.id == select(Task.instance_id).where(Task.id == bindparam("task_id")).scalar_subquery())
+_READ_TASK = select(Task).where(Task.id == bindparam("task_id")).execution_options(populate_existing=True)
+
+
+def _lock(session: Session, task_id: int, actor: Actor) -> tuple[Task, ProcessInstance]:
+    """Lock the task's instance, then read the task: whoever held the lock before us may
+    have completed or claimed it. Two statements: the lock finds the instance through the
+    task, and the task is read once, after the lock."""
+    instance = lock_instance_row(session, _LOCK_BY_TASK, {"task_id": task_id})
+    task = session.execute(_READ_TASK, {"task_id": task_id}).scalar_one_or_none()
+    if task is None or instance is None or not can_see(task, actor):
+        raise TaskNotFound(f"no task {task_id}")
+    if instance.status not in (InstanceStatus.RUNNING, InstanceStatus.FAILED):
+        raise InstanceNotRunning(f"instance {instance.id} is {instance.status}")
+    if task.status not in ACTIVE_TASK_STATES:
+        raise TaskNotOpen(f"task {task_id} is already {task.status}")
+    return task, instance
+
+
+def claim(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Task:
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee == actor.username:
+        return task
+    if task.assignee is not None:
+        raise TaskAlreadyClaimed(f"task {task_id} is claimed by {task.assignee}")
+    if not _is_candidate(task, actor):
+        raise NotCandidate("only a member of the task's candidate groups may claim it")
+    task.assignee, task.status = actor.username, TaskStatus.CLAIMED
+    audit(session, rt, instance, "task.claimed", actor, task_uuid=task.task_uuid, task_id=task.id)
+    return task
+
+
+def unclaim(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Task:
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee != actor.username and not actor.has_role(SUPERVISOR):
+        raise NotAssignee("only the assignee or a supervisor may release a task")
+    previous, task.assignee, task.owner, task.status = task.assignee, None, None, TaskStatus.OPEN
+    audit(session, rt, instance, "task.unclaimed", actor, task_uuid=task.task_uuid,
+          task_id=task.id, previous_assignee=previous)
+    return task
+
+
+def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor) -> Task:
+    """A supervisor gives the task to someone (reassignment included)."""
+    if not actor.has_role(SUPERVISOR):
+        raise PermissionDenied("assigning a task needs the supervisor role")
+    target = get_user(session, username)
+    if not target.active:
+        raise InvalidInput(f"user {username!r} is inactive")
+    task, instance = _lock(session, task_id, actor)
+    _refuse_excluded(session, task, username)
+    previous, task.assignee, task.status = task.assignee, username, TaskStatus.CLAIMED
+    audit(session, rt, instance, "task.assigned", actor, task_uuid=task.task_uuid, task_id=task.id,
+          assignee=username, previous_assignee=previous)
+    return task
+
+
+def delegate(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor) -> Task:
+    """The assignee hands the task to a colleague and remains its owner."""
+    target = get_user(session, username)
+    if not target.active:
+        raise InvalidInput(f"user {username!r} is inactive")
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee != actor.username:
+        raise NotAssignee("only the assignee may delegate a task")
+    _refuse_excluded(session, task, username)
+    task.owner = task.owner or actor.username
+    task.assignee = username
+    audit(session, rt, instance, "task.delegated", actor, task_uuid=task.task_uuid,
+          task_id=task.id, assignee=username, owner=task.owner)
+    return task
+
+
+def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task: Task,
+                  data: dict[str, Any]) -> None:
+    if not task.form_key:
+        return
+    validator = rt.form_validator(session, instance.process_version_id, task.form_key)
+    if validator is None:
+        return
+    errors = [
+        FieldError(field="/".join(str(p) for p in error.absolute_path) or
+                   (error.validator in ("required", "additionalProperties")
+                    and _missing_field(error.message)) or "",
+                   message=error.message)
+        for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    ]
+    if errors:
+        raise FormValidationError(f"the form {task.form_key!r} has {len(errors)} error(s)", errors)
+
+
+def form_of(session: Session, rt: Runtime, task: Task) -> dict[str, Any] | None:
+    """The task's JSON Schema form, as deployed with its process version."""
+    if not task.form_key:
+        return None
+    version_id = session.execute(select(ProcessInstance.process_version_id)
+                                 .where(ProcessInstance.id == task.instance_id)).scalar_one()
+    validator = rt.form_validator(session, version_id, task.form_key)
+    return dict(validator.schema) if validator is not None else None
+
+
+def _missing_field(message: str) -> str:
+    # jsonschema reports a missing property on the parent: "'amount' is a required property"
+    return message.split("'")[1] if message.count("'") >= 2 else ""
+
+
+def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
+             data: dict[str, Any] | None = None) -> Task:
+    data = json_safe(data or {})
+    task, instance = _lock(session, task_id, actor)
+    if instance.status == InstanceStatus.FAILED:
+        raise InstanceNotRunning(f"instance {instance.id} failed: {instance.error}")
+    if task.assignee is None:
+        if not _is_candidate(task, actor):
+            raise NotCandidate("only a member of the task's candidate groups may complete it")
+        task.assignee = actor.username
+        audit(session, rt, instance, "task.claimed", actor, task_uuid=task.task_uuid, task_id=task.id)
+    elif task.assignee != actor.username:
+        raise NotAssignee(f"task {task_id} is assigned to {task.assignee}")
+    validate_form(rt, session, instance, task, data)
+    now = rt.now()
+    if task.kind == "escalation":
+        # An escalation opened by an SLA milestone is not a diagram step: closing it records
+        # the supervisor's handling and leaves the process where it is.
+        task.status, task.completed_at, task.completed_by = TaskStatus.COMPLETED, now, actor.username
+        audit(session, rt, instance, "task.completed", actor, task_uuid=task.task_uuid,
+              task_id=task.id, element_id=task.element_id, data=data)
+        return task
+
+    workflow = rt.load(session, instance)
+    spiff_task = workflow.get_task_from_id(UUID(task.task_uuid))
+    if spiff_task is None or not spiff_task.has_state(TaskState.READY):
+        raise TaskNotOpen(f"task {task_id} is no longer waiting for input")
+    spiff_task.set_data(**data)
+    completed_by_variable = properties_of(spiff_task.task_spec).get(COMPLETED_BY_VARIABLE)
+    if completed_by_variable:
+        # "Who did this step" for later steps' rules (QA is not the caller; the approver is
+        # not the nominator), set by the engine so a form cannot claim someone else did it.
+        spiff_task.data[completed_by_variable] = actor.username
+    spiff_task.run()
+    task.status, task.completed_at, task.completed_by = TaskStatus.COMPLETED, now, actor.username
+    audit(session, rt, instance, "task.completed", actor, task_uuid=task.task_uuid,
+          task_id=task.id, element_id=task.element_id, data=data)
+    run_and_save(session, rt, instance, workflow, actor=actor)
+    return task
+
+
+def opened(session: Session, actor: Actor) -> list[Task]:
+    """The tasks this unit of work opened that ``actor`` may see: what a completion hands
+    its user next (often their own next step), without a second request to the inbox."""
+    return [t for t in opened_tasks(session) if t.status in ACTIVE_TASK_STATES and can_see(t, actor)]
+
+
+def pause(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reason: str) -> Task:
+    """Mark the task "waiting for client": its SLA clock stops."""
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee != actor.username and not actor.has_role(SUPERVISOR):
+        raise NotAssignee("only the assignee or a supervisor may pause a task's clock")
+    sla_clock.pause(session, rt, task=task, instance=instance, actor=actor, reason=reason)
+    return task
+
+
+def resume(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Task:
+    """The client answered: the clock runs again and the due date moves by the pause."""
+    task, instance = _lock(session, task_id, actor)
+    if task.assignee != actor.username and not actor.has_role(SUPERVISOR):
+        raise NotAssignee("only the assignee or a supervisor may resume a task's clock")
+    sla_clock.resume(session, rt, task=task, instance=instance, actor=actor)
+    return task
+
+
+# -- inbox --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InboxQuery:
+    assignee_me: bool = False
+    candidate_me: bool = False
+    status: tuple[str, ...] = ACTIVE_TASK_STATES
+    overdue: bool = False
+    due_within: timedelta | None = None
+    process_key: str | None = None
+    business_key: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+_Shape = tuple[bool, bool, bool, bool, bool, bool, bool]
+
+
+@lru_cache(maxsize=256)
+def _inbox_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
+    """The inbox query for one combination of filters, with every value a bound parameter.
+
+    Built once per shape: constructing a statement of this size (and its cache key) costs
+    more than running it, and the inbox is the most frequent request there is."""
+    assignee_me, candidate_me, overdue, due_within, by_process, by_business_key, supervisor = shape
+    stmt = select(Task).where(Task.status.in_(bindparam("status", expanding=True)))
+    if assignee_me:
+        stmt = stmt.where(Task.assignee == bindparam("me"))
+    if candidate_me:
+        stmt = stmt.where(Task.assignee.is_(None), exists().where(
+            TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(bindparam("groups", expanding=True))))
+    if overdue:
+        stmt = stmt.where(Task.due_at < bindparam("now"))
+    if due_within:
+        stmt = stmt.where(Task.due_at >= bindparam("now"), Task.due_at < bindparam("until"))
+    if by_process:
+        stmt = stmt.where(Task.process_key == bindparam("process_key"))
+    if by_business_key:
+        stmt = stmt.where(Task.business_key == bindparam("business_key"))
+    # Recusal hides a task from everyone it names, supervisors included.
+    stmt = stmt.where(~exists().where(TaskExclusion.task_id == Task.id,
+                                      TaskExclusion.principal.in_(bindparam("principals", expanding=True))))
+    if supervisor:
+        # A branch supervisor's view: their branch, and tasks tied to no branch.
+        branch = bindparam("supervised_branch", type_=String)
+        stmt = stmt.where(or_(branch.is_(None), Task.branch_code.is_(None), Task.branch_code == branch))
+    elif not (assignee_me or candidate_me):
+        # "Mine" and "my groups' unclaimed" already imply the visibility rule below; saying
+        # it again doubled the planner's work on the most frequent query (and misled it).
+        in_my_groups = exists().where(TaskCandidate.task_id == Task.id,
+                                      TaskCandidate.group_key.in_(bindparam("groups", expanding=True)))
+        stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))
+    # Tasks without a due date sort last: NULLS LAST spelled portably.
+    page = (stmt.order_by(Task.due_at.is_(None), Task.due_at, Task.priority.desc(), Task.id)
+            .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
+    return page, select(func.count()).select_from(stmt.subquery())
+
+
+def inbox(session: Session, *, actor: Actor, query: InboxQuery, now: datetime) -> tuple[list[Task], int]:
+    supervisor = actor.has_role(SUPERVISOR)
+    page, count = _inbox_statements((query.assignee_me, query.candidate_me, query.overdue, query.due_within is not None,
+                             bool(query.process_key), bool(query.business_key), supervisor))
+    params: dict[str, Any] = {
+        "status": list(query.status), "me": actor.username, "groups": sorted(actor.groups),
+        "now": now, "until": now + query.due_within if query.due_within is not None else now,
+        "process_key": query.process_key, "business_key": query.business_key,
+        "principals": principals(actor), "limit": query.limit, "offset": query.offset,
+        "supervised_branch": _supervised_branch(actor),
+    }
+    rows = list(session.execute(page, params).scalars())
+    if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
+        # A page that is not full and not past the end already tells the total.
+        return rows, query.offset + len(rows)
+    total = session.execute(count, params).scalar_one()
+    return rows, total

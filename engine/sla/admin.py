@@ -1,0 +1,194 @@
+"""What a process owner edits: calendar days, business hours, SLA policies; and the
+recompute of open tasks' due dates and milestones that follows each edit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from engine.access.identity import Actor
+from engine.access.roles import PROCESS_OWNER
+from engine.audit import record_system_event
+from engine.calendars import BusinessHours, Unit
+from engine.errors import InvalidInput, PermissionDenied
+from engine.models import (
+    ACTIVE_TASK_STATES,
+    ACTIVE_TIMER_STATES,
+    BusinessHoursRow,
+    CalendarDay,
+    ProcessInstance,
+    SlaPolicy,
+    Task,
+    TaskKind,
+    Timer,
+    TimerKind,
+    TimerStatus,
+)
+from engine.sla.calendar_store import CALENDARS, bump_calendar_revision, bump_sla_revision
+from engine.sla.clock import PausedTime, legacy_pause, match, pauses
+from engine.sla.host import SlaHost
+from engine.sla.milestones import ACTIONS, arm, at_risk
+
+
+def set_day(session: Session, *, day: Any, working: bool, trading: bool | None, name: str | None,
+            actor: Actor, now: datetime) -> CalendarDay:
+    """Add or correct one day (next year's holidays are announced each November)."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("editing the calendar needs the process_owner or admin role")
+    trading = (working and day.weekday() < 5) if trading is None else trading
+    if trading and not working:
+        raise InvalidInput("a trading day must be a working day")
+    row = session.get(CalendarDay, day)
+    before = None if row is None else {"working": row.working, "trading": row.trading, "name": row.name}
+    if row is None:
+        row = CalendarDay(day=day, source="admin")
+        session.add(row)
+    row.working, row.trading, row.name = working, trading, name
+    row.source, row.updated_by, row.updated_at = "admin", actor.username, now
+    bump_calendar_revision(session)
+    record_system_event(session, kind="calendar.day_set", actor=actor.username, at=now,
+                        data={"day": day.isoformat(), "before": before,
+                              "after": {"working": working, "trading": trading, "name": name}})
+    return row
+
+
+def set_business_hours(session: Session, *, name: str, periods: list[list[str]], tz: str, actor: Actor,
+                       now: datetime) -> BusinessHoursRow:
+    """Define or change named business hours, e.g. [["09:00", "11:30"], ["13:00", "17:00"]]."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("editing business hours needs the process_owner or admin role")
+    try:
+        BusinessHours(periods=tuple((time.fromisoformat(a), time.fromisoformat(b)) for a, b in periods),
+                      tz=ZoneInfo(tz))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidInput(f"business hours {periods!r} in {tz!r}: {exc}") from None
+    row = session.get(BusinessHoursRow, name)
+    if row is None:
+        row = BusinessHoursRow(name=name)
+        session.add(row)
+    row.periods, row.tz = [list(p) for p in periods], tz
+    bump_calendar_revision(session)
+    record_system_event(session, kind="calendar.hours_set", actor=actor.username, at=now,
+                        data={"name": name, "periods": periods, "tz": tz})
+    return row
+
+
+@dataclass(frozen=True)
+class CalendarCoverage:
+    first: Any
+    last: Any
+    incomplete_open_tasks: int
+
+
+def coverage(session: Session) -> CalendarCoverage:
+    """What the calendar knows, and how many open tasks have a due date computed past it."""
+    first, last = session.execute(select(func.min(CalendarDay.day), func.max(CalendarDay.day))).one()
+    flagged = session.execute(select(func.count()).select_from(Task).where(
+        Task.calendar_incomplete.is_(True), Task.status.in_(ACTIVE_TASK_STATES))).scalar_one()
+    return CalendarCoverage(first, last, flagged)
+
+
+def validate_policy(session: Session, data: dict[str, Any]) -> None:
+    try:
+        Unit(data["target_unit"])
+    except (KeyError, ValueError):
+        raise InvalidInput(f"target_unit must be one of {[u.value for u in Unit]}") from None
+    if Decimal(str(data.get("target_amount", 0))) <= 0:
+        raise InvalidInput("target_amount must be positive")
+    anchor = data.get("anchor_variable")
+    if anchor is not None and (not isinstance(anchor, str) or not anchor.isidentifier()):
+        raise InvalidInput(f"anchor_variable must name a variable, got {anchor!r}")
+    if session.get(BusinessHoursRow, data.get("business_hours", "default")) is None:
+        raise InvalidInput(f"no business hours named {data.get('business_hours')!r}")
+    for milestone in data.get("milestones", []):
+        if milestone.get("action") not in ACTIONS:
+            raise InvalidInput(f"milestone action must be one of {ACTIONS}")
+        at = milestone.get("at")
+        if not isinstance(at, (int, float)) or not 0 < at <= 5:
+            raise InvalidInput("milestone 'at' is a fraction of the target, e.g. 0.5, 0.8, 1.0, 1.5")
+        if milestone["action"] in ("reassign", "escalate") and not milestone.get("to"):
+            raise InvalidInput(f"a {milestone['action']} milestone needs 'to' (a role or group)")
+
+
+def upsert_policy(session: Session, rt: SlaHost, *, data: dict[str, Any], actor: Actor) -> tuple[SlaPolicy, int]:
+    """Create or change a policy by key; recompute due dates of the open tasks it now
+    matches. Returns the policy and how many tasks were recomputed."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("SLA policies need the process_owner or admin role")
+    validate_policy(session, data)
+    now = rt.now()
+    policy = session.execute(select(SlaPolicy).where(SlaPolicy.key == data["key"])).scalar_one_or_none()
+    if policy is None:
+        policy = SlaPolicy(key=data["key"])
+        session.add(policy)
+    policy.name = data.get("name", data["key"])
+    policy.position = int(data.get("position", 100))
+    policy.active = bool(data.get("active", True))
+    policy.process_key = data.get("process_key")
+    policy.element_id = data.get("element_id")
+    policy.lane = data.get("lane")
+    policy.min_priority = data.get("min_priority")
+    policy.match_data = dict(data.get("match_data") or {})
+    policy.target_amount = Decimal(str(data["target_amount"]))
+    policy.target_unit = Unit(data["target_unit"]).value
+    policy.business_hours = data.get("business_hours", "default")
+    policy.milestones = sorted(data.get("milestones", []), key=lambda m: m["at"])
+    policy.pausable = bool(data.get("pausable", True))
+    policy.anchor_variable = data.get("anchor_variable") or None
+    policy.updated_at, policy.updated_by = now, actor.username
+    session.flush()
+    bump_sla_revision(session)
+    record_system_event(session, kind="sla.policy_saved", actor=actor.username, at=now,
+                        data={"key": policy.key, "position": policy.position,
+                              "target": f"{policy.target_amount} {policy.target_unit}"})
+    return policy, recompute(session, rt, now=now)
+
+
+def recompute(session: Session, rt: SlaHost, *, now: datetime) -> int:
+    """Re-derive the due date and milestones of every open task without a diagram due date
+    (after a policy or calendar change); returns how many tasks changed."""
+    count = 0
+    open_tasks = session.execute(
+        select(Task, ProcessInstance).join(ProcessInstance, ProcessInstance.id == Task.instance_id)
+        .where(Task.status.in_(ACTIVE_TASK_STATES), Task.kind == TaskKind.BPMN,
+               or_(Task.due_source.is_(None), Task.due_source != "diagram"))
+        .order_by(Task.instance_id)
+    ).all()
+    workflows: dict[int, Any] = {}
+    for task, instance in open_tasks:
+        if instance.id not in workflows:
+            # Policies match on instance variables; this is an administrator's operation,
+            # so reading each affected instance once is acceptable.
+            workflows[instance.id] = rt.load(session, instance)
+        spiff_task = workflows[instance.id].get_task_from_id(UUID(task.task_uuid))
+        data = dict(spiff_task.data) if spiff_task is not None else {}
+        policy = match(session, rt, task, data)
+        previous = (task.sla_policy_id, task.due_at)
+        session.execute(update(Timer).where(Timer.kind == TimerKind.SLA, Timer.task_uuid == task.task_uuid,
+                                            Timer.status.in_(ACTIVE_TIMER_STATES))
+                        .values(status=TimerStatus.CANCELLED))
+        start = task.sla_started_at or task.created_at
+        if policy is None:
+            task.sla_policy_id, task.due_at, task.due_source, task.at_risk_at = None, None, None, None
+        else:
+            calendar = CALENDARS.get(session, policy.business_hours)
+            due = calendar.add(start, policy.target_amount, policy.target_unit)
+            # Time already spent waiting for the client stays excluded, as resume() excluded
+            # it, but measured again on today's calendar and in the policy's current unit.
+            paused = PausedTime(calendar, policy.target_unit, pauses(task), legacy=legacy_pause(task))
+            task.due_at, task.due_source, task.calendar_incomplete = due.at, "policy", due.incomplete
+            task.sla_policy_id = policy.id
+            task.at_risk_at = paused(at_risk(session, policy, task, start=start))
+            arm(session, rt, instance, task, policy, start=start, now=now, shift=paused)
+            task.due_at = paused(due.at)
+            task.calendar_incomplete = due.incomplete or paused.incomplete
+        if (task.sla_policy_id, task.due_at) != previous:
+            count += 1
+    return count

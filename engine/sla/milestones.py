@@ -1,0 +1,215 @@
+"""Milestones: timer rows at fractions of a task's SLA target, and what firing one does
+(notify, raise the priority, reassign to a role, open an escalation task; at the target, the
+breach is recorded)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from uuid import uuid4
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from engine.access.assignment import resolve_candidate_groups
+from engine.audit import record_instance_event
+from engine.bpmn.expressions import SafeEvaluator
+from engine.calendars import BusinessCalendar, BusinessHours, Due, Unit
+from engine.errors import NotFound
+from engine.models import (
+    ACTIVE_TIMER_STATES,
+    Group,
+    GroupMember,
+    Notification,
+    ProcessInstance,
+    Task,
+    TaskCandidate,
+    TaskKind,
+    TaskStatus,
+    Timer,
+    TimerKind,
+    TimerStatus,
+    User,
+)
+from engine.sla.calendar_store import CALENDARS, PolicyRow
+from engine.sla.host import SlaHost
+
+ACTIONS = ("notify", "raise_priority", "reassign", "escalate")
+# A task turns "at risk" when this share of its target has elapsed.
+AT_RISK_FRACTION = 0.8
+
+
+def milestone_due(calendar: BusinessCalendar, start: datetime, due: Due, amount: Decimal, unit: str,
+                  fraction: float) -> datetime:
+    """The moment ``fraction`` of the target has elapsed, in the target's own terms:
+    business time for WD/TD/WH, wall-clock time for calendar units."""
+    if fraction >= 1.0 and math.isclose(fraction, 1.0):
+        return due.at
+    if unit in (Unit.WORKING_DAYS, Unit.TRADING_DAYS):
+        span = Decimal(str(fraction)) * amount
+        whole = int(span)
+        at = calendar.add(start, whole, unit).at if whole else calendar.clock_start(
+            start, trading=unit == Unit.TRADING_DAYS)[0]
+        rest = span - whole
+        if rest:
+            # The fraction of a day is business hours of the target's own days: a trading
+            # day's half is never on a make-up Sunday, when the exchanges are closed.
+            minutes = float(Decimal(_minutes_per_day(calendar.hours)) * rest)
+            at = calendar.add_business_time(at, timedelta(minutes=minutes),
+                                            trading=unit == Unit.TRADING_DAYS).at
+        return at
+    if unit == Unit.WORKING_HOURS:
+        return calendar.add(start, Decimal(str(fraction)) * amount, Unit.WORKING_HOURS).at
+    return start + (due.at - start) * fraction
+
+
+def _minutes_per_day(hours: BusinessHours) -> int:
+    return sum((b.hour * 60 + b.minute) - (a.hour * 60 + a.minute) for a, b in hours.periods)
+
+
+def schedule_milestones(session: Session, rt: SlaHost, *, instance: ProcessInstance, task: Task, policy: PolicyRow,
+                        now: datetime) -> None:
+    """Arm a new task's milestones (its row has an id by now)."""
+    start = task.sla_started_at or now
+    arm(session, rt, instance, task, policy, start=start, now=now, overdue_breach=start < now)
+
+
+def at_risk(session: Session, policy: PolicyRow | None, task: Task, *, start: datetime) -> datetime:
+    """When the task turns "at risk": :data:`AT_RISK_FRACTION` of its target, in the target's terms."""
+    assert task.due_at is not None
+    if policy is None or task.due_source == "diagram":
+        return start + (task.due_at - start) * AT_RISK_FRACTION
+    calendar = CALENDARS.get(session, policy.business_hours)
+    return milestone_due(calendar, start, Due(task.due_at, task.calendar_incomplete), policy.target_amount,
+                         policy.target_unit, AT_RISK_FRACTION)
+
+
+def arm(session: Session, rt: SlaHost, instance: ProcessInstance, task: Task,
+                         policy: PolicyRow, *, start: datetime, now: datetime,
+                         shift: Callable[[datetime], datetime] | None = None,
+                         overdue_breach: bool = False) -> None:
+    """Timer rows for the milestones still ahead: a recompute must not re-notify the past.
+    ``shift`` moves a milestone past the time the clock already spent paused."""
+    assert task.due_at is not None
+    calendar = CALENDARS.get(session, policy.business_hours)
+    due = Due(task.due_at, task.calendar_incomplete)
+    if task.due_source == "diagram":
+        # The diagram's own due date: milestones are wall-clock fractions of its window.
+        points = [(m, start + (task.due_at - start) * m["at"]) for m in policy.milestones]
+    else:
+        points = [(m, milestone_due(calendar, start, due, policy.target_amount, policy.target_unit, m["at"]))
+                  for m in policy.milestones]
+    # A paused task's clock stopped at the pause: its milestones are held until resume()
+    # moves them by the paused time (a recompute during a pause must not arm them).
+    paused = task.sla_paused_at is not None
+    for milestone, at in points:
+        if shift is not None:
+            at = shift(at)
+        if at < (task.sla_paused_at if paused else now):
+            if not (overdue_breach and milestone["at"] >= 1.0 and not paused):
+                continue
+            # A clock anchored in the past can be breached on arrival: record it now.
+            at = now
+        timer = Timer(kind=TimerKind.SLA, instance_id=instance.id, task_uuid=task.task_uuid,
+                      element_id=task.element_id, due_at=at,
+                      status=TimerStatus.PAUSED if paused else TimerStatus.WAITING,
+                      created_at=now, payload={"task_id": task.id, "policy": policy.key, **milestone})
+        session.add(timer)
+        if not paused:
+            rt.announce_timer(session, timer)
+
+
+def retire_task_timers(session: Session, task_uuids: list[str]) -> None:
+    """A task that is done or gone needs no more reminders."""
+    session.execute(update(Timer).where(Timer.kind == TimerKind.SLA, Timer.task_uuid.in_(task_uuids),
+                                        Timer.status.in_(ACTIVE_TIMER_STATES))
+                    .values(status=TimerStatus.CANCELLED))
+
+
+def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance, now: datetime,
+                   evaluator: SafeEvaluator) -> None:
+    """Do what the milestone says; the caller has claimed its timer row."""
+    payload = dict(timer.payload or {})
+    task = session.get(Task, payload["task_id"])
+    if task is None:
+        raise NotFound(f"task {payload['task_id']} of SLA timer {timer.id} is gone")
+    action, fraction = payload["action"], float(payload["at"])
+    record_instance_event(session, instance, kind="sla.milestone", actor="sla", at=now, task_uuid=task.task_uuid,
+                          data={"task_id": task.id, "at": fraction, "action": action, "policy": payload.get("policy")})
+    if fraction >= 1.0 and task.breached_at is None:
+        task.breached_at = now
+        record_instance_event(session, instance, kind="sla.breached", actor="sla", at=now, task_uuid=task.task_uuid,
+                              data={"task_id": task.id, "due_at": task.due_at.isoformat() if task.due_at else None})
+    subject = f"[{task.business_key}] {task.name or task.element_id}"
+    # The API stores omitted optional fields as null: null "to"/"by" mean the defaults.
+    if action == "notify":
+        _notify(session, _recipients(session, evaluator, instance, task, payload.get("to") or "assignee"),
+                subject=f"{subject}: {_progress_text(fraction)}", body=_body(task, fraction), task=task, now=now)
+    elif action == "raise_priority":
+        task.priority = min(100, task.priority + int(payload.get("by") or 20))
+    elif action == "reassign":
+        groups = resolve_candidate_groups(session, evaluator, [payload["to"]], instance=instance, data={})
+        _set_candidates(session, task, groups)
+        task.assignee, task.status = None, TaskStatus.OPEN
+        record_instance_event(session, instance, kind="task.reassigned", actor="sla", at=now,
+                              task_uuid=task.task_uuid, data={"task_id": task.id, "candidate_groups": groups})
+    elif action == "escalate":
+        groups = resolve_candidate_groups(session, evaluator, [payload["to"]], instance=instance, data={})
+        escalation = Task(
+            task_uuid=str(uuid4()), instance_id=instance.id, process_key=task.process_key,
+            element_id=f"{task.element_id}.escalation", name=f"升级 Escalation: {task.name or task.element_id}",
+            lane=None, candidate_groups=groups, status=TaskStatus.OPEN, priority=min(100, task.priority + 30),
+            created_at=now, due_at=None, business_key=task.business_key, client_id=task.client_id,
+            branch_code=task.branch_code, form_key=None, kind=TaskKind.ESCALATION,
+        )
+        session.add(escalation)
+        session.flush()
+        session.add_all(TaskCandidate(task_id=escalation.id, group_key=g) for g in groups)
+        _notify(session, _members(session, groups), subject=f"{subject}: 已升级 escalated",
+                body=_body(task, fraction), task=task, now=now)
+        record_instance_event(session, instance, kind="sla.escalated", actor="sla", at=now, task_uuid=task.task_uuid,
+                              data={"task_id": task.id, "escalation_task_id": escalation.id, "to": groups})
+
+
+def _progress_text(fraction: float) -> str:
+    if fraction >= 1.0:
+        return "已超时 overdue"
+    return f"已用时 {int(fraction * 100)}% of the SLA"
+
+
+def _body(task: Task, fraction: float) -> str:
+    due = task.due_at.isoformat() if task.due_at else "-"
+    return f"任务 {task.name or task.element_id} ({task.business_key}) due {due}; {_progress_text(fraction)}."
+
+
+def _set_candidates(session: Session, task: Task, groups: list[str]) -> None:
+    session.execute(delete(TaskCandidate).where(TaskCandidate.task_id == task.id))
+    session.add_all(TaskCandidate(task_id=task.id, group_key=g) for g in groups)
+    task.candidate_groups = groups
+
+
+def _recipients(session: Session, evaluator: SafeEvaluator, instance: ProcessInstance, task: Task,
+                to: str) -> list[str]:
+    if to == "assignee":
+        return [task.assignee] if task.assignee else _members(session, task.candidate_groups or [])
+    if to == "candidates":
+        return _members(session, task.candidate_groups or [])
+    return _members(session, resolve_candidate_groups(session, evaluator, [to], instance=instance, data={}))
+
+
+def _members(session: Session, groups: list[str]) -> list[str]:
+    if not groups:
+        return []
+    return list(session.execute(
+        select(User.username).join(GroupMember, GroupMember.user_id == User.id)
+        .join(Group, Group.id == GroupMember.group_id)
+        .where(Group.key.in_(groups), User.active.is_(True)).distinct().order_by(User.username)
+    ).scalars())
+
+
+def _notify(session: Session, usernames: list[str], *, subject: str, body: str, task: Task, now: datetime) -> None:
+    for username in usernames:
+        session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
+                                 instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))

@@ -1,0 +1,311 @@
+"""Firing timers. The database is the source of truth; queues only deliver wake-ups.
+
+Every waiting BPMN timer has a ``bpm_timer`` row (see ``engine.process.projection``). Firing one is
+idempotent: lock the instance (the same lock order as every other change, so a timer and
+a user's completion never deadlock), then claim the row with a conditional UPDATE
+(``waiting`` → ``fired``); a second delivery, a second worker or a retried job finds
+nothing to claim and changes nothing. Claim and effect commit together, so a worker killed
+mid-job leaves the row ``waiting`` and the next sweep fires it again, exactly once.
+
+SpiffWorkflow fires a timer only when ``due < now`` strictly, so callers wake just after
+the due instant (:data:`FIRE_DELAY`), never at it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from SpiffWorkflow.util.task import TaskState
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from engine.access.identity import Actor
+from engine.access.roles import SUPERVISOR
+from engine.audit import record_system_event
+from engine.bpmn.serializer import dump_state
+from engine.clock import ensure_aware
+from engine.db import Database, rowcount
+from engine.errors import InvalidInput, NotFound, PermissionDenied
+from engine.models import ACTIVE_TIMER_STATES, InstanceStatus, ProcessInstance, Timer, TimerKind, TimerStatus
+from engine.process.projection import settled_timer, timer_due
+from engine.process.runtime import Runtime, lock_instance_row, lock_statement, locked_instance
+from engine.process.unit_of_work import audit, run_and_save
+from engine.sla import milestones
+from engine.timers import schedules
+
+log = logging.getLogger(__name__)
+FIRE_DELAY = timedelta(milliseconds=5)
+TIMER_ACTOR = Actor.system("timer")
+
+
+def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
+    """Fire one timer if it is due and still waiting; return whether it fired."""
+    now = rt.now()
+    # Usually one statement: the timer's instance locked, the timer read along with it.
+    found = lock_instance_row(session, _LOCK_WITH_TIMER, {"timer_id": timer_id})
+    if found is None:
+        # No instance (a schedule's timer), or no such timer.
+        timer = session.execute(select(Timer).where(Timer.id == timer_id)).scalar_one_or_none()
+        if timer is None or timer.kind != TimerKind.SCHEDULE or timer.status != TimerStatus.WAITING \
+                or timer.due_at >= now:
+            return False
+        # No instance to lock: the claim alone makes a second delivery a no-op.
+        return _claim(session, timer_id, now) and schedules.start_slot(session, rt, timer, now=now)
+    instance, timer = found
+    if timer.status != TimerStatus.WAITING or timer.due_at >= now:
+        return False
+    if instance.status not in (InstanceStatus.RUNNING, InstanceStatus.FAILED):
+        # The instance ended or was cancelled: nothing may happen, and the row is settled.
+        session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == TimerStatus.WAITING)
+                        .values(status=TimerStatus.CANCELLED))
+        return False
+    # The claim is the authority (the read above took no lock); the ORM-enabled UPDATE also
+    # refreshes ``timer`` in memory, so the row need not be read again.
+    if not _claim(session, timer_id, now):
+        return False  # another delivery got here first
+    if timer.kind == TimerKind.SLA:
+        milestones.fire_milestone(session, timer=timer, instance=instance, now=now, evaluator=rt.evaluator)
+        return True
+    if instance.status != InstanceStatus.RUNNING:
+        _unclaim(session, timer_id)  # a failed instance's timers wait for its retry
+        return False
+    return _fire_bpmn(session, rt, timer, instance, now)
+
+
+# The timer row is read with the instance but not locked: the claim below is the authority.
+_LOCK_WITH_TIMER = lock_statement(ProcessInstance.id == Timer.instance_id, Timer.id == bindparam("timer_id"),
+                                  also=Timer)
+_CLAIM = (update(Timer).where(Timer.id == bindparam("timer_id"), Timer.status == TimerStatus.WAITING)
+          .values(status=TimerStatus.FIRED, fired_at=bindparam("now")))
+_UNCLAIM = (update(Timer).where(Timer.id == bindparam("timer_id"))
+            .values(status=TimerStatus.WAITING, fired_at=None))
+
+
+def _claim(session: Session, timer_id: int, now: datetime) -> bool:
+    # On the connection: a plain conditional UPDATE, without the ORM's flush before it or
+    # its bookkeeping after it (nothing in this transaction reads the row's status again).
+    return rowcount(session.connection().execute(_CLAIM, {"timer_id": timer_id, "now": now})) == 1
+
+
+def _unclaim(session: Session, timer_id: int) -> None:
+    session.connection().execute(_UNCLAIM, {"timer_id": timer_id})
+
+
+def _fire_bpmn(session: Session, rt: Runtime, timer: Timer, instance: ProcessInstance, now: datetime) -> bool:
+    workflow = rt.load(session, instance)
+    task = workflow.get_task_from_id(UUID(timer.task_uuid)) if timer.task_uuid else None
+    caught_up: dict[str, Any] = {}
+    if task is not None and _cycle(task):
+        caught_up = _apply_catch_up(task, rt.settings.timer_catch_up, now)
+    workflow.refresh_timers()
+    if task is not None and task.has_state(TaskState.WAITING) and not _cycle(task):
+        # SpiffWorkflow did not consider it due (clock skew between processes):
+        # put the claim back so the next wake-up tries again.
+        _unclaim(session, timer.id)
+        return False
+    audit(session, rt, instance, "timer.fired", TIMER_ACTOR, task_uuid=timer.task_uuid,
+          element_id=timer.element_id, due_at=timer.due_at.isoformat(), **caught_up)
+    if timer.task_uuid:
+        settled_timer(session, timer.task_uuid)  # claimed above: the projection need not settle it
+    run_and_save(session, rt, instance, workflow, actor=TIMER_ACTOR)
+    if task is not None and task.has_state(TaskState.WAITING) and _cycle(task):
+        # A cycle timer keeps waiting for its next occurrence: the same row waits again.
+        next_at = timer_due(task)
+        if next_at is not None:
+            session.execute(update(Timer).where(Timer.id == timer.id)
+                            .values(status=TimerStatus.WAITING, due_at=next_at))
+            rt.announce_timer(session, (timer.id, next_at))
+    return True
+
+
+def _apply_catch_up(task: Any, policy: str, now: datetime) -> dict[str, Any]:
+    """After downtime a cycle timer is behind by several occurrences. ``once`` (the
+    default) fires the latest one and skips the earlier ones; ``all`` fires every missed
+    occurrence. Returns, for the ``timer.fired`` audit event, what was skipped: how many
+    occurrences, the first and last of them and the one that fires instead (nothing when
+    none was skipped). A count and two ends, not a list: an unbounded cycle of minutes
+    after a week's downtime has ten thousand."""
+    value = task.internal_data.get("event_value")
+    if policy != "once" or not isinstance(value, dict):
+        return {}
+    step = timedelta(seconds=value["duration"])
+    first = next_at = datetime.fromisoformat(value["next"])
+    remaining = value["cycles"]  # occurrences left; -1 means unbounded
+    skipped = 0
+    while next_at + step < now and (remaining < 0 or remaining > 1):
+        next_at += step
+        skipped += 1
+        if remaining > 0:
+            remaining -= 1
+    value["next"], value["cycles"] = next_at.isoformat(), remaining
+    if not skipped:
+        return {}
+    return {"catch_up": policy, "skipped_occurrences": skipped, "first_skipped_at": first.isoformat(),
+            "last_skipped_at": (next_at - step).isoformat(), "occurrence_at": next_at.isoformat()}
+
+
+def _cycle(task: object) -> bool:
+    value = getattr(task, "internal_data", {}).get("event_value")
+    return isinstance(value, dict)
+
+
+def due_ids(session: Session, now: datetime, *, limit: int = 500) -> list[int]:
+    return list(session.execute(
+        select(Timer.id).where(Timer.status == TimerStatus.WAITING, Timer.due_at < now)
+        .order_by(Timer.due_at).limit(limit)
+    ).scalars())
+
+
+def next_due(session: Session) -> datetime | None:
+    due: datetime | None = session.execute(
+        select(func.min(Timer.due_at)).where(Timer.status == TimerStatus.WAITING)
+    ).scalar_one_or_none()
+    return due
+
+
+MAX_ATTEMPTS = 5
+
+
+def fire_once(db: Database, rt: Runtime, timer_id: int) -> bool:
+    """One delivery of one timer, as its own unit of work.
+
+    If firing raises (a milestone's role no longer exists, a schedule's process is not
+    deployed...), the attempt is recorded on the row, and after :data:`MAX_ATTEMPTS` the
+    timer is marked ``failed`` for an administrator instead of being retried on every sweep
+    forever. The database being unreachable is not the timer's fault: it is re-raised and
+    not counted, and the sweep delivers the timer once the database is back.
+    """
+    try:
+        with db.transaction() as session:
+            return fire(session, rt, timer_id)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        log.exception("timer %s could not be fired", timer_id)
+        with db.transaction() as session:
+            timer = session.get(Timer, timer_id)
+            if timer is not None and timer.status == TimerStatus.WAITING:
+                timer.attempts = (timer.attempts or 0) + 1
+                timer.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                if timer.attempts >= MAX_ATTEMPTS:
+                    timer.status = TimerStatus.FAILED
+        return False
+
+
+def fire_due(db: Database, rt: Runtime, *, limit: int = 500) -> int:
+    """Fire everything due now, one transaction per timer. Returns how many fired."""
+    with db.transaction() as session:
+        ids = due_ids(session, rt.now(), limit=limit)
+    fired = 0
+    for timer_id in ids:
+        try:
+            fired += fire_once(db, rt, timer_id)
+        except (OperationalError, InterfaceError):
+            log.warning("database unreachable while firing timer %s; the next sweep retries", timer_id)
+            raise
+    return fired
+
+
+class EmbeddedRunner:
+    """The default for ``make run``: one thread in the app process that sleeps until the
+    next due timer (or until told a new one exists) and fires what is due."""
+
+    def __init__(self, db: Database, rt: Runtime, *, max_sleep: float = 30.0, notifier: Any = None,
+                 on_error: Callable[[Exception], None] | None = None) -> None:
+        self.db, self.rt, self.max_sleep, self.notifier = db, rt, max_sleep, notifier
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_error = on_error
+
+    def timer_created(self, timer_id: int, due_at: datetime) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="bpm-timers", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def run_once(self) -> float:
+        """Fire what is due; return seconds to sleep until the next due timer."""
+        fire_due(self.db, self.rt)
+        if self.notifier is not None:
+            self.notifier.deliver_pending(self.db, self.rt)
+        with self.db.transaction() as session:
+            upcoming = next_due(session)
+        if upcoming is None:
+            return self.max_sleep
+        wait = (upcoming + FIRE_DELAY - self.rt.now()).total_seconds()
+        return min(max(wait, 0.0), self.max_sleep)
+
+    def _loop(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                wait = self.run_once()
+                backoff = 1.0
+            except Exception as exc:  # noqa: BLE001 - database away: back off and retry
+                log.warning("timer runner: %s; retrying in %.0f s", exc, backoff)
+                if self._on_error:
+                    self._on_error(exc)
+                wait, backoff = backoff, min(backoff * 2, 60.0)
+            self._wake.wait(wait)
+            self._wake.clear()
+
+
+def reschedule(session: Session, rt: Runtime, *, timer_id: int, due_at: datetime, actor: Actor) -> Timer:
+    """An administrator moves a waiting timer (audited). A BPMN timer's new time is also
+    written into the workflow, so SpiffWorkflow and the row agree."""
+    if not actor.has_role(SUPERVISOR):
+        raise PermissionDenied("rescheduling a timer needs the supervisor or admin role")
+    ensure_aware(due_at, name="due_at")
+    timer = session.get(Timer, timer_id)
+    if timer is None:
+        raise NotFound(f"no timer {timer_id}")
+    previous = timer.due_at
+    if timer.instance_id is not None:
+        instance = locked_instance(session, timer.instance_id, allow=(InstanceStatus.RUNNING, InstanceStatus.FAILED))
+        session.refresh(timer)
+    if timer.status not in ACTIVE_TIMER_STATES:
+        raise InvalidInput(f"timer {timer_id} is {timer.status}; only waiting timers can be moved")
+    if timer.kind == TimerKind.BPMN:
+        workflow = rt.load(session, instance)
+        task = workflow.get_task_from_id(UUID(timer.task_uuid)) if timer.task_uuid else None
+        if task is None or not task.has_state(TaskState.WAITING):
+            raise InvalidInput(f"timer {timer_id} is no longer waiting in its process")
+        value = task.internal_data.get("event_value")
+        if isinstance(value, dict):
+            value["next"] = due_at.isoformat()
+        else:
+            task.internal_data["event_value"] = due_at.isoformat()
+        instance.state = dump_state(workflow)
+    timer.due_at = due_at
+    # "timer_kind", not "kind": the audit helper's own ``kind`` argument is the event's kind.
+    data = {"timer_id": timer_id, "timer_kind": timer.kind, "from": previous.isoformat(), "to": due_at.isoformat()}
+    if timer.instance_id is not None:
+        audit(session, rt, instance, "timer.rescheduled", actor, task_uuid=timer.task_uuid, **data)
+    else:
+        record_system_event(session, kind="timer.rescheduled", actor=actor.username, at=rt.now(), data=data)
+    rt.announce_timer(session, (timer.id, due_at))
+    return timer
+
+
+def get_all(session: Session, *, instance_id: int | None = None, status: str | None = None,
+            limit: int = 100) -> list[Timer]:
+    query = select(Timer).order_by(Timer.due_at).limit(limit)
+    if instance_id is not None:
+        query = query.where(Timer.instance_id == instance_id)
+    if status:
+        query = query.where(Timer.status == status)
+    return list(session.execute(query).scalars())
