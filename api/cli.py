@@ -550,46 +550,17 @@ def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool)
 
     Runs rq's scheduler (enqueue_at) in the same process, plus a sweep thread: the database
     is the source of truth, so a flushed Redis or a killed worker loses no timer."""
-    import os
-    import socket
-    import threading
-    from datetime import timedelta
-
-    from engine.timers.notify import Notifier
-    from engine.timers.queueing import RqScheduler, acquire_sweep_lock, die_with_parent, make_worker, sweep
+    from api import worker as rq_worker
 
     settings = ctx.settings
     if not settings.redis_url:
         fail("bpm worker needs BPM_REDIS_URL (without it, `bpm serve` runs timers itself)")
-    assert settings.redis_url is not None
-    scheduler = RqScheduler(settings.redis_url)
-    rt = build_runtime(settings, scheduler=scheduler)
-    notifier = Notifier.from_settings(rt)
-    worker_name = f"{socket.gethostname()}:{os.getpid()}"
-    stop = threading.Event()
 
-    def sweeper() -> None:
-        backoff = sweep_interval
-        while not stop.is_set():
-            try:
-                if acquire_sweep_lock(scheduler, worker_name, sweep_interval):
-                    with ctx.db.transaction() as session:
-                        sweep(session, scheduler, rt.now(), stale_after=timedelta(seconds=stale_after))
-                    notifier.deliver_pending(ctx.db, rt)
-                backoff = sweep_interval
-            except Exception as exc:  # noqa: BLE001 - database or Redis away: back off, retry
-                click.echo(f"sweep failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s", err=True)
-                backoff = min(backoff * 2, 60.0)
-            stop.wait(backoff)
+    def report(exc: Exception, backoff: float) -> None:
+        click.echo(f"sweep failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s", err=True)
 
-    thread = threading.Thread(target=sweeper, name="bpm-sweep", daemon=True)
-    thread.start()
-    die_with_parent()
-    rq_worker = make_worker(settings.redis_url)
-    try:
-        rq_worker.work(with_scheduler=True, burst=burst)
-    finally:
-        stop.set()
+    rq_worker.run(settings, ctx.db, sweep_interval=sweep_interval, stale_after=stale_after, burst=burst,
+                  on_sweep_error=report)
 
 
 def run() -> None:

@@ -5,29 +5,29 @@ deterministic job id, ``bpm-timer-<id>``. A periodic sweep (``sweep``, one worke
 enqueues timers that are due or about to be, are not fired and have no live job in Redis:
 so a Redis that was flushed or restarted, an enqueue that failed after commit, or a worker
 killed mid-job loses nothing. A timer
-delivered twice fires once (``timers.fire`` claims its row). Only enqueueing lives here;
-the worker loop is an adapter (``bpm worker``).
+delivered twice fires once (``firing.fire`` claims its row). Enqueueing and the sweep live
+here; the rq worker that runs the jobs is an adapter (``api/worker.py``, ``bpm worker``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-import signal
-import sys
+import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Retry, SimpleWorker
+from rq import Queue, Retry
 from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.db import Database
 from engine.models import Timer
+from engine.process.runtime import Runtime
 from engine.timers.firing import FIRE_DELAY
 
 log = logging.getLogger(__name__)
@@ -61,43 +61,6 @@ class RqScheduler:
     def enqueue(self, timer_id: int, due_at: datetime, *, pipeline: Any = None) -> None:
         self.queue.enqueue_at(wake_time(due_at), FIRE_JOB, timer_id, job_id=job_id(timer_id), retry=RETRY,
                               result_ttl=0, failure_ttl=7 * 24 * 3600, pipeline=pipeline)
-
-
-def die_with_parent() -> None:
-    """Make every child this process forks from now on (rq's scheduler) end with it.
-
-    rq runs its scheduler in a forked child that nothing tells when the worker is killed
-    with SIGKILL: it would go on moving jobs from a dead worker's Redis registries. Linux
-    sends the child SIGTERM when its parent dies (PR_SET_PDEATHSIG); elsewhere this is a
-    no-op and a supervisor that kills the whole process group is needed."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def in_child() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the line above took effect
-            os._exit(0)
-
-    os.register_at_fork(after_in_child=in_child)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def make_worker(redis_url: str, queue_name: str = QUEUE_NAME) -> SimpleWorker:
-    """An rq worker on its own Redis client.
-
-    rq blocks on the queue for minutes (its dequeue timeout) and widens its client's socket
-    timeout to match, but only for connections opened afterwards. The shared client of
-    :func:`connect` already has connections with redis-py's default 5 s timeout (the sweep
-    thread opened them): on one of those, every idle dequeue ends in a socket timeout that
-    rq treats as Redis being down, and it sleeps 1, 2, 4... up to 60 s before listening again,
-    while due timers wait. SimpleWorker runs jobs in this process: no fork per job, and the
-    database pool and the spec cache survive between jobs."""
-    connection = Redis.from_url(redis_url)
-    return SimpleWorker([Queue(queue_name, connection=connection)], connection=connection)
 
 
 def wake_time(due_at: datetime) -> datetime:
@@ -161,3 +124,47 @@ def acquire_sweep_lock(scheduler: RqScheduler, owner: str, seconds: float) -> bo
     """One sweeper at a time across all workers: the others skip this round."""
     redis = scheduler.queue.connection
     return bool(redis.set("bpm:sweep-lock", owner, nx=True, px=max(int(seconds * 1000), 100)))
+
+
+class Sweeper:
+    """The sweep loop a worker process runs beside rq: every ``interval`` seconds, if no
+    other worker holds the sweep lock, enqueue the due timers Redis lost and deliver pending
+    notifications. A failure (the database or Redis away) is reported and retried with
+    backoff, up to a minute, instead of ending the loop."""
+
+    def __init__(self, db: Database, rt: Runtime, scheduler: RqScheduler, *, owner: str, interval: float,
+                 stale_after: timedelta, after_sweep: Callable[[], object] | None = None,
+                 on_error: Callable[[Exception, float], None] | None = None) -> None:
+        self.db, self.rt, self.scheduler = db, rt, scheduler
+        self.owner, self.interval, self.stale_after = owner, interval, stale_after
+        self.after_sweep, self.on_error = after_sweep, on_error
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> None:
+        if acquire_sweep_lock(self.scheduler, self.owner, self.interval):
+            with self.db.transaction() as session:
+                sweep(session, self.scheduler, self.rt.now(), stale_after=self.stale_after)
+            if self.after_sweep is not None:
+                self.after_sweep()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="bpm-sweep", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        backoff = self.interval
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                backoff = self.interval
+            except Exception as exc:  # noqa: BLE001 - database or Redis away: back off, retry
+                if self.on_error is not None:
+                    self.on_error(exc, backoff)
+                else:
+                    log.warning("sweep failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, backoff)
+                backoff = min(backoff * 2, 60.0)
+            self._stop.wait(backoff)

@@ -18,7 +18,6 @@ in the system audit stream, which is also what makes a second run of one slot a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -37,12 +36,6 @@ from engine.process.runtime import Runtime
 from engine.sla.calendar_store import CALENDARS
 
 JOB_PREFIX = "job:"
-
-
-def _jobs() -> dict[str, Callable[..., dict[str, Any]]]:
-    from engine.brokerage import periodic_callbacks, vip_evaluation
-
-    return {vip_evaluation.JOB_NAME: vip_evaluation.job, periodic_callbacks.JOB_NAME: periodic_callbacks.job}
 
 
 RULES = ("first_working_day_of_month", "first_working_day_of_quarter", "every_working_day", "every_trading_day")

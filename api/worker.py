@@ -1,0 +1,81 @@
+"""The rq worker process (``bpm worker``): an adapter like the API and the CLI.
+
+It runs rq's worker and scheduler (which move ``enqueue_at`` jobs) and, beside them, the
+engine's sweep (:class:`engine.timers.queueing.Sweeper`): the database is the source of
+truth, so a flushed Redis or a killed worker loses no timer. Only this module imports rq's
+worker; the engine only enqueues.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+
+from engine.bootstrap import build_runtime
+from engine.config import Settings
+from engine.db import Database
+from engine.timers.notify import Notifier
+from engine.timers.queueing import QUEUE_NAME, RqScheduler, Sweeper
+
+
+def run(settings: Settings, db: Database, *, sweep_interval: float, stale_after: float, burst: bool,
+        on_sweep_error: Callable[[Exception, float], None] | None = None) -> None:
+    """Work the timer queue until stopped (or, with ``burst``, until it is empty)."""
+    assert settings.redis_url is not None
+    scheduler = RqScheduler(settings.redis_url)
+    rt = build_runtime(settings, scheduler=scheduler)
+    notifier = Notifier.from_settings(rt)
+    sweeper = Sweeper(db, rt, scheduler, owner=f"{socket.gethostname()}:{os.getpid()}", interval=sweep_interval,
+                      stale_after=timedelta(seconds=stale_after),
+                      after_sweep=lambda: notifier.deliver_pending(db, rt), on_error=on_sweep_error)
+    sweeper.start()
+    die_with_parent()
+    try:
+        make_worker(settings.redis_url).work(with_scheduler=True, burst=burst)
+    finally:
+        sweeper.stop()
+
+
+def die_with_parent() -> None:
+    """Make every child this process forks from now on (rq's scheduler) end with it.
+
+    rq runs its scheduler in a forked child that nothing tells when the worker is killed
+    with SIGKILL: it would go on moving jobs from a dead worker's Redis registries. Linux
+    sends the child SIGTERM when its parent dies (PR_SET_PDEATHSIG); elsewhere this is a
+    no-op and a supervisor that kills the whole process group is needed."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def in_child() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(0)
+
+    os.register_at_fork(after_in_child=in_child)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def make_worker(redis_url: str, queue_name: str = QUEUE_NAME) -> SimpleWorker:
+    """An rq worker on its own Redis client.
+
+    rq blocks on the queue for minutes (its dequeue timeout) and widens its client's socket
+    timeout to match, but only for connections opened afterwards. The shared client of
+    :func:`engine.timers.queueing.connect` already has connections with redis-py's default 5 s timeout (the sweep
+    thread opened them): on one of those, every idle dequeue ends in a socket timeout that
+    rq treats as Redis being down, and it sleeps 1, 2, 4... up to 60 s before listening again,
+    while due timers wait. SimpleWorker runs jobs in this process: no fork per job, and the
+    database pool and the spec cache survive between jobs."""
+    connection = Redis.from_url(redis_url)
+    return SimpleWorker([Queue(queue_name, connection=connection)], connection=connection)
