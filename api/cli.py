@@ -280,7 +280,7 @@ def sla_load(ctx: Context, path: Path) -> None:
     from sqlalchemy import select
 
     from api.schemas import PolicySchema
-    from engine.models import Task
+    from engine.models import ACTIVE_TASK_STATES, Task
 
     try:
         policies = json.loads(path.read_text(encoding="utf-8"))
@@ -300,7 +300,7 @@ def sla_load(ctx: Context, path: Path) -> None:
 
     def due_dates(session: Any) -> dict[int, tuple[Any, Any]]:
         rows = session.execute(select(Task.id, Task.sla_policy_id, Task.due_at)
-                               .where(Task.status.in_(("open", "claimed"))))
+                               .where(Task.status.in_(ACTIVE_TASK_STATES)))
         return {row.id: (row.sla_policy_id, row.due_at) for row in rows}
 
     rt = ctx.runtime()
@@ -449,18 +449,51 @@ def figures_import_snapshot(ctx: Context, path: Path) -> None:
 @figures_group.command("set")
 @click.argument("key")
 @click.argument("value")
+@click.pass_context
+def figures_set(click_ctx: click.Context, key: str, value: str) -> None:
+    """The same as ``bpm settings set`` (kept for the scripts that call it here)."""
+    click_ctx.invoke(settings_set, key=key, value=value)
+
+
+@main.group("settings")
+def settings_group() -> None:
+    """The tunables of the processes and figures (engine/brokerage/settings.py)."""
+
+
+@settings_group.command("list")
+@click.option("--markdown", is_flag=True, help="Print the registry as docs/settings.md.")
 @pass_ctx
-def figures_set(ctx: Context, key: str, value: str) -> None:
-    """Override a figure setting (e.g. ``complaint.sla.resolve.general "15 WD"``), give the
-    prior year-end active clients (``callback.periodic.active_clients.2025[.HZ01] 12000``),
-    or tune the quarterly periodic callback batch (``callback.periodic.quarterly_ratio 0.03``)."""
-    from engine.brokerage import figures, periodic_callbacks
+def settings_list(ctx: Context, markdown: bool) -> None:
+    """Every tunable: key, default, stored value, how it applies, and what it means."""
+    from engine.brokerage import settings
+
+    if markdown:
+        click.echo(settings.markdown(), nl=False)
+        return
+    with ctx.db.transaction() as session:
+        stored = settings.stored_values(session)
+    for tunable in settings.TUNABLES.values():
+        how = ", ".join(part for part in (f"case: {tunable.variable}" if tunable.variable else "",
+                                          "stored" if tunable.stored else "") if part)
+        value = f"{stored[tunable.key]} (default {tunable.default})" if tunable.key in stored else tunable.default
+        click.echo(f"{tunable.key} = {value}  [{how}; {tunable.source}]\n    {tunable.meaning}")
+    for key in sorted(k for k in stored if k not in settings.TUNABLES):
+        click.echo(f"{key} = {stored[key]}  [stored; input]")
+
+
+@settings_group.command("set")
+@click.argument("key")
+@click.argument("value")
+@pass_ctx
+def settings_set(ctx: Context, key: str, value: str) -> None:
+    """Override a stored tunable firm-wide (e.g. ``complaint.sla.resolve.general "15 WD"``,
+    ``callback.periodic.quarterly_ratio 0.03``), or give the prior year-end active clients
+    (``callback.periodic.active_clients.2025[.HZ01] 12000``). Checked and audited."""
+    from engine.brokerage import settings
 
     rt = ctx.runtime()
-    # The batch's sampling settings live with the batch; everything else is a figure's.
-    owner = periodic_callbacks if key in periodic_callbacks.PARSERS else figures
     with ctx.db.transaction() as session:
-        owner.set_setting(session, key=key, value=value, actor=identity.Actor.system("cli"), now=rt.now())
+        settings.set_value(session, key=key, value=value, actor=identity.Actor.system("cli"), now=rt.now())
     click.echo(f"{key} = {value.strip()}")
 
 

@@ -10,12 +10,9 @@ from api.context import bpm
 from engine.access import client_access
 from engine.brokerage import classification
 from engine.calendars import Unit
-from engine.models import ACTIVE_TASK_STATES
+from engine.models import ACTIVE_TASK_STATES, InstanceStatus, TaskStatus, TimerStatus
 from engine.sla import clock as sla_clock
 from engine.sla import milestones
-
-TASK_STATUSES = ("open", "claimed", "completed", "cancelled")
-INSTANCE_STATUSES = ("running", "completed", "cancelled", "failed")
 
 
 class FieldErrorOut(Schema):
@@ -142,7 +139,7 @@ class InstanceDetailOut(InstanceOut):
 
 class InstanceQuery(Schema):
     process = fields.String(load_default=None)
-    status = fields.String(load_default=None, validate=validate.OneOf(INSTANCE_STATUSES))
+    status = fields.String(load_default=None, validate=validate.OneOf(list(InstanceStatus)))
     business_key = fields.String(load_default=None)
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
@@ -221,7 +218,7 @@ class TaskDetailOut(TaskOut):
 class TaskQuery(Schema):
     assignee = fields.String(load_default=None, validate=validate.Equal("me"))
     candidate = fields.String(load_default=None, validate=validate.Equal("me"))
-    status = fields.List(fields.String(validate=validate.OneOf(TASK_STATUSES)),
+    status = fields.List(fields.String(validate=validate.OneOf(list(TaskStatus))),
                          load_default=lambda: list(ACTIVE_TASK_STATES))
     overdue = fields.Boolean(load_default=False)
     due_within_hours = fields.Float(load_default=None, validate=validate.Range(min=0))
@@ -333,8 +330,8 @@ class TimerOut(Schema):
 
 
 class TimerQuery(Schema):
-    status = fields.String(load_default="waiting",
-                           validate=validate.OneOf(["waiting", "paused", "fired", "cancelled", "failed"]),
+    status = fields.String(load_default=TimerStatus.WAITING.value,
+                           validate=validate.OneOf(list(TimerStatus)),
                            metadata={"description": "failed: timers given up after repeated errors"})
 
 

@@ -237,9 +237,8 @@ class Task(Base):
     client_id: Mapped[str | None] = mapped_column(String(64))
     branch_code: Mapped[str | None] = mapped_column(String(32))
     form_key: Mapped[str | None] = mapped_column(String(128))
-    # "bpmn" for diagram tasks; "escalation" for tasks opened by an SLA milestone.
-    kind: Mapped[str] = mapped_column(String(16), default="bpmn", server_default="bpmn")
-    # SLA clock (engine.sla): where the due date came from, the clock's start, pauses.
+    kind: Mapped[str] = mapped_column(String(16), default=TaskKind.BPMN.value, server_default=TaskKind.BPMN.value)
+    # SLA clock (engine.sla.clock): where the due date came from, the clock's start, pauses.
     due_source: Mapped[str | None] = mapped_column(String(16))
     sla_policy_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_sla_policy.id"))
     sla_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -312,7 +311,7 @@ class Timer(Base):
     __tablename__ = "bpm_timer"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), default="bpmn", server_default="bpmn")
+    kind: Mapped[str] = mapped_column(String(16), default=TimerKind.BPMN.value, server_default=TimerKind.BPMN.value)
     instance_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_process_instance.id"))
     # The BPMN timer task, or the human task an SLA milestone belongs to.
     task_uuid: Mapped[str | None] = mapped_column(String(36))

@@ -19,7 +19,7 @@ import time_machine
 from sqlalchemy import select
 
 from engine.access import identity
-from engine.brokerage import figures
+from engine.brokerage import settings
 from engine.calendars import SHANGHAI
 from engine.errors import InvalidInput
 from engine.models import Task
@@ -186,7 +186,7 @@ def test_complaint_callback_and_satisfaction_figures_over_http(db, rt, client, p
         complete(db, rt, people.clerk, "CB-2", "questionnaire", service_satisfaction=5)
         clock.move_to(NOW)
         with db.transaction() as s:
-            figures.set_setting(s, key=f"{figures.ACTIVE_CLIENTS}.2025", value="15", actor=people.owner,
+            settings.set_value(s, key=f"{settings.ACTIVE_CLIENTS}.2025", value="15", actor=people.owner,
                                 now=rt.now())
         headers = login(client, "hq")
         complaints = get(client, headers, f"complaints?{MARCH}")

@@ -21,7 +21,7 @@ from sqlalchemy import delete, or_, select
 from engine.access import identity
 from engine.access.identity import Actor
 from engine.bpmn import bundle
-from engine.brokerage import demo, figures, registry_import, snapshots
+from engine.brokerage import demo, figures, registry_import, settings, snapshots
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput, PermissionDenied
@@ -52,8 +52,8 @@ def clean_settings(db):
     """bpm_setting is reference data the suite keeps between tests: take ours out again."""
     yield
     with db.transaction() as s:
-        s.execute(delete(Setting).where(or_(Setting.key.in_(list(figures.DEFAULTS)),
-                                            Setting.key.like(f"{figures.ACTIVE_CLIENTS}.%"))))
+        s.execute(delete(Setting).where(or_(Setting.key.in_(list(figures.CONFIG_KEYS)),
+                                            Setting.key.like(f"{settings.ACTIVE_CLIENTS}.%"))))
 
 
 @pytest.fixture
@@ -554,8 +554,8 @@ def test_periodic_callbacks_against_ten_percent_of_last_year_end_active_clients(
         clock.move_to(sh(2026, 3, 10, 10))
         with db.transaction() as s:
             owner = staff["s001"]
-            figures.set_setting(s, key=f"{figures.ACTIVE_CLIENTS}.2025", value="40", actor=owner, now=rt.now())
-            figures.set_setting(s, key=f"{figures.ACTIVE_CLIENTS}.2025.NB01", value="15", actor=owner, now=rt.now())
+            settings.set_value(s, key=f"{settings.ACTIVE_CLIENTS}.2025", value="40", actor=owner, now=rt.now())
+            settings.set_value(s, key=f"{settings.ACTIVE_CLIENTS}.2025.NB01", value="15", actor=owner, now=rt.now())
     reached = {client for _, client, at in calls if at is not None}
     in_nb01 = reached & {c for c, (branch, _) in CALLBACK_CLIENTS.items() if branch == "NB01"}
     ytd = whole_scope(date(2026, 1, 1), date(2026, 3, 10))
@@ -827,25 +827,25 @@ def test_figures_are_for_supervisors_compliance_and_branch_heads_and_branch_staf
 def test_settings_override_defaults_are_checked_and_audited(db, rt, clean_settings):
     owner = Actor("owner", frozenset({"process_owner"}))
     with db.transaction() as s:
-        figures.set_setting(s, key="figures.ageing_buckets", value="2,5,10,20", actor=owner, now=rt.now())
-        figures.set_setting(s, key="complaint.sla.resolve.general", value="10 WD", actor=owner, now=rt.now())
-        figures.set_setting(s, key="figures.group_score.weights", value="growth=1", actor=owner, now=rt.now())
+        settings.set_value(s, key="figures.ageing_buckets", value="2,5,10,20", actor=owner, now=rt.now())
+        settings.set_value(s, key="complaint.sla.resolve.general", value="10 WD", actor=owner, now=rt.now())
+        settings.set_value(s, key="figures.group_score.weights", value="growth=1", actor=owner, now=rt.now())
         for key, value in (("figures.ageing_buckets", "3,1"), ("complaint.sla.resolve.general", "ten days"),
                            ("complaint.sla.regulator_margin", "2 CD"), ("callback.periodic.min_ratio", "1.5"),
-                           ("figures.group_score.weights", "luck=1"), (f"{figures.ACTIVE_CLIENTS}.2025", "-3"),
+                           ("figures.group_score.weights", "luck=1"), (f"{settings.ACTIVE_CLIENTS}.2025", "-3"),
                            ("figures.unknown", "1")):
             with pytest.raises(InvalidInput):
-                figures.set_setting(s, key=key, value=value, actor=owner, now=rt.now())
+                settings.set_value(s, key=key, value=value, actor=owner, now=rt.now())
         with pytest.raises(PermissionDenied):
-            figures.set_setting(s, key="figures.ageing_buckets", value="1", actor=Actor("li", frozenset({"clerks"})),
+            settings.set_value(s, key="figures.ageing_buckets", value="1", actor=Actor("li", frozenset({"clerks"})),
                                 now=rt.now())
     with db.transaction() as s:
         config = figures.load_config(s)
-        audited = s.execute(select(AuditEvent.data).where(AuditEvent.kind == "figures.setting_set")
+        audited = s.execute(select(AuditEvent.data).where(AuditEvent.kind == settings.AUDIT_KIND)
                             .order_by(AuditEvent.seq)).scalars().all()
     assert config.ageing_buckets == (2, 5, 10, 20)
-    assert config.resolve["general"] == figures.Target(10, Unit.WORKING_DAYS)
-    assert config.resolve["major"] == figures.Target(30, Unit.WORKING_DAYS)  # the default
+    assert config.resolve["general"] == settings.Target(10, Unit.WORKING_DAYS)
+    assert config.resolve["major"] == settings.Target(30, Unit.WORKING_DAYS)  # the default
     assert config.score_weights == {"growth": 1.0}
     assert [(e["key"], e["before"], e["after"]) for e in audited] == [
         ("figures.ageing_buckets", None, "2,5,10,20"), ("complaint.sla.resolve.general", None, "10 WD"),

@@ -23,7 +23,7 @@ from sqlalchemy import delete, or_, select
 
 from engine.access import identity
 from engine.access.identity import Actor
-from engine.brokerage import demo, figures, periodic_callbacks, registry, registry_import
+from engine.brokerage import demo, periodic_callbacks, registry, registry_import, settings
 from engine.brokerage.periodic_callbacks import Candidate
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
@@ -54,8 +54,8 @@ def clean_settings(db):
     count behind, and find none left by another test."""
     def clean() -> None:
         with db.transaction() as s:
-            s.execute(delete(Setting).where(or_(Setting.key.in_(list(periodic_callbacks.DEFAULTS)),
-                                                Setting.key.like(f"{figures.ACTIVE_CLIENTS}.%"))))
+            s.execute(delete(Setting).where(or_(Setting.key.in_(list(periodic_callbacks.CONFIG_KEYS)),
+                                                Setting.key.like(f"{settings.ACTIVE_CLIENTS}.%"))))
     clean()
     yield
     clean()
@@ -75,10 +75,7 @@ def demo_registry(db, rt) -> None:
 
 def _set(db, rt, key: str, value: str) -> None:
     with db.transaction() as s:
-        if key.startswith(figures.ACTIVE_CLIENTS):
-            figures.set_setting(s, key=key, value=value, actor=ADMIN, now=rt.now())
-        else:
-            periodic_callbacks.set_setting(s, key=key, value=value, actor=ADMIN, now=rt.now())
+        settings.set_value(s, key=key, value=value, actor=ADMIN, now=rt.now())
 
 
 def _add_clients(db, rt, *clients: dict[str, Any]) -> None:
@@ -177,7 +174,7 @@ def test_the_quota_is_the_quarterly_ratio_of_the_active_clients_rounded_up(db, r
 def test_the_prior_year_end_count_given_for_the_figures_is_the_base_when_set(db, rt, demo_registry):
     # The account system's 2024 year-end count of active clients, the one the coverage
     # figure is measured against; the registry's 10 clients cannot fill its quota.
-    _set(db, rt, f"{figures.ACTIVE_CLIENTS}.2024", "1000")
+    _set(db, rt, f"{settings.ACTIVE_CLIENTS}.2024", "1000")
     _set(db, rt, "callback.periodic.quarterly_ratio", "0.02")
     outcome = _run(db, rt)
     assert (outcome.base, outcome.base_source) == (1000, "callback.periodic.active_clients.2024")
@@ -453,17 +450,17 @@ def test_the_schedule_slot_runs_once_even_if_delivered_twice(db, rt):
 ])
 def test_a_bad_setting_is_refused(db, rt, key, value):
     with pytest.raises(InvalidInput), db.transaction() as s:
-        periodic_callbacks.set_setting(s, key=key, value=value, actor=ADMIN, now=rt.now())
+        settings.set_value(s, key=key, value=value, actor=ADMIN, now=rt.now())
 
 
 def test_settings_are_for_process_owners_and_audited(db, rt):
     clerk = Actor(username="li", groups=frozenset({"clerks"}))
     with pytest.raises(PermissionDenied), db.transaction() as s:
-        periodic_callbacks.set_setting(s, key="callback.periodic.elderly_age", value="70", actor=clerk, now=rt.now())
+        settings.set_value(s, key="callback.periodic.elderly_age", value="70", actor=clerk, now=rt.now())
     _set(db, rt, "callback.periodic.elderly_age", "70")
     with db.transaction() as s:
         assert periodic_callbacks.load_config(s).elderly_age == 70
-        event = s.execute(select(AuditEvent).where(AuditEvent.kind == "callback.periodic_setting_set")).scalar_one()
+        event = s.execute(select(AuditEvent).where(AuditEvent.kind == settings.AUDIT_KIND)).scalar_one()
         assert event.data == {"key": "callback.periodic.elderly_age", "before": None, "after": "70"}
 
 

@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from engine.access import identity
 from engine.access.identity import Actor
-from engine.brokerage import demo
-from engine.brokerage.services.complaint import COMPLAINT_DEFAULTS, classify
+from engine.brokerage import demo, settings
+from engine.brokerage.services.complaint import classify
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import TaskNotFound
@@ -369,11 +369,11 @@ def test_classification_reads_its_thresholds_from_the_case_or_the_defaults():
     assert classify({"amount_claimed": 50000})["severity"] == "general"  # not above complaint.major_amount
     assert classify({"amount_claimed": 50000.01})["severity"] == "major"
     assert classify({"amount_claimed": 20000, "major_amount": 10000})["severity"] == "major"  # per-case override
-    assert classify({"client_age": COMPLAINT_DEFAULTS["complaint.elderly_age"]})["severity"] == "major"
+    assert classify({"client_age": settings.default("complaint.elderly_age")})["severity"] == "major"
     assert classify({"same_matter_count": 3})["severity"] == "group"
     assert classify({"joint_complaint": True, "channel": "sac"})["severity"] == "regulator"
     result = classify({})
-    assert result["branch_limit"] == COMPLAINT_DEFAULTS["complaint.branch_limit"]
+    assert result["branch_limit"] == settings.default("complaint.branch_limit")
     assert (result["severity"], result["sla_track"], result["first_contact_owner"]) == ("general", "general", None)
 
 

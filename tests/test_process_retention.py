@@ -26,8 +26,8 @@ from sqlalchemy import select
 
 from engine.access import identity
 from engine.bpmn import bundle
-from engine.brokerage import demo
-from engine.brokerage.services.retention import DEFAULTS, check_preconditions, outcome_of, prepare, settings_of, wrap_up
+from engine.brokerage import demo, settings
+from engine.brokerage.services.retention import check_preconditions, outcome_of, prepare, settings_of, wrap_up
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
 from engine.errors import MessageNotCorrelated, TaskNotFound
@@ -420,7 +420,7 @@ def test_a_request_whose_items_are_not_cleared_lapses_never_before_twenty_tradin
         with db.transaction() as s:
             timer = s.execute(select(Timer).where(Timer.instance_id == case.instance_id,
                                                   Timer.element_id == "lapse_timer")).scalar_one()
-        assert DEFAULTS["retention.lapse_after"] == "P40D" and timer.due_at == informed + timedelta(days=40)
+        assert settings.default("retention.lapse_after") == "P40D" and timer.due_at == informed + timedelta(days=40)
         assert timer.due_at >= _trading_days_after(db, informed, 20)  # brief §7 retention.lapse_after: 20 TD
         clock.move_to(timer.due_at)
         assert firing.fire_due(db, rt) == 0

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from engine.access import identity
 from engine.access.identity import Actor
 from engine.bpmn import bundle
-from engine.brokerage import demo
-from engine.brokerage.services.vip import DEFAULTS, VARIABLES, evaluate, reevaluate
+from engine.brokerage import demo, settings
+from engine.brokerage.services.vip import evaluate, reevaluate
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import PermissionDenied, TaskNotFound
@@ -473,9 +473,8 @@ def test_due_dates_are_on_working_days_counting_make_up_days(db, rt, staff):
 
 
 def test_every_threshold_and_the_grace_period_come_from_the_defaults_or_the_start_data():
-    assert DEFAULTS["vip.silver"] == 50_000 and DEFAULTS["vip.gold"] == 300_000
-    assert DEFAULTS["vip.diamond"] == 1_000_000 and DEFAULTS["vip.downgrade_grace_months"] == 3
-    assert set(VARIABLES) == set(DEFAULTS)
+    assert settings.default("vip.silver") == 50_000 and settings.default("vip.gold") == 300_000
+    assert settings.default("vip.diamond") == 1_000_000 and settings.default("vip.downgrade_grace_months") == 3
     base = evaluation("C03", "gold", 1_500_000)
     assert evaluate(base)["target_tier"] == "diamond"
     result = evaluate({**base, "diamond_threshold": 1_800_000})  # per-instance override of vip.diamond
@@ -511,7 +510,7 @@ def test_the_grace_period_is_configurable_per_instance(db, rt, staff):
     assert grace.due_at == sh(2025, 11, 3, 10)  # 6 evaluations below: five more calendar months
     data = case.data()
     assert data["downgrade_effective_at"] == "2025-12-01T00:00:00+08:00"
-    assert data["downgrade_grace_months"] == 6 and data["silver_threshold"] == DEFAULTS["vip.silver"]
+    assert data["downgrade_grace_months"] == 6 and data["silver_threshold"] == settings.default("vip.silver")
 
 
 def test_the_diagram_deploys_and_has_interchange_for_every_element(rt):

@@ -63,7 +63,10 @@ from engine.models import (
     MessageSubscription,
     ProcessInstance,
     Task,
+    TaskKind,
     Timer,
+    TimerKind,
+    TimerStatus,
     User,
 )
 from engine.process import instances, messages, tasks
@@ -206,7 +209,7 @@ def _actor(session: Session, username: str) -> Actor:
 
 def _open_task(session: Session, key: str, element: str) -> Task:
     found = session.execute(select(Task).where(Task.business_key == key, Task.element_id == element,
-                                               Task.kind == "bpmn", Task.status.in_(ACTIVE_TASK_STATES))
+                                               Task.kind == TaskKind.BPMN, Task.status.in_(ACTIVE_TASK_STATES))
                             ).scalars().all()
     if len(found) != 1:
         raise DemoCaseError(f"{key}: expected one open {element!r} task, found {len(found)}")
@@ -517,7 +520,7 @@ def _fire_milestones(session: Session, rt: Runtime, clock: _SettableClock, first
     tried: set[int] = set()
     while True:
         due = session.execute(
-            select(Timer.id, Timer.due_at).where(Timer.kind == "sla", Timer.status == "waiting",
+            select(Timer.id, Timer.due_at).where(Timer.kind == TimerKind.SLA, Timer.status == TimerStatus.WAITING,
                                                  Timer.instance_id >= first_instance, Timer.due_at < until,
                                                  Timer.id.not_in(tried or {0}))
             .order_by(Timer.due_at, Timer.id).limit(1)
@@ -555,14 +558,15 @@ def describe(session: Session, key: str, process_key: str, *, now: datetime) -> 
                                                    Task.status.in_(ACTIVE_TASK_STATES))
                                 .order_by(Task.kind, Task.id)).scalars():
         who = _person(session, task.assignee) if task.assignee else ",".join(task.candidate_groups or [])
-        if task.kind == "escalation":
+        if task.kind == TaskKind.ESCALATION:
             lines.append(f"{task.name} → {who}")
             continue
         due = f"due {_local(task.due_at)} ({sla_clock.state(task, now)[0]})" if task.due_at else "no due date"
         lines.append(f"{task.name} [{task.element_id}] → {who}, {due}")
     if not lines:
         waiting = [f"timer {t.element_id} at {_local(t.due_at)}" for t in session.execute(
-            select(Timer).where(Timer.instance_id == instance.id, Timer.kind == "bpmn", Timer.status == "waiting")
+            select(Timer).where(Timer.instance_id == instance.id, Timer.kind == TimerKind.BPMN,
+                                Timer.status == TimerStatus.WAITING)
             .order_by(Timer.due_at)).scalars()]
         waiting += [f"message {name}" for name in session.execute(
             select(MessageSubscription.message_name).where(MessageSubscription.instance_id == instance.id)

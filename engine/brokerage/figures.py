@@ -16,23 +16,33 @@ definitions are in the README, "Figures".
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
 from engine.access.identity import Actor
-from engine.access.roles import PROCESS_OWNER, SUPERVISOR
-from engine.audit import record_system_event
+from engine.access.roles import SUPERVISOR
+from engine.brokerage import settings
+from engine.brokerage.settings import Target
 from engine.calendars import SHANGHAI, BusinessCalendar, Unit
 from engine.db import UTCDateTime
 from engine.errors import InvalidInput, PermissionDenied
-from engine.models import Client, ClientSnapshot, ProcessInstance, Setting, SlaPolicy, Task, TaskCandidate
+from engine.models import (
+    Client,
+    ClientSnapshot,
+    InstanceStatus,
+    ProcessInstance,
+    Setting,
+    SlaPolicy,
+    Task,
+    TaskCandidate,
+    TaskStatus,
+)
 from engine.sla import calendar_store
 
 COMPLAINT, CALLBACK, RETENTION = "complaint", "callback", "retention"
@@ -51,37 +61,11 @@ VIEWER_GROUPS = frozenset({"compliance", "branch_head"})
 TASK_DIMENSIONS = ("branch", "group", "process", "step", "assignee")
 
 # -- configuration ---------------------------------------------------------------------------
-# Defaults of the tunables the figures read, by configuration key (brief §7; [A] unless the
-# brief says otherwise). A bpm_setting row with the same key overrides the default
-# (`bpm figures set KEY VALUE`).
-DEFAULTS: dict[str, str] = {
-    "figures.ageing_buckets": "1,3,7",  # days overdue: <1, 1–3, 3–7, ≥7
-    "figures.regulatory_policies": "callback.new_account.deadline",  # SLA policies that are regulatory deadlines
-    "figures.regulatory_steps": "complaint:report_regulator",  # process:element whose due date is the regulator's
-    "figures.business_hours": "default",  # the calendar's business hours for WD arithmetic
-    "figures.satisfied_min": "4",  # a 1–5 score at or above this is "satisfied"
-    "complaint.sla.resolve.general": "15 WD",
-    "complaint.sla.resolve.major": "30 WD",
-    "complaint.sla.resolve.group": "30 WD",  # the brief gives group cases no resolution SLA: as major
-    "complaint.sla.resolve.regulator": "30 WD",  # and never later than regulator_due_at − the margin
-    "complaint.sla.regulator_margin": "2 WD",
-    "complaint.extension.max": "15 WD",
-    "callback.new_account.deadline": "1 CM",  # [P4]
-    "callback.periodic.min_ratio": "0.10",  # [P4]
-    "figures.group_score.weights": "growth=0.5,turnover=0.3,referrals=0.2",
-    "figures.group_rank.highlight": "2",  # top-2 / bottom-2 as in the seed's KJ example
-}
-# Prior year-end active clients (excluding dormant and suspended accounts), the periodic
-# callback quota's base [P4]: an input, `callback.periodic.active_clients.<year>` for the
-# company and `….<year>.<branch>` for a branch. No default: no input, no quota.
-ACTIVE_CLIENTS = "callback.periodic.active_clients"
-_ACTIVE_CLIENTS_KEY = re.compile(r"^callback\.periodic\.active_clients\.(\d{4})(?:\.([A-Za-z0-9_-]{1,26}))?$")
-
-
-@dataclass(frozen=True)
-class Target:
-    amount: int
-    unit: Unit
+# The stored tunables the figures read (engine.brokerage.settings: key, default, meaning).
+CONFIG_KEYS = ("figures.ageing_buckets", "figures.regulatory_policies", "figures.regulatory_steps",
+               "figures.business_hours", "figures.satisfied_min", *(f"complaint.sla.resolve.{s}" for s in SEVERITIES),
+               "complaint.sla.regulator_margin", "complaint.extension.max", "callback.new_account.deadline",
+               "callback.periodic.min_ratio", "figures.group_score.weights", "figures.group_rank.highlight")
 
 
 @dataclass(frozen=True)
@@ -100,103 +84,9 @@ class FigureConfig:
     highlight: int
 
 
-def _target(value: str, *, units: tuple[Unit, ...] = tuple(Unit)) -> Target:
-    amount, _, unit = value.strip().partition(" ")
-    try:
-        target = Target(int(amount), Unit(unit.strip()))
-    except ValueError:
-        raise InvalidInput(f"{value!r} is not an amount and a unit such as '15 WD'") from None
-    if target.amount < 0 or target.unit not in units:
-        raise InvalidInput(f"{value!r}: a non-negative amount in {', '.join(u.value for u in units)}")
-    return target
-
-
-def _buckets(value: str) -> tuple[float, ...]:
-    try:
-        edges = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise InvalidInput(f"ageing buckets {value!r} must be day counts such as 1,3,7") from None
-    return check_buckets(edges)
-
-
-def check_buckets(edges: Iterable[float]) -> tuple[float, ...]:
-    edges = tuple(edges)
-    if not edges or any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
-        raise InvalidInput("ageing buckets are increasing positive day counts such as 1,3,7")
-    return edges
-
-
-def _names(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _steps(value: str) -> tuple[tuple[str, str], ...]:
-    steps = []
-    for item in _names(value):
-        process, _, element = item.partition(":")
-        if not process or not element:
-            raise InvalidInput(f"{item!r} must be process:element")
-        steps.append((process, element))
-    return tuple(steps)
-
-
-def _positive_int(value: str) -> int:
-    if not value.strip().isdigit():
-        raise InvalidInput(f"{value!r} is not a whole number")
-    return int(value)
-
-
-def parse_share(value: str) -> Decimal:
-    """A share in (0, 1], e.g. a quota ratio (other settings' parsers use it too)."""
-    try:
-        ratio = Decimal(value.strip())
-    except InvalidOperation:
-        raise InvalidInput(f"{value!r} is not a number") from None
-    if not 0 < ratio <= 1:
-        raise InvalidInput(f"{value!r} must be a share between 0 and 1")
-    return ratio
-
-
-def _weights(value: str) -> dict[str, float]:
-    weights: dict[str, float] = {}
-    for item in _names(value):
-        name, _, number = item.partition("=")
-        if name.strip() not in ("growth", "turnover", "referrals"):
-            raise InvalidInput(f"score weight {name!r}: growth, turnover or referrals")
-        try:
-            weights[name.strip()] = float(number)
-        except ValueError:
-            raise InvalidInput(f"score weight {item!r} must be name=number") from None
-    if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise InvalidInput("score weights are non-negative, not all zero: growth=0.5,turnover=0.3,referrals=0.2")
-    return weights
-
-
-_WD = (Unit.WORKING_DAYS,)
-PARSERS: dict[str, Callable[[str], Any]] = {
-    "figures.ageing_buckets": _buckets,
-    "figures.regulatory_policies": _names,
-    "figures.regulatory_steps": _steps,
-    "figures.business_hours": str.strip,
-    "figures.satisfied_min": _positive_int,
-    "complaint.sla.resolve.general": _target,
-    "complaint.sla.resolve.major": _target,
-    "complaint.sla.resolve.group": _target,
-    "complaint.sla.resolve.regulator": _target,
-    "complaint.sla.regulator_margin": lambda v: _target(v, units=_WD),
-    "complaint.extension.max": lambda v: _target(v, units=_WD),
-    "callback.new_account.deadline": _target,
-    "callback.periodic.min_ratio": parse_share,
-    "figures.group_score.weights": _weights,
-    "figures.group_rank.highlight": _positive_int,
-}
-
-
 def load_config(session: Session) -> FigureConfig:
     """The defaults, overridden by bpm_setting rows of the same key."""
-    stored = {key: value for key, value in session.execute(
-        select(Setting.key, Setting.value).where(Setting.key.in_(list(DEFAULTS)))).all()}
-    value = {key: PARSERS[key](stored.get(key, default)) for key, default in DEFAULTS.items()}
+    value = settings.load(session, CONFIG_KEYS)
     return FigureConfig(
         ageing_buckets=value["figures.ageing_buckets"],
         regulatory_policies=value["figures.regulatory_policies"],
@@ -211,33 +101,6 @@ def load_config(session: Session) -> FigureConfig:
         score_weights=value["figures.group_score.weights"],
         highlight=value["figures.group_rank.highlight"],
     )
-
-
-def set_setting(session: Session, *, key: str, value: str, actor: Actor, now: datetime) -> Setting:
-    """Override a default, or give a year-end active-client count (audited)."""
-    if not actor.has_role(PROCESS_OWNER):
-        raise PermissionDenied("figure settings need the process_owner or admin role")
-    if key in PARSERS:
-        PARSERS[key](value)
-    elif _ACTIVE_CLIENTS_KEY.match(key):
-        _positive_int(value)
-    else:
-        raise InvalidInput(f"unknown figure setting {key!r}; known: {', '.join(DEFAULTS)}, "
-                           f"{ACTIVE_CLIENTS}.<year>[.<branch>]")
-    return store_setting(session, key=key, value=value, actor=actor, now=now, kind="figures.setting_set")
-
-
-def store_setting(session: Session, *, key: str, value: str, actor: Actor, now: datetime, kind: str) -> Setting:
-    """Write a checked setting and audit the change (``kind``) with its value before and after."""
-    row = session.get(Setting, key)
-    before = None if row is None else row.value
-    if row is None:
-        row = Setting(key=key, value=value.strip())
-        session.add(row)
-    row.value = value.strip()
-    record_system_event(session, kind=kind, actor=actor.username, at=now,
-                        data={"key": key, "before": before, "after": row.value})
-    return row
 
 
 # -- who may see what -----------------------------------------------------------------------
@@ -307,7 +170,7 @@ def _cases(process_key: str, scope: Scope, *columns: Any) -> Any:
     """Not-cancelled instances of a process in the scope's branch and group."""
     stmt = (select(*columns).select_from(ProcessInstance)
             .outerjoin(Client, Client.client_id == ProcessInstance.client_id)
-            .where(ProcessInstance.process_key == process_key, ProcessInstance.status != "cancelled"))
+            .where(ProcessInstance.process_key == process_key, ProcessInstance.status != InstanceStatus.CANCELLED))
     if scope.branch:
         stmt = stmt.where(ProcessInstance.branch_code == scope.branch)
     if scope.group:
@@ -318,7 +181,7 @@ def _cases(process_key: str, scope: Scope, *columns: Any) -> Any:
 def _first_completion(process_key: str, element_id: str) -> Any:
     """Per instance, when the step was first completed (a subquery: instance_id, at)."""
     return (select(Task.instance_id.label("instance_id"), func.min(Task.completed_at).label("at"))
-            .where(Task.process_key == process_key, Task.element_id == element_id, Task.status == "completed")
+            .where(Task.process_key == process_key, Task.element_id == element_id, Task.status == TaskStatus.COMPLETED)
             .group_by(Task.instance_id).subquery())
 
 
@@ -428,7 +291,7 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
     """Open tasks overdue or at risk at :meth:`Scope.as_of`, tasks closed late in the period,
     by any of branch, candidate group, process, step and assignee, with ageing buckets."""
     dims = _dimensions(by)
-    edges = check_buckets(buckets) if buckets is not None else config.ageing_buckets
+    edges = settings.check_buckets(buckets) if buckets is not None else config.ageing_buckets
     as_of = scope.as_of(now)
     at = literal(as_of, UTCDateTime())
     # A paused clock stopped at the pause: a task paused before its due date is not overdue,
@@ -437,8 +300,8 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
     is_open = and_(Task.created_at <= at, or_(Task.completed_at.is_(None), Task.completed_at > at))
     overdue = and_(is_open, Task.due_at < clock)
     at_risk = and_(is_open, Task.due_at >= clock, Task.at_risk_at <= clock)
-    closed_late = and_(Task.status == "completed", Task.completed_at >= scope.start, Task.completed_at < scope.end,
-                       Task.completed_at > Task.due_at)
+    closed_late = and_(Task.status == TaskStatus.COMPLETED, Task.completed_at >= scope.start,
+                       Task.completed_at < scope.end, Task.completed_at > Task.due_at)
     regulatory = or_(SlaPolicy.key.in_(config.regulatory_policies) if config.regulatory_policies else false(),
                      *(and_(Task.process_key == p, Task.element_id == e) for p, e in config.regulatory_steps))
     age = _seconds(session, clock, Task.due_at)
@@ -637,7 +500,7 @@ def retention_figures(session: Session, *, scope: Scope, now: datetime) -> Reten
     "obstructed" in the period, and instructions (A1) due in the period and, as known now,
     submitted late."""
     held = exists().where(Task.instance_id == ProcessInstance.id, Task.element_id == CONVERSATION_STEP,
-                          Task.status == "completed")
+                          Task.status == TaskStatus.COMPLETED)
     open_to_talk = _fact("client_open_to_retention_talk").as_boolean().is_(true())
     retained = _fact("withdrawal_confirmed_by_client").as_boolean().is_(true())
     requests, willing, conversations, kept = session.execute(
@@ -728,7 +591,7 @@ def new_account_callbacks(session: Session, *, scope: Scope, now: datetime,
 
 
 def active_clients(session: Session, *, year: int, branch: str | None) -> int | None:
-    key = f"{ACTIVE_CLIENTS}.{year}" + (f".{branch}" if branch else "")
+    key = f"{settings.ACTIVE_CLIENTS}.{year}" + (f".{branch}" if branch else "")
     value = session.execute(select(Setting.value).where(Setting.key == key)).scalar_one_or_none()
     return int(value) if value is not None else None
 

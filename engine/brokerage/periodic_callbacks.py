@@ -36,10 +36,10 @@ import calendar
 import hashlib
 import math
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -47,14 +47,14 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
-from engine.access.roles import PROCESS_OWNER
 from engine.audit import record_system_event
-from engine.brokerage import figures
+from engine.brokerage import figures, settings
 from engine.calendars import SHANGHAI
-from engine.errors import BpmError, InvalidInput, PermissionDenied
-from engine.models import Client, InstanceStatus, ProcessInstance, Setting
+from engine.errors import BpmError
+from engine.models import Client, InstanceStatus, ProcessInstance
 from engine.process import instances
 from engine.process.deployments import get_latest
+from engine.process.runtime import Runtime
 
 JOB_NAME = "callback.periodic_batch"
 CALLBACK_PROCESS = "callback"
@@ -64,41 +64,9 @@ AUDIT_KIND = "callback.periodic_batch"
 ACTIVE = "active"
 UNCLASSIFIED = "unclassified"  # the class stratum of a client the evaluation has not classified
 
-# Defaults of the batch's tunables, by configuration key (brief §2.3, §7; [A] unless noted).
-# A bpm_setting row with the same key overrides the default (:func:`set_setting`).
-DEFAULTS: dict[str, str] = {
-    "callback.periodic.quarterly_ratio": "0.025",  # 4 quarters × 2.5 % = the 10 % a year of [P4]
-    "callback.periodic.oversample_factor": "2",  # draw weight of a VIP or elderly client
-    "callback.periodic.elderly_age": "65",
-    "callback.periodic.recent_months": "6",  # a client called this recently is not sampled
-}
-
-
-def _factor(value: str) -> Decimal:
-    try:
-        factor = Decimal(value.strip())
-    except InvalidOperation:
-        raise InvalidInput(f"{value!r} is not a number") from None
-    # Below 1 would under-sample the clients the brief says to over-sample.
-    if not factor.is_finite() or not 1 <= factor <= 100:
-        raise InvalidInput(f"{value!r} must be a factor between 1 and 100")
-    return factor
-
-
-def _whole(low: int, high: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        if not value.strip().isdigit() or not low <= int(value) <= high:
-            raise InvalidInput(f"{value!r} must be a whole number from {low} to {high}")
-        return int(value)
-    return parse
-
-
-PARSERS: dict[str, Callable[[str], Any]] = {
-    "callback.periodic.quarterly_ratio": figures.parse_share,
-    "callback.periodic.oversample_factor": _factor,
-    "callback.periodic.elderly_age": _whole(1, 150),
-    "callback.periodic.recent_months": _whole(0, 120),
-}
+# The batch's stored tunables (engine.brokerage.settings: key, default, meaning).
+CONFIG_KEYS = ("callback.periodic.quarterly_ratio", "callback.periodic.oversample_factor",
+               "callback.periodic.elderly_age", "callback.periodic.recent_months")
 
 
 @dataclass(frozen=True)
@@ -115,21 +83,8 @@ class BatchConfig:
 
 def load_config(session: Session) -> BatchConfig:
     """The defaults, overridden by bpm_setting rows of the same key."""
-    stored = dict(session.execute(select(Setting.key, Setting.value).where(Setting.key.in_(list(DEFAULTS)))).all())
-    value = {key.removeprefix("callback.periodic."): PARSERS[key](stored.get(key, default))
-             for key, default in DEFAULTS.items()}
-    return BatchConfig(**value)
-
-
-def set_setting(session: Session, *, key: str, value: str, actor: Actor, now: datetime) -> Setting:
-    """Override a default of :data:`DEFAULTS` (process owner; checked and audited)."""
-    if not actor.has_role(PROCESS_OWNER):
-        raise PermissionDenied("periodic callback settings need the process_owner or admin role")
-    if key not in PARSERS:
-        raise InvalidInput(f"unknown periodic callback setting {key!r}; known: {', '.join(DEFAULTS)}")
-    PARSERS[key](value)
-    return figures.store_setting(session, key=key, value=value, actor=actor, now=now,
-                                 kind="callback.periodic_setting_set")
+    return BatchConfig(**{key.removeprefix("callback.periodic."): value
+                          for key, value in settings.load(session, CONFIG_KEYS).items()})
 
 
 # -- the draw (pure: no database) ------------------------------------------------------------
@@ -251,7 +206,7 @@ def _recently_called(session: Session, since: datetime) -> set[str]:
     return {client_id for client_id in rows if client_id}
 
 
-def run(session: Session, rt: Any, *, at: datetime, seed: str) -> Outcome:
+def run(session: Session, rt: Runtime, *, at: datetime, seed: str) -> Outcome:
     """Select this quarter's clients and start their callbacks (see the module docstring).
     ``at`` is the run's moment (the schedule's slot): it fixes the run date, the quarter,
     ages and the recent-callback window. Refuses to run, before selecting anything, when the
@@ -290,7 +245,7 @@ def run(session: Session, rt: Any, *, at: datetime, seed: str) -> Outcome:
 
     given = figures.active_clients(session, year=as_of.year - 1, branch=None)
     if given is not None:
-        outcome.base, outcome.base_source = given, f"{figures.ACTIVE_CLIENTS}.{as_of.year - 1}"
+        outcome.base, outcome.base_source = given, f"{settings.ACTIVE_CLIENTS}.{as_of.year - 1}"
     else:
         outcome.base = outcome.active
     outcome.quota = math.ceil(config.quarterly_ratio * outcome.base)
@@ -312,7 +267,7 @@ def run(session: Session, rt: Any, *, at: datetime, seed: str) -> Outcome:
     return outcome
 
 
-def _start(session: Session, rt: Any, outcome: Outcome, chosen: Iterable[Candidate]) -> None:
+def _start(session: Session, rt: Runtime, outcome: Outcome, chosen: Iterable[Candidate]) -> None:
     """One callback per client, each in a savepoint: one case failing to start is reported
     and leaves the others started."""
     for candidate in chosen:
@@ -328,7 +283,7 @@ def _start(session: Session, rt: Any, outcome: Outcome, chosen: Iterable[Candida
             outcome.problems.append(f"{candidate.client_id}: {exc}")
 
 
-def job(session: Session, rt: Any, *, slot: datetime) -> dict[str, Any]:
+def job(session: Session, rt: Runtime, *, slot: datetime) -> dict[str, Any]:
     """The schedule's entry point. The seed is drawn afresh for each slot, not derived from
     the date: callbacks look for staff misconduct (代客操作, 全权委托), and a sample anyone
     could compute in advance would let a branch prepare the clients about to be called. It

@@ -32,8 +32,9 @@ from engine.access.identity import Actor
 from engine.brokerage import classification
 from engine.calendars import SHANGHAI
 from engine.errors import BpmError
-from engine.models import Client, MessageSubscription, ProcessInstance
+from engine.models import Client, InstanceStatus, MessageSubscription, ProcessInstance
 from engine.process import instances, messages
+from engine.process.runtime import Runtime
 
 PROCESS_KEY = "vip_onboarding"
 JOB_NAME = "vip.monthly_evaluation"
@@ -57,7 +58,7 @@ def previous_period(as_of: date) -> str:
     return f"{last:%Y-%m}"
 
 
-def run(session: Session, rt: Any, *, as_of: date, evaluated_at: datetime) -> Outcome:
+def run(session: Session, rt: Runtime, *, as_of: date, evaluated_at: datetime) -> Outcome:
     result = classification.evaluate(session, as_of=as_of, actor=EVALUATION_ACTOR, now=rt.now())
     outcome = Outcome(as_of=as_of, evaluated=result.evaluated)
     period = previous_period(as_of)
@@ -95,7 +96,7 @@ def run(session: Session, rt: Any, *, as_of: date, evaluated_at: datetime) -> Ou
 
 
 def _rule_settings(rules: classification.Rules) -> dict[str, Any]:
-    """The rule version's thresholds and grace as the case's variables (vip_services.VARIABLES)."""
+    """The rule version's thresholds and grace as the case's variables (see engine.brokerage.settings)."""
     return {**{f"{tier}_threshold": str(amount) for tier, amount in rules.vip_thresholds},
             "downgrade_grace_months": rules.downgrade_grace_months}
 
@@ -105,12 +106,12 @@ def _waiting_case(session: Session, client_id: str) -> str | None:
         select(ProcessInstance.business_key)
         .join(MessageSubscription, MessageSubscription.instance_id == ProcessInstance.id)
         .where(ProcessInstance.process_key == PROCESS_KEY, ProcessInstance.client_id == client_id,
-               ProcessInstance.status == "running", MessageSubscription.message_name == "vip_reevaluated")
+               ProcessInstance.status == InstanceStatus.RUNNING, MessageSubscription.message_name == "vip_reevaluated")
         .order_by(ProcessInstance.id.desc()).limit(1)
     ).scalar_one_or_none()
 
 
-def job(session: Session, rt: Any, *, slot: datetime) -> dict[str, Any]:
+def job(session: Session, rt: Runtime, *, slot: datetime) -> dict[str, Any]:
     """The schedule's entry point: the slot's date in Shanghai is the evaluation date."""
     outcome = run(session, rt, as_of=slot.astimezone(SHANGHAI).date(), evaluated_at=slot)
     return {"as_of": outcome.as_of.isoformat(), "evaluated": outcome.evaluated, "started": outcome.started,

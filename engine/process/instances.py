@@ -28,6 +28,7 @@ from engine.errors import (
     ProcessNotFound,
 )
 from engine.models import (
+    ACTIVE_TASK_STATES,
     AuditEvent,
     Client,
     InstanceStatus,
@@ -36,6 +37,8 @@ from engine.models import (
     Task,
     TaskCandidate,
     TaskExclusion,
+    TaskKind,
+    TaskStatus,
 )
 from engine.numbering import next_business_key
 from engine.process.runtime import Runtime, locked_instance
@@ -238,9 +241,9 @@ def cancel(session: Session, rt: Runtime, *, instance_id: int, actor: Actor, rea
     workflow = rt.load(session, instance)
     workflow.cancel()
     # Escalation tasks are not in the workflow; close them with it.
-    session.execute(update(Task).where(Task.instance_id == instance.id, Task.kind == "escalation",
-                                       Task.status.in_(("open", "claimed")))
-                    .values(status="cancelled", completed_at=rt.now()))
+    session.execute(update(Task).where(Task.instance_id == instance.id, Task.kind == TaskKind.ESCALATION,
+                                       Task.status.in_(ACTIVE_TASK_STATES))
+                    .values(status=TaskStatus.CANCELLED, completed_at=rt.now()))
     instance.status = InstanceStatus.CANCELLED
     instance.ended_at = rt.now()
     instance.ended_by = actor.username

@@ -42,6 +42,7 @@ from engine.models import (
     Task,
     TaskCandidate,
     TaskExclusion,
+    TaskKind,
     TaskStatus,
 )
 from engine.process.projection import opened_tasks
@@ -219,7 +220,7 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
         raise NotAssignee(f"task {task_id} is assigned to {task.assignee}")
     validate_form(rt, session, instance, task, data)
     now = rt.now()
-    if task.kind == "escalation":
+    if task.kind == TaskKind.ESCALATION:
         # An escalation opened by an SLA milestone is not a diagram step: closing it records
         # the supervisor's handling and leaves the process where it is.
         task.status, task.completed_at, task.completed_by = TaskStatus.COMPLETED, now, actor.username

@@ -38,6 +38,7 @@ from engine.process.runtime import Runtime, lock_instance_row, lock_statement, l
 from engine.process.unit_of_work import audit, run_and_save
 from engine.sla import milestones
 from engine.timers import schedules
+from engine.timers.notify import Notifier
 
 log = logging.getLogger(__name__)
 FIRE_DELAY = timedelta(milliseconds=5)
@@ -216,7 +217,7 @@ class EmbeddedRunner:
     """The default for ``make run``: one thread in the app process that sleeps until the
     next due timer (or until told a new one exists) and fires what is due."""
 
-    def __init__(self, db: Database, rt: Runtime, *, max_sleep: float = 30.0, notifier: Any = None,
+    def __init__(self, db: Database, rt: Runtime, *, max_sleep: float = 30.0, notifier: Notifier | None = None,
                  on_error: Callable[[Exception], None] | None = None) -> None:
         self.db, self.rt, self.max_sleep, self.notifier = db, rt, max_sleep, notifier
         self._wake = threading.Event()

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.db import Database
-from engine.models import Timer
+from engine.models import Timer, TimerStatus
 from engine.process.runtime import Runtime
 from engine.timers.firing import FIRE_DELAY
 
@@ -86,7 +86,7 @@ def sweep(session: Session, scheduler: RqScheduler, now: datetime, *,
     delivered again. A live duplicate is harmless: the timer row is claimed once.
     """
     rows = session.execute(
-        select(Timer.id, Timer.due_at).where(Timer.status == "waiting", Timer.due_at < now + horizon)
+        select(Timer.id, Timer.due_at).where(Timer.status == TimerStatus.WAITING, Timer.due_at < now + horizon)
         .order_by(Timer.due_at).limit(limit)
     ).all()
     if not rows:

@@ -1,7 +1,7 @@
 """Service-task functions of the callback process (回访, brief §2.3): data only, no I/O.
 
-``callback_prepare`` checks the start data and fills the tunables of brief §7 the
-instance did not bring; ``callback_assess`` turns the questionnaire's answers into the
+``callback_prepare`` checks the start data and fills the tunables (``engine.brokerage.settings``)
+the instance did not bring; ``callback_assess`` turns the questionnaire's answers into the
 exception route (K6). Due dates are not computed here: the SLA policies in
 ``workflows/sla/callback.json`` put them on the right calendar per ``callback_type``.
 """
@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from engine.bpmn.service_tasks import ServiceRegistry
+from engine.brokerage import settings
 
 # The functions diagrams call by topic; engine.brokerage.install registers them.
 functions = ServiceRegistry()
@@ -21,15 +22,6 @@ functions = ServiceRegistry()
 CALLBACK_TYPES = ("new_account", "periodic", "post_closure", "risk_disclosure", "departed_staff", "anomaly")
 # Brief §2.3: the permissions whose opening triggers a risk-disclosure callback.
 HIGH_RISK_PERMISSIONS = ("创业板", "科创板", "两融", "港股通", "期权", "北交所")
-# Brief §7 defaults, by configuration key; start data overrides them per instance.
-DEFAULTS: dict[str, Any] = {
-    "callback.max_attempts": 3,
-    "callback.retry_after": "PT4H",  # spacing between attempts (≥ 4 hours [A], K3)
-    "callback.qa_sample_rate": 0.1,  # plus 100 % of exceptions (K8)
-    # R8 (brief §2.2, §7 retention.winback_after): the former service group may contact a
-    # closed-out client this many calendar days after the closure, with consent only [A].
-    "retention.winback_after_days": 90,
-}
 _ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
 
 
@@ -46,13 +38,13 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     # by the branch's account managers (brief §4.3, §6.3): they stand in for the group.
     pool = not data.get("service_group")
     service_group = data.get("service_group") or f"{data['branch_code']}:account_manager"
-    max_attempts = int(data.get("max_attempts") or DEFAULTS["callback.max_attempts"])
+    max_attempts = int(data.get("max_attempts") or settings.default("callback.max_attempts"))
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
-    retry_after = str(data.get("retry_after") or DEFAULTS["callback.retry_after"])
+    retry_after = str(data.get("retry_after") or settings.default("callback.retry_after"))
     if not _ISO_DURATION.match(retry_after):
         raise ValueError(f"retry_after must be an ISO 8601 duration such as PT4H, got {retry_after!r}")
-    rate = float(data.get("qa_sample_rate", DEFAULTS["callback.qa_sample_rate"]))
+    rate = float(data.get("qa_sample_rate", settings.default("callback.qa_sample_rate")))
     if not 0.0 <= rate <= 1.0:
         raise ValueError("qa_sample_rate is a fraction between 0 and 1")
     return {
@@ -77,7 +69,7 @@ def _win_back_at(data: dict[str, Any]) -> str | None:
     completed = datetime.fromisoformat(str(data["completed_at"]))
     if completed.tzinfo is None:
         raise ValueError(f"completed_at {data['completed_at']!r} has no UTC offset")
-    days = int(data.get("winback_after_days") or DEFAULTS["retention.winback_after_days"])
+    days = int(data.get("winback_after_days") or settings.default("retention.winback_after_days"))
     return (completed + timedelta(days=days)).isoformat()
 
 

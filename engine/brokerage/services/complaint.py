@@ -1,10 +1,10 @@
 """Service-task functions of the complaint process (workflows/complaint.bpmn, brief §2.1).
 
 Reviewed, side-effect-free functions: each reads a copy of the case data and returns the
-variables to set. Every threshold is a tunable with a documented default in
-:data:`COMPLAINT_DEFAULTS` (brief §7, all [A]); a value already in the case data (from the
-start message or an earlier step) wins over the default, so a deployment can override any
-of them per case without a code change.
+variables to set. Every threshold is a tunable of ``engine.brokerage.settings`` (keys
+``complaint.*``); a value already in the case data (from the start message or an earlier
+step) wins over the default, so a deployment can override any of them per case without a
+code change.
 """
 
 from __future__ import annotations
@@ -13,23 +13,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from engine.bpmn.service_tasks import ServiceRegistry
+from engine.brokerage import settings
 
 # The functions diagrams call by topic; engine.brokerage.install registers them.
 functions = ServiceRegistry()
-
-# key in brief §7 -> default. The process variable is the part after "complaint.".
-COMPLAINT_DEFAULTS: dict[str, Any] = {
-    "complaint.major_amount": 50000,  # compensation claimed above this is a major complaint
-    "complaint.branch_limit": 5000,  # the branch head approves compensation up to this
-    "complaint.compliance_cosign_amount": 50000,  # compliance co-signs compensation above this
-    "complaint.group_threshold": 3,  # complaints on the same matter that make a group complaint
-    "complaint.elderly_age": 65,  # a complainant this old or older makes a complaint major
-    "complaint.csat_alert_max": 2,  # a satisfaction score at or below this opens a quality ticket
-    "complaint.satisfaction_delay": "P1D",  # wait after closure before the satisfaction call
-    "complaint.no_response_wait": "P14D",  # wait for the client's answer (≈ 10 WD) before E4
-    "complaint.archive_years": 20,  # retention of the archived case file
-    "complaint.extension_max_days": 15,  # an extension is allowed once, at most this many WD
-}
 
 # Alleged violations that make a complaint major on their own (brief C2).
 MAJOR_VIOLATIONS = frozenset({
@@ -41,13 +28,9 @@ GENERAL, MAJOR, GROUP, REGULATOR = "general", "major", "group", "regulator"
 
 
 def settings_of(data: dict[str, Any]) -> dict[str, Any]:
-    """The tunables as process variables: the case's own value, else the default."""
-    values = {}
-    for key, default in COMPLAINT_DEFAULTS.items():
-        name = key.split(".", 1)[1]
-        value = data.get(name)
-        values[name] = default if value in (None, "") else value
-    return values
+    """The tunables as process variables: the case's own value, else the default
+    (``engine.brokerage.settings``, keys ``complaint.*``)."""
+    return settings.case_values(data, "complaint.")
 
 
 def _money(value: Any) -> Decimal:
@@ -59,19 +42,19 @@ def _money(value: Any) -> Decimal:
 
 def classify(data: dict[str, Any]) -> dict[str, Any]:
     """Severity per brief C2/C4: regulator-transferred, group, major or general."""
-    settings = settings_of(data)
+    tunables = settings_of(data)
     reasons: list[str] = []
     regulator = bool(data.get("regulator_ref")) or data.get("channel") in REGULATOR_CHANNELS
     group = bool(data.get("joint_complaint")) or int(data.get("same_matter_count") or 0) >= int(
-        settings["group_threshold"])
-    if _money(data.get("amount_claimed")) > _money(settings["major_amount"]):
+        tunables["group_threshold"])
+    if _money(data.get("amount_claimed")) > _money(tunables["major_amount"]):
         reasons.append("amount_claimed")
     if MAJOR_VIOLATIONS.intersection(data.get("alleged_violations") or []):
         reasons.append("alleged_violation")
     if data.get("media_or_litigation_threat"):
         reasons.append("media_or_litigation_threat")
     age = data.get("client_age")
-    if isinstance(age, (int, float)) and age >= settings["elderly_age"]:
+    if isinstance(age, (int, float)) and age >= tunables["elderly_age"]:
         reasons.append("elderly_client")
     if regulator:
         severity = REGULATOR
@@ -83,7 +66,7 @@ def classify(data: dict[str, Any]) -> dict[str, Any]:
         severity = GENERAL
     branch = data.get("branch_code")
     return {
-        **settings,
+        **tunables,
         "severity": severity,
         "severity_reasons": reasons + (["group"] if group else []) + (["regulator"] if regulator else []),
         # SLA policies and the closing level distinguish two tracks: general, and the rest.

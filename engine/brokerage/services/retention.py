@@ -1,8 +1,8 @@
 """Service-task functions of the transfer/closure retention process (转销户挽留, brief §2.2,
 ``workflows/retention.bpmn``): data only, no I/O.
 
-``retention_prepare`` checks the start data and fills the tunables of brief §7 the case did
-not bring; ``retention_check_preconditions`` turns the account snapshot into blocking items
+``retention_prepare`` checks the start data and fills the tunables (``engine.brokerage.settings``) the case
+did not bring; ``retention_check_preconditions`` turns the account snapshot into blocking items
 (R2); ``retention_wrap_up`` names the outcome (X1–X4), decides the post-hoc review (R6) and
 builds the start data of the post-closure callback (R7), which the diagram throws as a
 message to ``workflows/callback.bpmn``.
@@ -21,31 +21,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from engine.bpmn.service_tasks import ServiceRegistry
+from engine.brokerage import settings
 
 # The functions diagrams call by topic; engine.brokerage.install registers them.
 functions = ServiceRegistry()
-
-# Brief §7 (and §2.2 R6) defaults, by configuration key; start data overrides them per case
-# under the name after "retention." (e.g. ``review_sample_rate``).
-DEFAULTS: dict[str, Any] = {
-    # X3: the request lapses when blocking items are not cleared within 20 TD [A]. A BPMN
-    # timer counts calendar time and cannot see the trading calendar, so the default is the
-    # calendar span that always holds 20 trading days: the longest 20-TD span in the
-    # 2010–2026 calendar is 40 CD (Sept–Oct 2010). The request never lapses early; it may
-    # lapse up to ~12 CD late. An exact 20 TD needs a calendar-aware timer (engine).
-    "retention.lapse_after": "P40D",
-    # R6: the branch head reviews as well when the client's assets exceed this (¥) [A].
-    "retention.review_asset_threshold": 500000,
-    # R6: share of completed transfers/closures given a post-hoc review. The brief reviews
-    # every case (1.0) [A]; retained, lapsed and rejected cases are always reviewed.
-    "retention.review_sample_rate": 1.0,
-    # A1: instructions are due by the exchange's close on the day the preconditions are met,
-    # if that is a trading day before the close; else by the next trading day's close [A].
-    "retention.submit_cutoff": "15:00",
-    # A2/A3: the exchange's result is chased at this time of T+1 (T = the submission's
-    # trading day, by the same cut-off) when it has not arrived [A].
-    "retention.result_check_at": "10:00",
-}
 
 REQUEST_TYPES = ("sz_transfer", "sh_dedesignation", "fund_account_closure", "securities_account_cancellation",
                  "credit_account_closure", "custody_cancellation")
@@ -61,11 +40,8 @@ COMPLETED, RETAINED, LAPSED, REJECTED = "completed", "retained", "lapsed", "reje
 
 def settings_of(data: dict[str, Any]) -> dict[str, Any]:
     """The tunables as process variables: the case's own value, else the default."""
-    values = {}
-    for key, default in DEFAULTS.items():
-        name = key.split(".", 1)[1]
-        value = data.get(name)
-        values[name] = default if value in (None, "") else value
+    # The win-back wait belongs to the post-closure callback, which reads it itself.
+    values = settings.case_values(data, "retention.", exclude=("retention.winback_after_days",))
     if not _ISO_DURATION.match(str(values["lapse_after"])):
         raise ValueError(f"lapse_after must be an ISO 8601 duration such as P40D, got {values['lapse_after']!r}")
     rate = float(values["review_sample_rate"])

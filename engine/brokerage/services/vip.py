@@ -1,11 +1,11 @@
 """Service-task functions of the VIP process (贵宾客户准入 / 等级调整, brief §2.4,
 ``workflows/vip_onboarding.bpmn``): data only, no I/O, no clock.
 
-Every tier threshold, the grace period and the other tunables are in :data:`DEFAULTS`,
-keyed by their configuration key (brief §7; [A] where the brief assumes them). The process
-variable each one becomes is in :data:`VARIABLES`; a value the instance already carries
-under that name (from the start data) wins over the default, so a deployment or a monthly
-run can override any of them without a code change. Due dates are not computed here: the
+Every tier threshold, the grace period and the other tunables are in
+``engine.brokerage.settings`` (keys ``vip.*`` and ``risk.validity_months``), with the process
+variable each one becomes; a value the instance already carries under that name (from the
+start data) wins over the default, so a deployment or a monthly run can override any of
+them without a code change. Due dates are not computed here: the
 SLA policies in ``workflows/sla/vip_onboarding.json`` put them on the working-day calendar.
 Times this module computes (end of the grace period, effective date of a downgrade) are
 calendar arithmetic on the evaluation's own timestamp, never "now".
@@ -25,43 +25,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from engine.bpmn.service_tasks import ServiceRegistry
+from engine.brokerage import settings
 
 # The functions diagrams call by topic; engine.brokerage.install registers them.
 functions = ServiceRegistry()
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-
-# Brief §7 (and §2.4/§3.3/§3.4 assumptions) by configuration key.
-DEFAULTS: dict[str, Any] = {
-    "vip.silver": 50_000,  # 银卡: average daily assets ≥ 5万 [S]
-    "vip.gold": 300_000,  # 金卡: ≥ 30万 [S]
-    "vip.diamond": 1_000_000,  # 钻石卡: ≥ 100万 [A] (missing from the seed)
-    "vip.downgrade_grace_months": 3,  # consecutive monthly evaluations below before a downgrade [A]
-    "vip.prospect_ratio": 0.8,  # a prospect has ≥ 80 % of the next tier's threshold [A] (V1)
-    "vip.hq_approval_assets": 10_000_000,  # diamond at or above this is approved by HQ [A] (V5)
-    "vip.advisory_risk_level": "R3",  # risk rating of the advisory benefits (荐股, 策略研报) [A]
-    "vip.downgrade_notice_days": 14,  # calendar days (≈ 10 WD) between contact and effective date [A]
-    "risk.validity_months": 24,  # a risk assessment older than this has expired [P4b]/[A]
-    # Contribution thresholds (trailing-12-month commission): off by default [A] (§3.3).
-    "vip.commission_threshold.silver": None,
-    "vip.commission_threshold.gold": None,
-    "vip.commission_threshold.diamond": None,
-}
-# The process variable each tunable becomes (and is overridden by).
-VARIABLES: dict[str, str] = {
-    "vip.silver": "silver_threshold",
-    "vip.gold": "gold_threshold",
-    "vip.diamond": "diamond_threshold",
-    "vip.downgrade_grace_months": "downgrade_grace_months",
-    "vip.prospect_ratio": "prospect_ratio",
-    "vip.hq_approval_assets": "hq_approval_assets",
-    "vip.advisory_risk_level": "advisory_risk_level",
-    "vip.downgrade_notice_days": "downgrade_notice_days",
-    "risk.validity_months": "risk_validity_months",
-    "vip.commission_threshold.silver": "commission_threshold_silver",
-    "vip.commission_threshold.gold": "commission_threshold_gold",
-    "vip.commission_threshold.diamond": "commission_threshold_diamond",
-}
 
 NONE, SILVER, GOLD, DIAMOND = "none", "silver", "gold", "diamond"
 TIERS = (NONE, SILVER, GOLD, DIAMOND)  # in rank order
@@ -104,11 +73,7 @@ _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
 
 def settings_of(data: dict[str, Any]) -> dict[str, Any]:
     """The tunables as process variables: the instance's own value, else the default."""
-    values = {}
-    for key, default in DEFAULTS.items():
-        name = VARIABLES[key]
-        value = data.get(name)
-        values[name] = default if value in (None, "") else value
+    values = {**settings.case_values(data, "vip."), **settings.case_values(data, "risk.")}
     if not (_money(values["silver_threshold"]) < _money(values["gold_threshold"])
             < _money(values["diamond_threshold"])):
         raise ValueError("tier thresholds must increase: silver < gold < diamond")
@@ -317,7 +282,7 @@ def _evaluate(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 def advisory_gate(data: dict[str, Any]) -> dict[str, Any]:
     """Advisory benefits only with a valid assessment, a suitability match and a signed
     advisory agreement; the reason when they are withheld."""
-    level = str(data.get("advisory_risk_level") or DEFAULTS["vip.advisory_risk_level"])
+    level = str(data.get("advisory_risk_level") or settings.default("vip.advisory_risk_level"))
     if not data.get("risk_assessment_valid"):
         reason = "risk_assessment_invalid"
     elif not suitability_match(data, level):
