@@ -1,8 +1,10 @@
 """Test fixtures: real PostgreSQL (127.0.0.1:5432/test) and real Redis, plus SQLite.
 
 Every test that takes ``db`` runs on PostgreSQL; tests marked ``@pytest.mark.sqlite`` run on
-the embedded SQLite default as well. Isolation: PostgreSQL tables are truncated after each
-test; each SQLite test gets a fresh copy of a migrated database file.
+the embedded SQLite default as well. Isolation: each test starts from the migrated database
+(PostgreSQL: the worker's schema put back; SQLite: a fresh copy of the migrated file), and a
+test that asks for a state such as the loaded demo gets a copy of it, built once per worker
+(``tests/support/snapshots.py``).
 """
 
 from __future__ import annotations
@@ -11,24 +13,28 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from engine.access import identity
 from engine.access.identity import Actor
 from engine.access.roles import INTEGRATION
 from engine.bootstrap import build_runtime
 from engine.bpmn import bundle
-from engine.config import Settings
-from engine.db import Base, Database
+from engine.calendars import SHANGHAI
+from engine.config import PROJECT_ROOT, Settings
+from engine.db import Database
 from engine.process import deployments
 from engine.process.runtime import Runtime
 from engine.schema import upgrade
+from tests.support.snapshots import Snapshots
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PG_URL = os.environ.get("BPM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -42,9 +48,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_migrated() -> Iterator[str]:
+def snapshots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Snapshots]:
+    store = Snapshots(tmp_path_factory.mktemp("snapshots"))
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def pg_migrated(snapshots: Snapshots) -> Iterator[str]:
     """A private schema in the ``test`` database for this pytest process, so two runs on
-    one machine (a developer's and CI's, or parallel sessions) never truncate each other."""
+    one machine (a developer's and CI's, or parallel sessions) never touch each other's rows."""
     schema = f"bpm_test_{os.getpid()}"
     admin = create_engine(PG_URL)
     with admin.begin() as conn:
@@ -52,9 +65,14 @@ def pg_migrated() -> Iterator[str]:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
     upgrade(url)
+    snapshots.attach_postgresql(url)
     yield url
+    snapshots.close()
     with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        # The schema and the snapshots of it (tests/support/snapshots.py).
+        for (name,) in conn.execute(text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :prefix"),
+                                    {"prefix": f"{schema}%"}).all():
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
     admin.dispose()
 
 
@@ -67,8 +85,12 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The test's database, as migrated: on PostgreSQL the worker's schema put back to its
+    migrated state; on SQLite a fresh copy of the migrated file."""
     if backend == "postgresql":
-        return str(request.getfixturevalue("pg_migrated"))
+        url = str(request.getfixturevalue("pg_migrated"))
+        request.getfixturevalue("snapshots").restore_empty()
+        return url
     template = request.getfixturevalue("sqlite_template")
     path = tmp_path / "bpm.sqlite3"
     shutil.copy(template, path)
@@ -81,37 +103,22 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-def db(settings: Settings, backend: str) -> Iterator[Database]:
+def db(settings: Settings) -> Iterator[Database]:
     database = Database(settings.database_url)
     yield database
-    if backend == "postgresql":
-        tables = ", ".join(t.name for t in Base.metadata.sorted_tables if t.name not in REFERENCE_TABLES)
-        with database.engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-            revision = conn.execute(text("SELECT value FROM bpm_setting WHERE key = 'calendar_revision'")).scalar()
-            if revision != "1":  # a test edited the calendar: put the seeded one back
-                _reseed_calendar(conn)
     database.dispose()
 
 
-# Seeded by migration 0002 and kept between tests (re-seeded only when a test edits them).
-REFERENCE_TABLES = {"bpm_calendar_day", "bpm_business_hours", "bpm_setting"}
+@pytest.fixture
+def snapshot(db: Database, snapshots: Snapshots) -> Callable[[str, Callable[[], Any]], Any]:
+    """``snapshot(key, build)``: the database as ``build()`` leaves it, built by the first test
+    of this worker that asks for ``key`` and copied back for every later one, with a deep
+    copy of what ``build`` returned. The key must name everything the state depends on
+    (the moment it is built at, for a demo whose dates follow the clock)."""
+    def use(key: str, build: Callable[[], Any]) -> Any:
+        return snapshots.use(db, key, build)
 
-
-def _reseed_calendar(conn) -> None:
-    from datetime import UTC, datetime
-
-    from engine.calendars import seed_days
-
-    conn.execute(text("DELETE FROM bpm_calendar_day"))
-    now = datetime.now(UTC)
-    conn.execute(
-        text("INSERT INTO bpm_calendar_day (day, working, trading, name, source, updated_at) "
-             "VALUES (:day, :working, :trading, :name, 'chinese-calendar', :now)"),
-        [{"day": d, "working": i.working, "trading": i.trading, "name": i.name, "now": now}
-         for d, i in seed_days().items()],
-    )
-    conn.execute(text("UPDATE bpm_setting SET value = '1' WHERE key = 'calendar_revision'"))
+    return use
 
 
 @pytest.fixture
@@ -220,15 +227,52 @@ def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
     return body
 
 
-@pytest.fixture
-def demo_loaded(db, rt) -> None:
-    """The demo loaded as ``bpm demo load`` does: people, registry, workflows/ deployed."""
+def load_demo(db: Database, rt: Runtime, snapshot: Callable[[str, Callable[[], Any]], Any], *,
+              at: datetime | None = None, workflows: bool = True) -> None:
+    """The demo as ``bpm demo load`` makes it: people, branches, service groups and clients,
+    and (``workflows``) the diagrams of workflows/ deployed with their SLA policies. Loaded at
+    ``at`` (the clock frozen there) or now; the state is shared by every test of this worker
+    that loads it at the same moment (now: within the same hour, the finest unit the demo's
+    dates and schedules depend on)."""
     from engine.brokerage import demo
-    from engine.config import PROJECT_ROOT
+
+    def build() -> None:
+        with db.transaction() as s:
+            demo.load(s, rt)
+            if workflows:
+                demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
+
+    def build_at() -> None:
+        with time_machine.travel(at, tick=False):
+            build()
+
+    moment = f"at {at.isoformat()}" if at is not None else f"{rt.now().astimezone(SHANGHAI):%Y-%m-%d %H}h"
+    snapshot(f"demo{' with workflows' if workflows else ''} {moment}", build if at is None else build_at)
+
+
+@pytest.fixture
+def demo_loaded(db: Database, rt: Runtime, snapshot: Callable[[str, Callable[[], Any]], Any]) -> None:
+    """The demo loaded as ``bpm demo load`` does: people, registry, workflows/ deployed."""
+    load_demo(db, rt, snapshot)
+
+
+@pytest.fixture
+def demo_registry(db: Database, rt: Runtime, snapshot: Callable[[str, Callable[[], Any]], Any]) -> None:
+    """The demo's people, branches, service groups and clients; no diagrams deployed."""
+    load_demo(db, rt, snapshot, workflows=False)
+
+
+@pytest.fixture
+def staff(db: Database, demo_loaded: None) -> dict[str, Actor]:
+    """Every user of the loaded demo (``demo_loaded``), as the engine sees them."""
+    return staff_of(db)
+
+
+def staff_of(db: Database) -> dict[str, Actor]:
+    from engine.models import User
 
     with db.transaction() as s:
-        demo.load(s, rt)
-        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
+        return {u.username: identity.actor_for(s, u) for u in s.execute(select(User)).scalars()}
 
 
 @pytest.fixture

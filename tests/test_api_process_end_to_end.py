@@ -23,7 +23,6 @@ from engine.access.roles import INTEGRATION
 from engine.brokerage import demo
 from engine.brokerage.services import callback as callback_services
 from engine.calendars import SHANGHAI
-from engine.config import PROJECT_ROOT
 from engine.process.runtime import Runtime
 from engine.timers import firing
 from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, REACHED
@@ -140,13 +139,11 @@ class Http:
 
 
 @pytest.fixture
-def http(db, rt, client) -> Http:
+def http(db, rt, client, demo_loaded) -> Http:
     """The demo loaded as ``bpm demo load`` does (people, registry, workflows and SLA
     policies), and one integration user with a token per outside system."""
     systems = {}
     with db.transaction() as s:
-        demo.load(s, rt)
-        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
         identity.ensure_group(s, key=INTEGRATION)
         for username, name in SYSTEMS.items():
             identity.create_user(s, username=username, display_name=name, now=rt.now(), groups=[INTEGRATION])

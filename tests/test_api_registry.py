@@ -51,9 +51,8 @@ CALLBACK = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 @pytest.fixture
-def registry_data(db, rt) -> None:
-    with db.transaction() as s:
-        demo.load(s, rt)
+def registry_data(demo_registry) -> None:
+    """The demo's branches, people, service groups and clients."""
 
 
 @pytest.fixture

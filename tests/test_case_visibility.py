@@ -9,7 +9,6 @@ from sqlalchemy import select
 
 from engine.access import identity
 from engine.access.identity import Actor
-from engine.brokerage import demo
 from engine.errors import InstanceNotFound, TaskNotFound
 from engine.models import Task
 from engine.process import deployments, instances, tasks
@@ -24,9 +23,8 @@ CASE = process(linear(("review", user_task("review", groups="hq_complaint_dept")
 
 
 @pytest.fixture
-def cases(db, rt) -> dict[str, int]:
+def cases(db, rt, demo_registry) -> dict[str, int]:
     with db.transaction() as s:
-        demo.load(s, rt)
         deployments.deploy(s, rt, bundle_of(CASE), actor=Actor.system("owner"))
     started = {}
     with db.transaction() as s:

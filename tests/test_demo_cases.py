@@ -60,8 +60,8 @@ def _load(db, rt, now: datetime, *, cases_only: bool = False) -> list[demo_cases
 
 
 @pytest.fixture
-def loaded(db, rt) -> dict[str, demo_cases.CaseResult]:
-    results = _load(db, rt, THURSDAY)
+def loaded(db, rt, snapshot) -> dict[str, demo_cases.CaseResult]:
+    results = snapshot(f"demo cases at {THURSDAY.isoformat()}", lambda: _load(db, rt, THURSDAY))
     assert [(r.error, r.created) for r in results] == [(None, True)] * 9
     return {r.spec.brief_key: r for r in results}
 

@@ -18,18 +18,18 @@ import pytest
 import time_machine
 from sqlalchemy import delete, or_, select
 
-from engine.access import identity
 from engine.access.identity import Actor
 from engine.bpmn import bundle
 from engine.brokerage import demo, figures, registry_import, settings, snapshots
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput, PermissionDenied
-from engine.models import AuditEvent, ClientSnapshot, Setting, Task, User
+from engine.models import AuditEvent, ClientSnapshot, Setting, Task
 from engine.process import deployments, instances, tasks
 from engine.sla import admin as sla_admin
 from engine.sla import calendar_store
 from engine.timers import firing
+from tests.conftest import staff_of
 from tests.engine_bpmn import bundle_of, flow, process, user_task
 from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, REACHED
 from tests.test_process_complaint import COMMUNICATED, CONTACTED, PHONE_CALL, Case, registration
@@ -57,18 +57,17 @@ def clean_settings(db):
 
 
 @pytest.fixture
-def staff(db, rt) -> dict[str, Actor]:
+def staff(db, rt, demo_registry) -> dict[str, Actor]:
     """The demo registry (people, groups, clients) with the complaint and callback diagrams
     and their SLA policies."""
     system = Actor.system("test")
     with db.transaction() as s:
-        demo.load(s, rt)
         deployments.deploy(s, rt, bundle.from_paths([WORKFLOWS / "complaint.bpmn", WORKFLOWS / "callback.bpmn"]),
                            actor=system)
         for name in ("complaint", "callback"):
             for policy in json.loads((WORKFLOWS / "sla" / f"{name}.json").read_text(encoding="utf-8")):
                 sla_admin.upsert_policy(s, rt, data=policy, actor=system)
-        return {u.username: identity.actor_for(s, u) for u in s.execute(select(User)).scalars()}
+    return staff_of(db)
 
 
 # -- 1. overdue and at-risk tasks ----------------------------------------------------------

@@ -26,12 +26,12 @@ from engine.access.identity import Actor
 from engine.brokerage import demo, periodic_callbacks, registry, registry_import, settings
 from engine.brokerage.periodic_callbacks import Candidate
 from engine.calendars import SHANGHAI, Unit
-from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput, PermissionDenied, ProcessNotFound
 from engine.models import AuditEvent, Client, ProcessInstance, Setting, SlaPolicy, Task
 from engine.process import instances, tasks
 from engine.sla import calendar_store
 from engine.timers import firing, schedules
+from tests.conftest import load_demo
 
 pytestmark = pytest.mark.sqlite
 
@@ -61,16 +61,10 @@ def clean_settings(db):
     clean()
 
 
-def _load_demo(db, rt, at: datetime) -> None:
-    with time_machine.travel(at, tick=False), db.transaction() as s:
-        demo.load(s, rt)
-        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
-
-
 @pytest.fixture
-def demo_registry(db, rt) -> None:
+def december_demo(db, rt, snapshot) -> None:
     """The demo loaded in December 2024, before every run below; its own schedules are not fired here."""
-    _load_demo(db, rt, sh(2024, 12, 2, 12))
+    load_demo(db, rt, snapshot, at=sh(2024, 12, 2, 12))
 
 
 def _set(db, rt, key: str, value: str) -> None:
@@ -159,7 +153,7 @@ def _expected(frame: dict[Stratum, dict[str, float]], quota: int, seed: str) -> 
 
 
 # -- quota ----------------------------------------------------------------------------------
-def test_the_quota_is_the_quarterly_ratio_of_the_active_clients_rounded_up(db, rt, demo_registry):
+def test_the_quota_is_the_quarterly_ratio_of_the_active_clients_rounded_up(db, rt, december_demo):
     _add_clients(db, rt, *_many("X", "HZ01", "E", 31))  # 10 demo clients + 31 = 41 active
     outcome = _run(db, rt)
     # 2.5 % of 41 is 1.025: two clients, not one.
@@ -171,7 +165,7 @@ def test_the_quota_is_the_quarterly_ratio_of_the_active_clients_rounded_up(db, r
         2, 41, "0.025")
 
 
-def test_the_prior_year_end_count_given_for_the_figures_is_the_base_when_set(db, rt, demo_registry):
+def test_the_prior_year_end_count_given_for_the_figures_is_the_base_when_set(db, rt, december_demo):
     # The account system's 2024 year-end count of active clients, the one the coverage
     # figure is measured against; the registry's 10 clients cannot fill its quota.
     _set(db, rt, f"{settings.ACTIVE_CLIENTS}.2024", "1000")
@@ -184,7 +178,7 @@ def test_the_prior_year_end_count_given_for_the_figures_is_the_base_when_set(db,
 
 
 # -- strata -----------------------------------------------------------------------------------
-def test_the_quota_is_shared_across_branches_and_classes_in_proportion(db, rt, demo_registry):
+def test_the_quota_is_shared_across_branches_and_classes_in_proportion(db, rt, december_demo):
     # Frame: the 10 demo clients (one per branch × class) plus 19 HZ01 A+ (20 with C01),
     # 29 NB01 C (30 with C04) and 14 SX01 F (15 with C09): 72 clients. At 10 %, the quota is
     # ceil(7.2) = 8: exact shares 2.22, 3.33, 1.67 and 0.11 for each other demo client;
@@ -214,7 +208,7 @@ def test_the_quota_is_shared_across_branches_and_classes_in_proportion(db, rt, d
     assert (strata[("NB01", "C")]["active"], strata[("NB01", "C")]["eligible"]) == (30, 30)
 
 
-def test_the_same_seed_over_the_same_registry_selects_the_same_clients(db, rt, demo_registry):
+def test_the_same_seed_over_the_same_registry_selects_the_same_clients(db, rt, december_demo):
     _add_clients(db, rt, *_many("HA", "HZ01", "A+", 19), *_many("NC", "NB01", "C", 29))
     _set(db, rt, "callback.periodic.quarterly_ratio", "0.1")
 
@@ -243,7 +237,7 @@ def test_sample_draws_each_client_in_proportion_to_its_weight():
             assert first[f"N{i}"] / runs == pytest.approx(light, abs=0.03)
 
 
-def test_vip_and_elderly_clients_are_over_sampled_within_their_stratum(db, rt, demo_registry):
+def test_vip_and_elderly_clients_are_over_sampled_within_their_stratum(db, rt, december_demo):
     # A new stratum, SX01 B+: a silver VIP, a client turning 65 on the run date (elderly), one
     # turning 65 the day after (not yet), and seven others.
     _add_clients(db, rt, {"id": "BV", "branch": "SX01", "cls": "B+", "tier": "silver"},
@@ -269,7 +263,7 @@ def test_vip_and_elderly_clients_are_over_sampled_within_their_stratum(db, rt, d
     assert report["oversampled_selected"] == len(expected[stratum] & {"BV", "BO"})
 
 
-def test_the_oversample_factor_is_a_setting(db, rt, demo_registry):
+def test_the_oversample_factor_is_a_setting(db, rt, december_demo):
     _add_clients(db, rt, {"id": "BV", "branch": "SX01", "cls": "B+", "tier": "gold"}, *_many("BN", "SX01", "B+", 9))
     _set(db, rt, "callback.periodic.quarterly_ratio", "0.25")
     _set(db, rt, "callback.periodic.oversample_factor", "5")
@@ -299,7 +293,7 @@ def _refuse(db, rt, instance_id: int, at: datetime) -> None:
         assert s.get(ProcessInstance, instance_id).status == "completed"
 
 
-def test_clients_with_a_callback_open_or_completed_in_the_last_six_months_are_not_selected(db, rt, demo_registry):
+def test_clients_with_a_callback_open_or_completed_in_the_last_six_months_are_not_selected(db, rt, december_demo):
     # The run is 2025-07-01 10:00: the window opens 2025-01-01 10:00.
     _refuse(db, rt, _callback(db, rt, "C01", sh(2024, 12, 20, 10)), sh(2024, 12, 20, 11))  # completed before it
     _refuse(db, rt, _callback(db, rt, "C02", sh(2024, 12, 30, 10)), sh(2025, 1, 2, 11))  # completed inside it
@@ -316,7 +310,7 @@ def test_clients_with_a_callback_open_or_completed_in_the_last_six_months_are_no
     assert _batches(db)[0]["excluded"] == {"dormant": 0, "suspended": 0, "recently_called": 2}
 
 
-def test_the_recent_callback_window_is_a_setting(db, rt, demo_registry):
+def test_the_recent_callback_window_is_a_setting(db, rt, december_demo):
     _refuse(db, rt, _callback(db, rt, "C01", sh(2024, 12, 20, 10)), sh(2024, 12, 20, 11))
     _set(db, rt, "callback.periodic.quarterly_ratio", "1")
     _set(db, rt, "callback.periodic.recent_months", "12")
@@ -324,7 +318,7 @@ def test_the_recent_callback_window_is_a_setting(db, rt, demo_registry):
     assert "C01" not in _started_clients(db, outcome) and outcome.excluded["recently_called"] == 1
 
 
-def test_dormant_and_suspended_accounts_are_outside_the_base_and_the_sample(db, rt, demo_registry):
+def test_dormant_and_suspended_accounts_are_outside_the_base_and_the_sample(db, rt, december_demo):
     with db.transaction() as s:
         registry.update_client(s, values={"client_id": "C01", "account_status": "dormant"}, actor=ADMIN, now=rt.now())
         registry.update_client(s, values={"client_id": "C02", "account_status": "suspended"}, actor=ADMIN,
@@ -346,7 +340,7 @@ def test_dormant_and_suspended_accounts_are_outside_the_base_and_the_sample(db, 
 
 
 # -- nothing to select --------------------------------------------------------------------------
-def test_a_batch_with_everyone_recently_called_records_that_and_starts_nothing(db, rt, demo_registry):
+def test_a_batch_with_everyone_recently_called_records_that_and_starts_nothing(db, rt, december_demo):
     _set(db, rt, "callback.periodic.quarterly_ratio", "1")
     _run(db, rt)  # every client now has an open callback
     before = set(_callbacks(db))
@@ -359,7 +353,7 @@ def test_a_batch_with_everyone_recently_called_records_that_and_starts_nothing(d
         outcome.nothing_to_select, [], 10)
 
 
-def test_a_batch_with_no_active_client_records_a_zero_quota_and_starts_nothing(db, rt, demo_registry):
+def test_a_batch_with_no_active_client_records_a_zero_quota_and_starts_nothing(db, rt, december_demo):
     with db.transaction() as s:
         for client_id in s.execute(select(Client.client_id)).scalars().all():
             registry.update_client(s, values={"client_id": client_id, "account_status": "dormant"}, actor=ADMIN,
@@ -373,7 +367,7 @@ def test_a_batch_with_no_active_client_records_a_zero_quota_and_starts_nothing(d
 
 
 # -- the cases ----------------------------------------------------------------------------------
-def test_the_started_cases_are_periodic_callbacks_due_20_working_days_later(db, rt, demo_registry):
+def test_the_started_cases_are_periodic_callbacks_due_20_working_days_later(db, rt, december_demo):
     _set(db, rt, "callback.periodic.quarterly_ratio", "0.3")
     outcome = _run(db, rt, at=Q4)
     assert outcome.started == ["CB-20251009-0001", "CB-20251009-0002", "CB-20251009-0003"]
@@ -404,10 +398,10 @@ def test_without_the_callback_process_the_batch_refuses_to_run(db, rt):
 
 
 # -- the schedule -------------------------------------------------------------------------------
-def test_the_schedule_slot_runs_once_even_if_delivered_twice(db, rt):
+def test_the_schedule_slot_runs_once_even_if_delivered_twice(db, rt, snapshot):
     # Loaded on Friday 2025-06-20: the demo's batch waits for Tuesday 07-01 at 10:00, an hour
     # after the monthly VIP evaluation of the same morning.
-    _load_demo(db, rt, sh(2025, 6, 20, 12))
+    load_demo(db, rt, snapshot, at=sh(2025, 6, 20, 12))
     slot = sh(2025, 7, 1, 10)
     with db.transaction() as s:
         schedule = next(x for x in schedules.get_all(s) if x.key == demo.PERIODIC_SCHEDULE_KEY)

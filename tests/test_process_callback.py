@@ -20,7 +20,6 @@ from sqlalchemy import select
 from engine.access import identity
 from engine.access.identity import Actor
 from engine.bpmn import bundle
-from engine.brokerage import demo
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import NotAssignee, Recused, TaskNotFound
@@ -55,12 +54,8 @@ def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datet
 
 
 @pytest.fixture
-def callback(db, rt) -> None:
+def callback(demo_loaded) -> None:
     """Demo people and groups, workflows/ deployed and its SLA policies saved."""
-    with db.transaction() as s:
-        demo.load(s, rt)
-        results, _ = demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
-    assert "callback" in {r.version.process_key for r in results}
 
 
 def _actor(db, username: str) -> Actor:

@@ -11,14 +11,13 @@ import time_machine
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
-from engine.access import identity
 from engine.access.identity import Actor
-from engine.brokerage import demo, settings
+from engine.brokerage import settings
 from engine.brokerage.services.complaint import classify
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import TaskNotFound
-from engine.models import MessageSubscription, ProcessInstance, Task, User
+from engine.models import MessageSubscription, ProcessInstance, Task
 from engine.process import instances, messages, tasks
 from engine.timers import firing
 
@@ -34,16 +33,6 @@ HANDLERS = ["HZ01:branch_cs_director", "HZ01:account_manager"]
 
 def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI)
-
-
-@pytest.fixture
-def staff(db, rt) -> dict[str, identity.Actor]:
-    """The demo people (engine.demo.STAFF) with the demo workflows and SLA policies deployed."""
-    with db.transaction() as s:
-        demo.load(s, rt)
-        results, _ = demo.load_workflows(s, rt, WORKFLOWS)
-        assert "complaint" in {r.version.process_key for r in results}
-        return {u.username: identity.actor_for(s, u) for u in s.execute(select(User)).scalars()}
 
 
 class Case:

@@ -26,12 +26,12 @@ from sqlalchemy import select
 
 from engine.access import identity
 from engine.bpmn import bundle
-from engine.brokerage import demo, settings
+from engine.brokerage import settings
 from engine.brokerage.services.retention import check_preconditions, outcome_of, prepare, settings_of, wrap_up
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
 from engine.errors import MessageNotCorrelated, TaskNotFound
-from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task, Timer, User
+from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task, Timer
 from engine.process import deployments, instances, messages, tasks
 from engine.sla import admin as sla_admin
 from engine.sla.calendar_store import CALENDARS
@@ -64,16 +64,6 @@ NOT_RETAINED = {"reason_code": "commission", "competitor": "XX证券", "offers_m
 
 def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI)
-
-
-@pytest.fixture
-def staff(db, rt) -> dict[str, identity.Actor]:
-    """The demo people with workflows/ and its SLA policies deployed."""
-    with db.transaction() as s:
-        demo.load(s, rt)
-        results, _ = demo.load_workflows(s, rt, WORKFLOWS)
-        assert {"retention", "callback"} <= {r.version.process_key for r in results}
-        return {u.username: identity.actor_for(s, u) for u in s.execute(select(User)).scalars()}
 
 
 class Case:

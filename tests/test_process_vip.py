@@ -16,15 +16,14 @@ from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
-from engine.access import identity
 from engine.access.identity import Actor
 from engine.bpmn import bundle
-from engine.brokerage import demo, settings
+from engine.brokerage import settings
 from engine.brokerage.services.vip import evaluate, reevaluate
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import PermissionDenied, TaskNotFound
-from engine.models import AuditEvent, Client, MessageSubscription, ProcessInstance, Task, Timer, User
+from engine.models import AuditEvent, Client, MessageSubscription, ProcessInstance, Task, Timer
 from engine.process import deployments, instances, messages, tasks
 from engine.timers import firing
 
@@ -65,15 +64,11 @@ def evaluation(client: str, previous: str, assets: int, **changes: Any) -> dict[
 
 
 @pytest.fixture
-def staff(db, rt) -> dict[str, Actor]:
+def staff(staff) -> dict[str, Actor]:
     """The demo people (engine.demo.STAFF), workflows/ and its SLA policies, plus s110 顾敏:
     HZ01's deputy branch head who still serves clients as an account manager in HZ01-G2
     (brief §1: group membership comes on top of the job role)."""
-    with db.transaction() as s:
-        demo.load(s, rt)
-        results, _ = demo.load_workflows(s, rt, WORKFLOWS)
-        assert "vip_onboarding" in {r.version.process_key for r in results}
-        people = {u.username: identity.actor_for(s, u) for u in s.execute(select(User)).scalars()}
+    people = dict(staff)
     # Service-group membership is the client registry's to write; the persona is enough here.
     people["s110"] = Actor(username="s110", branch_code="HZ01", groups=frozenset({
         "branch_head", "HZ01:branch_head", "account_manager", "HZ01:account_manager", "HZ01-G2"}))

@@ -10,9 +10,7 @@ import time_machine
 from sqlalchemy import select
 
 from engine.access.identity import Actor
-from engine.brokerage import demo
 from engine.calendars import SHANGHAI
-from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput
 from engine.models import AuditEvent, Task
 from engine.process import messages
@@ -29,10 +27,8 @@ def sh(*args: int) -> datetime:
 
 
 @pytest.fixture
-def callback(db, rt):
-    with db.transaction() as s:
-        demo.load(s, rt)
-        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
+def callback(demo_loaded):
+    """The demo with workflows/ deployed."""
 
 
 def _opened(db, rt, payload):

@@ -16,23 +16,21 @@ from engine.access import identity
 from engine.access.identity import Actor
 from engine.brokerage import demo, vip_evaluation
 from engine.calendars import SHANGHAI
-from engine.config import PROJECT_ROOT
 from engine.errors import InvalidInput
 from engine.models import AuditEvent, Client, ProcessInstance, Schedule, Task, User
 from engine.process import instances, tasks
 from engine.timers import firing, schedules
+from tests.conftest import load_demo
 from tests.test_process_vip import WELCOMED
 
 pytestmark = pytest.mark.sqlite
 
 
 @pytest.fixture
-def registry(db, rt):
+def registry(db, rt, snapshot):
     # Loaded on Thursday 2025-09-25, so the demo's monthly evaluation schedule waits for the
     # first working day of October (after the National Day holiday).
-    with time_machine.travel(datetime(2025, 9, 25, 12, tzinfo=SHANGHAI), tick=False), db.transaction() as s:
-        demo.load(s, rt)
-        demo.load_workflows(s, rt, PROJECT_ROOT / "workflows")
+    load_demo(db, rt, snapshot, at=datetime(2025, 9, 25, 12, tzinfo=SHANGHAI))
 
 
 def _set_assets(db, **assets: int) -> None:

@@ -1,0 +1,1 @@
+"""What the tests share: database states, the drivers that walk a case, the personas."""
