@@ -24,7 +24,7 @@ from engine.brokerage import figures
 PREFIX = "/figures"
 blp = Blueprint("figures", __name__,
                 description="Supervisors' figures (brief §5), for supervisors, compliance and branch heads; "
-                            "branch staff see their own branch. Definitions: README, 'Figures'.")
+                            "branch staff see their own branch. Definitions: docs/figures.md.")
 
 
 def _scope(query: dict[str, Any]) -> figures.Scope:

@@ -1,6 +1,7 @@
 """Reading diagrams: hostile-XML-safe parsing, Camunda attributes, one spec per process.
 
-Process owners draw in the product's modeler or in Camunda Modeler, so the contract is
+Process owners draw in Camunda Modeler (and, later, the product's browser modeler, built on
+the same properties panel), so the contract is
 Camunda 7's extension attributes (``camunda:candidateGroups``, ``camunda:assignee``,
 ``camunda:formKey``, ``camunda:dueDate``, ``camunda:followUpDate``, ``camunda:priority``,
 ``camunda:properties``, and ``camunda:topic`` on external service tasks). SpiffWorkflow's
@@ -72,7 +73,7 @@ def properties_of(task_spec: Any) -> dict[str, str]:
     return (getattr(task_spec, "extensions", None) or {}).get("properties", {})
 
 
-# Task properties the engine acts on (see README, "Recusal").
+# Task properties the engine acts on (see docs/diagrams.md).
 EXCLUDE_USERS, EXCLUDE_GROUPS, COMPLETED_BY_VARIABLE = "excludeUsers", "excludeGroups", "completedByVariable"
 # Usernames whose service groups are recused too (a complaint's subject and their group).
 EXCLUDE_SERVICE_GROUPS_OF = "excludeServiceGroupsOf"
@@ -94,7 +95,7 @@ PAYLOAD_VARIABLES = "payloadVariables"
 # caller, the approver not the nominator, who may still follow the case) or "case" (recusal
 # of a complaint's subject: they cannot read the case either, brief §6.3).
 RECUSAL_SCOPE, RECUSAL_SCOPES = "recusalScope", ("task", "case")
-# Process properties (see README, "Figures" and "Case numbers").
+# Process properties (see docs/diagrams.md and docs/figures.md).
 REPORT_VARIABLES, BUSINESS_KEY_FORMAT = "reportVariables", "businessKeyFormat"
 
 

@@ -10,7 +10,7 @@ arithmetic runs in Python on the rows a query returned, one row per case.
 
 Every figure takes a :class:`Scope`: a period ``[start, end)`` and optionally a branch and a
 group; :func:`scope_for` decides what the asking person may see (brief §6.3). The exact
-definitions are in the README, "Figures".
+definitions are in docs/figures.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 change to the VIP process.
 
 Run by the schedule ``vip-monthly`` (job ``vip.monthly_evaluation``, first working day of
-each month, 09:00 Asia/Shanghai) or by hand (``bpm registry evaluate --start-cases``).
+each month, 09:00 Asia/Shanghai). ``bpm registry evaluate`` classifies by hand but starts no
+cases.
 ``classification.evaluate`` decides classes and tiers as data; this module turns its
 changes into cases:
 
