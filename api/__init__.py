@@ -34,8 +34,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     if runtime is None:
         # Under gunicorn, new timers are announced to rq; `bpm worker` fires them.
         runtime = build_runtime(settings, scheduler=rq_scheduler(settings))
-    # Field visibility (brief §6.3) is data beside the diagrams; an invalid policy stops the
-    # app here (FieldPolicyInvalid names each problem) instead of serving case data unscreened.
+    # Field visibility (docs/domain.md#case-visibility) is data beside the diagrams; an invalid
+    # policy stops the app here (FieldPolicyInvalid names each problem) instead of serving case
+    # data unscreened.
     policy = field_policy.load_directory(settings.workflows_dir / field_policy.DIRECTORY)
     if record_policy:
         with database.transaction() as session:

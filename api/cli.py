@@ -506,7 +506,7 @@ def demo_group() -> None:
 @pass_ctx
 def demo_load(ctx: Context) -> None:
     """Create the demo branches, staff (password: demo), service groups and clients, deploy
-    workflows/, and open the cases of brief §4.5 with dates relative to today. Idempotent."""
+    workflows/, and open the nine demo cases with dates relative to today. Idempotent."""
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
         created = demo.load(session, rt)
@@ -527,7 +527,7 @@ def demo_load(ctx: Context) -> None:
         with ctx.db.transaction() as session:
             cases = demo_cases.load_cases(session, rt, now=rt.now())
     except BpmError as exc:
-        fail(f"the open cases of brief §4.5 could not be loaded: {exc}")
+        fail(f"the demo cases could not be loaded: {exc}")
     failed = []
     for case in cases:
         if case.error is not None:

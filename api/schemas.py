@@ -103,8 +103,9 @@ class StartIn(Schema):
 
 
 class WithheldOut(Schema):
-    """Variables of one field group left out of a response (brief §6.3; the policy is
-    ``workflows/field_policy/<process>.json``). They are absent, never replaced by a value."""
+    """Variables of one field group left out of a response (docs/domain.md#case-visibility; the
+    policy is ``workflows/field_policy/<process>.json``). They are absent, never replaced by a
+    value."""
 
     group = fields.String(metadata={"description": "the policy's field group, e.g. staff_conduct"})
     title = fields.String(metadata={"description": "what the group is, to show in place of the values"})
@@ -376,7 +377,7 @@ class BranchOut(Schema):
 
 
 class ClientOut(Schema):
-    """Identifiers always arrive masked (brief §6.2); the full value only through
+    """Identifiers always arrive masked (docs/domain.md#masking); the full value only through
     ``POST /clients/<id>/reveal``. ``assets``/``turnover`` are null for callers who may not
     see them (counter staff, call centre)."""
 
@@ -536,7 +537,7 @@ class RuleSetOut(Schema):
     created_at = fields.DateTime()
 
 
-# -- supervisors' figures (brief §5) --------------------------------------------------------
+# -- supervisors' figures (docs/figures.md) -------------------------------------------------
 class FigureQuery(Schema):
     first = fields.Date(data_key="from", load_default=None,
                         metadata={"description": "first day (Asia/Shanghai), inclusive; default 1 January"})

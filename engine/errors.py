@@ -202,7 +202,8 @@ class RuleSetNotFound(NotFound):
 
 class ServiceGroupInvalid(InvalidInput):
     """A service group must have 2–3 members of its branch, at least one of them middle/
-    back office (中后台), each in no other group (seed 篇二; brief §1, §4.2)."""
+    back office (中后台), each in no other group (the brokerage's procedures,
+    docs/domain.md#service-groups)."""
 
     code = "service_group_invalid"
 

@@ -479,7 +479,7 @@ class Schedule(Base):
     last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-# -- client registry and classification (brief §3, §4, §6) --------------------------------
+# -- client registry and classification ----------------------------------------------------
 class Branch(Base):
     """营业部."""
 
@@ -513,8 +513,9 @@ class ServiceGroup(Base):
 
 class StaffProfile(Base):
     """What the registry knows about a ``bpm_user`` who is staff: branch, job roles, whether
-    they are middle/back office (中后台), and their one service group (brief §1: a job role
-    plus membership of at most one group, so a column, not a link table)."""
+    they are middle/back office (中后台), and their one service group (a job role plus
+    membership of at most one group, docs/domain.md#service-groups, so a column, not a link
+    table)."""
 
     __tablename__ = "bpm_staff"
 
@@ -530,11 +531,12 @@ class StaffProfile(Base):
 
 
 class ClassRuleSet(Base):
-    """One version of the classification standard (brief §3.2) and VIP thresholds (§3.3).
+    """One version of the classification standard (docs/domain.md#classification) and VIP
+    thresholds (docs/domain.md#vip).
 
     Immutable once written, except ``effective_to``, which the next version of the same
     scope sets. ``scope`` is ``company`` or a branch code (a branch adjustment approved by
-    经纪业务管理总部, seed 第三条). ``bands``: ``[{"min_assets": "0", "active": "G",
+    经纪业务管理总部, the brokerage's procedures). ``bands``: ``[{"min_assets": "0", "active": "G",
     "inactive": "G"}, …]`` in ascending ``min_assets``; a client is in the last band whose
     lower bound (inclusive) they reach, and "active" means turnover ≥ the threshold. Money
     is kept as decimal strings in JSON."""
@@ -598,7 +600,8 @@ class Client(Base):
     evaluated_tier: Mapped[str | None] = mapped_column(String(16))
     downgrade_grace_until: Mapped[date | None] = mapped_column(Date)
     # active, dormant (休眠账户) or suspended (中止交易账户), from the account system: dormant and
-    # suspended accounts are outside the periodic callback quota's base and sample [P4].
+    # suspended accounts are outside the periodic callback quota's base and sample (a
+    # regulatory rule, docs/domain.md#periodic-sampling).
     account_status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -609,10 +612,11 @@ class Client(Base):
     )
 
 
-# -- supervisors' figures (brief §5) ------------------------------------------------------
+# -- supervisors' figures (docs/figures.md) -----------------------------------------------
 class ClientSnapshot(Base):
     """One client's figures for one period (usually a month), imported from the account
-    system (``bpm figures import-snapshot``) for the service-group assessment (seed 篇二).
+    system (``bpm figures import-snapshot``) for the service-group assessment (the brokerage's
+    procedures).
 
     ``branch_code`` and ``service_group_key`` are the client's branch and group *in that
     period* (clients move between groups; a month's growth belongs to the group that served

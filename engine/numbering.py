@@ -1,4 +1,5 @@
-"""Case numbers (brief §2.0): ``CMP-20250612-0001``, ``RET-…``, ``CB-…``, ``VIP-…``.
+"""Case numbers (docs/domain.md#case-numbers): ``CMP-20250612-0001``, ``RET-…``, ``CB-…``,
+``VIP-…``.
 
 A process declares the format in its process property ``businessKeyFormat``; an instance
 started without a business key gets the next number. Tokens:

@@ -23,7 +23,7 @@ from engine.brokerage import figures
 
 PREFIX = "/figures"
 blp = Blueprint("figures", __name__,
-                description="Supervisors' figures (brief §5), for supervisors, compliance and branch heads; "
+                description="Supervisors' figures, for supervisors, compliance and branch heads; "
                             "branch staff see their own branch. Definitions: docs/figures.md.")
 
 

@@ -26,8 +26,8 @@ PREFIX = ""
 blp = Blueprint("instances", __name__, description="Start, read, cancel, correct and retry process instances")
 
 # Every response here carries case variables (facts, data, history), so each goes through the
-# field policy (brief §6.3): a caller is shown only the variables their roles may see, and
-# ``withheld`` says what was left out.
+# field policy (docs/domain.md#case-visibility): a caller is shown only the variables their
+# roles may see, and ``withheld`` says what was left out.
 _ROW_FIELDS = [name for name in InstanceOut().fields if name not in ("facts", "withheld")]
 
 

@@ -49,7 +49,7 @@ class Clients(MethodView):
     @blp.arguments(ClientQuery, location="query")
     @blp.response(200, ClientPageOut)
     def get(self, query: dict[str, Any]) -> Any:
-        """The clients the caller may see (brief §6.3), by client id; identifiers masked."""
+        """The clients the caller may see (docs/domain.md#client-visibility), by client id; identifiers masked."""
         ctx = bpm()
         actor = current_actor()
         with ctx.db.transaction() as session:

@@ -1,12 +1,12 @@
-"""Who may see which clients and groups (brief §6.3), masked views (§6.2) and the audited
-reveal of a full identifier.
+"""Who may see which clients and groups (docs/domain.md#client-visibility), masked views
+(docs/domain.md#masking) and the audited reveal of a full identifier.
 
 Scope is decided here, in the service layer, not in the views: a client the caller may not
 see does not exist for them (404, like instances). Roles are read from the caller's group
 memberships directly, not through :meth:`Actor.has_role`, because that lets an admin act as
 every role, and managing the system is not a reason to read clients' identifiers.
 
-| role (brief key)                               | clients                                          |
+| role                                           | clients                                          |
 |------------------------------------------------|--------------------------------------------------|
 | counter_staff                                  | own branch                                       |
 | account_manager / member of a service group   | own group's clients + own branch's pool          |
@@ -14,11 +14,12 @@ every role, and managing the system is not a reason to read clients' identifiers
 | call_center_supervisor                         | clients with an open callback task               |
 | branch_head / branch_ops_director / _cs_       | own branch                                       |
 | hq_complaint_dept, hq_brokerage_mgmt           | all                                              |
-| compliance, supervisor                         | own branch; all when they sit at HQ [A]          |
-| admin                                          | all (masked; no assets; no reveal) [A]           |
+| compliance, supervisor                         | own branch; all when they sit at HQ (assumed)    |
+| admin                                          | all (masked; no assets; no reveal) (assumed)     |
 
 Assets and turnover are shown to the client's service group, branch management, HQ roles
-and compliance only (§6.2); a read of a diamond client's assets is audited [A].
+and compliance only (docs/domain.md#privacy); a read of a diamond client's assets is audited
+(an assumed default).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from engine.models import ACTIVE_TASK_STATES, ClassRuleSet, Client, Group, Servi
 CALLBACK_PROCESS = "callback"
 ACCESS_STREAM = "client_access"  # reveals and audited reads; apart from "system" so reads do not queue behind imports
 
-# §6.2: who may reveal which identifier. Mobile numbers: nobody (click-to-call dials by reference).
+# Who may reveal which identifier (docs/domain.md#masking). Mobile numbers: nobody (click-to-call
+# dials by reference).
 REVEAL_ROLES: dict[str, frozenset[str]] = {
     "id_number": frozenset({"counter_staff", "compliance"}),
     "account_number": frozenset({"counter_staff", "compliance"}),
@@ -51,7 +53,7 @@ REVEAL_ROLES: dict[str, frozenset[str]] = {
 }
 REVEAL_REASONS = ("identity_verification", "account_closure", "account_transfer", "compliance_review",
                   "complaint_investigation", "regulator_request")
-REMASK_AFTER_SECONDS = 60  # §6.2: the page masks the value again after 60 s
+REMASK_AFTER_SECONDS = 60  # the page masks the value again after 60 s (docs/domain.md#privacy)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def scope_of(session: Session, actor: Actor) -> Scope:
 
 @dataclass(frozen=True)
 class ClientView:
-    """What a person is shown: identifiers masked, assets only where §6.2 allows."""
+    """What a person is shown: identifiers masked, assets only to the roles
+    docs/domain.md#privacy allows."""
 
     client_id: str
     name: str

@@ -1,4 +1,4 @@
-"""Field-level visibility of case data (brief §6.3 "Who may see what"): which of a case's
+"""Field-level visibility of case data (docs/domain.md#case-visibility): which of a case's
 variables a reader is shown and which are withheld, per process and per role, declared as
 data in ``workflows/field_policy/<process>.json`` so a process owner changes it without code.
 
@@ -26,9 +26,11 @@ The rules:
 - a variable in no field group is shown to whoever may read the case;
 - a restricted variable is shown when one of the reader's roles has a grant of its group whose
   ``when`` holds (no ``when``: always). Roles are the reader's job and system roles, plus
-  ``service_group`` for a member of any service group (brief §1: a second hat);
-- a group's ``withhold_when`` withholds it whatever the grants (recusal, brief §6.3: the
-  subject of a complaint and their service group never read its narrative);
+  ``service_group`` for a member of any service group (group membership comes on top of the
+  job role, docs/domain.md#roles);
+- a group's ``withhold_when`` withholds it whatever the grants (recusal,
+  docs/domain.md#separation-of-duties: the subject of a complaint and their service group
+  never read its narrative);
 - a condition that cannot be decided withholds (fail closed): a list of cases carries only the
   report facts, not every variable a condition reads.
 
@@ -418,7 +420,8 @@ class Decision:
         if values is None:
             return None, set()
         kept = {name: value for name, value in values.items() if name not in self.hidden}
-        # What is shown is masked like the registry's identifiers (brief §6.2), every reader alike.
+        # What is shown is masked like the registry's identifiers (docs/domain.md#masking),
+        # every reader alike.
         return mask_identifiers(kept), set(values) - set(kept)
 
     def report(self, names: Iterable[str]) -> list[Withheld]:

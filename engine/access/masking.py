@@ -1,6 +1,6 @@
-"""Server-side masks for client identifiers (brief §6.2 [A]; compliance to confirm them
-against JR/T 0171-2020 Annex A). Nothing unmasked leaves the engine except through an
-audited reveal (``engine.client_access.reveal``)."""
+"""Server-side masks for client identifiers (docs/domain.md#masking; the patterns are assumed
+defaults, compliance to confirm them against JR/T 0171-2020 Annex A). Nothing unmasked leaves
+the engine except through an audited reveal (``engine.client_access.reveal``)."""
 
 from __future__ import annotations
 

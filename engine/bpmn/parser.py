@@ -93,7 +93,7 @@ def exclusion_parts(raw: str) -> list[str]:
 PAYLOAD_VARIABLES = "payloadVariables"
 # How far a task's exclusions reach: "task" (the default; separation of duties: QA is not the
 # caller, the approver not the nominator, who may still follow the case) or "case" (recusal
-# of a complaint's subject: they cannot read the case either, brief §6.3).
+# of a complaint's subject: they cannot read the case either, docs/domain.md#separation-of-duties).
 RECUSAL_SCOPE, RECUSAL_SCOPES = "recusalScope", ("task", "case")
 # Process properties (see docs/diagrams.md and docs/figures.md).
 REPORT_VARIABLES, BUSINESS_KEY_FORMAT = "reportVariables", "businessKeyFormat"

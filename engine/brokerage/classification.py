@@ -1,10 +1,12 @@
-"""Client classification (客户分类, brief §3.2) and VIP tiers (贵宾等级, §3.3).
+"""Client classification (客户分类, docs/domain.md#classification) and VIP tiers (贵宾等级,
+docs/domain.md#vip).
 
 The standard is data: a versioned rule set in ``bpm_class_rule_set`` holds the turnover
 threshold, the asset bands with the class on each side of the threshold, the VIP asset
 thresholds and the downgrade grace. 经纪业务管理总部 re-sets the threshold each year-end
-(seed 第六条), which is a new version effective from a date; a client row remembers the
-version that classified it, so an old evaluation keeps its version when a new one arrives.
+(the brokerage's procedures), which is a new version effective from a date; a client row
+remembers the version that classified it, so an old evaluation keeps its version when a new
+one arrives.
 
 :func:`evaluate` classifies every client as of a date and returns the changes. It starts
 no process and sends nothing: its only writes are the client rows (and one audit event
@@ -37,11 +39,11 @@ from engine.models import Branch, ClassRuleSet, Client
 CLASSES = ("A+", "B+", "A", "B", "C", "D", "C-", "D-", "E", "F", "G")
 TIERS = ("silver", "gold", "diamond")  # ascending
 COMPANY = "company"
-RULES_ROLE = "hq_brokerage_mgmt"  # owns the classification standard and the VIP programme (brief §1)
+RULES_ROLE = "hq_brokerage_mgmt"  # owns the classification standard and the VIP programme (docs/domain.md#roles)
 
-# Version 1, seeded by migration 0003. Brief §7 keys: class.turnover_threshold [S],
-# class.bands + class.mapping (§3.2, [A]), vip.silver / vip.gold [S], vip.diamond [A],
-# vip.downgrade_grace_months [A].
+# Version 1, seeded by migration 0003. The turnover threshold and the silver and gold
+# thresholds are the brokerage's procedures; the bands and their classes, the diamond
+# threshold and the grace months are assumed defaults (docs/domain.md#open-points).
 DEFAULT_EFFECTIVE_FROM = date(2000, 1, 1)
 DEFAULT_RULES: dict[str, Any] = {
     "turnover_threshold": "3",

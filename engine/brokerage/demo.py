@@ -1,10 +1,11 @@
-"""Demo data for ``make run`` (brief §4): three branches, their staff, service groups
-and ten clients, shipped as the CSV files in ``demo_data/`` and loaded through the same
-importer an administrator uses (so the demo doubles as a check of the importer), then
-classified as of the demo's "today"; and the schedules of the monthly VIP tier evaluation
-(brief §2.4 V0a) and of the quarterly periodic callback batch (§2.3), so the running demo
-evaluates tiers on the first working day of each month and samples clients for callbacks
-on the first working day of each quarter.
+"""Demo data for ``make run``: three branches, their staff, service groups and ten clients,
+shipped as the CSV files in ``demo_data/`` and loaded through the same importer an
+administrator uses (so the demo doubles as a check of the importer), then classified as
+of the demo's "today"; and the schedules of the monthly VIP tier evaluation (VIP step
+V0a, docs/domain.md#vip) and of the quarterly periodic callback batch
+(docs/domain.md#periodic-sampling), so the running demo evaluates tiers on the first
+working day of each month and samples clients for callbacks on the first working day of
+each quarter.
 
 Every demo user's password is ``demo``. Loading is idempotent.
 """
@@ -35,7 +36,8 @@ from engine.timers import schedules
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 FILES = {kind: DEMO_DATA / f"{kind}.csv" for kind in registry_import.KINDS}
-# Brief §4: "Dates assume a demo today of 2025-06-16 (Mon)"; the demo clients are classified then.
+# The demo scenario's "today" (a Monday, as in engine.brokerage.demo_cases); the demo clients
+# are classified then.
 DEMO_TODAY = date(2025, 6, 16)
 with FILES["staff"].open(encoding="utf-8", newline="") as _f:
     STAFF: list[dict[str, str]] = list(csv.DictReader(_f))
@@ -47,13 +49,14 @@ EXTRA_ROLES: dict[str, list[str]] = {
 }
 JOB_ROLES = JOB_ROLES
 PASSWORD = "demo"
-# Brief §2.4 V0a: "Timer start — monthly tier evaluation on the 1st WD of each month". The key
-# is the one engine.vip_evaluation documents: an operator creating it by hand gets a conflict
-# instead of a second schedule evaluating (and starting VIP cases) twice a month.
+# VIP step V0a: the monthly tier evaluation runs on the first working day of each month. The
+# key is the one engine.vip_evaluation documents: an operator creating it by hand gets a
+# conflict instead of a second schedule evaluating (and starting VIP cases) twice a month.
 VIP_SCHEDULE_KEY = "vip-monthly"
-# Brief §2.3 periodic: "Quarterly batches on the 1st WD of each quarter". 10:00, an hour after
-# the VIP evaluation that runs on the same day (a quarter's first working day is also its
-# month's): the sample is stratified by the classes that evaluation just set (and the effective tiers).
+# Periodic callbacks run in quarterly batches on the first working day of each quarter
+# (docs/domain.md#periodic-sampling). 10:00, an hour after the VIP evaluation that runs on
+# the same day (a quarter's first working day is also its month's): the sample is stratified
+# by the classes that evaluation just set (and the effective tiers).
 PERIODIC_SCHEDULE_KEY = "callback-periodic"
 PERIODIC_SCHEDULE_AT = "10:00"
 

@@ -1,23 +1,25 @@
-"""The open cases of brief §4.5 for ``make run``, driven through the real diagrams.
+"""The nine open demo cases for ``make run``, driven through the real diagrams.
 
 Nothing is written behind the engine's back: every case is started, worked and told its
 messages through the same services the API calls (``instances.start``,
 ``messages.correlate``, ``tasks.claim``/``assign``/``complete`` with valid form data), as
-the demo staff of brief §4.2. The history is replayed on a copy of the runtime whose clock
-is set to each historical moment, so tasks, SLA clocks, milestones and the audit trail carry
-the dates they would have had; SLA milestones that fell due during that history (reminders,
-CB-…0107's breach and escalation to the call-centre supervisor) are fired at their own
-moments. A BPMN timer started during the replay (CB-…0031's wait before its next call) runs
-from the moment of loading instead: SpiffWorkflow reads the wall clock, not the runtime's.
+the demo staff (``engine.brokerage.demo``). The history is replayed on a copy of the runtime
+whose clock is set to each historical moment, so tasks, SLA clocks, milestones and the audit
+trail carry the dates they would have had; SLA milestones that fell due during that history
+(reminders, CB-…0107's breach and escalation to the call-centre supervisor) are fired at
+their own moments. A BPMN timer started during the replay (CB-…0031's wait before its next
+call) runs from the moment of loading instead: SpiffWorkflow reads the wall clock, not the
+runtime's.
 
-**Dates move with the day of loading.** The brief's "today" is Monday 2025-06-16. Its dates
-are mapped onto the real calendar by *working days*: a date N working days before
-2025-06-16 (on the 2025 calendar, so 清明 and the 调休 Sunday count as they did) becomes
-the date N working days before the demo's business day, which is today, or the next working
-day when today is not one. Times of day are kept. So the SLA relationships of §4.5 hold
-whatever the weekday and whatever holiday lies in between: CB-…0044 (2 TD) is due on the
-business day, CB-…0107 (20 WD, 50 WD old) is overdue and escalated, the rest are on track.
-Two adjustments keep the snapshot consistent with the moment of loading:
+**Dates move with the day of loading.** The cases are written as of Monday 2025-06-16, the
+scenario's "today" (``BRIEF_TODAY``). Their dates are mapped onto the real calendar by
+*working days*: a date N working days before 2025-06-16 (on the 2025 calendar, so 清明 and the
+调休 Sunday count as they did) becomes the date N working days before the demo's business day,
+which is today, or the next working day when today is not one. Times of day are kept. So the
+cases' SLA relationships hold whatever the weekday and whatever holiday lies in between:
+CB-…0044 (2 TD) is due on the business day, CB-…0107 (20 WD, 50 WD old) is overdue and
+escalated, the rest are on track. Two adjustments keep the snapshot consistent with the
+moment of loading:
 
 * CB-…0044 is started two trading days before the business day at a time of day that makes
   it due one hour from now (10:00 at the earliest, 16:59 at the latest): it is due today and
@@ -31,11 +33,11 @@ On a day that is not a working day no task of these diagrams can be due that day
 date lies on the working- or trading-day calendar (the only calendar-month deadline, the
 new-account callback's, is not on an open task while CB-…0031 waits for its next attempt).
 
-Case numbers keep the brief's sequence numbers with the mapped dates (``CMP-<date>-0001``);
-the day's counter is moved past them, so cases numbered later that day never collide.
-Loading is idempotent: a case counts as loaded when its process has an instance for the
-same client whose number ends with the brief's sequence number, whatever its date (a reload
-on a later day creates nothing either).
+Case numbers keep the scenario's sequence numbers with the mapped dates
+(``CMP-<date>-0001``); the day's counter is moved past them, so cases numbered later that
+day never collide. Loading is idempotent: a case counts as loaded when its process has an
+instance for the same client whose number ends with the scenario's sequence number, whatever
+its date (a reload on a later day creates nothing either).
 """
 
 from __future__ import annotations
@@ -75,18 +77,18 @@ from engine.sla import calendar_store
 from engine.sla import clock as sla_clock
 from engine.timers import firing
 
-BRIEF_TODAY = date(2025, 6, 16)  # brief §4: "Dates assume a demo today of 2025-06-16 (Mon)"
+BRIEF_TODAY = date(2025, 6, 16)  # the scenario's "today" (a Monday), which the cases' dates assume
 DUE_TODAY_LEAD = timedelta(hours=1)  # CB-…0044 falls due this long after loading (see above)
 EARLIEST_DUE, LATEST_DUE = time(10), time(16, 59)
 RET_TODAY_RECEIVED, RET_TODAY_ACCEPTED = time(9), time(9, 15)
 # A request from the previous working day came after its 15:00 close: its instructions are
-# due at the business day's close, as the brief's "to be submitted today" has it.
+# due at the business day's close: the scenario has them "to be submitted today".
 RET_LATE_RECEIVED, RET_LATE_ACCEPTED = time(16), time(16, 15)
 
 # Systems that start cases or send messages (not people).
 ACCOUNT_SYSTEM = Actor.system("account-system")  # account opened, permission opened
 SCHEDULER = Actor.system("schedule")  # the quarterly periodic-callback batch
-MONTHLY_EVALUATION = Actor.system("vip-monthly")  # the monthly tier evaluation (V0a)
+MONTHLY_EVALUATION = Actor.system("vip-monthly")  # the monthly tier evaluation (VIP step V0a)
 CSDC = Actor.system("csdc")  # the exchange / CSDC return
 
 
@@ -106,7 +108,7 @@ class _SettableClock:
 
 
 class Timeline:
-    """The brief's dates on the real calendar (see the module docstring)."""
+    """The scenario's dates on the real calendar (see the module docstring)."""
 
     def __init__(self, calendar: BusinessCalendar, now: datetime) -> None:
         self.calendar = calendar
@@ -131,7 +133,7 @@ class Timeline:
         return d
 
     def offset(self, brief_day: date) -> int:
-        """Signed working days from the brief's today to ``brief_day``, on the 2025 calendar."""
+        """Signed working days from the scenario's today to ``brief_day``, on the 2025 calendar."""
         if not self.working(brief_day):
             raise ValueError(f"{brief_day} is not a working day")
         lo, hi = sorted((brief_day, BRIEF_TODAY))
@@ -186,11 +188,11 @@ class Step:
 
 @dataclass(frozen=True)
 class CaseSpec:
-    brief_key: str  # the brief's number, e.g. CMP-20250612-0001
+    brief_key: str  # the scenario's number, e.g. CMP-20250612-0001
     process_key: str
     client_id: str
     key: str  # the same sequence number on the mapped date
-    brief_state: str  # brief §4.5 "Current state", for the record
+    brief_state: str  # the state the scenario gives the case, for the record
     steps: list[Step] = field(default_factory=list)
 
 
@@ -259,9 +261,9 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat()
 
 
-# -- the nine cases of brief §4.5 -------------------------------------------------------------
+# -- the nine demo cases ----------------------------------------------------------------------
 def specs(tl: Timeline) -> list[CaseSpec]:
-    """The cases, their numbers and their histories, from the brief's dates."""
+    """The cases, their numbers and their histories, from the scenario's dates."""
     return [
         _complaint_mis_selling(tl, received=date(2025, 6, 12)),
         _complaint_12386(tl, received=date(2025, 6, 10), contacted_on=date(2025, 6, 11)),
@@ -308,7 +310,7 @@ def _complaint_12386(tl: Timeline, *, received: date, contacted_on: date) -> Cas
     subject)."""
     t0 = tl.at(received, 9, 30)
     ref = f"12386-ZJ-{t0:%Y}-{t0:%m%d}01"
-    due = _iso(tl.at(date(2025, 7, 4), 17))  # the transfer record's hard deadline for C16
+    due = _iso(tl.at(date(2025, 7, 4), 17))  # the 12386 feedback's hard deadline (complaint step C16)
     register = {
         "received_at": _iso(t0), "channel": "12386", "request_kind": "complaint", "client_id": "C09",
         "client_age": 63, "business_line": "account_services", "subject_staff_ids": ["s302"],
@@ -418,7 +420,8 @@ def _callback_periodic(tl: Timeline, *, created: date) -> CaseSpec:
 
 def _evaluation(tl: Timeline, evaluated: date, client_id: str, previous: str, assets: int,
                 **extra: Any) -> dict[str, Any]:
-    """A monthly tier evaluation of the previous month, as the V0a run sends it."""
+    """A monthly tier evaluation of the previous month, as the monthly run (VIP step V0a)
+    sends it."""
     at = tl.at(evaluated, 10)
     first = at.date().replace(day=1)
     period = (first - timedelta(days=1)).strftime("%Y-%m")
@@ -455,7 +458,7 @@ def _vip_grace(tl: Timeline, *, evaluated: date) -> CaseSpec:
 
 # -- loading ----------------------------------------------------------------------------------
 def load_cases(session: Session, rt: Runtime, *, now: datetime) -> list[CaseResult]:
-    """Create the §4.5 cases that are not there yet, as of ``now``; describe all of them.
+    """Create the demo cases that are not there yet, as of ``now``; describe all of them.
 
     Each case is driven in its own savepoint: one that cannot be driven (a diagram changed
     under it) is reported with the reason and leaves the others loaded."""

@@ -25,8 +25,9 @@ CALLBACK_PROCESS = "callback"
 
 @dataclass(frozen=True)
 class GroupShortfall:
-    """A service group that no longer meets the seed's rule after someone left. It keeps
-    serving its clients until the branch names a replacement (a ``members`` change)."""
+    """A service group that no longer meets the brokerage's rule (2–3 members, one of them
+    中后台; docs/domain.md#service-groups) after someone left. It keeps serving its clients
+    until the branch names a replacement (a ``members`` change)."""
 
     key: str
     members: list[str]
@@ -46,9 +47,10 @@ class Departure:
 
 def staff_departed(session: Session, rt: Runtime, *, username: str, departed_on: date, actor: Actor,
                    now: datetime) -> Departure:
-    """员工离职 (brief §6.3 "Staff departure", §2.3 ``departed_staff``): deactivate the user,
-    end their service-group membership, return the tasks they had claimed to their queues,
-    and start one ``departed_staff`` callback for each client of their group.
+    """员工离职 (docs/domain.md#service-groups, the ``departed_staff`` callback of
+    docs/domain.md#callbacks): deactivate the user, end their service-group membership,
+    return the tasks they had claimed to their queues, and start one ``departed_staff``
+    callback for each client of their group.
 
     Clients belong to groups, never to individuals, so they stay with the group. A group
     left outside the 2–3-member / one-back-office rule is reported in the result, not

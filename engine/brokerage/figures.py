@@ -1,4 +1,4 @@
-"""Supervisors' figures (brief §5, 看板指标): SQL over rows, never a deserialization of
+"""Supervisors' figures (看板指标, docs/figures.md): SQL over rows, never a deserialization of
 instance state (architecture invariant 3).
 
 The rows are the human tasks (``bpm_task``: status, due date, at-risk moment, pause, who,
@@ -9,8 +9,9 @@ the business calendar (a complaint's resolution deadline, a duration in working 
 arithmetic runs in Python on the rows a query returned, one row per case.
 
 Every figure takes a :class:`Scope`: a period ``[start, end)`` and optionally a branch and a
-group; :func:`scope_for` decides what the asking person may see (brief §6.3). The exact
-definitions are in docs/figures.md.
+group; :func:`scope_for` decides what the asking person may see
+(docs/domain.md#case-visibility). The exact definitions are in docs/figures.md; step ids
+(C12, K5…) are those of docs/domain.md.
 """
 
 from __future__ import annotations
@@ -47,16 +48,16 @@ from engine.sla import calendar_store
 
 COMPLAINT, CALLBACK, RETENTION = "complaint", "callback", "retention"
 # Diagram steps the figures read (element ids). complaint.bpmn: C12 反馈客户 stops the
-# resolution clock (brief §2.1 "registration → C12 communicated"), C16 反馈监管 is the 12386
-# feedback, C17 满意度回访 the satisfaction score. callback.bpmn: K5 回访问卷 is the call that
-# counts (client reached, identity confirmed, questions answered). retention.bpmn: B1 挽留沟通
-# and A1 提交指令.
+# resolution clock (the whole-case deadline runs from registration to C12,
+# docs/domain.md#complaints), C16 反馈监管 is the 12386 feedback, C17 满意度回访 the satisfaction
+# score. callback.bpmn: K5 回访问卷 is the call that counts (client reached, identity confirmed,
+# questions answered). retention.bpmn: B1 挽留沟通 and A1 提交指令.
 RESPONSE_STEP, REGULATOR_STEP, SATISFACTION_STEP = "communicate_result", "report_regulator", "satisfaction_callback"
 QUESTIONNAIRE_STEP = "questionnaire"
 CONVERSATION_STEP, SUBMIT_STEP = "retention_conversation", "submit_instructions"
 SEVERITIES = ("general", "major", "group", "regulator")
 OBSTRUCTION = "transfer_obstruction"
-# Who may read figures besides supervisors (brief §6.3; the roles are groups).
+# Who may read figures besides supervisors (docs/domain.md#case-visibility; the roles are groups).
 VIEWER_GROUPS = frozenset({"compliance", "branch_head"})
 TASK_DIMENSIONS = ("branch", "group", "process", "step", "assignee")
 
@@ -141,9 +142,10 @@ def period(first: date | None, last: date | None, *, now: datetime) -> tuple[dat
 
 def scope_for(actor: Actor, *, first: date | None = None, last: date | None = None, branch: str | None = None,
               group: str | None = None, now: datetime) -> Scope:
-    """Figures are for supervisors, compliance and branch heads (brief §6.3). Whoever belongs
-    to a branch (a branch head, the branch's compliance officer) sees that branch only;
-    headquarters staff see every branch."""
+    """Figures are for supervisors, compliance and branch heads
+    (docs/domain.md#case-visibility). Whoever belongs to a branch (a branch head, the
+    branch's compliance officer) sees that branch only; headquarters staff see every
+    branch."""
     if not (actor.has_role(SUPERVISOR) or actor.groups & VIEWER_GROUPS):
         raise PermissionDenied("figures are for supervisors, compliance and branch heads")
     if actor.branch_code is not None and not actor.is_admin:
@@ -381,9 +383,9 @@ class ComplaintFigures:
 
 def resolution_due(calendar: BusinessCalendar, config: FigureConfig, started_at: datetime,
                    facts: dict[str, Any]) -> datetime | None:
-    """The whole-case resolution deadline (brief §2.1): the severity's target from the
-    start; a regulator-transferred case no later than the regulator's due date less the
-    margin; an approved extension adds its working days (at most the maximum)."""
+    """The whole-case resolution deadline (docs/domain.md#complaints): the severity's target
+    from the start; a regulator-transferred case no later than the regulator's due date less
+    the margin; an approved extension adds its working days (at most the maximum)."""
     target = config.resolve.get(str(facts.get("severity")))
     if target is None:
         return None
@@ -402,9 +404,10 @@ def resolution_due(calendar: BusinessCalendar, config: FigureConfig, started_at:
 
 
 def complaint_figures(session: Session, *, scope: Scope, now: datetime, config: FigureConfig) -> ComplaintFigures:
-    """Resolution time (start → first C12 response) of complaints answered in the period,
-    the share answered by their deadline, by severity; complaints still unanswered past
-    their deadline at :meth:`Scope.as_of`; and 12386 feedback (C16) due in the period."""
+    """Resolution time (start → first response, complaint step C12) of complaints answered
+    in the period, the share answered by their deadline, by severity; complaints still
+    unanswered past their deadline at :meth:`Scope.as_of`; and 12386 feedback (complaint
+    step C16) due in the period."""
     as_of = scope.as_of(now)
     calendar = calendar_store.CALENDARS.get(session, config.business_hours)
     responded = _first_completion(COMPLAINT, RESPONSE_STEP)
@@ -454,8 +457,8 @@ def complaint_figures(session: Session, *, scope: Scope, now: datetime, config: 
 
 def _regulator_feedback(session: Session, scope: Scope, now: datetime) -> RegulatorFeedback:
     """Regulator-transferred complaints whose regulator due date falls in the period, as
-    known now: fed back (C16 completed) by that date, late (after it, or not yet and the
-    date has passed), or pending."""
+    known now: fed back (complaint step C16 completed) by that date, late (after it, or not
+    yet and the date has passed), or pending."""
     fed_back = _first_completion(COMPLAINT, REGULATOR_STEP)
     rows = session.execute(
         _cases(COMPLAINT, scope, ProcessInstance.facts, fed_back.c.at)
@@ -497,8 +500,8 @@ class RetentionFigures:
 def retention_figures(session: Session, *, scope: Scope, now: datetime) -> RetentionFigures:
     """Attempt and success rates of transfer/closure requests received in the period, and
     the guard metric: obstruction complaints received, post-closure callbacks answering
-    "obstructed" in the period, and instructions (A1) due in the period and, as known now,
-    submitted late."""
+    "obstructed" in the period, and instructions (retention step A1) due in the period and,
+    as known now, submitted late."""
     held = exists().where(Task.instance_id == ProcessInstance.id, Task.element_id == CONVERSATION_STEP,
                           Task.status == TaskStatus.COMPLETED)
     open_to_talk = _fact("client_open_to_retention_talk").as_boolean().is_(true())
@@ -564,8 +567,8 @@ class PeriodicCallbacks:
 def new_account_callbacks(session: Session, *, scope: Scope, now: datetime,
                           config: FigureConfig) -> NewAccountCallbacks:
     """New-account callbacks started in the period (one per account opened), as known now:
-    completed (K5 questionnaire) by the deadline counted from the start, completed late,
-    overdue, or still within the deadline."""
+    completed (callback step K5, the questionnaire) by the deadline counted from the start,
+    completed late, overdue, or still within the deadline."""
     calendar = calendar_store.CALENDARS.get(session, config.business_hours)
     answered = _first_completion(CALLBACK, QUESTIONNAIRE_STEP)
     rows = session.execute(
@@ -597,9 +600,9 @@ def active_clients(session: Session, *, year: int, branch: str | None) -> int | 
 
 
 def periodic_callbacks(session: Session, *, scope: Scope, config: FigureConfig) -> PeriodicCallbacks:
-    """Distinct clients whose periodic callback was completed (K5) in the period, against the
-    year's quota: ``min_ratio`` × the prior year-end active clients of the branch (or the
-    company). There is no quota per group."""
+    """Distinct clients whose periodic callback was completed (callback step K5) in the
+    period, against the year's quota: ``min_ratio`` × the prior year-end active clients of
+    the branch (or the company). There is no quota per group."""
     year = scope.first_day.year
     if scope.last_day.year != year:
         raise InvalidInput("the periodic callback quota is per calendar year: ask for a period within one year")
@@ -640,8 +643,8 @@ SATISFACTION_SOURCES = (("complaint", COMPLAINT, SATISFACTION_STEP, "csat"),
 
 def satisfaction(session: Session, *, scope: Scope, by: str, config: FigureConfig) -> list[SatisfactionRow]:
     """1–5 scores given in the period, by branch or service group: the complaint
-    satisfaction callback (C17 ``csat``) and the callback questionnaire (K5
-    ``service_satisfaction``), each and together."""
+    satisfaction callback (complaint step C17, ``csat``) and the callback questionnaire
+    (step K5, ``service_satisfaction``), each and together."""
     if by not in ("branch", "group"):
         raise InvalidInput("satisfaction is by branch or by group")
     sums: dict[str | None, dict[str, tuple[int, float, int]]] = {}

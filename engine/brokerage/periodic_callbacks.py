@@ -1,13 +1,14 @@
-"""The quarterly periodic callback batch (存量定期回访, brief §2.3 "Sampling rules for periodic").
+"""The quarterly periodic callback batch (存量定期回访, docs/domain.md#periodic-sampling).
 
 Run by the schedule ``callback-periodic`` (job ``callback.periodic_batch``, first working
 day of each quarter) or by :func:`run`. One batch:
 
 1. **Base**: the clients whose account is active, i.e. not dormant (休眠) or suspended
-   (中止交易) [P4]. The prior year-end count given for the figures,
-   ``callback.periodic.active_clients.<year>``, replaces the registry's count when it is set:
-   the registry holds today's statuses, not the year-end's, and the batch's quota should be
-   the one the coverage figure (``engine.figures.periodic_callbacks``) is measured against.
+   (中止交易), which the regulatory 10 %-a-year rule leaves out. The prior year-end count
+   given for the figures, ``callback.periodic.active_clients.<year>``, replaces the
+   registry's count when it is set: the registry holds today's statuses, not the
+   year-end's, and the batch's quota should be the one the coverage figure
+   (``engine.figures.periodic_callbacks``) is measured against.
 2. **Quota** = ceil(``callback.periodic.quarterly_ratio`` × base).
 3. **Frame**: the active clients without a callback (any type) open now or completed in
    the last ``callback.periodic.recent_months`` calendar months.

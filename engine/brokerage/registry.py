@@ -1,4 +1,5 @@
-"""The client registry: branches, staff, service groups and clients (brief §1, §4).
+"""The client registry: branches, staff, service groups and clients (docs/domain.md#roles,
+docs/domain.md#service-groups).
 
 Each kind has ``get``, ``create``, ``update`` and ``upsert`` (create or update by key, used
 by the CSV importer); ``upsert`` answers whether the row was created, updated or left
@@ -42,12 +43,13 @@ from engine.errors import (
 )
 from engine.models import Branch, Client, Group, GroupMember, ServiceGroup, StaffProfile, User
 
-# 2–3 people per group (seed 篇二 一).
+# 2–3 people per group (the brokerage's procedures, docs/domain.md#service-groups).
 GROUP_MIN_MEMBERS, GROUP_MAX_MEMBERS = 2, 3
 SERVICE_GROUP_KIND = identity.SERVICE_GROUP_KIND
 RISK_LEVELS = ("C1", "C2", "C3", "C4", "C5")
 OPERATING_HABITS = ("on_site", "off_site")
-# 休眠 and 中止交易 accounts are outside the periodic callback quota's base and sample [P4].
+# 休眠 and 中止交易 accounts are outside the periodic callback quota's base and sample (a
+# regulatory rule, docs/domain.md#periodic-sampling).
 ACCOUNT_STATUSES = ("active", "dormant", "suspended")
 # Set when a client is created; an upsert of an existing client leaves them alone, because
 # the client's VIP case owns them after that (engine.vip_tier; the monthly evaluation only
@@ -106,7 +108,7 @@ def _changes(obj: Any, new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
 
 def _audit(session: Session, kind: str, actor: Actor, now: datetime, key: str,
            changes: Mapping[str, tuple[Any, Any]]) -> None:
-    """Before/after of each changed field; identifiers only masked (brief §6.4)."""
+    """Before/after of each changed field; identifiers only masked (docs/domain.md#masking)."""
     shown = {}
     for name, (before, after) in changes.items():
         mask = MASKERS.get(name)
@@ -330,7 +332,8 @@ def members_of(session: Session, key: str) -> list[tuple[User, StaffProfile]]:
 
 
 def _check_group_rule(key: str, branch: str, members: list[tuple[User, StaffProfile | None]]) -> None:
-    """The seed's rule for a group, with a message that says which part failed."""
+    """The brokerage's rule for a group (2–3 members of the branch, one of them 中后台, each in
+    no other group), with a message that says which part failed."""
     if not GROUP_MIN_MEMBERS <= len(members) <= GROUP_MAX_MEMBERS:
         raise ServiceGroupInvalid(f"service group {key} needs {GROUP_MIN_MEMBERS}–{GROUP_MAX_MEMBERS} members, "
                                   f"got {len(members)}", field="members", rule="size")

@@ -1,9 +1,9 @@
 """Per-period client figures (``bpm_client_snapshot``) and their CSV import.
 
-The service-group assessment (seed 篇二: asset growth split into new money and
-appreciation, turnover, referrals) needs per-client period data the workflow system does
-not produce: the account system exports it, one row per client and period (usually a
-month), and ``bpm figures import-snapshot FILE`` loads it.
+The service-group assessment (the brokerage's procedures: asset growth split into new money
+and appreciation, turnover, referrals) needs per-client period data the workflow system does
+not produce: the account system exports it, one row per client and period (usually a month),
+and ``bpm figures import-snapshot FILE`` loads it.
 
 Columns (``avg_assets`` and ``referrals`` may be left out):
 ``period_start,period_end,client_id,branch,service_group,assets_start,assets_end,net_inflow,

@@ -1,5 +1,5 @@
-"""The monthly evaluation (brief §2.4 V0, §3): classify every client, then hand each tier
-change to the VIP process.
+"""The monthly evaluation (VIP step V0a, docs/domain.md#vip; docs/domain.md#classification):
+classify every client, then hand each tier change to the VIP process.
 
 Run by the schedule ``vip-monthly`` (job ``vip.monthly_evaluation``, first working day of
 each month, 09:00 Asia/Shanghai). ``bpm registry evaluate`` classifies by hand but starts no

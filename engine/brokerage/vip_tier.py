@@ -3,9 +3,9 @@ after the registry creates the client: the VIP case (``workflows/vip_onboarding.
 
 The monthly evaluation only records the tier the rules give (``evaluated_tier``); the case
 decides whether and when that becomes the tier the client is served at: at its activation
-step, after the welcome call and any approval (brief §2.4 V3–V6); on the downgrade's
-effective date, after the grace period and the pre-downgrade contact (V7–V9); never when
-the approval is refused or the client declines.
+step, after the welcome call and any approval (VIP steps V3–V6, docs/domain.md#vip); on the
+downgrade's effective date, after the grace period and the pre-downgrade contact (V7–V9);
+never when the approval is refused or the client declines.
 
 A service task is data only (``engine.bpmn.service_tasks``), so the case cannot write the
 row itself. What it did is already in its report facts (``outcome``, ``previous_tier``,

@@ -163,12 +163,13 @@ def _deliver_start_message(workflow: Any, name: str, payload: dict[str, Any]) ->
 
 
 def _visible(session: Session, actor: Actor) -> Any:
-    """Who may read a case (brief §6.3): whoever started it or has, had or may take one
-    of its tasks; branch management, branch compliance and branch supervisors their
-    branch's cases; a service group's members the cases of the group's clients (and of
-    the branch pool's unassigned clients); HQ complaint and brokerage management, HQ
-    compliance and administrators every case. Counter staff and call-centre agents see only
-    cases they took part in. Recusal (:func:`_not_recused`) still applies on top."""
+    """Who may read a case (docs/domain.md#case-visibility): whoever started it or has, had
+    or may take one of its tasks; branch management, branch compliance and branch
+    supervisors their branch's cases; a service group's members the cases of the group's
+    clients (and of the branch pool's unassigned clients); HQ complaint and brokerage
+    management, HQ compliance and administrators every case. Counter staff and call-centre
+    agents see only cases they took part in. Recusal (:func:`_not_recused`) still applies on
+    top."""
     involved = exists().where(
         Task.instance_id == ProcessInstance.id,
         or_(Task.assignee == actor.username, Task.owner == actor.username, Task.completed_by == actor.username,

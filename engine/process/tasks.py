@@ -74,8 +74,9 @@ def can_see(task: Task, actor: Actor) -> bool:
 
 
 def _supervised_branch(actor: Actor) -> str | None:
-    """A supervisor who belongs to a branch supervises that branch (brief §6.3: branch
-    management sees its branch); one at headquarters, and administrators, everything."""
+    """A supervisor who belongs to a branch supervises that branch (branch management sees
+    its branch, docs/domain.md#case-visibility); one at headquarters, and administrators,
+    everything."""
     return None if actor.is_admin else actor.branch_code
 
 

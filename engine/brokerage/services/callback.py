@@ -1,8 +1,9 @@
-"""Service-task functions of the callback process (回访, brief §2.3): data only, no I/O.
+"""Service-task functions of the callback process (回访, docs/domain.md#callbacks, which
+defines the step ids K1… used below): data only, no I/O.
 
 ``callback_prepare`` checks the start data and fills the tunables (``engine.brokerage.settings``)
 the instance did not bring; ``callback_assess`` turns the questionnaire's answers into the
-exception route (K6). Due dates are not computed here: the SLA policies in
+exception route (callback step K6). Due dates are not computed here: the SLA policies in
 ``workflows/sla/callback.json`` put them on the right calendar per ``callback_type``.
 """
 
@@ -20,14 +21,15 @@ from engine.brokerage import settings
 functions = ServiceRegistry()
 
 CALLBACK_TYPES = ("new_account", "periodic", "post_closure", "risk_disclosure", "departed_staff", "anomaly")
-# Brief §2.3: the permissions whose opening triggers a risk-disclosure callback.
+# The permissions whose opening triggers a risk-disclosure callback (docs/domain.md#callbacks).
 HIGH_RISK_PERMISSIONS = ("创业板", "科创板", "两融", "港股通", "期权", "北交所")
 _ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
 
 
 @functions.register("callback_prepare")
 def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """K1: refuse a callback that could never be worked; set the attempt loop's counters."""
+    """Callback step K1: refuse a callback that could never be worked; set the attempt
+    loop's counters."""
     callback_type = data.get("callback_type")
     if callback_type not in CALLBACK_TYPES:
         raise ValueError(f"callback_type must be one of {', '.join(CALLBACK_TYPES)}, got {callback_type!r}")
@@ -35,7 +37,8 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         if not data.get(name):
             raise ValueError(f"a callback needs {name} in its start data")
     # A client in the branch pool (no service group yet, like most new accounts) is served
-    # by the branch's account managers (brief §4.3, §6.3): they stand in for the group.
+    # by the branch's account managers (docs/domain.md#service-groups): they stand in for the
+    # group.
     pool = not data.get("service_group")
     service_group = data.get("service_group") or f"{data['branch_code']}:account_manager"
     max_attempts = int(data.get("max_attempts") or settings.default("callback.max_attempts"))
@@ -55,15 +58,17 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         # Set by the telephony system's client_called_back message when an agent took the
         # client's call: the case goes straight to identity verification with that agent.
         "answered_by": None, "inbound": False,
-        # R8: asked in the post-closure questionnaire; the win-back waits until win_back_at.
+        # Retention step R8 (win-back): asked in the post-closure questionnaire; the win-back
+        # waits until win_back_at.
         "consent_marketing_contact": None, "win_back_at": _win_back_at(data),
     }
 
 
 def _win_back_at(data: dict[str, Any]) -> str | None:
-    """When the former service group may try to win back a client who closed out (R8):
-    ``retention.winback_after_days`` calendar days after the closure was completed (the
-    retention case's ``completed_at``, carried by its message). None for other callbacks."""
+    """When the former service group may try to win back a client who closed out (retention
+    step R8, docs/domain.md#retention): ``retention.winback_after_days`` calendar days after
+    the closure was completed (the retention case's ``completed_at``, carried by its
+    message). None for other callbacks."""
     if data.get("callback_type") != "post_closure" or not data.get("completed_at"):
         return None
     completed = datetime.fromisoformat(str(data["completed_at"]))
@@ -84,8 +89,9 @@ def permission_opened(data: dict[str, Any], params: dict[str, Any]) -> dict[str,
     return {"callback_type": "risk_disclosure", "product_or_permission": permission}
 
 
-# K6: which answers are an exception, and whose. Staff-conduct items go to compliance,
-# service items to the branch; a wish to complain (or obstruction) becomes a complaint.
+# Callback step K6: which answers are an exception, and whose. Staff-conduct items go to
+# compliance, service items to the branch; a wish to complain (or obstruction) becomes a
+# complaint.
 _CONDUCT = {
     "opened_by_self": "否", "staff_operated_account": "是", "discretionary_mandate": "是",
     "risk_disclosed": "否",

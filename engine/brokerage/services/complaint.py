@@ -1,4 +1,5 @@
-"""Service-task functions of the complaint process (workflows/complaint.bpmn, brief §2.1).
+"""Service-task functions of the complaint process (workflows/complaint.bpmn;
+docs/domain.md#complaints, which defines the step ids C1… used below).
 
 Reviewed, side-effect-free functions: each reads a copy of the case data and returns the
 variables to set. Every threshold is a tunable of ``engine.brokerage.settings`` (keys
@@ -18,7 +19,7 @@ from engine.brokerage import settings
 # The functions diagrams call by topic; engine.brokerage.install registers them.
 functions = ServiceRegistry()
 
-# Alleged violations that make a complaint major on their own (brief C2).
+# Alleged violations that make a complaint major on their own (complaint step C2, classification).
 MAJOR_VIOLATIONS = frozenset({
     "suitability_mismatch", "discretionary_trading", "staff_operating_account",
     "transfer_obstruction", "misappropriation",
@@ -41,7 +42,7 @@ def _money(value: Any) -> Decimal:
 
 
 def classify(data: dict[str, Any]) -> dict[str, Any]:
-    """Severity per brief C2/C4: regulator-transferred, group, major or general."""
+    """Severity per complaint steps C2/C4: regulator-transferred, group, major or general."""
     tunables = settings_of(data)
     reasons: list[str] = []
     regulator = bool(data.get("regulator_ref")) or data.get("channel") in REGULATOR_CHANNELS
@@ -73,7 +74,8 @@ def classify(data: dict[str, Any]) -> dict[str, Any]:
         "sla_track": GENERAL if severity == GENERAL else MAJOR,
         "is_regulator_transfer": regulator,
         "assigned_branch": branch,
-        # Who approves an extension (brief §2.1): the branch's 客服总监 on general cases, HQ otherwise.
+        # Who approves an extension (docs/domain.md#complaints): the branch's 客服总监 on general
+        # cases, HQ otherwise.
         "extension_approvers": [f"{branch}:branch_cs_director" if branch else "branch_cs_director"]
         if severity == GENERAL else ["hq_complaint_dept"],
         # Defaults for variables that diagram expressions read before a form sets them.
@@ -85,20 +87,21 @@ def classify(data: dict[str, Any]) -> dict[str, Any]:
 
 @functions.register("complaint_classify")
 def _classify(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """C2 分类分级: severity, SLA track and the tunables as process variables."""
+    """Complaint step C2 分类分级: severity, SLA track and the tunables as process variables."""
     return classify({**data, **params})
 
 
 @functions.register("complaint_notify")
 def _notify(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """Records that a group must be told (C4: compliance on major, group and regulator
-    cases). Delivery to people is not done here: the engine has no notification step yet."""
+    """Records that a group must be told (complaint step C4: compliance on major, group and
+    regulator cases). Delivery to people is not done here: the engine has no notification
+    step yet."""
     notice = {"to": str(params.get("to") or ""), "reason": str(params.get("reason") or "")}
     return {"notifications": [*list(data.get("notifications") or []), notice]}
 
 
 @functions.register("complaint_archive")
 def _archive(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """C18 归档: marks the case archived with its retention period. The WORM copy of §6
-    is not made here (no archive store yet)."""
+    """Complaint step C18 归档: marks the case archived with its retention period. The
+    write-once (WORM) copy of the records is not made here (no archive store yet)."""
     return {"archived": True, "archive_years": settings_of(data)["archive_years"]}

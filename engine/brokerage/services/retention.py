@@ -1,5 +1,6 @@
-"""Service-task functions of the transfer/closure retention process (转销户挽留, brief §2.2,
-``workflows/retention.bpmn``): data only, no I/O.
+"""Service-task functions of the transfer/closure retention process (转销户挽留,
+docs/domain.md#retention, which defines the step ids R0…, A1…, B0… and ends X1… used
+below; ``workflows/retention.bpmn``): data only, no I/O.
 
 ``retention_prepare`` checks the start data and fills the tunables (``engine.brokerage.settings``) the case
 did not bring; ``retention_check_preconditions`` turns the account snapshot into blocking items
@@ -32,7 +33,7 @@ CLOSURES = frozenset({"fund_account_closure", "securities_account_cancellation",
 _TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
 # Who worked the case (camunda:property completedByVariable on the user tasks): none of them
-# may do its post-hoc review (brief §6.3, separation of duties).
+# may do its post-hoc review (separation of duties: whoever handled the case does not review it).
 HANDLER_VARIABLES = ("accepted_by", "blocking_informed_by", "rejected_by", "submitted_by", "retention_handled_by",
                      "result_chased_by", "failure_resolved_by", "completed_by_staff", "withdrawal_confirmed_by")
 COMPLETED, RETAINED, LAPSED, REJECTED = "completed", "retained", "lapsed", "rejected"
@@ -64,7 +65,8 @@ def _money(value: Any) -> float:
 
 @functions.register("retention_prepare")
 def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """R0: refuse a request that could never be worked; tunables and defaults as variables."""
+    """Retention step R0: refuse a request that could never be worked; tunables and defaults
+    as variables."""
     for name in ("client_id", "branch_code"):
         if not data.get(name):
             raise ValueError(f"a transfer/closure request needs {name} in its start data")
@@ -73,8 +75,8 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     return {
         **settings_of(data),
         "service_group": group,
-        # B1 goes to the client's service group; clients in the branch pool (no group) to the
-        # branch's account managers ("account_manager on duty").
+        # The retention talk (step B1) goes to the client's service group; clients in the
+        # branch pool (no group) to the branch's account managers ("account_manager on duty").
         "retention_groups": [group] if group else [f"{branch}:account_manager"],
         "client_assets": _money(data.get("client_assets")),
         "request_state": "received",
@@ -86,9 +88,9 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# R2: what blocks which request. A snapshot of the account (``account_status``, sent with the
-# request and again with "client reports items cleared") is checked against every request
-# type asked for. Code -> (label, request types it blocks; empty = all of them).
+# Retention step R2: what blocks which request. A snapshot of the account (``account_status``,
+# sent with the request and again with "client reports items cleared") is checked against
+# every request type asked for. Code -> (label, request types it blocks; empty = all of them).
 _ALL: frozenset[str] = frozenset()
 BLOCKERS: dict[str, tuple[str, frozenset[str]]] = {
     "margin_debt": ("两融负债未了结 Margin debt outstanding", _ALL),
@@ -126,8 +128,8 @@ def _blocking(status: dict[str, Any]) -> set[str]:
 
 @functions.register("retention_check_preconditions")
 def check_preconditions(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """R2/R3: blocking items for the requested types; a judicial freeze is a legal impediment
-    (X4), not something the client can clear."""
+    """Retention steps R2/R3: blocking items for the requested types; a judicial freeze is a
+    legal impediment (rejection, end X4), not something the client can clear."""
     types = data.get("request_types") or []
     unknown = [t for t in types if t not in REQUEST_TYPES]
     if not types or unknown:
@@ -163,12 +165,13 @@ def outcome_of(data: dict[str, Any]) -> str:
 
 @functions.register("retention_wrap_up")
 def wrap_up(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """R6/R7: outcome, whether (and by whom not) the case is reviewed, and the start data of
-    the post-closure callback for a completed transfer/closure."""
+    """Retention steps R6/R7: outcome, whether (and by whom not) the case is reviewed, and
+    the start data of the post-closure callback for a completed transfer/closure."""
     settings = settings_of(data)
     outcome = outcome_of(data)
     # Retained, lapsed and rejected cases are where forced retention or obstruction would hide
-    # (brief §2.2 [P8]): always reviewed. Completed ones are sampled.
+    # (a firm may not restrict or delay a transfer or closure, a regulatory requirement):
+    # always reviewed. Completed ones are sampled.
     sampled = outcome != COMPLETED or random.random() < settings["review_sample_rate"]
     handlers = sorted({str(data[n]) for n in HANDLER_VARIABLES if data.get(n)})
     result: dict[str, Any] = {

@@ -1,5 +1,6 @@
-"""Service-task functions of the VIP process (贵宾客户准入 / 等级调整, brief §2.4,
-``workflows/vip_onboarding.bpmn``): data only, no I/O, no clock.
+"""Service-task functions of the VIP process (贵宾客户准入 / 等级调整, docs/domain.md#vip,
+which defines the step ids V0a… used below; ``workflows/vip_onboarding.bpmn``): data only,
+no I/O, no clock.
 
 Every tier threshold, the grace period and the other tunables are in
 ``engine.brokerage.settings`` (keys ``vip.*`` and ``risk.validity_months``), with the process
@@ -37,10 +38,10 @@ TIERS = (NONE, SILVER, GOLD, DIAMOND)  # in rank order
 UPGRADE, DOWNGRADE, PROSPECT, NO_CHANGE = "upgrade", "downgrade", "prospect", "none"
 TRIGGERS = ("evaluation", "nomination")
 
-# Benefits per tier (brief §3.3, from the seed). ``advisory`` ones are investment-advisory
+# Benefits per tier (the brokerage's procedures). ``advisory`` ones are investment-advisory
 # content (stock picks, strategy research): only with a suitability match and a signed
-# advisory agreement (§2.4 compliance note). The seed gives no diamond benefits: diamond
-# gets gold's until HQ defines its own.
+# advisory agreement (a compliance requirement, docs/domain.md#vip). The brokerage's
+# procedures give no diamond benefits: diamond gets gold's until HQ defines its own.
 BENEFITS: dict[str, list[tuple[str, str, bool]]] = {
     SILVER: [
         ("trading_platform_standard", "惠+ 交易平台标准版", False),
@@ -64,8 +65,8 @@ BENEFITS: dict[str, list[tuple[str, str, bool]]] = {
 BENEFITS[DIAMOND] = list(BENEFITS[GOLD])
 BENEFITS[NONE] = []
 
-# Suitability (brief §3.4): an ordinary investor Cn may receive services rated R1..Rn; the
-# C1 lowest category only R1; a professional investor R1..R5.
+# Suitability (docs/domain.md#risk-tolerance): an ordinary investor Cn may receive services
+# rated R1..Rn; the C1 lowest category only R1; a professional investor R1..R5.
 _RISK_LEVEL = re.compile(r"^C([1-5])$")
 _SERVICE_LEVEL = re.compile(r"^R([1-5])$")
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
@@ -155,7 +156,8 @@ def _first_of_next_month(moment: datetime) -> datetime:
 
 def risk_assessment_valid(data: dict[str, Any], settings: dict[str, Any], at: datetime) -> bool:
     """A C-level from an assessment no older than ``risk.validity_months``; a legacy-only
-    client (no C-level) has no valid assessment (§3.4: never auto-map the 4-level scale)."""
+    client (no C-level) has no valid assessment (the legacy 4-level scale is never mapped
+    to C-levels, docs/domain.md#risk-tolerance)."""
     if data.get("investor_type") != "professional" and not _RISK_LEVEL.match(str(data.get("risk_level") or "")):
         return False
     assessed = data.get("risk_assessed_at")
@@ -183,7 +185,8 @@ def suitability_match(data: dict[str, Any], service_level: str) -> bool:
 
 
 def check_start(data: dict[str, Any]) -> str:
-    """V0: refuse an evaluation result that could never be worked; returns the trigger."""
+    """VIP step V1 (receive): refuse an evaluation result that could never be worked; returns
+    the trigger."""
     for name in ("client_id", "branch_code"):
         if not data.get(name):
             raise ValueError(f"a VIP evaluation needs {name} in its start data")
@@ -201,13 +204,14 @@ def check_start(data: dict[str, Any]) -> str:
 
 @functions.register("vip_receive")
 def _receive(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """V0 受理: the start data is usable; the trigger the first gateway reads."""
+    """VIP step V1, 受理 (receive): the start data is usable; the trigger the first gateway
+    reads."""
     settings_of(data)  # a bad override fails here, before anyone is given a task
     return {"trigger": check_start(data), "previous_tier": data.get("previous_tier") or NONE}
 
 
 def evaluate(data: dict[str, Any]) -> dict[str, Any]:
-    """V1 计算等级: target tier and change type, who approves, and the tunables."""
+    """VIP step V1 计算等级: target tier and change type, who approves, and the tunables."""
     settings = settings_of(data)
     trigger = check_start(data)
     previous = data.get("previous_tier") or NONE
@@ -223,7 +227,7 @@ def evaluate(data: dict[str, Any]) -> dict[str, Any]:
         if _rank(target) <= _rank(previous):
             raise ValueError(f"a nomination proposes a tier above {previous}, got {target!r}")
         change = UPGRADE
-        override = _rank(earned) < _rank(target)  # below the threshold: a manual override (V0c)
+        override = _rank(earned) < _rank(target)  # below the threshold: a manual override (VIP step V0c)
     else:
         given = data.get("new_tier")
         if given not in (None, "") and given != earned:
@@ -240,7 +244,7 @@ def evaluate(data: dict[str, Any]) -> dict[str, Any]:
         else:
             change = NO_CHANGE
 
-    # V4/V5: diamond, overrides and nominations need an approver who is not the nominator.
+    # VIP steps V4/V5: diamond, overrides and nominations need an approver who is not the nominator.
     approval_required = change == UPGRADE and (target == DIAMOND or override or trigger == "nomination")
     hq = override or (target == DIAMOND and assets >= _money(settings["hq_approval_assets"]))
     service_group = data.get("service_group") or None
@@ -260,7 +264,8 @@ def evaluate(data: dict[str, Any]) -> dict[str, Any]:
         "months_below_threshold": int(data.get("months_below_threshold") or (1 if change == DOWNGRADE else 0)),
         "prospect_target_tier": TIERS[_rank(previous) + 1] if change == PROSPECT else None,
         "service_group": service_group,
-        # V3 goes to the client's group, or to the branch pool if the client has none yet.
+        # The welcome call (VIP step V3) goes to the client's group, or to the branch pool if
+        # the client has none yet.
         "unassigned_pool": [] if service_group else [f"{branch}:account_manager"],
         # Read by the approval's recusal (excludeUsers) before any nomination set it.
         "nominated_by": data.get("nominated_by") or None,
@@ -299,10 +304,11 @@ def benefits_for(tier: str, *, advisory: bool) -> list[str]:
 
 
 def activate(data: dict[str, Any]) -> dict[str, Any]:
-    """V6 开通权益: the tier, the service marker, the non-advisory benefits, and the
+    """VIP step V6 开通权益: the tier, the service marker, the non-advisory benefits, and the
     advisory ones only through :func:`advisory_gate`."""
     tier = data["target_tier"]
-    # V3's answer can only take validity away: an expired or legacy-only assessment stays invalid.
+    # The answer at the welcome call (V3) can only take validity away: an expired or
+    # legacy-only assessment stays invalid.
     valid = data.get("risk_assessment_valid") is not False and risk_assessment_valid(
         data, settings_of(data), _evaluated_at(data))
     gate = advisory_gate({**data, "risk_assessment_valid": valid})
@@ -341,10 +347,11 @@ def _opt_out(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 
 @functions.register("vip_grace_start")
 def _grace_start(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """V7: the client is at risk; the grace period ends after ``downgrade_grace_months``
-    consecutive evaluations below the threshold, i.e. that many calendar months after the
-    first one, less the months already counted. The downgrade takes effect on the 1st of
-    the month after the grace period plus the notice time (≈ 10 WD for the V8 contact)."""
+    """VIP step V7: the client is at risk; the grace period ends after
+    ``downgrade_grace_months`` consecutive evaluations below the threshold, i.e. that many
+    calendar months after the first one, less the months already counted. The downgrade
+    takes effect on the 1st of the month after the grace period plus the notice time
+    (≈ 10 WD for the pre-downgrade contact, V8)."""
     grace = int(data["downgrade_grace_months"])
     below = int(data.get("months_below_threshold") or 1)
     evaluated_at = datetime.fromisoformat(str(data["evaluated_at"]))
@@ -386,7 +393,7 @@ def _reevaluate(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 @functions.register("vip_notify")
 def _notify(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Records that a role must be told (a dissatisfied client before a downgrade is a
-    retention signal for the branch, brief V8). Delivery to people is not done here."""
+    retention signal for the branch, VIP step V8). Delivery to people is not done here."""
     notice = {"to": str(params.get("to") or ""), "reason": str(params.get("reason") or "")}
     return {"notifications": [*list(data.get("notifications") or []), notice]}
 
@@ -399,8 +406,8 @@ def _client_notice(data: dict[str, Any], reason: str) -> list[dict[str, Any]]:
 
 @functions.register("vip_apply_downgrade")
 def _apply_downgrade(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """V9 调整权益: the lower tier and its benefits from the effective date; the client is
-    told on their preferred channel. Advisory benefits stay only if they were enabled."""
+    """VIP step V9 调整权益: the lower tier and its benefits from the effective date; the client
+    is told on their preferred channel. Advisory benefits stay only if they were enabled."""
     tier = data["target_tier"]
     advisory = bool(data.get("advisory_benefits_enabled"))
     return {
@@ -425,5 +432,5 @@ def _close(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 
 @functions.register("vip_record_prospect")
 def _record_prospect(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """V10: on the service group's nurturing list (目标贵宾客户培育); nothing the client sees."""
+    """VIP step V10: on the service group's nurturing list (目标贵宾客户培育); nothing the client sees."""
     return {"prospect": True, "outcome": "nurtured"}

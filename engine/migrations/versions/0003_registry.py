@@ -146,7 +146,8 @@ def upgrade() -> None:
         batch_op.create_index("ix_client_branch_group", ["branch_code", "service_group_key"], unique=False)
         batch_op.create_index("ix_client_service_group", ["service_group_key"], unique=False)
 
-    # Version 1 of the classification standard: brief §3.2 (T = 3) and §3.3 (diamond 100万).
+    # Version 1 of the classification standard: turnover threshold 3 (docs/domain.md#classification)
+    # and the diamond tier at 100万 (an assumed default, docs/domain.md#vip).
     op.bulk_insert(rule_set, [{
         "scope": COMPANY, "version": 1, "effective_from": DEFAULT_EFFECTIVE_FROM, "effective_to": None,
         "turnover_threshold": Decimal(DEFAULT_RULES["turnover_threshold"]), "bands": DEFAULT_RULES["bands"],
