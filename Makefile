@@ -24,12 +24,12 @@ $(DEV_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Node packages for the test tooling (tests/test_diagrams_modeler.py opens every diagram as
+# Node packages for the test tooling (tests/bpmn/test_diagrams_modeler.py opens every diagram as
 # Camunda Modeler does): exactly what package-lock.json pins, again whenever it changes.
 # --include=dev: they are devDependencies, and NODE_ENV=production must not drop them.
 $(NODE_STAMP): $(UI)/package.json $(UI)/package-lock.json
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
-		echo "make: node and npm are needed for the diagram import check (tests/test_diagrams_modeler.py);" \
+		echo "make: node and npm are needed for the diagram import check (tests/bpmn/test_diagrams_modeler.py);" \
 			"install Node.js 20 or later with npm, e.g. apt-get install nodejs npm" >&2; exit 1; }
 	npm ci --prefix $(UI) --include=dev --no-audit --no-fund --loglevel=error
 	touch $@
@@ -45,7 +45,7 @@ services:
 # One pytest worker per core: each worker gets its own PostgreSQL schema and SQLite files
 # (tests/conftest.py); the Redis fault tests share database 15 and run in one worker.
 test: $(DEV_STAMP) $(NODE_STAMP) services
-	$(BIN)/python -m pytest -n auto --dist loadgroup
+	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=15
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

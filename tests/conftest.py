@@ -43,8 +43,10 @@ REDIS_URL = os.environ.get("BPM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
-        backends = ["postgresql", "sqlite"] if metafunc.definition.get_closest_marker("sqlite") else ["postgresql"]
-        metafunc.parametrize("backend", backends)
+        on_sqlite = metafunc.definition.get_closest_marker("sqlite") is not None
+        if on_sqlite and metafunc.definition.get_closest_marker("store_independent") is not None:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid} is marked both sqlite and store_independent")
+        metafunc.parametrize("backend", ["postgresql", "sqlite"] if on_sqlite else ["postgresql"])
 
 
 @pytest.fixture(scope="session")
@@ -212,19 +214,6 @@ def auth(client: FlaskClient, people: People) -> Callable[[str], dict[str, str]]
         return tokens[username]
 
     return headers
-
-
-def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    """An ``application/problem+json`` error with the given status and stable code, carrying
-    the members every error has (status, code, title, detail); returns the body."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body: dict[str, Any] = response.get_json()
-    assert body["status"] == status
-    assert body["code"] == code
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
 
 
 def load_demo(db: Database, rt: Runtime, snapshot: Callable[[str, Callable[[], Any]], Any], *,

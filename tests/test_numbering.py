@@ -15,7 +15,7 @@ from engine.errors import DeploymentRejected, InvalidInput
 from engine.models import ProcessInstance
 from engine.numbering import check_format
 from engine.process import deployments, instances, messages
-from tests.engine_bpmn import bundle_of, linear, process, user_task
+from tests.support.bpmn import bundle_of, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
 

@@ -13,7 +13,7 @@ from engine.errors import InstanceNotFound, TaskNotFound
 from engine.models import Task
 from engine.process import deployments, instances, tasks
 from engine.process.tasks import InboxQuery
-from tests.engine_bpmn import bundle_of, linear, process, user_task
+from tests.support.bpmn import bundle_of, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
 

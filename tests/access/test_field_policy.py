@@ -25,8 +25,8 @@ from engine.config import PROJECT_ROOT
 from engine.errors import FieldPolicyInvalid, InstanceNotFound
 from engine.models import AuditEvent, ProcessInstance, Task
 from engine.process import instances, messages, tasks
-from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, QA_OK, REACHED
-from tests.test_process_retention import ACCEPT_TRANSFER, C06, NOT_RETAINED, REVIEWED
+from tests.brokerage.test_callback import ANSWERS_OK, IDENTITY_OK, QA_OK, REACHED
+from tests.brokerage.test_retention import ACCEPT_TRANSFER, C06, NOT_RETAINED, REVIEWED
 
 POLICY = field_policy.load_directory(PROJECT_ROOT / "workflows" / field_policy.DIRECTORY)
 MONDAY = datetime(2025, 6, 16, 10, tzinfo=SHANGHAI)

@@ -13,7 +13,7 @@ from engine.errors import DeploymentRejected, InstanceNotFound, Recused, TaskNot
 from engine.models import AuditEvent, ProcessInstance, Task
 from engine.process import deployments, instances, tasks
 from engine.process.tasks import InboxQuery
-from tests.engine_bpmn import bundle_of, flow, linear, process, row_counts, user_task
+from tests.support.bpmn import bundle_of, flow, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
 

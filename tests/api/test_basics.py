@@ -6,9 +6,7 @@ from datetime import timedelta
 import pytest
 
 from engine.access import identity
-from tests.conftest import assert_problem
-
-API = "/api/v1"
+from tests.support.api import API, assert_problem
 
 
 # -- OpenAPI --------------------------------------------------------------------------------

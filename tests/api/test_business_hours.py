@@ -9,7 +9,7 @@ import pytest
 
 from engine.calendars import SHANGHAI
 from engine.sla import calendar_store
-from tests.conftest import assert_problem
+from tests.support.api import assert_problem
 
 
 @pytest.mark.sqlite

@@ -22,32 +22,10 @@ from engine.errors import ConfigError
 from engine.models import Deployment, ProcessVersion
 from engine.process import instances, tasks
 from tests.conftest import FIXTURES
+from tests.support.cli import bpm, run_entry_point
 
 REVIEW = FIXTURES / "review"
 LINE = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+) (?P<element>\S+): (?P<message>\S.*)$")
-BPM_VARIABLES = ("BPM_DATABASE_URL", "BPM_REDIS_URL", "BPM_SECRET_KEY", "BPM_ALLOW_SCRIPT_TASKS",
-                 "BPM_EXPRESSION_TIMEOUT_MS", "BPM_SERVICE_MODULES", "BPM_TIMER_CATCH_UP")
-
-
-def bpm(database_url, *args, **env):
-    """Run ``bpm ARGS`` with only the given BPM_* variables set."""
-    environment = dict.fromkeys(BPM_VARIABLES)
-    environment.update({"BPM_DATABASE_URL": database_url, **env})
-    return CliRunner().invoke(cli.main, [str(a) for a in args], env=environment)
-
-
-def run_entry_point(monkeypatch, capsys, *args, **env):
-    """Call the console entry point ``api.cli.run`` as ``bpm ARGS``: (exit code, stdout, stderr)."""
-    for name in BPM_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(sys, "argv", ["bpm", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        cli.run()
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 def problem_lines(output):

@@ -9,23 +9,19 @@ database; error cases go through the console entry point ``api.cli.run`` (as the
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import time_machine
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from api import cli
 from engine.calendars import SHANGHAI
 from engine.models import AuditEvent, CalendarDay, ProcessInstance, SlaPolicy, Task, Timer
 from engine.process import instances, tasks
 from engine.sla import admin as sla_admin
 from engine.timers import firing
+from tests.support.cli import bpm, run_entry_point
 
-# Unset anything a developer's shell may export, so the command sees only the test database.
-UNSET = ("BPM_REDIS_URL", "BPM_SECRET_KEY", "BPM_TIMER_CATCH_UP", "BPM_SMTP_URL", "BPM_SERVICE_MODULES")
 MONDAY_9 = datetime(2026, 3, 2, 9, tzinfo=SHANGHAI)
 POLICY = {"key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
           "element_id": "register", "target_amount": 2, "target_unit": "WD",
@@ -34,24 +30,6 @@ POLICY = {"key": "review.register", "name": "登记 2 个工作日", "position":
 
 def sh(*args: int) -> datetime:
     return datetime(*args, tzinfo=SHANGHAI)
-
-
-def bpm(database_url, *args):
-    env = {**dict.fromkeys(UNSET), "BPM_DATABASE_URL": database_url}
-    return CliRunner().invoke(cli.main, [str(a) for a in args], env=env)
-
-
-def entry_point(monkeypatch, capsys, database_url, *args):
-    """``bpm ARGS`` through ``api.cli.run``: (exit code, stdout, stderr)."""
-    for name in UNSET:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("BPM_DATABASE_URL", database_url)
-    monkeypatch.setattr(sys, "argv", ["bpm", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        cli.run()
-    out, err = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def start(db, rt, people, key="R-1"):
@@ -193,7 +171,7 @@ def test_timer_reschedule_moves_a_waiting_timer_and_it_fires_then(database_url, 
 @pytest.mark.sqlite
 def test_calendar_errors_are_one_line(database_url, db, monkeypatch, capsys):
     def run(*args):
-        return entry_point(monkeypatch, capsys, database_url, *args)
+        return run_entry_point(monkeypatch, capsys, *args, BPM_DATABASE_URL=database_url)
 
     code, out, err = run("calendar", "set-day", "2027-01-01")
     assert (code, err.strip()) == (2, "error: give exactly one of --holiday NAME or --workday NAME")
@@ -228,7 +206,7 @@ def test_sla_load_of_a_bad_file_is_one_line_and_saves_nothing(database_url, db, 
     # A good policy first: the file is loaded whole or not at all.
     path.write_text(content.replace("[", f"[{json.dumps(good)}, ", 1) if content.startswith("[{") else content,
                     encoding="utf-8")
-    code, out, err = entry_point(monkeypatch, capsys, database_url, "sla", "load", path)
+    code, out, err = run_entry_point(monkeypatch, capsys, "sla", "load", path, BPM_DATABASE_URL=database_url)
     assert code == 1, (out, err)
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in out + err
@@ -238,14 +216,15 @@ def test_sla_load_of_a_bad_file_is_one_line_and_saves_nothing(database_url, db, 
 
 @pytest.mark.sqlite
 def test_sla_load_of_a_missing_file_is_a_usage_error(database_url, db, monkeypatch, capsys, tmp_path):
-    code, out, err = entry_point(monkeypatch, capsys, database_url, "sla", "load", tmp_path / "nope.json")
+    code, out, err = run_entry_point(monkeypatch, capsys, "sla", "load", tmp_path / "nope.json",
+                                     BPM_DATABASE_URL=database_url)
     assert code == 2 and "does not exist" in err and "Traceback" not in out + err
 
 
 @pytest.mark.sqlite
 def test_timer_reschedule_errors_are_one_line(database_url, db, rt, people, review, monkeypatch, capsys):
     def run(*args):
-        return entry_point(monkeypatch, capsys, database_url, *args)
+        return run_entry_point(monkeypatch, capsys, *args, BPM_DATABASE_URL=database_url)
 
     assert run("timer", "reschedule", 999, "2026-12-01T09:00:00+08:00")[2].strip() == "error: not_found: no timer 999"
     code, out, err = run("timer", "reschedule", 1, "next tuesday")

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import event, select, text
 
 from engine.models import AuditEvent, Task
-from tests.conftest import assert_problem
-from tests.test_api_tasks import REGISTER, command, start, task_of
+from tests.api.test_tasks import REGISTER
+from tests.support.api import assert_problem, command, start, task_of
 
 # Long enough for the blocker below to close the cycle before the request's backend looks
 # for one; the blocker itself waits far longer, so the request is always the one aborted.

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import func, select
 
 from engine.models import AuditEvent, Deployment, ProcessVersion
-from tests.conftest import FIXTURES, assert_problem
+from tests.conftest import FIXTURES
+from tests.support.api import API, assert_problem
 
-API = "/api/v1"
 REVIEW = FIXTURES / "review"
 REVIEW_XML = (REVIEW / "review.bpmn").read_bytes()
 NOTIFY_XML = (FIXTURES / "api_notify" / "notify.bpmn").read_bytes()

@@ -11,9 +11,9 @@ import time_machine
 
 from engine.brokerage import demo
 from engine.calendars import SHANGHAI
-from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, QA_OK, REACHED
+from tests.brokerage.test_callback import ANSWERS_OK, IDENTITY_OK, QA_OK, REACHED
+from tests.support.api import API
 
-API = "/api/v1"
 pytestmark = pytest.mark.sqlite
 
 

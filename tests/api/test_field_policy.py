@@ -17,10 +17,10 @@ from api import create_app
 from engine.brokerage import demo
 from engine.calendars import SHANGHAI
 from engine.errors import FieldPolicyInvalid
-from tests.test_field_policy import CALLBACK_COLUMN, CALLER, CONDUCT_ANSWERS, HQ_COMPLIANCE, OTHER_AGENT, POLICY
-from tests.test_process_callback import IDENTITY_OK, QA_OK, REACHED
+from tests.access.test_field_policy import CALLBACK_COLUMN, CALLER, CONDUCT_ANSWERS, HQ_COMPLIANCE, OTHER_AGENT, POLICY
+from tests.brokerage.test_callback import IDENTITY_OK, QA_OK, REACHED
+from tests.support.api import API
 
-API = "/api/v1"
 MONDAY = datetime(2025, 6, 16, 10, tzinfo=SHANGHAI)
 
 

@@ -24,12 +24,13 @@ from engine.calendars import SHANGHAI
 from engine.errors import InvalidInput
 from engine.models import Task
 from engine.process import deployments, instances, tasks
-from tests.conftest import assert_problem
-from tests.engine_bpmn import bundle_of, flow, linear, process, user_task
-from tests.test_cli import bpm
-from tests.test_figures import RETENTION, SNAPSHOT_COLUMNS, clean_settings, groups  # noqa: F401 - fixtures
+from tests.brokerage.test_figures import RETENTION, SNAPSHOT_COLUMNS, clean_settings, groups  # noqa: F401 - fixtures
+from tests.support.api import API, assert_problem, login
+from tests.support.bpmn import bundle_of, flow, linear, process, user_task
+from tests.support.cli import bpm
 
-API = "/api/v1"
+pytestmark = pytest.mark.store_independent
+
 D = timedelta(days=1)
 NOW = datetime(2026, 3, 25, 10, tzinfo=SHANGHAI)
 T0 = datetime(2026, 3, 2, 10, tzinfo=SHANGHAI)
@@ -65,12 +66,6 @@ def hq(db, rt, people, password_hashes) -> str:
             password_hashes["hq"] = identity.hash_password("hq-pw")
         user.password_hash = password_hashes["hq"]
     return "hq"
-
-
-def login(client, username: str) -> dict[str, str]:
-    response = client.post(f"{API}/auth/login", json={"username": username, "password": f"{username}-pw"})
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return {"Authorization": f"Bearer {response.json['token']}"}
 
 
 def get(client, headers: dict[str, str], path: str) -> Any:

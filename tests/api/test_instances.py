@@ -5,28 +5,8 @@ from sqlalchemy import func, select
 
 from engine.models import MessageSubscription, ProcessInstance
 from engine.process import deployments
-from tests.conftest import assert_problem
-from tests.engine_bpmn import bundle_of, flow, process
-
-API = "/api/v1"
-
-
-def start(client, headers, business_key, process="review", **data):
-    body = {"business_key": business_key, "data": {"priority": None, "due_at": None, **data}}
-    response = client.post(f"{API}/processes/{process}/instances", json=body, headers=headers)
-    assert response.status_code == 201, response.get_data(as_text=True)
-    return response.json
-
-
-def inbox(client, headers, query=""):
-    response = client.get(f"{API}/tasks?{query}", headers=headers)
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return response.json
-
-
-def open_task(client, headers, business_key):
-    (task,) = inbox(client, headers, f"business_key={business_key}")["items"]
-    return task
+from tests.support.api import API, assert_problem, inbox, start, task_of
+from tests.support.bpmn import bundle_of, flow, process
 
 
 @pytest.mark.sqlite
@@ -40,7 +20,7 @@ def test_start_creates_a_running_instance_and_its_first_task(client, auth, revie
     assert instance["business_key"] == "KH-2026-0001"
     assert (instance["client_id"], instance["branch_code"]) == ("C123", "HZ01")
     assert instance["started_by"] == "li" and instance["ended_at"] is None and instance["error"] is None
-    task = open_task(client, auth("li"), "KH-2026-0001")
+    task = task_of(client, auth("li"), "KH-2026-0001")
     assert task["instance_id"] == instance["id"] and task["element_id"] == "register"
     assert task["priority"] == 80 and task["due_at"] == "2030-01-01T01:00:00+00:00"
     assert (task["client_id"], task["branch_code"]) == ("C123", "HZ01")
@@ -111,7 +91,7 @@ def test_get_instance_returns_its_variables(client, auth, review):
         k: instance[k] for k in ("id", "status", "business_key", "started_at")}
     # the start data, plus what the echo service task added
     assert body["data"] == {"priority": 10, "due_at": None, "客户": "王五", "source": "intake"}
-    task = open_task(client, auth("li"), "G-1")
+    task = task_of(client, auth("li"), "G-1")
     done = client.post(f"{API}/tasks/{task['id']}/complete", json={"data": {"amount": 5, "summary": "小额"}},
                        headers=auth("li"))
     assert done.status_code == 200, done.get_data(as_text=True)
@@ -123,13 +103,13 @@ def test_get_instance_returns_its_variables(client, auth, review):
 def test_history_is_the_audit_trail_in_order(client, auth, review):
     instance = start(client, auth("li"), "H-1")
     li, zhao, boss = auth("li"), auth("zhao"), auth("boss")
-    task = open_task(client, li, "H-1")
+    task = task_of(client, li, "H-1")
     assert client.post(f"{API}/tasks/{task['id']}/claim", headers=li).status_code == 200
     assert client.post(f"{API}/tasks/{task['id']}/unclaim", headers=li).status_code == 200
     assert client.post(f"{API}/tasks/{task['id']}/assign", json={"username": "zhao"}, headers=boss).status_code == 200
     assert client.post(f"{API}/tasks/{task['id']}/complete", json={"data": {"amount": 1, "summary": "ok"}},
                        headers=zhao).status_code == 200
-    small = open_task(client, li, "H-1")
+    small = task_of(client, li, "H-1")
     assert small["element_id"] == "approve_small"
     assert client.post(f"{API}/tasks/{small['id']}/complete", json={"data": {"approved": True}},
                        headers=li).status_code == 200
@@ -156,7 +136,7 @@ def test_history_is_the_audit_trail_in_order(client, auth, review):
 def test_cancel_is_for_supervisors_and_cancels_the_open_tasks(client, auth, db, review):
     instance = start(client, auth("li"), "C-1")
     other = start(client, auth("li"), "C-2")
-    task = open_task(client, auth("li"), "C-1")
+    task = task_of(client, auth("li"), "C-1")
     client.post(f"{API}/tasks/{task['id']}/claim", headers=auth("li"))
 
     for username in ("li", "owner", "wang"):
@@ -190,10 +170,10 @@ def test_cancel_is_for_supervisors_and_cancels_the_open_tasks(client, auth, db, 
 @pytest.mark.sqlite
 def test_cancel_removes_message_subscriptions(client, auth, db, review):
     instance = start(client, auth("li"), "CM-1")
-    task = open_task(client, auth("li"), "CM-1")
+    task = task_of(client, auth("li"), "CM-1")
     client.post(f"{API}/tasks/{task['id']}/complete", json={"data": {"amount": 1, "summary": "ok"}},
                 headers=auth("li"))
-    small = open_task(client, auth("li"), "CM-1")
+    small = task_of(client, auth("li"), "CM-1")
     client.post(f"{API}/tasks/{small['id']}/complete", json={"data": {"approved": False}}, headers=auth("li"))
     with db.transaction() as s:
         assert s.execute(select(func.count()).select_from(MessageSubscription)).scalar_one() == 1

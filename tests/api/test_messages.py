@@ -4,9 +4,8 @@ import pytest
 from sqlalchemy import func, select
 
 from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task
-from tests.conftest import FIXTURES, assert_problem, deploy_fixture
-
-API = "/api/v1"
+from tests.conftest import FIXTURES, deploy_fixture
+from tests.support.api import API, assert_problem
 
 
 def start_review(client, headers, business_key):

@@ -25,12 +25,12 @@ from engine.brokerage.services import callback as callback_services
 from engine.calendars import SHANGHAI
 from engine.process.runtime import Runtime
 from engine.timers import firing
-from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, REACHED
-from tests.test_process_complaint import COMMUNICATED, CONTACTED, PHONE_CALL, registration
-from tests.test_process_retention import ACCEPT_TRANSFER, C05, COMPLETED, NOT_RETAINED, REVIEWED, SUBMITTED
-from tests.test_process_vip import WELCOMED, evaluation
+from tests.brokerage.test_callback import ANSWERS_OK, IDENTITY_OK, REACHED
+from tests.brokerage.test_complaint import COMMUNICATED, CONTACTED, PHONE_CALL, registration
+from tests.brokerage.test_retention import ACCEPT_TRANSFER, C05, COMPLETED, NOT_RETAINED, REVIEWED, SUBMITTED
+from tests.brokerage.test_vip import WELCOMED, evaluation
+from tests.support.api import API
 
-API = "/api/v1"
 pytestmark = pytest.mark.sqlite
 
 # The outside systems that talk to the engine, each a user holding the integration role.

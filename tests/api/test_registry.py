@@ -21,9 +21,8 @@ from engine.bpmn import bundle
 from engine.brokerage import demo, registry
 from engine.models import AuditEvent, Task
 from engine.process import deployments, instances, tasks
-from tests.conftest import assert_problem
+from tests.support.api import API, assert_problem
 
-API = "/api/v1"
 CLIENT_ROWS = list(csv.DictReader(io.StringIO(demo.FILES["clients"].read_text(encoding="utf-8"))))
 RAW = {row["client_id"]: {f: row[f] for f in ("id_number", "phone", "account_number")} for row in CLIENT_ROWS}
 ALL = {f"C{n:02}" for n in range(1, 11)}

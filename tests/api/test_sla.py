@@ -16,9 +16,8 @@ from sqlalchemy import select
 from engine.calendars import SHANGHAI
 from engine.models import AuditEvent, Notification, ProcessInstance, Timer
 from engine.timers import firing
-from tests.conftest import assert_problem
+from tests.support.api import API, assert_problem, command, login, start, task_of
 
-API = "/api/v1"
 MONDAY_9 = datetime(2026, 3, 2, 9, tzinfo=SHANGHAI)
 POLICY = {
     "name": "登记 2 个工作日", "position": 10, "process_key": "review", "element_id": "register",
@@ -37,33 +36,8 @@ def at(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def login(client, username):
-    """A fresh token at the current (travelled) time."""
-    response = client.post(f"{API}/auth/login", json={"username": username, "password": f"{username}-pw"})
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return {"Authorization": f"Bearer {response.json['token']}"}
-
-
 def put_policy(client, headers, key, **changes):
     return client.put(f"{API}/sla/policies/{key}", json={**POLICY, **changes}, headers=headers)
-
-
-def start(client, headers, business_key, *, due=None):
-    body = {"business_key": business_key, "data": {"priority": 50, "due_at": due.isoformat() if due else None}}
-    response = client.post(f"{API}/processes/review/instances", json=body, headers=headers)
-    assert response.status_code == 201, response.get_data(as_text=True)
-    return response.json["id"]
-
-
-def task_of(client, headers, business_key):
-    response = client.get(f"{API}/tasks?business_key={business_key}", headers=headers)
-    assert response.status_code == 200, response.get_data(as_text=True)
-    (task,) = response.json["items"]
-    return task
-
-
-def command(client, headers, task_id, name, body=None):
-    return client.post(f"{API}/tasks/{task_id}/{name}", json=body if body is not None else {}, headers=headers)
 
 
 def audit_kinds(db, kind_prefix):
@@ -358,7 +332,7 @@ START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
 def _to_waiting_for_ack(client, li, key="R-1"):
     """Register and approve: the instance waits for the client's acknowledgement with a
     15-day boundary timer (``ack_timeout``)."""
-    instance_id = start(client, li, key)
+    instance_id = start(client, li, key)["id"]
     task = task_of(client, li, key)
     assert command(client, li, task["id"], "complete", {"data": {"amount": 10, "summary": "小额"}}).status_code == 200
     task = task_of(client, li, key)

@@ -6,37 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conftest import assert_problem
+from tests.support.api import API, assert_problem, command, inbox, start, task_of
 
-API = "/api/v1"
 REGISTER = {"amount": 1200, "summary": "开户资料"}
-
-
-def start(client, headers, business_key, *, due=None, priority=None):
-    body = {"business_key": business_key,
-            "data": {"priority": priority, "due_at": due.isoformat() if due else None}}
-    response = client.post(f"{API}/processes/review/instances", json=body, headers=headers)
-    assert response.status_code == 201, response.get_data(as_text=True)
-    return response.json
-
-
-def inbox(client, headers, query=""):
-    response = client.get(f"{API}/tasks?{query}", headers=headers)
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return response.json
 
 
 def keys(page):
     return [t["business_key"] for t in page["items"]]
-
-
-def task_of(client, headers, business_key):
-    (task,) = inbox(client, headers, f"business_key={business_key}")["items"]
-    return task
-
-
-def command(client, headers, task_id, name, body=None):
-    return client.post(f"{API}/tasks/{task_id}/{name}", json=body if body is not None else {}, headers=headers)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
 UI = ROOT / "worklist_ui"
 SCRIPT = UI / "tools" / "check_bpmn_import.mjs"

@@ -13,7 +13,7 @@ from engine.bpmn.expressions import SafeEvaluator, json_safe, unwrap
 from engine.calendars import SHANGHAI, BusinessCalendar, DayInfo, seed_days
 from engine.errors import ExpressionError
 from engine.process import deployments
-from tests.engine_bpmn import bundle_of, flow, linear, process, user_task
+from tests.support.bpmn import bundle_of, flow, linear, process, user_task
 
 NAMES = {
     "amount": 60000,

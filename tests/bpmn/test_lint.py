@@ -8,7 +8,7 @@ from engine.bootstrap import build_runtime
 from engine.config import Settings
 from engine.errors import DeploymentRejected, Problem
 from engine.process import deployments, instances
-from tests.engine_bpmn import (
+from tests.support.bpmn import (
     bundle_of,
     flow,
     line_of,
@@ -18,7 +18,9 @@ from tests.engine_bpmn import (
     user_task,
 )
 
-pytestmark = pytest.mark.sqlite
+# Process and diagram logic: the same on either store (SQLite runs the processes end to end
+# in tests/api/test_process_end_to_end.py).
+pytestmark = pytest.mark.store_independent
 
 
 

@@ -12,9 +12,11 @@ import pytest
 from engine.bpmn.bundle import Bundle
 from engine.errors import DeploymentRejected
 from engine.process import deployments
-from tests.engine_bpmn import BPMN_NS, bundle_of, linear, process, row_counts, user_task
+from tests.support.bpmn import BPMN_NS, bundle_of, linear, process, row_counts, user_task
 
-pytestmark = pytest.mark.sqlite
+# Process and diagram logic: the same on either store (SQLite runs the processes end to end
+# in tests/api/test_process_end_to_end.py).
+pytestmark = pytest.mark.store_independent
 
 TAIL = (f'<bpmn:definitions xmlns:bpmn="{BPMN_NS}" id="d" targetNamespace="http://x">'
         '<bpmn:process id="p" isExecutable="true"><bpmn:startEvent id="s"/></bpmn:process></bpmn:definitions>')

@@ -44,9 +44,8 @@ from engine.models import (
 )
 from engine.process import instances, messages, tasks
 from engine.timers import firing
-from tests.conftest import assert_problem
+from tests.support.api import API, assert_problem
 
-API = "/api/v1"
 AGENT = "s003"
 NO_ANSWER = {"attempt_at": "2025-06-16T10:05:00+08:00", "dialled_number_masked": "177****5089",
              "result": "no_answer"}
@@ -207,7 +206,7 @@ def test_a_client_calling_back_ends_the_wait_and_offers_the_next_attempt_at_once
 def test_an_inbound_call_taken_by_an_agent_goes_straight_to_identity_verification_with_that_agent(
         db, rt, callback):
     # Brief §2.3: the client's call interrupts the attempt loop and jumps to K4 (inbound).
-    from tests.test_process_callback import IDENTITY_OK
+    from tests.brokerage.test_callback import IDENTITY_OK
 
     start = sh(2025, 6, 16, 10)
     with time_machine.travel(start, tick=False):

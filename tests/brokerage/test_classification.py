@@ -12,21 +12,19 @@ from decimal import Decimal
 
 import pytest
 import time_machine
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from api import cli
 from engine.access.identity import Actor
 from engine.brokerage import classification, registry, registry_import
 from engine.brokerage.demo import FILES
 from engine.calendars import SHANGHAI
 from engine.errors import InvalidInput, PermissionDenied, RuleSetNotFound
 from engine.models import AuditEvent, ClassRuleSet, Client, Notification, ProcessInstance, Task
+from tests.support.cli import bpm
 
 HQ = Actor("s001", frozenset({"hq_brokerage_mgmt"}))
 ADMIN = Actor.system("importer")
 NOW = datetime(2025, 6, 16, 2, tzinfo=UTC)
-UNSET = ("BPM_REDIS_URL", "BPM_SECRET_KEY", "BPM_TIMER_CATCH_UP", "BPM_SMTP_URL", "BPM_SERVICE_MODULES")
 
 # Brief §3.2 with T = 3, written out here independently of engine.classification: every
 # band's lower bound (inclusive) and the last cent below the next band, each with turnover
@@ -150,11 +148,6 @@ def test_a_rule_version_that_makes_no_sense_is_refused(db, branches, bad):
 # -- downgrade grace -------------------------------------------------------------------------
 def shanghai(*args: int) -> datetime:
     return datetime(*args, 9, tzinfo=SHANGHAI)
-
-
-def bpm(database_url, *args):
-    env = {**dict.fromkeys(UNSET), "BPM_DATABASE_URL": database_url}
-    return CliRunner().invoke(cli.main, [str(a) for a in args], env=env)
 
 
 @pytest.mark.sqlite

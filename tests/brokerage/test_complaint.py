@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import time_machine
-from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
 from engine.access.identity import Actor
@@ -17,11 +16,14 @@ from engine.brokerage.services.complaint import classify
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import TaskNotFound
-from engine.models import MessageSubscription, ProcessInstance, Task
-from engine.process import instances, messages, tasks
+from engine.models import MessageSubscription, Task
+from engine.process import messages, tasks
 from engine.timers import firing
+from tests.support.cases import CaseDriver
 
-pytestmark = pytest.mark.sqlite
+# Process and diagram logic: the same on either store (SQLite runs the processes end to end
+# in tests/api/test_process_end_to_end.py).
+pytestmark = pytest.mark.store_independent
 
 WORKFLOWS = PROJECT_ROOT / "workflows"
 MONDAY_9 = datetime(2026, 3, 2, 9, 0, tzinfo=SHANGHAI)  # an ordinary working Monday
@@ -35,64 +37,25 @@ def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datet
     return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI)
 
 
-class Case:
-    """One complaint instance, driven the way the worklist would: inbox, then complete."""
-
-    def __init__(self, db, rt, staff, key: str) -> None:
-        self.db, self.rt, self.staff, self.key = db, rt, staff, key
-        self.instance_id: int | None = None
-        self.handled: list[tuple[str, list[str], str]] = []  # (element, candidate groups, completed by)
+class Case(CaseDriver):
+    """One complaint, driven the way the worklist would: inbox, then complete."""
 
     def receive(self, message: str, payload: dict[str, Any], sender: str = "s003") -> None:
         with self.db.transaction() as s:
             self.instance_id = messages.correlate(s, self.rt, name=message, correlation_key=self.key,
                                                   actor=self.staff[sender], payload=payload).id
 
-    def open_tasks(self) -> list[Task]:
-        with self.db.transaction() as s:
-            return list(s.execute(select(Task).where(Task.business_key == self.key, Task.kind == "bpmn",
-                                                     Task.status.in_(("open", "claimed"))).order_by(Task.id)).scalars())
-
-    def open_task(self) -> Task:
-        (task,) = self.open_tasks()
-        return task
-
     def do(self, element: str, who: str, data: dict[str, Any], *, alone: bool = True) -> Task:
-        """``element`` must be open (and the only open task unless ``alone`` is false), visible
-        in ``who``'s inbox; ``who`` completes it."""
-        open_now = self.open_tasks()
-        assert element in [t.element_id for t in open_now], f"expected {element}, open: {open_now}"
-        assert not alone or len(open_now) == 1, [t.element_id for t in open_now]
-        task = next(t for t in open_now if t.element_id == element)
-        actor = self.staff[who]
-        with self.db.transaction() as s:
-            inbox, _ = tasks.inbox(s, actor=actor, query=tasks.InboxQuery(business_key=self.key), now=self.rt.now())
-            assert task.id in {t.id for t in inbox}, f"{element} is not in {who}'s inbox"
-            tasks.complete(s, self.rt, task_id=task.id, actor=actor, data=data)
-        self.handled.append((element, list(task.candidate_groups or []), who))
-        return task
+        return super().do(element, who, data, alone=alone)
 
     def correlate(self, message: str, payload: dict[str, Any]) -> None:
-        with self.db.transaction() as s:
-            messages.correlate(s, self.rt, name=message, correlation_key=self.key, actor=self.staff["s003"],
-                               payload=payload)
-
-    def instance(self) -> ProcessInstance:
-        with self.db.transaction() as s:
-            return s.get(ProcessInstance, self.instance_id)
-
-    def data(self) -> dict[str, Any]:
-        with self.db.transaction() as s:
-            return instances.data_of(s, self.rt, s.get(ProcessInstance, self.instance_id))
+        self.send(message, payload, actor=self.staff["s003"])
 
     def end_state(self) -> str:
         """The instance is completed and reached exactly one of the end states E1–E5."""
-        with self.db.transaction() as s:
-            instance = s.get(ProcessInstance, self.instance_id)
-            assert instance.status == "completed", instance.error
-            workflow = self.rt.load(s, instance)
-            reached = {t.task_spec.bpmn_id for t in workflow.get_tasks(state=TaskState.COMPLETED)
-                       if getattr(t.task_spec, "bpmn_id", None) in END_STATES}
+        instance = self.instance()
+        assert instance.status == "completed", instance.error
+        reached = set(self.ends()) & set(END_STATES)
         assert len(reached) == 1, reached
         return END_STATES[reached.pop()]
 

@@ -20,9 +20,7 @@ from engine.config import PROJECT_ROOT
 from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task, Timer, User
 from engine.process import instances, messages, tasks
 from engine.sla import clock as sla_clock
-from tests.engine_bpmn import row_counts
-
-pytestmark = pytest.mark.sqlite
+from tests.support.bpmn import row_counts
 
 WORKFLOWS = PROJECT_ROOT / "workflows"
 OPEN = ("open", "claimed")
@@ -128,6 +126,7 @@ def _states(db, now: datetime) -> dict[str, list[Task]]:
 
 
 # -- the nine cases ------------------------------------------------------------------------------
+@pytest.mark.sqlite  # what `make run` loads on the embedded default
 def test_the_nine_cases_exist_in_their_processes_with_the_briefs_numbers_on_moved_dates(db, loaded):
     assert {brief: (r.spec.process_key, r.key) for brief, r in loaded.items()} == KEYS
     with db.transaction() as s:
@@ -283,6 +282,7 @@ def test_on_a_weekend_the_items_are_due_on_the_next_working_day(db, rt):
 
 
 # -- reloading -----------------------------------------------------------------------------------
+@pytest.mark.sqlite  # what `make run` loads on the embedded default
 def test_loading_the_cases_again_changes_no_row_counts_that_day_or_the_next(db, rt, loaded):
     before = row_counts(db)
     for later in (THURSDAY, THURSDAY + timedelta(days=1)):  # a later day maps to other dates: still nothing
@@ -292,6 +292,7 @@ def test_loading_the_cases_again_changes_no_row_counts_that_day_or_the_next(db, 
         assert row_counts(db) == before
 
 
+@pytest.mark.sqlite  # what `make run` loads on the embedded default
 def test_a_second_demo_load_writes_nothing_but_the_importers_own_record(db, rt, loaded):
     """The registry importer audits every import, even one that changes nothing (as it does
     for an administrator's); saving the unchanged SLA policies again would re-arm every open
@@ -317,6 +318,7 @@ def test_a_case_numbered_later_that_day_does_not_collide_with_the_demos(db, rt, 
         assert started.business_key == "RET-20261126-0003"  # after the demo's RET-…-0002
 
 
+@pytest.mark.sqlite  # what `make run` loads on the embedded default
 def test_the_personas_of_the_readme_see_their_work(db, loaded):
     def inbox(username: str) -> set[tuple[str, str]]:
         return {(t.business_key, t.element_id) for t in _inbox(db, username, THURSDAY)}

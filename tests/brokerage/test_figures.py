@@ -29,10 +29,10 @@ from engine.process import deployments, instances, tasks
 from engine.sla import admin as sla_admin
 from engine.sla import calendar_store
 from engine.timers import firing
+from tests.brokerage.test_callback import ANSWERS_OK, IDENTITY_OK, REACHED
+from tests.brokerage.test_complaint import COMMUNICATED, CONTACTED, PHONE_CALL, Case, registration
 from tests.conftest import staff_of
-from tests.engine_bpmn import bundle_of, flow, process, user_task
-from tests.test_process_callback import ANSWERS_OK, IDENTITY_OK, REACHED
-from tests.test_process_complaint import COMMUNICATED, CONTACTED, PHONE_CALL, Case, registration
+from tests.support.bpmn import bundle_of, flow, process, user_task
 
 WORKFLOWS = PROJECT_ROOT / "workflows"
 D = timedelta(days=1)

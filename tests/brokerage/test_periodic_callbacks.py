@@ -33,7 +33,9 @@ from engine.sla import calendar_store
 from engine.timers import firing, schedules
 from tests.conftest import load_demo
 
-pytestmark = pytest.mark.sqlite
+# Process and diagram logic: the same on either store (SQLite runs the processes end to end
+# in tests/api/test_process_end_to_end.py).
+pytestmark = pytest.mark.store_independent
 
 ADMIN = Actor.system("test-admin")
 AGENT = "s003"  # 高晨, call-centre agent (brief §4.2)
@@ -459,7 +461,7 @@ def test_settings_are_for_process_owners_and_audited(db, rt):
 
 
 def test_the_batch_settings_are_set_from_the_cli_like_the_figures(db, database_url):
-    from tests.test_cli import bpm
+    from tests.support.cli import bpm
 
     assert bpm(database_url, "figures", "set", "callback.periodic.quarterly_ratio", "0.03").exit_code == 0
     with db.transaction() as s:

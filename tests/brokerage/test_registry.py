@@ -10,10 +10,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from api import cli
 from engine.access import identity
 from engine.access.assignment import resolve_candidate_groups
 from engine.access.identity import Actor
@@ -21,10 +19,10 @@ from engine.brokerage import registry, registry_import
 from engine.brokerage.demo import FILES
 from engine.errors import Conflict, PermissionDenied, ServiceGroupInvalid
 from engine.models import AuditEvent, Client, Group, GroupMember, ProcessInstance, ServiceGroup, StaffProfile, User
+from tests.support.cli import bpm
 
 ADMIN = Actor.system("importer")
 NOW = datetime(2025, 6, 16, 2, tzinfo=UTC)
-UNSET = ("BPM_REDIS_URL", "BPM_SECRET_KEY", "BPM_TIMER_CATCH_UP", "BPM_SMTP_URL", "BPM_SERVICE_MODULES")
 CLIENT_HEADER = "client_id,name,branch,service_group,id_number,phone,account_number,assets,turnover\n"
 
 
@@ -274,11 +272,6 @@ def test_only_an_admin_may_import(db):
 
 
 # -- bpm registry import ----------------------------------------------------------------
-def bpm(database_url, *args):
-    env = {**dict.fromkeys(UNSET), "BPM_DATABASE_URL": database_url}
-    return CliRunner().invoke(cli.main, [str(a) for a in args], env=env)
-
-
 @pytest.mark.sqlite
 def test_cli_import_prints_the_report_and_exits_1_when_a_row_was_rejected(database_url, db, tmp_path):
     clean = bpm(database_url, "registry", "import", "--branches", FILES["branches"], "--staff", FILES["staff"],

@@ -20,8 +20,6 @@ from uuid import UUID
 import pytest
 import time_machine
 from lxml import etree
-from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
-from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
 from engine.access import identity
@@ -36,8 +34,11 @@ from engine.process import deployments, instances, messages, tasks
 from engine.sla import admin as sla_admin
 from engine.sla.calendar_store import CALENDARS
 from engine.timers import firing
+from tests.support.cases import CaseDriver
 
-pytestmark = pytest.mark.sqlite
+# Process and diagram logic: the same on either store (SQLite runs the processes end to end
+# in tests/api/test_process_end_to_end.py).
+pytestmark = pytest.mark.store_independent
 
 WORKFLOWS = PROJECT_ROOT / "workflows"
 END_STATES = {"end_completed": "X1", "end_retained": "X2", "end_lapsed": "X3", "end_rejected": "X4"}
@@ -66,13 +67,11 @@ def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datet
     return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI)
 
 
-class Case:
+class Case(CaseDriver):
     """One retention case, driven the way the worklist would: inbox, then complete."""
 
-    def __init__(self, db, rt, staff, key: str) -> None:
-        self.db, self.rt, self.staff, self.key = db, rt, staff, key
-        self.instance_id: int | None = None
-        self.handled: list[tuple[str, list[str], str]] = []  # (element, candidate groups, completed by)
+    process_key = "retention"
+    never_fails = True
 
     def receive(self, client: dict[str, Any], **data: Any) -> None:
         """R0: the request arrives (counter, app or phone appointment) as a message."""
@@ -82,47 +81,9 @@ class Case:
                                                   correlation_key=self.key, actor=identity.Actor.system("counter"),
                                                   payload=payload).id
 
-    def open_tasks(self) -> list[Task]:
-        with self.db.transaction() as s:
-            return list(s.execute(select(Task).where(Task.business_key == self.key, Task.process_key == "retention",
-                                                     Task.kind == "bpmn", Task.status.in_(("open", "claimed")))
-                                  .order_by(Task.id)).scalars())
-
-    def task(self, element: str) -> Task:
-        (task,) = [t for t in self.open_tasks() if t.element_id == element]
-        return task
-
-    def do(self, element: str, who: str, data: dict[str, Any]) -> Task:
-        """``element`` is open and in ``who``'s inbox; ``who`` completes it."""
-        open_now = self.open_tasks()
-        assert element in [t.element_id for t in open_now], f"expected {element}, open: {open_now}"
-        task = next(t for t in open_now if t.element_id == element)
-        actor = self.staff[who]
-        with self.db.transaction() as s:
-            inbox, _ = tasks.inbox(s, actor=actor, query=tasks.InboxQuery(business_key=self.key), now=self.rt.now())
-            assert task.id in {t.id for t in inbox}, f"{element} is not in {who}'s inbox"
-            tasks.complete(s, self.rt, task_id=task.id, actor=actor, data=data)
-        self.handled.append((element, list(task.candidate_groups or []), who))
-        self.assert_not_failed()
-        return task
-
-    def send(self, message: str, payload: dict[str, Any] | None = None, sender: str = "client") -> None:
-        with self.db.transaction() as s:
-            messages.correlate(s, self.rt, name=message, correlation_key=self.key,
-                               actor=identity.Actor.system(sender), payload=payload or {})
-        self.assert_not_failed()
-
-    def instance(self) -> ProcessInstance:
-        with self.db.transaction() as s:
-            return s.get(ProcessInstance, self.instance_id)
-
-    def assert_not_failed(self) -> None:
-        instance = self.instance()
-        assert instance.status != "failed", instance.error
-
-    def data(self) -> dict[str, Any]:
-        with self.db.transaction() as s:
-            return instances.data_of(s, self.rt, s.get(ProcessInstance, self.instance_id))
+    def message(self, message: str, payload: dict[str, Any] | None = None, sender: str = "client") -> None:
+        """A message from ``sender`` (an outside system or the client's channel) to the case."""
+        self.send(message, payload, actor=identity.Actor.system(sender))
 
     def task_data(self, element: str) -> dict[str, Any]:
         """The variables an open task sees (what its form is shown with)."""
@@ -131,17 +92,14 @@ class Case:
             workflow = self.rt.load(s, s.get(ProcessInstance, self.instance_id))
             return dict(workflow.get_task_from_id(UUID(task.task_uuid)).data)
 
-    def ends(self) -> set[str]:
+    def own_ends(self) -> set[str]:
         """The process's own end events reached (X1–X4 and the review's ends; not the
         sub-process's inner ones)."""
-        with self.db.transaction() as s:
-            workflow = self.rt.load(s, s.get(ProcessInstance, self.instance_id))
-            return {t.task_spec.bpmn_id for t in workflow.get_tasks(state=TaskState.COMPLETED)
-                    if isinstance(t.task_spec, EndEvent) and t.task_spec.bpmn_id in set(END_STATES) | REVIEW_ENDS}
+        return set(self.ends()) & (set(END_STATES) | REVIEW_ENDS)
 
     def end_state(self) -> str:
         """The case reached exactly one of the end states X1–X4."""
-        reached = self.ends() & set(END_STATES)
+        reached = self.own_ends() & set(END_STATES)
         assert len(reached) == 1, reached
         return END_STATES[reached.pop()]
 
@@ -209,11 +167,11 @@ def test_a_transfer_completes_beside_a_conversation_that_does_not_retain_the_cli
         assert case.subscriptions() == ["retention_exchange_result"]
         assert case.waiting_timers() == [("result_due", sh(2025, 6, 17, 10))]
         clock.move_to(sh(2025, 6, 17, 10))
-        case.send("retention_exchange_result",
+        case.message("retention_exchange_result",
                   {"exchange_result": "success", "returned_at": "2025-06-17T10:00:00+08:00"}, sender="csdc")
         complete = case.do("complete_notify", "s302", COMPLETED)
         assert complete.due_at == sh(2025, 6, 18, 10)  # 1 TD
-        assert "end_completed" in case.ends()  # X1 is reached before (and whatever) the review
+        assert "end_completed" in case.own_ends()  # X1 is reached before (and whatever) the review
         review = case.task("review_ops")
         assert review.candidate_groups == ["SX01:branch_ops_director"] and review.due_at == sh(2025, 6, 24, 10)  # 5 WD
         case.do("review_ops", "s301", REVIEWED)
@@ -221,7 +179,7 @@ def test_a_transfer_completes_beside_a_conversation_that_does_not_retain_the_cli
         assert head.candidate_groups == ["SX01:branch_head"] and head.due_at == sh(2025, 6, 24, 10)
         case.do("review_head", "s301", REVIEWED)
     assert case.instance().status == "completed"
-    assert case.end_state() == "X1" and case.ends() == {"end_completed", "end_head_reviewed"}
+    assert case.end_state() == "X1" and case.own_ends() == {"end_completed", "end_head_reviewed"}
     assert case.handled == [
         ("accept", ["SX01:counter_staff"], "s302"), ("retention_conversation", ["SX01-G1"], "s303"),
         ("submit_instructions", ["SX01:counter_staff"], "s302"), ("complete_notify", ["SX01:counter_staff"], "s302"),
@@ -251,12 +209,12 @@ def test_a_closure_without_a_retention_conversation_goes_straight_through(db, rt
         assert [t.element_id for t in case.open_tasks()] == ["submit_instructions"]
         case.do("submit_instructions", "s104", SUBMITTED)
         clock.move_to(sh(2025, 6, 13, 15))
-        case.send("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
+        case.message("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
         case.do("complete_notify", "s104", {**COMPLETED, "closure_certificate_issued": True})
         assert case.task("review_ops").candidate_groups == ["HZ01:branch_ops_director"]
         case.do("review_ops", "s102", REVIEWED)  # ¥6,000: no branch-head review
     assert case.instance().status == "completed"
-    assert case.end_state() == "X1" and case.ends() == {"end_completed", "end_reviewed"}
+    assert case.end_state() == "X1" and case.own_ends() == {"end_completed", "end_reviewed"}
     with db.transaction() as s:
         assert s.execute(select(Task).where(Task.business_key == case.key,
                                             Task.element_id == "retention_conversation")).first() is None
@@ -271,7 +229,7 @@ def test_the_post_closure_callback_is_started_as_a_callback_process(db, rt, staf
         case.do("accept", "s104", ACCEPT_CLOSURE)
         case.do("submit_instructions", "s104", SUBMITTED)
         clock.move_to(sh(2025, 6, 13, 15))
-        case.send("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
+        case.message("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
         case.do("complete_notify", "s104", {**COMPLETED, "completed_at": "2025-06-13T15:00:00+08:00"})
     (callback,) = _callbacks(db)  # exactly one post-closure callback was started
     assert callback.business_key.startswith("CB-")  # numbered by the callback process (brief §2.0)
@@ -314,13 +272,13 @@ def test_a_retained_client_withdraws_the_request_themselves(db, rt, staff):
         # "Retained" in a staff member's form changes nothing: the transfer is still on track.
         assert [t.element_id for t in case.open_tasks()] == ["submit_instructions"]
         clock.move_to(sh(2025, 6, 16, 11))
-        case.send("retention_client_withdraws", {"withdrawal_requested_at": "2025-06-16T11:00:00+08:00"})
+        case.message("retention_client_withdraws", {"withdrawal_requested_at": "2025-06-16T11:00:00+08:00"})
         assert case.task_row(submit.id).status == "cancelled"
         confirm = case.do("confirm_withdrawal", "s302", {"withdrawal_channel": "counter",
                                                          "withdrawal_confirmed_by_client": True,
                                                          "signature_ref": "SIG-0003"})
         assert confirm.candidate_groups == ["SX01:counter_staff"] and confirm.due_at == sh(2025, 6, 16, 15)  # 4 WH
-        assert "end_retained" in case.ends()
+        assert "end_retained" in case.own_ends()
         case.do("review_ops", "s301", REVIEWED)
         case.do("review_head", "s301", REVIEWED)
     assert case.instance().status == "completed" and case.end_state() == "X2"
@@ -337,7 +295,7 @@ def test_the_client_may_withdraw_while_blocking_items_are_being_cleared(db, rt, 
         case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
         case.do("inform_blocking", "s104", {"items_explained": True, "expected_clear_date": "2025-06-17"})
         assert case.subscriptions() == ["retention_client_withdraws", "retention_items_cleared"]
-        case.send("retention_client_withdraws")
+        case.message("retention_client_withdraws")
         case.do("confirm_withdrawal", "s104", {"withdrawal_channel": "phone_recorded",
                                                "withdrawal_confirmed_by_client": True, "recording_id": "REC-W"})
         case.do("review_ops", "s102", REVIEWED)
@@ -369,7 +327,7 @@ def test_a_withdrawal_also_closes_a_conversation_still_open(db, rt, staff):
         case.receive(C05)
         case.do("accept", "s302", ACCEPT_TRANSFER)
         talk, submit = case.task("retention_conversation"), case.task("submit_instructions")
-        case.send("retention_client_withdraws")
+        case.message("retention_client_withdraws")
         assert (case.task_row(talk.id).status, case.task_row(submit.id).status) == ("cancelled", "cancelled")
         assert [t.element_id for t in case.open_tasks()] == ["confirm_withdrawal"]
         case.do("confirm_withdrawal", "s302", {"withdrawal_channel": "app", "withdrawal_confirmed_by_client": True,
@@ -391,7 +349,7 @@ def test_blocking_items_are_explained_and_the_request_goes_on_once_the_client_cl
         assert inform.candidate_groups == ["HZ01:counter_staff"] and inform.due_at == sh(2025, 6, 16, 13, 30)  # 4 WH
         case.do("inform_blocking", "s104", {"items_explained": True, "expected_clear_date": "2025-06-18"})
         clock.move_to(sh(2025, 6, 18, 10))
-        case.send("retention_items_cleared", {"account_status": {"fund_balance": 0}})
+        case.message("retention_items_cleared", {"account_status": {"fund_balance": 0}})
         assert [t.element_id for t in case.open_tasks()] == ["submit_instructions"]
         assert case.task("submit_instructions").due_at == sh(2025, 6, 18, 15)  # the close of the re-check's day
         data = case.task_data("submit_instructions")
@@ -417,7 +375,7 @@ def test_a_request_whose_items_are_not_cleared_lapses_never_before_twenty_tradin
         clock.shift(timedelta(minutes=1))
         assert firing.fire_due(db, rt) >= 1
         case.assert_not_failed()
-        assert "end_lapsed" in case.ends() and case.subscriptions() == []
+        assert "end_lapsed" in case.own_ends() and case.subscriptions() == []
         case.do("review_ops", "s102", REVIEWED)  # lapses are always reviewed
     assert case.instance().status == "completed" and case.end_state() == "X3"
     assert ("timer.fired", "timer") in [(k, a) for k, a, _ in case.trail()]
@@ -534,7 +492,7 @@ def test_an_exchange_failure_is_resolved_resubmitted_and_then_completed(db, rt, 
         case.do("accept", "s302", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
         case.do("submit_instructions", "s302", SUBMITTED)
         clock.move_to(sh(2025, 6, 17, 10))
-        case.send("retention_exchange_result", {"exchange_result": "failed", "failure_reason": "转入席位号有误"},
+        case.message("retention_exchange_result", {"exchange_result": "failed", "failure_reason": "转入席位号有误"},
                   sender="csdc")
         failure = case.task("resolve_failure")
         assert failure.candidate_groups == ["SX01:counter_staff"] and failure.due_at == sh(2025, 6, 18, 10)  # 1 TD
@@ -543,7 +501,7 @@ def test_an_exchange_failure_is_resolved_resubmitted_and_then_completed(db, rt, 
         assert case.subscriptions() == ["retention_exchange_result"]
         assert case.waiting_timers() == [("result_due", sh(2025, 6, 18, 10))]  # T+1 of the resubmission
         clock.move_to(sh(2025, 6, 18, 10))
-        case.send("retention_exchange_result", {"exchange_result": "success", "failure_reason": None}, sender="csdc")
+        case.message("retention_exchange_result", {"exchange_result": "success", "failure_reason": None}, sender="csdc")
         case.do("complete_notify", "s302", COMPLETED)
     assert case.end_state() == "X1"
     assert [d["payload"]["exchange_result"] for k, _, d in case.trail()
@@ -607,7 +565,7 @@ def test_a_result_arriving_while_it_is_chased_closes_the_chase_and_a_resubmissio
         firing.fire_due(db, rt)
         chase = case.task("chase_result")
         clock.move_to(sh(2025, 6, 17, 10, 15))
-        case.send("retention_exchange_result", {"exchange_result": "failed", "failure_reason": "转入席位号有误"},
+        case.message("retention_exchange_result", {"exchange_result": "failed", "failure_reason": "转入席位号有误"},
                   sender="csdc")
         assert case.task_row(chase.id).status == "cancelled"
         assert [t.element_id for t in case.open_tasks()] == ["resolve_failure"]
@@ -675,10 +633,10 @@ def test_completed_cases_are_sampled_for_review_by_the_configured_rate(db, rt, s
         case.receive(C05, review_sample_rate=0)
         case.do("accept", "s302", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
         case.do("submit_instructions", "s302", SUBMITTED)
-        case.send("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
+        case.message("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
         case.do("complete_notify", "s302", COMPLETED)
     assert case.instance().status == "completed"
-    assert case.ends() == {"end_completed", "end_review_skipped"}
+    assert case.own_ends() == {"end_completed", "end_review_skipped"}
     assert (case.data()["review_required"], case.open_tasks()) == (False, [])
 
 

@@ -14,9 +14,11 @@ from engine.brokerage.services import callback, complaint, retention, vip
 from engine.calendars import Unit
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import AuditEvent, Setting
-from tests.test_cli import bpm
+from tests.support.cli import bpm
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
+pytestmark = pytest.mark.store_independent
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 OWNER = Actor("owner", frozenset({"process_owner"}))
 
 

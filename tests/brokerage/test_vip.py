@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 import time_machine
 from lxml import etree
-from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
-from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
 from engine.access.identity import Actor
@@ -23,11 +21,14 @@ from engine.brokerage.services.vip import evaluate, reevaluate
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import PermissionDenied, TaskNotFound
-from engine.models import AuditEvent, Client, MessageSubscription, ProcessInstance, Task, Timer
-from engine.process import deployments, instances, messages, tasks
+from engine.models import Client, MessageSubscription, ProcessInstance, Task, Timer
+from engine.process import deployments, instances, tasks
 from engine.timers import firing
+from tests.support.cases import CaseDriver
 
-pytestmark = pytest.mark.sqlite
+# Process and diagram logic: the same on either store (SQLite runs the processes end to end
+# in tests/api/test_process_end_to_end.py).
+pytestmark = pytest.mark.store_independent
 
 WORKFLOWS = PROJECT_ROOT / "workflows"
 MONTHLY_RUN = Actor.system("vip-monthly")  # the monthly evaluation (V0a) starts the instances
@@ -75,13 +76,10 @@ def staff(staff) -> dict[str, Actor]:
     return people
 
 
-class Case:
-    """One VIP instance, driven the way the worklist would: inbox, then complete."""
+class Case(CaseDriver):
+    """One VIP case, driven the way the worklist would: the candidate inbox, then complete."""
 
-    def __init__(self, db, rt, staff, key: str) -> None:
-        self.db, self.rt, self.staff, self.key = db, rt, staff, key
-        self.instance_id = 0
-        self.handled: list[tuple[str, list[str], str]] = []  # (element, candidate groups, completed by)
+    candidate_inbox = True
 
     def start(self, data: dict[str, Any], actor: Actor = MONTHLY_RUN) -> None:
         with self.db.transaction() as s:
@@ -90,27 +88,9 @@ class Case:
             assert instance.status != "failed", instance.error
             self.instance_id = instance.id
 
-    def open_tasks(self) -> list[Task]:
-        with self.db.transaction() as s:
-            return list(s.execute(select(Task).where(Task.business_key == self.key, Task.kind == "bpmn",
-                                                     Task.status.in_(("open", "claimed"))).order_by(Task.id)).scalars())
-
-    def open_task(self) -> Task:
-        (task,) = self.open_tasks()
-        return task
-
-    def do(self, element: str, who: str, data: dict[str, Any]) -> Task:
+    def do(self, element: str, who: str, data: dict[str, Any], *, alone: bool = True) -> Task:
         """``element`` is the only open task, in ``who``'s candidate inbox; ``who`` completes it."""
-        task = self.open_task()
-        assert task.element_id == element, f"expected {element}, open: {task.element_id}"
-        actor = self.staff[who]
-        with self.db.transaction() as s:
-            inbox, _ = tasks.inbox(s, actor=actor, query=tasks.InboxQuery(candidate_me=True, business_key=self.key),
-                                   now=self.rt.now())
-            assert task.id in {t.id for t in inbox}, f"{element} is not in {who}'s inbox"
-            tasks.complete(s, self.rt, task_id=task.id, actor=actor, data=data)
-        self.handled.append((element, list(task.candidate_groups or []), who))
-        return task
+        return super().do(element, who, data, alone=alone)
 
     def refused(self, task: Task, who: str, data: dict[str, Any]) -> None:
         """``who`` can neither claim nor complete ``task``; it stays open and unclaimed."""
@@ -124,13 +104,7 @@ class Case:
             assert (row.status, row.assignee) == ("open", None)
 
     def correlate(self, message: str, payload: dict[str, Any]) -> None:
-        with self.db.transaction() as s:
-            messages.correlate(s, self.rt, name=message, correlation_key=self.key, actor=MONTHLY_RUN,
-                               payload=payload)
-
-    def data(self) -> dict[str, Any]:
-        with self.db.transaction() as s:
-            return instances.data_of(s, self.rt, s.get(ProcessInstance, self.instance_id))
+        self.send(message, payload, actor=MONTHLY_RUN)
 
     def status(self) -> str:
         with self.db.transaction() as s:
@@ -140,22 +114,13 @@ class Case:
 
     def end_state(self) -> str:
         """The instance is completed and reached exactly one end event."""
-        with self.db.transaction() as s:
-            instance = s.get(ProcessInstance, self.instance_id)
-            assert instance.status == "completed", instance.error
-            workflow = self.rt.load(s, instance)
-        reached = [t.task_spec.bpmn_id for t in workflow.get_tasks(state=TaskState.COMPLETED)
-                   if isinstance(t.task_spec, EndEvent) and t.task_spec.bpmn_id]
+        instance = self.instance()
+        assert instance.status == "completed", instance.error
+        reached = self.ends()
         assert len(reached) == 1 and reached[0] in END_STATES, reached
         return reached[0]
 
-    def trail(self) -> list[tuple[str, str, str | None]]:
-        with self.db.transaction() as s:
-            events = s.execute(select(AuditEvent).where(AuditEvent.stream == f"instance:{self.instance_id}")
-                               .order_by(AuditEvent.seq)).scalars()
-            return [(e.kind, e.actor, (e.data or {}).get("element_id")) for e in events]
-
-    def completions(self) -> list[tuple[str, str | None]]:
+    def completions(self) -> list[tuple[str | None, str | None]]:
         return [(actor, element) for kind, actor, element in self.trail() if kind == "task.completed"]
 
     def timers(self, element: str) -> list[Timer]:

@@ -20,10 +20,12 @@ from engine.errors import InvalidInput
 from engine.models import AuditEvent, Client, ProcessInstance, Schedule, Task, User
 from engine.process import instances, tasks
 from engine.timers import firing, schedules
+from tests.brokerage.test_vip import WELCOMED
 from tests.conftest import load_demo
-from tests.test_process_vip import WELCOMED
 
-pytestmark = pytest.mark.sqlite
+# Process and diagram logic: the same on either store (SQLite runs the processes end to end
+# in tests/api/test_process_end_to_end.py).
+pytestmark = pytest.mark.store_independent
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from engine.errors import DuplicateBusinessKey, InvalidInput, PermissionDenied, 
 from engine.models import AuditEvent, Deployment, ProcessInstance, ProcessVersion, Task
 from engine.process import deployments, instances, messages, tasks
 from tests.conftest import deploy_fixture
-from tests.engine_bpmn import (
+from tests.support.bpmn import (
     bundle_of,
     fixture_bundle,
     linear,

@@ -25,7 +25,7 @@ from engine.config import Settings
 from engine.errors import DataInvalid, InstanceNotFound, InstanceNotRunning, PermissionDenied
 from engine.models import ProcessInstance, Task
 from engine.process import deployments, instances, tasks
-from tests.engine_bpmn import bundle_of, flow, linear, process, user_task
+from tests.support.bpmn import bundle_of, flow, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
 

@@ -9,7 +9,7 @@ from engine.access.identity import Actor
 from engine.errors import AmbiguousCorrelation, DuplicateBusinessKey, MessageNotCorrelated
 from engine.models import AuditEvent, MessageSubscription, ProcessInstance, Task
 from engine.process import deployments, instances, messages, tasks
-from tests.engine_bpmn import bundle_of, flow, process, row_counts, user_task
+from tests.support.bpmn import bundle_of, flow, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
 

@@ -21,7 +21,7 @@ from engine.errors import (
 )
 from engine.models import AuditEvent, ProcessInstance, Task
 from engine.process import deployments, instances, tasks
-from tests.engine_bpmn import bundle_of, linear, process, row_counts, user_task
+from tests.support.bpmn import bundle_of, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
 

@@ -18,7 +18,9 @@ from engine.sla import admin as sla_admin
 from engine.sla import clock as sla_clock
 from engine.timers import firing
 
-pytestmark = pytest.mark.sqlite
+# Process and diagram logic: the same on either store (SQLite runs the processes end to end
+# in tests/api/test_process_end_to_end.py).
+pytestmark = pytest.mark.store_independent
 SYSTEM = Actor.system("account-system")
 
 

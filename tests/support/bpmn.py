@@ -12,7 +12,7 @@ from engine.bpmn import bundle as bundles
 from engine.bpmn.bundle import Bundle
 from engine.db import Base, Database
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 CAMUNDA_NS = "http://camunda.org/schema/1.0/bpmn"
 ANY_FORM: dict[str, Any] = {"type": "object"}

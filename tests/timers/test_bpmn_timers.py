@@ -14,7 +14,7 @@ from engine.errors import MessageNotCorrelated
 from engine.models import MessageSubscription, ProcessInstance, Task, Timer
 from engine.process import deployments, instances, messages, tasks
 from engine.timers import firing
-from tests.engine_bpmn import bundle_of, linear, process, row_counts, user_task
+from tests.support.bpmn import bundle_of, linear, process, row_counts, user_task
 
 pytestmark = pytest.mark.sqlite
 

@@ -31,11 +31,11 @@ from engine.models import AuditEvent, ProcessInstance, Timer
 from engine.process import instances
 from engine.timers.queueing import RqScheduler
 from tests.conftest import REDIS_URL, deploy_fixture
-from tests.test_timers import _to_waiting_for_ack
+from tests.timers.test_firing import _to_waiting_for_ack
 
 # Every test here owns Redis database 15 (it flushes it): run them all in one xdist worker.
 pytestmark = pytest.mark.xdist_group("redis")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
 # Only the scheduler-process test uses it (it runs in the "redis" group with the others).
 OWN_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/11"
@@ -54,14 +54,14 @@ def redis():
 @pytest.fixture
 def rq_rt(settings, redis):
     settings = Settings.from_env({"BPM_DATABASE_URL": settings.database_url, "BPM_REDIS_URL": REDIS_URL,
-                                  "BPM_SERVICE_MODULES": "tests.service_fixtures"})
+                                  "BPM_SERVICE_MODULES": "tests.support.service_functions"})
     return build_runtime(settings, scheduler=RqScheduler(REDIS_URL))
 
 
 class Workers:
     def __init__(self, database_url: str) -> None:
         self.env = {**os.environ, "BPM_DATABASE_URL": database_url, "BPM_REDIS_URL": REDIS_URL,
-                    "BPM_SERVICE_MODULES": "tests.service_fixtures", "PYTHONPATH": str(ROOT)}
+                    "BPM_SERVICE_MODULES": "tests.support.service_functions", "PYTHONPATH": str(ROOT)}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, database_url: str | None = None, log: Path | None = None,
