@@ -34,6 +34,8 @@ class Settings:
     smtp_url: str | None = None
     # Workflows kept in memory per process between changes (0: restore the state every time).
     workflow_cache: int = 256
+    # The pages' session cookie is sent over HTTPS only (set behind a TLS-terminating proxy).
+    secure_cookies: bool = False
     workflows_dir: Path = PROJECT_ROOT / "workflows"
 
     @property
@@ -61,6 +63,7 @@ class Settings:
             timer_catch_up=_choice(env, "BPM_TIMER_CATCH_UP", "once", ("once", "all")),
             smtp_url=env.get("BPM_SMTP_URL") or None,
             workflow_cache=_int(env, "BPM_WORKFLOW_CACHE", 256, minimum=0),
+            secure_cookies=_bool(env, "BPM_SECURE_COOKIES", False),
         )
 
 

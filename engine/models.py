@@ -99,6 +99,8 @@ class User(Base):
     email: Mapped[str | None] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The language the pages speak to this person in ("zh_CN", "en"); None: the default, Chinese.
+    locale: Mapped[str | None] = mapped_column(String(16))
 
 
 class Group(Base):
@@ -456,8 +458,50 @@ class Notification(Base):
     # until the claim's lease has run out.
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     claimed_by: Mapped[str | None] = mapped_column(String(128))
+    # When the recipient marked it read on their notifications page.
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (Index("ix_notification_pending", "sent_at", "id"),)
+    __table_args__ = (Index("ix_notification_pending", "sent_at", "id"),
+                      Index("ix_notification_recipient", "recipient", "id"))
+
+
+class Comment(Base):
+    """A note on a case by someone who may read it; audited on the case like every change."""
+
+    __tablename__ = "bpm_comment"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("bpm_process_instance.id"))
+    author: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_comment_instance", "instance_id", "id"),)
+
+
+class TaskDraft(Base):
+    """A half-filled task form, kept for the person filling it until they complete the task."""
+
+    __tablename__ = "bpm_task_draft"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("bpm_task.id"), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    saved_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SavedView(Base):
+    """A named inbox filter (the inbox's query string) a person keeps."""
+
+    __tablename__ = "bpm_saved_view"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    query: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("username", "name", name="uq_saved_view_name"),)
 
 
 class Schedule(Base):

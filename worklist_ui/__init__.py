@@ -1,22 +1,53 @@
-"""Server-rendered worklist pages (inbox, task form, instance view, supervisor board).
+"""The worklist pages: sign in, inbox, task page with its form, case page with the diagram,
+notifications. Server-rendered (Jinja, htmx, a little Alpine.js), in Chinese by default and
+in English.
 
-Built on the same engine services as the API; the pages themselves arrive with the
-worklist issue. For now the root page says where the API and its description are.
+An adapter like the API: every page calls the same engine services with the signed-in
+person as the actor, so access, masking, the field policy and recusal are decided in the
+engine, once, for both. Sessions are cookies holding the person's sign-in token (the same
+tokens as the API: expiry and revocation apply alike); every form and htmx request carries
+a CSRF token.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
+
 from flask import Flask
+from flask_babel import Babel
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+
+from worklist_ui import i18n, session
+from worklist_ui.views import blp
+
+HERE = Path(__file__).resolve().parent
 
 
 def register(app: Flask) -> None:
-    @app.get("/")
-    def index() -> tuple[str, int, dict[str, str]]:
-        body = (
-            "<!doctype html><meta charset=utf-8><title>服务流程 BPM</title>"
-            "<h1>证券客户服务流程 · Client-service BPM</h1>"
-            "<p>REST API: <a href='/api/v1/openapi.json'>/api/v1/openapi.json</a></p>"
-            "<p>Sign in with <code>POST /api/v1/auth/login</code> and use the token as "
-            "<code>Authorization: Bearer …</code>.</p>"
-        )
-        return body, 200, {"Content-Type": "text/html; charset=utf-8"}
+    settings = app.extensions["bpm"].settings
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=settings.secure_cookies,
+        PERMANENT_SESSION_LIFETIME=session.SESSION_LIFETIME,
+        # The pages check the token themselves (the API's bearer calls need none).
+        WTF_CSRF_CHECK_DEFAULT=False,
+        WTF_CSRF_TIME_LIMIT=int(session.SESSION_LIFETIME / timedelta(seconds=1)),
+        BABEL_DEFAULT_LOCALE=i18n.DEFAULT,
+        BABEL_DEFAULT_TIMEZONE="Asia/Shanghai",
+        BABEL_TRANSLATION_DIRECTORIES=str(HERE / "translations"),
+    )
+    csrf = CSRFProtect(app)
+    app.extensions["bpm_csrf"] = csrf
+    login = LoginManager(app)
+    login.login_view = "pages.login"
+    login.login_message = ""
+    login.user_loader(session.load_user)
+    Babel(app, locale_selector=i18n.select_locale, timezone_selector=lambda: "Asia/Shanghai")
+    i18n.install(app)
+    app.register_blueprint(blp)

@@ -272,29 +272,50 @@ def resume(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Task
 
 
 # -- inbox --------------------------------------------------------------------------------
+SORTS = ("due", "priority", "created")
+
+
 @dataclass(frozen=True)
 class InboxQuery:
+    """Filters of the inbox; every one narrows what the caller may see anyway."""
+
     assignee_me: bool = False
     candidate_me: bool = False
     status: tuple[str, ...] = ACTIVE_TASK_STATES
     overdue: bool = False
+    at_risk: bool = False  # not yet due, but past the point the SLA calls at risk
     due_within: timedelta | None = None
     process_key: str | None = None
     business_key: str | None = None
+    element_id: str | None = None  # one step of the process
+    client_id: str | None = None
+    group: str | None = None  # offered to this candidate group
+    branch: str | None = None
+    assignee: str | None = None  # held by this person
+    sort: str = "due"  # due (nearest deadline first), priority (highest first), created (newest first)
     limit: int = 50
     offset: int = 0
 
 
-_Shape = tuple[bool, bool, bool, bool, bool, bool, bool]
+_Shape = tuple[bool, ...]
+_FILTERS = (("process_key", Task.process_key), ("business_key", Task.business_key),
+            ("element_id", Task.element_id), ("client_id", Task.client_id), ("branch", Task.branch_code),
+            ("assignee", Task.assignee))
+_ORDER: dict[str, tuple[Any, ...]] = {
+    # Tasks without a due date sort last: NULLS LAST spelled portably.
+    "due": (Task.due_at.is_(None), Task.due_at, Task.priority.desc(), Task.id),
+    "priority": (Task.priority.desc(), Task.due_at.is_(None), Task.due_at, Task.id),
+    "created": (Task.created_at.desc(), Task.id.desc()),
+}
 
 
-@lru_cache(maxsize=256)
-def _inbox_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
+@lru_cache(maxsize=512)
+def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any]]:
     """The inbox query for one combination of filters, with every value a bound parameter.
 
     Built once per shape: constructing a statement of this size (and its cache key) costs
     more than running it, and the inbox is the most frequent request there is."""
-    assignee_me, candidate_me, overdue, due_within, by_process, by_business_key, supervisor = shape
+    assignee_me, candidate_me, overdue, at_risk, due_within, by_group, supervisor, *by_column = shape
     stmt = select(Task).where(Task.status.in_(bindparam("status", expanding=True)))
     if assignee_me:
         stmt = stmt.where(Task.assignee == bindparam("me"))
@@ -303,12 +324,16 @@ def _inbox_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
             TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(bindparam("groups", expanding=True))))
     if overdue:
         stmt = stmt.where(Task.due_at < bindparam("now"))
+    if at_risk:
+        stmt = stmt.where(Task.due_at >= bindparam("now"), Task.at_risk_at <= bindparam("now"))
     if due_within:
         stmt = stmt.where(Task.due_at >= bindparam("now"), Task.due_at < bindparam("until"))
-    if by_process:
-        stmt = stmt.where(Task.process_key == bindparam("process_key"))
-    if by_business_key:
-        stmt = stmt.where(Task.business_key == bindparam("business_key"))
+    if by_group:
+        stmt = stmt.where(exists().where(TaskCandidate.task_id == Task.id,
+                                         TaskCandidate.group_key == bindparam("group", type_=String)))
+    for (name, column), wanted in zip(_FILTERS, by_column, strict=True):
+        if wanted:
+            stmt = stmt.where(column == bindparam(name, type_=String))
     # Recusal hides a task from everyone it names, supervisors included.
     stmt = stmt.where(~exists().where(TaskExclusion.task_id == Task.id,
                                       TaskExclusion.principal.in_(bindparam("principals", expanding=True))))
@@ -322,22 +347,24 @@ def _inbox_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
         in_my_groups = exists().where(TaskCandidate.task_id == Task.id,
                                       TaskCandidate.group_key.in_(bindparam("groups", expanding=True)))
         stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))
-    # Tasks without a due date sort last: NULLS LAST spelled portably.
-    page = (stmt.order_by(Task.due_at.is_(None), Task.due_at, Task.priority.desc(), Task.id)
+    page = (stmt.order_by(*_ORDER[sort])
             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
     return page, select(func.count()).select_from(stmt.subquery())
 
 
 def inbox(session: Session, *, actor: Actor, query: InboxQuery, now: datetime) -> tuple[list[Task], int]:
+    if query.sort not in SORTS:
+        raise InvalidInput(f"sort must be one of {', '.join(SORTS)}", field="sort")
     supervisor = actor.has_role(SUPERVISOR)
-    page, count = _inbox_statements((query.assignee_me, query.candidate_me, query.overdue, query.due_within is not None,
-                             bool(query.process_key), bool(query.business_key), supervisor))
+    shape = (query.assignee_me, query.candidate_me, query.overdue, query.at_risk, query.due_within is not None,
+             bool(query.group), supervisor, *(bool(getattr(query, name)) for name, _ in _FILTERS))
+    page, count = _inbox_statements(shape, query.sort)
     params: dict[str, Any] = {
         "status": list(query.status), "me": actor.username, "groups": sorted(actor.groups),
         "now": now, "until": now + query.due_within if query.due_within is not None else now,
-        "process_key": query.process_key, "business_key": query.business_key,
-        "principals": principals(actor), "limit": query.limit, "offset": query.offset,
+        "group": query.group, "principals": principals(actor), "limit": query.limit, "offset": query.offset,
         "supervised_branch": _supervised_branch(actor),
+        **{name: getattr(query, name) for name, _ in _FILTERS},
     }
     rows = list(session.execute(page, params).scalars())
     if 0 < len(rows) < query.limit or (not rows and query.offset == 0):

@@ -1,0 +1,273 @@
+"""A task's JSON Schema form, as HTML fields and back.
+
+:func:`fields_of` turns the schema into field descriptions the form template renders: every
+type and keyword the forms in ``workflows/forms/`` use (strings, long text, patterns, dates and
+date-times in Beijing time, ``enum`` and ``oneOf``/``const`` option lists, numbers with bounds,
+booleans, a ``const: true`` confirmation, arrays of options as checkbox groups, arrays of free
+text one per line, and ``allOf`` + ``if``/``then`` rules that make a field required).
+:func:`parse` reads a submitted HTML form back into the JSON the engine validates, and
+:func:`errors_of` runs the very validator the engine runs, giving each error the field it
+belongs to and a message in the reader's language. The engine validates again on completion:
+it, not this module, is the authority.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from flask_babel import gettext
+from jsonschema import Draft202012Validator
+
+from engine.calendars import SHANGHAI
+from worklist_ui.i18n import label
+
+LONG_TEXT = 200  # a string allowed more characters than this gets a text area
+
+
+@dataclass
+class Option:
+    value: Any
+    title: str
+
+
+@dataclass
+class Field:
+    name: str
+    title: str
+    widget: str  # text, textarea, datetime, date, number, select, radio, boolean, confirm, checkboxes, lines
+    required: bool = False
+    options: list[Option] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    # An Alpine.js expression over the form's values: the field is required while it holds.
+    required_when: str | None = None
+    hint: str = ""
+
+
+def fields_of(schema: dict[str, Any]) -> list[Field]:
+    required = set(schema.get("required", []))
+    conditions = _conditions(schema)
+    found = []
+    for name, spec in schema.get("properties", {}).items():
+        found.append(_field(name, spec, name in required, conditions.get(name)))
+    return found
+
+
+def _options(spec: dict[str, Any]) -> list[Option]:
+    if "oneOf" in spec:
+        return [Option(o.get("const"), label(o.get("title") or str(o.get("const")))) for o in spec["oneOf"]]
+    if "enum" in spec:
+        return [Option(v, str(v)) for v in spec["enum"]]
+    return []
+
+
+def _field(name: str, spec: dict[str, Any], required: bool, required_when: str | None) -> Field:
+    title = label(spec.get("title") or name)
+    kind = spec.get("type")
+    attrs: dict[str, Any] = {}
+    if kind is None and spec.get("const") is True:
+        return Field(name, title, "confirm", required, required_when=required_when)
+    if kind == "boolean":
+        return Field(name, title, "boolean", required, [Option(True, gettext("Yes")), Option(False, gettext("No"))],
+                     required_when=required_when)
+    if kind == "array":
+        items = spec.get("items", {})
+        options = _options(items)
+        if options:
+            return Field(name, title, "checkboxes", required, options, required_when=required_when)
+        return Field(name, title, "lines", required, attrs={"maxlength": items.get("maxLength")},
+                     required_when=required_when, hint=gettext("One per line"))
+    options = _options(spec)
+    if options:
+        return Field(name, title, "radio" if len(options) <= 5 else "select", required, options,
+                     required_when=required_when)
+    if kind in ("integer", "number"):
+        attrs = {"min": spec.get("minimum"), "max": spec.get("maximum"),
+                 "step": spec.get("multipleOf", 1 if kind == "integer" else "any")}
+        return Field(name, title, "number", required, attrs=attrs, required_when=required_when)
+    fmt = spec.get("format")
+    if fmt == "date-time":
+        return Field(name, title, "datetime", required, required_when=required_when,
+                     hint=gettext("Beijing time"))
+    if fmt == "date":
+        return Field(name, title, "date", required, required_when=required_when)
+    attrs = {"maxlength": spec.get("maxLength"), "minlength": spec.get("minLength")}
+    if spec.get("pattern"):
+        # An HTML pattern is anchored already; the schema's own anchors would be doubled.
+        attrs["pattern"] = spec["pattern"].removeprefix("^").removesuffix("$")
+    widget = "textarea" if (spec.get("maxLength") or 0) > LONG_TEXT else "text"
+    return Field(name, title, widget, required, attrs=attrs, required_when=required_when)
+
+
+def _conditions(schema: dict[str, Any]) -> dict[str, str]:
+    """``allOf: [{if: {properties: {x: {const|enum|contains}}}, then: {required: [...]}}]`` as
+    Alpine expressions, by the field they make required."""
+    found: dict[str, list[str]] = {}
+    for rule in schema.get("allOf", []):
+        condition = rule.get("if", {}).get("properties", {})
+        required = rule.get("then", {}).get("required", [])
+        parts = []
+        for name, test in condition.items():
+            variable = f"values[{json.dumps(name)}]"
+            if "const" in test:
+                parts.append(f"String({variable}) === {json.dumps(_as_input(test['const']))}")
+            elif "enum" in test:
+                parts.append(f"{json.dumps([_as_input(v) for v in test['enum']])}.includes(String({variable}))")
+            elif "contains" in test and "const" in test["contains"]:
+                parts.append(f"([].concat({variable} || [])).includes({json.dumps(test['contains']['const'])})")
+        if not parts:
+            continue
+        for name in required:
+            found.setdefault(name, []).append(" && ".join(parts))
+    return {name: " || ".join(f"({p})" for p in parts) for name, parts in found.items()}
+
+
+def _as_input(value: Any) -> str:
+    """A schema value as an input holds it: booleans are the radios' "true"/"false"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# -- submitted form -> JSON ------------------------------------------------------------------
+@dataclass
+class Parsed:
+    data: dict[str, Any]
+    errors: dict[str, str]  # field -> message, for values that are not even of the right type
+
+
+def parse(schema: dict[str, Any], form: Any) -> Parsed:
+    """``form``: a werkzeug MultiDict. Blank fields are left out (the schema says whether
+    they are needed)."""
+    data: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for item in fields_of(schema):
+        spec = schema["properties"][item.name]
+        name = item.name
+        if item.widget == "checkboxes":
+            values = [v for v in form.getlist(name) if v != ""]
+            if values:
+                data[name] = [_typed(spec.get("items", {}), v) for v in values]
+            continue
+        if item.widget == "lines":
+            lines = [line.strip() for line in (form.get(name) or "").splitlines() if line.strip()]
+            if lines:
+                data[name] = lines
+            continue
+        if item.widget == "confirm":
+            if form.get(name):
+                data[name] = True
+            continue
+        raw = (form.get(name) or "").strip()
+        if raw == "":
+            continue
+        try:
+            data[name] = _value(item, spec, raw)
+        except ValueError as exc:
+            errors[name] = str(exc)
+    return Parsed(data, errors)
+
+
+def _typed(spec: dict[str, Any], raw: str) -> Any:
+    if spec.get("type") == "integer":
+        return int(raw)
+    if spec.get("type") == "number":
+        return float(raw)
+    return raw
+
+
+def _value(item: Field, spec: dict[str, Any], raw: str) -> Any:
+    if item.widget == "boolean":
+        if raw not in ("true", "false"):
+            raise ValueError(gettext("Choose yes or no"))
+        return raw == "true"
+    if item.widget == "number":
+        try:
+            number = float(raw)
+        except ValueError:
+            raise ValueError(gettext("Enter a number")) from None
+        if spec.get("type") == "integer":
+            if number != int(number):
+                raise ValueError(gettext("Enter a whole number"))
+            return int(number)
+        return int(number) if number == int(number) and "." not in raw else number
+    if item.widget == "datetime":
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ValueError(gettext("Enter a date and time")) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=SHANGHAI)
+        return moment.isoformat()
+    if item.widget == "date":
+        try:
+            return date.fromisoformat(raw).isoformat()
+        except ValueError:
+            raise ValueError(gettext("Enter a date")) from None
+    if item.widget in ("select", "radio"):
+        for option in item.options:
+            if str(option.value) == raw:
+                return option.value
+        raise ValueError(gettext("Choose one of the options"))
+    return raw
+
+
+def errors_of(validator: Draft202012Validator, data: dict[str, Any]) -> dict[str, str]:
+    """The engine's validator's errors, by top-level field, in the reader's language."""
+    found: dict[str, str] = {}
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
+        path = list(error.absolute_path)
+        if error.validator == "required":
+            name = error.message.split("'")[1] if error.message.count("'") >= 2 else ""
+        else:
+            name = str(path[0]) if path else ""
+        found.setdefault(name, _message(error))
+    return found
+
+
+def _message(error: Any) -> str:
+    kind = error.validator
+    if kind == "required":
+        return gettext("Required")
+    if kind in ("maxLength", "maxItems"):
+        return gettext("At most %(num)s", num=error.validator_value)
+    if kind in ("minLength", "minItems"):
+        return gettext("At least %(num)s", num=error.validator_value)
+    if kind == "maximum":
+        return gettext("At most %(num)s", num=error.validator_value)
+    if kind == "minimum":
+        return gettext("At least %(num)s", num=error.validator_value)
+    if kind == "pattern":
+        return gettext("Not in the expected format")
+    if kind == "format":
+        return gettext("Not a valid %(format)s", format=error.validator_value)
+    if kind in ("enum", "oneOf", "const"):
+        return gettext("Choose one of the options")
+    if kind == "type":
+        return gettext("Not the right kind of value")
+    if kind == "multipleOf":
+        return gettext("Must be a multiple of %(num)s", num=error.validator_value)
+    if kind == "uniqueItems":
+        return gettext("Each value once")
+    return str(error.message)
+
+
+def draft_values(schema: dict[str, Any], data: dict[str, Any] | None) -> dict[str, Any]:
+    """Values as the form's inputs show them (date-times in Beijing time, booleans as text)."""
+    shown: dict[str, Any] = {}
+    for item in fields_of(schema):
+        value = (data or {}).get(item.name)
+        if value is None:
+            continue
+        if item.widget == "datetime" and isinstance(value, str):
+            with contextlib.suppress(ValueError):  # not a date-time: shown as it was typed
+                value = datetime.fromisoformat(value).astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
+        elif item.widget == "boolean":
+            value = "true" if value is True else "false" if value is False else value
+        elif item.widget == "lines" and isinstance(value, list):
+            value = "\n".join(str(v) for v in value)
+        shown[item.name] = value
+    return shown

@@ -1,0 +1,110 @@
+"""Language and time as people read them: Chinese unless the person chose English, and
+every moment in Beijing time.
+
+The templates' source strings are English (``_("Inbox")``); the Chinese catalogue
+(``translations/zh_CN``) gives the words people see by default. Labels the diagrams and
+forms carry are bilingual already (``登记投诉 Register complaint``): :func:`label` shows the
+half in the reader's language.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from flask import Flask, session
+from flask_babel import gettext, ngettext
+from flask_login import current_user
+
+from engine.calendars import SHANGHAI
+
+DEFAULT = "zh_CN"
+LOCALES = ("zh_CN", "en")
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
+
+
+def select_locale() -> str:
+    """The signed-in person's choice, else this browser session's, else Chinese."""
+    chosen = getattr(current_user, "locale", None) if current_user and current_user.is_authenticated else None
+    chosen = chosen or session.get("locale")
+    if chosen in LOCALES:
+        return str(chosen)
+    return DEFAULT
+
+
+def is_chinese() -> bool:
+    return select_locale().startswith("zh")
+
+
+def label(title: str | None, *, chinese: bool | None = None) -> str:
+    """The reader's half of a bilingual ``中文 English`` label (the whole of a one-language one)."""
+    if not title:
+        return ""
+    text = title.strip()
+    matches = list(_CJK.finditer(text))
+    if not matches:
+        return text
+    cut = matches[-1].end()
+    # Keep closing punctuation that belongs to the Chinese half (「」、（）).
+    while cut < len(text) and text[cut] in "）」』】》":
+        cut += 1
+    chinese_half, english_half = text[:cut].strip(), text[cut:].strip()
+    if chinese is None:
+        chinese = is_chinese()
+    if chinese or not english_half:
+        return chinese_half
+    return english_half
+
+
+def beijing(moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    """A moment as Beijing time (every datetime the engine holds is timezone-aware)."""
+    if moment is None:
+        return ""
+    return moment.astimezone(SHANGHAI).strftime(fmt)
+
+
+def duration(seconds: float | None) -> str:
+    """How long, in the largest whole unit that reads well: 3 天, 5 小时, 20 分钟."""
+    if seconds is None:
+        return ""
+    value = abs(seconds)
+    if value >= 86400:
+        count = int(value // 86400)
+        return ngettext("%(num)d day", "%(num)d days", count)
+    if value >= 3600:
+        count = int(value // 3600)
+        return ngettext("%(num)d hour", "%(num)d hours", count)
+    count = max(int(value // 60), 1)
+    return ngettext("%(num)d minute", "%(num)d minutes", count)
+
+
+SLA_TEXT = {
+    "on_track": "On track",
+    "at_risk": "At risk",
+    "breached": "Overdue",
+    "paused": "Paused",
+    "none": "No due date",
+}
+SLA_ICON = {"on_track": "●", "at_risk": "▲", "breached": "■", "paused": "Ⅱ", "none": "–"}
+
+
+def sla_phrase(state: str, seconds: float | None) -> str:
+    """The clock in words: "剩余 2 天", "已逾期 3 天", "已暂停"."""
+    if state == "breached":
+        return gettext("Overdue by %(time)s", time=duration(seconds))
+    if state == "paused":
+        return gettext("Paused")
+    if state == "none" or seconds is None:
+        return gettext("No due date")
+    return gettext("%(time)s left", time=duration(seconds))
+
+
+def install(app: Flask) -> None:
+    app.jinja_env.filters.update(label=label, beijing=beijing, duration=duration)
+    app.jinja_env.globals.update(sla_phrase=sla_phrase, SLA_TEXT=SLA_TEXT, SLA_ICON=SLA_ICON,
+                                 select_locale=select_locale, LOCALES=LOCALES)
+
+    @app.context_processor
+    def _language() -> dict[str, Any]:
+        return {"lang": "zh-CN" if is_chinese() else "en", "chinese": is_chinese()}

@@ -1,0 +1,490 @@
+"""The pages. Each handler authenticates through the session, calls engine services with the
+signed-in person as the actor, and renders; changes are POST → service → redirect (or, for
+htmx, the changed fragment). Nothing here decides who may see or do what: the engine does.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_babel import gettext
+from flask_login import current_user, login_required, login_user, logout_user
+from werkzeug.exceptions import HTTPException
+
+from api.context import bpm
+from api.errors import status_for
+from engine import errors
+from engine.access import client_access, field_policy
+from engine.access.client_access import REVEAL_REASONS, REVEAL_ROLES
+from engine.access.roles import SUPERVISOR
+from engine.models import ACTIVE_TASK_STATES, Task, TaskStatus
+from engine.process import activity, instances, tasks, worklist
+from engine.sla import clock as sla_clock
+from worklist_ui import forms, i18n
+from worklist_ui.session import actor, sign_in
+
+blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
+                static_url_path="/static/pages")
+
+TABS = ("mine", "group", "team", "watched", "done")
+DUE_FILTERS = ("overdue", "at_risk", "today")
+PAGE_SIZE = 50
+
+
+@blp.before_request
+def _csrf() -> None:
+    # Every state-changing request of the pages, forms and htmx alike, carries the token.
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        current_app.extensions["bpm_csrf"].protect()
+
+
+@blp.app_context_processor
+def _header() -> dict[str, Any]:
+    if not current_user or not current_user.is_authenticated:
+        return {"unread": 0}
+    ctx = bpm()
+    with ctx.db.transaction() as db:
+        return {"unread": worklist.unread_count(db, actor=actor())}
+
+
+@blp.errorhandler(errors.BpmError)
+def _engine_error(exc: errors.BpmError) -> tuple[str, int]:
+    status = status_for(exc)
+    if status == 401:
+        return redirect(url_for("pages.login", next=request.full_path)), 302  # type: ignore[return-value]
+    return render_template("error.html", status=status, message=exc.message), status
+
+
+@blp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[str, int]:
+    return render_template("error.html", status=exc.code or 500, message=exc.description), exc.code or 500
+
+
+# -- sign in / out, language -----------------------------------------------------------------
+@blp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    error = None
+    if request.method == "POST":
+        username = (request.form.get("username") or "").strip()
+        try:
+            user = sign_in(username, request.form.get("password") or "")
+        except errors.AuthenticationFailed:
+            error = gettext("Wrong username or password")
+        else:
+            # A browser-session cookie: the token it holds expires on the server (12 hours),
+            # so the cookie needs no expiry of its own.
+            login_user(user)
+            if user.locale:
+                session["locale"] = user.locale
+            target = request.args.get("next") or ""
+            # Only a path of this site, never an address elsewhere.
+            if not target.startswith("/") or target.startswith("//"):
+                target = url_for("pages.inbox")
+            return redirect(target)
+    return render_template("login.html", error=error), 401 if error else 200
+
+
+@blp.post("/logout")
+def logout() -> Any:
+    logout_user()
+    session.pop("locale", None)
+    return redirect(url_for("pages.login"))
+
+
+@blp.post("/language")
+def language() -> Any:
+    chosen = request.form.get("locale") or ""
+    if chosen not in i18n.LOCALES:
+        abort(400, gettext("Unknown language"))
+    session["locale"] = chosen
+    if current_user.is_authenticated:
+        ctx = bpm()
+        with ctx.db.transaction() as db:
+            worklist.set_locale(db, actor=actor(), locale=chosen)
+        current_user.locale = chosen
+    back = request.form.get("next") or url_for("pages.inbox")
+    return redirect(back if back.startswith("/") and not back.startswith("//") else url_for("pages.inbox"))
+
+
+# -- inbox -----------------------------------------------------------------------------------
+def _filters() -> dict[str, str]:
+    keep = ("tab", "process", "step", "due", "q", "client", "group", "branch", "within", "sort")
+    return {k: v for k in keep if (v := (request.args.get(k) or "").strip())}
+
+
+def _query(filters: dict[str, str], tab: str, offset: int) -> tasks.InboxQuery:
+    within = filters.get("within")
+    try:
+        hours = int(within) if within else None
+    except ValueError:
+        raise errors.InvalidInput(gettext("Due within is a number of hours")) from None
+    due = filters.get("due")
+    key = filters.get("q") or None
+    return tasks.InboxQuery(
+        assignee_me=tab == "mine", candidate_me=tab == "group",
+        overdue=due == "overdue", at_risk=due == "at_risk",
+        due_within=timedelta(hours=hours) if hours else (timedelta(hours=24) if due == "today" else None),
+        process_key=filters.get("process"), business_key=key, element_id=filters.get("step"),
+        client_id=filters.get("client"), group=filters.get("group"), branch=filters.get("branch"),
+        sort=filters.get("sort", "due"), limit=PAGE_SIZE, offset=offset,
+    )
+
+
+@blp.get("/")
+@login_required
+def inbox() -> Any:
+    filters = _filters()
+    tab = filters.get("tab", "mine")
+    person = actor()
+    supervisor = person.has_role(SUPERVISOR)
+    if tab not in TABS or (tab == "team" and not supervisor):
+        abort(400, gettext("Unknown tab"))
+    offset = max(int(request.args.get("offset") or 0), 0) if (request.args.get("offset") or "0").isdigit() else 0
+    ctx = bpm()
+    now = ctx.runtime.now()
+    with ctx.db.transaction() as db:
+        counts = {
+            "mine": tasks.inbox(db, actor=person, query=tasks.InboxQuery(assignee_me=True, limit=1), now=now)[1],
+            "group": tasks.inbox(db, actor=person, query=tasks.InboxQuery(candidate_me=True, limit=1), now=now)[1],
+            "watched": worklist.watched(db, actor=person, limit=1)[1],
+            "done": worklist.done(db, actor=person, now=now, limit=1)[1],
+        }
+        if supervisor:
+            # A supervisor's view: every task they may see (their branch, or the firm at HQ).
+            counts["team"] = tasks.inbox(db, actor=person, query=tasks.InboxQuery(limit=1), now=now)[1]
+        if tab == "watched":
+            found, total = worklist.watched(db, actor=person, limit=PAGE_SIZE, offset=offset)
+        elif tab == "done":
+            found, total = worklist.done(db, actor=person, now=now, limit=PAGE_SIZE, offset=offset)
+        else:
+            found, total = tasks.inbox(db, actor=person, query=_query(filters, tab, offset), now=now)
+        rows = worklist.rows_of(db, found, now=now)
+        views = worklist.saved_views(db, actor=person)
+        processes = sorted({r.task.process_key: r.process_name for r in rows}.items())
+    context = {"tab": tab, "supervisor": supervisor,
+               "rows": rows, "total": total, "counts": counts, "filters": filters, "views": views,
+               "offset": offset, "page_size": PAGE_SIZE, "processes": processes, "now": now,
+               "query_string": urlencode(filters)}
+    if request.headers.get("HX-Request") and request.args.get("fragment") == "rows":
+        return render_template("_inbox_rows.html", **context)
+    return render_template("inbox.html", **context)
+
+
+@blp.post("/views")
+@login_required
+def save_view() -> Any:
+    ctx = bpm()
+    with ctx.db.transaction() as db:
+        worklist.save_view(db, actor=actor(), name=request.form.get("name") or "",
+                           query=request.form.get("query") or "", now=ctx.runtime.now())
+    flash(gettext("View saved"))
+    return redirect(url_for("pages.inbox") + "?" + (request.form.get("query") or ""))
+
+
+@blp.post("/views/<int:view_id>/delete")
+@login_required
+def delete_view(view_id: int) -> Any:
+    ctx = bpm()
+    with ctx.db.transaction() as db:
+        worklist.delete_view(db, actor=actor(), view_id=view_id)
+    return redirect(url_for("pages.inbox"))
+
+
+def _claim_one(task_id: int) -> str | None:
+    """Claim one task; None, or why not, in the reader's words."""
+    ctx = bpm()
+    try:
+        with ctx.db.transaction() as db:
+            tasks.claim(db, ctx.runtime, task_id=task_id, actor=actor())
+    except errors.BpmError as exc:
+        return exc.message
+    return None
+
+
+@blp.post("/tasks/claim")
+@login_required
+def claim_many() -> Any:
+    """Bulk claim: each task claimed in its own transaction, each result reported."""
+    ids = [int(v) for v in request.form.getlist("task") if v.isdigit()]
+    if not ids:
+        flash(gettext("Select the tasks to claim first"), "warning")
+    claimed, refused = 0, []
+    for task_id in ids:
+        reason = _claim_one(task_id)
+        if reason is None:
+            claimed += 1
+        else:
+            refused.append(f"#{task_id}: {reason}")
+    if claimed:
+        flash(gettext("Claimed %(num)d task(s)", num=claimed))
+    for line in refused:
+        flash(gettext("Not claimed: %(reason)s", reason=line), "warning")
+    return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
+
+
+@blp.post("/tasks/<int:task_id>/claim")
+@login_required
+def claim(task_id: int) -> Any:
+    reason = _claim_one(task_id)
+    if request.headers.get("HX-Request"):
+        return _row(task_id, reason)
+    if reason:
+        flash(reason, "warning")
+    return redirect(request.form.get("next") or url_for("pages.task", task_id=task_id))
+
+
+@blp.post("/tasks/<int:task_id>/unclaim")
+@login_required
+def unclaim(task_id: int) -> Any:
+    ctx = bpm()
+    reason = None
+    try:
+        with ctx.db.transaction() as db:
+            tasks.unclaim(db, ctx.runtime, task_id=task_id, actor=actor())
+    except errors.BpmError as exc:
+        reason = exc.message
+    if request.headers.get("HX-Request"):
+        return _row(task_id, reason)
+    if reason:
+        flash(reason, "warning")
+    return redirect(request.form.get("next") or url_for("pages.task", task_id=task_id))
+
+
+def _row(task_id: int, reason: str | None) -> Any:
+    """One inbox row again, after a change made in place."""
+    ctx = bpm()
+    with ctx.db.transaction() as db:
+        try:
+            task = tasks.get(db, task_id, actor=actor())
+        except errors.NotFound:
+            return Response("", status=200)
+        (row,) = worklist.rows_of(db, [task], now=ctx.runtime.now())
+    return render_template("_inbox_row.html", row=row, message=reason, tab=request.args.get("tab", "mine"))
+
+
+# -- task page -------------------------------------------------------------------------------
+def _task_context(task_id: int, *, values: dict[str, Any] | None = None,
+                  field_errors: dict[str, str] | None = None) -> dict[str, Any]:
+    ctx = bpm()
+    now = ctx.runtime.now()
+    person = actor()
+    with ctx.db.transaction() as db:
+        task = tasks.get(db, task_id, actor=person)
+        instance = instances.get(db, task.instance_id, actor=person)
+        schema = tasks.form_of(db, ctx.runtime, task)
+        draft = worklist.draft(db, task_id=task_id, actor=person) if values is None else None
+        data = instances.data_of(db, ctx.runtime, instance)
+        case = field_policy.screen_case(db, ctx.field_policy, actor=person, instance=instance, data=data)
+        events = field_policy.screen_history(db, ctx.field_policy, actor=person, instance=instance, data=data,
+                                             events=instances.history(db, instance.id, actor=person))
+        comments = worklist.comments(db, instance_id=instance.id, actor=person)
+        names = activity.names(db, ctx.runtime, instance=instance)
+        (row,) = worklist.rows_of(db, [task], now=now)
+        client = None
+        if task.client_id:
+            try:
+                client = client_access.get_client(db, task.client_id, actor=person, now=now)
+            except errors.ClientNotFound:
+                client = None
+    state, seconds = sla_clock.state(task, now) if task.status in ACTIVE_TASK_STATES else ("none", None)
+    fields = forms.fields_of(schema) if schema else []
+    shown = forms.draft_values(schema, values if values is not None else draft) if schema else {}
+    reveal_fields = [f for f, roles in REVEAL_ROLES.items() if roles and person.groups & roles]
+    return {"task": task, "row": row, "instance": instance, "case": case, "events": events, "comments": comments,
+            "client": client, "names": names, "schema": schema, "fields": fields, "values": shown,
+            "errors": field_errors or {},
+            "sla_state": state, "seconds": seconds, "now": now, "person": person, "has_draft": draft is not None,
+            "reveal_fields": reveal_fields, "reveal_reasons": REVEAL_REASONS,
+            "alpine_values": json.dumps(shown, ensure_ascii=False)}
+
+
+@blp.get("/tasks/<int:task_id>")
+@login_required
+def task(task_id: int) -> Any:
+    return render_template("task.html", **_task_context(task_id))
+
+
+@blp.post("/tasks/<int:task_id>")
+@login_required
+def complete(task_id: int) -> Any:
+    ctx = bpm()
+    person = actor()
+    with ctx.db.transaction() as db:
+        task = tasks.get(db, task_id, actor=person)
+        schema = tasks.form_of(db, ctx.runtime, task)
+        validator = (ctx.runtime.form_validator(db, instances.get(db, task.instance_id, actor=person)
+                                                .process_version_id, task.form_key)
+                     if task.form_key else None)
+    parsed = forms.parse(schema, request.form) if schema else forms.Parsed({}, {})
+    found = dict(parsed.errors)
+    if validator is not None:
+        for name, message in forms.errors_of(validator, parsed.data).items():
+            found.setdefault(name, message)
+    if found:
+        return render_template("task.html", **_task_context(task_id, values=parsed.data,
+                                                            field_errors=found)), 422
+    try:
+        with ctx.db.transaction() as db:
+            done = tasks.complete(db, ctx.runtime, task_id=task_id, actor=person, data=parsed.data)
+            worklist.drop_drafts(db, task_id=task_id)
+            following = [t for t in tasks.opened(db, person) if t.instance_id == done.instance_id
+                         and t.assignee in (None, person.username)]
+    except (errors.TaskNotOpen, errors.NotAssignee, errors.TaskNotFound) as exc:
+        flash(_lost_race(task_id) or exc.message, "warning")
+        return redirect(url_for("pages.inbox"))
+    except errors.FormValidationError as exc:
+        engine_errors = {e.field: e.message for e in exc.errors}
+        return render_template("task.html", **_task_context(task_id, values=parsed.data,
+                                                            field_errors=engine_errors)), 422
+    flash(gettext("Completed: %(name)s", name=i18n.label(done.name) or done.element_id))
+    if following:
+        return redirect(url_for("pages.task", task_id=following[0].id))
+    return redirect(url_for("pages.inbox"))
+
+
+def _lost_race(task_id: int) -> str | None:
+    """Who completed the task first, when someone did."""
+    ctx = bpm()
+    with ctx.db.transaction() as db:
+        row = db.get(Task, task_id)
+        if row is not None and row.status == TaskStatus.COMPLETED and row.completed_by:
+            return gettext("%(who)s completed this task first", who=row.completed_by)
+    return None
+
+
+@blp.post("/tasks/<int:task_id>/draft")
+@login_required
+def save_draft(task_id: int) -> Any:
+    ctx = bpm()
+    person = actor()
+    with ctx.db.transaction() as db:
+        task = tasks.get(db, task_id, actor=person)
+        schema = tasks.form_of(db, ctx.runtime, task) or {"properties": {}}
+        worklist.save_draft(db, task_id=task_id, actor=person, data=forms.parse(schema, request.form).data,
+                            now=ctx.runtime.now())
+    if request.headers.get("HX-Request"):
+        return render_template("_saved.html", at=ctx.runtime.now())
+    flash(gettext("Draft saved"))
+    return redirect(url_for("pages.task", task_id=task_id))
+
+
+@blp.post("/tasks/<int:task_id>/<any(delegate, assign, pause, resume):action>")
+@login_required
+def task_action(task_id: int, action: str) -> Any:
+    ctx = bpm()
+    person = actor()
+    with ctx.db.transaction() as db:
+        if action in ("delegate", "assign"):
+            username = (request.form.get("username") or "").strip()
+            if not username:
+                raise errors.InvalidInput(gettext("Name the person"))
+            getattr(tasks, action)(db, ctx.runtime, task_id=task_id, username=username, actor=person)
+        elif action == "pause":
+            reason = (request.form.get("reason") or "").strip()
+            if not reason:
+                raise errors.InvalidInput(gettext("Say what the client is to do"))
+            tasks.pause(db, ctx.runtime, task_id=task_id, actor=person, reason=reason)
+        else:
+            tasks.resume(db, ctx.runtime, task_id=task_id, actor=person)
+    flash(gettext("Done"))
+    if action in ("delegate", "assign"):
+        return redirect(url_for("pages.inbox"))
+    return redirect(url_for("pages.task", task_id=task_id))
+
+
+@blp.post("/cases/<int:instance_id>/comments")
+@login_required
+def comment(instance_id: int) -> Any:
+    ctx = bpm()
+    with ctx.db.transaction() as db:
+        worklist.add_comment(db, instance_id=instance_id, actor=actor(), body=request.form.get("body") or "",
+                             now=ctx.runtime.now())
+    return redirect(request.form.get("next") or url_for("pages.inbox"))
+
+
+@blp.post("/clients/<string:client_id>/reveal")
+@login_required
+def reveal(client_id: str) -> Any:
+    ctx = bpm()
+    with ctx.db.transaction() as db:
+        shown = client_access.reveal(db, client_id=client_id, field=request.form.get("field") or "",
+                                     reason=request.form.get("reason") or "", actor=actor(),
+                                     now=ctx.runtime.now())
+    return render_template("_revealed.html", shown=shown)
+
+
+# -- case page -------------------------------------------------------------------------------
+@blp.get("/cases/<string:business_key>")
+@login_required
+def case(business_key: str) -> Any:
+    ctx = bpm()
+    person = actor()
+    now = ctx.runtime.now()
+    with ctx.db.transaction() as db:
+        instance = worklist.readable_case(db, business_key=business_key, actor=person)
+        where = activity.of(db, ctx.runtime, instance_id=instance.id, actor=person)
+        data = instances.data_of(db, ctx.runtime, instance)
+        screened = field_policy.screen_case(db, ctx.field_policy, actor=person, instance=instance, data=data)
+        events = field_policy.screen_history(db, ctx.field_policy, actor=person, instance=instance, data=data,
+                                             events=instances.history(db, instance.id, actor=person))
+        comments = worklist.comments(db, instance_id=instance.id, actor=person)
+        open_rows = worklist.rows_of(db, worklist.open_steps(db, instance=instance, actor=person), now=now)
+        related = worklist.related_cases(db, instance=instance, data=data, actor=person)
+    states = [{"element_id": e.element_id, "markers": e.markers, "count": e.count,
+               "badge": (i18n.sla_phrase(e.sla_state, None if e.due_at is None else (e.due_at - now).total_seconds())
+                         if e.sla_state not in (None, "none") else None),
+               "badge_state": e.sla_state} for e in where.elements]
+    names = {e.element_id: e.name for e in where.elements}
+    return render_template("case.html", instance=instance, activity=where, case=screened, events=events,
+                           names=names,
+                           comments=comments, open_rows=open_rows, related=related, now=now,
+                           states_json=json.dumps(states, ensure_ascii=False))
+
+
+@blp.get("/cases/<string:business_key>/diagram.bpmn")
+@login_required
+def diagram(business_key: str) -> Response:
+    ctx = bpm()
+    with ctx.db.transaction() as db:
+        instance = worklist.readable_case(db, business_key=business_key, actor=actor())
+        xml = activity.bpmn_xml(db, instance_id=instance.id, actor=actor())
+    return Response(xml, mimetype="application/xml")
+
+
+# -- notifications ---------------------------------------------------------------------------
+@blp.get("/notifications")
+@login_required
+def notifications() -> Any:
+    ctx = bpm()
+    unread_only = request.args.get("unread") == "1"
+    with ctx.db.transaction() as db:
+        rows, total = worklist.notifications(db, actor=actor(), unread_only=unread_only, limit=100)
+    return render_template("notifications.html", rows=rows, total=total, unread_only=unread_only)
+
+
+@blp.post("/notifications/read")
+@login_required
+def mark_read() -> Any:
+    ctx = bpm()
+    everything = request.form.get("all") == "1"
+    ids = [int(v) for v in request.form.getlist("id") if v.isdigit()]
+    if everything or ids:
+        with ctx.db.transaction() as db:
+            worklist.mark_read(db, actor=actor(), now=ctx.runtime.now(), ids=None if everything else ids)
+    return redirect(url_for("pages.notifications"))
+
