@@ -10,7 +10,7 @@ NODE_STAMP := $(UI)/node_modules/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint typecheck check bench bench-full services clean
+.PHONY: run test lint typecheck check bench bench-full services browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,9 @@ $(DEV_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Node packages for the test tooling (tests/bpmn/test_diagrams_modeler.py opens every diagram as
-# Camunda Modeler does): exactly what package-lock.json pins, again whenever it changes.
+# Node packages: the pages' bundles are rebuilt from them (tests/ui/test_assets.py) and every
+# diagram is opened as Camunda Modeler does (tests/bpmn/test_diagrams_modeler.py): exactly what
+# package-lock.json pins, again whenever it changes.
 # --include=dev: they are devDependencies, and NODE_ENV=production must not drop them.
 $(NODE_STAMP): $(UI)/package.json $(UI)/package-lock.json
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
@@ -33,6 +34,18 @@ $(NODE_STAMP): $(UI)/package.json $(UI)/package-lock.json
 			"install Node.js 20 or later with npm, e.g. apt-get install nodejs npm" >&2; exit 1; }
 	npm ci --prefix $(UI) --include=dev --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The browser tests (tests/ui) drive Debian's chromium through Playwright, which never
+# downloads a browser of its own; the CJK fonts make the Chinese pages render as text.
+browser:
+	@command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || { \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "make: the browser tests need Debian's chromium and fonts-noto-cjk:" \
+				"sudo apt-get install chromium fonts-noto-cjk" >&2; exit 1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-noto-cjk >/dev/null 2>&1 || { \
+			apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+				chromium fonts-noto-cjk >/dev/null; }; }
+	@chromium --version 2>/dev/null | head -1
 
 run: $(STAMP)
 	$(BIN)/bpm db upgrade
@@ -44,7 +57,7 @@ services:
 
 # One pytest worker per core: each worker gets its own PostgreSQL schema and SQLite files
 # (tests/conftest.py); the Redis fault tests share database 15 and run in one worker.
-test: $(DEV_STAMP) $(NODE_STAMP) services
+test: $(DEV_STAMP) $(NODE_STAMP) browser services
 	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=15
 
 lint: $(DEV_STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from babel.messages.catalog import Catalog
@@ -28,7 +29,9 @@ KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2)}
 
 def build() -> tuple[bytes, bytes, list[str]]:
     """(.po bytes, .mo bytes, source strings that have no Chinese)."""
-    catalog = Catalog(locale="zh_CN", project="brokerage-bpm", fuzzy=False)
+    # Fixed dates: the compiled catalogue must be the same bytes whenever it is built.
+    fixed = datetime(2026, 1, 1, tzinfo=UTC)
+    catalog = Catalog(locale="zh_CN", project="brokerage-bpm", fuzzy=False, creation_date=fixed, revision_date=fixed)
     missing = []
     extracted = extract_from_dir(str(UI), METHODS, keywords=KEYWORDS, options_map={"**/templates/**.html": {}})
     messages: dict[str | tuple[str, ...], None] = {}

@@ -95,8 +95,9 @@ def _field(name: str, spec: dict[str, Any], required: bool, required_when: str |
     if fmt == "date":
         return Field(name, title, "date", required, required_when=required_when)
     attrs = {"maxlength": spec.get("maxLength"), "minlength": spec.get("minLength")}
-    if spec.get("pattern"):
-        # An HTML pattern is anchored already; the schema's own anchors would be doubled.
+    if spec.get("pattern") and "(?" not in spec["pattern"]:
+        # An HTML pattern is anchored already; the schema's own anchors would be doubled. (A
+        # pattern with inline flags has no HTML form: the server checks it alone.)
         attrs["pattern"] = spec["pattern"].removeprefix("^").removesuffix("$")
     widget = "textarea" if (spec.get("maxLength") or 0) > LONG_TEXT else "text"
     return Field(name, title, widget, required, attrs=attrs, required_when=required_when)

@@ -14,14 +14,17 @@ from datetime import datetime
 from typing import Any
 
 from flask import Flask, session
-from flask_babel import gettext, ngettext
+from flask_babel import get_locale, gettext, ngettext
 from flask_login import current_user
 
 from engine.calendars import SHANGHAI
 
 DEFAULT = "zh_CN"
 LOCALES = ("zh_CN", "en")
-_CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
+_CJK_CHARS = "\u3000-\u303f\u3400-\u9fff\uff00-\uffef"
+# Where the English half begins: Latin words after the Chinese (or its closing bracket).
+_ENGLISH_START = re.compile(rf"(?<=[{_CJK_CHARS})0-9]) *(?=[A-Za-z]{{2}})")
+_CJK_NOTE = re.compile(rf" *\(([^()]*[{_CJK_CHARS}][^()]*)\)")
 
 
 def select_locale() -> str:
@@ -34,27 +37,31 @@ def select_locale() -> str:
 
 
 def is_chinese() -> bool:
-    return select_locale().startswith("zh")
+    return str(get_locale() or DEFAULT).startswith("zh")
 
 
 def label(title: str | None, *, chinese: bool | None = None) -> str:
-    """The reader's half of a bilingual ``中文 English`` label (the whole of a one-language one)."""
+    """The reader's half of a bilingual ``中文 English`` label (the whole of a one-language
+    one). A Chinese note the English half carries in brackets, ``Target seat (深市必填)``,
+    stays with the Chinese."""
     if not title:
         return ""
     text = title.strip()
-    matches = list(_CJK.finditer(text))
-    if not matches:
+    start = _ENGLISH_START.search(text)
+    if start is None:
         return text
-    cut = matches[-1].end()
-    # Keep closing punctuation that belongs to the Chinese half (「」、（）).
-    while cut < len(text) and text[cut] in "）」』】》":
-        cut += 1
-    chinese_half, english_half = text[:cut].strip(), text[cut:].strip()
+    chinese_half, english_half = text[:start.start()].strip(), text[start.end():].strip()
+    if chinese_half.count("（") > chinese_half.count("）"):
+        # The English is a gloss inside the Chinese brackets: 原因（可不答 optional）.
+        chinese_half += "）"
+        english_half = english_half.removesuffix("）").strip()
+    notes = _CJK_NOTE.findall(english_half)
     if chinese is None:
         chinese = is_chinese()
-    if chinese or not english_half:
-        return chinese_half
-    return english_half
+    if chinese:
+        notes = [re.sub(r"\s*\b[A-Za-z][A-Za-z ]*\b", "", note).strip() for note in notes]
+        return chinese_half + "".join(f"（{note}）" for note in notes if note)
+    return _CJK_NOTE.sub("", english_half).strip() or chinese_half
 
 
 def beijing(moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:

@@ -188,3 +188,114 @@ def test_no_page_has_a_serious_or_critical_accessibility_violation(page: Page, s
     found = [(name, v["id"], v["impact"], v["help"]) for name, result in pages
              for v in result.response["violations"] if v["impact"] in ("serious", "critical")]
     assert found == []
+
+
+def test_the_keyboard_moves_opens_and_claims(page: Page, server, demo_cases_loaded):
+    sign_in(page, server, "s003")
+    page.goto(f"{server}/?tab=group")
+    first_key = keys_of(page)[0]
+    page.keyboard.press("j")
+    expect(page.locator("[data-task-row]").first).to_be_focused()
+    page.keyboard.press("j")
+    expect(page.locator("[data-task-row]").nth(1)).to_be_focused()
+    page.keyboard.press("k")
+    page.keyboard.press("c")  # claims the focused row in place
+    expect(page.locator("[data-task-row]").first.locator("button")).to_have_text("退回")
+    page.keyboard.press("/")
+    expect(page.locator("[data-filter]")).to_be_focused()
+    page.locator("[data-task-row]").first.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(".crumbs")).to_contain_text(first_key)
+
+
+def test_the_inbox_refreshes_itself_and_says_when_a_task_arrived(page: Page, server, demo_cases_loaded, db, rt,
+                                                                staff):
+    from engine.process import messages
+
+    sign_in(page, server, "s003")
+    page.goto(f"{server}/?tab=group")
+    before = page.locator("[data-task-row]").count()
+    with db.transaction() as s:  # a new account opens: its callback joins the call centre's queue
+        messages.correlate(s, rt, name="account_opened", correlation_key=None, actor=staff["s003"],
+                           payload={"client_id": "C08", "branch_code": "NB01", "opened_at": "2026-11-25"})
+    page.evaluate("htmx.trigger('#rows', 'refresh')")  # what the 30-second poll does
+    expect(page.locator("tr.new")).to_contain_text("有新任务到达", timeout=10000)
+    expect(page.locator("[data-task-row]")).to_have_count(before + 1)
+
+
+def test_a_filtered_list_is_saved_as_a_named_view(page: Page, server, demo_cases_loaded):
+    sign_in(page, server, "s003")
+    page.goto(f"{server}/?tab=group&due=overdue")
+    page.click("text=已存视图")
+    page.fill("details.views input[name=name]", "逾期回访")
+    page.click("text=保存当前视图")
+    expect(page.locator(".flash").first).to_contain_text("视图已保存")
+    page.goto(f"{server}/")
+    page.click("text=已存视图")
+    page.click("details.views a:text('逾期回访')")
+    expect(page).to_have_url(re.compile(r"due=overdue"))
+    expect(page.locator("select[name=due]")).to_have_value("overdue")
+
+
+def test_a_comment_is_kept_on_the_case_and_in_its_timeline(page: Page, server, demo_cases_loaded, db):
+    from sqlalchemy import select
+
+    from engine.models import AuditEvent, Comment
+
+    sign_in(page, server, "s003")
+    page.goto(f"{server}/cases/{demo_cases_loaded[CB_DUE_TODAY]}")
+    page.fill("#comment-body", "客户要求下午再打")
+    page.click("text=提交备注")
+    expect(page.locator(".comments")).to_contain_text("客户要求下午再打")
+    expect(page.locator(".timeline")).to_contain_text("备注")
+    with db.transaction() as s:
+        assert [c.body for c in s.execute(select(Comment)).scalars()] == ["客户要求下午再打"]
+        assert s.execute(select(AuditEvent).where(AuditEvent.kind == "comment.added")).scalar_one().actor == "s003"
+
+
+def test_a_counter_clerk_reveals_an_id_number_for_a_reason_and_it_is_recorded(page: Page, server,
+                                                                              demo_cases_loaded, db):
+    from sqlalchemy import select
+
+    from engine.models import AuditEvent
+
+    sign_in(page, server, "s302")  # SX01 counter: the transfer's instructions
+    page.goto(f"{server}/?tab=group")
+    page.locator(f"[data-task-row]:has(a:text-is('{demo_cases_loaded['RET-20250616-0002']}')) td a").first.click()
+    expect(page.locator("#client-title")).to_be_visible()
+    page.click("text=查看完整")
+    page.select_option("select[name=reason]", "identity_verification")
+    page.click("text=查看（留痕）")
+    expect(page.locator("#reveal-result .revealed")).to_be_visible()
+    shown = page.locator("#reveal-result .revealed span").first.inner_text()
+    assert re.fullmatch(r"\d{17}[\dX]", shown)
+    with db.transaction() as s:
+        event = s.execute(select(AuditEvent).where(AuditEvent.kind == "client.revealed")).scalar_one()
+    assert (event.actor, event.data["field"], event.data["reason"]) == ("s302", "id_number", "identity_verification")
+
+
+def test_the_pages_show_what_the_api_shows_the_same_person(page: Page, server, demo_cases_loaded, client):
+    """Masking, the field policy and recusal are the engine's: the case page and the API agree."""
+    from tests.support.api import API, login
+
+    key = demo_cases_loaded[CB_DUE_TODAY]
+    headers = login(client, "s003", "demo")
+    (found,) = client.get(f"{API}/instances", query_string={"business_key": key}, headers=headers).json
+    shown = client.get(f"{API}/instances/{found['id']}", headers=headers).json
+    sign_in(page, server, "s003")
+    page.goto(f"{server}/cases/{key}")
+    terms = page.locator("section:has(#data-title) dt").all_inner_texts()
+    values = page.locator("section:has(#data-title) dd").all_inner_texts()
+    on_page = dict(zip(terms, values, strict=True))
+    in_api = {k: v for k, v in shown["data"].items() if v not in (None, "", [], {})}
+    assert sorted(on_page) == sorted(in_api)
+    for name in ("client_id", "callback_type", "service_group"):
+        assert on_page[name] == str(in_api[name])
+    withheld = {w["group"] for w in shown["withheld"]}
+    assert withheld and all(group in page.locator("section:has(#data-title) .hint").inner_text()
+                            for group in withheld)
+    # And the cases one reads in the API are the cases one can open as pages, and no others.
+    for other in (COMPLAINT, "RET-20250616-0002", "VIP-20250603-0004"):
+        key = demo_cases_loaded[other]
+        listed = client.get(f"{API}/instances", query_string={"business_key": key}, headers=headers).json
+        assert page.goto(f"{server}/cases/{key}").status == (200 if listed else 404), other
