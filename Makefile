@@ -71,10 +71,12 @@ check: lint typecheck test
 bench: $(DEV_STAMP) services
 	$(BIN)/python bench/engine_throughput.py
 	$(BIN)/python bench/timers.py --quick
+	$(BIN)/python bench/pages.py --scale 50000
 
 bench-full: $(DEV_STAMP) services
 	$(BIN)/python bench/engine_throughput.py --instances 1000
 	$(BIN)/python bench/timers.py
+	$(BIN)/python bench/pages.py --scale 200000
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info $(UI)/node_modules

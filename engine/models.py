@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -266,6 +267,11 @@ class Task(Base):
         Index("ix_task_status_due", "status", "due_at"),
         Index("ix_task_instance", "instance_id"),
         Index("ix_task_business_key", "business_key"),
+        # The inbox's order, open tasks only (migration 0013 writes NULLS LAST on PostgreSQL).
+        Index("ix_task_open_due", "due_at", "id", postgresql_where=text("status IN ('open', 'claimed')"),
+              sqlite_where=text("status IN ('open', 'claimed')")),
+        Index("ix_task_completed_by", "completed_by", postgresql_where=text("completed_by IS NOT NULL"),
+              sqlite_where=text("completed_by IS NOT NULL")),
     )
 
 

@@ -44,6 +44,9 @@ blp = Blueprint("pages", __name__, template_folder="templates", static_folder="s
 TABS = ("mine", "group", "team", "watched", "done")
 DUE_FILTERS = ("overdue", "at_risk", "today")
 PAGE_SIZE = 50
+# A tab's badge counts this far and then reads "999+": a queue's length past that tells
+# nobody anything more, and counting it all would cost every page view.
+COUNT_CAP = 1000
 
 
 @blp.before_request
@@ -127,7 +130,7 @@ def _filters() -> dict[str, str]:
     return {k: v for k in keep if (v := (request.args.get(k) or "").strip())}
 
 
-def _query(filters: dict[str, str], tab: str, offset: int) -> tasks.InboxQuery:
+def _query(filters: dict[str, str], tab: str, offset: int, limit: int) -> tasks.InboxQuery:
     within = filters.get("within")
     try:
         hours = int(within) if within else None
@@ -141,7 +144,7 @@ def _query(filters: dict[str, str], tab: str, offset: int) -> tasks.InboxQuery:
         due_within=timedelta(hours=hours) if hours else (timedelta(hours=24) if due == "today" else None),
         process_key=filters.get("process"), business_key=key, element_id=filters.get("step"),
         client_id=filters.get("client"), group=filters.get("group"), branch=filters.get("branch"),
-        sort=filters.get("sort", "due"), limit=PAGE_SIZE, offset=offset,
+        sort=filters.get("sort", "due"), limit=limit, offset=offset,
     )
 
 
@@ -159,26 +162,30 @@ def inbox() -> Any:
     now = ctx.runtime.now()
     with ctx.db.transaction() as db:
         counts = {
-            "mine": tasks.inbox(db, actor=person, query=tasks.InboxQuery(assignee_me=True, limit=1), now=now)[1],
-            "group": tasks.inbox(db, actor=person, query=tasks.InboxQuery(candidate_me=True, limit=1), now=now)[1],
+            "mine": tasks.count(db, actor=person, query=tasks.InboxQuery(assignee_me=True), now=now, cap=COUNT_CAP),
+            "group": tasks.count(db, actor=person, query=tasks.InboxQuery(candidate_me=True), now=now, cap=COUNT_CAP),
             "watched": worklist.watched(db, actor=person, limit=1)[1],
             "done": worklist.done(db, actor=person, now=now, limit=1)[1],
         }
         if supervisor:
             # A supervisor's view: every task they may see (their branch, or the firm at HQ).
-            counts["team"] = tasks.inbox(db, actor=person, query=tasks.InboxQuery(limit=1), now=now)[1]
+            counts["team"] = tasks.count(db, actor=person, query=tasks.InboxQuery(), now=now, cap=COUNT_CAP)
         if tab == "watched":
             found, total = worklist.watched(db, actor=person, limit=PAGE_SIZE, offset=offset)
         elif tab == "done":
             found, total = worklist.done(db, actor=person, now=now, limit=PAGE_SIZE, offset=offset)
         else:
-            found, total = tasks.inbox(db, actor=person, query=_query(filters, tab, offset), now=now)
+            # One row past the page says whether there is a next one, without counting them all.
+            found, _ = tasks.inbox(db, actor=person, query=_query(filters, tab, offset, PAGE_SIZE + 1), now=now,
+                                   count_total=False)
+            total = offset + len(found)
+            found = found[:PAGE_SIZE]
         rows = worklist.rows_of(db, found, now=now)
         views = worklist.saved_views(db, actor=person)
         processes = sorted({r.task.process_key: r.process_name for r in rows}.items())
     context = {"tab": tab, "supervisor": supervisor,
                "rows": rows, "total": total, "counts": counts, "filters": filters, "views": views,
-               "offset": offset, "page_size": PAGE_SIZE, "processes": processes, "now": now,
+               "offset": offset, "page_size": PAGE_SIZE, "count_cap": COUNT_CAP, "processes": processes, "now": now,
                "query_string": urlencode(filters)}
     if request.headers.get("HX-Request") and request.args.get("fragment") == "rows":
         return render_template("_inbox_rows.html", **context)

@@ -302,15 +302,17 @@ _FILTERS = (("process_key", Task.process_key), ("business_key", Task.business_ke
             ("element_id", Task.element_id), ("client_id", Task.client_id), ("branch", Task.branch_code),
             ("assignee", Task.assignee))
 _ORDER: dict[str, tuple[Any, ...]] = {
-    # Tasks without a due date sort last: NULLS LAST spelled portably.
-    "due": (Task.due_at.is_(None), Task.due_at, Task.priority.desc(), Task.id),
-    "priority": (Task.priority.desc(), Task.due_at.is_(None), Task.due_at, Task.id),
+    # Tasks without a due date sort last. Written NULLS LAST (both stores know it) rather than
+    # "due_at IS NULL, due_at": the open tasks' due-date index (ix_task_open_due) then gives
+    # the rows in order, and a page of 50 reads about 50 rows, not every open task.
+    "due": (Task.due_at.asc().nulls_last(), Task.priority.desc(), Task.id),
+    "priority": (Task.priority.desc(), Task.due_at.asc().nulls_last(), Task.id),
     "created": (Task.created_at.desc(), Task.id.desc()),
 }
 
 
 @lru_cache(maxsize=512)
-def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any]]:
+def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any], Select[Any]]:
     """The inbox query for one combination of filters, with every value a bound parameter.
 
     Built once per shape: constructing a statement of this size (and its cache key) costs
@@ -349,16 +351,18 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
         stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))
     page = (stmt.order_by(*_ORDER[sort])
             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
-    return page, select(func.count()).select_from(stmt.subquery())
+    capped = select(func.count()).select_from(stmt.with_only_columns(Task.id)
+                                              .limit(bindparam("cap", type_=Integer)).subquery())
+    return page, select(func.count()).select_from(stmt.subquery()), capped
 
 
-def inbox(session: Session, *, actor: Actor, query: InboxQuery, now: datetime) -> tuple[list[Task], int]:
+def _statements_and_params(actor: Actor, query: InboxQuery,
+                            now: datetime) -> tuple[tuple[Select[Any], Select[Any], Select[Any]], dict[str, Any]]:
     if query.sort not in SORTS:
         raise InvalidInput(f"sort must be one of {', '.join(SORTS)}", field="sort")
     supervisor = actor.has_role(SUPERVISOR)
     shape = (query.assignee_me, query.candidate_me, query.overdue, query.at_risk, query.due_within is not None,
              bool(query.group), supervisor, *(bool(getattr(query, name)) for name, _ in _FILTERS))
-    page, count = _inbox_statements(shape, query.sort)
     params: dict[str, Any] = {
         "status": list(query.status), "me": actor.username, "groups": sorted(actor.groups),
         "now": now, "until": now + query.due_within if query.due_within is not None else now,
@@ -366,9 +370,25 @@ def inbox(session: Session, *, actor: Actor, query: InboxQuery, now: datetime) -
         "supervised_branch": _supervised_branch(actor),
         **{name: getattr(query, name) for name, _ in _FILTERS},
     }
+    return _inbox_statements(shape, query.sort), params
+
+
+def inbox(session: Session, *, actor: Actor, query: InboxQuery, now: datetime,
+          count_total: bool = True) -> tuple[list[Task], int]:
+    """One page of the tasks the query finds, and how many there are in all (without
+    ``count_total``, only as many as this page tells: the pages page on, they do not count)."""
+    (page, count, _), params = _statements_and_params(actor, query, now)
     rows = list(session.execute(page, params).scalars())
-    if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
+    if not count_total or 0 < len(rows) < query.limit or (not rows and query.offset == 0):
         # A page that is not full and not past the end already tells the total.
         return rows, query.offset + len(rows)
     total = session.execute(count, params).scalar_one()
     return rows, total
+
+
+def count(session: Session, *, actor: Actor, query: InboxQuery, now: datetime, cap: int = 1000) -> int:
+    """How many tasks the query finds, counting no further than ``cap`` (a tab's badge reads
+    "999+" beyond that): the cost stays that of ``cap`` rows however long the queue."""
+    (_, _, capped), params = _statements_and_params(actor, query, now)
+    found: int = session.execute(capped, {**params, "cap": cap}).scalar_one()
+    return found

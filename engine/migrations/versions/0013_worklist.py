@@ -1,4 +1,5 @@
-"""worklist: comments on cases, form drafts, saved inbox views, a user's language, notifications read
+"""worklist: comments on cases, form drafts, saved inbox views, a user's language, notifications
+read; the open tasks by due date and tasks by who completed them, for the inbox
 
 Revision ID: 0013
 Revises: 0008
@@ -47,9 +48,20 @@ def upgrade() -> None:
     with op.batch_alter_table("bpm_notification") as batch:
         batch.add_column(sa.Column("read_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index("ix_notification_recipient", "bpm_notification", ["recipient", "id"])
+    # The inbox reads open tasks nearest deadline first: with this index a page of 50 reads
+    # about 50 rows however many tasks are open. (SQLite has no NULLS LAST in an index.)
+    open_only = sa.text("status IN ('open', 'claimed')")
+    due = sa.text("due_at NULLS LAST") if op.get_bind().dialect.name == "postgresql" else "due_at"
+    op.create_index("ix_task_open_due", "bpm_task", [due, "id"], postgresql_where=open_only, sqlite_where=open_only)
+    # 已关注 (the cases a person took part in) starts from the steps they completed.
+    done_by = sa.text("completed_by IS NOT NULL")
+    op.create_index("ix_task_completed_by", "bpm_task", ["completed_by"], postgresql_where=done_by,
+                    sqlite_where=done_by)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_task_completed_by", "bpm_task")
+    op.drop_index("ix_task_open_due", "bpm_task")
     op.drop_index("ix_notification_recipient", "bpm_notification")
     with op.batch_alter_table("bpm_notification") as batch:
         batch.drop_column("read_at")
