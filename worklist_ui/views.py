@@ -452,13 +452,14 @@ def case(business_key: str) -> Any:
         comments = worklist.comments(db, instance_id=instance.id, actor=person)
         open_rows = worklist.rows_of(db, worklist.open_steps(db, instance=instance, actor=person), now=now)
         related = worklist.related_cases(db, instance=instance, data=data, actor=person)
+        done = worklist.steps_done(db, instance=instance, events=events)
     states = [{"element_id": e.element_id, "markers": e.markers, "count": e.count,
                "badge": (i18n.sla_phrase(e.sla_state, None if e.due_at is None else (e.due_at - now).total_seconds())
                          if e.sla_state not in (None, "none") else None),
                "badge_state": e.sla_state} for e in where.elements]
     names = {e.element_id: e.name for e in where.elements}
     return render_template("case.html", instance=instance, activity=where, case=screened, events=events,
-                           names=names,
+                           names=names, done=done,
                            comments=comments, open_rows=open_rows, related=related, now=now,
                            states_json=json.dumps(states, ensure_ascii=False))
 

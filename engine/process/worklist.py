@@ -262,6 +262,36 @@ def open_steps(session: Session, *, instance: ProcessInstance, actor: Actor) -> 
     return [t for t in found if not tasks.is_excluded(t, actor)]
 
 
+@dataclass
+class StepDone:
+    """One completion of a step: by whom, when, how long it was open, and the data it wrote
+    (as the reader may see it)."""
+
+    element_id: str
+    by: str | None
+    at: datetime
+    open_seconds: float | None
+    data: dict[str, Any]
+
+
+def steps_done(session: Session, *, instance: ProcessInstance, events: list[Any]) -> dict[str, list[StepDone]]:
+    """The completions in ``events`` (the case's screened history), by element."""
+    rows = {t.task_uuid: t for t in session.execute(select(Task).where(
+        Task.instance_id == instance.id, Task.status == TaskStatus.COMPLETED)).scalars()}
+    found: dict[str, list[StepDone]] = {}
+    for event in events:
+        element = (event.data or {}).get("element_id")
+        if event.kind != "task.completed" or not element:
+            continue
+        row = rows.get(event.task_uuid or "")
+        opened = row.created_at if row is not None else None
+        found.setdefault(element, []).append(StepDone(
+            element_id=element, by=event.actor, at=event.occurred_at,
+            open_seconds=(event.occurred_at - opened).total_seconds() if opened else None,
+            data=dict((event.data or {}).get("data") or {})))
+    return found
+
+
 def related_cases(session: Session, *, instance: ProcessInstance, data: dict[str, Any],
                   actor: Actor) -> list[ProcessInstance]:
     """The case that started this one by a message (a callback opened by a closure) and the

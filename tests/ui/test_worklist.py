@@ -152,7 +152,21 @@ def test_the_case_page_draws_the_path_taken_and_the_open_step(page: Page, server
     expect(active).to_have_count(1)
     assert "bpm-sla-at_risk" in (active.get_attribute("class") or "")
     expect(page.locator("table.steps")).to_contain_text("外呼")
+    # Clicking a step on the diagram leads to its row; a done step says who did it, when,
+    # how long it was open and what it wrote.
+    page.locator(".diagram .djs-element[data-element-id='call_attempt']").click()
+    expect(page.locator("tr[data-element='call_attempt']")).to_be_focused()
     screenshot(page, "case")
+
+
+def test_a_done_step_tells_who_when_how_long_and_what(page: Page, server, demo_cases_loaded):
+    sign_in(page, server, "s103")  # HZ01's 客服总监: investigates the mis-selling complaint
+    page.goto(f"{server}/cases/{demo_cases_loaded[COMPLAINT]}")
+    done = page.locator("tr.step-done details").first
+    expect(done.locator("summary")).to_contain_text("完成")
+    expect(done.locator("summary")).to_contain_text("历时")
+    done.locator("summary").click()
+    expect(done.locator("dl.data")).to_be_visible()
 
 
 def test_notifications_are_listed_counted_and_marked_read(page: Page, server, demo_cases_loaded):
