@@ -1,0 +1,91 @@
+"""The pages through Flask's test client (no browser): the session cookie, the sign-in
+answers, pages refusing what the engine refuses, and a completion that lost a race."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from engine.bootstrap import build_runtime
+from engine.config import Settings
+from engine.models import Task
+from engine.process import tasks
+
+pytestmark = pytest.mark.sqlite
+
+
+def token_of(response) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', response.get_data(as_text=True)).group(1)
+
+
+def sign_in(client, username: str, password: str) -> None:
+    token = token_of(client.get("/login"))
+    answer = client.post("/login", data={"username": username, "password": password, "csrf_token": token})
+    assert answer.status_code == 302, answer.get_data(as_text=True)
+
+
+def open_review(db, rt, people, key="R-1"):
+    from engine.process import instances
+
+    with db.transaction() as s:
+        instances.start(s, rt, process_key="review", business_key=key, actor=people.clerk,
+                        data={"priority": 50, "due_at": None})
+        return s.execute(select(Task.id).where(Task.business_key == key)).scalar_one()
+
+
+def test_the_session_cookie_is_http_only_and_same_site_lax(client, people):
+    token = token_of(client.get("/login"))
+    answer = client.post("/login", data={"username": "li", "password": "li-pw", "csrf_token": token})
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert "Expires" not in cookie  # a browser-session cookie: the token inside expires on the server
+
+
+def test_behind_tls_the_session_cookie_is_secure(database_url, db, people):
+    from api import create_app
+
+    settings = Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_SECURE_COOKIES": "true"})
+    client = create_app(settings, runtime=build_runtime(settings), database=db).test_client()
+    token = token_of(client.get("/login"))
+    answer = client.post("/login", data={"username": "li", "password": "li-pw", "csrf_token": token})
+    assert "Secure" in answer.headers["Set-Cookie"]
+
+
+def test_a_wrong_password_is_told_in_chinese_and_signs_nobody_in(client, people):
+    token = token_of(client.get("/login"))
+    answer = client.post("/login", data={"username": "li", "password": "nope", "csrf_token": token})
+    assert answer.status_code == 401
+    assert "用户名或密码错误" in answer.get_data(as_text=True)
+    assert client.get("/").status_code == 302
+
+
+def test_a_sign_in_never_sends_the_person_to_another_site(client, people):
+    token = token_of(client.get("/login"))
+    for target in ("https://evil.example/", "//evil.example/x"):
+        answer = client.post(f"/login?next={target}",
+                             data={"username": "li", "password": "li-pw", "csrf_token": token})
+        assert answer.headers["Location"] == "/"
+
+
+def test_the_pages_refuse_a_task_the_engine_refuses(client, db, rt, people, review):
+    task_id = open_review(db, rt, people)
+    sign_in(client, "chen", "chen-pw")  # another branch, in none of the task's groups
+    assert client.get(f"/tasks/{task_id}").status_code == 404
+    token = token_of(client.get("/"))
+    claimed = client.post(f"/tasks/{task_id}/claim", data={"csrf_token": token})
+    assert claimed.status_code == 302
+    with db.transaction() as s:
+        assert s.get(Task, task_id).assignee is None
+
+
+def test_a_completion_that_lost_the_race_says_who_won_and_returns_to_the_inbox(client, db, rt, people, review):
+    task_id = open_review(db, rt, people)
+    sign_in(client, "li", "li-pw")
+    token = token_of(client.get(f"/tasks/{task_id}"))
+    with db.transaction() as s:  # the teammate is quicker
+        tasks.complete(s, rt, task_id=task_id, actor=people.teammate, data={"amount": 10, "summary": "开户资料"})
+    answer = client.post(f"/tasks/{task_id}", data={"csrf_token": token, "amount": "12", "summary": "开户资料"})
+    assert answer.status_code == 302 and answer.headers["Location"] == "/"
+    assert "zhao 已先行办结此任务" in client.get("/").get_data(as_text=True)
