@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -276,13 +277,15 @@ def _pins(anchors: Iterable[Anchor]) -> dict[str, Pin]:
 
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    """One anchor writer at a time (two would both follow the same anchor)."""
+    """One anchor writer at a time on this host (two would both follow the same anchor). The
+    lock file is kept out of the anchor directory, which may be write-once storage."""
     try:
         import fcntl
     except ImportError:  # not POSIX: the embedded default on a desktop, one writer anyway
         yield
         return
-    with (directory / ".lock").open("a") as handle:
+    name = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    with (Path(tempfile.gettempdir()) / f"bpm-audit-anchor-{name}.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
