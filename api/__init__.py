@@ -30,7 +30,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         OPENAPI_JSON_PATH="openapi.json",
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    database = database or Database(settings.database_url)
+    if record_policy:  # serving: production keys its audit trail (engine.audit)
+        settings.require_audit_key()
+    database = database or Database(settings.database_url, audit_key=settings.audit_key)
     if runtime is None:
         # Under gunicorn, new timers are announced to rq; `bpm worker` fires them.
         runtime = build_runtime(settings, scheduler=rq_scheduler(settings))

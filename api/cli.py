@@ -18,7 +18,7 @@ from engine.access import identity
 from engine.bootstrap import build_runtime, rq_scheduler
 from engine.bpmn import bundle
 from engine.brokerage import demo, demo_cases, departures
-from engine.config import Settings
+from engine.config import AUDIT_ANCHOR_DIR, AUDIT_KEY, Settings
 from engine.db import Database
 from engine.errors import BpmError, ConfigError, DeploymentRejected
 from engine.process import deployments
@@ -40,7 +40,7 @@ class Context:
     @property
     def db(self) -> Database:
         if self._db is None:
-            self._db = Database(self.settings.database_url)
+            self._db = Database(self.settings.database_url, audit_key=self.settings.audit_key)
         return self._db
 
     def runtime(self) -> Runtime:
@@ -214,13 +214,54 @@ def audit_group() -> None:
 @audit_group.command("verify")
 @pass_ctx
 def audit_verify(ctx: Context) -> None:
-    """Recompute every hash chain; exit 1 and name the first broken link of each stream."""
+    """Recompute every hash chain with the audit key and check it against the anchors in
+    BPM_AUDIT_ANCHOR_DIR; exit 1 and name the first broken link of each stream."""
+    settings = ctx.settings
+    if settings.audit_key is None and not settings.is_sqlite:
+        fail(f"{AUDIT_KEY} is not set: a PostgreSQL database's audit trail is keyed and verified with it")
     with ctx.db.transaction() as session:
-        report = audit.verify(session)
+        report = audit.verify(session, anchors=settings.audit_anchor_dir)
     for link in report.broken:
         click.echo(f"BROKEN {link.format()}")
-    click.echo(f"{report.events} events in {report.streams} streams; "
-               f"{len(report.broken)} broken chain(s)")
+    for problem in report.anchor_problems:
+        click.echo(f"BROKEN anchor {problem}")
+    if not report.keyed:
+        click.echo(f"unkeyed: {AUDIT_KEY} is not set, so the chains are plain SHA-256 and whoever can write "
+                   "the database can rewrite them undetected")
+    elif settings.audit_anchor_dir is None:
+        click.echo(f"no anchors ({AUDIT_ANCHOR_DIR} is not set): events removed from the end of a stream "
+                   "together with its head are not detected")
+    elif report.anchors:
+        newest = report.anchors[-1]
+        click.echo(f"{len(report.anchors)} anchor(s), the newest {newest.number} of "
+                   f"{newest.written_at.isoformat()} ({newest.file})")
+    else:
+        click.echo(f"no anchor in {settings.audit_anchor_dir} yet: run bpm audit anchor")
+    if report.plain_events:
+        click.echo(f"{report.plain_events} event(s) written before the audit key, pinned by later events or anchors")
+    problems = f", {len(report.anchor_problems)} anchor problem(s)" if report.anchor_problems else ""
+    click.echo(f"{report.events} events in {report.streams} streams; {len(report.broken)} broken chain(s){problems}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@audit_group.command("anchor")
+@pass_ctx
+def audit_anchor(ctx: Context) -> None:
+    """Write a signed checkpoint of every stream head that moved since the last one into
+    BPM_AUDIT_ANCHOR_DIR (outside the database); run it often, e.g. every 10 minutes from cron.
+    Exit 1 when a stream's new events do not verify (they are not anchored)."""
+    settings = ctx.settings
+    if settings.audit_anchor_dir is None:
+        fail(f"{AUDIT_ANCHOR_DIR} is not set: the directory outside the database the anchors are written to")
+    with ctx.db.transaction() as session:
+        report = audit.anchor(session, settings.audit_anchor_dir, now=ctx.runtime().now())
+    for link in report.broken:
+        click.echo(f"BROKEN {link.format()}")
+    if report.file is None:
+        click.echo(f"no stream moved since anchor {report.number}: nothing written")
+    else:
+        click.echo(f"anchor {report.number}: {report.streams} stream head(s) pinned in {report.file}")
     if report.broken:
         sys.exit(1)
 
@@ -588,6 +629,7 @@ def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool)
     settings = ctx.settings
     if not settings.redis_url:
         fail("bpm worker needs BPM_REDIS_URL (without it, `bpm serve` runs timers itself)")
+    settings.require_audit_key()
 
     def report(exc: Exception, backoff: float) -> None:
         click.echo(f"sweep failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s", err=True)

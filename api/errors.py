@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.schemas import ProblemDetailsOut
 from engine import errors
+from engine.access.masking import mask_identifiers
 
 PROBLEM = "application/problem+json"
 
@@ -56,6 +57,9 @@ def problem(status: int, code: str, title: str, detail: str | None = None, *,
         # still gives a client one entry to show.
         body["errors"] = [{"field": "", "message": detail or title}]
     headers = {**({"WWW-Authenticate": "Bearer"} if status == 401 else {}), **(headers or {})}
+    # A refusal may quote what it refused (a form value, a correlation key, an unknown member's
+    # name): identifiers in it are masked like everywhere else (docs/domain.md#masking).
+    body = mask_identifiers(body)
     return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=PROBLEM,
                     headers=headers)
 

@@ -68,6 +68,9 @@ BUNDLE = Path(__file__).resolve().parent / "bundle"
 PROCESS_KEY = "throughput"
 GROUP = "bench_clerks"
 USERNAME, PASSWORD = "bench_clerk", "bench-clerk-pw"
+# The audit trail is keyed on PostgreSQL, as in production (engine/audit.py): the figures
+# include the HMAC of every event.
+BENCH_AUDIT_KEY = "bench-audit-key-not-secret-0123456789abcdef"
 DEFAULT_SERVER_URL = os.environ.get("BPM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 START_DATA = {"client_id": "C0001", "branch_code": "HZ01", "channel": "counter"}
@@ -284,7 +287,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def gunicorn(url: URL, workers: int) -> Iterator[str]:
     port = free_port()
-    env = dict(os.environ, BPM_DATABASE_URL=url_string(url))
+    env = dict(os.environ, BPM_DATABASE_URL=url_string(url), BPM_AUDIT_KEY=BENCH_AUDIT_KEY)
     env.pop("BPM_REDIS_URL", None)
     log = tempfile.NamedTemporaryFile(prefix="bench-gunicorn-", suffix=".log", delete=False)  # noqa: SIM115
     gunicorn_bin = Path(sys.executable).parent / "gunicorn"
@@ -539,9 +542,9 @@ def _run(args: argparse.Namespace, url: URL, n: int, n_http: int) -> int:
           flush=True)
     load_before = os.getloadavg()[0]
     prepare_database(url)
-    settings = Settings.from_env({"BPM_DATABASE_URL": url_string(url)})
+    settings = Settings.from_env({"BPM_DATABASE_URL": url_string(url), "BPM_AUDIT_KEY": BENCH_AUDIT_KEY})
     rt = build_runtime(settings)
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, audit_key=settings.audit_key)
     counter = StatementCounter()
     counter.attach(db.engine)
     actor = setup_identity_and_deploy(db, rt)

@@ -77,6 +77,8 @@ DATABASE = "bench_timers"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 WORKER = [sys.executable, "-c", "from api.cli import run; run()", "worker"]
 SWEEP_INTERVAL = 0.5  # the bpm worker default
+# Keyed as in production (engine/audit.py): the workers refuse to start on PostgreSQL without it.
+BENCH_AUDIT_KEY = "bench-audit-key-not-secret-0123456789abcdef"
 ACTOR = Actor.system("bench")
 TARGET_P99_MS, TARGET_MAX_MS = 2000.0, 5000.0
 LOSS_GRACE = 30.0  # a timer not fired this long after the window closed is lost
@@ -141,12 +143,12 @@ def warn_foreign(redis: Redis, where: str) -> None:
 
 
 def make_runtime(database_url: str, redis_url: str | None) -> tuple[Database, Runtime]:
-    env = {"BPM_DATABASE_URL": database_url}
+    env = {"BPM_DATABASE_URL": database_url, "BPM_AUDIT_KEY": BENCH_AUDIT_KEY}
     if redis_url:
         env["BPM_REDIS_URL"] = redis_url
     settings = Settings.from_env(env)
     scheduler = RqScheduler(redis_url) if redis_url else None
-    return Database(settings.database_url), build_runtime(settings, scheduler=scheduler)
+    return Database(settings.database_url, audit_key=settings.audit_key), build_runtime(settings, scheduler=scheduler)
 
 
 # -- processes and CPU ----------------------------------------------------------------------
@@ -241,7 +243,7 @@ class Workers:
     def __init__(self, database_url: str, redis_url: str, sweep_interval: float = SWEEP_INTERVAL) -> None:
         self.command = [*WORKER, "--sweep-interval", f"{sweep_interval:g}"]
         self.env = {**os.environ, "BPM_DATABASE_URL": database_url, "BPM_REDIS_URL": redis_url,
-                    "PYTHONPATH": str(ROOT)}
+                    "PYTHONPATH": str(ROOT), "BPM_AUDIT_KEY": BENCH_AUDIT_KEY}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 

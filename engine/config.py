@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from engine.errors import ConfigError
@@ -37,10 +38,24 @@ class Settings:
     # The pages' session cookie is sent over HTTPS only (set behind a TLS-terminating proxy).
     secure_cookies: bool = False
     workflows_dir: Path = PROJECT_ROOT / "workflows"
+    # The secret the audit chain is keyed with (HMAC-SHA256), kept outside the database so that
+    # whoever holds the database cannot rewrite the trail and recompute it (docs/operations.md#audit-trail).
+    # None: the embedded default's plain SHA-256 chain. Left out of repr: settings get logged.
+    audit_key: bytes | None = field(default=None, repr=False)
+    # Where `bpm audit anchor` writes the signed checkpoints of every stream's head, and where
+    # `bpm audit verify` reads them: outside the database, ideally write-once storage.
+    audit_anchor_dir: Path | None = None
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def require_audit_key(self) -> None:
+        """Production (PostgreSQL) keys its audit chain: a server or a worker without the key
+        stops at start instead of refusing its first audited change."""
+        if self.audit_key is None and not self.is_sqlite:
+            raise ConfigError(f"{AUDIT_KEY} (or {AUDIT_KEY_FILE}) must be set with a PostgreSQL database: "
+                              "its audit chain is keyed with it (docs/operations.md#audit-trail)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -64,7 +79,35 @@ class Settings:
             smtp_url=env.get("BPM_SMTP_URL") or None,
             workflow_cache=_int(env, "BPM_WORKFLOW_CACHE", 256, minimum=0),
             secure_cookies=_bool(env, "BPM_SECURE_COOKIES", False),
+            **_audit(env),
         )
+
+
+AUDIT_KEY, AUDIT_KEY_FILE, AUDIT_ANCHOR_DIR = "BPM_AUDIT_KEY", "BPM_AUDIT_KEY_FILE", "BPM_AUDIT_ANCHOR_DIR"
+AUDIT_KEY_MIN_LENGTH = 32  # characters: 32 random ones carry well over 128 bits
+
+
+def _audit(env: Mapping[str, str]) -> dict[str, Any]:
+    """The audit key, from the variable or from the file it names (one of them), and the
+    anchor directory, which is only of use with a key (the anchors are signed with it)."""
+    text, path = env.get(AUDIT_KEY) or None, env.get(AUDIT_KEY_FILE) or None
+    if text is not None and path is not None:
+        raise ConfigError(f"{AUDIT_KEY} and {AUDIT_KEY_FILE} are both set: set one")
+    where = AUDIT_KEY
+    if path is not None:
+        where = f"{AUDIT_KEY_FILE} ({path})"
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{AUDIT_KEY_FILE} cannot be read: {exc}") from None
+    if text is not None and len(text) < AUDIT_KEY_MIN_LENGTH:
+        raise ConfigError(f"{where} must hold a key of at least {AUDIT_KEY_MIN_LENGTH} characters, "
+                          f"got {len(text)}")
+    anchors = env.get(AUDIT_ANCHOR_DIR) or None
+    if anchors is not None and text is None:
+        raise ConfigError(f"{AUDIT_ANCHOR_DIR} needs {AUDIT_KEY} or {AUDIT_KEY_FILE}: the anchors are signed with it")
+    return {"audit_key": text.encode("utf-8") if text is not None else None,
+            "audit_anchor_dir": Path(anchors) if anchors is not None else None}
 
 
 def _check_database_url(url: str) -> None:

@@ -103,11 +103,18 @@ def after_commit(session: Session, callback: Callable[[], None]) -> None:
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
+# Where a session finds the secret its audit events are keyed with (``engine.audit``): every
+# service appends events through the session it was given, and only the entry point knows the
+# settings.
+AUDIT_KEY_INFO = "bpm_audit_key"
+
+
 class Database:
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, audit_key: bytes | None = None, **engine_kwargs: Any) -> None:
+        """``audit_key``: ``Settings.audit_key``, handed to every session of this database."""
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False, info={AUDIT_KEY_INFO: audit_key})
 
     @property
     def is_sqlite(self) -> bool:

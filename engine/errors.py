@@ -217,3 +217,16 @@ class StaffAlreadyDeparted(Conflict):
     start a second batch of callbacks."""
 
     code = "staff_already_departed"
+
+
+class AuditAnchorInvalid(BpmError):
+    """The audit anchors (``BPM_AUDIT_ANCHOR_DIR``) cannot be trusted as they are: a file that
+    does not read, is signed with another key or not at all, or does not follow the one
+    before it. Nothing is anchored on top of them until someone looks."""
+
+    code = "audit_anchor_invalid"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n  ".join([f"the audit anchors were refused: {len(problems)} problem(s)", *problems]),
+                         problems=problems)
+        self.problems = problems

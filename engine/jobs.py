@@ -18,7 +18,9 @@ from engine.timers import firing
 @lru_cache(maxsize=1)
 def _context() -> tuple[Database, Runtime]:
     settings = Settings.from_env()
-    return Database(settings.database_url), build_runtime(settings, scheduler=rq_scheduler(settings))
+    settings.require_audit_key()
+    return (Database(settings.database_url, audit_key=settings.audit_key),
+            build_runtime(settings, scheduler=rq_scheduler(settings)))
 
 
 def fire_timer_job(timer_id: int) -> bool:

@@ -34,6 +34,7 @@ from engine.db import Database
 from engine.process import deployments
 from engine.process.runtime import Runtime
 from engine.schema import upgrade
+from tests.support.cli import AUDIT_KEY
 from tests.support.snapshots import Snapshots
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -101,12 +102,13 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings.from_env({"BPM_DATABASE_URL": database_url})
+    """Keyed like production: the audit chain is an HMAC under the tests' key."""
+    return Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_AUDIT_KEY": AUDIT_KEY})
 
 
 @pytest.fixture
 def db(settings: Settings) -> Iterator[Database]:
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, audit_key=settings.audit_key)
     yield database
     database.dispose()
 

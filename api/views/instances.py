@@ -34,7 +34,7 @@ _ROW_FIELDS = [name for name in InstanceOut().fields if name not in ("facts", "w
 def instance_out(case: field_policy.ScreenedCase) -> dict[str, Any]:
     """Raw attributes: InstanceOut dumps them (a pre-dumped datetime would fail)."""
     body: dict[str, Any] = {name: getattr(case.instance, name) for name in _ROW_FIELDS}
-    body.update(facts=case.facts, withheld=case.withheld)
+    body.update(facts=case.facts, withheld=case.withheld, error=case.error)
     if case.data is not None:
         body["data"] = case.data
     return body

@@ -4,7 +4,8 @@ data in ``workflows/field_policy/<process>.json`` so a process owner changes it 
 
 Case-level visibility decides whether a reader may open a case at all (``engine.instances``);
 this module decides, for a reader who may, which of its variables they see. Identifier masking
-(``engine.masking``) is separate and applies as before.
+(``engine.access.masking``) is separate and applies to everything shown, for every reader, whatever
+the policy withholds.
 
 A policy file names *field groups* (restricted variables, by what they are: a callback's
 satisfaction summary, its staff-conduct answers, a complaint's narrative) and, per role, the
@@ -62,7 +63,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
-from engine.access.masking import mask_identifiers
+from engine.access.masking import mask_identifiers, mask_text
 from engine.access.roles import JOB_ROLES, SYSTEM_ROLES
 from engine.audit import SYSTEM_STREAM, record_system_event
 from engine.errors import FieldPolicyInvalid
@@ -505,6 +506,8 @@ class ScreenedCase:
     facts: dict[str, Any] | None
     data: dict[str, Any] | None
     withheld: list[Withheld]
+    # Why a failed case failed, masked: a step's error may quote the data it choked on.
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -518,13 +521,17 @@ class ScreenedEvent:
     withheld: list[Withheld]
 
 
+def _error(instance: ProcessInstance) -> str | None:
+    return mask_text(instance.error) if instance.error else instance.error
+
+
 def screen_case(session: Session, policy: FieldPolicy, *, actor: Actor, instance: ProcessInstance,
                 data: Mapping[str, Any]) -> ScreenedCase:
     """One case with its variables (``instances.data_of``): conditions read all of them."""
     [decision] = _decisions(session, policy, reader_of(session, actor), [instance], [data], complete=True)
     facts, from_facts = decision.screen(instance.facts)
     shown, from_data = decision.screen(data)
-    return ScreenedCase(instance, facts, shown, decision.report(from_facts | from_data))
+    return ScreenedCase(instance, facts, shown, decision.report(from_facts | from_data), _error(instance))
 
 
 def screen_cases(session: Session, policy: FieldPolicy, *, actor: Actor,
@@ -537,7 +544,7 @@ def screen_cases(session: Session, policy: FieldPolicy, *, actor: Actor,
     screened = []
     for instance, decision in zip(instances, decisions, strict=True):
         facts, left_out = decision.screen(instance.facts)
-        screened.append(ScreenedCase(instance, facts, None, decision.report(left_out)))
+        screened.append(ScreenedCase(instance, facts, None, decision.report(left_out), _error(instance)))
     return screened
 
 
@@ -557,7 +564,9 @@ def screen_history(session: Session, policy: FieldPolicy, *, actor: Actor, insta
                 if isinstance(payload.get(key), dict):
                     payload[key], removed = decision.screen(payload[key])
                     left_out |= removed
+        # Masking is not the policy's to waive: every event is masked whole, whatever was
+        # withheld from it (a reason, an error or a message carries identifiers too).
         screened.append(ScreenedEvent(seq=event.seq, kind=event.kind, actor=event.actor,
                                       occurred_at=event.occurred_at, task_uuid=event.task_uuid,
-                                      data=payload, withheld=decision.report(left_out)))
+                                      data=mask_identifiers(payload), withheld=decision.report(left_out)))
     return screened

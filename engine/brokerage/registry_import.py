@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
+from engine.access.masking import mask_text
 from engine.audit import record_system_event
 from engine.brokerage import registry
 from engine.errors import BpmError, InvalidInput, PermissionDenied
@@ -110,6 +111,10 @@ class RowError:
     line: int
     column: str | None
     reason: str
+
+    def __post_init__(self) -> None:
+        # A reason may quote the cell it refused, and a client file is full of identifiers.
+        object.__setattr__(self, "reason", mask_text(self.reason))
 
     def format(self, source: str) -> str:
         return f"{source}:{self.line} {self.column or '-'}: {self.reason}"

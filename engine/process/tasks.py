@@ -19,6 +19,7 @@ from sqlalchemy import Integer, Select, String, bindparam, exists, func, or_, se
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor, actor_for, get_user
+from engine.access.masking import mask_echo, mask_text
 from engine.access.roles import SUPERVISOR
 from engine.bpmn.expressions import json_safe
 from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of
@@ -181,10 +182,10 @@ def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task
     if validator is None:
         return
     errors = [
-        FieldError(field="/".join(str(p) for p in error.absolute_path) or
-                   (error.validator in ("required", "additionalProperties")
-                    and _missing_field(error.message)) or "",
-                   message=error.message)
+        FieldError(field=mask_text("/".join(str(p) for p in error.absolute_path) or
+                                   (error.validator in ("required", "additionalProperties")
+                                    and _missing_field(error.message)) or ""),
+                   message=_message(error))
         for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     ]
     if errors:
@@ -199,6 +200,13 @@ def form_of(session: Session, rt: Runtime, task: Task) -> dict[str, Any] | None:
                                  .where(ProcessInstance.id == task.instance_id)).scalar_one()
     validator = rt.form_validator(session, version_id, task.form_key)
     return dict(validator.schema) if validator is not None else None
+
+
+def _message(error: Any) -> str:
+    """jsonschema's message, which quotes the refused value (``'13761547720' is too long``),
+    with that value masked as the field's own value is wherever it is shown."""
+    name = next((p for p in reversed(error.absolute_path) if isinstance(p, str)), "")
+    return mask_echo(error.message, error.instance, name)
 
 
 def _missing_field(message: str) -> str:

@@ -45,6 +45,7 @@ from engine.models import (
 from engine.process import instances, messages, tasks
 from engine.timers import firing
 from tests.support.api import API, assert_problem
+from tests.support.cli import AUDIT_KEY
 
 AGENT = "s003"
 NO_ANSWER = {"attempt_at": "2025-06-16T10:05:00+08:00", "dialled_number_masked": "177****5089",
@@ -404,6 +405,7 @@ def test_a_departure_from_the_cli(db, rt, callback, database_url):
     environment = dict.fromkeys(("BPM_REDIS_URL", "BPM_SECRET_KEY", "BPM_ALLOW_SCRIPT_TASKS",
                                  "BPM_EXPRESSION_TIMEOUT_MS", "BPM_SERVICE_MODULES", "BPM_TIMER_CATCH_UP"))
     environment["BPM_DATABASE_URL"] = database_url
+    environment["BPM_AUDIT_KEY"] = AUDIT_KEY  # the departure is audited, keyed on PostgreSQL
     with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
         missing = CliRunner().invoke(cli.main, ["registry", "staff-departed", "s303"], env=environment)
         result = CliRunner().invoke(cli.main, ["registry", "staff-departed", "s303", "--on", "2025-06-16"],

@@ -31,6 +31,7 @@ from engine.models import AuditEvent, ProcessInstance, Timer
 from engine.process import instances
 from engine.timers.queueing import RqScheduler
 from tests.conftest import REDIS_URL, deploy_fixture
+from tests.support.cli import AUDIT_KEY
 from tests.timers.test_firing import _to_waiting_for_ack
 
 # Every test here owns Redis database 15 (it flushes it): run them all in one xdist worker.
@@ -61,7 +62,8 @@ def rq_rt(settings, redis):
 class Workers:
     def __init__(self, database_url: str) -> None:
         self.env = {**os.environ, "BPM_DATABASE_URL": database_url, "BPM_REDIS_URL": REDIS_URL,
-                    "BPM_SERVICE_MODULES": "tests.support.service_functions", "PYTHONPATH": str(ROOT)}
+                    "BPM_SERVICE_MODULES": "tests.support.service_functions", "PYTHONPATH": str(ROOT),
+                    "BPM_AUDIT_KEY": AUDIT_KEY}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, database_url: str | None = None, log: Path | None = None,

@@ -12,6 +12,7 @@ from engine.bootstrap import build_runtime
 from engine.config import Settings
 from engine.models import Task
 from engine.process import tasks
+from tests.support.cli import AUDIT_KEY
 
 pytestmark = pytest.mark.sqlite
 
@@ -46,7 +47,8 @@ def test_the_session_cookie_is_http_only_and_same_site_lax(client, people):
 def test_behind_tls_the_session_cookie_is_secure(database_url, db, people):
     from api import create_app
 
-    settings = Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_SECURE_COOKIES": "true"})
+    settings = Settings.from_env({"BPM_DATABASE_URL": database_url, "BPM_SECURE_COOKIES": "true",
+                                  "BPM_AUDIT_KEY": AUDIT_KEY})
     client = create_app(settings, runtime=build_runtime(settings), database=db).test_client()
     token = token_of(client.get("/login"))
     answer = client.post("/login", data={"username": "li", "password": "li-pw", "csrf_token": token})

@@ -1,0 +1,400 @@
+"""Rewriting the audit trail with nothing but the database (engine/audit.py): the chain is keyed
+with a secret the database does not hold, and anchors written outside it pin every stream's
+head. The drill: a forger who edits an event and recomputes the plain chain, and one who deletes
+a stream's last events and moves its head back, are both reported by ``bpm audit verify``; so is
+an edit of any hashed column. Events from before the key was set verify once something keyed
+pins them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text, update
+
+from engine import audit
+from engine.config import Settings
+from engine.db import Database
+from engine.errors import AuditAnchorInvalid, ConfigError
+from engine.models import AuditEvent, AuditStream, ProcessInstance, Task
+from engine.process import instances, tasks
+from tests.conftest import deploy_fixture
+from tests.support.cli import AUDIT_KEY, bpm
+
+pytestmark = pytest.mark.sqlite
+
+
+@pytest.fixture
+def case(db, rt, people) -> int:
+    """A review case with a claim and a completion (task events), beside the system stream."""
+    deploy_fixture(db, rt, "review", people.owner)
+    with db.transaction() as s:
+        instance_id = instances.start(s, rt, process_key="review", business_key="AU-1", actor=people.clerk,
+                                      data={"priority": None, "due_at": None}).id
+    with db.transaction() as s:
+        task = s.execute(select(Task).where(Task.instance_id == instance_id)).scalar_one()
+        tasks.claim(s, rt, task_id=task.id, actor=people.clerk)
+        tasks.complete(s, rt, task_id=task.id, actor=people.clerk, data={"amount": 90000, "summary": "大额申请"})
+    return instance_id
+
+
+@pytest.fixture
+def anchors(tmp_path) -> Path:
+    directory = tmp_path / "anchors"
+    directory.mkdir()
+    return directory
+
+
+def verify(database_url: str, anchors: Path | None = None, **env: str):
+    """``bpm audit verify``: (exit code, BROKEN lines, the whole output)."""
+    if anchors is not None:
+        env["BPM_AUDIT_ANCHOR_DIR"] = str(anchors)
+    result = bpm(database_url, "audit", "verify", **env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, [line for line in result.stdout.splitlines() if line.startswith("BROKEN")], result.output
+
+
+def anchor(database_url: str, anchors: Path):
+    result = bpm(database_url, "audit", "anchor", BPM_AUDIT_ANCHOR_DIR=str(anchors))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def events_of(db, stream: str) -> list[AuditEvent]:
+    with db.transaction() as s:
+        return list(s.execute(select(AuditEvent).where(AuditEvent.stream == stream).order_by(AuditEvent.seq)).scalars())
+
+
+def set_head(conn, stream: str, seq: int, head: str) -> None:
+    if stream.startswith("instance:"):
+        table = ProcessInstance.__table__
+        instance_id = int(stream.split(":")[1])
+        conn.execute(update(table).where(table.c.id == instance_id).values(audit_seq=seq, audit_head=head))
+    else:
+        conn.execute(update(AuditStream.__table__).where(AuditStream.__table__.c.stream == stream)
+                     .values(seq=seq, head=head))
+
+
+def rewrite_plain(db, stream: str, seq: int, **changes) -> None:
+    """The forger who holds the database: change event ``seq``, recompute the plain SHA-256
+    chain from there to the end, and store the new head, as the chain was before the key."""
+    table = AuditEvent.__table__
+    with db.engine.begin() as conn:
+        if changes:
+            conn.execute(update(table).where(table.c.stream == stream, table.c.seq == seq).values(**changes))
+    prev = ""
+    chain = events_of(db, stream)
+    with db.engine.begin() as conn:
+        for event in chain:
+            if event.seq >= seq:
+                digest = hashlib.sha256(audit._event_message(event, prev)).hexdigest()
+                conn.execute(update(table).where(table.c.id == event.id).values(prev_hash=prev, hash=digest))
+                prev = digest
+            else:
+                prev = event.hash
+        set_head(conn, stream, len(chain), prev)
+
+
+def truncate(db, stream: str, count: int) -> None:
+    """The forger who removes a stream's last ``count`` events and moves its head back."""
+    chain = events_of(db, stream)
+    kept = chain[:-count]
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM bpm_audit_event WHERE stream = :s AND seq > :n"),
+                     {"s": stream, "n": len(kept)})
+        set_head(conn, stream, len(kept), kept[-1].hash if kept else "")
+
+
+# -- the key ------------------------------------------------------------------------------------
+def test_each_event_is_an_hmac_under_the_key_not_a_plain_hash(db, case):
+    secret = AUDIT_KEY.encode()
+    chain_key = hmac.new(secret, b"bpm audit chain v1", hashlib.sha256).digest()
+    events = events_of(db, f"instance:{case}")
+    assert [e.kind for e in events] == ["instance.started", "task.claimed", "task.completed"]
+    prev = ""
+    for event in events:
+        message = audit._event_message(event, prev)
+        assert event.hash == hmac.new(chain_key, message, hashlib.sha256).hexdigest()
+        assert event.hash != hashlib.sha256(message).hexdigest()
+        prev = event.hash
+    with db.transaction() as s:
+        assert audit.verify(s).broken == []
+
+
+def test_drill_an_edited_event_with_the_plain_chain_recomputed_is_reported(database_url, db, case):
+    stream = f"instance:{case}"
+    assert verify(database_url)[0] == 0
+    completed = next(e for e in events_of(db, stream) if e.kind == "task.completed")
+    rewrite_plain(db, stream, completed.seq, data={**completed.data, "data": {"amount": 9, "summary": "大额申请"}})
+
+    code, broken, _ = verify(database_url)
+    assert code == 1
+    assert broken == [f"BROKEN {stream} #{completed.seq} (event {completed.id}): written without the audit key "
+                      "after keyed events (the chain was rewritten)"]
+
+
+def test_drill_a_whole_stream_recomputed_from_its_first_event_is_reported(database_url, db, case):
+    # Nothing keyed is left in the stream to catch it: a plain chain that no anchor pins
+    # cannot be told from a rewrite.
+    stream = f"instance:{case}"
+    first = events_of(db, stream)[0]
+    rewrite_plain(db, stream, 1, actor="mallory")
+    code, broken, _ = verify(database_url)
+    assert code == 1
+    assert broken == [f"BROKEN {stream} #1 (event {first.id}): written without the audit key and pinned by no later "
+                      "keyed event nor any anchor: it cannot be told from a rewrite (events from before the key was "
+                      "set are pinned by anchoring once: bpm audit anchor)"]
+
+
+def test_drill_the_last_events_deleted_and_the_head_moved_back_are_reported_against_the_anchor(
+        database_url, db, case, anchors):
+    stream = f"instance:{case}"
+    written = anchor(database_url, anchors)
+    assert written.exit_code == 0 and written.stdout.startswith("anchor 1: "), written.output
+    last_seq = len(events_of(db, stream))
+    truncate(db, stream, 2)
+
+    code, broken, _ = verify(database_url, anchors)
+    assert code == 1
+    [line] = broken
+    assert line.startswith(f"BROKEN {stream} #{last_seq - 1} ")
+    assert f"chain ends at #{last_seq - 2} but anchor 1 (" in line and f"pinned #{last_seq}" in line
+    assert line.endswith("(events were removed from the end)")
+
+
+def test_drill_a_system_stream_cut_back_is_reported_against_the_anchor(database_url, db, case, anchors, rt, people):
+    from engine.access import identity
+
+    anchor(database_url, anchors)
+    with db.transaction() as s:
+        identity.create_user(s, username="later", display_name="后来者", now=rt.now())
+    anchor(database_url, anchors)  # anchor 2 pins the system stream's new head
+    truncate(db, audit.SYSTEM_STREAM, 1)
+    code, broken, _ = verify(database_url, anchors)
+    assert code == 1 and len(broken) == 1 and "anchor 2 (" in broken[0] and broken[0].startswith("BROKEN system #")
+
+
+def test_without_anchors_the_truncation_goes_unseen_and_verify_says_so(database_url, db, case):
+    # What the key alone cannot show; the operator is told, on every run.
+    truncate(db, f"instance:{case}", 2)
+    code, broken, output = verify(database_url)
+    assert (code, broken) == (0, [])
+    assert "no anchors (BPM_AUDIT_ANCHOR_DIR is not set): events removed from the end of a stream together with " \
+           "its head are not detected" in output
+
+
+def test_the_embedded_default_without_a_key_keeps_a_plain_chain_that_a_forger_can_recompute(tmp_path, rt, people):
+    # The documented limit of the unkeyed default (SQLite only): recomputing the plain chain
+    # passes, and verify says the chain is unkeyed.
+    url = f"sqlite:///{tmp_path / 'embedded.sqlite3'}"
+    assert bpm(url, "db", "upgrade", BPM_AUDIT_KEY="").exit_code == 0
+    assert bpm(url, "user", "create", "someone", BPM_AUDIT_KEY="").exit_code == 0
+    db = Database(url)
+    try:
+        [event] = events_of(db, audit.SYSTEM_STREAM)
+        assert event.hash == hashlib.sha256(audit._event_message(event, "")).hexdigest()
+        rewrite_plain(db, audit.SYSTEM_STREAM, 1, actor="mallory")
+    finally:
+        db.dispose()
+    code, broken, output = verify(url, BPM_AUDIT_KEY="")
+    assert (code, broken) == (0, [])
+    assert "unkeyed: BPM_AUDIT_KEY is not set, so the chains are plain SHA-256" in output
+
+
+# -- every hashed column ------------------------------------------------------------------------
+@pytest.mark.parametrize(("column", "value"), [
+    ("occurred_at", "2001-01-01 00:00:00"),
+    ("task_uuid", "00000000-0000-4000-8000-000000000000"),
+    ("instance_id", 999999),
+])
+def test_editing_a_hashed_column_with_sql_is_reported(database_url, db, case, column, value):
+    stream = f"instance:{case}"
+    claimed = next(e for e in events_of(db, stream) if e.kind == "task.claimed")
+    assert claimed.task_uuid is not None and claimed.instance_id == case
+    with db.engine.begin() as conn:
+        conn.execute(text(f"UPDATE bpm_audit_event SET {column} = :v WHERE id = :id"), {"v": value, "id": claimed.id})
+    assert getattr(events_of(db, stream)[claimed.seq - 1], column) != getattr(claimed, column)
+    code, broken, _ = verify(database_url)
+    assert code == 1
+    assert broken == [f"BROKEN {stream} #{claimed.seq} (event {claimed.id}): content does not match its hash "
+                      "(the event was altered)"]
+
+
+# -- anchors ------------------------------------------------------------------------------------
+def test_an_anchor_pins_only_the_streams_that_moved_and_nothing_when_none_did(database_url, db, rt, people, case,
+                                                                              anchors):
+    first = anchor(database_url, anchors)
+    assert first.exit_code == 0
+    assert first.stdout.startswith("anchor 1: 2 stream head(s) pinned in ")  # the case and the system stream
+    again = anchor(database_url, anchors)
+    assert (again.exit_code, again.stdout.strip()) == (0, "no stream moved since anchor 1: nothing written")
+    with db.transaction() as s:
+        instances.cancel(s, rt, instance_id=case, actor=people.supervisor, reason="客户撤回")
+    second = anchor(database_url, anchors)
+    assert second.stdout.startswith("anchor 2: 1 stream head(s) pinned in ")
+    [_, latest] = sorted(anchors.glob("audit-anchor-*.json"))
+    document = json.loads(latest.read_text(encoding="utf-8"))
+    stream = f"instance:{case}"
+    last = events_of(db, stream)[-1]
+    assert document["heads"] == {stream: [last.seq, last.hash]}
+    assert document["number"] == 2 and document["previous"] == json.loads(
+        sorted(anchors.glob("audit-anchor-*.json"))[0].read_text(encoding="utf-8"))["signature"]
+    code, broken, output = verify(database_url, anchors)
+    assert (code, broken) == (0, []) and "2 anchor(s), the newest 2 of " in output
+
+
+def test_an_anchor_refuses_to_pin_a_stream_whose_new_events_do_not_verify(database_url, db, case, anchors):
+    stream = f"instance:{case}"
+    rewrite_plain(db, stream, 2, actor="mallory")
+    result = anchor(database_url, anchors)
+    assert result.exit_code == 1
+    assert [line for line in result.stdout.splitlines() if line.startswith("BROKEN")] == [
+        f"BROKEN {stream} #2 (event {events_of(db, stream)[1].id}): content does not match its hash "
+        "(the event was altered)"]
+    [written] = anchors.glob("audit-anchor-*.json")
+    assert list(json.loads(written.read_text(encoding="utf-8"))["heads"]) == [audit.SYSTEM_STREAM]
+
+
+def test_an_edited_a_forged_or_a_missing_anchor_is_reported(database_url, db, rt, people, case, anchors):
+    from engine.access import identity
+
+    anchor(database_url, anchors)
+    with db.transaction() as s:
+        identity.create_user(s, username="later", display_name="后来者", now=rt.now())
+    anchor(database_url, anchors)
+    first, second = sorted(anchors.glob("audit-anchor-*.json"))
+
+    document = json.loads(second.read_text(encoding="utf-8"))
+    second.write_text(json.dumps({**document, "heads": {audit.SYSTEM_STREAM: [1, "0" * 64]}}), encoding="utf-8")
+    code, broken, _ = verify(database_url, anchors)
+    assert code == 1 and broken == [f"BROKEN anchor {second.name}: the signature does not match "
+                                    "(the file was altered or forged)"]
+
+    other = Settings.from_env({"BPM_AUDIT_KEY": "another-key-0123456789abcdef-0123456789"}).audit_key
+    assert other is not None
+    forged = audit.key_from(other)
+    body = {k: v for k, v in document.items() if k != "signature"}
+    second.write_text(json.dumps({**body, "key_id": forged.key_id,
+                                  "signature": forged.sign(audit._canonical({**body, "key_id": forged.key_id}))}),
+                      encoding="utf-8")
+    code, broken, _ = verify(database_url, anchors)
+    assert code == 1 and len(broken) == 1 and "signed with another key" in broken[0]
+
+    second.unlink()
+    first.rename(anchors / "kept.json")  # no anchor file left: anchor 2 alone would not follow anything
+    second.write_text(json.dumps(document), encoding="utf-8")
+    code, broken, _ = verify(database_url, anchors)
+    assert code == 1 and broken == [f"BROKEN anchor {second.name}: anchor 2 does not follow no anchor: "
+                                    "an anchor is missing or was replaced"]
+
+
+def test_anchoring_on_top_of_a_bad_anchor_is_refused(db, case, anchors, rt):
+    (anchors / "audit-anchor-000001-20260101T000000Z.json").write_text("{}", encoding="utf-8")
+    with db.transaction() as s, pytest.raises(AuditAnchorInvalid) as refused:
+        audit.anchor(s, anchors, now=rt.now())
+    assert refused.value.problems == ["audit-anchor-000001-20260101T000000Z.json: not an anchor: 'signature'"]
+
+
+def test_an_anchor_directory_that_is_not_there_is_an_error_not_a_new_directory(database_url, db, case, tmp_path):
+    missing = tmp_path / "not-mounted"
+    for command in ("anchor", "verify"):
+        result = bpm(database_url, "audit", command, BPM_AUDIT_ANCHOR_DIR=str(missing))
+        assert isinstance(result.exception, ConfigError) and not missing.exists()
+        assert str(result.exception) == f"BPM_AUDIT_ANCHOR_DIR {str(missing)!r} is not a directory"
+
+
+# -- events from before the key -----------------------------------------------------------------
+def test_events_from_before_the_key_verify_once_pinned_by_a_keyed_event_or_the_first_anchor(
+        database_url, db, rt, people, case, anchors):
+    # A database written before the key was set: every chain plain (as the old code wrote it).
+    stream = f"instance:{case}"
+    rewrite_plain(db, stream, 1)
+    rewrite_plain(db, audit.SYSTEM_STREAM, 1)
+    code, broken, _ = verify(database_url)
+    assert code == 1 and {line.split()[1] for line in broken} == {stream, audit.SYSTEM_STREAM}
+
+    # The case goes on under the key: its next (keyed) event pins every plain one before it.
+    with db.transaction() as s:
+        instances.cancel(s, rt, instance_id=case, actor=people.supervisor, reason="客户撤回")
+    code, broken, _ = verify(database_url)
+    assert code == 1 and [line.split()[1] for line in broken] == [audit.SYSTEM_STREAM]
+
+    # The migration point: the first anchor pins the rest as it is.
+    assert anchor(database_url, anchors).exit_code == 0
+    code, broken, output = verify(database_url, anchors)
+    assert (code, broken) == (0, [])
+    assert "event(s) written before the audit key, pinned by later events or anchors" in output
+
+    # From then on a rewrite of those plain events is caught by the anchor.
+    rewrite_plain(db, audit.SYSTEM_STREAM, 1, actor="mallory")
+    code, broken, _ = verify(database_url, anchors)
+    assert code == 1 and len(broken) == 1 and broken[0].startswith(f"BROKEN {audit.SYSTEM_STREAM} #")
+    assert "differs from anchor 1 (" in broken[0]
+
+
+# -- configuration ------------------------------------------------------------------------------
+def test_production_writes_no_event_without_the_key(database_url, backend, db, rt, people):
+    from engine.access import identity
+
+    before = events_of(db, audit.SYSTEM_STREAM)
+    unkeyed = Database(database_url)
+    try:
+        if backend == "postgresql":
+            with pytest.raises(ConfigError, match="BPM_AUDIT_KEY is not set"), unkeyed.transaction() as s:
+                identity.create_user(s, username="nokey", display_name="无钥", now=rt.now())
+            assert len(events_of(db, audit.SYSTEM_STREAM)) == len(before)
+        else:  # the embedded default: a plain chain
+            with unkeyed.transaction() as s:
+                identity.create_user(s, username="nokey", display_name="无钥", now=rt.now())
+            event = events_of(db, audit.SYSTEM_STREAM)[-1]
+            assert event.seq == len(before) + 1
+            assert event.hash == hashlib.sha256(audit._event_message(event, before[-1].hash)).hexdigest()
+    finally:
+        unkeyed.dispose()
+
+
+def test_the_key_is_read_from_its_variable_or_the_file_it_names_and_must_be_long_enough(tmp_path):
+    key_file = tmp_path / "audit.key"
+    key_file.write_text(f"{AUDIT_KEY}\n", encoding="utf-8")
+    assert Settings.from_env({"BPM_AUDIT_KEY": AUDIT_KEY}).audit_key == AUDIT_KEY.encode()
+    assert Settings.from_env({"BPM_AUDIT_KEY_FILE": str(key_file)}).audit_key == AUDIT_KEY.encode()
+    assert Settings.from_env({}).audit_key is None  # the embedded default: unkeyed
+    assert AUDIT_KEY not in repr(Settings.from_env({"BPM_AUDIT_KEY": AUDIT_KEY}))
+    refused = {
+        "BPM_AUDIT_KEY must hold a key of at least 32 characters, got 5": {"BPM_AUDIT_KEY": "short"},
+        "BPM_AUDIT_KEY and BPM_AUDIT_KEY_FILE are both set: set one": {
+            "BPM_AUDIT_KEY": AUDIT_KEY, "BPM_AUDIT_KEY_FILE": str(key_file)},
+        "BPM_AUDIT_ANCHOR_DIR needs BPM_AUDIT_KEY or BPM_AUDIT_KEY_FILE: the anchors are signed with it": {
+            "BPM_AUDIT_ANCHOR_DIR": str(tmp_path)},
+    }
+    for message, env in refused.items():
+        with pytest.raises(ConfigError) as error:
+            Settings.from_env(env)
+        assert error.value.message == message
+    with pytest.raises(ConfigError, match=r"^BPM_AUDIT_KEY_FILE cannot be read: "):
+        Settings.from_env({"BPM_AUDIT_KEY_FILE": str(tmp_path / "missing.key")})
+    key_file.write_text("too short\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^BPM_AUDIT_KEY_FILE \(.*audit.key\) must hold a key of at least 32"):
+        Settings.from_env({"BPM_AUDIT_KEY_FILE": str(key_file)})
+
+
+def test_on_postgresql_the_server_the_worker_and_verify_refuse_to_run_without_the_key(database_url, backend, db,
+                                                                                     monkeypatch, capsys):
+    from api import create_app
+    from tests.support.cli import run_entry_point
+
+    settings = Settings.from_env({"BPM_DATABASE_URL": database_url})
+    if backend == "sqlite":  # the embedded default serves unkeyed
+        assert create_app(settings, record_policy=True) is not None
+        return
+    with pytest.raises(ConfigError, match=r"^BPM_AUDIT_KEY \(or BPM_AUDIT_KEY_FILE\) must be set with a PostgreSQL"):
+        create_app(settings, record_policy=True)
+    code, _, err = run_entry_point(monkeypatch, capsys, "worker", "--burst", BPM_DATABASE_URL=database_url,
+                                   BPM_REDIS_URL="redis://127.0.0.1:1/0", BPM_AUDIT_KEY="")
+    assert code == 1 and err.startswith("error: BPM_AUDIT_KEY (or BPM_AUDIT_KEY_FILE) must be set")
+    code, _, err = run_entry_point(monkeypatch, capsys, "audit", "verify", BPM_DATABASE_URL=database_url,
+                                   BPM_AUDIT_KEY="")
+    assert code == 1 and err.startswith("error: BPM_AUDIT_KEY is not set: a PostgreSQL database's audit trail")
