@@ -31,6 +31,7 @@ from api.errors import status_for
 from engine import errors
 from engine.access import client_access, field_policy
 from engine.access.client_access import REVEAL_REASONS, REVEAL_ROLES
+from engine.access.masking import mask_text
 from engine.access.roles import SUPERVISOR
 from engine.models import ACTIVE_TASK_STATES, Task, TaskStatus
 from engine.process import activity, instances, tasks, worklist
@@ -70,7 +71,7 @@ def _engine_error(exc: errors.BpmError) -> tuple[str, int]:
     status = status_for(exc)
     if status == 401:
         return redirect(url_for("pages.login", next=request.full_path)), 302  # type: ignore[return-value]
-    return render_template("error.html", status=status, message=exc.message), status
+    return render_template("error.html", status=status, message=mask_text(exc.message)), status
 
 
 @blp.errorhandler(HTTPException)
@@ -219,7 +220,7 @@ def _claim_one(task_id: int) -> str | None:
         with ctx.db.transaction() as db:
             tasks.claim(db, ctx.runtime, task_id=task_id, actor=actor())
     except errors.BpmError as exc:
-        return exc.message
+        return mask_text(exc.message)
     return None
 
 
@@ -264,7 +265,7 @@ def unclaim(task_id: int) -> Any:
         with ctx.db.transaction() as db:
             tasks.unclaim(db, ctx.runtime, task_id=task_id, actor=actor())
     except errors.BpmError as exc:
-        reason = exc.message
+        reason = mask_text(exc.message)
     if request.headers.get("HX-Request"):
         return _row(task_id, reason)
     if reason:
@@ -352,7 +353,7 @@ def complete(task_id: int) -> Any:
             following = [t for t in tasks.opened(db, person) if t.instance_id == done.instance_id
                          and t.assignee in (None, person.username)]
     except (errors.TaskNotOpen, errors.NotAssignee, errors.TaskNotFound) as exc:
-        flash(_lost_race(task_id) or exc.message, "warning")
+        flash(_lost_race(task_id) or mask_text(exc.message), "warning")
         return redirect(url_for("pages.inbox"))
     except errors.FormValidationError as exc:
         engine_errors = {e.field: e.message for e in exc.errors}

@@ -17,6 +17,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
+from engine.access.masking import mask_text
 from engine.audit import record_instance_event
 from engine.db import rowcount
 from engine.errors import InstanceNotFound, InvalidInput, NotFound
@@ -124,11 +125,20 @@ def done(session: Session, *, actor: Actor, now: datetime, days: int = 30, limit
 
 
 # -- comments ------------------------------------------------------------------------------
-def comments(session: Session, *, instance_id: int, actor: Actor) -> list[Comment]:
+@dataclass(frozen=True)
+class CommentView:
+    id: int
+    author: str
+    body: str  # identifiers in it masked, like everything else a case shows
+    created_at: datetime
+
+
+def comments(session: Session, *, instance_id: int, actor: Actor) -> list[CommentView]:
     """The case's comments, oldest first (404 for a case the reader may not see)."""
     instances.get(session, instance_id, actor=actor)
-    return list(session.execute(select(Comment).where(Comment.instance_id == instance_id)
-                                .order_by(Comment.id)).scalars())
+    return [CommentView(c.id, c.author, mask_text(c.body), c.created_at)
+            for c in session.execute(select(Comment).where(Comment.instance_id == instance_id)
+                                     .order_by(Comment.id)).scalars()]
 
 
 def add_comment(session: Session, *, instance_id: int, actor: Actor, body: str, now: datetime) -> Comment:

@@ -91,3 +91,17 @@ def test_a_completion_that_lost_the_race_says_who_won_and_returns_to_the_inbox(c
     answer = client.post(f"/tasks/{task_id}", data={"csrf_token": token, "amount": "12", "summary": "开户资料"})
     assert answer.status_code == 302 and answer.headers["Location"] == "/"
     assert "zhao 已先行办结此任务" in client.get("/").get_data(as_text=True)
+
+
+def test_a_phone_number_written_in_a_comment_is_shown_masked(client, db, rt, people, review):
+    from engine.process import worklist
+
+    task_id = open_review(db, rt, people)
+    with db.transaction() as s:
+        instance_id = s.get(Task, task_id).instance_id
+        worklist.add_comment(s, instance_id=instance_id, actor=people.clerk, body="客户手机 13761547720，下午回电",
+                             now=rt.now())
+    sign_in(client, "li", "li-pw")
+    page = client.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert "13761547720" not in page
+    assert "137****7720" in page
