@@ -17,7 +17,6 @@ from engine.access import client_access
 from engine.access.identity import Actor
 from engine.access.roles import BRANCH_MANAGEMENT, BRANCH_OR_ALL, INTEGRATION, SUPERVISOR
 from engine.bpmn.expressions import json_safe
-from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of
 from engine.errors import (
     DataInvalid,
     DuplicateBusinessKey,
@@ -44,6 +43,7 @@ from engine.numbering import next_business_key
 from engine.process.runtime import Runtime, locked_instance
 from engine.process.tasks import principals
 from engine.process.unit_of_work import audit, run_and_save, save
+from engine.process.variables import reserved_names
 from engine.sla import calendar_store
 
 
@@ -275,18 +275,6 @@ def history(session: Session, instance_id: int, *, actor: Actor) -> list[AuditEv
     ).scalars())
 
 
-# Variables the engine writes, which a correction must not rewrite: where a case started by
-# another case's message came from (runtime._send_messages), the client registry's context
-# copied at start (_with_client_context: the registry is the truth, and the client and branch
-# are also the instance row's, which scopes who sees the case and resolves ``branch:`` groups),
-# and SpiffWorkflow's own key for BPMN data objects. A diagram's completedByVariable names are
-# added per instance: "who did this step" is the engine's to say (engine.tasks.complete).
-ENGINE_VARIABLES = frozenset({
-    "origin_business_key", "origin_process",
-    "client_id", "branch_code", "service_group", "client_class", "vip_tier", "risk_level",
-    "data_objects",
-})
-
 # Tasks that still hold their own copy of the variables: a step reads its copy, inherited
 # from its parent when it became ready, so these are what the rest of the run will see.
 _HOLDING_DATA = TaskState.ERROR | TaskState.READY | TaskState.WAITING | TaskState.STARTED
@@ -342,7 +330,7 @@ def correct_data(session: Session, rt: Runtime, *, instance_id: int, actor: Acto
 
 def _check_correction(workflow: Any, current: dict[str, Any], values: dict[str, Any], removed: list[str],
                       reason: str) -> None:
-    reserved = ENGINE_VARIABLES | completed_by_variables(workflow)
+    reserved = reserved_names(workflow)
     problems: list[FieldError] = []
     if not isinstance(reason, str) or not reason.strip():
         problems.append(FieldError("reason", "a reason is required: it is kept in the audit trail"))
@@ -380,9 +368,3 @@ def _not_json(value: Any) -> str | None:
     if json.loads(text) != value:  # a tuple, keys that are not text: stored, it would change
         return "not a JSON value: it would not read back the same"
     return None
-
-
-def completed_by_variables(workflow: Any) -> set[str]:
-    specs = [workflow.spec, *workflow.subprocess_specs.values()]
-    return {name for spec in specs for task_spec in spec.task_specs.values()
-            if (name := properties_of(task_spec).get(COMPLETED_BY_VARIABLE))}

@@ -20,6 +20,7 @@ from engine.process import instances
 from engine.process.deployments import latest_versions
 from engine.process.runtime import Runtime, locked_instance
 from engine.process.unit_of_work import audit, run_and_save
+from engine.process.variables import reserved_names
 
 
 def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str | None, actor: Actor,
@@ -86,7 +87,7 @@ def _variables_of(workflow: Any, task_spec: Any, payload: dict[str, Any]) -> tup
     ``payloadVariables`` takes only those names."""
     declared = properties_of(task_spec).get(PAYLOAD_VARIABLES)
     allowed = None if declared is None else {n.strip() for n in declared.split(",") if n.strip()}
-    reserved = instances.ENGINE_VARIABLES | instances.completed_by_variables(workflow)
+    reserved = reserved_names(workflow)
     accepted = {k: v for k, v in payload.items() if k not in reserved and (allowed is None or k in allowed)}
     return accepted, sorted(set(payload) - set(accepted))
 

@@ -8,6 +8,7 @@ on the instance lock: exactly one wins, the other gets ``task_not_open``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from engine.access.identity import Actor, actor_for, get_user
 from engine.access.roles import SUPERVISOR
 from engine.bpmn.expressions import json_safe
-from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of
+from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of, writable_variables
 from engine.errors import (
     FieldError,
     FormValidationError,
@@ -48,6 +49,7 @@ from engine.models import (
 from engine.process.projection import opened_tasks
 from engine.process.runtime import Runtime, lock_instance_row, lock_statement
 from engine.process.unit_of_work import audit, run_and_save
+from engine.process.variables import changes_engine_value, reserved_names
 from engine.sla import clock as sla_clock
 
 
@@ -174,21 +176,70 @@ def delegate(session: Session, rt: Runtime, *, task_id: int, username: str, acto
 
 
 def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task: Task,
-                  data: dict[str, Any]) -> None:
-    if not task.form_key:
-        return
-    validator = rt.form_validator(session, instance.process_version_id, task.form_key)
-    if validator is None:
-        return
-    errors = [
-        FieldError(field="/".join(str(p) for p in error.absolute_path) or
-                   (error.validator in ("required", "additionalProperties")
-                    and _missing_field(error.message)) or "",
-                   message=error.message)
-        for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    ]
+                  data: dict[str, Any], *, workflow: Any = None, spiff_task: Any = None) -> None:
+    """Refuse form data (422 ``form_invalid``, every problem listed): what the form's JSON
+    Schema refuses; a field the form does not declare; and, given the step (``spiff_task``
+    of ``workflow``), a value that would change a variable the engine set (docs/api.md)."""
+    errors: list[FieldError] = []
+    validator = rt.form_validator(session, instance.process_version_id, task.form_key) if task.form_key else None
+    if validator is not None:
+        errors += [
+            FieldError(field="/".join(str(p) for p in error.absolute_path) or
+                       (error.validator in ("required", "additionalProperties")
+                        and _missing_field(error.message)) or "",
+                       message=error.message)
+            for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        ]
+        declared = declared_fields(validator.schema)
+        if declared is not None:
+            patterns = _patterns(validator.schema)
+            errors += [FieldError(field=name, message=f"{name!r} is not a field of the form {task.form_key!r}")
+                       for name in sorted(set(data) - declared) if not any(p.search(name) for p in patterns)]
+    if spiff_task is not None:
+        errors += _engine_value_errors(workflow, spiff_task, data)
     if errors:
         raise FormValidationError(f"the form {task.form_key!r} has {len(errors)} error(s)", errors)
+
+
+_OPEN_KEYWORDS = ("additionalProperties", "unevaluatedProperties")
+
+
+def declared_fields(schema: Any) -> set[str] | None:
+    """The top-level fields a form declares (``properties``, in its ``allOf``/``anyOf``/
+    ``oneOf`` and ``if``/``then``/``else`` parts too), or None when the form itself says what
+    else it takes (``additionalProperties`` or ``unevaluatedProperties``): the process owner's
+    choice stands. A form that says nothing takes only its declared fields, so a completion
+    cannot carry variables the process owner never put on the form."""
+    if not isinstance(schema, dict) or any(key in schema for key in _OPEN_KEYWORDS):
+        return None
+    names: set[str] = set()
+    parts = [schema]
+    while parts:
+        part = parts.pop()
+        if not isinstance(part, dict):
+            continue
+        names.update(part.get("properties") or {})
+        parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
+        parts += [part[key] for key in ("if", "then", "else") if key in part]
+    return names
+
+
+def _patterns(schema: Any) -> list[re.Pattern[str]]:
+    return [re.compile(p) for p in (schema.get("patternProperties") or {})] if isinstance(schema, dict) else []
+
+
+def _engine_value_errors(workflow: Any, spiff_task: Any, data: dict[str, Any]) -> list[FieldError]:
+    """A form may carry a variable the engine writes only where the engine has not set it yet
+    (a walk-in complainant's ``client_id`` at registration) or with the value it already has;
+    a value that would change it is refused, whoever completes the step. The step's own
+    ``completedByVariable`` is set by the engine after the form (a form cannot name someone
+    else), and a step the diagram makes the authority for a fact (``writesEngineVariables``:
+    a risk re-assessment's ``risk_level``) may change that fact."""
+    properties = properties_of(spiff_task.task_spec)
+    allowed = writable_variables(spiff_task.task_spec) | {properties.get(COMPLETED_BY_VARIABLE)}
+    reserved = reserved_names(workflow) - allowed
+    return [FieldError(field=name, message=f"{name!r} is set by the engine for this case; a form cannot change it")
+            for name in sorted(set(data) & reserved) if changes_engine_value(spiff_task.data, name, data[name])]
 
 
 def form_of(session: Session, rt: Runtime, task: Task) -> dict[str, Any] | None:
@@ -219,9 +270,9 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
         audit(session, rt, instance, "task.claimed", actor, task_uuid=task.task_uuid, task_id=task.id)
     elif task.assignee != actor.username:
         raise NotAssignee(f"task {task_id} is assigned to {task.assignee}")
-    validate_form(rt, session, instance, task, data)
     now = rt.now()
     if task.kind == TaskKind.ESCALATION:
+        validate_form(rt, session, instance, task, data)
         # An escalation opened by an SLA milestone is not a diagram step: closing it records
         # the supervisor's handling and leaves the process where it is.
         task.status, task.completed_at, task.completed_by = TaskStatus.COMPLETED, now, actor.username
@@ -233,6 +284,7 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
     spiff_task = workflow.get_task_from_id(UUID(task.task_uuid))
     if spiff_task is None or not spiff_task.has_state(TaskState.READY):
         raise TaskNotOpen(f"task {task_id} is no longer waiting for input")
+    validate_form(rt, session, instance, task, data, workflow=workflow, spiff_task=spiff_task)
     spiff_task.set_data(**data)
     completed_by_variable = properties_of(spiff_task.task_spec).get(COMPLETED_BY_VARIABLE)
     if completed_by_variable:
