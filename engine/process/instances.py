@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 
 from engine.access import client_access
 from engine.access.identity import Actor
-from engine.access.roles import BRANCH_MANAGEMENT, BRANCH_OR_ALL, INTEGRATION, SUPERVISOR
+from engine.access.roles import BRANCH_MANAGEMENT, BRANCH_OR_ALL, FIRM_STARTERS, INTEGRATION, SUPERVISOR
 from engine.bpmn.expressions import json_safe
 from engine.errors import (
+    ClientNotFound,
     DataInvalid,
     DuplicateBusinessKey,
     FieldError,
@@ -50,29 +51,41 @@ from engine.sla import calendar_store
 def start(session: Session, rt: Runtime, *, process_key: str, business_key: str | None, actor: Actor,
           data: dict[str, Any] | None = None, client_id: str | None = None,
           branch_code: str | None = None, message: tuple[str, dict[str, Any]] | None = None,
-          ) -> ProcessInstance:
+          from_case: bool = False) -> ProcessInstance:
     """Start the latest version of ``process_key``. ``message`` (name, payload) triggers a
     message start event instead of the none start event. Without a business key, a process
-    that declares a businessKeyFormat gets the next case number."""
+    that declares a businessKeyFormat gets the next case number. ``from_case``: the data is
+    another case's variables (a message a diagram threw), whose copies of the client's
+    registry values may be older than the registry or rewritten for routing (a branch-pool
+    client's retention talk goes to the branch's account managers): the registry's replace
+    them, where a caller's differing values are refused."""
     if business_key is not None and (not business_key or len(business_key) > 128):
         raise InvalidInput("business_key must be 1 to 128 characters")
     data = json_safe(data or {})
     # One round trip: the latest version, an instance already holding the business key, the
     # client's registry entry, and the reference-data revisions the new tasks' SLA clocks
     # check their caches against.
+    client_key = client_id or data.get("client_id")
     found = session.execute(_START_LOOKUP, {"process_key": process_key, "business_key": business_key,
-                                            "client_id": client_id or data.get("client_id")}).first()
+                                            "client_id": client_key}).first()
     if found is None:
         raise ProcessNotFound(f"no process {process_key!r} is deployed")
     version, existing_id = found, found.existing_id  # the row names the version's columns
     calendar_store.remember_revisions(session, found.calendar_revision, found.sla_revision)
-    data = _with_client_context(found, data)
     # Outside systems start processes by message whatever the starter groups (which are
     # about people); a person needs one of them, or the supervisor role.
     system_start = message is not None and actor.has_role(INTEGRATION)
     if (version.starter_groups and not system_start and not actor.has_role(SUPERVISOR)
             and not actor.groups & set(version.starter_groups)):
         raise PermissionDenied(f"starting {process_key} needs one of the groups {', '.join(version.starter_groups)}")
+    if client_key is not None:
+        _require_client_in_scope(session, actor, str(client_key), registered=found.client_id is not None)
+        if not from_case:
+            _refuse_registry_overrides(found, data, client_id=client_id, branch_code=branch_code,
+                                       where="payload" if message is not None else "data")
+    data = _with_client_context(found, data)
+    if found.client_id is not None:
+        branch_code = found.client_branch_code
     if existing_id is not None:
         raise DuplicateBusinessKey(
             f"{process_key} already has an instance with business key {business_key!r}",
@@ -111,18 +124,61 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
     return instance
 
 
+def _registry_context(found: Any) -> dict[str, Any]:
+    """What the client registry says of the case's client (``found``: the start lookup's row)."""
+    return {"client_id": found.client_id, "branch_code": found.client_branch_code,
+            "service_group": found.service_group_key, "client_class": found.classification,
+            "vip_tier": found.vip_tier, "risk_level": found.risk_level}
+
+
 def _with_client_context(found: Any, data: dict[str, Any]) -> dict[str, Any]:
     """A case about a registered client starts with the registry's branch, service group,
     class, tier and risk level (never the identifiers: those stay masked in the registry),
     so diagrams route ``client:service_group`` from the truth, not from what a form typed.
-    Values the caller gave win: a test or an import may need to say otherwise.
-    ``found``: the start lookup's row, whose client columns are empty for no such client."""
+    The registry wins (:func:`_refuse_registry_overrides` has refused start data that
+    disagrees). ``found``: the start lookup's row, whose client columns are empty for no such
+    client."""
     if found.client_id is None:
         return data
-    registry = {"client_id": found.client_id, "branch_code": found.client_branch_code,
-                "service_group": found.service_group_key, "client_class": found.classification,
-                "vip_tier": found.vip_tier, "risk_level": found.risk_level}
-    return {**{k: v for k, v in registry.items() if v is not None}, **data}
+    return {**data, **{k: v for k, v in _registry_context(found).items() if v is not None}}
+
+
+def _require_client_in_scope(session: Session, actor: Actor, client_id: str, *, registered: bool) -> None:
+    """A case about a client is started by someone who may see that client in the registry
+    (docs/domain.md#client-visibility), or by a role that starts cases for any client on the
+    firm's behalf (the call centre and HQ desks, outside systems). Anyone else is told there is
+    no such client, registered or not, so a start never reveals whether a client exists."""
+    if actor.groups & FIRM_STARTERS:
+        return
+    scope = client_access.scope_of(session, actor)
+    if scope.everything:
+        return
+    if registered and session.execute(select(Client.client_id).where(
+            Client.client_id == client_id, scope.clause())).first() is not None:
+        return
+    raise ClientNotFound(f"no client {client_id!r}")
+
+
+def _refuse_registry_overrides(found: Any, data: dict[str, Any], *, client_id: str | None,
+                               branch_code: str | None, where: str) -> None:
+    """Start data does not override the client registry: a value that differs from the
+    registry's (a service group, a branch, a tier) is refused by name rather than silently
+    replaced, so the caller learns the case is not what they asked for."""
+    problems: list[FieldError] = []
+    if client_id is not None and data.get("client_id") not in (None, client_id):
+        problems.append(FieldError(f"{where}/client_id", f"differs from client_id {client_id!r}"))
+    if found.client_id is not None:
+        registry = _registry_context(found)
+        # The client was looked up by the client_id given (checked above), so only the rest.
+        for name, value in sorted(registry.items()):
+            if name != "client_id" and name in data and data[name] != value:
+                problems.append(FieldError(f"{where}/{name}",
+                                           f"{name!r} comes from the client registry and cannot be given"))
+        if branch_code is not None and branch_code != registry["branch_code"]:
+            problems.append(FieldError("branch_code", "the branch is the client's, from the client registry"))
+    if problems:
+        raise DataInvalid(f"the start has {len(problems)} value(s) the client registry decides; nothing was "
+                          "started", problems)
 
 
 _START_LOOKUP = (

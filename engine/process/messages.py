@@ -24,11 +24,12 @@ from engine.process.variables import reserved_names
 
 
 def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str | None, actor: Actor,
-              payload: dict[str, Any] | None = None) -> ProcessInstance:
+              payload: dict[str, Any] | None = None, from_case: bool = False) -> ProcessInstance:
     """Deliver ``name`` to the instance waiting for it under ``correlation_key``.
 
     If no instance waits but a deployed process starts on this message, a new instance is
-    started with the correlation key as its business key. Otherwise nothing changes and
+    started with the correlation key as its business key (``from_case``: a diagram threw the
+    message, see :func:`instances.start`). Otherwise nothing changes and
     :class:`MessageNotCorrelated` is raised.
     """
     payload = json_safe(payload or {})
@@ -45,7 +46,7 @@ def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str 
             # No key: the started process numbers the case (businessKeyFormat).
             return instances.start(session, rt, process_key=starters[0].process_key,
                                    business_key=correlation_key or None, actor=actor, data=payload,
-                                   message=(name, payload))
+                                   message=(name, payload), from_case=from_case)
         raise MessageNotCorrelated(f"nobody waits for message {name!r} with key {correlation_key!r}")
 
     assert correlation_key  # subscriptions were found by it
