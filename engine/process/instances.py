@@ -218,23 +218,34 @@ def _deliver_start_message(workflow: Any, name: str, payload: dict[str, Any]) ->
     raise InvalidInput(f"the process has no start event for message {name!r}")
 
 
-def _visible(session: Session, actor: Actor) -> Any:
-    """Who may read a case (docs/domain.md#case-visibility): whoever started it or has, had
-    or may take one of its tasks; branch management, branch compliance and branch
-    supervisors their branch's cases; a service group's members the cases of the group's
-    clients (and of the branch pool's unassigned clients); HQ complaint and brokerage
-    management, HQ compliance and administrators every case. Counter staff and call-centre
-    agents see only cases they took part in. Recusal (:func:`_not_recused`) still applies on
-    top."""
-    involved = exists().where(
+def took_part(actor: Actor) -> Any:
+    """The case's handlers (docs/domain.md#case-visibility): who did one of its steps, holds one
+    (assignee, or owner of a step they delegated), or is offered an open one (a member of a
+    candidate group of an unclaimed step that does not recuse them). Membership of a candidate
+    group counts only while the step waits for someone: a role offered every complaint's
+    registration (call-centre agents) does not follow every complaint once it is registered."""
+    me = actor.username
+    offered = and_(
+        Task.status == TaskStatus.OPEN,
+        exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups))),
+        ~exists().where(TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals(actor))))
+    return exists().where(
         Task.instance_id == ProcessInstance.id,
-        or_(Task.assignee == actor.username, Task.owner == actor.username, Task.completed_by == actor.username,
-            exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups)))),
-    )
+        or_(Task.completed_by == me, Task.owner == me,
+            and_(Task.assignee == me, Task.status.in_(ACTIVE_TASK_STATES)), offered))
+
+
+def _visible(session: Session, actor: Actor) -> Any:
+    """Who may read a case (docs/domain.md#case-visibility): whoever started it or took part in
+    it (:func:`took_part`); branch management, branch compliance and branch supervisors their
+    branch's cases; a service group's members the cases of the group's clients (and of the
+    branch pool's unassigned clients); HQ complaint and brokerage management, HQ compliance and
+    administrators every case. Counter staff and call-centre agents see only cases they started
+    or took part in. Recusal (:func:`_not_recused`) still applies on top."""
     scope = client_access.scope_of(session, actor)
     if scope.everything:
         return true()
-    parts = [ProcessInstance.started_by == actor.username, involved]
+    parts = [ProcessInstance.started_by == actor.username, took_part(actor)]
     branches = sorted(b for b in scope.branches if actor.groups & (BRANCH_MANAGEMENT | BRANCH_OR_ALL))
     if branches:
         # A case tied to no branch (no client) is company business: branch management sees it.
@@ -265,9 +276,31 @@ def get(session: Session, instance_id: int, *, actor: Actor) -> ProcessInstance:
     return instance
 
 
+def readable_clause(session: Session, actor: Actor) -> Any:
+    """The instances ``actor`` may read, as a condition on ``ProcessInstance``."""
+    return and_(_not_recused(actor), _visible(session, actor))
+
+
 def readable(session: Session, instance_id: int, actor: Actor) -> bool:
     return session.execute(select(ProcessInstance.id).where(
-        ProcessInstance.id == instance_id, _not_recused(actor), _visible(session, actor))).first() is not None
+        ProcessInstance.id == instance_id, readable_clause(session, actor))).first() is not None
+
+
+def handles(session: Session, instance_id: int, actor: Actor) -> bool:
+    """Whether ``actor`` is one of the case's handlers, who brought it in (started it) or took
+    part in it (:func:`took_part`), and may still read it: recused case-wide, a former handler
+    is not one any more."""
+    return session.execute(select(ProcessInstance.id).where(
+        ProcessInstance.id == instance_id, or_(ProcessInstance.started_by == actor.username, took_part(actor)),
+        readable_clause(session, actor))).first() is not None
+
+
+def _require_readable(session: Session, instance_id: int, actor: Actor) -> None:
+    """A case the actor may not read does not exist for them, whatever their role: a branch
+    supervisor does not cancel, retry or correct another branch's cases, nor a recused one
+    the case that names them."""
+    if not readable(session, instance_id, actor):
+        raise InstanceNotFound(f"no instance {instance_id}")
 
 
 def get_all(session: Session, *, actor: Actor, process_key: str | None = None, status: str | None = None,

@@ -50,9 +50,12 @@ def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str 
         raise MessageNotCorrelated(f"nobody waits for message {name!r} with key {correlation_key!r}")
 
     assert correlation_key  # subscriptions were found by it
-    if not actor.has_role(INTEGRATION) and not instances.readable(session, subscriptions[0].instance_id, actor):
-        # A person may tell a case something (the client withdrew at the counter) only if
-        # they may read that case; outside systems hold the integration role.
+    if not actor.has_role(INTEGRATION) and not instances.handles(session, subscriptions[0].instance_id, actor):
+        # Telling a running case something changes its course (the client withdraws, the
+        # client answered): the client's own channels do it through outside systems (the
+        # integration role), and a person only as one of the case's handlers. Reading a case
+        # is not enough: a branch head reads every case of the branch, compliance every case.
+        # Anyone else is told nobody waits, so the answer does not reveal the case either.
         raise MessageNotCorrelated(f"nobody waits for message {name!r} with key {correlation_key!r}")
     instance = locked_instance(session, subscriptions[0].instance_id)
     # Re-read under the lock: a concurrent delivery may have consumed the subscription.

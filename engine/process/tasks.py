@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import Integer, Select, String, bindparam, exists, func, or_, select
+from sqlalchemy import Integer, Select, String, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor, actor_for, get_user
@@ -68,11 +68,15 @@ def is_excluded(task: Task, actor: Actor) -> bool:
 
 def can_see(task: Task, actor: Actor) -> bool:
     """Recusal wins over everything, roles included: the subject of a complaint may not
-    learn that the task exists, even as a supervisor."""
+    learn that the task exists, even as a supervisor. A candidate group sees its tasks while
+    they are open or claimed (the team's work in hand); a finished task only to whoever held,
+    owned or completed it: a role offered every complaint's registration does not keep every
+    registration once it is done."""
     if is_excluded(task, actor):
         return False
     return ((actor.has_role(SUPERVISOR) and _in_supervised_branch(task, actor))
-            or task.assignee == actor.username or task.owner == actor.username or _is_candidate(task, actor))
+            or actor.username in (task.assignee, task.owner, task.completed_by)
+            or (task.status in ACTIVE_TASK_STATES and _is_candidate(task, actor)))
 
 
 def _supervised_branch(actor: Actor) -> str | None:
@@ -112,7 +116,10 @@ def _lock(session: Session, task_id: int, actor: Actor) -> tuple[Task, ProcessIn
     task, and the task is read once, after the lock."""
     instance = lock_instance_row(session, _LOCK_BY_TASK, {"task_id": task_id})
     task = session.execute(_READ_TASK, {"task_id": task_id}).scalar_one_or_none()
-    if task is None or instance is None or not can_see(task, actor):
+    # A candidate who lost the race for a task (completed or cancelled under them) is told so
+    # (409 below), not that it does not exist: they saw it a moment ago.
+    offered = task is not None and not is_excluded(task, actor) and _is_candidate(task, actor)
+    if task is None or instance is None or not (offered or can_see(task, actor)):
         raise TaskNotFound(f"no task {task_id}")
     if instance.status not in (InstanceStatus.RUNNING, InstanceStatus.FAILED):
         raise InstanceNotRunning(f"instance {instance.id} is {instance.status}")
@@ -371,8 +378,8 @@ def _inbox_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
     elif not (assignee_me or candidate_me):
         # "Mine" and "my groups' unclaimed" already imply the visibility rule below; saying
         # it again doubled the planner's work on the most frequent query (and misled it).
-        in_my_groups = exists().where(TaskCandidate.task_id == Task.id,
-                                      TaskCandidate.group_key.in_(bindparam("groups", expanding=True)))
+        in_my_groups = and_(Task.status.in_(ACTIVE_TASK_STATES), exists().where(
+            TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(bindparam("groups", expanding=True))))
         stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))
     # Tasks without a due date sort last: NULLS LAST spelled portably.
     page = (stmt.order_by(Task.due_at.is_(None), Task.due_at, Task.priority.desc(), Task.id)
