@@ -327,6 +327,7 @@ def data_of(session: Session, rt: Runtime, instance: ProcessInstance) -> dict[st
 def cancel(session: Session, rt: Runtime, *, instance_id: int, actor: Actor, reason: str = "") -> ProcessInstance:
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("cancelling an instance needs the supervisor role")
+    _require_readable(session, instance_id, actor)
     instance = locked_instance(session, instance_id, allow=(InstanceStatus.RUNNING, InstanceStatus.FAILED))
     workflow = rt.load(session, instance)
     workflow.cancel()
@@ -346,6 +347,7 @@ def retry(session: Session, rt: Runtime, *, instance_id: int, actor: Actor) -> P
     """Run a failed instance's failed step again (after the cause was fixed)."""
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("retrying an instance needs the supervisor role")
+    _require_readable(session, instance_id, actor)
     instance = locked_instance(session, instance_id, allow=(InstanceStatus.FAILED,))
     workflow = rt.load(session, instance)
     for task in workflow.get_tasks(state=TaskState.ERROR):
@@ -390,8 +392,7 @@ def correct_data(session: Session, rt: Runtime, *, instance_id: int, actor: Acto
     does not have, or nothing to change (DataInvalid, naming each entry)."""
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("correcting an instance's data needs the supervisor role")
-    if not readable(session, instance_id, actor):
-        raise InstanceNotFound(f"no instance {instance_id}")
+    _require_readable(session, instance_id, actor)
     instance = locked_instance(session, instance_id, allow=(InstanceStatus.FAILED,))
     workflow = rt.load(session, instance)
     values, removed = dict(set or {}), list(remove or [])

@@ -91,10 +91,18 @@ def _in_supervised_branch(task: Task, actor: Actor) -> bool:
     return branch is None or task.branch_code in (None, branch)
 
 
-def _refuse_excluded(session: Session, task: Task, username: str) -> None:
-    """A task cannot be given to someone it recuses."""
-    if task.excluded and is_excluded(task, actor_for(session, get_user(session, username))):
+def _refuse_excluded(session: Session, task: Task, username: str) -> Actor:
+    """A task cannot be given to someone it recuses, nor to someone a step of its case recuses
+    case-wide (a complaint's subject cannot read the case, so cannot hold any of its steps);
+    returns who they are."""
+    target = actor_for(session, get_user(session, username))
+    if task.excluded and is_excluded(task, target):
         raise Recused(f"{username} is excluded from task {task.id} (recusal) and cannot be given it")
+    if session.execute(select(TaskExclusion.task_id).join(Task, Task.id == TaskExclusion.task_id).where(
+            Task.instance_id == task.instance_id, TaskExclusion.case_wide.is_(True),
+            TaskExclusion.principal.in_(principals(target))).limit(1)).first() is not None:
+        raise Recused(f"{username} is recused from the whole case and cannot be given any of its tasks")
+    return target
 
 
 def get(session: Session, task_id: int, *, actor: Actor) -> Task:
@@ -151,18 +159,29 @@ def unclaim(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Tas
     return task
 
 
-def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor) -> Task:
-    """A supervisor gives the task to someone (reassignment included)."""
+def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor,
+           reason: str | None = None) -> Task:
+    """A supervisor gives the task to someone (reassignment included): a member of one of its
+    candidate groups. Whoever holds a step reads the whole case, so giving it to anyone else
+    (a colleague standing in from another team) is an override the supervisor states a
+    ``reason`` for, kept in the audit trail; without one it is refused."""
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("assigning a task needs the supervisor role")
     target = get_user(session, username)
     if not target.active:
         raise InvalidInput(f"user {username!r} is inactive")
     task, instance = _lock(session, task_id, actor)
-    _refuse_excluded(session, task, username)
+    override = not _is_candidate(task, _refuse_excluded(session, task, username))
+    reason = (reason or "").strip() or None
+    if override and reason is None:
+        raise NotCandidate(f"{username} is in none of the task's candidate groups; to give it to them all the "
+                           "same, state a reason (it is audited)")
     previous, task.assignee, task.status = task.assignee, username, TaskStatus.CLAIMED
+    extra: dict[str, Any] = {"override": True} if override else {}
+    if reason is not None:
+        extra["reason"] = reason
     audit(session, rt, instance, "task.assigned", actor, task_uuid=task.task_uuid, task_id=task.id,
-          assignee=username, previous_assignee=previous)
+          assignee=username, previous_assignee=previous, **extra)
     return task
 
 

@@ -79,6 +79,6 @@ def test_a_branch_supervisor_supervises_the_tasks_of_their_branch_only(db, rt, c
     assert {t.client_id for t in listed} == {"C06", "C01", "C10"}
     assert {t.client_id for t in everything} == {"C06", "C01", "C10", "C04"}
     with pytest.raises(TaskNotFound), db.transaction() as s:
-        tasks.assign(s, rt, task_id=by_client["C04"], username="s205", actor=_actor(s, "s101"))
+        tasks.assign(s, rt, task_id=by_client["C04"], username="s008", actor=_actor(s, "s101"))
     with db.transaction() as s:
-        tasks.assign(s, rt, task_id=by_client["C04"], username="s205", actor=_actor(s, "s201"))
+        tasks.assign(s, rt, task_id=by_client["C04"], username="s008", actor=_actor(s, "s201"))
