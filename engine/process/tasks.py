@@ -17,7 +17,7 @@ from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import Integer, Select, String, and_, bindparam, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from engine.access.identity import Actor, actor_for, get_user
 from engine.access.roles import SUPERVISOR
@@ -105,10 +105,23 @@ def _refuse_excluded(session: Session, task: Task, username: str) -> Actor:
     return target
 
 
+_CASE_RECUSED = (
+    select(TaskExclusion.task_id).join(Task, Task.id == TaskExclusion.task_id)
+    .where(Task.instance_id == bindparam("instance_id"), TaskExclusion.case_wide.is_(True),
+           TaskExclusion.principal.in_(bindparam("principals", expanding=True))).limit(1))
+
+
+def recused_from_case(session: Session, instance_id: int, actor: Actor) -> bool:
+    """Whether a step of the case recuses ``actor`` case-wide (a complaint's subject): then
+    none of the case's tasks exists for them either, whatever their role."""
+    return session.execute(_CASE_RECUSED, {"instance_id": instance_id,
+                                           "principals": principals(actor)}).first() is not None
+
+
 def get(session: Session, task_id: int, *, actor: Actor) -> Task:
     """One scoped lookup: a task the actor may not see does not exist for them."""
     task = session.get(Task, task_id)
-    if task is None or not can_see(task, actor):
+    if task is None or not can_see(task, actor) or recused_from_case(session, task.instance_id, actor):
         raise TaskNotFound(f"no task {task_id}")
     return task
 
@@ -127,7 +140,8 @@ def _lock(session: Session, task_id: int, actor: Actor) -> tuple[Task, ProcessIn
     # A candidate who lost the race for a task (completed or cancelled under them) is told so
     # (409 below), not that it does not exist: they saw it a moment ago.
     offered = task is not None and not is_excluded(task, actor) and _is_candidate(task, actor)
-    if task is None or instance is None or not (offered or can_see(task, actor)):
+    if (task is None or instance is None or not (offered or can_see(task, actor))
+            or recused_from_case(session, instance.id, actor)):
         raise TaskNotFound(f"no task {task_id}")
     if instance.status not in (InstanceStatus.RUNNING, InstanceStatus.FAILED):
         raise InstanceNotRunning(f"instance {instance.id} is {instance.status}")
@@ -387,8 +401,13 @@ def _inbox_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
         stmt = stmt.where(Task.process_key == bindparam("process_key"))
     if by_business_key:
         stmt = stmt.where(Task.business_key == bindparam("business_key"))
-    # Recusal hides a task from everyone it names, supervisors included.
+    # Recusal hides a task from everyone it names, supervisors included; recusal reaching the
+    # whole case (a complaint's subject), every task of the case.
+    sibling = aliased(Task)
     stmt = stmt.where(~exists().where(TaskExclusion.task_id == Task.id,
+                                      TaskExclusion.principal.in_(bindparam("principals", expanding=True))),
+                      ~exists().where(sibling.instance_id == Task.instance_id, TaskExclusion.task_id == sibling.id,
+                                      TaskExclusion.case_wide.is_(True),
                                       TaskExclusion.principal.in_(bindparam("principals", expanding=True))))
     if supervisor:
         # A branch supervisor's view: their branch, and tasks tied to no branch.
