@@ -241,6 +241,11 @@ class UserIn(Schema):
     username = fields.String(required=True)
 
 
+class AssignIn(UserIn):
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=1000), metadata={
+        "description": "required to give the task to someone in none of its candidate groups (audited)"})
+
+
 class CompleteIn(Schema):
     data = fields.Dict(keys=fields.String(), load_default=dict)
 

@@ -33,7 +33,7 @@ from engine.access import client_access, field_policy
 from engine.access.client_access import REVEAL_REASONS, REVEAL_ROLES
 from engine.access.masking import mask_text
 from engine.access.roles import SUPERVISOR
-from engine.models import ACTIVE_TASK_STATES, Task, TaskStatus
+from engine.models import ACTIVE_TASK_STATES
 from engine.process import activity, instances, tasks, worklist
 from engine.sla import clock as sla_clock
 from worklist_ui import forms, i18n
@@ -332,12 +332,19 @@ def task(task_id: int) -> Any:
 def complete(task_id: int) -> Any:
     ctx = bpm()
     person = actor()
-    with ctx.db.transaction() as db:
-        task = tasks.get(db, task_id, actor=person)
-        schema = tasks.form_of(db, ctx.runtime, task)
-        validator = (ctx.runtime.form_validator(db, instances.get(db, task.instance_id, actor=person)
-                                                .process_version_id, task.form_key)
-                     if task.form_key else None)
+    try:
+        with ctx.db.transaction() as db:
+            task = tasks.get(db, task_id, actor=person)
+            schema = tasks.form_of(db, ctx.runtime, task)
+            validator = (ctx.runtime.form_validator(db, instances.get(db, task.instance_id, actor=person)
+                                                    .process_version_id, task.form_key)
+                         if task.form_key else None)
+    except errors.TaskNotFound:
+        winner = _lost_race(task_id)
+        if winner is None:
+            raise
+        flash(winner, "warning")
+        return redirect(url_for("pages.inbox"))
     parsed = forms.parse(schema, request.form) if schema else forms.Parsed({}, {})
     found = dict(parsed.errors)
     if validator is not None:
@@ -366,13 +373,11 @@ def complete(task_id: int) -> Any:
 
 
 def _lost_race(task_id: int) -> str | None:
-    """Who completed the task first, when someone did."""
+    """"X completed it first", when someone did and the engine lets this person know."""
     ctx = bpm()
     with ctx.db.transaction() as db:
-        row = db.get(Task, task_id)
-        if row is not None and row.status == TaskStatus.COMPLETED and row.completed_by:
-            return gettext("%(who)s completed this task first", who=row.completed_by)
-    return None
+        winner = tasks.won_by(db, task_id=task_id, actor=actor())
+    return gettext("%(who)s completed this task first", who=winner) if winner else None
 
 
 @blp.post("/tasks/<int:task_id>/draft")

@@ -57,10 +57,11 @@ class Deployments(MethodView):
         (422, with every problem located by file, line and element)."""
         ctx = bpm()
         actor = current_actor()
+        deployments.require_deployer(actor)  # before the upload is read, let alone unpacked
         bundle = _bundle_from_request()
         with ctx.db.transaction() as session:
             if query["check"]:
-                _, problems = deployments.check(session, ctx.runtime, bundle)
+                problems = deployments.lint(session, ctx.runtime, bundle, actor=actor)
                 # A Response is returned as is: the 201 DeployOut schema must not re-dump it.
                 return jsonify(CheckOut().dump({"ok": not problems,
                                                 "problems": [p.__dict__ for p in problems]})), 200

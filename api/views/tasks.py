@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from api.auth import current_actor
 from api.context import bpm
 from api.schemas import (
+    AssignIn,
     CompleteIn,
     PauseIn,
     TaskCompletedOut,
@@ -108,7 +109,8 @@ def _command(name: str, doc: str, body_schema: Any = None, out: Any = TaskOut,
 
 _command("claim", "Claim an open task of one of my groups.")
 _command("unclaim", "Give a claimed task back to its groups (assignee or supervisor).")
-_command("assign", "Give the task to a user (supervisor).", UserIn)
+_command("assign", "Give the task to a user (supervisor): a member of one of its candidate groups, or anyone "
+         "else with a ``reason`` (an audited override).", AssignIn)
 _command("delegate", "Hand my task to a colleague; I stay its owner.", UserIn)
 _command("complete", "Complete the task with its form data (validated against the form). "
          "``next_tasks``: the tasks the completion opened that the caller may see.", CompleteIn,

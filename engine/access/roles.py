@@ -38,3 +38,8 @@ BRANCH_MANAGEMENT = frozenset({"branch_head", "branch_ops_director", "branch_cs_
 HQ_ALL = frozenset({"hq_complaint_dept", "hq_brokerage_mgmt"})
 # Their branch when the person belongs to one, the whole firm when they sit at headquarters.
 BRANCH_OR_ALL = frozenset({"compliance", SUPERVISOR})
+# Start cases for any client on the firm's behalf: the headquarters desks that take clients'
+# calls, transfers and evaluations from every branch (docs/domain.md#roles), and outside
+# systems. Everyone else starts cases only for the clients they may see.
+FIRM_STARTERS = frozenset({"call_center_agent", "call_center_supervisor", "hq_complaint_dept", "hq_brokerage_mgmt",
+                           INTEGRATION})

@@ -28,6 +28,8 @@ from engine.bpmn.parser import (
     EXCLUDE_USERS,
     RECUSAL_SCOPE,
     RECUSAL_SCOPES,
+    STEP_WRITABLE_VARIABLES,
+    WRITES_ENGINE_VARIABLES,
     ParsedProcess,
     RegistryServiceTask,
     camunda_of,
@@ -35,6 +37,7 @@ from engine.bpmn.parser import (
     exclusion_parts,
     normalize_timers,
     properties_of,
+    writable_variables,
 )
 from engine.bpmn.service_tasks import ServiceRegistry
 from engine.errors import ExpressionError, Problem
@@ -168,6 +171,10 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
         if variable is not None and not variable.isidentifier():
             report(element, f"property {COMPLETED_BY_VARIABLE!r} must name a variable (letters, digits, "
                             f"underscore), got {variable!r}")
+        refused = writable_variables(task_spec) - STEP_WRITABLE_VARIABLES
+        if refused:
+            report(element, f"property {WRITES_ENGINE_VARIABLES!r} may name only "
+                            f"{', '.join(sorted(STEP_WRITABLE_VARIABLES))}, got {', '.join(sorted(refused))}")
         for group in groups:
             if group.startswith(("${", "#{")):
                 check_expr(element, "candidate group", group, calendar=False)

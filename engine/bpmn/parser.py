@@ -81,6 +81,12 @@ _SEVERAL_EXPRESSIONS = re.compile(r"^\s*[$#]\{[^{}]*\}(\s*,\s*[$#]\{[^{}]*\})+\s
 _ONE_EXPRESSION = re.compile(r"[$#]\{[^{}]*\}")
 
 
+def writable_variables(task_spec: Any) -> set[str]:
+    """The names a task's ``writesEngineVariables`` property lists (comma-separated)."""
+    raw = properties_of(task_spec).get(WRITES_ENGINE_VARIABLES) or ""
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
 def exclusion_parts(raw: str) -> list[str]:
     """An exclusion property may list several expressions, ``${first_contact_owner},
     ${subject_staff_ids}``: each is evaluated on its own, so an unset one (no staff subject)
@@ -95,6 +101,12 @@ PAYLOAD_VARIABLES = "payloadVariables"
 # caller, the approver not the nominator, who may still follow the case) or "case" (recusal
 # of a complaint's subject: they cannot read the case either, docs/domain.md#separation-of-duties).
 RECUSAL_SCOPE, RECUSAL_SCOPES = "recusalScope", ("task", "case")
+# On a user task: the engine's own case variables this step is the authority for, so its form
+# may change them (a risk re-assessment sets a new ``risk_level``). Only the facts a step can
+# re-assess: the client, branch and service group a case is about, where it came from and who
+# did a step decide who sees and handles it and are never a form's to change.
+WRITES_ENGINE_VARIABLES = "writesEngineVariables"
+STEP_WRITABLE_VARIABLES = frozenset({"client_class", "vip_tier", "risk_level"})
 # Process properties (see docs/diagrams.md and docs/figures.md).
 REPORT_VARIABLES, BUSINESS_KEY_FORMAT = "reportVariables", "businessKeyFormat"
 

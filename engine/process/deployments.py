@@ -67,10 +67,23 @@ def _start_messages(process: ParsedProcess) -> list[str]:
     return names
 
 
+def require_deployer(actor: Actor) -> None:
+    """Deploying, and linting a bundle without storing it, are a process owner's: parsing an
+    upload (XML, zip) is work the server does only for them. An adapter calls this before it
+    reads the upload."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("deploying or checking a bundle needs the process_owner role")
+
+
+def lint(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> list[Problem]:
+    """``deploy --check``: every problem a deploy would refuse, storing nothing (process owner)."""
+    require_deployer(actor)
+    return check(session, rt, bundle)[1]
+
+
 def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> list[DeployedVersion]:
     """Store a new version of each process whose XML or forms changed; all or nothing."""
-    if not actor.has_role(PROCESS_OWNER):
-        raise PermissionDenied("deploying needs the process_owner role")
+    require_deployer(actor)
     processes, problems = check(session, rt, bundle)
     if problems:
         raise DeploymentRejected(problems)

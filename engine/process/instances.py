@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from engine.access import client_access
 from engine.access.identity import Actor
-from engine.access.roles import BRANCH_MANAGEMENT, BRANCH_OR_ALL, INTEGRATION, SUPERVISOR
+from engine.access.roles import BRANCH_MANAGEMENT, BRANCH_OR_ALL, FIRM_STARTERS, INTEGRATION, SUPERVISOR
 from engine.bpmn.expressions import json_safe
-from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of
 from engine.errors import (
+    ClientNotFound,
     DataInvalid,
     DuplicateBusinessKey,
     FieldError,
@@ -44,35 +44,48 @@ from engine.numbering import next_business_key
 from engine.process.runtime import Runtime, locked_instance
 from engine.process.tasks import principals
 from engine.process.unit_of_work import audit, run_and_save, save
+from engine.process.variables import reserved_names
 from engine.sla import calendar_store
 
 
 def start(session: Session, rt: Runtime, *, process_key: str, business_key: str | None, actor: Actor,
           data: dict[str, Any] | None = None, client_id: str | None = None,
           branch_code: str | None = None, message: tuple[str, dict[str, Any]] | None = None,
-          ) -> ProcessInstance:
+          from_case: bool = False) -> ProcessInstance:
     """Start the latest version of ``process_key``. ``message`` (name, payload) triggers a
     message start event instead of the none start event. Without a business key, a process
-    that declares a businessKeyFormat gets the next case number."""
+    that declares a businessKeyFormat gets the next case number. ``from_case``: the data is
+    another case's variables (a message a diagram threw), whose copies of the client's
+    registry values may be older than the registry or rewritten for routing (a branch-pool
+    client's retention talk goes to the branch's account managers): the registry's replace
+    them, where a caller's differing values are refused."""
     if business_key is not None and (not business_key or len(business_key) > 128):
         raise InvalidInput("business_key must be 1 to 128 characters")
     data = json_safe(data or {})
     # One round trip: the latest version, an instance already holding the business key, the
     # client's registry entry, and the reference-data revisions the new tasks' SLA clocks
     # check their caches against.
+    client_key = client_id or data.get("client_id")
     found = session.execute(_START_LOOKUP, {"process_key": process_key, "business_key": business_key,
-                                            "client_id": client_id or data.get("client_id")}).first()
+                                            "client_id": client_key}).first()
     if found is None:
         raise ProcessNotFound(f"no process {process_key!r} is deployed")
     version, existing_id = found, found.existing_id  # the row names the version's columns
     calendar_store.remember_revisions(session, found.calendar_revision, found.sla_revision)
-    data = _with_client_context(found, data)
     # Outside systems start processes by message whatever the starter groups (which are
     # about people); a person needs one of them, or the supervisor role.
     system_start = message is not None and actor.has_role(INTEGRATION)
     if (version.starter_groups and not system_start and not actor.has_role(SUPERVISOR)
             and not actor.groups & set(version.starter_groups)):
         raise PermissionDenied(f"starting {process_key} needs one of the groups {', '.join(version.starter_groups)}")
+    if client_key is not None:
+        _require_client_in_scope(session, actor, str(client_key), registered=found.client_id is not None)
+        if not from_case:
+            _refuse_registry_overrides(found, data, client_id=client_id, branch_code=branch_code,
+                                       where="payload" if message is not None else "data")
+    data = _with_client_context(found, data)
+    if found.client_id is not None:
+        branch_code = found.client_branch_code
     if existing_id is not None:
         raise DuplicateBusinessKey(
             f"{process_key} already has an instance with business key {business_key!r}",
@@ -111,18 +124,61 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
     return instance
 
 
+def _registry_context(found: Any) -> dict[str, Any]:
+    """What the client registry says of the case's client (``found``: the start lookup's row)."""
+    return {"client_id": found.client_id, "branch_code": found.client_branch_code,
+            "service_group": found.service_group_key, "client_class": found.classification,
+            "vip_tier": found.vip_tier, "risk_level": found.risk_level}
+
+
 def _with_client_context(found: Any, data: dict[str, Any]) -> dict[str, Any]:
     """A case about a registered client starts with the registry's branch, service group,
     class, tier and risk level (never the identifiers: those stay masked in the registry),
     so diagrams route ``client:service_group`` from the truth, not from what a form typed.
-    Values the caller gave win: a test or an import may need to say otherwise.
-    ``found``: the start lookup's row, whose client columns are empty for no such client."""
+    The registry wins (:func:`_refuse_registry_overrides` has refused start data that
+    disagrees). ``found``: the start lookup's row, whose client columns are empty for no such
+    client."""
     if found.client_id is None:
         return data
-    registry = {"client_id": found.client_id, "branch_code": found.client_branch_code,
-                "service_group": found.service_group_key, "client_class": found.classification,
-                "vip_tier": found.vip_tier, "risk_level": found.risk_level}
-    return {**{k: v for k, v in registry.items() if v is not None}, **data}
+    return {**data, **{k: v for k, v in _registry_context(found).items() if v is not None}}
+
+
+def _require_client_in_scope(session: Session, actor: Actor, client_id: str, *, registered: bool) -> None:
+    """A case about a client is started by someone who may see that client in the registry
+    (docs/domain.md#client-visibility), or by a role that starts cases for any client on the
+    firm's behalf (the call centre and HQ desks, outside systems). Anyone else is told there is
+    no such client, registered or not, so a start never reveals whether a client exists."""
+    if actor.groups & FIRM_STARTERS:
+        return
+    scope = client_access.scope_of(session, actor)
+    if scope.everything:
+        return
+    if registered and session.execute(select(Client.client_id).where(
+            Client.client_id == client_id, scope.clause())).first() is not None:
+        return
+    raise ClientNotFound(f"no client {client_id!r}")
+
+
+def _refuse_registry_overrides(found: Any, data: dict[str, Any], *, client_id: str | None,
+                               branch_code: str | None, where: str) -> None:
+    """Start data does not override the client registry: a value that differs from the
+    registry's (a service group, a branch, a tier) is refused by name rather than silently
+    replaced, so the caller learns the case is not what they asked for."""
+    problems: list[FieldError] = []
+    if client_id is not None and data.get("client_id") not in (None, client_id):
+        problems.append(FieldError(f"{where}/client_id", f"differs from client_id {client_id!r}"))
+    if found.client_id is not None:
+        registry = _registry_context(found)
+        # The client was looked up by the client_id given (checked above), so only the rest.
+        for name, value in sorted(registry.items()):
+            if name != "client_id" and name in data and data[name] != value:
+                problems.append(FieldError(f"{where}/{name}",
+                                           f"{name!r} comes from the client registry and cannot be given"))
+        if branch_code is not None and branch_code != registry["branch_code"]:
+            problems.append(FieldError("branch_code", "the branch is the client's, from the client registry"))
+    if problems:
+        raise DataInvalid(f"the start has {len(problems)} value(s) the client registry decides; nothing was "
+                          "started", problems)
 
 
 _START_LOOKUP = (
@@ -162,23 +218,34 @@ def _deliver_start_message(workflow: Any, name: str, payload: dict[str, Any]) ->
     raise InvalidInput(f"the process has no start event for message {name!r}")
 
 
-def _visible(session: Session, actor: Actor) -> Any:
-    """Who may read a case (docs/domain.md#case-visibility): whoever started it or has, had
-    or may take one of its tasks; branch management, branch compliance and branch
-    supervisors their branch's cases; a service group's members the cases of the group's
-    clients (and of the branch pool's unassigned clients); HQ complaint and brokerage
-    management, HQ compliance and administrators every case. Counter staff and call-centre
-    agents see only cases they took part in. Recusal (:func:`_not_recused`) still applies on
-    top."""
-    involved = exists().where(
+def took_part(actor: Actor) -> Any:
+    """The case's handlers (docs/domain.md#case-visibility): who did one of its steps, holds one
+    (assignee, or owner of a step they delegated), or is offered an open one (a member of a
+    candidate group of an unclaimed step that does not recuse them). Membership of a candidate
+    group counts only while the step waits for someone: a role offered every complaint's
+    registration (call-centre agents) does not follow every complaint once it is registered."""
+    me = actor.username
+    offered = and_(
+        Task.status == TaskStatus.OPEN,
+        exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups))),
+        ~exists().where(TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals(actor))))
+    return exists().where(
         Task.instance_id == ProcessInstance.id,
-        or_(Task.assignee == actor.username, Task.owner == actor.username, Task.completed_by == actor.username,
-            exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups)))),
-    )
+        or_(Task.completed_by == me, Task.owner == me,
+            and_(Task.assignee == me, Task.status.in_(ACTIVE_TASK_STATES)), offered))
+
+
+def _visible(session: Session, actor: Actor) -> Any:
+    """Who may read a case (docs/domain.md#case-visibility): whoever started it or took part in
+    it (:func:`took_part`); branch management, branch compliance and branch supervisors their
+    branch's cases; a service group's members the cases of the group's clients (and of the
+    branch pool's unassigned clients); HQ complaint and brokerage management, HQ compliance and
+    administrators every case. Counter staff and call-centre agents see only cases they started
+    or took part in. Recusal (:func:`_not_recused`) still applies on top."""
     scope = client_access.scope_of(session, actor)
     if scope.everything:
         return true()
-    parts = [ProcessInstance.started_by == actor.username, involved]
+    parts = [ProcessInstance.started_by == actor.username, took_part(actor)]
     branches = sorted(b for b in scope.branches if actor.groups & (BRANCH_MANAGEMENT | BRANCH_OR_ALL))
     if branches:
         # A case tied to no branch (no client) is company business: branch management sees it.
@@ -209,9 +276,31 @@ def get(session: Session, instance_id: int, *, actor: Actor) -> ProcessInstance:
     return instance
 
 
+def readable_clause(session: Session, actor: Actor) -> Any:
+    """The instances ``actor`` may read, as a condition on ``ProcessInstance``."""
+    return and_(_not_recused(actor), _visible(session, actor))
+
+
 def readable(session: Session, instance_id: int, actor: Actor) -> bool:
     return session.execute(select(ProcessInstance.id).where(
-        ProcessInstance.id == instance_id, _not_recused(actor), _visible(session, actor))).first() is not None
+        ProcessInstance.id == instance_id, readable_clause(session, actor))).first() is not None
+
+
+def handles(session: Session, instance_id: int, actor: Actor) -> bool:
+    """Whether ``actor`` is one of the case's handlers, who brought it in (started it) or took
+    part in it (:func:`took_part`), and may still read it: recused case-wide, a former handler
+    is not one any more."""
+    return session.execute(select(ProcessInstance.id).where(
+        ProcessInstance.id == instance_id, or_(ProcessInstance.started_by == actor.username, took_part(actor)),
+        readable_clause(session, actor))).first() is not None
+
+
+def _require_readable(session: Session, instance_id: int, actor: Actor) -> None:
+    """A case the actor may not read does not exist for them, whatever their role: a branch
+    supervisor does not cancel, retry or correct another branch's cases, nor a recused one
+    the case that names them."""
+    if not readable(session, instance_id, actor):
+        raise InstanceNotFound(f"no instance {instance_id}")
 
 
 def get_all(session: Session, *, actor: Actor, process_key: str | None = None, status: str | None = None,
@@ -238,6 +327,7 @@ def data_of(session: Session, rt: Runtime, instance: ProcessInstance) -> dict[st
 def cancel(session: Session, rt: Runtime, *, instance_id: int, actor: Actor, reason: str = "") -> ProcessInstance:
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("cancelling an instance needs the supervisor role")
+    _require_readable(session, instance_id, actor)
     instance = locked_instance(session, instance_id, allow=(InstanceStatus.RUNNING, InstanceStatus.FAILED))
     workflow = rt.load(session, instance)
     workflow.cancel()
@@ -257,6 +347,7 @@ def retry(session: Session, rt: Runtime, *, instance_id: int, actor: Actor) -> P
     """Run a failed instance's failed step again (after the cause was fixed)."""
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("retrying an instance needs the supervisor role")
+    _require_readable(session, instance_id, actor)
     instance = locked_instance(session, instance_id, allow=(InstanceStatus.FAILED,))
     workflow = rt.load(session, instance)
     for task in workflow.get_tasks(state=TaskState.ERROR):
@@ -274,18 +365,6 @@ def history(session: Session, instance_id: int, *, actor: Actor) -> list[AuditEv
         .order_by(AuditEvent.seq)
     ).scalars())
 
-
-# Variables the engine writes, which a correction must not rewrite: where a case started by
-# another case's message came from (runtime._send_messages), the client registry's context
-# copied at start (_with_client_context: the registry is the truth, and the client and branch
-# are also the instance row's, which scopes who sees the case and resolves ``branch:`` groups),
-# and SpiffWorkflow's own key for BPMN data objects. A diagram's completedByVariable names are
-# added per instance: "who did this step" is the engine's to say (engine.tasks.complete).
-ENGINE_VARIABLES = frozenset({
-    "origin_business_key", "origin_process",
-    "client_id", "branch_code", "service_group", "client_class", "vip_tier", "risk_level",
-    "data_objects",
-})
 
 # Tasks that still hold their own copy of the variables: a step reads its copy, inherited
 # from its parent when it became ready, so these are what the rest of the run will see.
@@ -313,8 +392,7 @@ def correct_data(session: Session, rt: Runtime, *, instance_id: int, actor: Acto
     does not have, or nothing to change (DataInvalid, naming each entry)."""
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("correcting an instance's data needs the supervisor role")
-    if not readable(session, instance_id, actor):
-        raise InstanceNotFound(f"no instance {instance_id}")
+    _require_readable(session, instance_id, actor)
     instance = locked_instance(session, instance_id, allow=(InstanceStatus.FAILED,))
     workflow = rt.load(session, instance)
     values, removed = dict(set or {}), list(remove or [])
@@ -342,7 +420,7 @@ def correct_data(session: Session, rt: Runtime, *, instance_id: int, actor: Acto
 
 def _check_correction(workflow: Any, current: dict[str, Any], values: dict[str, Any], removed: list[str],
                       reason: str) -> None:
-    reserved = ENGINE_VARIABLES | completed_by_variables(workflow)
+    reserved = reserved_names(workflow)
     problems: list[FieldError] = []
     if not isinstance(reason, str) or not reason.strip():
         problems.append(FieldError("reason", "a reason is required: it is kept in the audit trail"))
@@ -380,9 +458,3 @@ def _not_json(value: Any) -> str | None:
     if json.loads(text) != value:  # a tuple, keys that are not text: stored, it would change
         return "not a JSON value: it would not read back the same"
     return None
-
-
-def completed_by_variables(workflow: Any) -> set[str]:
-    specs = [workflow.spec, *workflow.subprocess_specs.values()]
-    return {name for spec in specs for task_spec in spec.task_specs.values()
-            if (name := properties_of(task_spec).get(COMPLETED_BY_VARIABLE))}

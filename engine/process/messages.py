@@ -20,14 +20,16 @@ from engine.process import instances
 from engine.process.deployments import latest_versions
 from engine.process.runtime import Runtime, locked_instance
 from engine.process.unit_of_work import audit, run_and_save
+from engine.process.variables import reserved_names
 
 
 def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str | None, actor: Actor,
-              payload: dict[str, Any] | None = None) -> ProcessInstance:
+              payload: dict[str, Any] | None = None, from_case: bool = False) -> ProcessInstance:
     """Deliver ``name`` to the instance waiting for it under ``correlation_key``.
 
     If no instance waits but a deployed process starts on this message, a new instance is
-    started with the correlation key as its business key. Otherwise nothing changes and
+    started with the correlation key as its business key (``from_case``: a diagram threw the
+    message, see :func:`instances.start`). Otherwise nothing changes and
     :class:`MessageNotCorrelated` is raised.
     """
     payload = json_safe(payload or {})
@@ -44,13 +46,16 @@ def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str 
             # No key: the started process numbers the case (businessKeyFormat).
             return instances.start(session, rt, process_key=starters[0].process_key,
                                    business_key=correlation_key or None, actor=actor, data=payload,
-                                   message=(name, payload))
+                                   message=(name, payload), from_case=from_case)
         raise MessageNotCorrelated(f"nobody waits for message {name!r} with key {correlation_key!r}")
 
     assert correlation_key  # subscriptions were found by it
-    if not actor.has_role(INTEGRATION) and not instances.readable(session, subscriptions[0].instance_id, actor):
-        # A person may tell a case something (the client withdrew at the counter) only if
-        # they may read that case; outside systems hold the integration role.
+    if not actor.has_role(INTEGRATION) and not instances.handles(session, subscriptions[0].instance_id, actor):
+        # Telling a running case something changes its course (the client withdraws, the
+        # client answered): the client's own channels do it through outside systems (the
+        # integration role), and a person only as one of the case's handlers. Reading a case
+        # is not enough: a branch head reads every case of the branch, compliance every case.
+        # Anyone else is told nobody waits, so the answer does not reveal the case either.
         raise MessageNotCorrelated(f"nobody waits for message {name!r} with key {correlation_key!r}")
     instance = locked_instance(session, subscriptions[0].instance_id)
     # Re-read under the lock: a concurrent delivery may have consumed the subscription.
@@ -86,7 +91,7 @@ def _variables_of(workflow: Any, task_spec: Any, payload: dict[str, Any]) -> tup
     ``payloadVariables`` takes only those names."""
     declared = properties_of(task_spec).get(PAYLOAD_VARIABLES)
     allowed = None if declared is None else {n.strip() for n in declared.split(",") if n.strip()}
-    reserved = instances.ENGINE_VARIABLES | instances.completed_by_variables(workflow)
+    reserved = reserved_names(workflow)
     accepted = {k: v for k, v in payload.items() if k not in reserved and (allowed is None or k in allowed)}
     return accepted, sorted(set(payload) - set(accepted))
 

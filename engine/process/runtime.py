@@ -44,7 +44,7 @@ class MessageDelivery(Protocol):
     it starts (``engine.process.messages.correlate``); returns the receiving instance."""
 
     def __call__(self, session: Session, rt: Runtime, *, name: str, correlation_key: str | None,
-                 actor: Actor, payload: dict[str, Any]) -> ProcessInstance: ...
+                 actor: Actor, payload: dict[str, Any], from_case: bool = ...) -> ProcessInstance: ...
 
 
 class ScheduledJob(Protocol):

@@ -8,6 +8,7 @@ on the instance lock: exactly one wins, the other gets ``task_not_open``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -15,14 +16,14 @@ from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import Integer, Select, String, bindparam, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Integer, Select, String, and_, bindparam, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from engine.access.identity import Actor, actor_for, get_user
 from engine.access.masking import mask_echo, mask_text
 from engine.access.roles import SUPERVISOR
 from engine.bpmn.expressions import json_safe
-from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of
+from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of, writable_variables
 from engine.errors import (
     FieldError,
     FormValidationError,
@@ -49,6 +50,7 @@ from engine.models import (
 from engine.process.projection import opened_tasks
 from engine.process.runtime import Runtime, lock_instance_row, lock_statement
 from engine.process.unit_of_work import audit, run_and_save
+from engine.process.variables import changes_engine_value, reserved_names
 from engine.sla import clock as sla_clock
 
 
@@ -67,11 +69,15 @@ def is_excluded(task: Task, actor: Actor) -> bool:
 
 def can_see(task: Task, actor: Actor) -> bool:
     """Recusal wins over everything, roles included: the subject of a complaint may not
-    learn that the task exists, even as a supervisor."""
+    learn that the task exists, even as a supervisor. A candidate group sees its tasks while
+    they are open or claimed (the team's work in hand); a finished task only to whoever held,
+    owned or completed it: a role offered every complaint's registration does not keep every
+    registration once it is done."""
     if is_excluded(task, actor):
         return False
     return ((actor.has_role(SUPERVISOR) and _in_supervised_branch(task, actor))
-            or task.assignee == actor.username or task.owner == actor.username or _is_candidate(task, actor))
+            or actor.username in (task.assignee, task.owner, task.completed_by)
+            or (task.status in ACTIVE_TASK_STATES and _is_candidate(task, actor)))
 
 
 def _supervised_branch(actor: Actor) -> str | None:
@@ -86,16 +92,37 @@ def _in_supervised_branch(task: Task, actor: Actor) -> bool:
     return branch is None or task.branch_code in (None, branch)
 
 
-def _refuse_excluded(session: Session, task: Task, username: str) -> None:
-    """A task cannot be given to someone it recuses."""
-    if task.excluded and is_excluded(task, actor_for(session, get_user(session, username))):
+def _refuse_excluded(session: Session, task: Task, username: str) -> Actor:
+    """A task cannot be given to someone it recuses, nor to someone a step of its case recuses
+    case-wide (a complaint's subject cannot read the case, so cannot hold any of its steps);
+    returns who they are."""
+    target = actor_for(session, get_user(session, username))
+    if task.excluded and is_excluded(task, target):
         raise Recused(f"{username} is excluded from task {task.id} (recusal) and cannot be given it")
+    if session.execute(select(TaskExclusion.task_id).join(Task, Task.id == TaskExclusion.task_id).where(
+            Task.instance_id == task.instance_id, TaskExclusion.case_wide.is_(True),
+            TaskExclusion.principal.in_(principals(target))).limit(1)).first() is not None:
+        raise Recused(f"{username} is recused from the whole case and cannot be given any of its tasks")
+    return target
+
+
+_CASE_RECUSED = (
+    select(TaskExclusion.task_id).join(Task, Task.id == TaskExclusion.task_id)
+    .where(Task.instance_id == bindparam("instance_id"), TaskExclusion.case_wide.is_(True),
+           TaskExclusion.principal.in_(bindparam("principals", expanding=True))).limit(1))
+
+
+def recused_from_case(session: Session, instance_id: int, actor: Actor) -> bool:
+    """Whether a step of the case recuses ``actor`` case-wide (a complaint's subject): then
+    none of the case's tasks exists for them either, whatever their role."""
+    return session.execute(_CASE_RECUSED, {"instance_id": instance_id,
+                                           "principals": principals(actor)}).first() is not None
 
 
 def get(session: Session, task_id: int, *, actor: Actor) -> Task:
     """One scoped lookup: a task the actor may not see does not exist for them."""
     task = session.get(Task, task_id)
-    if task is None or not can_see(task, actor):
+    if task is None or not can_see(task, actor) or recused_from_case(session, task.instance_id, actor):
         raise TaskNotFound(f"no task {task_id}")
     return task
 
@@ -111,7 +138,11 @@ def _lock(session: Session, task_id: int, actor: Actor) -> tuple[Task, ProcessIn
     task, and the task is read once, after the lock."""
     instance = lock_instance_row(session, _LOCK_BY_TASK, {"task_id": task_id})
     task = session.execute(_READ_TASK, {"task_id": task_id}).scalar_one_or_none()
-    if task is None or instance is None or not can_see(task, actor):
+    # A candidate who lost the race for a task (completed or cancelled under them) is told so
+    # (409 below), not that it does not exist: they saw it a moment ago.
+    offered = task is not None and not is_excluded(task, actor) and _is_candidate(task, actor)
+    if (task is None or instance is None or not (offered or can_see(task, actor))
+            or recused_from_case(session, instance.id, actor)):
         raise TaskNotFound(f"no task {task_id}")
     if instance.status not in (InstanceStatus.RUNNING, InstanceStatus.FAILED):
         raise InstanceNotRunning(f"instance {instance.id} is {instance.status}")
@@ -143,18 +174,29 @@ def unclaim(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Tas
     return task
 
 
-def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor) -> Task:
-    """A supervisor gives the task to someone (reassignment included)."""
+def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor,
+           reason: str | None = None) -> Task:
+    """A supervisor gives the task to someone (reassignment included): a member of one of its
+    candidate groups. Whoever holds a step reads the whole case, so giving it to anyone else
+    (a colleague standing in from another team) is an override the supervisor states a
+    ``reason`` for, kept in the audit trail; without one it is refused."""
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("assigning a task needs the supervisor role")
     target = get_user(session, username)
     if not target.active:
         raise InvalidInput(f"user {username!r} is inactive")
     task, instance = _lock(session, task_id, actor)
-    _refuse_excluded(session, task, username)
+    override = not _is_candidate(task, _refuse_excluded(session, task, username))
+    reason = (reason or "").strip() or None
+    if override and reason is None:
+        raise NotCandidate(f"{username} is in none of the task's candidate groups; to give it to them all the "
+                           "same, state a reason (it is audited)")
     previous, task.assignee, task.status = task.assignee, username, TaskStatus.CLAIMED
+    extra: dict[str, Any] = {"override": True} if override else {}
+    if reason is not None:
+        extra["reason"] = reason
     audit(session, rt, instance, "task.assigned", actor, task_uuid=task.task_uuid, task_id=task.id,
-          assignee=username, previous_assignee=previous)
+          assignee=username, previous_assignee=previous, **extra)
     return task
 
 
@@ -175,21 +217,72 @@ def delegate(session: Session, rt: Runtime, *, task_id: int, username: str, acto
 
 
 def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task: Task,
-                  data: dict[str, Any]) -> None:
-    if not task.form_key:
-        return
-    validator = rt.form_validator(session, instance.process_version_id, task.form_key)
-    if validator is None:
-        return
-    errors = [
-        FieldError(field=mask_text("/".join(str(p) for p in error.absolute_path) or
-                                   (error.validator in ("required", "additionalProperties")
-                                    and _missing_field(error.message)) or ""),
-                   message=_message(error))
-        for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    ]
+                  data: dict[str, Any], *, workflow: Any = None, spiff_task: Any = None) -> None:
+    """Refuse form data (422 ``form_invalid``, every problem listed): what the form's JSON
+    Schema refuses; a field the form does not declare; and, given the step (``spiff_task``
+    of ``workflow``), a value that would change a variable the engine set (docs/api.md).
+    A message that would quote what was typed masks the identifiers in it."""
+    errors: list[FieldError] = []
+    validator = rt.form_validator(session, instance.process_version_id, task.form_key) if task.form_key else None
+    if validator is not None:
+        errors += [
+            FieldError(field=mask_text("/".join(str(p) for p in error.absolute_path) or
+                                       (error.validator in ("required", "additionalProperties")
+                                        and _missing_field(error.message)) or ""),
+                       message=_message(error))
+            for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        ]
+        declared = declared_fields(validator.schema)
+        if declared is not None:
+            patterns = _patterns(validator.schema)
+            errors += [FieldError(field=mask_text(name),
+                                  message=mask_text(f"{name!r} is not a field of the form {task.form_key!r}"))
+                       for name in sorted(set(data) - declared) if not any(p.search(name) for p in patterns)]
+    if spiff_task is not None:
+        errors += _engine_value_errors(workflow, spiff_task, data)
     if errors:
         raise FormValidationError(f"the form {task.form_key!r} has {len(errors)} error(s)", errors)
+
+
+_OPEN_KEYWORDS = ("additionalProperties", "unevaluatedProperties")
+
+
+def declared_fields(schema: Any) -> set[str] | None:
+    """The top-level fields a form declares (``properties``, in its ``allOf``/``anyOf``/
+    ``oneOf`` and ``if``/``then``/``else`` parts too), or None when the form itself says what
+    else it takes (``additionalProperties`` or ``unevaluatedProperties``): the process owner's
+    choice stands. A form that says nothing takes only its declared fields, so a completion
+    cannot carry variables the process owner never put on the form."""
+    if not isinstance(schema, dict) or any(key in schema for key in _OPEN_KEYWORDS):
+        return None
+    names: set[str] = set()
+    parts = [schema]
+    while parts:
+        part = parts.pop()
+        if not isinstance(part, dict):
+            continue
+        names.update(part.get("properties") or {})
+        parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
+        parts += [part[key] for key in ("if", "then", "else") if key in part]
+    return names
+
+
+def _patterns(schema: Any) -> list[re.Pattern[str]]:
+    return [re.compile(p) for p in (schema.get("patternProperties") or {})] if isinstance(schema, dict) else []
+
+
+def _engine_value_errors(workflow: Any, spiff_task: Any, data: dict[str, Any]) -> list[FieldError]:
+    """A form may carry a variable the engine writes only where the engine has not set it yet
+    (a walk-in complainant's ``client_id`` at registration) or with the value it already has;
+    a value that would change it is refused, whoever completes the step. The step's own
+    ``completedByVariable`` is set by the engine after the form (a form cannot name someone
+    else), and a step the diagram makes the authority for a fact (``writesEngineVariables``:
+    a risk re-assessment's ``risk_level``) may change that fact."""
+    properties = properties_of(spiff_task.task_spec)
+    allowed = writable_variables(spiff_task.task_spec) | {properties.get(COMPLETED_BY_VARIABLE)}
+    reserved = reserved_names(workflow) - allowed
+    return [FieldError(field=name, message=f"{name!r} is set by the engine for this case; a form cannot change it")
+            for name in sorted(set(data) & reserved) if changes_engine_value(spiff_task.data, name, data[name])]
 
 
 def form_of(session: Session, rt: Runtime, task: Task) -> dict[str, Any] | None:
@@ -227,9 +320,9 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
         audit(session, rt, instance, "task.claimed", actor, task_uuid=task.task_uuid, task_id=task.id)
     elif task.assignee != actor.username:
         raise NotAssignee(f"task {task_id} is assigned to {task.assignee}")
-    validate_form(rt, session, instance, task, data)
     now = rt.now()
     if task.kind == TaskKind.ESCALATION:
+        validate_form(rt, session, instance, task, data)
         # An escalation opened by an SLA milestone is not a diagram step: closing it records
         # the supervisor's handling and leaves the process where it is.
         task.status, task.completed_at, task.completed_by = TaskStatus.COMPLETED, now, actor.username
@@ -241,6 +334,7 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
     spiff_task = workflow.get_task_from_id(UUID(task.task_uuid))
     if spiff_task is None or not spiff_task.has_state(TaskState.READY):
         raise TaskNotOpen(f"task {task_id} is no longer waiting for input")
+    validate_form(rt, session, instance, task, data, workflow=workflow, spiff_task=spiff_task)
     spiff_task.set_data(**data)
     completed_by_variable = properties_of(spiff_task.task_spec).get(COMPLETED_BY_VARIABLE)
     if completed_by_variable:
@@ -253,6 +347,17 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
           task_id=task.id, element_id=task.element_id, data=data)
     run_and_save(session, rt, instance, workflow, actor=actor)
     return task
+
+
+def won_by(session: Session, *, task_id: int, actor: Actor) -> str | None:
+    """Who completed the task, told to a candidate who was filling it in when someone else
+    completed it (they knew of the task; a stranger learns nothing): else None."""
+    task = session.get(Task, task_id)
+    if task is None or task.status != TaskStatus.COMPLETED or task.completed_by == actor.username:
+        return None
+    if not _is_candidate(task, actor) or is_excluded(task, actor):
+        return None
+    return task.completed_by
 
 
 def opened(session: Session, actor: Actor) -> list[Task]:
@@ -344,8 +449,13 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
     for (name, column), wanted in zip(_FILTERS, by_column, strict=True):
         if wanted:
             stmt = stmt.where(column == bindparam(name, type_=String))
-    # Recusal hides a task from everyone it names, supervisors included.
+    # Recusal hides a task from everyone it names, supervisors included; recusal reaching the
+    # whole case (a complaint's subject), every task of the case.
+    sibling = aliased(Task)
     stmt = stmt.where(~exists().where(TaskExclusion.task_id == Task.id,
+                                      TaskExclusion.principal.in_(bindparam("principals", expanding=True))),
+                      ~exists().where(sibling.instance_id == Task.instance_id, TaskExclusion.task_id == sibling.id,
+                                      TaskExclusion.case_wide.is_(True),
                                       TaskExclusion.principal.in_(bindparam("principals", expanding=True))))
     if supervisor:
         # A branch supervisor's view: their branch, and tasks tied to no branch.
@@ -354,8 +464,8 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
     elif not (assignee_me or candidate_me):
         # "Mine" and "my groups' unclaimed" already imply the visibility rule below; saying
         # it again doubled the planner's work on the most frequent query (and misled it).
-        in_my_groups = exists().where(TaskCandidate.task_id == Task.id,
-                                      TaskCandidate.group_key.in_(bindparam("groups", expanding=True)))
+        in_my_groups = and_(Task.status.in_(ACTIVE_TASK_STATES), exists().where(
+            TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(bindparam("groups", expanding=True))))
         stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))
     page = (stmt.order_by(*_ORDER[sort])
             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))

@@ -103,7 +103,7 @@ def _send_messages(session: Session, rt: Runtime, instance: ProcessInstance, wor
                 # The receiving process's starter groups do not apply: the diagram, not the
                 # person whose step threw the message, decided to start it.
                 target = rt.deliver_thrown(session, rt, name=definition.name, correlation_key=key,
-                                           actor=Actor.system(actor.username), payload=payload)
+                                           actor=Actor.system(actor.username), payload=payload, from_case=True)
         except BpmError as exc:
             instance.status = InstanceStatus.FAILED
             instance.error = f"message {definition.name!r} (key {key!r}) could not be delivered: {exc}"

@@ -21,18 +21,19 @@ from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
-from engine.access.roles import SUPERVISOR
+from engine.access.roles import PROCESS_OWNER, SUPERVISOR
 from engine.audit import record_system_event
 from engine.bpmn.serializer import dump_state
 from engine.clock import ensure_aware
 from engine.db import Database, rowcount
 from engine.errors import InvalidInput, NotFound, PermissionDenied
 from engine.models import ACTIVE_TIMER_STATES, InstanceStatus, ProcessInstance, Timer, TimerKind, TimerStatus
+from engine.process import instances
 from engine.process.projection import settled_timer, timer_due
 from engine.process.runtime import Runtime, lock_instance_row, lock_statement, locked_instance
 from engine.process.unit_of_work import audit, run_and_save
@@ -272,7 +273,7 @@ def reschedule(session: Session, rt: Runtime, *, timer_id: int, due_at: datetime
         raise PermissionDenied("rescheduling a timer needs the supervisor or admin role")
     ensure_aware(due_at, name="due_at")
     timer = session.get(Timer, timer_id)
-    if timer is None:
+    if timer is None or not _may_see(session, timer, actor):
         raise NotFound(f"no timer {timer_id}")
     previous = timer.due_at
     if timer.instance_id is not None:
@@ -302,8 +303,38 @@ def reschedule(session: Session, rt: Runtime, *, timer_id: int, due_at: datetime
     return timer
 
 
+def _firm_wide(actor: Actor) -> bool:
+    """A timer of no case (a schedule's next run, company business) is for headquarters:
+    process owners, who own the schedules, and supervisors who sit at no branch."""
+    return actor.is_admin or PROCESS_OWNER in actor.groups or (SUPERVISOR in actor.groups and not actor.branch_code)
+
+
+def _may_see(session: Session, timer: Timer, actor: Actor) -> bool:
+    """A case's timer is seen by whoever may read the case (docs/domain.md#case-visibility: a
+    branch supervisor their branch's, nobody a case that recuses them); a schedule's by
+    :func:`_firm_wide` roles."""
+    if timer.instance_id is None:
+        return _firm_wide(actor)
+    return instances.readable(session, timer.instance_id, actor)
+
+
+def visible(session: Session, *, actor: Actor, status: str | None = None, limit: int = 100) -> list[Timer]:
+    """``GET /timers``: the timers ``actor`` may see (:func:`_may_see`), soonest first; for
+    supervisors and process owners."""
+    if not actor.has_role(SUPERVISOR, PROCESS_OWNER):
+        raise PermissionDenied("the timer list is for supervisors and process owners")
+    case_timers = and_(Timer.instance_id.is_not(None), exists().where(
+        ProcessInstance.id == Timer.instance_id, instances.readable_clause(session, actor)))
+    scope = or_(case_timers, Timer.instance_id.is_(None)) if _firm_wide(actor) else case_timers
+    query = select(Timer).where(scope).order_by(Timer.due_at, Timer.id).limit(limit)
+    if status:
+        query = query.where(Timer.status == status)
+    return list(session.execute(query).scalars())
+
+
 def get_all(session: Session, *, instance_id: int | None = None, status: str | None = None,
             limit: int = 100) -> list[Timer]:
+    """Every timer, unscoped: for the engine's own use and the CLI (an operator's shell)."""
     query = select(Timer).order_by(Timer.due_at).limit(limit)
     if instance_id is not None:
         query = query.where(Timer.instance_id == instance_id)

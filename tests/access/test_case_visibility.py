@@ -28,7 +28,7 @@ def cases(db, rt, demo_registry) -> dict[str, int]:
         deployments.deploy(s, rt, bundle_of(CASE), actor=Actor.system("owner"))
     started = {}
     with db.transaction() as s:
-        starter = _actor(s, "s302")  # SX01 counter staff registers every case
+        starter = _actor(s, "s004")  # a call-centre agent registers every case
         for client in ("C06", "C01", "C10", "C04"):  # HZ01-G2, HZ01-G1, HZ01 pool, NB01-G1
             started[client] = instances.start(s, rt, process_key="case", business_key=f"K-{client}",
                                               actor=starter, data={"client_id": client}).id
@@ -56,7 +56,8 @@ def _visible(db, username: str, cases: dict[str, int]) -> set[str]:
     ("s003", set()),  # call-centre agent with no task on these cases
     ("s007", {"C06", "C01", "C10", "C04"}),  # HQ complaint department
     ("s006", {"C06", "C01", "C10", "C04"}),  # HQ compliance
-    ("s302", {"C06", "C01", "C10", "C04"}),  # registered them all (started_by)
+    ("s004", {"C06", "C01", "C10", "C04"}),  # registered them all (started_by)
+    ("s302", set()),  # SX01 counter staff: none of these is theirs
 ])
 def test_each_role_reads_the_cases_of_its_scope(db, cases, username, expected):
     assert _visible(db, username, cases) == expected
@@ -78,6 +79,6 @@ def test_a_branch_supervisor_supervises_the_tasks_of_their_branch_only(db, rt, c
     assert {t.client_id for t in listed} == {"C06", "C01", "C10"}
     assert {t.client_id for t in everything} == {"C06", "C01", "C10", "C04"}
     with pytest.raises(TaskNotFound), db.transaction() as s:
-        tasks.assign(s, rt, task_id=by_client["C04"], username="s205", actor=_actor(s, "s101"))
+        tasks.assign(s, rt, task_id=by_client["C04"], username="s008", actor=_actor(s, "s101"))
     with db.transaction() as s:
-        tasks.assign(s, rt, task_id=by_client["C04"], username="s205", actor=_actor(s, "s201"))
+        tasks.assign(s, rt, task_id=by_client["C04"], username="s008", actor=_actor(s, "s201"))

@@ -39,7 +39,7 @@ ALL_CALLBACK = frozenset({"summary", "answers", "staff_conduct", "exceptions"})
 # exist for them (case-level visibility).
 CALLBACK_COLUMN: dict[str, frozenset[str] | None] = {
     CALLER: ALL_CALLBACK,  # call_center_agent: their own calls
-    OTHER_AGENT: frozenset(),  # another agent's call
+    OTHER_AGENT: None,  # another agent, who took no part in the call: offered it once, not any more
     CC_SUPERVISOR: ALL_CALLBACK,  # call_center_supervisor: all
     HQ_COMPLIANCE: ALL_CALLBACK,  # compliance (HQ): all
     "s109": ALL_CALLBACK,  # compliance (HZ01): all
@@ -240,7 +240,9 @@ def test_each_role_sees_its_column_of_a_completed_callback_with_staff_conduct_an
 def test_the_caller_sees_their_own_calls_answers_in_full_and_another_agent_none_of_them(db, rt, demo_data):
     with time_machine.travel(MONDAY, tick=False):
         instance_id = conduct_callback(db, rt)
-    mine, theirs = screened(db, rt, CALLER, instance_id), screened(db, rt, OTHER_AGENT, instance_id)
+    assert screened(db, rt, OTHER_AGENT, instance_id) is None  # took no part: no case at all
+    # HQ complaints reads the case, but not the answers of a callback that raised no complaint.
+    mine, theirs = screened(db, rt, CALLER, instance_id), screened(db, rt, "s007", instance_id)
     assert mine is not None and theirs is not None and mine.data is not None and theirs.data is not None
     assert mine.withheld == [] and mine.data == full_data(db, rt, instance_id)
     assert {k: mine.data[k] for k in CONDUCT_ANSWERS if k != "recording_id"} == \
@@ -312,8 +314,10 @@ def test_the_narrative_is_withheld_from_the_subjects_group_until_recusal_hides_t
             "s106": frozenset(),  # her group's account manager
             "s105": frozenset(),  # her group's counter staff
             OTHER_AGENT: frozenset({"content"}),  # first-contact owner (call_center_agent)
-            CALLER: frozenset(),  # another agent, offered the acknowledgement's queue
-            "s104": frozenset(),  # HZ01 counter staff, offered it too: not a case they registered
+            # Another agent and the branch's counter staff: the acknowledgement is the
+            # first-contact owner's, offered to neither (candidates of a claimed step).
+            CALLER: None,
+            "s104": None,
             "s103": frozenset({"content"}),  # branch_cs_director
             "s109": frozenset({"content"}),  # compliance
             "s007": frozenset({"content"}),  # hq_complaint_dept
@@ -455,7 +459,8 @@ def test_history_leaves_withheld_answers_out_of_each_event_except_the_readers_ow
         [event] = [e for e in events if e.kind == "task.completed" and e.data["element_id"] == "questionnaire"]
         return event
 
-    own, other, member = questionnaire_event(CALLER), questionnaire_event(OTHER_AGENT), questionnaire_event("s104")
+    # HQ complaints reads every case but none of a callback's answers that led to no complaint.
+    own, other, member = questionnaire_event(CALLER), questionnaire_event("s007"), questionnaire_event("s104")
     assert own.data["data"] == CONDUCT_ANSWERS and own.withheld == []
     assert other.data["data"] == {"recording_id": "REC-0001"}  # the only unrestricted answer
     assert {w.group for w in other.withheld} == {"summary", "answers", "staff_conduct"}

@@ -194,7 +194,7 @@ RECEIVER = process(
 
 def _run_sender(db, rt, people):
     with db.transaction() as s:
-        inst = instances.start(s, rt, process_key="closure", business_key="XH-1", actor=people.clerk,
+        inst = instances.start(s, rt, process_key="closure", business_key="XH-1", actor=Actor.system("counter"),
                                data={"client_id": "C07", "reason": "转户"})
     close = _open_task(db, inst.id, "close")
     with db.transaction() as s:

@@ -142,9 +142,12 @@ def test_compliance_reads_every_answer_of_the_call(conduct_case):
         assert case["data"]["conduct_items"] == ["staff_operated_account"]
 
 
-def test_another_agents_history_leaves_the_answers_out_of_each_event(conduct_case):
+def test_a_readers_history_leaves_the_answers_out_of_each_event_and_another_agent_has_none(conduct_case):
     readers, sent = conduct_case
-    history = readers.get(OTHER_AGENT, f"/instances/{sent['id']}/history").json
+    # Another agent took no part in the call: offered it once, the case is not theirs to read.
+    assert readers.get(OTHER_AGENT, f"/instances/{sent['id']}/history").status_code == 404
+    # HQ complaints reads every case, but none of the answers of a callback that raised no complaint.
+    history = readers.get("s007", f"/instances/{sent['id']}/history").json
     [answered] = [e for e in history if e["kind"] == "task.completed" and e["data"]["element_id"] == "questionnaire"]
     assert answered["data"]["data"] == {"recording_id": "REC-0001"}
     assert {w["group"] for w in answered["withheld"]} == {"summary", "answers", "staff_conduct"}

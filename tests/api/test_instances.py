@@ -3,6 +3,8 @@
 import pytest
 from sqlalchemy import func, select
 
+from engine.access import identity
+from engine.access.roles import INTEGRATION
 from engine.models import MessageSubscription, ProcessInstance
 from engine.process import deployments
 from tests.support.api import API, assert_problem, inbox, start, task_of
@@ -10,16 +12,24 @@ from tests.support.bpmn import bundle_of, flow, process
 
 
 @pytest.mark.sqlite
-def test_start_creates_a_running_instance_and_its_first_task(client, auth, review):
+def test_start_creates_a_running_instance_and_its_first_task(client, auth, db, rt, review):
+    # The intake system starts cases for any client, a registered one or not (a clerk only for
+    # the registry's clients they may see).
+    with db.transaction() as s:
+        identity.ensure_group(s, key=INTEGRATION)
+        identity.create_user(s, username="intake", display_name="受理系统", now=rt.now(), groups=[INTEGRATION])
+        intake = {"Authorization": f"Bearer {identity.issue_token(s, username='intake', now=rt.now())}"}
     body = {"business_key": "KH-2026-0001", "client_id": "C123", "branch_code": "HZ01",
             "data": {"priority": 80, "due_at": "2030-01-01T09:00:00+08:00", "客户": "张三"}}
-    response = client.post(f"{API}/processes/review/instances", json=body, headers=auth("li"))
+    assert_problem(client.post(f"{API}/processes/review/instances", json=body, headers=auth("li")), 404,
+                   "client_not_found")
+    response = client.post(f"{API}/processes/review/instances", json=body, headers=intake)
     assert response.status_code == 201, response.get_data(as_text=True)
     instance = response.json
     assert instance["status"] == "running" and instance["process_key"] == "review"
     assert instance["business_key"] == "KH-2026-0001"
     assert (instance["client_id"], instance["branch_code"]) == ("C123", "HZ01")
-    assert instance["started_by"] == "li" and instance["ended_at"] is None and instance["error"] is None
+    assert instance["started_by"] == "intake" and instance["ended_at"] is None and instance["error"] is None
     task = task_of(client, auth("li"), "KH-2026-0001")
     assert task["instance_id"] == instance["id"] and task["element_id"] == "register"
     assert task["priority"] == 80 and task["due_at"] == "2030-01-01T01:00:00+00:00"

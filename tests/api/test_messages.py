@@ -51,7 +51,12 @@ def test_a_message_is_delivered_to_the_waiting_instance_which_completes(client, 
                                          MessageSubscription.element_id)).all()
     assert subscriptions == [("client_ack", "MSG-1", "wait_ack")]
 
-    response = send(client, auth("zhao"), "client_ack", "MSG-1", {"ack_channel": "短信"})
+    # zhao, li's teammate, was offered both steps but took neither: the case is not his to tell.
+    before = snapshot(db)
+    assert_problem(send(client, auth("zhao"), "client_ack", "MSG-1", {"ack_channel": "短信"}), 404,
+                   "message_not_correlated")
+    assert snapshot(db) == before
+    response = send(client, auth("li"), "client_ack", "MSG-1", {"ack_channel": "短信"})
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.json["id"] == instance["id"]
     assert response.json["status"] == "completed" and response.json["ended_at"]
@@ -61,14 +66,14 @@ def test_a_message_is_delivered_to_the_waiting_instance_which_completes(client, 
     assert detail["data"]["ack_channel"] == "短信"  # the payload became process variables
     history = client.get(f"{API}/instances/{instance['id']}/history", headers=auth("li")).json
     received = [e for e in history if e["kind"] == "message.received"]
-    assert len(received) == 1 and received[0]["actor"] == "zhao"
+    assert len(received) == 1 and received[0]["actor"] == "li"
     assert received[0]["data"]["correlation_key"] == "MSG-1"
     assert history[-1]["kind"] == "instance.completed"
     with db.transaction() as s:
         assert s.execute(select(func.count()).select_from(MessageSubscription)).scalar_one() == 0
 
     # delivered once: the same message again finds nobody
-    assert_problem(send(client, auth("zhao"), "client_ack", "MSG-1"), 404, "message_not_correlated")
+    assert_problem(send(client, auth("li"), "client_ack", "MSG-1"), 404, "message_not_correlated")
 
 
 @pytest.mark.sqlite

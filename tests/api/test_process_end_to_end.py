@@ -258,7 +258,9 @@ def test_the_client_withdraws_her_complaint_by_phone_during_the_investigation(ht
         told = http.send("hotline", "client_withdraws", {"withdrawal_note": "客户来电表示已与营业部协商解决"}, key=key)
         assert told["id"] == instance_id
         assert "investigate" not in http.sees("s103", key)  # the handling was interrupted
-        assert body(http.get("s103", f"/tasks/{investigate['id']}"))["status"] == "cancelled"
+        # A step that is over is its holder's and the supervisors' to look up, not its candidates'.
+        assert http.get("s103", f"/tasks/{investigate['id']}").status_code == 404
+        assert body(http.get("s101", f"/tasks/{investigate['id']}"))["status"] == "cancelled"
         http.take("s003", key, "confirm_withdrawal", {"withdrawal_reason": "resolved_privately",
                                                       "withdrawal_confirmed_by_client": True, "recording_id": "REC-W1"})
         http.take("s008", key, "close_case_hq", {"closure_reason": "withdrawn"})  # major: HQ closes it
@@ -385,7 +387,7 @@ def test_a_client_retained_by_the_talk_withdraws_the_request_in_the_app(http):
         clock.move_to(sh(2025, 9, 26, 11))
         http.send("app_gateway", "retention_client_withdraws",
                   {"withdrawal_requested_at": "2025-09-26T11:00:00+08:00"}, key=key)
-        assert body(http.get("s302", f"/tasks/{submit['id']}"))["status"] == "cancelled"
+        assert body(http.get("s301", f"/tasks/{submit['id']}"))["status"] == "cancelled"  # SX01's supervisor
         http.take("s302", key, "confirm_withdrawal", {
             "withdrawal_channel": "app", "withdrawal_confirmed_by_client": True, "recording_id": "REC-APP"})
         http.take("s301", key, "review_ops", REVIEWED)

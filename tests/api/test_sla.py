@@ -13,6 +13,7 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
+from engine.access import identity
 from engine.calendars import SHANGHAI
 from engine.models import AuditEvent, Notification, ProcessInstance, Timer
 from engine.timers import firing
@@ -428,17 +429,25 @@ def test_a_process_owner_schedules_a_quarterly_start_that_the_timers_run(client,
         started = client.get(f"{API}/instances?business_key=CBQ-20260401", headers=boss)
         assert started.status_code == 200 and [i["status"] for i in started.json] == ["running"]
 
-        # The fired slot cannot be moved; the next one can (a system-wide audit event).
+        # A schedule is company business: a branch supervisor neither lists nor moves its timers.
+        assert [t for t in client.get(f"{API}/timers", headers=boss).json if t["instance_id"] is None] == []
+        assert_problem(client.post(f"{API}/timers/{timer['id']}/reschedule",
+                                   json={"due_at": "2026-04-02T09:00:00+08:00"}, headers=boss), 404, "not_found")
+        # At headquarters, the fired slot cannot be moved; the next one can (a system-wide audit event).
+        with db.transaction() as s:
+            identity.create_user(s, username="hq_boss", display_name="总部主管", now=rt.now(), password="hq-boss-pw",
+                                 groups=["supervisor"])
+        hq = login(client, "hq_boss", "hq-boss-pw")
         fired = client.post(f"{API}/timers/{timer['id']}/reschedule", json={"due_at": "2026-04-02T09:00:00+08:00"},
-                            headers=boss)
+                            headers=hq)
         assert_problem(fired, 400, "invalid_input")
-        (upcoming,) = client.get(f"{API}/timers", headers=boss).json
+        (upcoming,) = [t for t in client.get(f"{API}/timers", headers=hq).json if t["status"] == "waiting"]
         moved = client.post(f"{API}/timers/{upcoming['id']}/reschedule", json={"due_at": "2026-07-02T09:00:00+08:00"},
-                            headers=boss)
+                            headers=hq)
         assert moved.status_code == 200, moved.get_data(as_text=True)
     with db.transaction() as s:
         (event,) = s.execute(select(AuditEvent).where(AuditEvent.kind == "timer.rescheduled")).scalars()
-    assert (event.actor, event.instance_id, event.data["timer_kind"]) == ("boss", None, "schedule")
+    assert (event.actor, event.instance_id, event.data["timer_kind"]) == ("hq_boss", None, "schedule")
     assert datetime.fromisoformat(event.data["to"]) == sh(2026, 7, 2, 9)
 
 

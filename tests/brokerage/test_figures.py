@@ -423,7 +423,8 @@ def test_retention_attempt_and_success_rates_and_the_guard_metric(db, rt, staff,
     with time_machine.travel(r0, tick=False) as clock:
         for key, (branch, group, willing, due) in requests.items():
             with db.transaction() as s:
-                instances.start(s, rt, process_key="retention", business_key=key, actor=staff[counter[branch]],
+                # Clients the registry does not hold: their requests come in from the firm's systems.
+                instances.start(s, rt, process_key="retention", business_key=key, actor=Actor.system("intake"),
                                 data={"branch_code": branch, "client_id": f"X-{key}", "service_group": group,
                                       "submit_due": due.isoformat()})
             _do(db, rt, staff, key, "accept", counter[branch], {"client_open_to_retention_talk": willing})

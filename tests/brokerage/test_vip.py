@@ -20,7 +20,7 @@ from engine.brokerage import settings
 from engine.brokerage.services.vip import evaluate, reevaluate
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
-from engine.errors import PermissionDenied, TaskNotFound
+from engine.errors import FormValidationError, PermissionDenied, TaskNotFound
 from engine.models import Client, MessageSubscription, ProcessInstance, Task, Timer
 from engine.process import deployments, instances, tasks
 from engine.timers import firing
@@ -192,9 +192,14 @@ def test_a_nomination_needs_an_approver_who_is_not_the_nominator(db, rt, staff):
         nominate = case.open_task()
         assert (nominate.element_id, nominate.candidate_groups) == ("nominate", ["HZ01:account_manager"])
         assert nominate.due_at == sh(2025, 6, 11, 10)  # vip.sla.nominate: 1 WD
-        # The form cannot name someone else as the nominator: the engine records who completed it.
-        case.do("nominate", "s110", {"proposed_tier": "diamond", "nomination_source": "account_manager",
-                                     "justification": "本月转入资金 150 万，预计长期持有", "nominated_by": "s106"})
+        # The form cannot name someone else as the nominator (not a field of the form, refused):
+        # the engine records who completed it.
+        nomination = {"proposed_tier": "diamond", "nomination_source": "account_manager",
+                      "justification": "本月转入资金 150 万，预计长期持有"}
+        with pytest.raises(FormValidationError) as refused:
+            case.do("nominate", "s110", {**nomination, "nominated_by": "s106"})
+        assert [e.field for e in refused.value.errors] == ["nominated_by"]
+        case.do("nominate", "s110", nomination)
         assert case.data()["nominated_by"] == "s110"
         case.do("verify_welcome", "s106", WELCOMED)
         approve = case.open_task()

@@ -24,7 +24,7 @@ from engine.bpmn.service_tasks import ServiceRegistry
 from engine.config import Settings
 from engine.errors import DataInvalid, InstanceNotFound, InstanceNotRunning, PermissionDenied
 from engine.models import ProcessInstance, Task
-from engine.process import deployments, instances, tasks
+from engine.process import deployments, instances, tasks, variables
 from tests.support.bpmn import bundle_of, flow, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
@@ -436,4 +436,4 @@ def test_every_variable_the_client_registry_brings_is_reserved():
     found = SimpleNamespace(client_id="C01", client_branch_code="HZ01", service_group_key="HZ01-G1",
                             classification="C2", vip_tier="gold", risk_level="C3")
     context = instances._with_client_context(found, {})
-    assert len(context) == 6 and set(context) <= instances.ENGINE_VARIABLES
+    assert len(context) == 6 and set(context) <= variables.ENGINE_VARIABLES

@@ -124,7 +124,7 @@ def test_the_payload_becomes_process_variables(db, rt, people):
 def test_a_message_never_rewrites_the_engines_own_variables_and_the_audit_names_what_it_dropped(db, rt, people):
     with db.transaction() as s:
         deployments.deploy(s, rt, bundle_of(DOCS), actor=people.owner)
-        instance_id = instances.start(s, rt, process_key="docs", business_key="D-9", actor=people.clerk,
+        instance_id = instances.start(s, rt, process_key="docs", business_key="D-9", actor=people.system,
                                       data={"client_id": "C01", "branch_code": "HZ01"}).id
     with db.transaction() as s:
         messages.correlate(s, rt, name="docs_received", correlation_key="D-9", actor=people.system,

@@ -15,7 +15,8 @@ from engine.db import Base, Database
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 CAMUNDA_NS = "http://camunda.org/schema/1.0/bpmn"
-ANY_FORM: dict[str, Any] = {"type": "object"}
+# A form that takes any field (a form that declares its fields takes only those).
+ANY_FORM: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
 
 def definitions(body: str, *, extra: str = "") -> str:

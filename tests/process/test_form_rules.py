@@ -1,0 +1,170 @@
+"""What a completed task's form may put into a case (docs/api.md#completing-a-task): only the
+fields the form declares, and never a value that would change a variable the engine set (the
+client, branch and service group, class, tier and risk level, where the case came from, who
+did an earlier step): whoever completes any step would otherwise rewrite the inputs of
+recusal and separation of duties."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from engine.access.identity import Actor
+from engine.errors import DeploymentRejected, FormValidationError
+from engine.models import ProcessInstance, Task
+from engine.process import deployments, instances, tasks
+from tests.support.api import API, assert_problem, command, start, task_of
+from tests.support.bpmn import bundle_of, linear, process, row_counts
+
+
+def _props(**props: str) -> str:
+    inner = "".join(f'<camunda:property name="{k}" value="{v}"/>' for k, v in props.items())
+    return f"<bpmn:extensionElements><camunda:properties>{inner}</camunda:properties></bpmn:extensionElements>"
+
+
+def _task(task_id: str, form: str = "any", **props: str) -> str:
+    return (f'    <bpmn:userTask id="{task_id}" name="{task_id}" camunda:candidateGroups="clerks" '
+            f'camunda:formKey="{form}">{_props(**props) if props else ""}</bpmn:userTask>\n')
+
+
+# call (the engine records who made it in ``caller``) -> review (a form taking any field)
+CALL_THEN_REVIEW = process(linear(("call", _task("call", completedByVariable="caller")), ("review", _task("review"))),
+                           key="rules")
+CONTEXT = {"client_id": "C01", "branch_code": "HZ01", "service_group": "HZ01-G1", "client_class": "A+",
+           "vip_tier": "diamond", "risk_level": "C4", "origin_business_key": "CB-20260302-0001",
+           "origin_process": "callback"}
+CHANGED = {"client_id": "C02", "branch_code": "NB01", "service_group": "HZ01-G2", "client_class": "G",
+           "vip_tier": "silver", "risk_level": "C1", "origin_business_key": "FORGED-1", "origin_process": "x",
+           "caller": "zhao"}
+
+
+def _deploy(db, rt, xml: str, forms: dict | None = None) -> None:
+    with db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(xml, forms), actor=Actor.system("owner"))
+
+
+def _open(db, instance_id: int, element: str) -> int:
+    with db.transaction() as s:
+        return s.execute(select(Task.id).where(Task.instance_id == instance_id, Task.element_id == element,
+                                               Task.status.in_(("open", "claimed")))).scalar_one()
+
+
+def _data(db, rt, instance_id: int) -> dict:
+    with db.transaction() as s:
+        return instances.data_of(s, rt, s.get(ProcessInstance, instance_id))
+
+
+@pytest.fixture
+def at_review(db, rt, people) -> int:
+    """A case the intake system started with the client's context (a client the registry does
+    not hold: the context is the start data's), its call made by 李 (li)."""
+    _deploy(db, rt, CALL_THEN_REVIEW)
+    with db.transaction() as s:
+        instance_id = instances.start(s, rt, process_key="rules", business_key="R-1", actor=Actor.system("intake"),
+                                      data=CONTEXT).id
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open(db, instance_id, "call"), actor=people.clerk, data={})
+    return instance_id
+
+
+def test_a_form_cannot_change_a_variable_the_engine_set_and_nothing_is_saved(db, rt, people, at_review):
+    review = _open(db, at_review, "review")
+    before = row_counts(db)
+    with pytest.raises(FormValidationError) as refused, db.transaction() as s:
+        tasks.complete(s, rt, task_id=review, actor=people.teammate, data={**CHANGED, "note": "已复核"})
+    assert sorted(e.field for e in refused.value.errors) == sorted(CHANGED)
+    assert all("set by the engine" in e.message for e in refused.value.errors)
+    assert row_counts(db) == before
+    assert {k: _data(db, rt, at_review)[k] for k in CONTEXT} == CONTEXT
+
+
+def test_a_form_may_repeat_the_value_the_engine_set(db, rt, people, at_review):
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open(db, at_review, "review"), actor=people.teammate,
+                       data={**CONTEXT, "caller": "li", "note": "已复核"})
+    data = _data(db, rt, at_review)
+    assert {k: data[k] for k in CONTEXT} == CONTEXT and data["caller"] == "li" and data["note"] == "已复核"
+
+
+def test_a_form_may_give_a_reserved_name_the_engine_has_not_set(db, rt, people):
+    # A walk-in complainant has no client number when the case starts; the registration gives one.
+    _deploy(db, rt, CALL_THEN_REVIEW)
+    with db.transaction() as s:
+        instance_id = instances.start(s, rt, process_key="rules", business_key="R-2", actor=people.clerk,
+                                      data={"service_group": None}).id
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open(db, instance_id, "call"), actor=people.clerk,
+                       data={"client_id": "C0099", "service_group": "HZ01-G1"})
+    data = _data(db, rt, instance_id)
+    assert (data["client_id"], data["service_group"], data["caller"]) == ("C0099", "HZ01-G1", "li")
+
+
+def test_a_step_the_diagram_makes_the_authority_for_a_fact_may_change_it(db, rt, people):
+    # A risk re-assessment sets the new risk level (writesEngineVariables); the other steps may not.
+    xml = process(linear(("reassess", _task("reassess", writesEngineVariables="risk_level")),
+                         ("review", _task("review"))), key="rules")
+    _deploy(db, rt, xml)
+    with db.transaction() as s:
+        instance_id = instances.start(s, rt, process_key="rules", business_key="R-3", actor=Actor.system("intake"),
+                                      data=CONTEXT).id
+    with pytest.raises(FormValidationError) as refused, db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open(db, instance_id, "reassess"), actor=people.clerk,
+                       data={"risk_level": "C2", "vip_tier": "gold"})
+    assert [e.field for e in refused.value.errors] == ["vip_tier"]
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open(db, instance_id, "reassess"), actor=people.clerk,
+                       data={"risk_level": "C2"})
+    with pytest.raises(FormValidationError), db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open(db, instance_id, "review"), actor=people.clerk,
+                       data={"risk_level": "C5"})
+    assert _data(db, rt, instance_id)["risk_level"] == "C2"
+
+
+@pytest.mark.parametrize("names", ["client_id", "branch_code,risk_level", "service_group", "caller"])
+def test_only_a_cases_reassessable_facts_may_be_named_writable(db, rt, people, names):
+    xml = process(linear(("step", _task("step", writesEngineVariables=names))), key="rules")
+    with pytest.raises(DeploymentRejected) as refused, db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(xml), actor=Actor.system("owner"))
+    [problem] = refused.value.problems
+    assert problem.element_id == "step" and "writesEngineVariables" in problem.message
+
+
+def test_a_form_takes_only_the_fields_it_declares(db, rt, people):
+    declared = {"type": "object", "required": ["approved"],
+                "properties": {"approved": {"type": "boolean"}},
+                "allOf": [{"if": {"properties": {"approved": {"const": False}}},
+                           "then": {"properties": {"reason": {"type": "string"}}, "required": ["reason"]}}]}
+    xml = process(linear(("approve", _task("approve", form="approve")), ("again", _task("again", form="open"))),
+                  key="rules")
+    _deploy(db, rt, xml, {"approve": declared, "open": {"type": "object", "additionalProperties": True}})
+    with db.transaction() as s:
+        instance_id = instances.start(s, rt, process_key="rules", business_key="R-4", actor=people.clerk).id
+    with pytest.raises(FormValidationError) as refused, db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open(db, instance_id, "approve"), actor=people.clerk,
+                       data={"approved": False, "reason": "材料不全", "amount": 1, "branch_code": "NB01"})
+    assert [(e.field, e.message) for e in refused.value.errors] == [
+        ("amount", "'amount' is not a field of the form 'approve'"),
+        ("branch_code", "'branch_code' is not a field of the form 'approve'")]
+    with db.transaction() as s:  # a field of a conditional part is declared too
+        tasks.complete(s, rt, task_id=_open(db, instance_id, "approve"), actor=people.clerk,
+                       data={"approved": False, "reason": "材料不全"})
+    with db.transaction() as s:  # a form that says it takes anything does
+        tasks.complete(s, rt, task_id=_open(db, instance_id, "again"), actor=people.clerk, data={"amount": 1})
+    assert _data(db, rt, instance_id)["amount"] == 1
+
+
+@pytest.mark.sqlite
+def test_over_http_each_refused_field_is_listed_in_one_422_and_the_task_stays_open(client, auth, review):
+    li = auth("li")
+    start(client, li, "F-1")
+    task = task_of(client, li, "F-1")
+    registered = command(client, li, task["id"], "complete", {"data": {"amount": 10, "summary": "小额业务"}})
+    assert registered.status_code == 200
+    approve = task_of(client, li, "F-1")
+    problem = assert_problem(command(client, li, approve["id"], "complete",
+                                     {"data": {"approved": True, "client_id": "C01", "amount": 5}}),
+                             422, "form_invalid")
+    assert {e["field"] for e in problem["errors"]} == {"client_id", "amount"}
+    assert task_of(client, li, "F-1")["id"] == approve["id"]
+    assert command(client, li, approve["id"], "complete", {"data": {"approved": True}}).status_code == 200
+    assert client.get(f"{API}/tasks/{approve['id']}", headers=li).json["status"] == "completed"
