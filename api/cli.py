@@ -588,6 +588,7 @@ def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool)
     settings = ctx.settings
     if not settings.redis_url:
         fail("bpm worker needs BPM_REDIS_URL (without it, `bpm serve` runs timers itself)")
+    settings.require_secret_key("bpm worker")
 
     def report(exc: Exception, backoff: float) -> None:
         click.echo(f"sweep failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s", err=True)

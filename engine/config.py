@@ -16,6 +16,9 @@ from engine.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB_PATH = PROJECT_ROOT / "var" / "bpm.sqlite3"
+# Flask's secret key when BPM_SECRET_KEY is unset: good enough for `bpm serve` on a laptop,
+# refused by the production entry points (Settings.require_secret_key).
+DEV_SECRET_KEY = "dev-only-not-secret"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -35,6 +38,8 @@ class Settings:
     # Workflows kept in memory per process between changes (0: restore the state every time).
     workflow_cache: int = 256
     workflows_dir: Path = PROJECT_ROOT / "workflows"
+    # Whether BPM_SECRET_KEY was set, rather than the development value used.
+    secret_key_set: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -48,7 +53,7 @@ class Settings:
         redis_url = env.get("BPM_REDIS_URL") or None
         if redis_url is not None:
             _check_redis_url(redis_url)
-        secret_key = env.get("BPM_SECRET_KEY") or "dev-only-not-secret"
+        secret_key = env.get("BPM_SECRET_KEY") or DEV_SECRET_KEY
         if env.get("BPM_SECRET_KEY") is not None and len(secret_key) < 16:
             raise ConfigError("BPM_SECRET_KEY must be at least 16 characters long")
         return cls(
@@ -61,7 +66,17 @@ class Settings:
             timer_catch_up=_choice(env, "BPM_TIMER_CATCH_UP", "once", ("once", "all")),
             smtp_url=env.get("BPM_SMTP_URL") or None,
             workflow_cache=_int(env, "BPM_WORKFLOW_CACHE", 256, minimum=0),
+            secret_key_set=bool(env.get("BPM_SECRET_KEY")),
         )
+
+    def require_secret_key(self, entry_point: str) -> None:
+        """The production entry points (gunicorn's ``api.wsgi``, ``bpm worker``) refuse to
+        start on the development key: anything signed with it could be forged by anyone
+        who has read this file. ``bpm serve`` (``make run``) does without."""
+        if not self.secret_key_set:
+            raise ConfigError(f"BPM_SECRET_KEY is not set: {entry_point} does not start without a secret key "
+                              "of at least 16 characters (for instance the output of "
+                              "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
 
 
 def _check_database_url(url: str) -> None:
