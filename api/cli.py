@@ -8,6 +8,7 @@ stack trace.
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,9 +16,11 @@ import click
 
 from engine import audit
 from engine.access import identity
+from engine.access.identity import Actor
 from engine.bootstrap import build_runtime, rq_scheduler
 from engine.bpmn import bundle
 from engine.brokerage import demo, demo_cases, departures
+from engine.calendars import SHANGHAI
 from engine.config import Settings
 from engine.db import Database
 from engine.errors import BpmError, ConfigError, DeploymentRejected
@@ -144,6 +147,29 @@ def user() -> None:
     """Users and their groups."""
 
 
+class Lifetime(click.ParamType):
+    """A token's lifetime: ``90d`` (days) or ``12h`` (hours)."""
+
+    name = "lifetime"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        unit = {"d": "days", "h": "hours"}.get(text[-1:])
+        if unit is None or not text[:-1].isdigit():
+            self.fail(f"{value!r} is not a lifetime: write days or hours, e.g. 90d or 12h", param, ctx)
+        lifetime = timedelta(**{unit: int(text[:-1])})
+        if not timedelta(0) < lifetime <= identity.MAX_TOKEN_TTL:
+            self.fail(f"{value!r}: a token's lifetime must be more than 0 and at most "
+                      f"{identity.MAX_TOKEN_TTL.days} days", param, ctx)
+        return lifetime
+
+
+EXPIRES_HELP = (f"How long the token works: days or hours, e.g. 30d or 12h (default "
+                f"{identity.API_TOKEN_TTL.days}d, at most {identity.MAX_TOKEN_TTL.days}d).")
+
+
 @user.command("create")
 @click.argument("username")
 @click.option("--name", "display_name", help="Display name (defaults to the username).")
@@ -151,19 +177,21 @@ def user() -> None:
 @click.option("--branch", help="Branch code, e.g. HZ01.")
 @click.option("--group", "groups", multiple=True, help="Group or role key; repeat for several.")
 @click.option("--token", "with_token", is_flag=True, help="Also issue and print an API token.")
+@click.option("--expires", type=Lifetime(), default=f"{identity.API_TOKEN_TTL.days}d", help=EXPIRES_HELP)
 @pass_ctx
 def user_create(ctx: Context, username: str, display_name: str | None, password: str | None,
-                branch: str | None, groups: tuple[str, ...], with_token: bool) -> None:
+                branch: str | None, groups: tuple[str, ...], with_token: bool, expires: timedelta) -> None:
     """Create a user (groups are created when missing)."""
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
         identity.create_user(session, username=username, display_name=display_name or username,
                              now=rt.now(), password=password, branch_code=branch, groups=list(groups),
                              actor="cli")
-        token = identity.issue_token(session, username=username, now=rt.now()) if with_token else None
+        token = identity.issue_token(session, username=username, now=rt.now(), ttl=expires) if with_token else None
     click.echo(f"created user {username}")
     if token:
         click.echo(f"token: {token}")
+        click.echo(f"expires: {_shanghai(rt.now() + expires)}")
 
 
 @main.group()
@@ -198,12 +226,31 @@ def group_add(ctx: Context, key: str, usernames: tuple[str, ...]) -> None:
 
 @user.command("token")
 @click.argument("username")
+@click.option("--expires", type=Lifetime(), default=f"{identity.API_TOKEN_TTL.days}d", help=EXPIRES_HELP)
 @pass_ctx
-def user_token(ctx: Context, username: str) -> None:
-    """Issue a new API token for a user (shown once)."""
+def user_token(ctx: Context, username: str, expires: timedelta) -> None:
+    """Issue a new API token for a user (shown once, on standard output; when it expires on
+    standard error)."""
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
-        click.echo(identity.issue_token(session, username=username, now=rt.now()))
+        token = identity.issue_token(session, username=username, now=rt.now(), ttl=expires)
+    click.echo(token)
+    click.echo(f"expires: {_shanghai(rt.now() + expires)}", err=True)
+
+
+@user.command("revoke")
+@click.argument("username")
+@pass_ctx
+def user_revoke(ctx: Context, username: str) -> None:
+    """Revoke every token of a user: they stop working at once (audited)."""
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        revoked = identity.revoke_tokens(session, username=username, actor=Actor.system("cli"), now=rt.now())
+    click.echo(f"revoked {revoked} token(s) of {username}")
+
+
+def _shanghai(moment: datetime) -> str:
+    return f"{moment.astimezone(SHANGHAI):%Y-%m-%d %H:%M} (Asia/Shanghai)"
 
 
 @main.group("audit")

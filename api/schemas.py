@@ -52,6 +52,15 @@ class TokenOut(Schema):
     username = fields.String()
 
 
+class UsernameIn(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class RevokedOut(Schema):
+    username = fields.String()
+    revoked = fields.Integer(metadata={"description": "how many tokens stopped working"})
+
+
 class MeOut(Schema):
     username = fields.String()
     groups = fields.List(fields.String())
