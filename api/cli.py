@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 import click
 
 from engine import audit
-from engine.access import identity
+from engine.access import identity, signin
 from engine.access.identity import Actor
+from engine.access.signin import Throttle
 from engine.bootstrap import build_runtime, rq_scheduler
 from engine.bpmn import bundle
 from engine.brokerage import demo, demo_cases, departures
@@ -247,6 +248,22 @@ def user_revoke(ctx: Context, username: str) -> None:
     with ctx.db.transaction() as session:
         revoked = identity.revoke_tokens(session, username=username, actor=Actor.system("cli"), now=rt.now())
     click.echo(f"revoked {revoked} token(s) of {username}")
+
+
+@user.command("unlock")
+@click.argument("username")
+@pass_ctx
+def user_unlock(ctx: Context, username: str) -> None:
+    """Lift a username's sign-in lockout and backoff (audited). Needs BPM_REDIS_URL: without
+    it the counts live in the memory of `bpm serve`, and only its API can unlock."""
+    throttle = Throttle.from_settings(ctx.settings)
+    if not throttle.shared:
+        fail("without BPM_REDIS_URL the sign-in counts live in the memory of `bpm serve`: unlock through its "
+             "API (POST /api/v1/auth/unlock as an administrator), or restart it")
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        was_locked = signin.unlock(session, throttle, username=username, actor=Actor.system("cli"), now=rt.now())
+    click.echo(f"{username} unlocked" if was_locked else f"{username} was not locked; its failed attempts are cleared")
 
 
 def _shanghai(moment: datetime) -> str:

@@ -40,6 +40,9 @@ class Settings:
     workflows_dir: Path = PROJECT_ROOT / "workflows"
     # Whether BPM_SECRET_KEY was set, rather than the development value used.
     secret_key_set: bool = False
+    # Reverse proxies in front of the API whose X-Forwarded-For is trusted for the client's
+    # address (sign-in throttling counts failures per address).
+    trusted_proxies: int = 0
 
     @property
     def is_sqlite(self) -> bool:
@@ -67,6 +70,7 @@ class Settings:
             smtp_url=env.get("BPM_SMTP_URL") or None,
             workflow_cache=_int(env, "BPM_WORKFLOW_CACHE", 256, minimum=0),
             secret_key_set=bool(env.get("BPM_SECRET_KEY")),
+            trusted_proxies=_int(env, "BPM_TRUSTED_PROXIES", 0, minimum=0),
         )
 
     def require_secret_key(self, entry_point: str) -> None:

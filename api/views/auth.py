@@ -2,30 +2,36 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.auth import bearer_token, current_actor
 from api.context import bpm
-from api.schemas import LoginIn, MeOut, RevokedOut, TokenOut, UsernameIn
-from engine.access import identity
+from api.schemas import LoginIn, MeOut, RevokedOut, TokenOut, UnlockedOut, UsernameIn
+from engine.access import identity, signin
 
 PREFIX = "/auth"
-blp = Blueprint("auth", __name__, description="Sign in and out; who am I; revoking tokens")
+blp = Blueprint("auth", __name__, description="Sign in and out; who am I; revoking tokens, unlocking sign-in")
 
 
 @blp.route("/login")
 class Login(MethodView):
     @blp.arguments(LoginIn)
     @blp.response(200, TokenOut)
+    @blp.alt_response(401, response="UNAUTHORIZED")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS", description=(
+        "too many failed sign-ins for the username or from the address: signin_throttled, or signin_locked "
+        "after 20 in a day; Retry-After says when to try again"))
     @blp.doc(security=[])
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Exchange a username and password for a bearer token (valid 12 hours)."""
         ctx = bpm()
         with ctx.db.transaction() as session:
-            token = identity.login(session, username=body["username"], password=body["password"],
-                                   now=ctx.runtime.now())
-        return {"token": token, "username": body["username"]}
+            attempt = signin.sign_in(session, ctx.throttle, username=body["username"], password=body["password"],
+                                     address=request.remote_addr, now=ctx.runtime.now())
+        # Raised after the commit: a refusal that locked the username is audited.
+        return {"token": attempt.token_or_raise(), "username": body["username"], "expires_at": attempt.expires_at}
 
 
 @blp.route("/logout")
@@ -51,6 +57,20 @@ class Revoke(MethodView):
         with ctx.db.transaction() as session:
             revoked = identity.revoke_tokens(session, username=body["username"], actor=actor, now=ctx.runtime.now())
         return {"username": body["username"], "revoked": revoked}
+
+
+@blp.route("/unlock")
+class Unlock(MethodView):
+    @blp.arguments(UsernameIn)
+    @blp.response(200, UnlockedOut)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Lift a username's sign-in lockout and backoff (audited). An administrator."""
+        actor = current_actor()
+        ctx = bpm()
+        with ctx.db.transaction() as session:
+            was_locked = signin.unlock(session, ctx.throttle, username=body["username"], actor=actor,
+                                       now=ctx.runtime.now())
+        return {"username": body["username"], "was_locked": was_locked}
 
 
 @blp.route("/me")

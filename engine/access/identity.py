@@ -6,7 +6,6 @@ Roles are groups too (:mod:`engine.access.roles`).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from engine.access import passwords
 from engine.access.roles import ADMIN, SYSTEM_ROLES
 from engine.audit import record_system_event
 from engine.db import rowcount
@@ -49,18 +49,8 @@ class Actor:
         return cls(username=name, groups=frozenset({ADMIN}))
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def _check_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
-        return False
-    _, salt_hex, digest_hex = stored.split("$")
-    candidate = hash_password(password, bytes.fromhex(salt_hex)).split("$")[2]
-    return hmac.compare_digest(candidate, digest_hex)
+def hash_password(password: str) -> str:
+    return passwords.hash_password(password)
 
 
 def _token_hash(token: str) -> str:
@@ -147,15 +137,6 @@ def issue_token(session: Session, *, username: str, now: datetime, name: str = "
     except IntegrityError:  # pragma: no cover - 256 random bits
         raise Conflict("token collision, try again") from None
     return token
-
-
-def login(session: Session, *, username: str, password: str, now: datetime,
-          ttl: timedelta = LOGIN_TOKEN_TTL) -> str:
-    user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
-    # Same answer for "no such user" and "wrong password": no username probing.
-    if user is None or not user.active or not _check_password(password, user.password_hash):
-        raise AuthenticationFailed("wrong username or password")
-    return issue_token(session, username=username, now=now, name="login", ttl=ttl)
 
 
 def authenticate(session: Session, token: str, *, now: datetime) -> Actor:

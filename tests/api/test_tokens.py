@@ -123,6 +123,17 @@ def test_a_departed_users_tokens_stop_working_at_once_everywhere_for_good(app, c
 
 
 # -- expiry -----------------------------------------------------------------------------------
+def test_a_sign_in_token_works_12_hours(client, people):
+    with time_machine.travel(datetime(2026, 3, 2, 1, 0, tzinfo=UTC), tick=False) as clock:
+        response = client.post(f"{API}/auth/login", json={"username": "li", "password": "li-pw"})
+        assert datetime.fromisoformat(response.json["expires_at"]) == datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
+        headers = bearer(response.json["token"])
+        clock.shift(timedelta(hours=12) - timedelta(seconds=1))
+        assert me(client, headers).status_code == 200
+        clock.shift(timedelta(seconds=1))
+        assert_problem(me(client, headers), 401, "unauthenticated")
+
+
 def test_bpm_user_token_expires_when_told_and_after_90_days_by_default(database_url, client, db, people):
     with time_machine.travel(datetime(2026, 3, 2, 1, 0, tzinfo=UTC), tick=False) as clock:
         short = bpm(database_url, "user", "token", "wang", "--expires", "2d")
