@@ -168,7 +168,6 @@ class Throttle:
             return operation(self._fallback)
 
 
-
 def _key(value: str) -> str:
     """Counts are kept under a digest: no username or address is stored in Redis, and any
     length or character makes a key of the same shape."""
