@@ -120,12 +120,12 @@ def test_a_refusal_does_the_same_hashing_work_whoever_the_username_is(db, rt, pe
 
 def test_a_refusal_takes_as_much_cpu_time_for_an_unknown_username_as_for_a_known_one(db, rt, people):
     """The same, measured: CPU time of the whole sign-in (this process's, every thread's, so
-    other processes on the machine hardly disturb it), interleaved, median of seven. Before
+    other processes on the machine hardly disturb it), interleaved, median of five. Before
     the dummy check an unknown username cost about a twentieth of a known one."""
     sign_in(db, rt, "nobody", "warm-up")  # the dummy hash is made once per process
     throttle = roomy_throttle()
     spent: dict[str, list[float]] = {"li": [], "nobody": []}
-    for _ in range(7):
+    for _ in range(5):
         for username in spent:
             started = time.process_time()
             sign_in(db, rt, username, "guess-pw", throttle)
