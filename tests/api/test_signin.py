@@ -70,6 +70,7 @@ def test_a_burst_of_wrong_passwords_is_throttled_and_then_the_right_one_is_refus
     assert attempt(client, "zhao", "zhao-pw").status_code == 200
 
 
+@pytest.mark.sqlite
 def test_the_wait_grows_from_a_minute_to_a_quarter_hour_to_a_lockout_that_is_audited(client, db, people):
     with time_machine.travel("2026-03-02 01:00:00+00:00", tick=False) as clock:
         assert statuses(client, "li", ["wrong"] * 5) == [401] * 5

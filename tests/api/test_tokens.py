@@ -42,6 +42,7 @@ def system_events(db, kind: str) -> list[AuditEvent]:
 
 
 # -- sign-out and revocation ------------------------------------------------------------------
+@pytest.mark.sqlite
 def test_logout_ends_that_token_at_once_in_every_process_and_no_other(app, client, people):
     phone, laptop = login(client, "li"), login(client, "li")
     elsewhere = other_process(app)
@@ -53,6 +54,7 @@ def test_logout_ends_that_token_at_once_in_every_process_and_no_other(app, clien
     assert_problem(client.post(f"{API}/auth/logout", headers=phone), 401, "unauthenticated")
 
 
+@pytest.mark.sqlite
 def test_an_administrator_revokes_every_token_of_a_user_at_once(app, client, db, rt, people, auth):
     with db.transaction() as s:
         identity.add_member(s, group_key="admin", username="owner")
@@ -93,6 +95,7 @@ def test_bpm_user_revoke(database_url, client, db, rt, people):
     assert event.actor == "cli"
 
 
+@pytest.mark.sqlite
 def test_a_changed_membership_takes_effect_at_once(client, db, people, auth):
     assert "clerks" in me(client, auth("li")).json["groups"]
     with db.transaction() as s:
@@ -102,6 +105,7 @@ def test_a_changed_membership_takes_effect_at_once(client, db, people, auth):
 
 
 # -- departure ----------------------------------------------------------------------------------
+@pytest.mark.sqlite
 def test_a_departed_users_tokens_stop_working_at_once_everywhere_for_good(app, client, db, rt, demo_loaded):
     with db.transaction() as s:
         tokens = [identity.issue_token(s, username="s107", now=rt.now()) for _ in range(2)]
