@@ -48,11 +48,11 @@ def legacy_scrypt_hash(password: str) -> str:
     return f"scrypt${salt.hex()}${hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1).hex()}"
 
 
-def test_new_hashes_are_argon2id_at_the_parameters_of_rfc_9106():
+def test_new_hashes_are_argon2id_at_owasps_first_recommended_parameters():
     stored = identity.hash_password("li-pw")
     parameters = extract_parameters(stored)
     assert stored.startswith("$argon2id$")
-    assert (parameters.memory_cost, parameters.time_cost, parameters.parallelism) == (64 * 1024, 3, 4)
+    assert (parameters.memory_cost, parameters.time_cost, parameters.parallelism) == (46 * 1024, 1, 1)
     assert passwords.verify("li-pw", stored) == passwords.Verified(ok=True, needs_rehash=False)
     assert passwords.verify("li-pw!", stored) == passwords.Verified(ok=False)
 
