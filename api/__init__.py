@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import errors
 from api.context import BpmContext
 from engine.access import field_policy
+from engine.access.signin import Throttle
 from engine.bootstrap import build_runtime, rq_scheduler
 from engine.config import Settings
 from engine.db import Database
@@ -30,6 +32,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         OPENAPI_JSON_PATH="openapi.json",
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:
+        # Behind a reverse proxy every request comes from the proxy's address: the client's is
+        # in X-Forwarded-For, set by the proxies named trusted (sign-in counts failures per address).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     if record_policy:  # serving: production keys its audit trail (engine.audit)
         settings.require_audit_key()
     database = database or Database(settings.database_url, audit_key=settings.audit_key)
@@ -43,7 +49,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     if record_policy:
         with database.transaction() as session:
             field_policy.record_change(session, policy, at=runtime.now(), actor="system")
-    app.extensions["bpm"] = BpmContext(settings=settings, db=database, runtime=runtime, field_policy=policy)
+    app.extensions["bpm"] = BpmContext(settings=settings, db=database, runtime=runtime,
+                                       throttle=Throttle.from_settings(settings), field_policy=policy)
     api = errors.ProblemApi(app, spec_kwargs={
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],

@@ -8,16 +8,20 @@ stack trace.
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from engine import audit
-from engine.access import identity
+from engine.access import identity, signin
+from engine.access.identity import Actor
+from engine.access.signin import Throttle
 from engine.bootstrap import build_runtime, rq_scheduler
 from engine.bpmn import bundle
 from engine.brokerage import demo, demo_cases, departures
+from engine.calendars import SHANGHAI
 from engine.config import AUDIT_ANCHOR_DIR, AUDIT_KEY, Settings
 from engine.db import Database
 from engine.errors import BpmError, ConfigError, DeploymentRejected
@@ -144,6 +148,29 @@ def user() -> None:
     """Users and their groups."""
 
 
+class Lifetime(click.ParamType):
+    """A token's lifetime: ``90d`` (days) or ``12h`` (hours)."""
+
+    name = "lifetime"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        unit = {"d": "days", "h": "hours"}.get(text[-1:])
+        if unit is None or not text[:-1].isdigit():
+            self.fail(f"{value!r} is not a lifetime: write days or hours, e.g. 90d or 12h", param, ctx)
+        lifetime = timedelta(**{unit: int(text[:-1])})
+        if not timedelta(0) < lifetime <= identity.MAX_TOKEN_TTL:
+            self.fail(f"{value!r}: a token's lifetime must be more than 0 and at most "
+                      f"{identity.MAX_TOKEN_TTL.days} days", param, ctx)
+        return lifetime
+
+
+EXPIRES_HELP = (f"How long the token works: days or hours, e.g. 30d or 12h (default "
+                f"{identity.API_TOKEN_TTL.days}d, at most {identity.MAX_TOKEN_TTL.days}d).")
+
+
 @user.command("create")
 @click.argument("username")
 @click.option("--name", "display_name", help="Display name (defaults to the username).")
@@ -151,19 +178,21 @@ def user() -> None:
 @click.option("--branch", help="Branch code, e.g. HZ01.")
 @click.option("--group", "groups", multiple=True, help="Group or role key; repeat for several.")
 @click.option("--token", "with_token", is_flag=True, help="Also issue and print an API token.")
+@click.option("--expires", type=Lifetime(), default=f"{identity.API_TOKEN_TTL.days}d", help=EXPIRES_HELP)
 @pass_ctx
 def user_create(ctx: Context, username: str, display_name: str | None, password: str | None,
-                branch: str | None, groups: tuple[str, ...], with_token: bool) -> None:
+                branch: str | None, groups: tuple[str, ...], with_token: bool, expires: timedelta) -> None:
     """Create a user (groups are created when missing)."""
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
         identity.create_user(session, username=username, display_name=display_name or username,
                              now=rt.now(), password=password, branch_code=branch, groups=list(groups),
                              actor="cli")
-        token = identity.issue_token(session, username=username, now=rt.now()) if with_token else None
+        token = identity.issue_token(session, username=username, now=rt.now(), ttl=expires) if with_token else None
     click.echo(f"created user {username}")
     if token:
         click.echo(f"token: {token}")
+        click.echo(f"expires: {_shanghai(rt.now() + expires)}")
 
 
 @main.group()
@@ -198,12 +227,47 @@ def group_add(ctx: Context, key: str, usernames: tuple[str, ...]) -> None:
 
 @user.command("token")
 @click.argument("username")
+@click.option("--expires", type=Lifetime(), default=f"{identity.API_TOKEN_TTL.days}d", help=EXPIRES_HELP)
 @pass_ctx
-def user_token(ctx: Context, username: str) -> None:
-    """Issue a new API token for a user (shown once)."""
+def user_token(ctx: Context, username: str, expires: timedelta) -> None:
+    """Issue a new API token for a user (shown once, on standard output; when it expires on
+    standard error)."""
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
-        click.echo(identity.issue_token(session, username=username, now=rt.now()))
+        token = identity.issue_token(session, username=username, now=rt.now(), ttl=expires)
+    click.echo(token)
+    click.echo(f"expires: {_shanghai(rt.now() + expires)}", err=True)
+
+
+@user.command("revoke")
+@click.argument("username")
+@pass_ctx
+def user_revoke(ctx: Context, username: str) -> None:
+    """Revoke every token of a user: they stop working at once (audited)."""
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        revoked = identity.revoke_tokens(session, username=username, actor=Actor.system("cli"), now=rt.now())
+    click.echo(f"revoked {revoked} token(s) of {username}")
+
+
+@user.command("unlock")
+@click.argument("username")
+@pass_ctx
+def user_unlock(ctx: Context, username: str) -> None:
+    """Lift a username's sign-in lockout and backoff (audited). Needs BPM_REDIS_URL: without
+    it the counts live in the memory of `bpm serve`, and only its API can unlock."""
+    throttle = Throttle.from_settings(ctx.settings)
+    if not throttle.shared:
+        fail("without BPM_REDIS_URL the sign-in counts live in the memory of `bpm serve`: unlock through its "
+             "API (POST /api/v1/auth/unlock as an administrator), or restart it")
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        was_locked = signin.unlock(session, throttle, username=username, actor=Actor.system("cli"), now=rt.now())
+    click.echo(f"{username} unlocked" if was_locked else f"{username} was not locked; its failed attempts are cleared")
+
+
+def _shanghai(moment: datetime) -> str:
+    return f"{moment.astimezone(SHANGHAI):%Y-%m-%d %H:%M} (Asia/Shanghai)"
 
 
 @main.group("audit")
@@ -629,6 +693,7 @@ def worker(ctx: Context, sweep_interval: float, stale_after: float, burst: bool)
     settings = ctx.settings
     if not settings.redis_url:
         fail("bpm worker needs BPM_REDIS_URL (without it, `bpm serve` runs timers itself)")
+    settings.require_secret_key("bpm worker")
     settings.require_audit_key()
 
     def report(exc: Exception, backoff: float) -> None:

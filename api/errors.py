@@ -28,6 +28,7 @@ PROBLEM = "application/problem+json"
 # Most specific first: the first matching class decides the status.
 STATUS: list[tuple[type[errors.BpmError], int]] = [
     (errors.AuthenticationFailed, 401),
+    (errors.SignInThrottled, 429),
     (errors.PermissionDenied, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
@@ -84,10 +85,13 @@ def _deployment_errors(exc: errors.DeploymentRejected) -> list[dict[str, Any]]:
 def _handle_engine_error(exc: errors.BpmError) -> Response:
     status = status_for(exc)
     details = dict(exc.details)
+    headers: dict[str, str] = {}
     if isinstance(exc, errors.DeploymentRejected):
         details.pop("problems", None)
         details["errors"] = _deployment_errors(exc)
-    return problem(status, exc.code, exc.code.replace("_", " "), exc.message, **details)
+    if isinstance(exc, errors.SignInThrottled):
+        headers["Retry-After"] = str(exc.retry_after)
+    return problem(status, exc.code, exc.code.replace("_", " "), exc.message, headers=headers, **details)
 
 
 # PostgreSQL rolled the transaction back because of another one (deadlock detected,

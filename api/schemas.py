@@ -50,6 +50,22 @@ class LoginIn(Schema):
 class TokenOut(Schema):
     token = fields.String()
     username = fields.String()
+    expires_at = fields.DateTime(metadata={"description": "when the token stops working"})
+
+
+class UsernameIn(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class RevokedOut(Schema):
+    username = fields.String()
+    revoked = fields.Integer(metadata={"description": "how many tokens stopped working"})
+
+
+class UnlockedOut(Schema):
+    username = fields.String()
+    was_locked = fields.Boolean(metadata={"description": "whether the username was locked, rather than only "
+                                                         "waiting between attempts or not throttled at all"})
 
 
 class MeOut(Schema):

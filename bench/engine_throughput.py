@@ -289,7 +289,10 @@ def free_port() -> int:
 @contextlib.contextmanager
 def gunicorn(url: URL, workers: int) -> Iterator[str]:
     port = free_port()
-    env = dict(os.environ, BPM_DATABASE_URL=url_string(url), BPM_AUDIT_KEY=BENCH_AUDIT_KEY)
+    # api.wsgi is the production entry point: it does not start without a secret key.
+    env = dict(os.environ, BPM_DATABASE_URL=url_string(url),
+               BPM_SECRET_KEY=os.environ.get("BPM_SECRET_KEY") or "bench-only-secret-key-0123456789",
+               BPM_AUDIT_KEY=BENCH_AUDIT_KEY)
     env.pop("BPM_REDIS_URL", None)
     log = tempfile.NamedTemporaryFile(prefix="bench-gunicorn-", suffix=".log", delete=False)  # noqa: SIM115
     gunicorn_bin = Path(sys.executable).parent / "gunicorn"

@@ -242,7 +242,9 @@ class Workers:
 
     def __init__(self, database_url: str, redis_url: str, sweep_interval: float = SWEEP_INTERVAL) -> None:
         self.command = [*WORKER, "--sweep-interval", f"{sweep_interval:g}"]
+        # `bpm worker` is a production entry point: it does not start without a secret key.
         self.env = {**os.environ, "BPM_DATABASE_URL": database_url, "BPM_REDIS_URL": redis_url,
+                    "BPM_SECRET_KEY": os.environ.get("BPM_SECRET_KEY") or "bench-only-secret-key-0123456789",
                     "PYTHONPATH": str(ROOT), "BPM_AUDIT_KEY": BENCH_AUDIT_KEY}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []

@@ -17,6 +17,9 @@ from engine.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB_PATH = PROJECT_ROOT / "var" / "bpm.sqlite3"
+# Flask's secret key when BPM_SECRET_KEY is unset: good enough for `bpm serve` on a laptop,
+# refused by the production entry points (Settings.require_secret_key).
+DEV_SECRET_KEY = "dev-only-not-secret"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -45,6 +48,11 @@ class Settings:
     # Where `bpm audit anchor` writes the signed checkpoints of every stream's head, and where
     # `bpm audit verify` reads them: outside the database, ideally write-once storage.
     audit_anchor_dir: Path | None = None
+    # Whether BPM_SECRET_KEY was set, rather than the development value used.
+    secret_key_set: bool = False
+    # Reverse proxies in front of the API whose X-Forwarded-For is trusted for the client's
+    # address (sign-in throttling counts failures per address).
+    trusted_proxies: int = 0
 
     @property
     def is_sqlite(self) -> bool:
@@ -65,7 +73,7 @@ class Settings:
         redis_url = env.get("BPM_REDIS_URL") or None
         if redis_url is not None:
             _check_redis_url(redis_url)
-        secret_key = env.get("BPM_SECRET_KEY") or "dev-only-not-secret"
+        secret_key = env.get("BPM_SECRET_KEY") or DEV_SECRET_KEY
         if env.get("BPM_SECRET_KEY") is not None and len(secret_key) < 16:
             raise ConfigError("BPM_SECRET_KEY must be at least 16 characters long")
         return cls(
@@ -80,7 +88,18 @@ class Settings:
             workflow_cache=_int(env, "BPM_WORKFLOW_CACHE", 256, minimum=0),
             secure_cookies=_bool(env, "BPM_SECURE_COOKIES", False),
             **_audit(env),
+            secret_key_set=bool(env.get("BPM_SECRET_KEY")),
+            trusted_proxies=_int(env, "BPM_TRUSTED_PROXIES", 0, minimum=0),
         )
+
+    def require_secret_key(self, entry_point: str) -> None:
+        """The production entry points (gunicorn's ``api.wsgi``, ``bpm worker``) refuse to
+        start on the development key: anything signed with it could be forged by anyone
+        who has read this file. ``bpm serve`` (``make run``) does without."""
+        if not self.secret_key_set:
+            raise ConfigError(f"BPM_SECRET_KEY is not set: {entry_point} does not start without a secret key "
+                              "of at least 16 characters (for instance the output of "
+                              "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
 
 
 AUDIT_KEY, AUDIT_KEY_FILE, AUDIT_ANCHOR_DIR = "BPM_AUDIT_KEY", "BPM_AUDIT_KEY_FILE", "BPM_AUDIT_ANCHOR_DIR"

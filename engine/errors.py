@@ -69,6 +69,24 @@ class AuthenticationFailed(BpmError):
     code = "unauthenticated"
 
 
+class SignInThrottled(BpmError):
+    """Too many failed sign-ins for a username or from an address: no password is checked
+    until ``retry_after`` seconds have passed (engine.access.signin)."""
+
+    code = "signin_throttled"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class SignInLocked(SignInThrottled):
+    """The username is locked after too many failed sign-ins, until the oldest of them is a
+    day old or an administrator unlocks it; audited ``auth.locked_out``."""
+
+    code = "signin_locked"
+
+
 class PermissionDenied(BpmError):
     code = "forbidden"
 

@@ -145,7 +145,8 @@ class People:
 
 @pytest.fixture(scope="session")
 def password_hashes() -> dict[str, str]:
-    """scrypt is deliberately slow; hash each persona's password once per test run."""
+    """A password hash is deliberately slow (argon2id); hash each persona's password once per
+    test run."""
     return {}
 
 
@@ -202,17 +203,21 @@ def client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture
-def auth(client: FlaskClient, people: People) -> Callable[[str], dict[str, str]]:
-    """``auth("li")``: headers with a bearer token from ``POST /api/v1/auth/login`` (personas'
-    password is ``<username>-pw``); one login per persona and test."""
+def auth(db: Database, rt: Runtime, people: People) -> Callable[[str], dict[str, str]]:
+    """``auth("li")``: headers with a sign-in token of that persona, one per persona and test.
+
+    The token is the one ``POST /api/v1/auth/login`` issues (same name, same 12-hour life),
+    issued without checking the password: a password check is deliberately slow (argon2id,
+    engine/access/passwords.py) and the tests of signing in (tests/api/test_signin.py,
+    tests/access/test_passwords.py) check it; ``tests.support.api.login`` signs in for real."""
     tokens: dict[str, dict[str, str]] = {}
 
     def headers(username: str) -> dict[str, str]:
         if username not in tokens:
-            response = client.post("/api/v1/auth/login",
-                                   json={"username": username, "password": f"{username}-pw"})
-            assert response.status_code == 200, response.get_data(as_text=True)
-            tokens[username] = {"Authorization": f"Bearer {response.json['token']}"}
+            with db.transaction() as s:
+                token = identity.issue_token(s, username=username, now=rt.now(), name="login",
+                                             ttl=identity.LOGIN_TOKEN_TTL)
+            tokens[username] = {"Authorization": f"Bearer {token}"}
         return tokens[username]
 
     return headers

@@ -1,25 +1,28 @@
 """Who is signed in to the pages.
 
-Signing in goes through the engine's ``identity.login``, like the API's, and the session
-cookie keeps the token it issues: every page request authenticates that token again, so an
-expired or revoked token (a departure, a sign-out elsewhere) ends the session at once, and
-the pages and the API can never disagree about who someone is.
+Signing in goes through the engine's ``signin.sign_in``, the service behind the API's
+``POST /auth/login``: the same password check, the same throttling and lockout. The session
+cookie keeps the token it issues, and every page request authenticates that token again, so
+an expired or revoked token (a departure, a sign-out elsewhere) ends the session at once,
+and the pages and the API can never disagree about who someone is. Signing out of the pages
+revokes the token, as the API's sign-out does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
+from flask import request
 from flask_login import UserMixin, current_user
 
 from api.context import bpm
-from engine.access import identity
+from engine.access import identity, signin
 from engine.access.identity import Actor
 from engine.errors import AuthenticationFailed
 from engine.models import User
 
-SESSION_LIFETIME = timedelta(hours=12)
+# A page session lasts as long as the sign-in token it holds, which the engine ends.
+SESSION_LIFETIME = identity.LOGIN_TOKEN_TTL
 
 
 @dataclass
@@ -49,14 +52,25 @@ def load_user(token: str) -> PageUser | None:
 
 
 def sign_in(username: str, password: str) -> PageUser:
-    """Raises AuthenticationFailed (a wrong name or password) like the API's sign-in."""
+    """Raises AuthenticationFailed (a wrong name or password), SignInThrottled or
+    SignInLocked, exactly as the API's sign-in answers."""
     ctx = bpm()
     with ctx.db.transaction() as session:
-        token = identity.login(session, username=username, password=password, now=ctx.runtime.now(),
-                               ttl=SESSION_LIFETIME)
+        attempt = signin.sign_in(session, ctx.throttle, username=username, password=password,
+                                 address=request.remote_addr, now=ctx.runtime.now())
+    # Raised after the commit: a refusal that locked the username is audited.
+    token = attempt.token_or_raise()
+    with ctx.db.transaction() as session:
         actor = identity.authenticate(session, token, now=ctx.runtime.now())
         user: User = identity.get_user(session, username)
         return PageUser(token=token, actor=actor, display_name=user.display_name, locale=user.locale)
+
+
+def sign_out(token: str) -> None:
+    """The session's token stops working at once, everywhere (a copied cookie included)."""
+    ctx = bpm()
+    with ctx.db.transaction() as session:
+        identity.revoke_token(session, token, now=ctx.runtime.now())
 
 
 def actor() -> Actor:

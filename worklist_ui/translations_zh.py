@@ -36,6 +36,9 @@ ZH = {
     "At risk": "即将到期",
     "Overdue": "已逾期",
     "Wrong username or password": "用户名或密码错误",
+    "Too many failed sign-ins: this username is locked for %(wait)s, unless an administrator unlocks it.":
+        "登录失败次数过多：该用户名已锁定 %(wait)s，管理员可提前解锁。",
+    "Too many failed sign-ins: try again in %(wait)s.": "登录失败次数过多，请 %(wait)s 后再试。",
     "Unknown language": "不支持的语言",
     "Due within is a number of hours": "到期时限须为小时数",
     "Unknown tab": "未知的列表",

@@ -16,6 +16,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    make_response,
     redirect,
     render_template,
     request,
@@ -37,7 +38,7 @@ from engine.models import ACTIVE_TASK_STATES
 from engine.process import activity, instances, tasks, worklist
 from engine.sla import clock as sla_clock
 from worklist_ui import forms, i18n
-from worklist_ui.session import actor, sign_in
+from worklist_ui.session import actor, sign_in, sign_out
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
                 static_url_path="/static/pages")
@@ -82,13 +83,21 @@ def _http_error(exc: HTTPException) -> tuple[str, int]:
 # -- sign in / out, language -----------------------------------------------------------------
 @blp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    error = None
+    error, status, retry_after = None, 200, None
     if request.method == "POST":
         username = (request.form.get("username") or "").strip()
         try:
             user = sign_in(username, request.form.get("password") or "")
+        except errors.SignInLocked as exc:
+            error, status, retry_after = gettext(
+                "Too many failed sign-ins: this username is locked for %(wait)s, unless an administrator "
+                "unlocks it.", wait=i18n.duration(exc.retry_after)), 429, exc.retry_after
+        except errors.SignInThrottled as exc:
+            error, status, retry_after = gettext(
+                "Too many failed sign-ins: try again in %(wait)s.", wait=i18n.duration(exc.retry_after)), \
+                429, exc.retry_after
         except errors.AuthenticationFailed:
-            error = gettext("Wrong username or password")
+            error, status = gettext("Wrong username or password"), 401
         else:
             # A browser-session cookie: the token it holds expires on the server (12 hours),
             # so the cookie needs no expiry of its own.
@@ -100,11 +109,16 @@ def login() -> Any:
             if not target.startswith("/") or target.startswith("//"):
                 target = url_for("pages.inbox")
             return redirect(target)
-    return render_template("login.html", error=error), 401 if error else 200
+    response = make_response(render_template("login.html", error=error), status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 @blp.post("/logout")
 def logout() -> Any:
+    if current_user.is_authenticated:
+        sign_out(current_user.token)
     logout_user()
     session.pop("locale", None)
     return redirect(url_for("pages.login"))

@@ -108,9 +108,9 @@ class StaffDeparture(MethodView):
     @blp.arguments(DepartureIn)
     @blp.response(201, DepartureOut)
     def post(self, body: dict[str, Any], username: str) -> Any:
-        """员工离职: deactivate the user, end their service-group membership (their clients
-        stay with the group) and start a ``departed_staff`` callback for each client of the
-        group (admin, or the branch head of the person's branch). A group left below 2
+        """员工离职: deactivate the user and revoke their tokens, end their service-group
+        membership (their clients stay with the group) and start a ``departed_staff`` callback
+        for each client of the group (admin, or the branch head of the person's branch). A group left below 2
         members or without a middle/back-office member is listed under
         ``groups_needing_replacement``. 409 ``staff_already_departed`` the second time."""
         ctx = bpm()

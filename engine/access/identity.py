@@ -6,21 +6,28 @@ Roles are groups too (:mod:`engine.access.roles`).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from engine.access import passwords
 from engine.access.roles import ADMIN, SYSTEM_ROLES
 from engine.audit import record_system_event
-from engine.errors import AuthenticationFailed, Conflict, InvalidInput, UserNotFound
+from engine.db import rowcount
+from engine.errors import AuthenticationFailed, Conflict, InvalidInput, PermissionDenied, UserNotFound
 from engine.models import ApiToken, Group, GroupMember, User
 
 TOKEN_PREFIX = "bpm_"
+# Every token expires: a sign-in's after a working day, a script's or an outside system's
+# (``bpm user token``) after API_TOKEN_TTL unless told otherwise, and never later than
+# MAX_TOKEN_TTL, so a token that leaked or was forgotten stops working by itself.
+LOGIN_TOKEN_TTL = timedelta(hours=12)
+API_TOKEN_TTL = timedelta(days=90)
+MAX_TOKEN_TTL = timedelta(days=365)
 SERVICE_GROUP_KIND = "service_group"
 
 
@@ -42,18 +49,8 @@ class Actor:
         return cls(username=name, groups=frozenset({ADMIN}))
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def _check_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
-        return False
-    _, salt_hex, digest_hex = stored.split("$")
-    candidate = hash_password(password, bytes.fromhex(salt_hex)).split("$")[2]
-    return hmac.compare_digest(candidate, digest_hex)
+def hash_password(password: str) -> str:
+    return passwords.hash_password(password)
 
 
 def _token_hash(token: str) -> str:
@@ -125,12 +122,16 @@ def actor_for(session: Session, user: User) -> Actor:
 
 
 def issue_token(session: Session, *, username: str, now: datetime, name: str = "api",
-                ttl: timedelta | None = None) -> str:
-    """Return a new token; only its hash is stored, so it cannot be shown again."""
+                ttl: timedelta = API_TOKEN_TTL) -> str:
+    """Return a new token, valid for ``ttl`` (at most :data:`MAX_TOKEN_TTL`); only its hash
+    is stored, so it cannot be shown again."""
+    if ttl <= timedelta(0) or ttl > MAX_TOKEN_TTL:
+        raise InvalidInput(f"a token's lifetime must be more than 0 and at most {MAX_TOKEN_TTL.days} days, "
+                           f"got {ttl}", field="expires")
     user = get_user(session, username)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(user_id=user.id, token_hash=_token_hash(token), name=name, created_at=now,
-                         expires_at=now + ttl if ttl else None))
+                         expires_at=now + ttl))
     try:
         session.flush()
     except IntegrityError:  # pragma: no cover - 256 random bits
@@ -138,25 +139,48 @@ def issue_token(session: Session, *, username: str, now: datetime, name: str = "
     return token
 
 
-def login(session: Session, *, username: str, password: str, now: datetime,
-          ttl: timedelta = timedelta(hours=12)) -> str:
-    user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
-    # Same answer for "no such user" and "wrong password": no username probing.
-    if user is None or not user.active or not _check_password(password, user.password_hash):
-        raise AuthenticationFailed("wrong username or password")
-    return issue_token(session, username=username, now=now, name="login", ttl=ttl)
-
-
 def authenticate(session: Session, token: str, *, now: datetime) -> Actor:
-    row = session.execute(
-        select(ApiToken, User).join(User, User.id == ApiToken.user_id)
+    """The user a token stands for, as they are now: one indexed query (the token, its user
+    and their groups), run on every request, so a revoked or expired token, a departed user
+    and a changed membership take effect at once in every process."""
+    rows = session.execute(
+        select(ApiToken.revoked_at, ApiToken.expires_at, User.username, User.active, User.branch_code, Group.key)
+        .select_from(ApiToken).join(User, User.id == ApiToken.user_id)
+        .outerjoin(GroupMember, GroupMember.user_id == User.id).outerjoin(Group, Group.id == GroupMember.group_id)
         .where(ApiToken.token_hash == _token_hash(token))
-    ).first()
-    if row is None:
+    ).all()
+    if not rows:
         raise AuthenticationFailed("unknown token")
-    api_token, user = row
-    if api_token.revoked_at is not None or not user.active:
+    revoked_at, expires_at, username, active, branch_code, _ = rows[0]
+    if revoked_at is not None or not active:
         raise AuthenticationFailed("token revoked or user inactive")
-    if api_token.expires_at is not None and api_token.expires_at <= now:
+    if expires_at <= now:
         raise AuthenticationFailed("token expired")
-    return actor_for(session, user)
+    return Actor(username=username, groups=frozenset(key for *_, key in rows if key is not None),
+                 branch_code=branch_code)
+
+
+def revoke_token(session: Session, token: str, *, now: datetime) -> bool:
+    """Sign out: the token stops working; False when it was unknown or revoked already."""
+    result = session.execute(update(ApiToken).where(ApiToken.token_hash == _token_hash(token),
+                                                    ApiToken.revoked_at.is_(None)).values(revoked_at=now))
+    return rowcount(result) > 0
+
+
+def revoke_tokens(session: Session, *, username: str, actor: Actor, now: datetime) -> int:
+    """Every token of ``username`` stops working at once (audited ``auth.tokens_revoked``):
+    an administrator's doing, or the user's own "sign out everywhere". Returns how many did."""
+    if not actor.is_admin and actor.username != username:
+        raise PermissionDenied("revoking another user's tokens needs the admin role")
+    user = get_user(session, username)
+    revoked = revoke_user_tokens(session, user, now=now)
+    record_system_event(session, kind="auth.tokens_revoked", actor=actor.username, at=now,
+                        data={"username": username, "revoked": revoked})
+    return revoked
+
+
+def revoke_user_tokens(session: Session, user: User, *, now: datetime) -> int:
+    """Every token of ``user`` that still works stops working; returns how many did."""
+    result = session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None),
+                                                    ApiToken.expires_at > now).values(revoked_at=now))
+    return rowcount(result)

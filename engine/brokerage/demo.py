@@ -79,8 +79,9 @@ def load(session: Session, rt: Runtime) -> int:
         problems = [e.format(f.source) for f in report.files for e in f.rejected]
         raise InvalidInput("the demo data was rejected: " + "; ".join(problems))
     created = [row["username"] for row in STAFF if row["username"] not in existing]
-    # One hash for all: the same demo password, and scrypt is deliberately slow.
-    password_hash = identity.hash_password(PASSWORD) if created else None
+    # One hash for all, the administrator's too: the same published demo password, and a
+    # password hash is deliberately slow (argon2id, about a tenth of a second).
+    password_hash = identity.hash_password(PASSWORD) if created or "admin" not in existing else None
     for username in created:
         identity.get_user(session, username).password_hash = password_hash
     for username, roles in EXTRA_ROLES.items():
@@ -88,7 +89,7 @@ def load(session: Session, rt: Runtime) -> int:
             identity.add_member(session, group_key=role, username=username)
     if "admin" not in existing:
         identity.create_user(session, username="admin", display_name="系统管理员", now=rt.now(),
-                             password=PASSWORD, groups=["admin"], actor="demo")
+                             groups=["admin"], actor="demo").password_hash = password_hash
         created.append("admin")
     classification.ensure_default(session, now=rt.now())
     classification.evaluate(session, as_of=DEMO_TODAY, actor=actor, now=rt.now())

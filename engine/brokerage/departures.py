@@ -10,7 +10,7 @@ from datetime import date, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.access.identity import Actor
+from engine.access.identity import Actor, revoke_user_tokens
 from engine.audit import record_system_event
 from engine.brokerage.registry import GROUP_MAX_MEMBERS, GROUP_MIN_MEMBERS, get_staff, members_of, mirror_members
 from engine.calendars import SHANGHAI
@@ -48,9 +48,9 @@ class Departure:
 def staff_departed(session: Session, rt: Runtime, *, username: str, departed_on: date, actor: Actor,
                    now: datetime) -> Departure:
     """员工离职 (docs/domain.md#service-groups, the ``departed_staff`` callback of
-    docs/domain.md#callbacks): deactivate the user, end their service-group membership,
-    return the tasks they had claimed to their queues, and start one ``departed_staff``
-    callback for each client of their group.
+    docs/domain.md#callbacks): deactivate the user and revoke their tokens, end their
+    service-group membership, return the tasks they had claimed to their queues, and start
+    one ``departed_staff`` callback for each client of their group.
 
     Clients belong to groups, never to individuals, so they stay with the group. A group
     left outside the 2–3-member / one-back-office rule is reported in the result, not
@@ -80,6 +80,9 @@ def staff_departed(session: Session, rt: Runtime, *, username: str, departed_on:
         raise StaffAlreadyDeparted(f"{username} is inactive: their departure is recorded already")
 
     user.active = False
+    # Their tokens stop working in this same transaction: a script or a device still holding
+    # one is refused from the commit on, and reactivating the user does not revive them.
+    revoked_tokens = revoke_user_tokens(session, user, now=now)
     shortfall = _leave_group(session, group, user, actor=actor, now=now) if group is not None else None
     released = _release_claimed_tasks(session, rt, username, actor=actor)
     # Started in the recorder's name: the departure, not their starter groups, decides.
@@ -94,6 +97,7 @@ def staff_departed(session: Session, rt: Runtime, *, username: str, departed_on:
     record_system_event(session, kind="staff.departed", actor=actor.username, at=now, data={
         "key": username, "departed_on": departed_on.isoformat(), "service_group": group_key,
         "callbacks": [c.business_key for c in callbacks], "released_tasks": released,
+        "revoked_tokens": revoked_tokens,
         "group_needs_replacement": shortfall.problems if shortfall else None})
     return Departure(username=username, departed_on=departed_on, service_group=group_key, callbacks=callbacks,
                      released_tasks=released, groups_needing_replacement=[shortfall] if shortfall else [])

@@ -57,6 +57,7 @@ def test_a_new_account_callback_runs_from_the_account_systems_message_to_qa_over
         case = client.get(f"{API}/instances/{instance_id}", headers=supervisor)
     assert case.status_code == 200 and case.json["status"] == "completed"
     assert case.json["facts"]["callback_type"] == "new_account"
+    supervisor = _login(client, "s002")  # the sign-in of 3 June 2025 expired 12 hours later
     history = client.get(f"{API}/instances/{instance_id}/history", headers=supervisor).json
     completed_by = [(e["actor"], e["data"]["element_id"]) for e in history if e["kind"] == "task.completed"]
     assert completed_by == [("s003", "call_attempt"), ("s003", "verify_identity"), ("s003", "questionnaire"),

@@ -69,6 +69,8 @@ def conduct_case(client, demo_app) -> tuple[Readers, dict[str, Any]]:
                      {"finding": "客户经理代客下单，已核实", "action": "interview_staff",
                       "closed_at": "2025-06-16T15:00:00+08:00"})
         readers.take("s002", key, "qa_review", QA_OK)
+    # Those sign-ins' tokens expired 12 hours after that Monday: the readers sign in again now.
+    readers = Readers(client)
     case = readers.get(HQ_COMPLIANCE, f"/instances/{sent.json['id']}").json
     assert case["status"] == "completed" and case["data"]["exception_route"] == "compliance"
     return readers, sent.json

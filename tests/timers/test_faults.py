@@ -61,7 +61,9 @@ def rq_rt(settings, redis):
 
 class Workers:
     def __init__(self, database_url: str) -> None:
+        # `bpm worker` is a production entry point: it does not start without a secret key.
         self.env = {**os.environ, "BPM_DATABASE_URL": database_url, "BPM_REDIS_URL": REDIS_URL,
+                    "BPM_SECRET_KEY": "test-only-secret-key-0123456789",
                     "BPM_SERVICE_MODULES": "tests.support.service_functions", "PYTHONPATH": str(ROOT),
                     "BPM_AUDIT_KEY": AUDIT_KEY}
         self.procs: list[subprocess.Popen[bytes]] = []

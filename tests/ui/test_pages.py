@@ -63,6 +63,32 @@ def test_a_wrong_password_is_told_in_chinese_and_signs_nobody_in(client, people)
     assert client.get("/").status_code == 302
 
 
+def test_the_sign_in_page_is_throttled_by_the_same_rule_as_the_api(client, people):
+    """Five wrong passwords a minute, from the page or the API, are one count: the sixth
+    attempt is refused before the password is checked, the right one too, in Chinese."""
+    for _ in range(3):
+        token = token_of(client.get("/login"))
+        assert client.post("/login", data={"username": "li", "password": "nope", "csrf_token": token}).status_code == 401
+    for _ in range(2):
+        assert client.post("/api/v1/auth/login", json={"username": "li", "password": "nope"}).status_code == 401
+    token = token_of(client.get("/login"))
+    answer = client.post("/login", data={"username": "li", "password": "li-pw", "csrf_token": token})
+    assert answer.status_code == 429
+    assert 0 < int(answer.headers["Retry-After"]) <= 60
+    assert "登录失败次数过多" in answer.get_data(as_text=True)
+    assert client.get("/").status_code == 302  # nobody signed in
+
+
+def test_signing_out_of_the_pages_ends_the_token_a_copied_cookie_holds(client, people):
+    sign_in(client, "li", "li-pw")
+    cookie = client.get_cookie("session")
+    assert cookie is not None and client.get("/").status_code == 200
+    client.post("/logout", data={"csrf_token": token_of(client.get("/"))})
+    assert client.get("/").status_code == 302
+    client.set_cookie("session", cookie.value)  # the cookie as it was before signing out
+    assert client.get("/").status_code == 302
+
+
 def test_a_sign_in_never_sends_the_person_to_another_site(client, people):
     token = token_of(client.get("/login"))
     for target in ("https://evil.example/", "//evil.example/x"):
