@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import errors
+from api import errors, guard, openapi
 from api.context import BpmContext
 from engine.access import field_policy
 from engine.access.signin import Throttle
@@ -51,10 +51,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             field_policy.record_change(session, policy, at=runtime.now(), actor="system")
     app.extensions["bpm"] = BpmContext(settings=settings, db=database, runtime=runtime,
                                        throttle=Throttle.from_settings(settings), field_policy=policy)
+    guard.register(app)
     api = errors.ProblemApi(app, spec_kwargs={
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
+        "extra_plugins": [openapi.ErrorAnswers()],
     })
+    openapi.install(api)
     errors.register(app)
 
     from api.views import auth, deployments, figures, instances, messages, registry, sla, tasks

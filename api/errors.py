@@ -32,6 +32,7 @@ STATUS: list[tuple[type[errors.BpmError], int]] = [
     (errors.PermissionDenied, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
+    (errors.DataTooLarge, 413),
     (errors.FormValidationError, 422),
     (errors.DataInvalid, 422),
     (errors.DeploymentRejected, 422),
@@ -117,6 +118,9 @@ class ProblemApi(Api):  # type: ignore[misc]
     # What flask-smorest documents for every error response (its own ErrorSchema describes
     # a payload this API never sends).
     ERROR_SCHEMA = ProblemDetailsOut
+    # No catch-all "default" answer: each operation lists the errors it gives (api/openapi.py),
+    # so a status the document does not name is a finding, not covered by a blanket entry.
+    DEFAULT_ERROR_RESPONSE_NAME = None
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         data = getattr(error, "data", None) or {}
@@ -132,7 +136,10 @@ class ProblemApi(Api):  # type: ignore[misc]
             located = messages.values() if isinstance(messages, dict) else [messages]
             extra["errors"] = [entry for by_location in located for entry in field_errors(by_location)]
         detail = data.get("message") or (error.description if status < 500 else None)
-        return problem(status, code, error.name, detail, **extra)
+        # The exception's own headers, but its HTML body's content type: a 405 must say
+        # which methods the resource does allow (``Allow``, RFC 9110 §15.5.6).
+        headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+        return problem(status, code, error.name, detail, headers=headers, **extra)
 
     def _register_responses(self) -> None:
         """flask-smorest's shared responses (``UNPROCESSABLE_ENTITY``, ``CONFLICT``, …), with
@@ -143,9 +150,17 @@ class ProblemApi(Api):  # type: ignore[misc]
                 response["schema"] = self.ERROR_SCHEMA
             prepare_response(response, self.spec, PROBLEM)
             self.spec.components.response(status.name, response, lazy=True)
-        default: dict[str, Any] = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
-        prepare_response(default, self.spec, PROBLEM)
-        self.spec.components.response(self.DEFAULT_ERROR_RESPONSE_NAME, default, lazy=True)
+        # The 503 a writing request gets when PostgreSQL rolled it back (_handle_database_error).
+        concurrent: dict[str, Any] = {
+            "description": "concurrent_change: another change to the same records collided with this one and "
+                           "the database rolled this one back; nothing was saved. Send the request again.",
+            "schema": self.ERROR_SCHEMA,
+            "headers": {"Retry-After": {"description": "seconds to wait before sending it again",
+                                        "schema": {"type": "string", "enum": ["1"]}}},
+        }
+        prepare_response(concurrent, self.spec, PROBLEM)
+        self.spec.components.response("CONCURRENT_CHANGE", concurrent, lazy=True)
+
 
 
 def register(app: Flask) -> None:

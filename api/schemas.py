@@ -2,17 +2,101 @@
 
 from __future__ import annotations
 
+import re
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from api.context import bpm
 from engine.access import client_access
 from engine.brokerage import classification
-from engine.calendars import Unit
+from engine.calendars import EARLIEST_DAY, LATEST_DAY, MAX_SCAN_DAYS, Unit
 from engine.models import ACTIVE_TASK_STATES, InstanceStatus, TaskStatus, TimerStatus
 from engine.sla import clock as sla_clock
 from engine.sla import milestones
+
+
+class DecimalText(fields.Decimal):
+    """A decimal (money, a target, a threshold) served as a JSON string, "300000" or "3.4000":
+    binary floating point would round it. It is taken as such a string or as a JSON number;
+    nothing else (not "1e5", not " 1", not true)."""
+
+    PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+    _TEXT = re.compile(PATTERN)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(as_string=True, **kwargs)
+
+    def _validated(self, value: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (
+                isinstance(value, str) and not self._TEXT.fullmatch(value)):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+# Numbers the database stores in 32-bit integer columns, and the offset of a page: a larger
+# one would overflow the column or the query instead of being refused.
+INT32 = validate.Range(-(2**31), 2**31 - 1)
+OFFSET = validate.Range(min=0, max=2**31 - 1)
+# "Due within N hours" and ageing buckets reach at most as far as a due date is ever
+# computed (engine.calendars.MAX_SCAN_DAYS, about ten years).
+MAX_HOURS = MAX_SCAN_DAYS * 24
+
+
+class Flag(fields.Boolean):
+    """A JSON ``true`` or ``false`` in a body, as the document says; 1, 0, "yes" or "true"
+    are not taken for one. (Query parameters, text by nature, keep the lenient Boolean.)"""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class Real(fields.Float):
+    """A JSON number in a body; a string that holds one ("0.5") is not taken for it."""
+
+    def _validated(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+_YEARS = "(199[0-9]|20[0-9]{2})"  # engine.calendars.EARLIEST_DAY to LATEST_DAY
+_MONTH_DAY = "(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+
+
+class Day(fields.Date):
+    """A calendar day (ISO 8601) the engine takes from people and systems: from
+    engine.calendars.EARLIEST_DAY (1990) to LATEST_DAY (2099); year 1 or 9999 is refused."""
+
+    PATTERN = f"^{_YEARS}-{_MONTH_DAY}$"
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date:
+        day: date = super()._deserialize(value, attr, data, **kwargs)
+        if not EARLIEST_DAY <= day <= LATEST_DAY:
+            raise ValidationError(f"must lie between {EARLIEST_DAY} and {LATEST_DAY}")
+        return day
+
+
+class Moment(fields.AwareDateTime):
+    """A moment with its offset (ISO 8601), on a day :class:`Day` accepts."""
+
+    PATTERN = (f"^{_YEARS}-{_MONTH_DAY}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]+)?"
+               "(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+    _TEXT = re.compile(PATTERN)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        # RFC 3339 as the document says (seconds and an offset), not every form ISO 8601 allows.
+        if not isinstance(value, str) or not self._TEXT.fullmatch(value):
+            raise ValidationError("a date-time with seconds and an offset, e.g. 2025-06-16T10:00:00+08:00, "
+                                  f"from {EARLIEST_DAY} to {LATEST_DAY}")
+        moment: datetime = super()._deserialize(value, attr, data, **kwargs)
+        if not EARLIEST_DAY <= moment.date() <= LATEST_DAY:
+            raise ValidationError(f"must lie between {EARLIEST_DAY} and {LATEST_DAY}")
+        return moment
 
 
 class FieldErrorOut(Schema):
@@ -114,8 +198,8 @@ class StartIn(Schema):
     business_key = fields.String(load_default=None, validate=validate.Length(min=1, max=128), metadata={
         "description": "omit to number the case by the process's businessKeyFormat (CMP-20250612-0001)"})
     data = fields.Dict(keys=fields.String(), load_default=dict)
-    client_id = fields.String(load_default=None, allow_none=True)
-    branch_code = fields.String(load_default=None, allow_none=True)
+    client_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64))
+    branch_code = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=32))
 
 
 class WithheldOut(Schema):
@@ -159,7 +243,7 @@ class InstanceQuery(Schema):
     status = fields.String(load_default=None, validate=validate.OneOf(list(InstanceStatus)))
     business_key = fields.String(load_default=None)
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=OFFSET)
 
 
 class CancelIn(Schema):
@@ -238,12 +322,12 @@ class TaskQuery(Schema):
     status = fields.List(fields.String(validate=validate.OneOf(list(TaskStatus))),
                          load_default=lambda: list(ACTIVE_TASK_STATES))
     overdue = fields.Boolean(load_default=False)
-    due_within_hours = fields.Float(load_default=None, validate=validate.Range(min=0))
+    due_within_hours = fields.Float(load_default=None, validate=validate.Range(min=0, max=MAX_HOURS))
     process = fields.String(load_default=None)
     business_key = fields.String(load_default=None)
     sort = fields.String(load_default="due", validate=validate.Equal("due"))
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=OFFSET)
 
 
 class TaskPageOut(Schema):
@@ -254,7 +338,7 @@ class TaskPageOut(Schema):
 
 
 class UserIn(Schema):
-    username = fields.String(required=True)
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
 
 
 class AssignIn(UserIn):
@@ -266,11 +350,26 @@ class CompleteIn(Schema):
     data = fields.Dict(keys=fields.String(), load_default=dict)
 
 
+_IDEMPOTENCY_KEY = validate.Regexp(r"^[\x21-\x7e]{1,128}$", error="1 to 128 visible ASCII characters, no spaces")
+_IDEMPOTENCY_DOC = (
+    "the sender's id for this message (e.g. a UUID): a repeat with the same key, message name, correlation "
+    "key and payload within BPM_IDEMPOTENCY_HOURS (default 7 days) gets the first answer, with "
+    "Idempotent-Replayed: true, and changes nothing; the same key with another correlation key or payload "
+    "is 409 idempotency_key_reused. Scoped to the sender and the message name")
+
+
 class MessageIn(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
     correlation_key = fields.String(load_default=None, validate=validate.Length(min=1, max=128), metadata={
         "description": "the waiting case's business key; omit for a message that starts a numbered case"})
     payload = fields.Dict(keys=fields.String(), load_default=dict)
+    message_id = fields.String(load_default=None, validate=_IDEMPOTENCY_KEY, metadata={
+        "description": f"idempotency key, as the Idempotency-Key header (either; both must agree): {_IDEMPOTENCY_DOC}"})
+
+
+class MessageHeaders(Schema):
+    idempotency_key = fields.String(data_key="Idempotency-Key", load_default=None, validate=_IDEMPOTENCY_KEY,
+                                    metadata={"description": _IDEMPOTENCY_DOC})
 
 
 class PauseIn(Schema):
@@ -278,28 +377,30 @@ class PauseIn(Schema):
 
 
 class MilestoneSchema(Schema):
-    at = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False, max=5))
+    at = Real(required=True, validate=validate.Range(min=0, min_inclusive=False, max=5))
     action = fields.String(required=True, validate=validate.OneOf(milestones.ACTIONS))
-    to = fields.String(load_default=None, allow_none=True)
-    by = fields.Integer(load_default=None, allow_none=True)
+    to = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=160))
+    by = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.Range(-1000, 1000),
+                        metadata={"description": "raise_priority: how much"})
 
 
 class PolicySchema(Schema):
     key = fields.String(dump_only=True)
-    name = fields.String(required=True)
-    position = fields.Integer(load_default=100)
-    active = fields.Boolean(load_default=True)
-    process_key = fields.String(load_default=None, allow_none=True)
-    element_id = fields.String(load_default=None, allow_none=True)
-    lane = fields.String(load_default=None, allow_none=True)
-    min_priority = fields.Integer(load_default=None, allow_none=True)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    position = fields.Integer(strict=True, load_default=100, validate=INT32)
+    active = Flag(load_default=True)
+    process_key = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
+    element_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
+    lane = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
+    min_priority = fields.Integer(strict=True, load_default=None, allow_none=True, validate=INT32)
     match_data = fields.Dict(load_default=dict)
-    target_amount = fields.Decimal(required=True, as_string=True)
+    target_amount = DecimalText(required=True)
     target_unit = fields.String(required=True, validate=validate.OneOf([u.value for u in Unit]))
-    business_hours = fields.String(load_default="default")
+    business_hours = fields.String(load_default="default", validate=validate.Length(min=1, max=64))
     milestones = fields.List(fields.Nested(MilestoneSchema), load_default=list)
-    pausable = fields.Boolean(load_default=True)
-    anchor_variable = fields.String(load_default=None, allow_none=True, metadata={
+    pausable = Flag(load_default=True)
+    anchor_variable = fields.String(load_default=None, allow_none=True, validate=[
+        validate.Length(max=128), validate.Regexp(r"^[^\W\d]\w*$", error="a variable name")], metadata={
         "description": "variable with the moment the clock counts from (e.g. opened_at), if earlier than the task"})
     updated_at = fields.DateTime(dump_only=True)
     updated_by = fields.String(dump_only=True, allow_none=True)
@@ -311,8 +412,8 @@ class PolicySavedOut(Schema):
 
 
 class CalendarQuery(Schema):
-    start = fields.Date(required=True, data_key="from")
-    end = fields.Date(required=True, data_key="to")
+    start = Day(required=True, data_key="from")
+    end = Day(required=True, data_key="to")
 
 
 class CalendarDayOut(Schema):
@@ -325,10 +426,10 @@ class CalendarDayOut(Schema):
 
 
 class CalendarDayIn(Schema):
-    working = fields.Boolean(required=True)
-    trading = fields.Boolean(load_default=None, allow_none=True,
+    working = Flag(required=True)
+    trading = Flag(load_default=None, allow_none=True,
                              metadata={"description": "default: working and Monday-Friday"})
-    name = fields.String(load_default=None, allow_none=True)
+    name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
 
 
 class CoverageOut(Schema):
@@ -358,15 +459,15 @@ class TimerQuery(Schema):
 
 
 class RescheduleIn(Schema):
-    due_at = fields.AwareDateTime(required=True)
+    due_at = Moment(required=True)
 
 
 class ScheduleIn(Schema):
-    key = fields.String(required=True)
-    process_key = fields.String(required=True)
-    rule = fields.String(required=True)
+    key = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    process_key = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    rule = fields.String(required=True, validate=validate.Length(min=1, max=64))
     at_time = fields.String(required=True, validate=validate.Regexp(r"^\d{2}:\d{2}$"))
-    business_hours = fields.String(load_default="default")
+    business_hours = fields.String(load_default="default", validate=validate.Length(min=1, max=64))
     catch_up = fields.String(load_default="once", validate=validate.OneOf(["once", "all"]))
     data = fields.Dict(load_default=dict)
 
@@ -385,8 +486,10 @@ class ScheduleOut(Schema):
 
 class BusinessHoursSchema(Schema):
     name = fields.String(dump_only=True)
-    tz = fields.String(load_default="Asia/Shanghai")
-    periods = fields.List(fields.List(fields.String(), validate=validate.Length(equal=2)), required=True,
+    tz = fields.String(load_default="Asia/Shanghai", validate=validate.Length(min=1, max=64))
+    periods = fields.List(fields.List(fields.String(validate=validate.Regexp(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")),
+                                      validate=validate.Length(equal=2)),
+                          required=True, validate=validate.Length(min=1),
                           metadata={"example": [["09:00", "11:30"], ["13:00", "17:00"]]})
 
 
@@ -437,7 +540,7 @@ class ClientQuery(Schema):
     classification = fields.String(load_default=None)
     vip_tier = fields.String(load_default=None)
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=OFFSET)
 
 
 class RevealIn(Schema):
@@ -475,7 +578,7 @@ class GroupQuery(Schema):
 
 
 class DepartureIn(Schema):
-    departed_on = fields.Date(required=True, metadata={"description": "the last day (today or earlier)"})
+    departed_on = Day(required=True, metadata={"description": "the last day (today or earlier)"})
 
 
 class GroupShortfallOut(Schema):
@@ -518,28 +621,29 @@ class ImportReportOut(Schema):
 
 
 class BandSchema(Schema):
-    min_assets = fields.Decimal(required=True, as_string=True)
+    min_assets = DecimalText(required=True)
     active = fields.String(required=True, validate=validate.OneOf(classification.CLASSES))
     inactive = fields.String(required=True, validate=validate.OneOf(classification.CLASSES))
 
 
 class VipThresholdsSchema(Schema):
-    silver = fields.Decimal(required=True, as_string=True)
-    gold = fields.Decimal(required=True, as_string=True)
-    diamond = fields.Decimal(required=True, as_string=True)
+    silver = DecimalText(required=True)
+    gold = DecimalText(required=True)
+    diamond = DecimalText(required=True)
 
 
 class RuleSetIn(Schema):
     """A new version; values left out are copied from the scope's latest version."""
 
-    scope = fields.String(load_default=classification.COMPANY)
-    effective_from = fields.Date(required=True)
+    scope = fields.String(load_default=classification.COMPANY, validate=validate.Length(min=1, max=32))
+    effective_from = Day(required=True)
     approved_by = fields.String(required=True, validate=validate.Length(min=1, max=64))
     note = fields.String(load_default=None, allow_none=True)
-    turnover_threshold = fields.Decimal(load_default=None, allow_none=True, as_string=True)
-    bands = fields.List(fields.Nested(BandSchema), load_default=None, allow_none=True)
+    turnover_threshold = DecimalText(load_default=None, allow_none=True)
+    bands = fields.List(fields.Nested(BandSchema), load_default=None, allow_none=True, validate=validate.Length(min=1))
     vip_thresholds = fields.Nested(VipThresholdsSchema, load_default=None, allow_none=True)
-    downgrade_grace_months = fields.Integer(load_default=None, allow_none=True)
+    downgrade_grace_months = fields.Integer(strict=True, load_default=None, allow_none=True,
+                                            validate=validate.Range(0, 24))
 
 
 class RuleSetOut(Schema):
@@ -560,9 +664,9 @@ class RuleSetOut(Schema):
 
 # -- supervisors' figures (docs/figures.md) -------------------------------------------------
 class FigureQuery(Schema):
-    first = fields.Date(data_key="from", load_default=None,
+    first = Day(data_key="from", load_default=None,
                         metadata={"description": "first day (Asia/Shanghai), inclusive; default 1 January"})
-    last = fields.Date(data_key="to", load_default=None,
+    last = Day(data_key="to", load_default=None,
                        metadata={"description": "last day (Asia/Shanghai), inclusive; default today"})
     branch = fields.String(load_default=None, metadata={"description": "branch code; branch staff: their own"})
     group = fields.String(load_default=None, metadata={"description": "service group (candidate group for tasks)"})
@@ -572,7 +676,8 @@ class OverdueQuery(FigureQuery):
     by = fields.List(fields.String(validate=validate.OneOf(["branch", "group", "process", "step", "assignee"])),
                      load_default=lambda: ["branch"],
                      metadata={"description": "repeat to combine, e.g. by=process&by=step"})
-    buckets = fields.List(fields.Float(validate=validate.Range(min=0, min_inclusive=False)), load_default=None,
+    buckets = fields.List(fields.Float(validate=validate.Range(min=0, min_inclusive=False, max=MAX_SCAN_DAYS)),
+                          load_default=None,
                           metadata={"description": "ageing bucket edges in days overdue, e.g. buckets=1&buckets=3"})
 
 

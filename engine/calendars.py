@@ -48,6 +48,13 @@ from engine.errors import InvalidInput
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 MAX_SCAN_DAYS = 3660
 
+# The days the engine accepts from people and systems (calendar entries, timer moves,
+# figure periods): the exchanges opened in December 1990, and nothing the brokerage plans
+# reaches past this century. Year 1 or 9999 is a typo or a probe, and date arithmetic next
+# to those ends overflows.
+EARLIEST_DAY = date(1990, 1, 1)
+LATEST_DAY = date(2099, 12, 31)
+
 
 class Unit(StrEnum):
     CALENDAR_DAYS = "CD"
@@ -61,6 +68,31 @@ class Unit(StrEnum):
 
 # Units counted in business time; the others are calendar (wall-clock) units.
 BUSINESS_UNITS = frozenset((Unit.WORKING_DAYS, Unit.TRADING_DAYS, Unit.WORKING_HOURS))
+
+# The longest target in each unit: about ten years, as far as a due date is ever searched
+# for (MAX_SCAN_DAYS); a regulatory deadline is weeks, the longest callback cycle a year.
+MAX_TARGET: dict[Unit, int] = {
+    Unit.CALENDAR_DAYS: MAX_SCAN_DAYS, Unit.CALENDAR_HOURS: MAX_SCAN_DAYS * 24,
+    Unit.CALENDAR_MINUTES: MAX_SCAN_DAYS * 24 * 60, Unit.CALENDAR_MONTHS: 120,
+    Unit.WORKING_DAYS: 2500, Unit.TRADING_DAYS: 2500, Unit.WORKING_HOURS: 20000,
+}
+
+
+def check_plausible(value: date, *, name: str) -> None:
+    """Refuse a day (or a moment, on its own calendar date) outside
+    :data:`EARLIEST_DAY`..:data:`LATEST_DAY`."""
+    day = value.date() if isinstance(value, datetime) else value
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise InvalidInput(f"{name} must lie between {EARLIEST_DAY} and {LATEST_DAY}, got {value.isoformat()}")
+
+
+def check_target(amount: int | float | Decimal, unit: Unit | str) -> None:
+    """Refuse an SLA target that is not positive or beyond :data:`MAX_TARGET` for its unit."""
+    unit = Unit(unit)
+    if not Decimal(str(amount)).is_finite() or not amount > 0:
+        raise InvalidInput(f"an SLA target must be a positive number, got {amount}")
+    if amount > MAX_TARGET[unit]:
+        raise InvalidInput(f"an SLA target in {unit.value} may be at most {MAX_TARGET[unit]}, got {amount}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +155,8 @@ class BusinessCalendar:
         unit = Unit(unit)
         if amount < 0:
             raise InvalidInput("an SLA target cannot be negative")
+        if amount > MAX_TARGET[unit]:
+            raise InvalidInput(f"an SLA target in {unit.value} may be at most {MAX_TARGET[unit]}, got {amount}")
         if unit is Unit.CALENDAR_DAYS:
             return Due(start + timedelta(days=float(amount)), False)
         if unit is Unit.CALENDAR_HOURS:

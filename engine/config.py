@@ -53,6 +53,14 @@ class Settings:
     # Reverse proxies in front of the API whose X-Forwarded-For is trusted for the client's
     # address (sign-in throttling counts failures per address).
     trusted_proxies: int = 0
+    # What one case may hold, as UTF-8 JSON: one variable, and all its variables together.
+    # A case keeps its variables in its state and in the audit trail, and reads them on
+    # every step, so an oversized upload is refused instead of stored twice.
+    max_variable_bytes: int = 256 * 1024
+    max_case_bytes: int = 1024 * 1024
+    # How long an inbound message's idempotency key is remembered: a repeat within this
+    # many hours gets the first answer instead of a second delivery.
+    idempotency_hours: int = 168
 
     @property
     def is_sqlite(self) -> bool:
@@ -76,6 +84,11 @@ class Settings:
         secret_key = env.get("BPM_SECRET_KEY") or DEV_SECRET_KEY
         if env.get("BPM_SECRET_KEY") is not None and len(secret_key) < 16:
             raise ConfigError("BPM_SECRET_KEY must be at least 16 characters long")
+        max_variable_bytes = _int(env, "BPM_MAX_VARIABLE_BYTES", 256 * 1024, minimum=1024)
+        max_case_bytes = _int(env, "BPM_MAX_CASE_BYTES", 1024 * 1024, minimum=1024)
+        if max_case_bytes < max_variable_bytes:
+            raise ConfigError(f"BPM_MAX_CASE_BYTES ({max_case_bytes}) must be at least BPM_MAX_VARIABLE_BYTES "
+                              f"({max_variable_bytes}): a case holds its largest variable")
         return cls(
             database_url=database_url,
             redis_url=redis_url,
@@ -90,6 +103,9 @@ class Settings:
             **_audit(env),
             secret_key_set=bool(env.get("BPM_SECRET_KEY")),
             trusted_proxies=_int(env, "BPM_TRUSTED_PROXIES", 0, minimum=0),
+            max_variable_bytes=max_variable_bytes,
+            max_case_bytes=max_case_bytes,
+            idempotency_hours=_int(env, "BPM_IDEMPOTENCY_HOURS", 168, minimum=1),
         )
 
     def require_secret_key(self, entry_point: str) -> None:

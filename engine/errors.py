@@ -133,6 +133,14 @@ class AmbiguousCorrelation(Conflict):
     code = "message_ambiguous"
 
 
+class IdempotencyKeyReused(Conflict):
+    """An idempotency key the sender already used for a different message (another name is
+    another key; another correlation key or payload under the same name is this error):
+    the first message was processed, this one was not."""
+
+    code = "idempotency_key_reused"
+
+
 # -- bad input ---------------------------------------------------------------------------
 class InvalidInput(BpmError):
     code = "invalid_input"
@@ -195,6 +203,18 @@ class DeploymentRejected(InvalidInput):
 
 class ExpressionError(InvalidInput):
     code = "expression_invalid"
+
+
+class DataTooLarge(InvalidInput):
+    """Case variables over a configured size (``BPM_MAX_VARIABLE_BYTES``, ``BPM_MAX_CASE_BYTES``):
+    a case keeps its variables in its state and in the audit trail, so one oversized upload
+    would be stored twice and read on every step. Each error names the variable or the case."""
+
+    code = "data_too_large"
+
+    def __init__(self, message: str, errors: list[FieldError], limit_bytes: int) -> None:
+        super().__init__(message, errors=[e.__dict__ for e in errors], limit_bytes=limit_bytes)
+        self.errors = errors
 
 
 # -- client registry and classification --------------------------------------------------

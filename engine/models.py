@@ -313,6 +313,30 @@ class MessageSubscription(Base):
     __table_args__ = (Index("ix_subscription_lookup", "message_name", "correlation_key"),)
 
 
+class MessageReceipt(Base):
+    """An inbound message accepted under an idempotency key (the ``Idempotency-Key`` header
+    or the message's ``message_id``). A repeat from the same sender with the same message
+    name and key gets the first answer, the case the message reached or started, instead of
+    a second delivery; the same key with another correlation key or payload is refused.
+    A receipt counts for ``BPM_IDEMPOTENCY_HOURS`` (engine.process.messages.receive)."""
+
+    __tablename__ = "bpm_message_receipt"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sender: Mapped[str] = mapped_column(String(64))
+    message_name: Mapped[str] = mapped_column(String(128))
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    # SHA-256 of the correlation key and payload, to tell a repeat from a different message.
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_process_instance.id"))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("sender", "message_name", "idempotency_key", name="uq_message_receipt_key"),
+        Index("ix_message_receipt_received", "received_at"),
+    )
+
+
 class Timer(Base):
     """A waiting timer: a BPMN timer event ("bpmn"), an SLA milestone of a human task
     ("sla") or a scheduled process start ("schedule"). The database, not the queue, is the

@@ -392,8 +392,10 @@ def test_on_postgresql_the_server_the_worker_and_verify_refuse_to_run_without_th
         return
     with pytest.raises(ConfigError, match=r"^BPM_AUDIT_KEY \(or BPM_AUDIT_KEY_FILE\) must be set with a PostgreSQL"):
         create_app(settings, record_policy=True)
+    # A secret key is given so that the audit key is the one thing missing.
     code, _, err = run_entry_point(monkeypatch, capsys, "worker", "--burst", BPM_DATABASE_URL=database_url,
-                                   BPM_REDIS_URL="redis://127.0.0.1:1/0", BPM_AUDIT_KEY="")
+                                   BPM_REDIS_URL="redis://127.0.0.1:1/0", BPM_AUDIT_KEY="",
+                                   BPM_SECRET_KEY="a-secret-key-long-enough-for-production")
     assert code == 1 and err.startswith("error: BPM_AUDIT_KEY (or BPM_AUDIT_KEY_FILE) must be set")
     code, _, err = run_entry_point(monkeypatch, capsys, "audit", "verify", BPM_DATABASE_URL=database_url,
                                    BPM_AUDIT_KEY="")

@@ -45,11 +45,24 @@ def _bundle_from_request() -> bundles.Bundle:
     raise InvalidInput(f"unsupported content type {mimetype!r}")
 
 
+_FILE = {"type": "string", "format": "binary"}
+# The bundle as _bundle_from_request reads it: multipart files, or one file as the body.
+BUNDLE_BODY = {"required": True, "description": (
+    "the bundle: multipart `files` (.bpmn diagrams, .zip bundles, forms as .json), or one .bpmn (XML) "
+    "or .zip as the whole body; `?filename=` names a raw XML body"), "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "minItems": 1, "items": _FILE}}}},
+    "application/xml": {"schema": _FILE}, "text/xml": {"schema": _FILE},
+    "application/zip": {"schema": _FILE}, "application/octet-stream": {"schema": _FILE},
+}}
+
+
 @blp.route("/deployments")
 class Deployments(MethodView):
     @blp.arguments(DeployQuery, location="query")
     @blp.response(201, DeployOut)
     @blp.alt_response(200, schema=CheckOut, description="with ?check=true: the lint result")
+    @blp.doc(requestBody=BUNDLE_BODY)
     def post(self, query: dict[str, Any]) -> Any:
         """Deploy a bundle: one or more .bpmn files with the forms/*.json they use.
 

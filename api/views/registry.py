@@ -123,14 +123,20 @@ class StaffDeparture(MethodView):
 @blp.route("/registry/import")
 class Import(MethodView):
     @blp.response(200, ImportReportOut)
+    @blp.doc(requestBody={"required": True, "description": "one or more CSV files, each under its kind's name",
+                          "content": {"multipart/form-data": {"schema": {
+                              "type": "object", "minProperties": 1, "additionalProperties": False,
+                              "properties": {kind: {"type": "string", "format": "binary"}
+                                             for kind in registry_import.KINDS}}}}})
     def post(self) -> Any:
         """Upload CSV files as multipart fields ``branches``, ``staff``, ``groups`` and/or
         ``clients`` (admin). Valid rows are applied, invalid ones listed with line, column
         and reason; importing the same files again changes nothing."""
         ctx = bpm()
         actor = current_actor()
+        # Only files, each under a kind's name: a plain form field is not a file to import.
         unknown = set(request.files) - set(registry_import.KINDS)
-        if unknown or not request.files:
+        if unknown or request.form or not request.files:
             raise InvalidInput(f"send multipart CSV files named {', '.join(registry_import.KINDS)}")
         files = {kind: (PurePosixPath(upload.filename or f"{kind}.csv").name, upload.read())
                  for kind, upload in request.files.items()}

@@ -42,7 +42,7 @@ class Policies(MethodView):
             return list(session.execute(select(SlaPolicy).order_by(SlaPolicy.position, SlaPolicy.id)).scalars())
 
 
-@blp.route("/sla/policies/<string:key>")
+@blp.route("/sla/policies/<string(maxlength=128):key>")
 class Policy(MethodView):
     @blp.arguments(PolicySchema)
     @blp.response(200, PolicySavedOut)
@@ -71,13 +71,13 @@ class CalendarDays(MethodView):
                 .order_by(CalendarDay.day)).scalars())
 
 
-@blp.route("/calendar/days/<string:day>")
+@blp.route("/calendar/days/<day:day>")
 class CalendarDayEdit(MethodView):
     @blp.arguments(CalendarDayIn)
     @blp.response(200, CoverageOut)
     def put(self, body: dict[str, Any], day: str) -> Any:
         """Add or correct a day (e.g. next year's holidays, announced each November) and
-        recompute the due dates of open tasks."""
+        recompute the due dates of open tasks. ``day`` is YYYY-MM-DD from 1990 to 2099."""
         ctx = bpm()
         actor = current_actor()
         try:
@@ -103,7 +103,7 @@ class BusinessHoursList(MethodView):
             return list(session.execute(select(BusinessHoursRow).order_by(BusinessHoursRow.name)).scalars())
 
 
-@blp.route("/calendar/hours/<string:name>")
+@blp.route("/calendar/hours/<string(maxlength=64):name>")
 class BusinessHoursEdit(MethodView):
     @blp.arguments(BusinessHoursSchema)
     @blp.response(200, BusinessHoursSchema)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -17,10 +18,16 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from engine.bpmn.values import value_problems
 from engine.errors import Problem
 
 MAX_ZIP_ENTRIES = 500
 MAX_ZIP_BYTES = 20 * 1024 * 1024
+# What reading a damaged or unsupported archive raises: a bad CRC or a truncated entry
+# (BadZipFile, zlib.error, EOFError), a compression method zipfile lacks
+# (NotImplementedError), an encrypted entry (RuntimeError), a header that lies (ValueError,
+# OSError). Each is a problem with the upload, reported like any other.
+UNREADABLE_ZIP = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError)
 
 
 @dataclass
@@ -42,6 +49,15 @@ class Bundle:
             schema = json.loads(data)
         except json.JSONDecodeError as exc:
             self.problems.append(Problem(relative, exc.lineno, None, f"form is not JSON: {exc.msg}"))
+            return
+        except (ValueError, RecursionError) as exc:  # not UTF-8, a number too long, nested too deep
+            self.problems.append(Problem(relative, None, None, f"form is not JSON: {exc}"))
+            return
+        stored = value_problems(schema)
+        if stored:
+            # A form is stored with its version as JSON: it must be text a database can hold.
+            self.problems.extend(Problem(relative, None, None, f"form: {p.field or '(root)'} {p.message}")
+                                 for p in stored)
             return
         problem = _schema_problem(data)
         if problem is not None:
@@ -80,7 +96,7 @@ def from_zip(data: bytes, name: str) -> Bundle:
     bundle = Bundle(name=name)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except UNREADABLE_ZIP:
         bundle.problems.append(Problem(name, None, None, "not a zip file"))
         return bundle
     entries = [info for info in archive.infolist() if not info.is_dir()]
@@ -97,8 +113,12 @@ def from_zip(data: bytes, name: str) -> Bundle:
             bundle.problems.append(Problem(name, None, None, f"unsafe path {info.filename!r}"))
             continue
         # Bounded read: the declared size may lie in a crafted archive.
-        with archive.open(info) as handle:
-            content = handle.read(MAX_ZIP_BYTES + 1)
+        try:
+            with archive.open(info) as handle:
+                content = handle.read(MAX_ZIP_BYTES + 1)
+        except UNREADABLE_ZIP as exc:
+            bundle.problems.append(Problem(name, None, None, f"cannot read {info.filename!r}: {exc}"))
+            continue
         if len(content) > MAX_ZIP_BYTES:
             bundle.problems.append(Problem(name, None, None, "archive entry too large"))
             return bundle

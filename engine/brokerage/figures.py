@@ -30,7 +30,7 @@ from engine.access.identity import Actor
 from engine.access.roles import SUPERVISOR
 from engine.brokerage import settings
 from engine.brokerage.settings import Target
-from engine.calendars import SHANGHAI, BusinessCalendar, Unit
+from engine.calendars import SHANGHAI, BusinessCalendar, Unit, check_plausible
 from engine.db import UTCDateTime
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import (
@@ -134,6 +134,8 @@ def period(first: date | None, last: date | None, *, now: datetime) -> tuple[dat
     today = now.astimezone(SHANGHAI).date()
     first = first or date(today.year, 1, 1)
     last = last or today
+    check_plausible(first, name="from")
+    check_plausible(last, name="to")
     if last < first:
         raise InvalidInput(f"the period ends ({last}) before it starts ({first})")
     return (datetime.combine(first, time.min, SHANGHAI),

@@ -17,6 +17,7 @@ from engine.access import client_access
 from engine.access.identity import Actor
 from engine.access.roles import BRANCH_MANAGEMENT, BRANCH_OR_ALL, FIRM_STARTERS, INTEGRATION, SUPERVISOR
 from engine.bpmn.expressions import json_safe
+from engine.bpmn.values import text_problem, value_problems
 from engine.errors import (
     ClientNotFound,
     DataInvalid,
@@ -41,6 +42,7 @@ from engine.models import (
     TaskStatus,
 )
 from engine.numbering import next_business_key
+from engine.process.limits import check_case, check_text, check_variables
 from engine.process.runtime import Runtime, locked_instance
 from engine.process.tasks import principals
 from engine.process.unit_of_work import audit, run_and_save, save
@@ -61,6 +63,11 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
     them, where a caller's differing values are refused."""
     if business_key is not None and (not business_key or len(business_key) > 128):
         raise InvalidInput("business_key must be 1 to 128 characters")
+    check_text(business_key=business_key, client_id=client_id, branch_code=branch_code)
+    # A message's payload is the new case's data: name it as the sender sent it. Checked
+    # before the JSON round trip, which recurses as deep as the value nests.
+    field = "payload" if message is not None else "data"
+    check_variables(rt.settings, data or {}, field=field)
     data = json_safe(data or {})
     # One round trip: the latest version, an instance already holding the business key, the
     # client's registry entry, and the reference-data revisions the new tasks' SLA clocks
@@ -84,6 +91,7 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
             _refuse_registry_overrides(found, data, client_id=client_id, branch_code=branch_code,
                                        where="payload" if message is not None else "data")
     data = _with_client_context(found, data)
+    check_case(rt.settings, data, field=field)
     if found.client_id is not None:
         branch_code = found.client_branch_code
     if existing_id is not None:
@@ -401,6 +409,8 @@ def correct_data(session: Session, rt: Runtime, *, instance_id: int, actor: Acto
     # failed, nothing is in ERROR) the instance's variables as data_of shows them.
     current = (failed[0] if failed else workflow.last_task or workflow.task_tree).data
     _check_correction(workflow, current, values, removed, reason)
+    check_variables(rt.settings, values, field="set")
+    check_case(rt.settings, {**{k: v for k, v in current.items() if k not in removed}, **values})
     names = sorted({*values, *removed})
     old = {name: json.loads(json.dumps(current[name])) for name in names if name in current}
 
@@ -426,6 +436,8 @@ def _check_correction(workflow: Any, current: dict[str, Any], values: dict[str, 
         problems.append(FieldError("reason", "a reason is required: it is kept in the audit trail"))
     elif len(reason) > 1000:
         problems.append(FieldError("reason", "at most 1000 characters"))
+    elif message := text_problem(reason):
+        problems.append(FieldError("reason", message))
     if not values and not removed:
         problems.append(FieldError("", "nothing to correct: give variables to set or to remove"))
     for name, value in values.items():
@@ -436,12 +448,17 @@ def _check_correction(workflow: Any, current: dict[str, Any], values: dict[str, 
             problems.append(FieldError(field, f"{name!r} is written by the engine, not corrected by hand"))
         elif name in removed:
             problems.append(FieldError(field, f"{name!r} is both set and removed"))
-        message = _not_json(value)
+        # Text and nesting first: the JSON round trip of _not_json recurses as deep as the value.
+        stored = value_problems(value, field)
+        message = None if stored else _not_json(value)
+        problems.extend(stored)
         if message:
             problems.append(FieldError(field, message))
     for index, name in enumerate(removed):
         field = f"remove/{index}"
-        if name in reserved:
+        if not isinstance(name, str) or (message := text_problem(name)):
+            problems.append(FieldError(field, message or "not a variable name"))
+        elif name in reserved:
             problems.append(FieldError(field, f"{name!r} is written by the engine, not corrected by hand"))
         elif name not in current:
             problems.append(FieldError(field, f"the failed step has no variable {name!r}"))

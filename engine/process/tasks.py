@@ -47,6 +47,7 @@ from engine.models import (
     TaskKind,
     TaskStatus,
 )
+from engine.process.limits import check_case, check_variables
 from engine.process.projection import opened_tasks
 from engine.process.runtime import Runtime, lock_instance_row, lock_statement
 from engine.process.unit_of_work import audit, run_and_save
@@ -309,6 +310,7 @@ def _missing_field(message: str) -> str:
 
 def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
              data: dict[str, Any] | None = None) -> Task:
+    check_variables(rt.settings, data or {}, field="data")
     data = json_safe(data or {})
     task, instance = _lock(session, task_id, actor)
     if instance.status == InstanceStatus.FAILED:
@@ -336,6 +338,7 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
         raise TaskNotOpen(f"task {task_id} is no longer waiting for input")
     validate_form(rt, session, instance, task, data, workflow=workflow, spiff_task=spiff_task)
     spiff_task.set_data(**data)
+    check_case(rt.settings, spiff_task.data, field="data")
     completed_by_variable = properties_of(spiff_task.task_spec).get(COMPLETED_BY_VARIABLE)
     if completed_by_variable:
         # "Who did this step" for later steps' rules (QA is not the caller; the approver is

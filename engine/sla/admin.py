@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from engine.access.identity import Actor
 from engine.access.roles import PROCESS_OWNER
 from engine.audit import record_system_event
-from engine.calendars import BusinessHours, Unit
+from engine.calendars import BusinessHours, Unit, check_plausible, check_target
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import (
     ACTIVE_TASK_STATES,
@@ -42,6 +42,7 @@ def set_day(session: Session, *, day: Any, working: bool, trading: bool | None, 
     """Add or correct one day (next year's holidays are announced each November)."""
     if not actor.has_role(PROCESS_OWNER):
         raise PermissionDenied("editing the calendar needs the process_owner or admin role")
+    check_plausible(day, name="the day")
     trading = (working and day.weekday() < 5) if trading is None else trading
     if trading and not working:
         raise InvalidInput("a trading day must be a working day")
@@ -100,8 +101,11 @@ def validate_policy(session: Session, data: dict[str, Any]) -> None:
         Unit(data["target_unit"])
     except (KeyError, ValueError):
         raise InvalidInput(f"target_unit must be one of {[u.value for u in Unit]}") from None
-    if Decimal(str(data.get("target_amount", 0))) <= 0:
-        raise InvalidInput("target_amount must be positive")
+    try:
+        amount = Decimal(str(data.get("target_amount", 0)))
+    except ArithmeticError:
+        raise InvalidInput(f"target_amount must be a number, got {data.get('target_amount')!r}") from None
+    check_target(amount, data["target_unit"])
     anchor = data.get("anchor_variable")
     if anchor is not None and (not isinstance(anchor, str) or not anchor.isidentifier()):
         raise InvalidInput(f"anchor_variable must name a variable, got {anchor!r}")

@@ -29,6 +29,7 @@ from engine.access.identity import Actor
 from engine.access.roles import PROCESS_OWNER, SUPERVISOR
 from engine.audit import record_system_event
 from engine.bpmn.serializer import dump_state
+from engine.calendars import check_plausible
 from engine.clock import ensure_aware
 from engine.db import Database, rowcount
 from engine.errors import InvalidInput, NotFound, PermissionDenied
@@ -272,6 +273,7 @@ def reschedule(session: Session, rt: Runtime, *, timer_id: int, due_at: datetime
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("rescheduling a timer needs the supervisor or admin role")
     ensure_aware(due_at, name="due_at")
+    check_plausible(due_at, name="due_at")
     timer = session.get(Timer, timer_id)
     if timer is None or not _may_see(session, timer, actor):
         raise NotFound(f"no timer {timer_id}")

@@ -32,6 +32,7 @@ from engine.errors import Conflict, DuplicateBusinessKey, InvalidInput, Permissi
 from engine.models import AuditEvent, Schedule, Timer, TimerKind, TimerStatus
 from engine.process import instances
 from engine.process.deployments import get_latest
+from engine.process.limits import check_text, check_variables
 from engine.process.runtime import Runtime
 from engine.sla.calendar_store import CALENDARS
 
@@ -90,6 +91,9 @@ def create(session: Session, rt: Runtime, *, key: str, process_key: str, rule: s
         raise PermissionDenied("schedules need the process_owner or admin role")
     if catch_up not in ("once", "all"):
         raise InvalidInput("catch_up must be 'once' or 'all'")
+    check_text(key=key, process_key=process_key, rule=rule, business_hours=business_hours)
+    # Every run starts a case with this data: refuse now what each start would refuse.
+    check_variables(rt.settings, data or {}, field="data")
     if session.execute(select(Schedule.id).where(Schedule.key == key)).first() is not None:
         raise Conflict(f"a schedule {key!r} already exists")
     if process_key.startswith(JOB_PREFIX):

@@ -16,7 +16,7 @@ def _api_rules(app):
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith(API) or rule.rule == f"{API}/openapi.json":
             continue
-        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        path = re.sub(r"<(?:[^:<>]+:)?(\w+)>", r"{\1}", rule.rule)  # <string(maxlength=64):name>: {name}
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             served.add((path, method.lower()))
     return served

@@ -14,7 +14,8 @@ from api import cli
 # never leaks into a test.
 BPM_VARIABLES = ("BPM_DATABASE_URL", "BPM_REDIS_URL", "BPM_SECRET_KEY", "BPM_ALLOW_SCRIPT_TASKS",
                  "BPM_EXPRESSION_TIMEOUT_MS", "BPM_SERVICE_MODULES", "BPM_TIMER_CATCH_UP", "BPM_SMTP_URL",
-                 "BPM_WORKFLOW_CACHE", "BPM_AUDIT_KEY", "BPM_AUDIT_KEY_FILE", "BPM_AUDIT_ANCHOR_DIR")
+                 "BPM_WORKFLOW_CACHE", "BPM_AUDIT_KEY", "BPM_AUDIT_KEY_FILE", "BPM_AUDIT_ANCHOR_DIR",
+                 "BPM_MAX_VARIABLE_BYTES", "BPM_MAX_CASE_BYTES", "BPM_IDEMPOTENCY_HOURS")
 # The audit key every test database is written with (tests/conftest.py ``settings``), as a
 # deployment would set it; a test about the unkeyed embedded default passes BPM_AUDIT_KEY="".
 AUDIT_KEY = "test-audit-key-not-secret-0123456789abcdef"

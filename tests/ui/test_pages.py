@@ -68,7 +68,8 @@ def test_the_sign_in_page_is_throttled_by_the_same_rule_as_the_api(client, peopl
     attempt is refused before the password is checked, the right one too, in Chinese."""
     for _ in range(3):
         token = token_of(client.get("/login"))
-        assert client.post("/login", data={"username": "li", "password": "nope", "csrf_token": token}).status_code == 401
+        answer = client.post("/login", data={"username": "li", "password": "nope", "csrf_token": token})
+        assert answer.status_code == 401
     for _ in range(2):
         assert client.post("/api/v1/auth/login", json={"username": "li", "password": "nope"}).status_code == 401
     token = token_of(client.get("/login"))
