@@ -269,6 +269,35 @@ class HistoryOut(Schema):
         "variables left out of this event's data, payload or old/new values, by field group")})
 
 
+class ElementStateOut(Schema):
+    element_id = fields.String()
+    name = fields.String(allow_none=True)
+    state = fields.String(validate=validate.OneOf(["completed", "active", "waiting", "failed", "cancelled"]))
+    count = fields.Integer(metadata={"description": "how many times it completed (a loop counts each time)"})
+    sla_state = fields.String(allow_none=True, metadata={"description": "an open person's step: its SLA state"})
+    due_at = fields.DateTime(allow_none=True)
+
+
+class ActivityOut(Schema):
+    instance_id = fields.Integer()
+    process_key = fields.String()
+    version = fields.Integer(metadata={"description": "the version the case runs on: its diagram is "
+                                                      "GET /processes/{process_key}/versions/{version}/bpmn"})
+    elements = fields.List(fields.Nested(ElementStateOut))
+    flows = fields.List(fields.String(), metadata={"description": "ids of the sequence flows taken"})
+
+
+class CommentIn(Schema):
+    body = fields.String(required=True, validate=validate.Length(min=1, max=4000))
+
+
+class CommentOut(Schema):
+    id = fields.Integer()
+    author = fields.String()
+    body = fields.String(metadata={"description": "identifiers in it masked"})
+    created_at = fields.DateTime()
+
+
 class TaskOut(Schema):
     id = fields.Integer()
     instance_id = fields.Integer()
@@ -317,17 +346,50 @@ class TaskDetailOut(TaskOut):
 
 
 class TaskQuery(Schema):
-    assignee = fields.String(load_default=None, validate=validate.Equal("me"))
-    candidate = fields.String(load_default=None, validate=validate.Equal("me"))
+    assignee = fields.String(load_default=None, validate=validate.Length(min=1, max=64), metadata={
+        "description": "me: the caller's own tasks; a username: that person's tasks (as far as the caller "
+                       "may see them)"})
+    candidate = fields.String(load_default=None, validate=validate.Equal("me"), metadata={
+        "description": "me: unclaimed tasks offered to the caller"})
     status = fields.List(fields.String(validate=validate.OneOf(list(TaskStatus))),
                          load_default=lambda: list(ACTIVE_TASK_STATES))
     overdue = fields.Boolean(load_default=False)
+    at_risk = fields.Boolean(load_default=False, metadata={
+        "description": "not yet due, but past the point its SLA calls at risk"})
     due_within_hours = fields.Float(load_default=None, validate=validate.Range(min=0, max=MAX_HOURS))
     process = fields.String(load_default=None)
+    element = fields.String(load_default=None, validate=validate.Length(min=1, max=255), metadata={
+        "description": "one step of the process (its element id, e.g. investigate)"})
     business_key = fields.String(load_default=None)
-    sort = fields.String(load_default="due", validate=validate.Equal("due"))
+    client_id = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    group = fields.String(load_default=None, validate=validate.Length(min=1, max=64), metadata={
+        "description": "offered to this candidate group"})
+    branch = fields.String(load_default=None, validate=validate.Length(min=1, max=16))
+    sort = fields.String(load_default="due", validate=validate.OneOf(["due", "priority", "created"]), metadata={
+        "description": "due: nearest deadline first (no due date last); priority: highest first; "
+                       "created: newest first"})
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
     offset = fields.Integer(load_default=0, validate=OFFSET)
+
+
+class BulkClaimIn(Schema):
+    task_ids = fields.List(fields.Integer(strict=True, validate=validate.Range(min=1, max=2**63 - 1)),
+                           required=True, validate=validate.Length(min=1, max=100), metadata={
+                               "description": "1 to 100 task ids; each is claimed in a transaction of its own"})
+
+
+class ClaimOutcomeOut(Schema):
+    task_id = fields.Integer()
+    claimed = fields.Boolean(attribute="done")
+    status = fields.Integer(metadata={"description": "200, or the status claiming this task alone would answer"})
+    code = fields.String(allow_none=True)
+    detail = fields.String(allow_none=True)
+
+
+class BulkClaimOut(Schema):
+    claimed = fields.Integer()
+    refused = fields.Integer()
+    results = fields.List(fields.Nested(ClaimOutcomeOut))
 
 
 class TaskPageOut(Schema):

@@ -28,6 +28,7 @@ from engine.access.identity import Actor
 from engine.access.roles import INTEGRATION
 from engine.bootstrap import build_runtime
 from engine.bpmn import bundle
+from engine.brokerage import demo_cases
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT, Settings
 from engine.db import Database
@@ -281,3 +282,27 @@ def demo_app(db, rt, client, demo_loaded) -> dict[str, str]:
                              groups=[INTEGRATION])
         token = identity.issue_token(s, username="account_system", now=rt.now())
     return {"Authorization": f"Bearer {token}"}
+
+
+# The demo with its open cases, at a fixed moment (the pages' tests and the API's worklist tests).
+MORNING = datetime(2026, 11, 25, 10, 30, tzinfo=SHANGHAI)  # a working Wednesday, mid-morning
+
+
+@pytest.fixture
+def morning() -> Iterator[Any]:
+    with time_machine.travel(MORNING, tick=True) as traveller:
+        yield traveller
+
+
+@pytest.fixture
+def demo_cases_loaded(db: Any, rt: Any, snapshot: Any, morning: Any) -> dict[str, str]:
+    """The demo and its nine open cases as `bpm demo load` leaves them on :data:`MORNING`;
+    returns each case's business key by the key it has in the demo's script."""
+    def build() -> dict[str, str]:
+        load_demo(db, rt, snapshot, at=MORNING)
+        with time_machine.travel(MORNING, tick=False), db.transaction() as s:
+            results = demo_cases.load_cases(s, rt, now=rt.now())
+        assert all(r.error is None for r in results), [r.error for r in results]
+        return {r.spec.brief_key: r.key for r in results}
+
+    return snapshot(f"demo cases for the pages at {MORNING.isoformat()}", build)  # type: ignore[no-any-return]

@@ -45,6 +45,7 @@ ZH = {
     "View saved": "视图已保存",
     "Select the tasks to claim first": "请先勾选要认领的任务",
     "Claimed %(num)d task(s)": "已认领 %(num)d 项任务",
+    "At most %(num)d tasks can be claimed at once": "一次最多认领 %(num)d 项任务",
     "Not claimed: %(reason)s": "未认领：%(reason)s",
     "Completed: %(name)s": "已办结：%(name)s",
     "%(who)s completed this task first": "%(who)s 已先行办结此任务",

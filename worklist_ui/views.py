@@ -27,6 +27,7 @@ from flask_babel import gettext
 from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.exceptions import HTTPException
 
+from api.bulk import MAX_TASKS, claim_each
 from api.context import bpm
 from api.errors import status_for
 from engine import errors
@@ -229,13 +230,7 @@ def delete_view(view_id: int) -> Any:
 
 def _claim_one(task_id: int) -> str | None:
     """Claim one task; None, or why not, in the reader's words."""
-    ctx = bpm()
-    try:
-        with ctx.db.transaction() as db:
-            tasks.claim(db, ctx.runtime, task_id=task_id, actor=actor())
-    except errors.BpmError as exc:
-        return mask_text(exc.message)
-    return None
+    return claim_each(bpm(), actor(), [task_id])[0].detail
 
 
 @blp.post("/tasks/claim")
@@ -245,17 +240,17 @@ def claim_many() -> Any:
     ids = [int(v) for v in request.form.getlist("task") if v.isdigit()]
     if not ids:
         flash(gettext("Select the tasks to claim first"), "warning")
-    claimed, refused = 0, []
-    for task_id in ids:
-        reason = _claim_one(task_id)
-        if reason is None:
-            claimed += 1
-        else:
-            refused.append(f"#{task_id}: {reason}")
+    elif len(set(ids)) > MAX_TASKS:
+        flash(gettext("At most %(num)d tasks can be claimed at once", num=MAX_TASKS), "warning")
+        ids = []
+    outcomes = claim_each(bpm(), actor(), ids)
+    claimed = sum(1 for outcome in outcomes if outcome.done)
     if claimed:
         flash(gettext("Claimed %(num)d task(s)", num=claimed))
-    for line in refused:
-        flash(gettext("Not claimed: %(reason)s", reason=line), "warning")
+    for outcome in outcomes:
+        if not outcome.done:
+            reason = f"#{outcome.task_id}: {outcome.detail}"
+            flash(gettext("Not claimed: %(reason)s", reason=reason), "warning")
     return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any
 
-from flask import jsonify, request
+from flask import Response, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -108,3 +108,16 @@ class ProcessVersions(MethodView):
             if not versions:
                 deployments.get_latest(session, process_key)  # raises ProcessNotFound
             return versions
+
+
+@blp.route("/processes/<string:process_key>/versions/<int:version>/bpmn")
+class ProcessVersionDiagram(MethodView):
+    @blp.response(200, content_type="application/xml", description="the version's BPMN 2.0 XML, as deployed")
+    def get(self, process_key: str, version: int) -> Any:
+        """The diagram of one version, for a viewer such as bpmn-js (colour a case on it with
+        ``GET /instances/{id}/activity``)."""
+        current_actor()
+        ctx = bpm()
+        with ctx.db.transaction() as session:
+            xml = deployments.get_version(session, process_key, version).bpmn_xml
+        return Response(xml, mimetype="application/xml")

@@ -9,7 +9,10 @@ from sqlalchemy.orm import Session
 from api.auth import current_actor
 from api.context import BpmContext, bpm
 from api.schemas import (
+    ActivityOut,
     CancelIn,
+    CommentIn,
+    CommentOut,
     DataCorrectionIn,
     HistoryOut,
     InstanceDetailOut,
@@ -19,8 +22,8 @@ from api.schemas import (
 )
 from engine.access import field_policy
 from engine.access.identity import Actor
-from engine.models import ProcessInstance
-from engine.process import instances
+from engine.models import ProcessInstance, ProcessVersion
+from engine.process import activity, instances, worklist
 
 PREFIX = ""
 blp = Blueprint("instances", __name__, description="Start, read, cancel, correct and retry process instances")
@@ -157,3 +160,42 @@ class History(MethodView):
             return field_policy.screen_history(session, ctx.field_policy, actor=actor, instance=instance,
                                                data=instances.data_of(session, ctx.runtime, instance),
                                                events=events)
+
+
+@blp.route("/instances/<int:instance_id>/activity")
+class Activity(MethodView):
+    @blp.response(200, ActivityOut)
+    def get(self, instance_id: int) -> Any:
+        """Where the case stands on its diagram: each element it touched (completed, how often;
+        active, with the open step's SLA state; waiting; failed; cancelled) and the flows taken."""
+        actor = current_actor()
+        ctx = bpm()
+        with ctx.db.transaction() as session:
+            found = activity.of(session, ctx.runtime, instance_id=instance_id, actor=actor)
+            version = session.get(ProcessVersion, found.instance.process_version_id)
+            assert version is not None  # a case's version is never deleted (foreign key)
+            return {"instance_id": found.instance.id, "process_key": found.instance.process_key,
+                    "version": version.version, "elements": found.elements, "flows": found.flows}
+
+
+@blp.route("/instances/<int:instance_id>/comments")
+class Comments(MethodView):
+    @blp.response(200, CommentOut(many=True))
+    def get(self, instance_id: int) -> Any:
+        """The case's comments, oldest first (identifiers in them masked)."""
+        actor = current_actor()
+        ctx = bpm()
+        with ctx.db.transaction() as session:
+            return worklist.comments(session, instance_id=instance_id, actor=actor)
+
+    @blp.arguments(CommentIn)
+    @blp.response(201, CommentOut)
+    def post(self, body: dict[str, Any], instance_id: int) -> Any:
+        """Comment on a case the caller may read (audited on the case as ``comment.added``)."""
+        actor = current_actor()
+        ctx = bpm()
+        with ctx.db.transaction() as session:
+            comment = worklist.add_comment(session, instance_id=instance_id, actor=actor, body=body["body"],
+                                           now=ctx.runtime.now())
+            return next(c for c in worklist.comments(session, instance_id=instance_id, actor=actor)
+                        if c.id == comment.id)

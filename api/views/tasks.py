@@ -8,10 +8,13 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy.orm import Session
 
+from api import bulk
 from api.auth import current_actor
 from api.context import bpm
 from api.schemas import (
     AssignIn,
+    BulkClaimIn,
+    BulkClaimOut,
     CompleteIn,
     PauseIn,
     TaskCompletedOut,
@@ -34,23 +37,41 @@ class Inbox(MethodView):
     @blp.arguments(TaskQuery, location="query")
     @blp.response(200, TaskPageOut)
     def get(self, query: dict[str, Any]) -> Any:
-        """Tasks the caller may see, sorted by due time (no due date last).
+        """Tasks the caller may see, nearest deadline first (no due date last) unless
+        ``sort`` says otherwise. Every filter narrows what the caller may see anyway.
 
-        ``assignee=me``: my tasks; ``candidate=me``: unclaimed tasks of my groups;
-        ``overdue=true``; ``due_within_hours=N``: due soon."""
+        ``assignee=me``: my tasks (or a username: that person's); ``candidate=me``: unclaimed
+        tasks of my groups; ``overdue=true``; ``at_risk=true``; ``due_within_hours=N``: due
+        soon; ``process``, ``element``, ``business_key``, ``client_id``, ``group``, ``branch``."""
         ctx = bpm()
         actor = current_actor()
+        assignee = query["assignee"]
         q = tasks.InboxQuery(
-            assignee_me=query["assignee"] == "me", candidate_me=query["candidate"] == "me",
-            status=tuple(query["status"]), overdue=query["overdue"],
+            assignee_me=assignee == "me", assignee=assignee if assignee not in (None, "me") else None,
+            candidate_me=query["candidate"] == "me",
+            status=tuple(query["status"]), overdue=query["overdue"], at_risk=query["at_risk"],
             due_within=(timedelta(hours=query["due_within_hours"])
                         if query["due_within_hours"] is not None else None),
-            process_key=query["process"], business_key=query["business_key"],
+            process_key=query["process"], element_id=query["element"], business_key=query["business_key"],
+            client_id=query["client_id"], group=query["group"], branch=query["branch"], sort=query["sort"],
             limit=query["limit"], offset=query["offset"],
         )
         with ctx.db.transaction() as session:
             items, total = tasks.inbox(session, actor=actor, query=q, now=ctx.runtime.now())
             return {"items": items, "total": total, "limit": q.limit, "offset": q.offset}
+
+
+@blp.route("/claim")
+class BulkClaim(MethodView):
+    @blp.arguments(BulkClaimIn)
+    @blp.response(200, BulkClaimOut)
+    def post(self, body: dict[str, Any]) -> Any:
+        """Claim several tasks: each in a transaction of its own, so a task taken meanwhile or not
+        the caller's to claim is reported and the others are claimed. A task named twice is
+        claimed once."""
+        outcomes = bulk.claim_each(bpm(), current_actor(), body["task_ids"])
+        claimed = sum(1 for outcome in outcomes if outcome.done)
+        return {"claimed": claimed, "refused": len(outcomes) - claimed, "results": outcomes}
 
 
 @blp.route("/<int:task_id>")

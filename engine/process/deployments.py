@@ -136,6 +136,14 @@ def get_latest(session: Session, process_key: str) -> ProcessVersion:
     return version
 
 
+def get_version(session: Session, process_key: str, version: int) -> ProcessVersion:
+    found = session.execute(select(ProcessVersion).where(
+        ProcessVersion.process_key == process_key, ProcessVersion.version == version)).scalar_one_or_none()
+    if found is None:
+        raise ProcessNotFound(f"process {process_key!r} has no version {version}")
+    return found
+
+
 def get_all(session: Session, *, process_key: str | None = None) -> list[ProcessVersion]:
     query = select(ProcessVersion).order_by(ProcessVersion.process_key, ProcessVersion.version.desc())
     if process_key:

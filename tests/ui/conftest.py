@@ -2,7 +2,7 @@
 database), driven by Playwright in Debian's chromium (never a downloaded browser).
 
 Every test starts from the demo with its open cases, loaded at a fixed Wednesday morning
-(:data:`MORNING`) so what is due today, at risk or overdue does not depend on when the suite
+(``MORNING`` in tests/conftest.py) so what is due today, at risk or overdue does not depend on when the suite
 runs; the server's clock runs on from that moment while the test does.
 """
 
@@ -11,21 +11,14 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import time_machine
 from werkzeug.serving import make_server
-
-from engine.brokerage import demo_cases
-from engine.calendars import SHANGHAI
-from tests.conftest import load_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "var" / "screenshots"
-MORNING = datetime(2026, 11, 25, 10, 30, tzinfo=SHANGHAI)  # a working Wednesday, mid-morning
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -42,26 +35,6 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
 def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
     return {**browser_context_args, "locale": "zh-CN", "timezone_id": "Asia/Shanghai",
             "viewport": {"width": 1280, "height": 800}}
-
-
-@pytest.fixture
-def morning() -> Iterator[Any]:
-    with time_machine.travel(MORNING, tick=True) as traveller:
-        yield traveller
-
-
-@pytest.fixture
-def demo_cases_loaded(db: Any, rt: Any, snapshot: Any, morning: Any) -> dict[str, str]:
-    """The demo and its nine open cases as `bpm demo load` leaves them on :data:`MORNING`;
-    returns each case's business key by the key it has in the demo's script."""
-    def build() -> dict[str, str]:
-        load_demo(db, rt, snapshot, at=MORNING)
-        with time_machine.travel(MORNING, tick=False), db.transaction() as s:
-            results = demo_cases.load_cases(s, rt, now=rt.now())
-        assert all(r.error is None for r in results), [r.error for r in results]
-        return {r.spec.brief_key: r.key for r in results}
-
-    return snapshot(f"demo cases for the pages at {MORNING.isoformat()}", build)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
