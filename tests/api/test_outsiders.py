@@ -130,6 +130,12 @@ ENDPOINTS: dict[str, tuple[Request, dict[str, tuple[int, str]]]] = {
                             {"nb_head": NOT_CASE, "subject": NOT_CASE, "agent": NOT_CASE, "departed": GONE}),
     "GET /instances/{id}/history": (_call("GET", "/instances/{instance}/history"),
                                     {"nb_head": NOT_CASE, "subject": NOT_CASE, "agent": NOT_CASE, "departed": GONE}),
+    "GET /instances/{id}/activity": (_call("GET", "/instances/{instance}/activity"),
+                                     {"nb_head": NOT_CASE, "subject": NOT_CASE, "agent": NOT_CASE, "departed": GONE}),
+    "GET /instances/{id}/comments": (_call("GET", "/instances/{instance}/comments"),
+                                     {"nb_head": NOT_CASE, "subject": NOT_CASE, "agent": NOT_CASE, "departed": GONE}),
+    "POST /instances/{id}/comments": (_call("POST", "/instances/{instance}/comments", lambda _: {"body": "看看"}),
+                                      {"nb_head": NOT_CASE, "subject": NOT_CASE, "agent": NOT_CASE, "departed": GONE}),
     "POST /instances/{id}/cancel": (_call("POST", "/instances/{instance}/cancel", lambda _: {"reason": "重复"}),
                                     {"nb_head": NOT_CASE, "subject": NOT_CASE, "agent": FORBIDDEN, "departed": GONE}),
     "POST /instances/{id}/retry": (_call("POST", "/instances/{instance}/retry"),
@@ -202,6 +208,17 @@ def test_each_endpoint_refuses_each_outsider_with_the_exact_answer(client, db, s
     before = _state(db, scene["instance"])
     status, code = expected[persona]
     assert_problem(request(client, scene, _headers(scene, persona)), status, code)
+    assert _state(db, scene["instance"]) == before
+
+
+@pytest.mark.parametrize("persona", ["nb_head", "subject", "agent"])
+def test_a_bulk_claim_reports_the_case_step_as_not_found_to_each_outsider(client, db, scene, persona):
+    before = _state(db, scene["instance"])
+    answer = client.post(f"{API}/tasks/claim", json={"task_ids": [scene["investigate"]]},
+                         headers=_headers(scene, persona))
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    (result,) = answer.json["results"]
+    assert (result["claimed"], result["status"], result["code"]) == (False, 404, "task_not_found")
     assert _state(db, scene["instance"]) == before
 
 
