@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -272,3 +273,69 @@ def draft_values(schema: dict[str, Any], data: dict[str, Any] | None) -> dict[st
             value = "\n".join(str(v) for v in value)
         shown[item.name] = value
     return shown
+
+
+# -- a case's data, as people read it ---------------------------------------------------------
+# The names the engine writes into every case (no form declares them), bilingual like form titles.
+ENGINE_FIELDS = {
+    "client_id": "客户号 Client id", "branch_code": "营业部 Branch", "service_group": "服务小组 Service group",
+    "client_class": "客户分类 Client class", "vip_tier": "贵宾等级 VIP tier", "risk_level": "风险等级 Risk level",
+    "origin_business_key": "来源案件 Originating case", "origin_process": "来源流程 Originating process",
+}
+_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
+
+
+@dataclass
+class DataRow:
+    name: str  # the variable's id, for the English reader and for support
+    title: str
+    shown: str
+    structured: bool = False  # an object or a list of objects: shown as JSON
+    titled: bool = True  # a form or the engine names it; the rest are the process's own working values
+
+
+def readable_data(data: dict[str, Any], forms: dict[str, Any]) -> list[DataRow]:
+    """A case's variables with the titles the process's forms give them, options by their
+    titles, yes/no for booleans and moments in Beijing time; empty values left out."""
+    specs: dict[str, dict[str, Any]] = {}
+    for schema in (forms or {}).values():
+        for name, spec in (schema or {}).get("properties", {}).items():
+            specs.setdefault(name, spec)
+    rows = []
+    for name, value in data.items():
+        if value in (None, "", [], {}):
+            continue
+        spec = specs.get(name, {})
+        titled = name in specs or name in ENGINE_FIELDS
+        title = label(spec.get("title") or ENGINE_FIELDS.get(name) or name)
+        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
+            rows.append(DataRow(name, title, json.dumps(value, ensure_ascii=False), structured=True, titled=titled))
+        elif name in TIER_FIELDS and value in ("silver", "gold", "diamond"):
+            rows.append(DataRow(name, title, tier_name(value), titled=titled))
+        else:
+            rows.append(DataRow(name, title, _shown(value, spec), titled=titled))
+    return sorted(rows, key=lambda row: (not row.titled, row.title))
+
+
+TIER_FIELDS = frozenset({"vip_tier", "previous_tier", "target_tier", "tier_by_assets"})
+
+
+def tier_name(tier: str) -> str:
+    return {"silver": gettext("Silver"), "gold": gettext("Gold"), "diamond": gettext("Diamond")}[tier]
+
+
+def _shown(value: Any, spec: dict[str, Any]) -> str:
+    if isinstance(value, bool):
+        return gettext("Yes") if value else gettext("No")
+    if isinstance(value, list):
+        item_spec = spec.get("items", {})
+        return "、".join(_shown(v, item_spec) for v in value)
+    titles = {option.value: option.title for option in _options(spec)}
+    if value in titles and titles[value] != str(value):
+        return titles[value]
+    if isinstance(value, str) and (spec.get("format") == "date-time" or _MOMENT.match(value)):
+        with contextlib.suppress(ValueError):
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is not None:
+                return moment.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+    return str(value)

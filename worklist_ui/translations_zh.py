@@ -54,6 +54,7 @@ ZH = {
     "Say what the client is to do": "请说明等待客户做什么",
     "Done": "已完成",
     "Case data": "案件数据",
+    "The process's working values (%(num)d)": "流程运行参数（%(num)d 项）",
     "Not shown to you:": "对您隐藏：",
     "Comments": "备注",
     "No comments yet.": "暂无备注。",

@@ -35,7 +35,7 @@ from engine.access import client_access, field_policy
 from engine.access.client_access import REVEAL_REASONS, REVEAL_ROLES
 from engine.access.masking import mask_text
 from engine.access.roles import SUPERVISOR
-from engine.models import ACTIVE_TASK_STATES
+from engine.models import ACTIVE_TASK_STATES, ProcessVersion
 from engine.process import activity, instances, tasks, worklist
 from engine.sla import clock as sla_clock
 from worklist_ui import forms, i18n
@@ -295,6 +295,14 @@ def _row(task_id: int, reason: str | None) -> Any:
 
 
 # -- task page -------------------------------------------------------------------------------
+def _data_rows(db: Any, instance: Any, case: field_policy.ScreenedCase) -> list[forms.DataRow]:
+    """What the case-data card lists: the variables the reader may see (the facts, for a
+    case whose variables are not loaded), titled by the forms of the case's version."""
+    version = db.get(ProcessVersion, instance.process_version_id)
+    return forms.readable_data(case.data if case.data is not None else (case.facts or {}),
+                               version.forms if version is not None else {})
+
+
 def _task_context(task_id: int, *, values: dict[str, Any] | None = None,
                   field_errors: dict[str, str] | None = None) -> dict[str, Any]:
     ctx = bpm()
@@ -307,6 +315,7 @@ def _task_context(task_id: int, *, values: dict[str, Any] | None = None,
         draft = worklist.draft(db, task_id=task_id, actor=person) if values is None else None
         data = instances.data_of(db, ctx.runtime, instance)
         case = field_policy.screen_case(db, ctx.field_policy, actor=person, instance=instance, data=data)
+        data_rows = _data_rows(db, instance, case)
         events = field_policy.screen_history(db, ctx.field_policy, actor=person, instance=instance, data=data,
                                              events=instances.history(db, instance.id, actor=person))
         comments = worklist.comments(db, instance_id=instance.id, actor=person)
@@ -322,7 +331,8 @@ def _task_context(task_id: int, *, values: dict[str, Any] | None = None,
     fields = forms.fields_of(schema) if schema else []
     shown = forms.draft_values(schema, values if values is not None else draft) if schema else {}
     reveal_fields = [f for f, roles in REVEAL_ROLES.items() if roles and person.groups & roles]
-    return {"task": task, "row": row, "instance": instance, "case": case, "events": events, "comments": comments,
+    return {"task": task, "row": row, "instance": instance, "case": case, "data_rows": data_rows, "events": events,
+            "comments": comments,
             "client": client, "names": names, "schema": schema, "fields": fields, "values": shown,
             "errors": field_errors or {},
             "sla_state": state, "seconds": seconds, "now": now, "person": person, "has_draft": draft is not None,
@@ -468,13 +478,14 @@ def case(business_key: str) -> Any:
         open_rows = worklist.rows_of(db, worklist.open_steps(db, instance=instance, actor=person), now=now)
         related = worklist.related_cases(db, instance=instance, data=data, actor=person)
         done = worklist.steps_done(db, instance=instance, events=events)
+        data_rows = _data_rows(db, instance, screened)
     states = [{"element_id": e.element_id, "markers": e.markers, "count": e.count,
                "badge": (i18n.sla_phrase(e.sla_state, None if e.due_at is None else (e.due_at - now).total_seconds())
                          if e.sla_state not in (None, "none") else None),
                "badge_state": e.sla_state} for e in where.elements]
     names = {e.element_id: e.name for e in where.elements}
     return render_template("case.html", instance=instance, activity=where, case=screened, events=events,
-                           names=names, done=done,
+                           names=names, done=done, data_rows=data_rows,
                            comments=comments, open_rows=open_rows, related=related, now=now,
                            states_json=json.dumps(states, ensure_ascii=False))
 

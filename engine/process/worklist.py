@@ -58,7 +58,7 @@ class TaskRow:
     vip_tier: str | None
     sla_state: str
     seconds_to_breach: float | None
-    # Who it waits for: the assignee, or its candidate groups by their display names.
+    # Who it waits for: the assignee by name, or its candidate groups by their display names.
     waiting_for: str = ""
 
 
@@ -69,6 +69,12 @@ def mask_name(name: str | None) -> str | None:
     if len(name) <= 2:
         return name[0] + "*"
     return name[0] + "*" * (len(name) - 2) + name[-1]
+
+
+def _person(username: str, names: dict[str, str | None]) -> str:
+    """高晨 (s003): the name people know, and the username that tells two 高晨 apart."""
+    name = names.get(username)
+    return f"{name} ({username})" if name else username
 
 
 def rows_of(session: Session, found: list[Task], *, now: datetime) -> list[TaskRow]:
@@ -86,6 +92,9 @@ def rows_of(session: Session, found: list[Task], *, now: datetime) -> list[TaskR
     group_keys = sorted({g for t in found if not t.assignee for g in (t.candidate_groups or [])})
     group_names = dict(session.execute(select(Group.key, Group.name).where(Group.key.in_(group_keys))).all()) \
         if group_keys else {}
+    assignees = sorted({t.assignee for t in found if t.assignee})
+    people = dict(session.execute(select(User.username, User.display_name).where(User.username.in_(assignees))).all()) \
+        if assignees else {}
     rows = []
     for task in found:
         client = clients.get(task.client_id or "")
@@ -95,8 +104,8 @@ def rows_of(session: Session, found: list[Task], *, now: datetime) -> list[TaskR
                             client_class=client.classification if client else None,
                             vip_tier=client.vip_tier if client else None,
                             sla_state=state, seconds_to_breach=seconds,
-                            waiting_for=task.assignee or "、".join(group_names.get(g, g)
-                                                                   for g in task.candidate_groups or [])))
+                            waiting_for=(_person(task.assignee, people) if task.assignee else
+                                         "、".join(group_names.get(g, g) for g in task.candidate_groups or []))))
     return rows
 
 

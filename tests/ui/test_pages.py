@@ -132,3 +132,44 @@ def test_a_phone_number_written_in_a_comment_is_shown_masked(client, db, rt, peo
     page = client.get(f"/tasks/{task_id}").get_data(as_text=True)
     assert "13761547720" not in page
     assert "137****7720" in page
+
+
+def _card(html: str, title_id: str) -> str:
+    found = re.search(rf'<section class="card" aria-labelledby="{title_id}">(.*?)</section>', html, re.S)
+    assert found, title_id
+    return found.group(1)
+
+
+def _pairs(card: str) -> dict[str, str]:
+    return {re.sub(r"<[^>]+>", "", dt).strip(): re.sub(r"<[^>]+>", "", dd).strip()
+            for dt, dd in re.findall(r"<dt[^>]*>(.*?)</dt><dd>(.*?)</dd>", card, re.S)}
+
+
+def test_the_case_data_reads_as_its_forms_name_it(client, demo_cases_loaded):
+    sign_in(client, "s002", "demo")
+    html = client.get(f"/cases/{demo_cases_loaded['CMP-20250612-0001']}").get_data(as_text=True)
+    card = _card(html, "data-title")
+    titled, working = card.split("<details", 1)
+    shown = _pairs(titled)
+    assert shown["收到时间"] == "2026-11-23 10:00"  # stored in UTC, shown in Beijing time
+    assert shown["投诉渠道"] == "柜台"  # an option by its title, not its value (counter)
+    assert shown["贵宾等级"] == "钻石卡" and shown["客户号"] == "C02"
+    assert "received_at" not in shown and "channel" not in shown
+    assert _pairs(working)["is_regulator_transfer"] == "否"  # a boolean in words
+    assert "对您隐藏： 投诉内容" in card  # the withheld group by its name
+    steps = _card(html, "open-title")
+    assert "彭涛 (s103)" in steps
+
+
+def test_an_open_step_waits_for_its_groups_by_their_names(client, demo_cases_loaded, db):
+    from engine.models import Group
+
+    sign_in(client, "s002", "demo")
+    key = demo_cases_loaded["RET-20250616-0002"]
+    steps = _card(client.get(f"/cases/{key}").get_data(as_text=True), "open-title")
+    with db.transaction() as s:
+        open_groups = {g for t in s.execute(select(Task).where(Task.business_key == key, Task.assignee.is_(None)))
+                       .scalars() for g in t.candidate_groups}
+        names = dict(s.execute(select(Group.key, Group.name).where(Group.key.in_(open_groups))).all())
+    assert open_groups and all(names[g] in steps for g in open_groups)
+    assert not any(f"· {g}" in steps for g in open_groups if names[g] != g)
