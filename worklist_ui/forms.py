@@ -24,7 +24,7 @@ from flask_babel import gettext
 from jsonschema import Draft202012Validator
 
 from engine.calendars import SHANGHAI
-from worklist_ui.i18n import label
+from worklist_ui.i18n import label, tier_name
 
 LONG_TEXT = 200  # a string allowed more characters than this gets a text area
 
@@ -310,7 +310,7 @@ def readable_data(data: dict[str, Any], forms: dict[str, Any]) -> list[DataRow]:
         title = label(spec.get("title") or ENGINE_FIELDS.get(name) or name)
         if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
             rows.append(DataRow(name, title, json.dumps(value, ensure_ascii=False), structured=True, titled=titled))
-        elif name in TIER_FIELDS and value in ("silver", "gold", "diamond"):
+        elif name in TIER_FIELDS and isinstance(value, str):
             rows.append(DataRow(name, title, tier_name(value), titled=titled))
         else:
             rows.append(DataRow(name, title, _shown(value, spec), titled=titled))
@@ -318,10 +318,6 @@ def readable_data(data: dict[str, Any], forms: dict[str, Any]) -> list[DataRow]:
 
 
 TIER_FIELDS = frozenset({"vip_tier", "previous_tier", "target_tier", "tier_by_assets"})
-
-
-def tier_name(tier: str) -> str:
-    return {"silver": gettext("Silver"), "gold": gettext("Gold"), "diamond": gettext("Diamond")}[tier]
 
 
 def _shown(value: Any, spec: dict[str, Any]) -> str:

@@ -107,8 +107,14 @@ def sla_phrase(state: str, seconds: float | None) -> str:
     return gettext("%(time)s left", time=duration(seconds))
 
 
+def tier_name(tier: str) -> str:
+    """银卡, 金卡, 钻石卡 (a tier the product does not know is shown as it is)."""
+    names = {"silver": gettext("Silver"), "gold": gettext("Gold"), "diamond": gettext("Diamond")}
+    return names.get(tier, tier)
+
+
 def install(app: Flask) -> None:
-    app.jinja_env.filters.update(label=label, beijing=beijing, duration=duration)
+    app.jinja_env.filters.update(label=label, beijing=beijing, duration=duration, tier=tier_name)
     app.jinja_env.globals.update(sla_phrase=sla_phrase, SLA_TEXT=SLA_TEXT, SLA_ICON=SLA_ICON,
                                  select_locale=select_locale, LOCALES=LOCALES)
 

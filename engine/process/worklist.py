@@ -8,6 +8,7 @@ task they may see; saved views and the language are the person's own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,7 +72,7 @@ def mask_name(name: str | None) -> str | None:
     return name[0] + "*" * (len(name) - 2) + name[-1]
 
 
-def _person(username: str, names: dict[str, str | None]) -> str:
+def _person(username: str, names: Mapping[str, str | None]) -> str:
     """高晨 (s003): the name people know, and the username that tells two 高晨 apart."""
     name = names.get(username)
     return f"{name} ({username})" if name else username

@@ -173,3 +173,22 @@ def test_an_open_step_waits_for_its_groups_by_their_names(client, demo_cases_loa
         names = dict(s.execute(select(Group.key, Group.name).where(Group.key.in_(open_groups))).all())
     assert open_groups and all(names[g] in steps for g in open_groups)
     assert not any(f"· {g}" in steps for g in open_groups if names[g] != g)
+
+
+def test_a_task_page_names_its_holder_and_the_clients_tier(client, demo_cases_loaded, db, rt):
+    key = demo_cases_loaded["CB-20250612-0044"]
+    with db.transaction() as s:
+        task_id = s.execute(select(Task.id).where(Task.business_key == key, Task.status == "open")).scalar_one()
+        tasks.claim(s, rt, task_id=task_id, actor=_actor(s, "s003"))
+    sign_in(client, "s003", "demo")
+    html = client.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert "高晨 (s003)" in html
+    client_card = _pairs(_card(html, "client-title"))
+    assert client_card["分类与等级"].split("·")[-1].strip() == "金卡"
+
+
+def _actor(session, username):
+    from engine.access import identity
+    from engine.models import User
+
+    return identity.actor_for(session, session.execute(select(User).where(User.username == username)).scalar_one())
