@@ -107,6 +107,14 @@ def sla_phrase(state: str, seconds: float | None) -> str:
     return gettext("%(time)s left", time=duration(seconds))
 
 
+def reveal_reason_names() -> dict[str, str]:
+    """Why a full identifier is looked at, as the reveal form offers it."""
+    return {"identity_verification": gettext("Identity verification"), "account_closure": gettext("Account closure"),
+            "account_transfer": gettext("Account transfer"), "compliance_review": gettext("Compliance review"),
+            "complaint_investigation": gettext("Complaint investigation"),
+            "regulator_request": gettext("Regulator's request")}
+
+
 def tier_name(tier: str) -> str:
     """银卡, 金卡, 钻石卡 (a tier the product does not know is shown as it is)."""
     names = {"silver": gettext("Silver"), "gold": gettext("Gold"), "diamond": gettext("Diamond")}
@@ -120,4 +128,5 @@ def install(app: Flask) -> None:
 
     @app.context_processor
     def _language() -> dict[str, Any]:
-        return {"lang": "zh-CN" if is_chinese() else "en", "chinese": is_chinese()}
+        return {"lang": "zh-CN" if is_chinese() else "en", "chinese": is_chinese(),
+                "REVEAL_REASON_NAMES": reveal_reason_names()}

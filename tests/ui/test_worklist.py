@@ -278,7 +278,7 @@ def test_a_counter_clerk_reveals_an_id_number_for_a_reason_and_it_is_recorded(pa
     page.locator(f"[data-task-row]:has(a:text-is('{demo_cases_loaded['RET-20250616-0002']}')) td a").first.click()
     expect(page.locator("#client-title")).to_be_visible()
     page.click("text=查看完整")
-    page.select_option("select[name=reason]", "identity_verification")
+    page.select_option("select[name=reason]", label="身份核验")  # the reason in words, sent as its id
     page.click("text=查看（留痕）")
     expect(page.locator("#reveal-result .revealed")).to_be_visible()
     shown = page.locator("#reveal-result .revealed span").first.inner_text()
