@@ -38,7 +38,7 @@ from engine.access.roles import SUPERVISOR
 from engine.models import ACTIVE_TASK_STATES, ProcessVersion
 from engine.process import activity, instances, tasks, worklist
 from engine.sla import clock as sla_clock
-from worklist_ui import forms, i18n
+from worklist_ui import board, forms, i18n
 from worklist_ui.session import actor, sign_in, sign_out
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
@@ -62,10 +62,11 @@ def _csrf() -> None:
 @blp.app_context_processor
 def _header() -> dict[str, Any]:
     if not current_user or not current_user.is_authenticated:
-        return {"unread": 0}
+        return {"unread": 0, "supervisor": False}
     ctx = bpm()
+    person = actor()
     with ctx.db.transaction() as db:
-        return {"unread": worklist.unread_count(db, actor=actor())}
+        return {"unread": worklist.unread_count(db, actor=person), "supervisor": person.has_role(SUPERVISOR)}
 
 
 @blp.errorhandler(errors.BpmError)
@@ -142,7 +143,7 @@ def language() -> Any:
 
 # -- inbox -----------------------------------------------------------------------------------
 def _filters() -> dict[str, str]:
-    keep = ("tab", "process", "step", "due", "q", "client", "group", "branch", "within", "sort")
+    keep = ("tab", "process", "step", "due", "q", "client", "group", "branch", "assignee", "within", "sort")
     return {k: v for k in keep if (v := (request.args.get(k) or "").strip())}
 
 
@@ -160,7 +161,7 @@ def _query(filters: dict[str, str], tab: str, offset: int, limit: int) -> tasks.
         due_within=timedelta(hours=hours) if hours else (timedelta(hours=24) if due == "today" else None),
         process_key=filters.get("process"), business_key=key, element_id=filters.get("step"),
         client_id=filters.get("client"), group=filters.get("group"), branch=filters.get("branch"),
-        sort=filters.get("sort", "due"), limit=limit, offset=offset,
+        assignee=filters.get("assignee"), sort=filters.get("sort", "due"), limit=limit, offset=offset,
     )
 
 
@@ -522,3 +523,6 @@ def mark_read() -> Any:
             worklist.mark_read(db, actor=actor(), now=ctx.runtime.now(), ids=None if everything else ids)
     return redirect(url_for("pages.notifications"))
 
+
+# The supervisors' board lives in a module of its own, on this blueprint.
+board.install(blp)

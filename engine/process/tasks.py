@@ -81,7 +81,7 @@ def can_see(task: Task, actor: Actor) -> bool:
             or (task.status in ACTIVE_TASK_STATES and _is_candidate(task, actor)))
 
 
-def _supervised_branch(actor: Actor) -> str | None:
+def supervised_branch(actor: Actor) -> str | None:
     """A supervisor who belongs to a branch supervises that branch (branch management sees
     its branch, docs/domain.md#case-visibility); one at headquarters, and administrators,
     everything."""
@@ -89,7 +89,7 @@ def _supervised_branch(actor: Actor) -> str | None:
 
 
 def _in_supervised_branch(task: Task, actor: Actor) -> bool:
-    branch = _supervised_branch(actor)
+    branch = supervised_branch(actor)
     return branch is None or task.branch_code in (None, branch)
 
 
@@ -488,7 +488,7 @@ def _statements_and_params(actor: Actor, query: InboxQuery,
         "status": list(query.status), "me": actor.username, "groups": sorted(actor.groups),
         "now": now, "until": now + query.due_within if query.due_within is not None else now,
         "group": query.group, "principals": principals(actor), "limit": query.limit, "offset": query.offset,
-        "supervised_branch": _supervised_branch(actor),
+        "supervised_branch": supervised_branch(actor),
         **{name: getattr(query, name) for name, _ in _FILTERS},
     }
     return _inbox_statements(shape, query.sort), params

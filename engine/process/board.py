@@ -1,0 +1,154 @@
+"""The supervisors' board: open work counted by where its clock stands, for the reader's
+scope, by branch, service group, person, process or step.
+
+A supervisor sees what the inbox shows them: their branch's tasks and tasks tied to no branch
+(at headquarters, and administrators, the firm), never a task that recuses them. The counts
+are made in the database over the open tasks only, with the same rules as the task's own
+SLA state (:func:`engine.sla.clock.state`): paused first, then breached, at risk, on track.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import String, and_, case, exists, func, literal, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from engine.access.identity import Actor
+from engine.access.roles import SUPERVISOR
+from engine.errors import InvalidInput, PermissionDenied
+from engine.models import ACTIVE_TASK_STATES, Group, ProcessVersion, Task, TaskCandidate, TaskExclusion, User
+from engine.process import tasks
+
+DIMENSIONS = ("branch", "group", "person", "process", "step")
+
+
+@dataclass
+class BoardRow:
+    key: str  # the branch code, group key, username, process key or "process/element" (empty: none)
+    name: str  # what people call it
+    open: int
+    on_track: int
+    at_risk: int
+    breached: int
+    paused: int
+    no_deadline: int
+    oldest_breach: datetime | None  # the due time of the longest-breached task
+    dimension: str = "branch"
+
+    @property
+    def filters(self) -> dict[str, str]:
+        """The inbox filters that list this row's tasks (the drill-down)."""
+        return _FILTER_OF[self.dimension](self.key) if self.key else {}
+
+
+_FILTER_OF: dict[str, Any] = {
+    "branch": lambda key: {"branch": key},
+    "group": lambda key: {"group": key},
+    "person": lambda key: {"assignee": key},
+    "process": lambda key: {"process": key},
+    "step": lambda key: dict(zip(("process", "step"), key.split("/", 1), strict=True)),
+}
+
+
+@dataclass
+class Board:
+    dimension: str
+    rows: list[BoardRow]
+    total: BoardRow
+    as_of: datetime
+
+
+def require_supervisor(actor: Actor) -> None:
+    if not actor.has_role(SUPERVISOR):
+        raise PermissionDenied("the board is for supervisors")
+
+
+def _scoped(actor: Actor) -> list[Any]:
+    """The open tasks a supervisor may see, as WHERE clauses."""
+    principals = tasks.principals(actor)
+    sibling = aliased(Task)
+    where: list[Any] = [
+        Task.status.in_(ACTIVE_TASK_STATES),
+        ~exists().where(TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals)),
+        ~exists().where(sibling.instance_id == Task.instance_id, TaskExclusion.task_id == sibling.id,
+                        TaskExclusion.case_wide.is_(True), TaskExclusion.principal.in_(principals)),
+    ]
+    branch = tasks.supervised_branch(actor)
+    if branch is not None:
+        where.append(or_(Task.branch_code.is_(None), Task.branch_code == branch))
+    return where
+
+
+def board(session: Session, *, actor: Actor, by: str, now: datetime, process_key: str | None = None) -> Board:
+    """Open, on track, at risk, breached, paused and undated tasks per ``by`` (branch, group,
+    person, process or step), busiest breach first, with the total over the reader's scope."""
+    require_supervisor(actor)
+    if by not in DIMENSIONS:
+        raise InvalidInput(f"by must be one of {', '.join(DIMENSIONS)}", field="by")
+    paused = Task.sla_paused_at.is_not(None)
+    undated = and_(~paused, Task.due_at.is_(None))
+    breached = and_(~paused, Task.due_at.is_not(None), or_(Task.breached_at.is_not(None), Task.due_at < now))
+    at_risk = and_(~paused, Task.due_at >= now, Task.breached_at.is_(None), Task.at_risk_at <= now)
+
+    def counted(condition: Any) -> Any:
+        return func.sum(case((condition, 1), else_=0))
+
+    key: Any = {
+        "branch": func.coalesce(Task.branch_code, ""),
+        "group": func.coalesce(TaskCandidate.group_key, ""),
+        "person": func.coalesce(Task.assignee, ""),
+        "process": Task.process_key,
+        "step": Task.process_key + literal("/", String) + Task.element_id,
+    }[by]
+    columns = [func.count(Task.id.distinct()) if by == "group" else func.count(), counted(breached),
+               counted(at_risk), counted(paused), counted(undated),
+               func.min(case((breached, Task.due_at), else_=None))]
+    where = _scoped(actor)
+    if process_key:
+        where.append(Task.process_key == process_key)
+    stmt = select(key, *columns).where(*where)
+    if by == "group":
+        # A task offered to several groups counts once in each; a claimed task, in none.
+        stmt = stmt.outerjoin(TaskCandidate, and_(TaskCandidate.task_id == Task.id, Task.assignee.is_(None)))
+    found = session.execute(stmt.group_by(key)).all()
+    names = _names(session, by, [row[0] for row in found])
+    rows = [_row(by, row[0], names.get(row[0]) or row[0] or "", row[1:]) for row in found]
+    rows.sort(key=lambda r: (-r.breached, -r.at_risk, -r.open, r.name))
+    totals = session.execute(select(func.count(), counted(breached), counted(at_risk), counted(paused),
+                                    counted(undated), func.min(case((breached, Task.due_at), else_=None)))
+                             .where(*where)).one()
+    return Board(by, rows, _row(by, "", "", totals), now)
+
+
+def _row(by: str, key: str, name: str, values: Any) -> BoardRow:
+    opened, breached, at_risk, paused, undated, oldest = values
+    opened, breached, at_risk, paused, undated = (int(v or 0) for v in (opened, breached, at_risk, paused, undated))
+    return BoardRow(key=key, name=name, open=opened, on_track=opened - breached - at_risk - paused - undated,
+                    at_risk=at_risk, breached=breached, paused=paused, no_deadline=undated,
+                    oldest_breach=oldest, dimension=by)
+
+
+def _names(session: Session, by: str, keys: list[str]) -> dict[str, str]:
+    wanted = [k for k in keys if k]
+    if not wanted:
+        return {}
+    if by == "group":
+        return {k: n for k, n in session.execute(select(Group.key, Group.name).where(Group.key.in_(wanted))).all()}
+    if by == "person":
+        return {u: f"{n} ({u})" if n else u for u, n in session.execute(
+            select(User.username, User.display_name).where(User.username.in_(wanted))).all()}
+    if by in ("process", "step"):
+        processes = {k: n or k for k, n in session.execute(
+            select(ProcessVersion.process_key, ProcessVersion.name).order_by(ProcessVersion.version)).all()}
+        if by == "process":
+            return {k: processes.get(k, k) for k in wanted}
+        in_processes = sorted({k.split("/", 1)[0] for k in wanted})
+        steps = {f"{p}/{e}": n for p, e, n in session.execute(
+            select(Task.process_key, Task.element_id, func.max(Task.name))
+            .where(Task.process_key.in_(in_processes), Task.status.in_(ACTIVE_TASK_STATES))
+            .group_by(Task.process_key, Task.element_id)).all() if n}
+        return {k: f"{processes.get(k.split('/', 1)[0], k)} · {steps.get(k, k.split('/', 1)[1])}" for k in wanted}
+    return {}

@@ -1,0 +1,129 @@
+"""The supervisors' board through Flask's test client: its numbers against a recount of the
+tasks one by one, the reader's scope, the drill-down links, the exports and their audit
+trail, and who may open it. Over the demo's nine cases at the fixed Wednesday morning."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import Counter
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from openpyxl import load_workbook
+from sqlalchemy import select
+
+from engine.access import identity
+from engine.models import ACTIVE_TASK_STATES, AuditEvent, Task, User
+from engine.process import board as boards
+from engine.process import tasks
+from engine.sla import clock as sla_clock
+from tests.ui.test_pages import sign_in
+
+pytestmark = pytest.mark.sqlite
+
+STATES = ("on_track", "at_risk", "breached", "paused", "none")
+
+
+def _actor(s, username):
+    return identity.actor_for(s, s.execute(select(User).where(User.username == username)).scalar_one())
+
+
+def _recount(db, rt, username, key_of):
+    """Each open task the supervisor may see, one at a time, by its own SLA state."""
+    with db.transaction() as s:
+        person = _actor(s, username)
+        counts: dict[str, Counter[str]] = {}
+        for task in s.execute(select(Task).where(Task.status.in_(ACTIVE_TASK_STATES))).scalars():
+            if not tasks.can_see(task, person):
+                continue
+            state = sla_clock.state(task, rt.now())[0]
+            for key in key_of(task):
+                counts.setdefault(key, Counter())[state] += 1
+                counts[key]["open"] += 1
+        return counts
+
+
+def _board_counts(db, rt, username, by):
+    with db.transaction() as s:
+        found = boards.board(s, actor=_actor(s, username), by=by, now=rt.now())
+    return {row.key: Counter({"open": row.open, "on_track": row.on_track, "at_risk": row.at_risk,
+                              "breached": row.breached, "paused": row.paused, "none": row.no_deadline})
+            for row in found.rows}, found.total
+
+
+@pytest.mark.parametrize("username", ["s002", "s101", "s301"])
+@pytest.mark.parametrize(("by", "key_of"), [
+    ("branch", lambda t: [t.branch_code or ""]),
+    ("person", lambda t: [t.assignee or ""]),
+    ("process", lambda t: [t.process_key]),
+    ("step", lambda t: [f"{t.process_key}/{t.element_id}"]),
+    ("group", lambda t: ([] if t.assignee else t.candidate_groups) or ([""] if t.assignee else [])),
+])
+def test_the_boards_numbers_equal_a_recount_task_by_task(db, rt, demo_cases_loaded, username, by, key_of):
+    expected = _recount(db, rt, username, key_of)
+    shown, total = _board_counts(db, rt, username, by)
+    assert {k: +v for k, v in shown.items()} == {k: +v for k, v in expected.items()}
+    everything = _recount(db, rt, username, lambda t: ["all"])["all"]
+    assert (total.open, total.breached, total.at_risk) == (everything["open"], everything["breached"],
+                                                          everything["at_risk"])
+
+
+def test_a_branch_head_counts_their_branch_and_headquarters_the_firm(db, rt, demo_cases_loaded):
+    branches, _ = _board_counts(db, rt, "s101", "branch")
+    assert set(branches) <= {"HZ01", ""} and branches["HZ01"]["open"] > 0
+    firm, _ = _board_counts(db, rt, "s002", "branch")
+    assert {"HZ01", "NB01", "SX01"} <= set(firm)
+
+
+def test_the_board_page_links_each_number_to_the_tasks_behind_it(client, demo_cases_loaded):
+    sign_in(client, "s002", "demo")
+    html = client.get("/board?by=branch").get_data(as_text=True)
+    assert "按营业部统计的在办事项" in html
+    row = re.search(r'<tr data-board-row="NB01".*?</tr>', html, re.S).group(0)
+    breached = re.search(r'<a class="sla sla-breached" href="([^"]+)"[^>]*>.*?(\d+)</a>', row, re.S)
+    assert breached, "NB01 has the overdue periodic callback"
+    url, number = breached.group(1).replace("&amp;", "&"), int(breached.group(2))
+    assert dict(parse_qsl(urlsplit(url).query)) == {"tab": "team", "branch": "NB01", "due": "overdue"}
+    listed = client.get(url).get_data(as_text=True)
+    assert len(re.findall(r"data-task-row", listed)) == number
+    assert "CB-20260910-0107" in listed
+
+
+def test_the_board_is_refused_to_staff_who_supervise_nobody(client, demo_cases_loaded):
+    sign_in(client, "s003", "demo")
+    answer = client.get("/board")
+    assert answer.status_code == 403
+    assert "督办看板" not in client.get("/").get_data(as_text=True)  # and not offered in the header
+
+
+def test_an_unknown_dimension_or_format_is_a_clear_400(client, demo_cases_loaded):
+    sign_in(client, "s002", "demo")
+    assert client.get("/board?by=colour").status_code == 400
+    assert client.get("/board?format=pdf").status_code == 400
+
+
+def test_the_board_exports_as_csv_with_a_bom_and_as_xlsx_each_audited(client, db, demo_cases_loaded):
+    sign_in(client, "s002", "demo")
+    shown = client.get("/board?by=process").get_data(as_text=True)
+    answer = client.get("/board?by=process&format=csv")
+    assert answer.status_code == 200 and answer.mimetype == "text/csv"
+    assert answer.data.startswith("\ufeff".encode())
+    assert "attachment" in answer.headers["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(answer.data.decode("utf-8-sig"))))
+    assert rows[0][:3] == ["流程", "编号", "办理中"] and rows[-1][0] == "合计"
+    for name, *_ in rows[1:-1]:
+        assert name in shown
+    assert sum(int(r[2]) for r in rows[1:-1]) == int(rows[-1][2])
+
+    workbook = client.get("/board?by=process&format=xlsx")
+    assert workbook.status_code == 200
+    sheet = load_workbook(io.BytesIO(workbook.data)).active
+    assert [list(r) for r in sheet.iter_rows(values_only=True)][1:] == \
+        [[c if c != "" else None for c in [r[0], r[1], *map(int, r[2:8]), r[8]]] for r in rows[1:]]
+    with db.transaction() as s:
+        exported = s.execute(select(AuditEvent).where(AuditEvent.kind == "board.exported")
+                             .order_by(AuditEvent.id)).scalars().all()
+    assert [(e.actor, e.data["format"], e.data["by"], e.data["rows"]) for e in exported] == \
+        [("s002", "csv", "process", len(rows) - 2), ("s002", "xlsx", "process", len(rows) - 2)]

@@ -1,0 +1,40 @@
+"""The board in Debian's chromium: a branch head finds the breached work of their branch in
+red and follows it to the task, and the page passes axe."""
+
+from __future__ import annotations
+
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Page, expect
+
+from tests.ui.conftest import screenshot, sign_in
+
+OVERDUE_CALLBACK = "CB-20250401-0107"  # NB01's periodic callback, weeks overdue
+
+
+def test_a_branch_head_sees_the_branchs_breach_in_red_and_drills_down_to_it(page: Page, server,
+                                                                            demo_cases_loaded):
+    sign_in(page, server, "s201")  # NB01's head
+    page.click("header >> text=督办看板")
+    row = page.locator("tr[data-board-row='NB01']")
+    breached = row.locator("a.sla-breached")
+    expect(breached).to_be_visible()
+    colour = breached.evaluate("e => getComputedStyle(e).color")
+    red, green, blue = (int(v) for v in colour.removeprefix("rgb(").rstrip(")").split(",")[:3])
+    assert red > 150 and green < 100 and blue < 100, colour
+    expect(page.locator("tr[data-board-row='HZ01']")).to_have_count(0)  # another branch's work is not theirs
+    screenshot(page, "board-branch-head")
+    number = int(breached.inner_text().split()[-1])
+    breached.click()
+    expect(page.locator("[data-task-row]")).to_have_count(number)
+    page.locator(f"[data-task-row] a:text-is('{demo_cases_loaded[OVERDUE_CALLBACK]}')").click()
+    expect(page.locator("h1")).to_have_text("外呼")  # the overdue call itself
+    expect(page.locator(".sla-breached").first).to_be_visible()
+
+
+def test_the_board_has_no_serious_or_critical_accessibility_violation(page: Page, server, demo_cases_loaded):
+    sign_in(page, server, "s002")
+    page.goto(f"{server}/board?by=step")
+    result = Axe().run(page)
+    found = [(v["id"], v["impact"], v["help"]) for v in result.response["violations"]
+             if v["impact"] in ("serious", "critical")]
+    assert found == []
