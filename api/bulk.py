@@ -1,20 +1,23 @@
-"""Commands on several tasks at once, for the API and the pages alike: each task in a
-transaction of its own, so one refusal (taken meanwhile, not the caller's to claim) costs
-only that task, and each task's result is reported."""
+"""Commands on several tasks at once (claim; a supervisor's reminder and reassignment), for
+the API and the pages alike: each task in a transaction of its own, so one refusal (taken
+meanwhile, not the caller's to claim, not a candidate's) costs only that task, and each
+task's result is reported."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from api.context import BpmContext
 from api.errors import RETRYABLE_SQLSTATES, status_for
 from engine import errors
 from engine.access.identity import Actor
 from engine.access.masking import mask_text
-from engine.process import tasks
+from engine.process import supervision, tasks
 
 # One request claims at most this many: a page of the inbox is 50.
 MAX_TASKS = 100
@@ -34,11 +37,29 @@ class Outcome:
 
 def claim_each(ctx: BpmContext, actor: Actor, task_ids: Iterable[int]) -> list[Outcome]:
     """Claim each task (each once, in the order given) in its own transaction."""
+    return each(ctx, task_ids, lambda session, task_id: tasks.claim(session, ctx.runtime, task_id=task_id,
+                                                                     actor=actor))
+
+
+def remind_each(ctx: BpmContext, actor: Actor, task_ids: Iterable[int], reason: str | None) -> list[Outcome]:
+    return each(ctx, task_ids, lambda session, task_id: supervision.remind(
+        session, ctx.runtime, task_id=task_id, actor=actor, reason=reason))
+
+
+def reassign_each(ctx: BpmContext, actor: Actor, task_ids: Iterable[int], username: str,
+                  reason: str | None) -> list[Outcome]:
+    return each(ctx, task_ids, lambda session, task_id: supervision.reassign(
+        session, ctx.runtime, task_id=task_id, username=username, actor=actor, reason=reason))
+
+
+def each(ctx: BpmContext, task_ids: Iterable[int], command: Callable[[Session, int], Any]) -> list[Outcome]:
+    """Run ``command`` on each task (each once, in the order given) in its own transaction;
+    a refusal is that task's result, in the words and status the single command would give."""
     outcomes = []
     for task_id in dict.fromkeys(task_ids):
         try:
             with ctx.db.transaction() as session:
-                tasks.claim(session, ctx.runtime, task_id=task_id, actor=actor)
+                command(session, task_id)
         except errors.BpmError as exc:
             outcomes.append(Outcome(task_id, status_for(exc), exc.code, mask_text(exc.message)))
         except OperationalError as exc:
@@ -46,7 +67,7 @@ def claim_each(ctx: BpmContext, actor: Actor, task_ids: Iterable[int]) -> list[O
                 raise
             outcomes.append(Outcome(task_id, 503, "concurrent_change",
                                     "another change to the task collided with this one; nothing was saved: "
-                                    "claim it again"))
+                                    "send it again"))
         else:
             outcomes.append(Outcome(task_id, 200))
     return outcomes

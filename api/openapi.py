@@ -60,6 +60,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/api/v1/tasks"): (),
     ("get", "/api/v1/tasks/{task_id}"): (404,),
     ("post", "/api/v1/tasks/claim"): (),
+    ("post", "/api/v1/tasks/remind"): (),
+    ("post", "/api/v1/tasks/reassign"): (),
     **{("post", f"/api/v1/tasks/{{task_id}}/{command}"): _WRITE
        for command in ("claim", "unclaim", "assign", "delegate", "complete", "pause", "resume")},
     ("post", "/api/v1/messages"): _WRITE,

@@ -392,6 +392,30 @@ class BulkClaimOut(Schema):
     results = fields.List(fields.Nested(ClaimOutcomeOut))
 
 
+class BulkRemindIn(BulkClaimIn):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500), metadata={
+        "description": "why: sent with the reminder and kept in the audit trail"})
+
+
+class BulkReassignIn(BulkRemindIn):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64), metadata={
+        "description": "a member of each task's candidate groups (anyone else is refused for that task)"})
+
+
+class OutcomeOut(Schema):
+    task_id = fields.Integer()
+    done = fields.Boolean()
+    status = fields.Integer(metadata={"description": "200, or the status the command on this task alone would answer"})
+    code = fields.String(allow_none=True)
+    detail = fields.String(allow_none=True)
+
+
+class BulkOut(Schema):
+    done = fields.Integer()
+    refused = fields.Integer()
+    results = fields.List(fields.Nested(OutcomeOut))
+
+
 class TaskPageOut(Schema):
     items = fields.List(fields.Nested(TaskOut))
     total = fields.Integer()

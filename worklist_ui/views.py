@@ -27,7 +27,7 @@ from flask_babel import gettext
 from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.exceptions import HTTPException
 
-from api.bulk import MAX_TASKS, claim_each
+from api.bulk import MAX_TASKS, claim_each, reassign_each, remind_each
 from api.context import bpm
 from api.errors import status_for
 from engine import errors
@@ -252,6 +252,35 @@ def claim_many() -> Any:
         if not outcome.done:
             reason = f"#{outcome.task_id}: {outcome.detail}"
             flash(gettext("Not claimed: %(reason)s", reason=reason), "warning")
+    return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
+
+
+@blp.post("/tasks/supervise")
+@login_required
+def supervise() -> Any:
+    """A supervisor's reminder or reassignment of the selected tasks, with a reason: each task
+    in its own transaction, each refusal reported."""
+    ids = [int(v) for v in request.form.getlist("task") if v.isdigit()]
+    action, reason = request.form.get("action"), request.form.get("reason")
+    if action not in ("remind", "reassign"):
+        abort(400, gettext("Choose remind or reassign"))
+    if not ids:
+        flash(gettext("Select the tasks first"), "warning")
+        return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
+    if len(set(ids)) > MAX_TASKS:
+        abort(400, gettext("At most %(num)d tasks at once", num=MAX_TASKS))
+    if action == "remind":
+        outcomes = remind_each(bpm(), actor(), ids, reason)
+    else:
+        outcomes = reassign_each(bpm(), actor(), ids, (request.form.get("username") or "").strip(), reason)
+    done = sum(1 for outcome in outcomes if outcome.done)
+    if done:
+        flash(gettext("Reminded %(num)d task(s)", num=done) if action == "remind"
+              else gettext("Reassigned %(num)d task(s)", num=done))
+    for outcome in outcomes:
+        if not outcome.done:
+            reason_text = f"#{outcome.task_id}: {outcome.detail}"
+            flash(gettext("Not done: %(reason)s", reason=reason_text), "warning")
     return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
 
 

@@ -15,6 +15,9 @@ from api.schemas import (
     AssignIn,
     BulkClaimIn,
     BulkClaimOut,
+    BulkOut,
+    BulkReassignIn,
+    BulkRemindIn,
     CompleteIn,
     PauseIn,
     TaskCompletedOut,
@@ -72,6 +75,33 @@ class BulkClaim(MethodView):
         outcomes = bulk.claim_each(bpm(), current_actor(), body["task_ids"])
         claimed = sum(1 for outcome in outcomes if outcome.done)
         return {"claimed": claimed, "refused": len(outcomes) - claimed, "results": outcomes}
+
+
+def _bulk(outcomes: list[bulk.Outcome]) -> dict[str, Any]:
+    done = sum(1 for outcome in outcomes if outcome.done)
+    return {"done": done, "refused": len(outcomes) - done, "results": outcomes}
+
+
+@blp.route("/remind")
+class BulkRemind(MethodView):
+    @blp.arguments(BulkRemindIn)
+    @blp.response(200, BulkOut)
+    def post(self, body: dict[str, Any]) -> Any:
+        """A supervisor reminds whoever holds each step (or, unclaimed, its groups' members),
+        with a reason; each task in a transaction of its own, each result reported (audited as
+        ``task.reminded``)."""
+        return _bulk(bulk.remind_each(bpm(), current_actor(), body["task_ids"], body["reason"]))
+
+
+@blp.route("/reassign")
+class BulkReassign(MethodView):
+    @blp.arguments(BulkReassignIn)
+    @blp.response(200, BulkOut)
+    def post(self, body: dict[str, Any]) -> Any:
+        """A supervisor gives each step to ``username``, who must be one of its candidates
+        (anyone else, or someone it recuses, is that task's refusal), with a reason (audited)."""
+        return _bulk(bulk.reassign_each(bpm(), current_actor(), body["task_ids"], body["username"],
+                                        body["reason"]))
 
 
 @blp.route("/<int:task_id>")

@@ -176,11 +176,12 @@ def unclaim(session: Session, rt: Runtime, *, task_id: int, actor: Actor) -> Tas
 
 
 def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor: Actor,
-           reason: str | None = None) -> Task:
+           reason: str | None = None, candidates_only: bool = False) -> Task:
     """A supervisor gives the task to someone (reassignment included): a member of one of its
     candidate groups. Whoever holds a step reads the whole case, so giving it to anyone else
     (a colleague standing in from another team) is an override the supervisor states a
-    ``reason`` for, kept in the audit trail; without one it is refused."""
+    ``reason`` for, kept in the audit trail; without one it is refused, and with
+    ``candidates_only`` (a bulk reassignment) it is refused whatever the reason."""
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("assigning a task needs the supervisor role")
     target = get_user(session, username)
@@ -189,6 +190,8 @@ def assign(session: Session, rt: Runtime, *, task_id: int, username: str, actor:
     task, instance = _lock(session, task_id, actor)
     override = not _is_candidate(task, _refuse_excluded(session, task, username))
     reason = (reason or "").strip() or None
+    if override and candidates_only:
+        raise NotCandidate(f"{username} is in none of the task's candidate groups")
     if override and reason is None:
         raise NotCandidate(f"{username} is in none of the task's candidate groups; to give it to them all the "
                            "same, state a reason (it is audited)")

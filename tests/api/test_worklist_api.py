@@ -6,6 +6,7 @@ every task; s003 a call-centre agent; s101 the HZ01 head)."""
 from __future__ import annotations
 
 from lxml import etree
+from sqlalchemy import func, select
 
 from tests.support.api import API, assert_problem, inbox
 
@@ -166,3 +167,72 @@ def test_a_comment_must_say_something_and_not_too_much(client, demo_cases_loaded
         assert answer["errors"][0]["field"] == "body"
     assert_problem(client.post(url, headers=boss, json={"body": "   "}), 400, "invalid_input")
     assert client.get(url, headers=boss).json == []
+
+
+def _agents_steps_and_another(client, boss):
+    """Two open steps offered to the call centre's agents, and one offered to none of them."""
+    every = _items(client, boss)
+    calls = [t for t in every if "call_center_agent" in t["candidate_groups"]]
+    other = next(t for t in every if "call_center_agent" not in t["candidate_groups"])
+    assert len(calls) >= 2
+    return calls[:2], other
+
+
+def test_a_supervisor_reassigns_steps_to_a_candidate_and_each_other_one_is_refused(client, db, demo_cases_loaded,
+                                                                                  auth):
+    from engine.models import AuditEvent
+
+    boss = auth("s002")
+    calls, other = _agents_steps_and_another(client, boss)
+    ids = [calls[0]["id"], other["id"], calls[1]["id"]]
+    answer = client.post(f"{API}/tasks/reassign", headers=boss,
+                         json={"task_ids": ids, "username": "s004", "reason": "高晨休假，由马丽接手"})
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    results = {r["task_id"]: r for r in answer.json["results"]}
+    assert (answer.json["done"], answer.json["refused"]) == (2, 1)
+    assert results[other["id"]]["status"] == 403 and results[other["id"]]["code"] == "not_candidate"
+    held = {t["id"]: t["assignee"] for t in _items(client, auth("s004"), "assignee=me")}
+    assert held == {calls[0]["id"]: "s004", calls[1]["id"]: "s004"}
+    with db.transaction() as s:
+        events = s.execute(select(AuditEvent).where(AuditEvent.kind == "task.assigned",
+                                                    AuditEvent.actor == "s002")).scalars().all()
+    assert sorted(e.data["task_id"] for e in events) == sorted([calls[0]["id"], calls[1]["id"]])
+    assert {e.data["reason"] for e in events} == {"高晨休假，由马丽接手"}
+
+
+def test_a_supervisor_reminds_whoever_holds_each_step(client, db, demo_cases_loaded, auth):
+    from engine.models import AuditEvent, Notification
+
+    boss = auth("s002")
+    calls, _ = _agents_steps_and_another(client, boss)
+    assert client.post(f"{API}/tasks/{calls[0]['id']}/claim", headers=auth("s003"), json={}).status_code == 200
+    with db.transaction() as s:
+        before = s.execute(select(func.count()).select_from(Notification)).scalar_one()
+    answer = client.post(f"{API}/tasks/remind", headers=boss,
+                         json={"task_ids": [calls[0]["id"], calls[1]["id"]], "reason": "客户今天第二次来电催办"})
+    assert answer.status_code == 200 and answer.json["done"] == 2, answer.get_data(as_text=True)
+    with db.transaction() as s:
+        sent = s.execute(select(Notification).order_by(Notification.id).offset(before)).scalars().all()
+        reminded = s.execute(select(AuditEvent).where(AuditEvent.kind == "task.reminded")).scalars().all()
+    held = [n for n in sent if n.task_id == calls[0]["id"]]
+    assert [n.recipient for n in held] == ["s003"]  # a claimed step: its holder only
+    offered = {n.recipient for n in sent if n.task_id == calls[1]["id"]}
+    assert {"s003", "s004", "s005"} <= offered  # unclaimed: every member of its groups
+    assert all("督办" in n.subject and "客户今天第二次来电催办" in n.body for n in sent)
+    assert {e.data["task_id"] for e in reminded} == {calls[0]["id"], calls[1]["id"]}
+
+
+def test_reminders_and_reassignments_need_a_supervisor_and_a_reason(client, demo_cases_loaded, auth):
+    calls, _ = _agents_steps_and_another(client, auth("s002"))
+    agent = client.post(f"{API}/tasks/remind", headers=auth("s003"),
+                        json={"task_ids": [calls[0]["id"]], "reason": "快点"})
+    assert agent.status_code == 200 and agent.json["results"][0]["status"] == 403
+    for path, body in [("remind", {"task_ids": [calls[0]["id"]]}),
+                       ("reassign", {"task_ids": [calls[0]["id"]], "reason": "请假"}),
+                       ("reassign", {"task_ids": [calls[0]["id"]], "username": "s004", "reason": ""})]:
+        answer = assert_problem(client.post(f"{API}/tasks/{path}", headers=auth("s002"), json=body),
+                                422, "invalid_request")
+        assert answer["errors"][0]["field"] in ("reason", "username")
+    blank = client.post(f"{API}/tasks/remind", headers=auth("s002"), json={"task_ids": [calls[0]["id"]],
+                                                                        "reason": "   "})
+    assert blank.json["results"][0]["status"] == 400 and blank.json["results"][0]["code"] == "invalid_input"

@@ -38,3 +38,30 @@ def test_the_board_has_no_serious_or_critical_accessibility_violation(page: Page
     found = [(v["id"], v["impact"], v["help"]) for v in result.response["violations"]
              if v["impact"] in ("serious", "critical")]
     assert found == []
+
+
+def test_a_bulk_reassignment_of_three_tasks_reports_the_one_the_person_may_not_take(page: Page, server,
+                                                                                   demo_cases_loaded, db):
+    from sqlalchemy import select
+
+    from engine.models import ACTIVE_TASK_STATES, Task
+
+    with db.transaction() as s:
+        open_tasks = s.execute(select(Task).where(Task.status.in_(ACTIVE_TASK_STATES))).scalars().all()
+        calls = sorted(t.id for t in open_tasks if "call_center_agent" in t.candidate_groups)[:2]
+        other = next(t for t in open_tasks if "call_center_agent" not in t.candidate_groups)
+    sign_in(page, server, "s002")  # the call centre's supervisor, at headquarters
+    page.goto(f"{server}/?tab=team")
+    for task_id in (*calls, other.id):
+        page.locator(f"#task-{task_id} input[type=checkbox]").check()
+    page.check("input[name=action][value=reassign]")
+    page.fill("input[name=username]", "s004")
+    page.fill("input[name=reason]", "高晨休假")
+    page.click("text=执行")
+    expect(page.locator(".flash").first).to_contain_text("已改派 2 项任务")
+    refusal = page.locator(".flash", has_text="未执行")
+    expect(refusal).to_have_count(1)
+    expect(refusal).to_contain_text(f"#{other.id}")
+    with db.transaction() as s:
+        held = dict(s.execute(select(Task.id, Task.assignee).where(Task.id.in_([*calls, other.id]))).all())
+    assert held[calls[0]] == held[calls[1]] == "s004" and held[other.id] != "s004"
