@@ -16,6 +16,7 @@ from openpyxl import Workbook
 
 from api.context import bpm
 from engine.audit import record_system_event
+from engine.brokerage import figures
 from engine.calendars import SHANGHAI
 from engine.process import board as boards
 from worklist_ui.i18n import beijing, duration
@@ -56,6 +57,7 @@ def board() -> Any:
     now = ctx.runtime.now()
     with ctx.db.transaction() as db:
         found = boards.board(db, actor=person, by=by, now=now, process_key=process)
+        late = _late_work(db, person, by, now)
         if fmt != "html":
             record_system_event(db, kind="board.exported", actor=person.username, at=now,
                                 data={"by": by, "process": process, "format": fmt, "rows": len(found.rows)})
@@ -65,9 +67,44 @@ def board() -> Any:
         return _csv(found)
     if fmt == "xlsx":
         return _xlsx(found)
-    return render_template("board.html", board=found, by=by, process=process, now=now,
-                           dimensions=_dimension_names(), drill_down=drill_down,
+    return render_template("board.html", board=found, by=by, process=process, now=now, late=late,
+                           dimensions=_dimension_names(), drill_down=drill_down, bucket_name=bucket_name,
                            lateness=lambda moment: duration((now - moment).total_seconds()))
+
+
+def bucket_name(bucket: figures.Bucket) -> str:
+    """<1 天, 1–3 天, ≥7 天: an ageing bucket by its edges."""
+    low, high = _days(bucket.from_days), None if bucket.to_days is None else _days(bucket.to_days)
+    if high is None:
+        return gettext("≥%(low)s d", low=low)
+    if bucket.from_days == 0:
+        return gettext("<%(high)s d", high=high)
+    return gettext("%(low)s–%(high)s d", low=low, high=high)
+
+
+def _days(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# The figure of overdue work names its dimensions as the API does.
+_FIGURE_DIMENSION = {"branch": "branch", "group": "group", "person": "assignee", "process": "process", "step": "step"}
+
+
+def _late_work(db: Any, person: Any, by: str, now: Any) -> dict[str, Any]:
+    """What the overdue-tasks figure adds to the board, by the board's row keys: overdue work on
+    regulatory deadlines, work closed late this month, and how long the overdue work has been
+    overdue (the configured ageing buckets). The figure is the same as ``GET /figures/
+    overdue-tasks``; the board shows it beside its own counts."""
+    dimension = _FIGURE_DIMENSION[by]
+    found = figures.overdue_tasks(db, scope=figures.scope_for(person, now=now), by=[dimension], now=now,
+                                  config=figures.load_config(db))
+
+    def key(row: figures.TaskFigureRow) -> str:
+        if by == "step":
+            return f"{row.key.get('process') or ''}/{row.key.get('step') or ''}"
+        return str(row.key.get(dimension) or "")
+
+    return {"rows": {key(row): row for row in found.rows}, "total": found.total}
 
 
 def _table(found: boards.Board) -> tuple[list[str], list[list[Any]]]:

@@ -246,4 +246,11 @@ ZH = {
     "Reminded %(num)d task(s)": "已督办提醒 %(num)d 项任务",
     "Reassigned %(num)d task(s)": "已改派 %(num)d 项任务",
     "Not done: %(reason)s": "未执行：%(reason)s",
+    "Regulatory deadlines overdue": "监管时限逾期",
+    "Closed late this month": "本月逾期办结",
+    "Regulatory overdue": "监管时限逾期",
+    "Overdue for": "逾期时长",
+    "≥%(low)s d": "≥%(low)s 天",
+    "<%(high)s d": "<%(high)s 天",
+    "%(low)s–%(high)s d": "%(low)s–%(high)s 天",
 }

@@ -127,3 +127,22 @@ def test_the_board_exports_as_csv_with_a_bom_and_as_xlsx_each_audited(client, db
                              .order_by(AuditEvent.id)).scalars().all()
     assert [(e.actor, e.data["format"], e.data["by"], e.data["rows"]) for e in exported] == \
         [("s002", "csv", "process", len(rows) - 2), ("s002", "xlsx", "process", len(rows) - 2)]
+
+
+def test_the_board_shows_the_overdue_figure_beside_its_counts(client, demo_cases_loaded, auth):
+    """Regulatory overdue, closed late this month and how long work has been overdue: the
+    numbers of GET /figures/overdue-tasks for the same person, on the board's rows."""
+    figure = client.get("/api/v1/figures/overdue-tasks?by=branch", headers=auth("s002")).json
+    sign_in(client, "s002", "demo")
+    html = client.get("/board?by=branch").get_data(as_text=True)
+    rows = {r["key"]["branch"]: r for r in figure["rows"]}
+    assert rows, "the demo has overdue work"
+    for branch, row in rows.items():
+        cells = re.search(rf'<tr data-board-row="{branch}".*?</tr>', html, re.S).group(0)
+        assert f'<td class="num regulatory">{row["regulatory_overdue"]}</td>' in cells
+        assert f'<td class="num">{row["closed_late"]}</td>' in cells
+        for bucket in row["ageing"]:
+            if bucket["count"]:
+                assert re.search(rf"天 {bucket['count']}\b", cells), (branch, bucket)
+    tiles = re.search(r'<dl class="totals".*?</dl>', html, re.S).group(0)
+    assert f"<dd>{figure['total']['regulatory_overdue']}</dd>" in tiles
