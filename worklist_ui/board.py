@@ -58,6 +58,7 @@ def board() -> Any:
     with ctx.db.transaction() as db:
         found = boards.board(db, actor=person, by=by, now=now, process_key=process)
         late = _late_work(db, person, by, now)
+        weeks = boards.trend(db, actor=person, now=now) if fmt == "html" else []
         if fmt != "html":
             record_system_event(db, kind="board.exported", actor=person.username, at=now,
                                 data={"by": by, "process": process, "format": fmt, "rows": len(found.rows)})
@@ -68,6 +69,7 @@ def board() -> Any:
     if fmt == "xlsx":
         return _xlsx(found)
     return render_template("board.html", board=found, by=by, process=process, now=now, late=late,
+                           weeks=weeks, chart=_chart(weeks),
                            dimensions=_dimension_names(), drill_down=drill_down, bucket_name=bucket_name,
                            lateness=lambda moment: duration((now - moment).total_seconds()))
 
@@ -84,6 +86,19 @@ def bucket_name(bucket: figures.Bucket) -> str:
 
 def _days(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _chart(weeks: list[boards.Week]) -> dict[str, Any]:
+    """Coordinates of the trend chart (an SVG drawn by the template): a bar per week for the
+    breaches opened, and a line for the on-time rate (0–100 % on the same height)."""
+    width, height, gap = 36, 120, 8
+    top = max([w.breached for w in weeks] + [1])
+    bars = [{"x": i * (width + gap), "h": round(w.breached / top * height), "n": w.breached}
+            for i, w in enumerate(weeks)]
+    points = " ".join(f"{i * (width + gap) + width / 2:.0f},{height - (w.on_time_rate or 0) * height:.0f}"
+                      for i, w in enumerate(weeks) if w.on_time_rate is not None)
+    return {"bars": bars, "line": points, "width": len(weeks) * (width + gap), "height": height,
+            "bar_width": width, "top": top}
 
 
 # The figure of overdue work names its dimensions as the API does.

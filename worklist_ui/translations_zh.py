@@ -253,4 +253,12 @@ ZH = {
     "≥%(low)s d": "≥%(low)s 天",
     "<%(high)s d": "<%(high)s 天",
     "%(low)s–%(high)s d": "%(low)s–%(high)s 天",
+    "The last 12 weeks": "近 12 周趋势",
+    "Bars: breaches opened each week (the highest is %(top)d); line: the share of deadlines met (0–100 %%). "
+    "The table below has the numbers.":
+        "柱：每周新增逾期（最高 %(top)d 件）；线：按时办结率（0–100%%）。具体数字见下表。",
+    "Week of": "周（起始日）",
+    "Breaches opened": "新增逾期",
+    "Completed with a deadline": "有时限的办结",
+    "On time": "按时办结率",
 }

@@ -9,8 +9,9 @@ SLA state (:func:`engine.sla.clock.state`): paused first, then breached, at risk
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, and_, case, exists, func, literal, or_, select
@@ -18,8 +19,18 @@ from sqlalchemy.orm import Session, aliased
 
 from engine.access.identity import Actor
 from engine.access.roles import SUPERVISOR
+from engine.calendars import SHANGHAI
 from engine.errors import InvalidInput, PermissionDenied
-from engine.models import ACTIVE_TASK_STATES, Group, ProcessVersion, Task, TaskCandidate, TaskExclusion, User
+from engine.models import (
+    ACTIVE_TASK_STATES,
+    Group,
+    ProcessVersion,
+    Task,
+    TaskCandidate,
+    TaskExclusion,
+    TaskStatus,
+    User,
+)
 from engine.process import tasks
 
 DIMENSIONS = ("branch", "group", "person", "process", "step")
@@ -152,3 +163,43 @@ def _names(session: Session, by: str, keys: list[str]) -> dict[str, str]:
             .group_by(Task.process_key, Task.element_id)).all() if n}
         return {k: f"{processes.get(k.split('/', 1)[0], k)} · {steps.get(k, k.split('/', 1)[1])}" for k in wanted}
     return {}
+
+
+@dataclass
+class Week:
+    start: datetime  # Monday 00:00, Beijing time
+    breached: int  # tasks whose deadline passed that week while they were open
+    completed: int  # tasks with a deadline completed that week
+    on_time: int  # of those, completed by their deadline
+
+    @property
+    def on_time_rate(self) -> float | None:
+        return self.on_time / self.completed if self.completed else None
+
+
+def trend(session: Session, *, actor: Actor, now: datetime, weeks: int = 12) -> list[Week]:
+    """The last ``weeks`` weeks (this one included), oldest first, over the supervisor's scope:
+    breaches opened, deadlines met and missed. One query: a sum per week and measure."""
+    require_supervisor(actor)
+    this_monday = (now.astimezone(SHANGHAI) - timedelta(days=now.astimezone(SHANGHAI).weekday())).replace(
+        hour=0, minute=0, second=0, microsecond=0)
+    starts = [this_monday - timedelta(weeks=weeks - 1 - i) for i in range(weeks)]
+    edges = [*starts, this_monday + timedelta(weeks=1)]
+    # When a task's deadline passed while it was open: its recorded breach, else its due time
+    # for a task still open or completed after it.
+    breach_at = func.coalesce(Task.breached_at, case((or_(Task.completed_at.is_(None), Task.completed_at > Task.due_at),
+                                                      Task.due_at), else_=None))
+    columns = []
+    for low, high in itertools.pairwise(edges):
+        columns.append(func.sum(case((and_(breach_at >= low, breach_at < high, breach_at <= now), 1), else_=0)))
+        done = and_(Task.status == TaskStatus.COMPLETED, Task.completed_at >= low, Task.completed_at < high)
+        columns.append(func.sum(case((done, 1), else_=0)))
+        columns.append(func.sum(case((and_(done, Task.completed_at <= Task.due_at), 1), else_=0)))
+    principals = tasks.principals(actor)
+    where: list[Any] = [Task.due_at.is_not(None), or_(Task.completed_at >= edges[0], Task.completed_at.is_(None)),
+                        ~exists().where(TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals))]
+    branch = tasks.supervised_branch(actor)
+    if branch is not None:
+        where.append(or_(Task.branch_code.is_(None), Task.branch_code == branch))
+    values = session.execute(select(*columns).where(*where)).one()
+    return [Week(start, *(int(v or 0) for v in values[i * 3:i * 3 + 3])) for i, start in enumerate(starts)]

@@ -146,3 +146,33 @@ def test_the_board_shows_the_overdue_figure_beside_its_counts(client, demo_cases
                 assert re.search(rf"天 {bucket['count']}\b", cells), (branch, bucket)
     tiles = re.search(r'<dl class="totals".*?</dl>', html, re.S).group(0)
     assert f"<dd>{figure['total']['regulatory_overdue']}</dd>" in tiles
+
+
+@pytest.mark.parametrize("username", ["s002", "s101"])
+def test_the_trend_counts_each_week_as_the_tasks_themselves_tell(db, rt, demo_cases_loaded, username):
+    from datetime import timedelta
+
+    with db.transaction() as s:
+        person = _actor(s, username)
+        weeks = boards.trend(s, actor=person, now=rt.now())
+        every = [t for t in s.execute(select(Task).where(Task.due_at.is_not(None))).scalars()
+                 if tasks.can_see(t, person) or (t.status not in ACTIVE_TASK_STATES and tasks.supervised_branch(person)
+                                                 in (None, t.branch_code) and not tasks.is_excluded(t, person))]
+    assert len(weeks) == 12 and weeks[-1].start <= rt.now() < weeks[-1].start + timedelta(weeks=1)
+    for week in weeks:
+        end = week.start + timedelta(weeks=1)
+        done = [t for t in every if t.status == "completed" and week.start <= t.completed_at < end]
+        breaches = [t for t in every if (moment := t.breached_at or (
+            t.due_at if t.completed_at is None or t.completed_at > t.due_at else None)) is not None
+            and week.start <= moment < end and moment <= rt.now()]
+        assert (week.breached, week.completed, week.on_time) == (
+            len(breaches), len(done), sum(1 for t in done if t.completed_at <= t.due_at)), week.start
+    assert any(w.completed for w in weeks) and any(w.breached for w in weeks)
+
+
+def test_the_board_page_shows_the_trend_as_a_chart_and_a_table(client, demo_cases_loaded):
+    sign_in(client, "s002", "demo")
+    html = client.get("/board").get_data(as_text=True)
+    trend = re.search(r'<section class="trend".*?</section>', html, re.S).group(0)
+    assert trend.count("<rect") == 12 and trend.count("data-week=") == 12
+    assert 'role="img"' in trend and "按时办结率" in trend
