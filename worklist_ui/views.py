@@ -38,7 +38,7 @@ from engine.access.roles import SUPERVISOR
 from engine.models import ACTIVE_TASK_STATES, ProcessVersion
 from engine.process import activity, instances, tasks, worklist
 from engine.sla import clock as sla_clock
-from worklist_ui import board, forms, i18n
+from worklist_ui import board, figures_page, forms, i18n
 from worklist_ui.session import actor, sign_in, sign_out
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
@@ -553,5 +553,6 @@ def mark_read() -> Any:
     return redirect(url_for("pages.notifications"))
 
 
-# The supervisors' board lives in a module of its own, on this blueprint.
+# The supervisors' board and figures live in modules of their own, on this blueprint.
 board.install(blp)
+figures_page.install(blp)

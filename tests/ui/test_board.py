@@ -176,3 +176,33 @@ def test_the_board_page_shows_the_trend_as_a_chart_and_a_table(client, demo_case
     trend = re.search(r'<section class="trend".*?</section>', html, re.S).group(0)
     assert trend.count("<rect") == 12 and trend.count("data-week=") == 12
     assert 'role="img"' in trend and "按时办结率" in trend
+
+
+def test_the_figures_page_shows_the_apis_figures_for_the_same_person(client, demo_cases_loaded, auth):
+    api = {name: client.get(f"/api/v1/figures/{name}", headers=auth("s002")).json
+           for name in ("complaints", "retention", "callbacks/new-accounts", "callbacks/periodic")}
+    sign_in(client, "s002", "demo")
+    answer = client.get("/board/figures")
+    assert answer.status_code == 200
+    html = answer.get_data(as_text=True)
+
+    def fact(section: str, label: str) -> str:
+        block = re.search(rf'<section class="card" id="{section}".*?</section>', html, re.S).group(0)
+        return re.search(rf"<dt>{re.escape(label)}</dt><dd>([^<]*)</dd>", block).group(1)
+
+    assert int(fact("retention", "申请数")) == api["retention"]["requests"]
+    assert int(fact("retention", "底线合计（应为 0）")) == api["retention"]["guard_total"]
+    assert int(fact("callbacks", "新开户数")) == api["callbacks/new-accounts"]["opened"]
+    assert int(fact("callbacks", "已回访客户数")) == api["callbacks/periodic"]["clients_called"]
+    assert int(fact("complaints", "应反馈")) == api["complaints"]["regulator_feedback"]["due"]
+    total = re.search(r'<tr class="total">.*?</tr>', html, re.S).group(0)
+    assert f'<td class="num">{api["complaints"]["total"]["responded"]}</td>' in total
+
+
+def test_the_figures_page_takes_a_period_and_refuses_a_bad_date(client, demo_cases_loaded):
+    sign_in(client, "s002", "demo")
+    html = client.get("/board/figures?from=2026-11-01&to=2026-11-30").get_data(as_text=True)
+    assert "2026-11-01 至 2026-11-30" in html
+    assert client.get("/board/figures?from=yesterday").status_code == 400
+    sign_in(client, "s003", "demo")
+    assert client.get("/board/figures").status_code == 403

@@ -33,10 +33,14 @@ def test_a_branch_head_sees_the_branchs_breach_in_red_and_drills_down_to_it(page
 
 def test_the_board_has_no_serious_or_critical_accessibility_violation(page: Page, server, demo_cases_loaded):
     sign_in(page, server, "s002")
-    page.goto(f"{server}/board?by=step")
-    result = Axe().run(page)
-    found = [(v["id"], v["impact"], v["help"]) for v in result.response["violations"]
-             if v["impact"] in ("serious", "critical")]
+    found = []
+    for path in ("/board?by=step", "/board/figures", "/?tab=team"):
+        page.goto(f"{server}{path}")
+        found += [(path, v["id"], v["impact"], v["help"]) for v in Axe().run(page).response["violations"]
+                  if v["impact"] in ("serious", "critical")]
+    screenshot(page, "supervisor-team")
+    page.goto(f"{server}/board/figures")
+    screenshot(page, "figures")
     assert found == []
 
 
