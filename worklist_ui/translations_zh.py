@@ -334,4 +334,8 @@ ZH = {
     "Feedback due": "应反馈",
     "Fed back on time": "按时反馈",
     "Group complaint": "群体投诉",
+    "Class": "客户分类",
+    "Tier": "贵宾等级",
+    "Export:": "导出：",
+    "A list of open tasks exports as csv or xlsx": "待办列表只能导出为 csv 或 xlsx",
 }

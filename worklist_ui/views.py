@@ -175,6 +175,11 @@ def inbox() -> Any:
     if tab not in TABS or (tab == "team" and not supervisor):
         abort(400, gettext("Unknown tab"))
     offset = max(int(request.args.get("offset") or 0), 0) if (request.args.get("offset") or "0").isdigit() else 0
+    fmt = request.args.get("format")
+    if fmt is not None:
+        if fmt not in ("csv", "xlsx") or tab in ("watched", "done"):
+            abort(400, gettext("A list of open tasks exports as csv or xlsx"))
+        return board.export_tasks(_query(filters, tab, 0, 1), filters, fmt)
     ctx = bpm()
     now = ctx.runtime.now()
     with ctx.db.transaction() as db:

@@ -10,7 +10,7 @@ SLA state (:func:`engine.sla.clock.state`): paused first, then breached, at risk
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -132,6 +132,12 @@ def board(session: Session, *, actor: Actor, by: str, now: datetime, process_key
                                     counted(undated), func.min(case((breached, Task.due_at), else_=None)))
                              .where(*where)).one()
     return Board(by, rows, _row(by, "", "", totals), now)
+
+
+def count_all(session: Session, *, actor: Actor, query: tasks.InboxQuery, now: datetime) -> int:
+    """How many tasks a task-list query finds (exactly: an export says how many rows it held)."""
+    _, total = tasks.inbox(session, actor=actor, query=replace(query, limit=1, offset=0), now=now)
+    return total
 
 
 def _row(by: str, key: str, name: str, values: Any) -> BoardRow:

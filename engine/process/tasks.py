@@ -9,7 +9,8 @@ on the instance lock: exactly one wins, the other gets ``task_not_open``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -516,3 +517,12 @@ def count(session: Session, *, actor: Actor, query: InboxQuery, now: datetime, c
     (_, _, capped), params = _statements_and_params(actor, query, now)
     found: int = session.execute(capped, {**params, "cap": cap}).scalar_one()
     return found
+
+
+def each(session: Session, *, actor: Actor, query: InboxQuery, now: datetime, batch: int = 500) -> Iterator[list[Task]]:
+    """Every task the query finds, in its order, a batch at a time: an export of a whole
+    queue reads it through one cursor (a server-side one on PostgreSQL) and holds one batch."""
+    (page, _, _), params = _statements_and_params(actor, replace(query, limit=2**31 - 1, offset=0), now)
+    result = session.execute(page.execution_options(yield_per=batch), params).scalars()
+    for part in result.partitions(batch):
+        yield list(part)

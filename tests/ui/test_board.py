@@ -206,3 +206,29 @@ def test_the_figures_page_takes_a_period_and_refuses_a_bad_date(client, demo_cas
     assert client.get("/board/figures?from=yesterday").status_code == 400
     sign_in(client, "s003", "demo")
     assert client.get("/board/figures").status_code == 403
+
+
+def test_a_task_list_exports_as_on_screen_masked_and_recorded(client, db, demo_cases_loaded):
+    sign_in(client, "s002", "demo")
+    screen = client.get("/?tab=team&due=overdue").get_data(as_text=True)
+    on_screen = re.findall(r'<tr data-task-row.*?</tr>', screen, re.S)
+    answer = client.get("/?tab=team&due=overdue&format=csv")
+    assert answer.status_code == 200 and answer.data.startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(answer.data.decode("utf-8-sig"))))
+    assert rows[0][:4] == ["案件", "流程", "步骤", "客户"]
+    assert len(rows) - 1 == len(on_screen) > 0
+    for row, html in zip(rows[1:], on_screen, strict=True):
+        assert row[0] in html and row[7] == "已逾期"
+        if row[3]:
+            assert "*" in row[3] and row[3] in html  # the client's name masked exactly as shown
+    whole = client.get("/?tab=team&format=csv").data.decode("utf-8-sig")
+    assert not re.search(r"1[3-9]\d{9}|\d{17}[\dX]", whole)  # no phone or ID number in clear
+    workbook = load_workbook(io.BytesIO(client.get("/?tab=team&due=overdue&format=xlsx").data)).active
+    assert [[str(c or "") for c in r] for r in workbook.iter_rows(values_only=True)] == rows
+    with db.transaction() as s:
+        exported = s.execute(select(AuditEvent).where(AuditEvent.kind == "tasks.exported")
+                             .order_by(AuditEvent.id)).scalars().all()
+    assert [(e.actor, e.data["format"], e.data["rows"], e.data["filters"].get("due")) for e in exported] == [
+        ("s002", "csv", len(on_screen), "overdue"), ("s002", "csv", exported[1].data["rows"], None),
+        ("s002", "xlsx", len(on_screen), "overdue")]
+    assert client.get("/?tab=done&format=csv").status_code == 400
