@@ -140,8 +140,9 @@ def test_errors_are_problem_json_with_a_stable_code(client, auth):
 def test_bad_query_parameters_are_422_naming_the_parameter(client, auth):
     for query, field in [
         ("limit=0", "limit"), ("limit=501", "limit"), ("limit=ten", "limit"), ("offset=-1", "offset"),
-        ("status=done", "status"), ("assignee=li", "assignee"), ("candidate=you", "candidate"),
-        ("overdue=perhaps", "overdue"), ("due_within_hours=-1", "due_within_hours"), ("sort=priority", "sort"),
+        ("status=done", "status"), ("assignee=", "assignee"), ("assignee=" + "x" * 65, "assignee"),
+        ("candidate=you", "candidate"), ("overdue=perhaps", "overdue"), ("due_within_hours=-1", "due_within_hours"),
+        ("sort=name", "sort"), ("at_risk=maybe", "at_risk"), ("branch=" + "B" * 17, "branch"),
     ]:
         problem = assert_problem(client.get(f"{API}/tasks?{query}", headers=auth("li")), 422, "invalid_request")
         # a list parameter names the item too: status=done is "status/0"
