@@ -90,6 +90,8 @@ async function start(root) {
         link.addEventListener("click", () => {
           const element = registry.get(problem.element_id);
           selection.select(element);
+          // A whole process fitted to the canvas is too small to read: zoom in on the step.
+          if (canvas.zoom() < 0.8) canvas.zoom(1);
           canvas.scrollToElement(element);
         });
         item.append(link);
@@ -110,7 +112,7 @@ async function start(root) {
       badge.setAttribute("role", "img");
       badge.setAttribute("aria-label", messages.join("; "));
       badge.textContent = `! ${messages.length}`;
-      overlays.add(id, "server-lint", { position: { top: -12, left: -12 }, html: badge });
+      overlays.add(id, "server-lint", { position: { top: -10, right: 14 }, html: badge });
     }
   }
 
