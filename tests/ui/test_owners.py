@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 
 from engine.access import identity
 from engine.bpmn import bundle as bundles
-from engine.models import AuditEvent, InstanceStatus, ProcessDraft, ProcessInstance, ProcessVersion, Task
+from engine.calendars import SHANGHAI
+from engine.models import AuditEvent, Deployment, InstanceStatus, ProcessDraft, ProcessInstance, ProcessVersion, Task
 from engine.process import deployments, messages, tasks
 from tests.ui.test_pages import sign_in, token_of
 
@@ -62,23 +63,17 @@ def test_the_process_list_shows_versions_cases_and_start_routes(client, db, demo
         v1 = deployments.get_latest(s, "complaint")
         running = s.scalar(select(func.count()).select_from(ProcessInstance).where(
             ProcessInstance.process_version_id == v1.id, ProcessInstance.status == InstanceStatus.RUNNING))
-        deployed_by = deployments.get_all(s, process_key="complaint")[0]
+        deployer = s.get(Deployment, v1.deployment_id).deployed_by
     assert running > 0
     row = re.search(r'<tr data-version="1">.*?</tr>', page, re.S).group(0)
-    assert re.search(rf"data-running>.*?{running}</a>", row, re.S)
+    assert f"data-running>{running}<" in row
     assert "data-failed>0<" in row
-    assert v1.created_at.astimezone(identity_tz()).strftime("%Y-%m-%d %H:%M") in row  # Beijing time
-    assert deployed_by.version == 1
+    assert v1.created_at.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M") in row  # Beijing time
+    assert deployer and f"<td>{deployer}</td>" in row
     routes = re.search(r'<table class="board-table" id="start-routes">.*?</table>', page, re.S).group(0)
     for event, message in (("start_received", "complaint_received"), ("start_12386", "complaint_12386_transfer")):
         assert f'data-start="{event}"' in routes and message in routes
     assert "消息启动" in routes
-
-
-def identity_tz():
-    from engine.calendars import SHANGHAI
-
-    return SHANGHAI
 
 
 def test_staff_are_refused_every_owner_page_and_call(app, db, demo_cases_loaded):
@@ -220,7 +215,7 @@ def test_deploying_a_draft_makes_version_2_for_new_cases_while_version_1_cases_c
                                                       Task.status.in_(("open", "claimed")))).scalars().all()
         assert nxt == ["acknowledge"]
     page = client.get("/processes/complaint").get_data(as_text=True)
-    assert re.search(r'<tr data-version="2">.*?data-running>.*?1</a>', page, re.S)
+    assert re.search(r'<tr data-version="2">.*?data-running>1<', page, re.S)
 
 
 def _register_data():
@@ -267,3 +262,36 @@ def test_the_drafts_table_migrates_down_and_up_and_matches_the_model(database_ur
     with db.engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [d for d in differences if "bpm_process_draft" in repr(d)] == []
+
+
+@pytest.mark.sqlite
+def test_a_draft_the_lint_refuses_is_not_deployed_and_shows_its_problems(app, db, demo_cases_loaded):
+    client, token = _signed_in(app, "admin")  # administrators may do what owners do
+    xml, etag = _draft(client)
+    broken = xml.replace('camunda:candidateGroups="hq_complaint_dept"', 'camunda:candidateGroups="no_such_group"', 1)
+    saved = _put(client, token, broken, etag)
+    assert saved.status_code == 200  # a draft may hold problems; a deploy may not
+    refused = client.post("/processes/complaint/draft/deploy",
+                          headers={"X-CSRFToken": token, "If-Match": saved.headers["ETag"]})
+    assert refused.status_code == 422
+    assert any("no_such_group" in p["message"] and p["element_id"] for p in refused.get_json()["problems"])
+    with db.transaction() as s:
+        assert deployments.get_latest(s, "complaint").version == 1
+        assert s.get(ProcessDraft, "complaint").revision == 1
+
+
+def test_start_routes_name_message_none_and_timer_starts():
+    xml = """<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL">
+      <bpmn:message id="m1" name="client_calls"/>
+      <bpmn:process id="p">
+        <bpmn:startEvent id="by_hand" name="人工发起"/>
+        <bpmn:startEvent id="by_message"><bpmn:messageEventDefinition messageRef="m1"/></bpmn:startEvent>
+        <bpmn:startEvent id="quarterly"><bpmn:timerEventDefinition>
+          <bpmn:timeCycle>R/2027-01-04T09:00:00+08:00/P3M</bpmn:timeCycle></bpmn:timerEventDefinition></bpmn:startEvent>
+        <bpmn:subProcess id="sp"><bpmn:startEvent id="inner"/></bpmn:subProcess>
+      </bpmn:process></bpmn:definitions>"""
+    from engine.process.catalogue import StartRoute, start_routes
+
+    assert start_routes(xml, "p") == [
+        StartRoute("by_hand", "人工发起", "none"), StartRoute("by_message", None, "message", "client_calls"),
+        StartRoute("quarterly", None, "timer", "R/2027-01-04T09:00:00+08:00/P3M")]
