@@ -8,6 +8,7 @@ The engine never raises HTTP errors itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -199,6 +200,27 @@ class DeploymentRejected(InvalidInput):
 
     def __str__(self) -> str:
         return "\n".join(p.format() for p in self.problems)
+
+
+class DraftRejected(DeploymentRejected):
+    """A draft diagram that may not even be stored (too large, not XML, a DOCTYPE, not this
+    process, a script); nothing was saved."""
+
+    code = "draft_invalid"
+
+
+class DraftConflict(Conflict):
+    """A save or deploy of a draft that started from an older revision than the stored one:
+    someone saved in between. Refused rather than overwritten; says who saved last."""
+
+    code = "draft_conflict"
+
+    def __init__(self, *, saved_by: str, saved_at: datetime, revision: int) -> None:
+        super().__init__(f"the draft was saved by {saved_by} at {saved_at.isoformat()} (revision {revision}) "
+                         "after you opened it; reload it, then make your change again")
+        self.saved_by = saved_by
+        self.saved_at = saved_at
+        self.revision = revision
 
 
 class ExpressionError(InvalidInput):

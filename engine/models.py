@@ -181,6 +181,21 @@ class ProcessVersion(Base):
     __table_args__ = (UniqueConstraint("process_key", "version", name="uq_process_version"),)
 
 
+class ProcessDraft(Base):
+    """The diagram process owners are editing in the browser: one per process, shared, so
+    two owners see each other's saves. ``revision`` counts saves and is the pages' ETag: a
+    save names the revision it started from, and a stale one is refused, never merged."""
+
+    __tablename__ = "bpm_process_draft"
+
+    process_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    based_on_version: Mapped[int] = mapped_column(Integer)
+    bpmn_xml: Mapped[str] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(Integer)
+    saved_by: Mapped[str] = mapped_column(String(64))
+    saved_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class ProcessInstance(Base):
     __tablename__ = "bpm_process_instance"
 

@@ -338,4 +338,61 @@ ZH = {
     "Tier": "贵宾等级",
     "Export:": "导出：",
     "A list of open tasks exports as csv or xlsx": "待办列表只能导出为 csv 或 xlsx",
+    # the process owners' pages
+    "Processes": "流程管理",
+    ("Each process with its latest version and the cases running on its versions. Open "
+     "one to see every version, how its cases start, and to edit a draft."):
+        ("每个流程的最新版本及其各版本上在办的案件。打开一个流程可查看全部版本、案件如何发"
+         "起，并编辑草稿。"),
+    "Latest version": "最新版本",
+    "Deployed by": "部署人",
+    "Deployed at (Beijing time)": "部署时间（北京时间）",
+    "Draft": "草稿",
+    "Edit the draft": "编辑草稿",
+    "All processes": "全部流程",
+    "Export the draft (zip)": "导出草稿（zip）",
+    ("Draft revision %(num)d, based on version %(version)d, saved by %(who)s at %(when)s "
+     "(Beijing time)."):
+        ("草稿第 %(num)d 稿，基于版本 %(version)d，由 %(who)s "
+         "于 %(when)s（北京时间）保存。"),
+    "No draft saved yet: the editor starts from version %(version)d.": "尚未保存草稿：编辑器从版本 %(version)d 开始。",
+    "How a case starts": "案件如何发起",
+    "Start event": "开始事件",
+    "Kind": "类型",
+    "Message or timer": "消息或定时",
+    "Message start": "消息启动",
+    "Timer start": "定时启动",
+    "None start (started by a person or the API)": "普通启动（由人员或接口发起）",
+    "Versions": "版本",
+    "Version": "版本",
+    "Message starts": "启动消息",
+    "Export": "导出",
+    "Zip (BPMN and forms)": "Zip（BPMN 与表单）",
+    "Draft of %(name)s": "%(name)s 的草稿",
+    "The diagram could not be opened": "无法打开流程图",
+    "Saved": "已保存",
+    "Checking…": "检查中…",
+    "Unsaved changes": "有未保存的修改",
+    "Save": "保存",
+    "Deploy as version %(num)d": "部署为版本 %(num)d",
+    "Export (zip)": "导出（zip）",
+    "Revision %(num)d, saved by %(who)s at %(when)s": "第 %(num)d 稿，%(who)s 于 %(when)s 保存",
+    "Starts from version %(num)d": "从版本 %(num)d 开始",
+    "Diagram editor": "流程图编辑器",
+    "Properties": "属性",
+    "Check results": "检查结果",
+    ("%(who)s saved this draft at %(when)s (Beijing time) after you opened it. Reload "
+     "it and make your change again; nothing was overwritten."):
+        ("%(who)s 在您打开后于 %(when)s（北京时间）保存了此草稿。请重新加"
+         "载后再修改；未覆盖任何内容。"),
+    "Refused: %(num)d problem(s); nothing was saved.": "已拒绝：%(num)d 个问题；未保存任何内容。",
+    "If-Match names a draft revision, as the ETag gave it": "If-Match 须为草稿稿次（即 ETag 的值）",
+    "Send the diagram's XML as the request body": "请以请求正文发送流程图 XML",
+    "Say which revision you edited (If-Match with the draft's ETag)":
+        "请说明您编辑的是哪一稿（以草稿的 ETag 作 If-Match）",
+    "Draft saved at %(when)s": "草稿已于 %(when)s 保存",
+    "No problems: this draft can be deployed": "没有问题：此草稿可以部署",
+    "%(num)d problem(s) would refuse a deploy": "%(num)d 个问题会导致部署被拒绝",
+    "Deployed as version %(num)d: new cases start on it": "已部署为版本 %(num)d：新案件将按此版本发起",
+    "Nothing changed since version %(num)d: no new version": "与版本 %(num)d 相比没有变化：未生成新版本",
 }

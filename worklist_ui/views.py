@@ -34,11 +34,11 @@ from engine import errors
 from engine.access import client_access, field_policy
 from engine.access.client_access import REVEAL_REASONS, REVEAL_ROLES
 from engine.access.masking import mask_text
-from engine.access.roles import SUPERVISOR
+from engine.access.roles import PROCESS_OWNER, SUPERVISOR
 from engine.models import ACTIVE_TASK_STATES, ProcessVersion
 from engine.process import activity, instances, tasks, worklist
 from engine.sla import clock as sla_clock
-from worklist_ui import board, figures_page, forms, i18n
+from worklist_ui import board, figures_page, forms, i18n, owners
 from worklist_ui.session import actor, sign_in, sign_out
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
@@ -62,11 +62,12 @@ def _csrf() -> None:
 @blp.app_context_processor
 def _header() -> dict[str, Any]:
     if not current_user or not current_user.is_authenticated:
-        return {"unread": 0, "supervisor": False}
+        return {"unread": 0, "supervisor": False, "owner": False}
     ctx = bpm()
     person = actor()
     with ctx.db.transaction() as db:
-        return {"unread": worklist.unread_count(db, actor=person), "supervisor": person.has_role(SUPERVISOR)}
+        return {"unread": worklist.unread_count(db, actor=person), "supervisor": person.has_role(SUPERVISOR),
+                "owner": person.has_role(PROCESS_OWNER)}
 
 
 @blp.errorhandler(errors.BpmError)
@@ -558,6 +559,8 @@ def mark_read() -> Any:
     return redirect(url_for("pages.notifications"))
 
 
-# The supervisors' board and figures live in modules of their own, on this blueprint.
+# The supervisors' board and figures, and the process owners' pages, live in modules of their
+# own, on this blueprint.
 board.install(blp)
 figures_page.install(blp)
+owners.install(blp)

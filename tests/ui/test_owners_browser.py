@@ -1,0 +1,82 @@
+"""The draft editor in Debian's chromium: a process owner changes a step's candidate group in
+the Camunda 7 properties panel, Check marks an unknown form key on its element, the owner
+fixes it and deploys version 2; the list and the editor pass axe."""
+
+from __future__ import annotations
+
+import re
+
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Page, expect
+from sqlalchemy import select
+
+from engine.models import ProcessVersion
+from tests.ui.conftest import screenshot, sign_in
+
+
+def _serious(page: Page) -> list[tuple[str, str, str]]:
+    result = Axe().run(page)
+    return [(v["id"], v["impact"], v["help"]) for v in result.response["violations"]
+            if v["impact"] in ("serious", "critical")]
+
+
+def _select(page: Page, element_id: str) -> None:
+    # The step sits under the palette when the diagram fits the canvas: a click on the
+    # element itself, as a pointer's would reach it once scrolled into view.
+    page.locator(f"g.djs-element[data-element-id='{element_id}'] .djs-hit").first.dispatch_event("click")
+    expect(page.locator("#bio-properties-panel-id")).to_have_value(element_id)
+
+
+def _field(page: Page, group: str, entry: str):
+    """A properties-panel input, opening its group first if it is closed."""
+    field = page.locator(f"#bio-properties-panel-{entry}")
+    if not field.is_visible():
+        page.locator(f"[data-group-id='group-{group}'] .bio-properties-panel-group-header").click()
+    expect(field).to_be_visible()
+    return field
+
+
+def test_an_owner_edits_checks_fixes_and_deploys_a_draft_in_the_browser(page: Page, server, db,
+                                                                        demo_cases_loaded):
+    sign_in(page, server, "s001")
+    page.click("header >> text=流程管理")
+    expect(page.locator("tr[data-process='complaint']")).to_be_visible()
+    assert _serious(page) == []
+    page.locator("tr[data-process='complaint'] >> text=编辑草稿").click()
+    editor = page.locator("#modeler[data-ready='true']")
+    expect(editor).to_be_visible()
+    expect(page.locator(".djs-palette")).to_be_visible()
+
+    _select(page, "register")
+    groups = _field(page, "CamundaPlatform__UserAssignment", "candidateGroups")
+    groups.fill("call_center_agent")
+    form_key = _field(page, "CamundaPlatform__Form", "formKey")
+    form_key.fill("complaint_registr")
+    form_key.press("Tab")
+    expect(page.locator("#draft-state")).to_have_text("有未保存的修改")
+
+    page.click("text=检查 Check")
+    expect(page.locator("#modeler[data-checked='problems']")).to_be_attached()
+    expect(page.locator(".bpm-lint-badge[data-lint-for='register']")).to_be_visible()
+    expect(page.locator("g.djs-element[data-element-id='register']")).to_have_class(re.compile("bpm-lint-error"))
+    expect(page.locator("#problems li[data-element-id='register']")).to_contain_text("complaint_registr")
+    assert _serious(page) == []
+
+    page.locator("#problems li[data-element-id='register'] button").click()  # the problem selects its step
+    expect(page.locator("#bio-properties-panel-id")).to_have_value("register")
+    screenshot(page, "owner-draft-check")
+    form_key = _field(page, "CamundaPlatform__Form", "formKey")
+    form_key.fill("complaint_register")
+    form_key.press("Tab")
+    page.click("text=检查 Check")
+    expect(page.locator("#modeler[data-checked='ok']")).to_be_attached()
+    expect(page.locator(".bpm-lint-badge")).to_have_count(0)
+
+    page.click("text=部署为版本 2")  # saves the draft, then deploys it
+    expect(page.locator("#modeler[data-deployed='2']")).to_be_attached()
+    expect(page.locator("#draft-message")).to_contain_text("已部署为版本 2")
+    with db.transaction() as s:
+        v2 = s.execute(select(ProcessVersion).where(ProcessVersion.process_key == "complaint",
+                                                    ProcessVersion.version == 2)).scalar_one()
+        assert 'camunda:candidateGroups="call_center_agent"' in v2.bpmn_xml
+        assert 'camunda:formKey="complaint_register"' in v2.bpmn_xml
