@@ -25,13 +25,14 @@ from tests.conftest import deploy_fixture
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
 
 
-def _wait_until_blocked_on_a_lock(db, attempts: int = 1000) -> None:
-    """Poll PostgreSQL until some session of this database waits for a lock."""
+def _wait_until_blocked_on_a_lock(db, pid: int, attempts: int = 1000) -> None:
+    """Poll PostgreSQL until the session ``pid`` waits for a lock (other tests' sessions, in
+    other schemas of the same database, may be waiting too: only this one counts)."""
     for _ in range(attempts):
         with db.engine.connect() as conn:
             waiting = conn.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'")).scalar_one()
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid AND wait_event_type = 'Lock'"),
+                {"pid": pid}).scalar_one()
         if waiting:
             return
         threading.Event().wait(0.01)
@@ -42,14 +43,17 @@ def _race_two_deliveries(db, rt, timer_id: int) -> list[bool]:
     """The first delivery fires and holds its transaction open until the second one, which
     started after it, is blocked on the instance lock; returns both results, first first."""
     results: list[bool | BaseException | None] = [None, None]
-    first_fired = threading.Event()
+    first_fired, second_pid = threading.Event(), threading.Event()
+    pids: list[int] = []
 
     def first() -> None:
         try:
             with db.transaction() as s:
                 results[0] = firing.fire(s, rt, timer_id)
                 first_fired.set()
-                _wait_until_blocked_on_a_lock(db)
+                if not second_pid.wait(30):
+                    raise AssertionError("the second delivery never started")
+                _wait_until_blocked_on_a_lock(db, pids[0])
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             results[0] = exc
             first_fired.set()
@@ -58,9 +62,12 @@ def _race_two_deliveries(db, rt, timer_id: int) -> list[bool]:
         first_fired.wait(30)
         try:
             with db.transaction() as s:
+                pids.append(s.execute(text("SELECT pg_backend_pid()")).scalar_one())
+                second_pid.set()
                 results[1] = firing.fire(s, rt, timer_id)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             results[1] = exc
+            second_pid.set()
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for thread in threads:
