@@ -10,7 +10,7 @@ NODE_STAMP := $(UI)/node_modules/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint typecheck check bench bench-full services browser clean
+.PHONY: run test lint typecheck check bench bench-full mutate services browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,5 +78,13 @@ bench-full: $(DEV_STAMP) services
 	$(BIN)/python bench/timers.py
 	$(BIN)/python bench/pages.py --scale 200000
 
+# Mutation testing over the modules listed in setup.cfg's [mutmut] section; long (an hour or
+# more on 2 cores), so never part of `make test`. MUTANTS narrows it, e.g.
+# make mutate MUTANTS='engine.access.masking*'. Results: .venv/bin/mutmut results / show NAME.
+MUTANTS ?=
+mutate: $(DEV_STAMP) services
+	$(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info $(UI)/node_modules
+	rm -rf mutants $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info $(UI)/node_modules

@@ -9,7 +9,9 @@ worker; the engine only enqueues.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -18,6 +20,8 @@ from datetime import timedelta
 
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.job_lifecycle import call_exception_handlers
 
 from engine.bootstrap import build_runtime
 from engine.config import Settings
@@ -67,6 +71,38 @@ def die_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+log = logging.getLogger(__name__)
+# rq keeps one "execution" record per run of a job, under the job's id. Two runs of one job id
+# at once (the sweep handing over a due timer while another worker still runs the same job, a
+# Redis flush under load) share those records: the first to finish deletes the job with every
+# execution record, and the second, finishing a moment later, finds its own gone and raises
+# this from rq's success bookkeeping, after the job itself returned.
+_LOST_EXECUTION = re.compile(r"Execution \S+ not found in Redis")
+
+
+class TimerWorker(SimpleWorker):
+    """rq's SimpleWorker, for whom a duplicate delivery's lost bookkeeping is expected."""
+
+    def handle_exception(self, job: Job, *exc_info: object) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, ValueError) and _LOST_EXECUTION.search(str(exc)):
+            # The timer's firing committed, or found the occurrence claimed, before this was
+            # raised (the database's claim fires it once): rq's retry runs again and changes
+            # nothing. A warning with the timer's id, not a traceback nobody reads.
+            log.warning("timer %s: a concurrent delivery of job %s removed rq's record of this run (%s); "
+                        "the timer fires once, the job's retry changes nothing", _timer_id(job), job.id, exc)
+            call_exception_handlers(self._exc_handlers, job, *exc_info)
+            return
+        super().handle_exception(job, *exc_info)
+
+
+def _timer_id(job: Job) -> object:
+    try:
+        return job.args[0]
+    except Exception:  # noqa: BLE001 - a job that cannot be read still gets its warning
+        return job.id
+
+
 def make_worker(redis_url: str, queue_name: str = QUEUE_NAME) -> SimpleWorker:
     """An rq worker on its own Redis client.
 
@@ -78,4 +114,4 @@ def make_worker(redis_url: str, queue_name: str = QUEUE_NAME) -> SimpleWorker:
     while due timers wait. SimpleWorker runs jobs in this process: no fork per job, and the
     database pool and the spec cache survive between jobs."""
     connection = Redis.from_url(redis_url)
-    return SimpleWorker([Queue(queue_name, connection=connection)], connection=connection)
+    return TimerWorker([Queue(queue_name, connection=connection)], connection=connection)

@@ -29,7 +29,13 @@ at the start of each scenario, ``--redis-url`` to choose another spare one); it 
 another Redis database, and warns when other clients are connected to its own (another run's
 rq workers would take its jobs).
 
+``--busy N`` keeps N cores busy (one spinning process each) from the window opening until the
+benchmark stops waiting, as another service on the host would; the load average when the
+window opened and closed is printed beside the figures, and so is every error line of the
+workers' logs, each traceback whole.
+
     .venv/bin/python bench/timers.py            # full: 10,000 timers, 1,000,000 pending
+    .venv/bin/python bench/timers.py --part a --no-flush-run --busy 1   # firing with a core taken
     .venv/bin/python bench/timers.py --quick    # smoke: 1,000 timers, 100,000 pending
 """
 
@@ -282,17 +288,58 @@ class Workers:
         return sum(len(pattern.findall(path.read_text(errors="replace"))) for path in self.logs if path.exists())
 
     def errors(self) -> list[str]:
+        """Every error line of the workers' logs, each traceback whole (up to the exception
+        it ends with): what raised under load is read from here, not guessed."""
         lines: list[str] = []
         for path in self.logs:
-            if path.exists():
-                lines += [ln for ln in path.read_text(errors="replace").splitlines()
-                          if "Traceback" in ln or "sweep failed" in ln or "ERROR" in ln]
+            if not path.exists():
+                continue
+            in_traceback = False
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("Traceback"):
+                    in_traceback = True
+                    lines.append(line)
+                elif in_traceback:
+                    lines.append(line)
+                    # The exception line closes a traceback: the first line not indented.
+                    in_traceback = line.startswith((" ", "\t")) or not line.strip() or line.startswith(
+                        ("During handling", "The above exception"))
+                elif "sweep failed" in line or "ERROR" in line or "WARNING" in line:
+                    lines.append(line)
         return lines
 
     def remove_logs(self) -> None:
         for path in self.logs:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _spin(stop_at: float) -> None:
+    """Keep one core busy (pure Python, no I/O) until ``stop_at`` (time.monotonic)."""
+    n = 0
+    while time.monotonic() < stop_at:
+        for _ in range(10_000):
+            n += 1
+
+
+@contextlib.contextmanager
+def cores_busy(count: int, longest: float) -> Iterator[None]:
+    """``--busy N``: N processes that each keep a core busy while the block runs (at most
+    ``longest`` seconds), as another service on the host would."""
+    if count <= 0:
+        yield
+        return
+    context = multiprocessing.get_context("spawn")
+    spinners = [context.Process(target=_spin, args=(time.monotonic() + longest,), daemon=True) for _ in range(count)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.terminate()
+        for spinner in spinners:
+            spinner.join(timeout=5)
 
 
 @contextlib.contextmanager
@@ -391,6 +438,9 @@ class FireRun:
     busy_seconds: float = 0.0  # wall time from the window opening to the last poll
     system_busy: float = 0.0  # share of all CPUs busy during the window and the grace period
     worker_errors: list[str] = field(default_factory=list)
+    busy_cores: int = 0  # --busy: cores kept busy by the benchmark during the window
+    load_at_open: float = 0.0  # 1-minute load average when the window opened, and at its end
+    load_at_end: float = 0.0
 
     def pct(self, q: float) -> float:
         if not self.lags_ms:
@@ -400,7 +450,8 @@ class FireRun:
 
 
 def run_fire(args: argparse.Namespace, url: URL, *, flush_halfway: bool) -> FireRun:
-    result = FireRun(name="Redis FLUSHDB halfway" if flush_halfway else "undisturbed", timers=args.timers)
+    result = FireRun(name="Redis FLUSHDB halfway" if flush_halfway else "undisturbed", timers=args.timers,
+                     busy_cores=args.busy)
     database_url = url_string(url)
     prepare_database(url, args.server_url)
     redis = redis_connection(args.redis_url)
@@ -441,6 +492,7 @@ def run_fire(args: argparse.Namespace, url: URL, *, flush_halfway: bool) -> Fire
     # Late is not lost: keep waiting (up to --drain seconds) to tell them apart.
     deadline = window_end + timedelta(seconds=max(LOSS_GRACE, args.drain))
     result.drain_seconds = max(LOSS_GRACE, args.drain)
+    busy: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     with workers_running(database_url, args.redis_url, args.sweep_interval) as workers:
         try:
             workers.start()
@@ -451,7 +503,11 @@ def run_fire(args: argparse.Namespace, url: URL, *, flush_halfway: bool) -> Fire
                   flush=True)
             if result.slack_seconds < 0:
                 print("  WARNING: the window opened before the workers were ready; raise --lead", flush=True)
+            _sleep_until(rt, t0 - timedelta(seconds=1.0 if args.busy else 0.0))
+            busy = cores_busy(args.busy, (deadline - rt.now()).total_seconds() + 5.0)
+            busy.__enter__()
             _sleep_until(rt, t0)
+            result.load_at_open = os.getloadavg()[0]
             cpu0, sys0 = workers.cpu(), system_cpu()
             snap0, wall0 = cpu_snapshot([p.pid for p in workers.procs]), time.monotonic()
             flushed = False
@@ -477,8 +533,11 @@ def run_fire(args: argparse.Namespace, url: URL, *, flush_halfway: bool) -> Fire
             result.busy_seconds = time.monotonic() - wall0
             result.worker_cpu = cpu1 - cpu0
             result.system_busy = (sys1[0] - sys0[0]) / max(1.0, sys1[1] - sys0[1])
+            result.load_at_end = os.getloadavg()[0]
+            busy.__exit__(None, None, None)
             time.sleep(2.0)  # let late duplicate deliveries run: they must change nothing
         finally:
+            busy.__exit__(None, None, None)  # a second exit of the spinners changes nothing
             workers.stop_all()
             result.job_runs = workers.job_runs()
             result.worker_errors = workers.errors()
@@ -669,8 +728,11 @@ def print_fire_table(runs: list[FireRun], window: float, sweep_interval: float) 
         if r.cpu:
             parts = ", ".join(f"{name} {seconds:.0f}" for name, seconds in r.cpu.items())
             print(f"    CPU s over {r.busy_seconds:.0f} s wall from the window opening: {parts}")
-        if r.worker_errors:
-            print(f"    worker log: {len(r.worker_errors)} error line(s), first: {r.worker_errors[0][:150]}")
+        print(f"    {r.busy_cores} core(s) kept busy by --busy; load average {r.load_at_open:.1f} when the window "
+              f"opened, {r.load_at_end:.1f} at its end ({os.cpu_count()} CPUs)")
+        print(f"    worker log: {len(r.worker_errors)} error line(s)")
+        for line in r.worker_errors:
+            print(f"      | {line[:300]}")
 
 
 def print_pending_table(r: PendingRun, idle_sweep_interval: float) -> None:
@@ -717,6 +779,8 @@ def main() -> int:
                         help="the workers' --sweep-interval (default 1; a huge value turns sweeps off: diagnosis)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the Part A worker logs (paths are printed)")
     parser.add_argument("--no-flush-run", action="store_true", help="skip the Part A run with FLUSHDB halfway")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="keep N cores busy (a spinning process each) while Part A's window and drain run")
     parser.add_argument("--server-url", default=SERVER_URL, help=f"maintenance database URL (default {SERVER_URL})")
     parser.add_argument("--redis-url", default=REDIS_URL, help=f"a spare Redis database (default {REDIS_URL})")
     args = parser.parse_args()

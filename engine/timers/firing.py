@@ -2,9 +2,12 @@
 
 Every waiting BPMN timer has a ``bpm_timer`` row (see ``engine.process.projection``). Firing one is
 idempotent: lock the instance (the same lock order as every other change, so a timer and
-a user's completion never deadlock), then claim the row with a conditional UPDATE
-(``waiting`` → ``fired``); a second delivery, a second worker or a retried job finds
-nothing to claim and changes nothing. Claim and effect commit together, so a worker killed
+a user's completion never deadlock), then claim one occurrence of the row with a conditional
+UPDATE (``waiting`` → ``fired`` *for the due time this delivery read*); a second delivery, a
+second worker or a retried job finds nothing to claim and changes nothing. The due time is
+part of the claim because a cycle timer's row goes back to ``waiting`` for its next
+occurrence: a delivery that read the row before the first one committed would otherwise
+find it ``waiting`` again and fire the same occurrence twice. Claim and effect commit together, so a worker killed
 mid-job leaves the row ``waiting`` and the next sweep fires it again, exactly once.
 
 SpiffWorkflow fires a timer only when ``due < now`` strictly, so callers wake just after
@@ -59,7 +62,7 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
                 or timer.due_at >= now:
             return False
         # No instance to lock: the claim alone makes a second delivery a no-op.
-        return _claim(session, timer_id, now) and schedules.start_slot(session, rt, timer, now=now)
+        return _claim(session, timer, now) and schedules.start_slot(session, rt, timer, now=now)
     instance, timer = found
     if timer.status != TimerStatus.WAITING or timer.due_at >= now:
         return False
@@ -68,9 +71,9 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
         session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == TimerStatus.WAITING)
                         .values(status=TimerStatus.CANCELLED))
         return False
-    # The claim is the authority (the read above took no lock); the ORM-enabled UPDATE also
-    # refreshes ``timer`` in memory, so the row need not be read again.
-    if not _claim(session, timer_id, now):
+    # The claim is the authority: the read above took no lock, so its status and due time may
+    # be those of before a delivery that held the instance lock meanwhile.
+    if not _claim(session, timer, now):
         return False  # another delivery got here first
     if timer.kind == TimerKind.SLA:
         milestones.fire_milestone(session, timer=timer, instance=instance, now=now, evaluator=rt.evaluator)
@@ -84,16 +87,20 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
 # The timer row is read with the instance but not locked: the claim below is the authority.
 _LOCK_WITH_TIMER = lock_statement(ProcessInstance.id == Timer.instance_id, Timer.id == bindparam("timer_id"),
                                   also=Timer)
-_CLAIM = (update(Timer).where(Timer.id == bindparam("timer_id"), Timer.status == TimerStatus.WAITING)
+# The occurrence is named by its due time: a cycle timer's row waits again, at a later time.
+_CLAIM = (update(Timer).where(Timer.id == bindparam("timer_id"), Timer.status == TimerStatus.WAITING,
+                              Timer.due_at == bindparam("occurrence"))
           .values(status=TimerStatus.FIRED, fired_at=bindparam("now")))
 _UNCLAIM = (update(Timer).where(Timer.id == bindparam("timer_id"))
             .values(status=TimerStatus.WAITING, fired_at=None))
 
 
-def _claim(session: Session, timer_id: int, now: datetime) -> bool:
+def _claim(session: Session, timer: Timer, now: datetime) -> bool:
+    """Claim the occurrence of ``timer`` due at the time it was read with."""
     # On the connection: a plain conditional UPDATE, without the ORM's flush before it or
     # its bookkeeping after it (nothing in this transaction reads the row's status again).
-    return rowcount(session.connection().execute(_CLAIM, {"timer_id": timer_id, "now": now})) == 1
+    params = {"timer_id": timer.id, "occurrence": timer.due_at, "now": now}
+    return rowcount(session.connection().execute(_CLAIM, params)) == 1
 
 
 def _unclaim(session: Session, timer_id: int) -> None:

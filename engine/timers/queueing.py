@@ -102,6 +102,16 @@ def sweep(session: Session, scheduler: RqScheduler, now: datetime, *,
                # hand it to the workers directly (the parked copy later finds it fired).
                or (status == b"scheduled" and due < now)]
     if missing:
+        # A due timer handed over directly leaves rq's scheduler first: it would otherwise move
+        # the parked copy onto the queue while a worker runs this one, two runs of one job id at
+        # once. Should this process die in between, the job still reads "scheduled" and the
+        # next sweep hands it over.
+        parked = scheduler.queue.scheduled_job_registry
+        with redis.pipeline(transaction=False) as pipe:
+            for timer_id, due_at in missing:
+                if due_at < now:
+                    parked.remove(job_id(timer_id), pipeline=pipe)
+            pipe.execute()
         with redis.pipeline() as pipe:
             for timer_id, due_at in missing:
                 if due_at < now:

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from engine.access import field_policy
 from engine.access.field_policy import FieldPolicy
-from engine.access.masking import mask_echo, mask_identifiers, mask_text
+from engine.access.masking import mask_account, mask_echo, mask_identifiers, mask_phone, mask_text, masker_for
 from engine.errors import FormValidationError
 from engine.models import ProcessInstance, Task
 from engine.process import instances, messages, tasks
@@ -51,6 +51,49 @@ def test_a_number_under_an_identifiers_name_is_masked_as_text():
 def test_every_string_of_a_list_under_an_identifiers_name_is_masked():
     assert mask_identifiers({"backup_phone": BACKUP_PHONES}) == {"backup_phone": ["139****0421", "138****0422"]}
     assert mask_identifiers({"backup_phone": ["n/a"]}) == {"backup_phone": ["***"]}  # by the name, not the look
+
+
+def test_an_account_of_four_characters_or_fewer_is_hidden_whole():
+    assert (mask_account("5521"), mask_account("521"), mask_account("15521")) == ("****", "****", "**** 5521")
+
+
+def test_a_trailing_masked_word_is_ignored_however_long_the_name():
+    assert masker_for("complainant_phone_masked") is mask_phone
+    assert masker_for("complainantPhoneMasked") is mask_phone
+
+
+def test_what_is_not_a_string_nor_a_number_keeps_its_type_under_any_name():
+    # Keys that are not text (an integer key) and booleans (``has_phone``: an identifier's
+    # name, but a yes or no) are not identifiers; a fractional number under an account's name
+    # is masked as the text it is written as, not as its integer part.
+    assert mask_identifiers({1: "x", "has_phone": True, "phone": None, "bank_card": 1234567.5}) == \
+        {1: "x", "has_phone": True, "phone": None, "bank_card": "**** 67.5"}
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    # GB 11643: a right check character makes an ID number whatever the digits of the date...
+    ("330105199913400004", "3301**********0004"), ("33010519991340008X", "3301**********008X"),
+    ("33010519991340008x", "3301**********008x"),
+    # ...a wrong one needs a real birth date from 1900 to 2100; otherwise the 18 digits are
+    # masked as a card number would be (last four shown).
+    ("330105199913400005", "**** 0005"), ("330105190001010011", "3301**********0011"),
+    ("330105210012310015", "3301**********0015"), ("330105189912310017", "**** 0017"),
+    ("330105210101010014", "**** 0014"),
+])
+def test_an_id_number_is_told_by_its_check_character_or_its_birth_date(text, shown):
+    assert mask_text(f"证件 {text}") == f"证件 {shown}"
+
+
+def test_a_card_number_written_in_groups_is_masked_only_when_it_passes_the_luhn_check():
+    # The number doubles digits above 4 (so 9 is subtracted), doubles a 5 (10 → 1) and keeps
+    # an undoubled 9: every step of the check counts.
+    assert mask_text("卡号 6222 4158 6834 4978") == "卡号 **** 4978"
+    assert mask_text("卡号 6222 4158 6834 4979") == "卡号 6222 4158 6834 4979"  # a reference, not a card
+
+
+def test_text_between_two_uuids_is_masked_too():
+    uuid = "4b8f5c1e-0c0e-4b7a-9d1e-2f3a4b5c6d7e"
+    assert mask_text(f"{uuid} 13761547720 {uuid} 13800000422") == f"{uuid} 137****7720 {uuid} 138****0422"
 
 
 def test_names_that_name_no_identifier_are_left_to_the_value_check():

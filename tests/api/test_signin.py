@@ -101,6 +101,16 @@ def test_a_successful_sign_in_clears_the_count(client, people):
         [401] * 4 + [200]
 
 
+@pytest.mark.sqlite
+def test_a_departed_user_is_refused_with_the_right_password_like_a_wrong_one(client, db, people):
+    assert attempt(client, "li", "li-pw").status_code == 200
+    with db.transaction() as s:  # what recording a departure leaves on the user
+        s.execute(select(User).where(User.username == "li")).scalar_one().active = False
+    departed = assert_problem(attempt(client, "li", "li-pw"), 401, "unauthenticated")
+    wrong = assert_problem(attempt(client, "zhao", "wrong"), 401, "unauthenticated")
+    assert "token" not in departed and departed["detail"] == wrong["detail"]
+
+
 def test_a_username_nobody_has_is_throttled_exactly_like_a_real_one(client, people):
     """Enumeration through the throttle: the same answers, in the same order, with the same
     words, for a real username and one nobody has."""

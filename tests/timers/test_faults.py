@@ -308,3 +308,48 @@ def test_workers_retry_while_the_database_is_away_and_fire_everything_when_it_re
         assert set(_fired_counts(db, ids).values()) == {1}
     finally:
         proxy.pause()
+
+
+def test_the_sweep_takes_a_due_timer_it_hands_over_out_of_rqs_scheduler(db, rq_rt, people, redis, review):
+    # A due timer still parked in rq's scheduler is handed to the workers directly; the parked
+    # copy must go, or the scheduler queues the same job id again while a worker runs it.
+    from engine.timers import queueing
+
+    with time_machine.travel(START, tick=False):
+        instance_id = _to_waiting_for_ack(db, rq_rt, people)
+    with db.transaction() as s:
+        timer = s.execute(select(Timer).where(Timer.instance_id == instance_id)).scalar_one()
+    scheduler = rq_rt.scheduler
+    # Parked by the commit that created it (the runtime enqueues after commit).
+    assert queueing.job_id(timer.id) in scheduler.queue.scheduled_job_registry.get_job_ids()
+    with time_machine.travel(timer.due_at.replace(microsecond=0).timestamp() + 5, tick=False), \
+            db.transaction() as s:
+        assert queueing.sweep(s, scheduler, rq_rt.now()) == 1
+    assert scheduler.queue.scheduled_job_registry.get_job_ids() == []
+    assert scheduler.queue.get_job_ids() == [queueing.job_id(timer.id)]
+
+
+def test_a_run_whose_rq_record_a_concurrent_run_removed_is_a_logged_retry_not_a_traceback(redis, caplog):
+    from rq import Queue
+
+    from api.worker import make_worker
+
+    worker = make_worker(REDIS_URL)
+    job = Queue("bpm-timers", connection=redis).enqueue("engine.jobs.fire_timer_job", 4242, job_id="bpm-timer-4242")
+    try:
+        raise ValueError("Execution 6c2f51f7434f4a219340043131e94d26 not found in Redis")
+    except ValueError as exc:
+        exc_info = (type(exc), exc, exc.__traceback__)
+    with caplog.at_level("DEBUG"):
+        worker.handle_exception(job, *exc_info)
+    records = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert "timer 4242" in records[0].getMessage() and "Traceback" not in caplog.text
+    # Anything else a job raises is still an error with its traceback.
+    caplog.clear()
+    try:
+        raise ValueError("something else")
+    except ValueError as exc:
+        exc_info = (type(exc), exc, exc.__traceback__)
+    worker.handle_exception(job, *exc_info)
+    assert any(r.levelname == "ERROR" and "Traceback" in r.getMessage() for r in caplog.records)
