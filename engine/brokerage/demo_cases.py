@@ -8,8 +8,7 @@ whose clock is set to each historical moment, so tasks, SLA clocks, milestones a
 trail carry the dates they would have had; SLA milestones that fell due during that history
 (reminders, CB-…0107's breach and escalation to the call-centre supervisor) are fired at
 their own moments. A BPMN timer started during the replay (CB-…0031's wait before its next
-call) runs from the moment of loading instead: SpiffWorkflow reads the wall clock, not the
-runtime's.
+call) counts from the runtime's clock like any other step.
 
 **Dates move with the day of loading.** The cases are written as of Monday 2025-06-16, the
 scenario's "today" (``BRIEF_TODAY``). Their dates are mapped onto the real calendar by
@@ -161,6 +160,26 @@ class Timeline:
         if lead.date() != self.today:
             return LATEST_DUE
         return min(max(lead.time(), EARLIEST_DUE), LATEST_DUE)
+
+    def last_calling_moment(self) -> datetime:
+        """When CB-…0031's unanswered call was made: a minute ago during the business hours of
+        a working day, else just before the last closing. Its retry, at least 4 hours later
+        within business hours and in another half-day, is then always still ahead, so the
+        case waits for its next attempt at whatever moment the demo is loaded."""
+        hours = self.calendar.hours.periods
+        if self.working(self.today):
+            for begin, end in hours:
+                opening = datetime.combine(self.today, begin, SHANGHAI)
+                if opening <= self.now < datetime.combine(self.today, end, SHANGHAI):
+                    return max(self.now - timedelta(minutes=1), opening)
+        d = self.today
+        while True:
+            if self.working(d):
+                for _begin, end in reversed(hours):
+                    closing = datetime.combine(d, end, SHANGHAI) - timedelta(minutes=1)
+                    if closing <= self.now:
+                        return closing
+            d -= timedelta(days=1)
 
     def request_day(self) -> date:
         """The day RET-…0002 was received and accepted (see the module docstring)."""
@@ -379,9 +398,9 @@ def _retention_closure(tl: Timeline, *, received: date) -> CaseSpec:
 
 
 def _callback_new_account(tl: Timeline, *, opened: date) -> CaseSpec:
-    """C08 郑佳怡 opened an account: a new-account callback within 1 CM; the first call
-    (the previous working day) went unanswered."""
-    attempt = datetime.combine(tl.step(tl.business_day, -1), time(16), SHANGHAI)
+    """C08 郑佳怡 opened an account: a new-account callback within 1 CM; the last call went
+    unanswered and the next one waits for its slot (see :meth:`Timeline.last_calling_moment`)."""
+    attempt = tl.last_calling_moment()
     return CaseSpec(
         "CB-20250603-0031", "callback", "C08", _number("CB", tl.day(opened), 31),
         "Due 1 CM after opening; 1 failed attempt; next attempt scheduled",

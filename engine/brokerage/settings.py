@@ -215,7 +215,11 @@ _ALL = (
           "service group this many calendar days after the closure."),
     # -- callbacks (回访) ----------------------------------------------------------------------------
     _case("callback.max_attempts", 3, "Call attempts before a callback is closed as unreachable."),
-    _case("callback.retry_after", "PT4H", "Spacing between call attempts (ISO 8601)."),
+    _case("callback.retry_after", "PT4H", "Least spacing between call attempts (ISO 8601); a retry is offered at "
+          "the first moment after it within the calling hours of a working day, in another half-day than the "
+          "attempt before."),
+    _case("callback.calling_hours", None, "Hours (Asia/Shanghai) in which clients are called, e.g. "
+          "09:00-12:00,13:00-20:00; none: the business hours of the working-day calendar."),
     _case("callback.qa_sample_rate", 0.1, "Share of completed callbacks sampled for quality review (every "
           "exception is reviewed)."),
     _stored("callback.new_account.deadline", "1 CM", "A new account's callback is due within this of the opening.",

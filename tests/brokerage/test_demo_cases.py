@@ -204,7 +204,8 @@ def test_the_callbacks_wait_for_a_retry_are_due_today_and_overdue_and_escalated(
     new_account = KEYS["CB-20250603-0031"][1]
     assert _open(db, new_account) == []
     waiting, _ = _waiting(db, new_account)
-    assert waiting == {("retry_wait", THURSDAY + timedelta(hours=4))}  # the next attempt, retry_after PT4H
+    # The last call a minute ago (10:29); the next at least 4 hours later, in the afternoon.
+    assert waiting == {("retry_wait", sh(2026, 11, 26, 14, 29))}
     assert _instance(db, new_account).facts["attempt_no"] == 1
     attempts = [d for k, _, d in _trail(db, new_account) if k == "task.completed"]
     assert [(d["element_id"], d["data"]["result"]) for d in attempts] == [("call_attempt", "no_answer")]
