@@ -725,3 +725,109 @@ def test_the_diagram_lints_and_has_interchange_for_every_element(rt):
     callback = etree.parse(str(WORKFLOWS / "callback.bpmn"))
     names = {m.get("name") for m in callback.iterfind("bpmn:message", ns)}
     assert "post_closure_callback_requested" in names
+
+
+# -- X1 for a full closure: the registry and the client's other open cases -------------------------
+C07 = {"client_id": "C07", "branch_code": "SX01", "service_group": "SX01-G1", "client_assets": 180000}
+
+
+def _registry_row(db, client_id: str) -> tuple[Any, ...]:
+    from engine.models import Client
+
+    with db.transaction() as s:
+        c = s.get(Client, client_id)
+        return c.account_status, c.vip_tier, c.tier_since, c.downgrade_grace_until, c.service_group_key
+
+
+def _close_account(case: Case, clock: Any, request_types: list[str]) -> None:
+    """C07 closes out at the SX01 counter, no retention talk; every step's offer and due date."""
+    case.receive(C07)
+    accept = case.task("accept")
+    assert (accept.candidate_groups, accept.assignee, accept.due_at) == \
+        (["SX01:counter_staff"], None, sh(2025, 6, 16, 11, 30))  # 2 working hours
+    case.do("accept", "s302", {**ACCEPT_CLOSURE, "request_types": request_types})
+    submit = case.task("submit_instructions")
+    assert (submit.candidate_groups, submit.assignee, submit.due_at) == \
+        (["SX01:counter_staff"], None, sh(2025, 6, 16, 15))  # the day's close
+    case.do("submit_instructions", "s302", SUBMITTED)
+    clock.move_to(sh(2025, 6, 16, 15))
+    case.message("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
+    notify = case.task("complete_notify")
+    assert (notify.candidate_groups, notify.assignee, notify.due_at) == \
+        (["SX01:counter_staff"], None, sh(2025, 6, 17, 15))  # 1 TD
+    case.do("complete_notify", "s302", {**COMPLETED, "completed_at": "2025-06-16T15:00:00+08:00"})
+    review = case.task("review_ops")
+    assert (review.candidate_groups, review.assignee, review.due_at) == \
+        (["SX01:branch_ops_director"], None, sh(2025, 6, 23, 15))  # 5 WD
+
+
+def _other_cases(db, rt, staff) -> tuple[Any, int]:
+    """C07's open cases before the closure: a downgrade in its grace period and an anomaly callback."""
+    from tests.brokerage.test_vip import GRACE_START
+    from tests.brokerage.test_vip import Case as VipCase
+
+    vip = VipCase(db, rt, staff, "VIP-20250616-0007")
+    vip.start({**GRACE_START, "evaluated_at": "2025-06-16T09:00:00+08:00"})
+    assert vip.open_tasks() == []  # waits in its grace period: nothing offered to anyone
+    with db.transaction() as s:
+        callback = instances.start(s, rt, process_key="callback", business_key="CB-20250616-0077",
+                                   actor=identity.Actor.system("surveillance"),
+                                   data={"callback_type": "anomaly", "client_id": "C07", "branch_code": "SX01",
+                                         "service_group": "SX01-G1"})
+        callback_id = callback.id
+    call = s_task(db, "CB-20250616-0077", "call_attempt")
+    assert (call.candidate_groups, call.assignee, call.due_at) == (["call_center_agent"], None, sh(2025, 6, 17, 9, 30))
+    return vip, callback_id
+
+
+def s_task(db, key: str, element: str) -> Task:
+    with db.transaction() as s:
+        return s.execute(select(Task).where(Task.business_key == key, Task.element_id == element,
+                                            Task.status.in_(("open", "claimed")))).scalar_one()
+
+
+def test_a_full_closure_closes_the_account_and_ends_the_clients_open_cases(db, rt, staff):
+    # Demo: C07 吴海涛 is a gold client of SX01-G1 with a downgrade pending until 2025-08-01.
+    assert _registry_row(db, "C07") == ("active", "gold", date(2024, 5, 6), date(2025, 8, 1), "SX01-G1")
+    case = Case(db, rt, staff, "RET-20250616-0005")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False) as clock:
+        vip, callback_id = _other_cases(db, rt, staff)
+        _close_account(case, clock, ["fund_account_closure", "securities_account_cancellation"])
+    assert case.data()["outcome"] == "completed"
+    # The registry: closed, no tier, out of its service group.
+    assert _registry_row(db, "C07") == ("closed", None, None, None, None)
+    # The VIP case ends "Closed" by the account-closed message it waits for.
+    assert vip.end_state() == "end_closed"
+    with db.transaction() as s:
+        callback = s.get(ProcessInstance, callback_id)
+        assert (callback.status, callback.ended_by) == ("cancelled", "account-closure")
+        cancelled = s.execute(select(AuditEvent.data).where(AuditEvent.stream == f"instance:{callback_id}",
+                                                             AuditEvent.kind == "instance.cancelled")).scalar_one()
+        assert "account closed" in cancelled["reason"]
+        left = s.execute(select(Task.status).where(Task.instance_id == callback_id)).scalars().all()
+        assert set(left) == {"cancelled"}
+    # The post-closure callback replaces it, offered to the call centre, due 5 WD on.
+    (post,) = [c for c in _callbacks(db) if c.id != callback_id]
+    assert post.status == "running" and (post.facts or {}).get("callback_type") == "post_closure"
+    call = s_task(db, post.business_key, "call_attempt")
+    assert (call.candidate_groups, call.assignee, call.due_at) == (["call_center_agent"], None, sh(2025, 6, 23, 15))
+    (closed,) = [d for k, _, d in case.trail() if k == "client.account_closed"]
+    assert closed["changes"] == {
+        "account_status": ["active", "closed"], "vip_tier": ["gold", None], "tier_since": ["2024-05-06", None],
+        "downgrade_grace_until": ["2025-08-01", None], "service_group_key": ["SX01-G1", None]}
+    assert closed["cases_ended"] == [
+        {"business_key": "VIP-20250616-0007", "process_key": "vip_onboarding", "how": "vip_account_closed"},
+        {"business_key": "CB-20250616-0077", "process_key": "callback", "how": "cancelled"}]
+
+
+def test_a_transfer_alone_leaves_the_account_and_the_clients_cases_as_they_were(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0006")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False) as clock:
+        vip, callback_id = _other_cases(db, rt, staff)
+        _close_account(case, clock, ["sh_dedesignation"])
+    assert case.data()["outcome"] == "completed"
+    assert _registry_row(db, "C07") == ("active", "gold", date(2024, 5, 6), date(2025, 8, 1), "SX01-G1")
+    assert vip.status() == "running"
+    with db.transaction() as s:
+        assert s.get(ProcessInstance, callback_id).status == "running"
+    assert not [k for k, _, _ in case.trail() if k == "client.account_closed"]
