@@ -200,9 +200,8 @@ _ALL = (
     _stored("complaint.sla.regulator_margin", "2 WD", "Feedback to the regulator is due this long before the "
             "regulator's own due date.", working_days),
     # -- transfer and closure with retention (转销户挽留) ------------------------------------------
-    _case("retention.lapse_after", "P40D", "A request lapses when its blocking items are not cleared within 20 "
-          "trading days; a BPMN timer counts calendar time, so the default is the calendar span that always "
-          "holds 20 trading days (the longest in 2010-2026 is 40 days): never early, up to about 12 days late."),
+    _case("retention.lapse_trading_days", 20, "A request lapses when its blocking items are not cleared within "
+          "this many trading days after the client was told them (the trading-day calendar)."),
     _case("retention.review_asset_threshold", 500000, "The branch head reviews the case as well when the client's "
           "assets exceed this (¥)."),
     _case("retention.review_sample_rate", 1.0, "Share of completed transfers and closures given a post-hoc review "

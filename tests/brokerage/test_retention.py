@@ -358,24 +358,34 @@ def test_blocking_items_are_explained_and_the_request_goes_on_once_the_client_cl
         ["retention_request_received", "retention_items_cleared"]
 
 
-def test_a_request_whose_items_are_not_cleared_lapses_never_before_twenty_trading_days(db, rt, staff):
+def test_a_request_whose_items_are_not_cleared_lapses_after_twenty_trading_days(db, rt, staff):
     case = Case(db, rt, staff, "RET-20250922-0001")
     informed = sh(2025, 9, 22, 10)  # the National Day closure (10-01..10-08) falls in the window
     with time_machine.travel(informed, tick=False) as clock:
         case.receive(C06, account_status={"margin_debt": 80000})
         case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+        inform = case.task("inform_blocking")
+        assert (inform.candidate_groups, inform.assignee, inform.due_at) == \
+            (["HZ01:counter_staff"], None, sh(2025, 9, 22, 14))  # 4 WH
         case.do("inform_blocking", "s104", {"items_explained": True})
+        assert case.open_tasks() == []  # waiting for the client: nothing offered to anyone
         with db.transaction() as s:
             timer = s.execute(select(Timer).where(Timer.instance_id == case.instance_id,
                                                   Timer.element_id == "lapse_timer")).scalar_one()
-        assert settings.default("retention.lapse_after") == "P40D" and timer.due_at == informed + timedelta(days=40)
-        assert timer.due_at >= _trading_days_after(db, informed, 20)  # brief §7 retention.lapse_after: 20 TD
+        # 20 trading days on the trading calendar: National Day (10-01..10-08) and the make-up
+        # working Sunday 09-28 and Saturday 10-11 (no trading) are skipped: 2025-10-28 10:00,
+        # not 40 calendar days (2025-11-01).
+        assert settings.default("retention.lapse_trading_days") == 20
+        assert timer.due_at == _trading_days_after(db, informed, 20) == sh(2025, 10, 28, 10)
         clock.move_to(timer.due_at)
         assert firing.fire_due(db, rt) == 0
         clock.shift(timedelta(minutes=1))
         assert firing.fire_due(db, rt) >= 1
         case.assert_not_failed()
         assert "end_lapsed" in case.own_ends() and case.subscriptions() == []
+        review = case.task("review_ops")
+        assert (review.candidate_groups, review.assignee, review.due_at) == \
+            (["HZ01:branch_ops_director"], None, sh(2025, 11, 4, 10, 1))  # 5 WD
         case.do("review_ops", "s102", REVIEWED)  # lapses are always reviewed
     assert case.instance().status == "completed" and case.end_state() == "X3"
     assert ("timer.fired", "timer") in [(k, a) for k, a, _ in case.trail()]
@@ -642,11 +652,12 @@ def test_completed_cases_are_sampled_for_review_by_the_configured_rate(db, rt, s
 
 # -- service functions -------------------------------------------------------------------------
 def test_tunables_come_from_the_case_or_the_brief_defaults():
-    assert settings_of({}) == {"lapse_after": "P40D", "review_asset_threshold": 500000.0, "review_sample_rate": 1.0,
-                               "submit_cutoff": "15:00", "result_check_at": "10:00"}
-    assert settings_of({"lapse_after": "P30D", "review_sample_rate": "0.25"})["review_sample_rate"] == 0.25
-    with pytest.raises(ValueError, match="ISO 8601"):
-        settings_of({"lapse_after": "20 TD"})
+    assert settings_of({}) == {"lapse_trading_days": 20, "review_asset_threshold": 500000.0,
+                               "review_sample_rate": 1.0, "submit_cutoff": "15:00", "result_check_at": "10:00"}
+    assert settings_of({"lapse_trading_days": "15", "review_sample_rate": "0.25"})["lapse_trading_days"] == 15
+    for bad in ("P40D", 0, True, 1.5):
+        with pytest.raises(ValueError, match="lapse_trading_days must be a whole number"):
+            settings_of({"lapse_trading_days": bad})
     with pytest.raises(ValueError, match="between 0 and 1"):
         settings_of({"review_sample_rate": 2})
     with pytest.raises(ValueError, match="submit_cutoff must be a time of day"):
