@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from engine.access import identity
 from engine.bpmn import bundle
-from engine.brokerage import settings
+from engine.brokerage import figures, settings
 from engine.brokerage.services.retention import check_preconditions, outcome_of, prepare, settings_of, wrap_up
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
@@ -286,6 +286,12 @@ def test_a_retained_client_withdraws_the_request_themselves(db, rt, staff):
     assert case.data()["review_excluded_users"] == ["s302", "s304"]
     received = [d["message"] for k, _, d in case.trail() if k == "message.received"]
     assert received == ["retention_request_received", "retention_client_withdraws"]
+    # The retention figure counts the client as retained from what the case recorded.
+    with db.transaction() as s:
+        june = figures.Scope(start=sh(2025, 6, 1), end=sh(2025, 7, 1))
+        result = figures.retention_figures(s, scope=june, now=sh(2025, 6, 30))
+    assert (result.requests, result.open_to_talk, result.conversations_held, result.retained) == (1, 1, 1, 1)
+    assert result.success_rate == 1.0
 
 
 def test_the_client_may_withdraw_while_blocking_items_are_being_cleared(db, rt, staff):
