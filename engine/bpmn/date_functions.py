@@ -25,6 +25,11 @@ compares correctly with other results of these functions.
     The first ``at`` on an open day strictly after ``moment`` (the same as
     ``add_…_days(moment, 0, at=at, cutoff=at)``): ``next_trading_day_at(t, '15:00')`` is the
     close a request that became ready at ``t`` must meet.
+``working_days_before(moment, n, at=None)``
+    The ``n``-th working day before the Shanghai date of ``moment`` (``n`` = 0: that date if
+    it is a working day, else the working day before it), at ``at`` or at ``moment``'s time
+    of day: ``working_days_before('2025-08-01T00:00:00+08:00', 10)`` is 2025-07-18 00:00, so
+    the ten working days from 07-18 to 07-31 lie between the two.
 ``next_working_slot(moment, after, hours=None)``
     The first moment at least ``after`` (an ISO 8601 duration in days, hours, minutes,
     seconds: ``'PT4H'``) after ``moment`` that lies within ``hours`` of a working day and in
@@ -151,6 +156,24 @@ class DateFunctions:
         return self._add(moment, 0, at, at, trading=True)
 
     @_names_errors
+    def working_days_before(self, moment: Any, n: Any, at: Any = None) -> str:
+        local = _moment(moment, "moment")
+        count = _count(n, "n")
+        at_time = None if at is None else _time_of_day(at, "at")
+        day = local.date()
+        for _ in range(MAX_SCAN_DAYS):
+            if self._open(day, trading=False):
+                break
+            day -= ONE_DAY
+        for _ in range(count):
+            day -= ONE_DAY
+            for _ in range(MAX_SCAN_DAYS):
+                if self._open(day, trading=False):
+                    break
+                day -= ONE_DAY
+        return _iso(datetime.combine(day, at_time if at_time is not None else local.time(), SHANGHAI))
+
+    @_names_errors
     def next_working_slot(self, moment: Any, after: Any, hours: Any = None) -> str:
         local = _moment(moment, "moment")
         gap = _duration(after, "after")
@@ -202,7 +225,7 @@ class DateFunctions:
 
 
 NAMES = ("now", "is_working_day", "is_trading_day", "add_working_days", "add_trading_days",
-         "next_working_day_at", "next_trading_day_at", "next_working_slot")
+         "next_working_day_at", "next_trading_day_at", "next_working_slot", "working_days_before")
 # What each gives: a timer's timeDate needs a date-time, never a truth value.
 RETURNS_MOMENT = frozenset(NAMES) - {"is_working_day", "is_trading_day"}
 

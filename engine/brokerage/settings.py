@@ -244,8 +244,10 @@ _ALL = (
     _case("vip.prospect_ratio", 0.8, "A prospect has at least this share of the next tier's threshold."),
     _case("vip.hq_approval_assets", 10_000_000, "A diamond client at or above these assets (¥) is approved by HQ."),
     _case("vip.advisory_risk_level", "R3", "Risk rating of the advisory benefits (stock picks, strategy research)."),
-    _case("vip.downgrade_notice_days", 14, "Calendar days between the pre-downgrade contact and the effective "
-          "date (about 10 working days)."),
+    _case("vip.pre_downgrade_contact_wd", 10, "The pre-downgrade contact is due this many working days before the "
+          "downgrade's effective date; when the grace period ends later than that, the downgrade moves a month."),
+    _case("vip.downgrade_notice_days", 14, "Calendar days after the grace period's end from which the downgrade "
+          "takes effect on the 1st of the following month (the contact's deadline is vip.pre_downgrade_contact_wd)."),
     _case("risk.validity_months", 24, "A risk assessment older than this has expired (the published maximum).",
           variable="risk_validity_months", source="public"),
     _case("vip.commission_threshold.silver", None, "Trailing-12-month commission (¥) that also qualifies for "

@@ -315,6 +315,19 @@ def test_the_next_working_slot_is_in_business_hours_and_another_half_day(ev, exp
     assert ev.evaluate(expression, {}, dates=dates()) == value
 
 
+@pytest.mark.parametrize(("expression", "value"), [
+    ("working_days_before('2025-08-01T00:00:00+08:00', 10)", "2025-07-18T00:00:00+08:00"),
+    ("working_days_before('2025-08-01T00:00:00+08:00', 0)", "2025-08-01T00:00:00+08:00"),
+    # Saturday 2025-11-01 is not a working day: n = 0 is the Friday before.
+    ("working_days_before('2025-11-01', 0, at='09:00')", "2025-10-31T09:00:00+08:00"),
+    # Back over National Day 2025 (10-01..10-08) and the make-up Sunday 09-28, which counts.
+    ("working_days_before('2025-10-10T10:00:00+08:00', 3)", "2025-09-29T10:00:00+08:00"),
+    ("working_days_before('2025-10-10T10:00:00+08:00', 4)", "2025-09-28T10:00:00+08:00"),
+], ids=lambda v: str(v)[:70])
+def test_working_days_before_counts_back_on_the_working_day_calendar(ev, expression, value):
+    assert ev.evaluate(expression, {}, dates=dates()) == value
+
+
 @pytest.mark.parametrize(("expression", "words"), [
     ("add_business_days(now(), 1)", "function 'add_business_days' is not available"),
     ("add_trading_days(now())", "add_trading_days(): missing a required argument: 'n'"),
