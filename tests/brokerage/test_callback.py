@@ -30,6 +30,7 @@ from engine.timers import firing
 AGENT, OTHER_AGENT, SUPERVISOR, COMPLIANCE = "s003", "s004", "s002", "s006"
 # 龚丽: counter staff in NB01-G2 (C08's service group); some tests also give her call-centre shifts.
 GROUP_MEMBER = "s208"
+COUNTER_NB01 = "s204"  # 任静, NB01 counter
 # Demo clients (brief §4.4): branch and service group travel in the start data until the
 # client registry provides them.
 CLIENTS = {
@@ -459,14 +460,37 @@ def test_the_caller_cannot_see_claim_or_complete_the_qa_review_while_another_sup
 def test_invalid_number_goes_to_the_clients_service_group_and_refusal_ends_refused(db, rt, callback):
     with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
         alt_id = _start(db, rt, "CB-ALT", "periodic", "C03", qa_sample_rate=0)
+        assert _offer(_open_task(db, "CB-ALT", "call_attempt")) == (["call_center_agent"], None, sh(2025, 7, 14, 10))
         _complete(db, rt, "CB-ALT", "call_attempt", AGENT, {**NO_ANSWER, "result": "invalid_number"})
         alt = _open_task(db, "CB-ALT", "alt_channel")
-        assert alt.candidate_groups == ["NB01-G1"] and alt.lane == "营业部（负责人 / 服务小组）"
+        assert _offer(alt) == (["NB01-G1"], None, sh(2025, 6, 23, 10))  # 5 WD
+        assert alt.lane == "营业部（负责人 / 服务小组）"
+        # An invalid number is also a data-quality task for the counter of the client's branch.
+        update = _open_task(db, "CB-ALT", "update_contact")
+        assert _offer(update) == (["NB01:counter_staff"], None, sh(2025, 6, 23, 10))  # 5 WD
+        assert update.form_key == "callback_update_contact"
         _complete(db, rt, "CB-ALT", "alt_channel", "s205", {"channel": "sms", "alt_result": "unreachable"})
+        assert _status(db, alt_id) == "running"  # the counter's task is still open
+        _complete(db, rt, "CB-ALT", "update_contact", COUNTER_NB01, {"contact_updated": True,
+                                                                      "update_channel": "counter"})
         refused_id = _start(db, rt, "CB-REF", "periodic", "C03", qa_sample_rate=0)
+        assert _offer(_open_task(db, "CB-REF", "call_attempt")) == (["call_center_agent"], None, sh(2025, 7, 14, 10))
         _complete(db, rt, "CB-REF", "call_attempt", AGENT, {**REACHED, "result": "refused"})
-    assert _end_events(db, rt, alt_id) == ["end_unreachable_alt"]
+    assert _status(db, alt_id) == "completed"
+    assert sorted(_end_events(db, rt, alt_id)) == ["end_contact_task", "end_unreachable_alt"]
     assert _end_events(db, rt, refused_id) == ["end_refused"]
+
+
+@pytest.mark.sqlite
+def test_a_caller_who_is_not_the_client_gets_no_contact_update_task(db, rt, callback):
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        _start(db, rt, "CB-NOT", "periodic", "C03", qa_sample_rate=0)
+        _complete(db, rt, "CB-NOT", "call_attempt", AGENT,
+                  {**NO_ANSWER, "result": "not_client", "recording_id": "REC-N"})
+        assert _offer(_open_task(db, "CB-NOT", "alt_channel")) == (["NB01-G1"], None, sh(2025, 6, 23, 10))
+        with db.transaction() as s:
+            assert s.execute(select(Task).where(Task.business_key == "CB-NOT",
+                                                Task.element_id == "update_contact")).first() is None
 
 
 @pytest.mark.sqlite
