@@ -692,7 +692,8 @@ class Client(Base):
     downgrade_grace_until: Mapped[date | None] = mapped_column(Date)
     # active, dormant (休眠账户) or suspended (中止交易账户), from the account system: dormant and
     # suspended accounts are outside the periodic callback quota's base and sample (a
-    # regulatory rule, docs/domain.md#periodic-sampling).
+    # regulatory rule, docs/domain.md#periodic-sampling); closed (销户) once a full closure
+    # completes (engine.brokerage.closure).
     account_status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -25,6 +25,18 @@ compares correctly with other results of these functions.
     The first ``at`` on an open day strictly after ``moment`` (the same as
     ``add_…_days(moment, 0, at=at, cutoff=at)``): ``next_trading_day_at(t, '15:00')`` is the
     close a request that became ready at ``t`` must meet.
+``working_days_before(moment, n, at=None)``
+    The ``n``-th working day before the Shanghai date of ``moment`` (``n`` = 0: that date if
+    it is a working day, else the working day before it), at ``at`` or at ``moment``'s time
+    of day: ``working_days_before('2025-08-01T00:00:00+08:00', 10)`` is 2025-07-18 00:00, so
+    the ten working days from 07-18 to 07-31 lie between the two.
+``next_working_slot(moment, after, hours=None)``
+    The first moment at least ``after`` (an ISO 8601 duration in days, hours, minutes,
+    seconds: ``'PT4H'``) after ``moment`` that lies within ``hours`` of a working day and in
+    another half-day than ``moment`` (the morning ends at 12:00). ``hours`` are periods
+    ``'09:00-12:00,13:00-20:00'``; none: the calendar's business hours. A call retried four
+    hours after one at 18:28 is therefore offered at the next working day's opening, not at
+    22:28, and one retried after a 10:00 call is offered in the afternoon.
 
 Arguments: ``moment``/``d`` are timezone-aware datetimes or ISO 8601 text with an offset
 (``Z`` too); a date alone (``'2025-10-01'``) is that day from 00:00 in Shanghai. A
@@ -59,6 +71,9 @@ from engine.errors import ExpressionError
 MAX_DAYS = 1000
 ONE_DAY = timedelta(days=1)
 _TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$")
+_DURATION = re.compile(r"^P(?!$)(?:(\d+)D)?(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+_PERIOD = re.compile(r"^\s*(\d\d:\d\d)\s*-\s*(\d\d:\d\d)\s*$")
+NOON = time(12)
 
 
 class CalendarSnapshot:
@@ -140,6 +155,47 @@ class DateFunctions:
     def next_trading_day_at(self, moment: Any, at: Any) -> str:
         return self._add(moment, 0, at, at, trading=True)
 
+    @_names_errors
+    def working_days_before(self, moment: Any, n: Any, at: Any = None) -> str:
+        local = _moment(moment, "moment")
+        count = _count(n, "n")
+        at_time = None if at is None else _time_of_day(at, "at")
+        day = local.date()
+        for _ in range(MAX_SCAN_DAYS):
+            if self._open(day, trading=False):
+                break
+            day -= ONE_DAY
+        for _ in range(count):
+            day -= ONE_DAY
+            for _ in range(MAX_SCAN_DAYS):
+                if self._open(day, trading=False):
+                    break
+                day -= ONE_DAY
+        return _iso(datetime.combine(day, at_time if at_time is not None else local.time(), SHANGHAI))
+
+    @_names_errors
+    def next_working_slot(self, moment: Any, after: Any, hours: Any = None) -> str:
+        local = _moment(moment, "moment")
+        gap = _duration(after, "after")
+        calendar = self.snapshot.calendar()
+        periods = calendar.hours.periods if hours is None else _periods(hours, "hours")
+        earliest = (local + gap).astimezone(SHANGHAI)
+        day = earliest.date()
+        for _ in range(MAX_SCAN_DAYS):
+            if self._open(day, trading=False):
+                for begin, end in periods:
+                    start = max(datetime.combine(day, begin, SHANGHAI), earliest)
+                    if day == local.date():
+                        # Not the half-day of the moment itself: a client who did not answer
+                        # in the morning is tried in the afternoon or on another day.
+                        if local.time() >= NOON:
+                            break
+                        start = max(start, datetime.combine(day, NOON, SHANGHAI))
+                    if start < datetime.combine(day, end, SHANGHAI):
+                        return _iso(start)
+            day += ONE_DAY
+        raise ExpressionError("the calendar has no working day within ten years")
+
     # -- arithmetic --------------------------------------------------------------------------
     def _open(self, day: date, *, trading: bool) -> bool:
         info, known = self.snapshot.calendar().day(day)
@@ -169,7 +225,7 @@ class DateFunctions:
 
 
 NAMES = ("now", "is_working_day", "is_trading_day", "add_working_days", "add_trading_days",
-         "next_working_day_at", "next_trading_day_at")
+         "next_working_day_at", "next_trading_day_at", "next_working_slot", "working_days_before")
 # What each gives: a timer's timeDate needs a date-time, never a truth value.
 RETURNS_MOMENT = frozenset(NAMES) - {"is_working_day", "is_trading_day"}
 
@@ -228,8 +284,39 @@ def _time_of_day(value: Any, name: str) -> time:
     return time.fromisoformat(value.strip())
 
 
+def _duration(value: Any, name: str) -> timedelta:
+    match = _DURATION.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ExpressionError(f"{name} must be an ISO 8601 duration in days, hours, minutes or seconds "
+                              f"such as 'PT4H', got {value!r}")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    gap = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if gap > timedelta(days=MAX_DAYS):
+        raise ExpressionError(f"{name} may be at most {MAX_DAYS} days, got {value!r}")
+    return gap
+
+
+def _periods(value: Any, name: str) -> tuple[tuple[time, time], ...]:
+    """``'09:00-12:00,13:00-20:00'``: increasing, non-overlapping periods of a day."""
+    if not isinstance(value, str) or not value.strip():
+        raise ExpressionError(f"{name} must be periods of the day such as '09:00-12:00,13:00-20:00', got {value!r}")
+    periods = []
+    previous = time.min
+    for item in value.split(","):
+        match = _PERIOD.match(item)
+        if match is None:
+            raise ExpressionError(f"{name}: {item.strip()!r} is not a period such as '09:00-12:00'")
+        begin, end = (_time_of_day(part, name) for part in match.groups())
+        if not previous <= begin < end:
+            raise ExpressionError(f"{name}: periods must be increasing and non-overlapping, got {value!r}")
+        periods.append((begin, end))
+        previous = end
+    return tuple(periods)
+
+
 _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "d": _moment, "moment": _moment, "n": _count, "at": _time_of_day, "cutoff": _time_of_day,
+    "after": _duration, "hours": _periods,
 }
 _SIGNATURES = {name: inspect.signature(getattr(DateFunctions, name)) for name in NAMES}
 

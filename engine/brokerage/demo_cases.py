@@ -8,8 +8,7 @@ whose clock is set to each historical moment, so tasks, SLA clocks, milestones a
 trail carry the dates they would have had; SLA milestones that fell due during that history
 (reminders, CB-…0107's breach and escalation to the call-centre supervisor) are fired at
 their own moments. A BPMN timer started during the replay (CB-…0031's wait before its next
-call) runs from the moment of loading instead: SpiffWorkflow reads the wall clock, not the
-runtime's.
+call) counts from the runtime's clock like any other step.
 
 **Dates move with the day of loading.** The cases are written as of Monday 2025-06-16, the
 scenario's "today" (``BRIEF_TODAY``). Their dates are mapped onto the real calendar by
@@ -21,13 +20,19 @@ CB-…0044 (2 TD) is due on the business day, CB-…0107 (20 WD, 50 WD old) is o
 escalated, the rest are on track. Two adjustments keep the snapshot consistent with the
 moment of loading:
 
-* CB-…0044 is started two trading days before the business day at a time of day that makes
-  it due one hour from now (10:00 at the earliest, 16:59 at the latest): it is due today and
-  at risk (80 % of its two trading days are gone) for the rest of the working day;
-* RET-…0002 happened "today" (received 09:00, accepted 09:15), so its instructions are due
-  at today's 15:00 close. Before 09:15 on the business day, or on a day off, that has not
-  happened yet: the request is then the previous working day's, received after that day's
-  close (16:00), and its instructions are due at the business day's close all the same.
+* CB-…0044 is started two trading days before it falls due, one hour from now while that
+  is within today's trading hours (10:00 at the earliest, 16:59 at the latest), else at
+  10:00 on the next trading day: it is at risk (80 % of its two trading days are gone) and
+  not yet breached whenever the demo is loaded;
+* RET-…0002's instructions are due at the next 15:00 close still ahead, with little of that
+  time gone (``Timeline.request_times``): during a trading day the request came this
+  morning; after the close it came after today's close; before 09:15 or on a day off it is
+  the previous working day's, received after that day's close (16:00). So loading the demo
+  after 15:00 never shows the instructions breached and escalated.
+
+The SLA states of the open tasks (on track, at risk, breached) and the escalations are the
+same at every moment of loading (``tests/brokerage/test_demo_cases.py`` loads the demo early
+in the morning, at 15:30, on a Friday evening and on the eve of a holiday).
 
 On a day that is not a working day no task of these diagrams can be due that day: every due
 date lies on the working- or trading-day calendar (the only calendar-month deadline, the
@@ -84,6 +89,7 @@ RET_TODAY_RECEIVED, RET_TODAY_ACCEPTED = time(9), time(9, 15)
 # A request from the previous working day came after its 15:00 close: its instructions are
 # due at the business day's close: the scenario has them "to be submitted today".
 RET_LATE_RECEIVED, RET_LATE_ACCEPTED = time(16), time(16, 15)
+SUBMIT_CUTOFF = time(15)  # retention.submit_cutoff's default: the instructions' daily deadline
 
 # Systems that start cases or send messages (not people).
 ACCOUNT_SYSTEM = Actor.system("account-system")  # account opened, permission opened
@@ -105,6 +111,10 @@ class _SettableClock:
 
     def now(self) -> datetime:
         return self.at.astimezone(UTC)
+
+
+def _whole_seconds(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)
 
 
 class Timeline:
@@ -153,26 +163,69 @@ class Timeline:
             d += timedelta(days=1)
         return d
 
-    def due_today_time(self) -> time:
-        """When CB-…0044 falls due on its trading day: an hour from now when that is today."""
-        if self.first_trading_day() != self.today or self.now.time() < time(9):
-            return EARLIEST_DUE
+    def risk_due(self) -> datetime:
+        """When CB-…0044 falls due: an hour from now when that is still within today's
+        trading hours, else 10:00 on the next trading day. Either way it is ahead of now and
+        most of its two trading days are gone: at risk, not breached, at any hour."""
         lead = (self.now + DUE_TODAY_LEAD).replace(second=0, microsecond=0)
-        if lead.date() != self.today:
-            return LATEST_DUE
-        return min(max(lead.time(), EARLIEST_DUE), LATEST_DUE)
+        if (self.trading(self.today) and self.now.time() >= time(9) and lead.date() == self.today
+                and lead.time() <= LATEST_DUE):
+            return datetime.combine(self.today, max(lead.time(), EARLIEST_DUE), SHANGHAI)
+        d = self.today + timedelta(days=1) if self.now.time() >= EARLIEST_DUE else self.today
+        while not self.trading(d):
+            d += timedelta(days=1)
+        return datetime.combine(d, EARLIEST_DUE, SHANGHAI)
+
+    def last_calling_moment(self) -> datetime:
+        """When CB-…0031's unanswered call was made: a minute ago during the business hours of
+        a working day, else just before the last closing. Its retry, at least 4 hours later
+        within business hours and in another half-day, is then always still ahead, so the
+        case waits for its next attempt at whatever moment the demo is loaded."""
+        hours = self.calendar.hours.periods
+        if self.working(self.today):
+            for begin, end in hours:
+                opening = datetime.combine(self.today, begin, SHANGHAI)
+                if opening <= self.now < datetime.combine(self.today, end, SHANGHAI):
+                    return max(self.now - timedelta(minutes=1), opening)
+        d = self.today
+        while True:
+            if self.working(d):
+                for _begin, end in reversed(hours):
+                    closing = datetime.combine(d, end, SHANGHAI) - timedelta(minutes=1)
+                    if closing <= self.now:
+                        return closing
+            d -= timedelta(days=1)
 
     def request_day(self) -> date:
         """The day RET-…0002 was received and accepted (see the module docstring)."""
-        accepted = datetime.combine(self.business_day, RET_TODAY_ACCEPTED, SHANGHAI)
-        return self.business_day if accepted <= self.now else self.step(self.business_day, -1)
+        return self.request_times()[0].date()
 
     def request_times(self) -> tuple[datetime, datetime]:
-        """When RET-…0002 was received and accepted: this morning, or after yesterday's close."""
-        day = self.request_day()
-        received, accepted = ((RET_TODAY_RECEIVED, RET_TODAY_ACCEPTED) if day == self.business_day
-                              else (RET_LATE_RECEIVED, RET_LATE_ACCEPTED))
-        return datetime.combine(day, received, SHANGHAI), datetime.combine(day, accepted, SHANGHAI)
+        """When RET-…0002 was received and accepted, so that its instructions are due at the
+        next close still ahead and little of that time is gone, at any hour of any day:
+
+        - a trading day between 09:15 and the close: received this morning, accepted a
+          quarter of the time left to the close ago (09:15 at the earliest);
+        - a trading day after the close: received after today's close (16:00 at the latest),
+          due at the next trading day's close;
+        - otherwise: this morning's on a working day that does not trade (a 调休 Saturday)
+          once 09:15 has passed, else the previous working day's, received after its close."""
+        close = datetime.combine(self.today, SUBMIT_CUTOFF, SHANGHAI)
+        morning = datetime.combine(self.today, RET_TODAY_ACCEPTED, SHANGHAI)
+        if self.trading(self.today) and morning <= self.now < close:
+            accepted = max(self.now - (close - self.now) / 4, morning)
+            received = max(accepted - timedelta(minutes=15), datetime.combine(self.today, RET_TODAY_RECEIVED,
+                                                                                 SHANGHAI))
+            return _whole_seconds(received), _whole_seconds(accepted)
+        if self.trading(self.today) and self.now >= close:
+            received = close + min(timedelta(hours=1), (self.now - close) / 2)
+            accepted = received + min(timedelta(minutes=15), (self.now - received) / 2)
+            return _whole_seconds(received), _whole_seconds(accepted)
+        if self.working(self.today) and morning <= self.now:
+            return datetime.combine(self.today, RET_TODAY_RECEIVED, SHANGHAI), morning
+        day = self.step(self.business_day, -1)
+        return (datetime.combine(day, RET_LATE_RECEIVED, SHANGHAI),
+                datetime.combine(day, RET_LATE_ACCEPTED, SHANGHAI))
 
 
 # -- steps ------------------------------------------------------------------------------------
@@ -270,7 +323,7 @@ def specs(tl: Timeline) -> list[CaseSpec]:
         _retention_transfer(tl),  # "today": see Timeline.request_day
         _retention_closure(tl, received=date(2025, 6, 13)),
         _callback_new_account(tl, opened=date(2025, 6, 3)),
-        _callback_risk_disclosure(tl),  # 2 TD before the business day: see Timeline.due_today_time
+        _callback_risk_disclosure(tl),  # 2 TD before it falls due: see Timeline.risk_due
         _callback_periodic(tl, created=date(2025, 4, 1)),
         _vip_upgrade(tl, evaluated=date(2025, 6, 3), welcomed_on=date(2025, 6, 5)),
         _vip_grace(tl, evaluated=date(2025, 6, 3)),
@@ -379,9 +432,9 @@ def _retention_closure(tl: Timeline, *, received: date) -> CaseSpec:
 
 
 def _callback_new_account(tl: Timeline, *, opened: date) -> CaseSpec:
-    """C08 郑佳怡 opened an account: a new-account callback within 1 CM; the first call
-    (the previous working day) went unanswered."""
-    attempt = datetime.combine(tl.step(tl.business_day, -1), time(16), SHANGHAI)
+    """C08 郑佳怡 opened an account: a new-account callback within 1 CM; the last call went
+    unanswered and the next one waits for its slot (see :meth:`Timeline.last_calling_moment`)."""
+    attempt = tl.last_calling_moment()
     return CaseSpec(
         "CB-20250603-0031", "callback", "C08", _number("CB", tl.day(opened), 31),
         "Due 1 CM after opening; 1 failed attempt; next attempt scheduled",
@@ -396,7 +449,8 @@ def _callback_new_account(tl: Timeline, *, opened: date) -> CaseSpec:
 
 def _callback_risk_disclosure(tl: Timeline) -> CaseSpec:
     """C06 周晓燕 was given 创业板 permission two trading days before the business day."""
-    opened = datetime.combine(tl.step(tl.first_trading_day(), -2, trading=True), tl.due_today_time(), SHANGHAI)
+    due = tl.risk_due()
+    opened = datetime.combine(tl.step(due.date(), -2, trading=True), due.time(), SHANGHAI)
     return CaseSpec(
         "CB-20250612-0044", "callback", "C06", _number("CB", opened.date(), 44),
         "Due 2 TD after the permission: today",

@@ -507,7 +507,10 @@ def retention_figures(session: Session, *, scope: Scope, now: datetime) -> Reten
     held = exists().where(Task.instance_id == ProcessInstance.id, Task.element_id == CONVERSATION_STEP,
                           Task.status == TaskStatus.COMPLETED)
     open_to_talk = _fact("client_open_to_retention_talk").as_boolean().is_(true())
-    retained = _fact("withdrawal_confirmed_by_client").as_boolean().is_(true())
+    # Retained is the end state X2, which the case records (outcome, a report variable) only
+    # when the client withdrew the request themselves and the counter confirmed it: a staff
+    # member's "retained" in the conversation form is not enough (docs/domain.md#retention).
+    retained = _fact("outcome").as_string() == "retained"
     requests, willing, conversations, kept = session.execute(
         _cases(RETENTION, scope, func.count(), _count(open_to_talk), _count(held), _count(and_(held, retained)))
         .where(ProcessInstance.started_at >= scope.start, ProcessInstance.started_at < scope.end)

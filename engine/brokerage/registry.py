@@ -49,8 +49,9 @@ SERVICE_GROUP_KIND = identity.SERVICE_GROUP_KIND
 RISK_LEVELS = ("C1", "C2", "C3", "C4", "C5")
 OPERATING_HABITS = ("on_site", "off_site")
 # 休眠 and 中止交易 accounts are outside the periodic callback quota's base and sample (a
-# regulatory rule, docs/domain.md#periodic-sampling).
-ACCOUNT_STATUSES = ("active", "dormant", "suspended")
+# regulatory rule, docs/domain.md#periodic-sampling). A completed full closure (销户) sets
+# closed (engine.brokerage.closure).
+ACCOUNT_STATUSES = ("active", "dormant", "suspended", "closed")
 # Set when a client is created; an upsert of an existing client leaves them alone, because
 # the client's VIP case owns them after that (engine.vip_tier; the monthly evaluation only
 # records the evaluated tier), and re-importing an old file must not undo it.

@@ -14,7 +14,7 @@ Columns (a column absent from the file leaves that field as it is; an empty cell
 * clients: ``client_id,name,branch,service_group,birth_date,id_number,phone,account_number,
   assets,turnover,risk_level,c1_lowest,operating_habit,account_status,vip_tier,tier_since,
   downgrade_grace_until`` (``service_group`` empty: the branch pool; ``account_status``
-  active, dormant or suspended, empty: active; VIP columns count only for new clients, see
+  active, dormant, suspended or closed, empty: active; VIP columns count only for new clients, see
   ``engine.registry.VIP_FIELDS``)
 """
 

@@ -200,9 +200,8 @@ _ALL = (
     _stored("complaint.sla.regulator_margin", "2 WD", "Feedback to the regulator is due this long before the "
             "regulator's own due date.", working_days),
     # -- transfer and closure with retention (转销户挽留) ------------------------------------------
-    _case("retention.lapse_after", "P40D", "A request lapses when its blocking items are not cleared within 20 "
-          "trading days; a BPMN timer counts calendar time, so the default is the calendar span that always "
-          "holds 20 trading days (the longest in 2010-2026 is 40 days): never early, up to about 12 days late."),
+    _case("retention.lapse_trading_days", 20, "A request lapses when its blocking items are not cleared within "
+          "this many trading days after the client was told them (the trading-day calendar)."),
     _case("retention.review_asset_threshold", 500000, "The branch head reviews the case as well when the client's "
           "assets exceed this (¥)."),
     _case("retention.review_sample_rate", 1.0, "Share of completed transfers and closures given a post-hoc review "
@@ -215,7 +214,11 @@ _ALL = (
           "service group this many calendar days after the closure."),
     # -- callbacks (回访) ----------------------------------------------------------------------------
     _case("callback.max_attempts", 3, "Call attempts before a callback is closed as unreachable."),
-    _case("callback.retry_after", "PT4H", "Spacing between call attempts (ISO 8601)."),
+    _case("callback.retry_after", "PT4H", "Least spacing between call attempts (ISO 8601); a retry is offered at "
+          "the first moment after it within the calling hours of a working day, in another half-day than the "
+          "attempt before."),
+    _case("callback.calling_hours", None, "Hours (Asia/Shanghai) in which clients are called, e.g. "
+          "09:00-12:00,13:00-20:00; none: the business hours of the working-day calendar."),
     _case("callback.qa_sample_rate", 0.1, "Share of completed callbacks sampled for quality review (every "
           "exception is reviewed)."),
     _stored("callback.new_account.deadline", "1 CM", "A new account's callback is due within this of the opening.",
@@ -241,8 +244,10 @@ _ALL = (
     _case("vip.prospect_ratio", 0.8, "A prospect has at least this share of the next tier's threshold."),
     _case("vip.hq_approval_assets", 10_000_000, "A diamond client at or above these assets (¥) is approved by HQ."),
     _case("vip.advisory_risk_level", "R3", "Risk rating of the advisory benefits (stock picks, strategy research)."),
-    _case("vip.downgrade_notice_days", 14, "Calendar days between the pre-downgrade contact and the effective "
-          "date (about 10 working days)."),
+    _case("vip.pre_downgrade_contact_wd", 10, "The pre-downgrade contact is due this many working days before the "
+          "downgrade's effective date; when the grace period ends later than that, the downgrade moves a month."),
+    _case("vip.downgrade_notice_days", 14, "Calendar days after the grace period's end from which the downgrade "
+          "takes effect on the 1st of the following month (the contact's deadline is vip.pre_downgrade_contact_wd)."),
     _case("risk.validity_months", 24, "A risk assessment older than this has expired (the published maximum).",
           variable="risk_validity_months", source="public"),
     _case("vip.commission_threshold.silver", None, "Trailing-12-month commission (¥) that also qualifies for "

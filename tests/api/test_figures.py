@@ -221,7 +221,7 @@ def test_retention_figures_over_http(db, rt, client, people, hq):
         for key, willing in (("RET-1", True), ("RET-2", False)):
             start(db, rt, people.clerk, "retention", key, branch_code="HZ01", submit_due=(T0 + D).isoformat())
             complete(db, rt, people.clerk, key, "accept", client_open_to_retention_talk=willing)
-        complete(db, rt, people.clerk, "RET-1", "retention_conversation", outcome="retained")
+        complete(db, rt, people.clerk, "RET-1", "retention_conversation", retention_outcome="retained")
         complete(db, rt, people.clerk, "RET-1", "confirm_withdrawal", withdrawal_confirmed_by_client=True)
     with time_machine.travel(NOW, tick=False):
         body = get(client, login(client, "hq"), f"retention?{MARCH}")

@@ -290,6 +290,44 @@ def test_a_corrected_calendar_gives_a_corrected_answer(ev):
     assert ev.evaluate(expression, {}, dates=dates(BusinessCalendar(days))) == "2025-06-17T10:00:00+08:00"
 
 
+@pytest.mark.parametrize(("expression", "value"), [
+    # Business hours 09:00-17:00. A call at 10:00 is retried in the afternoon, four hours on.
+    ("next_working_slot('2025-06-16T10:00:00+08:00', 'PT4H')", "2025-06-16T14:00:00+08:00"),
+    # Four hours after 18:28 is 22:28: the next working day's opening instead.
+    ("next_working_slot('2025-06-16T18:28:00+08:00', 'PT4H')", "2025-06-17T09:00:00+08:00"),
+    # An afternoon call is not retried that afternoon, even when there is time left.
+    ("next_working_slot('2025-06-16T12:30:00+08:00', 'PT1H')", "2025-06-17T09:00:00+08:00"),
+    # A morning call an hour before noon is retried no earlier than noon.
+    ("next_working_slot('2025-06-16T09:30:00+08:00', 'PT1H')", "2025-06-16T12:00:00+08:00"),
+    # Friday afternoon: Monday morning. The eve of National Day 2025: after the holiday.
+    ("next_working_slot('2025-06-13T15:00:00+08:00', 'PT4H')", "2025-06-16T09:00:00+08:00"),
+    ("next_working_slot('2025-09-30T16:00:00+08:00', 'PT4H')", "2025-10-09T09:00:00+08:00"),
+    # The make-up Saturday 10-11 is a working day, so calls are made on it.
+    ("next_working_slot('2025-10-10T16:00:00+08:00', 'PT4H')", "2025-10-11T09:00:00+08:00"),
+    # Given hours win over the calendar's; the lunch break is no calling time.
+    ("next_working_slot('2025-06-16T08:00:00+08:00', 'PT4H', '09:00-12:00,13:00-20:00')",
+     "2025-06-16T13:00:00+08:00"),
+    ("next_working_slot('2025-06-16T08:00:00+08:00', 'PT4H')", "2025-06-16T12:00:00+08:00"),
+    ("next_working_slot('2025-06-16T10:00:00+08:00', 'P1DT2H', hours='09:00-20:00')",
+     "2025-06-17T12:00:00+08:00"),
+], ids=lambda v: str(v)[:70])
+def test_the_next_working_slot_is_in_business_hours_and_another_half_day(ev, expression, value):
+    assert ev.evaluate(expression, {}, dates=dates()) == value
+
+
+@pytest.mark.parametrize(("expression", "value"), [
+    ("working_days_before('2025-08-01T00:00:00+08:00', 10)", "2025-07-18T00:00:00+08:00"),
+    ("working_days_before('2025-08-01T00:00:00+08:00', 0)", "2025-08-01T00:00:00+08:00"),
+    # Saturday 2025-11-01 is not a working day: n = 0 is the Friday before.
+    ("working_days_before('2025-11-01', 0, at='09:00')", "2025-10-31T09:00:00+08:00"),
+    # Back over National Day 2025 (10-01..10-08) and the make-up Sunday 09-28, which counts.
+    ("working_days_before('2025-10-10T10:00:00+08:00', 3)", "2025-09-29T10:00:00+08:00"),
+    ("working_days_before('2025-10-10T10:00:00+08:00', 4)", "2025-09-28T10:00:00+08:00"),
+], ids=lambda v: str(v)[:70])
+def test_working_days_before_counts_back_on_the_working_day_calendar(ev, expression, value):
+    assert ev.evaluate(expression, {}, dates=dates()) == value
+
+
 @pytest.mark.parametrize(("expression", "words"), [
     ("add_business_days(now(), 1)", "function 'add_business_days' is not available"),
     ("add_trading_days(now())", "add_trading_days(): missing a required argument: 'n'"),
@@ -306,6 +344,10 @@ def test_a_corrected_calendar_gives_a_corrected_answer(ev):
     ("is_trading_day(20250616)", "d must be a date-time"),
     ("now('Asia/Shanghai')", "now(): too many positional arguments"),
     ("add_trading_days(*moments)", "no * or **"),
+    ("next_working_slot(now(), 'P1M')", "after must be an ISO 8601 duration"),
+    ("next_working_slot(now(), 4)", "after must be an ISO 8601 duration"),
+    ("next_working_slot(now(), 'PT4H', '9-17')", "'9-17' is not a period"),
+    ("next_working_slot(now(), 'PT4H', '13:00-17:00,09:00-12:00')", "increasing and non-overlapping"),
 ], ids=lambda v: v[:45])
 def test_the_deploy_check_refuses_unknown_date_functions_and_bad_arguments(ev, expression, words):
     with pytest.raises(ExpressionError, match=re.escape(words)):

@@ -30,6 +30,7 @@ from engine.timers import firing
 AGENT, OTHER_AGENT, SUPERVISOR, COMPLIANCE = "s003", "s004", "s002", "s006"
 # 龚丽: counter staff in NB01-G2 (C08's service group); some tests also give her call-centre shifts.
 GROUP_MEMBER = "s208"
+COUNTER_NB01 = "s204"  # 任静, NB01 counter
 # Demo clients (brief §4.4): branch and service group travel in the start data until the
 # client registry provides them.
 CLIENTS = {
@@ -49,8 +50,8 @@ ANSWERS_OK = {"opened_by_self": "是", "account_changes_confirmed": "是", "staf
 QA_OK = {"script_followed": True, "data_accurate": True, "qa_score": 92}
 
 
-def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, tzinfo=SHANGHAI)
+def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=SHANGHAI)
 
 
 @pytest.fixture
@@ -171,26 +172,39 @@ def test_reached_and_satisfied_ends_completed_after_qa_review(db, rt, callback):
         (AGENT, "call_attempt"), (AGENT, "verify_identity"), (AGENT, "questionnaire"), (SUPERVISOR, "qa_review")]
 
 
+def _offer(task: Task) -> tuple[list[str], str | None, datetime | None]:
+    """Who a task is offered to (candidate groups, assignee) and when it is due."""
+    return list(task.candidate_groups or []), task.assignee, task.due_at
+
+
 @pytest.mark.sqlite
 def test_unreachable_twice_then_reached_on_the_third_attempt(db, rt, callback):
     key, start = "CB-20250616-0107", sh(2025, 6, 16, 10)
+    due = sh(2025, 7, 14, 10)  # 20 WD from the case's start
     with time_machine.travel(start, tick=False) as clock:
         instance_id = _start(db, rt, key, "periodic", "C03", qa_sample_rate=0)
+        assert _offer(_open_task(db, key, "call_attempt")) == (["call_center_agent"], None, due)
         first = _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
-        assert first.due_at == sh(2025, 7, 14, 10)  # 20 WD
         [timer] = _retry_timers(db, instance_id)
-        assert timer.status == "waiting" and timer.due_at == start + timedelta(hours=4)  # PT4H spacing
-        clock.move_to(start + timedelta(hours=4))
+        # A morning attempt is retried in the afternoon, at least 4 hours on (retry_after PT4H).
+        assert timer.status == "waiting" and timer.due_at == sh(2025, 6, 16, 14)
+        clock.move_to(sh(2025, 6, 16, 14))
         assert firing.fire_due(db, rt) == 0  # not before the spacing has passed
         clock.shift(timedelta(seconds=1))
         assert firing.fire_due(db, rt) == 1
+        assert _offer(_open_task(db, key, "call_attempt")) == (["call_center_agent"], None, sh(2025, 7, 14, 14, 0, 1))
         second = _complete(db, rt, key, "call_attempt", OTHER_AGENT, NO_ANSWER)
         assert second.id != first.id
-        clock.shift(timedelta(hours=4, seconds=1))
+        # An afternoon attempt is retried the next working morning, never at night.
+        assert _retry_timers(db, instance_id)[1].due_at == sh(2025, 6, 17, 9)
+        clock.move_to(sh(2025, 6, 17, 9, 0, 1))
         assert firing.fire_due(db, rt) == 1
         assert [t.status for t in _retry_timers(db, instance_id)] == ["fired", "fired"]
+        assert _offer(_open_task(db, key, "call_attempt")) == (["call_center_agent"], None, sh(2025, 7, 15, 9, 0, 1))
         _complete(db, rt, key, "call_attempt", AGENT, REACHED)
+        assert _offer(_open_task(db, key, "verify_identity")) == (["call_center_agent"], AGENT, None)
         _complete(db, rt, key, "verify_identity", AGENT, IDENTITY_OK)
+        assert _offer(_open_task(db, key, "questionnaire")) == (["call_center_agent"], AGENT, None)
         _complete(db, rt, key, "questionnaire", AGENT, ANSWERS_OK)
     assert _status(db, instance_id) == "completed"
     assert _end_events(db, rt, instance_id) == ["end_completed"]  # not sampled for QA
@@ -200,18 +214,62 @@ def test_unreachable_twice_then_reached_on_the_third_attempt(db, rt, callback):
 
 
 @pytest.mark.sqlite
+@pytest.mark.parametrize(("attempt_at", "calling_hours", "first_due", "retry_at"), [
+    # Four wall-clock hours after an evening attempt would be 22:28: the next opening instead.
+    (sh(2025, 6, 16, 18, 28), None, sh(2025, 6, 18, 9), sh(2025, 6, 17, 9)),
+    # Friday afternoon: Monday morning. The eve of National Day 2025: after the holiday.
+    (sh(2025, 6, 13, 15), None, sh(2025, 6, 16, 15), sh(2025, 6, 16, 9)),
+    (sh(2025, 9, 30, 16), None, sh(2025, 10, 9, 16), sh(2025, 10, 9, 9)),
+    # Calling hours from the settings registry (callback.calling_hours) instead of the calendar's.
+    (sh(2025, 6, 16, 8), "09:00-12:00,13:00-20:00", sh(2025, 6, 17, 9), sh(2025, 6, 16, 13)),
+    (sh(2025, 6, 16, 8), None, sh(2025, 6, 17, 9), sh(2025, 6, 16, 12)),
+], ids=["evening", "friday", "holiday-eve", "calling-hours", "calendar-hours"])
+def test_a_retry_is_offered_within_calling_hours_on_another_half_day(db, rt, callback, attempt_at, calling_hours,
+                                                                     first_due, retry_at):
+    key = "CB-20250616-0108"
+    with time_machine.travel(attempt_at, tick=False) as clock:
+        instance_id = _start(db, rt, key, "anomaly", "C06", qa_sample_rate=0,
+                             **({"calling_hours": calling_hours} if calling_hours else {}))
+        # Anomaly callbacks are due 1 WD after the attempt is offered.
+        assert _offer(_open_task(db, key, "call_attempt")) == (["call_center_agent"], None, first_due)
+        _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
+        [timer] = _retry_timers(db, instance_id)
+        assert timer.due_at == retry_at
+        clock.move_to(retry_at)
+        assert firing.fire_due(db, rt) == 0
+        clock.shift(timedelta(seconds=1))
+        assert firing.fire_due(db, rt) == 1
+        retry = _open_task(db, key, "call_attempt")
+        offered_at = retry_at + timedelta(seconds=1)
+        assert _offer(retry) == (["call_center_agent"], None, offered_at + timedelta(days=1))
+        assert retry.created_at == offered_at
+
+
+def test_calling_hours_that_are_not_periods_fail_the_case_with_the_reason(db, rt, callback):
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        instance_id = _start(db, rt, "CB-20250616-0109", "anomaly", "C06", calling_hours="9-17")
+        with db.transaction() as s:
+            instance = s.get(ProcessInstance, instance_id)
+            assert instance.status == "failed" and "calling_hours" in (instance.error or "")
+
+
+@pytest.mark.sqlite
 def test_retry_exhaustion_ends_unreachable(db, rt, callback):
     key, start = "CB-20250616-0200", sh(2025, 6, 16, 10)
     with time_machine.travel(start, tick=False) as clock:
         instance_id = _start(db, rt, key, "anomaly", "C06")
+        # Each attempt is due 1 WD after it is offered: 10:00, 14:00 and 09:00 the next morning.
+        dues = [sh(2025, 6, 17, 10), sh(2025, 6, 17, 14, 0, 1), sh(2025, 6, 18, 9, 0, 1)]
         for attempt in range(1, 4):
+            assert _offer(_open_task(db, key, "call_attempt")) == (["call_center_agent"], None, dues[attempt - 1])
             _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
             if attempt < 3:
-                clock.shift(timedelta(hours=4, seconds=1))
+                clock.move_to(_retry_timers(db, instance_id)[-1].due_at + timedelta(seconds=1))
                 assert firing.fire_due(db, rt) == 1
     assert _status(db, instance_id) == "completed"
     assert _end_events(db, rt, instance_id) == ["end_unreachable"]
-    assert len(_retry_timers(db, instance_id)) == 2  # no wait after the last attempt
+    # 10:00 -> 14:00 the same afternoon -> 09:00 the next morning; no wait after the last attempt.
+    assert [t.due_at for t in _retry_timers(db, instance_id)] == [sh(2025, 6, 16, 14), sh(2025, 6, 17, 9)]
     data = _data(db, rt, instance_id)
     assert data["attempt_no"] == data["max_attempts"] == 3
 
@@ -363,7 +421,7 @@ def test_identity_check_and_questionnaire_stay_with_the_agent_who_reached_the_cl
     with time_machine.travel(start, tick=False) as clock:
         instance_id = _start(db, rt, key, "periodic", "C03", qa_sample_rate=1.0)
         _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
-        clock.shift(timedelta(hours=4, seconds=1))
+        clock.move_to(sh(2025, 6, 16, 14, 0, 1))  # the afternoon retry
         assert firing.fire_due(db, rt) == 1
         _complete(db, rt, key, "call_attempt", OTHER_AGENT, REACHED)  # the retry went to a colleague
         for element, data in (("verify_identity", IDENTITY_OK), ("questionnaire", ANSWERS_OK)):
@@ -402,14 +460,37 @@ def test_the_caller_cannot_see_claim_or_complete_the_qa_review_while_another_sup
 def test_invalid_number_goes_to_the_clients_service_group_and_refusal_ends_refused(db, rt, callback):
     with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
         alt_id = _start(db, rt, "CB-ALT", "periodic", "C03", qa_sample_rate=0)
+        assert _offer(_open_task(db, "CB-ALT", "call_attempt")) == (["call_center_agent"], None, sh(2025, 7, 14, 10))
         _complete(db, rt, "CB-ALT", "call_attempt", AGENT, {**NO_ANSWER, "result": "invalid_number"})
         alt = _open_task(db, "CB-ALT", "alt_channel")
-        assert alt.candidate_groups == ["NB01-G1"] and alt.lane == "营业部（负责人 / 服务小组）"
+        assert _offer(alt) == (["NB01-G1"], None, sh(2025, 6, 23, 10))  # 5 WD
+        assert alt.lane == "营业部（负责人 / 服务小组）"
+        # An invalid number is also a data-quality task for the counter of the client's branch.
+        update = _open_task(db, "CB-ALT", "update_contact")
+        assert _offer(update) == (["NB01:counter_staff"], None, sh(2025, 6, 23, 10))  # 5 WD
+        assert update.form_key == "callback_update_contact"
         _complete(db, rt, "CB-ALT", "alt_channel", "s205", {"channel": "sms", "alt_result": "unreachable"})
+        assert _status(db, alt_id) == "running"  # the counter's task is still open
+        _complete(db, rt, "CB-ALT", "update_contact", COUNTER_NB01, {"contact_updated": True,
+                                                                      "update_channel": "counter"})
         refused_id = _start(db, rt, "CB-REF", "periodic", "C03", qa_sample_rate=0)
+        assert _offer(_open_task(db, "CB-REF", "call_attempt")) == (["call_center_agent"], None, sh(2025, 7, 14, 10))
         _complete(db, rt, "CB-REF", "call_attempt", AGENT, {**REACHED, "result": "refused"})
-    assert _end_events(db, rt, alt_id) == ["end_unreachable_alt"]
+    assert _status(db, alt_id) == "completed"
+    assert sorted(_end_events(db, rt, alt_id)) == ["end_contact_task", "end_unreachable_alt"]
     assert _end_events(db, rt, refused_id) == ["end_refused"]
+
+
+@pytest.mark.sqlite
+def test_a_caller_who_is_not_the_client_gets_no_contact_update_task(db, rt, callback):
+    with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
+        _start(db, rt, "CB-NOT", "periodic", "C03", qa_sample_rate=0)
+        _complete(db, rt, "CB-NOT", "call_attempt", AGENT,
+                  {**NO_ANSWER, "result": "not_client", "recording_id": "REC-N"})
+        assert _offer(_open_task(db, "CB-NOT", "alt_channel")) == (["NB01-G1"], None, sh(2025, 6, 23, 10))
+        with db.transaction() as s:
+            assert s.execute(select(Task).where(Task.business_key == "CB-NOT",
+                                                Task.element_id == "update_contact")).first() is None
 
 
 @pytest.mark.sqlite

@@ -373,12 +373,13 @@ def test_an_approved_extension_and_the_regulator_date_move_the_resolution_deadli
 # -- 3. retention --------------------------------------------------------------------------
 # A minimal stand-in for workflows/retention.bpmn with the same step ids and variables the
 # figure reads: R1 accept (client_open_to_retention_talk), A1 submit_instructions, B1
-# retention_conversation, R5 confirm_withdrawal (withdrawal_confirmed_by_client). Submitting
-# ends the case (a terminate end, as the real diagram closes the retention window), and so
-# does a confirmed withdrawal.
+# retention_conversation (retention_outcome, the staff member's view), R5 confirm_withdrawal,
+# after which the case records outcome = retained (X2) as the real diagram's wrap-up does.
+# Submitting ends the case (a terminate end, as the real diagram closes the retention
+# window), and so does a confirmed withdrawal.
 RETENTION = process(
     '    <bpmn:extensionElements><camunda:properties><camunda:property name="reportVariables" '
-    'value="client_open_to_retention_talk,withdrawal_confirmed_by_client,service_group,outcome"/>'
+    'value="client_open_to_retention_talk,service_group,outcome"/>'
     '</camunda:properties></bpmn:extensionElements>\n'
     '    <bpmn:startEvent id="start"/>\n' + flow("start", "accept")
     + user_task("accept", groups="branch:counter_staff") + flow("accept", "fork")
@@ -391,9 +392,12 @@ RETENTION = process(
     + flow("talk_gw", "end_no_talk", flow_id="f_no_talk") + '    <bpmn:endEvent id="end_no_talk"/>\n'
     + user_task("retention_conversation", groups="${service_group}") + flow("retention_conversation", "kept_gw")
     + '    <bpmn:exclusiveGateway id="kept_gw" default="f_not_kept"/>\n'
-    + flow("kept_gw", "confirm_withdrawal", condition="outcome == 'retained'")
+    + flow("kept_gw", "confirm_withdrawal", condition="retention_outcome == 'retained'")
     + flow("kept_gw", "end_talked", flow_id="f_not_kept") + '    <bpmn:endEvent id="end_talked"/>\n'
-    + user_task("confirm_withdrawal", groups="branch:counter_staff") + flow("confirm_withdrawal", "end_retained")
+    + user_task("confirm_withdrawal", groups="branch:counter_staff") + flow("confirm_withdrawal", "mark_retained")
+    + '    <bpmn:serviceTask id="mark_retained" camunda:type="external" camunda:topic="echo"><bpmn:extensionElements>'
+    '<camunda:inputOutput><camunda:inputParameter name="outcome">${\'retained\'}</camunda:inputParameter>'
+    '</camunda:inputOutput></bpmn:extensionElements></bpmn:serviceTask>\n' + flow("mark_retained", "end_retained")
     + '    <bpmn:endEvent id="end_retained"><bpmn:terminateEventDefinition/></bpmn:endEvent>\n',
     key="retention")
 
@@ -429,8 +433,8 @@ def test_retention_attempt_and_success_rates_and_the_guard_metric(db, rt, staff,
                                       "submit_due": due.isoformat()})
             _do(db, rt, staff, key, "accept", counter[branch], {"client_open_to_retention_talk": willing})
         clock.move_to(r0 + timedelta(hours=1))
-        _do(db, rt, staff, "RET-1", "retention_conversation", "s106", {"outcome": "retained"})
-        _do(db, rt, staff, "RET-2", "retention_conversation", "s107", {"outcome": "not_retained"})
+        _do(db, rt, staff, "RET-1", "retention_conversation", "s106", {"retention_outcome": "retained"})
+        _do(db, rt, staff, "RET-2", "retention_conversation", "s107", {"retention_outcome": "not_retained"})
         clock.move_to(r0 + timedelta(hours=2))
         _do(db, rt, staff, "RET-1", "confirm_withdrawal", "s104", {"withdrawal_confirmed_by_client": True})
         _do(db, rt, staff, "RET-2", "submit_instructions", "s104", {"submitted": True})  # in time

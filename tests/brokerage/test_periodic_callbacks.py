@@ -327,7 +327,7 @@ def test_dormant_and_suspended_accounts_are_outside_the_base_and_the_sample(db, 
                                now=rt.now())
         # The status also arrives with the client file; an empty cell is an active account.
         report = registry_import.import_csv(s, kind="clients", actor=ADMIN, now=rt.now(), data=(
-            "client_id,name,branch,account_status\nXS,XS,SX01,suspended\nXA,XA,HZ01,\nXB,XB,HZ01,closed\n"))
+            "client_id,name,branch,account_status\nXS,XS,SX01,suspended\nXA,XA,HZ01,\nXB,XB,HZ01,frozen\n"))
     assert (report.created, [(e.line, e.column) for e in report.rejected]) == (2, [(4, "account_status")])
     with db.transaction() as s:
         assert s.get(Client, "XA").account_status == "active"

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from engine.access import identity
 from engine.bpmn import bundle
-from engine.brokerage import settings
+from engine.brokerage import figures, settings
 from engine.brokerage.services.retention import check_preconditions, outcome_of, prepare, settings_of, wrap_up
 from engine.calendars import SHANGHAI, Unit
 from engine.config import PROJECT_ROOT
@@ -286,6 +286,12 @@ def test_a_retained_client_withdraws_the_request_themselves(db, rt, staff):
     assert case.data()["review_excluded_users"] == ["s302", "s304"]
     received = [d["message"] for k, _, d in case.trail() if k == "message.received"]
     assert received == ["retention_request_received", "retention_client_withdraws"]
+    # The retention figure counts the client as retained from what the case recorded.
+    with db.transaction() as s:
+        june = figures.Scope(start=sh(2025, 6, 1), end=sh(2025, 7, 1))
+        result = figures.retention_figures(s, scope=june, now=sh(2025, 6, 30))
+    assert (result.requests, result.open_to_talk, result.conversations_held, result.retained) == (1, 1, 1, 1)
+    assert result.success_rate == 1.0
 
 
 def test_the_client_may_withdraw_while_blocking_items_are_being_cleared(db, rt, staff):
@@ -358,24 +364,34 @@ def test_blocking_items_are_explained_and_the_request_goes_on_once_the_client_cl
         ["retention_request_received", "retention_items_cleared"]
 
 
-def test_a_request_whose_items_are_not_cleared_lapses_never_before_twenty_trading_days(db, rt, staff):
+def test_a_request_whose_items_are_not_cleared_lapses_after_twenty_trading_days(db, rt, staff):
     case = Case(db, rt, staff, "RET-20250922-0001")
     informed = sh(2025, 9, 22, 10)  # the National Day closure (10-01..10-08) falls in the window
     with time_machine.travel(informed, tick=False) as clock:
         case.receive(C06, account_status={"margin_debt": 80000})
         case.do("accept", "s104", {**ACCEPT_TRANSFER, "client_open_to_retention_talk": False})
+        inform = case.task("inform_blocking")
+        assert (inform.candidate_groups, inform.assignee, inform.due_at) == \
+            (["HZ01:counter_staff"], None, sh(2025, 9, 22, 14))  # 4 WH
         case.do("inform_blocking", "s104", {"items_explained": True})
+        assert case.open_tasks() == []  # waiting for the client: nothing offered to anyone
         with db.transaction() as s:
             timer = s.execute(select(Timer).where(Timer.instance_id == case.instance_id,
                                                   Timer.element_id == "lapse_timer")).scalar_one()
-        assert settings.default("retention.lapse_after") == "P40D" and timer.due_at == informed + timedelta(days=40)
-        assert timer.due_at >= _trading_days_after(db, informed, 20)  # brief §7 retention.lapse_after: 20 TD
+        # 20 trading days on the trading calendar: National Day (10-01..10-08) and the make-up
+        # working Sunday 09-28 and Saturday 10-11 (no trading) are skipped: 2025-10-28 10:00,
+        # not 40 calendar days (2025-11-01).
+        assert settings.default("retention.lapse_trading_days") == 20
+        assert timer.due_at == _trading_days_after(db, informed, 20) == sh(2025, 10, 28, 10)
         clock.move_to(timer.due_at)
         assert firing.fire_due(db, rt) == 0
         clock.shift(timedelta(minutes=1))
         assert firing.fire_due(db, rt) >= 1
         case.assert_not_failed()
         assert "end_lapsed" in case.own_ends() and case.subscriptions() == []
+        review = case.task("review_ops")
+        assert (review.candidate_groups, review.assignee, review.due_at) == \
+            (["HZ01:branch_ops_director"], None, sh(2025, 11, 4, 10, 1))  # 5 WD
         case.do("review_ops", "s102", REVIEWED)  # lapses are always reviewed
     assert case.instance().status == "completed" and case.end_state() == "X3"
     assert ("timer.fired", "timer") in [(k, a) for k, a, _ in case.trail()]
@@ -642,11 +658,12 @@ def test_completed_cases_are_sampled_for_review_by_the_configured_rate(db, rt, s
 
 # -- service functions -------------------------------------------------------------------------
 def test_tunables_come_from_the_case_or_the_brief_defaults():
-    assert settings_of({}) == {"lapse_after": "P40D", "review_asset_threshold": 500000.0, "review_sample_rate": 1.0,
-                               "submit_cutoff": "15:00", "result_check_at": "10:00"}
-    assert settings_of({"lapse_after": "P30D", "review_sample_rate": "0.25"})["review_sample_rate"] == 0.25
-    with pytest.raises(ValueError, match="ISO 8601"):
-        settings_of({"lapse_after": "20 TD"})
+    assert settings_of({}) == {"lapse_trading_days": 20, "review_asset_threshold": 500000.0,
+                               "review_sample_rate": 1.0, "submit_cutoff": "15:00", "result_check_at": "10:00"}
+    assert settings_of({"lapse_trading_days": "15", "review_sample_rate": "0.25"})["lapse_trading_days"] == 15
+    for bad in ("P40D", 0, True, 1.5):
+        with pytest.raises(ValueError, match="lapse_trading_days must be a whole number"):
+            settings_of({"lapse_trading_days": bad})
     with pytest.raises(ValueError, match="between 0 and 1"):
         settings_of({"review_sample_rate": 2})
     with pytest.raises(ValueError, match="submit_cutoff must be a time of day"):
@@ -725,3 +742,109 @@ def test_the_diagram_lints_and_has_interchange_for_every_element(rt):
     callback = etree.parse(str(WORKFLOWS / "callback.bpmn"))
     names = {m.get("name") for m in callback.iterfind("bpmn:message", ns)}
     assert "post_closure_callback_requested" in names
+
+
+# -- X1 for a full closure: the registry and the client's other open cases -------------------------
+C07 = {"client_id": "C07", "branch_code": "SX01", "service_group": "SX01-G1", "client_assets": 180000}
+
+
+def _registry_row(db, client_id: str) -> tuple[Any, ...]:
+    from engine.models import Client
+
+    with db.transaction() as s:
+        c = s.get(Client, client_id)
+        return c.account_status, c.vip_tier, c.tier_since, c.downgrade_grace_until, c.service_group_key
+
+
+def _close_account(case: Case, clock: Any, request_types: list[str]) -> None:
+    """C07 closes out at the SX01 counter, no retention talk; every step's offer and due date."""
+    case.receive(C07)
+    accept = case.task("accept")
+    assert (accept.candidate_groups, accept.assignee, accept.due_at) == \
+        (["SX01:counter_staff"], None, sh(2025, 6, 16, 11, 30))  # 2 working hours
+    case.do("accept", "s302", {**ACCEPT_CLOSURE, "request_types": request_types})
+    submit = case.task("submit_instructions")
+    assert (submit.candidate_groups, submit.assignee, submit.due_at) == \
+        (["SX01:counter_staff"], None, sh(2025, 6, 16, 15))  # the day's close
+    case.do("submit_instructions", "s302", SUBMITTED)
+    clock.move_to(sh(2025, 6, 16, 15))
+    case.message("retention_exchange_result", {"exchange_result": "success"}, sender="csdc")
+    notify = case.task("complete_notify")
+    assert (notify.candidate_groups, notify.assignee, notify.due_at) == \
+        (["SX01:counter_staff"], None, sh(2025, 6, 17, 15))  # 1 TD
+    case.do("complete_notify", "s302", {**COMPLETED, "completed_at": "2025-06-16T15:00:00+08:00"})
+    review = case.task("review_ops")
+    assert (review.candidate_groups, review.assignee, review.due_at) == \
+        (["SX01:branch_ops_director"], None, sh(2025, 6, 23, 15))  # 5 WD
+
+
+def _other_cases(db, rt, staff) -> tuple[Any, int]:
+    """C07's open cases before the closure: a downgrade in its grace period and an anomaly callback."""
+    from tests.brokerage.test_vip import GRACE_START
+    from tests.brokerage.test_vip import Case as VipCase
+
+    vip = VipCase(db, rt, staff, "VIP-20250616-0007")
+    vip.start({**GRACE_START, "evaluated_at": "2025-06-16T09:00:00+08:00"})
+    assert vip.open_tasks() == []  # waits in its grace period: nothing offered to anyone
+    with db.transaction() as s:
+        callback = instances.start(s, rt, process_key="callback", business_key="CB-20250616-0077",
+                                   actor=identity.Actor.system("surveillance"),
+                                   data={"callback_type": "anomaly", "client_id": "C07", "branch_code": "SX01",
+                                         "service_group": "SX01-G1"})
+        callback_id = callback.id
+    call = s_task(db, "CB-20250616-0077", "call_attempt")
+    assert (call.candidate_groups, call.assignee, call.due_at) == (["call_center_agent"], None, sh(2025, 6, 17, 9, 30))
+    return vip, callback_id
+
+
+def s_task(db, key: str, element: str) -> Task:
+    with db.transaction() as s:
+        return s.execute(select(Task).where(Task.business_key == key, Task.element_id == element,
+                                            Task.status.in_(("open", "claimed")))).scalar_one()
+
+
+def test_a_full_closure_closes_the_account_and_ends_the_clients_open_cases(db, rt, staff):
+    # Demo: C07 吴海涛 is a gold client of SX01-G1 with a downgrade pending until 2025-08-01.
+    assert _registry_row(db, "C07") == ("active", "gold", date(2024, 5, 6), date(2025, 8, 1), "SX01-G1")
+    case = Case(db, rt, staff, "RET-20250616-0005")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False) as clock:
+        vip, callback_id = _other_cases(db, rt, staff)
+        _close_account(case, clock, ["fund_account_closure", "securities_account_cancellation"])
+    assert case.data()["outcome"] == "completed"
+    # The registry: closed, no tier, out of its service group.
+    assert _registry_row(db, "C07") == ("closed", None, None, None, None)
+    # The VIP case ends "Closed" by the account-closed message it waits for.
+    assert vip.end_state() == "end_closed"
+    with db.transaction() as s:
+        callback = s.get(ProcessInstance, callback_id)
+        assert (callback.status, callback.ended_by) == ("cancelled", "account-closure")
+        cancelled = s.execute(select(AuditEvent.data).where(AuditEvent.stream == f"instance:{callback_id}",
+                                                             AuditEvent.kind == "instance.cancelled")).scalar_one()
+        assert "account closed" in cancelled["reason"]
+        left = s.execute(select(Task.status).where(Task.instance_id == callback_id)).scalars().all()
+        assert set(left) == {"cancelled"}
+    # The post-closure callback replaces it, offered to the call centre, due 5 WD on.
+    (post,) = [c for c in _callbacks(db) if c.id != callback_id]
+    assert post.status == "running" and (post.facts or {}).get("callback_type") == "post_closure"
+    call = s_task(db, post.business_key, "call_attempt")
+    assert (call.candidate_groups, call.assignee, call.due_at) == (["call_center_agent"], None, sh(2025, 6, 23, 15))
+    (closed,) = [d for k, _, d in case.trail() if k == "client.account_closed"]
+    assert closed["changes"] == {
+        "account_status": ["active", "closed"], "vip_tier": ["gold", None], "tier_since": ["2024-05-06", None],
+        "downgrade_grace_until": ["2025-08-01", None], "service_group_key": ["SX01-G1", None]}
+    assert closed["cases_ended"] == [
+        {"business_key": "VIP-20250616-0007", "process_key": "vip_onboarding", "how": "vip_account_closed"},
+        {"business_key": "CB-20250616-0077", "process_key": "callback", "how": "cancelled"}]
+
+
+def test_a_transfer_alone_leaves_the_account_and_the_clients_cases_as_they_were(db, rt, staff):
+    case = Case(db, rt, staff, "RET-20250616-0006")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False) as clock:
+        vip, callback_id = _other_cases(db, rt, staff)
+        _close_account(case, clock, ["sh_dedesignation"])
+    assert case.data()["outcome"] == "completed"
+    assert _registry_row(db, "C07") == ("active", "gold", date(2024, 5, 6), date(2025, 8, 1), "SX01-G1")
+    assert vip.status() == "running"
+    with db.transaction() as s:
+        assert s.get(ProcessInstance, callback_id).status == "running"
+    assert not [k for k, _, _ in case.trail() if k == "client.account_closed"]

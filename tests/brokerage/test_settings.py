@@ -61,7 +61,7 @@ def test_the_service_functions_take_their_defaults_from_the_registry():
                                          if t.key.startswith("complaint.") and t.variable}
     assert vip.settings_of({})["diamond_threshold"] == settings.default("vip.diamond")
     assert vip.settings_of({})["risk_validity_months"] == settings.default("risk.validity_months")
-    assert retention.settings_of({})["lapse_after"] == settings.default("retention.lapse_after")
+    assert retention.settings_of({})["lapse_trading_days"] == settings.default("retention.lapse_trading_days")
     prepared = callback.prepare({"callback_type": "periodic", "client_id": "C01", "branch_code": "HZ01"}, {})
     assert (prepared["max_attempts"], prepared["retry_after"]) == (settings.default("callback.max_attempts"),
                                                                    settings.default("callback.retry_after"))

@@ -310,7 +310,8 @@ def test_a_downgrade_follows_the_grace_period_and_the_pre_downgrade_contact(db, 
         assert firing.fire_due(db, rt) == 1
         contact = case.open_task()
         assert (contact.element_id, contact.candidate_groups) == ("pre_downgrade_contact", ["SX01-G1"])
-        assert contact.due_at == sh(2025, 7, 17, 10, 0, 1)  # vip.sla.pre_downgrade_contact: 10 WD
+        # 10 WD before the effective date 08-01: the ten working days 07-18..07-31 lie between.
+        assert (contact.assignee, contact.due_at) == (None, sh(2025, 7, 18))
         case.do("pre_downgrade_contact", "s304", {"contacted": True, "channel": "phone",
                                                   "client_reaction": "dissatisfied", "retention_signal": True,
                                                   "recording_id": "REC-VIP-7"})
@@ -333,6 +334,43 @@ def test_a_downgrade_follows_the_grace_period_and_the_pre_downgrade_contact(db, 
     kinds = [k for k, _, _ in case.trail()]
     assert kinds.count("timer.fired") == 2 and kinds.count("message.received") == 1
     assert case.completions() == [("s304", "pre_downgrade_contact")]
+
+
+def test_a_grace_period_ending_too_late_for_ten_working_days_of_notice_moves_the_downgrade_a_month(db, rt, staff):
+    case = Case(db, rt, staff, "VIP-20250917-0001")
+    with time_machine.travel(sh(2025, 9, 17, 10), tick=False) as clock:
+        case.start({**GRACE_START, "evaluation_period": "2025-08", "evaluated_at": "2025-09-17T10:00:00+08:00"})
+        assert case.open_tasks() == []
+        data = case.data()
+        # Grace ends 10-17; 14 days on is 10-31, so the downgrade would take effect on 11-01.
+        assert data["downgrade_effective_at"] == "2025-11-01T00:00:00+08:00"
+        [grace] = case.timers("grace_expired")
+        assert grace.due_at == sh(2025, 10, 17, 10)
+        clock.move_to(sh(2025, 10, 17, 10, 0, 1))
+        assert firing.fire_due(db, rt) == 1
+        # 10 WD before 11-01 is 10-17 00:00, already past: the downgrade moves to 12-01 and the
+        # contact is due 10 WD before it.
+        contact = case.open_task()
+        assert (contact.element_id, contact.candidate_groups, contact.assignee, contact.due_at) == (
+            "pre_downgrade_contact", ["SX01-G1"], None, sh(2025, 11, 17))
+        case.do("pre_downgrade_contact", "s304", {"contacted": True, "channel": "phone",
+                                                  "client_reaction": "accepts", "retention_signal": False,
+                                                  "recording_id": "REC-VIP-8"})
+        [due] = case.timers("downgrade_due")
+        assert due.due_at == sh(2025, 12, 1)
+
+
+def test_the_welcome_call_is_due_five_working_days_after_the_evaluation_not_after_the_case_started(db, rt, staff):
+    case = Case(db, rt, staff, "VIP-20250605-0001")
+    # The evaluation ran on 06-03 10:00; its case reached the group two days later.
+    with time_machine.travel(sh(2025, 6, 5, 15), tick=False):
+        case.start(evaluation("C06", "silver", 380_000, new_tier="gold"))
+        welcome = case.open_task()
+        assert (welcome.element_id, welcome.candidate_groups, welcome.assignee) == ("verify_welcome", ["HZ01-G2"],
+                                                                                    None)
+        assert (welcome.due_at, welcome.due_source) == (sh(2025, 6, 10, 10), "policy")  # 5 WD from 06-03 10:00
+        case.do("verify_welcome", "s108", WELCOMED)
+    assert case.end_state() == "end_activated"
 
 
 def test_no_downgrade_when_the_assets_recover_within_the_grace_period(db, rt, staff):

@@ -23,7 +23,10 @@ functions = ServiceRegistry()
 CALLBACK_TYPES = ("new_account", "periodic", "post_closure", "risk_disclosure", "departed_staff", "anomaly")
 # The permissions whose opening triggers a risk-disclosure callback (docs/domain.md#callbacks).
 HIGH_RISK_PERMISSIONS = ("创业板", "科创板", "两融", "港股通", "期权", "北交所")
-_ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
+# The retry timer counts days, hours, minutes and seconds (a month has no fixed length).
+_ISO_DURATION = re.compile(r"^P(?!$)(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
+_HH_MM = r"([01]\d|2[0-3]):[0-5]\d"
+_CALLING_HOURS = re.compile(rf"^{_HH_MM}-{_HH_MM}(,{_HH_MM}-{_HH_MM})*$")
 
 
 @functions.register("callback_prepare")
@@ -47,12 +50,15 @@ def prepare(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     retry_after = str(data.get("retry_after") or settings.default("callback.retry_after"))
     if not _ISO_DURATION.match(retry_after):
         raise ValueError(f"retry_after must be an ISO 8601 duration such as PT4H, got {retry_after!r}")
+    calling_hours = data.get("calling_hours") or settings.default("callback.calling_hours")
+    if calling_hours is not None and not _CALLING_HOURS.match(str(calling_hours)):
+        raise ValueError(f"calling_hours must be periods such as 09:00-12:00,13:00-20:00, got {calling_hours!r}")
     rate = float(data.get("qa_sample_rate", settings.default("callback.qa_sample_rate")))
     if not 0.0 <= rate <= 1.0:
         raise ValueError("qa_sample_rate is a fraction between 0 and 1")
     return {
         "service_group": service_group, "branch_pool": pool,
-        "max_attempts": max_attempts, "retry_after": retry_after, "attempt_no": 0,
+        "max_attempts": max_attempts, "retry_after": retry_after, "calling_hours": calling_hours, "attempt_no": 0,
         "qa_sample_rate": rate, "qa_sampled": random.random() < rate,
         "exception_route": "none", "exception_items": [], "conduct_items": [], "service_items": [],
         # Set by the telephony system's client_called_back message when an agent took the

@@ -9,9 +9,9 @@ builds the start data of the post-closure callback (R7), which the diagram throw
 message to ``workflows/callback.bpmn``.
 
 Due dates are not computed here: the SLA policies in ``workflows/sla/retention.json`` put
-them on the right calendar (instructions on trading days, reviews on working days). A
-service function cannot read the business calendar, which lives in the database; see
-``retention.lapse_after`` below for what that costs.
+them on the right calendar (instructions on trading days, reviews on working days); the
+diagram's own waits use the date functions (the lapse after ``retention.lapse_trading_days``
+trading days, the exchange's result at 10:00 on the next trading day).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ REQUEST_TYPES = ("sz_transfer", "sh_dedesignation", "fund_account_closure", "sec
                  "credit_account_closure", "custody_cancellation")
 CLOSURES = frozenset({"fund_account_closure", "securities_account_cancellation", "custody_cancellation"})
 _TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-_ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$")
 # Who worked the case (camunda:property completedByVariable on the user tasks): none of them
 # may do its post-hoc review (separation of duties: whoever handled the case does not review it).
 HANDLER_VARIABLES = ("accepted_by", "blocking_informed_by", "rejected_by", "submitted_by", "retention_handled_by",
@@ -43,8 +42,11 @@ def settings_of(data: dict[str, Any]) -> dict[str, Any]:
     """The tunables as process variables: the case's own value, else the default."""
     # The win-back wait belongs to the post-closure callback, which reads it itself.
     values = settings.case_values(data, "retention.", exclude=("retention.winback_after_days",))
-    if not _ISO_DURATION.match(str(values["lapse_after"])):
-        raise ValueError(f"lapse_after must be an ISO 8601 duration such as P40D, got {values['lapse_after']!r}")
+    lapse = values["lapse_trading_days"]
+    if isinstance(lapse, bool) or not isinstance(lapse, int | str) or not str(lapse).isdigit() \
+            or not 1 <= int(lapse) <= 1000:
+        raise ValueError(f"lapse_trading_days must be a whole number of trading days from 1 to 1000, got {lapse!r}")
+    values["lapse_trading_days"] = int(lapse)
     rate = float(values["review_sample_rate"])
     if not 0.0 <= rate <= 1.0:
         raise ValueError("review_sample_rate is a fraction between 0 and 1")

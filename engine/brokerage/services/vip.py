@@ -362,9 +362,23 @@ def _grace_start(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
         "recovery_threshold": float(threshold(data["previous_tier"], data)),
         "grace_ends_at": grace_ends_at.isoformat(),
         "downgrade_effective_at": effective.isoformat(),
+        # Where the downgrade moves when the contact no longer fits before ``effective``.
+        "downgrade_postponed_effective_at": _first_of_next_month(effective).isoformat(),
         "recovered": False,
         "below_counted_for": data.get("evaluation_period"),  # the month the count already includes
     }
+
+
+@functions.register("vip_schedule_contact")
+def _schedule_contact(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """VIP step V8: the pre-downgrade contact is due ``pre_downgrade_contact_wd`` working
+    days before the effective date (the diagram's parameters count them on the working-day
+    calendar). When the grace period ends too late for that, the downgrade moves to the 1st
+    of the following month, so the client is never contacted with less notice."""
+    if str(params["contact_due_at"]) > str(params["now_at"]):
+        return {"pre_downgrade_contact_due_at": params["contact_due_at"], "downgrade_postponed": False}
+    return {"pre_downgrade_contact_due_at": params["later_contact_due_at"], "downgrade_postponed": True,
+            "downgrade_effective_at": data["downgrade_postponed_effective_at"]}
 
 
 def reevaluate(data: dict[str, Any]) -> dict[str, Any]:
