@@ -158,6 +158,13 @@ class MeOut(Schema):
     branch_code = fields.String(allow_none=True)
 
 
+class StartRouteOut(Schema):
+    kind = fields.String(metadata={"description": "none, message or timer"})
+    event_id = fields.String()
+    name = fields.String(allow_none=True)
+    message = fields.String(metadata={"description": "the message that starts it (kind message)"})
+
+
 class VersionOut(Schema):
     id = fields.Integer()
     process_key = fields.String()
@@ -167,6 +174,9 @@ class VersionOut(Schema):
     source_file = fields.String()
     deployment_id = fields.Integer()
     start_messages = fields.List(fields.String())
+    start_routes = fields.List(fields.Nested(StartRouteOut), metadata={"description": (
+        "every start event of the process: kind none (POST /processes/{key}/instances), "
+        "message (POST /messages with the message name) or timer")})
     created_at = fields.DateTime()
 
 

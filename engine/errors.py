@@ -125,6 +125,14 @@ class InstanceNotRunning(Conflict):
     code = "instance_not_running"
 
 
+class StartNotOffered(Conflict):
+    """The start asked for is not one the diagram has: a process with only message start
+    events started over the API, or a message the process does not start by. The details
+    name the start routes the process does offer."""
+
+    code = "start_not_offered"
+
+
 class DuplicateBusinessKey(Conflict):
     code = "duplicate_business_key"
 

@@ -27,6 +27,7 @@ from engine.errors import (
     InvalidInput,
     PermissionDenied,
     ProcessNotFound,
+    StartNotOffered,
 )
 from engine.models import (
     ACTIVE_TASK_STATES,
@@ -78,6 +79,8 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
     if found is None:
         raise ProcessNotFound(f"no process {process_key!r} is deployed")
     version, existing_id = found, found.existing_id  # the row names the version's columns
+    if message is None:
+        _require_none_start(process_key, found.start_routes)
     calendar_store.remember_revisions(session, found.calendar_revision, found.sla_revision)
     # Outside systems start processes by message whatever the starter groups (which are
     # about people); a person needs one of them, or the supervisor role.
@@ -130,6 +133,26 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
         audit(session, rt, instance, "message.received", actor, message=name, payload=payload)
     run_and_save(session, rt, instance, workflow, actor=actor)
     return instance
+
+
+def _describe_route(route: dict[str, Any]) -> str:
+    name = f" ({route['name']})" if route.get("name") else ""
+    if route["kind"] == "message":
+        return f"{route['event_id']}{name}: by the message {route['message']!r} (POST /api/v1/messages)"
+    if route["kind"] == "timer":
+        return f"{route['event_id']}{name}: by its timer"
+    return f"{route['event_id']}{name}: {route['kind']}"
+
+
+def _require_none_start(process_key: str, routes: list[dict[str, Any]] | None) -> None:
+    """A start without a message needs a none start event: a process that starts only by
+    message or timer would otherwise be numbered and saved with no step ever appearing."""
+    routes = routes or []
+    if any(r["kind"] == "none" for r in routes):
+        return
+    described = "; ".join(_describe_route(r) for r in routes) or "none"
+    raise StartNotOffered(f"{process_key} has no start event a start without a message can take; it starts "
+                          f"{described}", start_routes=routes)
 
 
 def _registry_context(found: Any) -> dict[str, Any]:
@@ -191,7 +214,7 @@ def _refuse_registry_overrides(found: Any, data: dict[str, Any], *, client_id: s
 
 _START_LOOKUP = (
     select(ProcessVersion.id, ProcessVersion.version, ProcessVersion.starter_groups,
-           ProcessVersion.business_key_format,
+           ProcessVersion.business_key_format, ProcessVersion.start_routes,
            select(ProcessInstance.id).where(ProcessInstance.process_key == bindparam("process_key"),
                                             ProcessInstance.business_key == bindparam("business_key"))
            .scalar_subquery().label("existing_id"),
