@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from engine.access.assignment import resolve_candidate_groups
 from engine.audit import record_instance_event
 from engine.bpmn.expressions import SafeEvaluator
-from engine.calendars import BusinessCalendar, BusinessHours, Due, Unit
+from engine.calendars import BUSINESS_UNITS, BusinessCalendar, BusinessHours, Due, Unit
 from engine.errors import NotFound
 from engine.models import (
     ACTIVE_TIMER_STATES,
@@ -65,6 +65,23 @@ def milestone_due(calendar: BusinessCalendar, start: datetime, due: Due, amount:
     return start + (due.at - start) * fraction
 
 
+def diagram_milestone_due(calendar: BusinessCalendar, start: datetime, due_at: datetime, unit: str,
+                          fraction: float) -> datetime:
+    """The moment ``fraction`` of a due date the diagram set has elapsed, counted like the
+    policy's own targets: the working time (trading time for TD) between the clock's start
+    and the due date, on the task's calendar, so a reminder never falls at night or on a
+    holiday. A calendar-unit policy, or a window with no working time in it, counts the
+    wall clock."""
+    if fraction >= 1.0 and math.isclose(fraction, 1.0):
+        return due_at
+    if unit in BUSINESS_UNITS:
+        trading = unit == Unit.TRADING_DAYS
+        span, _ = calendar.business_time(start, due_at, trading=trading)
+        if span > timedelta():
+            return min(calendar.add_business_time(start, span * fraction, trading=trading).at, due_at)
+    return start + (due_at - start) * fraction
+
+
 def _minutes_per_day(hours: BusinessHours) -> int:
     return sum((b.hour * 60 + b.minute) - (a.hour * 60 + a.minute) for a, b in hours.periods)
 
@@ -79,9 +96,12 @@ def schedule_milestones(session: Session, rt: SlaHost, *, instance: ProcessInsta
 def at_risk(session: Session, policy: PolicyRow | None, task: Task, *, start: datetime) -> datetime:
     """When the task turns "at risk": :data:`AT_RISK_FRACTION` of its target, in the target's terms."""
     assert task.due_at is not None
-    if policy is None or task.due_source == "diagram":
+    if policy is None:
+        # No policy, no calendar to count on: the window's wall-clock share.
         return start + (task.due_at - start) * AT_RISK_FRACTION
     calendar = CALENDARS.get(session, policy.business_hours)
+    if task.due_source == "diagram":
+        return diagram_milestone_due(calendar, start, task.due_at, policy.target_unit, AT_RISK_FRACTION)
     return milestone_due(calendar, start, Due(task.due_at, task.calendar_incomplete), policy.target_amount,
                          policy.target_unit, AT_RISK_FRACTION)
 
@@ -96,8 +116,9 @@ def arm(session: Session, rt: SlaHost, instance: ProcessInstance, task: Task,
     calendar = CALENDARS.get(session, policy.business_hours)
     due = Due(task.due_at, task.calendar_incomplete)
     if task.due_source == "diagram":
-        # The diagram's own due date: milestones are wall-clock fractions of its window.
-        points = [(m, start + (task.due_at - start) * m["at"]) for m in policy.milestones]
+        # The diagram's own due date: fractions of the working time up to it.
+        points = [(m, diagram_milestone_due(calendar, start, task.due_at, policy.target_unit, m["at"]))
+                  for m in policy.milestones]
     else:
         points = [(m, milestone_due(calendar, start, due, policy.target_amount, policy.target_unit, m["at"]))
                   for m in policy.milestones]
