@@ -125,10 +125,11 @@ def arm(session: Session, rt: SlaHost, instance: ProcessInstance, task: Task,
     # A paused task's clock stopped at the pause: its milestones are held until resume()
     # moves them by the paused time (a recompute during a pause must not arm them).
     paused = task.sla_paused_at is not None
+    stopped = task.sla_paused_at if task.sla_paused_at is not None else now
     for milestone, at in points:
         if shift is not None:
             at = shift(at)
-        if at < (task.sla_paused_at if paused else now):
+        if at < stopped:
             if not (overdue_breach and milestone["at"] >= 1.0 and not paused):
                 continue
             # A clock anchored in the past can be breached on arrival: record it now.
