@@ -39,7 +39,6 @@ from engine.models import (
     ProcessInstance,
     ProcessVersion,
     Task,
-    TaskCandidate,
     TaskExclusion,
     TaskKind,
     TaskStatus,
@@ -47,7 +46,7 @@ from engine.models import (
 from engine.numbering import next_business_key
 from engine.process.limits import check_case, check_text, check_variables
 from engine.process.runtime import Runtime, locked_instance
-from engine.process.tasks import principals
+from engine.process.tasks import offer_groups, offered_clause, principals
 from engine.process.unit_of_work import audit, run_and_save, save
 from engine.process.variables import reserved_names
 from engine.sla import calendar_store
@@ -272,8 +271,7 @@ def took_part(actor: Actor) -> Any:
     registration (call-centre agents) does not follow every complaint once it is registered."""
     me = actor.username
     offered = and_(
-        Task.status == TaskStatus.OPEN,
-        exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups))),
+        Task.status == TaskStatus.OPEN, offered_clause(*offer_groups(actor)),
         ~exists().where(TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals(actor))))
     return exists().where(
         Task.instance_id == ProcessInstance.id,

@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from uuid import uuid4
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from engine.access.assignment import resolve_candidate_groups
+from engine.access.roles import BRANCH_BOUND_CANDIDATES
 from engine.audit import record_instance_event
 from engine.bpmn.expressions import SafeEvaluator
 from engine.calendars import BUSINESS_UNITS, BusinessCalendar, BusinessHours, Due, Unit
@@ -189,7 +190,7 @@ def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance,
         session.add(escalation)
         session.flush()
         session.add_all(TaskCandidate(task_id=escalation.id, group_key=g) for g in groups)
-        _notify(session, _members(session, groups), subject=f"{subject}: 已升级 escalated",
+        _notify(session, _members(session, groups, escalation), subject=f"{subject}: 已升级 escalated",
                 body=_body(task, fraction), task=task, now=now)
         record_instance_event(session, instance, kind="sla.escalated", actor="sla", at=now, task_uuid=task.task_uuid,
                               data={"task_id": task.id, "escalation_task_id": escalation.id, "to": groups})
@@ -215,19 +216,26 @@ def _set_candidates(session: Session, task: Task, groups: list[str]) -> None:
 def _recipients(session: Session, evaluator: SafeEvaluator, instance: ProcessInstance, task: Task,
                 to: str) -> list[str]:
     if to == "assignee":
-        return [task.assignee] if task.assignee else _members(session, task.candidate_groups or [])
+        return [task.assignee] if task.assignee else _members(session, task.candidate_groups or [], task)
     if to == "candidates":
-        return _members(session, task.candidate_groups or [])
-    return _members(session, resolve_candidate_groups(session, evaluator, [to], instance=instance, data={}))
+        return _members(session, task.candidate_groups or [], task)
+    return _members(session, resolve_candidate_groups(session, evaluator, [to], instance=instance, data={}), task)
 
 
-def _members(session: Session, groups: list[str]) -> list[str]:
+def _members(session: Session, groups: list[str], task: Task) -> list[str]:
+    """The active members of ``groups`` the task would be offered to: a branch-bound group
+    (``compliance``) reaches its members at headquarters and at the task's branch only."""
     if not groups:
         return []
+    free = [g for g in groups if g not in BRANCH_BOUND_CANDIDATES]
+    bound = [g for g in groups if g in BRANCH_BOUND_CANDIDATES]
+    branch_ok = or_(User.branch_code.is_(None), User.branch_code == task.branch_code) \
+        if task.branch_code is not None else true()
     return list(session.execute(
         select(User.username).join(GroupMember, GroupMember.user_id == User.id)
         .join(Group, Group.id == GroupMember.group_id)
-        .where(Group.key.in_(groups), User.active.is_(True)).distinct().order_by(User.username)
+        .where(or_(Group.key.in_(free), and_(Group.key.in_(bound), branch_ok)), User.active.is_(True))
+        .distinct().order_by(User.username)
     ).scalars())
 
 
