@@ -17,7 +17,7 @@ from engine.access.assignment import resolve_candidate_groups
 from engine.access.roles import BRANCH_BOUND_CANDIDATES
 from engine.audit import record_instance_event
 from engine.bpmn.expressions import SafeEvaluator
-from engine.calendars import BUSINESS_UNITS, BusinessCalendar, BusinessHours, Due, Unit
+from engine.calendars import BUSINESS_UNITS, SHANGHAI, BusinessCalendar, BusinessHours, Due, Unit
 from engine.errors import NotFound
 from engine.models import (
     ACTIVE_TIMER_STATES,
@@ -165,11 +165,10 @@ def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance,
         task.breached_at = now
         record_instance_event(session, instance, kind="sla.breached", actor="sla", at=now, task_uuid=task.task_uuid,
                               data={"task_id": task.id, "due_at": task.due_at.isoformat() if task.due_at else None})
-    subject = f"[{task.business_key}] {task.name or task.element_id}"
     # The API stores omitted optional fields as null: null "to"/"by" mean the defaults.
     if action == "notify":
         _notify(session, _recipients(session, evaluator, instance, task, payload.get("to") or "assignee"),
-                subject=f"{subject}: {_progress_text(fraction)}", body=_body(task, fraction), task=task, now=now)
+                fraction=fraction, escalated=False, task=task, now=now)
     elif action == "raise_priority":
         task.priority = min(100, task.priority + int(payload.get("by") or 20))
     elif action == "reassign":
@@ -190,21 +189,36 @@ def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance,
         session.add(escalation)
         session.flush()
         session.add_all(TaskCandidate(task_id=escalation.id, group_key=g) for g in groups)
-        _notify(session, _members(session, groups, escalation), subject=f"{subject}: 已升级 escalated",
-                body=_body(task, fraction), task=task, now=now)
+        _notify(session, _members(session, groups, escalation), fraction=fraction, escalated=True, task=task,
+                now=now)
         record_instance_event(session, instance, kind="sla.escalated", actor="sla", at=now, task_uuid=task.task_uuid,
                               data={"task_id": task.id, "escalation_task_id": escalation.id, "to": groups})
 
 
-def _progress_text(fraction: float) -> str:
-    if fraction >= 1.0:
-        return "已超时 overdue"
-    return f"已用时 {int(fraction * 100)}% of the SLA"
+# What a reminder says, in the recipient's language (the language they chose for the pages;
+# Chinese unless they chose English), with times in Beijing time.
+_TEXTS = {
+    "zh": {"subject": "[{key}] {name}：{status}", "overdue": "已超时", "progress": "已用时 {pct}%",
+           "escalated": "已升级", "body": "任务「{name}」（{key}）截止时间 {due}（北京时间）；{status}。",
+           "no_due": "未设截止时间"},
+    "en": {"subject": "[{key}] {name}: {status}", "overdue": "overdue", "progress": "{pct}% of the time allowed used",
+           "escalated": "escalated", "body": "Task {name} ({key}) is due {due} Beijing time; {status}.",
+           "no_due": "no due date"},
+}
 
 
-def _body(task: Task, fraction: float) -> str:
-    due = task.due_at.isoformat() if task.due_at else "-"
-    return f"任务 {task.name or task.element_id} ({task.business_key}) due {due}; {_progress_text(fraction)}."
+def _language(locale: str | None) -> str:
+    return "en" if (locale or "").startswith("en") else "zh"
+
+
+def message(task: Task, fraction: float, *, escalated: bool, language: str) -> tuple[str, str]:
+    """(subject, body) of a milestone's notification in ``language`` ("zh" or "en")."""
+    texts = _TEXTS[language]
+    progress = texts["overdue"] if fraction >= 1.0 else texts["progress"].format(pct=int(fraction * 100))
+    due = (task.due_at.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M") if task.due_at else texts["no_due"])
+    name, key = task.name or task.element_id, task.business_key
+    subject = texts["subject"].format(key=key, name=name, status=texts["escalated"] if escalated else progress)
+    return subject, texts["body"].format(name=name, key=key, due=due, status=progress)
 
 
 def _set_candidates(session: Session, task: Task, groups: list[str]) -> None:
@@ -239,7 +253,12 @@ def _members(session: Session, groups: list[str], task: Task) -> list[str]:
     ).scalars())
 
 
-def _notify(session: Session, usernames: list[str], *, subject: str, body: str, task: Task, now: datetime) -> None:
+def _notify(session: Session, usernames: list[str], *, fraction: float, escalated: bool, task: Task,
+            now: datetime) -> None:
+    if not usernames:
+        return
+    locales = dict(session.execute(select(User.username, User.locale).where(User.username.in_(usernames))).all())
     for username in usernames:
+        subject, body = message(task, fraction, escalated=escalated, language=_language(locales.get(username)))
         session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
                                  instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))
