@@ -817,3 +817,27 @@ class PeriodAssessmentOut(Schema):
     period_start = fields.Date()
     period_end = fields.Date()
     groups = fields.List(fields.Nested(GroupScoreOut))
+
+
+class NotificationQuery(Schema):
+    status = fields.String(load_default="all", validate=validate.OneOf(["all", "unread", "read"]))
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
+    offset = fields.Integer(load_default=0, validate=OFFSET)
+
+
+class NotificationOut(Schema):
+    id = fields.Integer()
+    subject = fields.String(metadata={"description": "in the recipient's language, times in Beijing time"})
+    body = fields.String()
+    instance_id = fields.Integer(allow_none=True)
+    task_id = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    read_at = fields.DateTime(allow_none=True)
+
+
+class NotificationPageOut(Schema):
+    items = fields.List(fields.Nested(NotificationOut))
+    total = fields.Integer()
+    unread = fields.Integer(metadata={"description": "how many of the caller's notifications are unread"})
+    limit = fields.Integer()
+    offset = fields.Integer()

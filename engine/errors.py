@@ -58,6 +58,10 @@ class UserNotFound(NotFound):
     code = "user_not_found"
 
 
+class NotificationNotFound(NotFound):
+    code = "notification_not_found"
+
+
 class MessageNotCorrelated(NotFound):
     """Nobody waits for this message with this key; nothing was changed."""
 
