@@ -486,15 +486,18 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
                       ~exists().where(sibling.instance_id == Task.instance_id, TaskExclusion.task_id == sibling.id,
                                       TaskExclusion.case_wide.is_(True),
                                       TaskExclusion.principal.in_(bindparam("principals", expanding=True))))
-    if supervisor:
-        # A branch supervisor's view: their branch, and tasks tied to no branch.
-        branch = bindparam("supervised_branch", type_=String)
-        stmt = stmt.where(or_(branch.is_(None), Task.branch_code.is_(None), Task.branch_code == branch))
-    elif not (assignee_me or candidate_me):
+    if not (assignee_me or candidate_me):
         # "Mine" and "my groups' unclaimed" already imply the visibility rule below; saying
         # it again doubled the planner's work on the most frequent query (and misled it).
         in_my_groups = and_(Task.status.in_(ACTIVE_TASK_STATES), _offered_to_me())
-        stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))
+        visible = [Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups]
+        if supervisor:
+            # A branch supervisor also sees their branch's tasks and tasks tied to no branch:
+            # on top of their own and their groups', never instead of them (a candidate
+            # outside the branch still finds the task they may claim).
+            branch = bindparam("supervised_branch", type_=String)
+            visible.append(or_(branch.is_(None), Task.branch_code.is_(None), Task.branch_code == branch))
+        stmt = stmt.where(or_(*visible))
     page = (stmt.order_by(*_ORDER[sort])
             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
     capped = select(func.count()).select_from(stmt.with_only_columns(Task.id)
