@@ -14,12 +14,15 @@ from engine.access.identity import Actor
 from engine.audit import record_instance_event
 from engine.calendars import BUSINESS_UNITS, SHANGHAI, BusinessCalendar, Unit
 from engine.errors import InvalidInput
-from engine.models import ProcessInstance, SlaPolicy, Task, Timer, TimerKind, TimerStatus
+from engine.models import ACTIVE_TASK_STATES, ProcessInstance, SlaPolicy, Task, Timer, TimerKind, TimerStatus
 from engine.sla.calendar_store import CALENDARS, PolicyRow
 from engine.sla.host import SlaHost
 from engine.sla.milestones import at_risk
 
 ON_TRACK, AT_RISK, BREACHED, PAUSED, NO_SLA = "on_track", "at_risk", "breached", "paused", "none"
+# A finished task (completed, or cancelled by the process: a boundary event, an end, the
+# case's cancellation) whose deadline was not breached while it was open.
+CLOSED = "closed"
 
 
 def _matches(policy: PolicyRow, task: Task, data: dict[str, Any]) -> bool:
@@ -82,9 +85,12 @@ def _anchor(policy: PolicyRow | None, data: dict[str, Any], now: datetime) -> da
 
 
 def state(task: Task, now: datetime) -> tuple[str, float | None]:
-    """(SLA state, seconds to breach) as shown on every open task."""
+    """(SLA state, seconds to breach) as shown on every task. A finished task's clock is
+    settled: breached if it was, else closed, and nothing left to breach."""
     if task.due_at is None:
         return NO_SLA, None
+    if task.status not in ACTIVE_TASK_STATES:
+        return (BREACHED if task.breached_at is not None else CLOSED), None
     if task.sla_paused_at is not None:
         return PAUSED, (task.due_at - task.sla_paused_at).total_seconds()
     remaining = (task.due_at - now).total_seconds()

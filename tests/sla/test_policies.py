@@ -288,3 +288,20 @@ def test_milestones_of_a_diagram_due_date_count_working_time_on_the_tasks_calend
     with db.transaction() as s:
         due = sorted(s.execute(select(Timer.due_at).where(Timer.kind == "sla")).scalars())
     assert due == [sh(2026, 1, 4, 13), sh(2026, 1, 5, 9, 48), sh(2026, 1, 5, 13)]
+
+
+@pytest.mark.sqlite
+def test_a_cancelled_task_has_its_clock_settled(db, rt, people, review):
+    """A task the process cancelled shows no time left to breach and is not on track: closed
+    (breached, had it been)."""
+    _policy(db, rt, people)
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        instance_id = _start(db, rt, people)
+        clock.move_to(sh(2026, 3, 2, 10))
+        with db.transaction() as s:
+            instances.cancel(s, rt, instance_id=instance_id, actor=people.supervisor, reason="客户撤回")
+        task = _task(db)
+        assert task.status == "cancelled"
+        assert sla_clock.state(task, rt.now()) == (sla_clock.CLOSED, None)
+        task.breached_at = rt.now()
+        assert sla_clock.state(task, rt.now()) == (sla_clock.BREACHED, None)
