@@ -306,7 +306,8 @@ class TaskOut(Schema):
         metadata={"description": "the due date needed days the calendar does not know yet"})
     breached_at = fields.DateTime(allow_none=True)
     sla_paused_at = fields.DateTime(allow_none=True)
-    sla_state = fields.Method("_sla_state", metadata={"description": "on_track, at_risk, breached, paused or none"})
+    sla_state = fields.Method("_sla_state", metadata={
+        "description": "on_track, at_risk, breached, paused or none; a finished task: breached or closed"})
     seconds_to_breach = fields.Method("_seconds_to_breach", allow_none=True)
 
     def _sla_state(self, task: Any) -> str:
