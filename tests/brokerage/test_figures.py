@@ -815,10 +815,10 @@ def test_figures_are_for_supervisors_compliance_and_branch_heads_and_branch_staf
     hq_compliance = Actor("s006", frozenset({"compliance"}))
     assert figures.scope_for(hq_compliance, branch="NB01", now=now).branch == "NB01"
     assert figures.scope_for(Actor("s002", frozenset({"supervisor"})), now=now).branch is None
-    for outsider in (Actor("s104", frozenset({"counter_staff", "HZ01-G2"}), "HZ01"),
-                     Actor("s001", frozenset({"process_owner"}))):
-        with pytest.raises(PermissionDenied):
-            figures.scope_for(outsider, now=now)
+    # The process owners receive the breach reports: the firm's figures at headquarters.
+    assert figures.scope_for(Actor("s001", frozenset({"process_owner"})), now=now).branch is None
+    with pytest.raises(PermissionDenied):
+        figures.scope_for(Actor("s104", frozenset({"counter_staff", "HZ01-G2"}), "HZ01"), now=now)
     scope = figures.scope_for(hq_compliance, now=now)  # the year to date, Shanghai days
     assert (scope.start, scope.end) == (sh(2026, 1, 1), sh(2026, 3, 26))
     assert (scope.first_day, scope.last_day) == (date(2026, 1, 1), date(2026, 3, 25))
