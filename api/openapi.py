@@ -89,6 +89,8 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     **{("get", f"/api/v1/figures/{name}"): (403, 404) for name in (
         "overdue-tasks", "complaints", "retention", "callbacks/new-accounts", "callbacks/periodic", "satisfaction",
         "group-assessment")},
+    ("get", "/api/v1/notifications"): (),
+    ("post", "/api/v1/notifications/{notification_id}/read"): (404, 503),
 }
 
 CONCURRENT_CHANGE = "CONCURRENT_CHANGE"

@@ -158,6 +158,13 @@ class MeOut(Schema):
     branch_code = fields.String(allow_none=True)
 
 
+class StartRouteOut(Schema):
+    kind = fields.String(metadata={"description": "none, message or timer"})
+    event_id = fields.String()
+    name = fields.String(allow_none=True)
+    message = fields.String(metadata={"description": "the message that starts it (kind message)"})
+
+
 class VersionOut(Schema):
     id = fields.Integer()
     process_key = fields.String()
@@ -167,6 +174,9 @@ class VersionOut(Schema):
     source_file = fields.String()
     deployment_id = fields.Integer()
     start_messages = fields.List(fields.String())
+    start_routes = fields.List(fields.Nested(StartRouteOut), metadata={"description": (
+        "every start event of the process: kind none (POST /processes/{key}/instances), "
+        "message (POST /messages with the message name) or timer")})
     created_at = fields.DateTime()
 
 
@@ -325,7 +335,8 @@ class TaskOut(Schema):
         metadata={"description": "the due date needed days the calendar does not know yet"})
     breached_at = fields.DateTime(allow_none=True)
     sla_paused_at = fields.DateTime(allow_none=True)
-    sla_state = fields.Method("_sla_state", metadata={"description": "on_track, at_risk, breached, paused or none"})
+    sla_state = fields.Method("_sla_state", metadata={
+        "description": "on_track, at_risk, breached, paused or none; a finished task: breached or closed"})
     seconds_to_breach = fields.Method("_seconds_to_breach", allow_none=True)
 
     def _sla_state(self, task: Any) -> str:
@@ -893,3 +904,27 @@ class PeriodAssessmentOut(Schema):
     period_start = fields.Date()
     period_end = fields.Date()
     groups = fields.List(fields.Nested(GroupScoreOut))
+
+
+class NotificationQuery(Schema):
+    status = fields.String(load_default="all", validate=validate.OneOf(["all", "unread", "read"]))
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
+    offset = fields.Integer(load_default=0, validate=OFFSET)
+
+
+class NotificationOut(Schema):
+    id = fields.Integer()
+    subject = fields.String(metadata={"description": "in the recipient's language, times in Beijing time"})
+    body = fields.String()
+    instance_id = fields.Integer(allow_none=True)
+    task_id = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    read_at = fields.DateTime(allow_none=True)
+
+
+class NotificationPageOut(Schema):
+    items = fields.List(fields.Nested(NotificationOut))
+    total = fields.Integer()
+    unread = fields.Integer(metadata={"description": "how many of the caller's notifications are unread"})
+    limit = fields.Integer()
+    offset = fields.Integer()

@@ -59,6 +59,10 @@ class UserNotFound(NotFound):
     code = "user_not_found"
 
 
+class NotificationNotFound(NotFound):
+    code = "notification_not_found"
+
+
 class MessageNotCorrelated(NotFound):
     """Nobody waits for this message with this key; nothing was changed."""
 
@@ -124,6 +128,14 @@ class TaskAlreadyClaimed(Conflict):
 
 class InstanceNotRunning(Conflict):
     code = "instance_not_running"
+
+
+class StartNotOffered(Conflict):
+    """The start asked for is not one the diagram has: a process with only message start
+    events started over the API, or a message the process does not start by. The details
+    name the start routes the process does offer."""
+
+    code = "start_not_offered"
 
 
 class DuplicateBusinessKey(Conflict):

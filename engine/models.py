@@ -168,6 +168,10 @@ class ProcessVersion(Base):
     forms: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Names of messages that start this process (message start events).
     start_messages: Mapped[list[str]] = mapped_column(JSON)
+    # Every start event of the process: ``{"kind": "none"|"message"|"timer", "event_id",
+    # "name", "message"}`` (engine.process.deployments.start_routes). A start over the API
+    # needs a ``none`` route; without one the process starts only by message or timer.
+    start_routes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # camunda:candidateStarterGroups of the process; empty: any signed-in user may start it.
     starter_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     # Process property reportVariables: which variables the instances' facts carry.

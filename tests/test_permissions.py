@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 from engine.access import client_access, identity
 from engine.access.identity import Actor
 from engine.access.roles import INTEGRATION, JOB_ROLES, SYSTEM_ROLES
+from engine.brokerage import figures
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import NotFound, PermissionDenied
@@ -200,6 +201,18 @@ def _observed(db, rt, scene: dict[str, Any], who: Actor, action: str) -> dict[st
     if action == "deploy or check a bundle":
         lint = _allowed(db, lambda s: deployments.lint(s, rt, bundle_of(probe.XML), actor=who))
         return {"lint": {"all"} if lint else set()}
+    if action == "read figures":
+        def reach(branch: str | None) -> str | None:
+            try:
+                scope = figures.scope_for(who, branch=branch, now=rt.now())
+            except PermissionDenied:
+                return None
+            return "all" if scope.branch in (None, "NB01") else "branch" if scope.branch == BRANCH else scope.branch
+        # The figures asked for the firm (narrowed to a branch reader's branch), and another
+        # branch's asked by name (refused to a branch reader).
+        firm, other = reach(None), reach("NB01")
+        return {"firm": {firm} if firm else set(),
+                "another branch": {other} if other else ({"branch"} if firm == "branch" else set())}
     raise AssertionError(f"the table has a column the test does not know: {action!r}")
 
 
@@ -218,6 +231,8 @@ def _expected(scene: dict[str, Any], who: Actor, action: str, scopes: frozenset[
     assert "none" not in scopes or scopes == {"none"}, f"'none' with other scopes in {action!r}"
     if action == "deploy or check a bundle":
         return {"all"} if "all" in scopes else set()
+    if action == "read figures":
+        return {"all"} if "all" in scopes else {"branch"} if "branch" in scopes else set()
     places = {"all": set(CASES), "branch": {"G1", "G2", "pool"}, "group": {"G1"}, "pool": {"pool"},
               "assigned": {"taken"}, "callbacks": {"callback"}, "started": {"started"},
               "took part": {"taken"} | ({"callback"} if "call_center_agent" in who.groups else set())}

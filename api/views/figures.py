@@ -23,8 +23,9 @@ from engine.brokerage import figures
 
 PREFIX = "/figures"
 blp = Blueprint("figures", __name__,
-                description="Supervisors' figures, for supervisors, compliance and branch heads; "
-                            "branch staff see their own branch. Definitions: docs/figures.md.")
+                description="Supervisors' figures, for supervisors, compliance, branch management, HQ "
+                            "departments and process owners; branch staff see their own "
+                            "branch. Definitions: docs/figures.md.")
 
 
 def _scope(query: dict[str, Any]) -> figures.Scope:

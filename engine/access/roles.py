@@ -38,6 +38,10 @@ BRANCH_MANAGEMENT = frozenset({"branch_head", "branch_ops_director", "branch_cs_
 HQ_ALL = frozenset({"hq_complaint_dept", "hq_brokerage_mgmt"})
 # Their branch when the person belongs to one, the whole firm when they sit at headquarters.
 BRANCH_OR_ALL = frozenset({"compliance", SUPERVISOR})
+# Candidate groups offered firm-wide whose members at a branch are offered only that branch's
+# tasks (and tasks tied to no branch); their members at headquarters are offered every one.
+# A complaint's compliance review names "compliance": the branch's officer reviews it, or HQ.
+BRANCH_BOUND_CANDIDATES = frozenset({"compliance"})
 # Start cases for any client on the firm's behalf: the headquarters desks that take clients'
 # calls, transfers and evaluations from every branch (docs/domain.md#roles), and outside
 # systems. Everyone else starts cases only for the clients they may see.

@@ -27,7 +27,7 @@ from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, 
 from sqlalchemy.orm import Session, aliased
 
 from engine.access.identity import Actor
-from engine.access.roles import SUPERVISOR
+from engine.access.roles import PROCESS_OWNER, SUPERVISOR
 from engine.brokerage import settings
 from engine.brokerage.settings import Target
 from engine.calendars import SHANGHAI, BusinessCalendar, Unit, check_plausible
@@ -57,8 +57,13 @@ QUESTIONNAIRE_STEP = "questionnaire"
 CONVERSATION_STEP, SUBMIT_STEP = "retention_conversation", "submit_instructions"
 SEVERITIES = ("general", "major", "group", "regulator")
 OBSTRUCTION = "transfer_obstruction"
-# Who may read figures besides supervisors (docs/domain.md#case-visibility; the roles are groups).
-VIEWER_GROUPS = frozenset({"compliance", "branch_head"})
+# Who may read figures besides supervisors: the people the brief's supervisor metrics are for
+# (docs/domain.md#roles): compliance, the branch's management (the head, the ops director who
+# owns counter-side SLAs and retention locally, the 客服总监 who owns complaint handling and
+# satisfaction), the HQ complaint and brokerage departments, the call-centre supervisor
+# (callback completion) and the process owners, who receive the breach reports.
+VIEWER_GROUPS = frozenset({"compliance", "branch_head", "branch_ops_director", "branch_cs_director",
+                           "hq_complaint_dept", "hq_brokerage_mgmt", "call_center_supervisor", PROCESS_OWNER})
 TASK_DIMENSIONS = ("branch", "group", "process", "step", "assignee")
 
 # -- configuration ---------------------------------------------------------------------------
@@ -144,12 +149,12 @@ def period(first: date | None, last: date | None, *, now: datetime) -> tuple[dat
 
 def scope_for(actor: Actor, *, first: date | None = None, last: date | None = None, branch: str | None = None,
               group: str | None = None, now: datetime) -> Scope:
-    """Figures are for supervisors, compliance and branch heads
-    (docs/domain.md#case-visibility). Whoever belongs to a branch (a branch head, the
-    branch's compliance officer) sees that branch only; headquarters staff see every
-    branch."""
+    """Figures are for supervisors and :data:`VIEWER_GROUPS` (docs/permissions.md). Whoever
+    belongs to a branch (its management, its compliance officer) sees that branch only;
+    headquarters staff see every branch."""
     if not (actor.has_role(SUPERVISOR) or actor.groups & VIEWER_GROUPS):
-        raise PermissionDenied("figures are for supervisors, compliance and branch heads")
+        raise PermissionDenied("figures are for supervisors, compliance, branch management, the HQ complaint "
+                               "and brokerage departments, the call-centre supervisor and process owners")
     if actor.branch_code is not None and not actor.is_admin:
         if branch not in (None, actor.branch_code):
             raise PermissionDenied(f"figures of branch {branch} are not visible to staff of {actor.branch_code}")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.bpmn.specs.event_definitions.simple import NoneEventDefinition
+from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.bpmn.specs.mixins.events.start_event import StartEvent
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -67,6 +69,30 @@ def _start_messages(process: ParsedProcess) -> list[str]:
     return names
 
 
+def start_routes(process: ParsedProcess) -> list[dict[str, Any]]:
+    """How the process can be started, one entry per start event of the top-level process:
+    ``none`` (started over the API or by hand, ``POST /processes/{key}/instances``),
+    ``message`` (by the named message, ``POST /messages``) or ``timer``. Recorded at deploy so
+    a start the diagram cannot take is refused by name instead of leaving a case no step
+    will ever appear in."""
+    routes = []
+    for task_spec in process.spec.task_specs.values():
+        if not isinstance(task_spec, StartEvent):
+            continue
+        definition = getattr(task_spec, "event_definition", None)
+        route: dict[str, Any] = {"event_id": task_spec.bpmn_id, "name": task_spec.bpmn_name}
+        if isinstance(definition, MessageEventDefinition):
+            route.update(kind="message", message=definition.name)
+        elif isinstance(definition, TimerEventDefinition):
+            route.update(kind="timer")
+        elif definition is None or isinstance(definition, NoneEventDefinition):
+            route.update(kind="none")
+        else:
+            route.update(kind=type(definition).__name__.removesuffix("EventDefinition").lower())
+        routes.append(route)
+    return sorted(routes, key=lambda r: (r["kind"], r["event_id"] or ""))
+
+
 def require_deployer(actor: Actor) -> None:
     """Deploying, and linting a bundle without storing it, are a process owner's: parsing an
     upload (XML, zip) is work the server does only for them. An adapter calls this before it
@@ -108,7 +134,8 @@ def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> li
             process_key=process.key, version=(latest.version + 1) if latest else 1,
             name=process.name, deployment_id=deployment.id, source_file=process.source_file,
             bpmn_xml=process.xml, spec_json=dump_spec(process.spec, process.subprocess_specs),
-            forms=forms, start_messages=_start_messages(process), starter_groups=process.starter_groups,
+            forms=forms, start_messages=_start_messages(process),
+            start_routes=start_routes(process), starter_groups=process.starter_groups,
             report_variables=process.report_variables, business_key_format=process.business_key_format,
             sha256=digest, created_at=now,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date, datetime
 from typing import Any
 
 from SpiffWorkflow.bpmn.specs.event_definitions.simple import NoneEventDefinition
@@ -18,6 +19,7 @@ from engine.access.identity import Actor
 from engine.access.roles import BRANCH_MANAGEMENT, BRANCH_OR_ALL, FIRM_STARTERS, INTEGRATION, SUPERVISOR
 from engine.bpmn.expressions import json_safe
 from engine.bpmn.values import text_problem, value_problems
+from engine.calendars import SHANGHAI
 from engine.errors import (
     ClientNotFound,
     DataInvalid,
@@ -27,6 +29,7 @@ from engine.errors import (
     InvalidInput,
     PermissionDenied,
     ProcessNotFound,
+    StartNotOffered,
 )
 from engine.models import (
     ACTIVE_TASK_STATES,
@@ -36,7 +39,6 @@ from engine.models import (
     ProcessInstance,
     ProcessVersion,
     Task,
-    TaskCandidate,
     TaskExclusion,
     TaskKind,
     TaskStatus,
@@ -44,7 +46,7 @@ from engine.models import (
 from engine.numbering import next_business_key
 from engine.process.limits import check_case, check_text, check_variables
 from engine.process.runtime import Runtime, locked_instance
-from engine.process.tasks import principals
+from engine.process.tasks import offer_groups, offered_clause, principals
 from engine.process.unit_of_work import audit, run_and_save, save
 from engine.process.variables import reserved_names
 from engine.sla import calendar_store
@@ -78,6 +80,8 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
     if found is None:
         raise ProcessNotFound(f"no process {process_key!r} is deployed")
     version, existing_id = found, found.existing_id  # the row names the version's columns
+    if message is None:
+        _require_none_start(process_key, found.start_routes)
     calendar_store.remember_revisions(session, found.calendar_revision, found.sla_revision)
     # Outside systems start processes by message whatever the starter groups (which are
     # about people); a person needs one of them, or the supervisor role.
@@ -89,8 +93,8 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
         _require_client_in_scope(session, actor, str(client_key), registered=found.client_id is not None)
         if not from_case:
             _refuse_registry_overrides(found, data, client_id=client_id, branch_code=branch_code,
-                                       where="payload" if message is not None else "data")
-    data = _with_client_context(found, data)
+                                       where="payload" if message is not None else "data", now=rt.now())
+    data = _with_client_context(found, data, rt.now())
     check_case(rt.settings, data, field=field)
     if found.client_id is not None:
         branch_code = found.client_branch_code
@@ -132,14 +136,44 @@ def start(session: Session, rt: Runtime, *, process_key: str, business_key: str 
     return instance
 
 
-def _registry_context(found: Any) -> dict[str, Any]:
-    """What the client registry says of the case's client (``found``: the start lookup's row)."""
+def _describe_route(route: dict[str, Any]) -> str:
+    name = f" ({route['name']})" if route.get("name") else ""
+    if route["kind"] == "message":
+        return f"{route['event_id']}{name}: by the message {route['message']!r} (POST /api/v1/messages)"
+    if route["kind"] == "timer":
+        return f"{route['event_id']}{name}: by its timer"
+    return f"{route['event_id']}{name}: {route['kind']}"
+
+
+def _require_none_start(process_key: str, routes: list[dict[str, Any]] | None) -> None:
+    """A start without a message needs a none start event: a process that starts only by
+    message or timer would otherwise be numbered and saved with no step ever appearing."""
+    routes = routes or []
+    if any(r["kind"] == "none" for r in routes):
+        return
+    described = "; ".join(_describe_route(r) for r in routes) or "none"
+    raise StartNotOffered(f"{process_key} has no start event a start without a message can take; it starts "
+                          f"{described}", start_routes=routes)
+
+
+def age_on(birth: date, day: date) -> int:
+    """Full years from ``birth`` to ``day`` (a birthday counts on the day itself)."""
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+def _registry_context(found: Any, now: datetime) -> dict[str, Any]:
+    """What the client registry says of the case's client (``found``: the start lookup's row).
+    ``client_age_at_start`` is the client's age on the case's start day, a Beijing date, from
+    the registry's birth date: rules that read an age (an elderly client's complaint is major,
+    docs/domain.md#complaints) read it before any typed ``client_age``."""
+    birth = found.birth_date
     return {"client_id": found.client_id, "branch_code": found.client_branch_code,
             "service_group": found.service_group_key, "client_class": found.classification,
-            "vip_tier": found.vip_tier, "risk_level": found.risk_level}
+            "vip_tier": found.vip_tier, "risk_level": found.risk_level,
+            "client_age_at_start": age_on(birth, now.astimezone(SHANGHAI).date()) if birth is not None else None}
 
 
-def _with_client_context(found: Any, data: dict[str, Any]) -> dict[str, Any]:
+def _with_client_context(found: Any, data: dict[str, Any], now: datetime) -> dict[str, Any]:
     """A case about a registered client starts with the registry's branch, service group,
     class, tier and risk level (never the identifiers: those stay masked in the registry),
     so diagrams route ``client:service_group`` from the truth, not from what a form typed.
@@ -148,7 +182,7 @@ def _with_client_context(found: Any, data: dict[str, Any]) -> dict[str, Any]:
     client."""
     if found.client_id is None:
         return data
-    return {**data, **{k: v for k, v in _registry_context(found).items() if v is not None}}
+    return {**data, **{k: v for k, v in _registry_context(found, now).items() if v is not None}}
 
 
 def _require_client_in_scope(session: Session, actor: Actor, client_id: str, *, registered: bool) -> None:
@@ -168,7 +202,7 @@ def _require_client_in_scope(session: Session, actor: Actor, client_id: str, *, 
 
 
 def _refuse_registry_overrides(found: Any, data: dict[str, Any], *, client_id: str | None,
-                               branch_code: str | None, where: str) -> None:
+                               branch_code: str | None, where: str, now: datetime) -> None:
     """Start data does not override the client registry: a value that differs from the
     registry's (a service group, a branch, a tier) is refused by name rather than silently
     replaced, so the caller learns the case is not what they asked for."""
@@ -176,9 +210,12 @@ def _refuse_registry_overrides(found: Any, data: dict[str, Any], *, client_id: s
     if client_id is not None and data.get("client_id") not in (None, client_id):
         problems.append(FieldError(f"{where}/client_id", f"differs from client_id {client_id!r}"))
     if found.client_id is not None:
-        registry = _registry_context(found)
+        registry = _registry_context(found, now)
         # The client was looked up by the client_id given (checked above), so only the rest.
         for name, value in sorted(registry.items()):
+            # Without a birth date in the registry there is no age to contradict.
+            if name == "client_age_at_start" and value is None:
+                continue
             if name != "client_id" and name in data and data[name] != value:
                 problems.append(FieldError(f"{where}/{name}",
                                            f"{name!r} comes from the client registry and cannot be given"))
@@ -191,12 +228,12 @@ def _refuse_registry_overrides(found: Any, data: dict[str, Any], *, client_id: s
 
 _START_LOOKUP = (
     select(ProcessVersion.id, ProcessVersion.version, ProcessVersion.starter_groups,
-           ProcessVersion.business_key_format,
+           ProcessVersion.business_key_format, ProcessVersion.start_routes,
            select(ProcessInstance.id).where(ProcessInstance.process_key == bindparam("process_key"),
                                             ProcessInstance.business_key == bindparam("business_key"))
            .scalar_subquery().label("existing_id"),
            Client.client_id, Client.branch_code.label("client_branch_code"), Client.service_group_key,
-           Client.classification, Client.vip_tier, Client.risk_level,
+           Client.classification, Client.vip_tier, Client.risk_level, Client.birth_date,
            *calendar_store.REVISION_COLUMNS)
     .outerjoin(Client, Client.client_id == bindparam("client_id", type_=String))
     .where(ProcessVersion.process_key == bindparam("process_key"))
@@ -234,8 +271,7 @@ def took_part(actor: Actor) -> Any:
     registration (call-centre agents) does not follow every complaint once it is registered."""
     me = actor.username
     offered = and_(
-        Task.status == TaskStatus.OPEN,
-        exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(sorted(actor.groups))),
+        Task.status == TaskStatus.OPEN, offered_clause(*offer_groups(actor)),
         ~exists().where(TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals(actor))))
     return exists().where(
         Task.instance_id == ProcessInstance.id,

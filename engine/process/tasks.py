@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, aliased
 
 from engine.access.identity import Actor, actor_for, get_user
 from engine.access.masking import mask_echo, mask_text
-from engine.access.roles import SUPERVISOR
+from engine.access.roles import BRANCH_BOUND_CANDIDATES, SUPERVISOR
 from engine.bpmn.expressions import json_safe
 from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of, writable_variables
 from engine.errors import (
@@ -56,8 +56,35 @@ from engine.process.variables import changes_engine_value, reserved_names
 from engine.sla import clock as sla_clock
 
 
+def offer_groups(actor: Actor) -> tuple[list[str], list[str], str | None]:
+    """The actor's groups as candidates: (groups offered every task naming them, groups
+    offered only their branch's tasks and tasks tied to no branch, that branch). A member of
+    a :data:`BRANCH_BOUND_CANDIDATES` group who belongs to a branch has it in the second
+    list; at headquarters (no branch), or as an administrator, in the first."""
+    branch = None if actor.is_admin else actor.branch_code
+    bound = sorted(actor.groups & BRANCH_BOUND_CANDIDATES) if branch is not None else []
+    return sorted(actor.groups - set(bound)), bound, branch
+
+
 def _is_candidate(task: Task, actor: Actor) -> bool:
-    return bool(actor.groups.intersection(task.candidate_groups or []))
+    free, bound, branch = offer_groups(actor)
+    named = set(task.candidate_groups or [])
+    return bool(named.intersection(free)) or (
+        bool(named.intersection(bound)) and task.branch_code in (None, branch))
+
+
+def offered_clause(groups: Any, bound_groups: Any, branch: Any) -> Any:
+    """:func:`_is_candidate` as a condition on ``Task`` (the arguments: the lists and branch
+    of :func:`offer_groups`, as values or bound parameters)."""
+    return or_(
+        exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(groups)),
+        and_(or_(Task.branch_code.is_(None), Task.branch_code == branch),
+             exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(bound_groups))))
+
+
+def _offered_to_me() -> Any:
+    return offered_clause(bindparam("groups", expanding=True), bindparam("bound_groups", expanding=True),
+                          bindparam("my_branch", type_=String))
 
 
 def principals(actor: Actor) -> list[str]:
@@ -442,8 +469,7 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
     if assignee_me:
         stmt = stmt.where(Task.assignee == bindparam("me"))
     if candidate_me:
-        stmt = stmt.where(Task.assignee.is_(None), exists().where(
-            TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(bindparam("groups", expanding=True))))
+        stmt = stmt.where(Task.assignee.is_(None), _offered_to_me())
     if overdue:
         stmt = stmt.where(Task.due_at < bindparam("now"))
     if at_risk:
@@ -464,16 +490,18 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
                       ~exists().where(sibling.instance_id == Task.instance_id, TaskExclusion.task_id == sibling.id,
                                       TaskExclusion.case_wide.is_(True),
                                       TaskExclusion.principal.in_(bindparam("principals", expanding=True))))
-    if supervisor:
-        # A branch supervisor's view: their branch, and tasks tied to no branch.
-        branch = bindparam("supervised_branch", type_=String)
-        stmt = stmt.where(or_(branch.is_(None), Task.branch_code.is_(None), Task.branch_code == branch))
-    elif not (assignee_me or candidate_me):
+    if not (assignee_me or candidate_me):
         # "Mine" and "my groups' unclaimed" already imply the visibility rule below; saying
         # it again doubled the planner's work on the most frequent query (and misled it).
-        in_my_groups = and_(Task.status.in_(ACTIVE_TASK_STATES), exists().where(
-            TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(bindparam("groups", expanding=True))))
-        stmt = stmt.where(or_(Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups))
+        in_my_groups = and_(Task.status.in_(ACTIVE_TASK_STATES), _offered_to_me())
+        visible = [Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups]
+        if supervisor:
+            # A branch supervisor also sees their branch's tasks and tasks tied to no branch:
+            # on top of their own and their groups', never instead of them (a candidate
+            # outside the branch still finds the task they may claim).
+            branch = bindparam("supervised_branch", type_=String)
+            visible.append(or_(branch.is_(None), Task.branch_code.is_(None), Task.branch_code == branch))
+        stmt = stmt.where(or_(*visible))
     page = (stmt.order_by(*_ORDER[sort])
             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
     capped = select(func.count()).select_from(stmt.with_only_columns(Task.id)
@@ -489,7 +517,8 @@ def _statements_and_params(actor: Actor, query: InboxQuery,
     shape = (query.assignee_me, query.candidate_me, query.overdue, query.at_risk, query.due_within is not None,
              bool(query.group), supervisor, *(bool(getattr(query, name)) for name, _ in _FILTERS))
     params: dict[str, Any] = {
-        "status": list(query.status), "me": actor.username, "groups": sorted(actor.groups),
+        "status": list(query.status), "me": actor.username,
+        **dict(zip(("groups", "bound_groups", "my_branch"), offer_groups(actor), strict=True)),
         "now": now, "until": now + query.due_within if query.due_within is not None else now,
         "group": query.group, "principals": principals(actor), "limit": query.limit, "offset": query.offset,
         "supervised_branch": supervised_branch(actor),

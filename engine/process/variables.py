@@ -18,6 +18,7 @@ from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of
 ENGINE_VARIABLES = frozenset({
     "origin_business_key", "origin_process",
     "client_id", "branch_code", "service_group", "client_class", "vip_tier", "risk_level",
+    "client_age_at_start",
     "data_objects",
 })
 

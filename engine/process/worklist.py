@@ -21,7 +21,7 @@ from engine.access.identity import Actor
 from engine.access.masking import mask_text
 from engine.audit import record_instance_event
 from engine.db import rowcount
-from engine.errors import InstanceNotFound, InvalidInput, NotFound
+from engine.errors import InstanceNotFound, InvalidInput, NotFound, NotificationNotFound
 from engine.models import (
     ACTIVE_TASK_STATES,
     Client,
@@ -226,13 +226,16 @@ def delete_view(session: Session, *, actor: Actor, view_id: int) -> None:
 
 
 # -- notifications -------------------------------------------------------------------------
-def notifications(session: Session, *, actor: Actor, unread_only: bool = False, limit: int = 50,
-                  offset: int = 0) -> tuple[list[Notification], int]:
+def notifications(session: Session, *, actor: Actor, unread_only: bool = False, read: bool | None = None,
+                  limit: int = 50, offset: int = 0) -> tuple[list[Notification], int]:
     """The person's reminders and escalations (the outbox rows addressed to them), newest
-    first, with how many there are in all."""
+    first, with how many there are in all; ``read`` True or False (or ``unread_only``): only
+    those they have or have not read. The pages and the API both list them here."""
     where = [Notification.recipient == actor.username]
-    if unread_only:
+    if unread_only or read is False:
         where.append(Notification.read_at.is_(None))
+    elif read is True:
+        where.append(Notification.read_at.is_not(None))
     total = session.execute(select(func.count()).select_from(Notification).where(*where)).scalar_one()
     rows = session.execute(select(Notification).where(*where).order_by(Notification.id.desc())
                            .limit(limit).offset(offset)).scalars().all()
@@ -250,6 +253,18 @@ def mark_read(session: Session, *, actor: Actor, now: datetime, ids: list[int] |
     if ids is not None:
         where.append(Notification.id.in_(ids))
     return rowcount(session.execute(update(Notification).where(*where).values(read_at=now)))
+
+
+def read_one(session: Session, *, actor: Actor, notification_id: int, now: datetime) -> Notification:
+    """Mark one of the person's notifications read (again is no change) and return it; another
+    person's does not exist for them."""
+    row = session.execute(select(Notification).where(
+        Notification.id == notification_id, Notification.recipient == actor.username)).scalar_one_or_none()
+    if row is None:
+        raise NotificationNotFound(f"no notification {notification_id}")
+    if row.read_at is None:
+        row.read_at = now
+    return row
 
 
 # -- language ------------------------------------------------------------------------------

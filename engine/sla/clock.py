@@ -12,14 +12,17 @@ from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
 from engine.audit import record_instance_event
-from engine.calendars import SHANGHAI, BusinessCalendar, Unit
+from engine.calendars import BUSINESS_UNITS, SHANGHAI, BusinessCalendar, Unit
 from engine.errors import InvalidInput
-from engine.models import ProcessInstance, SlaPolicy, Task, Timer, TimerKind, TimerStatus
+from engine.models import ACTIVE_TASK_STATES, ProcessInstance, SlaPolicy, Task, Timer, TimerKind, TimerStatus
 from engine.sla.calendar_store import CALENDARS, PolicyRow
 from engine.sla.host import SlaHost
 from engine.sla.milestones import at_risk
 
 ON_TRACK, AT_RISK, BREACHED, PAUSED, NO_SLA = "on_track", "at_risk", "breached", "paused", "none"
+# A finished task (completed, or cancelled by the process: a boundary event, an end, the
+# case's cancellation) whose deadline was not breached while it was open.
+CLOSED = "closed"
 
 
 def _matches(policy: PolicyRow, task: Task, data: dict[str, Any]) -> bool:
@@ -82,9 +85,12 @@ def _anchor(policy: PolicyRow | None, data: dict[str, Any], now: datetime) -> da
 
 
 def state(task: Task, now: datetime) -> tuple[str, float | None]:
-    """(SLA state, seconds to breach) as shown on every open task."""
+    """(SLA state, seconds to breach) as shown on every task. A finished task's clock is
+    settled: breached if it was, else closed, and nothing left to breach."""
     if task.due_at is None:
         return NO_SLA, None
+    if task.status not in ACTIVE_TASK_STATES:
+        return (BREACHED if task.breached_at is not None else CLOSED), None
     if task.sla_paused_at is not None:
         return PAUSED, (task.due_at - task.sla_paused_at).total_seconds()
     remaining = (task.due_at - now).total_seconds()
@@ -171,12 +177,18 @@ _WALL_CLOCK = BusinessCalendar({})
 
 def _pause_terms(session: Session, task: Task) -> tuple[BusinessCalendar, Unit]:
     """The calendar and unit a task's paused time is measured in: its policy's, when the
-    policy gave the due date; wall-clock for a diagram's own due date, whose milestones
-    are wall-clock fractions of its window too."""
+    policy gave the due date; for a diagram's own due date, the working time of the policy's
+    calendar (its milestones are shares of the working time up to it), or the wall clock
+    where there is no policy or the policy counts calendar time."""
     policy = session.get(SlaPolicy, task.sla_policy_id) if task.sla_policy_id is not None else None
-    if policy is None or task.due_source != "policy":
+    if policy is None:
         return _WALL_CLOCK, Unit.CALENDAR_MINUTES
-    return CALENDARS.get(session, policy.business_hours), Unit(policy.target_unit)
+    calendar, unit = CALENDARS.get(session, policy.business_hours), Unit(policy.target_unit)
+    if task.due_source == "policy":
+        return calendar, unit
+    if unit in BUSINESS_UNITS:
+        return calendar, Unit.TRADING_DAYS if unit is Unit.TRADING_DAYS else Unit.WORKING_HOURS
+    return _WALL_CLOCK, Unit.CALENDAR_MINUTES
 
 
 def pauses(task: Task) -> list[tuple[datetime, datetime]]:

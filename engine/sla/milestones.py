@@ -10,13 +10,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from uuid import uuid4
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from engine.access.assignment import resolve_candidate_groups
+from engine.access.roles import BRANCH_BOUND_CANDIDATES
 from engine.audit import record_instance_event
 from engine.bpmn.expressions import SafeEvaluator
-from engine.calendars import BusinessCalendar, BusinessHours, Due, Unit
+from engine.calendars import BUSINESS_UNITS, SHANGHAI, BusinessCalendar, BusinessHours, Due, Unit
 from engine.errors import NotFound
 from engine.models import (
     ACTIVE_TIMER_STATES,
@@ -65,6 +66,23 @@ def milestone_due(calendar: BusinessCalendar, start: datetime, due: Due, amount:
     return start + (due.at - start) * fraction
 
 
+def diagram_milestone_due(calendar: BusinessCalendar, start: datetime, due_at: datetime, unit: str,
+                          fraction: float) -> datetime:
+    """The moment ``fraction`` of a due date the diagram set has elapsed, counted like the
+    policy's own targets: the working time (trading time for TD) between the clock's start
+    and the due date, on the task's calendar, so a reminder never falls at night or on a
+    holiday. A calendar-unit policy, or a window with no working time in it, counts the
+    wall clock."""
+    if fraction >= 1.0 and math.isclose(fraction, 1.0):
+        return due_at
+    if unit in BUSINESS_UNITS:
+        trading = unit == Unit.TRADING_DAYS
+        span, _ = calendar.business_time(start, due_at, trading=trading)
+        if span > timedelta():
+            return min(calendar.add_business_time(start, span * fraction, trading=trading).at, due_at)
+    return start + (due_at - start) * fraction
+
+
 def _minutes_per_day(hours: BusinessHours) -> int:
     return sum((b.hour * 60 + b.minute) - (a.hour * 60 + a.minute) for a, b in hours.periods)
 
@@ -79,9 +97,12 @@ def schedule_milestones(session: Session, rt: SlaHost, *, instance: ProcessInsta
 def at_risk(session: Session, policy: PolicyRow | None, task: Task, *, start: datetime) -> datetime:
     """When the task turns "at risk": :data:`AT_RISK_FRACTION` of its target, in the target's terms."""
     assert task.due_at is not None
-    if policy is None or task.due_source == "diagram":
+    if policy is None:
+        # No policy, no calendar to count on: the window's wall-clock share.
         return start + (task.due_at - start) * AT_RISK_FRACTION
     calendar = CALENDARS.get(session, policy.business_hours)
+    if task.due_source == "diagram":
+        return diagram_milestone_due(calendar, start, task.due_at, policy.target_unit, AT_RISK_FRACTION)
     return milestone_due(calendar, start, Due(task.due_at, task.calendar_incomplete), policy.target_amount,
                          policy.target_unit, AT_RISK_FRACTION)
 
@@ -96,18 +117,20 @@ def arm(session: Session, rt: SlaHost, instance: ProcessInstance, task: Task,
     calendar = CALENDARS.get(session, policy.business_hours)
     due = Due(task.due_at, task.calendar_incomplete)
     if task.due_source == "diagram":
-        # The diagram's own due date: milestones are wall-clock fractions of its window.
-        points = [(m, start + (task.due_at - start) * m["at"]) for m in policy.milestones]
+        # The diagram's own due date: fractions of the working time up to it.
+        points = [(m, diagram_milestone_due(calendar, start, task.due_at, policy.target_unit, m["at"]))
+                  for m in policy.milestones]
     else:
         points = [(m, milestone_due(calendar, start, due, policy.target_amount, policy.target_unit, m["at"]))
                   for m in policy.milestones]
     # A paused task's clock stopped at the pause: its milestones are held until resume()
     # moves them by the paused time (a recompute during a pause must not arm them).
     paused = task.sla_paused_at is not None
+    stopped = task.sla_paused_at if task.sla_paused_at is not None else now
     for milestone, at in points:
         if shift is not None:
             at = shift(at)
-        if at < (task.sla_paused_at if paused else now):
+        if at < stopped:
             if not (overdue_breach and milestone["at"] >= 1.0 and not paused):
                 continue
             # A clock anchored in the past can be breached on arrival: record it now.
@@ -142,11 +165,10 @@ def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance,
         task.breached_at = now
         record_instance_event(session, instance, kind="sla.breached", actor="sla", at=now, task_uuid=task.task_uuid,
                               data={"task_id": task.id, "due_at": task.due_at.isoformat() if task.due_at else None})
-    subject = f"[{task.business_key}] {task.name or task.element_id}"
     # The API stores omitted optional fields as null: null "to"/"by" mean the defaults.
     if action == "notify":
         _notify(session, _recipients(session, evaluator, instance, task, payload.get("to") or "assignee"),
-                subject=f"{subject}: {_progress_text(fraction)}", body=_body(task, fraction), task=task, now=now)
+                fraction=fraction, escalated=False, task=task, now=now)
     elif action == "raise_priority":
         task.priority = min(100, task.priority + int(payload.get("by") or 20))
     elif action == "reassign":
@@ -167,21 +189,36 @@ def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance,
         session.add(escalation)
         session.flush()
         session.add_all(TaskCandidate(task_id=escalation.id, group_key=g) for g in groups)
-        _notify(session, _members(session, groups), subject=f"{subject}: 已升级 escalated",
-                body=_body(task, fraction), task=task, now=now)
+        _notify(session, _members(session, groups, escalation), fraction=fraction, escalated=True, task=task,
+                now=now)
         record_instance_event(session, instance, kind="sla.escalated", actor="sla", at=now, task_uuid=task.task_uuid,
                               data={"task_id": task.id, "escalation_task_id": escalation.id, "to": groups})
 
 
-def _progress_text(fraction: float) -> str:
-    if fraction >= 1.0:
-        return "已超时 overdue"
-    return f"已用时 {int(fraction * 100)}% of the SLA"
+# What a reminder says, in the recipient's language (the language they chose for the pages;
+# Chinese unless they chose English), with times in Beijing time.
+_TEXTS = {
+    "zh": {"subject": "[{key}] {name}：{status}", "overdue": "已超时", "progress": "已用时 {pct}%",
+           "escalated": "已升级", "body": "任务「{name}」（{key}）截止时间 {due}（北京时间）；{status}。",
+           "no_due": "未设截止时间"},
+    "en": {"subject": "[{key}] {name}: {status}", "overdue": "overdue", "progress": "{pct}% of the time allowed used",
+           "escalated": "escalated", "body": "Task {name} ({key}) is due {due} Beijing time; {status}.",
+           "no_due": "no due date"},
+}
 
 
-def _body(task: Task, fraction: float) -> str:
-    due = task.due_at.isoformat() if task.due_at else "-"
-    return f"任务 {task.name or task.element_id} ({task.business_key}) due {due}; {_progress_text(fraction)}."
+def _language(locale: str | None) -> str:
+    return "en" if (locale or "").startswith("en") else "zh"
+
+
+def message(task: Task, fraction: float, *, escalated: bool, language: str) -> tuple[str, str]:
+    """(subject, body) of a milestone's notification in ``language`` ("zh" or "en")."""
+    texts = _TEXTS[language]
+    progress = texts["overdue"] if fraction >= 1.0 else texts["progress"].format(pct=int(fraction * 100))
+    due = (task.due_at.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M") if task.due_at else texts["no_due"])
+    name, key = task.name or task.element_id, task.business_key
+    subject = texts["subject"].format(key=key, name=name, status=texts["escalated"] if escalated else progress)
+    return subject, texts["body"].format(name=name, key=key, due=due, status=progress)
 
 
 def _set_candidates(session: Session, task: Task, groups: list[str]) -> None:
@@ -193,23 +230,35 @@ def _set_candidates(session: Session, task: Task, groups: list[str]) -> None:
 def _recipients(session: Session, evaluator: SafeEvaluator, instance: ProcessInstance, task: Task,
                 to: str) -> list[str]:
     if to == "assignee":
-        return [task.assignee] if task.assignee else _members(session, task.candidate_groups or [])
+        return [task.assignee] if task.assignee else _members(session, task.candidate_groups or [], task)
     if to == "candidates":
-        return _members(session, task.candidate_groups or [])
-    return _members(session, resolve_candidate_groups(session, evaluator, [to], instance=instance, data={}))
+        return _members(session, task.candidate_groups or [], task)
+    return _members(session, resolve_candidate_groups(session, evaluator, [to], instance=instance, data={}), task)
 
 
-def _members(session: Session, groups: list[str]) -> list[str]:
+def _members(session: Session, groups: list[str], task: Task) -> list[str]:
+    """The active members of ``groups`` the task would be offered to: a branch-bound group
+    (``compliance``) reaches its members at headquarters and at the task's branch only."""
     if not groups:
         return []
+    free = [g for g in groups if g not in BRANCH_BOUND_CANDIDATES]
+    bound = [g for g in groups if g in BRANCH_BOUND_CANDIDATES]
+    branch_ok = or_(User.branch_code.is_(None), User.branch_code == task.branch_code) \
+        if task.branch_code is not None else true()
     return list(session.execute(
         select(User.username).join(GroupMember, GroupMember.user_id == User.id)
         .join(Group, Group.id == GroupMember.group_id)
-        .where(Group.key.in_(groups), User.active.is_(True)).distinct().order_by(User.username)
+        .where(or_(Group.key.in_(free), and_(Group.key.in_(bound), branch_ok)), User.active.is_(True))
+        .distinct().order_by(User.username)
     ).scalars())
 
 
-def _notify(session: Session, usernames: list[str], *, subject: str, body: str, task: Task, now: datetime) -> None:
+def _notify(session: Session, usernames: list[str], *, fraction: float, escalated: bool, task: Task,
+            now: datetime) -> None:
+    if not usernames:
+        return
+    locales = dict(session.execute(select(User.username, User.locale).where(User.username.in_(usernames))).all())
     for username in usernames:
+        subject, body = message(task, fraction, escalated=escalated, language=_language(locales.get(username)))
         session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
                                  instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))

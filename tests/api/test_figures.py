@@ -95,7 +95,7 @@ def complete(db, rt, actor, key: str, element: str, **data: Any) -> None:
 def test_figures_need_a_token_and_a_supervisor_compliance_or_branch_head(client, auth, people, hq):
     for path in ENDPOINTS:
         assert_problem(client.get(f"{API}/figures/{path}"), 401, "unauthenticated")
-        for username in ("li", "chen", "owner"):
+        for username in ("li", "chen"):
             assert_problem(client.get(f"{API}/figures/{path}", headers=auth(username)), 403, "forbidden")
         assert client.get(f"{API}/figures/{path}?{MARCH}", headers=auth("hq")).status_code == 200
     # The supervisor of HZ01 is branch staff: HZ01 only, another branch is refused.
@@ -266,3 +266,19 @@ def test_snapshots_and_settings_from_the_cli_feed_the_group_assessment(db, rt, c
     assert [(g["rank"], g["highlight"]) for g in february["groups"]] == [(1, "top"), (2, None), (3, "bottom")]
     nb01 = get(client, login(client, "hq"), "group-assessment?from=2026-02-01&to=2026-02-28&branch=NB01")
     assert [(g["group"], g["clients"], g["rank"]) for g in nb01[0]["groups"]] == [("NB01-G1", 1, 1)]
+
+
+def test_the_people_the_figures_are_for_read_every_figure_in_their_scope(db, rt, client, demo_app):
+    """林卫东 (s001, HQ, process owner) reads the firm's figures; 曹莉 (s102, HZ01 ops director)
+    and 彭涛 (s103, HZ01 客服总监) read their branch's, and are refused Ningbo's."""
+    with db.transaction() as s:
+        headers = {u: {"Authorization": f"Bearer {identity.issue_token(s, username=u, now=rt.now())}"}
+                   for u in ("s001", "s102", "s103")}
+    for path in ENDPOINTS:
+        for username in ("s001", "s102", "s103"):
+            response = client.get(f"{API}/figures/{path}?{MARCH}", headers=headers[username])
+            assert response.status_code == 200, (path, username, response.get_data(as_text=True))
+        for username in ("s102", "s103"):
+            assert_problem(client.get(f"{API}/figures/{path}?{MARCH}&branch=NB01", headers=headers[username]),
+                           403, "forbidden")
+        assert client.get(f"{API}/figures/{path}?{MARCH}&branch=NB01", headers=headers["s001"]).status_code == 200

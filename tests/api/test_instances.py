@@ -297,3 +297,37 @@ def test_the_correction_is_documented_in_openapi(client):
     assert set(spec["components"]["schemas"][body]["properties"]) == {"set", "remove", "reason"}
     assert spec["components"]["schemas"][body]["required"] == ["reason"]
     assert {"200", "403", "404", "409", "422"} <= set(operation["responses"])
+
+
+MESSAGE_ONLY = process(
+    '    <bpmn:startEvent id="by_mail" name="来信">\n'
+    '      <bpmn:messageEventDefinition id="med_mail" messageRef="msg_mail"/>\n    </bpmn:startEvent>\n'
+    '    <bpmn:userTask id="read" name="阅信" camunda:candidateGroups="clerks" camunda:formKey="any"/>\n'
+    '    <bpmn:endEvent id="end"/>\n' + flow("by_mail", "read") + flow("read", "end"),
+    key="mail_only", extra='  <bpmn:message id="msg_mail" name="mail_arrived"/>\n')
+
+
+@pytest.mark.sqlite
+def test_a_start_the_diagram_cannot_take_is_refused_naming_its_start_events(client, auth, db, rt, people):
+    """A process that starts only by message is not numbered and saved by a plain start (no step
+    would ever appear): 409 naming the message start event and the message; the deploy records
+    the routes, and the process and version answers show them."""
+    with db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(MESSAGE_ONLY), actor=people.owner)
+    response = client.post(f"{API}/processes/mail_only/instances", json={"business_key": "M-1"},
+                           headers=auth("li"))
+    problem = assert_problem(response, 409, "start_not_offered")
+    assert "mail_arrived" in problem["detail"] and "by_mail" in problem["detail"]
+    route = {"kind": "message", "event_id": "by_mail", "name": "来信", "message": "mail_arrived"}
+    assert problem["start_routes"] == [route]
+    with db.transaction() as s:
+        assert s.execute(select(func.count()).select_from(ProcessInstance)).scalar_one() == 0
+    versions = client.get(f"{API}/processes/mail_only/versions", headers=auth("li")).json
+    assert versions[0]["start_routes"] == [route]
+    listed = {v["process_key"]: v for v in client.get(f"{API}/processes", headers=auth("li")).json}
+    assert listed["mail_only"]["start_routes"] == [route]
+
+
+def test_the_review_process_offers_its_none_start(client, auth, review):
+    listed = {v["process_key"]: v for v in client.get(f"{API}/processes", headers=auth("li")).json}
+    assert [r["kind"] for r in listed["review"]["start_routes"]] == ["none"]

@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from engine.access import identity
 from engine.models import AuditEvent, ProcessInstance
 from tests.api.test_deployments import post_deploy, review_upload
-from tests.support.api import API, assert_problem, command, start, task_of
+from tests.support.api import API, assert_problem, command, inbox, start, task_of
 
 pytestmark = pytest.mark.sqlite
 
@@ -73,3 +74,21 @@ def test_only_a_process_owner_makes_the_server_read_an_upload_even_to_lint_it(cl
     owner = post_deploy(client, auth("owner"), query="?check=true", data=review_upload(),
                         content_type="multipart/form-data")
     assert (owner.status_code, owner.json["ok"]) == (200, True)
+
+
+def test_a_branch_supervisor_finds_a_task_they_are_a_candidate_of_outside_their_branch(client, auth, db, rt,
+                                                                                       review):
+    """吴主管 supervises HZ01 and is also a clerk: a Ningbo case's registration is offered to the
+    clerks. The branch filter of his supervision adds HZ01's tasks to his own and his groups';
+    it does not take his groups' Ningbo task away."""
+    with db.transaction() as s:
+        identity.create_user(s, username="wu", display_name="吴主管", now=rt.now(), branch_code="HZ01",
+                             groups=["supervisor", "clerks"])
+    start(client, auth("li"), "NB-1", branch_code="NB02")
+    wu = auth("wu")
+    ids = {t["business_key"]: t["id"] for t in inbox(client, wu, "candidate=me")["items"]}
+    assert "NB-1" in ids
+    assert "NB-1" in {t["business_key"] for t in inbox(client, wu)["items"]}
+    assert command(client, wu, ids["NB-1"], "claim").status_code == 200
+    assert [t["business_key"] for t in inbox(client, wu, "assignee=me")["items"]] == ["NB-1"]
+    assert "NB-1" in {t["business_key"] for t in inbox(client, wu)["items"]}

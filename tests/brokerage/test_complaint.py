@@ -3,12 +3,12 @@ the demo data: who gets each task, the end state, and due dates from workflows/s
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
 import time_machine
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from engine.access.identity import Actor
 from engine.brokerage import settings
@@ -16,7 +16,7 @@ from engine.brokerage.services.complaint import classify
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import TaskNotFound
-from engine.models import MessageSubscription, Task
+from engine.models import Client, MessageSubscription, Task
 from engine.process import messages, tasks
 from engine.timers import firing
 from tests.support.cases import CaseDriver
@@ -299,7 +299,8 @@ def test_a_complaint_from_a_callback_is_classified_without_a_second_registration
         case.instance_id = started.id
         assert case.key == "CMP-20260302-0001"  # numbered by the complaint process
         data = case.data()
-        assert (data["severity"], data["severity_reasons"]) == ("major", ["alleged_violation"])
+        # C02 is 68 on the day: elderly as well.
+        assert (data["severity"], data["severity_reasons"]) == ("major", ["alleged_violation", "elderly_client"])
         assert (data["channel"], data["origin_business_key"], data["service_group"]) == \
             ("callback", "CB-20260302-0009", "HZ01-G1")
         ack = case.open_task()  # no second registration: classified, compliance told, handling begun
@@ -353,3 +354,19 @@ def test_the_diagram_parses_and_has_diagram_interchange_for_everything():
         camunda = "{http://camunda.org/schema/1.0/bpmn}"
         form = WORKFLOWS / "forms" / f"{task.get(f'{camunda}formKey')}.json"
         assert task.get(f"{camunda}candidateGroups") and form.exists()
+
+
+def test_an_elderly_client_is_known_from_the_registry_birth_date_on_the_beijing_start_day(db, rt, staff):
+    """C02 turns 65 on 2 March 2026 (a birth date set for the test). A complaint received at 07:30
+    Beijing time that day (still 1 March in UTC) and registered with a wrongly typed age is major:
+    the age is the registry's, on the case's start day in Beijing."""
+    with db.transaction() as s:
+        s.execute(update(Client).where(Client.client_id == "C02").values(birth_date=date(1961, 3, 2)))
+    case = Case(db, rt, staff, "CMP-20260302-0065")
+    with time_machine.travel(sh(2026, 3, 2, 7, 30), tick=False) as clock:
+        case.receive("complaint_received", {"channel": "phone", "client_id": "C02", "first_contact_owner": "s003"})
+        assert case.data()["client_age_at_start"] == 65
+        clock.move_to(MONDAY_9)
+        case.do("register", "s003", registration(client_id="C02", client_age=64))
+    data = case.data()
+    assert data["severity"] == "major" and "elderly_client" in data["severity_reasons"]

@@ -240,7 +240,7 @@ C0 = sh(2026, 3, 2, 9)  # Monday 09:00; 2026-03-02 … 03-24 has no public holid
 REGULATOR_DUE = "2026-03-20T17:00:00+08:00"
 
 
-def _complaint(db, rt, staff, key: str, *, kind: str, branch: str = "HZ01", client: str = "C02",
+def _complaint(db, rt, staff, key: str, *, kind: str, branch: str = "HZ01", client: str = "C01",
                until: str = "communicate_result", regulator_due: str = REGULATOR_DUE) -> Case:
     """A complaint received at the current time and worked up to (not including) ``until``."""
     case = Case(db, rt, staff, key)
@@ -281,13 +281,14 @@ def test_complaint_resolution_time_on_time_rate_and_12386_feedback(db, rt, staff
                for i in range(23))
     # (key, severity, branch, client, response time, working days after C0 by construction)
     responses = [
-        ("G1", "general", "HZ01", "C02", sh(2026, 3, 3, 13), 1.5),
+        # C01 (the default), not C02: C02 is 68, and a complaint of a client 65 or older is major.
+        ("G1", "general", "HZ01", "C01", sh(2026, 3, 3, 13), 1.5),
         ("G2", "general", "HZ01", "C06", sh(2026, 3, 5, 11), 3.25),
-        ("M1", "major", "HZ01", "C02", sh(2026, 3, 6, 15), 4.75),
+        ("M1", "major", "HZ01", "C01", sh(2026, 3, 6, 15), 4.75),
         ("M2", "major", "NB01", "C03", sh(2026, 3, 12, 9), 8.0),
-        ("R1", "regulator", "HZ01", "C02", sh(2026, 3, 17, 10), 11.125),
-        ("R2", "regulator", "HZ01", "C02", sh(2026, 3, 19, 16), 13.875),
-        ("G3", "general", "HZ01", "C02", sh(2026, 3, 24, 10), 16.125),
+        ("R1", "regulator", "HZ01", "C01", sh(2026, 3, 17, 10), 11.125),
+        ("R2", "regulator", "HZ01", "C01", sh(2026, 3, 19, 16), 13.875),
+        ("G3", "general", "HZ01", "C01", sh(2026, 3, 24, 10), 16.125),
     ]
     # Deadlines: general 15 WD from C0 = 03-23 09:00; major 30 WD (past every response here);
     # regulator min(30 WD, 03-20 17:00 − 2 WD) = 03-18 17:00.
@@ -585,7 +586,8 @@ def test_periodic_callbacks_against_ten_percent_of_last_year_end_active_clients(
 @pytest.mark.sqlite
 def test_satisfaction_by_branch_and_by_group_from_complaints_and_callbacks(db, rt, staff, clean_settings):
     # (source, business key, client, branch, group, score)
-    scores = [("complaint", "CMP-S1", "C02", "HZ01", "HZ01-G1", 5),
+    # C01, not C02 (68): the complaints here are general ones.
+    scores = [("complaint", "CMP-S1", "C01", "HZ01", "HZ01-G1", 5),
               ("complaint", "CMP-S2", "C06", "HZ01", "HZ01-G2", 2),
               ("callback", "CB-S1", "C06", "HZ01", "HZ01-G2", 4),
               ("callback", "CB-S2", "C03", "NB01", "NB01-G1", 2),
@@ -817,10 +819,10 @@ def test_figures_are_for_supervisors_compliance_and_branch_heads_and_branch_staf
     hq_compliance = Actor("s006", frozenset({"compliance"}))
     assert figures.scope_for(hq_compliance, branch="NB01", now=now).branch == "NB01"
     assert figures.scope_for(Actor("s002", frozenset({"supervisor"})), now=now).branch is None
-    for outsider in (Actor("s104", frozenset({"counter_staff", "HZ01-G2"}), "HZ01"),
-                     Actor("s001", frozenset({"process_owner"}))):
-        with pytest.raises(PermissionDenied):
-            figures.scope_for(outsider, now=now)
+    # The process owners receive the breach reports: the firm's figures at headquarters.
+    assert figures.scope_for(Actor("s001", frozenset({"process_owner"})), now=now).branch is None
+    with pytest.raises(PermissionDenied):
+        figures.scope_for(Actor("s104", frozenset({"counter_staff", "HZ01-G2"}), "HZ01"), now=now)
     scope = figures.scope_for(hq_compliance, now=now)  # the year to date, Shanghai days
     assert (scope.start, scope.end) == (sh(2026, 1, 1), sh(2026, 3, 26))
     assert (scope.first_day, scope.last_day) == (date(2026, 1, 1), date(2026, 3, 25))

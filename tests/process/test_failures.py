@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,6 +21,7 @@ from engine import audit
 from engine.access.identity import Actor
 from engine.bootstrap import build_runtime
 from engine.bpmn.service_tasks import ServiceRegistry
+from engine.calendars import SHANGHAI
 from engine.config import Settings
 from engine.errors import DataInvalid, InstanceNotFound, InstanceNotRunning, PermissionDenied
 from engine.models import ProcessInstance, Task
@@ -434,6 +435,7 @@ def test_every_variable_the_client_registry_brings_is_reserved():
     names must not drift apart: a new registry key is reserved too, or this fails."""
 
     found = SimpleNamespace(client_id="C01", client_branch_code="HZ01", service_group_key="HZ01-G1",
-                            classification="C2", vip_tier="gold", risk_level="C3")
-    context = instances._with_client_context(found, {})
-    assert len(context) == 6 and set(context) <= variables.ENGINE_VARIABLES
+                            classification="C2", vip_tier="gold", risk_level="C3", birth_date=date(1958, 1, 20))
+    context = instances._with_client_context(found, {}, datetime(2026, 3, 2, 9, tzinfo=SHANGHAI))
+    assert len(context) == 7 and set(context) <= variables.ENGINE_VARIABLES
+    assert context["client_age_at_start"] == 68

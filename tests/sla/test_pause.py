@@ -234,9 +234,10 @@ def test_a_pause_recorded_only_as_a_total_before_intervals_were_kept_stays_wall_
 
 
 @pytest.mark.sqlite
-def test_a_diagram_due_date_moves_by_wall_clock_time(db, rt, people, review):
-    """A diagram's own due date has no unit to count business time in; its milestones are
-    wall-clock fractions of its window, so the pause is wall-clock too."""
+def test_a_diagram_due_date_moves_by_the_working_time_paused(db, rt, people, review):
+    """A diagram's own due date counts on the policy's calendar: its milestones are shares of
+    the working time up to it, so a pause holds back the working time it spanned (Friday
+    16–17 and Monday 9–10), not the weekend's 66 hours."""
     _policy(db, rt, people, "WD", 3)
     own_due = sh(2025, 6, 17, 17)
     with time_machine.travel(WEEKEND["start"], tick=False) as clock:
@@ -249,7 +250,7 @@ def test_a_diagram_due_date_moves_by_wall_clock_time(db, rt, people, review):
         clock.move_to(WEEKEND["resume"])
         _resume(db, rt, people, instance_id, task_id)
     with db.transaction() as s:
-        assert s.get(Task, task_id).due_at == own_due + timedelta(hours=66)
+        assert s.get(Task, task_id).due_at == sh(2025, 6, 18, 11)
 
 
 @pytest.mark.sqlite

@@ -272,3 +272,36 @@ def test_a_schedule_for_a_process_that_is_not_deployed_is_refused(db, rt, people
     with pytest.raises(ProcessNotFound), db.transaction() as s:
         schedules.create(s, rt, key="GONE", process_key="not_deployed", rule="every_working_day",
                          at_time="09:00", actor=people.owner)
+
+
+@pytest.mark.sqlite
+def test_milestones_of_a_diagram_due_date_count_working_time_on_the_tasks_calendar(db, rt, people, review):
+    """From Wednesday 31 December 2025 13:00 to the diagram's due date, Monday 5 January 2026
+    13:00, there are 16 working hours (4 that afternoon, Sunday 4 January's make-up day, 4 on
+    Monday): half of them is Sunday 13:00 and 80 % Monday 09:48, never 1 January's holiday or
+    the night, as wall-clock shares of the 120-hour window (03:00 on 3 January) would be."""
+    _policy(db, rt, people)
+    with time_machine.travel(sh(2025, 12, 31, 13), tick=False):
+        _start(db, rt, people, due_at=sh(2026, 1, 5, 13).isoformat())
+    task = _task(db)
+    assert task.due_source == "diagram" and task.at_risk_at == sh(2026, 1, 5, 9, 48)
+    with db.transaction() as s:
+        due = sorted(s.execute(select(Timer.due_at).where(Timer.kind == "sla")).scalars())
+    assert due == [sh(2026, 1, 4, 13), sh(2026, 1, 5, 9, 48), sh(2026, 1, 5, 13)]
+
+
+@pytest.mark.sqlite
+def test_a_cancelled_task_has_its_clock_settled(db, rt, people, review):
+    """A task the process cancelled shows no time left to breach and is not on track: closed
+    (breached, had it been)."""
+    _policy(db, rt, people)
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        instance_id = _start(db, rt, people)
+        clock.move_to(sh(2026, 3, 2, 10))
+        with db.transaction() as s:
+            instances.cancel(s, rt, instance_id=instance_id, actor=people.supervisor, reason="客户撤回")
+        task = _task(db)
+        assert task.status == "cancelled"
+        assert sla_clock.state(task, rt.now()) == (sla_clock.CLOSED, None)
+        task.breached_at = rt.now()
+        assert sla_clock.state(task, rt.now()) == (sla_clock.BREACHED, None)

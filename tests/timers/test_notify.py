@@ -39,7 +39,7 @@ HALF_WAY = datetime(2026, 3, 3, 9, 0, 1, tzinfo=SHANGHAI)  # just past 1 of 2 wo
 POLICY = {"key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
           "element_id": "register", "target_amount": 2, "target_unit": "WD",
           "milestones": [{"at": 0.5, "action": "notify", "to": "candidates"}]}
-SUBJECT = "[R-1] 登记: 已用时 50% of the SLA"
+SUBJECT = "[R-1] 登记：已用时 50%"
 
 
 @pytest.fixture
@@ -72,6 +72,20 @@ def notify_records(caplog) -> list[str]:
 
 
 # -- the outbox -----------------------------------------------------------------------------
+@pytest.mark.sqlite
+def test_a_reminder_speaks_the_recipients_language_in_beijing_time(db, rt, half_way):
+    """li reads Chinese (the default), zhao chose English: each gets the reminder in one
+    language, with the due date in Beijing time (09:00, not 01:00+00:00)."""
+    with db.transaction() as s:
+        s.execute(update(User).where(User.username == "zhao").values(locale="en"))
+    assert firing.fire_due(db, rt) == 1
+    li, zhao = outbox(db)
+    assert (li.subject, li.body) == (SUBJECT, "任务「登记」（R-1）截止时间 2026-03-04 09:00（北京时间）；已用时 50%。")
+    assert (zhao.subject, zhao.body) == (
+        "[R-1] 登记: 50% of the time allowed used",
+        "Task 登记 (R-1) is due 2026-03-04 09:00 Beijing time; 50% of the time allowed used.")
+
+
 @pytest.mark.sqlite
 def test_milestone_notifications_are_rows_until_the_notifier_delivers_them(db, rt, half_way, caplog):
     caplog.set_level(logging.INFO, logger="bpm.notify")

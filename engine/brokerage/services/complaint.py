@@ -54,7 +54,12 @@ def classify(data: dict[str, Any]) -> dict[str, Any]:
         reasons.append("alleged_violation")
     if data.get("media_or_litigation_threat"):
         reasons.append("media_or_litigation_threat")
-    age = data.get("client_age")
+    # A registered client's age is the registry's, on the case's start day (set by the engine
+    # at start); an age typed at registration counts only for a client the registry has no
+    # birth date of (a walk-in complainant).
+    age = data.get("client_age_at_start")
+    if age is None:
+        age = data.get("client_age")
     if isinstance(age, (int, float)) and age >= tunables["elderly_age"]:
         reasons.append("elderly_client")
     if regulator:
