@@ -69,6 +69,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("put", "/api/v1/sla/policies/{key}"): (403, 404, 503),
     ("get", "/api/v1/calendar/days"): (),
     ("put", "/api/v1/calendar/days/{day}"): (403, 503),
+    ("put", "/api/v1/calendar/years/{year}"): (403, 503),
     ("get", "/api/v1/calendar/hours"): (),
     ("put", "/api/v1/calendar/hours/{name}"): (403, 404, 503),
     ("get", "/api/v1/calendar/coverage"): (),

@@ -531,10 +531,33 @@ class CalendarDayIn(Schema):
 
 class CoverageOut(Schema):
     first = fields.Date(allow_none=True)
-    last = fields.Date(allow_none=True)
+    last = fields.Date(allow_none=True, metadata={"description": "the last day of the unbroken run of known days"})
     incomplete_open_tasks = fields.Integer()
+    complete_years = fields.List(fields.Integer(), metadata={"description": "years imported whole from their notice"})
+    warning = fields.String(allow_none=True, metadata={
+        "description": "from 1 November while next year is not known, or when the known days have a gap"})
     recomputed_tasks = fields.Integer(load_default=None)
     moved_schedules = fields.Integer(load_default=None)
+
+
+class YearDayIn(Schema):
+    date = Day(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["holiday", "workday"]), metadata={
+        "description": "holiday: no work, no trading; workday: a make-up working day (调休) on a weekend"})
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64), metadata={
+        "description": "e.g. 春节 or 春节调休"})
+
+
+class YearIn(Schema):
+    days = fields.List(fields.Nested(YearDayIn), required=True, validate=validate.Length(max=366))
+    complete = fields.Boolean(load_default=True, metadata={
+        "description": "this is the year's official notice (the coverage stops warning about the year)"})
+
+
+class YearOut(CoverageOut):
+    year = fields.Integer()
+    holidays = fields.Integer()
+    workdays = fields.Integer()
 
 
 class TimerOut(Schema):

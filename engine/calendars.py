@@ -294,8 +294,15 @@ class BusinessCalendar:
         return max(0.0, (now - start).total_seconds() / total)
 
 
+# The ``chinese-calendar`` package names holidays in English; people see them in Chinese.
+HOLIDAY_NAMES = {"New Year's Day": "元旦", "Spring Festival": "春节", "Tomb-sweeping Day": "清明节",
+                 "Labour Day": "劳动节", "Dragon Boat Festival": "端午节", "National Day": "国庆节",
+                 "Mid-autumn Festival": "中秋节", "Anti-Fascist 70th Day": "抗战胜利纪念日"}
+
+
 def seed_days(first: date = date(2004, 1, 1), last: date = date(2026, 12, 31)) -> dict[date, DayInfo]:
-    """Days from the ``chinese-calendar`` package (State Council notices, 调休 included)."""
+    """Days from the ``chinese-calendar`` package (State Council notices, 调休 included), with
+    the holidays' Chinese names (a make-up working day carries its holiday's name)."""
     import chinese_calendar
 
     days: dict[date, DayInfo] = {}
@@ -303,6 +310,7 @@ def seed_days(first: date = date(2004, 1, 1), last: date = date(2026, 12, 31)) -
     while d <= last:
         working = chinese_calendar.is_workday(d)
         _, name = chinese_calendar.get_holiday_detail(d)  # names holidays and 调休 days alike
+        name = HOLIDAY_NAMES.get(name, name) if name else name
         days[d] = DayInfo(working=working, trading=working and d.weekday() < 5, name=name)
         d += timedelta(days=1)
     return days

@@ -22,6 +22,8 @@ from api.schemas import (
     ScheduleOut,
     TimerOut,
     TimerQuery,
+    YearIn,
+    YearOut,
 )
 from engine.errors import InvalidInput
 from engine.models import BusinessHoursRow, CalendarDay, SlaPolicy
@@ -89,8 +91,29 @@ class CalendarDayEdit(MethodView):
                         actor=actor, now=ctx.runtime.now())
             count = sla_admin.recompute(session, ctx.runtime, now=ctx.runtime.now())
             moved = schedules.recompute(session, ctx.runtime, now=ctx.runtime.now())
-            cover = sla_admin.coverage(session)
+            cover = sla_admin.coverage(session, now=ctx.runtime.now())
             return {**cover.__dict__, "recomputed_tasks": count, "moved_schedules": moved}
+
+
+@blp.route("/calendar/years/<int:year>")
+class CalendarYear(MethodView):
+    @blp.arguments(YearIn)
+    @blp.response(200, YearOut)
+    def put(self, body: dict[str, Any], year: int) -> Any:
+        """A year's official notice as one table: its holidays and make-up working days (调休),
+        every other day ordinary; the year's days are replaced whole (process owner, audited),
+        then open tasks' due dates and the schedules' next runs are recomputed."""
+        ctx = bpm()
+        actor = current_actor()
+        now = ctx.runtime.now()
+        with ctx.db.transaction() as session:
+            imported = sla_admin.import_year(session, year=year, days=body["days"], complete=body["complete"],
+                                             actor=actor, now=now)
+            count = sla_admin.recompute(session, ctx.runtime, now=now)
+            moved = schedules.recompute(session, ctx.runtime, now=now)
+            cover = sla_admin.coverage(session, now=now)
+            return {**cover.__dict__, "year": year, "holidays": imported.holidays, "workdays": imported.workdays,
+                    "recomputed_tasks": count, "moved_schedules": moved}
 
 
 @blp.route("/calendar/hours")
@@ -124,7 +147,7 @@ class Coverage(MethodView):
         beyond it (flagged ``calendar_incomplete``)."""
         current_actor()
         with bpm().db.transaction() as session:
-            return sla_admin.coverage(session).__dict__
+            return sla_admin.coverage(session, now=bpm().runtime.now()).__dict__
 
 
 @blp.route("/timers")

@@ -4,26 +4,27 @@ recompute of open tasks' due dates and milestones that follows each edit."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
 from engine.access.roles import PROCESS_OWNER
 from engine.audit import record_system_event
-from engine.calendars import BusinessHours, Unit, check_plausible, check_target
-from engine.errors import InvalidInput, PermissionDenied
+from engine.calendars import EARLIEST_DAY, LATEST_DAY, SHANGHAI, BusinessHours, Unit, check_plausible, check_target
+from engine.errors import DataInvalid, FieldError, InvalidInput, PermissionDenied
 from engine.models import (
     ACTIVE_TASK_STATES,
     ACTIVE_TIMER_STATES,
     BusinessHoursRow,
     CalendarDay,
     ProcessInstance,
+    Setting,
     SlaPolicy,
     Task,
     TaskKind,
@@ -81,19 +82,123 @@ def set_business_hours(session: Session, *, name: str, periods: list[list[str]],
     return row
 
 
+YEAR_KINDS = ("holiday", "workday")
+# Which years an official notice was imported for as a whole (the value: who, when).
+_COMPLETE_YEAR = "calendar_year_complete:{year}"
+# From this day of a year on, next year's calendar is expected (the State Council publishes
+# the public holidays around November) and its absence is warned about.
+WARN_FROM = (11, 1)
+
+
+@dataclass(frozen=True)
+class ImportedYear:
+    year: int
+    holidays: int
+    workdays: int  # make-up working days (调休) on weekends
+    days: int  # every day of the year written
+    complete: bool
+
+
+def import_year(session: Session, *, year: int, days: list[dict[str, Any]], complete: bool, actor: Actor,
+                now: datetime) -> ImportedYear:
+    """A year of the calendar from the official notice as one table: each listed day is a
+    ``holiday`` (no work, no trading) or a ``workday`` (a make-up working day, 调休: work but
+    no trading, the exchanges being closed at weekends); every day not listed is ordinary
+    (Monday–Friday working and trading, weekends neither). The year's days are replaced
+    whole, so the calendar knows every day of it; ``complete`` records that this is the
+    year's official notice (the coverage stops warning about it)."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("editing the calendar needs the process_owner or admin role")
+    if not EARLIEST_DAY.year <= year <= LATEST_DAY.year:
+        raise InvalidInput(f"the year must lie between {EARLIEST_DAY.year} and {LATEST_DAY.year}", field="year")
+    listed: dict[date, tuple[str, str]] = {}
+    problems = []
+    for i, row in enumerate(days):
+        day, kind, name = row.get("date"), row.get("kind"), (row.get("name") or "").strip()
+        if not isinstance(day, date) or day.year != year:
+            problems.append(FieldError(f"days/{i}/date", f"{day} is not a day of {year}"))
+        elif day in listed:
+            problems.append(FieldError(f"days/{i}/date", f"{day} is listed twice"))
+        if kind not in YEAR_KINDS:
+            problems.append(FieldError(f"days/{i}/kind", f"kind is holiday or workday, not {kind!r}"))
+        if not name or len(name) > 64:
+            problems.append(FieldError(f"days/{i}/name", "each day needs a name of at most 64 characters"))
+        if isinstance(day, date) and kind == "workday" and day.weekday() < 5:
+            problems.append(FieldError(f"days/{i}/kind", f"{day} is a weekday: a make-up working day falls on "
+                                                         "a weekend"))
+        if isinstance(day, date) and day.year == year and kind in YEAR_KINDS:
+            listed[day] = (kind, name)
+    if problems:
+        raise DataInvalid(f"{len(problems)} row(s) of the {year} calendar refused", problems)
+    session.execute(delete(CalendarDay).where(CalendarDay.day >= date(year, 1, 1),
+                                              CalendarDay.day <= date(year, 12, 31)))
+    rows = []
+    day = date(year, 1, 1)
+    while day.year == year:
+        kind, name = listed.get(day, (None, None))
+        ordinary = day.weekday() < 5
+        working = kind == "workday" or (kind is None and ordinary)
+        rows.append(CalendarDay(day=day, working=working, trading=kind is None and ordinary, name=name,
+                                source="notice", updated_by=actor.username, updated_at=now))
+        day += timedelta(days=1)
+    session.add_all(rows)
+    key = _COMPLETE_YEAR.format(year=year)
+    marker = session.get(Setting, key)
+    if complete:
+        value = f"{actor.username} {now.isoformat()}"
+        if marker is None:
+            session.add(Setting(key=key, value=value))
+        else:
+            marker.value = value
+    elif marker is not None:
+        session.delete(marker)
+    bump_calendar_revision(session)
+    holidays = sum(1 for kind, _ in listed.values() if kind == "holiday")
+    result = ImportedYear(year, holidays, len(listed) - holidays, len(rows), complete)
+    record_system_event(session, kind="calendar.year_imported", actor=actor.username, at=now,
+                        data={"year": year, "holidays": result.holidays, "workdays": result.workdays,
+                              "complete": complete,
+                              "days": {d.isoformat(): list(v) for d, v in sorted(listed.items())}})
+    return result
+
+
 @dataclass(frozen=True)
 class CalendarCoverage:
     first: Any
-    last: Any
+    last: Any  # the last day of the unbroken run of known days from ``first``
     incomplete_open_tasks: int
+    complete_years: list[int]
+    warning: str | None  # next year unknown after WARN_FROM, or a gap before the last day entered
 
 
-def coverage(session: Session) -> CalendarCoverage:
-    """What the calendar knows, and how many open tasks have a due date computed past it."""
-    first, last = session.execute(select(func.min(CalendarDay.day), func.max(CalendarDay.day))).one()
+def coverage(session: Session, *, now: datetime | None = None) -> CalendarCoverage:
+    """What the calendar knows (its unbroken range: a single day entered a year ahead does
+    not make the months before it known), the years imported whole, how many open tasks have
+    a due date computed past it, and, from 1 November on, a warning while next year is not
+    known."""
+    known = sorted(session.execute(select(CalendarDay.day)).scalars())
+    first = known[0] if known else None
+    last = first
+    for day in known[1:]:
+        if last is None or (day - last).days != 1:
+            break
+        last = day
     flagged = session.execute(select(func.count()).select_from(Task).where(
         Task.calendar_incomplete.is_(True), Task.status.in_(ACTIVE_TASK_STATES))).scalar_one()
-    return CalendarCoverage(first, last, flagged)
+    complete_years = sorted(int(key.rsplit(":", 1)[1]) for key in session.execute(
+        select(Setting.key).where(Setting.key.like("calendar_year_complete:%"))).scalars())
+    warning = None
+    if now is not None:
+        today = now.astimezone(SHANGHAI).date()
+        following = today.year + 1
+        if (today.month, today.day) >= WARN_FROM and (last is None or last < date(following, 12, 31)):
+            warning = (f"the calendar does not know {following} yet: import the official notice of its public "
+                       f"holidays (bpm calendar import-year {following} FILE, or PUT /calendar/years/{following}); "
+                       "until then due dates in it assume Monday–Friday and are flagged calendar_incomplete")
+    if warning is None and known and last is not None and last < known[-1]:
+        warning = (f"the calendar has a gap after {last}: the days up to {known[-1]} are not all known "
+                   "(import the year whole)")
+    return CalendarCoverage(first, last, flagged, complete_years, warning)
 
 
 def validate_policy(session: Session, data: dict[str, Any]) -> None:

@@ -53,13 +53,15 @@ def save_policy(db, rt, people, **changes):
 def test_set_day_adds_next_years_holiday_and_coverage_reports_it(database_url, db):
     before = bpm(database_url, "calendar", "coverage")
     assert before.exit_code == 0, before.output
-    assert before.stdout.strip() == "known: 2004-01-01 .. 2026-12-31; open tasks flagged calendar_incomplete: 0"
+    assert before.stdout.strip() == ("known: 2004-01-01 .. 2026-12-31; open tasks flagged calendar_incomplete: 0; "
+                                     "years imported whole: none")
 
     result = bpm(database_url, "calendar", "set-day", "2027-01-01", "--holiday", "元旦")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "2027-01-01 saved; 0 open task(s) got a new due date; 0 schedule(s) moved"
     after = bpm(database_url, "calendar", "coverage")
-    assert after.stdout.strip() == "known: 2004-01-01 .. 2027-01-01; open tasks flagged calendar_incomplete: 0"
+    assert after.stdout.strip() == ("known: 2004-01-01 .. 2027-01-01; open tasks flagged calendar_incomplete: 0; "
+                                    "years imported whole: none")
 
     with db.transaction() as s:
         day = s.get(CalendarDay, date(2027, 1, 1))
@@ -98,7 +100,8 @@ def test_coverage_counts_tasks_whose_due_date_needed_unknown_days(database_url, 
     with time_machine.travel(sh(2026, 12, 31, 9), tick=False):
         start(db, rt, people)
     result = bpm(database_url, "calendar", "coverage")
-    assert result.stdout.strip() == "known: 2004-01-01 .. 2026-12-31; open tasks flagged calendar_incomplete: 1"
+    assert result.stdout.strip() == ("known: 2004-01-01 .. 2026-12-31; open tasks flagged calendar_incomplete: 1; "
+                                     "years imported whole: none")
 
 
 # -- bpm sla load ---------------------------------------------------------------------------

@@ -255,7 +255,7 @@ def test_the_drafts_table_migrates_down_and_up_and_matches_the_model(database_ur
     config = alembic_config(database_url)
     db.dispose()
     try:
-        command.downgrade(config, "0016")  # the revision before the drafts table's
+        command.downgrade(config, "0017")  # the revision before the drafts table's
         assert "bpm_process_draft" not in inspect(db.engine).get_table_names()
     finally:
         command.upgrade(config, "head")
