@@ -597,6 +597,10 @@ class DepartureOut(Schema):
         "description": "one departed_staff callback per client of the person's service group"})
     released_tasks = fields.Integer(metadata={"description": "tasks the person had claimed, back in their queues"})
     groups_needing_replacement = fields.List(fields.Nested(GroupShortfallOut))
+    handed_over = fields.Dict(keys=fields.String(), values=fields.String(allow_none=True), metadata={
+        "description": "the running complaints whose first-contact owner (首办责任人) the person was, by case "
+                       "number: who owns the client contact now (the branch's 客服总监, or the call centre's "
+                       "supervisor); null when nobody could take it over"})
 
 
 class RowErrorOut(Schema):

@@ -11,12 +11,12 @@ import time_machine
 from sqlalchemy import select
 
 from engine.access.identity import Actor
-from engine.brokerage import settings
+from engine.brokerage import departures, settings
 from engine.brokerage.services.complaint import classify
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
 from engine.errors import TaskNotFound
-from engine.models import MessageSubscription, Task
+from engine.models import AuditEvent, MessageSubscription, Task
 from engine.process import messages, tasks
 from engine.timers import firing
 from tests.support.cases import CaseDriver
@@ -45,7 +45,16 @@ class Case(CaseDriver):
             self.instance_id = messages.correlate(s, self.rt, name=message, correlation_key=self.key,
                                                   actor=self.staff[sender], payload=payload).id
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # Each step as it was offered: (element, candidate groups, preset assignee, recused, due).
+        self.offered: list[tuple[str, list[str], str | None, list[str], datetime | None]] = []
+
     def do(self, element: str, who: str, data: dict[str, Any], *, alone: bool = True) -> Task:
+        task = next((t for t in self.open_tasks() if t.element_id == element), None)
+        if task is not None:
+            self.offered.append((element, list(task.candidate_groups or []), task.assignee,
+                                 sorted(task.excluded or []), task.due_at))
         return super().do(element, who, data, alone=alone)
 
     def correlate(self, message: str, payload: dict[str, Any]) -> None:
@@ -66,7 +75,7 @@ def registration(**changes: Any) -> dict[str, Any]:
             "client_request": "explanation", "amount_claimed": 0, "consent_contact_channel": "phone", **changes}
 
 
-PHONE_CALL = {"channel": "phone", "client_id": "C0003", "branch_code": "HZ01", "first_contact_owner": "s003"}
+PHONE_CALL = {"channel": "phone", "client_id": "C0003", "branch_code": "HZ01"}
 CONTACTED = {"contact_at": "2026-03-02T10:30:00+08:00", "contact_channel": "phone", "contact_result": "reached",
              "client_expectation": "退还多收佣金", "recording_id": "REC-1"}
 COMMUNICATED = {"communicated_at": "2026-03-05T10:00:00+08:00", "channel": "phone", "client_response": "accepts",
@@ -228,7 +237,7 @@ def test_a_12386_transfer_meets_the_regulator_due_date_and_is_referred_to_mediat
                                                   "regulator_due_at": due, "branch_code": "HZ01"}, sender="s007")
         assert case.open_task().candidate_groups == ["hq_complaint_dept"]
         case.do("register_12386", "s007", registration(channel="12386", regulator_ref="12386-2026-000123",
-                                                       regulator_due_at=due, first_contact_owner="s007"))
+                                                       regulator_due_at=due))
         assert case.data()["severity"] == "regulator"
         ack = case.open_task()
         assert (ack.element_id, ack.assignee, ack.due_at) == ("acknowledge", "s007", sh(2026, 3, 4, 9))  # 2 WD
@@ -353,3 +362,57 @@ def test_the_diagram_parses_and_has_diagram_interchange_for_everything():
         camunda = "{http://camunda.org/schema/1.0/bpmn}"
         form = WORKFLOWS / "forms" / f"{task.get(f'{camunda}formKey')}.json"
         assert task.get(f"{camunda}candidateGroups") and form.exists()
+
+
+COUNTER_VISIT = {"channel": "counter", "client_id": "C02", "branch_code": "HZ01"}
+
+
+def test_the_registrar_owns_the_client_contact_and_a_departure_hands_it_to_the_branch_cs_director(db, rt, staff):
+    """首办负责制: whoever registers the complaint holds every step that talks to the client; a
+    name in the start message does not make someone the owner; a departure hands the contact
+    on, audited, to the branch's 客服总监."""
+    case = Case(db, rt, staff, "CMP-20260302-0101")
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", {**COUNTER_VISIT, "first_contact_owner": "s105"}, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        assert case.data()["first_contact_owner"] == "s104"
+        ack = case.open_task()
+        assert (ack.assignee, ack.status) == ("s104", "claimed")
+        case.do("acknowledge", "s104", CONTACTED)
+        clock.move_to(sh(2026, 3, 3, 9))
+        with db.transaction() as s:
+            departure = departures.staff_departed(s, rt, username="s104", departed_on=sh(2026, 3, 3).date(),
+                                                  actor=staff["s101"], now=rt.now())
+        assert departure.handed_over == {case.key: "s103"}
+        assert case.data()["first_contact_owner"] == "s103"
+        case.do("investigate", "s106", {"facts_found": "佣金模板错误", "root_cause": "fees", "staff_at_fault": False})
+        case.do("propose_resolution", "s108", {"resolution_type": "explanation", "compensation_amount": 0,
+                                               "resolution_text": "说明并致歉"})
+        case.do("approve_branch", "s101", {"decision": "approve"})
+        communicate = case.open_task()
+        assert (communicate.assignee, communicate.status) == ("s103", "claimed")
+        case.do("communicate_result", "s103", {**COMMUNICATED, "client_response": "rejects"})
+        case.do("inform_redress", "s103", {"informed_at": "2026-03-06T10:00:00+08:00", "mediation_requested": False})
+    assert [(e, g, a) for e, g, a, _, _ in case.offered] == [
+        ("register", INTAKE, None), ("acknowledge", INTAKE, "s104"), ("investigate", HANDLERS, None),
+        ("propose_resolution", HANDLERS, None), ("approve_branch", ["HZ01:branch_head"], None),
+        ("communicate_result", INTAKE, "s103"), ("inform_redress", ["hq_complaint_dept"], "s103"),
+    ]
+    with db.transaction() as s:
+        (handover,) = s.execute(select(AuditEvent).where(AuditEvent.stream == f"instance:{case.instance_id}",
+                                                         AuditEvent.kind == "case.owner_handed_over")).scalars()
+    assert (handover.actor, handover.data["previous_owner"], handover.data["owner"]) == ("s101", "s104", "s103")
+    assert handover.data["reason"] == "staff_departed: s104"
+
+
+def test_a_departure_moves_the_open_contact_step_to_the_successor(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0102")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        with db.transaction() as s:
+            departures.staff_departed(s, rt, username="s104", departed_on=sh(2026, 3, 2).date(),
+                                      actor=staff["s101"], now=rt.now())
+        ack = case.open_task()
+        assert (ack.element_id, ack.assignee, ack.status) == ("acknowledge", "s103", "claimed")
+        case.do("acknowledge", "s103", CONTACTED)
