@@ -37,6 +37,8 @@ from engine.bpmn.script_engine import date_functions_for
 from engine.errors import ExpressionError
 from engine.models import (
     ACTIVE_TASK_STATES,
+    Group,
+    GroupMember,
     InstanceStatus,
     MessageSubscription,
     ProcessInstance,
@@ -189,6 +191,11 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
                                           instance=instance, data=task.data)
         properties = properties_of(spec)
         excluded = _exclusions(session, rt, task, properties)
+        if assignee and excluded and _names_user(session, str(assignee), excluded):
+            # Recusal beats a computed assignment: a complaint's first-contact owner who is the
+            # subject, or in the subject's service group, does not get the step; it waits for
+            # its candidates (whom the recusal also filters) until a supervisor hands it over.
+            assignee = None
     except (ExpressionError, ValueError) as exc:
         # The step itself succeeded; an unusable assignment/due expression fails the
         # instance so an administrator sees it, instead of a task nobody can find. No row is
@@ -293,6 +300,15 @@ def _exclusions(session: Session, rt: Runtime, task: Any, properties: dict[str, 
                                  ).scalars()
         principals += [f"group:{g}" for g in groups]
     return list(dict.fromkeys(principals))
+
+
+def _names_user(session: Session, username: str, excluded: list[str]) -> bool:
+    if f"user:{username}" in excluded:
+        return True
+    groups = {f"group:{key}" for key in session.execute(
+        select(Group.key).join(GroupMember, GroupMember.group_id == Group.id).join(User, User.id == GroupMember.user_id)
+        .where(User.username == username)).scalars()}
+    return not groups.isdisjoint(excluded)
 
 
 def declared_correlation_key(rt: Runtime, definition: MessageEventDefinition, data: dict[str, Any]) -> str | None:

@@ -416,3 +416,67 @@ def test_a_departure_moves_the_open_contact_step_to_the_successor(db, rt, staff)
         ack = case.open_task()
         assert (ack.element_id, ack.assignee, ack.status) == ("acknowledge", "s103", "claimed")
         case.do("acknowledge", "s103", CONTACTED)
+
+
+def test_every_step_after_registration_recuses_the_subject_and_their_group_from_the_whole_case():
+    from lxml import etree
+
+    tree = etree.parse(str(WORKFLOWS / "complaint.bpmn"))
+    ns = {"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL", "camunda": "http://camunda.org/schema/1.0/bpmn"}
+    steps = [t.get("id") for t in tree.iterfind(".//bpmn:userTask", ns)]
+    assert len(steps) == 23  # the sub-process's steps included
+    for step in steps:
+        element = tree.find(f".//bpmn:userTask[@id='{step}']", ns)
+        props = {p.get("name"): p.get("value") for p in element.iterfind(".//camunda:property", ns)}
+        if step in ("register", "register_12386"):  # nobody is named before the registration
+            continue
+        assert "${subject_staff_ids}" in props.get("excludeUsers", ""), step
+        assert props.get("excludeServiceGroupsOf") == "${subject_staff_ids}", step
+        assert props.get("recusalScope") == "case", step
+
+
+def test_on_a_12386_case_about_a_counter_operator_neither_she_nor_her_group_is_offered_any_step(db, rt, staff):
+    """邵琳 (s302, SX01 counter, group SX01-G1) is named in a 12386 transfer: she is not offered
+    the contact with the client, nor is 孔伟 (s303, her group); another counter operator of the
+    branch is, and the whole case is hidden from both."""
+    case = Case(db, rt, staff, "CMP-20260302-0201")
+    due = "2026-03-27T17:00:00+08:00"
+    recused = ["group:SX01-G1", "user:s302"]
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_12386_transfer", {"channel": "12386", "client_id": "C09", "regulator_ref": "R-1",
+                                                  "regulator_due_at": due}, sender="s007")
+        case.do("register_12386", "s007", registration(channel="12386", client_id="C09", regulator_ref="R-1",
+                                                       regulator_due_at=due, subject_staff_ids=["s302"]))
+        ack = case.open_task()
+        assert sorted(ack.excluded) == recused and ack.assignee == "s007"
+        for who in ("s302", "s303"):
+            with pytest.raises(TaskNotFound), db.transaction() as s:
+                tasks.claim(s, rt, task_id=ack.id, actor=staff[who])
+        case.do("acknowledge", "s007", CONTACTED)
+        case.send("client_withdraws", {"withdrawal_note": "客户撤回"}, actor=staff["s007"])
+        confirm = case.open_task()
+        assert (confirm.element_id, sorted(confirm.excluded)) == ("confirm_withdrawal", recused)
+        for who in ("s302", "s303"):
+            with db.transaction() as s:
+                inbox, _ = tasks.inbox(s, actor=staff[who], query=tasks.InboxQuery(business_key=case.key),
+                                       now=rt.now())
+            assert inbox == []
+        case.do("confirm_withdrawal", "s007", {"withdrawal_reason": "no_longer_interested",
+                                               "withdrawal_confirmed_by_client": True})
+    assert [(e, a, x) for e, _, a, x, _ in case.offered] == [
+        ("register_12386", None, []), ("acknowledge", "s007", recused), ("confirm_withdrawal", "s007", recused)]
+
+
+def test_a_registrar_in_the_subjects_group_is_not_given_the_contact_steps(db, rt, staff):
+    """沈洁 (s105, HZ01-G1) registers a complaint about 杜娟 (s107, HZ01-G1): she owns the contact
+    on paper, but the acknowledgement waits in the intake pool without her group."""
+    case = Case(db, rt, staff, "CMP-20260302-0202")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s105")
+        case.do("register", "s105", registration(channel="counter", client_id="C02", subject_staff_ids=["s107"]))
+        ack = case.open_task()
+        assert (ack.assignee, ack.status, sorted(ack.excluded)) == (None, "open", ["group:HZ01-G1", "user:s107"])
+        assert ack.due_at == sh(2026, 3, 3, 9)
+        with pytest.raises(TaskNotFound), db.transaction() as s:
+            tasks.claim(s, rt, task_id=ack.id, actor=staff["s105"])
+        case.do("acknowledge", "s104", CONTACTED)
