@@ -6,7 +6,7 @@ tasks with their candidate groups, recusals and SLA clock, and retires what the 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -34,7 +34,8 @@ from engine.bpmn.parser import (
     properties_of,
 )
 from engine.bpmn.script_engine import date_functions_for
-from engine.errors import ExpressionError
+from engine.calendars import BusinessCalendar
+from engine.errors import ExpressionError, InvalidInput
 from engine.models import (
     ACTIVE_TASK_STATES,
     Group,
@@ -54,6 +55,7 @@ from engine.models import (
 )
 from engine.process.runtime import Runtime
 from engine.sla import clock, milestones
+from engine.sla.calendar_store import CALENDARS
 
 KIND_TASK, KIND_MESSAGE, KIND_TIMER = "task", "message", "timer"
 
@@ -167,13 +169,38 @@ def _evaluate_attribute(rt: Runtime, task: Any, value: str | None, dates: DateFu
     return stripped
 
 
-def _as_datetime(value: Any, what: str) -> datetime | None:
+def _as_datetime(session: Session, value: Any, what: str) -> datetime | None:
     if value in (None, ""):
         return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        day: date | None = value
+    else:
+        day = _date_only(value)
+    if day is not None:
+        # A date without a time (a regulator's "reply by 2027-01-08"): the end of that
+        # working day in Beijing time, on the default business calendar.
+        return _default_calendar(session).close_of_working_day(day)
     parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     if parsed.tzinfo is None:
         raise ExpressionError(f"{what} {value!r} has no UTC offset")
     return parsed
+
+
+def _default_calendar(session: Session) -> BusinessCalendar:
+    try:
+        return CALENDARS.get(session, "default")
+    except InvalidInput:  # no business hours stored yet: weekdays, 09:00-17:00 Beijing time
+        return BusinessCalendar({})
+
+
+def _date_only(value: Any) -> date | None:
+    text = str(value).strip()
+    if len(text) != 10:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task: Any, now: datetime) -> None:
@@ -182,8 +209,9 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
     dates = date_functions_for(task)  # a due date computed on guessed calendar days flags the task
     try:
         assignee = _evaluate_attribute(rt, task, camunda.get("assignee"), dates)
-        due_at = _as_datetime(_evaluate_attribute(rt, task, camunda.get("dueDate"), dates), "camunda:dueDate")
-        follow_up = _as_datetime(_evaluate_attribute(rt, task, camunda.get("followUpDate"), dates),
+        due_at = _as_datetime(session, _evaluate_attribute(rt, task, camunda.get("dueDate"), dates),
+                              "camunda:dueDate")
+        follow_up = _as_datetime(session, _evaluate_attribute(rt, task, camunda.get("followUpDate"), dates),
                                  "camunda:followUpDate")
         priority_raw = _evaluate_attribute(rt, task, camunda.get("priority"), dates)
         priority = int(priority_raw) if priority_raw not in (None, "") else 50

@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
+from engine.bpmn import forms as forms_module
 from engine.bpmn.date_functions import CalendarSnapshot
 from engine.bpmn.expressions import SafeEvaluator
 from engine.bpmn.script_engine import SafeScriptEngine, attach_calendar
@@ -109,7 +110,7 @@ class Runtime:
             schema = forms.get(form_key)
             if schema is None:
                 return None
-            self._validators[key] = Draft202012Validator(schema)
+            self._validators[key] = forms_module.validator_for(schema)
         return self._validators[key]
 
     def report_variables(self, session: Session, version_id: int) -> list[str]:

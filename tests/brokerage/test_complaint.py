@@ -480,3 +480,18 @@ def test_a_registrar_in_the_subjects_group_is_not_given_the_contact_steps(db, rt
         with pytest.raises(TaskNotFound), db.transaction() as s:
             tasks.claim(s, rt, task_id=ack.id, actor=staff["s105"])
         case.do("acknowledge", "s104", CONTACTED)
+
+
+def test_a_12386_registration_refuses_a_due_date_and_a_receipt_time_that_are_not_moments(db, rt, staff):
+    from engine.errors import FormValidationError
+
+    case = Case(db, rt, staff, "CMP-20260302-0301")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_12386_transfer", {"channel": "12386", "client_id": "C09", "regulator_ref": "R-2",
+                                                  "regulator_due_at": "2027-01-08"}, sender="s007")
+        register = case.open_task()
+        with pytest.raises(FormValidationError) as refused, db.transaction() as s:
+            tasks.complete(s, rt, task_id=register.id, actor=staff["s007"], data=registration(
+                channel="12386", client_id="C09", regulator_ref="R-2", regulator_due_at="2027-01-08",
+                received_at="昨天下午"))
+    assert sorted(e.field for e in refused.value.errors) == ["received_at", "regulator_due_at"]
