@@ -22,12 +22,14 @@ from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
 from engine.bpmn import date_functions
 from engine.bpmn.expressions import SafeEvaluator, unwrap
 from engine.bpmn.parser import (
+    CANDIDATE_GROUPS_IF_NONE,
     COMPLETED_BY_VARIABLE,
     EXCLUDE_GROUPS,
     EXCLUDE_SERVICE_GROUPS_OF,
     EXCLUDE_USERS,
     RECUSAL_SCOPE,
     RECUSAL_SCOPES,
+    SEPARATE_FROM,
     STEP_WRITABLE_VARIABLES,
     WRITES_ENGINE_VARIABLES,
     ParsedProcess,
@@ -160,7 +162,7 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
             report(element, "user task has no lane, camunda:candidateGroups or camunda:assignee: "
                             "nobody could ever see it")
         properties = properties_of(task_spec)
-        for name in (EXCLUDE_USERS, EXCLUDE_GROUPS, EXCLUDE_SERVICE_GROUPS_OF):
+        for name in (EXCLUDE_USERS, EXCLUDE_GROUPS, EXCLUDE_SERVICE_GROUPS_OF, SEPARATE_FROM, CANDIDATE_GROUPS_IF_NONE):
             for value in exclusion_parts(properties.get(name, "")):
                 if value.startswith(("${", "#{")):
                     check_expr(element, f"property {name!r}", value, calendar=False)

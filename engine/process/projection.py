@@ -25,10 +25,12 @@ from engine.bpmn.date_functions import DateFunctions
 from engine.bpmn.expressions import unwrap
 from engine.bpmn.lint import candidate_groups_of
 from engine.bpmn.parser import (
+    CANDIDATE_GROUPS_IF_NONE,
     EXCLUDE_GROUPS,
     EXCLUDE_SERVICE_GROUPS_OF,
     EXCLUDE_USERS,
     RECUSAL_SCOPE,
+    SEPARATE_FROM,
     camunda_of,
     exclusion_parts,
     properties_of,
@@ -219,6 +221,15 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
                                           instance=instance, data=task.data)
         properties = properties_of(spec)
         excluded = _exclusions(session, rt, task, properties)
+        separated = [p for p in dict.fromkeys(f"user:{u}" for u in _property_values(rt, task, properties,
+                                                                                    SEPARATE_FROM))
+                     if p not in excluded]
+        excluded = excluded + separated
+        if properties.get(CANDIDATE_GROUPS_IF_NONE) and not _anyone_left(session, groups, excluded):
+            # Nobody may take the step at its own level (the branch's only head investigated the
+            # complaint himself): the level above takes it.
+            fallback = [g.strip() for g in properties[CANDIDATE_GROUPS_IF_NONE].split(",") if g.strip()]
+            groups = resolve_candidate_groups(session, rt.evaluator, fallback, instance=instance, data=task.data)
         if assignee and excluded and _names_user(session, str(assignee), excluded):
             # Recusal beats a computed assignment: a complaint's first-contact owner who is the
             # subject, or in the subject's service group, does not get the step; it waits for
@@ -265,8 +276,8 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
     session.info.setdefault(_OPENED_TASKS, []).append(row)
     if excluded:
         case_wide = properties.get(RECUSAL_SCOPE) == "case"
-        connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p, "case_wide": case_wide}
-                                               for p in excluded])
+        connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p,
+                                                "case_wide": case_wide and p not in separated} for p in excluded])
     if policy is not None:
         milestones.schedule_milestones(session, rt, instance=instance, task=row, policy=policy, now=now)
 
@@ -304,20 +315,42 @@ _INSERT_TASK_WITH_CANDIDATES = (
 _INSERT_EXCLUSION = insert(TaskExclusion)
 
 
+def _property_values(rt: Runtime, task: Any, properties: dict[str, str], name: str) -> list[str]:
+    """A property is a literal (comma-separated) or an expression giving a name or a list;
+    empty values, and a plain ``${variable}`` that is not set (a complaint with no staff
+    subject), give nothing."""
+    found: list[Any] = []
+    for raw in exclusion_parts(properties.get(name) or ""):
+        if not raw.startswith(("${", "#{")):
+            found += raw.split(",")
+        elif not (unwrap(raw).isidentifier() and unwrap(raw) not in task.data):
+            value = rt.evaluator.evaluate(raw, task.data)
+            found += value if isinstance(value, (list, tuple, set)) else [value]
+    return [str(v).strip() for v in found if v is not None and str(v).strip()]
+
+
+def _anyone_left(session: Session, groups: list[str], excluded: list[str]) -> bool:
+    """Whether an active member of ``groups`` is not excluded (by name or by a group of theirs)."""
+    if not groups:
+        return False
+    rows = session.execute(
+        select(User.username, Group.key).join(GroupMember, GroupMember.user_id == User.id)
+        .join(Group, Group.id == GroupMember.group_id)
+        .where(User.active.is_(True), User.id.in_(
+            select(GroupMember.user_id).join(Group, Group.id == GroupMember.group_id).where(Group.key.in_(groups))))
+    ).all()
+    memberships: dict[str, set[str]] = {}
+    for username, key in rows:
+        memberships.setdefault(username, set()).add(f"group:{key}")
+    barred = set(excluded)
+    return any(f"user:{u}" not in barred and barred.isdisjoint(keys) for u, keys in memberships.items())
+
+
 def _exclusions(session: Session, rt: Runtime, task: Any, properties: dict[str, str]) -> list[str]:
-    """Principals recused from the task: ``user:<name>`` and ``group:<key>``. A property is a
-    literal (comma-separated) or an expression giving a name or a list; empty values, and a
-    plain ``${variable}`` that is not set (a complaint with no staff subject), exclude nobody.
+    """Principals recused from the task: ``user:<name>`` and ``group:<key>``.
     ``excludeServiceGroupsOf`` names users whose service groups are recused as well."""
     def values_of(name: str) -> list[str]:
-        found: list[Any] = []
-        for raw in exclusion_parts(properties.get(name) or ""):
-            if not raw.startswith(("${", "#{")):
-                found += raw.split(",")
-            elif not (unwrap(raw).isidentifier() and unwrap(raw) not in task.data):
-                value = rt.evaluator.evaluate(raw, task.data)
-                found += value if isinstance(value, (list, tuple, set)) else [value]
-        return [str(v).strip() for v in found if v is not None and str(v).strip()]
+        return _property_values(rt, task, properties, name)
 
     principals = [f"user:{u}" for u in values_of(EXCLUDE_USERS)]
     principals += [f"group:{g}" for g in values_of(EXCLUDE_GROUPS)]

@@ -495,3 +495,37 @@ def test_a_12386_registration_refuses_a_due_date_and_a_receipt_time_that_are_not
                 channel="12386", client_id="C09", regulator_ref="R-2", regulator_due_at="2027-01-08",
                 received_at="昨天下午"))
     assert sorted(e.field for e in refused.value.errors) == ["received_at", "regulator_due_at"]
+
+
+def test_whoever_investigated_or_proposed_does_not_approve_and_the_approval_goes_up_when_nobody_else_may(
+        db, rt, staff):
+    """SX01's only branch head, 金国平 (s301), is also its 客服总监: having investigated and
+    proposed the resolution, he cannot approve it; with nobody else heading the branch, the
+    HQ complaint department does. He still handles the case (the closure is his)."""
+    case = Case(db, rt, staff, "CMP-20260302-0401")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", {"channel": "phone", "client_id": "C09"})
+        case.do("register", "s003", registration(client_id="C09"))
+        case.do("acknowledge", "s003", CONTACTED)
+        case.do("investigate", "s301", {"facts_found": "柜台办理延误", "root_cause": "service_attitude",
+                                        "staff_at_fault": False})
+        case.do("propose_resolution", "s301", {"resolution_type": "explanation", "compensation_amount": 0,
+                                               "resolution_text": "说明并致歉"})
+        approve = case.open_task()
+        assert (approve.element_id, approve.candidate_groups, approve.excluded) == \
+            ("approve_branch", ["hq_complaint_dept"], ["user:s301"])
+        with pytest.raises(TaskNotFound), db.transaction() as s:
+            tasks.claim(s, rt, task_id=approve.id, actor=staff["s301"])
+        case.do("approve_branch", "s007", {"decision": "approve"})
+        case.do("communicate_result", "s003", COMMUNICATED)
+        case.do("close_case", "s301", {"closure_reason": "resolved"})
+    sx01 = ["call_center_agent", "SX01:counter_staff"]
+    assert [(e, g, a, x) for e, g, a, x, _ in case.offered] == [
+        ("register", sx01, None, []), ("acknowledge", sx01, "s003", []),
+        ("investigate", ["SX01:branch_cs_director", "SX01:account_manager"], None, []),
+        ("propose_resolution", ["SX01:branch_cs_director", "SX01:account_manager"], None, []),
+        ("approve_branch", ["hq_complaint_dept"], None, ["user:s301"]),
+        ("communicate_result", sx01, "s003", []), ("close_case", ["SX01:branch_cs_director"], None, []),
+    ]
+    assert [d for *_, d in case.offered][:4] == [sh(2026, 3, 2, 13), sh(2026, 3, 3, 9), sh(2026, 3, 9, 9),
+                                                 sh(2026, 3, 4, 9)]
