@@ -234,8 +234,22 @@ class InstanceOut(Schema):
     withheld = fields.List(fields.Nested(WithheldOut), metadata={"description": _WITHHELD_DOC})
 
 
+class CaseClockOut(Schema):
+    policy = fields.String()
+    started_at = fields.DateTime()
+    due_at = fields.DateTime(metadata={"description": "when the whole case is due (限时办结), extension included"})
+    base_due_at = fields.DateTime(metadata={"description": "the deadline before any extension"})
+    extended_by = fields.String(allow_none=True, metadata={"description": "the approved extension, e.g. 10 WD"})
+    extended_at = fields.DateTime(allow_none=True)
+    stopped_at = fields.DateTime(allow_none=True, metadata={"description": "when the case answered"})
+    breached_at = fields.DateTime(allow_none=True)
+    state = fields.String(metadata={"description": "running, breached, met or late"})
+
+
 class InstanceDetailOut(InstanceOut):
     data = fields.Dict()
+    case_clock = fields.Nested(CaseClockOut, allow_none=True, metadata={
+        "description": "the case's own deadline, for a process that keeps one (complaints); else null"})
 
 
 class InstanceQuery(Schema):

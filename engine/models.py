@@ -87,6 +87,8 @@ class TimerKind(StrEnum):
     BPMN = "bpmn"
     SLA = "sla"
     SCHEDULE = "schedule"
+    # A milestone of a case's whole-case deadline (bpm_case_clock).
+    CASE = "case"
 
 
 class User(Base):
@@ -363,6 +365,29 @@ class Timer(Base):
         Index("ix_timer_status_due", "status", "due_at"),
         Index("ix_timer_task", "task_uuid"),
     )
+
+
+class CaseClock(Base):
+    """A case's own deadline, beside its steps' (a complaint's 限时办结: 15 or 30 working days
+    from its arrival): when it is due, how it moved, and the milestones that warn about it
+    (``[{"at": 0.8, "to": ["branch:branch_cs_director", "compliance"]}]``, fractions of the
+    span from ``started_at`` to ``due_at``). Stopped when the case has answered."""
+
+    __tablename__ = "bpm_case_clock"
+
+    instance_id: Mapped[int] = mapped_column(BigId, ForeignKey("bpm_process_instance.id"), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The deadline before any extension.
+    base_due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    milestones: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    extended_by: Mapped[str | None] = mapped_column(String(32))  # e.g. "10 WD"
+    extended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_case_clock_due", "due_at"),)
 
 
 class AuditStream(Base):

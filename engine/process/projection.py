@@ -56,7 +56,7 @@ from engine.models import (
     User,
 )
 from engine.process.runtime import Runtime
-from engine.sla import clock, milestones
+from engine.sla import case_clock, clock, milestones
 from engine.sla.calendar_store import CALENDARS
 
 KIND_TASK, KIND_MESSAGE, KIND_TIMER = "task", "message", "timer"
@@ -220,6 +220,8 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         groups = resolve_candidate_groups(session, rt.evaluator, candidate_groups_of(spec),
                                           instance=instance, data=task.data)
         properties = properties_of(spec)
+        if due_at is None and properties.get(case_clock.DUE_BY_CASE_CLOCK) == "true":
+            due_at = case_clock.due_for_step(session, instance.id)
         excluded = _exclusions(session, rt, task, properties)
         separated = [p for p in dict.fromkeys(f"user:{u}" for u in _property_values(rt, task, properties,
                                                                                     SEPARATE_FROM))

@@ -344,6 +344,8 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
         # "Who did this step" for later steps' rules (QA is not the caller; the approver is
         # not the nominator), set by the engine so a form cannot claim someone else did it.
         spiff_task.data[completed_by_variable] = actor.username
+    for hook in rt.on_task_completed:
+        hook(session, rt, instance, spiff_task, actor)
     spiff_task.run()
     task.status, task.completed_at, task.completed_by = TaskStatus.COMPLETED, now, actor.username
     audit(session, rt, instance, "task.completed", actor, task_uuid=task.task_uuid,

@@ -15,7 +15,7 @@ from engine.brokerage import departures, settings
 from engine.brokerage.services.complaint import classify
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
-from engine.errors import TaskNotFound
+from engine.errors import FormValidationError, MessageNotCorrelated, TaskNotFound
 from engine.models import AuditEvent, MessageSubscription, Task
 from engine.process import messages, tasks
 from engine.timers import firing
@@ -483,8 +483,6 @@ def test_a_registrar_in_the_subjects_group_is_not_given_the_contact_steps(db, rt
 
 
 def test_a_12386_registration_refuses_a_due_date_and_a_receipt_time_that_are_not_moments(db, rt, staff):
-    from engine.errors import FormValidationError
-
     case = Case(db, rt, staff, "CMP-20260302-0301")
     with time_machine.travel(MONDAY_9, tick=False):
         case.receive("complaint_12386_transfer", {"channel": "12386", "client_id": "C09", "regulator_ref": "R-2",
@@ -529,3 +527,104 @@ def test_whoever_investigated_or_proposed_does_not_approve_and_the_approval_goes
     ]
     assert [d for *_, d in case.offered][:4] == [sh(2026, 3, 2, 13), sh(2026, 3, 3, 9), sh(2026, 3, 9, 9),
                                                  sh(2026, 3, 4, 9)]
+
+
+def _notified(db, case: Case) -> list[tuple[str, str]]:
+    from engine.models import Notification
+
+    with db.transaction() as s:
+        rows = s.execute(select(Notification).where(Notification.instance_id == case.instance_id,
+                                                    Notification.task_id.is_(None)).order_by(Notification.id))
+        return [(n.recipient, n.subject.split("] ", 1)[1]) for n in rows.scalars()]
+
+
+def test_a_general_complaint_has_a_whole_case_deadline_that_warns_the_cs_director_and_compliance(
+        db, rt, staff, client):
+    """限时办结: 15 WD from arrival. Half-way the branch's 客服总监 hears of it, at 80 % compliance
+    too; 反馈客户 is due when the case is; the case answer shows the clock."""
+    from engine.access import identity
+
+    case = Case(db, rt, staff, "CMP-20260302-0501")
+    due = sh(2026, 3, 23, 9)  # 15 working days after Monday 2 March 09:00
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("acknowledge", "s104", CONTACTED)
+        clock.move_to(due - (due - MONDAY_9) / 2 + timedelta(minutes=1))
+        assert firing.fire_due(db, rt) >= 1
+        assert _notified(db, case) == [("s103", "案件办结期限已用 50% of the case's deadline used")]
+        clock.move_to(MONDAY_9 + (due - MONDAY_9) * 0.8 + timedelta(minutes=1))
+        assert firing.fire_due(db, rt) >= 1
+        assert _notified(db, case)[1:] == [("s103", "案件办结期限已用 80% of the case's deadline used"),
+                                           ("s109", "案件办结期限已用 80% of the case's deadline used")]
+        case.do("investigate", "s106", {"facts_found": "佣金模板错误", "root_cause": "fees", "staff_at_fault": False})
+        case.do("propose_resolution", "s108", {"resolution_type": "explanation", "compensation_amount": 0,
+                                               "resolution_text": "说明并致歉"})
+        case.do("approve_branch", "s101", {"decision": "approve"})
+        with db.transaction() as s:
+            token = identity.issue_token(s, username="s103", now=rt.now())
+        body = client.get(f"/api/v1/instances/{case.instance_id}", headers={"Authorization": f"Bearer {token}"}).json
+        assert datetime.fromisoformat(body["case_clock"]["due_at"]) == due
+        assert body["case_clock"]["state"] == "running"
+        case.do("communicate_result", "s104", COMMUNICATED)
+        clock.move_to(due + timedelta(hours=1))
+        firing.fire_due(db, rt)
+    assert len(_notified(db, case)) == 3  # answered in time: no breach
+    assert [(e, a, d) for e, _, a, _, d in case.offered] == [
+        ("register", None, sh(2026, 3, 2, 13)), ("acknowledge", "s104", sh(2026, 3, 3, 9)),
+        ("investigate", None, sh(2026, 3, 9, 9)), ("propose_resolution", None, sh(2026, 3, 23, 9)),
+        ("approve_branch", None, sh(2026, 3, 23, 9)), ("communicate_result", "s104", due)]
+    with db.transaction() as s:
+        from engine.sla import case_clock
+
+        kept = case_clock.get(s, case.instance_id)
+        assert kept is not None and kept.stopped_at is not None and case_clock.state(kept, rt.now()) == "met"
+
+
+def test_an_extension_moves_the_deadline_once_within_the_limit(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0502")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("acknowledge", "s104", CONTACTED)
+        case.send("complaint_extension_requested", {"extension_reason": "需调取交易所数据"}, actor=staff["s104"])
+        approve = case.task("approve_extension")
+        assert approve.due_at == sh(2026, 3, 23, 9)  # when the case is due
+        with pytest.raises(FormValidationError) as too_long, db.transaction() as s:
+            tasks.complete(s, rt, task_id=approve.id, actor=staff["s103"],
+                           data={"extension_decision": "approve", "extension_days": 16})
+        assert [e.field for e in too_long.value.errors] == ["extension_days"]
+        case.do("approve_extension", "s103", {"extension_decision": "approve", "extension_days": 10}, alone=False)
+        notify = case.task("notify_extension")
+        assert (notify.assignee, notify.due_at) == ("s104", sh(2026, 4, 7, 9))  # 10 WD later (清明 on 6 April)
+        case.do("notify_extension", "s104", {"reason": "需调取交易所数据", "new_due_at": "2026-04-07T09:00:00+08:00"},
+                alone=False)
+        # The diagram takes one request: a second finds nobody waiting for it.
+        with pytest.raises(MessageNotCorrelated):
+            case.send("complaint_extension_requested", {"extension_reason": "再次延期"}, actor=staff["s104"])
+        with db.transaction() as s:
+            from engine.sla import case_clock
+
+            kept = case_clock.get(s, case.instance_id)
+            assert kept is not None and (kept.base_due_at, kept.due_at, kept.extended_by) == \
+                (sh(2026, 3, 23, 9), sh(2026, 4, 7, 9), "10 WD")
+        investigate = case.task("investigate")
+        assert investigate.due_at == sh(2026, 3, 9, 9)  # a step's own deadline does not move
+    assert [(e, g, a, d) for e, g, a, _, d in case.offered] == [
+        ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 9)),
+        ("approve_extension", ["HZ01:branch_cs_director"], None, sh(2026, 3, 23, 9)),
+        ("notify_extension", INTAKE, "s104", sh(2026, 4, 7, 9))]
+
+
+def test_a_regulator_transfer_is_due_two_working_days_before_the_regulators_date(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0503")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_12386_transfer", {"channel": "12386", "client_id": "C09", "regulator_ref": "R-3",
+                                                  "regulator_due_at": "2026-03-20T17:00:00+08:00"}, sender="s007")
+        case.do("register_12386", "s007", registration(channel="12386", client_id="C09", regulator_ref="R-3",
+                                                       regulator_due_at="2026-03-20T17:00:00+08:00"))
+        with db.transaction() as s:
+            from engine.sla import case_clock
+
+            kept = case_clock.get(s, case.instance_id)
+            assert kept is not None and kept.due_at == sh(2026, 3, 18, 17)
