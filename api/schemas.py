@@ -188,6 +188,8 @@ class ProblemOut(Schema):
 class CheckOut(Schema):
     ok = fields.Boolean()
     problems = fields.List(fields.Nested(ProblemOut))
+    warnings = fields.List(fields.Nested(ProblemOut), metadata={
+        "description": "accepted, but worth a look: two forms on one path writing one field name"})
 
 
 class DeployQuery(Schema):

@@ -34,3 +34,26 @@ def unchecked_formats(schema: Any) -> list[str]:
         elif isinstance(part, list):
             parts.extend(part)
     return sorted(found)
+
+
+_OPEN_KEYWORDS = ("additionalProperties", "unevaluatedProperties")
+
+
+def declared_fields(schema: Any) -> set[str] | None:
+    """The top-level fields a form declares (``properties``, in its ``allOf``/``anyOf``/
+    ``oneOf`` and ``if``/``then``/``else`` parts too), or None when the form itself says what
+    else it takes (``additionalProperties`` or ``unevaluatedProperties``): the process owner's
+    choice stands. A form that says nothing takes only its declared fields, so a completion
+    cannot carry variables the process owner never put on the form."""
+    if not isinstance(schema, dict) or any(key in schema for key in _OPEN_KEYWORDS):
+        return None
+    names: set[str] = set()
+    parts = [schema]
+    while parts:
+        part = parts.pop()
+        if not isinstance(part, dict):
+            continue
+        names.update(part.get("properties") or {})
+        parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
+        parts += [part[key] for key in ("if", "then", "else") if key in part]
+    return names

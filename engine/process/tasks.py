@@ -23,6 +23,7 @@ from engine.access.identity import Actor, actor_for, get_user
 from engine.access.masking import mask_echo, mask_text
 from engine.access.roles import SUPERVISOR
 from engine.bpmn.expressions import json_safe
+from engine.bpmn.forms import declared_fields
 from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of, writable_variables
 from engine.errors import (
     FieldError,
@@ -243,29 +244,6 @@ def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task
         errors += _engine_value_errors(workflow, spiff_task, data)
     if errors:
         raise FormValidationError(f"the form {task.form_key!r} has {len(errors)} error(s)", errors)
-
-
-_OPEN_KEYWORDS = ("additionalProperties", "unevaluatedProperties")
-
-
-def declared_fields(schema: Any) -> set[str] | None:
-    """The top-level fields a form declares (``properties``, in its ``allOf``/``anyOf``/
-    ``oneOf`` and ``if``/``then``/``else`` parts too), or None when the form itself says what
-    else it takes (``additionalProperties`` or ``unevaluatedProperties``): the process owner's
-    choice stands. A form that says nothing takes only its declared fields, so a completion
-    cannot carry variables the process owner never put on the form."""
-    if not isinstance(schema, dict) or any(key in schema for key in _OPEN_KEYWORDS):
-        return None
-    names: set[str] = set()
-    parts = [schema]
-    while parts:
-        part = parts.pop()
-        if not isinstance(part, dict):
-            continue
-        names.update(part.get("properties") or {})
-        parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
-        parts += [part[key] for key in ("if", "then", "else") if key in part]
-    return names
 
 
 def _patterns(schema: Any) -> list[re.Pattern[str]]:

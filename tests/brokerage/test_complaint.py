@@ -78,7 +78,8 @@ def registration(**changes: Any) -> dict[str, Any]:
 PHONE_CALL = {"channel": "phone", "client_id": "C0003", "branch_code": "HZ01"}
 CONTACTED = {"contact_at": "2026-03-02T10:30:00+08:00", "contact_channel": "phone", "contact_result": "reached",
              "client_expectation": "退还多收佣金", "recording_id": "REC-1"}
-COMMUNICATED = {"communicated_at": "2026-03-05T10:00:00+08:00", "channel": "phone", "client_response": "accepts",
+COMMUNICATED = {"communicated_at": "2026-03-05T10:00:00+08:00", "communication_channel": "phone",
+                "client_response": "accepts",
                 "written_reply_sent": True, "recording_id": "REC-2"}
 
 
@@ -392,6 +393,9 @@ def test_the_registrar_owns_the_client_contact_and_a_departure_hands_it_to_the_b
         communicate = case.open_task()
         assert (communicate.assignee, communicate.status) == ("s103", "claimed")
         case.do("communicate_result", "s103", {**COMMUNICATED, "client_response": "rejects"})
+        # How the result was told (by phone) does not rewrite how the complaint came in.
+        assert (case.data()["channel"], case.data()["communication_channel"]) == ("counter", "phone")
+        assert case.instance().facts["channel"] == "counter"
         case.do("inform_redress", "s103", {"informed_at": "2026-03-06T10:00:00+08:00", "mediation_requested": False})
     assert [(e, g, a) for e, g, a, _, _ in case.offered] == [
         ("register", INTAKE, None), ("acknowledge", INTAKE, "s104"), ("investigate", HANDLERS, None),

@@ -7,6 +7,7 @@ recusal and separation of duties."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -225,3 +226,30 @@ def test_a_date_only_due_date_is_the_end_of_that_working_day_in_beijing(db, rt, 
         assert s.get(ProcessInstance, friday.id).status == "running"
     friday_close = datetime(2026, 3, 20, 17, tzinfo=SHANGHAI)
     assert dues == {"D-1": friday_close, "D-2": friday_close}  # a Saturday: the Friday before
+
+
+def _form(*names: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {n: {"type": "string"} for n in names}}
+
+
+def test_the_deploy_lint_warns_when_a_later_form_writes_an_earlier_forms_field():
+    from engine.bpmn import bundle as bundles
+    from engine.config import PROJECT_ROOT
+    from tests.support.bpmn import flow
+
+    xml = process(linear(("intake", _task("intake", form="intake")), ("reply", _task("reply", form="reply"))),
+                  key="overlap")
+    warnings = deployments.warnings(bundle_of(xml, {"intake": _form("channel", "summary"),
+                                                    "reply": _form("channel", "reply_text")}))
+    assert [(w.element_id, "'channel'" in w.message) for w in warnings] == [("reply", True)]
+    # Two ways in (alternatives) may share their fields: neither step follows the other.
+    both = process('    <bpmn:startEvent id="start"/>\n' + flow("start", "gw")
+                   + '    <bpmn:exclusiveGateway id="gw" default="f_gw_b"/>\n'
+                   + flow("gw", "a", condition="${x}") + flow("gw", "b")
+                   + _task("a", form="intake") + _task("b", form="reply")
+                   + '    <bpmn:endEvent id="end_a"/>\n    <bpmn:endEvent id="end_b"/>\n'
+                   + flow("a", "end_a") + flow("b", "end_b"), key="alternatives")
+    assert deployments.warnings(bundle_of(both, {"intake": _form("channel"), "reply": _form("channel")})) == []
+    shipped = bundles.from_paths([PROJECT_ROOT / "workflows" / "complaint.bpmn"])
+    found = deployments.warnings(shipped)
+    assert found and not [w for w in found if "'channel'" in w.message]
