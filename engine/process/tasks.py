@@ -52,7 +52,7 @@ from engine.process.limits import check_case, check_variables
 from engine.process.projection import opened_tasks
 from engine.process.runtime import Runtime, lock_instance_row, lock_statement
 from engine.process.unit_of_work import audit, run_and_save
-from engine.process.variables import changes_engine_value, reserved_names
+from engine.process.variables import ENGINE_VARIABLES, changes_engine_value, reserved_names
 from engine.sla import clock as sla_clock
 
 
@@ -227,14 +227,20 @@ def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task
     errors: list[FieldError] = []
     validator = rt.form_validator(session, instance.process_version_id, task.form_key) if task.form_key else None
     if validator is not None:
+        declared = declared_fields(validator.schema)
+        # What the engine already knows of the case counts as given: a complaint started for a
+        # registered client need not name the client again, so a form's "without a client,
+        # the complainant's name and phone" rule asks them of a walk-in only.
+        known = {name: spiff_task.data[name] for name in ENGINE_VARIABLES
+                 if spiff_task is not None and spiff_task.data.get(name) is not None
+                 and (declared is None or name in declared)}
         errors += [
             FieldError(field=mask_text("/".join(str(p) for p in error.absolute_path) or
                                        (error.validator in ("required", "additionalProperties")
                                         and _missing_field(error.message)) or ""),
                        message=_message(error))
-            for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+            for error in sorted(validator.iter_errors({**known, **data}), key=lambda e: list(e.absolute_path))
         ]
-        declared = declared_fields(validator.schema)
         if declared is not None:
             patterns = _patterns(validator.schema)
             errors += [FieldError(field=mask_text(name),

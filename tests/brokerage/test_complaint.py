@@ -632,3 +632,23 @@ def test_a_regulator_transfer_is_due_two_working_days_before_the_regulators_date
 
             kept = case_clock.get(s, case.instance_id)
             assert kept is not None and kept.due_at == sh(2026, 3, 18, 17)
+
+
+def test_a_registered_clients_complaint_is_registered_without_typing_the_client_again(db, rt, staff):
+    """Started for C02 from the registry: neither the client nor their name and phone are asked
+    again. A walk-in (no client) must give the complainant's name and phone."""
+    typed = {k: v for k, v in registration(channel="counter").items() if k != "client_id"}
+    case = Case(db, rt, staff, "CMP-20260302-0601")
+    walk_in = Case(db, rt, staff, "CMP-20260302-0602")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", typed)
+        assert case.data()["client_id"] == "C02" and "complainant_phone" not in case.data()
+        walk_in.receive("complaint_received", {"channel": "counter", "branch_code": "HZ01"}, sender="s104")
+        register = walk_in.open_task()
+        with pytest.raises(FormValidationError) as refused, db.transaction() as s:
+            tasks.complete(s, rt, task_id=register.id, actor=staff["s104"], data=typed)
+        assert sorted(e.field for e in refused.value.errors) == ["complainant_name", "complainant_phone"]
+        walk_in.do("register", "s104", {**typed, "complainant_name": "张先生", "complainant_phone": "13800001111"})
+    assert [(e, g, a, d) for e, g, a, _, d in case.offered + walk_in.offered] == [
+        ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("register", INTAKE, None, sh(2026, 3, 2, 13))]
