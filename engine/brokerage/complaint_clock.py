@@ -35,7 +35,7 @@ MILESTONES: list[dict[str, Any]] = [
 ]
 # The steps after which the case has answered: C12 反馈客户, and a confirmed withdrawal.
 ANSWERED = frozenset({"communicate_result", "confirm_withdrawal"})
-EXTENSION_STEP = "approve_extension"
+EXTENSION_STEP, VERIFICATION_STEP = "approve_extension", "withdrawal_verify"
 
 
 def on_facts_changed(rt: Runtime, session: Session, instance: ProcessInstance, before: dict[str, Any],
@@ -65,6 +65,9 @@ def on_task_completed(session: Session, rt: Runtime, instance: ProcessInstance, 
     element = spiff_task.task_spec.bpmn_id
     if element in ANSWERED:
         case_clock.stop(session, instance=instance, now=rt.now())
+    elif element == VERIFICATION_STEP and spiff_task.data.get("withdrawal_voluntary") is False:
+        # A coerced withdrawal reopens the case: its deadline runs on from where it stopped.
+        case_clock.restart(session, rt, instance=instance, now=rt.now())
     elif element == EXTENSION_STEP and spiff_task.data.get("extension_decision") == "approve":
         _extend(session, rt, instance, spiff_task.data.get("extension_days"), actor)
 

@@ -428,7 +428,7 @@ def test_every_step_after_registration_recuses_the_subject_and_their_group_from_
     tree = etree.parse(str(WORKFLOWS / "complaint.bpmn"))
     ns = {"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL", "camunda": "http://camunda.org/schema/1.0/bpmn"}
     steps = [t.get("id") for t in tree.iterfind(".//bpmn:userTask", ns)]
-    assert len(steps) == 23  # the sub-process's steps included
+    assert len(steps) == 24  # the sub-process's steps included
     for step in steps:
         element = tree.find(f".//bpmn:userTask[@id='{step}']", ns)
         props = {p.get("name"): p.get("value") for p in element.iterfind(".//camunda:property", ns)}
@@ -652,3 +652,33 @@ def test_a_registered_clients_complaint_is_registered_without_typing_the_client_
         walk_in.do("register", "s104", {**typed, "complainant_name": "张先生", "complainant_phone": "13800001111"})
     assert [(e, g, a, d) for e, g, a, _, d in case.offered + walk_in.offered] == [
         ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("register", INTAKE, None, sh(2026, 3, 2, 13))]
+
+
+def test_a_withdrawal_found_involuntary_reopens_the_case_and_reaches_compliance(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0701")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("acknowledge", "s104", CONTACTED)
+        case.send("client_withdraws", {"withdrawal_note": "客户来电撤诉"}, actor=staff["s104"])
+        case.do("confirm_withdrawal", "s104", {"withdrawal_reason": "no_longer_interested",
+                                               "withdrawal_confirmed_by_client": True})
+        case.do("close_case", "s103", {"closure_reason": "withdrawn"})
+        case.do("withdrawal_verify", "s005", {"withdrawal_voluntary": False, "comment": "客户称被要求撤诉"})
+        assert sorted(t.element_id for t in case.open_tasks()) == ["acknowledge", "compliance_involuntary"]
+        assert "archived" not in case.data()
+        with db.transaction() as s:
+            from engine.sla import case_clock
+
+            kept = case_clock.get(s, case.instance_id)
+            assert kept is not None and kept.stopped_at is None and kept.due_at == sh(2026, 3, 23, 9)
+        case.do("compliance_involuntary", "s109", {"finding": "营业部员工要求客户撤诉", "pressure_confirmed": True},
+                alone=False)
+        case.do("acknowledge", "s104", CONTACTED)
+    assert [(e, g, a, d) for e, g, a, _, d in case.offered] == [
+        ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 9)),
+        ("confirm_withdrawal", INTAKE, "s104", None),
+        ("close_case", ["HZ01:branch_cs_director"], None, sh(2026, 3, 3, 9)),
+        ("withdrawal_verify", ["call_center_agent"], None, sh(2026, 3, 5, 9)),
+        ("compliance_involuntary", ["compliance"], None, None), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 9))]
+    assert case.instance().status == "running"
