@@ -263,6 +263,8 @@ class Task(Base):
     # or be given this task (a complaint's subject and their service group; QA is not the
     # caller). Mirrored in bpm_task_exclusion for the inbox queries.
     excluded: Mapped[list[str] | None] = mapped_column(JSON)
+    # An escalation task (kind "escalation"): the step it escalates. It closes with that step.
+    escalated_task_id: Mapped[int | None] = mapped_column(BigId)
 
     __table_args__ = (
         # "my tasks", sorted by due time
@@ -276,6 +278,8 @@ class Task(Base):
               sqlite_where=text("status IN ('open', 'claimed')")),
         Index("ix_task_completed_by", "completed_by", postgresql_where=text("completed_by IS NOT NULL"),
               sqlite_where=text("completed_by IS NOT NULL")),
+        Index("ix_task_escalated", "escalated_task_id", postgresql_where=text("escalated_task_id IS NOT NULL"),
+              sqlite_where=text("escalated_task_id IS NOT NULL")),
     )
 
 

@@ -98,6 +98,9 @@ def project(session: Session, rt: Runtime, instance: ProcessInstance, workflow: 
     gone = {uuid: kind for uuid, kind in current.items() if uuid not in wanted}
     if gone:
         _retire(session, workflow, gone, now)
+        retired = [u for u, k in gone.items() if k == KIND_TASK]
+        if retired:
+            milestones.close_escalations(session, instance, retired, now)
     for uuid, (kind, task) in wanted.items():
         if current.get(uuid) == kind:
             continue

@@ -11,7 +11,7 @@ from decimal import Decimal
 from uuid import uuid4
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from engine.access.assignment import resolve_candidate_groups
 from engine.audit import record_instance_event
@@ -162,7 +162,7 @@ def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance,
             element_id=f"{task.element_id}.escalation", name=f"升级 Escalation: {task.name or task.element_id}",
             lane=None, candidate_groups=groups, status=TaskStatus.OPEN, priority=min(100, task.priority + 30),
             created_at=now, due_at=None, business_key=task.business_key, client_id=task.client_id,
-            branch_code=task.branch_code, form_key=None, kind=TaskKind.ESCALATION,
+            branch_code=task.branch_code, form_key=None, kind=TaskKind.ESCALATION, escalated_task_id=task.id,
         )
         session.add(escalation)
         session.flush()
@@ -213,3 +213,21 @@ def _notify(session: Session, usernames: list[str], *, subject: str, body: str, 
     for username in usernames:
         session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
                                  instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))
+
+
+def close_escalations(session: Session, instance: ProcessInstance, task_uuids: list[str], now: datetime) -> None:
+    """The steps ``task_uuids`` are done or cancelled: the escalation tasks opened for them are
+    closed (cancelled, audited as ``task.escalation_closed``), so no supervisor chases a step
+    that no longer waits."""
+    step = aliased(Task)
+    rows = session.execute(
+        select(Task, step.status).join(step, step.id == Task.escalated_task_id)
+        .where(step.task_uuid.in_(task_uuids), Task.kind == TaskKind.ESCALATION,
+               Task.status.in_((TaskStatus.OPEN, TaskStatus.CLAIMED)))
+        .execution_options(populate_existing=True)).all()
+    for escalation, step_status in rows:
+        escalation.status, escalation.completed_at = TaskStatus.CANCELLED, now
+        record_instance_event(session, instance, kind="task.escalation_closed", actor="system", at=now,
+                              task_uuid=escalation.task_uuid,
+                              data={"task_id": escalation.id, "escalated_task_id": escalation.escalated_task_id,
+                                    "element_id": escalation.element_id, "because": str(step_status)})

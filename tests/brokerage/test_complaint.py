@@ -682,3 +682,33 @@ def test_a_withdrawal_found_involuntary_reopens_the_case_and_reaches_compliance(
         ("withdrawal_verify", ["call_center_agent"], None, sh(2026, 3, 5, 9)),
         ("compliance_involuntary", ["compliance"], None, None), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 9))]
     assert case.instance().status == "running"
+
+
+def test_an_escalation_closes_when_its_step_is_done_or_cancelled(db, rt, staff):
+    """The registration escalated to the call centre's supervisor closes when it is registered;
+    the investigation escalated to the branch head closes when the client's withdrawal cancels it."""
+    from engine.models import TaskKind
+
+    def escalations() -> list[tuple[str, str]]:
+        with db.transaction() as s:
+            return [(t.element_id, t.status) for t in s.execute(
+                select(Task).where(Task.instance_id == case.instance_id, Task.kind == TaskKind.ESCALATION)
+                .order_by(Task.id)).scalars()]
+
+    case = Case(db, rt, staff, "CMP-20260302-0801")
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        clock.move_to(sh(2026, 3, 2, 13, 1))  # the registration was due at 13:00
+        assert firing.fire_due(db, rt) >= 1
+        assert escalations() == [("register.escalation", "open")]
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        assert escalations() == [("register.escalation", "cancelled")]
+        case.do("acknowledge", "s104", CONTACTED)
+        investigate = case.open_task()
+        clock.move_to(investigate.due_at + timedelta(minutes=1))
+        assert firing.fire_due(db, rt) >= 1
+        assert escalations()[1:] == [("investigate.escalation", "open")]
+        case.send("client_withdraws", {"withdrawal_note": "撤诉"}, actor=staff["s104"])
+        assert escalations() == [("register.escalation", "cancelled"), ("investigate.escalation", "cancelled")]
+    assert [(e, g, a, d) for e, g, a, _, d in case.offered] == [
+        ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 13, 1))]

@@ -1,4 +1,5 @@
-"""case clocks: one deadline for a whole case (a complaint's 限时办结), beside its steps' own
+"""case clocks: one deadline for a whole case (a complaint's 限时办结), beside its steps' own;
+an escalation task names the step it escalates, so it closes when that step is done
 
 Revision ID: 0014
 Revises: 0013
@@ -32,8 +33,17 @@ def upgrade() -> None:
         sa.Column("breached_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index("ix_case_clock_due", "bpm_case_clock", ["due_at"])
+    with op.batch_alter_table("bpm_task") as batch:
+        batch.add_column(sa.Column("escalated_task_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                                   nullable=True))
+    escalations = sa.text("escalated_task_id IS NOT NULL")
+    op.create_index("ix_task_escalated", "bpm_task", ["escalated_task_id"], postgresql_where=escalations,
+                    sqlite_where=escalations)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_task_escalated", "bpm_task")
+    with op.batch_alter_table("bpm_task") as batch:
+        batch.drop_column("escalated_task_id")
     op.drop_index("ix_case_clock_due", "bpm_case_clock")
     op.drop_table("bpm_case_clock")
