@@ -231,9 +231,9 @@ def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task
         # What the engine already knows of the case counts as given: a complaint started for a
         # registered client need not name the client again, so a form's "without a client,
         # the complainant's name and phone" rule asks them of a walk-in only.
+        fields = validator.schema.get("properties") or {} if isinstance(validator.schema, dict) else {}
         known = {name: spiff_task.data[name] for name in ENGINE_VARIABLES
-                 if spiff_task is not None and spiff_task.data.get(name) is not None
-                 and (declared is None or name in declared)}
+                 if spiff_task is not None and spiff_task.data.get(name) is not None and name in fields}
         errors += [
             FieldError(field=mask_text("/".join(str(p) for p in error.absolute_path) or
                                        (error.validator in ("required", "additionalProperties")
