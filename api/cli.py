@@ -114,6 +114,8 @@ def deploy(ctx: Context, paths: tuple[Path, ...], check: bool) -> None:
         problems = _check(ctx, rt, the_bundle)
         for problem in problems:
             click.echo(problem.format())
+        for warning in deployments.warnings(the_bundle):
+            click.echo(warning.format(), err=True)
         if problems:
             sys.exit(1)
         click.echo(f"ok: {len(the_bundle.bpmn)} diagram(s), {len(the_bundle.forms)} form(s)")

@@ -198,6 +198,8 @@ class ProblemOut(Schema):
 class CheckOut(Schema):
     ok = fields.Boolean()
     problems = fields.List(fields.Nested(ProblemOut))
+    warnings = fields.List(fields.Nested(ProblemOut), metadata={
+        "description": "accepted, but worth a look: two forms on one path writing one field name"})
 
 
 class DeployQuery(Schema):
@@ -244,8 +246,22 @@ class InstanceOut(Schema):
     withheld = fields.List(fields.Nested(WithheldOut), metadata={"description": _WITHHELD_DOC})
 
 
+class CaseClockOut(Schema):
+    policy = fields.String()
+    started_at = fields.DateTime()
+    due_at = fields.DateTime(metadata={"description": "when the whole case is due (限时办结), extension included"})
+    base_due_at = fields.DateTime(metadata={"description": "the deadline before any extension"})
+    extended_by = fields.String(allow_none=True, metadata={"description": "the approved extension, e.g. 10 WD"})
+    extended_at = fields.DateTime(allow_none=True)
+    stopped_at = fields.DateTime(allow_none=True, metadata={"description": "when the case answered"})
+    breached_at = fields.DateTime(allow_none=True)
+    state = fields.String(metadata={"description": "running, breached, met or late"})
+
+
 class InstanceDetailOut(InstanceOut):
     data = fields.Dict()
+    case_clock = fields.Nested(CaseClockOut, allow_none=True, metadata={
+        "description": "the case's own deadline, for a process that keeps one (complaints); else null"})
 
 
 class InstanceQuery(Schema):
@@ -717,6 +733,10 @@ class DepartureOut(Schema):
         "description": "one departed_staff callback per client of the person's service group"})
     released_tasks = fields.Integer(metadata={"description": "tasks the person had claimed, back in their queues"})
     groups_needing_replacement = fields.List(fields.Nested(GroupShortfallOut))
+    handed_over = fields.Dict(keys=fields.String(), values=fields.String(allow_none=True), metadata={
+        "description": "the running complaints whose first-contact owner (首办责任人) the person was, by case "
+                       "number: who owns the client contact now (the branch's 客服总监, or the call centre's "
+                       "supervisor); null when nobody could take it over"})
 
 
 class RowErrorOut(Schema):

@@ -149,6 +149,16 @@ class BusinessCalendar:
         info, known = self.day(d)
         return (info.trading if trading else info.working), known
 
+    def close_of_working_day(self, d: date) -> datetime:
+        """The end of business on ``d``, or on the working day before it when ``d`` is not one:
+        a deadline given as a date only ("2027-01-08") is met by the end of that working day,
+        and never falls later than the day it names."""
+        for _ in range(366):
+            if self._is_open_day(d, False)[0]:
+                break
+            d -= timedelta(days=1)
+        return datetime.combine(d, self.hours.periods[-1][1], tzinfo=self.hours.tz)
+
     # -- arithmetic ------------------------------------------------------------------------
     def add(self, start: datetime, amount: int | float | Decimal, unit: Unit | str) -> Due:
         ensure_aware(start, name="start")

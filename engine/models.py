@@ -87,6 +87,8 @@ class TimerKind(StrEnum):
     BPMN = "bpmn"
     SLA = "sla"
     SCHEDULE = "schedule"
+    # A milestone of a case's whole-case deadline (bpm_case_clock).
+    CASE = "case"
 
 
 class User(Base):
@@ -280,6 +282,8 @@ class Task(Base):
     # or be given this task (a complaint's subject and their service group; QA is not the
     # caller). Mirrored in bpm_task_exclusion for the inbox queries.
     excluded: Mapped[list[str] | None] = mapped_column(JSON)
+    # An escalation task (kind "escalation"): the step it escalates. It closes with that step.
+    escalated_task_id: Mapped[int | None] = mapped_column(BigId)
 
     __table_args__ = (
         # "my tasks", sorted by due time
@@ -293,6 +297,8 @@ class Task(Base):
               sqlite_where=text("status IN ('open', 'claimed')")),
         Index("ix_task_completed_by", "completed_by", postgresql_where=text("completed_by IS NOT NULL"),
               sqlite_where=text("completed_by IS NOT NULL")),
+        Index("ix_task_escalated", "escalated_task_id", postgresql_where=text("escalated_task_id IS NOT NULL"),
+              sqlite_where=text("escalated_task_id IS NOT NULL")),
     )
 
 
@@ -382,6 +388,29 @@ class Timer(Base):
         Index("ix_timer_status_due", "status", "due_at"),
         Index("ix_timer_task", "task_uuid"),
     )
+
+
+class CaseClock(Base):
+    """A case's own deadline, beside its steps' (a complaint's 限时办结: 15 or 30 working days
+    from its arrival): when it is due, how it moved, and the milestones that warn about it
+    (``[{"at": 0.8, "to": ["branch:branch_cs_director", "compliance"]}]``, fractions of the
+    span from ``started_at`` to ``due_at``). Stopped when the case has answered."""
+
+    __tablename__ = "bpm_case_clock"
+
+    instance_id: Mapped[int] = mapped_column(BigId, ForeignKey("bpm_process_instance.id"), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The deadline before any extension.
+    base_due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    milestones: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    extended_by: Mapped[str | None] = mapped_column(String(32))  # e.g. "10 WD"
+    extended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    breached_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_case_clock_due", "due_at"),)
 
 
 class AuditStream(Base):

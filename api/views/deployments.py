@@ -76,8 +76,9 @@ class Deployments(MethodView):
             if query["check"]:
                 problems = deployments.lint(session, ctx.runtime, bundle, actor=actor)
                 # A Response is returned as is: the 201 DeployOut schema must not re-dump it.
-                return jsonify(CheckOut().dump({"ok": not problems,
-                                                "problems": [p.__dict__ for p in problems]})), 200
+                return jsonify(CheckOut().dump({
+                    "ok": not problems, "problems": [p.__dict__ for p in problems],
+                    "warnings": [w.__dict__ for w in deployments.warnings(bundle)]})), 200
             results = deployments.deploy(session, ctx.runtime, bundle, actor=actor)
             # Raw attributes, not VersionOut().dump(): DeployOut dumps them (datetimes once).
             versions = [{**{f: getattr(r.version, f) for f in VersionOut().fields}, "created": r.created}

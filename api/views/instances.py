@@ -24,6 +24,7 @@ from engine.access import field_policy
 from engine.access.identity import Actor
 from engine.models import ProcessInstance, ProcessVersion
 from engine.process import activity, instances, worklist
+from engine.sla import case_clock
 
 PREFIX = ""
 blp = Blueprint("instances", __name__, description="Start, read, cancel, correct and retry process instances")
@@ -51,8 +52,15 @@ def _rows(session: Session, ctx: BpmContext, actor: Actor, rows: list[ProcessIns
 
 def _detail(session: Session, ctx: BpmContext, actor: Actor, instance: ProcessInstance) -> dict[str, Any]:
     data = instances.data_of(session, ctx.runtime, instance)
-    return instance_out(field_policy.screen_case(session, ctx.field_policy, actor=actor, instance=instance,
+    body = instance_out(field_policy.screen_case(session, ctx.field_policy, actor=actor, instance=instance,
                                                  data=data))
+    clock = case_clock.get(session, instance.id)
+    body["case_clock"] = None if clock is None else {
+        "policy": clock.policy, "started_at": clock.started_at, "due_at": clock.due_at,
+        "base_due_at": clock.base_due_at, "extended_by": clock.extended_by, "extended_at": clock.extended_at,
+        "stopped_at": clock.stopped_at, "breached_at": clock.breached_at,
+        "state": case_clock.state(clock, ctx.runtime.now())}
+    return body
 
 
 @blp.route("/processes/<string:process_key>/instances")

@@ -21,13 +21,16 @@ from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
 
 from engine.bpmn import date_functions
 from engine.bpmn.expressions import SafeEvaluator, unwrap
+from engine.bpmn.forms import declared_fields, unchecked_formats
 from engine.bpmn.parser import (
+    CANDIDATE_GROUPS_IF_NONE,
     COMPLETED_BY_VARIABLE,
     EXCLUDE_GROUPS,
     EXCLUDE_SERVICE_GROUPS_OF,
     EXCLUDE_USERS,
     RECUSAL_SCOPE,
     RECUSAL_SCOPES,
+    SEPARATE_FROM,
     STEP_WRITABLE_VARIABLES,
     WRITES_ENGINE_VARIABLES,
     ParsedProcess,
@@ -155,12 +158,16 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
                             "the bundle's forms/ folder (without .json)")
         elif form_key not in forms:
             report(element, f"form {form_key!r} not found: add forms/{form_key}.json to the bundle")
+        elif unchecked := unchecked_formats(forms[form_key]):
+            report(element, f"form {form_key!r} uses format(s) {', '.join(unchecked)} that the form checker cannot "
+                            "check (any text would pass): use a checked format (date-time, date, email, …) or "
+                            "a pattern")
         groups = candidate_groups_of(task_spec)
         if not groups and not camunda.get("assignee"):
             report(element, "user task has no lane, camunda:candidateGroups or camunda:assignee: "
                             "nobody could ever see it")
         properties = properties_of(task_spec)
-        for name in (EXCLUDE_USERS, EXCLUDE_GROUPS, EXCLUDE_SERVICE_GROUPS_OF):
+        for name in (EXCLUDE_USERS, EXCLUDE_GROUPS, EXCLUDE_SERVICE_GROUPS_OF, SEPARATE_FROM, CANDIDATE_GROUPS_IF_NONE):
             for value in exclusion_parts(properties.get(name, "")):
                 if value.startswith(("${", "#{")):
                     check_expr(element, f"property {name!r}", value, calendar=False)
@@ -227,3 +234,63 @@ def _timer_value_problem(definition: TimerEventDefinition, text: str) -> str | N
         return (f"timer expression: {name}() gives a date-time: put it in a timeDate timer, "
                 "not a timeDuration or timeCycle")
     return None
+
+
+def form_overlaps(processes: list[ParsedProcess], forms: dict[str, Any]) -> list[Problem]:
+    """Warnings, not refusals: a field two different forms of one process declare, where a step
+    with the second form can follow a step with the first. The later value silently replaces
+    the earlier step's (the result's ``channel`` would rewrite the intake channel); rename one
+    unless both mean the same thing. Steps on alternative paths (two ways to register) do not
+    count, nor one form used by several steps."""
+    warnings: list[Problem] = []
+    for process in processes:
+        specs = {process.spec.name: process.spec, **process.subprocess_specs}
+        after = _successors(specs)
+        steps = [(spec_name, name, str(camunda_of(ts).get("formKey")))
+                 for spec_name, spec in specs.items() for name, ts in spec.task_specs.items()
+                 if isinstance(ts, UserTask) and camunda_of(ts).get("formKey") in forms]
+        seen: set[tuple[str, str, str]] = set()
+        for spec_a, first, form_a in steps:
+            fields_a = declared_fields(forms[form_a]) or set()
+            for spec_b, later, form_b in steps:
+                if form_a == form_b or (spec_b, later) not in after.get((spec_a, first), set()):
+                    continue
+                for name in sorted(fields_a & (declared_fields(forms[form_b]) or set())):
+                    if (name, form_a, form_b) in seen:
+                        continue
+                    seen.add((name, form_a, form_b))
+                    warnings.append(Problem(process.source_file, process.lines.get(later), later,
+                                            f"warning: form {form_b!r} writes {name!r}, which form {form_a!r} of the "
+                                            f"earlier step {first!r} wrote: the later value replaces it; rename "
+                                            "one unless both mean the same"))
+    return warnings
+
+
+def _successors(specs: dict[str, Any]) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """Every task each task can lead to, across sub-processes: a sub-process starts at its
+    Start, and anything in it may be followed by what follows the sub-process."""
+    edges: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    exits: dict[str, list[tuple[str, str]]] = {}
+    for spec_name, spec in specs.items():
+        for name, ts in spec.task_specs.items():
+            targets = {(spec_name, o.name) for o in ts.outputs}
+            inner = getattr(ts, "spec", None)
+            if isinstance(inner, str) and inner in specs:
+                targets.add((inner, "Start"))
+                exits.setdefault(inner, []).extend(targets - {(inner, "Start")})
+            edges[(spec_name, name)] = targets
+    for inner, outs in exits.items():
+        for name in specs[inner].task_specs:
+            edges[(inner, name)] |= set(outs)
+    reach: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for node in edges:
+        seen: set[tuple[str, str]] = set()
+        todo = list(edges[node])
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            todo.extend(edges.get(current, ()))
+        reach[node] = seen
+    return reach

@@ -77,6 +77,13 @@ def properties_of(task_spec: Any) -> dict[str, str]:
 EXCLUDE_USERS, EXCLUDE_GROUPS, COMPLETED_BY_VARIABLE = "excludeUsers", "excludeGroups", "completedByVariable"
 # Usernames whose service groups are recused too (a complaint's subject and their group).
 EXCLUDE_SERVICE_GROUPS_OF = "excludeServiceGroupsOf"
+# Usernames kept off this step only, whatever its recusalScope: separation of duties on a step
+# that also recuses case-wide (the approver of a complaint is neither its investigator nor the
+# one who proposed the resolution, who still handle the case).
+SEPARATE_FROM = "separateFrom"
+# Candidate groups that take the step when its own candidates, less those excluded, leave no
+# active person (a branch whose only head also investigated: the approval goes up a level).
+CANDIDATE_GROUPS_IF_NONE = "candidateGroupsIfNone"
 _SEVERAL_EXPRESSIONS = re.compile(r"^\s*[$#]\{[^{}]*\}(\s*,\s*[$#]\{[^{}]*\})+\s*$")
 _ONE_EXPRESSION = re.compile(r"[$#]\{[^{}]*\}")
 

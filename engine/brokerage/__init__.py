@@ -8,19 +8,24 @@ plugs in at one place, :func:`install`, which :func:`engine.bootstrap.build_runt
 
 from __future__ import annotations
 
-from engine.brokerage import closure, periodic_callbacks, vip_evaluation, vip_tier
+import functools
+
+from engine.brokerage import closure, complaint_clock, periodic_callbacks, vip_evaluation, vip_tier
 from engine.brokerage.services import callback, complaint, retention, vip
 from engine.process.runtime import Runtime
 
 
 def install(runtime: Runtime) -> None:
     """Register the brokerage with a runtime: the service-task functions its diagrams call,
-    the jobs its schedules run, and the hooks that apply a VIP case's outcome to the
-    client's tier and a completed account closure to the registry and the client's other
-    cases as the step is saved."""
+    the jobs its schedules run, the hooks that apply a VIP case's outcome to the client's
+    tier and a completed account closure to the registry and the client's other cases as
+    the step is saved, and the complaint's whole-case deadline (its clock starts at
+    classification, stops at the answer, moves on an approved extension)."""
     for module in (complaint, retention, callback, vip):
         runtime.services.include(module.functions)
     runtime.jobs[vip_evaluation.JOB_NAME] = vip_evaluation.job
     runtime.jobs[periodic_callbacks.JOB_NAME] = periodic_callbacks.job
     runtime.on_facts_changed.append(vip_tier.on_facts_changed)
     runtime.on_facts_changed.append(closure.hook(runtime))
+    runtime.on_facts_changed.append(functools.partial(complaint_clock.on_facts_changed, runtime))
+    runtime.on_task_completed.append(complaint_clock.on_task_completed)

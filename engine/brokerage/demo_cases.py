@@ -340,7 +340,6 @@ def _complaint_mis_selling(tl: Timeline, *, received: date) -> CaseSpec:
         "summary": "客户称客户经理杜娟向其（风险承受能力 C3）推荐 R4 级代销产品，产品亏损，要求赔偿",
         "client_request": "compensation", "amount_claimed": 38000,
         "alleged_violations": ["suitability_mismatch"], "consent_contact_channel": "phone",
-        "first_contact_owner": "s104",
     }
     contacted = {"contact_at": _iso(tl.at(received, 10, 50)), "contact_channel": "face_to_face",
                  "contact_result": "reached", "client_expectation": "赔偿亏损 38,000 元并说明推荐依据",
@@ -370,7 +369,6 @@ def _complaint_12386(tl: Timeline, *, received: date, contacted_on: date) -> Cas
         "summary": "客户经 12386 投诉：在营业部办理深市转托管时柜台拖延办理（转销户受阻）",
         "client_request": "explanation", "amount_claimed": 0, "alleged_violations": ["transfer_obstruction"],
         "regulator_ref": ref, "regulator_due_at": due, "consent_contact_channel": "phone",
-        "first_contact_owner": "s007",
     }
     contacted = {"contact_at": _iso(tl.at(contacted_on, 9, 40)), "contact_channel": "phone",
                  "contact_result": "reached", "client_expectation": "说明转托管延误原因并尽快办结",

@@ -10,17 +10,30 @@ from datetime import date, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.access.identity import Actor, revoke_user_tokens
+from engine.access.identity import Actor, actor_for, revoke_user_tokens
 from engine.audit import record_system_event
 from engine.brokerage.registry import GROUP_MAX_MEMBERS, GROUP_MIN_MEMBERS, get_staff, members_of, mirror_members
 from engine.calendars import SHANGHAI
 from engine.errors import Conflict, InvalidInput, PermissionDenied, StaffAlreadyDeparted
-from engine.models import Client, InstanceStatus, ProcessInstance, ServiceGroup, StaffProfile, Task, TaskStatus, User
-from engine.process import instances
+from engine.models import (
+    Client,
+    Group,
+    GroupMember,
+    InstanceStatus,
+    ProcessInstance,
+    ServiceGroup,
+    StaffProfile,
+    Task,
+    TaskStatus,
+    User,
+)
+from engine.process import instances, ownership, tasks
 from engine.process.runtime import Runtime, locked_instance
 from engine.process.unit_of_work import audit
 
 CALLBACK_PROCESS = "callback"
+# The case variable naming a complaint's first-contact owner (首办责任人, docs/domain.md#complaints).
+FIRST_CONTACT_OWNER = "first_contact_owner"
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,8 @@ class Departure:
     callbacks: list[ProcessInstance]
     released_tasks: int
     groups_needing_replacement: list[GroupShortfall]
+    # Business key -> who owns the case's client contact now (None: nobody could take it over).
+    handed_over: dict[str, str | None]
 
 
 def staff_departed(session: Session, rt: Runtime, *, username: str, departed_on: date, actor: Actor,
@@ -84,6 +99,7 @@ def staff_departed(session: Session, rt: Runtime, *, username: str, departed_on:
     # one is refused from the commit on, and reactivating the user does not revive them.
     revoked_tokens = revoke_user_tokens(session, user, now=now)
     shortfall = _leave_group(session, group, user, actor=actor, now=now) if group is not None else None
+    handed_over = _hand_over_first_contact(session, rt, username, profile, actor=actor)
     released = _release_claimed_tasks(session, rt, username, actor=actor)
     # Started in the recorder's name: the departure, not their starter groups, decides.
     starter = Actor.system(actor.username)
@@ -97,10 +113,11 @@ def staff_departed(session: Session, rt: Runtime, *, username: str, departed_on:
     record_system_event(session, kind="staff.departed", actor=actor.username, at=now, data={
         "key": username, "departed_on": departed_on.isoformat(), "service_group": group_key,
         "callbacks": [c.business_key for c in callbacks], "released_tasks": released,
-        "revoked_tokens": revoked_tokens,
+        "revoked_tokens": revoked_tokens, "first_contact_handed_over": handed_over,
         "group_needs_replacement": shortfall.problems if shortfall else None})
     return Departure(username=username, departed_on=departed_on, service_group=group_key, callbacks=callbacks,
-                     released_tasks=released, groups_needing_replacement=[shortfall] if shortfall else [])
+                     released_tasks=released, groups_needing_replacement=[shortfall] if shortfall else [],
+                     handed_over=handed_over)
 
 
 def _leave_group(session: Session, group: ServiceGroup, user: User, *, actor: Actor,
@@ -147,3 +164,31 @@ def _release_claimed_tasks(session: Session, rt: Runtime, username: str, *, acto
                   previous_assignee=username, reason="staff_departed")
             released += 1
     return released
+
+
+def _hand_over_first_contact(session: Session, rt: Runtime, username: str, profile: StaffProfile, *,
+                             actor: Actor) -> dict[str, str | None]:
+    """首办负责制: a complaint's client contact stays with one person; when they leave, it goes
+    to whoever supervises that contact: the branch's 客服总监 for branch staff, the call
+    centre's supervisor for headquarters staff (docs/domain.md#complaints). Someone the case
+    recuses is passed over. Each handover is audited on its case; a case nobody can take over
+    keeps the departed owner (their steps then wait in their queues) and says so here."""
+    result: dict[str, str | None] = {}
+    successors = _contact_supervisors(session, profile.branch_code, exclude=username)
+    for instance_id in ownership.owners_of(session, variable=FIRST_CONTACT_OWNER, username=username):
+        instance = session.get(ProcessInstance, instance_id)
+        assert instance is not None
+        chosen = next((u for u in successors
+                       if not tasks.recused_from_case(session, instance_id, actor_for(session, u))), None)
+        if chosen is not None:
+            ownership.hand_over(session, rt, instance_id=instance_id, variable=FIRST_CONTACT_OWNER,
+                                to_user=chosen.username, actor=actor, reason=f"staff_departed: {username}")
+        result[instance.business_key] = chosen.username if chosen is not None else None
+    return result
+
+
+def _contact_supervisors(session: Session, branch_code: str | None, *, exclude: str) -> list[User]:
+    group = f"{branch_code}:branch_cs_director" if branch_code else "call_center_supervisor"
+    return list(session.execute(
+        select(User).join(GroupMember, GroupMember.user_id == User.id).join(Group, Group.id == GroupMember.group_id)
+        .where(Group.key == group, User.active.is_(True), User.username != exclude).order_by(User.username)).scalars())

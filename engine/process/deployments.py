@@ -50,6 +50,13 @@ def check(session: Session | None, rt: Runtime, bundle: Bundle) -> tuple[list[Pa
     return processes, problems
 
 
+def warnings(bundle: Bundle) -> list[Problem]:
+    """What a deploy reports but accepts: two forms on one path writing one field name
+    (:func:`engine.bpmn.lint.form_overlaps`)."""
+    processes, _ = parse_files(bundle.bpmn) if bundle.bpmn else ([], [])
+    return linter.form_overlaps(processes, bundle.forms) if processes else []
+
+
 def _forms_used(process: ParsedProcess, forms: dict[str, Any]) -> dict[str, Any]:
     used = {}
     for spec in [process.spec, *process.subprocess_specs.values()]:

@@ -6,7 +6,7 @@ tasks with their candidate groups, recusals and SLA clock, and retires what the 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -25,18 +25,23 @@ from engine.bpmn.date_functions import DateFunctions
 from engine.bpmn.expressions import unwrap
 from engine.bpmn.lint import candidate_groups_of
 from engine.bpmn.parser import (
+    CANDIDATE_GROUPS_IF_NONE,
     EXCLUDE_GROUPS,
     EXCLUDE_SERVICE_GROUPS_OF,
     EXCLUDE_USERS,
     RECUSAL_SCOPE,
+    SEPARATE_FROM,
     camunda_of,
     exclusion_parts,
     properties_of,
 )
 from engine.bpmn.script_engine import date_functions_for
-from engine.errors import ExpressionError
+from engine.calendars import BusinessCalendar
+from engine.errors import ExpressionError, InvalidInput
 from engine.models import (
     ACTIVE_TASK_STATES,
+    Group,
+    GroupMember,
     InstanceStatus,
     MessageSubscription,
     ProcessInstance,
@@ -51,7 +56,8 @@ from engine.models import (
     User,
 )
 from engine.process.runtime import Runtime
-from engine.sla import clock, milestones
+from engine.sla import case_clock, clock, milestones
+from engine.sla.calendar_store import CALENDARS
 
 KIND_TASK, KIND_MESSAGE, KIND_TIMER = "task", "message", "timer"
 
@@ -92,6 +98,9 @@ def project(session: Session, rt: Runtime, instance: ProcessInstance, workflow: 
     gone = {uuid: kind for uuid, kind in current.items() if uuid not in wanted}
     if gone:
         _retire(session, workflow, gone, now)
+        retired = [u for u, k in gone.items() if k == KIND_TASK]
+        if retired:
+            milestones.close_escalations(session, instance, retired, now)
     for uuid, (kind, task) in wanted.items():
         if current.get(uuid) == kind:
             continue
@@ -165,13 +174,38 @@ def _evaluate_attribute(rt: Runtime, task: Any, value: str | None, dates: DateFu
     return stripped
 
 
-def _as_datetime(value: Any, what: str) -> datetime | None:
+def _as_datetime(session: Session, value: Any, what: str) -> datetime | None:
     if value in (None, ""):
         return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        day: date | None = value
+    else:
+        day = _date_only(value)
+    if day is not None:
+        # A date without a time (a regulator's "reply by 2027-01-08"): the end of that
+        # working day in Beijing time, on the default business calendar.
+        return _default_calendar(session).close_of_working_day(day)
     parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     if parsed.tzinfo is None:
         raise ExpressionError(f"{what} {value!r} has no UTC offset")
     return parsed
+
+
+def _default_calendar(session: Session) -> BusinessCalendar:
+    try:
+        return CALENDARS.get(session, "default")
+    except InvalidInput:  # no business hours stored yet: weekdays, 09:00-17:00 Beijing time
+        return BusinessCalendar({})
+
+
+def _date_only(value: Any) -> date | None:
+    text = str(value).strip()
+    if len(text) != 10:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task: Any, now: datetime) -> None:
@@ -180,15 +214,32 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
     dates = date_functions_for(task)  # a due date computed on guessed calendar days flags the task
     try:
         assignee = _evaluate_attribute(rt, task, camunda.get("assignee"), dates)
-        due_at = _as_datetime(_evaluate_attribute(rt, task, camunda.get("dueDate"), dates), "camunda:dueDate")
-        follow_up = _as_datetime(_evaluate_attribute(rt, task, camunda.get("followUpDate"), dates),
+        due_at = _as_datetime(session, _evaluate_attribute(rt, task, camunda.get("dueDate"), dates),
+                              "camunda:dueDate")
+        follow_up = _as_datetime(session, _evaluate_attribute(rt, task, camunda.get("followUpDate"), dates),
                                  "camunda:followUpDate")
         priority_raw = _evaluate_attribute(rt, task, camunda.get("priority"), dates)
         priority = int(priority_raw) if priority_raw not in (None, "") else 50
         groups = resolve_candidate_groups(session, rt.evaluator, candidate_groups_of(spec),
                                           instance=instance, data=task.data)
         properties = properties_of(spec)
+        if due_at is None and properties.get(case_clock.DUE_BY_CASE_CLOCK) == "true":
+            due_at = case_clock.due_for_step(session, instance.id)
         excluded = _exclusions(session, rt, task, properties)
+        separated = [p for p in dict.fromkeys(f"user:{u}" for u in _property_values(rt, task, properties,
+                                                                                    SEPARATE_FROM))
+                     if p not in excluded]
+        excluded = excluded + separated
+        if properties.get(CANDIDATE_GROUPS_IF_NONE) and not _anyone_left(session, groups, excluded):
+            # Nobody may take the step at its own level (the branch's only head investigated the
+            # complaint himself): the level above takes it.
+            fallback = [g.strip() for g in properties[CANDIDATE_GROUPS_IF_NONE].split(",") if g.strip()]
+            groups = resolve_candidate_groups(session, rt.evaluator, fallback, instance=instance, data=task.data)
+        if assignee and excluded and _names_user(session, str(assignee), excluded):
+            # Recusal beats a computed assignment: a complaint's first-contact owner who is the
+            # subject, or in the subject's service group, does not get the step; it waits for
+            # its candidates (whom the recusal also filters) until a supervisor hands it over.
+            assignee = None
     except (ExpressionError, ValueError) as exc:
         # The step itself succeeded; an unusable assignment/due expression fails the
         # instance so an administrator sees it, instead of a task nobody can find. No row is
@@ -230,8 +281,8 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
     session.info.setdefault(_OPENED_TASKS, []).append(row)
     if excluded:
         case_wide = properties.get(RECUSAL_SCOPE) == "case"
-        connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p, "case_wide": case_wide}
-                                               for p in excluded])
+        connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p,
+                                                "case_wide": case_wide and p not in separated} for p in excluded])
     if policy is not None:
         milestones.schedule_milestones(session, rt, instance=instance, task=row, policy=policy, now=now)
 
@@ -269,20 +320,42 @@ _INSERT_TASK_WITH_CANDIDATES = (
 _INSERT_EXCLUSION = insert(TaskExclusion)
 
 
+def _property_values(rt: Runtime, task: Any, properties: dict[str, str], name: str) -> list[str]:
+    """A property is a literal (comma-separated) or an expression giving a name or a list;
+    empty values, and a plain ``${variable}`` that is not set (a complaint with no staff
+    subject), give nothing."""
+    found: list[Any] = []
+    for raw in exclusion_parts(properties.get(name) or ""):
+        if not raw.startswith(("${", "#{")):
+            found += raw.split(",")
+        elif not (unwrap(raw).isidentifier() and unwrap(raw) not in task.data):
+            value = rt.evaluator.evaluate(raw, task.data)
+            found += value if isinstance(value, (list, tuple, set)) else [value]
+    return [str(v).strip() for v in found if v is not None and str(v).strip()]
+
+
+def _anyone_left(session: Session, groups: list[str], excluded: list[str]) -> bool:
+    """Whether an active member of ``groups`` is not excluded (by name or by a group of theirs)."""
+    if not groups:
+        return False
+    rows = session.execute(
+        select(User.username, Group.key).join(GroupMember, GroupMember.user_id == User.id)
+        .join(Group, Group.id == GroupMember.group_id)
+        .where(User.active.is_(True), User.id.in_(
+            select(GroupMember.user_id).join(Group, Group.id == GroupMember.group_id).where(Group.key.in_(groups))))
+    ).all()
+    memberships: dict[str, set[str]] = {}
+    for username, key in rows:
+        memberships.setdefault(username, set()).add(f"group:{key}")
+    barred = set(excluded)
+    return any(f"user:{u}" not in barred and barred.isdisjoint(keys) for u, keys in memberships.items())
+
+
 def _exclusions(session: Session, rt: Runtime, task: Any, properties: dict[str, str]) -> list[str]:
-    """Principals recused from the task: ``user:<name>`` and ``group:<key>``. A property is a
-    literal (comma-separated) or an expression giving a name or a list; empty values, and a
-    plain ``${variable}`` that is not set (a complaint with no staff subject), exclude nobody.
+    """Principals recused from the task: ``user:<name>`` and ``group:<key>``.
     ``excludeServiceGroupsOf`` names users whose service groups are recused as well."""
     def values_of(name: str) -> list[str]:
-        found: list[Any] = []
-        for raw in exclusion_parts(properties.get(name) or ""):
-            if not raw.startswith(("${", "#{")):
-                found += raw.split(",")
-            elif not (unwrap(raw).isidentifier() and unwrap(raw) not in task.data):
-                value = rt.evaluator.evaluate(raw, task.data)
-                found += value if isinstance(value, (list, tuple, set)) else [value]
-        return [str(v).strip() for v in found if v is not None and str(v).strip()]
+        return _property_values(rt, task, properties, name)
 
     principals = [f"user:{u}" for u in values_of(EXCLUDE_USERS)]
     principals += [f"group:{g}" for g in values_of(EXCLUDE_GROUPS)]
@@ -293,6 +366,15 @@ def _exclusions(session: Session, rt: Runtime, task: Any, properties: dict[str, 
                                  ).scalars()
         principals += [f"group:{g}" for g in groups]
     return list(dict.fromkeys(principals))
+
+
+def _names_user(session: Session, username: str, excluded: list[str]) -> bool:
+    if f"user:{username}" in excluded:
+        return True
+    groups = {f"group:{key}" for key in session.execute(
+        select(Group.key).join(GroupMember, GroupMember.group_id == Group.id).join(User, User.id == GroupMember.user_id)
+        .where(User.username == username)).scalars()}
+    return not groups.isdisjoint(excluded)
 
 
 def declared_correlation_key(rt: Runtime, definition: MessageEventDefinition, data: dict[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
+from engine.bpmn import forms as forms_module
 from engine.bpmn.date_functions import CalendarSnapshot
 from engine.bpmn.expressions import SafeEvaluator
 from engine.bpmn.script_engine import SafeScriptEngine, attach_calendar
@@ -59,6 +60,11 @@ class ScheduledJob(Protocol):
 # before and after: how a product reacts to what a case did (the VIP tier follows a VIP
 # case's outcome) without the engine knowing the product.
 FactsChanged = Callable[[Session, ProcessInstance, dict[str, Any], dict[str, Any]], None]
+# Called as a person completes a user task, before the workflow runs on, with the step (a
+# SpiffWorkflow task, its form data already set) and who completed it: a product applies what
+# the step decided (an approved extension moves the case's deadline) or refuses it with an
+# engine error, which rolls the completion back.
+TaskCompleted = Callable[[Session, "Runtime", ProcessInstance, Any, Actor], None]
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Runtime:
     # Wired by ``engine.bootstrap``: the message service sits above this module.
     deliver_thrown: MessageDelivery | None = None
     on_facts_changed: list[FactsChanged] = field(default_factory=list)
+    on_task_completed: list[TaskCompleted] = field(default_factory=list)
     # The jobs schedules may run, by name (``engine.timers.schedules``).
     jobs: dict[str, ScheduledJob] = field(default_factory=dict)
 
@@ -109,7 +116,7 @@ class Runtime:
             schema = forms.get(form_key)
             if schema is None:
                 return None
-            self._validators[key] = Draft202012Validator(schema)
+            self._validators[key] = forms_module.validator_for(schema)
         return self._validators[key]
 
     def report_variables(self, session: Session, version_id: int) -> list[str]:

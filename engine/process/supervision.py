@@ -13,9 +13,10 @@ from engine.access.roles import SUPERVISOR
 from engine.audit import record_instance_event
 from engine.calendars import SHANGHAI
 from engine.errors import InvalidInput, PermissionDenied
-from engine.models import ACTIVE_TASK_STATES, Group, GroupMember, Notification, ProcessInstance, Task, User
+from engine.models import ACTIVE_TASK_STATES, Notification, ProcessInstance, Task, User
 from engine.process import tasks
 from engine.process.runtime import Runtime
+from engine.sla.milestones import members
 
 MAX_REASON = 500
 
@@ -38,15 +39,21 @@ def remind(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reason:
     task = tasks.get(session, task_id, actor=actor)
     if task.status not in ACTIVE_TASK_STATES:
         raise InvalidInput("only an open step can be reminded of", field="task_ids")
-    recipients = [task.assignee] if task.assignee else _members(session, task.candidate_groups or [])
+    recipients = [task.assignee] if task.assignee else members(session, task.candidate_groups or [], task)
     now = rt.now()
-    due = f"，{task.due_at.astimezone(SHANGHAI):%Y-%m-%d %H:%M} 到期" if task.due_at else ""
+    locales = dict(session.execute(select(User.username, User.locale).where(User.username.in_(recipients))).all())
     step = task.name or task.element_id
+    when = f"{task.due_at.astimezone(SHANGHAI):%Y-%m-%d %H:%M}" if task.due_at else None
     for username in recipients:
-        session.add(Notification(
-            channel="default", recipient=username, subject=f"[{task.business_key}] {step}：督办提醒",
-            body=f"{actor.username} 督办：{text}（{step}{due}）",
-            instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))
+        # One language per recipient (their page language, Chinese unless they chose English).
+        if (locales.get(username) or "").startswith("en"):
+            subject = f"[{task.business_key}] {step}: a reminder from {actor.username}"
+            body = f"{actor.username}: {text} ({step}{f', due {when} Beijing time' if when else ''})"
+        else:
+            subject = f"[{task.business_key}] {step}：督办提醒"
+            body = f"{actor.username} 督办：{text}（{step}{f'，{when} 到期' if when else ''}）"
+        session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
+                                 instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))
     instance = session.get(ProcessInstance, task.instance_id)
     assert instance is not None  # a task's case is never deleted
     record_instance_event(session, instance, kind="task.reminded", actor=actor.username, at=now,
@@ -62,12 +69,3 @@ def reassign(session: Session, rt: Runtime, *, task_id: int, username: str, acto
     text = _reason(reason)
     return tasks.assign(session, rt, task_id=task_id, username=username, actor=actor, reason=text,
                         candidates_only=True)
-
-
-def _members(session: Session, groups: list[str]) -> list[str]:
-    if not groups:
-        return []
-    return list(session.execute(
-        select(User.username).join(GroupMember, GroupMember.user_id == User.id)
-        .join(Group, Group.id == GroupMember.group_id)
-        .where(Group.key.in_(groups), User.active.is_(True)).distinct().order_by(User.username)).scalars())

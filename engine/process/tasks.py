@@ -24,6 +24,7 @@ from engine.access.identity import Actor, actor_for, get_user
 from engine.access.masking import mask_echo, mask_text
 from engine.access.roles import BRANCH_BOUND_CANDIDATES, SUPERVISOR
 from engine.bpmn.expressions import json_safe
+from engine.bpmn.forms import declared_fields
 from engine.bpmn.parser import COMPLETED_BY_VARIABLE, properties_of, writable_variables
 from engine.errors import (
     FieldError,
@@ -52,7 +53,7 @@ from engine.process.limits import check_case, check_variables
 from engine.process.projection import opened_tasks
 from engine.process.runtime import Runtime, lock_instance_row, lock_statement
 from engine.process.unit_of_work import audit, run_and_save
-from engine.process.variables import changes_engine_value, reserved_names
+from engine.process.variables import ENGINE_VARIABLES, changes_engine_value, reserved_names
 from engine.sla import clock as sla_clock
 
 
@@ -257,14 +258,20 @@ def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task
     errors: list[FieldError] = []
     validator = rt.form_validator(session, instance.process_version_id, task.form_key) if task.form_key else None
     if validator is not None:
+        declared = declared_fields(validator.schema)
+        # What the engine already knows of the case counts as given: a complaint started for a
+        # registered client need not name the client again, so a form's "without a client,
+        # the complainant's name and phone" rule asks them of a walk-in only.
+        fields = validator.schema.get("properties") or {} if isinstance(validator.schema, dict) else {}
+        known = {name: spiff_task.data[name] for name in ENGINE_VARIABLES
+                 if spiff_task is not None and spiff_task.data.get(name) is not None and name in fields}
         errors += [
             FieldError(field=mask_text("/".join(str(p) for p in error.absolute_path) or
                                        (error.validator in ("required", "additionalProperties")
                                         and _missing_field(error.message)) or ""),
                        message=_message(error))
-            for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+            for error in sorted(validator.iter_errors({**known, **data}), key=lambda e: list(e.absolute_path))
         ]
-        declared = declared_fields(validator.schema)
         if declared is not None:
             patterns = _patterns(validator.schema)
             errors += [FieldError(field=mask_text(name),
@@ -274,29 +281,6 @@ def validate_form(rt: Runtime, session: Session, instance: ProcessInstance, task
         errors += _engine_value_errors(workflow, spiff_task, data)
     if errors:
         raise FormValidationError(f"the form {task.form_key!r} has {len(errors)} error(s)", errors)
-
-
-_OPEN_KEYWORDS = ("additionalProperties", "unevaluatedProperties")
-
-
-def declared_fields(schema: Any) -> set[str] | None:
-    """The top-level fields a form declares (``properties``, in its ``allOf``/``anyOf``/
-    ``oneOf`` and ``if``/``then``/``else`` parts too), or None when the form itself says what
-    else it takes (``additionalProperties`` or ``unevaluatedProperties``): the process owner's
-    choice stands. A form that says nothing takes only its declared fields, so a completion
-    cannot carry variables the process owner never put on the form."""
-    if not isinstance(schema, dict) or any(key in schema for key in _OPEN_KEYWORDS):
-        return None
-    names: set[str] = set()
-    parts = [schema]
-    while parts:
-        part = parts.pop()
-        if not isinstance(part, dict):
-            continue
-        names.update(part.get("properties") or {})
-        parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
-        parts += [part[key] for key in ("if", "then", "else") if key in part]
-    return names
 
 
 def _patterns(schema: Any) -> list[re.Pattern[str]]:
@@ -375,6 +359,8 @@ def complete(session: Session, rt: Runtime, *, task_id: int, actor: Actor,
         # "Who did this step" for later steps' rules (QA is not the caller; the approver is
         # not the nominator), set by the engine so a form cannot claim someone else did it.
         spiff_task.data[completed_by_variable] = actor.username
+    for hook in rt.on_task_completed:
+        hook(session, rt, instance, spiff_task, actor)
     spiff_task.run()
     task.status, task.completed_at, task.completed_by = TaskStatus.COMPLETED, now, actor.username
     audit(session, rt, instance, "task.completed", actor, task_uuid=task.task_uuid,

@@ -11,7 +11,7 @@ from decimal import Decimal
 from uuid import uuid4
 
 from sqlalchemy import and_, delete, or_, select, true, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from engine.access.assignment import resolve_candidate_groups
 from engine.access.roles import BRANCH_BOUND_CANDIDATES
@@ -184,12 +184,12 @@ def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance,
             element_id=f"{task.element_id}.escalation", name=f"升级 Escalation: {task.name or task.element_id}",
             lane=None, candidate_groups=groups, status=TaskStatus.OPEN, priority=min(100, task.priority + 30),
             created_at=now, due_at=None, business_key=task.business_key, client_id=task.client_id,
-            branch_code=task.branch_code, form_key=None, kind=TaskKind.ESCALATION,
+            branch_code=task.branch_code, form_key=None, kind=TaskKind.ESCALATION, escalated_task_id=task.id,
         )
         session.add(escalation)
         session.flush()
         session.add_all(TaskCandidate(task_id=escalation.id, group_key=g) for g in groups)
-        _notify(session, _members(session, groups, escalation), fraction=fraction, escalated=True, task=task,
+        _notify(session, members(session, groups, escalation), fraction=fraction, escalated=True, task=task,
                 now=now)
         record_instance_event(session, instance, kind="sla.escalated", actor="sla", at=now, task_uuid=task.task_uuid,
                               data={"task_id": task.id, "escalation_task_id": escalation.id, "to": groups})
@@ -230,15 +230,16 @@ def _set_candidates(session: Session, task: Task, groups: list[str]) -> None:
 def _recipients(session: Session, evaluator: SafeEvaluator, instance: ProcessInstance, task: Task,
                 to: str) -> list[str]:
     if to == "assignee":
-        return [task.assignee] if task.assignee else _members(session, task.candidate_groups or [], task)
+        return [task.assignee] if task.assignee else members(session, task.candidate_groups or [], task)
     if to == "candidates":
-        return _members(session, task.candidate_groups or [], task)
-    return _members(session, resolve_candidate_groups(session, evaluator, [to], instance=instance, data={}), task)
+        return members(session, task.candidate_groups or [], task)
+    return members(session, resolve_candidate_groups(session, evaluator, [to], instance=instance, data={}), task)
 
 
-def _members(session: Session, groups: list[str], task: Task) -> list[str]:
-    """The active members of ``groups`` the task would be offered to: a branch-bound group
-    (``compliance``) reaches its members at headquarters and at the task's branch only."""
+def members(session: Session, groups: list[str], task: Task | ProcessInstance) -> list[str]:
+    """The active members of ``groups`` the task (or the case) would be offered to: a
+    branch-bound group (``compliance``) reaches its members at headquarters and at the
+    task's branch only."""
     if not groups:
         return []
     free = [g for g in groups if g not in BRANCH_BOUND_CANDIDATES]
@@ -262,3 +263,21 @@ def _notify(session: Session, usernames: list[str], *, fraction: float, escalate
         subject, body = message(task, fraction, escalated=escalated, language=_language(locales.get(username)))
         session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
                                  instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))
+
+
+def close_escalations(session: Session, instance: ProcessInstance, task_uuids: list[str], now: datetime) -> None:
+    """The steps ``task_uuids`` are done or cancelled: the escalation tasks opened for them are
+    closed (cancelled, audited as ``task.escalation_closed``), so no supervisor chases a step
+    that no longer waits."""
+    step = aliased(Task)
+    rows = session.execute(
+        select(Task, step.status).join(step, step.id == Task.escalated_task_id)
+        .where(step.task_uuid.in_(task_uuids), Task.kind == TaskKind.ESCALATION,
+               Task.status.in_((TaskStatus.OPEN, TaskStatus.CLAIMED)))
+        .execution_options(populate_existing=True)).all()
+    for escalation, step_status in rows:
+        escalation.status, escalation.completed_at = TaskStatus.CANCELLED, now
+        record_instance_event(session, instance, kind="task.escalation_closed", actor="system", at=now,
+                              task_uuid=escalation.task_uuid,
+                              data={"task_id": escalation.id, "escalated_task_id": escalation.escalated_task_id,
+                                    "element_id": escalation.element_id, "because": str(step_status)})

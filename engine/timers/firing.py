@@ -41,7 +41,7 @@ from engine.process import instances
 from engine.process.projection import settled_timer, timer_due
 from engine.process.runtime import Runtime, lock_instance_row, lock_statement, locked_instance
 from engine.process.unit_of_work import audit, run_and_save
-from engine.sla import milestones
+from engine.sla import case_clock, milestones
 from engine.timers import schedules
 from engine.timers.notify import Notifier
 
@@ -77,6 +77,9 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
         return False  # another delivery got here first
     if timer.kind == TimerKind.SLA:
         milestones.fire_milestone(session, timer=timer, instance=instance, now=now, evaluator=rt.evaluator)
+        return True
+    if timer.kind == TimerKind.CASE:
+        case_clock.fire_milestone(session, timer=timer, instance=instance, now=now, evaluator=rt.evaluator)
         return True
     if instance.status != InstanceStatus.RUNNING:
         _unclaim(session, timer_id)  # a failed instance's timers wait for its retry

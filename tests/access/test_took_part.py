@@ -21,7 +21,7 @@ pytestmark = pytest.mark.sqlite
 
 REGISTRATION = {"received_at": "2026-03-02T09:00:00+08:00", "channel": "counter", "request_kind": "complaint",
                 "client_id": "C02", "business_line": "brokerage", "summary": "佣金收取与约定不符",
-                "client_request": "explanation", "amount_claimed": 0, "first_contact_owner": "s104"}
+                "client_request": "explanation", "amount_claimed": 0}
 
 
 def _actor(db, username: str) -> Actor:
@@ -69,7 +69,8 @@ def test_an_agent_offered_the_registration_reads_the_complaint_until_someone_reg
     assert register.id not in [t.id for t in done]
     with pytest.raises(TaskNotFound), db.transaction() as s:
         tasks.get(s, register.id, actor=agent)
-    # Whoever registered it, and its first-contact owner who holds the acknowledgement, do.
+    # Whoever registered it (its first-contact owner, who holds the acknowledgement), and whoever
+    # sent it in, do.
     assert _reads(db, "s105", complaint) and _reads(db, "s104", complaint)
 
 
@@ -88,7 +89,7 @@ def test_reading_a_case_does_not_make_a_person_its_handler(db, rt, complaint):
                                payload=withdraw)
         assert row_counts(db) == before
     assert _reads(db, "s101", complaint)
-    # The first-contact owner, who holds the acknowledgement, does; so would an outside system.
+    # Whoever sent it in does; so would an outside system.
     with db.transaction() as s:
         messages.correlate(s, rt, name="client_withdraws", correlation_key=key, actor=_actor(db, "s104"),
                            payload=withdraw)

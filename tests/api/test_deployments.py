@@ -136,7 +136,7 @@ def test_check_returns_ok_and_stores_nothing(client, auth, db):
     response = post_deploy(client, auth("owner"), query="?check=true", data=review_upload(),
                            content_type="multipart/form-data")
     assert response.status_code == 200
-    assert response.json == {"ok": True, "problems": []}
+    assert response.json == {"ok": True, "problems": [], "warnings": []}
     assert stored(db) == (0, 0)
     assert client.get(f"{API}/processes", headers=auth("owner")).json == []
 

@@ -38,8 +38,7 @@ OUTSIDERS = {"nb_head": "s201", "subject": "s101", "agent": "s005", "departed": 
 REGISTRATION = {"received_at": "2026-03-02T09:00:00+08:00", "channel": "counter", "request_kind": "complaint",
                 "client_id": "C02", "business_line": "product_sales",
                 "summary": "客户称营业部负责人推荐的产品与其风险等级不符",
-                "client_request": "explanation", "amount_claimed": 0, "subject_staff_ids": ["s101"],
-                "first_contact_owner": "s104"}
+                "client_request": "explanation", "amount_claimed": 0, "subject_staff_ids": ["s101"]}
 CONTACTED = {"contact_at": "2026-03-02T10:30:00+08:00", "contact_channel": "face_to_face", "contact_result": "reached",
              "client_expectation": "说明推荐依据", "recording_id": "REC-OUT-1"}
 
@@ -60,7 +59,7 @@ def _build(db, rt) -> dict[str, Any]:
         case = messages.correlate(s, rt, name="complaint_received", correlation_key=None, actor=_actor(db, "s104"),
                                   payload={"channel": "counter", "client_id": "C02"})
         instance_id, key = case.id, case.business_key
-    for element, who, data in (("register", "s105", REGISTRATION), ("acknowledge", "s104", CONTACTED)):
+    for element, who, data in (("register", "s104", REGISTRATION), ("acknowledge", "s104", CONTACTED)):
         task_id = _open_task(db, instance_id, element)
         with db.transaction() as s:
             tasks.complete(s, rt, task_id=task_id, actor=_actor(db, who), data=data)

@@ -11,12 +11,12 @@ import time_machine
 from sqlalchemy import select, update
 
 from engine.access.identity import Actor
-from engine.brokerage import settings
+from engine.brokerage import departures, settings
 from engine.brokerage.services.complaint import classify
 from engine.calendars import SHANGHAI
 from engine.config import PROJECT_ROOT
-from engine.errors import TaskNotFound
-from engine.models import Client, MessageSubscription, Task
+from engine.errors import FormValidationError, MessageNotCorrelated, TaskNotFound
+from engine.models import AuditEvent, Client, MessageSubscription, Task
 from engine.process import messages, tasks
 from engine.timers import firing
 from tests.support.cases import CaseDriver
@@ -45,7 +45,16 @@ class Case(CaseDriver):
             self.instance_id = messages.correlate(s, self.rt, name=message, correlation_key=self.key,
                                                   actor=self.staff[sender], payload=payload).id
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # Each step as it was offered: (element, candidate groups, preset assignee, recused, due).
+        self.offered: list[tuple[str, list[str], str | None, list[str], datetime | None]] = []
+
     def do(self, element: str, who: str, data: dict[str, Any], *, alone: bool = True) -> Task:
+        task = next((t for t in self.open_tasks() if t.element_id == element), None)
+        if task is not None:
+            self.offered.append((element, list(task.candidate_groups or []), task.assignee,
+                                 sorted(task.excluded or []), task.due_at))
         return super().do(element, who, data, alone=alone)
 
     def correlate(self, message: str, payload: dict[str, Any]) -> None:
@@ -66,10 +75,11 @@ def registration(**changes: Any) -> dict[str, Any]:
             "client_request": "explanation", "amount_claimed": 0, "consent_contact_channel": "phone", **changes}
 
 
-PHONE_CALL = {"channel": "phone", "client_id": "C0003", "branch_code": "HZ01", "first_contact_owner": "s003"}
+PHONE_CALL = {"channel": "phone", "client_id": "C0003", "branch_code": "HZ01"}
 CONTACTED = {"contact_at": "2026-03-02T10:30:00+08:00", "contact_channel": "phone", "contact_result": "reached",
              "client_expectation": "退还多收佣金", "recording_id": "REC-1"}
-COMMUNICATED = {"communicated_at": "2026-03-05T10:00:00+08:00", "channel": "phone", "client_response": "accepts",
+COMMUNICATED = {"communicated_at": "2026-03-05T10:00:00+08:00", "communication_channel": "phone",
+                "client_response": "accepts",
                 "written_reply_sent": True, "recording_id": "REC-2"}
 
 
@@ -228,7 +238,7 @@ def test_a_12386_transfer_meets_the_regulator_due_date_and_is_referred_to_mediat
                                                   "regulator_due_at": due, "branch_code": "HZ01"}, sender="s007")
         assert case.open_task().candidate_groups == ["hq_complaint_dept"]
         case.do("register_12386", "s007", registration(channel="12386", regulator_ref="12386-2026-000123",
-                                                       regulator_due_at=due, first_contact_owner="s007"))
+                                                       regulator_due_at=due))
         assert case.data()["severity"] == "regulator"
         ack = case.open_task()
         assert (ack.element_id, ack.assignee, ack.due_at) == ("acknowledge", "s007", sh(2026, 3, 4, 9))  # 2 WD
@@ -370,3 +380,352 @@ def test_an_elderly_client_is_known_from_the_registry_birth_date_on_the_beijing_
         case.do("register", "s003", registration(client_id="C02", client_age=64))
     data = case.data()
     assert data["severity"] == "major" and "elderly_client" in data["severity_reasons"]
+
+
+COUNTER_VISIT = {"channel": "counter", "client_id": "C02", "branch_code": "HZ01"}
+
+
+def test_the_registrar_owns_the_client_contact_and_a_departure_hands_it_to_the_branch_cs_director(db, rt, staff):
+    """首办负责制: whoever registers the complaint holds every step that talks to the client; a
+    name in the start message does not make someone the owner; a departure hands the contact
+    on, audited, to the branch's 客服总监."""
+    case = Case(db, rt, staff, "CMP-20260302-0101")
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", {**COUNTER_VISIT, "first_contact_owner": "s105"}, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        assert case.data()["first_contact_owner"] == "s104"
+        ack = case.open_task()
+        assert (ack.assignee, ack.status) == ("s104", "claimed")
+        case.do("acknowledge", "s104", CONTACTED)
+        clock.move_to(sh(2026, 3, 3, 9))
+        with db.transaction() as s:
+            departure = departures.staff_departed(s, rt, username="s104", departed_on=sh(2026, 3, 3).date(),
+                                                  actor=staff["s101"], now=rt.now())
+        assert departure.handed_over == {case.key: "s103"}
+        assert case.data()["first_contact_owner"] == "s103"
+        case.do("investigate", "s106", {"facts_found": "佣金模板错误", "root_cause": "fees", "staff_at_fault": False})
+        case.do("propose_resolution", "s108", {"resolution_type": "explanation", "compensation_amount": 0,
+                                               "resolution_text": "说明并致歉"})
+        case.do("approve_branch", "s101", {"decision": "approve"})
+        communicate = case.open_task()
+        assert (communicate.assignee, communicate.status) == ("s103", "claimed")
+        case.do("communicate_result", "s103", {**COMMUNICATED, "client_response": "rejects"})
+        # How the result was told (by phone) does not rewrite how the complaint came in.
+        assert (case.data()["channel"], case.data()["communication_channel"]) == ("counter", "phone")
+        assert case.instance().facts["channel"] == "counter"
+        case.do("inform_redress", "s103", {"informed_at": "2026-03-06T10:00:00+08:00", "mediation_requested": False})
+    assert [(e, g, a) for e, g, a, _, _ in case.offered] == [
+        ("register", INTAKE, None), ("acknowledge", INTAKE, "s104"), ("investigate", HANDLERS, None),
+        ("propose_resolution", HANDLERS, None), ("approve_branch", ["HZ01:branch_head"], None),
+        ("communicate_result", INTAKE, "s103"), ("inform_redress", ["hq_complaint_dept"], "s103"),
+    ]
+    with db.transaction() as s:
+        (handover,) = s.execute(select(AuditEvent).where(AuditEvent.stream == f"instance:{case.instance_id}",
+                                                         AuditEvent.kind == "case.owner_handed_over")).scalars()
+    assert (handover.actor, handover.data["previous_owner"], handover.data["owner"]) == ("s101", "s104", "s103")
+    assert handover.data["reason"] == "staff_departed: s104"
+
+
+def test_a_departure_moves_the_open_contact_step_to_the_successor(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0102")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        with db.transaction() as s:
+            departures.staff_departed(s, rt, username="s104", departed_on=sh(2026, 3, 2).date(),
+                                      actor=staff["s101"], now=rt.now())
+        ack = case.open_task()
+        assert (ack.element_id, ack.assignee, ack.status) == ("acknowledge", "s103", "claimed")
+        case.do("acknowledge", "s103", CONTACTED)
+
+
+def test_every_step_after_registration_recuses_the_subject_and_their_group_from_the_whole_case():
+    from lxml import etree
+
+    tree = etree.parse(str(WORKFLOWS / "complaint.bpmn"))
+    ns = {"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL", "camunda": "http://camunda.org/schema/1.0/bpmn"}
+    steps = [t.get("id") for t in tree.iterfind(".//bpmn:userTask", ns)]
+    assert len(steps) == 24  # the sub-process's steps included
+    for step in steps:
+        element = tree.find(f".//bpmn:userTask[@id='{step}']", ns)
+        props = {p.get("name"): p.get("value") for p in element.iterfind(".//camunda:property", ns)}
+        if step in ("register", "register_12386"):  # nobody is named before the registration
+            continue
+        assert "${subject_staff_ids}" in props.get("excludeUsers", ""), step
+        assert props.get("excludeServiceGroupsOf") == "${subject_staff_ids}", step
+        assert props.get("recusalScope") == "case", step
+
+
+def test_on_a_12386_case_about_a_counter_operator_neither_she_nor_her_group_is_offered_any_step(db, rt, staff):
+    """邵琳 (s302, SX01 counter, group SX01-G1) is named in a 12386 transfer: she is not offered
+    the contact with the client, nor is 孔伟 (s303, her group); another counter operator of the
+    branch is, and the whole case is hidden from both."""
+    case = Case(db, rt, staff, "CMP-20260302-0201")
+    due = "2026-03-27T17:00:00+08:00"
+    recused = ["group:SX01-G1", "user:s302"]
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_12386_transfer", {"channel": "12386", "client_id": "C09", "regulator_ref": "R-1",
+                                                  "regulator_due_at": due}, sender="s007")
+        case.do("register_12386", "s007", registration(channel="12386", client_id="C09", regulator_ref="R-1",
+                                                       regulator_due_at=due, subject_staff_ids=["s302"]))
+        ack = case.open_task()
+        assert sorted(ack.excluded) == recused and ack.assignee == "s007"
+        for who in ("s302", "s303"):
+            with pytest.raises(TaskNotFound), db.transaction() as s:
+                tasks.claim(s, rt, task_id=ack.id, actor=staff[who])
+        case.do("acknowledge", "s007", CONTACTED)
+        case.send("client_withdraws", {"withdrawal_note": "客户撤回"}, actor=staff["s007"])
+        confirm = case.open_task()
+        assert (confirm.element_id, sorted(confirm.excluded)) == ("confirm_withdrawal", recused)
+        for who in ("s302", "s303"):
+            with db.transaction() as s:
+                inbox, _ = tasks.inbox(s, actor=staff[who], query=tasks.InboxQuery(business_key=case.key),
+                                       now=rt.now())
+            assert inbox == []
+        case.do("confirm_withdrawal", "s007", {"withdrawal_reason": "no_longer_interested",
+                                               "withdrawal_confirmed_by_client": True})
+    assert [(e, a, x) for e, _, a, x, _ in case.offered] == [
+        ("register_12386", None, []), ("acknowledge", "s007", recused), ("confirm_withdrawal", "s007", recused)]
+
+
+def test_a_registrar_in_the_subjects_group_is_not_given_the_contact_steps(db, rt, staff):
+    """沈洁 (s105, HZ01-G1) registers a complaint about 杜娟 (s107, HZ01-G1): she owns the contact
+    on paper, but the acknowledgement waits in the intake pool without her group."""
+    case = Case(db, rt, staff, "CMP-20260302-0202")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s105")
+        case.do("register", "s105", registration(channel="counter", client_id="C02", subject_staff_ids=["s107"]))
+        ack = case.open_task()
+        assert (ack.assignee, ack.status, sorted(ack.excluded)) == (None, "open", ["group:HZ01-G1", "user:s107"])
+        assert ack.due_at == sh(2026, 3, 3, 9)
+        with pytest.raises(TaskNotFound), db.transaction() as s:
+            tasks.claim(s, rt, task_id=ack.id, actor=staff["s105"])
+        case.do("acknowledge", "s104", CONTACTED)
+
+
+def test_a_12386_registration_refuses_a_due_date_and_a_receipt_time_that_are_not_moments(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0301")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_12386_transfer", {"channel": "12386", "client_id": "C09", "regulator_ref": "R-2",
+                                                  "regulator_due_at": "2027-01-08"}, sender="s007")
+        register = case.open_task()
+        with pytest.raises(FormValidationError) as refused, db.transaction() as s:
+            tasks.complete(s, rt, task_id=register.id, actor=staff["s007"], data=registration(
+                channel="12386", client_id="C09", regulator_ref="R-2", regulator_due_at="2027-01-08",
+                received_at="昨天下午"))
+    assert sorted(e.field for e in refused.value.errors) == ["received_at", "regulator_due_at"]
+
+
+def test_whoever_investigated_or_proposed_does_not_approve_and_the_approval_goes_up_when_nobody_else_may(
+        db, rt, staff):
+    """SX01's only branch head, 金国平 (s301), is also its 客服总监: having investigated and
+    proposed the resolution, he cannot approve it; with nobody else heading the branch, the
+    HQ complaint department does. He still handles the case (the closure is his)."""
+    case = Case(db, rt, staff, "CMP-20260302-0401")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", {"channel": "phone", "client_id": "C09"})
+        case.do("register", "s003", registration(client_id="C09"))
+        case.do("acknowledge", "s003", CONTACTED)
+        case.do("investigate", "s301", {"facts_found": "柜台办理延误", "root_cause": "service_attitude",
+                                        "staff_at_fault": False})
+        case.do("propose_resolution", "s301", {"resolution_type": "explanation", "compensation_amount": 0,
+                                               "resolution_text": "说明并致歉"})
+        approve = case.open_task()
+        assert (approve.element_id, approve.candidate_groups, approve.excluded) == \
+            ("approve_branch", ["hq_complaint_dept"], ["user:s301"])
+        with pytest.raises(TaskNotFound), db.transaction() as s:
+            tasks.claim(s, rt, task_id=approve.id, actor=staff["s301"])
+        case.do("approve_branch", "s007", {"decision": "approve"})
+        case.do("communicate_result", "s003", COMMUNICATED)
+        case.do("close_case", "s301", {"closure_reason": "resolved"})
+    sx01 = ["call_center_agent", "SX01:counter_staff"]
+    assert [(e, g, a, x) for e, g, a, x, _ in case.offered] == [
+        ("register", sx01, None, []), ("acknowledge", sx01, "s003", []),
+        ("investigate", ["SX01:branch_cs_director", "SX01:account_manager"], None, []),
+        ("propose_resolution", ["SX01:branch_cs_director", "SX01:account_manager"], None, []),
+        ("approve_branch", ["hq_complaint_dept"], None, ["user:s301"]),
+        ("communicate_result", sx01, "s003", []), ("close_case", ["SX01:branch_cs_director"], None, []),
+    ]
+    assert [d for *_, d in case.offered][:4] == [sh(2026, 3, 2, 13), sh(2026, 3, 3, 9), sh(2026, 3, 9, 9),
+                                                 sh(2026, 3, 4, 9)]
+
+
+def _notified(db, case: Case) -> list[tuple[str, str]]:
+    from engine.models import Notification
+
+    with db.transaction() as s:
+        rows = s.execute(select(Notification).where(Notification.instance_id == case.instance_id,
+                                                    Notification.task_id.is_(None)).order_by(Notification.id))
+        return [(n.recipient, n.subject.split("] ", 1)[1]) for n in rows.scalars()]
+
+
+def test_a_general_complaint_has_a_whole_case_deadline_that_warns_the_cs_director_and_compliance(
+        db, rt, staff, client):
+    """限时办结: 15 WD from arrival. Half-way the branch's 客服总监 hears of it, at 80 % compliance
+    too; 反馈客户 is due when the case is; the case answer shows the clock."""
+    from engine.access import identity
+
+    case = Case(db, rt, staff, "CMP-20260302-0501")
+    due = sh(2026, 3, 23, 9)  # 15 working days after Monday 2 March 09:00
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("acknowledge", "s104", CONTACTED)
+        clock.move_to(due - (due - MONDAY_9) / 2 + timedelta(minutes=1))
+        assert firing.fire_due(db, rt) >= 1
+        assert _notified(db, case) == [("s103", "案件办结期限已用 50% of the case's deadline used")]
+        clock.move_to(MONDAY_9 + (due - MONDAY_9) * 0.8 + timedelta(minutes=1))
+        assert firing.fire_due(db, rt) >= 1
+        assert _notified(db, case)[1:] == [("s103", "案件办结期限已用 80% of the case's deadline used"),
+                                           ("s109", "案件办结期限已用 80% of the case's deadline used")]
+        case.do("investigate", "s106", {"facts_found": "佣金模板错误", "root_cause": "fees", "staff_at_fault": False})
+        case.do("propose_resolution", "s108", {"resolution_type": "explanation", "compensation_amount": 0,
+                                               "resolution_text": "说明并致歉"})
+        case.do("approve_branch", "s101", {"decision": "approve"})
+        with db.transaction() as s:
+            token = identity.issue_token(s, username="s103", now=rt.now())
+        body = client.get(f"/api/v1/instances/{case.instance_id}", headers={"Authorization": f"Bearer {token}"}).json
+        assert datetime.fromisoformat(body["case_clock"]["due_at"]) == due
+        assert body["case_clock"]["state"] == "running"
+        case.do("communicate_result", "s104", COMMUNICATED)
+        clock.move_to(due + timedelta(hours=1))
+        firing.fire_due(db, rt)
+    assert len(_notified(db, case)) == 3  # answered in time: no breach
+    assert [(e, a, d) for e, _, a, _, d in case.offered] == [
+        ("register", None, sh(2026, 3, 2, 13)), ("acknowledge", "s104", sh(2026, 3, 3, 9)),
+        ("investigate", None, sh(2026, 3, 9, 9)), ("propose_resolution", None, sh(2026, 3, 23, 9)),
+        ("approve_branch", None, sh(2026, 3, 23, 9)), ("communicate_result", "s104", due)]
+    with db.transaction() as s:
+        from engine.sla import case_clock
+
+        kept = case_clock.get(s, case.instance_id)
+        assert kept is not None and kept.stopped_at is not None and case_clock.state(kept, rt.now()) == "met"
+
+
+def test_an_extension_moves_the_deadline_once_within_the_limit(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0502")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("acknowledge", "s104", CONTACTED)
+        case.send("complaint_extension_requested", {"extension_reason": "需调取交易所数据"}, actor=staff["s104"])
+        approve = case.task("approve_extension")
+        assert approve.due_at == sh(2026, 3, 23, 9)  # when the case is due
+        with pytest.raises(FormValidationError) as too_long, db.transaction() as s:
+            tasks.complete(s, rt, task_id=approve.id, actor=staff["s103"],
+                           data={"extension_decision": "approve", "extension_days": 16})
+        assert [e.field for e in too_long.value.errors] == ["extension_days"]
+        case.do("approve_extension", "s103", {"extension_decision": "approve", "extension_days": 10}, alone=False)
+        notify = case.task("notify_extension")
+        assert (notify.assignee, notify.due_at) == ("s104", sh(2026, 4, 7, 9))  # 10 WD later (清明 on 6 April)
+        case.do("notify_extension", "s104", {"reason": "需调取交易所数据", "new_due_at": "2026-04-07T09:00:00+08:00"},
+                alone=False)
+        # The diagram takes one request: a second finds nobody waiting for it.
+        with pytest.raises(MessageNotCorrelated):
+            case.send("complaint_extension_requested", {"extension_reason": "再次延期"}, actor=staff["s104"])
+        with db.transaction() as s:
+            from engine.sla import case_clock
+
+            kept = case_clock.get(s, case.instance_id)
+            assert kept is not None and (kept.base_due_at, kept.due_at, kept.extended_by) == \
+                (sh(2026, 3, 23, 9), sh(2026, 4, 7, 9), "10 WD")
+        investigate = case.task("investigate")
+        assert investigate.due_at == sh(2026, 3, 9, 9)  # a step's own deadline does not move
+    assert [(e, g, a, d) for e, g, a, _, d in case.offered] == [
+        ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 9)),
+        ("approve_extension", ["HZ01:branch_cs_director"], None, sh(2026, 3, 23, 9)),
+        ("notify_extension", INTAKE, "s104", sh(2026, 4, 7, 9))]
+
+
+def test_a_regulator_transfer_is_due_two_working_days_before_the_regulators_date(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0503")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_12386_transfer", {"channel": "12386", "client_id": "C09", "regulator_ref": "R-3",
+                                                  "regulator_due_at": "2026-03-20T17:00:00+08:00"}, sender="s007")
+        case.do("register_12386", "s007", registration(channel="12386", client_id="C09", regulator_ref="R-3",
+                                                       regulator_due_at="2026-03-20T17:00:00+08:00"))
+        with db.transaction() as s:
+            from engine.sla import case_clock
+
+            kept = case_clock.get(s, case.instance_id)
+            assert kept is not None and kept.due_at == sh(2026, 3, 18, 17)
+
+
+def test_a_registered_clients_complaint_is_registered_without_typing_the_client_again(db, rt, staff):
+    """Started for C02 from the registry: neither the client nor their name and phone are asked
+    again. A walk-in (no client) must give the complainant's name and phone."""
+    typed = {k: v for k, v in registration(channel="counter").items() if k != "client_id"}
+    case = Case(db, rt, staff, "CMP-20260302-0601")
+    walk_in = Case(db, rt, staff, "CMP-20260302-0602")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", typed)
+        assert case.data()["client_id"] == "C02" and "complainant_phone" not in case.data()
+        walk_in.receive("complaint_received", {"channel": "counter", "branch_code": "HZ01"}, sender="s104")
+        register = walk_in.open_task()
+        with pytest.raises(FormValidationError) as refused, db.transaction() as s:
+            tasks.complete(s, rt, task_id=register.id, actor=staff["s104"], data=typed)
+        assert sorted(e.field for e in refused.value.errors) == ["complainant_name", "complainant_phone"]
+        walk_in.do("register", "s104", {**typed, "complainant_name": "张先生", "complainant_phone": "13800001111"})
+    assert [(e, g, a, d) for e, g, a, _, d in case.offered + walk_in.offered] == [
+        ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("register", INTAKE, None, sh(2026, 3, 2, 13))]
+
+
+def test_a_withdrawal_found_involuntary_reopens_the_case_and_reaches_compliance(db, rt, staff):
+    case = Case(db, rt, staff, "CMP-20260302-0701")
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("acknowledge", "s104", CONTACTED)
+        case.send("client_withdraws", {"withdrawal_note": "客户来电撤诉"}, actor=staff["s104"])
+        case.do("confirm_withdrawal", "s104", {"withdrawal_reason": "no_longer_interested",
+                                               "withdrawal_confirmed_by_client": True})
+        case.do("close_case", "s103", {"closure_reason": "withdrawn"})
+        case.do("withdrawal_verify", "s005", {"withdrawal_voluntary": False, "comment": "客户称被要求撤诉"})
+        assert sorted(t.element_id for t in case.open_tasks()) == ["acknowledge", "compliance_involuntary"]
+        assert "archived" not in case.data()
+        with db.transaction() as s:
+            from engine.sla import case_clock
+
+            kept = case_clock.get(s, case.instance_id)
+            assert kept is not None and kept.stopped_at is None and kept.due_at == sh(2026, 3, 23, 9)
+        case.do("compliance_involuntary", "s109", {"finding": "营业部员工要求客户撤诉", "pressure_confirmed": True},
+                alone=False)
+        case.do("acknowledge", "s104", CONTACTED)
+    assert [(e, g, a, d) for e, g, a, _, d in case.offered] == [
+        ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 9)),
+        ("confirm_withdrawal", INTAKE, "s104", None),
+        ("close_case", ["HZ01:branch_cs_director"], None, sh(2026, 3, 3, 9)),
+        ("withdrawal_verify", ["call_center_agent"], None, sh(2026, 3, 5, 9)),
+        ("compliance_involuntary", ["compliance"], None, None), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 9))]
+    assert case.instance().status == "running"
+
+
+def test_an_escalation_closes_when_its_step_is_done_or_cancelled(db, rt, staff):
+    """The registration escalated to the call centre's supervisor closes when it is registered;
+    the investigation escalated to the branch head closes when the client's withdrawal cancels it."""
+    from engine.models import TaskKind
+
+    def escalations() -> list[tuple[str, str]]:
+        with db.transaction() as s:
+            return [(t.element_id, t.status) for t in s.execute(
+                select(Task).where(Task.instance_id == case.instance_id, Task.kind == TaskKind.ESCALATION)
+                .order_by(Task.id)).scalars()]
+
+    case = Case(db, rt, staff, "CMP-20260302-0801")
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        clock.move_to(sh(2026, 3, 2, 13, 1))  # the registration was due at 13:00
+        assert firing.fire_due(db, rt) >= 1
+        assert escalations() == [("register.escalation", "open")]
+        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        assert escalations() == [("register.escalation", "cancelled")]
+        case.do("acknowledge", "s104", CONTACTED)
+        investigate = case.open_task()
+        clock.move_to(investigate.due_at + timedelta(minutes=1))
+        assert firing.fire_due(db, rt) >= 1
+        assert escalations()[1:] == [("investigate.escalation", "open")]
+        case.send("client_withdraws", {"withdrawal_note": "撤诉"}, actor=staff["s104"])
+        assert escalations() == [("register.escalation", "cancelled"), ("investigate.escalation", "cancelled")]
+    assert [(e, g, a, d) for e, g, a, _, d in case.offered] == [
+        ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 13, 1))]

@@ -251,8 +251,7 @@ def _complaint(db, rt, staff, key: str, *, kind: str, branch: str = "HZ01", clie
                                                   "regulator_due_at": regulator_due, "branch_code": branch,
                                                   "client_id": client}, sender="s007")
         case.do("register_12386", "s007", registration(channel="12386", regulator_ref=f"12386-{key}",
-                                                       regulator_due_at=regulator_due, client_id=client,
-                                                       first_contact_owner="s007"))
+                                                       regulator_due_at=regulator_due, client_id=client))
     else:
         case.receive("complaint_received", {**PHONE_CALL, "client_id": client, "branch_code": branch})
         major = {"amount_claimed": 80000, "client_request": "compensation",

@@ -848,3 +848,34 @@ def test_a_transfer_alone_leaves_the_account_and_the_clients_cases_as_they_were(
     with db.transaction() as s:
         assert s.get(ProcessInstance, callback_id).status == "running"
     assert not [k for k, _, _ in case.trail() if k == "client.account_closed"]
+
+
+def test_the_escalations_of_the_instructions_close_when_the_instructions_are_submitted(db, rt, staff):
+    """RET-…-0002: submitting the instructions a day late escalated them twice (the branch's
+    operations director and compliance); once they are submitted, neither escalation stays open."""
+    from engine.models import AuditEvent, Task, TaskKind
+
+    case = Case(db, rt, staff, "RET-20250616-0102")
+    with time_machine.travel(sh(2025, 6, 16, 9, 30), tick=False) as clock:
+        case.receive(C05)
+        case.do("accept", "s302", ACCEPT_TRANSFER)
+        submit = case.task("submit_instructions")
+        assert (submit.candidate_groups, submit.assignee, submit.due_at) == \
+            (["SX01:counter_staff"], None, sh(2025, 6, 16, 15))
+        clock.move_to(sh(2025, 6, 16, 15, 1))
+        assert firing.fire_due(db, rt) >= 2
+
+        def escalations() -> list[tuple[list[str], str, int | None]]:
+            with db.transaction() as s:
+                return [(t.candidate_groups, t.status, t.escalated_task_id) for t in s.execute(
+                    select(Task).where(Task.instance_id == case.instance_id, Task.kind == TaskKind.ESCALATION)
+                    .order_by(Task.id)).scalars()]
+
+        assert escalations() == [(["SX01:branch_ops_director"], "open", submit.id), (["compliance"], "open", submit.id)]
+        case.do("submit_instructions", "s302", SUBMITTED, alone=False)
+        assert escalations() == [(["SX01:branch_ops_director"], "cancelled", submit.id),
+                                 (["compliance"], "cancelled", submit.id)]
+    with db.transaction() as s:
+        closed = s.execute(select(AuditEvent.data).where(AuditEvent.stream == f"instance:{case.instance_id}",
+                                                         AuditEvent.kind == "task.escalation_closed")).scalars().all()
+    assert [(c["escalated_task_id"], c["because"]) for c in closed] == [(submit.id, "completed")] * 2

@@ -6,10 +6,14 @@ recusal and separation of duties."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 import pytest
 from sqlalchemy import select
 
 from engine.access.identity import Actor
+from engine.calendars import SHANGHAI
 from engine.errors import DeploymentRejected, FormValidationError
 from engine.models import ProcessInstance, Task
 from engine.process import deployments, instances, tasks
@@ -168,3 +172,84 @@ def test_over_http_each_refused_field_is_listed_in_one_422_and_the_task_stays_op
     assert task_of(client, li, "F-1")["id"] == approve["id"]
     assert command(client, li, approve["id"], "complete", {"data": {"approved": True}}).status_code == 200
     assert client.get(f"{API}/tasks/{approve['id']}", headers=li).json["status"] == "completed"
+
+
+# A form whose fields carry JSON Schema formats: a moment, a date and an e-mail address.
+FORMATS = {"type": "object", "properties": {"due_at": {"type": "string", "format": "date-time"},
+                                            "on": {"type": "string", "format": "date"},
+                                            "mail": {"type": "string", "format": "email"}}}
+ONE_FORM = process(linear(("fill", _task("fill", form="formats")), ("then", _task("then"))), key="formats")
+
+
+def _at_fill(db, rt, people) -> int:
+    with db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(ONE_FORM, {"formats": FORMATS, "any": {"type": "object"}}),
+                           actor=people.owner)
+        return instances.start(s, rt, process_key="formats", business_key="F-1", actor=people.clerk).id
+
+
+def test_a_form_checks_the_formats_it_declares(db, rt, people):
+    instance_id = _at_fill(db, rt, people)
+    with db.transaction() as s:
+        fill = s.execute(select(Task).where(Task.instance_id == instance_id)).scalar_one()
+    with pytest.raises(FormValidationError) as refused, db.transaction() as s:
+        tasks.complete(s, rt, task_id=fill.id, actor=people.clerk,
+                       data={"due_at": "2027-01-08", "on": "昨天下午", "mail": "no-at-sign"})
+    assert sorted(e.field for e in refused.value.errors) == ["due_at", "mail", "on"]
+    with pytest.raises(FormValidationError), db.transaction() as s:
+        tasks.complete(s, rt, task_id=fill.id, actor=people.clerk, data={"due_at": "2027-01-08T17:00:00"})
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=fill.id, actor=people.clerk,
+                       data={"due_at": "2027-01-08T17:00:00+08:00", "on": "2027-01-08", "mail": "li@example.com"})
+
+
+def test_the_deploy_lint_refuses_a_form_with_a_format_nobody_checks(db, rt, people):
+    unchecked = {"type": "object", "properties": {"id_no": {"type": "string", "format": "cn-id-card"}}}
+    with pytest.raises(DeploymentRejected) as refused, db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(ONE_FORM, {"formats": unchecked, "any": {"type": "object"}}),
+                           actor=people.owner)
+    assert any("cn-id-card" in p.message and p.element_id == "fill" for p in refused.value.problems)
+
+
+def test_a_date_only_due_date_is_the_end_of_that_working_day_in_beijing(db, rt, people):
+    due = process(linear(("reply", _task("reply").replace('camunda:formKey', 'camunda:dueDate="${reply_by}" '
+                                                                              'camunda:formKey'))), key="dated")
+    with db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(due), actor=people.owner)
+        friday = instances.start(s, rt, process_key="dated", business_key="D-1", actor=people.clerk,
+                                 data={"reply_by": "2026-03-20"})
+        saturday = instances.start(s, rt, process_key="dated", business_key="D-2", actor=people.clerk,
+                                   data={"reply_by": "2026-03-21"})
+    with db.transaction() as s:
+        dues = {i.business_key: s.execute(select(Task.due_at).where(Task.instance_id == i.id)).scalar_one()
+                for i in (s.get(ProcessInstance, friday.id), s.get(ProcessInstance, saturday.id))}
+        assert s.get(ProcessInstance, friday.id).status == "running"
+    friday_close = datetime(2026, 3, 20, 17, tzinfo=SHANGHAI)
+    assert dues == {"D-1": friday_close, "D-2": friday_close}  # a Saturday: the Friday before
+
+
+def _form(*names: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {n: {"type": "string"} for n in names}}
+
+
+def test_the_deploy_lint_warns_when_a_later_form_writes_an_earlier_forms_field():
+    from engine.bpmn import bundle as bundles
+    from engine.config import PROJECT_ROOT
+    from tests.support.bpmn import flow
+
+    xml = process(linear(("intake", _task("intake", form="intake")), ("reply", _task("reply", form="reply"))),
+                  key="overlap")
+    warnings = deployments.warnings(bundle_of(xml, {"intake": _form("channel", "summary"),
+                                                    "reply": _form("channel", "reply_text")}))
+    assert [(w.element_id, "'channel'" in w.message) for w in warnings] == [("reply", True)]
+    # Two ways in (alternatives) may share their fields: neither step follows the other.
+    both = process('    <bpmn:startEvent id="start"/>\n' + flow("start", "gw")
+                   + '    <bpmn:exclusiveGateway id="gw" default="f_gw_b"/>\n'
+                   + flow("gw", "a", condition="${x}") + flow("gw", "b")
+                   + _task("a", form="intake") + _task("b", form="reply")
+                   + '    <bpmn:endEvent id="end_a"/>\n    <bpmn:endEvent id="end_b"/>\n'
+                   + flow("a", "end_a") + flow("b", "end_b"), key="alternatives")
+    assert deployments.warnings(bundle_of(both, {"intake": _form("channel"), "reply": _form("channel")})) == []
+    shipped = bundles.from_paths([PROJECT_ROOT / "workflows" / "complaint.bpmn"])
+    found = deployments.warnings(shipped)
+    assert found and not [w for w in found if "'channel'" in w.message]
