@@ -56,7 +56,7 @@ services:
 	@bash scripts/services.sh
 
 # One pytest worker per core: each worker gets its own PostgreSQL schema and SQLite files
-# (tests/conftest.py); the Redis fault tests share database 15 and run in one worker.
+# (tests/conftest.py) and Redis databases of its own.
 test: $(DEV_STAMP) $(NODE_STAMP) browser services
 	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=15
 

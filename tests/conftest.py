@@ -40,7 +40,20 @@ from tests.support.snapshots import Snapshots
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PG_URL = os.environ.get("BPM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("BPM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Redis databases of the tests that use Redis: each pytest worker gets its own, because the
+# xdist_group marks that would keep those tests in one worker are not honoured by this pytest
+# (9.x reads a node id that pytest-xdist's --dist loadgroup no longer rewrites). Workers gw0..gw3
+# use 15..12 (REDIS_URL), 11..8 and 7..4 (redis_db below); databases 0-3 are left to people.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 4
+_REDIS_SERVER = os.environ.get("BPM_TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
+
+
+def redis_db(slot: int) -> str:
+    """This worker's Redis database number ``slot`` (0, 1 or 2) as a URL."""
+    return f"{_REDIS_SERVER}/{15 - 4 * slot - _WORKER}"
+
+
+REDIS_URL = os.environ.get("BPM_TEST_REDIS_URL") or redis_db(0)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -382,7 +382,7 @@ def test_an_elderly_client_is_known_from_the_registry_birth_date_on_the_beijing_
     assert data["severity"] == "major" and "elderly_client" in data["severity_reasons"]
 
 
-COUNTER_VISIT = {"channel": "counter", "client_id": "C02", "branch_code": "HZ01"}
+COUNTER_VISIT = {"channel": "counter", "client_id": "C01", "branch_code": "HZ01"}
 
 
 def test_the_registrar_owns_the_client_contact_and_a_departure_hands_it_to_the_branch_cs_director(db, rt, staff):
@@ -392,7 +392,7 @@ def test_the_registrar_owns_the_client_contact_and_a_departure_hands_it_to_the_b
     case = Case(db, rt, staff, "CMP-20260302-0101")
     with time_machine.travel(MONDAY_9, tick=False) as clock:
         case.receive("complaint_received", {**COUNTER_VISIT, "first_contact_owner": "s105"}, sender="s104")
-        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("register", "s104", registration(channel="counter", client_id="C01"))
         assert case.data()["first_contact_owner"] == "s104"
         ack = case.open_task()
         assert (ack.assignee, ack.status) == ("s104", "claimed")
@@ -430,7 +430,7 @@ def test_a_departure_moves_the_open_contact_step_to_the_successor(db, rt, staff)
     case = Case(db, rt, staff, "CMP-20260302-0102")
     with time_machine.travel(MONDAY_9, tick=False):
         case.receive("complaint_received", COUNTER_VISIT, sender="s104")
-        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("register", "s104", registration(channel="counter", client_id="C01"))
         with db.transaction() as s:
             departures.staff_departed(s, rt, username="s104", departed_on=sh(2026, 3, 2).date(),
                                       actor=staff["s101"], now=rt.now())
@@ -494,7 +494,7 @@ def test_a_registrar_in_the_subjects_group_is_not_given_the_contact_steps(db, rt
     case = Case(db, rt, staff, "CMP-20260302-0202")
     with time_machine.travel(MONDAY_9, tick=False):
         case.receive("complaint_received", COUNTER_VISIT, sender="s105")
-        case.do("register", "s105", registration(channel="counter", client_id="C02", subject_staff_ids=["s107"]))
+        case.do("register", "s105", registration(channel="counter", client_id="C01", subject_staff_ids=["s107"]))
         ack = case.open_task()
         assert (ack.assignee, ack.status, sorted(ack.excluded)) == (None, "open", ["group:HZ01-G1", "user:s107"])
         assert ack.due_at == sh(2026, 3, 3, 9)
@@ -569,15 +569,15 @@ def test_a_general_complaint_has_a_whole_case_deadline_that_warns_the_cs_directo
     due = sh(2026, 3, 23, 9)  # 15 working days after Monday 2 March 09:00
     with time_machine.travel(MONDAY_9, tick=False) as clock:
         case.receive("complaint_received", COUNTER_VISIT, sender="s104")
-        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("register", "s104", registration(channel="counter", client_id="C01"))
         case.do("acknowledge", "s104", CONTACTED)
         clock.move_to(due - (due - MONDAY_9) / 2 + timedelta(minutes=1))
         assert firing.fire_due(db, rt) >= 1
-        assert _notified(db, case) == [("s103", "案件办结期限已用 50% of the case's deadline used")]
+        assert _notified(db, case) == [("s103", "案件办结期限已用 50%")]
         clock.move_to(MONDAY_9 + (due - MONDAY_9) * 0.8 + timedelta(minutes=1))
         assert firing.fire_due(db, rt) >= 1
-        assert _notified(db, case)[1:] == [("s103", "案件办结期限已用 80% of the case's deadline used"),
-                                           ("s109", "案件办结期限已用 80% of the case's deadline used")]
+        assert _notified(db, case)[1:] == [("s103", "案件办结期限已用 80%"),
+                                           ("s109", "案件办结期限已用 80%")]
         case.do("investigate", "s106", {"facts_found": "佣金模板错误", "root_cause": "fees", "staff_at_fault": False})
         case.do("propose_resolution", "s108", {"resolution_type": "explanation", "compensation_amount": 0,
                                                "resolution_text": "说明并致歉"})
@@ -606,7 +606,7 @@ def test_an_extension_moves_the_deadline_once_within_the_limit(db, rt, staff):
     case = Case(db, rt, staff, "CMP-20260302-0502")
     with time_machine.travel(MONDAY_9, tick=False):
         case.receive("complaint_received", COUNTER_VISIT, sender="s104")
-        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("register", "s104", registration(channel="counter", client_id="C01"))
         case.do("acknowledge", "s104", CONTACTED)
         case.send("complaint_extension_requested", {"extension_reason": "需调取交易所数据"}, actor=staff["s104"])
         approve = case.task("approve_extension")
@@ -652,7 +652,7 @@ def test_a_regulator_transfer_is_due_two_working_days_before_the_regulators_date
 
 
 def test_a_registered_clients_complaint_is_registered_without_typing_the_client_again(db, rt, staff):
-    """Started for C02 from the registry: neither the client nor their name and phone are asked
+    """Started for C01 from the registry: neither the client nor their name and phone are asked
     again. A walk-in (no client) must give the complainant's name and phone."""
     typed = {k: v for k, v in registration(channel="counter").items() if k != "client_id"}
     case = Case(db, rt, staff, "CMP-20260302-0601")
@@ -660,7 +660,7 @@ def test_a_registered_clients_complaint_is_registered_without_typing_the_client_
     with time_machine.travel(MONDAY_9, tick=False):
         case.receive("complaint_received", COUNTER_VISIT, sender="s104")
         case.do("register", "s104", typed)
-        assert case.data()["client_id"] == "C02" and "complainant_phone" not in case.data()
+        assert case.data()["client_id"] == "C01" and "complainant_phone" not in case.data()
         walk_in.receive("complaint_received", {"channel": "counter", "branch_code": "HZ01"}, sender="s104")
         register = walk_in.open_task()
         with pytest.raises(FormValidationError) as refused, db.transaction() as s:
@@ -675,7 +675,7 @@ def test_a_withdrawal_found_involuntary_reopens_the_case_and_reaches_compliance(
     case = Case(db, rt, staff, "CMP-20260302-0701")
     with time_machine.travel(MONDAY_9, tick=False):
         case.receive("complaint_received", COUNTER_VISIT, sender="s104")
-        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("register", "s104", registration(channel="counter", client_id="C01"))
         case.do("acknowledge", "s104", CONTACTED)
         case.send("client_withdraws", {"withdrawal_note": "客户来电撤诉"}, actor=staff["s104"])
         case.do("confirm_withdrawal", "s104", {"withdrawal_reason": "no_longer_interested",
@@ -718,7 +718,7 @@ def test_an_escalation_closes_when_its_step_is_done_or_cancelled(db, rt, staff):
         clock.move_to(sh(2026, 3, 2, 13, 1))  # the registration was due at 13:00
         assert firing.fire_due(db, rt) >= 1
         assert escalations() == [("register.escalation", "open")]
-        case.do("register", "s104", registration(channel="counter", client_id="C02"))
+        case.do("register", "s104", registration(channel="counter", client_id="C01"))
         assert escalations() == [("register.escalation", "cancelled")]
         case.do("acknowledge", "s104", CONTACTED)
         investigate = case.open_task()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import time_machine
@@ -28,10 +27,10 @@ from engine.process import instances, tasks
 from engine.process.runtime import Runtime
 from engine.sla import admin as sla_admin
 from engine.timers.queueing import RqScheduler, job_id, wake_time
-from tests.conftest import REDIS_URL, People
+from tests.conftest import People, redis_db
 
 pytestmark = pytest.mark.xdist_group("redis-12")
-REDIS_12 = urlunsplit(urlsplit(REDIS_URL)._replace(path="/12"))
+REDIS_12 = redis_db(2)  # a database of its own: these tests count what is in it
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
 POLICY = {"key": "review.register", "name": "登记", "position": 10, "process_key": "review",
           "element_id": "register", "target_amount": 2, "target_unit": "WD",

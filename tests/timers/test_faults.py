@@ -30,7 +30,7 @@ from engine.db import Database
 from engine.models import AuditEvent, ProcessInstance, Timer
 from engine.process import instances
 from engine.timers.queueing import RqScheduler
-from tests.conftest import REDIS_URL, deploy_fixture
+from tests.conftest import REDIS_URL, deploy_fixture, redis_db
 from tests.support.cli import AUDIT_KEY
 from tests.timers.test_firing import _to_waiting_for_ack
 
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.xdist_group("redis")
 ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
 # Only the scheduler-process test uses it (it runs in the "redis" group with the others).
-OWN_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/11"
+OWN_REDIS_URL = redis_db(1)
 WORKER = [sys.executable, "-c", "from api.cli import run; run()", "worker", "--sweep-interval", "0.3",
           "--stale-after", "1"]
 

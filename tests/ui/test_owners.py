@@ -222,8 +222,7 @@ def _register_data():
     return {"received_at": "2026-11-25T10:00:00+08:00", "channel": "counter", "request_kind": "complaint",
             "client_id": "C02", "client_age": 67, "business_line": "product_sales", "subject_staff_ids": ["s107"],
             "summary": "测试", "client_request": "compensation", "amount_claimed": 1000,
-            "alleged_violations": ["suitability_mismatch"], "consent_contact_channel": "phone",
-            "first_contact_owner": "s104"}
+            "alleged_violations": ["suitability_mismatch"], "consent_contact_channel": "phone"}
 
 
 def test_a_version_and_the_draft_export_as_a_zip_bundle_that_deploys_as_is(app, db, rt, demo_cases_loaded):
