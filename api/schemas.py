@@ -405,12 +405,21 @@ class BulkClaimIn(Schema):
                                "description": "1 to 100 task ids; each is claimed in a transaction of its own"})
 
 
-class ClaimOutcomeOut(Schema):
+class OutcomeOut(Schema):
     task_id = fields.Integer()
-    claimed = fields.Boolean(attribute="done")
-    status = fields.Integer(metadata={"description": "200, or the status claiming this task alone would answer"})
+    done = fields.Boolean()
+    status = fields.Integer(metadata={"description": "200, or the status the command on this task alone would answer"})
     code = fields.String(allow_none=True)
     detail = fields.String(allow_none=True)
+
+
+class ClaimOutcomeOut(OutcomeOut):
+    """A bulk claim's result names ``done`` ``claimed``."""
+
+    claimed = fields.Boolean(attribute="done")
+
+    class Meta:
+        exclude = ("done",)
 
 
 class BulkClaimOut(Schema):
@@ -427,14 +436,6 @@ class BulkRemindIn(BulkClaimIn):
 class BulkReassignIn(BulkRemindIn):
     username = fields.String(required=True, validate=validate.Length(min=1, max=64), metadata={
         "description": "a member of each task's candidate groups (anyone else is refused for that task)"})
-
-
-class OutcomeOut(Schema):
-    task_id = fields.Integer()
-    done = fields.Boolean()
-    status = fields.Integer(metadata={"description": "200, or the status the command on this task alone would answer"})
-    code = fields.String(allow_none=True)
-    detail = fields.String(allow_none=True)
 
 
 class BulkOut(Schema):

@@ -27,7 +27,7 @@ from flask_babel import gettext
 from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.exceptions import HTTPException
 
-from api.bulk import MAX_TASKS, claim_each, reassign_each, remind_each
+from api.bulk import MAX_TASKS, Outcome, claim_each, reassign_each, remind_each
 from api.context import bpm
 from api.errors import status_for
 from engine import errors
@@ -254,11 +254,14 @@ def claim_many() -> Any:
     claimed = sum(1 for outcome in outcomes if outcome.done)
     if claimed:
         flash(gettext("Claimed %(num)d task(s)", num=claimed))
-    for outcome in outcomes:
-        if not outcome.done:
-            reason = f"#{outcome.task_id}: {outcome.detail}"
-            flash(gettext("Not claimed: %(reason)s", reason=reason), "warning")
+    for reason in _refusals(outcomes):
+        flash(gettext("Not claimed: %(reason)s", reason=reason), "warning")
     return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
+
+
+def _refusals(outcomes: list[Outcome]) -> list[str]:
+    """Each task a bulk command left as it was, with why, as a flash message says it."""
+    return [f"#{outcome.task_id}: {outcome.detail}" for outcome in outcomes if not outcome.done]
 
 
 @blp.post("/tasks/supervise")
@@ -283,10 +286,8 @@ def supervise() -> Any:
     if done:
         flash(gettext("Reminded %(num)d task(s)", num=done) if action == "remind"
               else gettext("Reassigned %(num)d task(s)", num=done))
-    for outcome in outcomes:
-        if not outcome.done:
-            reason_text = f"#{outcome.task_id}: {outcome.detail}"
-            flash(gettext("Not done: %(reason)s", reason=reason_text), "warning")
+    for refusal in _refusals(outcomes):
+        flash(gettext("Not done: %(reason)s", reason=refusal), "warning")
     return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
 
 
