@@ -58,7 +58,8 @@ def board() -> Any:
     now = ctx.runtime.now()
     with ctx.db.transaction() as db:
         found = boards.board(db, actor=person, by=by, now=now, process_key=process)
-        late = _late_work(db, person, by, now)
+        # What only the page shows (an export is the table's counts).
+        late = _late_work(db, person, by, now) if fmt == "html" else {}
         weeks = boards.trend(db, actor=person, now=now) if fmt == "html" else []
         if fmt != "html":
             record_system_event(db, kind="board.exported", actor=person.username, at=now,
