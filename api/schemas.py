@@ -834,6 +834,9 @@ class BucketOut(Schema):
 
 class TaskFigureRowOut(Schema):
     key = fields.Dict(keys=fields.String(), values=fields.String(allow_none=True))
+    names = fields.Dict(keys=fields.String(), values=fields.String(allow_none=True), metadata={
+        "description": "what people call each key: the branch's, group's and person's names, the process's and "
+                       "the step's (Chinese) name"})
     overdue = fields.Integer()
     at_risk = fields.Integer()
     closed_late = fields.Integer()

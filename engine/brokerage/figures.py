@@ -34,15 +34,19 @@ from engine.calendars import SHANGHAI, BusinessCalendar, Unit, check_plausible
 from engine.db import UTCDateTime
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import (
+    Branch,
     Client,
     ClientSnapshot,
+    Group,
     InstanceStatus,
     ProcessInstance,
+    ProcessVersion,
     Setting,
     SlaPolicy,
     Task,
     TaskCandidate,
     TaskStatus,
+    User,
 )
 from engine.sla import calendar_store
 
@@ -277,6 +281,9 @@ class TaskFigureRow:
     closed_late: int
     regulatory_overdue: int
     ageing: list[Bucket]
+    # What people call each key: the branch's, group's and person's names, the process's
+    # name and the step's (its Chinese name in the diagram).
+    names: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -352,8 +359,46 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
     (total,) = query([])
     rows = [row(r, dims) for r in query(dims)] if dims else []
     rows = [r for r in rows if r.overdue or r.at_risk or r.closed_late]
+    rows = _named(session, rows)
     rows.sort(key=lambda r: (-r.overdue, -r.at_risk, -r.closed_late, [str(v) for v in r.key.values()]))
     return TaskFigures(as_of=as_of, by=dims, total=row(total, []), rows=rows)
+
+
+def _named(session: Session, rows: list[TaskFigureRow]) -> list[TaskFigureRow]:
+    """The rows with the names people know their keys by."""
+    wanted: dict[str, set[str]] = {}
+    for r in rows:
+        for dimension, value in r.key.items():
+            if value:
+                wanted.setdefault(dimension, set()).add(value)
+    names: dict[str, dict[str, str]] = {}
+    if "branch" in wanted:
+        names["branch"] = dict(session.execute(select(Branch.code, Branch.name)
+                                               .where(Branch.code.in_(wanted["branch"]))).all())
+    if "group" in wanted:
+        names["group"] = dict(session.execute(select(Group.key, Group.name)
+                                              .where(Group.key.in_(wanted["group"]))).all())
+    if "assignee" in wanted:
+        names["assignee"] = dict(session.execute(select(User.username, User.display_name)
+                                                 .where(User.username.in_(wanted["assignee"]))).all())
+    if "process" in wanted:
+        names["process"] = {k: n for k, n in session.execute(
+            select(ProcessVersion.process_key, ProcessVersion.name).where(ProcessVersion.process_key.in_(
+                wanted["process"])).order_by(ProcessVersion.version)).all() if n}
+    steps: dict[tuple[str, str], str] = {}
+    if "step" in wanted:
+        steps = {(p, e): n for p, e, n in session.execute(
+            select(Task.process_key, Task.element_id, func.max(Task.name))
+            .where(Task.element_id.in_(wanted["step"])).group_by(Task.process_key, Task.element_id)).all() if n}
+
+    def name_of(r: TaskFigureRow, dimension: str, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if dimension == "step":
+            return steps.get((r.key.get("process") or "", value))
+        return names.get(dimension, {}).get(value)
+
+    return [replace(r, names={d: name_of(r, d, v) for d, v in r.key.items()}) for r in rows]
 
 
 # -- 2. complaint resolution time and on-time rates ------------------------------------------

@@ -236,3 +236,13 @@ def test_reminders_and_reassignments_need_a_supervisor_and_a_reason(client, demo
     blank = client.post(f"{API}/tasks/remind", headers=auth("s002"), json={"task_ids": [calls[0]["id"]],
                                                                         "reason": "   "})
     assert blank.json["results"][0]["status"] == 400 and blank.json["results"][0]["code"] == "invalid_input"
+
+
+def test_the_overdue_figure_names_each_row_as_people_know_it(client, demo_cases_loaded, auth):
+    boss = auth("s002")
+    by_step = client.get(f"{API}/figures/overdue-tasks?by=process&by=step", headers=boss).json
+    row = next(r for r in by_step["rows"] if r["key"] == {"process": "callback", "step": "call_attempt"})
+    assert row["names"]["step"] == "外呼" and row["names"]["process"] and row["names"]["process"] != "callback"
+    by_branch = client.get(f"{API}/figures/overdue-tasks?by=branch&by=assignee", headers=boss).json
+    names = {r["key"]["branch"]: r["names"]["branch"] for r in by_branch["rows"]}
+    assert names and all(name and name != code for code, name in names.items())
