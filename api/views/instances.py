@@ -205,5 +205,4 @@ class Comments(MethodView):
         with ctx.db.transaction() as session:
             comment = worklist.add_comment(session, instance_id=instance_id, actor=actor, body=body["body"],
                                            now=ctx.runtime.now())
-            return next(c for c in worklist.comments(session, instance_id=instance_id, actor=actor)
-                        if c.id == comment.id)
+            return worklist.view_of(comment)

@@ -5,7 +5,6 @@ supervisor may see (recusal included), and a reassignment goes to a candidate on
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
@@ -13,10 +12,10 @@ from engine.access.roles import SUPERVISOR
 from engine.audit import record_instance_event
 from engine.calendars import SHANGHAI
 from engine.errors import InvalidInput, PermissionDenied
-from engine.models import ACTIVE_TASK_STATES, Notification, ProcessInstance, Task, User
+from engine.models import ACTIVE_TASK_STATES, Notification, ProcessInstance, Task
 from engine.process import tasks
 from engine.process.runtime import Runtime
-from engine.sla.milestones import members
+from engine.sla.milestones import languages, members
 
 MAX_REASON = 500
 
@@ -41,12 +40,11 @@ def remind(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reason:
         raise InvalidInput("only an open step can be reminded of", field="task_ids")
     recipients = [task.assignee] if task.assignee else members(session, task.candidate_groups or [], task)
     now = rt.now()
-    locales = dict(session.execute(select(User.username, User.locale).where(User.username.in_(recipients))).all())
     step = task.name or task.element_id
     when = f"{task.due_at.astimezone(SHANGHAI):%Y-%m-%d %H:%M}" if task.due_at else None
-    for username in recipients:
-        # One language per recipient (their page language, Chinese unless they chose English).
-        if (locales.get(username) or "").startswith("en"):
+    # One language per recipient (their page language, Chinese unless they chose English).
+    for username, language in languages(session, recipients).items():
+        if language == "en":
             subject = f"[{task.business_key}] {step}: a reminder from {actor.username}"
             body = f"{actor.username}: {text} ({step}{f', due {when} Beijing time' if when else ''})"
         else:

@@ -146,9 +146,13 @@ class CommentView:
 def comments(session: Session, *, instance_id: int, actor: Actor) -> list[CommentView]:
     """The case's comments, oldest first (404 for a case the reader may not see)."""
     instances.get(session, instance_id, actor=actor)
-    return [CommentView(c.id, c.author, mask_text(c.body), c.created_at)
-            for c in session.execute(select(Comment).where(Comment.instance_id == instance_id)
-                                     .order_by(Comment.id)).scalars()]
+    return [view_of(c) for c in session.execute(select(Comment).where(Comment.instance_id == instance_id)
+                                               .order_by(Comment.id)).scalars()]
+
+
+def view_of(comment: Comment) -> CommentView:
+    """A comment as readers see it: identifiers in its text masked."""
+    return CommentView(comment.id, comment.author, mask_text(comment.body), comment.created_at)
 
 
 def add_comment(session: Session, *, instance_id: int, actor: Actor, body: str, now: datetime) -> Comment:

@@ -32,10 +32,9 @@ from engine.models import (
     Timer,
     TimerKind,
     TimerStatus,
-    User,
 )
 from engine.sla.host import SlaHost
-from engine.sla.milestones import members
+from engine.sla.milestones import languages, members
 
 ELEMENT = "case_clock"
 # Task property: the step is due when its case is (a complaint's 反馈客户).
@@ -141,10 +140,8 @@ def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance,
     recipients = members(session, groups, instance)
     # One language per recipient (their page language, Chinese unless they chose English),
     # the deadline in Beijing time, as every reminder is written.
-    locales = dict(session.execute(select(User.username, User.locale).where(User.username.in_(recipients))).all())
-    for username in recipients:
-        subject, body = _message(instance.business_key, fraction, due, english=(locales.get(username) or "")
-                                 .startswith("en"))
+    for username, language in languages(session, recipients).items():
+        subject, body = _message(instance.business_key, fraction, due, english=language == "en")
         session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
                                  instance_id=instance.id, task_id=None, created_at=now, attempts=0))
     record_instance_event(session, instance, kind="case_clock.breached" if fraction >= 1.0 else "case_clock.milestone",

@@ -207,8 +207,13 @@ _TEXTS = {
 }
 
 
-def _language(locale: str | None) -> str:
-    return "en" if (locale or "").startswith("en") else "zh"
+def languages(session: Session, usernames: list[str]) -> dict[str, str]:
+    """The language each recipient reads notices in: "en" for those who chose English for
+    their pages, "zh" for everyone else."""
+    if not usernames:
+        return {}
+    chosen = dict(session.execute(select(User.username, User.locale).where(User.username.in_(usernames))).all())
+    return {u: "en" if (chosen.get(u) or "").startswith("en") else "zh" for u in usernames}
 
 
 def message(task: Task, fraction: float, *, escalated: bool, language: str) -> tuple[str, str]:
@@ -258,9 +263,8 @@ def _notify(session: Session, usernames: list[str], *, fraction: float, escalate
             now: datetime) -> None:
     if not usernames:
         return
-    locales = dict(session.execute(select(User.username, User.locale).where(User.username.in_(usernames))).all())
-    for username in usernames:
-        subject, body = message(task, fraction, escalated=escalated, language=_language(locales.get(username)))
+    for username, language in languages(session, usernames).items():
+        subject, body = message(task, fraction, escalated=escalated, language=language)
         session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
                                  instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))
 
