@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, case, exists, func, literal, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import String, and_, case, func, literal, or_, select
+from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
 from engine.access.roles import SUPERVISOR
@@ -27,7 +27,6 @@ from engine.models import (
     ProcessVersion,
     Task,
     TaskCandidate,
-    TaskExclusion,
     TaskStatus,
     User,
 )
@@ -78,15 +77,9 @@ def require_supervisor(actor: Actor) -> None:
 
 
 def _scoped(actor: Actor) -> list[Any]:
-    """The open tasks a supervisor may see, as WHERE clauses."""
-    principals = tasks.principals(actor)
-    sibling = aliased(Task)
-    where: list[Any] = [
-        Task.status.in_(ACTIVE_TASK_STATES),
-        ~exists().where(TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals)),
-        ~exists().where(sibling.instance_id == Task.instance_id, TaskExclusion.task_id == sibling.id,
-                        TaskExclusion.case_wide.is_(True), TaskExclusion.principal.in_(principals)),
-    ]
+    """The tasks a supervisor may see, as WHERE clauses: none that recuses them, and their
+    branch's and those tied to no branch (the firm at headquarters)."""
+    where: list[Any] = tasks.not_recused(tasks.principals(actor))
     branch = tasks.supervised_branch(actor)
     if branch is not None:
         where.append(or_(Task.branch_code.is_(None), Task.branch_code == branch))
@@ -117,7 +110,7 @@ def board(session: Session, *, actor: Actor, by: str, now: datetime, process_key
     columns = [func.count(Task.id.distinct()) if by == "group" else func.count(), counted(breached),
                counted(at_risk), counted(paused), counted(undated),
                func.min(case((breached, Task.due_at), else_=None))]
-    where = _scoped(actor)
+    where = [Task.status.in_(ACTIVE_TASK_STATES), *_scoped(actor)]
     if process_key:
         where.append(Task.process_key == process_key)
     stmt = select(key, *columns).where(*where)
@@ -201,11 +194,7 @@ def trend(session: Session, *, actor: Actor, now: datetime, weeks: int = 12) -> 
         done = and_(Task.status == TaskStatus.COMPLETED, Task.completed_at >= low, Task.completed_at < high)
         columns.append(func.sum(case((done, 1), else_=0)))
         columns.append(func.sum(case((and_(done, Task.completed_at <= Task.due_at), 1), else_=0)))
-    principals = tasks.principals(actor)
-    where: list[Any] = [Task.due_at.is_not(None), or_(Task.completed_at >= edges[0], Task.completed_at.is_(None)),
-                        ~exists().where(TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals))]
-    branch = tasks.supervised_branch(actor)
-    if branch is not None:
-        where.append(or_(Task.branch_code.is_(None), Task.branch_code == branch))
+    where = [Task.due_at.is_not(None), or_(Task.completed_at >= edges[0], Task.completed_at.is_(None)),
+             *_scoped(actor)]
     values = session.execute(select(*columns).where(*where)).one()
     return [Week(start, *(int(v or 0) for v in values[i * 3:i * 3 + 3])) for i, start in enumerate(starts)]

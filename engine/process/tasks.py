@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import Integer, Select, String, and_, bindparam, exists, func, or_, select
+from sqlalchemy import ColumnElement, Integer, Select, String, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from engine.access.identity import Actor, actor_for, get_user
@@ -444,6 +444,17 @@ _ORDER: dict[str, tuple[Any, ...]] = {
 }
 
 
+def not_recused(principals: Any) -> list[ColumnElement[bool]]:
+    """WHERE clauses keeping out the tasks that recuse any of ``principals`` (a list, or a
+    bound parameter standing for one). Recusal hides a task from everyone it names,
+    supervisors included; recusal reaching the whole case (a complaint's subject), every
+    task of the case."""
+    sibling = aliased(Task)
+    return [~exists().where(TaskExclusion.task_id == Task.id, TaskExclusion.principal.in_(principals)),
+            ~exists().where(sibling.instance_id == Task.instance_id, TaskExclusion.task_id == sibling.id,
+                            TaskExclusion.case_wide.is_(True), TaskExclusion.principal.in_(principals))]
+
+
 @lru_cache(maxsize=512)
 def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any], Select[Any]]:
     """The inbox query for one combination of filters, with every value a bound parameter.
@@ -468,14 +479,7 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
     for (name, column), wanted in zip(_FILTERS, by_column, strict=True):
         if wanted:
             stmt = stmt.where(column == bindparam(name, type_=String))
-    # Recusal hides a task from everyone it names, supervisors included; recusal reaching the
-    # whole case (a complaint's subject), every task of the case.
-    sibling = aliased(Task)
-    stmt = stmt.where(~exists().where(TaskExclusion.task_id == Task.id,
-                                      TaskExclusion.principal.in_(bindparam("principals", expanding=True))),
-                      ~exists().where(sibling.instance_id == Task.instance_id, TaskExclusion.task_id == sibling.id,
-                                      TaskExclusion.case_wide.is_(True),
-                                      TaskExclusion.principal.in_(bindparam("principals", expanding=True))))
+    stmt = stmt.where(*not_recused(bindparam("principals", expanding=True)))
     if not (assignee_me or candidate_me):
         # "Mine" and "my groups' unclaimed" already imply the visibility rule below; saying
         # it again doubled the planner's work on the most frequent query (and misled it).

@@ -36,7 +36,7 @@ def _recount(db, rt, username, key_of):
         person = _actor(s, username)
         counts: dict[str, Counter[str]] = {}
         for task in s.execute(select(Task).where(Task.status.in_(ACTIVE_TASK_STATES))).scalars():
-            if not tasks.can_see(task, person):
+            if not tasks.can_see(task, person) or tasks.recused_from_case(s, task.instance_id, person):
                 continue
             state = sla_clock.state(task, rt.now())[0]
             for key in key_of(task):
@@ -156,8 +156,9 @@ def test_the_trend_counts_each_week_as_the_tasks_themselves_tell(db, rt, demo_ca
         person = _actor(s, username)
         weeks = boards.trend(s, actor=person, now=rt.now())
         every = [t for t in s.execute(select(Task).where(Task.due_at.is_not(None))).scalars()
-                 if tasks.can_see(t, person) or (t.status not in ACTIVE_TASK_STATES and tasks.supervised_branch(person)
-                                                 in (None, t.branch_code) and not tasks.is_excluded(t, person))]
+                 if (tasks.can_see(t, person) or (t.status not in ACTIVE_TASK_STATES and tasks.supervised_branch(person)
+                                                  in (None, t.branch_code) and not tasks.is_excluded(t, person)))
+                 and not tasks.recused_from_case(s, t.instance_id, person)]
     assert len(weeks) == 12 and weeks[-1].start <= rt.now() < weeks[-1].start + timedelta(weeks=1)
     for week in weeks:
         end = week.start + timedelta(weeks=1)
