@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from api.context import BpmContext
-from api.errors import RETRYABLE_SQLSTATES, status_for
+from api.errors import CONCURRENT_CHANGE_DETAIL, rolled_back_by_another, status_for
 from engine import errors
 from engine.access.identity import Actor
 from engine.access.masking import mask_text
@@ -63,11 +63,9 @@ def each(ctx: BpmContext, task_ids: Iterable[int], command: Callable[[Session, i
         except errors.BpmError as exc:
             outcomes.append(Outcome(task_id, status_for(exc), exc.code, mask_text(exc.message)))
         except OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) not in RETRYABLE_SQLSTATES:
+            if not rolled_back_by_another(exc):
                 raise
-            outcomes.append(Outcome(task_id, 503, "concurrent_change",
-                                    "another change to the task collided with this one; nothing was saved: "
-                                    "send it again"))
+            outcomes.append(Outcome(task_id, 503, "concurrent_change", CONCURRENT_CHANGE_DETAIL))
         else:
             outcomes.append(Outcome(task_id, 200))
     return outcomes

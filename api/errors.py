@@ -102,14 +102,23 @@ def _handle_engine_error(exc: errors.BpmError) -> Response:
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 
 
+CONCURRENT_CHANGE_DETAIL = ("another change to the same records collided with this one and the database rolled "
+                            "this one back; nothing was saved: send the request again")
+
+
+def rolled_back_by_another(exc: OperationalError) -> bool:
+    """The database rolled the transaction back because of another one: sent again, it can go
+    through."""
+    return getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
 def _handle_database_error(exc: OperationalError) -> Response:
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if sqlstate not in RETRYABLE_SQLSTATES:
+    if not rolled_back_by_another(exc):
         raise exc  # not the request's to retry: Flask's 500 (problem+json) and its log line
-    current_app.logger.warning("rolled back by the database (SQLSTATE %s), answered 503: %s", sqlstate, exc.orig)
-    return problem(503, "concurrent_change", "concurrent change",
-                   "another change to the same records collided with this one and the database rolled this one "
-                   "back; nothing was saved: send the request again", headers={"Retry-After": "1"})
+    current_app.logger.warning("rolled back by the database (SQLSTATE %s), answered 503: %s",
+                               getattr(exc.orig, "sqlstate", None), exc.orig)
+    return problem(503, "concurrent_change", "concurrent change", CONCURRENT_CHANGE_DETAIL,
+                   headers={"Retry-After": "1"})
 
 
 class ProblemApi(Api):  # type: ignore[misc]
