@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -140,39 +141,54 @@ def export_tasks(query: Any, filters: dict[str, str], fmt: str) -> Response:
         rows = boards.count_all(db, actor=person, query=query, now=now)
         record_system_event(db, kind="tasks.exported", actor=person.username, at=now,
                             data={"filters": filters, "format": fmt, "rows": rows})
-    header = [gettext(name) for name in TASK_COLUMNS]
+    header = [gettext(column) for column in TASK_COLUMNS]
     # The language and the SLA phrases are the reader's: take them while the request is here.
-    phrase = {state: text for state, text in _states().items()}
-    name = f"tasks-{now.astimezone(SHANGHAI):%Y%m%d-%H%M}"
+    phrase = _states()
+    stem = f"tasks-{now.astimezone(SHANGHAI):%Y%m%d-%H%M}"
 
-    def lines() -> Any:
-        yield "\ufeff"
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(header)
+    def batches() -> Iterator[list[list[Any]]]:
         with ctx.db.transaction() as db:
             for batch in tasks.each(db, actor=person, query=query, now=now):
-                for row in worklist.rows_of(db, batch, now=now):
-                    writer.writerow(_task_cells(row, phrase))
-                yield out.getvalue()
-                out.seek(0)
-                out.truncate()
-        yield out.getvalue()
+                yield [_task_cells(row, phrase) for row in worklist.rows_of(db, batch, now=now)]
 
     if fmt == "csv":
-        return Response(stream_with_context(lines()), mimetype="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+        return csv_file(f"{stem}.csv", header, batches(), stream=True)
+    return xlsx_file(f"{stem}.xlsx", "tasks", header, batches())
+
+
+def csv_file(filename: str, header: list[str], batches: Iterable[list[list[Any]]], *,
+             stream: bool = False) -> Response:
+    """A CSV download in UTF-8 with a BOM (Excel on Chinese Windows then reads it as UTF-8, not
+    GBK); ``stream`` sends each batch as it comes instead of building the file first."""
+    def text() -> Iterator[str]:
+        out = io.StringIO()
+        out.write("\ufeff")
+        writer = csv.writer(out)
+        writer.writerow(header)
+        for batch in batches:
+            writer.writerows(batch)
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+        yield out.getvalue()
+
+    body: Any = stream_with_context(text()) if stream else "".join(text())
+    return Response(body, mimetype="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def xlsx_file(filename: str, title: str, header: list[str], batches: Iterable[list[list[Any]]]) -> Response:
+    """An XLSX download of one sheet (openpyxl's write-only mode: rows go to disk as added)."""
     book = Workbook(write_only=True)
-    sheet = book.create_sheet(title="tasks")
+    sheet = book.create_sheet(title=title[:31])
     sheet.append(header)
-    with ctx.db.transaction() as db:
-        for batch in tasks.each(db, actor=person, query=query, now=now):
-            for row in worklist.rows_of(db, batch, now=now):
-                sheet.append(_task_cells(row, phrase))
+    for batch in batches:
+        for row in batch:
+            sheet.append(row)
     out = io.BytesIO()
     book.save(out)
     return Response(out.getvalue(), mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                    headers={"Content-Disposition": f'attachment; filename="{name}.xlsx"'})
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def _states() -> dict[str, str]:
@@ -206,23 +222,9 @@ def _filename(found: boards.Board, suffix: str) -> str:
 
 def _csv(found: boards.Board) -> Response:
     header, rows = _table(found)
-    out = io.StringIO()
-    out.write("\ufeff")  # the BOM: Excel on Chinese Windows reads the file as UTF-8, not GBK
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return Response(out.getvalue(), mimetype="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{_filename(found, "csv")}"'})
+    return csv_file(_filename(found, "csv"), header, [rows])
 
 
 def _xlsx(found: boards.Board) -> Response:
     header, rows = _table(found)
-    book = Workbook(write_only=True)
-    sheet = book.create_sheet(title=_dimension_names()[found.dimension][:31])
-    sheet.append(header)
-    for row in rows:
-        sheet.append(row)
-    out = io.BytesIO()
-    book.save(out)
-    return Response(out.getvalue(), mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                    headers={"Content-Disposition": f'attachment; filename="{_filename(found, "xlsx")}"'})
+    return xlsx_file(_filename(found, "xlsx"), _dimension_names()[found.dimension], header, [rows])
