@@ -62,6 +62,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/v1/tasks/claim"): (),
     ("post", "/api/v1/tasks/remind"): (),
     ("post", "/api/v1/tasks/reassign"): (),
+    ("post", "/api/v1/tasks/escalate"): (),
     **{("post", f"/api/v1/tasks/{{task_id}}/{command}"): _WRITE
        for command in ("claim", "unclaim", "assign", "delegate", "complete", "pause", "resume")},
     ("post", "/api/v1/messages"): _WRITE,
