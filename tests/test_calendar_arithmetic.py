@@ -10,6 +10,7 @@ day. 2025-06-13 is a Friday."""
 
 from __future__ import annotations
 
+import time as systime
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
@@ -21,6 +22,7 @@ from engine.calendars import (
     BusinessCalendar,
     BusinessHours,
     DayInfo,
+    Due,
     Unit,
     check_plausible,
     check_target,
@@ -30,15 +32,28 @@ from engine.calendars import (
 from engine.errors import InvalidInput
 
 LUNCH = BusinessHours(periods=((time(9), time(11, 30)), (time(13), time(17))))
+ALL_DAY = BusinessHours(periods=((time(0), time(23, 59)),))
 
 
-@pytest.fixture(scope="module")
+# Built for each test, not once per module: the mutation run (docs/mutation.md) credits a
+# function to the tests that call it, and a fixture made once is credited to one test only.
+@pytest.fixture
 def days() -> dict[date, DayInfo]:
     return seed_days(date(2025, 1, 1), date(2025, 12, 31))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cal(days) -> BusinessCalendar:
+    return BusinessCalendar(days)
+
+
+def closed_for_years(*, but: date | None = None) -> BusinessCalendar:
+    """Ten closed years on each side of 2025, open only on ``but``: a calendar nobody keeps,
+    to show the searches end."""
+    first, days = date(2015, 1, 1), {}
+    for n in range(7700):
+        day = first + timedelta(days=n)
+        days[day] = DayInfo(working=day == but, trading=day == but)
     return BusinessCalendar(days)
 
 
@@ -89,7 +104,7 @@ def test_business_hours_are_increasing_periods_that_may_touch_or_start_at_midnig
 
 def test_a_due_date_must_carry_its_time_zone():
     assert ensure_aware_due(sh(2025, 6, 13, 10)) == sh(2025, 6, 13, 10)
-    with pytest.raises(ValueError, match="due date"):
+    with pytest.raises(ValueError, match=r"^due date must be timezone-aware"):
         ensure_aware_due(datetime(2025, 6, 13, 10))
 
 
@@ -161,16 +176,20 @@ def test_calendar_units_are_wall_clock_time(cal):
     assert cal.add(start, Decimal("0.5"), "CD") == cal.add(start, 12, "CH")
     assert cal.add(start, 12, "CH").at == sh(2025, 6, 14, 6)
     assert cal.add(start, Decimal("1.5"), "CH").at == sh(2025, 6, 13, 19, 30)
-    assert cal.add(start, 90, "CMIN").at == sh(2025, 6, 13, 19, 30)
-    assert cal.add(start, 0, "CD").at == start
-    assert not cal.add(start, 3660, "CD").incomplete
+    assert cal.add(start, 90, "CMIN") == Due(sh(2025, 6, 13, 19, 30), False)
+    assert cal.add(start, 0, "CD") == Due(start, False)
+    # Wall-clock time needs no day of the calendar, so it is never incomplete, even far out.
+    assert cal.add(start, 3660, "CD") == Due(start + timedelta(days=3660), False)
+    assert cal.add(start, 40, "CH") == Due(start + hours(40), False)
 
 
 def test_calendar_months_count_in_beijing_and_keep_the_callers_zone(cal):
     assert cal.add(sh(2025, 12, 15, 10), 1, "CM").at == sh(2026, 1, 15, 10)
     assert cal.add(sh(2025, 1, 31, 10), 13, "CM").at == sh(2026, 2, 28, 10)
     assert cal.add(sh(2024, 1, 31, 10), 1, "CM").at == sh(2024, 2, 29, 10)
-    assert cal.add(sh(2025, 11, 30, 10), 3, "CM").at == sh(2026, 2, 28, 10)
+    assert cal.add(sh(2025, 11, 30, 10), 3, "CM") == Due(sh(2026, 2, 28, 10), False)  # beyond the data
+    # 2025-01-30 17:00 UTC is 01-31 01:00 in Beijing: clamped to 02-28 01:00 there.
+    assert cal.add(datetime(2025, 1, 30, 17, tzinfo=UTC), 1, "CM").at == sh(2025, 2, 28, 1)
     # 2025-01-31 17:00 UTC is 02-01 01:00 in Beijing: one month later is 03-01 01:00 there.
     due = cal.add(datetime(2025, 1, 31, 17, tzinfo=UTC), 1, "CM").at
     assert due == sh(2025, 3, 1, 1) and due.tzinfo is UTC
@@ -196,8 +215,11 @@ def test_working_days_answer_in_the_callers_zone_and_flag_unknown_days(cal):
 
 
 def test_the_bounds_of_a_target_hold_for_adding_too(cal):
-    with pytest.raises(InvalidInput, match="cannot be negative"):
+    with pytest.raises(InvalidInput) as negative:
         cal.add(sh(2025, 6, 13, 10), Decimal("-0.5"), "CH")
+    assert negative.value.message == "an SLA target cannot be negative"
+    with pytest.raises(ValueError, match=r"^start must be timezone-aware"):
+        cal.add(datetime(2025, 6, 13, 10), 1, "CD")
     with pytest.raises(InvalidInput, match="in CD may be at most 3660, got 3661"):
         cal.add(sh(2025, 6, 13, 10), 3661, "CD")
     with pytest.raises(ValueError):
@@ -228,7 +250,7 @@ def test_trading_time_skips_a_make_up_weekend_working_time_does_not(cal):
     assert cal.add_business_time(friday, hours(2), trading=True).at == sh(2025, 2, 10, 10)
     assert not cal.add_business_time(friday, hours(2), trading=True).incomplete
     assert cal.add_business_time(sh(2025, 12, 31, 16), hours(2)).incomplete
-    with pytest.raises(ValueError, match="start"):
+    with pytest.raises(ValueError, match=r"^start must be timezone-aware"):
         cal.add_business_time(datetime(2025, 6, 13, 10), hours(1))
 
 
@@ -260,9 +282,9 @@ def test_business_time_on_a_make_up_sunday_counts_for_working_days_only(cal):
     assert cal.business_time(saturday, monday, trading=True) == (hours(1), True)
     # 2026-01-01 is beyond the data: guessed a working Thursday (it is 元旦), and flagged.
     assert cal.business_time(sh(2025, 12, 31, 16), sh(2026, 1, 2, 10)) == (hours(10), False)
-    with pytest.raises(ValueError, match="end"):
+    with pytest.raises(ValueError, match=r"^end must be timezone-aware"):
         cal.business_time(saturday, datetime(2025, 4, 28, 10))
-    with pytest.raises(ValueError, match="start"):
+    with pytest.raises(ValueError, match=r"^start must be timezone-aware"):
         cal.business_time(datetime(2025, 4, 26, 12), monday)
 
 
@@ -287,7 +309,11 @@ def test_an_extended_due_date_excludes_the_pause_in_the_targets_own_terms(cal):
     assert cal.extend(sh(2025, 2, 7, 16), hours(2), "TD").at == sh(2025, 2, 10, 10)
     assert cal.extend(sh(2025, 2, 7, 16), hours(2), "WD").at == sh(2025, 2, 8, 10)
     assert cal.extend(friday, hours(66), "CD") == cal.extend(friday, hours(66), Unit.CALENDAR_DAYS)
-    assert cal.extend(friday, hours(66), "CD").at == sh(2025, 6, 16, 9)
+    assert cal.extend(friday, hours(66), "CD") == Due(sh(2025, 6, 16, 9), False)
+    # A trading-day due date that lands on a closing time before a make-up Saturday moves to
+    # the next trading day's opening, not to the Saturday.
+    assert cal.extend(sh(2025, 2, 7, 15), hours(2), "TD") == Due(sh(2025, 2, 10, 9), False)
+    assert cal.extend(sh(2025, 2, 7, 15), hours(2), "WD") == Due(sh(2025, 2, 8, 9), False)
     assert cal.extend(friday, hours(66), "CMIN").at == sh(2025, 6, 16, 9)
 
 
@@ -295,9 +321,8 @@ def test_no_pause_leaves_the_due_date_as_it_was(cal):
     friday = sh(2025, 6, 13, 17)  # even a closing time stays where it is
     for unit in ("WD", "CD", "WH"):
         assert cal.extend(friday, timedelta(), unit) == cal.extend(friday, timedelta(seconds=-1), unit)
-        assert cal.extend(friday, timedelta(), unit).at == friday
-        assert not cal.extend(friday, timedelta(), unit).incomplete
-    with pytest.raises(ValueError, match="moment"):
+        assert cal.extend(friday, timedelta(), unit) == Due(friday, False)
+    with pytest.raises(ValueError, match=r"^moment must be timezone-aware"):
         cal.extend(datetime(2025, 6, 13, 17), hours(1), "WD")
 
 
@@ -323,3 +348,64 @@ def test_the_elapsed_fraction_is_wall_clock_time_over_the_whole_target(cal):
     assert cal.elapsed_fraction(start, due, sh(2025, 6, 13, 8)) == 0.0  # before it starts: nothing
     assert cal.elapsed_fraction(start, start, sh(2025, 6, 13, 8)) == 1.0  # no time allowed: all used
     assert cal.elapsed_fraction(due, start, due) == 1.0
+    one_second = start + timedelta(seconds=1)
+    assert cal.elapsed_fraction(start, one_second, start) == 0.0
+    assert cal.elapsed_fraction(start, start + timedelta(seconds=2), one_second) == 0.5
+
+
+# -- days the calendar does not know, and calendars nobody keeps ------------------------------------
+def test_a_computation_that_starts_on_an_unknown_day_is_flagged_even_when_it_ends_on_known_ones(cal):
+    new_year_eve = sh(2024, 12, 31, 18)  # before the data; 2025-01-01 is a known holiday
+    assert cal.clock_start(new_year_eve) == (sh(2025, 1, 2, 9), False)
+    assert cal.add(new_year_eve, 1, "WD") == Due(sh(2025, 1, 3, 9), True)
+    assert cal.add(sh(2024, 12, 31, 10), 1, "WD") == Due(sh(2025, 1, 2, 10), True)
+    assert cal.add(new_year_eve, 2, "WH") == Due(sh(2025, 1, 2, 11), True)
+    assert cal.add_business_time(sh(2024, 12, 31, 16), hours(2)) == Due(sh(2025, 1, 2, 10), True)
+    assert cal.business_time(sh(2024, 12, 31, 16), sh(2025, 1, 2, 10)) == (hours(2), False)
+    # A span of no time needs no day at all, known or not.
+    assert cal.business_time(sh(2024, 12, 31, 10), sh(2024, 12, 31, 10)) == (timedelta(), True)
+
+
+def test_trading_days_start_their_clock_on_a_trading_day(cal):
+    sunday = sh(2025, 4, 27, 10)  # a make-up working Sunday: the exchanges stay closed
+    assert cal.add(sunday, 1, "TD") == Due(sh(2025, 4, 29, 9), False)
+    assert cal.add(sunday, 1, "WD") == Due(sh(2025, 4, 28, 10), False)
+
+
+def test_business_time_near_midnight_counts_each_beijing_day():
+    late = BusinessCalendar({}, ALL_DAY)
+    assert late.business_time(sh(2025, 6, 16, 0), sh(2025, 6, 16, 7)) == (hours(7), False)
+    assert late.business_time(sh(2025, 6, 13, 20), sh(2025, 6, 13, 23)) == (hours(3), False)
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "America/Los_Angeles", "UTC"])
+def test_the_answers_do_not_depend_on_the_servers_own_time_zone(monkeypatch, days, zone):
+    """A server set to another zone computes in Beijing time all the same."""
+    monkeypatch.setenv("TZ", zone)
+    systime.tzset()
+    try:
+        cal, late = BusinessCalendar(days), BusinessCalendar(days, ALL_DAY)
+        assert late.business_time(sh(2025, 6, 13, 20), sh(2025, 6, 13, 23)) == (hours(3), True)
+        assert late.business_time(sh(2025, 6, 16, 0), sh(2025, 6, 16, 7)) == (hours(7), True)
+        assert cal.add(sh(2025, 1, 31, 1), 1, "CM").at == sh(2025, 2, 28, 1)
+        assert cal.add(sh(2025, 6, 13, 20), 1, "WD").at == sh(2025, 6, 17, 9)
+        assert cal.clock_start(sh(2025, 6, 13, 23, 30)) == (sh(2025, 6, 16, 9), True)
+    finally:
+        monkeypatch.undo()
+        systime.tzset()
+
+
+def test_the_searches_end_when_no_day_opens_for_ten_years():
+    never = closed_for_years()
+    with pytest.raises(InvalidInput) as refused:
+        never.clock_start(sh(2025, 6, 13, 10))
+    assert refused.value.message == "no open business day within ten years"
+    # A date-only deadline looks back one year at most for a working day.
+    assert never.close_of_working_day(date(2025, 6, 13)) == sh(2024, 6, 12, 17)
+    once = closed_for_years(but=date(2025, 6, 13))
+    for compute in (lambda: once.add(sh(2025, 6, 13, 10), 1, "WD"),
+                    lambda: once.add_business_time(sh(2025, 6, 13, 10), hours(9))):
+        with pytest.raises(InvalidInput) as refused:
+            compute()
+        assert refused.value.message == "the target is more than ten years away"
+    assert once.add_business_time(sh(2025, 6, 13, 10), hours(7)) == Due(sh(2025, 6, 13, 17), False)
