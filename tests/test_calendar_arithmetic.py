@@ -97,9 +97,13 @@ def test_business_hours_are_increasing_periods_that_may_touch_or_start_at_midnig
     assert BusinessHours(periods=((time(0), time(8)),)).opening == time(0)
     assert BusinessHours(periods=((time(9), time(12)), (time(12), time(17)))).opening == time(9)
     assert LUNCH.opening == time(9)
-    for wrong in ((), ((time(9), time(9)),), ((time(10), time(9)),), ((time(9), time(12)), (time(11), time(17)))):
-        with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput) as refused:
+        BusinessHours(periods=())
+    assert refused.value.message == "business hours need at least one period"
+    for wrong in (((time(9), time(9)),), ((time(10), time(9)),), ((time(9), time(12)), (time(11), time(17)))):
+        with pytest.raises(InvalidInput) as refused:
             BusinessHours(periods=wrong)
+        assert refused.value.message == "business-hour periods must be increasing and non-overlapping"
 
 
 def test_a_due_date_must_carry_its_time_zone():
