@@ -7,14 +7,14 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
-from engine.bpmn.diff import VersionDiff, compare
-from engine.errors import InvalidInput
+from engine.bpmn.diff import PolicyLookup, VersionDiff, compare
+from engine.errors import DraftRejected
 from engine.process import deployments, drafts
 from engine.process.catalogue import require_owner
 from engine.process.runtime import Runtime
 
 
-def policy_lookup(session: Session, rt: Runtime, process_key: str):  # type: ignore[no-untyped-def]
+def policy_lookup(session: Session, rt: Runtime, process_key: str) -> PolicyLookup:
     """The active SLA policies that could time a step of this process, by what the diagram
     decides (process, step id, lane), in the order they are tried. Policies that also match
     on the case's data or the task's priority are named too: which one wins depends on the
@@ -40,7 +40,7 @@ def diff(session: Session, rt: Runtime, process_key: str, *, actor: Actor, versi
     if draft_xml is not None:
         problems = drafts.screen(rt, process_key, draft_xml)
         if problems:
-            raise InvalidInput("the diagram cannot be compared: " + "; ".join(p.message for p in problems))
+            raise DraftRejected(problems)
         after, after_forms, label = draft_xml, base.forms, "draft"
     elif version is not None:
         chosen = deployments.get_version(session, process_key, version)
