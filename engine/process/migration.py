@@ -500,3 +500,36 @@ def _reproject_task(session: Session, rt: Runtime, instance: ProcessInstance, pl
             if plan.shift is not None:
                 row.at_risk_at = plan.shift(milestones.at_risk(session, plan.policy, row, start=start))
             milestones.arm(session, rt, instance, row, plan.policy, start=start, now=now, shift=plan.shift)
+
+
+# -- what the owners' page lists ----------------------------------------------------------------
+@dataclass(frozen=True)
+class RunningCase:
+    instance_id: int
+    business_key: str
+    version: int
+    branch_code: str | None
+    started_at: datetime
+    steps: list[str]  # the names of its open steps
+
+
+def running_cases(session: Session, process_key: str, *, actor: Actor, not_on: int | None = None,
+                  limit: int = 200) -> list[RunningCase]:
+    """The running cases of the process, oldest first, with the version each is on and the
+    steps it waits at; ``not_on`` leaves out the cases already on that version."""
+    require_owner(actor)
+    query = (select(ProcessInstance, ProcessVersion.version)
+             .join(ProcessVersion, ProcessVersion.id == ProcessInstance.process_version_id)
+             .where(ProcessInstance.process_key == process_key, ProcessInstance.status == InstanceStatus.RUNNING))
+    if not_on is not None:
+        query = query.where(ProcessVersion.version != not_on)
+    found = session.execute(query.order_by(ProcessInstance.id).limit(limit)).all()
+    steps: dict[int, list[str]] = {}
+    if found:
+        for instance_id, name, element_id in session.execute(
+                select(Task.instance_id, Task.name, Task.element_id)
+                .where(Task.instance_id.in_([i.id for i, _ in found]), Task.status.in_(ACTIVE_TASK_STATES))
+                .order_by(Task.id)):
+            steps.setdefault(instance_id, []).append(name or element_id)
+    return [RunningCase(i.id, i.business_key, version, i.branch_code, i.started_at, steps.get(i.id, []))
+            for i, version in found]
