@@ -195,6 +195,8 @@ ZH = {
     "instance.failed": "出错",
     "instance.retried": "重试",
     "instance.data_corrected": "数据更正",
+    "instance.migrated": "迁移到新版本",
+    "instance.migration_refused": "迁移未执行",
     "task.claimed": "认领",
     "task.unclaimed": "退回",
     "task.completed": "完成步骤",
