@@ -5,6 +5,8 @@ new cases start on version 2 while version-1 cases continue; only process owners
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from sqlalchemy import select
 
@@ -21,6 +23,7 @@ from engine.models import (
     TimerStatus,
 )
 from engine.process import deployments, instances, migration, tasks, version_diff
+from engine.sla import admin as sla_admin
 from tests.support.bpmn import bundle_of, flow, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
@@ -247,3 +250,63 @@ def test_only_process_owners_may_compare_or_move_cases(db, rt, people):
             with pytest.raises(PermissionDenied):
                 version_diff.diff(s, rt, "p", actor=who, version=1)
     assert _version_of(db, case) == 1
+
+
+MILESTONES = [{"at": 0.5, "action": "notify", "to": "assignee"}, {"at": 1.0, "action": "escalate", "to": "managers"}]
+FIXED_DUE = "2030-06-28T17:00:00+08:00"
+
+
+def _sla_timers(db, task_uuid):
+    with db.transaction() as s:
+        found = s.execute(select(Timer).where(Timer.kind == TimerKind.SLA, Timer.task_uuid == task_uuid)
+                          .order_by(Timer.id)).scalars()
+        return [(t.status, t.due_at) for t in found]
+
+
+def test_an_open_steps_due_date_and_sla_milestones_are_derived_again_from_version_2(db, rt, people):
+    with db.transaction() as s:
+        sla_admin.upsert_policy(s, rt, actor=people.owner, data={
+            "key": "p.a", "name": "登记", "process_key": "p", "element_id": "a", "target_amount": 2,
+            "target_unit": "CD", "milestones": MILESTONES})
+    _deploy(db, rt, V1, people.owner)
+    case = _start(db, rt, people.clerk, "M-7")
+    with db.transaction() as s:
+        row = s.execute(select(Task).where(Task.instance_id == case)).scalar_one()
+        uuid, created, due_before = row.task_uuid, row.created_at, row.due_at
+    assert due_before is not None and [st for st, _ in _sla_timers(db, uuid)] == ["waiting", "waiting"]
+    # Version 2 gives the step a due date of its own (a regulator's date).
+    _deploy(db, rt, V1.replace('id="a" name="登记"', f'id="a" name="登记" camunda:dueDate="{FIXED_DUE}"'),
+            people.owner)
+    with db.transaction() as s:
+        planned = migration.dry_run(s, rt, instance_id=case, process_key="p", to_version=2, actor=people.owner)
+    assert any("到期时间" in w.zh and "2030-06-28 17:00" in w.zh for w in planned.changes), planned.changes
+    with db.transaction() as s:
+        assert migration.migrate(s, rt, instance_id=case, process_key="p", to_version=2, actor=people.owner).moved
+        row = s.execute(select(Task).where(Task.instance_id == case)).scalar_one()
+        assert row.due_at == datetime.fromisoformat(FIXED_DUE) and row.due_source == "diagram"
+        assert row.created_at == created and row.sla_started_at is not None  # the clock keeps its start
+    timers = _sla_timers(db, uuid)
+    assert [st for st, _ in timers] == ["cancelled", "cancelled", "waiting", "waiting"]
+    assert max(d for st, d in timers if st == "waiting") <= datetime.fromisoformat(FIXED_DUE)
+
+
+def _in_lane(body: str, lane: str | None) -> str:
+    if lane is None:
+        return body
+    return ('    <bpmn:laneSet id="ls"><bpmn:lane id="lane_1" name="' + lane + '">'
+            "<bpmn:flowNodeRef>a</bpmn:flowNodeRef></bpmn:lane></bpmn:laneSet>\n" + body)
+
+
+def test_the_diff_names_the_sla_policy_a_step_gains_or_loses(db, rt, people):
+    with db.transaction() as s:
+        sla_admin.upsert_policy(s, rt, actor=people.owner, data={
+            "key": "p.counter", "name": "柜台", "process_key": "p", "lane": "柜台", "target_amount": 1,
+            "target_unit": "CD", "milestones": []})
+    steps = linear(("a", user_task("a", name="登记")))
+    _deploy(db, rt, process(_in_lane(steps, "柜台")), people.owner)
+    with db.transaction() as s:
+        _, _, found = version_diff.diff(s, rt, "p", actor=people.owner, draft_xml=process(steps).encode())
+    [change] = found.changes
+    assert change.element_id == "a"
+    assert [f.field for f in change.changes] == ["lane", "sla"]
+    assert "SLA 策略：p.counter → （无）" in change.words().zh
