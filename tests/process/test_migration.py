@@ -14,6 +14,7 @@ from engine.errors import PermissionDenied, TaskNotFound
 from engine.models import (
     AuditEvent,
     InstanceStatus,
+    MessageSubscription,
     ProcessInstance,
     ProcessVersion,
     Task,
@@ -22,9 +23,10 @@ from engine.models import (
     TimerKind,
     TimerStatus,
 )
-from engine.process import deployments, instances, migration, tasks, version_diff
+from engine.process import deployments, instances, messages, migration, tasks, version_diff
 from engine.sla import admin as sla_admin
-from tests.support.bpmn import bundle_of, flow, linear, process, user_task
+from tests.conftest import deploy_fixture
+from tests.support.bpmn import bundle_of, fixture_bundle, flow, linear, process, user_task
 
 pytestmark = pytest.mark.sqlite
 
@@ -310,3 +312,53 @@ def test_the_diff_names_the_sla_policy_a_step_gains_or_loses(db, rt, people):
     assert change.element_id == "a"
     assert [f.field for f in change.changes] == ["lane", "sla"]
     assert "SLA 策略：p.counter → （无）" in change.words().zh
+
+
+def test_a_claim_is_kept_while_the_holder_may_still_take_the_step_and_released_otherwise(db, rt, people):
+    _deploy(db, rt, V1, people.owner)
+    kept, released = _start(db, rt, people.clerk, "M-81"), _start(db, rt, people.clerk, "M-82")
+    for case in (kept, released):
+        with db.transaction() as s:
+            tasks.claim(s, rt, task_id=_open(db, case)[0][0], actor=people.clerk)
+    _deploy(db, rt, V1.replace('name="登记"', 'name="登记受理"'), people.owner)  # still the clerks'
+    _deploy(db, rt, V2, people.owner)  # 登记 goes to the managers
+    with db.transaction() as s:
+        assert migration.migrate(s, rt, instance_id=kept, process_key="p", to_version=2, actor=people.owner).moved
+        moved = migration.migrate(s, rt, instance_id=released, process_key="p", to_version=3, actor=people.owner)
+    assert any("处理人：li → （待认领）" in w.zh for w in moved.changes), moved.changes
+    with db.transaction() as s:
+        rows = {t.instance_id: t for t in s.execute(select(Task).where(Task.element_id == "a")).scalars()}
+        assert (rows[kept].assignee, rows[kept].status, rows[kept].name) == ("li", "claimed", "登记受理")
+        assert (rows[released].assignee, rows[released].status) == (None, "open")
+
+
+def test_a_case_waiting_for_a_message_moves_and_the_message_completes_it_on_version_2(db, rt, people):
+    deploy_fixture(db, rt, "review", people.owner)
+    with db.transaction() as s:
+        case = instances.start(s, rt, process_key="review", business_key="R-M", actor=people.clerk,
+                               data={"priority": 50, "due_at": None}).id
+    for data in ({"amount": 100, "summary": "小额"}, {"approved": True}):
+        with db.transaction() as s:
+            tasks.complete(s, rt, task_id=_open(db, case)[0][0], actor=people.clerk, data=data)
+    with db.transaction() as s:
+        [(before_due,)] = s.execute(select(Timer.due_at).where(Timer.instance_id == case, Timer.kind == TimerKind.BPMN,
+                                                               Timer.status == TimerStatus.WAITING)).all()
+    bundle = fixture_bundle("review")
+    bundle.bpmn["review.bpmn"] = bundle.bpmn["review.bpmn"].replace("完成".encode(), "已完成".encode())
+    with db.transaction() as s:
+        assert deployments.deploy(s, rt, bundle, actor=people.owner)[0].version.version == 2
+        assert migration.migrate(s, rt, instance_id=case, process_key="review", to_version=2,
+                                 actor=people.owner).moved
+    with db.transaction() as s:
+        subscription = s.execute(select(MessageSubscription).where(MessageSubscription.instance_id == case)) \
+            .scalar_one()
+        assert (subscription.message_name, subscription.correlation_key) == ("client_ack", "R-M")
+        assert s.execute(select(Timer.due_at).where(Timer.instance_id == case, Timer.kind == TimerKind.BPMN,
+                                                    Timer.status == TimerStatus.WAITING)).scalars().all() \
+            == [before_due]
+    with db.transaction() as s:
+        messages.correlate(s, rt, name="client_ack", correlation_key="R-M", actor=people.system)
+    with db.transaction() as s:
+        instance = s.get(ProcessInstance, case)
+        assert instance.status == InstanceStatus.COMPLETED
+        assert s.get(ProcessVersion, instance.process_version_id).version == 2
