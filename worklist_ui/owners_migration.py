@@ -80,8 +80,10 @@ def migration_page(key: str) -> Any:
         _, _, changes = version_diff.diff(db, ctx.runtime, key, actor=person, version=to_version,
                                           against=_previous(versions, to_version))
     selected = {o.instance_id for o in report.outcomes} if report else set()
+    # The outcomes as the API gives them: their words may quote a case's data, masked the same way.
+    outcomes = [migrations.outcome_dict(o) for o in report.outcomes] if report else []
     return render_template("migration.html", process=found, versions=versions, to_version=to_version,
-                           cases=cases, report=report, selected=selected, changes=changes,
+                           cases=cases, report=report, outcomes=outcomes, selected=selected, changes=changes,
                            against=_previous(versions, to_version)), status
 
 

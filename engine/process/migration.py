@@ -67,7 +67,7 @@ from engine.process import deployments
 from engine.process.catalogue import require_owner
 from engine.process.projection import KIND_TASK, Assignment, assignment_for, timer_due
 from engine.process.runtime import Runtime, locked_instance
-from engine.process.tasks import _is_candidate
+from engine.process.tasks import is_candidate
 from engine.process.unit_of_work import run_and_save
 from engine.sla import clock, milestones
 from engine.sla.calendar_store import CALENDARS
@@ -433,7 +433,7 @@ def _assignee_after(session: Session, row: Task, given: Assignment) -> str | Non
         return None
     person = identity.actor_for(session, user)
     probe = Task(candidate_groups=given.groups, branch_code=row.branch_code)
-    if not _is_candidate(probe, person) or any(f"group:{g}" in given.excluded for g in person.groups):
+    if not is_candidate(probe, person) or any(f"group:{g}" in given.excluded for g in person.groups):
         return None
     return row.assignee
 
