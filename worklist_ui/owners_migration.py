@@ -59,14 +59,22 @@ def migration_page(key: str) -> Any:
     versions = [v.version for v in found.versions]
     source = request.form if request.method == "POST" else request.args
     to_version = _int(source.get("to_version")) or found.latest.version
-    if to_version not in versions:
-        raise errors.ProcessNotFound(gettext("Process %(key)s has no version %(num)d", key=key, num=to_version))
+    from_version = _int(source.get("from_version"))
+    for number in (to_version, from_version):
+        if number is not None and number not in versions:
+            raise errors.ProcessNotFound(gettext("Process %(key)s has no version %(num)d", key=key, num=number))
     report = None
     status = 200
     if request.method == "POST":
         chosen = [int(v) for v in request.form.getlist("case") if v.isdigit()]
         dry_run = request.form.get("action") != "migrate"
-        if not chosen:
+        everything = request.form.get("all") == "1"
+        if everything:
+            # Every running case not on the target (on ``from_version`` when chosen), as
+            # ``POST /processes/{key}/migrations`` without ids: up to its limit a submit.
+            report = migrations.run(ctx.db, ctx.runtime, person, key, to_version,
+                                    migration.Selection(from_version=from_version), dry_run=dry_run)
+        elif not chosen:
             flash(gettext("Select the cases first"), "warning")
             status = 400
         elif len(set(chosen)) > migration.MAX_CASES:
@@ -76,13 +84,14 @@ def migration_page(key: str) -> Any:
             report = migrations.run(ctx.db, ctx.runtime, person, key, to_version,
                                     migration.Selection(instance_ids=tuple(chosen)), dry_run=dry_run)
     with ctx.db.transaction() as db:
-        cases = migration.running_cases(db, key, actor=person, not_on=to_version)
+        cases = migration.running_cases(db, key, actor=person, not_on=to_version, on=from_version)
         _, _, changes = version_diff.diff(db, ctx.runtime, key, actor=person, version=to_version,
                                           against=_previous(versions, to_version))
     selected = {o.instance_id for o in report.outcomes} if report else set()
     # The outcomes as the API gives them: their words may quote a case's data, masked the same way.
     outcomes = [migrations.outcome_dict(o) for o in report.outcomes] if report else []
     return render_template("migration.html", process=found, versions=versions, to_version=to_version,
+                           from_version=from_version, max_cases=migration.MAX_CASES,
                            cases=cases, report=report, outcomes=outcomes, selected=selected, changes=changes,
                            against=_previous(versions, to_version)), status
 

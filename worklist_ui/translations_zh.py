@@ -435,4 +435,10 @@ ZH = {
     "Waiting at": "当前步骤",
     "What version %(num)d changed against version %(old)d": "版本 %(num)d 相对版本 %(old)d 的修改",
     "Why, or what changes": "原因或变化",
+    "Cases on": "案件所在版本",
+    "Any other version": "其他任一版本",
+    "Every running case on version %(num)d, not only those ticked (at most %(max)d a time)":
+        "版本 %(num)d 上的全部运行中案件，而不只是勾选的（每次最多 %(max)d 个）",
+    "Every running case not on version %(num)d, not only those ticked (at most %(max)d a time)":
+        "不在版本 %(num)d 上的全部运行中案件，而不只是勾选的（每次最多 %(max)d 个）",
 }

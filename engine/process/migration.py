@@ -514,15 +514,18 @@ class RunningCase:
 
 
 def running_cases(session: Session, process_key: str, *, actor: Actor, not_on: int | None = None,
-                  limit: int = 200) -> list[RunningCase]:
+                  on: int | None = None, limit: int = 200) -> list[RunningCase]:
     """The running cases of the process, oldest first, with the version each is on and the
-    steps it waits at; ``not_on`` leaves out the cases already on that version."""
+    steps it waits at; ``not_on`` leaves out the cases already on that version, ``on`` keeps
+    only those on that one."""
     require_owner(actor)
     query = (select(ProcessInstance, ProcessVersion.version)
              .join(ProcessVersion, ProcessVersion.id == ProcessInstance.process_version_id)
              .where(ProcessInstance.process_key == process_key, ProcessInstance.status == InstanceStatus.RUNNING))
     if not_on is not None:
         query = query.where(ProcessVersion.version != not_on)
+    if on is not None:
+        query = query.where(ProcessVersion.version == on)
     found = session.execute(query.order_by(ProcessInstance.id).limit(limit)).all()
     steps: dict[int, list[str]] = {}
     if found:

@@ -151,6 +151,27 @@ def test_a_step_that_changes_kind_is_refused_and_the_case_stays_on_version_1(app
     assert _on_version(db, business_key)[0] == 1
 
 
+@pytest.mark.sqlite
+def test_every_case_on_a_version_is_dry_run_at_once(app, db, rt, demo_cases_loaded):
+    client, token = _signed_in(app, OWNER)
+    xml, _ = _draft(client)
+    _deploy_v2(client, token, _with_groups(xml, "register", "call_center_agent"))
+    with db.transaction() as s:
+        on_v1 = s.execute(select(ProcessInstance.id).join(
+            ProcessVersion, ProcessVersion.id == ProcessInstance.process_version_id).where(
+            ProcessInstance.process_key == "complaint", ProcessInstance.status == InstanceStatus.RUNNING,
+            ProcessVersion.version == 1)).scalars().all()
+    assert len(on_v1) >= 2
+    listed = client.get(f"{MIGRATION}?to_version=2&from_version=1").get_data(as_text=True)
+    assert listed.count('name="case"') == len(on_v1)
+    dry = client.post(MIGRATION, data={"csrf_token": token, "to_version": "2", "from_version": "1",
+                                       "action": "dry_run", "all": "1"}).get_data(as_text=True)
+    assert sorted(int(i) for i in re.findall(r'<tr data-outcome="(\d+)"', dry)) == sorted(on_v1)
+    assert 'data-result="refused"' not in dry
+    with db.transaction() as s:
+        assert {s.get(ProcessVersion, s.get(ProcessInstance, i).process_version_id).version for i in on_v1} == {1}
+
+
 def test_bad_requests_to_the_migration_page_are_refused_with_the_reason(app, db, demo_cases_loaded):
     client, token = _signed_in(app, OWNER)
     assert client.get(f"{MIGRATION}?to_version=9").status_code == 404
