@@ -172,6 +172,32 @@ def test_every_case_on_a_version_is_dry_run_at_once(app, db, rt, demo_cases_load
         assert {s.get(ProcessVersion, s.get(ProcessInstance, i).process_version_id).version for i in on_v1} == {1}
 
 
+@pytest.mark.sqlite
+def test_a_case_inside_a_subprocess_moves_keeps_its_claim_and_goes_on_on_version_2(app, db, rt, demo_cases_loaded):
+    client, token = _signed_in(app, OWNER)
+    xml, _ = _draft(client)
+    assert xml.count('name="调查核实"') == 1
+    _deploy_v2(client, token, xml.replace('name="调查核实"', 'name="调查核实（含录音）"'))
+    with db.transaction() as s:
+        row = s.execute(select(Task).where(Task.element_id == "investigate", Task.status == "claimed")
+                        .order_by(Task.id).limit(1)).scalar_one()
+        case_id, holder = row.instance_id, row.assignee
+    done = client.post(MIGRATION, data={"csrf_token": token, "to_version": "2", "action": "migrate",
+                                        "case": [str(case_id)]})
+    assert f'<tr data-outcome="{case_id}" data-result="moved">' in done.get_data(as_text=True)
+    with db.transaction() as s:
+        row = s.execute(select(Task).where(Task.instance_id == case_id, Task.element_id == "investigate",
+                                           Task.status == "claimed")).scalar_one()
+        assert (row.name, row.assignee) == ("调查核实（含录音）", holder)  # inside the subprocess, still theirs
+        tasks.complete(s, rt, task_id=row.id, actor=_actor(s, holder),
+                       data={"facts_found": "核实", "root_cause": "fees", "staff_at_fault": False})
+        instance = s.get(ProcessInstance, case_id)
+        assert instance.status == InstanceStatus.RUNNING
+        assert s.get(ProcessVersion, instance.process_version_id).version == 2
+        assert s.execute(select(Task.element_id).where(Task.instance_id == case_id, Task.status.in_(
+            ("open", "claimed")))).scalars().all() not in ([], ["investigate"])
+
+
 def test_bad_requests_to_the_migration_page_are_refused_with_the_reason(app, db, demo_cases_loaded):
     client, token = _signed_in(app, OWNER)
     assert client.get(f"{MIGRATION}?to_version=9").status_code == 404
