@@ -195,6 +195,8 @@ ZH = {
     "instance.failed": "出错",
     "instance.retried": "重试",
     "instance.data_corrected": "数据更正",
+    "instance.migrated": "迁移到新版本",
+    "instance.migration_refused": "迁移未执行",
     "task.claimed": "认领",
     "task.unclaimed": "退回",
     "task.completed": "完成步骤",
@@ -400,4 +402,48 @@ ZH = {
     "%(num)d problem(s) would refuse a deploy": "%(num)d 个问题会导致部署被拒绝",
     "Deployed as version %(num)d: new cases start on it": "已部署为版本 %(num)d：新案件将按此版本发起",
     "Nothing changed since version %(num)d: no new version": "与版本 %(num)d 相比没有变化：未生成新版本",
+    # The comparison with the deployed version and moving running cases (owners_migration).
+    "%(num)d case(s) checked: %(ok)d can move, %(no)d cannot.":
+        "已检查 %(num)d 个案件：%(ok)d 个可以迁移，%(no)d 个不能。",
+    "%(num)d case(s) in %(batches)d batch(es): %(ok)d moved, %(no)d stayed where they were.":
+        "共 %(num)d 个案件，分 %(batches)d 批：%(ok)d 个已迁移，%(no)d 个留在原版本。",
+    ("A case keeps running on its version unless you move it. A dry run says, per case, whether it can move "
+     "and what changes for it; nothing is stored. Moving takes each case in its own transaction and records "
+     "it in the case's history; a case that cannot move stays where it is, with the reason."):
+        ("案件按发起时的版本运行，除非您迁移它。试运行逐个案件说明能否迁移以及会有哪些变化，不保存任何内容。"
+         "迁移时每个案件单独提交并记入案件历史；不能迁移的案件留在原版本，并注明原因。"),
+    "Against version %(num)d: %(added)d added, %(removed)d removed, %(changed)d changed":
+        "与版本 %(num)d 相比：新增 %(added)d 项，删除 %(removed)d 项，修改 %(changed)d 项",
+    "At most %(num)d cases at once": "一次最多 %(num)d 个案件",
+    "Can move": "可以迁移",
+    "Cannot move": "不能迁移",
+    "Changed": "已修改",
+    "Changes against the deployed version": "与已部署版本的差异",
+    "Compare with version %(num)d": "与版本 %(num)d 比较",
+    "Dry run": "试运行",
+    "Migration report": "迁移报告",
+    "Move running cases": "迁移运行中的案件",
+    "Move running cases of %(name)s to another version": "将%(name)s的运行中案件迁移到其他版本",
+    "Move the selected cases to version %(num)d": "将所选案件迁移到版本 %(num)d",
+    "Moved": "已迁移",
+    "New": "新增",
+    "No differences in the diagram.": "流程图没有差异。",
+    "No running case is on another version.": "没有在其他版本上运行的案件。",
+    "Process %(key)s has no version %(num)d": "流程 %(key)s 没有版本 %(num)d",
+    "Result": "结果",
+    "Result per case": "各案件的结果",
+    "Running cases not on version %(num)d": "不在版本 %(num)d 上的运行中案件",
+    "Select the cases first": "请先选择案件",
+    "Show the cases": "显示案件",
+    "Started (Beijing time)": "发起时间（北京时间）",
+    "Target version": "目标版本",
+    "Waiting at": "当前步骤",
+    "What version %(num)d changed against version %(old)d": "版本 %(num)d 相对版本 %(old)d 的修改",
+    "Why, or what changes": "原因或变化",
+    "Cases on": "案件所在版本",
+    "Any other version": "其他任一版本",
+    "Every running case on version %(num)d, not only those ticked (at most %(max)d a time)":
+        "版本 %(num)d 上的全部运行中案件，而不只是勾选的（每次最多 %(max)d 个）",
+    "Every running case not on version %(num)d, not only those ticked (at most %(max)d a time)":
+        "不在版本 %(num)d 上的全部运行中案件，而不只是勾选的（每次最多 %(max)d 个）",
 }
