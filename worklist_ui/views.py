@@ -38,7 +38,7 @@ from engine.access.roles import PROCESS_OWNER, SUPERVISOR
 from engine.models import ACTIVE_TASK_STATES, ProcessVersion
 from engine.process import activity, instances, tasks, worklist
 from engine.sla import clock as sla_clock
-from worklist_ui import board, figures_page, forms, i18n, owners
+from worklist_ui import admin_pages, board, figures_page, forms, i18n, owners
 from worklist_ui.session import actor, sign_in, sign_out
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
@@ -565,3 +565,4 @@ def mark_read() -> Any:
 board.install(blp)
 figures_page.install(blp)
 owners.install(blp)
+admin_pages.install(blp)

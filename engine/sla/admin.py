@@ -333,6 +333,24 @@ def validate_policy(session: Session, data: dict[str, Any]) -> None:
                                field=f"milestones/{i}/to")
 
 
+def policies(session: Session, *, actor: Actor) -> list[SlaPolicy]:
+    """Every policy in matching order, for the process owners' policy page."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("the SLA policy pages need the process_owner role")
+    return list(session.execute(select(SlaPolicy).order_by(SlaPolicy.position, SlaPolicy.id)).scalars())
+
+
+def policy(session: Session, key: str, *, actor: Actor) -> SlaPolicy | None:
+    """One policy to edit (None: a new one under this key)."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("the SLA policy pages need the process_owner role")
+    return session.execute(select(SlaPolicy).where(SlaPolicy.key == key)).scalar_one_or_none()
+
+
+def business_hours_names(session: Session) -> list[str]:
+    return list(session.execute(select(BusinessHoursRow.name).order_by(BusinessHoursRow.name)).scalars())
+
+
 def upsert_policy(session: Session, rt: SlaHost, *, data: dict[str, Any], actor: Actor) -> tuple[SlaPolicy, int]:
     """Create or change a policy by key; recompute due dates of the open tasks it now
     matches. Returns the policy and how many tasks were recomputed."""
