@@ -296,7 +296,11 @@ def sla_edit(key: str) -> Any:
 def _policy_page(key: str, existing: Any, hours: list[str], values: dict[str, Any], milestones: list[dict[str, str]],
                  *, field_errors: dict[str, str] | None = None, preview: Any = None,
                  fingerprint: str | None = None) -> str:
-    rows = [*milestones, *({"at": "", "action": "", "to": "", "by": ""} for _ in range(SPARE_MILESTONES))]
+    # The rows typed, without the blank ones at the end (the spares offered last time), then new spares.
+    typed = list(milestones)
+    while typed and not any(typed[-1].values()):
+        typed.pop()
+    rows = [*typed, *({"at": "", "action": "", "to": "", "by": ""} for _ in range(SPARE_MILESTONES))]
     found = field_errors or {}
     # An error about a whole row, or about a field the form has no input for, is still shown.
     placed = {*POLICY_FIELDS, *(f"milestones/{i}/{f}" for i in range(len(rows)) for f in ("at", "action", "to", "by"))}
