@@ -413,13 +413,13 @@ def calendar_import() -> Any:
     person = actor()
     catalogue.require_owner(person)  # before the upload is read
     shown = _shown_year()
-    form = {"import_year": request.form.get("year") or "", "table": request.form.get("table") or "",
-            "complete": request.form.get("complete") == "true"}
+    table, complete = request.form.get("table") or "", request.form.get("complete") == "true"
+    form: dict[str, Any] = {"import_year": request.form.get("year") or "", "table": table, "complete": complete}
     try:
         year = _year_arg(request.form.get("year"), 0)
         if not year:
             raise errors.InvalidInput(gettext("Say which year the table is for"), field="year")
-        text = form["table"]
+        text = table
         upload = request.files.get("file")
         if upload is not None and upload.filename:
             raw = upload.read(sla_admin.MAX_YEAR_TABLE_CHARS * 4 + 1)
@@ -430,7 +430,7 @@ def calendar_import() -> Any:
                                           field="table") from None
         rows = sla_admin.parse_year_table(text)
         with ctx.db.transaction() as db:
-            done = sla_admin.import_year_table(db, year=year, rows=rows, complete=form["complete"], actor=person,
+            done = sla_admin.import_year_table(db, year=year, rows=rows, complete=complete, actor=person,
                                                now=ctx.runtime.now())
             change = _recompute(db)
     except errors.BpmError as exc:
