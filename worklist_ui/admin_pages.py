@@ -423,6 +423,8 @@ def calendar_import() -> Any:
         upload = request.files.get("file")
         if upload is not None and upload.filename:
             raw = upload.read(sla_admin.MAX_YEAR_TABLE_CHARS * 4 + 1)
+            if len(raw) > sla_admin.MAX_YEAR_TABLE_CHARS * 4:
+                raise errors.InvalidInput(gettext("The file is too large for a year's notice"), field="table")
             try:
                 text = raw.decode("utf-8-sig")
             except UnicodeDecodeError:

@@ -346,12 +346,16 @@ def test_a_bad_import_is_refused_with_its_reason_and_nothing_stored(app, db, dem
     assert _events(db, "calendar.year_imported") == last
 
 
-def test_an_upload_that_is_not_utf8_is_refused(app, db, demo_cases_loaded):
+@pytest.mark.parametrize(("data", "reason"), [
+    ("2027-01-01,holiday,元旦\n".encode("gb18030"), "文件不是 UTF-8 文本"),
+    (b"2027-01-01,holiday,x\n" * 20000, "文件过大"),
+], ids=["gb18030", "huge"])
+def test_an_upload_that_is_not_utf8_or_too_large_is_refused(app, db, demo_cases_loaded, data, reason):
     client, token = _owner(app)
-    upload = (io.BytesIO("2027-01-01,holiday,元旦\n".encode("gb18030")), "2027.csv")
+    upload = (io.BytesIO(data), "2027.csv")
     answer = client.post("/calendar/import", data={"year": "2027", "file": upload, "csrf_token": token},
                          content_type="multipart/form-data")
-    assert answer.status_code == 400 and "文件不是 UTF-8 文本" in answer.get_data(as_text=True)
+    assert answer.status_code == 400 and reason in answer.get_data(as_text=True)
     assert _count(db, CalendarDay, CalendarDay.day >= date(2027, 1, 1)) == 0
 
 
