@@ -606,4 +606,5 @@ ZH = {
      "days and are flagged as computed on an incomplete calendar."):
         "日历尚未收录 %(year)d 年：用到该年日期的截止时间暂按周一至周五为工作日计算，并标记为日历不完整。",
     "The file is too large for a year's notice": "文件过大，不像是一年的放假安排通知",
+    "on %(day)s": "周%(day)s",
 }

@@ -419,9 +419,9 @@ def test_the_schedules_page_shows_next_slots_in_beijing_time_and_a_jobs_last_run
     client, _ = _owner(app)
     html = client.get("/schedules").get_data(as_text=True)
     section = re.search(r'<section class="card" data-schedule="vip-monthly".*?</section>', html, re.S).group(0)
-    slots = re.findall(r"<li>(\d{4}-\d\d-\d\d \d\d:\d\d) (.)</li>", section)
+    slots = re.findall(r"<li>(\d{4}-\d\d-\d\d \d\d:\d\d) (周.)</li>", section)
     # The first working day of each month at 09:00 (2027 is not known yet: 1 January counts as one).
-    assert slots == [("2026-12-01 09:00", "二"), ("2027-01-01 09:00", "五"), ("2027-02-01 09:00", "一")]
+    assert slots == [("2026-12-01 09:00", "周二"), ("2027-01-01 09:00", "周五"), ("2027-02-01 09:00", "周一")]
     assert "每月第一个工作日" in section and "作业" in section and "从未" in section
     periodic = re.search(r'<section class="card" data-schedule="callback-periodic".*?</section>', html, re.S).group(0)
     assert "每季度第一个工作日" in periodic and "2027-01-01 10:00" in periodic

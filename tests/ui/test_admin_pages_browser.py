@@ -78,7 +78,7 @@ def test_an_owner_reads_the_schedules(page: Page, server, demo_cases_loaded):
     page.click("header >> text=定时任务")
     section = page.locator("section[data-schedule='vip-monthly']")
     expect(section).to_contain_text("每月第一个工作日")
-    expect(section.locator("ol.next-slots li").first).to_have_text("2026-12-01 09:00 二")
+    expect(section.locator("ol.next-slots li").first).to_have_text("2026-12-01 09:00 周二")
     expect(page.locator("section[data-schedule='callback-periodic']")).to_contain_text("每季度第一个工作日")
     assert _serious(page) == []
     screenshot(page, "owner-schedules")
