@@ -174,6 +174,7 @@ def _preview_figures(html):
     return int(count.group(1)), int(count.group(2)), shifts, moved
 
 
+@pytest.mark.sqlite
 def test_the_preview_shows_the_sample_due_date_and_predicts_what_the_save_then_does(app, db, demo_cases_loaded):
     client, token = _owner(app)
     form = {**_policy_form(client, MAJOR), "target_amount": "7", "milestones-0-at": "0.5",
@@ -282,6 +283,7 @@ def test_a_bad_year_in_the_address_is_a_clear_400(app, demo_cases_loaded, url, r
     assert answer.status_code == 400 and reason in answer.get_data(as_text=True)
 
 
+@pytest.mark.sqlite
 def test_importing_a_pasted_notice_shows_the_tasks_and_schedules_it_moved(app, db, demo_cases_loaded):
     client, token = _owner(app)
     before = _open_dues(db)
@@ -415,6 +417,7 @@ def test_a_bad_day_correction_is_a_clear_400_and_changes_nothing(app, db, demo_c
 
 
 # -- schedules ----------------------------------------------------------------------------------
+@pytest.mark.sqlite
 def test_the_schedules_page_shows_next_slots_in_beijing_time_and_a_jobs_last_run(app, db, rt, demo_cases_loaded):
     client, _ = _owner(app)
     html = client.get("/schedules").get_data(as_text=True)
