@@ -41,13 +41,17 @@ def test_the_preview_says_what_the_put_then_does_and_saves_nothing(client, db, r
         assert {c["business_key"] for c in body["changes"]} == {"R-1", "R-2"}
         for key in ("R-1", "R-2"):  # nothing moved yet
             assert datetime.fromisoformat(task_of(client, li, key)["due_at"]) == sh(2026, 3, 4, 9)
+        # A case started after the preview still gets the saved policy's 2 WD: the preview put its
+        # policy nowhere the engine matches new tasks from.
+        start(client, li, "R-3")
+        assert datetime.fromisoformat(task_of(client, li, "R-3")["due_at"]) == sh(2026, 3, 4, 9)
         with db.transaction() as s:
             assert s.scalar(select(func.count()).select_from(AuditEvent)
                             .where(AuditEvent.kind == "sla.policy_saved")) == saved
             assert s.execute(select(SlaPolicy.target_amount)).scalar_one() == 2
 
         done = put_policy(client, owner, "review.register", target_amount="5")
-        assert done.json["recomputed_tasks"] == body["changed_tasks"]
+        assert done.json["recomputed_tasks"] == body["changed_tasks"] + 1  # and R-3, started since
         for change in body["changes"]:
             assert task_of(client, li, change["business_key"])["due_at"] == change["after"]
 

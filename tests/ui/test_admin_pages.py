@@ -445,3 +445,22 @@ def test_the_schedules_page_shows_next_slots_in_beijing_time_and_a_jobs_last_run
         assert f"<code>{key}={shown or '–'}</code>" in unescape(run)
     assert re.findall(r"<li>(\d{4}-\d\d-\d\d \d\d:\d\d)", section)[0] == "2027-01-01 09:00"
     assert re.search(r"<dd data-last-run>2026-12-01 09:00</dd>", section)
+
+
+def test_a_tampered_milestone_row_count_or_an_overlong_key_is_no_server_error(app, db, demo_cases_loaded):
+    client, token = _owner(app)
+    form = {**_policy_form(client, MAJOR), "csrf_token": token, "action": "preview"}
+    for rows in ("abc", "-1", "99999999999999999999"):
+        answer = client.post(f"/sla/{MAJOR}", data={**form, "milestone_rows": rows})
+        assert answer.status_code == 200 and 'id="preview"' in answer.get_data(as_text=True), rows
+    assert client.get("/sla/" + "k" * 129).status_code == 404
+
+
+def test_the_pages_read_in_english_when_chosen(app, demo_cases_loaded):
+    client, token = _owner(app)
+    client.post("/language", data={"locale": "en", "next": "/calendar", "csrf_token": token})
+    html = client.get("/calendar").get_data(as_text=True)
+    assert "Business calendar" in html and "Make-up working day: work, exchanges closed" in html
+    assert "The calendar does not know 2027 yet" in html
+    assert "First working day of each month" in client.get("/schedules").get_data(as_text=True)
+    assert "working days" in client.get("/sla").get_data(as_text=True)
