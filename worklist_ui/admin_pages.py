@@ -136,7 +136,7 @@ POLICY_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 def sla_list() -> Any:
     ctx = bpm()
     with ctx.db.transaction() as db:
-        found = sla_admin.policies(db, actor=actor())
+        found = sla_admin.list_policies(db, actor=actor())
     new = request.args.get("new")
     if new is not None:
         new = new.strip()
@@ -254,7 +254,7 @@ def sla_edit(key: str) -> Any:
     ctx = bpm()
     person = actor()
     with ctx.db.transaction() as db:
-        existing = sla_admin.policy(db, key, actor=person)
+        existing = sla_admin.get_policy(db, key, actor=person)
         hours = sla_admin.business_hours_names(db)
     if request.method == "GET":
         values, rows = _policy_values(existing)

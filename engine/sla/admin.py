@@ -333,14 +333,14 @@ def validate_policy(session: Session, data: dict[str, Any]) -> None:
                                field=f"milestones/{i}/to")
 
 
-def policies(session: Session, *, actor: Actor) -> list[SlaPolicy]:
+def list_policies(session: Session, *, actor: Actor) -> list[SlaPolicy]:
     """Every policy in matching order, for the process owners' policy page."""
     if not actor.has_role(PROCESS_OWNER):
         raise PermissionDenied("the SLA policy pages need the process_owner role")
     return list(session.execute(select(SlaPolicy).order_by(SlaPolicy.position, SlaPolicy.id)).scalars())
 
 
-def policy(session: Session, key: str, *, actor: Actor) -> SlaPolicy | None:
+def get_policy(session: Session, key: str, *, actor: Actor) -> SlaPolicy | None:
     """One policy to edit (None: a new one under this key)."""
     if not actor.has_role(PROCESS_OWNER):
         raise PermissionDenied("the SLA policy pages need the process_owner role")
@@ -559,9 +559,9 @@ def preview_policy(session: Session, rt: SlaHost, *, data: dict[str, Any], actor
     table = SlaPolicy.__table__
     others = list(session.execute(select(table).where(table.c.active.is_(True), table.c.key != candidate.key)).all())
     # A new policy gets the next id, so it comes after the others of its position.
-    policies: list[PolicyRow] = sorted([*others, *([candidate] if candidate.active else [])],
+    ordered: list[PolicyRow] = sorted([*others, *([candidate] if candidate.active else [])],
                       key=lambda p: (p.position, p.id if p.id is not None else 2**63))
-    needs_data = any(p.match_data for p in policies)
+    needs_data = any(p.match_data for p in ordered)
 
     calendar = CALENDARS.get(session, candidate.business_hours)
     due = calendar.add(now, candidate.target_amount, candidate.target_unit)
@@ -580,7 +580,7 @@ def preview_policy(session: Session, rt: SlaHost, *, data: dict[str, Any], actor
                 workflows[instance.id] = rt.load(session, instance)
             spiff_task = workflows[instance.id].get_task_from_id(UUID(task.task_uuid))
             values = dict(spiff_task.data) if spiff_task is not None else {}
-        policy = first_match(policies, task, values)
+        policy = first_match(ordered, task, values)
         after: tuple[int | None, datetime | None] = (None, None)
         if policy is not None:
             _, task_due, paused = _policy_clock(session, task, policy)
