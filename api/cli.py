@@ -8,7 +8,7 @@ stack trace.
 from __future__ import annotations
 
 import sys
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -426,37 +426,26 @@ def calendar_import_year(ctx: Context, year: int, file: str, incomplete: bool) -
     """Import a year from its official notice: a CSV of rows date,kind,name (kind holiday or
     workday, e.g. 2027-02-06,holiday,春节); every day not listed is ordinary. Then recompute the
     due dates of open tasks and the schedules' next runs."""
-    import csv
-
     from engine.timers import schedules
 
-    rows, lines = [], []
     try:
         with open(file, encoding="utf-8-sig", newline="") as handle:
-            for number, record in enumerate(csv.reader(handle), start=1):
-                if not record or record[0].strip().lower() == "date":
-                    continue  # a blank line, or the header
-                if len(record) != 3:
-                    fail(f"{file}:{number}: a row is date,kind,name", code=2)
-                raw, kind, name = (cell.strip() for cell in record)
-                try:
-                    day = date.fromisoformat(raw)
-                except ValueError:
-                    fail(f"{file}:{number}: {raw!r} is not a date (YYYY-MM-DD)", code=2)
-                rows.append({"date": day, "kind": kind, "name": name})
-                lines.append(number)
+            text = handle.read(sla_admin.MAX_YEAR_TABLE_CHARS + 1)
     except UnicodeDecodeError:
         fail(f"{file}: not UTF-8 text", code=2)
     rt = ctx.runtime()
     try:
+        rows = sla_admin.parse_year_table(text)
         with ctx.db.transaction() as session:
-            done = sla_admin.import_year(session, year=year, days=rows, complete=not incomplete,
-                                         actor=identity.Actor.system("cli"), now=rt.now())
+            done = sla_admin.import_year_table(session, year=year, rows=rows, complete=not incomplete,
+                                               actor=identity.Actor.system("cli"), now=rt.now())
             count = sla_admin.recompute(session, rt, now=rt.now())
             moved = schedules.recompute(session, rt, now=rt.now())
     except errors.DataInvalid as exc:
-        fail("\n  ".join([exc.message, *(f"{file}:{lines[int(e.field.split('/')[1])]}: {e.message}"
+        fail("\n  ".join([exc.message, *(f"{file}:{e.field.removeprefix('line ')}: {e.message}"
                                           for e in exc.errors)]), code=2)
+    except errors.InvalidInput as exc:
+        fail(f"{file}: {exc.message}", code=2)
     click.echo(f"{year}: {done.holidays} holiday(s), {done.workdays} make-up working day(s), {done.days} days written"
                f"{'' if done.complete else ' (not marked complete)'}; {count} open task(s) got a new due date; "
                f"{moved} schedule(s) moved")

@@ -71,6 +71,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/v1/messages"): _WRITE,
     ("get", "/api/v1/sla/policies"): (),
     ("put", "/api/v1/sla/policies/{key}"): (403, 404, 503),
+    ("post", "/api/v1/sla/policies/{key}/preview"): (403, 404),
     ("get", "/api/v1/calendar/days"): (),
     ("put", "/api/v1/calendar/days/{day}"): (403, 503),
     ("put", "/api/v1/calendar/years/{year}"): (403, 503),

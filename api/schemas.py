@@ -531,6 +531,39 @@ class PolicySavedOut(Schema):
     recomputed_tasks = fields.Integer()
 
 
+class MilestonePointOut(Schema):
+    at = fields.Float()
+    action = fields.String()
+    to = fields.String(allow_none=True)
+    due = fields.DateTime(metadata={"description": "when the milestone fires for the sample task"})
+
+
+class TaskMoveOut(Schema):
+    task_id = fields.Integer()
+    business_key = fields.String(allow_none=True)
+    process_key = fields.String()
+    element_id = fields.String()
+    before = fields.DateTime(allow_none=True, metadata={"description": "the due date now"})
+    after = fields.DateTime(allow_none=True, metadata={"description": "the due date a save would give"})
+    shift_seconds = fields.Float(allow_none=True)
+
+
+class PolicyPreviewOut(Schema):
+    start = fields.DateTime(metadata={"description": "the sample task's creation: now"})
+    due = fields.DateTime(metadata={"description": "the sample task's due date"})
+    incomplete = fields.Boolean(metadata={"description": "the sample's due date needs days the calendar lacks"})
+    at_risk = fields.DateTime()
+    milestones = fields.List(fields.Nested(MilestonePointOut))
+    open_tasks = fields.Integer(metadata={"description": "open tasks a save recomputes"})
+    changed_tasks = fields.Integer(metadata={"description": "of them, those whose policy or due date would change"})
+    gained = fields.Integer(metadata={"description": "tasks that would get a due date"})
+    lost = fields.Integer(metadata={"description": "tasks that would lose theirs"})
+    shift_min_seconds = fields.Float(allow_none=True)
+    shift_median_seconds = fields.Float(allow_none=True)
+    shift_max_seconds = fields.Float(allow_none=True)
+    changes = fields.List(fields.Nested(TaskMoveOut), metadata={"description": "the first 100 changed tasks"})
+
+
 class CalendarQuery(Schema):
     start = Day(required=True, data_key="from")
     end = Day(required=True, data_key="to")

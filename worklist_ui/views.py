@@ -38,7 +38,7 @@ from engine.access.roles import JOB_ROLES, PROCESS_OWNER, SUPERVISOR
 from engine.models import ACTIVE_TASK_STATES, ProcessVersion
 from engine.process import activity, instances, supervision, tasks, worklist
 from engine.sla import clock as sla_clock
-from worklist_ui import board, figures_page, forms, i18n, owners, owners_migration
+from worklist_ui import admin_pages, board, figures_page, forms, i18n, owners, owners_migration
 from worklist_ui.session import actor, sign_in, sign_out
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
@@ -579,3 +579,4 @@ board.install(blp)
 figures_page.install(blp)
 owners.install(blp)
 owners_migration.install(blp)
+admin_pages.install(blp)

@@ -15,6 +15,7 @@ from api.schemas import (
     CalendarDayOut,
     CalendarQuery,
     CoverageOut,
+    PolicyPreviewOut,
     PolicySavedOut,
     PolicySchema,
     RescheduleIn,
@@ -56,6 +57,36 @@ class Policy(MethodView):
         with ctx.db.transaction() as session:
             policy, count = sla_admin.upsert_policy(session, ctx.runtime, data={**body, "key": key}, actor=actor)
             return {"policy": policy, "recomputed_tasks": count}
+
+
+PREVIEWED_CHANGES = 100
+
+
+@blp.route("/sla/policies/<string(maxlength=128):key>/preview")
+class PolicyPreview(MethodView):
+    @blp.arguments(PolicySchema)
+    @blp.response(200, PolicyPreviewOut)
+    def post(self, body: dict[str, Any], key: str) -> Any:
+        """What ``PUT /sla/policies/{key}`` with this body would do, changing nothing (a dry
+        run, process owner): the same checks, the due date and milestones of a task it
+        matches created now, and the open tasks whose due dates would move, by how much."""
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            preview = sla_admin.preview_policy(session, ctx.runtime, data={**body, "key": key}, actor=actor,
+                                               now=ctx.runtime.now())
+
+        def seconds(delta: timedelta | None) -> float | None:
+            return None if delta is None else delta.total_seconds()
+
+        return {"start": preview.start, "due": preview.due, "incomplete": preview.incomplete,
+                "at_risk": preview.at_risk, "milestones": [m.__dict__ for m in preview.milestones],
+                "open_tasks": preview.open_tasks, "changed_tasks": len(preview.changes), "gained": preview.gained,
+                "lost": preview.lost, "shift_min_seconds": seconds(preview.shift_min),
+                "shift_median_seconds": seconds(preview.shift_median),
+                "shift_max_seconds": seconds(preview.shift_max),
+                "changes": [{**m.__dict__, "shift_seconds": seconds(m.shift)}
+                            for m in preview.changes[:PREVIEWED_CHANGES]]}
 
 
 @blp.route("/calendar/days")

@@ -3,6 +3,8 @@ recompute of open tasks' due dates and milestones that follows each edit."""
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -16,7 +18,16 @@ from sqlalchemy.orm import Session
 from engine.access.identity import Actor
 from engine.access.roles import PROCESS_OWNER
 from engine.audit import record_system_event
-from engine.calendars import EARLIEST_DAY, LATEST_DAY, SHANGHAI, BusinessHours, Unit, check_plausible, check_target
+from engine.calendars import (
+    EARLIEST_DAY,
+    LATEST_DAY,
+    SHANGHAI,
+    BusinessHours,
+    Due,
+    Unit,
+    check_plausible,
+    check_target,
+)
 from engine.errors import DataInvalid, FieldError, InvalidInput, PermissionDenied
 from engine.models import (
     ACTIVE_TASK_STATES,
@@ -32,10 +43,10 @@ from engine.models import (
     TimerKind,
     TimerStatus,
 )
-from engine.sla.calendar_store import CALENDARS, bump_calendar_revision, bump_sla_revision
-from engine.sla.clock import PausedTime, legacy_pause, match, pauses
+from engine.sla.calendar_store import CALENDARS, PolicyRow, bump_calendar_revision, bump_sla_revision
+from engine.sla.clock import PausedTime, first_match, legacy_pause, match, pauses
 from engine.sla.host import SlaHost
-from engine.sla.milestones import ACTIONS, arm, at_risk
+from engine.sla.milestones import ACTIONS, AT_RISK_FRACTION, arm, at_risk, milestone_due
 
 
 def set_day(session: Session, *, day: Any, working: bool, trading: bool | None, name: str | None,
@@ -162,6 +173,94 @@ def import_year(session: Session, *, year: int, days: list[dict[str, Any]], comp
     return result
 
 
+# A year's notice is a few dozen rows; a pasted or uploaded table far beyond that is not one.
+MAX_YEAR_TABLE_CHARS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class YearRow:
+    line: int  # the table's line the day came from
+    day: date
+    kind: str
+    name: str
+
+
+def parse_year_table(text: str) -> list[YearRow]:
+    """A year's notice as CSV rows ``date,kind,name`` (a header row and blank lines are
+    skipped), as the CLI reads a file and the calendar page a paste or an upload. Each row
+    that is not three cells or whose date does not read is refused by its line; what the
+    rows mean is :func:`import_year`'s to check."""
+    if len(text) > MAX_YEAR_TABLE_CHARS:
+        raise InvalidInput(f"the table is longer than {MAX_YEAR_TABLE_CHARS} characters: a year's notice is a few "
+                           "dozen rows", field="table")
+    rows, problems = [], []
+    for number, record in enumerate(csv.reader(io.StringIO(text.removeprefix("\ufeff"))), start=1):
+        cells = [cell.strip() for cell in record]
+        if not any(cells) or cells[0].lower() == "date":
+            continue  # a blank line, or the header
+        if len(cells) != 3:
+            problems.append(FieldError(f"line {number}", "a row is date,kind,name"))
+            continue
+        try:
+            day = date.fromisoformat(cells[0])
+        except ValueError:
+            problems.append(FieldError(f"line {number}", f"{cells[0]!r} is not a date (YYYY-MM-DD)"))
+            continue
+        rows.append(YearRow(number, day, cells[1], cells[2]))
+    if problems:
+        raise DataInvalid(f"{len(problems)} line(s) of the table refused", problems)
+    if not rows:
+        raise InvalidInput("the table has no rows: give each holiday and make-up working day as date,kind,name",
+                           field="table")
+    return rows
+
+
+def import_year_table(session: Session, *, year: int, rows: list[YearRow], complete: bool, actor: Actor,
+                      now: datetime) -> ImportedYear:
+    """:func:`import_year` from parsed table rows; a refused row is named by its line."""
+    try:
+        return import_year(session, year=year, days=[{"date": r.day, "kind": r.kind, "name": r.name} for r in rows],
+                           complete=complete, actor=actor, now=now)
+    except DataInvalid as exc:
+        raise DataInvalid(exc.message, [FieldError(f"line {rows[int(e.field.split('/')[1])].line}", e.message)
+                                        for e in exc.errors]) from None
+
+
+def mark_year_complete(session: Session, *, year: int, actor: Actor, now: datetime) -> None:
+    """Record that the calendar holds a year's official notice (entered day by day, or
+    imported as a draft first), so the coverage stops warning about it. Every day of the year
+    must be known: a year with gaps would count its unknown days as guesses."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("editing the calendar needs the process_owner or admin role")
+    if not EARLIEST_DAY.year <= year <= LATEST_DAY.year:
+        raise InvalidInput(f"the year must lie between {EARLIEST_DAY.year} and {LATEST_DAY.year}", field="year")
+    known = session.execute(select(func.count()).select_from(CalendarDay).where(
+        CalendarDay.day >= date(year, 1, 1), CalendarDay.day <= date(year, 12, 31))).scalar_one()
+    days = (date(year, 12, 31) - date(year, 1, 1)).days + 1
+    if known < days:
+        raise InvalidInput(f"the calendar knows {known} of the {days} days of {year}: import the year's notice "
+                           "before marking it complete", field="year")
+    key = _COMPLETE_YEAR.format(year=year)
+    value = f"{actor.username} {now.isoformat()}"
+    marker = session.get(Setting, key)
+    if marker is None:
+        session.add(Setting(key=key, value=value))
+    else:
+        marker.value = value
+    record_system_event(session, kind="calendar.year_marked_complete", actor=actor.username, at=now,
+                        data={"year": year})
+
+
+def year_days(session: Session, *, year: int, actor: Actor) -> dict[date, CalendarDay]:
+    """The calendar's days of a year, as the calendar page shows them (process owners)."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("the calendar page needs the process_owner role")
+    if not EARLIEST_DAY.year <= year <= LATEST_DAY.year:
+        raise InvalidInput(f"the year must lie between {EARLIEST_DAY.year} and {LATEST_DAY.year}", field="year")
+    return {row.day: row for row in session.execute(select(CalendarDay).where(
+        CalendarDay.day >= date(year, 1, 1), CalendarDay.day <= date(year, 12, 31))).scalars()}
+
+
 @dataclass(frozen=True)
 class CalendarCoverage:
     first: Any
@@ -202,28 +301,54 @@ def coverage(session: Session, *, now: datetime | None = None) -> CalendarCovera
 
 
 def validate_policy(session: Session, data: dict[str, Any]) -> None:
+    """What the policy's fields mean together (the API's request schema has checked their
+    shapes); each refusal names its field, so a page can show it beside that field."""
     try:
         Unit(data["target_unit"])
     except (KeyError, ValueError):
-        raise InvalidInput(f"target_unit must be one of {[u.value for u in Unit]}") from None
+        raise InvalidInput(f"target_unit must be one of {[u.value for u in Unit]}", field="target_unit") from None
     try:
         amount = Decimal(str(data.get("target_amount", 0)))
     except ArithmeticError:
-        raise InvalidInput(f"target_amount must be a number, got {data.get('target_amount')!r}") from None
-    check_target(amount, data["target_unit"])
+        raise InvalidInput(f"target_amount must be a number, got {data.get('target_amount')!r}",
+                           field="target_amount") from None
+    try:
+        check_target(amount, data["target_unit"])
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field="target_amount") from None
     anchor = data.get("anchor_variable")
     if anchor is not None and (not isinstance(anchor, str) or not anchor.isidentifier()):
-        raise InvalidInput(f"anchor_variable must name a variable, got {anchor!r}")
+        raise InvalidInput(f"anchor_variable must name a variable, got {anchor!r}", field="anchor_variable")
     if session.get(BusinessHoursRow, data.get("business_hours", "default")) is None:
-        raise InvalidInput(f"no business hours named {data.get('business_hours')!r}")
-    for milestone in data.get("milestones", []):
+        raise InvalidInput(f"no business hours named {data.get('business_hours')!r}", field="business_hours")
+    for i, milestone in enumerate(data.get("milestones", [])):
         if milestone.get("action") not in ACTIONS:
-            raise InvalidInput(f"milestone action must be one of {ACTIONS}")
+            raise InvalidInput(f"milestone action must be one of {ACTIONS}", field=f"milestones/{i}/action")
         at = milestone.get("at")
         if not isinstance(at, (int, float)) or not 0 < at <= 5:
-            raise InvalidInput("milestone 'at' is a fraction of the target, e.g. 0.5, 0.8, 1.0, 1.5")
+            raise InvalidInput("milestone 'at' is a fraction of the target, e.g. 0.5, 0.8, 1.0, 1.5",
+                               field=f"milestones/{i}/at")
         if milestone["action"] in ("reassign", "escalate") and not milestone.get("to"):
-            raise InvalidInput(f"a {milestone['action']} milestone needs 'to' (a role or group)")
+            raise InvalidInput(f"a {milestone['action']} milestone needs 'to' (a role or group)",
+                               field=f"milestones/{i}/to")
+
+
+def list_policies(session: Session, *, actor: Actor) -> list[SlaPolicy]:
+    """Every policy in matching order, for the process owners' policy page."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("the SLA policy pages need the process_owner role")
+    return list(session.execute(select(SlaPolicy).order_by(SlaPolicy.position, SlaPolicy.id)).scalars())
+
+
+def get_policy(session: Session, key: str, *, actor: Actor) -> SlaPolicy | None:
+    """One policy to edit (None: a new one under this key)."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("the SLA policy pages need the process_owner role")
+    return session.execute(select(SlaPolicy).where(SlaPolicy.key == key)).scalar_one_or_none()
+
+
+def business_hours_names(session: Session) -> list[str]:
+    return list(session.execute(select(BusinessHoursRow.name).order_by(BusinessHoursRow.name)).scalars())
 
 
 def upsert_policy(session: Session, rt: SlaHost, *, data: dict[str, Any], actor: Actor) -> tuple[SlaPolicy, int]:
@@ -260,18 +385,60 @@ def upsert_policy(session: Session, rt: SlaHost, *, data: dict[str, Any], actor:
     return policy, recompute(session, rt, now=now)
 
 
-def recompute(session: Session, rt: SlaHost, *, now: datetime) -> int:
-    """Re-derive the due date and milestones of every open task without a diagram due date
-    (after a policy or calendar change); returns how many tasks changed."""
-    count = 0
-    open_tasks = session.execute(
+@dataclass(frozen=True)
+class TaskMove:
+    """An open task whose due date a change moved (or gave, or took away)."""
+
+    task_id: int
+    business_key: str | None
+    process_key: str
+    element_id: str
+    name: str | None
+    before: datetime | None
+    after: datetime | None
+
+    @property
+    def shift(self) -> timedelta | None:
+        return None if self.before is None or self.after is None else self.after - self.before
+
+
+def _move(task: Task, before: datetime | None, after: datetime | None) -> TaskMove:
+    return TaskMove(task.id, task.business_key, task.process_key, task.element_id, task.name, before, after)
+
+
+def _recomputed_tasks(session: Session) -> list[Any]:
+    """The open tasks a policy or calendar change re-derives: those whose due date the
+    diagram did not set."""
+    return list(session.execute(
         select(Task, ProcessInstance).join(ProcessInstance, ProcessInstance.id == Task.instance_id)
         .where(Task.status.in_(ACTIVE_TASK_STATES), Task.kind == TaskKind.BPMN,
                or_(Task.due_source.is_(None), Task.due_source != "diagram"))
-        .order_by(Task.instance_id)
-    ).all()
+        .order_by(Task.instance_id, Task.id)
+    ).all())
+
+
+def _policy_clock(session: Session, task: Task, policy: PolicyRow) -> tuple[datetime, Due, PausedTime]:
+    """Where the task's clock starts, its due date on the policy before paused time is
+    excluded, and that paused time: what both a recompute and its preview count."""
+    calendar = CALENDARS.get(session, policy.business_hours)
+    start = task.sla_started_at or task.created_at
+    due = calendar.add(start, policy.target_amount, policy.target_unit)
+    # Time already spent waiting for the client stays excluded, as resume() excluded it,
+    # but measured again on today's calendar and in the policy's current unit.
+    return start, due, PausedTime(calendar, policy.target_unit, pauses(task), legacy=legacy_pause(task))
+
+
+def recompute(session: Session, rt: SlaHost, *, now: datetime) -> int:
+    """Re-derive the due date and milestones of every open task without a diagram due date
+    (after a policy or calendar change); returns how many tasks changed."""
+    return len(recompute_moves(session, rt, now=now))
+
+
+def recompute_moves(session: Session, rt: SlaHost, *, now: datetime) -> list[TaskMove]:
+    """:func:`recompute`, saying which tasks changed and their due dates before and after."""
+    moves = []
     workflows: dict[int, Any] = {}
-    for task, instance in open_tasks:
+    for task, instance in _recomputed_tasks(session):
         if instance.id not in workflows:
             # Policies match on instance variables; this is an administrator's operation,
             # so reading each affected instance once is acceptable.
@@ -283,15 +450,10 @@ def recompute(session: Session, rt: SlaHost, *, now: datetime) -> int:
         session.execute(update(Timer).where(Timer.kind == TimerKind.SLA, Timer.task_uuid == task.task_uuid,
                                             Timer.status.in_(ACTIVE_TIMER_STATES))
                         .values(status=TimerStatus.CANCELLED))
-        start = task.sla_started_at or task.created_at
         if policy is None:
             task.sla_policy_id, task.due_at, task.due_source, task.at_risk_at = None, None, None, None
         else:
-            calendar = CALENDARS.get(session, policy.business_hours)
-            due = calendar.add(start, policy.target_amount, policy.target_unit)
-            # Time already spent waiting for the client stays excluded, as resume() excluded
-            # it, but measured again on today's calendar and in the policy's current unit.
-            paused = PausedTime(calendar, policy.target_unit, pauses(task), legacy=legacy_pause(task))
+            start, due, paused = _policy_clock(session, task, policy)
             task.due_at, task.due_source, task.calendar_incomplete = due.at, "policy", due.incomplete
             task.sla_policy_id = policy.id
             task.at_risk_at = paused(at_risk(session, policy, task, start=start))
@@ -299,5 +461,130 @@ def recompute(session: Session, rt: SlaHost, *, now: datetime) -> int:
             task.due_at = paused(due.at)
             task.calendar_incomplete = due.incomplete or paused.incomplete
         if (task.sla_policy_id, task.due_at) != previous:
-            count += 1
-    return count
+            moves.append(_move(task, previous[1], task.due_at))
+    return moves
+
+
+# -- a policy's preview, before it is saved ------------------------------------------------------
+@dataclass(frozen=True)
+class _Candidate:
+    """A policy as it would be saved, shaped like the cached rows matching reads."""
+
+    id: int | None
+    key: str
+    position: int
+    active: bool
+    process_key: str | None
+    element_id: str | None
+    lane: str | None
+    min_priority: int | None
+    match_data: dict[str, Any]
+    target_amount: Decimal
+    target_unit: str
+    business_hours: str
+    milestones: list[dict[str, Any]]
+    pausable: bool
+    anchor_variable: str | None
+
+
+@dataclass(frozen=True)
+class MilestonePoint:
+    at: float
+    action: str
+    to: str | None
+    due: datetime
+
+
+@dataclass(frozen=True)
+class PolicyPreview:
+    """What saving a policy would do: the due date, at-risk moment and milestones of a task
+    it matches created now, and the open tasks whose due dates would move."""
+
+    start: datetime
+    due: datetime
+    incomplete: bool  # the sample's due date needs days the calendar does not know
+    at_risk: datetime
+    milestones: list[MilestonePoint]
+    open_tasks: int  # open tasks a save recomputes (their due date not set by the diagram)
+    changes: list[TaskMove]  # of them, those whose policy or due date would change
+
+    @property
+    def shifts(self) -> list[timedelta]:
+        return sorted(m.shift for m in self.changes if m.shift is not None)
+
+    @property
+    def gained(self) -> int:
+        return sum(1 for m in self.changes if m.before is None and m.after is not None)
+
+    @property
+    def lost(self) -> int:
+        return sum(1 for m in self.changes if m.before is not None and m.after is None)
+
+    @property
+    def shift_min(self) -> timedelta | None:
+        return self.shifts[0] if self.shifts else None
+
+    @property
+    def shift_max(self) -> timedelta | None:
+        return self.shifts[-1] if self.shifts else None
+
+    @property
+    def shift_median(self) -> timedelta | None:
+        shifts = self.shifts
+        if not shifts:
+            return None
+        middle = len(shifts) // 2
+        return shifts[middle] if len(shifts) % 2 else (shifts[middle - 1] + shifts[middle]) / 2
+
+
+def preview_policy(session: Session, rt: SlaHost, *, data: dict[str, Any], actor: Actor,
+                   now: datetime) -> PolicyPreview:
+    """What :func:`upsert_policy` would do with ``data``, changing nothing: the same checks,
+    the due date of a sample task it matches created ``now``, and each open task whose
+    policy or due date a save would change, counted as the save's recompute counts them.
+    Matching runs over the active policies with this one put in its place, outside the
+    runtime's policy cache (which other requests share)."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("SLA policies need the process_owner or admin role")
+    validate_policy(session, data)
+    existing = session.execute(select(SlaPolicy.id).where(SlaPolicy.key == data["key"])).scalar_one_or_none()
+    candidate = _Candidate(
+        id=existing, key=data["key"], position=int(data.get("position", 100)), active=bool(data.get("active", True)),
+        process_key=data.get("process_key"), element_id=data.get("element_id"), lane=data.get("lane"),
+        min_priority=data.get("min_priority"), match_data=dict(data.get("match_data") or {}),
+        target_amount=Decimal(str(data["target_amount"])), target_unit=Unit(data["target_unit"]).value,
+        business_hours=data.get("business_hours", "default"),
+        milestones=sorted(data.get("milestones", []), key=lambda m: m["at"]),
+        pausable=bool(data.get("pausable", True)), anchor_variable=data.get("anchor_variable") or None)
+    table = SlaPolicy.__table__
+    others = list(session.execute(select(table).where(table.c.active.is_(True), table.c.key != candidate.key)).all())
+    # A new policy gets the next id, so it comes after the others of its position.
+    ordered: list[PolicyRow] = sorted([*others, *([candidate] if candidate.active else [])],
+                      key=lambda p: (p.position, p.id if p.id is not None else 2**63))
+    needs_data = any(p.match_data for p in ordered)
+
+    calendar = CALENDARS.get(session, candidate.business_hours)
+    due = calendar.add(now, candidate.target_amount, candidate.target_unit)
+    points = [MilestonePoint(float(m["at"]), m["action"], m.get("to"),
+                             milestone_due(calendar, now, due, candidate.target_amount, candidate.target_unit,
+                                           float(m["at"])))
+              for m in candidate.milestones]
+    risk = milestone_due(calendar, now, due, candidate.target_amount, candidate.target_unit, AT_RISK_FRACTION)
+
+    changes, workflows = [], {}
+    tasks = _recomputed_tasks(session)
+    for task, instance in tasks:
+        values: dict[str, Any] = {}
+        if needs_data:
+            if instance.id not in workflows:
+                workflows[instance.id] = rt.load(session, instance)
+            spiff_task = workflows[instance.id].get_task_from_id(UUID(task.task_uuid))
+            values = dict(spiff_task.data) if spiff_task is not None else {}
+        policy = first_match(ordered, task, values)
+        after: tuple[int | None, datetime | None] = (None, None)
+        if policy is not None:
+            _, task_due, paused = _policy_clock(session, task, policy)
+            after = (policy.id, paused(task_due.at))
+        if after != (task.sla_policy_id, task.due_at):
+            changes.append(_move(task, task.due_at, after[1]))
+    return PolicyPreview(now, due.at, due.incomplete, risk, points, len(tasks), changes)

@@ -37,7 +37,12 @@ def _matches(policy: PolicyRow, task: Task, data: dict[str, Any]) -> bool:
 
 
 def match(session: Session, rt: SlaHost, task: Task, data: dict[str, Any]) -> PolicyRow | None:
-    return next((p for p in rt.policies.active(session) if _matches(p, task, data)), None)
+    return first_match(rt.policies.active(session), task, data)
+
+
+def first_match(policies: Iterable[PolicyRow], task: Task, data: dict[str, Any]) -> PolicyRow | None:
+    """The first of ``policies`` (in matching order) that applies to the task."""
+    return next((p for p in policies if _matches(p, task, data)), None)
 
 
 def start_clock(session: Session, rt: SlaHost, *, instance: ProcessInstance, task: Task, data: dict[str, Any],

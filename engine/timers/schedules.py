@@ -18,6 +18,7 @@ in the system audit stream, which is also what makes a second run of one slot a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ from engine.access.roles import PROCESS_OWNER
 from engine.audit import SYSTEM_STREAM, record_system_event
 from engine.calendars import BusinessCalendar
 from engine.errors import Conflict, DuplicateBusinessKey, InvalidInput, PermissionDenied
-from engine.models import AuditEvent, Schedule, Timer, TimerKind, TimerStatus
+from engine.models import AuditEvent, ProcessInstance, Schedule, Timer, TimerKind, TimerStatus
 from engine.process import instances
 from engine.process.deployments import get_latest
 from engine.process.limits import check_text, check_variables
@@ -121,10 +122,24 @@ def recompute(session: Session, rt: Runtime, *, now: datetime) -> int:
     them, "the first working day of January" is computed on weekends only (1 January) and
     would start the batch on New Year's Day. A slot already due (waiting for a late worker)
     stays: moving it would skip it."""
-    moved = 0
+    return len(recompute_moves(session, rt, now=now))
+
+
+@dataclass(frozen=True)
+class SlotMove:
+    key: str
+    process_key: str
+    before: datetime
+    after: datetime
+
+
+def recompute_moves(session: Session, rt: Runtime, *, now: datetime) -> list[SlotMove]:
+    """:func:`recompute`, saying which schedules' next slots moved, from when to when."""
+    moves = []
     rows = session.execute(
         select(Schedule, Timer).join(Timer, (Timer.kind == TimerKind.SCHEDULE) & (Timer.element_id == Schedule.key))
         .where(Schedule.active.is_(True), Timer.status == TimerStatus.WAITING, Timer.due_at > now)
+        .order_by(Schedule.key)
     ).all()
     for schedule, timer in rows:
         due = next_run(schedule.rule, schedule.at_time, CALENDARS.get(session, schedule.business_hours), now)
@@ -135,8 +150,8 @@ def recompute(session: Session, rt: Runtime, *, now: datetime) -> int:
         rt.announce_timer(session, timer)
         record_system_event(session, kind="schedule.moved", actor=None, at=now,
                             data={"key": schedule.key, "from": previous.isoformat(), "to": due.isoformat()})
-        moved += 1
-    return moved
+        moves.append(SlotMove(schedule.key, schedule.process_key, previous, due))
+    return moves
 
 
 def _arm(session: Session, rt: Runtime, schedule: Schedule, due: datetime, now: datetime) -> None:
@@ -186,3 +201,66 @@ def _run_job(session: Session, rt: Runtime, schedule: Schedule, slot_key: str, s
 
 def get_all(session: Session) -> list[Schedule]:
     return list(session.execute(select(Schedule).order_by(Schedule.key)).scalars())
+
+
+# -- what the schedules page shows -----------------------------------------------------------------
+UPCOMING_SLOTS = 3
+RECENT_RUNS = 5
+
+
+@dataclass(frozen=True)
+class Run:
+    """A slot that ran: the case it started (a process) or the job's result."""
+
+    slot: str  # <schedule key>-<yyyymmdd>
+    at: datetime
+    status: str | None  # the case's status; None for a job
+    result: dict[str, Any] | None  # a job's result
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    schedule: Schedule
+    job: str | None  # the engine job it runs, or None when it starts a process
+    upcoming: list[datetime]  # the waiting slot, then the ones after it
+    runs: list[Run]  # the latest first
+    failing: Timer | None  # a slot that failed or keeps failing, with its last error
+
+
+def overview(session: Session, *, actor: Actor, now: datetime) -> list[ScheduleView]:
+    """Every schedule with its next slots, latest runs and results, and a slot that fails
+    (process owners, who own the schedules)."""
+    if not actor.has_role(PROCESS_OWNER):
+        raise PermissionDenied("the schedules page needs the process_owner role")
+    views = []
+    for schedule in get_all(session):
+        timers = list(session.execute(
+            select(Timer).where(Timer.kind == TimerKind.SCHEDULE, Timer.element_id == schedule.key)
+            .order_by(Timer.due_at.desc(), Timer.id.desc()).limit(20)).scalars())
+        waiting = sorted(t.due_at for t in timers if t.status == TimerStatus.WAITING)
+        upcoming: list[datetime] = []
+        if schedule.active:
+            calendar = CALENDARS.get(session, schedule.business_hours)
+            upcoming = waiting[:1] or [next_run(schedule.rule, schedule.at_time, calendar, now)]
+            while len(upcoming) < UPCOMING_SLOTS:
+                upcoming.append(next_run(schedule.rule, schedule.at_time, calendar, upcoming[-1]))
+        failing = next((t for t in timers if t.status == TimerStatus.FAILED
+                        or (t.status == TimerStatus.WAITING and t.last_error)), None)
+        job = schedule.process_key.removeprefix(JOB_PREFIX) if schedule.process_key.startswith(JOB_PREFIX) else None
+        views.append(ScheduleView(schedule, job, upcoming, _runs(session, schedule, job), failing))
+    return views
+
+
+def _runs(session: Session, schedule: Schedule, job: str | None) -> list[Run]:
+    prefix = f"{schedule.key}-"
+    if job is not None:
+        events = session.execute(
+            select(AuditEvent).where(AuditEvent.stream == SYSTEM_STREAM, AuditEvent.kind == "schedule.job_run",
+                                     AuditEvent.data["slot"].as_string().like(f"{prefix}%"))
+            .order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc()).limit(RECENT_RUNS)).scalars()
+        return [Run(e.data["slot"], e.occurred_at, None, e.data.get("result")) for e in events]
+    cases = session.execute(
+        select(ProcessInstance).where(ProcessInstance.process_key == schedule.process_key,
+                                      ProcessInstance.business_key.like(f"{prefix}%"))
+        .order_by(ProcessInstance.started_at.desc(), ProcessInstance.id.desc()).limit(RECENT_RUNS)).scalars()
+    return [Run(c.business_key, c.started_at, c.status, None) for c in cases]

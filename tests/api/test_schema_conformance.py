@@ -52,6 +52,9 @@ BUSINESS_RULES: dict[tuple[str, str], tuple[tuple[int, ...], str]] = {
     ("PUT", "/api/v1/sla/policies/{key}"): (
         (400,), "the target is positive and at most ten years in its unit, business_hours names hours that "
                 "exist, a reassign or escalate milestone names whom"),
+    ("POST", "/api/v1/sla/policies/{key}/preview"): (
+        (400,), "the target is positive and at most ten years in its unit, business_hours names hours that "
+                "exist, a reassign or escalate milestone names whom"),
 }
 
 
