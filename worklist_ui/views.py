@@ -38,7 +38,7 @@ from engine.access.roles import PROCESS_OWNER, SUPERVISOR
 from engine.models import ACTIVE_TASK_STATES, ProcessVersion
 from engine.process import activity, instances, tasks, worklist
 from engine.sla import clock as sla_clock
-from worklist_ui import board, figures_page, forms, i18n, owners
+from worklist_ui import board, draft_forms, draft_lint, figures_page, forms, i18n, owners
 from worklist_ui.session import actor, sign_in, sign_out
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
@@ -401,11 +401,7 @@ def complete(task_id: int) -> Any:
             raise
         flash(winner, "warning")
         return redirect(url_for("pages.inbox"))
-    parsed = forms.parse(schema, request.form) if schema else forms.Parsed({}, {})
-    found = dict(parsed.errors)
-    if validator is not None:
-        for name, message in forms.errors_of(validator, parsed.data).items():
-            found.setdefault(name, message)
+    parsed, found = forms.submission(schema, validator, request.form)
     if found:
         return render_template("task.html", **_task_context(task_id, values=parsed.data,
                                                             field_errors=found)), 422
@@ -565,3 +561,5 @@ def mark_read() -> Any:
 board.install(blp)
 figures_page.install(blp)
 owners.install(blp)
+draft_forms.install(blp)
+draft_lint.install(blp)

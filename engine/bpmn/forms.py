@@ -157,3 +157,19 @@ def _option_values(spec: Any) -> list[Any] | None:
     if spec.get("type") == "boolean":
         return [True, False]
     return None
+
+
+_META = Draft202012Validator(Draft202012Validator.META_SCHEMA, format_checker=FORMAT_CHECKER)
+
+
+def schema_errors(schema: Any, *, limit: int = 20) -> list[str]:
+    """Every way ``schema`` breaks the JSON Schema (2020-12) meta-schema, each led by where
+    (a JSON pointer such as ``/properties/amount/minimum``), at most ``limit``: the form
+    editor lists them all, where a deploy names the best match."""
+    found = []
+    for error in sorted(_META.iter_errors(schema), key=lambda e: [str(p) for p in e.absolute_path]):
+        where = "/" + "/".join(str(p) for p in error.absolute_path)
+        found.append(f"{where}: {error.message}")
+        if len(found) == limit:
+            break
+    return found
