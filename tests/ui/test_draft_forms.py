@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from engine.models import ACTIVE_TASK_STATES, AuditEvent, ProcessDraft, Task
 from engine.process import deployments
-from tests.ui.test_owners import DRAFT, OWNER, OTHER_OWNER, STAFF, _draft, _put, _signed_in, _with_groups
+from tests.ui.test_owners import OTHER_OWNER, OWNER, STAFF, _draft, _put, _signed_in, _with_groups
 
 FORMS = "/processes/complaint/draft/forms"
 PREVIEW = f"{FORMS}/preview"
@@ -157,7 +157,8 @@ def test_a_good_sample_passes_and_shows_what_the_step_would_write(app, demo_case
     assert bad["errors"] == {"amount": "最多 100"} and 'aria-invalid="true"' in bad["html"]
     good = _preview(client, token, schema, sample={"amount": "99", "when": "2026-12-07T09:30"})
     assert good["errors"] == {} and "data-sample-ok" in good["html"]
-    assert '"when": "2026-12-07T09:30:00+08:00"' in html.unescape(good["html"])  # Beijing time, as the task page reads it
+    # Beijing time, as the task page reads it
+    assert '"when": "2026-12-07T09:30:00+08:00"' in html.unescape(good["html"])
 
 
 @pytest.mark.parametrize(("schema", "words"), [
