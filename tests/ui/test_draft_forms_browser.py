@@ -1,0 +1,120 @@
+"""The draft editor's form editor and lint while drawing, in Debian's chromium: an owner edits
+a form's JSON Schema and sees the preview (rendered by the server with the task page's
+template) follow the text, the renderer's refusal named, a sample's error summary, and saves
+the form into the draft; and an unknown form key, an unknown candidate group and an
+expression the safe evaluator refuses are marked on their elements while drawing, before any
+Check. Both pages pass axe."""
+
+from __future__ import annotations
+
+import json
+
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Page, expect
+
+from engine.process import deployments, drafts
+from tests.ui.conftest import screenshot, sign_in
+from tests.ui.test_owners_browser import _field, _select
+
+
+def _serious(page: Page) -> list[tuple[str, str, str]]:
+    result = Axe().run(page)
+    return [(v["id"], v["impact"], v["help"], [n["target"] for n in v["nodes"]][:5])
+            for v in result.response["violations"] if v["impact"] in ("serious", "critical")]
+
+
+def _open_draft(page: Page, server: str) -> None:
+    sign_in(page, server, "s001")
+    page.goto(f"{server}/processes/complaint/draft")
+    expect(page.locator("#modeler[data-ready='true'][data-lint-ready='true']")).to_be_attached()
+    expect(page.locator("#draft-forms[data-ready='true']")).to_be_attached()
+
+
+def test_an_owner_edits_a_form_with_a_live_preview_and_saves_it_into_the_draft(page: Page, server, db,
+                                                                              demo_cases_loaded):
+    _open_draft(page, server)
+    with db.transaction() as s:
+        schema = deployments.get_latest(s, "complaint").forms["complaint_acknowledge"]
+    page.select_option("#form-choice", "complaint_acknowledge")
+    text = page.locator("#form-text")
+    expect(text).to_have_value(json.dumps(schema, ensure_ascii=False, indent=2) + "\n")
+    preview = page.locator("#form-preview")
+    first = next(iter(schema["properties"]))
+    expect(preview.locator(f"#field-{first}")).to_be_visible()
+
+    # The preview follows the text: a new title shows as the task page would show it.
+    schema["properties"][first]["title"] = "新的标题 New title"
+    text.fill(json.dumps(schema, ensure_ascii=False, indent=2))
+    expect(preview.locator(f"#field-{first}")).to_contain_text("新的标题")
+
+    # What the renderer cannot show is named, by field and type.
+    broken = {**schema, "properties": {**schema["properties"], "contacts": {"type": "array", "items": {
+        "type": "object"}}}}
+    text.fill(json.dumps(broken, ensure_ascii=False))
+    expect(page.locator("#form-problems li[data-severity='error']")).to_contain_text("contacts")
+    expect(page.locator("#form-problems")).to_contain_text("不支持“object”的列表")
+
+    # Back to a good form; an empty sample shows the task page's error summary.
+    text.fill(json.dumps(schema, ensure_ascii=False, indent=2))
+    expect(page.locator("#form-problems li[data-severity='error']")).to_have_count(0)
+    preview.locator("button[type=submit]").click()
+    summary = preview.locator(".error-summary")
+    expect(summary).to_be_visible()
+    expect(summary).to_be_focused()
+    expect(summary.locator(f"a[href='#field-{schema['required'][0]}']")).to_be_visible()
+    assert _serious(page) == []
+    screenshot(page, "owner-form-editor")
+
+    page.click("text=保存表单到草稿")
+    expect(page.locator("#draft-forms[data-saved='complaint_acknowledge']")).to_be_attached()
+    expect(page.locator("#modeler")).to_have_attribute("data-etag", '"1"')
+    with db.transaction() as s:
+        from tests.ui.test_owners import _actor
+
+        stored = drafts.get(s, "complaint", actor=_actor(s, "s001"))
+        assert stored.revision == 1
+        assert stored.forms["complaint_acknowledge"]["properties"][first]["title"] == "新的标题 New title"
+
+
+def _lint_overlay(page: Page, element_id: str):
+    return page.locator(f".djs-overlays[data-container-id='{element_id}'] .bjsl-overlay")
+
+
+def test_lint_marks_problems_on_the_elements_while_drawing(page: Page, server, demo_cases_loaded):
+    _open_draft(page, server)
+    # The deployed diagram passes the engine's rules: nothing is marked.
+    expect(page.locator("#modeler")).to_have_attribute("data-lint-issues", "0")
+    expect(page.locator(".bjsl-overlay")).to_have_count(0)
+
+    _select(page, "register")
+    form_key = _field(page, "CamundaPlatform__Form", "formKey")
+    form_key.fill("complaint_registr")
+    form_key.press("Tab")
+    expect(_lint_overlay(page, "register")).to_be_visible()
+    expect(page.locator(".djs-overlays[data-container-id='register'] .bjsl-dropdown")).to_contain_text(
+        "complaint_registr")
+
+    _select(page, "acknowledge")
+    groups = _field(page, "CamundaPlatform__UserAssignment", "candidateGroups")
+    groups.fill("no_such_group")
+    groups.press("Tab")
+    expect(_lint_overlay(page, "acknowledge")).to_be_visible()
+    expect(page.locator(".djs-overlays[data-container-id='acknowledge'] .bjsl-dropdown")).to_contain_text(
+        "no_such_group", use_inner_text=False)
+
+    # An expression only the server can judge: the lint asks it and marks the element.
+    due = _field(page, "CamundaPlatform__UserAssignment", "dueDate")
+    due.fill("${__import__('os')}")
+    due.press("Tab")
+    expect(page.locator(".djs-overlays[data-container-id='acknowledge'] .bjsl-dropdown")).to_contain_text(
+        "__import__", use_inner_text=False)
+    expect(page.locator("#modeler")).to_have_attribute("data-lint-issues", "2")
+    assert _serious(page) == []
+    screenshot(page, "owner-draft-lint")
+
+    # Fixing the form key clears its mark.
+    _select(page, "register")
+    form_key = _field(page, "CamundaPlatform__Form", "formKey")
+    form_key.fill("complaint_register")
+    form_key.press("Tab")
+    expect(_lint_overlay(page, "register")).to_have_count(0)
