@@ -4,8 +4,10 @@ One draft per process, shared by its owners and kept on the server. It starts as
 version's XML. Every save names the revision it started from (the pages send it as
 ``If-Match``); a save from an older revision is refused with who saved last, so two owners
 never overwrite each other silently. Checking and deploying a draft go through the same
-``deployments.lint`` and ``deployments.deploy`` as the API's upload, with the latest
-version's forms, so the same problems refuse it and the same audit event records it.
+``deployments.lint`` and ``deployments.deploy`` as the API's upload, with the draft's
+forms (the latest version's until an owner saves or imports one), so the same problems
+refuse it and the same audit event records it. A form saved or a bundle imported is a new
+revision of the same draft, under the same conflict rule.
 """
 
 from __future__ import annotations

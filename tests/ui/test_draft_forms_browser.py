@@ -7,13 +7,18 @@ Check. Both pages pass axe."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import zipfile
+from pathlib import Path
 
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
 from engine.process import deployments, drafts
-from tests.ui.conftest import screenshot, sign_in
+from tests.ui.conftest import SCREENSHOTS, sign_in
+from tests.ui.test_owners import _actor
 from tests.ui.test_owners_browser import _field, _select
 
 
@@ -21,6 +26,14 @@ def _serious(page: Page) -> list[tuple[str, str, str]]:
     result = Axe().run(page)
     return [(v["id"], v["impact"], v["help"], [n["target"] for n in v["nodes"]][:5])
             for v in result.response["violations"] if v["impact"] in ("serious", "critical")]
+
+
+def _shot(locator, name: str) -> None:
+    """A picture of one part of the page: into var/screenshots, or into docs/images when
+    scripts/owner_screenshots.py asks (BPM_DOCS_IMAGES), for docs/owners.md."""
+    folder = Path(os.environ.get("BPM_DOCS_IMAGES") or SCREENSHOTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    locator.screenshot(path=str(folder / f"{name}.png"), animations="disabled")
 
 
 def _open_draft(page: Page, server: str) -> None:
@@ -63,17 +76,34 @@ def test_an_owner_edits_a_form_with_a_live_preview_and_saves_it_into_the_draft(p
     expect(summary).to_be_focused()
     expect(summary.locator(f"a[href='#field-{schema['required'][0]}']")).to_be_visible()
     assert _serious(page) == []
-    screenshot(page, "owner-form-editor")
+    text.evaluate("area => { area.scrollTop = 0; }")
+    _shot(page.locator(".forms-body"), "owner-form-editor")
 
     page.click("text=保存表单到草稿")
     expect(page.locator("#draft-forms[data-saved='complaint_acknowledge']")).to_be_attached()
     expect(page.locator("#modeler")).to_have_attribute("data-etag", '"1"')
     with db.transaction() as s:
-        from tests.ui.test_owners import _actor
-
         stored = drafts.get(s, "complaint", actor=_actor(s, "s001"))
         assert stored.revision == 1
         assert stored.forms["complaint_acknowledge"]["properties"][first]["title"] == "新的标题 New title"
+        xml = stored.xml
+
+    # A bundle with a script task is refused by name, and nothing changes.
+    evil = xml.replace('<bpmn:startEvent id="start_received"', '<bpmn:scriptTask id="evil" scriptFormat="python">'
+                       '<bpmn:script>import os</bpmn:script></bpmn:scriptTask><bpmn:startEvent id="start_received"', 1)
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.writestr("complaint.bpmn", evil)
+    page.set_input_files("#import-file", files=[{"name": "complaint.zip", "mimeType": "application/zip",
+                                                 "buffer": bundle.getvalue()}])
+    page.click("text=导入到草稿")
+    expect(page.locator("#draft-forms[data-imported='refused']")).to_be_attached()
+    expect(page.locator("#import-problems")).to_contain_text("script tasks are not allowed")
+    expect(page.locator("#import-message")).to_contain_text("未保存任何内容")
+    assert _serious(page) == []
+    _shot(page.locator("#draft-import"), "owner-import-refused")
+    with db.transaction() as s:
+        assert drafts.get(s, "complaint", actor=_actor(s, "s001")).revision == 1
 
 
 def _lint_overlay(page: Page, element_id: str):
@@ -110,7 +140,16 @@ def test_lint_marks_problems_on_the_elements_while_drawing(page: Page, server, d
         "__import__", use_inner_text=False)
     expect(page.locator("#modeler")).to_have_attribute("data-lint-issues", "2")
     assert _serious(page) == []
-    screenshot(page, "owner-draft-lint")
+    # The server's Check finds the same problems; its list zooms to a step, for the picture.
+    page.click("text=检查 Check")
+    expect(page.locator("#modeler[data-checked='problems']")).to_be_attached()
+    page.locator("#problems li[data-element-id='acknowledge'] button").first.click()
+    canvas = page.locator("#canvas").bounding_box()  # drag the canvas to bring the step out from the palette
+    page.mouse.move(canvas["x"] + 600, canvas["y"] + 500)
+    page.mouse.down()
+    page.mouse.move(canvas["x"] + 800, canvas["y"] + 560, steps=5)
+    page.mouse.up()
+    _shot(page.locator(".modeler-body"), "owner-draft-lint")
 
     # Fixing the form key clears its mark.
     _select(page, "register")
