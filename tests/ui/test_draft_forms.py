@@ -318,3 +318,33 @@ def test_the_draft_forms_column_migrates_down_and_up_and_matches_the_model(datab
     with db.engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [d for d in differences if "bpm_process_draft" in repr(d)] == []
+
+
+@pytest.mark.parametrize(("method", "url", "kwargs", "words"), [
+    ("post", "/processes/complaint/draft/expressions", {"data": b"not json"}, "expressions"),
+    ("post", "/processes/complaint/draft/expressions", {"json": {"expressions": [1, 2]}}, "expressions"),
+    ("post", "/processes/complaint/draft/expressions", {"json": {"expressions": ["x"] * 501}}, "500"),
+    ("post", PREVIEW, {"data": {"__schema": "x" * (1024 * 1024 + 1)}}, "1048576"),
+    ("put", f"{FORMS}/complaint_register.json", {"data": b"", "headers": {"If-Match": '"0"'}}, "JSON"),
+    ("put", f"{FORMS}/complaint_register.json", {"data": b"{}", "headers": {"If-Match": '"abc"'}}, "If-Match"),
+    ("put", f"{FORMS}/complaint_register.json", {"data": b"{}", "headers": {"If-Match": '"7"'}}, "revision 7"),
+    ("post", IMPORT, {"data": b"", "headers": {"If-Match": '"0"'}}, "zip"),
+], ids=["expressions-not-json", "expressions-not-text", "too-many-expressions", "preview-too-large",
+        "form-empty", "if-match-not-a-revision", "if-match-unknown-revision", "import-empty"])
+def test_bad_input_to_the_editor_is_a_4xx_with_a_reason(app, db, demo_cases_loaded, method, url, kwargs, words):
+    client, token = _signed_in(app, OWNER)
+    headers = {"X-CSRFToken": token, **kwargs.pop("headers", {})}
+    answer = getattr(client, method)(url, headers=headers, **kwargs)
+    assert 400 <= answer.status_code < 500, answer.get_data(as_text=True)[:300]
+    assert words in answer.get_json()["message"], answer.get_json()
+    with db.transaction() as s:
+        assert s.get(ProcessDraft, "complaint") is None
+
+
+def test_the_expression_check_gives_the_safe_evaluators_verdict(app, demo_cases_loaded):
+    client, token = _signed_in(app, OWNER)
+    answer = client.post("/processes/complaint/draft/expressions", headers={"X-CSRFToken": token},
+                         json={"expressions": ["${amount > 1000}", "${__import__('os')}", "${amount >}"]})
+    verdicts = answer.get_json()["verdicts"]
+    assert verdicts["${amount > 1000}"] is None
+    assert "__import__" in verdicts["${__import__('os')}"] and "syntax error" in verdicts["${amount >}"]
