@@ -148,13 +148,16 @@ def form_preview(key: str) -> Any:
         if schema is None:
             return jsonify({"ok": False, "problems": problems, "html": ""})
         submitted = request.form.get("__submitted") == "1"
-        fields = forms.fields_of(schema)
+        # The fields the page can render are shown and read back; the sample is checked
+        # against the whole form, as the engine would check it.
+        shown_schema = forms.renderable(schema, forms.unsupported(schema))
+        fields = forms.fields_of(shown_schema)
         values: dict[str, Any] = {}
         found: dict[str, str] = {}
         if submitted:
-            parsed, found = forms.submission(schema, schemas.validator_for(schema), request.form)
+            parsed, found = forms.submission(shown_schema, schemas.validator_for(schema), request.form)
             values = parsed.data
-        shown = forms.draft_values(schema, values)
+        shown = forms.draft_values(shown_schema, values)
         html = render_template("_form_preview.html", schema=schema, fields=fields, values=shown, errors=found,
                                submitted=submitted, data=json.dumps(values, ensure_ascii=False, indent=2),
                                alpine_values=json.dumps(shown, ensure_ascii=False))

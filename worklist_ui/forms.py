@@ -59,7 +59,8 @@ def fields_of(schema: dict[str, Any]) -> list[Field]:
 
 def _options(spec: dict[str, Any]) -> list[Option]:
     if "oneOf" in spec:
-        return [Option(o.get("const"), label(o.get("title") or str(o.get("const")))) for o in spec["oneOf"]]
+        return [Option(o.get("const"), label(o.get("title") or str(o.get("const")))) for o in spec["oneOf"]
+                if isinstance(o, dict)]
     if "enum" in spec:
         return [Option(v, str(v)) for v in spec["enum"]]
     return []
@@ -388,6 +389,17 @@ def unsupported(schema: Any) -> list[Support]:
                 "A rule in \"allOf\" that the page cannot show: its fields are marked required only after sending "
                 "(the page shows if/properties with const, enum or contains, then/required)")))
     return found
+
+
+def renderable(schema: dict[str, Any], found: list[Support]) -> dict[str, Any]:
+    """``schema`` without what :func:`unsupported` found the page cannot render (those fields,
+    and rules that are not objects), so the editor previews the rest of a form being typed."""
+    bad = {item.field for item in found if item.severity == "error" and item.field}
+    rules = [rule for rule in schema.get("allOf") or [] if isinstance(rule, dict)
+             and isinstance(rule.get("if", {}), dict) and isinstance(rule.get("then", {}), dict)
+             and all(isinstance(test, dict) for test in (rule.get("if", {}).get("properties") or {}).values())]
+    return {**schema, "allOf": rules,
+            "properties": {name: spec for name, spec in schema["properties"].items() if name not in bad}}
 
 
 def _rule_shown(rule: dict[str, Any]) -> bool:

@@ -348,3 +348,19 @@ def test_the_expression_check_gives_the_safe_evaluators_verdict(app, demo_cases_
     verdicts = answer.get_json()["verdicts"]
     assert verdicts["${amount > 1000}"] is None
     assert "__import__" in verdicts["${__import__('os')}"] and "syntax error" in verdicts["${amount >}"]
+
+
+def test_a_valid_schema_the_page_cannot_render_is_previewed_without_the_parts_it_cannot(app, demo_cases_loaded):
+    # Boolean schemas are valid JSON Schema; the page has no input for them.
+    client, token = _signed_in(app, OWNER)
+    schema = {"type": "object", "properties": {
+        "a": True, "b": {"type": "string", "title": "乙"},
+        "c": {"type": "array", "items": {"type": "integer", "oneOf": [True, {"const": 1}]}}},
+        "allOf": [{"if": True, "then": {"required": ["b"]}},
+                  {"if": {"properties": {"b": False}}, "then": {"required": ["b"]}}]}
+    for sample in (None, {"b": ""}):
+        answer = _preview(client, token, schema, sample=sample)
+        assert answer["ok"] is False
+        assert {p["field"] for p in answer["problems"] if p["severity"] == "error"} == {"a"}
+        assert 'id="field-b"' in answer["html"] and 'id="field-a"' not in answer["html"]
+    assert answer["errors"] == {"b": "必填"}
