@@ -105,6 +105,21 @@ def test_an_owner_edits_a_form_with_a_live_preview_and_saves_it_into_the_draft(p
     with db.transaction() as s:
         assert drafts.get(s, "complaint", actor=_actor(s, "s001")).revision == 1
 
+    # A new form: a bad key is refused in words; a good one starts from a one-field form.
+    page.fill("#new-form-key", "Extra Form")
+    page.click("text=添加表单")
+    expect(page.locator("#form-message")).to_contain_text("小写字母")
+    page.fill("#new-form-key", "complaint_extra")
+    page.click("text=添加表单")
+    expect(page.locator("#form-choice")).to_have_value("complaint_extra")
+    expect(preview.locator("#field-comment")).to_be_visible()
+    page.click("text=保存表单到草稿")
+    expect(page.locator("#draft-forms[data-saved='complaint_extra']")).to_be_attached()
+    expect(page.locator("#form-choice option[value='complaint_extra']")).to_have_count(1)
+    with db.transaction() as s:
+        stored = drafts.get(s, "complaint", actor=_actor(s, "s001"))
+        assert stored.revision == 2 and stored.forms["complaint_extra"]["required"] == ["comment"]
+
 
 def _lint_overlay(page: Page, element_id: str):
     return page.locator(f".djs-overlays[data-container-id='{element_id}'] .bjsl-overlay")
