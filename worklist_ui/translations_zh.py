@@ -457,4 +457,5 @@ ZH = {
         '不支持控件键“%(key)s”：页面按类型选择控件',
     'Zip file': 'Zip 文件',
     'longer than %(num)d characters': '超过 %(num)d 个字符',
+    "This form has unsaved changes. Leave it without saving?": "此表单有未保存的修改。不保存就离开吗？",
 }

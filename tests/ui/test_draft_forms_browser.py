@@ -28,6 +28,11 @@ def _serious(page: Page) -> list[tuple[str, str, str]]:
             for v in result.response["violations"] if v["impact"] in ("serious", "critical")]
 
 
+# The preview waits for a pause in typing, then a round trip to the server, on a machine that
+# may be busy: a step of the preview gets longer than Playwright's 5 s default.
+SLOW = 15_000
+
+
 def _shot(locator, name: str) -> None:
     """A picture of one part of the page: into var/screenshots, or into docs/images when
     scripts/owner_screenshots.py asks (BPM_DOCS_IMAGES), for docs/owners.md."""
@@ -58,21 +63,21 @@ def test_an_owner_edits_a_form_with_a_live_preview_and_saves_it_into_the_draft(p
     # The preview follows the text: a new title shows as the task page would show it.
     schema["properties"][first]["title"] = "新的标题 New title"
     text.fill(json.dumps(schema, ensure_ascii=False, indent=2))
-    expect(preview.locator(f"#field-{first}")).to_contain_text("新的标题")
+    expect(preview.locator(f"#field-{first}")).to_contain_text("新的标题", timeout=SLOW)
 
     # What the renderer cannot show is named, by field and type.
     broken = {**schema, "properties": {**schema["properties"], "contacts": {"type": "array", "items": {
         "type": "object"}}}}
     text.fill(json.dumps(broken, ensure_ascii=False))
-    expect(page.locator("#form-problems li[data-severity='error']")).to_contain_text("contacts")
+    expect(page.locator("#form-problems li[data-severity='error']")).to_contain_text("contacts", timeout=SLOW)
     expect(page.locator("#form-problems")).to_contain_text("不支持“object”的列表")
 
     # Back to a good form; an empty sample shows the task page's error summary.
     text.fill(json.dumps(schema, ensure_ascii=False, indent=2))
-    expect(page.locator("#form-problems li[data-severity='error']")).to_have_count(0)
+    expect(page.locator("#form-problems li[data-severity='error']")).to_have_count(0, timeout=SLOW)
     preview.locator("button[type=submit]").click()
     summary = preview.locator(".error-summary")
-    expect(summary).to_be_visible()
+    expect(summary).to_be_visible(timeout=SLOW)
     expect(summary).to_be_focused()
     expect(summary.locator(f"a[href='#field-{schema['required'][0]}']")).to_be_visible()
     assert _serious(page) == []
@@ -113,6 +118,12 @@ def test_an_owner_edits_a_form_with_a_live_preview_and_saves_it_into_the_draft(p
     page.click("text=添加表单")
     expect(page.locator("#form-choice")).to_have_value("complaint_extra")
     expect(preview.locator("#field-comment")).to_be_visible()
+    # Switching away from an unsaved form asks first; saying no stays on it.
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.select_option("#form-choice", "complaint_register")
+    expect(page.locator("#form-choice")).to_have_value("complaint_extra")
+    assert asked and "未保存" in asked[0]
     page.click("text=保存表单到草稿")
     expect(page.locator("#draft-forms[data-saved='complaint_extra']")).to_be_attached()
     expect(page.locator("#form-choice option[value='complaint_extra']")).to_have_count(1)

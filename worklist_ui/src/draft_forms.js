@@ -20,6 +20,8 @@ export function startForms(section, root) {
   const message = section.querySelector("#form-message");
   const formUrl = (key) => section.dataset.formUrl.replace("__KEY__", encodeURIComponent(key));
   let newForm = "";
+  let dirty = false; // typed since the form was opened or saved
+  let current = "";
   let timer = null;
   let sequence = 0;
 
@@ -73,6 +75,8 @@ export function startForms(section, root) {
     const data = await answer.json();
     if (!answer.ok) { say(message, data.message, "error"); return; }
     text.value = data.text;
+    dirty = false;
+    current = key;
     say(message, "");
     await render();
   }
@@ -96,6 +100,7 @@ export function startForms(section, root) {
   function add() {
     const input = section.querySelector("#new-form-key");
     const key = input.value.trim();
+    if (dirty && !window.confirm(section.dataset.textUnsaved)) return;
     if (!/^[a-z][a-z0-9_]{0,63}$/.test(key)) { say(message, section.dataset.textBadKey, "error"); return; }
     if ([...choice.options].some((o) => o.value === key)) { say(message, section.dataset.textExists, "warning"); return; }
     const option = document.createElement("option");
@@ -104,6 +109,8 @@ export function startForms(section, root) {
     choice.append(option);
     choice.value = key;
     text.value = newForm;
+    dirty = true;
+    current = key;
     input.value = "";
     say(message, section.dataset.textNew);
     return render();
@@ -121,6 +128,9 @@ export function startForms(section, root) {
     say(message, data.message, answer.ok ? (data.problems && data.problems.length ? "warning" : null)
       : (answer.status === 409 ? "warning" : "error"));
     if (answer.ok) {
+      dirty = false;
+      const state = root.querySelector("#draft-state");
+      if (state) state.textContent = data.message;
       section.dataset.saved = key;
       await load(key);
     }
@@ -152,7 +162,11 @@ export function startForms(section, root) {
         .finally(() => { button.disabled = false; });
     });
   });
-  choice.addEventListener("change", () => open(choice.value));
-  text.addEventListener("input", later);
+  choice.addEventListener("change", () => {
+    // Switching forms drops what was typed: ask first, and stay if the owner says no.
+    if (dirty && !window.confirm(section.dataset.textUnsaved)) { choice.value = current; return; }
+    open(choice.value);
+  });
+  text.addEventListener("input", () => { dirty = true; later(); });
   return load().then(() => { section.dataset.ready = "true"; });
 }
