@@ -60,9 +60,20 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     openapi.install(api)
     errors.register(app)
 
-    from api.views import auth, deployments, figures, instances, messages, notifications, registry, sla, tasks
+    from api.views import (
+        auth,
+        deployments,
+        figures,
+        instances,
+        messages,
+        migrations,
+        notifications,
+        registry,
+        sla,
+        tasks,
+    )
 
-    for module in (auth, deployments, instances, tasks, messages, sla, registry, figures, notifications):
+    for module in (auth, deployments, migrations, instances, tasks, messages, sla, registry, figures, notifications):
         api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
 
     from worklist_ui import register as register_pages

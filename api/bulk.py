@@ -1,4 +1,5 @@
-"""Commands on several tasks at once (claim; a supervisor's reminder and reassignment), for
+"""Commands on several tasks at once (claim; a supervisor's reminder, reassignment and
+escalation), for
 the API and the pages alike: each task in a transaction of its own, so one refusal (taken
 meanwhile, not the caller's to claim, not a candidate's) costs only that task, and each
 task's result is reported."""
@@ -50,6 +51,12 @@ def reassign_each(ctx: BpmContext, actor: Actor, task_ids: Iterable[int], userna
                   reason: str | None) -> list[Outcome]:
     return each(ctx, task_ids, lambda session, task_id: supervision.reassign(
         session, ctx.runtime, task_id=task_id, username=username, actor=actor, reason=reason))
+
+
+def escalate_each(ctx: BpmContext, actor: Actor, task_ids: Iterable[int], reason: str | None,
+                  to: str | None) -> list[Outcome]:
+    return each(ctx, task_ids, lambda session, task_id: supervision.escalate(
+        session, ctx.runtime, task_id=task_id, actor=actor, reason=reason, to=to))
 
 
 def each(ctx: BpmContext, task_ids: Iterable[int], command: Callable[[Session, int], Any]) -> list[Outcome]:

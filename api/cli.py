@@ -145,6 +145,48 @@ def _check(ctx: Context, rt: Runtime, the_bundle: bundle.Bundle) -> list[Any]:
         return deployments.check(None, rt, the_bundle)[1]
 
 
+@main.command()
+@click.argument("process_key")
+@click.option("--to", "to_version", type=int, required=True, help="The version to move the cases to.")
+@click.option("--from-version", type=int, help="Only cases on this version (default: every other version).")
+@click.option("--case", "instance_ids", type=int, multiple=True, help="Exactly this case (instance id); repeat.")
+@click.option("--branch", help="Only cases of this branch.")
+@click.option("--waiting-at", help="Only cases with an open task at this step (element id).")
+@click.option("--dry-run", is_flag=True, help="Report per case whether it can move and what changes; store nothing.")
+@click.option("--batch-size", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--as", "username", help="The process owner doing it, for the audit trail (default: cli).")
+@pass_ctx
+def migrate(ctx: Context, process_key: str, to_version: int, from_version: int | None, instance_ids: tuple[int, ...],
+            branch: str | None, waiting_at: str | None, dry_run: bool, batch_size: int, username: str | None) -> None:
+    """Move running cases of PROCESS_KEY to another version (each case in its own transaction).
+
+    Prints one line per case: moved, can move (dry run) or refused with the reason. Exits 1
+    when any case could not move (it stays on its version)."""
+    from api import migrations
+    from engine.process import migration
+
+    rt = ctx.runtime()
+    actor = identity.Actor.system("cli")
+    if username:
+        with ctx.db.transaction() as session:
+            actor = identity.actor_for(session, identity.get_user(session, username))
+    selection = migration.Selection(from_version=from_version, instance_ids=instance_ids, branch_code=branch,
+                                    waiting_at=waiting_at)
+    report = migrations.run(ctx.db, rt, actor, process_key, to_version, selection, dry_run=dry_run,
+                            batch_size=batch_size, limit=1_000_000 if not instance_ids else migration.MAX_CASES)
+    for outcome in report.outcomes:
+        state = "moved" if outcome.moved else ("can move" if outcome.can_move else "refused")
+        label = outcome.business_key or f"#{outcome.instance_id}"
+        detail = "; ".join(r.words.en for r in outcome.reasons) if outcome.reasons \
+            else "; ".join(w.en for w in outcome.changes)
+        click.echo(f"{label} v{outcome.from_version or '?'} -> v{outcome.to_version}: {state}: {detail}")
+    verb = "can move" if dry_run else "moved"
+    click.echo(f"{len(report.outcomes)} case(s) in {report.batches} batch(es): "
+               f"{report.movable if dry_run else report.moved} {verb}, {report.refused} refused")
+    if report.refused:
+        sys.exit(1)
+
+
 @main.group()
 def user() -> None:
     """Users and their groups."""

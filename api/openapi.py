@@ -47,6 +47,9 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/api/v1/processes"): (),
     ("get", "/api/v1/processes/{process_key}/versions"): (404,),
     ("get", "/api/v1/processes/{process_key}/versions/{version}/bpmn"): (404,),
+    ("get", "/api/v1/processes/{process_key}/diff"): (403, 404),
+    ("post", "/api/v1/processes/{process_key}/diff"): (403, 404),
+    ("post", "/api/v1/processes/{process_key}/migrations"): (403, 404, 503),
     ("post", "/api/v1/processes/{process_key}/instances"): _WRITE,
     ("get", "/api/v1/instances"): (),
     ("get", "/api/v1/instances/{instance_id}"): (404,),
@@ -62,6 +65,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/v1/tasks/claim"): (),
     ("post", "/api/v1/tasks/remind"): (),
     ("post", "/api/v1/tasks/reassign"): (),
+    ("post", "/api/v1/tasks/escalate"): (),
     **{("post", f"/api/v1/tasks/{{task_id}}/{command}"): _WRITE
        for command in ("claim", "unclaim", "assign", "delegate", "complete", "pause", "resume")},
     ("post", "/api/v1/messages"): _WRITE,

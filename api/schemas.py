@@ -438,6 +438,12 @@ class BulkReassignIn(BulkRemindIn):
         "description": "a member of each task's candidate groups (anyone else is refused for that task)"})
 
 
+class BulkEscalateIn(BulkRemindIn):
+    to = fields.String(load_default=None, validate=validate.Length(min=1, max=128), metadata={
+        "description": "the group to escalate to (a group key, or branch:<role> for that role at each case's "
+                       "branch); omitted: where each step's deadline policy escalates"})
+
+
 class BulkOut(Schema):
     done = fields.Integer()
     refused = fields.Integer()

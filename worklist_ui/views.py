@@ -27,18 +27,18 @@ from flask_babel import gettext
 from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.exceptions import HTTPException
 
-from api.bulk import MAX_TASKS, Outcome, claim_each, reassign_each, remind_each
+from api.bulk import MAX_TASKS, Outcome, claim_each, escalate_each, reassign_each, remind_each
 from api.context import bpm
 from api.errors import status_for
 from engine import errors
 from engine.access import client_access, field_policy
 from engine.access.client_access import REVEAL_REASONS, REVEAL_ROLES
 from engine.access.masking import mask_text
-from engine.access.roles import PROCESS_OWNER, SUPERVISOR
+from engine.access.roles import JOB_ROLES, PROCESS_OWNER, SUPERVISOR
 from engine.models import ACTIVE_TASK_STATES, ProcessVersion
-from engine.process import activity, instances, tasks, worklist
+from engine.process import activity, instances, supervision, tasks, worklist
 from engine.sla import clock as sla_clock
-from worklist_ui import board, draft_forms, draft_lint, figures_page, forms, i18n, owners
+from worklist_ui import board, draft_forms, draft_lint, figures_page, forms, i18n, owners, owners_migration
 from worklist_ui.session import actor, sign_in, sign_out
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
@@ -209,7 +209,7 @@ def inbox() -> Any:
     context = {"tab": tab, "supervisor": supervisor,
                "rows": rows, "total": total, "counts": counts, "filters": filters, "views": views,
                "offset": offset, "page_size": PAGE_SIZE, "count_cap": COUNT_CAP, "processes": processes, "now": now,
-               "query_string": urlencode(filters)}
+               "query_string": urlencode(filters), "escalation_targets": _escalation_targets() if supervisor else []}
     if request.headers.get("HX-Request") and request.args.get("fragment") == "rows":
         return render_template("_inbox_rows.html", **context)
     return render_template("inbox.html", **context)
@@ -259,6 +259,16 @@ def claim_many() -> Any:
     return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
 
 
+def _escalation_targets() -> list[tuple[str, str]]:
+    """(value, label) of each level a supervisor escalates to, named as people call it."""
+    targets = []
+    for target in supervision.ESCALATION_TARGETS:
+        role = target.removeprefix("branch:")
+        name = JOB_ROLES.get(role, role)
+        targets.append((target, gettext("%(role)s of the case's branch", role=name) if target != role else name))
+    return targets
+
+
 def _refusals(outcomes: list[Outcome]) -> list[str]:
     """Each task a bulk command left as it was, with why, as a flash message says it."""
     return [f"#{outcome.task_id}: {outcome.detail}" for outcome in outcomes if not outcome.done]
@@ -267,12 +277,12 @@ def _refusals(outcomes: list[Outcome]) -> list[str]:
 @blp.post("/tasks/supervise")
 @login_required
 def supervise() -> Any:
-    """A supervisor's reminder or reassignment of the selected tasks, with a reason: each task
-    in its own transaction, each refusal reported."""
+    """A supervisor's reminder, reassignment or escalation of the selected tasks, with a
+    reason: each task in its own transaction, each refusal reported."""
     ids = [int(v) for v in request.form.getlist("task") if v.isdigit()]
     action, reason = request.form.get("action"), request.form.get("reason")
-    if action not in ("remind", "reassign"):
-        abort(400, gettext("Choose remind or reassign"))
+    if action not in ("remind", "reassign", "escalate"):
+        abort(400, gettext("Choose remind, reassign or escalate"))
     if not ids:
         flash(gettext("Select the tasks first"), "warning")
         return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
@@ -280,12 +290,15 @@ def supervise() -> Any:
         abort(400, gettext("At most %(num)d tasks at once", num=MAX_TASKS))
     if action == "remind":
         outcomes = remind_each(bpm(), actor(), ids, reason)
+    elif action == "escalate":
+        outcomes = escalate_each(bpm(), actor(), ids, reason, (request.form.get("to") or "").strip() or None)
     else:
         outcomes = reassign_each(bpm(), actor(), ids, (request.form.get("username") or "").strip(), reason)
     done = sum(1 for outcome in outcomes if outcome.done)
     if done:
-        flash(gettext("Reminded %(num)d task(s)", num=done) if action == "remind"
-              else gettext("Reassigned %(num)d task(s)", num=done))
+        flash({"remind": gettext("Reminded %(num)d task(s)", num=done),
+               "reassign": gettext("Reassigned %(num)d task(s)", num=done),
+               "escalate": gettext("Escalated %(num)d task(s)", num=done)}[action])
     for refusal in _refusals(outcomes):
         flash(gettext("Not done: %(reason)s", reason=refusal), "warning")
     return redirect(url_for("pages.inbox") + "?" + urlencode(_filters()))
@@ -561,5 +574,6 @@ def mark_read() -> Any:
 board.install(blp)
 figures_page.install(blp)
 owners.install(blp)
+owners_migration.install(blp)
 draft_forms.install(blp)
 draft_lint.install(blp)

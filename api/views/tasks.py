@@ -15,6 +15,7 @@ from api.schemas import (
     AssignIn,
     BulkClaimIn,
     BulkClaimOut,
+    BulkEscalateIn,
     BulkOut,
     BulkReassignIn,
     BulkRemindIn,
@@ -102,6 +103,18 @@ class BulkReassign(MethodView):
         (anyone else, or someone it recuses, is that task's refusal), with a reason (audited)."""
         return _bulk(bulk.reassign_each(bpm(), current_actor(), body["task_ids"], body["username"],
                                         body["reason"]))
+
+
+@blp.route("/escalate")
+class BulkEscalate(MethodView):
+    @blp.arguments(BulkEscalateIn)
+    @blp.response(200, BulkOut)
+    def post(self, body: dict[str, Any]) -> Any:
+        """A supervisor escalates each step to the level above (``to``, or where its deadline
+        policy escalates): an escalation task offered to that group, its members notified with
+        the reason (audited as ``task.escalated``). A step whose escalation is still open is
+        that task's 409."""
+        return _bulk(bulk.escalate_each(bpm(), current_actor(), body["task_ids"], body["reason"], body["to"]))
 
 
 @blp.route("/<int:task_id>")

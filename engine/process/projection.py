@@ -6,6 +6,7 @@ tasks with their candidate groups, recusals and SLA clock, and retires what the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID
@@ -208,38 +209,66 @@ def _date_only(value: Any) -> date | None:
         return None
 
 
-def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task: Any, now: datetime) -> None:
+@dataclass(frozen=True)
+class Assignment:
+    """What a step's attributes give for one task: who may take it, who is recused, when it
+    is due (as the diagram says; the SLA policy comes after)."""
+
+    assignee: str | None
+    due_at: datetime | None
+    follow_up_at: datetime | None
+    priority: int
+    groups: list[str]
+    excluded: list[str]
+    separated: list[str]
+    case_wide: bool
+    calendar_incomplete: bool
+
+
+def assignment_for(session: Session, rt: Runtime, instance: ProcessInstance, task: Any) -> Assignment:
+    """Evaluate the step's assignment and dates for ``task`` (raises ExpressionError or
+    ValueError when one cannot be used). Used for a new task, and for an open task moved to
+    another version of its diagram (``engine.process.migration``)."""
     spec = task.task_spec
     camunda = camunda_of(spec)
     dates = date_functions_for(task)  # a due date computed on guessed calendar days flags the task
+    assignee = _evaluate_attribute(rt, task, camunda.get("assignee"), dates)
+    due_at = _as_datetime(session, _evaluate_attribute(rt, task, camunda.get("dueDate"), dates),
+                          "camunda:dueDate")
+    follow_up = _as_datetime(session, _evaluate_attribute(rt, task, camunda.get("followUpDate"), dates),
+                             "camunda:followUpDate")
+    priority_raw = _evaluate_attribute(rt, task, camunda.get("priority"), dates)
+    priority = int(priority_raw) if priority_raw not in (None, "") else 50
+    groups = resolve_candidate_groups(session, rt.evaluator, candidate_groups_of(spec),
+                                      instance=instance, data=task.data)
+    properties = properties_of(spec)
+    if due_at is None and properties.get(case_clock.DUE_BY_CASE_CLOCK) == "true":
+        due_at = case_clock.due_for_step(session, instance.id)
+    excluded = _exclusions(session, rt, task, properties)
+    separated = [p for p in dict.fromkeys(f"user:{u}" for u in _property_values(rt, task, properties,
+                                                                                SEPARATE_FROM))
+                 if p not in excluded]
+    excluded = excluded + separated
+    if properties.get(CANDIDATE_GROUPS_IF_NONE) and not _anyone_left(session, groups, excluded):
+        # Nobody may take the step at its own level (the branch's only head investigated the
+        # complaint himself): the level above takes it.
+        fallback = [g.strip() for g in properties[CANDIDATE_GROUPS_IF_NONE].split(",") if g.strip()]
+        groups = resolve_candidate_groups(session, rt.evaluator, fallback, instance=instance, data=task.data)
+    if assignee and excluded and _names_user(session, str(assignee), excluded):
+        # Recusal beats a computed assignment: a complaint's first-contact owner who is the
+        # subject, or in the subject's service group, does not get the step; it waits for
+        # its candidates (whom the recusal also filters) until a supervisor hands it over.
+        assignee = None
+    return Assignment(str(assignee) if assignee else None, due_at, follow_up, priority, groups, excluded,
+                      separated, properties.get(RECUSAL_SCOPE) == "case",
+                      dates is not None and dates.incomplete)
+
+
+def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task: Any, now: datetime) -> None:
+    spec = task.task_spec
+    camunda = camunda_of(spec)
     try:
-        assignee = _evaluate_attribute(rt, task, camunda.get("assignee"), dates)
-        due_at = _as_datetime(session, _evaluate_attribute(rt, task, camunda.get("dueDate"), dates),
-                              "camunda:dueDate")
-        follow_up = _as_datetime(session, _evaluate_attribute(rt, task, camunda.get("followUpDate"), dates),
-                                 "camunda:followUpDate")
-        priority_raw = _evaluate_attribute(rt, task, camunda.get("priority"), dates)
-        priority = int(priority_raw) if priority_raw not in (None, "") else 50
-        groups = resolve_candidate_groups(session, rt.evaluator, candidate_groups_of(spec),
-                                          instance=instance, data=task.data)
-        properties = properties_of(spec)
-        if due_at is None and properties.get(case_clock.DUE_BY_CASE_CLOCK) == "true":
-            due_at = case_clock.due_for_step(session, instance.id)
-        excluded = _exclusions(session, rt, task, properties)
-        separated = [p for p in dict.fromkeys(f"user:{u}" for u in _property_values(rt, task, properties,
-                                                                                    SEPARATE_FROM))
-                     if p not in excluded]
-        excluded = excluded + separated
-        if properties.get(CANDIDATE_GROUPS_IF_NONE) and not _anyone_left(session, groups, excluded):
-            # Nobody may take the step at its own level (the branch's only head investigated the
-            # complaint himself): the level above takes it.
-            fallback = [g.strip() for g in properties[CANDIDATE_GROUPS_IF_NONE].split(",") if g.strip()]
-            groups = resolve_candidate_groups(session, rt.evaluator, fallback, instance=instance, data=task.data)
-        if assignee and excluded and _names_user(session, str(assignee), excluded):
-            # Recusal beats a computed assignment: a complaint's first-contact owner who is the
-            # subject, or in the subject's service group, does not get the step; it waits for
-            # its candidates (whom the recusal also filters) until a supervisor hands it over.
-            assignee = None
+        assigned = assignment_for(session, rt, instance, task)
     except (ExpressionError, ValueError) as exc:
         # The step itself succeeded; an unusable assignment/due expression fails the
         # instance so an administrator sees it, instead of a task nobody can find. No row is
@@ -248,14 +277,15 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         instance.error = f"{spec.bpmn_id}: {exc}"
         instance.projected = {k: v for k, v in (instance.projected or {}).items() if k != str(task.id)}
         return
+    assignee, groups, excluded, separated = assigned.assignee, assigned.groups, assigned.excluded, assigned.separated
     row = Task(
         task_uuid=str(task.id), instance_id=instance.id, process_key=instance.process_key,
         element_id=spec.bpmn_id, name=spec.bpmn_name, lane=spec.lane, candidate_groups=groups,
         assignee=str(assignee) if assignee else None, status=TaskStatus.CLAIMED if assignee else TaskStatus.OPEN,
-        priority=priority, created_at=now, due_at=due_at, follow_up_at=follow_up,
+        priority=assigned.priority, created_at=now, due_at=assigned.due_at, follow_up_at=assigned.follow_up_at,
         business_key=instance.business_key, client_id=instance.client_id,
         branch_code=instance.branch_code, form_key=camunda.get("formKey"), excluded=excluded or None,
-        calendar_incomplete=dates is not None and dates.incomplete,
+        calendar_incomplete=assigned.calendar_incomplete,
     )
     # Due date and SLA fields before the INSERT, milestones (which need the id) after it.
     policy = clock.start_clock(session, rt, instance=instance, task=row, data=task.data, now=now)
@@ -280,9 +310,9 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
             connection.execute(_INSERT_CANDIDATE, [{"task_id": row.id, "group_key": g} for g in groups])
     session.info.setdefault(_OPENED_TASKS, []).append(row)
     if excluded:
-        case_wide = properties.get(RECUSAL_SCOPE) == "case"
         connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p,
-                                                "case_wide": case_wide and p not in separated} for p in excluded])
+                                                "case_wide": assigned.case_wide and p not in separated}
+                                               for p in excluded])
     if policy is not None:
         milestones.schedule_milestones(session, rt, instance=instance, task=row, policy=policy, now=now)
 

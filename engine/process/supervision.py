@@ -1,23 +1,31 @@
 """What a supervisor does to work in hand from the board: remind whoever holds a step (or
-the groups it is offered to) with a reason, and reassign it to one of its candidates. Each is
-audited on the case and follows the same rules as everywhere: the task must be one the
-supervisor may see (recusal included), and a reassignment goes to a candidate only."""
+the groups it is offered to) with a reason, reassign it to one of its candidates, or escalate
+it to the level above. Each is audited on the case and follows the same rules as everywhere:
+the task must be one the supervisor may see (recusal included), and a reassignment goes to a
+candidate only."""
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.access.assignment import resolve_candidate_groups
 from engine.access.identity import Actor
 from engine.access.roles import SUPERVISOR
 from engine.audit import record_instance_event
 from engine.calendars import SHANGHAI
-from engine.errors import InvalidInput, PermissionDenied
-from engine.models import ACTIVE_TASK_STATES, Notification, ProcessInstance, Task
+from engine.errors import Conflict, InvalidInput, PermissionDenied
+from engine.models import ACTIVE_TASK_STATES, Group, Notification, ProcessInstance, SlaPolicy, Task, TaskKind
 from engine.process import tasks
 from engine.process.runtime import Runtime
-from engine.sla.milestones import languages, members
+from engine.sla.milestones import escalation_target, languages, members, open_escalation, open_escalation_of
 
 MAX_REASON = 500
+# The levels above a step a supervisor escalates to from the board: the case's branch
+# management, the call centre's supervisors, headquarters' complaint department, compliance
+# (the case's branch officer or HQ). ``branch:<role>`` is that role at the case's branch.
+ESCALATION_TARGETS = ("branch:branch_head", "branch:branch_cs_director", "call_center_supervisor",
+                      "hq_complaint_dept", "compliance")
 
 
 def _reason(reason: str | None) -> str:
@@ -35,9 +43,7 @@ def remind(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reason:
     if not actor.has_role(SUPERVISOR):
         raise PermissionDenied("reminding needs the supervisor role")
     text = _reason(reason)
-    task = tasks.get(session, task_id, actor=actor)
-    if task.status not in ACTIVE_TASK_STATES:
-        raise InvalidInput("only an open step can be reminded of", field="task_ids")
+    task = _open_task(session, task_id, actor, "only an open step can be reminded of")
     recipients = [task.assignee] if task.assignee else members(session, task.candidate_groups or [], task)
     now = rt.now()
     step = task.name or task.element_id
@@ -52,9 +58,7 @@ def remind(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reason:
             body = f"{actor.username} 督办：{text}（{step}{f'，{when} 到期' if when else ''}）"
         session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
                                  instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))
-    instance = session.get(ProcessInstance, task.instance_id)
-    assert instance is not None  # a task's case is never deleted
-    record_instance_event(session, instance, kind="task.reminded", actor=actor.username, at=now,
+    record_instance_event(session, _case(session, task), kind="task.reminded", actor=actor.username, at=now,
                           task_uuid=task.task_uuid, data={"task_id": task.id, "reason": text, "to": recipients})
     return recipients
 
@@ -67,3 +71,66 @@ def reassign(session: Session, rt: Runtime, *, task_id: int, username: str, acto
     text = _reason(reason)
     return tasks.assign(session, rt, task_id=task_id, username=username, actor=actor, reason=text,
                         candidates_only=True)
+
+
+def escalate(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reason: str | None,
+             to: str | None = None) -> Task:
+    """Open an escalation task (升级) about an open step, offered to ``to`` (a group key, or
+    ``branch:<role>`` for that role at the case's branch) or, without one, to where the step's
+    deadline policy escalates; its members are notified with the supervisor's reason. A step
+    already escalated and not yet answered is refused, so nobody is chased twice for it."""
+    if not actor.has_role(SUPERVISOR):
+        raise PermissionDenied("escalating needs the supervisor role")
+    text = _reason(reason)
+    task = _open_task(session, task_id, actor, "only an open step can be escalated")
+    if task.kind == TaskKind.ESCALATION:
+        raise InvalidInput("this is already an escalation; reassign it instead", field="task_ids")
+    if open_escalation_of(session, task) is not None:
+        raise Conflict("this step is already escalated and the escalation is still open")
+    target = (to or "").strip()
+    if not target:
+        policy = session.get(SlaPolicy, task.sla_policy_id) if task.sla_policy_id else None
+        target = escalation_target(policy) or ""
+        if not target:
+            raise InvalidInput("the step's deadline policy names no escalation: say to whom", field="to")
+    instance = _case(session, task)
+    evaluator = rt.evaluator
+    groups = resolve_candidate_groups(session, evaluator, [target], instance=instance, data={})
+    known = set(session.execute(select(Group.key).where(Group.key.in_(groups))).scalars())
+    if not groups or known != set(groups):
+        raise InvalidInput(f"no group {target!r} to escalate to", field="to")
+    recipients = members(session, groups, task)
+    if not recipients:
+        raise InvalidInput(f"nobody active is in {', '.join(groups)} to receive the escalation", field="to")
+    if recipients == [actor.username]:
+        raise InvalidInput("you alone would receive this escalation: name the level above", field="to")
+    now = rt.now()
+    escalation = open_escalation(session, instance, task, groups, now)
+    step = task.name or task.element_id
+    for username, language in languages(session, recipients).items():
+        if language == "en":
+            subject = f"[{task.business_key}] {step}: escalated by {actor.username}"
+            body = f"{actor.username} escalated {step} to you: {text}"
+        else:
+            subject = f"[{task.business_key}] {step}：升级督办"
+            body = f"{actor.username} 将「{step}」升级给您：{text}"
+        session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
+                                 instance_id=task.instance_id, task_id=escalation.id, created_at=now, attempts=0))
+    record_instance_event(session, instance, kind="task.escalated", actor=actor.username, at=now,
+                          task_uuid=task.task_uuid,
+                          data={"task_id": task.id, "escalation_task_id": escalation.id, "to": groups,
+                                "reason": text})
+    return escalation
+
+
+def _open_task(session: Session, task_id: int, actor: Actor, refusal: str) -> Task:
+    task = tasks.get(session, task_id, actor=actor)
+    if task.status not in ACTIVE_TASK_STATES:
+        raise InvalidInput(refusal, field="task_ids")
+    return task
+
+
+def _case(session: Session, task: Task) -> ProcessInstance:
+    instance = session.get(ProcessInstance, task.instance_id)
+    assert instance is not None  # a task's case is never deleted
+    return instance

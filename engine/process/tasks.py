@@ -74,6 +74,11 @@ def _is_candidate(task: Task, actor: Actor) -> bool:
         bool(named.intersection(bound)) and task.branch_code in (None, branch))
 
 
+def is_candidate(task: Task, actor: Actor) -> bool:
+    """Whether the task is offered to the actor by one of its candidate groups (recusals aside)."""
+    return _is_candidate(task, actor)
+
+
 def offered_clause(groups: Any, bound_groups: Any, branch: Any) -> Any:
     """:func:`_is_candidate` as a condition on ``Task`` (the arguments: the lists and branch
     of :func:`offer_groups`, as values or bound parameters)."""

@@ -179,20 +179,43 @@ def fire_milestone(session: Session, *, timer: Timer, instance: ProcessInstance,
                               task_uuid=task.task_uuid, data={"task_id": task.id, "candidate_groups": groups})
     elif action == "escalate":
         groups = resolve_candidate_groups(session, evaluator, [payload["to"]], instance=instance, data={})
-        escalation = Task(
-            task_uuid=str(uuid4()), instance_id=instance.id, process_key=task.process_key,
-            element_id=f"{task.element_id}.escalation", name=f"升级 Escalation: {task.name or task.element_id}",
-            lane=None, candidate_groups=groups, status=TaskStatus.OPEN, priority=min(100, task.priority + 30),
-            created_at=now, due_at=None, business_key=task.business_key, client_id=task.client_id,
-            branch_code=task.branch_code, form_key=None, kind=TaskKind.ESCALATION, escalated_task_id=task.id,
-        )
-        session.add(escalation)
-        session.flush()
-        session.add_all(TaskCandidate(task_id=escalation.id, group_key=g) for g in groups)
+        escalation = open_escalation(session, instance, task, groups, now)
         _notify(session, members(session, groups, escalation), fraction=fraction, escalated=True, task=task,
                 now=now)
         record_instance_event(session, instance, kind="sla.escalated", actor="sla", at=now, task_uuid=task.task_uuid,
                               data={"task_id": task.id, "escalation_task_id": escalation.id, "to": groups})
+
+
+def open_escalation(session: Session, instance: ProcessInstance, task: Task, groups: list[str],
+                    now: datetime) -> Task:
+    """An escalation task (升级) about ``task``, offered to ``groups`` above the usual queue;
+    it closes by itself when the step is done or cancelled (``close_escalations``)."""
+    escalation = Task(
+        task_uuid=str(uuid4()), instance_id=instance.id, process_key=task.process_key,
+        element_id=f"{task.element_id}.escalation", name=f"升级 Escalation: {task.name or task.element_id}",
+        lane=None, candidate_groups=groups, status=TaskStatus.OPEN, priority=min(100, task.priority + 30),
+        created_at=now, due_at=None, business_key=task.business_key, client_id=task.client_id,
+        branch_code=task.branch_code, form_key=None, kind=TaskKind.ESCALATION, escalated_task_id=task.id,
+    )
+    session.add(escalation)
+    session.flush()
+    session.add_all(TaskCandidate(task_id=escalation.id, group_key=g) for g in groups)
+    return escalation
+
+
+def open_escalation_of(session: Session, task: Task) -> Task | None:
+    """The escalation task still open about ``task``, if one is."""
+    return session.execute(
+        select(Task).where(Task.escalated_task_id == task.id, Task.kind == TaskKind.ESCALATION,
+                           Task.status.in_((TaskStatus.OPEN, TaskStatus.CLAIMED))).limit(1)
+    ).scalar_one_or_none()
+
+
+def escalation_target(policy: PolicyRow | None) -> str | None:
+    """Where the task's deadline policy escalates to (the ``to`` of its escalate milestone,
+    the last one if several), or None when it names no escalation."""
+    targets = [m.get("to") for m in (policy.milestones if policy else []) if m.get("action") == "escalate"]
+    return next((t for t in reversed(targets) if t), None)
 
 
 # What a reminder says, in the recipient's language (the language they chose for the pages;

@@ -246,3 +246,61 @@ def test_the_overdue_figure_names_each_row_as_people_know_it(client, demo_cases_
     by_branch = client.get(f"{API}/figures/overdue-tasks?by=branch&by=assignee", headers=boss).json
     names = {r["key"]["branch"]: r["names"]["branch"] for r in by_branch["rows"]}
     assert names and all(name and name != code for code, name in names.items())
+
+
+def test_a_supervisor_escalates_steps_to_the_level_above_once_each(client, db, demo_cases_loaded, auth):
+    from engine.models import AuditEvent, Notification, Task, TaskKind
+
+    boss = auth("s002")
+    calls = _unescalated_calls(client, db, boss)
+    with db.transaction() as s:
+        before = s.execute(select(func.count()).select_from(Notification)).scalar_one()
+    answer = client.post(f"{API}/tasks/escalate", headers=boss,
+                         json={"task_ids": [calls[0]["id"]], "reason": "客户已三次来电", "to": "hq_complaint_dept"})
+    assert answer.status_code == 200 and answer.json["done"] == 1, answer.get_data(as_text=True)
+    with db.transaction() as s:
+        escalation = s.execute(select(Task).where(Task.escalated_task_id == calls[0]["id"])).scalar_one()
+        sent = s.execute(select(Notification).order_by(Notification.id).offset(before)).scalars().all()
+        event = s.execute(select(AuditEvent).where(AuditEvent.kind == "task.escalated")).scalar_one()
+        members = set(s.execute(_members_of("hq_complaint_dept")).scalars())
+    assert escalation.kind == TaskKind.ESCALATION and escalation.candidate_groups == ["hq_complaint_dept"]
+    assert escalation.priority > calls[0]["priority"]
+    assert members and {n.recipient for n in sent} == members
+    assert all("升级" in n.subject and "客户已三次来电" in n.body for n in sent)
+    assert (event.actor, event.data["task_id"], event.data["escalation_task_id"], event.data["reason"]) == \
+        ("s002", calls[0]["id"], escalation.id, "客户已三次来电")
+    # The escalation is open: escalating the same step again would chase the same people twice.
+    again = client.post(f"{API}/tasks/escalate", headers=boss,
+                        json={"task_ids": [calls[0]["id"]], "reason": "再次升级", "to": "hq_complaint_dept"})
+    assert again.json["results"][0]["status"] == 409 and again.json["done"] == 0
+
+
+def _unescalated_calls(client, db, boss):
+    """Open call steps the demo has not escalated already."""
+    from engine.models import Task, TaskKind
+
+    with db.transaction() as s:
+        escalated = set(s.execute(select(Task.escalated_task_id).where(Task.kind == TaskKind.ESCALATION)).scalars())
+    return [t for t in _items(client, boss)
+            if "call_center_agent" in t["candidate_groups"] and t["id"] not in escalated]
+
+
+def _members_of(group):
+    from engine.models import Group, GroupMember, User
+    return (select(User.username).join(GroupMember, GroupMember.user_id == User.id)
+            .join(Group, Group.id == GroupMember.group_id).where(Group.key == group, User.active.is_(True)))
+
+
+def test_an_escalation_needs_a_supervisor_a_reason_and_a_level_with_people_in_it(client, db, demo_cases_loaded,
+                                                                                   auth):
+    calls = _unescalated_calls(client, db, auth("s002"))
+    step = [calls[0]["id"]]
+    agent = client.post(f"{API}/tasks/escalate", headers=auth("s003"), json={"task_ids": step, "reason": "快"})
+    assert agent.json["results"][0]["status"] == 403
+    assert_problem(client.post(f"{API}/tasks/escalate", headers=auth("s002"), json={"task_ids": step}),
+                   422, "invalid_request")
+    for to, says in [("no_such_group", "no group"), ("call_center_supervisor", "you alone")]:
+        answer = client.post(f"{API}/tasks/escalate", headers=auth("s002"),
+                             json={"task_ids": step, "reason": "请处理", "to": to})
+        result = answer.json["results"][0]
+        assert (result["status"], result["code"]) == (400, "invalid_input") and says in result["detail"], result

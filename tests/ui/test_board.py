@@ -233,3 +233,25 @@ def test_a_task_list_exports_as_on_screen_masked_and_recorded(client, db, demo_c
         ("s002", "csv", len(on_screen), "overdue"), ("s002", "csv", exported[1].data["rows"], None),
         ("s002", "xlsx", len(on_screen), "overdue")]
     assert client.get("/?tab=done&format=csv").status_code == 400
+
+
+def test_a_branch_head_escalates_selected_tasks_from_the_team_list(client, db, demo_cases_loaded):
+    """The page's bulk form: each escalated task gets its escalation task; a refusal is told."""
+    from tests.ui.test_pages import token_of
+
+    sign_in(client, "s101", "demo")
+    page = client.get("/?tab=team")
+    with db.transaction() as s:
+        escalated = select(Task.escalated_task_id).where(Task.escalated_task_id.is_not(None))
+        mine = s.execute(select(Task.id).where(Task.branch_code == "HZ01", Task.status.in_(ACTIVE_TASK_STATES),
+                                               Task.kind != "escalation", Task.id.not_in(escalated))
+                         .order_by(Task.id)).scalars().all()
+    assert mine
+    answer = client.post("/tasks/supervise?tab=team", follow_redirects=True, data={
+        "csrf_token": token_of(page), "action": "escalate", "to": "hq_complaint_dept", "reason": "营业部处理不了",
+        "task": [str(mine[0]), str(mine[0] + 100000)]})
+    body = answer.get_data(as_text=True)
+    assert "已升级 1 项任务" in body and f"#{mine[0] + 100000}" in body
+    with db.transaction() as s:
+        escalations = s.execute(select(Task).where(Task.escalated_task_id == mine[0])).scalars().all()
+    assert [e.candidate_groups for e in escalations] == [["hq_complaint_dept"]]

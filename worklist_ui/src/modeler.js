@@ -166,6 +166,9 @@ async function start(root) {
     });
   });
   root.dataset.ready = "true";
+  // Other modules of the page (the comparison, diff.js) work on the same modeler.
+  root.bpmModeler = modeler;
+  root.dispatchEvent(new CustomEvent("bpm:modeler-ready", { detail: { modeler } }));
   const forms = root.querySelector("#draft-forms");
   await Promise.all([startLint(modeler, root), forms ? startForms(forms, root) : null]);
 }

@@ -12,7 +12,7 @@ const outdir = path.resolve(process.cwd(), process.argv[2] ?? "static/dist");
 
 await build({
   absWorkingDir: root,
-  entryPoints: { app: "src/app.js", viewer: "src/viewer.js", modeler: "src/modeler.js" },
+  entryPoints: { app: "src/app.js", viewer: "src/viewer.js", modeler: "src/modeler.js", diff: "src/diff.js" },
   bundle: true,
   format: "iife",
   minify: true,
