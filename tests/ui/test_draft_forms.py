@@ -364,3 +364,15 @@ def test_a_valid_schema_the_page_cannot_render_is_previewed_without_the_parts_it
         assert {p["field"] for p in answer["problems"] if p["severity"] == "error"} == {"a"}
         assert 'id="field-b"' in answer["html"] and 'id="field-a"' not in answer["html"]
     assert answer["errors"] == {"b": "必填"}
+
+
+def test_the_comparison_with_the_deployed_version_sees_a_form_edited_in_the_draft(app, demo_cases_loaded):
+    client, token = _signed_in(app, OWNER)
+    schema, etag = _form(client, "complaint_register")
+    schema["properties"]["hotline_ticket"] = {"type": "string", "title": "热线工单号"}
+    assert _put_form(client, token, "complaint_register", schema, etag).status_code == 200
+    xml, _ = _draft(client)
+    answer = client.post("/processes/complaint/draft/diff", data=xml.encode(),
+                         headers={"X-CSRFToken": token, "Content-Type": "application/xml"}).get_json()
+    by_id = {c["element_id"]: c for c in answer["changes"]}
+    assert set(by_id) == {"register"} and "hotline_ticket" in by_id["register"]["message"], answer
