@@ -200,6 +200,9 @@ class ProcessDraft(Base):
     revision: Mapped[int] = mapped_column(Integer)
     saved_by: Mapped[str] = mapped_column(String(64))
     saved_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The draft's own forms (form key -> JSON Schema), once an owner saved or imported one;
+    # None: the based-on version's forms.
+    forms: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class ProcessInstance(Base):

@@ -59,7 +59,8 @@ def fields_of(schema: dict[str, Any]) -> list[Field]:
 
 def _options(spec: dict[str, Any]) -> list[Option]:
     if "oneOf" in spec:
-        return [Option(o.get("const"), label(o.get("title") or str(o.get("const")))) for o in spec["oneOf"]]
+        return [Option(o.get("const"), label(o.get("title") or str(o.get("const")))) for o in spec["oneOf"]
+                if isinstance(o, dict)]
     if "enum" in spec:
         return [Option(v, str(v)) for v in spec["enum"]]
     return []
@@ -217,6 +218,19 @@ def _value(item: Field, spec: dict[str, Any], raw: str) -> Any:
     return raw
 
 
+def submission(schema: dict[str, Any] | None, validator: Draft202012Validator | None,
+               form: Any) -> tuple[Parsed, dict[str, str]]:
+    """A sent form read back and checked as the task page checks it before completing: the
+    values, and what is wrong by field (a value of the wrong kind first, then the engine's
+    validator). The form editor's preview checks a sample submission with this too."""
+    parsed = parse(schema, form) if schema else Parsed({}, {})
+    found = dict(parsed.errors)
+    if validator is not None:
+        for name, message in errors_of(validator, parsed.data).items():
+            found.setdefault(name, message)
+    return parsed, found
+
+
 def errors_of(validator: Draft202012Validator, data: dict[str, Any]) -> dict[str, str]:
     """The engine's validator's errors, by top-level field, in the reader's language."""
     found: dict[str, str] = {}
@@ -335,3 +349,108 @@ def _shown(value: Any, spec: dict[str, Any]) -> str:
             if moment.tzinfo is not None:
                 return moment.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
     return str(value)
+
+
+# -- what the renderer can show --------------------------------------------------------------
+RENDERED_TYPES = ("string", "boolean", "integer", "number", "array")
+RENDERED_FORMATS = ("date-time", "date")
+# Keys other form tools use to pick a widget (react-jsonschema-form's uiSchema, form-js and
+# hand-made ones): this page picks the widget from the type, so such a key does nothing.
+WIDGET_KEYS = ("ui:widget", "ui:field", "ui:options", "x-widget", "widget")
+
+
+@dataclass
+class Support:
+    field: str  # the field's name, "" for the form as a whole
+    severity: str  # "error": the page cannot show it as meant; "warning": shown, checked only on the server
+    message: str
+
+
+def unsupported(schema: Any) -> list[Support]:
+    """What :func:`fields_of` and the task page cannot render as the form means it, each
+    naming the field and the type, format or widget: the form editor shows these before an
+    owner saves a form nobody could fill in."""
+    found: list[Support] = []
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        return [Support("", "error", gettext("A form is an object with properties (\"type\": \"object\")"))]
+    properties = schema.get("properties")
+    if not isinstance(properties, dict) or not properties:
+        return [Support("", "error", gettext("The form has no fields: add them under \"properties\""))]
+    for name, spec in properties.items():
+        found += _field_support(str(name), spec)
+    for key in ("anyOf", "oneOf", "not", "dependentRequired", "dependentSchemas", "patternProperties"):
+        if key in schema:
+            found.append(Support("", "warning", gettext(
+                "\"%(keyword)s\" at the top of the form is checked by the server when the form is sent, "
+                "but the page does not show it", keyword=key)))
+    for rule in schema.get("allOf") or []:
+        if isinstance(rule, dict) and _rule_shown(rule) is False:
+            found.append(Support("", "warning", gettext(
+                "A rule in \"allOf\" that the page cannot show: its fields are marked required only after sending "
+                "(the page shows if/properties with const, enum or contains, then/required)")))
+    return found
+
+
+def renderable(schema: dict[str, Any], found: list[Support]) -> dict[str, Any]:
+    """``schema`` without what :func:`unsupported` found the page cannot render (those fields,
+    and rules that are not objects), so the editor previews the rest of a form being typed."""
+    bad = {item.field for item in found if item.severity == "error" and item.field}
+    rules = [rule for rule in schema.get("allOf") or [] if isinstance(rule, dict)
+             and isinstance(rule.get("if", {}), dict) and isinstance(rule.get("then", {}), dict)
+             and all(isinstance(test, dict) for test in (rule.get("if", {}).get("properties") or {}).values())]
+    return {**schema, "allOf": rules,
+            "properties": {name: spec for name, spec in schema["properties"].items() if name not in bad}}
+
+
+def _rule_shown(rule: dict[str, Any]) -> bool:
+    condition = rule.get("if")
+    then = rule.get("then")
+    if not isinstance(condition, dict) or not isinstance(then, dict) or set(then) - {"required"}:
+        return False
+    tests = condition.get("properties") or {}
+    if not tests or set(condition) - {"properties", "required"}:
+        return False
+    return all(isinstance(t, dict) and ("const" in t or "enum" in t or "const" in (t.get("contains") or {}))
+               for t in tests.values())
+
+
+def _field_support(name: str, spec: Any) -> list[Support]:
+    if not isinstance(spec, dict):
+        return [Support(name, "error", gettext("The field's schema is not an object"))]
+    found = [Support(name, "error", gettext("Widget key \"%(key)s\" is not supported: the page picks the widget "
+                                            "from the type", key=key)) for key in WIDGET_KEYS if key in spec]
+    kind = spec.get("type")
+    if isinstance(kind, list):
+        return [*found, Support(name, "error", gettext(
+            "Type lists (%(types)s) are not supported: give one type", types=", ".join(map(str, kind))))]
+    if kind is None and not (spec.get("const") is True or "enum" in spec or "oneOf" in spec):
+        return [*found, Support(name, "error", gettext("The field has no type"))]
+    if kind is not None and kind not in RENDERED_TYPES:
+        return [*found, Support(name, "error", gettext(
+            "Type \"%(type)s\" is not supported (supported: %(supported)s)", type=kind,
+            supported=", ".join(RENDERED_TYPES)))]
+    if "oneOf" in spec and not all(isinstance(o, dict) and "const" in o for o in spec["oneOf"] or [None]):
+        found.append(Support(name, "error", gettext("Every option in \"oneOf\" needs a \"const\" (and a title)")))
+    if kind == "array":
+        items = spec.get("items")
+        item_kind = items.get("type") if isinstance(items, dict) else None
+        if not isinstance(items, dict) or item_kind not in ("string", "integer", "number"):
+            found.append(Support(name, "error", gettext(
+                "Lists of \"%(type)s\" are not supported: a list holds options or lines of text",
+                type=item_kind or "?")))
+        elif item_kind != "string" and not _options(items):
+            found.append(Support(name, "error", gettext(
+                "A list of numbers needs options (enum or oneOf): free numbers one per line are not supported")))
+    fmt = spec.get("format")
+    if isinstance(fmt, str) and fmt not in RENDERED_FORMATS:
+        if fmt in Draft202012Validator.FORMAT_CHECKER.checkers:
+            found.append(Support(name, "warning", gettext(
+                "Format \"%(format)s\" is shown as a plain text box; the server checks it", format=fmt)))
+        else:
+            found.append(Support(name, "error", gettext(
+                "Format \"%(format)s\" is not supported: nothing could check it (use %(supported)s, or a pattern)",
+                format=fmt, supported=", ".join(RENDERED_FORMATS))))
+    if isinstance(spec.get("pattern"), str) and "(?" in spec["pattern"]:
+        found.append(Support(name, "warning", gettext(
+            "A pattern with inline flags is checked by the server only, not while typing")))
+    return found

@@ -402,6 +402,69 @@ ZH = {
     "%(num)d problem(s) would refuse a deploy": "%(num)d 个问题会导致部署被拒绝",
     "Deployed as version %(num)d: new cases start on it": "已部署为版本 %(num)d：新案件将按此版本发起",
     "Nothing changed since version %(num)d: no new version": "与版本 %(num)d 相比没有变化：未生成新版本",
+    # The draft editor's forms, import and lint while drawing.
+    ('"%(keyword)s" at the top of the form is checked by the server when the form is sent, but the page'
+     ' does not show it'):
+        '表单顶层的“%(keyword)s”在提交时由服务器校验，但页面上不会显示',
+    'A form is an object with properties ("type": "object")': '表单须是带字段的对象（"type": "object"）',
+    'A form key is lower-case letters, digits and underscores, starting with a letter':
+        '表单键由小写字母、数字和下划线组成，以字母开头',
+    'A list of numbers needs options (enum or oneOf): free numbers one per line are not supported':
+        '数字列表需要选项（enum 或 oneOf）：不支持每行填写一个数字',
+    'A pattern with inline flags is checked by the server only, not while typing':
+        '带内联标志的 pattern 只在服务器校验，输入时不检查',
+    ('A rule in "allOf" that the page cannot show: its fields are marked required only after sending (the'
+     ' page shows if/properties with const, enum or contains, then/required)'):
+        ('“allOf”中有页面无法显示的规则：其字段要到提交后才标为必填（页面支持 if/properties 的 const、enum'
+         ' 或 contains，以及 then/required）'),
+    ('A zip with the diagram and forms/*.json, as exported here and edited in Camunda Modeler: it replaces'
+     " the draft's diagram and its forms of the same name."):
+        '含流程图和 forms/*.json 的 zip（从这里导出、在 Camunda Modeler 中修改）：替换草稿的流程图及同名表单。',
+    'Add form': '添加表单',
+    'At most %(num)d expressions at once': '一次最多 %(num)d 个表达式',
+    'Choose a zip file to import': '请选择要导入的 zip 文件',
+    'Error': '错误',
+    'Every option in "oneOf" needs a "const" (and a title)': '“oneOf”中的每个选项都需要“const”（和标题）',
+    'Form %(key)s saved into the draft at %(when)s': '表单 %(key)s 已于 %(when)s 保存到草稿',
+    'Format "%(format)s" is not supported: nothing could check it (use %(supported)s, or a pattern)':
+        '格式“%(format)s”不受支持：无法校验（请用 %(supported)s 或 pattern）',
+    'Format "%(format)s" is shown as a plain text box; the server checks it':
+        '格式“%(format)s”显示为普通文本框，由服务器校验',
+    'Format(s) %(formats)s cannot be checked: any text would pass': '格式 %(formats)s 无法校验：任何文字都会通过',
+    'Forms': '表单',
+    'Import a bundle': '导入流程包',
+    'Import into the draft': '导入到草稿',
+    'Imported %(file)s into the draft: the diagram and %(num)d form(s)':
+        '已将 %(file)s 导入草稿：流程图和 %(num)d 个表单',
+    'Lists of "%(type)s" are not supported: a list holds options or lines of text':
+        '不支持“%(type)s”的列表：列表只能是选项或多行文字',
+    'New form key': '新表单键',
+    'New form: save it to add it to the draft': '新表单：保存后加入草稿',
+    'Not JSON: %(what)s': '不是 JSON：%(what)s',
+    'Not JSON: %(what)s at line %(line)d, column %(col)d': '不是 JSON：第 %(line)d 行第 %(col)d 列 %(what)s',
+    'Not a valid JSON Schema: %(what)s': '不是有效的 JSON Schema：%(what)s',
+    'Preview, as staff see it on the task page': '预览（员工在任务页看到的样子）',
+    'Problems in this form': '此表单的问题',
+    'Save form into the draft': '保存表单到草稿',
+    "Send the form's JSON as the request body": '请以请求正文发送表单的 JSON',
+    'Send {"expressions": [text, …]}': '请发送 {"expressions": [文本, …]}',
+    'The draft already has this form': '草稿中已有此表单',
+    'The draft has no form %(key)s': '草稿中没有表单 %(key)s',
+    'The field has no type': '该字段没有类型',
+    "The field's schema is not an object": '该字段的 schema 不是对象',
+    'The form as JSON Schema': '表单（JSON Schema）',
+    'The form has no fields: add them under "properties"': '表单没有字段：请在“properties”下添加',
+    'The form is larger than %(num)d bytes': '表单超过 %(num)d 字节',
+    "The sample passes the form's checks. The step would write:": '样例通过了表单校验。该步骤将写入：',
+    'Try submitting this sample': '试提交此样例',
+    'Type "%(type)s" is not supported (supported: %(supported)s)': '类型“%(type)s”不受支持（支持：%(supported)s）',
+    'Type lists (%(types)s) are not supported: give one type': '不支持类型列表（%(types)s）：请只给一种类型',
+    'Warning': '警告',
+    'Widget key "%(key)s" is not supported: the page picks the widget from the type':
+        '不支持控件键“%(key)s”：页面按类型选择控件',
+    'Zip file': 'Zip 文件',
+    'longer than %(num)d characters': '超过 %(num)d 个字符',
+    "This form has unsaved changes. Leave it without saving?": "此表单有未保存的修改。不保存就离开吗？",
     # The comparison with the deployed version and moving running cases (owners_migration).
     "%(num)d case(s) checked: %(ok)d can move, %(no)d cannot.":
         "已检查 %(num)d 个案件：%(ok)d 个可以迁移，%(no)d 个不能。",

@@ -38,7 +38,17 @@ from engine.access.roles import JOB_ROLES, PROCESS_OWNER, SUPERVISOR
 from engine.models import ACTIVE_TASK_STATES, ProcessVersion
 from engine.process import activity, instances, supervision, tasks, worklist
 from engine.sla import clock as sla_clock
-from worklist_ui import admin_pages, board, figures_page, forms, i18n, owners, owners_migration
+from worklist_ui import (
+    admin_pages,
+    board,
+    draft_forms,
+    draft_lint,
+    figures_page,
+    forms,
+    i18n,
+    owners,
+    owners_migration,
+)
 from worklist_ui.session import actor, sign_in, sign_out
 
 blp = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
@@ -414,11 +424,7 @@ def complete(task_id: int) -> Any:
             raise
         flash(winner, "warning")
         return redirect(url_for("pages.inbox"))
-    parsed = forms.parse(schema, request.form) if schema else forms.Parsed({}, {})
-    found = dict(parsed.errors)
-    if validator is not None:
-        for name, message in forms.errors_of(validator, parsed.data).items():
-            found.setdefault(name, message)
+    parsed, found = forms.submission(schema, validator, request.form)
     if found:
         return render_template("task.html", **_task_context(task_id, values=parsed.data,
                                                             field_errors=found)), 422
@@ -580,3 +586,5 @@ figures_page.install(blp)
 owners.install(blp)
 owners_migration.install(blp)
 admin_pages.install(blp)
+draft_forms.install(blp)
+draft_lint.install(blp)

@@ -57,3 +57,119 @@ def declared_fields(schema: Any) -> set[str] | None:
         parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
         parts += [part[key] for key in ("if", "then", "else") if key in part]
     return names
+
+
+def condition_problems(schema: Any) -> list[str]:
+    """What is wrong with a form's conditional fields (``allOf: [{if, then: {required}}]``):
+    a condition that tests a field the form does not declare can never hold as meant (a typo
+    in a field name makes the rule silently dead), a rule that makes an undeclared field
+    required can never be satisfied by the form's own inputs, and a condition that waits for
+    a value none of the field's options has never holds. Empty for a form that declares no
+    fields of its own or takes any field (``additionalProperties``)."""
+    if declared_fields(schema) is None or not isinstance(schema, dict):
+        return []
+    fields = _input_fields(schema)
+    if not fields:
+        return []
+    properties = schema.get("properties") or {}
+    problems: list[str] = []
+    for number, rule in enumerate(schema.get("allOf") or [], start=1):
+        if not isinstance(rule, dict) or "if" not in rule:
+            continue
+        where = f"allOf rule {number}"
+        for name in sorted(_condition_names(rule["if"])):
+            if name not in fields:
+                problems.append(f"{where}: the condition tests {name!r}, which is not a field of this form "
+                                f"(fields: {', '.join(sorted(fields))})")
+        for name, wanted in _condition_values(rule["if"]):
+            options = _option_values(properties.get(name))
+            missing = [v for v in wanted if options is not None and v not in options]
+            if missing:
+                problems.append(f"{where}: the condition waits for {name!r} = "
+                                f"{', '.join(repr(v) for v in missing)}, which is not one of its options")
+        for part in ("then", "else"):
+            required = (rule.get(part) or {}).get("required") or [] if isinstance(rule.get(part), dict) else []
+            for name in required:
+                if name not in fields:
+                    problems.append(f"{where}: {part!r} makes {name!r} required, which is not a field of this form")
+    return problems
+
+
+def _input_fields(schema: dict[str, Any]) -> set[str]:
+    """The fields a form has inputs for: ``properties`` at the top and in its ``allOf``/
+    ``anyOf``/``oneOf`` parts and their ``then``/``else``, but not the names an ``if`` only
+    tests (those are what is being checked)."""
+    names: set[str] = set()
+    parts: list[Any] = [schema]
+    while parts:
+        part = parts.pop()
+        if not isinstance(part, dict):
+            continue
+        names.update(part.get("properties") or {})
+        parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
+        parts += [part[key] for key in ("then", "else") if key in part]
+    return names
+
+
+def _condition_names(condition: Any) -> set[str]:
+    """The field names an ``if`` tests: its ``properties`` and ``required``, also under
+    ``not``, ``allOf``, ``anyOf`` and ``oneOf``."""
+    names: set[str] = set()
+    parts = [condition]
+    while parts:
+        part = parts.pop()
+        if not isinstance(part, dict):
+            continue
+        names.update(part.get("properties") or {})
+        names.update(n for n in part.get("required") or [] if isinstance(n, str))
+        parts += [part["not"]] if "not" in part else []
+        parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
+    return names
+
+
+def _condition_values(condition: Any) -> list[tuple[str, list[Any]]]:
+    """(field, the values it waits for) for each ``const``/``enum``/``contains.const`` test
+    directly under the condition's ``properties``."""
+    found = []
+    for name, test in ((condition or {}).get("properties") or {}).items() if isinstance(condition, dict) else []:
+        if not isinstance(test, dict):
+            continue
+        if "const" in test:
+            found.append((name, [test["const"]]))
+        elif isinstance(test.get("enum"), list):
+            found.append((name, list(test["enum"])))
+        elif isinstance(test.get("contains"), dict) and "const" in test["contains"]:
+            found.append((name, [test["contains"]["const"]]))
+    return found
+
+
+def _option_values(spec: Any) -> list[Any] | None:
+    """A field's option values (``enum``, ``oneOf`` consts, or those of its array items), or
+    None when it is free input (or a yes/no field, whose values are true and false)."""
+    if not isinstance(spec, dict):
+        return None
+    if spec.get("type") == "array" and isinstance(spec.get("items"), dict):
+        spec = spec["items"]
+    if isinstance(spec.get("enum"), list):
+        return list(spec["enum"])
+    if isinstance(spec.get("oneOf"), list) and all(isinstance(o, dict) and "const" in o for o in spec["oneOf"]):
+        return [o["const"] for o in spec["oneOf"]]
+    if spec.get("type") == "boolean":
+        return [True, False]
+    return None
+
+
+_META = Draft202012Validator(Draft202012Validator.META_SCHEMA, format_checker=FORMAT_CHECKER)
+
+
+def schema_errors(schema: Any, *, limit: int = 20) -> list[str]:
+    """Every way ``schema`` breaks the JSON Schema (2020-12) meta-schema, each led by where
+    (a JSON pointer such as ``/properties/amount/minimum``), at most ``limit``: the form
+    editor lists them all, where a deploy names the best match."""
+    found = []
+    for error in sorted(_META.iter_errors(schema), key=lambda e: [str(p) for p in e.absolute_path]):
+        where = "/" + "/".join(str(p) for p in error.absolute_path)
+        found.append(f"{where}: {error.message}")
+        if len(found) == limit:
+            break
+    return found

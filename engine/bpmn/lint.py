@@ -21,7 +21,7 @@ from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
 
 from engine.bpmn import date_functions
 from engine.bpmn.expressions import SafeEvaluator, unwrap
-from engine.bpmn.forms import declared_fields, unchecked_formats
+from engine.bpmn.forms import condition_problems, declared_fields, unchecked_formats
 from engine.bpmn.parser import (
     CANDIDATE_GROUPS_IF_NONE,
     COMPLETED_BY_VARIABLE,
@@ -162,6 +162,9 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
             report(element, f"form {form_key!r} uses format(s) {', '.join(unchecked)} that the form checker cannot "
                             "check (any text would pass): use a checked format (date-time, date, email, …) or "
                             "a pattern")
+        if form_key in forms:
+            for message in condition_problems(forms[form_key]):
+                report(element, f"form {form_key!r}: {message}")
         groups = candidate_groups_of(task_spec)
         if not groups and not camunda.get("assignee"):
             report(element, "user task has no lane, camunda:candidateGroups or camunda:assignee: "

@@ -41,14 +41,14 @@ def diff(session: Session, rt: Runtime, process_key: str, *, actor: Actor, versi
         problems = drafts.screen(rt, process_key, draft_xml)
         if problems:
             raise DraftRejected(problems)
-        after, after_forms, label = draft_xml, base.forms, "draft"
+        # The canvas goes with the draft's forms (as edited in the form editor).
+        after, after_forms, label = draft_xml, drafts.get(session, process_key, actor=actor).forms, "draft"
     elif version is not None:
         chosen = deployments.get_version(session, process_key, version)
         after, after_forms, label = chosen.bpmn_xml.encode(), chosen.forms, f"version {version}"
     else:
         stored = drafts.get(session, process_key, actor=actor)
-        latest = deployments.get_latest(session, process_key)
-        after, after_forms, label = stored.xml.encode(), latest.forms, "draft"
+        after, after_forms, label = stored.xml.encode(), stored.forms, "draft"
     found = compare(process_key, base.bpmn_xml, after, before_forms=base.forms or {},
                     after_forms=after_forms or {}, policies=policy_lookup(session, rt, process_key))
     return base.version, label, found

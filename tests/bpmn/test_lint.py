@@ -199,3 +199,40 @@ def test_a_duplicate_id_is_named_with_what_to_do(db, rt, people):
     [problem] = caught.value.problems
     assert problem.element_id == "review" and problem.line == line_of(xml, "review") + 2
     assert "used by more than one element" in problem.message and "xs:ID" not in problem.message
+
+
+_CONDITIONAL = {
+    "type": "object",
+    "properties": {
+        "on_behalf": {"type": "boolean", "title": "代理"},
+        "channel": {"type": "string", "oneOf": [{"const": "counter", "title": "柜台"}, {"const": "12386"}]},
+        "agent_name": {"type": "string"},
+    },
+    "allOf": [
+        {"if": {"properties": {"on_behalf": {"const": True}}, "required": ["on_behalf"]},
+         "then": {"required": ["agent_name"]}},
+    ],
+}
+
+
+@pytest.mark.parametrize(("rule", "words"), [
+    ({"if": {"properties": {"on_behlaf": {"const": True}}, "required": ["on_behlaf"]},
+      "then": {"required": ["agent_name"]}}, "tests 'on_behlaf', which is not a field of this form"),
+    ({"if": {"not": {"required": ["client_no"]}}, "then": {"required": ["agent_name"]}},
+     "tests 'client_no', which is not a field"),
+    ({"if": {"properties": {"on_behalf": {"const": True}}}, "then": {"required": ["agnet_name"]}},
+     "makes 'agnet_name' required, which is not a field"),
+    ({"if": {"properties": {"channel": {"const": "12387"}}}, "then": {"required": ["agent_name"]}},
+     "waits for 'channel' = '12387', which is not one of its options"),
+], ids=["condition-field", "condition-under-not", "then-field", "condition-value"])
+def test_a_conditional_field_must_name_fields_of_its_form(db, rt, people, rule, words):
+    form = {**_CONDITIONAL, "allOf": [*_CONDITIONAL["allOf"], rule]}
+    xml = process(linear(("ask", user_task("ask", form="intake"))))
+    with pytest.raises(DeploymentRejected) as caught, db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(xml, {"intake": form}), actor=people.owner)
+    (problem,) = caught.value.problems
+    assert problem.element_id == "ask" and "form 'intake': allOf rule 2" in problem.message
+    assert words in problem.message
+    # The form's own rule, on declared fields and options, passes.
+    with db.transaction() as s:
+        assert deployments.lint(s, rt, bundle_of(xml, {"intake": _CONDITIONAL}), actor=people.owner) == []

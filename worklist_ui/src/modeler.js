@@ -16,6 +16,8 @@ import "bpmn-js/dist/assets/diagram-js.css";
 import "bpmn-js/dist/assets/bpmn-js.css";
 import "bpmn-js/dist/assets/bpmn-font/css/bpmn-embedded.css";
 import "@bpmn-io/properties-panel/dist/assets/properties-panel.css";
+import { lintModules, startLint } from "./draft_lint.js";
+import { startForms } from "./draft_forms.js";
 
 // The panel's labels a process owner meets most, which bpmn-js-i18n does not carry.
 const PANEL_ZH = {
@@ -46,18 +48,18 @@ async function start(root) {
     propertiesPanel: { parent: root.querySelector("#properties") },
     additionalModules: [
       BpmnPropertiesPanelModule, BpmnPropertiesProviderModule, CamundaPlatformPropertiesProviderModule,
-      CamundaPlatformBehaviors, { translate: ["value", translator(chinese)] },
+      CamundaPlatformBehaviors, { translate: ["value", translator(chinese)] }, ...lintModules,
     ],
     moddleExtensions: { camunda: camundaModdle },
+    linting: { active: true },
   });
   const message = root.querySelector("#draft-message");
   const state = root.querySelector("#draft-state");
   const list = root.querySelector("#problems");
-  let etag = root.dataset.etag;
 
   const response = await fetch(root.dataset.xmlUrl, { credentials: "same-origin" });
   if (!response.ok) throw new Error(`draft: ${response.status}`);
-  etag = response.headers.get("ETag") || etag;
+  root.dataset.etag = response.headers.get("ETag") || root.dataset.etag;
   await modeler.importXML(await response.text());
   const canvas = modeler.get("canvas");
   const overlays = modeler.get("overlays");
@@ -118,10 +120,10 @@ async function start(root) {
 
   async function send(url, { method = "POST", body, withEtag = false } = {}) {
     const headers = { "X-CSRFToken": csrf(), "Content-Type": "application/xml" };
-    if (withEtag) headers["If-Match"] = etag;
+    if (withEtag) headers["If-Match"] = root.dataset.etag;
     const answer = await fetch(url, { method, body, headers, credentials: "same-origin" });
     const data = await answer.json().catch(() => ({ message: String(answer.status) }));
-    if (answer.headers.get("ETag")) etag = answer.headers.get("ETag");
+    if (answer.headers.get("ETag")) root.dataset.etag = answer.headers.get("ETag");
     return { ok: answer.ok, status: answer.status, data };
   }
 
@@ -130,7 +132,6 @@ async function start(root) {
     const answer = await send(root.dataset.saveUrl, { method: "PUT", body: xml, withEtag: true });
     if (answer.ok) {
       state.textContent = answer.data.message;
-      root.dataset.etag = etag;
     } else {
       say(answer.data.message, answer.status === 409 ? "warning" : "error");
       if (answer.data.problems) showProblems(answer.data.problems);
@@ -168,6 +169,8 @@ async function start(root) {
   // Other modules of the page (the comparison, diff.js) work on the same modeler.
   root.bpmModeler = modeler;
   root.dispatchEvent(new CustomEvent("bpm:modeler-ready", { detail: { modeler } }));
+  const forms = root.querySelector("#draft-forms");
+  await Promise.all([startLint(modeler, root), forms ? startForms(forms, root) : null]);
 }
 
 const root = document.getElementById("modeler");
