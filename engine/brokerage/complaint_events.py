@@ -159,6 +159,7 @@ def _escalated(session: Session, rt: Runtime, instance: ProcessInstance, data: d
     if isinstance(regulator_due, str) and len(regulator_due.strip()) == 10:
         facts["regulator_due_at"] = calendar.close_of_working_day(date.fromisoformat(regulator_due.strip())).isoformat()
     due = figures.resolution_due(calendar, config, instance.started_at, facts)
+    _compliance_notice(session, rt, instance, {**data, "severity": "regulator"})
     if due is None:
         return
     if clock is None:

@@ -98,6 +98,8 @@ def _rearm(task: Any) -> None:
     again = split._add_child(spec, TaskState.WAITING)
     again.data = copy.deepcopy(split.data)
     spec.event_definition.reset(again)
+    # Its branch (the steps after the event) as SpiffWorkflow predicts a branch it creates.
+    spec._predict(again, mask=TaskState.WAITING | TaskState.PREDICTED_MASK)
     task.workflow.top_workflow.event_manager.add_task(again)
 
 
