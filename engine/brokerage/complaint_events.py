@@ -108,7 +108,8 @@ def _compliance_notice(session: Session, rt: Runtime, instance: ProcessInstance,
     recused = _recused(data)
     people = [u for u in members(session, ["compliance"], instance) if u not in recused]
     notify(session, rt, instance, people, reason=f"compliance:{severity}",
-           zh=(f"{zh_kind}请合规关注", f"案件 {instance.business_key} 为{zh_kind}，请合规关注（分类时间 {_when(rt.now())}，北京时间）。"),
+           zh=(f"{zh_kind}请合规关注",
+               f"案件 {instance.business_key} 为{zh_kind}，请合规关注（分类时间 {_when(rt.now())}，北京时间）。"),
            en=(f"{en_kind}: compliance to follow", f"Case {instance.business_key} is a {en_kind}; compliance to "
                f"follow (classified {_when(rt.now())} Beijing time)."))
 
@@ -132,7 +133,8 @@ def _chased(session: Session, rt: Runtime, instance: ProcessInstance, data: dict
     summary = str(data.get("chase_summary") or "")
     notify(session, rt, instance, people, reason=f"chase:{count}",
            zh=(f"客户第 {count} 次来电催办", f"客户于 {at}（北京时间）第 {count} 次来电催办：{summary}"),
-           en=(f"the client chased (#{count})", f"The client chased the case at {at} Beijing time (#{count}): {summary}"))
+           en=(f"the client chased (#{count})",
+               f"The client chased the case at {at} Beijing time (#{count}): {summary}"))
 
 
 def _evidence(session: Session, rt: Runtime, instance: ProcessInstance, data: dict[str, Any]) -> None:
@@ -143,10 +145,11 @@ def _evidence(session: Session, rt: Runtime, instance: ProcessInstance, data: di
     recused = _recused(data)
     people = [u for u in people if u not in recused]
     ref, what = str(data.get("evidence_ref") or ""), str(data.get("evidence_description") or "")
+    received = _when(data.get("evidence_received_at") or rt.now())
     notify(session, rt, instance, people, reason="new_evidence",
-           zh=("客户补充了材料", f"客户补充了材料 {ref}：{what}（收到时间 {_when(data.get('evidence_received_at') or rt.now())}，北京时间）"),
-           en=("the client sent new evidence", f"The client sent new evidence {ref}: {what} (received "
-               f"{_when(data.get('evidence_received_at') or rt.now())} Beijing time)."))
+           zh=("客户补充了材料", f"客户补充了材料 {ref}：{what}（收到时间 {received}，北京时间）"),
+           en=("the client sent new evidence", f"The client sent new evidence {ref}: {what} (received {received} "
+               "Beijing time)."))
 
 
 def _escalated(session: Session, rt: Runtime, instance: ProcessInstance, data: dict[str, Any]) -> None:

@@ -17,9 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
+from engine.access.masking import mask_echo, mask_text
 from engine.access.roles import INTEGRATION
 from engine.bpmn.expressions import json_safe
-from engine.access.masking import mask_echo, mask_text
 from engine.bpmn.parser import PAYLOAD_FORM, PAYLOAD_VARIABLES, properties_of
 from engine.errors import (
     AmbiguousCorrelation,

@@ -199,7 +199,8 @@ class Notifier:
             rows = session.execute(
                 select(Notification.id, Notification.subject, Notification.body, User)
                 .join(User, User.username == Notification.recipient)
-                .where(Notification.channel != SMS, Notification.sent_at.is_(None), Notification.attempts < MAX_ATTEMPTS,
+                .where(Notification.channel != SMS, Notification.sent_at.is_(None),
+                       Notification.attempts < MAX_ATTEMPTS,
                        or_(Notification.claimed_at.is_(None), Notification.claimed_at <= now - self.lease))
                 .order_by(Notification.id).limit(limit)
                 # Only the outbox rows: locking the users too would make a second deliverer

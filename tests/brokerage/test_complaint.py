@@ -159,7 +159,8 @@ def test_a_major_complaint_goes_through_compliance_and_headquarters(db, rt, staf
         case.do("approve_compliance", "s006", {"decision": "approve", "comment": "会签同意"}, alone=False)
         case.do("communicate_result", "s003", COMMUNICATED, alone=False)
         case.do("close_case_hq", "s008", {"closure_reason": "resolved"}, alone=False)
-        case.do("disciplinary_followup", "s101", {"disciplinary_action": "warning", "disciplinary_note": "书面警告并培训"})
+        case.do("disciplinary_followup", "s101", {"disciplinary_action": "warning",
+                                                  "disciplinary_note": "书面警告并培训"})
         _satisfaction(case, clock, who="s005", csat=2)
         case.do("quality_ticket", "s103", {"findings": "客户对处理时长不满", "actions": "重大投诉周报跟踪"})
     assert case.end_state() == "E1"

@@ -68,7 +68,8 @@ def _registered(db, rt, staff, key: str, **changes: Any) -> Case:
     return case
 
 
-CHASE = {"inbound_contact_at": "2026-03-03T10:15:00+08:00", "chase_summary": "客户询问处理进度", "chase_channel": "phone"}
+CHASE = {"inbound_contact_at": "2026-03-03T10:15:00+08:00", "chase_summary": "客户询问处理进度",
+         "chase_channel": "phone"}
 
 
 def test_the_client_chasing_is_recorded_counted_and_told_to_the_handler_and_the_first_contact_owner(db, rt, staff):
@@ -141,7 +142,8 @@ def test_new_evidence_is_added_to_the_case_and_the_investigator_is_told(db, rt, 
             case.send("complaint_new_evidence", {"evidence_description": "无附件"}, actor=staff["s104"])
         assert [e.field for e in refused.value.errors] == ["evidence_ref"]
         # The investigator sees the references on the step they are working on.
-        case.do("investigate", "s108", {"facts_found": "对账单显示多收佣金", "root_cause": "fees", "staff_at_fault": False})
+        case.do("investigate", "s108", {"facts_found": "对账单显示多收佣金", "root_cause": "fees",
+                                        "staff_at_fault": False})
         assert [r["ref"] for r in case.data()["evidence_refs"]] == ["ATT-2026-0042", "ATT-2026-0043"]
     assert [(e, a, d) for e, _, a, _, d in case.offered] == [
         ("register", None, sh(2026, 3, 2, 13)), ("acknowledge", "s104", sh(2026, 3, 3, 9)),
@@ -333,7 +335,8 @@ def test_a_major_complaint_reaches_compliance_as_a_notification_of_its_branch_an
         case.receive("complaint_received", COUNTER_VISIT, sender="s104")
         case.do("register", "s104", registration(channel="counter", client_id="C01", amount_claimed=80000))
         assert case.data()["severity"] == "major"
-        assert _notices(db, case, "compliance:major") == [("s006", "重大投诉请合规关注"), ("s109", "重大投诉请合规关注")]
+        assert _notices(db, case, "compliance:major") == [("s006", "重大投诉请合规关注"),
+                                                          ("s109", "重大投诉请合规关注")]
         with db.transaction() as s:
             token = identity.issue_token(s, username="s109", now=rt.now())
             other = identity.issue_token(s, username="s207", now=rt.now())
