@@ -140,8 +140,12 @@ def _chased(session: Session, rt: Runtime, instance: ProcessInstance, data: dict
 def _evidence(session: Session, rt: Runtime, instance: ProcessInstance, data: dict[str, Any]) -> None:
     investigation = [s for s in _open_steps(session, instance) if s.element_id == "investigate"]
     people = [u for step in investigation for u in _holders(session, step)]
-    if not people and data.get("investigated_by"):
-        people = [str(data["investigated_by"])]
+    if not people:
+        # The investigation is done: whoever did it (read from the step, as this branch's copy
+        # of the case data may predate it).
+        people = list(session.execute(select(Task.completed_by).where(
+            Task.instance_id == instance.id, Task.element_id == "investigate", Task.completed_by.is_not(None))
+            .order_by(Task.completed_at.desc()).limit(1)).scalars())
     recused = _recused(data)
     people = [u for u in people if u not in recused]
     ref, what = str(data.get("evidence_ref") or ""), str(data.get("evidence_description") or "")

@@ -145,6 +145,10 @@ def test_new_evidence_is_added_to_the_case_and_the_investigator_is_told(db, rt, 
         case.do("investigate", "s108", {"facts_found": "对账单显示多收佣金", "root_cause": "fees",
                                         "staff_at_fault": False})
         assert [r["ref"] for r in case.data()["evidence_refs"]] == ["ATT-2026-0042", "ATT-2026-0043"]
+        # Evidence after the investigation still reaches the one who investigated.
+        case.send("complaint_new_evidence", {**evidence, "evidence_ref": "ATT-2026-0044"}, actor=staff["s104"])
+        assert _notices(db, case, "new_evidence")[2:] == [("s108", "客户补充了材料")]
+        assert [r["ref"] for r in case.data()["evidence_refs"]][-1] == "ATT-2026-0044"
     assert [(e, a, d) for e, _, a, _, d in case.offered] == [
         ("register", None, sh(2026, 3, 2, 13)), ("acknowledge", "s104", sh(2026, 3, 3, 9)),
         ("investigate", "s108", sh(2026, 3, 9, 9))]
