@@ -32,6 +32,6 @@ def install(runtime: Runtime) -> None:
     runtime.on_task_completed.append(complaint_clock.on_task_completed)
     # A complaint's automatic steps reach people (compliance, the handlers on a chase, the
     # investigator on new evidence, the client by SMS) and move its deadline (12386); its
-    # registration counts the complaints on the same matter (group complaints).
+    # classification counts the complaints on the same matter (group complaints).
     runtime.on_engine_task_ran.append(complaint_events.on_engine_task_ran)
-    runtime.on_task_completed.append(complaint_events.on_registered)
+    runtime.on_engine_task_ready.append(complaint_events.before_classification)

@@ -13,8 +13,9 @@ this module delivers, with the database at hand.
   transferred one, min(30 WD, regulator due − 2 WD) from arrival, as a 12386 start's.
 - C5 retries exhausted: an SMS to the client goes to the outbox (channel ``sms``); the phone
   is looked up only when it is sent, and every log and audit line shows it masked.
-- Group complaints (C2): on registration, complaints on the same matter within
-  ``complaint.group_window_wd`` working days are counted and linked (:func:`on_registered`).
+- Group complaints (C2): before classification, complaints on the same matter within
+  ``complaint.group_window_wd`` working days are counted and linked
+  (:func:`before_classification`).
 
 Each notice is one language per recipient (Chinese unless they chose English) with times in
 Beijing time, and is recorded in the case history (``case.notified``).
@@ -28,7 +29,6 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from engine.access.identity import Actor
 from engine.access.masking import mask_phone
 from engine.audit import record_instance_event
 from engine.brokerage import figures
@@ -42,7 +42,7 @@ PROCESS = "complaint"
 SMS_CHANNEL = "sms"
 # Priority an open step of a case chased twice or more is raised to (the inbox sorts on it).
 CHASED_PRIORITY = 80
-REGISTRATION_STEPS = frozenset({"register", "register_12386"})
+CLASSIFICATION = "classify"
 
 
 # -- notices to staff ------------------------------------------------------------------------
@@ -233,12 +233,13 @@ def matter_of(data: dict[str, Any], branch: str | None) -> str | None:
     return None
 
 
-def on_registered(session: Session, rt: Runtime, instance: ProcessInstance, spiff_task: Any, actor: Actor) -> None:
-    """At registration (C1, before classification runs): count the complaints on the same
-    matter received within ``complaint.group_window_wd`` working days (this one included) and
-    link them; at ``group_threshold`` the case classifies as a group complaint (C2). The
-    earlier cases record the link in their history."""
-    if instance.process_key != PROCESS or spiff_task.task_spec.bpmn_id not in REGISTRATION_STEPS:
+def before_classification(session: Session, rt: Runtime, instance: ProcessInstance, spiff_task: Any) -> None:
+    """As 分类分级 (C2) is about to run, whichever way the complaint came in (registered at the
+    counter or the call centre, transferred by 12386, raised on a callback): count the
+    complaints on the same matter received within ``complaint.group_window_wd`` working days
+    (this one included) and link them; at ``group_threshold`` the case classifies as a group
+    complaint. The earlier cases record the link in their history."""
+    if instance.process_key != PROCESS or getattr(spiff_task.task_spec, "bpmn_id", None) != CLASSIFICATION:
         return
     data = spiff_task.data
     if data.get("request_kind") not in (None, "complaint"):
@@ -265,7 +266,7 @@ def on_registered(session: Session, rt: Runtime, instance: ProcessInstance, spif
     data["same_matter_cases"] = [c.business_key for c in related]
     now = rt.now()
     for earlier in related:
-        record_instance_event(session, earlier, kind="complaint.same_matter_linked", actor=actor.username, at=now,
+        record_instance_event(session, earlier, kind="complaint.same_matter_linked", actor="system", at=now,
                               data={"case": instance.business_key, "matter": matter, "count": len(related) + 1})
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
@@ -34,11 +35,17 @@ _HOLDING_DATA = TaskState.READY | TaskState.WAITING | TaskState.STARTED | TaskSt
 
 
 def advance(rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow,
-            ran: list[Any] | None = None) -> None:
+            ran: list[Any] | None = None, before: Callable[[Any], None] | None = None) -> None:
     """Run engine steps. A failure inside (a service task raising, an expression failing)
     leaves SpiffWorkflow's task in ERROR with everything before it done: that state is
     consistent, so it is saved and the instance is marked failed with the error kept.
-    The steps the engine ran are appended to ``ran``."""
+    The steps the engine ran are appended to ``ran``; ``before`` is called with each step
+    about to run."""
+
+    def will_run(task: Any) -> None:
+        _take_internal_payload(task)
+        if before is not None:
+            before(task)
 
     def did_run(task: Any) -> None:
         _spread_case_variables(workflow, task)
@@ -47,7 +54,7 @@ def advance(rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow,
             ran.append(task)
 
     try:
-        workflow.do_engine_steps(will_complete_task=_take_internal_payload, did_complete_task=did_run)
+        workflow.do_engine_steps(will_complete_task=will_run, did_complete_task=did_run)
     except Exception as exc:  # noqa: BLE001 - any failure of diagram logic fails the instance
         log.warning("instance %s failed: %s", instance.id, exc)
         instance.status = InstanceStatus.FAILED
@@ -125,7 +132,12 @@ def run_and_save(session: Session, rt: Runtime, instance: ProcessInstance,
                  workflow: BpmnWorkflow, *, actor: Actor) -> None:
     """The tail of every change: engine steps, save, projections, outcome in the audit."""
     ran: list[Any] = []
-    advance(rt, instance, workflow, ran)
+
+    def before(task: Any) -> None:
+        for hook in rt.on_engine_task_ready:
+            hook(session, rt, instance, task)
+
+    advance(rt, instance, workflow, ran, before if rt.on_engine_task_ready else None)
     if instance.status != InstanceStatus.FAILED:
         for task in ran:
             for hook in rt.on_engine_task_ran:

@@ -403,3 +403,34 @@ def test_the_new_events_wait_on_the_running_case_only(db, rt, staff):
         with pytest.raises(MessageNotCorrelated):
             case.send("complaint_client_chase", CHASE, actor=staff["s104"])
     assert [e for e, *_ in case.offered][-1] == "communicate_result"
+
+
+def test_a_complaint_raised_on_a_callback_counts_towards_a_group_on_the_staff_member_it_names(db, rt, staff):
+    """Two complaints registered at HZ01 name 杜娟 (s107) in product sales; a third, raised on a
+    callback (no registration step), names her too: it is classified a group complaint."""
+    from engine.access.identity import Actor
+    from engine.process import messages
+    from tests.brokerage.test_complaint import FROM_CALLBACK
+
+    earlier = []
+    with time_machine.travel(MONDAY_9, tick=False):
+        for number, client_id in enumerate(["C01", "C06"], 1):
+            case = Case(db, rt, staff, f"CMP-20260302-60{number:02d}")
+            case.receive("complaint_received", {**COUNTER_VISIT, "client_id": client_id}, sender="s104")
+            case.do("register", "s104", registration(channel="counter", client_id=client_id,
+                                                     business_line="product_sales", subject_staff_ids=["s107"]))
+            earlier.append(case)
+        assert [c.data()["severity"] for c in earlier] == ["general", "general"]
+        with db.transaction() as s:
+            started = messages.correlate(s, rt, name="complaint_from_callback", correlation_key=None,
+                                         actor=Actor.system("s004"),
+                                         payload={**FROM_CALLBACK, "client_id": "C01", "alleged_violations": [],
+                                                  "amount_claimed": 0, "origin_business_key": "CB-20260302-0010",
+                                                  "origin_process": "callback"})
+        case = Case(db, rt, staff, started.business_key)
+        case.instance_id = started.id
+        data = case.data()
+        assert (data["severity"], data["same_matter_cases"]) == ("group", [c.key for c in earlier])
+        plan = case.open_task()
+        assert (plan.element_id, plan.candidate_groups, plan.due_at, sorted(plan.excluded)) == \
+            ("group_plan", ["hq_complaint_dept"], sh(2026, 3, 3, 9), ["group:HZ01-G1", "user:s107"])
