@@ -143,9 +143,9 @@ def _evidence(session: Session, rt: Runtime, instance: ProcessInstance, data: di
     if not people:
         # The investigation is done: whoever did it (read from the step, as this branch's copy
         # of the case data may predate it).
-        people = list(session.execute(select(Task.completed_by).where(
+        people = [u for u in session.execute(select(Task.completed_by).where(
             Task.instance_id == instance.id, Task.element_id == "investigate", Task.completed_by.is_not(None))
-            .order_by(Task.completed_at.desc()).limit(1)).scalars())
+            .order_by(Task.completed_at.desc()).limit(1)).scalars() if u]
     recused = _recused(data)
     people = [u for u in people if u not in recused]
     ref, what = str(data.get("evidence_ref") or ""), str(data.get("evidence_description") or "")
