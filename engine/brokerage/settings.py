@@ -191,7 +191,8 @@ _ALL = (
     _case("complaint.contact_retry_after", "PT4H", "Least spacing between attempts to reach the client (ISO 8601); "
           "a retry is offered at the first moment after it within the calling hours, in another half-day."),
     _case("complaint.calling_hours", None, "Hours (Asia/Shanghai) in which complainants are called back, e.g. "
-          "09:00-12:00,13:00-20:00; none: the business hours of the working-day calendar."),
+          "09:00-12:00,13:00-20:00; none: the business hours of the working-day calendar.",
+          variable="contact_hours"),
     _case("complaint.group_window_wd", 10, "Working days within which complaints on the same matter count towards "
           "complaint.group_threshold."),
     _case("complaint.archive_years", 20, "Years the archived case file is kept (the legal minimum is 3).",
