@@ -434,3 +434,24 @@ def test_a_complaint_raised_on_a_callback_counts_towards_a_group_on_the_staff_me
         plan = case.open_task()
         assert (plan.element_id, plan.candidate_groups, plan.due_at, sorted(plan.excluded)) == \
             ("group_plan", ["hq_complaint_dept"], sh(2026, 3, 3, 9), ["group:HZ01-G1", "user:s107"])
+
+
+def test_the_deploy_lint_accepts_the_diagram_and_refuses_a_payload_form_the_bundle_lacks(rt):
+    from engine.bpmn import lint
+    from engine.bpmn.bundle import from_paths
+    from engine.bpmn.parser import parse_files
+    from engine.config import PROJECT_ROOT
+
+    bundle = from_paths([PROJECT_ROOT / "workflows" / "complaint.bpmn"])
+
+    def check(forms: dict[str, Any]) -> list[tuple[str | None, str]]:
+        processes, problems = parse_files(bundle.bpmn)  # parsed afresh: the lint prepares what it checked
+        assert problems == []
+        found = lint.lint(processes, forms=forms, evaluator=rt.evaluator, services=rt.services, allow_scripts=False,
+                          known_groups=None)
+        return [(p.element_id, p.message) for p in found]
+
+    assert check(bundle.forms) == []
+    forms = {k: v for k, v in bundle.forms.items() if k != "complaint_chase_message"}
+    assert check(forms) == [("client_chase", "property 'payloadForm': form 'complaint_chase_message' not found: add "
+                                             "forms/complaint_chase_message.json to the bundle")]
