@@ -286,7 +286,7 @@ def test_no_answer_from_the_client_closes_the_case_as_no_response(db, rt, staff)
                 MessageSubscription.instance_id == case.instance_id,
                 MessageSubscription.message_name == "complaint_client_answer")).scalars()
         assert waiting.element_id == "wait_client_answer"  # the client may still answer until the timer
-        clock.shift(timedelta(days=14, minutes=1))  # complaint.no_response_wait
+        clock.shift(timedelta(days=14, minutes=1))  # complaint.no_response_wd: 10 WD, here 14 days
         assert firing.fire_due(db, rt) >= 1
         case.do("close_case", "s103", {"closure_reason": "no_response"})
         _satisfaction(case, clock, who="s003")
