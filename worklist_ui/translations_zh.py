@@ -214,6 +214,11 @@ ZH = {
     "sla.resumed": "恢复计时",
     "comment.added": "备注",
     "client.vip_tier": "贵宾等级变更",
+    "case.notified": "通知相关人员",
+    "client.sms_queued": "短信告知客户",
+    "client.sms_not_sent": "无号码未发短信",
+    "complaint.same_matter_linked": "关联同一事项投诉",
+    "case_clock.retargeted": "整案期限调整",
     # The supervisors' board.
     "Board": "督办看板",
     "Branch": "营业部",

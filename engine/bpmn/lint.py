@@ -28,6 +28,7 @@ from engine.bpmn.parser import (
     EXCLUDE_GROUPS,
     EXCLUDE_SERVICE_GROUPS_OF,
     EXCLUDE_USERS,
+    PAYLOAD_FORM,
     RECUSAL_SCOPE,
     RECUSAL_SCOPES,
     SEPARATE_FROM,
@@ -144,6 +145,11 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
             evaluator.check_script(script)
         except ExpressionError as exc:
             report(element, f"{what}: {exc.message}")
+
+    payload_form = properties_of(task_spec).get(PAYLOAD_FORM)
+    if payload_form is not None and payload_form not in forms:
+        report(element, f"property {PAYLOAD_FORM!r}: form {payload_form!r} not found: add forms/{payload_form}.json "
+                        "to the bundle")
 
     camunda = camunda_of(task_spec)
     for attr in _EXPRESSION_ATTRIBUTES:

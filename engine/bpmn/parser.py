@@ -104,6 +104,18 @@ def exclusion_parts(raw: str) -> list[str]:
 
 # On a message catch event or receive task: the payload fields that become case variables.
 PAYLOAD_VARIABLES = "payloadVariables"
+# On a message catch event or receive task: a form of the bundle the payload must satisfy, so
+# an outside system's bad message is refused (422, every problem listed) instead of running
+# the case on it.
+PAYLOAD_FORM = "payloadForm"
+# On a non-interrupting boundary message event: it waits again after it fired, as long as its
+# activity runs (BPMN's semantics; SpiffWorkflow fires such an event once): a client may chase
+# a complaint, or send new evidence, more than once.
+REPEATABLE = "repeatable"
+# On a service task: the variables it sets that hold for the whole case, not only its own
+# branch (a non-interrupting boundary event's branch re-classifies the case the main path is
+# working on): the engine copies them into every step still holding the case's data.
+CASE_VARIABLES = "caseVariables"
 # How far a task's exclusions reach: "task" (the default; separation of duties: QA is not the
 # caller, the approver not the nominator, who may still follow the case) or "case" (recusal
 # of a complaint's subject: they cannot read the case either, docs/domain.md#separation-of-duties).

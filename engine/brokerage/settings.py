@@ -184,8 +184,17 @@ _ALL = (
     _case("complaint.csat_alert_max", 2, "A satisfaction score (1-5) at or below this opens a service-quality "
           "ticket."),
     _case("complaint.satisfaction_delay", "P1D", "Wait after closure before the satisfaction call (ISO 8601)."),
-    _case("complaint.no_response_wait", "P14D", "Wait for the client's answer to the result before closing "
-          "without one (ISO 8601; about 10 working days)."),
+    _case("complaint.no_response_wd", 10, "Working days to wait for the client's answer to the result before "
+          "closing without one (closure_reason no_response), on the working-day calendar."),
+    _case("complaint.contact_retries", 2, "Further attempts to reach a client the first contact missed, each in "
+          "another half-day of a working day; then the client is sent an SMS."),
+    _case("complaint.contact_retry_after", "PT4H", "Least spacing between attempts to reach the client (ISO 8601); "
+          "a retry is offered at the first moment after it within the calling hours, in another half-day."),
+    _case("complaint.calling_hours", None, "Hours (Asia/Shanghai) in which complainants are called back, e.g. "
+          "09:00-12:00,13:00-20:00; none: the business hours of the working-day calendar.",
+          variable="contact_hours"),
+    _case("complaint.group_window_wd", 10, "Working days within which complaints on the same matter count towards "
+          "complaint.group_threshold."),
     _case("complaint.archive_years", 20, "Years the archived case file is kept (the legal minimum is 3).",
           source="public"),
     _stored("complaint.extension.max", "15 WD", "An extension of the resolution deadline is granted once, for at "

@@ -19,7 +19,7 @@ from engine.access.roles import PROCESS_OWNER
 from engine.audit import record_system_event
 from engine.bpmn import lint as linter
 from engine.bpmn.bundle import Bundle
-from engine.bpmn.parser import ParsedProcess, camunda_of, parse_files
+from engine.bpmn.parser import PAYLOAD_FORM, ParsedProcess, camunda_of, parse_files, properties_of
 from engine.bpmn.serializer import dump_spec
 from engine.errors import DeploymentRejected, PermissionDenied, Problem, ProcessNotFound
 from engine.models import Deployment, ProcessVersion
@@ -61,9 +61,10 @@ def _forms_used(process: ParsedProcess, forms: dict[str, Any]) -> dict[str, Any]
     used = {}
     for spec in [process.spec, *process.subprocess_specs.values()]:
         for task_spec in spec.task_specs.values():
-            key = camunda_of(task_spec).get("formKey")
-            if key in forms:
-                used[key] = forms[key]
+            # A user task's form, and the form a message's payload is checked against.
+            for key in (camunda_of(task_spec).get("formKey"), properties_of(task_spec).get(PAYLOAD_FORM)):
+                if key in forms:
+                    used[key] = forms[key]
     return used
 
 

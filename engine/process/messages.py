@@ -17,12 +17,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
+from engine.access.masking import mask_echo, mask_text
 from engine.access.roles import INTEGRATION
 from engine.bpmn.expressions import json_safe
-from engine.bpmn.parser import PAYLOAD_VARIABLES, properties_of
+from engine.bpmn.parser import PAYLOAD_FORM, PAYLOAD_VARIABLES, properties_of
 from engine.errors import (
     AmbiguousCorrelation,
     Conflict,
+    FieldError,
+    FormValidationError,
     IdempotencyKeyReused,
     InvalidInput,
     MessageNotCorrelated,
@@ -179,6 +182,7 @@ def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str 
     task = workflow.get_task_from_id(UUID(subscription.task_uuid))
     if task is None or not task.has_state(TaskState.WAITING):
         raise MessageNotCorrelated(f"the waiting event for {name!r} is gone")
+    _check_payload(session, rt, instance, task.task_spec, name, payload)
     definition = _message_definition(task.task_spec.event_definition, name)
     correlations = definition.get_correlations(task, payload)
     workflow.send_event(BpmnEvent(definition, payload, correlations))
@@ -188,12 +192,39 @@ def correlate(session: Session, rt: Runtime, *, name: str, correlation_key: str 
         # only keeps it when spiffworkflow:messageVariable names a variable.)
         accepted, dropped = _variables_of(workflow, task.task_spec, payload)
         task.data.update(accepted)
+        # Taken here, filtered: the unit of work must not take the raw payload again.
+        task.internal_data.pop(definition.name, None)
         check_case(rt.settings, task.data, field="payload")
     audit(session, rt, instance, "message.received", actor, task_uuid=subscription.task_uuid,
           message=name, correlation_key=correlation_key, payload=payload,
           **({"dropped": dropped} if dropped else {}))
     run_and_save(session, rt, instance, workflow, actor=actor)
     return instance
+
+
+def _check_payload(session: Session, rt: Runtime, instance: ProcessInstance, task_spec: Any, name: str,
+                   payload: dict[str, Any]) -> None:
+    """Refuse a payload the catching event's ``payloadForm`` refuses (422, every problem
+    listed, identifiers masked as in a form's answer): a bad message never runs the case."""
+    form_key = (properties_of(task_spec).get(PAYLOAD_FORM) or "").strip()
+    if not form_key:
+        return
+    validator = rt.form_validator(session, instance.process_version_id, form_key)
+    if validator is None:
+        return
+    errors = [FieldError(field=mask_text("/".join(str(p) for p in error.absolute_path)
+                                         or (error.validator in ("required", "additionalProperties")
+                                             and _quoted(error.message)) or ""),
+                         message=mask_echo(error.message, error.instance,
+                                           next((str(p) for p in reversed(error.absolute_path)), "")))
+              for error in sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path))]
+    if errors:
+        raise FormValidationError(f"the {name!r} message's payload is invalid", errors)
+
+
+def _quoted(message: str) -> str:
+    # jsonschema names a missing property on the parent: "'regulator_ref' is a required property"
+    return message.split("'")[1] if message.count("'") >= 2 else ""
 
 
 def _variables_of(workflow: Any, task_spec: Any, payload: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

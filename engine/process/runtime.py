@@ -65,6 +65,14 @@ FactsChanged = Callable[[Session, ProcessInstance, dict[str, Any], dict[str, Any
 # the step decided (an approved extension moves the case's deadline) or refuses it with an
 # engine error, which rolls the completion back.
 TaskCompleted = Callable[[Session, "Runtime", ProcessInstance, Any, Actor], None]
+# Called in the unit of work after the engine ran a step on its own (a service task, an event
+# that fired), with the SpiffWorkflow task: a product acts on what the step did with the
+# database at hand (a complaint's notice reaches its people, its deadline moves).
+EngineTaskRan = Callable[[Session, "Runtime", ProcessInstance, Any], None]
+# Called as the engine is about to run a step on its own, with the SpiffWorkflow task: a
+# product puts what only the database knows into the step's data (how many complaints on the
+# same matter came in lately, before the classification reads it).
+EngineTaskReady = Callable[[Session, "Runtime", ProcessInstance, Any], None]
 
 
 @dataclass
@@ -83,6 +91,8 @@ class Runtime:
     deliver_thrown: MessageDelivery | None = None
     on_facts_changed: list[FactsChanged] = field(default_factory=list)
     on_task_completed: list[TaskCompleted] = field(default_factory=list)
+    on_engine_task_ran: list[EngineTaskRan] = field(default_factory=list)
+    on_engine_task_ready: list[EngineTaskReady] = field(default_factory=list)
     # The jobs schedules may run, by name (``engine.timers.schedules``).
     jobs: dict[str, ScheduledJob] = field(default_factory=dict)
 

@@ -6,10 +6,13 @@ events. The instance is already locked (:func:`engine.process.runtime.locked_ins
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
+from SpiffWorkflow.bpmn.specs.mixins.events.intermediate_event import BoundaryEvent
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy.orm import Session
@@ -17,25 +20,94 @@ from sqlalchemy.orm import Session
 from engine.access.identity import Actor
 from engine.audit import record_instance_event
 from engine.bpmn.expressions import json_safe
+from engine.bpmn.parser import CASE_VARIABLES, REPEATABLE, properties_of
 from engine.bpmn.serializer import dump_state
 from engine.errors import BpmError
 from engine.models import InstanceStatus, ProcessInstance
 from engine.process.projection import declared_correlation_key, project
 from engine.process.runtime import Runtime
+from engine.process.variables import reserved_names
 
 log = logging.getLogger(__name__)
+# The steps whose data a later step inherits: open, waiting and not yet reached.
+_HOLDING_DATA = TaskState.READY | TaskState.WAITING | TaskState.STARTED | TaskState.FUTURE | TaskState.LIKELY | \
+    TaskState.MAYBE
 
 
-def advance(rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow) -> None:
+def advance(rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow,
+            ran: list[Any] | None = None, before: Callable[[Any], None] | None = None) -> None:
     """Run engine steps. A failure inside (a service task raising, an expression failing)
     leaves SpiffWorkflow's task in ERROR with everything before it done: that state is
-    consistent, so it is saved and the instance is marked failed with the error kept."""
+    consistent, so it is saved and the instance is marked failed with the error kept.
+    The steps the engine ran are appended to ``ran``; ``before`` is called with each step
+    about to run."""
+
+    def will_run(task: Any) -> None:
+        _take_internal_payload(task)
+        if before is not None:
+            before(task)
+
+    def did_run(task: Any) -> None:
+        _spread_case_variables(workflow, task)
+        _rearm(task)
+        if ran is not None:
+            ran.append(task)
+
     try:
-        workflow.do_engine_steps()
+        workflow.do_engine_steps(will_complete_task=will_run, did_complete_task=did_run)
     except Exception as exc:  # noqa: BLE001 - any failure of diagram logic fails the instance
         log.warning("instance %s failed: %s", instance.id, exc)
         instance.status = InstanceStatus.FAILED
         instance.error = _describe_failure(exc, workflow)
+
+
+def _take_internal_payload(task: Any) -> None:
+    """A message this instance threw and caught itself (a complaint's compliance review hands
+    its answers to the follow-ups beside the handling) carries the thrower's data: it becomes
+    the catching step's, as a message from outside does (``messages.correlate``, which takes
+    the payload itself and leaves nothing here); the engine's own variables stay as they are."""
+    definition = getattr(task.task_spec, "event_definition", None)
+    if not isinstance(definition, MessageEventDefinition) or getattr(definition, "message_var", None) is not None:
+        return
+    payload = task.internal_data.pop(definition.name, None)
+    if isinstance(payload, dict):
+        reserved = reserved_names(task.workflow.top_workflow)
+        task.data.update({k: copy.deepcopy(v) for k, v in payload.items() if k not in reserved})
+
+
+def _spread_case_variables(workflow: BpmnWorkflow, task: Any) -> None:
+    """A service task's ``caseVariables`` hold for the whole case: copy them into every step
+    still holding a copy of the case's data (each branch of a BPMN process carries its own),
+    so the main path sees what a boundary event's branch decided."""
+    names = [n.strip() for n in (properties_of(task.task_spec).get(CASE_VARIABLES) or "").split(",") if n.strip()]
+    if not names:
+        return
+    values = {n: task.data[n] for n in names if n in task.data}
+    for holder in workflow.get_tasks(state=_HOLDING_DATA):
+        if holder is not task:
+            holder.data.update(copy.deepcopy(values))
+
+
+def _rearm(task: Any) -> None:
+    """A ``repeatable`` non-interrupting boundary event that fired waits again beside the
+    activity it is attached to, as BPMN says (SpiffWorkflow fires one such event once)."""
+    spec = task.task_spec
+    if not isinstance(spec, BoundaryEvent) or spec.cancel_activity or task.parent is None:
+        return
+    if (properties_of(spec).get(REPEATABLE) or "").strip().lower() != "true":
+        return
+    split = task.parent
+    main = next((t for t in split.children if not isinstance(t.task_spec, BoundaryEvent)), None)
+    if main is None or main.has_state(TaskState.FINISHED_MASK):
+        return
+    if any(t.task_spec is spec and t.has_state(TaskState.WAITING) for t in split.children):
+        return
+    again = split._add_child(spec, TaskState.WAITING)
+    again.data = copy.deepcopy(split.data)
+    spec.event_definition.reset(again)
+    # Its branch (the steps after the event) as SpiffWorkflow predicts a branch it creates.
+    spec._predict(again, mask=TaskState.WAITING | TaskState.PREDICTED_MASK)
+    task.workflow.top_workflow.event_manager.add_task(again)
 
 
 def _describe_failure(exc: Exception, workflow: BpmnWorkflow | None = None) -> str:
@@ -59,7 +131,17 @@ def _describe_failure(exc: Exception, workflow: BpmnWorkflow | None = None) -> s
 def run_and_save(session: Session, rt: Runtime, instance: ProcessInstance,
                  workflow: BpmnWorkflow, *, actor: Actor) -> None:
     """The tail of every change: engine steps, save, projections, outcome in the audit."""
-    advance(rt, instance, workflow)
+    ran: list[Any] = []
+
+    def before(task: Any) -> None:
+        for hook in rt.on_engine_task_ready:
+            hook(session, rt, instance, task)
+
+    advance(rt, instance, workflow, ran, before if rt.on_engine_task_ready else None)
+    if instance.status != InstanceStatus.FAILED:
+        for task in ran:
+            for hook in rt.on_engine_task_ran:
+                hook(session, rt, instance, task)
     if instance.status == InstanceStatus.FAILED:
         audit(session, rt, instance, "instance.failed", actor, error=instance.error)
     failed_before_save = instance.status == InstanceStatus.FAILED

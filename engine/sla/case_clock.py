@@ -82,6 +82,29 @@ def move(session: Session, rt: SlaHost, *, instance: ProcessInstance, clock: Cas
                           data={"from": previous.isoformat(), "to": due_at.isoformat(), "extended_by": extended_by})
 
 
+def retarget(session: Session, rt: SlaHost, *, instance: ProcessInstance, clock: CaseClock, due_at: datetime,
+             reason: str, actor: str, now: datetime) -> None:
+    """The case's own deadline changed (a complaint the client took to 12386 is regulator-
+    transferred from then on): unlike an extension, the base deadline moves too and the one
+    extension the case may get is still to come. Open steps due when the case is move with it,
+    the milestones are re-armed on the new span, and a breach not yet reached is forgotten."""
+    previous = clock.due_at
+    if due_at == previous:
+        return
+    offset = due_at - previous
+    clock.due_at = due_at
+    clock.base_due_at = clock.base_due_at + offset if clock.extended_at is not None else due_at
+    session.execute(update(Task).where(Task.instance_id == instance.id, Task.status.in_(ACTIVE_TASK_STATES),
+                                       Task.due_at == previous).values(due_at=due_at, breached_at=None))
+    if clock.breached_at is not None and due_at > now:
+        clock.breached_at = None
+    if clock.stopped_at is None:
+        _cancel(session, instance.id)
+        _arm(session, rt, instance, clock, now)
+    record_instance_event(session, instance, kind="case_clock.retargeted", actor=actor, at=now,
+                          data={"from": previous.isoformat(), "to": due_at.isoformat(), "reason": reason})
+
+
 def stop(session: Session, *, instance: ProcessInstance, now: datetime) -> None:
     """The case answered (or ended): no more warnings; the clock keeps whether it was met."""
     clock = get(session, instance.id)

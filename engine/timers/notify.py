@@ -3,8 +3,11 @@
 SLA milestones write ``bpm_notification`` rows inside the instance transaction; a notifier
 sends them afterwards, so a rolled-back change never notifies anyone and a crashed sender
 loses nothing (rows stay unsent and are retried). Channels are pluggable: ``log`` (the
-default) and ``email`` (SMTP, when ``BPM_SMTP_URL`` is set) now; SMS can be added as another
-channel without touching the engine.
+default) and ``email`` (SMTP, when ``BPM_SMTP_URL`` is set) for staff. Rows on the ``sms``
+channel are texts to clients (a complaint's client the call centre could not reach): their
+recipient is ``client:<id>`` (the phone is read from the registry as the row is sent, so it is
+never copied into the outbox) or ``phone:<number>`` (a walk-in complainant), and they go
+through an :class:`SmsGateway`; every log line shows the number masked.
 
 No transaction is open while a channel talks to the outside: an SMTP server may take its
 whole timeout per message, and a transaction held that long would keep its row locks (on
@@ -41,8 +44,9 @@ from uuid import uuid4
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
+from engine.access.masking import mask_phone
 from engine.db import Database, rowcount
-from engine.models import Notification, User
+from engine.models import Client, Notification, User
 from engine.process.runtime import Runtime
 
 log = logging.getLogger("bpm.notify")
@@ -76,6 +80,29 @@ class EmailChannel:
             smtp.send_message(message)
 
 
+class SmsGateway(Protocol):
+    """Sends one text to one mobile number (a vendor's SMS API); raises when it was not sent."""
+
+    def send(self, *, phone: str, text: str) -> None: ...
+
+
+class LogSmsGateway:
+    """Until a vendor gateway is configured: the text goes to the log, the number masked."""
+
+    def send(self, *, phone: str, text: str) -> None:
+        log.info("sms %s: %s", mask_phone(phone), text)
+
+
+SMS = "sms"
+
+
+@dataclass(frozen=True)
+class _ClaimedSms:
+    id: int
+    phone: str | None
+    body: str
+
+
 @dataclass(frozen=True)
 class _Claimed:
     id: int
@@ -85,8 +112,10 @@ class _Claimed:
 
 
 class Notifier:
-    def __init__(self, channels: dict[str, Channel], *, lease: timedelta = LEASE, name: str | None = None) -> None:
+    def __init__(self, channels: dict[str, Channel], *, lease: timedelta = LEASE, name: str | None = None,
+                 sms: SmsGateway | None = None) -> None:
         self.channels = channels
+        self.sms = sms
         self.lease = lease
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
 
@@ -95,7 +124,7 @@ class Notifier:
         channels: dict[str, Channel] = {"log": LogChannel()}
         if rt.settings.smtp_url:
             channels["email"] = EmailChannel(rt.settings.smtp_url)
-        return cls(channels)
+        return cls(channels, sms=LogSmsGateway())
 
     def deliver_pending(self, db: Database, rt: Runtime, *, limit: int = 200) -> int:
         """Send unsent notifications on every channel; returns how many were sent."""
@@ -112,7 +141,57 @@ class Notifier:
             outcome = (row.id, self._send(row))
             sent += outcome[1] is None
         self._record(db, rt, owner, outcome, renew=None)
+        if self.sms is not None:
+            sent += self._deliver_sms(db, rt, owner, limit)
         return sent
+
+    def _deliver_sms(self, db: Database, rt: Runtime, owner: str, limit: int) -> int:
+        """The ``sms`` rows, claimed and recorded as the staff notices are."""
+        assert self.sms is not None
+        batch = self._claim_sms(db, rt, owner, limit)
+        sent = 0
+        outcome: tuple[int, str | None] | None = None
+        for row in batch:
+            if not self._record(db, rt, owner, outcome, renew=row.id):
+                outcome = None
+                continue
+            error = None
+            if not row.phone:
+                error = "no phone number on record"
+            else:
+                try:
+                    self.sms.send(phone=row.phone, text=row.body)
+                except Exception as exc:  # noqa: BLE001 - one client's failure is recorded, not fatal
+                    # The gateway's message may quote the number: keep it out of the row and the log.
+                    error = f"{type(exc).__name__}: {exc}".replace(row.phone, mask_phone(row.phone) or "")[:2000]
+            log.info("sms %s to %s: %s", row.id, mask_phone(row.phone) if row.phone else "-", error or "sent")
+            outcome = (row.id, error)
+            sent += error is None
+        self._record(db, rt, owner, outcome, renew=None)
+        return sent
+
+    def _claim_sms(self, db: Database, rt: Runtime, owner: str, limit: int) -> list[_ClaimedSms]:
+        now = rt.now()
+        with db.transaction() as session:
+            rows = session.execute(
+                select(Notification.id, Notification.recipient, Notification.body)
+                .where(Notification.channel == SMS, Notification.sent_at.is_(None),
+                       Notification.attempts < MAX_ATTEMPTS,
+                       or_(Notification.claimed_at.is_(None), Notification.claimed_at <= now - self.lease))
+                .order_by(Notification.id).limit(limit).with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return []
+            session.execute(update(Notification).where(Notification.id.in_([r.id for r in rows]))
+                            .values(claimed_at=now, claimed_by=owner).execution_options(synchronize_session=False))
+            clients = {r.recipient.split(":", 1)[1] for r in rows if r.recipient.startswith("client:")}
+            phones = dict(session.execute(select(Client.client_id, Client.phone)
+                                          .where(Client.client_id.in_(clients))).all()) if clients else {}
+            claimed = []
+            for r in rows:
+                kind, _, ref = r.recipient.partition(":")
+                claimed.append(_ClaimedSms(r.id, phones.get(ref) if kind == "client" else ref or None, r.body))
+            return claimed
 
     def _claim(self, db: Database, rt: Runtime, owner: str, limit: int) -> list[_Claimed]:
         now = rt.now()
@@ -120,7 +199,8 @@ class Notifier:
             rows = session.execute(
                 select(Notification.id, Notification.subject, Notification.body, User)
                 .join(User, User.username == Notification.recipient)
-                .where(Notification.sent_at.is_(None), Notification.attempts < MAX_ATTEMPTS,
+                .where(Notification.channel != SMS, Notification.sent_at.is_(None),
+                       Notification.attempts < MAX_ATTEMPTS,
                        or_(Notification.claimed_at.is_(None), Notification.claimed_at <= now - self.lease))
                 .order_by(Notification.id).limit(limit)
                 # Only the outbox rows: locking the users too would make a second deliverer

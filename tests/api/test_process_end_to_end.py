@@ -224,6 +224,14 @@ def test_a_mis_selling_complaint_is_investigated_without_the_accused_group_and_r
         clock.shift(timedelta(days=1, minutes=1))
         assert firing.fire_due(db, rt) >= 1
         http.take("s004", key, "satisfaction_callback", {"csat": 4, "resolved_in_client_view": True})
+        # The disciplinary referral opened its follow-up for the branch head at the review (C8),
+        # due in 10 WD; it does not hold up the resolution, and the case ends when it is done.
+        followup = http.open_task("s101", key, "disciplinary_followup")
+        assert (followup["candidate_groups"], datetime.fromisoformat(followup["due_at"])) == (
+            ["HZ01:branch_head"], sh(2025, 6, 27, 15))
+        assert http.instance("s007", instance_id)["status"] == "running"
+        http.take("s101", key, "disciplinary_followup", {"disciplinary_action": "warning",
+                                                         "disciplinary_note": "书面警告并重新培训适当性管理"})
         done = http.instance("s007", instance_id)
     assert done["status"] == "completed"
     assert (done["facts"]["severity"], done["facts"]["closure_reason"], done["facts"]["csat"]) == (
@@ -233,7 +241,7 @@ def test_a_mis_selling_complaint_is_investigated_without_the_accused_group_and_r
     assert http.completed_by("s007", instance_id) == [
         ("s003", "register"), ("s003", "acknowledge"), ("s103", "investigate"), ("s109", "compliance_review"),
         ("s103", "propose_resolution"), ("s007", "approve_hq"), ("s003", "communicate_result"),
-        ("s008", "close_case_hq"), ("s004", "satisfaction_callback")]
+        ("s008", "close_case_hq"), ("s004", "satisfaction_callback"), ("s101", "disciplinary_followup")]
 
 
 def test_the_accused_and_her_group_are_not_offered_the_resolution_of_the_complaint_either(http):

@@ -146,15 +146,21 @@ def test_a_major_complaint_goes_through_compliance_and_headquarters(db, rt, staf
         case.do("compliance_review", "s006", {"violation_confirmed": True, "violation_type": "suitability",
                                               "regulatory_report_required": False, "disciplinary_referral": True,
                                               "opinion": "适当性管理违规，建议补偿并问责"})
+        # The disciplinary referral starts its follow-up beside the handling: the branch head's,
+        # due in 10 WD (complaint.disciplinary_followup), not in the way of the resolution.
+        followup = case.task("disciplinary_followup")
+        assert (followup.candidate_groups, followup.due_at) == (["HZ01:branch_head"], sh(2026, 3, 16, 9))
         proposal = {"resolution_type": "compensation", "compensation_amount": 70000, "resolution_text": "补偿 7 万元"}
-        case.do("propose_resolution", "s103", proposal)
-        case.do("approve_hq", "s007", {"decision": "rework", "comment": "金额依据不足，按核定损失重拟"})
+        case.do("propose_resolution", "s103", proposal, alone=False)
+        case.do("approve_hq", "s007", {"decision": "rework", "comment": "金额依据不足，按核定损失重拟"}, alone=False)
         case.do("propose_resolution", "s103", {**proposal, "compensation_amount": 60000,
-                                               "resolution_text": "按核定损失补偿 6 万元"})
-        case.do("approve_hq", "s007", {"decision": "approve"})
-        case.do("approve_compliance", "s006", {"decision": "approve", "comment": "会签同意"})
-        case.do("communicate_result", "s003", COMMUNICATED)
-        case.do("close_case_hq", "s008", {"closure_reason": "resolved"})
+                                               "resolution_text": "按核定损失补偿 6 万元"}, alone=False)
+        case.do("approve_hq", "s007", {"decision": "approve"}, alone=False)
+        case.do("approve_compliance", "s006", {"decision": "approve", "comment": "会签同意"}, alone=False)
+        case.do("communicate_result", "s003", COMMUNICATED, alone=False)
+        case.do("close_case_hq", "s008", {"closure_reason": "resolved"}, alone=False)
+        case.do("disciplinary_followup", "s101", {"disciplinary_action": "warning",
+                                                  "disciplinary_note": "书面警告并培训"})
         _satisfaction(case, clock, who="s005", csat=2)
         case.do("quality_ticket", "s103", {"findings": "客户对处理时长不满", "actions": "重大投诉周报跟踪"})
     assert case.end_state() == "E1"
@@ -163,6 +169,7 @@ def test_a_major_complaint_goes_through_compliance_and_headquarters(db, rt, staf
         ("compliance_review", ["compliance"]), ("propose_resolution", HANDLERS), ("approve_hq", ["hq_complaint_dept"]),
         ("propose_resolution", HANDLERS), ("approve_hq", ["hq_complaint_dept"]), ("approve_compliance", ["compliance"]),
         ("communicate_result", INTAKE), ("close_case_hq", ["hq_complaint_dept"]),
+        ("disciplinary_followup", ["HZ01:branch_head"]),
         ("satisfaction_callback", ["call_center_agent"]), ("quality_ticket", ["HZ01:branch_cs_director"]),
     ]
 
@@ -279,7 +286,7 @@ def test_no_answer_from_the_client_closes_the_case_as_no_response(db, rt, staff)
                 MessageSubscription.instance_id == case.instance_id,
                 MessageSubscription.message_name == "complaint_client_answer")).scalars()
         assert waiting.element_id == "wait_client_answer"  # the client may still answer until the timer
-        clock.shift(timedelta(days=14, minutes=1))  # complaint.no_response_wait
+        clock.shift(timedelta(days=14, minutes=1))  # complaint.no_response_wd: 10 WD, here 14 days
         assert firing.fire_due(db, rt) >= 1
         case.do("close_case", "s103", {"closure_reason": "no_response"})
         _satisfaction(case, clock, who="s003")
@@ -445,7 +452,7 @@ def test_every_step_after_registration_recuses_the_subject_and_their_group_from_
     tree = etree.parse(str(WORKFLOWS / "complaint.bpmn"))
     ns = {"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL", "camunda": "http://camunda.org/schema/1.0/bpmn"}
     steps = [t.get("id") for t in tree.iterfind(".//bpmn:userTask", ns)]
-    assert len(steps) == 24  # the sub-process's steps included
+    assert len(steps) == 26  # the sub-process's steps included
     for step in steps:
         element = tree.find(f".//bpmn:userTask[@id='{step}']", ns)
         props = {p.get("name"): p.get("value") for p in element.iterfind(".//camunda:property", ns)}

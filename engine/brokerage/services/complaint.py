@@ -110,3 +110,58 @@ def _archive(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Complaint step C18 归档: marks the case archived with its retention period. The
     write-once (WORM) copy of the records is not made here (no archive store yet)."""
     return {"archived": True, "archive_years": settings_of(data)["archive_years"]}
+
+
+@functions.register("complaint_contact_failed")
+def _contact_failed(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Complaint step C5, the client was not reached: one more failed attempt (the diagram
+    retries ``contact_retries`` times, each in another half-day, then sends an SMS)."""
+    attempts = int(data.get("contact_attempts") or 0) + 1
+    failures = [*list(data.get("contact_failures") or []),
+                {"contact_at": data.get("contact_at"), "contact_channel": data.get("contact_channel")}]
+    return {"contact_attempts": attempts, "contact_failures": failures}
+
+
+@functions.register("complaint_contact_sms")
+def _contact_sms(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Complaint step C5, the retries missed the client too: the SMS itself is written to the
+    outbox by ``engine.brokerage.complaint_events`` (it needs the client's phone, which never
+    enters the case data)."""
+    return {"contact_sms_sent": True}
+
+
+@functions.register("complaint_chase")
+def _chase(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """客户来电催办: the chase is counted in the case facts and kept with what the client said
+    (who is told is ``engine.brokerage.complaint_events``'s)."""
+    chases = [*list(data.get("chases") or []),
+              {"inbound_contact_at": data.get("inbound_contact_at"), "summary": data.get("chase_summary"),
+               "channel": data.get("chase_channel"), "recording_id": data.get("recording_id")}]
+    return {"chase_count": len(chases), "chases": chases}
+
+
+@functions.register("complaint_evidence")
+def _evidence(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """客户补充材料: the attachment's reference joins the case's evidence."""
+    refs = [*list(data.get("evidence_refs") or []),
+            {"ref": data.get("evidence_ref"), "description": data.get("evidence_description"),
+             "received_at": data.get("evidence_received_at")}]
+    return {"evidence_refs": refs}
+
+
+@functions.register("complaint_reclassify_regulator")
+def _reclassify_regulator(data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The client took the same matter to 12386 (or the bureau, the association): the case is
+    regulator-transferred from now on, as if it had come in that way (C2/C4): HQ approves an
+    extension and closes it, the feedback to the regulator (C16) runs after closing, and
+    compliance is told. Its deadline moves in ``engine.brokerage.complaint_events``."""
+    reasons = [r for r in list(data.get("severity_reasons") or []) if r != "regulator"]
+    notices = list(data.get("notifications") or [])
+    if data.get("severity") not in (MAJOR, GROUP, REGULATOR):
+        notices.append({"to": "compliance", "reason": REGULATOR})
+    return {
+        "severity": REGULATOR, "severity_reasons": [*reasons, "regulator"], "sla_track": MAJOR,
+        "is_regulator_transfer": True, "regulator_ref": data.get("regulator_ref"),
+        "regulator_due_at": data.get("regulator_due_at"), "extension_approvers": ["hq_complaint_dept"],
+        "notifications": notices,
+    }
