@@ -53,7 +53,10 @@ def fields_of(schema: dict[str, Any]) -> list[Field]:
     conditions = _conditions(schema)
     found = []
     for name, spec in schema.get("properties", {}).items():
-        found.append(_field(name, spec, name in required, conditions.get(name)))
+        # A field not described by an object (``true``) has no input to show; the deploy
+        # lint refuses such forms now, but a version deployed before still opens.
+        if isinstance(spec, dict):
+            found.append(_field(name, spec, name in required, conditions.get(name)))
     return found
 
 

@@ -9,6 +9,7 @@ text, so the deploy lint refuses a form that uses one (:func:`unchecked_formats`
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
@@ -57,6 +58,27 @@ def declared_fields(schema: Any) -> set[str] | None:
         parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
         parts += [part[key] for key in ("if", "then", "else") if key in part]
     return names
+
+
+def shape_problems(schema: Any) -> list[str]:
+    """Fields the task page could not show as a field: JSON Schema lets a property be ``true``
+    or ``false`` (anything, nothing) and a list's ``items`` likewise, but a person fills in a
+    field only from an object that says its type; such a form would be deployed and then fail
+    on every task page that opens it."""
+    if not isinstance(schema, dict):
+        return ["a form is a JSON object"]
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict):
+        return ["'properties' must be an object naming the form's fields"]
+    problems = []
+    for name, spec in properties.items():
+        if not isinstance(spec, dict):
+            problems.append(f"field {name!r} must be described by an object such as {{\"type\": \"string\"}}, "
+                            f"not {json.dumps(spec)}")
+        elif "items" in spec and not isinstance(spec["items"], dict):
+            problems.append(f"field {name!r}: 'items' must be an object such as {{\"type\": \"string\"}}, "
+                            f"not {json.dumps(spec['items'])}")
+    return problems
 
 
 def condition_problems(schema: Any) -> list[str]:

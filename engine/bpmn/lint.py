@@ -21,7 +21,7 @@ from SpiffWorkflow.bpmn.specs.mixins.user_task import UserTask
 
 from engine.bpmn import date_functions
 from engine.bpmn.expressions import SafeEvaluator, unwrap
-from engine.bpmn.forms import condition_problems, declared_fields, unchecked_formats
+from engine.bpmn.forms import condition_problems, declared_fields, shape_problems, unchecked_formats
 from engine.bpmn.parser import (
     CANDIDATE_GROUPS_IF_NONE,
     COMPLETED_BY_VARIABLE,
@@ -169,7 +169,7 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
                             "check (any text would pass): use a checked format (date-time, date, email, …) or "
                             "a pattern")
         if form_key in forms:
-            for message in condition_problems(forms[form_key]):
+            for message in shape_problems(forms[form_key]) + condition_problems(forms[form_key]):
                 report(element, f"form {form_key!r}: {message}")
         groups = candidate_groups_of(task_spec)
         if not groups and not camunda.get("assignee"):

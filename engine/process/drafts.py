@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from engine.access.identity import Actor
 from engine.audit import record_system_event
 from engine.bpmn.bundle import UNREADABLE_ZIP, Bundle, from_zip
-from engine.bpmn.forms import condition_problems, unchecked_formats
+from engine.bpmn.forms import condition_problems, shape_problems, unchecked_formats
 from engine.bpmn.parser import MAX_BPMN_BYTES, ParseFailure, parse_xml
 from engine.db import rowcount
 from engine.errors import DraftConflict, DraftRejected, InvalidInput, Problem
@@ -172,7 +172,8 @@ def form_problems(form_key: str, data: bytes) -> tuple[Any, list[Problem]]:
     problems = [Problem(filename, None, None, f"format(s) {', '.join(unchecked)} cannot be checked (any text "
                                               "would pass): use date-time, date, email, … or a pattern")
                 for unchecked in [unchecked_formats(schema)] if unchecked]
-    problems += [Problem(filename, None, None, message) for message in condition_problems(schema)]
+    problems += [Problem(filename, None, None, message)
+                 for message in shape_problems(schema) + condition_problems(schema)]
     return schema, problems
 
 

@@ -236,3 +236,16 @@ def test_a_conditional_field_must_name_fields_of_its_form(db, rt, people, rule, 
     # The form's own rule, on declared fields and options, passes.
     with db.transaction() as s:
         assert deployments.lint(s, rt, bundle_of(xml, {"intake": _CONDITIONAL}), actor=people.owner) == []
+
+
+@pytest.mark.parametrize(("field", "words"), [
+    (True, "field 'note' must be described by an object"),
+    ({"type": "array", "items": False}, "field 'note': 'items' must be an object"),
+], ids=["true-schema", "false-items"])
+def test_a_form_field_the_task_page_cannot_show_is_refused_at_deploy(db, rt, people, field, words):
+    form = {"type": "object", "properties": {"note": field}}
+    xml = process(linear(("ask", user_task("ask", form="intake"))))
+    with pytest.raises(DeploymentRejected) as caught, db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(xml, {"intake": form}), actor=people.owner)
+    (problem,) = caught.value.problems
+    assert problem.element_id == "ask" and f"form 'intake': {words}" in problem.message

@@ -59,3 +59,11 @@ def test_schema_errors_lists_every_break_with_its_path():
     found = schema_errors({"type": "object", "properties": {"a": {"type": "strin"}, "b": {"minimum": "1"}},
                            "required": "a"})
     assert [f.split(":")[0] for f in found] == ["/properties/a/type", "/properties/b/minimum", "/required"]
+
+
+def test_a_field_without_an_object_schema_is_left_out_of_the_page_not_an_error(english):
+    """A version deployed before the lint refused such fields still opens its task page."""
+    from worklist_ui.forms import fields_of
+
+    shown = fields_of({"type": "object", "properties": {"note": True, "amount": {"type": "number"}}})
+    assert [f.name for f in shown] == ["amount"]
