@@ -817,9 +817,11 @@ class OverdueQuery(FigureQuery):
     by = fields.List(fields.String(validate=validate.OneOf(["branch", "group", "process", "step", "assignee"])),
                      load_default=lambda: ["branch"],
                      metadata={"description": "repeat to combine, e.g. by=process&by=step"})
-    buckets = fields.List(fields.Float(validate=validate.Range(min=0, min_inclusive=False, max=MAX_SCAN_DAYS)),
+    buckets = fields.List(fields.Integer(validate=validate.Range(min=0, min_inclusive=False, max=MAX_SCAN_DAYS)),
                           load_default=None,
-                          metadata={"description": "ageing bucket edges in days overdue, e.g. buckets=1&buckets=3"})
+                          metadata={"description": "the last whole working day overdue of each ageing bucket but "
+                                                   "the open-ended last, e.g. buckets=2&buckets=5&buckets=10 for "
+                                                   "0-2, 3-5, 6-10 and >10 WD"})
 
 
 class SatisfactionQuery(FigureQuery):
@@ -827,8 +829,9 @@ class SatisfactionQuery(FigureQuery):
 
 
 class BucketOut(Schema):
-    from_days = fields.Float()
-    to_days = fields.Float(allow_none=True)
+    from_days = fields.Integer(metadata={"description": "first whole working day overdue in the bucket"})
+    to_days = fields.Integer(allow_none=True, metadata={
+        "description": "last whole working day overdue in the bucket (included); null: no upper end"})
     count = fields.Integer()
 
 
