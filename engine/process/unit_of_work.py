@@ -20,6 +20,7 @@ from engine.bpmn.expressions import json_safe
 from engine.bpmn.serializer import dump_state
 from engine.errors import BpmError
 from engine.models import InstanceStatus, ProcessInstance
+from engine.process import passage
 from engine.process.projection import declared_correlation_key, project
 from engine.process.runtime import Runtime
 
@@ -60,6 +61,8 @@ def run_and_save(session: Session, rt: Runtime, instance: ProcessInstance,
                  workflow: BpmnWorkflow, *, actor: Actor) -> None:
     """The tail of every change: engine steps, save, projections, outcome in the audit."""
     advance(rt, instance, workflow)
+    # The path the engine took (gateways, events, service steps) before what it came to.
+    passage.record(session, instance, workflow, at=rt.now())
     if instance.status == InstanceStatus.FAILED:
         audit(session, rt, instance, "instance.failed", actor, error=instance.error)
     failed_before_save = instance.status == InstanceStatus.FAILED
@@ -131,6 +134,7 @@ def _thrown_payload(workflow: BpmnWorkflow, event: Any) -> dict[str, Any]:
 def save(session: Session, rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow, *,
          actor: Actor) -> None:
     now = rt.now()
+    passage.record(session, instance, workflow, at=now)  # what changed outside run_and_save (a cancel)
     if instance.status == InstanceStatus.RUNNING and workflow.is_completed():
         instance.status = InstanceStatus.COMPLETED
         instance.ended_at = now

@@ -192,3 +192,14 @@ def _actor(session, username):
     from engine.models import User
 
     return identity.actor_for(session, session.execute(select(User).where(User.username == username)).scalar_one())
+
+
+def test_the_case_timeline_shows_the_path_the_engine_took_by_its_chinese_names(client, demo_cases_loaded):
+    """The start event, the gateways (and where they sent the case) and the service steps are
+    in the timeline beside what people did (issue 13 item 20)."""
+    sign_in(client, "s002", "demo")
+    html = client.get(f"/cases/{demo_cases_loaded['CMP-20250612-0001']}").get_data(as_text=True)
+    timeline = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", _card(html, "timeline-title")))
+    assert "开始事件 · 收到投诉" in timeline
+    assert "经过网关 · 是否投诉? · 转至 投诉级别?" in timeline
+    assert "自动步骤完成 · 分类分级" in timeline
