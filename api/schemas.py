@@ -276,6 +276,23 @@ class CancelIn(Schema):
     reason = fields.String(load_default="", validate=validate.Length(max=1000))
 
 
+class OwnerIn(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64),
+                             metadata={"description": "who owns the case's client contact from now on"})
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000),
+                           metadata={"description": "why (an absence, a leave): audited on the case"})
+
+
+class OwnerOut(Schema):
+    instance_id = fields.Integer()
+    business_key = fields.String()
+    previous_owner = fields.String()
+    owner = fields.String()
+    reason = fields.String()
+    moved_tasks = fields.List(fields.Integer(), metadata={
+        "description": "the open steps the previous owner held by the ownership that moved to the new owner"})
+
+
 class DataCorrectionIn(Schema):
     set = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), load_default=dict,
                       metadata={"description": "variables to set, name to new value"})

@@ -16,6 +16,7 @@ group; :func:`scope_for` decides what the asking person may see
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -360,7 +361,7 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
             counts = ages.setdefault(tuple(key), [0] * (len(edges) + 1))
             counts[sum(1 for e in edges if age > e)] += 1
 
-    spans = [(0, edges[0]), *((low + 1, high) for low, high in zip(edges, edges[1:], strict=False)),
+    spans = [(0, edges[0]), *((low + 1, high) for low, high in itertools.pairwise(edges)),
              (edges[-1] + 1, None)]
 
     def row(values: Any, dimensions: list[str]) -> TaskFigureRow:

@@ -94,7 +94,9 @@ def _kind(task: Any, *, was_open: bool) -> str | None:
     type_name = type(spec).__name__
     if task.has_state(TaskState.CANCELLED):
         # Only what had been reached: a branch the engine had merely predicted is not news.
-        if not was_open or isinstance(spec, CatchingEvent) and "Task" not in type_name:
+        # An event that was waiting and did not fire (a boundary event whose step completed) is
+        # not news either.
+        if not was_open or (isinstance(spec, CatchingEvent) and "Task" not in type_name):
             return None
         return TASK_CANCELLED if spec.manual else ACTIVITY_CANCELLED
     if not task.has_state(TaskState.COMPLETED) or spec.manual:
