@@ -36,6 +36,7 @@ from engine.models import (
     TimerStatus,
     User,
 )
+from engine.sla import case_clock
 from engine.sla.calendar_store import CALENDARS, bump_calendar_revision, bump_sla_revision
 from engine.sla.clock import PausedTime, legacy_pause, match, pauses
 from engine.sla.host import SlaHost
@@ -92,6 +93,9 @@ _COMPLETE_YEAR = "calendar_year_complete:{year}"
 # From this day of a year on, next year's calendar is expected (the State Council publishes
 # the public holidays around November) and its absence is warned about.
 WARN_FROM = (11, 1)
+# What a case clock's milestone may do: tell the groups it names (escalate says it is the
+# deadline's escalation; both notify).
+CASE_ACTIONS = ("notify", "escalate")
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,14 @@ def validate_policy(session: Session, data: dict[str, Any]) -> None:
         raise InvalidInput(f"anchor_variable must name a variable, got {anchor!r}")
     if session.get(BusinessHoursRow, data.get("business_hours", "default")) is None:
         raise InvalidInput(f"no business hours named {data.get('business_hours')!r}")
+    case_wide = data.get("element_id") == case_clock.ELEMENT
     for milestone in data.get("milestones", []):
+        if not isinstance(milestone, dict):
+            raise InvalidInput("each milestone is an object with 'at' and 'action'")
+        if case_wide and (milestone.get("action") not in CASE_ACTIONS or not case_clock.groups_of(milestone.get("to"))):
+            # A case's clock has no assignee or candidates: it tells the groups it names.
+            raise InvalidInput(f"a case clock's milestone is one of {CASE_ACTIONS} with 'to': the groups to tell, "
+                               "e.g. [\"branch:branch_cs_director\", \"hq_complaint_dept\"]")
         if milestone.get("action") not in ACTIONS:
             raise InvalidInput(f"milestone action must be one of {ACTIONS}")
         at = milestone.get("at")
@@ -323,9 +334,13 @@ def upsert_policy(session: Session, rt: SlaHost, *, data: dict[str, Any], actor:
     policy.updated_at, policy.updated_by = now, actor.username
     session.flush()
     bump_sla_revision(session)
+    # A case clock's policy (element case_clock): the running clocks of it take its milestones.
+    clocks = case_clock.apply_policy(session, rt, key=policy.key, actor=actor.username, now=now) \
+        if policy.element_id == case_clock.ELEMENT else 0
     record_system_event(session, kind="sla.policy_saved", actor=actor.username, at=now,
                         data={"key": policy.key, "position": policy.position,
-                              "target": f"{policy.target_amount} {policy.target_unit}"})
+                              "target": f"{policy.target_amount} {policy.target_unit}",
+                              "milestones": policy.milestones, "case_clocks": clocks})
     return policy, recompute(session, rt, now=now)
 
 
