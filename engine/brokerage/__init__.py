@@ -25,6 +25,7 @@ def install(runtime: Runtime) -> None:
         runtime.services.include(module.functions)
     runtime.jobs[vip_evaluation.JOB_NAME] = vip_evaluation.job
     runtime.jobs[periodic_callbacks.JOB_NAME] = periodic_callbacks.job
+    runtime.jobs[periodic_callbacks.COVERAGE_JOB] = periodic_callbacks.coverage_job
     runtime.on_facts_changed.append(vip_tier.on_facts_changed)
     runtime.on_facts_changed.append(closure.hook(runtime))
     runtime.on_facts_changed.append(functools.partial(complaint_clock.on_facts_changed, runtime))

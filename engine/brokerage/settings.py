@@ -236,6 +236,10 @@ _ALL = (
             whole(1, 150)),
     _stored("callback.periodic.recent_months", "6", "A client called back this recently is not sampled.",
             whole(0, 120)),
+    _stored("callback.periodic.escalation_ratio", "0.80", "At a quarter's end, periodic-callback coverage below "
+            "this share of the year-to-date quota is escalated.", share),
+    _stored("callback.periodic.escalate_to", "call_center_supervisor,process_owner", "Groups told when the "
+            "quarter-end coverage falls short (the call centre's supervisor and the process owner).", names),
     # -- VIP clients (贵宾客户) ----------------------------------------------------------------------
     _case("vip.silver", 50_000, "Average daily assets (¥) for the silver tier (银卡).", variable="silver_threshold",
           source="seed"),
