@@ -81,7 +81,7 @@ CONFIG_KEYS = ("figures.ageing_buckets", "figures.regulatory_policies", "figures
 
 @dataclass(frozen=True)
 class FigureConfig:
-    ageing_buckets: tuple[float, ...]
+    ageing_buckets: tuple[int, ...]
     regulatory_policies: tuple[str, ...]
     regulatory_steps: tuple[tuple[str, str], ...]
     business_hours: str

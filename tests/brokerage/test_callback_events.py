@@ -76,7 +76,7 @@ def test_do_not_call_while_waiting_to_redial_ends_an_anomaly_callback_refused(db
     with time_machine.travel(sh(2025, 6, 16, 10), tick=False):
         instance_id = _start(db, rt, key, "anomaly", "C06")
         _complete(db, rt, key, "call_attempt", AGENT, NO_ANSWER)
-        [timer] = _retry_timers(db, instance_id)
+        assert [t.status for t in _retry_timers(db, instance_id)] == ["waiting"]
         _send(db, rt, "client_do_not_call", key, {})
     assert _retry_timers(db, instance_id)[0].status == "cancelled"  # no more redials
     assert _status(db, instance_id) == "completed"

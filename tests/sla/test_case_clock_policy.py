@@ -71,7 +71,7 @@ def test_changing_the_policy_re_arms_running_clocks_and_is_audited(db, rt, staff
         {"at": 1.0, "action": "escalate", "to": ["hq_complaint_dept"]}]}
     with time_machine.travel(MONDAY_9, tick=False) as clock:
         case = _case(db, rt, staff, "CMP-20260302-0972")
-        other = _case(db, rt, staff, "CMP-20260302-0973")
+        _case(db, rt, staff, "CMP-20260302-0973")  # a second running clock of the policy
         clock.move_to(MONDAY_9 + (DUE - MONDAY_9) * 0.6)
         assert firing.fire_due(db, rt) >= 2  # both cases' half-way reminders, to the 客服总监
         with db.transaction() as s:
@@ -94,7 +94,8 @@ def test_changing_the_policy_re_arms_running_clocks_and_is_audited(db, rt, staff
                                                    AuditEvent.data["key"].as_string() == complaint_clock.POLICY)
                           .order_by(AuditEvent.seq.desc()).limit(1)).scalar_one()
     # Under the old policy the 客服总监 heard at 50 %; at 80 % nobody now (the policy says 90 %).
-    assert told == [("s103", "案件办结期限已用 50%"), ("s103", "案件办结期限已用 90%"), ("s109", "案件办结期限已用 90%"),
+    assert told == [("s103", "案件办结期限已用 50%"),
+                    ("s103", "案件办结期限已用 90%"), ("s109", "案件办结期限已用 90%"),
                     ("s007", "案件已超过办结期限"), ("s008", "案件已超过办结期限")]  # the HQ complaint department
     (event,) = events
     assert event.actor == "s001" and [m["at"] for m in event.data["to"]] == [0.5, 0.9, 1.0]
