@@ -290,7 +290,7 @@ def test_a_bad_correction_is_422_naming_each_field_and_changes_nothing(client, a
     assert [e["field"] for e in problem["errors"]] == ["set/origin_business_key", "remove/0", "remove/1"]
     assert all(set(e) == {"field", "message"} for e in problem["errors"])
     history = client.get(f"{API}/instances/{failed['id']}/history", headers=boss).json
-    assert [e["kind"] for e in history] == ["instance.started", "instance.failed"]
+    assert [e["kind"] for e in history if e["kind"] not in passage.KINDS] == ["instance.started", "instance.failed"]
     assert "amount" not in client.get(f"{API}/instances/{failed['id']}", headers=boss).json["data"]
 
 
