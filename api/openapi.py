@@ -60,6 +60,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/v1/instances/{instance_id}/cancel"): _WRITE,
     ("post", "/api/v1/instances/{instance_id}/retry"): _WRITE,
     ("patch", "/api/v1/instances/{instance_id}/data"): _WRITE,
+    ("post", "/api/v1/instances/{instance_id}/owner"): _WRITE,
     ("get", "/api/v1/tasks"): (),
     ("get", "/api/v1/tasks/{task_id}"): (404,),
     ("post", "/api/v1/tasks/claim"): (),

@@ -276,6 +276,23 @@ class CancelIn(Schema):
     reason = fields.String(load_default="", validate=validate.Length(max=1000))
 
 
+class OwnerIn(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64),
+                             metadata={"description": "who owns the case's client contact from now on"})
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000),
+                           metadata={"description": "why (an absence, a leave): audited on the case"})
+
+
+class OwnerOut(Schema):
+    instance_id = fields.Integer()
+    business_key = fields.String()
+    previous_owner = fields.String()
+    owner = fields.String()
+    reason = fields.String()
+    moved_tasks = fields.List(fields.Integer(), metadata={
+        "description": "the open steps the previous owner held by the ownership that moved to the new owner"})
+
+
 class DataCorrectionIn(Schema):
     set = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), load_default=dict,
                       metadata={"description": "variables to set, name to new value"})
@@ -856,9 +873,11 @@ class OverdueQuery(FigureQuery):
     by = fields.List(fields.String(validate=validate.OneOf(["branch", "group", "process", "step", "assignee"])),
                      load_default=lambda: ["branch"],
                      metadata={"description": "repeat to combine, e.g. by=process&by=step"})
-    buckets = fields.List(fields.Float(validate=validate.Range(min=0, min_inclusive=False, max=MAX_SCAN_DAYS)),
+    buckets = fields.List(fields.Integer(validate=validate.Range(min=0, min_inclusive=False, max=MAX_SCAN_DAYS)),
                           load_default=None,
-                          metadata={"description": "ageing bucket edges in days overdue, e.g. buckets=1&buckets=3"})
+                          metadata={"description": "the last whole working day overdue of each ageing bucket but "
+                                                   "the open-ended last, e.g. buckets=2&buckets=5&buckets=10 for "
+                                                   "0-2, 3-5, 6-10 and >10 WD"})
 
 
 class SatisfactionQuery(FigureQuery):
@@ -866,8 +885,9 @@ class SatisfactionQuery(FigureQuery):
 
 
 class BucketOut(Schema):
-    from_days = fields.Float()
-    to_days = fields.Float(allow_none=True)
+    from_days = fields.Integer(metadata={"description": "first whole working day overdue in the bucket"})
+    to_days = fields.Integer(allow_none=True, metadata={
+        "description": "last whole working day overdue in the bucket (included); null: no upper end"})
     count = fields.Integer()
 
 

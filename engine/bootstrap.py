@@ -16,6 +16,7 @@ from engine.config import Settings
 from engine.errors import ConfigError
 from engine.process import messages
 from engine.process.runtime import Runtime, TimerScheduler
+from engine.sla import admin as sla_admin
 from engine.timers.queueing import RqScheduler
 
 
@@ -27,6 +28,8 @@ def build_runtime(settings: Settings, *, scheduler: TimerScheduler | None = None
     runtime = Runtime(settings, clock=clock or SystemClock(), scheduler=scheduler,
                       services=services if services is not None else ServiceRegistry.with_builtins())
     runtime.deliver_thrown = messages.correlate
+    # Administrators are told, once a day from 1 November, while next year's calendar is unknown.
+    runtime.jobs[sla_admin.COVERAGE_JOB] = sla_admin.coverage_job
     brokerage.install(runtime)
     for name in settings.service_modules:
         module = importlib.import_module(name)

@@ -731,6 +731,10 @@ class Client(Base):
     # regulatory rule, docs/domain.md#periodic-sampling); closed (销户) once a full closure
     # completes (engine.brokerage.closure).
     account_status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    # 拒绝回访/免打扰: the client asked not to be called for marketing (a callback's do-not-call
+    # message sets it, engine.brokerage.do_not_call); regulatory callbacks still go on, in writing.
+    dnc_marketing: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    dnc_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -78,17 +78,12 @@ def board() -> Any:
 
 
 def bucket_name(bucket: figures.Bucket) -> str:
-    """<1 天, 1–3 天, ≥7 天: an ageing bucket by its edges."""
-    low, high = _days(bucket.from_days), None if bucket.to_days is None else _days(bucket.to_days)
-    if high is None:
-        return gettext("≥%(low)s d", low=low)
-    if bucket.from_days == 0:
-        return gettext("<%(high)s d", high=high)
-    return gettext("%(low)s–%(high)s d", low=low, high=high)
-
-
-def _days(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    """0–2 个工作日, >10 个工作日: an ageing bucket by the whole working days overdue it holds."""
+    if bucket.to_days is None:
+        return gettext(">%(last)s WD", last=bucket.from_days - 1)
+    if bucket.from_days == bucket.to_days:
+        return gettext("%(low)s WD", low=bucket.from_days)
+    return gettext("%(low)s–%(high)s WD", low=bucket.from_days, high=bucket.to_days)
 
 
 def _chart(weeks: list[boards.Week]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from flask import (
 )
 from flask_babel import gettext
 from flask_login import current_user, login_required, login_user, logout_user
+from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
 from api.bulk import MAX_TASKS, Outcome, claim_each, escalate_each, reassign_each, remind_each
@@ -35,7 +36,8 @@ from engine.access import client_access, field_policy
 from engine.access.client_access import REVEAL_REASONS, REVEAL_ROLES
 from engine.access.masking import mask_text
 from engine.access.roles import JOB_ROLES, PROCESS_OWNER, SUPERVISOR
-from engine.models import ACTIVE_TASK_STATES, ProcessVersion
+from engine.brokerage import handover
+from engine.models import ACTIVE_TASK_STATES, ProcessVersion, User
 from engine.process import activity, instances, supervision, tasks, worklist
 from engine.sla import clock as sla_clock
 from worklist_ui import (
@@ -535,6 +537,7 @@ def case(business_key: str) -> Any:
         related = worklist.related_cases(db, instance=instance, data=data, actor=person)
         done = worklist.steps_done(db, instance=instance, events=events)
         data_rows = _data_rows(db, instance, screened)
+        contact = _contact(db, instance, person)
     states = [{"element_id": e.element_id, "markers": e.markers, "count": e.count,
                "badge": (i18n.sla_phrase(e.sla_state, None if e.due_at is None else (e.due_at - now).total_seconds())
                          if e.sla_state not in (None, "none") else None),
@@ -542,8 +545,38 @@ def case(business_key: str) -> Any:
     names = {e.element_id: e.name for e in where.elements}
     return render_template("case.html", instance=instance, activity=where, case=screened, events=events,
                            names=names, done=done, data_rows=data_rows,
-                           comments=comments, open_rows=open_rows, related=related, now=now,
+                           comments=comments, open_rows=open_rows, related=related, now=now, contact=contact,
                            states_json=json.dumps(states, ensure_ascii=False))
+
+
+def _contact(db: Any, instance: Any, person: Any) -> dict[str, Any] | None:
+    """A complaint's client contact owner (首办责任人) by name, and whom the reader may hand it
+    to (nobody unless they supervise the contact); None for a case without one."""
+    owner = (instance.facts or {}).get(handover.FIRST_CONTACT_OWNER)
+    if not owner:
+        return None
+    names = dict(db.execute(select(User.username, User.display_name).where(User.username == owner)).all())
+    return {"owner": owner, "owner_name": names.get(owner, owner),
+            "candidates": handover.candidates(db, instance_id=instance.id, actor=person)}
+
+
+@blp.post("/cases/<int:instance_id>/owner")
+@login_required
+def hand_over(instance_id: int) -> Any:
+    """Hand the case's client contact to someone else (an absence), with a reason; the same
+    service and refusals as ``POST /api/v1/instances/{id}/owner``."""
+    ctx = bpm()
+    try:
+        with ctx.db.transaction() as db:
+            done = handover.hand_over(db, ctx.runtime, instance_id=instance_id,
+                                      username=request.form.get("username") or "",
+                                      reason=request.form.get("reason") or "", actor=actor())
+        flash(gettext("Client contact handed over to %(who)s", who=done.owner))
+    except errors.NotFound:
+        raise
+    except errors.BpmError as exc:
+        flash(mask_text(exc.message), "warning")
+    return redirect(request.form.get("next") or url_for("pages.inbox"))
 
 
 @blp.get("/cases/<string:business_key>/diagram.bpmn")

@@ -18,10 +18,13 @@ from api.schemas import (
     InstanceDetailOut,
     InstanceOut,
     InstanceQuery,
+    OwnerIn,
+    OwnerOut,
     StartIn,
 )
 from engine.access import field_policy
 from engine.access.identity import Actor
+from engine.brokerage import handover
 from engine.models import ProcessInstance, ProcessVersion
 from engine.process import activity, instances, worklist
 from engine.sla import case_clock
@@ -152,6 +155,26 @@ class InstanceData(MethodView):
             instance = instances.correct_data(session, ctx.runtime, instance_id=instance_id, actor=actor,
                                               set=body["set"], remove=body["remove"], reason=body["reason"])
             return _detail(session, ctx, actor, instance)
+
+
+@blp.route("/instances/<int:instance_id>/owner")
+class Owner(MethodView):
+    @blp.arguments(OwnerIn)
+    @blp.response(200, OwnerOut)
+    def post(self, body: dict[str, Any], instance_id: int) -> Any:
+        """Hand a complaint's client contact (首办责任人, ``first_contact_owner``) to someone else,
+        e.g. for an absence: the case's branch head or 客服总监, the call centre's supervisor,
+        the HQ complaint department or a supervisor who may read the case. The open steps the
+        owner held by that ownership move to the new owner; audited as
+        ``case.owner_handed_over`` with the reason. 404 for a case the caller may not read; 403
+        for someone who does not supervise its contact; 409 for a case that has ended, has no
+        owner yet, or is owned by that person already; 400 for an unknown or inactive user,
+        one the case recuses (its subject or their service group) or one of another branch."""
+        actor = current_actor()
+        ctx = bpm()
+        with ctx.db.transaction() as session:
+            return handover.hand_over(session, ctx.runtime, instance_id=instance_id, username=body["username"],
+                                      reason=body["reason"], actor=actor)
 
 
 @blp.route("/instances/<int:instance_id>/history")

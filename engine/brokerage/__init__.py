@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import functools
 
-from engine.brokerage import closure, complaint_clock, complaint_events, periodic_callbacks, vip_evaluation, vip_tier
+from engine.brokerage import (
+    closure,
+    complaint_clock,
+    complaint_events,
+    do_not_call,
+    periodic_callbacks,
+    vip_evaluation,
+    vip_tier,
+)
 from engine.brokerage.services import callback, complaint, retention, vip
 from engine.process.runtime import Runtime
 
@@ -26,7 +34,9 @@ def install(runtime: Runtime) -> None:
         runtime.services.include(module.functions)
     runtime.jobs[vip_evaluation.JOB_NAME] = vip_evaluation.job
     runtime.jobs[periodic_callbacks.JOB_NAME] = periodic_callbacks.job
+    runtime.jobs[periodic_callbacks.COVERAGE_JOB] = periodic_callbacks.coverage_job
     runtime.on_facts_changed.append(vip_tier.on_facts_changed)
+    runtime.on_facts_changed.append(do_not_call.on_facts_changed)
     runtime.on_facts_changed.append(closure.hook(runtime))
     runtime.on_facts_changed.append(functools.partial(complaint_clock.on_facts_changed, runtime))
     runtime.on_task_completed.append(complaint_clock.on_task_completed)

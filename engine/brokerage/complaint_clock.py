@@ -7,7 +7,7 @@ major, group and regulator-transferred 30 WD), a regulator-transferred case no l
 regulator's due date less ``complaint.sla.regulator_margin`` (2 WD), on the figures' business
 calendar. It stops when the client is told the result (C12) or the withdrawal is confirmed.
 An approved extension moves it once, by at most ``complaint.extension.max`` working days: a
-second approval, or a longer one, is refused. :data:`MILESTONES` say who is warned.
+second approval, or a longer one, is refused. The SLA policy :data:`POLICY` says who is warned.
 """
 
 from __future__ import annotations
@@ -25,14 +25,11 @@ from engine.models import ProcessInstance
 from engine.process.runtime import Runtime
 from engine.sla import calendar_store, case_clock
 
+# Who hears of a complaint running long is the SLA policy POLICY's data (workflows/sla/
+# complaint.json: at half its time the branch's 客服总监, at 80 % also the branch's
+# compliance, at the deadline the HQ complaint department as well), changed like any SLA
+# policy (PUT /sla/policies/complaint.resolution), which re-arms the running clocks.
 PROCESS, POLICY = "complaint", "complaint.resolution"
-# Who hears of a complaint running long: at half its time the branch's 客服总监; at 80 % also
-# the branch's compliance; at the deadline the HQ complaint department as well.
-MILESTONES: list[dict[str, Any]] = [
-    {"at": 0.5, "to": ["branch:branch_cs_director"]},
-    {"at": 0.8, "to": ["branch:branch_cs_director", "branch:compliance"]},
-    {"at": 1.0, "to": ["branch:branch_cs_director", "branch:compliance", "hq_complaint_dept"]},
-]
 # The steps after which the case has answered: C12 反馈客户, and a confirmed withdrawal.
 ANSWERED = frozenset({"communicate_result", "confirm_withdrawal"})
 EXTENSION_STEP, VERIFICATION_STEP = "approve_extension", "withdrawal_verify"
@@ -55,7 +52,7 @@ def on_facts_changed(rt: Runtime, session: Session, instance: ProcessInstance, b
     if due is None:
         return
     case_clock.start(session, rt, instance=instance, policy=POLICY, started_at=instance.started_at, due_at=due,
-                     milestones=MILESTONES, now=rt.now())
+                     milestones=case_clock.policy_milestones(session, POLICY), now=rt.now())
 
 
 def on_task_completed(session: Session, rt: Runtime, instance: ProcessInstance, spiff_task: Any,

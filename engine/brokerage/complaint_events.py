@@ -170,10 +170,10 @@ def _escalated(session: Session, rt: Runtime, instance: ProcessInstance, data: d
     if due is None:
         return
     if clock is None:
-        from engine.brokerage.complaint_clock import MILESTONES, POLICY
+        from engine.brokerage.complaint_clock import POLICY
 
         case_clock.start(session, rt, instance=instance, policy=POLICY, started_at=instance.started_at, due_at=due,
-                         milestones=MILESTONES, now=rt.now())
+                         milestones=case_clock.policy_milestones(session, POLICY), now=rt.now())
         return
     case_clock.retarget(session, rt, instance=instance, clock=clock, due_at=due,
                         reason=f"regulator_transfer:{data.get('regulator_ref')}", actor="system", now=rt.now())

@@ -16,6 +16,7 @@ group; :func:`scope_for` decides what the asking person may see
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, or_, select, true
+from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, or_, select, true, type_coerce
 from sqlalchemy.orm import Session, aliased
 
 from engine.access.identity import Actor
@@ -80,7 +81,7 @@ CONFIG_KEYS = ("figures.ageing_buckets", "figures.regulatory_policies", "figures
 
 @dataclass(frozen=True)
 class FigureConfig:
-    ageing_buckets: tuple[float, ...]
+    ageing_buckets: tuple[int, ...]
     regulatory_policies: tuple[str, ...]
     regulatory_steps: tuple[tuple[str, str], ...]
     business_hours: str
@@ -202,13 +203,6 @@ def _count(condition: ColumnElement[bool]) -> Any:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
-def _seconds(session: Session, later: Any, earlier: Any) -> Any:
-    """``later - earlier`` in seconds, in SQL."""
-    if session.get_bind().dialect.name == "sqlite":
-        return (func.julianday(later) - func.julianday(earlier)) * 86400.0
-    return func.extract("epoch", later - earlier)
-
-
 def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
@@ -268,8 +262,11 @@ def working_days_before(calendar: BusinessCalendar, moment: datetime, days: int)
 # -- 1. overdue and at-risk tasks ----------------------------------------------------------
 @dataclass(frozen=True)
 class Bucket:
-    from_days: float
-    to_days: float | None
+    """Overdue tasks whose whole working days overdue are ``from_days`` to ``to_days``
+    (both included; no upper end for the last bucket)."""
+
+    from_days: int
+    to_days: int | None
     count: int
 
 
@@ -303,9 +300,10 @@ def _dimensions(by: Sequence[str]) -> list[str]:
 
 
 def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: datetime, config: FigureConfig,
-                  buckets: Sequence[float] | None = None) -> TaskFigures:
+                  buckets: Sequence[int] | None = None) -> TaskFigures:
     """Open tasks overdue or at risk at :meth:`Scope.as_of`, tasks closed late in the period,
-    by any of branch, candidate group, process, step and assignee, with ageing buckets."""
+    by any of branch, candidate group, process, step and assignee, with ageing buckets in whole
+    working days overdue (``buckets``: the last day count of each bucket but the open-ended last)."""
     dims = _dimensions(by)
     edges = settings.check_buckets(buckets) if buckets is not None else config.ageing_buckets
     as_of = scope.as_of(now)
@@ -320,22 +318,14 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
                        Task.completed_at < scope.end, Task.completed_at > Task.due_at)
     regulatory = or_(SlaPolicy.key.in_(config.regulatory_policies) if config.regulatory_policies else false(),
                      *(and_(Task.process_key == p, Task.element_id == e) for p, e in config.regulatory_steps))
-    age = _seconds(session, clock, Task.due_at)
-    bounds = [0.0, *(e * 86400 for e in edges)]
-    spans = list(zip(bounds, [*bounds[1:], None], strict=True))  # seconds overdue: [low, high)
     measures = [
         _count(overdue).label("overdue"), _count(at_risk).label("at_risk"), _count(closed_late).label("closed_late"),
         _count(and_(overdue, regulatory)).label("regulatory"),
-        *(_count(and_(overdue, age >= low, *([age < high] if high is not None else []))) for low, high in spans),
     ]
     columns = {"branch": Task.branch_code, "group": TaskCandidate.group_key, "process": Task.process_key,
                "step": Task.element_id, "assignee": Task.assignee}
 
-    def query(dimensions: list[str]) -> list[Any]:
-        keys = [columns[d].label(d) for d in dimensions]
-        stmt = (select(*keys, *measures).select_from(Task)
-                .outerjoin(SlaPolicy, SlaPolicy.id == Task.sla_policy_id)
-                .where(Task.due_at.is_not(None), or_(is_open, closed_late)))
+    def filtered(stmt: Any, dimensions: list[str]) -> Any:
         if "group" in dimensions:
             # A task offered to two groups counts in each: group rows can add up to more
             # than the total.
@@ -347,21 +337,52 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
         if scope.group:
             offered = aliased(TaskCandidate)  # the join above may use TaskCandidate itself
             stmt = stmt.where(exists().where(offered.task_id == Task.id, offered.group_key == scope.group))
+        return stmt
+
+    def query(dimensions: list[str]) -> list[Any]:
+        keys = [columns[d].label(d) for d in dimensions]
+        stmt = filtered(select(*keys, *measures).select_from(Task)
+                        .outerjoin(SlaPolicy, SlaPolicy.id == Task.sla_policy_id)
+                        .where(Task.due_at.is_not(None), or_(is_open, closed_late)), dimensions)
         return list(session.execute(stmt.group_by(*keys) if keys else stmt).all())
+
+    # How long work has been overdue is counted in whole working days on the business calendar
+    # (brief §5: 0-2, 3-5, 6-10, >10 WD), which SQL cannot do: the overdue tasks' due dates and
+    # clocks come back (one row per task and key) and are bucketed here.
+    calendar = calendar_store.CALENDARS.get(session, config.business_hours)
+    ages: dict[tuple[Any, ...], list[int]] = {}
+
+    def age_buckets(dimensions: list[str]) -> None:
+        keys = [columns[d].label(d) for d in dimensions]
+        stopped_at = type_coerce(clock, UTCDateTime()).label("stopped_at")
+        stmt = filtered(select(*keys, Task.due_at, stopped_at).select_from(Task).where(overdue), dimensions)
+        for *key, due_at, stopped in session.execute(stmt).all():
+            age = math.floor(working_days_between(calendar, due_at, stopped) + 1e-9)
+            counts = ages.setdefault(tuple(key), [0] * (len(edges) + 1))
+            counts[sum(1 for e in edges if age > e)] += 1
+
+    spans = [(0, edges[0]), *((low + 1, high) for low, high in itertools.pairwise(edges)),
+             (edges[-1] + 1, None)]
 
     def row(values: Any, dimensions: list[str]) -> TaskFigureRow:
         counts = [int(v or 0) for v in values[len(dimensions):]]
-        ageing = [Bucket(low / 86400, None if high is None else high / 86400, n)
-                  for (low, high), n in zip(spans, counts[4:], strict=True)]
+        key = tuple(values[:len(dimensions)])
+        ageing = [Bucket(low, high, n) for (low, high), n in
+                  zip(spans, ages.get(key, [0] * len(spans)), strict=True)]
         return TaskFigureRow(key={d: values[i] for i, d in enumerate(dimensions)}, overdue=counts[0],
                              at_risk=counts[1], closed_late=counts[2], regulatory_overdue=counts[3], ageing=ageing)
 
+    age_buckets([])
     (total,) = query([])
+    total_row = row(total, [])
+    ages.clear()
+    if dims:
+        age_buckets(dims)
     rows = [row(r, dims) for r in query(dims)] if dims else []
     rows = [r for r in rows if r.overdue or r.at_risk or r.closed_late]
     rows = _named(session, rows)
     rows.sort(key=lambda r: (-r.overdue, -r.at_risk, -r.closed_late, [str(v) for v in r.key.values()]))
-    return TaskFigures(as_of=as_of, by=dims, total=row(total, []), rows=rows)
+    return TaskFigures(as_of=as_of, by=dims, total=total_row, rows=rows)
 
 
 def _named(session: Session, rows: list[TaskFigureRow]) -> list[TaskFigureRow]:

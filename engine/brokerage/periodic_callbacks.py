@@ -39,7 +39,7 @@ import math
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -52,10 +52,11 @@ from engine.audit import record_system_event
 from engine.brokerage import figures, settings
 from engine.calendars import SHANGHAI
 from engine.errors import BpmError
-from engine.models import Client, InstanceStatus, ProcessInstance
+from engine.models import Client, Group, GroupMember, InstanceStatus, Notification, ProcessInstance, User
 from engine.process import instances
 from engine.process.deployments import get_latest
 from engine.process.runtime import Runtime
+from engine.sla.milestones import languages
 
 JOB_NAME = "callback.periodic_batch"
 CALLBACK_PROCESS = "callback"
@@ -293,3 +294,82 @@ def job(session: Session, rt: Runtime, *, slot: datetime) -> dict[str, Any]:
     return {"as_of": outcome.as_of.isoformat(), "quarter": outcome.quarter, "seed": outcome.seed,
             "quota": outcome.quota, "selected": len(outcome.selected), "started": len(outcome.started),
             "problems": outcome.problems}
+
+
+# -- the quarter-end coverage check ---------------------------------------------------------
+COVERAGE_JOB = "callback.periodic_coverage"
+COVERAGE_AUDIT_KIND = "callback.periodic_coverage"
+
+
+@dataclass(frozen=True)
+class CoverageCheck:
+    year: int
+    quarter: int  # the quarter that ended
+    active_clients: int  # the prior year-end base
+    ytd_quota: int  # min_ratio x base x quarters elapsed / 4, rounded up
+    clients_called: int
+    coverage: float | None
+    threshold: Decimal
+    escalated_to: list[str]
+
+
+def check_coverage(session: Session, *, at: datetime) -> CoverageCheck:
+    """Brief §2.3 escalation: at the end of each quarter, the periodic callbacks completed
+    this year (distinct clients, step K5, as the figure counts them) against the year-to-date
+    quota; below ``callback.periodic.escalation_ratio`` (80 %) of it, every active member of
+    ``callback.periodic.escalate_to`` (the call centre's supervisor and the process owner) is
+    notified. ``at`` is the run (the first working day of the next quarter): the quarter checked
+    is the one that ended before it. The base is the prior year-end active clients given for
+    the figures, else the registry's active clients now (as the batch does). Recorded in the
+    system audit stream whether or not it escalates."""
+    as_of = at.astimezone(SHANGHAI).date()
+    quarter_start = date(as_of.year, (as_of.month - 1) // 3 * 3 + 1, 1)
+    last_day = quarter_start - timedelta(days=1)
+    year, quarter = last_day.year, (last_day.month - 1) // 3 + 1
+    config = figures.load_config(session)
+    stored = settings.load(session, ["callback.periodic.escalation_ratio", "callback.periodic.escalate_to"])
+    threshold, groups = stored["callback.periodic.escalation_ratio"], list(stored["callback.periodic.escalate_to"])
+    start, end = (datetime.combine(d, time(0), SHANGHAI) for d in (date(year, 1, 1), quarter_start))
+    found = figures.periodic_callbacks(session, scope=figures.Scope(start=start, end=end), config=config)
+    base = found.active_clients
+    if base is None:
+        base = len(session.execute(select(Client.client_id).where(Client.account_status == ACTIVE)).all())
+    ytd_quota = math.ceil(config.periodic_min_ratio * base * quarter / 4)
+    coverage = found.clients_called / ytd_quota if ytd_quota else None
+    told: list[str] = []
+    if coverage is not None and Decimal(str(coverage)) < threshold:
+        recipients = list(session.execute(
+            select(User.username).join(GroupMember, GroupMember.user_id == User.id)
+            .join(Group, Group.id == GroupMember.group_id)
+            .where(Group.key.in_(groups), User.active.is_(True)).distinct().order_by(User.username)).scalars())
+        for username, language in languages(session, recipients).items():
+            subject, body = _COVERAGE_TEXTS[language]
+            values = {"year": year, "quarter": quarter, "called": found.clients_called, "quota": ytd_quota,
+                      "pct": round(coverage * 100), "threshold": round(threshold * 100)}
+            session.add(Notification(channel="default", recipient=username, subject=subject.format(**values),
+                                     body=body.format(**values), instance_id=None, task_id=None,
+                                     created_at=at, attempts=0))
+            told.append(username)
+    result = CoverageCheck(year=year, quarter=quarter, active_clients=base, ytd_quota=ytd_quota,
+                           clients_called=found.clients_called, coverage=coverage, threshold=threshold,
+                           escalated_to=told)
+    record_system_event(session, kind=COVERAGE_AUDIT_KIND, actor=BATCH_ACTOR.username, at=at,
+                        data={**asdict(result), "threshold": str(threshold)})
+    return result
+
+
+_COVERAGE_TEXTS = {
+    "zh": ("[存量回访] {year} 年第 {quarter} 季度末回访覆盖率 {pct}%，低于 {threshold}%",
+           "截至 {year} 年第 {quarter} 季度末，存量定期回访已完成 {called} 位客户，年度累计应完成 {quota} 位"
+           "（覆盖率 {pct}%，低于 {threshold}% 的升级线）。请安排补充回访。"),
+    "en": ("[periodic callbacks] coverage at the end of Q{quarter} {year} is {pct}%, below {threshold}%",
+           "By the end of Q{quarter} {year}, periodic callbacks reached {called} client(s) against a year-to-date "
+           "quota of {quota} ({pct}%, below the {threshold}% escalation line). Please schedule more callbacks."),
+}
+
+
+def coverage_job(session: Session, rt: Runtime, *, slot: datetime) -> dict[str, Any]:
+    """The schedule's entry point (first working day of each quarter, before the batch)."""
+    found = check_coverage(session, at=slot)
+    return {"year": found.year, "quarter": found.quarter, "coverage": found.coverage,
+            "escalated_to": found.escalated_to}

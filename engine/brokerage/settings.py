@@ -62,19 +62,22 @@ def working_days(value: str) -> Target:
     return target(value, units=(Unit.WORKING_DAYS,))
 
 
-def day_buckets(value: str) -> tuple[float, ...]:
+def day_buckets(value: str) -> tuple[int, ...]:
     try:
-        edges = tuple(float(v) for v in value.split(",") if v.strip())
+        edges = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise InvalidInput(f"ageing buckets {value!r} must be day counts such as 1,3,7") from None
+        raise InvalidInput(f"ageing buckets {value!r} must be whole working-day counts such as 2,5,10") from None
     return check_buckets(edges)
 
 
-def check_buckets(edges: Iterable[float]) -> tuple[float, ...]:
+def check_buckets(edges: Iterable[float]) -> tuple[int, ...]:
+    """Each bucket's last whole working day overdue, increasing: 2,5,10 gives 0-2, 3-5, 6-10
+    and >10 WD."""
     edges = tuple(edges)
-    if not edges or any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
-        raise InvalidInput("ageing buckets are increasing positive day counts such as 1,3,7")
-    return edges
+    if (not edges or any(e <= 0 or not float(e).is_integer() for e in edges)
+            or list(edges) != sorted(set(edges))):
+        raise InvalidInput("ageing buckets are increasing positive whole working-day counts such as 2,5,10")
+    return tuple(int(e) for e in edges)
 
 
 def names(value: str) -> tuple[str, ...]:
@@ -242,6 +245,10 @@ _ALL = (
             whole(1, 150)),
     _stored("callback.periodic.recent_months", "6", "A client called back this recently is not sampled.",
             whole(0, 120)),
+    _stored("callback.periodic.escalation_ratio", "0.80", "At a quarter's end, periodic-callback coverage below "
+            "this share of the year-to-date quota is escalated.", share),
+    _stored("callback.periodic.escalate_to", "call_center_supervisor,process_owner", "Groups told when the "
+            "quarter-end coverage falls short (the call centre's supervisor and the process owner).", names),
     # -- VIP clients (贵宾客户) ----------------------------------------------------------------------
     _case("vip.silver", 50_000, "Average daily assets (¥) for the silver tier (银卡).", variable="silver_threshold",
           source="seed"),
@@ -265,8 +272,9 @@ _ALL = (
     _case("vip.commission_threshold.diamond", None, "As above, for diamond.",
           variable="commission_threshold_diamond"),
     # -- figures -------------------------------------------------------------------------------------
-    _stored("figures.ageing_buckets", "1,3,7", "Edges of the overdue-age buckets, in days (<1, 1-3, 3-7, >=7).",
-            day_buckets),
+    _stored("figures.ageing_buckets", "2,5,10", "The overdue-ageing buckets: the last whole working day (on the "
+            "figures' business calendar) of each bucket but the open-ended last; 2,5,10 gives 0-2, 3-5, 6-10 and "
+            ">10 WD overdue.", day_buckets),
     _stored("figures.regulatory_policies", "callback.new_account.deadline", "SLA policies whose deadlines are "
             "regulatory (shown apart).", names),
     _stored("figures.regulatory_steps", "complaint:report_regulator", "process:element pairs whose due date is "

@@ -31,6 +31,7 @@ from engine.config import Settings
 from engine.db import after_commit
 from engine.errors import InstanceNotFound, InstanceNotRunning
 from engine.models import InstanceStatus, ProcessInstance, ProcessVersion, Timer
+from engine.process import passage
 from engine.sla.calendar_store import CALENDARS, REVISION_COLUMNS, PolicyCache, remember_revisions
 
 
@@ -140,14 +141,15 @@ class Runtime:
     def new_workflow(self, session: Session, version_id: int) -> BpmnWorkflow:
         spec, subprocess_specs = self.spec_for(session, version_id)
         workflow = BpmnWorkflow(spec, subprocess_specs, script_engine=self.script_engine)
-        return attach_calendar(workflow, self.calendar_snapshot(session))
+        return attach_calendar(passage.remember(workflow), self.calendar_snapshot(session))
 
     def load(self, session: Session, instance: ProcessInstance) -> BpmnWorkflow:
         workflow = self.workflows.take(instance.id, instance.state)
         if workflow is None:
             spec, subprocess_specs = self.spec_for(session, instance.process_version_id)
             workflow = load_state(instance.state, spec, subprocess_specs, self.script_engine)
-        return attach_calendar(workflow, self.calendar_snapshot(session))
+        # What was finished already: the unit of work records in the history what finishes now.
+        return attach_calendar(passage.remember(workflow), self.calendar_snapshot(session))
 
     def keep(self, session: Session, instance: ProcessInstance, workflow: BpmnWorkflow) -> None:
         """Offer the saved workflow to the cache once the transaction commits, under the state

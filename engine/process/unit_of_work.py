@@ -24,6 +24,7 @@ from engine.bpmn.parser import CASE_VARIABLES, REPEATABLE, properties_of
 from engine.bpmn.serializer import dump_state
 from engine.errors import BpmError
 from engine.models import InstanceStatus, ProcessInstance
+from engine.process import passage
 from engine.process.projection import declared_correlation_key, project
 from engine.process.runtime import Runtime
 from engine.process.variables import reserved_names
@@ -138,6 +139,8 @@ def run_and_save(session: Session, rt: Runtime, instance: ProcessInstance,
             hook(session, rt, instance, task)
 
     advance(rt, instance, workflow, ran, before if rt.on_engine_task_ready else None)
+    # The path the engine took (gateways, events, service steps) before what it came to.
+    passage.record(session, instance, workflow, at=rt.now())
     if instance.status != InstanceStatus.FAILED:
         for task in ran:
             for hook in rt.on_engine_task_ran:
@@ -213,6 +216,7 @@ def _thrown_payload(workflow: BpmnWorkflow, event: Any) -> dict[str, Any]:
 def save(session: Session, rt: Runtime, instance: ProcessInstance, workflow: BpmnWorkflow, *,
          actor: Actor) -> None:
     now = rt.now()
+    passage.record(session, instance, workflow, at=now)  # what changed outside run_and_save (a cancel)
     if instance.status == InstanceStatus.RUNNING and workflow.is_completed():
         instance.status = InstanceStatus.COMPLETED
         instance.ended_at = now

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
-from engine.access.roles import PROCESS_OWNER
+from engine.access.roles import ADMIN, PROCESS_OWNER
 from engine.audit import record_system_event
 from engine.calendars import (
     EARLIEST_DAY,
@@ -34,6 +34,9 @@ from engine.models import (
     ACTIVE_TIMER_STATES,
     BusinessHoursRow,
     CalendarDay,
+    Group,
+    GroupMember,
+    Notification,
     ProcessInstance,
     Setting,
     SlaPolicy,
@@ -42,11 +45,13 @@ from engine.models import (
     Timer,
     TimerKind,
     TimerStatus,
+    User,
 )
+from engine.sla import case_clock
 from engine.sla.calendar_store import CALENDARS, PolicyRow, bump_calendar_revision, bump_sla_revision
 from engine.sla.clock import PausedTime, first_match, legacy_pause, match, pauses
 from engine.sla.host import SlaHost
-from engine.sla.milestones import ACTIONS, AT_RISK_FRACTION, arm, at_risk, milestone_due
+from engine.sla.milestones import ACTIONS, AT_RISK_FRACTION, arm, at_risk, languages, milestone_due
 
 
 def set_day(session: Session, *, day: Any, working: bool, trading: bool | None, name: str | None,
@@ -99,6 +104,9 @@ _COMPLETE_YEAR = "calendar_year_complete:{year}"
 # From this day of a year on, next year's calendar is expected (the State Council publishes
 # the public holidays around November) and its absence is warned about.
 WARN_FROM = (11, 1)
+# What a case clock's milestone may do: tell the groups it names (escalate says it is the
+# deadline's escalation; both notify).
+CASE_ACTIONS = ("notify", "escalate")
 
 
 @dataclass(frozen=True)
@@ -287,17 +295,82 @@ def coverage(session: Session, *, now: datetime | None = None) -> CalendarCovera
     complete_years = sorted(int(key.rsplit(":", 1)[1]) for key in session.execute(
         select(Setting.key).where(Setting.key.like("calendar_year_complete:%"))).scalars())
     warning = None
-    if now is not None:
-        today = now.astimezone(SHANGHAI).date()
-        following = today.year + 1
-        if (today.month, today.day) >= WARN_FROM and (last is None or last < date(following, 12, 31)):
-            warning = (f"the calendar does not know {following} yet: import the official notice of its public "
-                       f"holidays (bpm calendar import-year {following} FILE, or PUT /calendar/years/{following}); "
-                       "until then due dates in it assume Monday–Friday and are flagged calendar_incomplete")
+    missing = _next_year_missing(now, last, complete_years) if now is not None else None
+    if missing is not None:
+        warning = (f"the calendar does not know {missing} yet: import the official notice of its public "
+                   f"holidays (bpm calendar import-year {missing} FILE, or PUT /calendar/years/{missing}); "
+                   "until then due dates in it assume Monday–Friday and are flagged calendar_incomplete")
     if warning is None and known and last is not None and last < known[-1]:
         warning = (f"the calendar has a gap after {last}: the days up to {known[-1]} are not all known "
                    "(import the year whole)")
     return CalendarCoverage(first, last, flagged, complete_years, warning)
+
+
+def _next_year_missing(now: datetime, last: date | None, complete_years: list[int]) -> int | None:
+    """Next year, when it is 1 November or later (Beijing time) and the calendar neither has
+    next year marked complete (its notice imported) nor knows every day of it."""
+    today = now.astimezone(SHANGHAI).date()
+    following = today.year + 1
+    if (today.month, today.day) < WARN_FROM or following in complete_years:
+        return None
+    return following if last is None or last < date(following, 12, 31) else None
+
+
+# The job (run by a schedule, every working day) that tells administrators next year's
+# calendar is missing: docs/timers.md#the-calendar-warning.
+COVERAGE_JOB = "calendar.coverage_warning"
+_WARNING_TEXTS = {
+    "zh": ("[日历] {year} 年节假日安排尚未导入",
+           "工作日历还没有 {year} 年的节假日安排（国务院办公厅通知）。请导入该年全年安排"
+           "（bpm calendar import-year {year} 文件，或 PUT /api/v1/calendar/years/{year}）并标记为完整；"
+           "在此之前，落在 {year} 年的时限按周一至周五计算，并标记为日历不完整。"
+           "当前有 {flagged} 个未完成的任务时限超出了已知日历。（北京时间 {today}）"),
+    "en": ("[calendar] the public holidays of {year} are not imported yet",
+           "The working-day calendar does not know {year} yet (the State Council's holiday notice). Import the "
+           "year whole (bpm calendar import-year {year} FILE, or PUT /api/v1/calendar/years/{year}) and mark it "
+           "complete; until then due dates in {year} assume Monday to Friday and are flagged calendar_incomplete. "
+           "{flagged} open task(s) have a due date beyond the known calendar. (Beijing time {today})"),
+}
+
+
+def warn_administrators(session: Session, *, now: datetime) -> list[str]:
+    """From 1 November, while next year is not known, a notification to every active
+    administrator through the outbox, at most once per administrator per Beijing day (however
+    often the job runs): a notice given once a year is easily lost in November's work, and
+    every day without next year's holidays lets more due dates be computed on guesses (a
+    deadline across New Year or the Spring Festival). It stops the day the year is imported
+    complete. Returns who was told."""
+    found = coverage(session, now=now)
+    missing = _next_year_missing(now, found.last, found.complete_years)
+    if missing is None:
+        return []
+    admins = list(session.execute(
+        select(User.username).join(GroupMember, GroupMember.user_id == User.id)
+        .join(Group, Group.id == GroupMember.group_id)
+        .where(Group.key == ADMIN, User.active.is_(True)).order_by(User.username)).scalars())
+    today = now.astimezone(SHANGHAI).date()
+    day_start = datetime.combine(today, time(0), SHANGHAI)
+    subjects = [texts[0].format(year=missing) for texts in _WARNING_TEXTS.values()]
+    told_today = set(session.execute(select(Notification.recipient).where(
+        Notification.recipient.in_(admins), Notification.subject.in_(subjects),
+        Notification.created_at >= day_start)).scalars())
+    told = []
+    for username, language in languages(session, [a for a in admins if a not in told_today]).items():
+        subject, body = _WARNING_TEXTS[language]
+        session.add(Notification(channel="default", recipient=username, subject=subject.format(year=missing),
+                                 body=body.format(year=missing, flagged=found.incomplete_open_tasks,
+                                                  today=f"{today:%Y-%m-%d}"),
+                                 instance_id=None, task_id=None, created_at=now, attempts=0))
+        told.append(username)
+    if told:
+        record_system_event(session, kind="calendar.warning_sent", actor=None, at=now,
+                            data={"year": missing, "to": told})
+    return told
+
+
+def coverage_job(session: Session, rt: Any, *, slot: datetime) -> dict[str, Any]:
+    """The scheduled job: warn at the moment it runs (a late run warns for today)."""
+    return {"warned": warn_administrators(session, now=rt.now())}
 
 
 def validate_policy(session: Session, data: dict[str, Any]) -> None:
@@ -321,7 +394,15 @@ def validate_policy(session: Session, data: dict[str, Any]) -> None:
         raise InvalidInput(f"anchor_variable must name a variable, got {anchor!r}", field="anchor_variable")
     if session.get(BusinessHoursRow, data.get("business_hours", "default")) is None:
         raise InvalidInput(f"no business hours named {data.get('business_hours')!r}", field="business_hours")
+    case_wide = data.get("element_id") == case_clock.ELEMENT
     for i, milestone in enumerate(data.get("milestones", [])):
+        if not isinstance(milestone, dict):
+            raise InvalidInput("each milestone is an object with 'at' and 'action'", field=f"milestones/{i}")
+        if case_wide and (milestone.get("action") not in CASE_ACTIONS or not case_clock.groups_of(milestone.get("to"))):
+            # A case's clock has no assignee or candidates: it tells the groups it names.
+            raise InvalidInput(f"a case clock's milestone is one of {CASE_ACTIONS} with 'to': the groups to tell, "
+                               "e.g. [\"branch:branch_cs_director\", \"hq_complaint_dept\"]",
+                               field=f"milestones/{i}/to")
         if milestone.get("action") not in ACTIONS:
             raise InvalidInput(f"milestone action must be one of {ACTIONS}", field=f"milestones/{i}/action")
         at = milestone.get("at")
@@ -379,9 +460,13 @@ def upsert_policy(session: Session, rt: SlaHost, *, data: dict[str, Any], actor:
     policy.updated_at, policy.updated_by = now, actor.username
     session.flush()
     bump_sla_revision(session)
+    # A case clock's policy (element case_clock): the running clocks of it take its milestones.
+    clocks = case_clock.apply_policy(session, rt, key=policy.key, actor=actor.username, now=now) \
+        if policy.element_id == case_clock.ELEMENT else 0
     record_system_event(session, kind="sla.policy_saved", actor=actor.username, at=now,
                         data={"key": policy.key, "position": policy.position,
-                              "target": f"{policy.target_amount} {policy.target_unit}"})
+                              "target": f"{policy.target_amount} {policy.target_unit}",
+                              "milestones": policy.milestones, "case_clocks": clocks})
     return policy, recompute(session, rt, now=now)
 
 

@@ -28,6 +28,7 @@ from engine.models import (
     CaseClock,
     Notification,
     ProcessInstance,
+    SlaPolicy,
     Task,
     Timer,
     TimerKind,
@@ -133,12 +134,60 @@ def _cancel(session: Session, instance_id: int) -> None:
                     .values(status=TimerStatus.CANCELLED))
 
 
-def _arm(session: Session, rt: SlaHost, instance: ProcessInstance, clock: CaseClock, now: datetime) -> None:
+def policy_milestones(session: Session, key: str) -> list[dict[str, Any]]:
+    """The milestones of the case clock policy ``key``: the SLA policy of that key whose
+    element is :data:`ELEMENT` (it never matches a step), saved like every SLA policy
+    (``PUT /sla/policies/{key}``, workflows/sla/*.json). Each is ``{"at": fraction, "to":
+    [groups]}``; none when no such policy is saved (the deadline is then watched without
+    warnings: its breach is still recorded)."""
+    policy = session.execute(select(SlaPolicy).where(SlaPolicy.key == key, SlaPolicy.element_id == ELEMENT,
+                                                     SlaPolicy.active.is_(True))).scalar_one_or_none()
+    if policy is None:
+        return []
+    return [{"at": float(m["at"]), "to": groups_of(m.get("to"))} for m in policy.milestones or []]
+
+
+def groups_of(value: Any) -> list[str]:
+    """A milestone's ``to``: a list of group keys, or one string of them separated by commas."""
+    items = value if isinstance(value, list) else str(value or "").split(",")
+    return [str(g).strip() for g in items if str(g).strip()]
+
+
+def apply_policy(session: Session, rt: SlaHost, *, key: str, actor: str, now: datetime) -> int:
+    """The policy ``key`` changed: every running clock of it takes its milestones from now on
+    (those whose moment has passed are not sent late, nor a breach recorded twice), audited
+    on each case. Returns how many clocks changed."""
+    milestones = policy_milestones(session, key)
+    changed = 0
+    clocks = session.execute(select(CaseClock, ProcessInstance).join(
+        ProcessInstance, ProcessInstance.id == CaseClock.instance_id)
+        .where(CaseClock.policy == key, CaseClock.stopped_at.is_(None)).order_by(CaseClock.instance_id)).all()
+    for clock, instance in clocks:
+        if clock.milestones == milestones:
+            continue
+        previous = clock.milestones
+        clock.milestones = milestones
+        _cancel(session, instance.id)
+        _arm(session, rt, instance, clock, now, late=False)
+        record_instance_event(session, instance, kind="case_clock.policy_changed", actor=actor, at=now,
+                              data={"policy": key, "from": previous, "to": milestones})
+        changed += 1
+    return changed
+
+
+def _arm(session: Session, rt: SlaHost, instance: ProcessInstance, clock: CaseClock, now: datetime, *,
+         late: bool = True) -> None:
+    """Arm the clock's milestones still ahead. The deadline is always watched (a breach is
+    recorded at 100 % even if the policy names nobody to tell). ``late``: a deadline already
+    passed fires now (a clock started or moved late); not when a policy change re-arms."""
     span = clock.due_at - clock.started_at
-    for milestone in clock.milestones:
+    milestones = list(clock.milestones)
+    if not any(float(m["at"]) >= 1.0 for m in milestones):
+        milestones.append({"at": 1.0, "to": []})
+    for milestone in milestones:
         at = clock.started_at + span * float(milestone["at"])
         if at < now:
-            if float(milestone["at"]) < 1.0:
+            if float(milestone["at"]) < 1.0 or not late or clock.breached_at is not None:
                 continue  # a warning that would come late says nothing the breach will not
             at = now
         timer = Timer(kind=TimerKind.CASE, instance_id=instance.id, task_uuid=None, element_id=ELEMENT, due_at=at,

@@ -24,7 +24,14 @@ from engine.calendars import SHANGHAI
 from engine.errors import InvalidInput
 from engine.models import Task
 from engine.process import deployments, instances, tasks
-from tests.brokerage.test_figures import RETENTION, SNAPSHOT_COLUMNS, clean_settings, groups  # noqa: F401 - fixtures
+from tests.brokerage.test_figures import (  # noqa: F401 - fixtures
+    RETENTION,
+    SNAPSHOT_COLUMNS,
+    business_periods,
+    clean_settings,
+    groups,
+    working_days_overdue,
+)
 from tests.support.api import API, assert_problem, login
 from tests.support.bpmn import bundle_of, flow, linear, process, user_task
 from tests.support.cli import bpm
@@ -113,6 +120,8 @@ def test_questions_are_validated(client, auth, people, hq):
     assert_problem(client.get(f"{API}/figures/overdue-tasks?buckets=-1", headers=headers), 422, "invalid_request")
     assert_problem(client.get(f"{API}/figures/overdue-tasks?buckets=3&buckets=1", headers=headers), 400,
                    "invalid_input")
+    assert_problem(client.get(f"{API}/figures/overdue-tasks?buckets=2.5", headers=headers), 422,
+                   "invalid_request")  # buckets end on whole working days
     assert_problem(client.get(f"{API}/figures/satisfaction?by=assignee", headers=headers), 422, "invalid_request")
     assert_problem(client.get(f"{API}/figures/callbacks/periodic?from=2025-12-01&to=2026-01-31", headers=headers),
                    400, "invalid_input")
@@ -133,10 +142,11 @@ def test_overdue_tasks_by_branch_and_assignee_and_what_a_branch_head_sees(db, rt
                     tasks.claim(s, rt, task_id=task.id, actor=people.clerk if who == "li" else people.teammate)
         clock.move_to(NOW)
         company = get(client, login(client, "hq"), "overdue-tasks?by=branch&by=assignee&buckets=1&buckets=5")
+        default = get(client, login(client, "hq"), "overdue-tasks?by=branch")
         branch_head = get(client, login(client, "boss"), "overdue-tasks")
 
     # By the definition: overdue = due before now; at risk = not overdue, 80 % of the window gone.
-    start_at = NOW - 10 * D
+    start_at, periods = NOW - 10 * D, business_periods(db)
     expected: dict[tuple[str, str | None], list[int]] = {}
     for _, branch, due, who in chores:
         overdue = due < NOW
@@ -145,13 +155,17 @@ def test_overdue_tasks_by_branch_and_assignee_and_what_a_branch_head_sees(db, rt
             row = expected.setdefault((branch, who), [0, 0, 0, 0, 0])
             row[0] += overdue
             row[1] += at_risk
-            if overdue:
-                age = (NOW - due) / D
-                row[2 + (age >= 1) + (age >= 5)] += 1
+            if overdue:  # whole working days overdue (on the business calendar)
+                age = working_days_overdue(due, NOW, periods)
+                row[2 + (age > 1) + (age > 5)] += 1
     assert {(r["key"]["branch"], r["key"]["assignee"]): [r["overdue"], r["at_risk"], *(b["count"] for b in r["ageing"])]
             for r in company["rows"]} == expected
     assert company["by"] == ["branch", "assignee"]
-    assert [(b["from_days"], b["to_days"]) for b in company["total"]["ageing"]] == [(0, 1), (1, 5), (5, None)]
+    assert [(b["from_days"], b["to_days"]) for b in company["total"]["ageing"]] == [(0, 1), (2, 5), (6, None)]
+    # W-1 is half a day overdue, W-4 two working days, W-2 (four calendar days, a weekend in
+    # them) two and W-3 (nine calendar days) seven: by default 0-2, 3-5, 6-10 and >10 WD.
+    assert [(b["from_days"], b["to_days"], b["count"]) for b in default["total"]["ageing"]] == [
+        (0, 2, 3), (3, 5, 0), (6, 10, 1), (11, None, 0)]
     assert (company["total"]["overdue"], company["total"]["at_risk"]) == (4, 1)
     assert datetime.fromisoformat(company["as_of"]) == NOW
     # boss (supervisor, HZ01): by branch by default, and only HZ01.

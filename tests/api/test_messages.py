@@ -102,7 +102,7 @@ def test_a_message_that_starts_a_process_creates_an_instance(client, auth, db, p
     assert (started["process_key"], started["business_key"], started["status"]) == (
         "complaint", "TS-2026-07", "running")
     kinds = [e["kind"] for e in client.get(f"{API}/instances/{started['id']}/history", headers=auth("li")).json]
-    assert kinds == ["instance.started", "message.received"]
+    assert kinds == ["instance.started", "message.received", "event.start"]  # started by its message start event
     # the same complaint twice is a duplicate, not a second instance
     assert_problem(send(client, auth("li"), "complaint_filed", "TS-2026-07"), 409, "duplicate_business_key")
     closed = send(client, auth("li"), "complaint_closed", "TS-2026-07")

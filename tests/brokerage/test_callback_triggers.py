@@ -192,8 +192,11 @@ def test_a_client_calling_back_ends_the_wait_and_offers_the_next_attempt_at_once
         assert second.id != first.id and second.candidate_groups == ["call_center_agent"]
         assert [t.status for t in _retry_timers(db, instance.id)] == ["cancelled"]
         with db.transaction() as s:
-            assert s.execute(select(func.count()).select_from(MessageSubscription)
-                             .where(MessageSubscription.instance_id == instance.id)).scalar_one() == 0
+            # The call back is no longer awaited; the new call attempt awaits only its own
+            # messages (a do-not-call request, a fraud report).
+            assert sorted(s.execute(select(MessageSubscription.message_name)
+                                    .where(MessageSubscription.instance_id == instance.id)).scalars()) == [
+                "client_do_not_call", "fraud_reported"]
         data = _data(db, rt, instance.id)
         assert data["attempt_no"] == 2 and data["inbound_number_masked"] == "177****5089"
         assert "message.received" in _kinds(db, instance.id)
@@ -256,9 +259,10 @@ def test_without_a_call_back_the_wait_still_ends_by_its_timer(db, rt, callback):
         assert firing.fire_due(db, rt) == 1
     assert [t.status for t in _retry_timers(db, instance.id)] == ["fired"]
     assert len(_open_tasks(db, instance.business_key, "call_attempt")) == 1
-    with db.transaction() as s:  # the message is no longer awaited
-        assert s.execute(select(MessageSubscription).where(MessageSubscription.instance_id == instance.id)).first() \
-            is None
+    with db.transaction() as s:  # the call back is no longer awaited (the new attempt awaits only its own messages)
+        assert s.execute(select(MessageSubscription).where(MessageSubscription.instance_id == instance.id,
+                                                           MessageSubscription.message_name == "client_called_back")
+                         ).first() is None
 
 
 # -- staff departure -----------------------------------------------------------------------------

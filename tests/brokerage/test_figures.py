@@ -148,10 +148,34 @@ def _drive_chores(db, rt, people) -> dict[tuple[str, str], Chore]:
     return model
 
 
+# The business hours the figures count in (09:00-12:00 and 13:00-17:00 Beijing time unless the
+# test database's default calendar says otherwise: read once from there).
+def working_days_overdue(due: datetime, clock: datetime, periods: list[tuple[int, int]]) -> int:
+    """Whole working days from ``due`` to ``clock``, by the definition and minute by minute:
+    the minutes inside business hours (``periods``: minutes of the day) of the days the State
+    Council's notice makes working days (chinese_calendar), over one day's business minutes."""
+    per_day = sum(b - a for a, b in periods)
+    minutes, moment = 0, due.astimezone(SHANGHAI)
+    end = clock.astimezone(SHANGHAI)
+    while moment < end:
+        of_day = moment.hour * 60 + moment.minute
+        if chinese_calendar.is_workday(moment.date()) and any(a <= of_day < b for a, b in periods):
+            minutes += 1
+        moment += timedelta(minutes=1)
+    return minutes // per_day
+
+
+def business_periods(db) -> list[tuple[int, int]]:
+    with db.transaction() as s:
+        hours = calendar_store.CALENDARS.get(s, "default").hours
+    return [(a.hour * 60 + a.minute, b.hour * 60 + b.minute) for a, b in hours.periods]
+
+
 def _expected(model: dict[tuple[str, str], Chore], dims: list[str], *, as_of: datetime, start: datetime,
-              end: datetime, edges: tuple[float, ...], regulatory: set[str]) -> dict[tuple[Any, ...], list[Any]]:
+              end: datetime, edges: tuple[int, ...], regulatory: set[str],
+              periods: list[tuple[int, int]]) -> dict[tuple[Any, ...], list[Any]]:
     """The figure by the definition, task by task: {key: [overdue, at risk, closed late,
-    regulatory overdue, [count per ageing bucket]]}."""
+    regulatory overdue, [count per ageing bucket]]}; ageing in whole working days overdue."""
     result: dict[tuple[Any, ...], list[Any]] = {}
     for chore in model.values():
         is_open = chore.completed is None or chore.completed > as_of
@@ -161,7 +185,7 @@ def _expected(model: dict[tuple[str, str], Chore], dims: list[str], *, as_of: da
         late = chore.completed is not None and start <= chore.completed < end and chore.completed > chore.due
         if not (overdue or at_risk or late):
             continue
-        age = (clock - chore.due) / D
+        age = working_days_overdue(chore.due, clock, periods) if overdue else 0
         values = {"branch": [chore.branch], "group": chore.groups, "process": ["chores"], "step": [chore.step],
                   "assignee": [chore.assignee]}
         keys: list[tuple[Any, ...]] = [()]
@@ -174,7 +198,7 @@ def _expected(model: dict[tuple[str, str], Chore], dims: list[str], *, as_of: da
             row[2] += late
             row[3] += overdue and chore.step in regulatory
             if overdue:
-                row[4][sum(1 for e in edges if age >= e)] += 1
+                row[4][sum(1 for e in edges if age > e)] += 1
     return result
 
 
@@ -188,10 +212,11 @@ def test_overdue_and_at_risk_tasks_by_every_dimension_with_ageing_buckets(db, rt
     model = _drive_chores(db, rt, people)
     start, end = figures.period(T0.date(), NOW.date(), now=NOW)
     scope = figures.Scope(start=start, end=end)
+    periods = business_periods(db)
     with db.transaction() as s:
         config = replace(figures.load_config(s), regulatory_steps=(("chores", "b"),))
         edges = config.ageing_buckets
-        assert edges == (1, 3, 7)
+        assert edges == (2, 5, 10)  # brief §5: 0-2, 3-5, 6-10, >10 WD
 
         def check(dims: list[str], scope: figures.Scope = scope, at: datetime = NOW,
                   subset: dict[tuple[str, str], Chore] = model) -> None:
@@ -199,9 +224,9 @@ def test_overdue_and_at_risk_tasks_by_every_dimension_with_ageing_buckets(db, rt
             as_of = min(scope.end, at)
             assert figure.as_of == as_of
             assert _actual(figure) == _expected(subset, figure.by, as_of=as_of, start=scope.start, end=scope.end,
-                                                edges=edges, regulatory={"b"})
+                                                edges=edges, regulatory={"b"}, periods=periods)
             (total,) = _expected(subset, [], as_of=as_of, start=scope.start, end=scope.end, edges=edges,
-                                 regulatory={"b"}).values()
+                                 regulatory={"b"}, periods=periods).values()
             assert _actual(replace(figure, rows=[figure.total])) == {(): total}
 
         for dims in (["branch"], ["group"], ["process", "step"], ["assignee"], ["branch", "assignee"]):
@@ -210,7 +235,11 @@ def test_overdue_and_at_risk_tasks_by_every_dimension_with_ageing_buckets(db, rt
         assert figure.by == ["process", "step"]  # a step is named within its process
         # The figures these cases were chosen for, spelled out once.
         assert (figure.total.overdue, figure.total.at_risk, figure.total.closed_late) == (6, 2, 1)
-        assert [b.count for b in figure.total.ageing] == [1, 2, 1, 2]  # CH-5.b counts 2 days, not 6
+        # In whole working days: CH-1.a (due last night) 0, CH-5.b (paused two days after its due
+        # date) 1, CH-2.a 2; CH-3.a, five calendar days over a weekend, 3; CH-4.a 6; CH-3.b,
+        # ten calendar days, 7. Counted in calendar days they would fall [1, 1, 2, 2] otherwise.
+        assert [(b.from_days, b.to_days) for b in figure.total.ageing] == [(0, 2), (3, 5), (6, 10), (11, None)]
+        assert [b.count for b in figure.total.ageing] == [3, 1, 2, 0]
 
         # Scoped to a branch, and to a candidate group (only that group's tasks).
         check(["group"], replace(scope, branch="HZ01"), subset={k: c for k, c in model.items() if c.branch == "HZ01"})
@@ -220,9 +249,9 @@ def test_overdue_and_at_risk_tasks_by_every_dimension_with_ageing_buckets(db, rt
         past = figures.Scope(start=start, end=figures.period(T0.date(), (NOW - 3 * D).date(), now=NOW)[1])
         check(["branch"], past)
         # Buckets given with the question win over the configured ones.
-        custom = figures.overdue_tasks(s, scope=scope, by=[], now=NOW, config=config, buckets=[2.5, 6])
-        assert [(b.from_days, b.to_days) for b in custom.total.ageing] == [(0, 2.5), (2.5, 6), (6, None)]
-        assert [b.count for b in custom.total.ageing] == [3, 1, 2]
+        custom = figures.overdue_tasks(s, scope=scope, by=[], now=NOW, config=config, buckets=[1, 6])
+        assert [(b.from_days, b.to_days) for b in custom.total.ageing] == [(0, 1), (2, 6), (7, None)]
+        assert [b.count for b in custom.total.ageing] == [2, 3, 1]
 
 
 def test_unknown_dimension_and_bad_buckets_are_refused(db):
@@ -233,6 +262,8 @@ def test_unknown_dimension_and_bad_buckets_are_refused(db):
             figures.overdue_tasks(s, scope=scope, by=["client"], now=NOW, config=config)
         with pytest.raises(InvalidInput, match="increasing"):
             figures.overdue_tasks(s, scope=scope, by=[], now=NOW, config=config, buckets=[3, 1])
+        with pytest.raises(InvalidInput, match="whole working-day"):  # a bucket ends on a whole day
+            figures.overdue_tasks(s, scope=scope, by=[], now=NOW, config=config, buckets=[2.5, 6])
 
 
 # -- 2. complaints -------------------------------------------------------------------------
@@ -835,7 +866,8 @@ def test_settings_override_defaults_are_checked_and_audited(db, rt, clean_settin
         settings.set_value(s, key="figures.ageing_buckets", value="2,5,10,20", actor=owner, now=rt.now())
         settings.set_value(s, key="complaint.sla.resolve.general", value="10 WD", actor=owner, now=rt.now())
         settings.set_value(s, key="figures.group_score.weights", value="growth=1", actor=owner, now=rt.now())
-        for key, value in (("figures.ageing_buckets", "3,1"), ("complaint.sla.resolve.general", "ten days"),
+        for key, value in (("figures.ageing_buckets", "3,1"), ("figures.ageing_buckets", "1.5,3"),
+                           ("complaint.sla.resolve.general", "ten days"),
                            ("complaint.sla.regulator_margin", "2 CD"), ("callback.periodic.min_ratio", "1.5"),
                            ("figures.group_score.weights", "luck=1"), (f"{settings.ACTIVE_CLIENTS}.2025", "-3"),
                            ("figures.unknown", "1")):

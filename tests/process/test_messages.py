@@ -179,7 +179,7 @@ def test_a_message_start_event_starts_an_instance_keyed_by_the_correlation_key(d
         assert (task.element_id, task.business_key, task.client_id) == ("triage", "CMP-20261125-0001", "C0001")
         assert instances.data_of(s, rt, instance)["channel"] == "12386"
         kinds = [e.kind for e in instances.history(s, instance_id, actor=Actor.system())]
-        assert kinds == ["instance.started", "message.received"]
+        assert kinds == ["instance.started", "message.received", "event.start"]
     # The same complaint again is a duplicate, not a second case.
     before = row_counts(db)
     with pytest.raises(DuplicateBusinessKey), db.transaction() as s:

@@ -14,7 +14,7 @@ import time_machine
 from sqlalchemy import select
 
 from engine.calendars import SHANGHAI, Unit
-from engine.models import AuditEvent, CalendarDay
+from engine.models import AuditEvent, CalendarDay, Notification
 from engine.sla import admin as sla_admin
 from engine.sla.calendar_store import CALENDARS
 from tests.support.api import API, assert_problem
@@ -125,3 +125,59 @@ def test_the_seeded_holidays_have_their_chinese_names(db):
     with db.transaction() as s:
         names = {d: s.get(CalendarDay, d).name for d in (date(2026, 2, 17), date(2026, 10, 1), date(2025, 1, 1))}
     assert names == {date(2026, 2, 17): "春节", date(2026, 10, 1): "国庆节", date(2025, 1, 1): "元旦"}
+
+
+def _admins(db, rt) -> None:
+    """Two administrators (one reads English), one who left, and a process owner who is not one."""
+    from engine.access import identity
+
+    with db.transaction() as s:
+        identity.ensure_group(s, key="admin")
+        identity.create_user(s, username="root_zh", display_name="管理员甲", now=rt.now(), groups=["admin"])
+        identity.create_user(s, username="root_en", display_name="Admin B", now=rt.now(),
+                             groups=["admin"]).locale = "en"
+        identity.create_user(s, username="root_gone", display_name="离职管理员", now=rt.now(),
+                             groups=["admin"]).active = False
+
+
+def _warnings(db) -> list[tuple[str, str, str]]:
+    with db.transaction() as s:
+        return [(n.recipient, n.subject, f"{n.created_at.astimezone(SHANGHAI):%m-%d}") for n in s.execute(
+            select(Notification).where(Notification.subject.contains("2027")).order_by(Notification.id)).scalars()]
+
+
+def test_administrators_are_told_once_a_day_from_november_until_next_year_is_imported(client, db, rt, people, auth):
+    """The scheduled job (every working day at 09:00) writes one notification per active
+    administrator per Beijing day to the outbox, in their language, from 1 November while 2027
+    is unknown; a second run the same day adds nothing; importing the year stops it."""
+    from engine.timers import firing, schedules
+
+    _admins(db, rt)
+    zh = "[日历] 2027 年节假日安排尚未导入"
+    en = "[calendar] the public holidays of 2027 are not imported yet"
+    with time_machine.travel(datetime(2026, 10, 30, 8, tzinfo=SHANGHAI), tick=False) as clock:
+        with db.transaction() as s:
+            schedules.create(s, rt, key="calendar-warning", process_key="job:" + sla_admin.COVERAGE_JOB,
+                             rule="every_working_day", at_time="09:00", actor=people.owner)
+        clock.move_to(datetime(2026, 10, 30, 9, 0, 1, tzinfo=SHANGHAI))
+        assert firing.fire_due(db, rt) == 1
+        assert _warnings(db) == []  # October: nothing yet
+        clock.move_to(datetime(2026, 11, 2, 9, 0, 1, tzinfo=SHANGHAI))  # 1 November is a Sunday
+        assert firing.fire_due(db, rt) == 1
+        assert _warnings(db) == [("root_en", en, "11-02"), ("root_zh", zh, "11-02")]
+        with db.transaction() as s:  # run again the same day (by hand, or a late slot): nothing new
+            assert sla_admin.warn_administrators(s, now=rt.now()) == []
+        clock.move_to(datetime(2026, 11, 3, 9, 0, 1, tzinfo=SHANGHAI))
+        assert firing.fire_due(db, rt) == 1
+        assert _warnings(db)[2:] == [("root_en", en, "11-03"), ("root_zh", zh, "11-03")]
+        with db.transaction() as s:
+            (body,) = s.execute(select(Notification.body).where(Notification.recipient == "root_zh")
+                                .order_by(Notification.id.desc()).limit(1)).scalars()
+        assert "bpm calendar import-year 2027" in body and "北京时间 2026-11-03" in body
+        assert _put(client, auth("owner"), {"days": NOTICE_2027, "complete": True}).status_code == 200
+        clock.move_to(datetime(2026, 11, 4, 9, 0, 1, tzinfo=SHANGHAI))
+        assert firing.fire_due(db, rt) == 1
+        assert len(_warnings(db)) == 4  # imported complete: no more warnings
+    with db.transaction() as s:
+        sent = s.execute(select(AuditEvent.data).where(AuditEvent.kind == "calendar.warning_sent")).scalars().all()
+    assert [d["to"] for d in sent] == [["root_en", "root_zh"]] * 2

@@ -142,8 +142,10 @@ def test_the_board_shows_the_overdue_figure_beside_its_counts(client, demo_cases
         assert f'<td class="num regulatory">{row["regulatory_overdue"]}</td>' in cells
         assert f'<td class="num">{row["closed_late"]}</td>' in cells
         for bucket in row["ageing"]:
-            if bucket["count"]:
-                assert re.search(rf"天 {bucket['count']}\b", cells), (branch, bucket)
+            if bucket["count"]:  # named in working days: 0–2 个工作日 3, >10 个工作日 1
+                low, high = bucket["from_days"], bucket["to_days"]
+                name = f">{low - 1}" if high is None else f"{low}–{high}"
+                assert re.search(rf"{name.replace('>', '&gt;')} 个工作日 {bucket['count']}\b", cells), (branch, bucket)
     tiles = re.search(r'<dl class="totals".*?</dl>', html, re.S).group(0)
     assert f"<dd>{figure['total']['regulatory_overdue']}</dd>" in tiles
 

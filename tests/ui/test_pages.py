@@ -192,3 +192,51 @@ def _actor(session, username):
     from engine.models import User
 
     return identity.actor_for(session, session.execute(select(User).where(User.username == username)).scalar_one())
+
+
+def test_the_case_timeline_shows_the_path_the_engine_took_by_its_chinese_names(client, demo_cases_loaded):
+    """The start event, the gateways (and where they sent the case) and the service steps are
+    in the timeline beside what people did (issue 13 item 20)."""
+    sign_in(client, "s002", "demo")
+    html = client.get(f"/cases/{demo_cases_loaded['CMP-20250612-0001']}").get_data(as_text=True)
+    timeline = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", _card(html, "timeline-title")))
+    assert "开始事件 · 收到投诉" in timeline
+    assert "经过网关 · 是否投诉? · 转至 投诉级别?" in timeline
+    assert "自动步骤完成 · 分类分级" in timeline
+
+
+def test_the_branch_head_hands_the_client_contact_over_from_the_case_page(client, db, rt, staff):
+    """The case page names the complaint's first-contact owner; the branch head chooses
+    whom to hand it to (the subject's service group is not offered) and says why; a clerk
+    sees the owner but no form."""
+    import time_machine
+
+    from tests.api.test_case_owner import _registered
+    from tests.brokerage.test_complaint import MONDAY_9
+
+    with time_machine.travel(MONDAY_9, tick=False):
+        case = _registered(db, rt, staff, "CMP-20260302-0961")
+        sign_in(client, "s104", "demo")
+        card = _card(client.get(f"/cases/{case.key}").get_data(as_text=True), "owner-title")
+        assert "首办责任人" in card and "(s104)" in card and "<form" not in card
+        sign_in(client, "s101", "demo")
+        page = client.get(f"/cases/{case.key}")
+        card = _card(page.get_data(as_text=True), "owner-title")
+        offered = re.findall(r'<option value="(s\d+)"', card)
+        assert "s108" in offered and "s103" in offered and "s003" in offered  # the branch and HQ intake
+        assert not {"s104", "s105", "s106", "s107", "s205"} & set(offered)  # owner, recused, other branch
+        answer = client.post(f"/cases/{case.instance_id}/owner",
+                             data={"username": "s108", "reason": "年假", "next": f"/cases/{case.key}",
+                                   "csrf_token": token_of(page)})
+        assert answer.status_code == 302 and answer.headers["Location"].endswith(f"/cases/{case.key}")
+        shown = client.get(f"/cases/{case.key}").get_data(as_text=True)
+        assert "客户联系已移交给 s108" in shown
+        assert "(s108)" in _card(shown, "owner-title")
+        assert "移交客户联系" in _card(shown, "timeline-title")
+        # A refusal comes back as a message on the page, not an error page.
+        answer = client.post(f"/cases/{case.instance_id}/owner",
+                             data={"username": "s108", "reason": "", "next": f"/cases/{case.key}",
+                                   "csrf_token": token_of(page)})
+        assert answer.status_code == 302
+        assert "reason" in client.get(f"/cases/{case.key}").get_data(as_text=True)
+    assert case.task("acknowledge").assignee == "s108"
