@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -237,6 +238,9 @@ class ProcessInstance(Base):
     )
 
 
+_OPEN = "status IN ('open', 'claimed')"
+
+
 class Task(Base):
     """The inbox projection: one row per human task."""
 
@@ -299,6 +303,11 @@ class Task(Base):
               sqlite_where=text("completed_by IS NOT NULL")),
         Index("ix_task_escalated", "escalated_task_id", postgresql_where=text("escalated_task_id IS NOT NULL"),
               sqlite_where=text("escalated_task_id IS NOT NULL")),
+        # A branch's open tasks in due order (a branch head's lists and board; migration 0019).
+        Index("ix_task_open_branch_due", "branch_code", "due_at", "id", postgresql_where=text(_OPEN),
+              sqlite_where=text(_OPEN)),
+        Index("ix_task_open_owner", "owner", postgresql_where=text(f"owner IS NOT NULL AND {_OPEN}"),
+              sqlite_where=text(f"owner IS NOT NULL AND {_OPEN}")),
     )
 
 
@@ -309,8 +318,13 @@ class TaskCandidate(Base):
 
     task_id: Mapped[int] = mapped_column(ForeignKey("bpm_task.id"), primary_key=True)
     group_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Whether the task is still open: a trigger on the task's status keeps it (migration 0019),
+    # and the inbox reads only active rows; a completed task's rows stay for the figures.
+    active: Mapped[bool] = mapped_column(Boolean, server_default=true())
 
-    __table_args__ = (Index("ix_task_candidate_group", "group_key", "task_id"),)
+    __table_args__ = (Index("ix_task_candidate_group", "group_key", "task_id"),
+                      Index("ix_task_candidate_active", "group_key", "task_id", postgresql_where=text("active"),
+                            sqlite_where=text("active")))
 
 
 class TaskExclusion(Base):
