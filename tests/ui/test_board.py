@@ -233,3 +233,4 @@ def test_a_task_list_exports_as_on_screen_masked_and_recorded(client, db, demo_c
         ("s002", "csv", len(on_screen), "overdue"), ("s002", "csv", exported[1].data["rows"], None),
         ("s002", "xlsx", len(on_screen), "overdue")]
     assert client.get("/?tab=done&format=csv").status_code == 400
+
