@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -244,6 +244,25 @@ def main(argv: list[str] | None = None) -> int:
         run(f"page: {name}", "u09601" if client is hq else "u00001", TARGET_DRILL,
             lambda c=client, p=path: ok(c.get(p)))
 
+    # The archive: one case completed years ago, found by its business key, with its steps
+    # and its audit trail (what the case page reads), among all the history generated.
+    with db.transaction() as s:
+        person = actor_for(s, get_user(s, "u09601"))
+        old = s.execute(text("SELECT business_key FROM bpm_process_instance WHERE business_key ~ '^H[0-9]{9}$' "
+                             "ORDER BY ended_at LIMIT 1")).scalar()
+
+    def archive(person: Any = person) -> None:
+        from engine.models import Task
+        from engine.process import instances
+
+        with db.transaction() as s:
+            case = worklist.readable_case(s, business_key=old, actor=person)
+            events = instances.history(s, case.id, actor=person)
+            steps = list(s.execute(select(Task).where(Task.instance_id == case.id)).scalars())
+            assert events and steps
+
+    if old is not None:
+        run(f"archive: one old case ({old})", "u09601", TARGET_DRILL, archive)
     if not args.only or "export" in args.only:
         export(hq)
     if args.plans != "none":

@@ -67,14 +67,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # A connection that died is detected when used; SQLAlchemy then invalidates the pool
     # and the unit of work fails once, like any transient error, and is retried by its caller.
     kwargs.setdefault("pool_recycle", 1800)
-    # psycopg prepares a statement on the server from its fifth run, and PostgreSQL then
-    # switches to a generic plan, made without the values: for the inbox that plan cannot
-    # tell a firm-wide queue of 100,000 tasks from a branch's queue of a hundred and was
-    # measured 1.4-1.6x slower (docs/scale.md). A plan made for the values costs a fraction
-    # of a millisecond more and keeps every list on its index.
-    options = kwargs.setdefault("connect_args", {})
-    options["options"] = f"{options.get('options', '')} -c plan_cache_mode=force_custom_plan".strip()
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _plan_for_the_values(engine)
+    return engine
+
+
+def _plan_for_the_values(engine: Engine) -> None:
+    """psycopg prepares a statement on the server from its fifth run, and PostgreSQL may then
+    switch to a generic plan, made without the values: for the inbox that plan cannot tell a
+    firm-wide queue of 100,000 tasks from a branch's queue of a hundred and was measured
+    1.4-1.6x slower (docs/scale.md). A plan made for the values costs a fraction of a
+    millisecond more and keeps every list on its index. Set when a connection is made (not
+    as a connect option, which would replace the URL's own ``options``, a search_path say)."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_conn.commit()
 
 
 def _serialize_sqlite_writers(engine: Engine) -> None:
