@@ -36,14 +36,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import scale_data
 
+# In the generated data a branch's open work is of one kind (bench/scale_data.py): B009's is its
+# counter clerks' queue, B010's its service groups' queues, B012's tasks its clerks hold.
 PERSONAS = {
     "u09001": "firm-wide group member (call-centre agent)",
-    "u00301": "branch clerk (B001 counter)",
-    "u03901": "group member (B001 account manager)",
-    "u00001": "branch head (B001)",
+    "u00309": "branch clerk (B009 counter)",
+    "u03910": "group member (B010 account manager, SG1810)",
+    "u00009": "branch head (B009)",
     "u09601": "HQ supervisor (call centre)",
 }
-SUPERVISORS = ("u00001", "u09601")
+SUPERVISORS = ("u00009", "u09601")
 TARGET_TAB_ENGINE, TARGET_TAB_PAGE = 20.0, 50.0
 TARGET_BOARD_FIRM, TARGET_BOARD_BRANCH, TARGET_DRILL = 200.0, 50.0, 50.0
 
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             run(f"page: {name}", username, TARGET_TAB_PAGE, lambda p=path, c=client: ok(c.get(p)))
 
     # The board: the engine's counts and the page (which adds the overdue figure and the trend).
-    for username, target in (("u09601", TARGET_BOARD_FIRM), ("u00001", TARGET_BOARD_BRANCH)):
+    for username, target in (("u09601", TARGET_BOARD_FIRM), ("u00009", TARGET_BOARD_BRANCH)):
         with db.transaction() as s:
             person = actor_for(s, get_user(s, username))
         for by in ("branch", "group", "step"):
@@ -236,12 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         run("page: board", username, target, lambda c=client: ok(c.get("/board")))
         run("page: board by group", username, target, lambda c=client: ok(c.get("/board?by=group")))
     hq = signed_in(app, "u09601")
-    head = signed_in(app, "u00001")
-    for name, client, path in (("drill-down: branch B001", hq, "/?tab=team&branch=B001&due=overdue"),
-                               ("drill-down: group SG0001", hq, "/?tab=team&group=SG0001"),
-                               ("drill-down: person u03901", head, "/?tab=team&assignee=u03901"),
+    head = signed_in(app, "u00009")
+    for name, client, path in (("drill-down: branch B009, overdue", hq, "/?tab=team&branch=B009&due=overdue"),
+                               ("drill-down: group SG1810", hq, "/?tab=team&group=SG1810"),
+                               ("drill-down: person u00312", hq, "/?tab=team&assignee=u00312"),
+                               ("drill-down: B009 head, group B009 clerks", head,
+                                "/?tab=team&group=B009%3Acounter_staff"),
                                ("drill-down: step callback/review", hq, "/?tab=team&process=callback&step=review")):
-        run(f"page: {name}", "u09601" if client is hq else "u00001", TARGET_DRILL,
+        run(f"page: {name}", "u09601" if client is hq else "u00009", TARGET_DRILL,
             lambda c=client, p=path: ok(c.get(p)))
 
     # The archive: one case completed years ago, found by its business key, with its steps

@@ -297,14 +297,19 @@ class Task(Base):
         Index("ix_task_instance", "instance_id"),
         Index("ix_task_business_key", "business_key"),
         # The inbox's order, open tasks only (migration 0013 writes NULLS LAST on PostgreSQL).
-        Index("ix_task_open_due", "due_at", "id", postgresql_where=text("status IN ('open', 'claimed')"),
+        # (migrations 0013 and 0019 write NULLS LAST and DESC where they belong)
+        Index("ix_task_open_due", "due_at", "priority", "id", postgresql_where=text("status IN ('open', 'claimed')"),
               sqlite_where=text("status IN ('open', 'claimed')")),
         Index("ix_task_completed_by", "completed_by", postgresql_where=text("completed_by IS NOT NULL"),
               sqlite_where=text("completed_by IS NOT NULL")),
         Index("ix_task_escalated", "escalated_task_id", postgresql_where=text("escalated_task_id IS NOT NULL"),
               sqlite_where=text("escalated_task_id IS NOT NULL")),
         # A branch's open tasks in due order (a branch head's lists and board; migration 0019).
-        Index("ix_task_open_branch_due", "branch_code", "due_at", "id", postgresql_where=text(_OPEN),
+        Index("ix_task_open_branch_due", "branch_code", "due_at", "priority", "id", postgresql_where=text(_OPEN),
+              sqlite_where=text(_OPEN)),
+        Index("ix_task_open_priority", "priority", "due_at", "id", postgresql_where=text(_OPEN),
+              sqlite_where=text(_OPEN)),
+        Index("ix_task_open_branch_priority", "branch_code", "priority", "due_at", "id", postgresql_where=text(_OPEN),
               sqlite_where=text(_OPEN)),
         Index("ix_task_open_owner", "owner", postgresql_where=text(f"owner IS NOT NULL AND {_OPEN}"),
               sqlite_where=text(f"owner IS NOT NULL AND {_OPEN}")),

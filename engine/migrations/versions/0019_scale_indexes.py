@@ -55,7 +55,17 @@ def upgrade() -> None:
     op.create_index("ix_task_candidate_active", "bpm_task_candidate", ["group_key", "task_id"],
                     postgresql_where=sa.text("active"), sqlite_where=sa.text("active"))
     due = sa.text("due_at NULLS LAST") if postgres else "due_at"
-    op.create_index("ix_task_open_branch_due", "bpm_task", ["branch_code", due, "id"],
+    # The lists' order exactly (due, then priority, then id): a batch job opens thousands of
+    # tasks with one due time, and an index in due order alone then sorts every one of them.
+    priority = sa.text("priority DESC")
+    op.drop_index("ix_task_open_due", "bpm_task")
+    op.create_index("ix_task_open_due", "bpm_task", [due, priority, "id"],
+                    postgresql_where=sa.text(OPEN), sqlite_where=sa.text(OPEN))
+    op.create_index("ix_task_open_branch_due", "bpm_task", ["branch_code", due, priority, "id"],
+                    postgresql_where=sa.text(OPEN), sqlite_where=sa.text(OPEN))
+    op.create_index("ix_task_open_priority", "bpm_task", [priority, due, "id"],
+                    postgresql_where=sa.text(OPEN), sqlite_where=sa.text(OPEN))
+    op.create_index("ix_task_open_branch_priority", "bpm_task", ["branch_code", priority, due, "id"],
                     postgresql_where=sa.text(OPEN), sqlite_where=sa.text(OPEN))
     op.create_index("ix_task_open_owner", "bpm_task", ["owner"],
                     postgresql_where=sa.text(f"owner IS NOT NULL AND {OPEN}"),
@@ -73,7 +83,13 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS bpm_task_candidate_active()")
     op.drop_index("ix_task_open_owner", "bpm_task")
+    op.drop_index("ix_task_open_branch_priority", "bpm_task")
+    op.drop_index("ix_task_open_priority", "bpm_task")
     op.drop_index("ix_task_open_branch_due", "bpm_task")
+    op.drop_index("ix_task_open_due", "bpm_task")
+    due = sa.text("due_at NULLS LAST") if op.get_bind().dialect.name == "postgresql" else "due_at"
+    op.create_index("ix_task_open_due", "bpm_task", [due, "id"], postgresql_where=sa.text(OPEN),
+                    sqlite_where=sa.text(OPEN))
     op.drop_index("ix_task_candidate_active", "bpm_task_candidate")
     with op.batch_alter_table("bpm_task_candidate") as batch:
         batch.drop_column("active")
