@@ -119,10 +119,10 @@ def board(session: Session, *, actor: Actor, by: str, now: datetime, process_key
         # the open tasks' candidate rows are joined (a completed task's stay for the figures).
         stmt = stmt.outerjoin(TaskCandidate, and_(TaskCandidate.task_id == Task.id, Task.assignee.is_(None),
                                                   TaskCandidate.active == true()))
-    found = session.execute(stmt.group_by(key)).all()
+    found: list[Any] = list(session.execute(stmt.group_by(key)).all())
     names = _names(session, by, [row[0] for row in found])
     if by == "step":
-        names = {k: f"{names.get(k, k).split(' · ')[0]} · {row[-1] or k.split('/', 1)[1]}"
+        names = {k: f"{(names.get(k) or k).split(' · ')[0]} · {row[-1] or k.split('/', 1)[1]}"
                  for row in found if (k := row[0])}
         found = [row[:-1] for row in found]
     rows = [_row(by, row[0], names.get(row[0]) or row[0] or "", row[1:]) for row in found]
