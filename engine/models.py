@@ -235,6 +235,7 @@ class ProcessInstance(Base):
         UniqueConstraint("process_key", "business_key", name="uq_instance_business_key"),
         Index("ix_instance_status", "status", "process_key"),
         Index("ix_instance_client", "client_id"),
+        Index("ix_instance_business_key", "business_key"),
     )
 
 

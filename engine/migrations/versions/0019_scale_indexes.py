@@ -67,6 +67,9 @@ def upgrade() -> None:
                     postgresql_where=sa.text(OPEN), sqlite_where=sa.text(OPEN))
     op.create_index("ix_task_open_branch_priority", "bpm_task", ["branch_code", priority, due, "id"],
                     postgresql_where=sa.text(OPEN), sqlite_where=sa.text(OPEN))
+    # A case is looked up by its business key (the case page, the archive): without an index
+    # that read every case ever opened (230 ms at 2.5 million cases).
+    op.create_index("ix_instance_business_key", "bpm_process_instance", ["business_key"])
     op.create_index("ix_task_open_owner", "bpm_task", ["owner"],
                     postgresql_where=sa.text(f"owner IS NOT NULL AND {OPEN}"),
                     sqlite_where=sa.text(f"owner IS NOT NULL AND {OPEN}"))
@@ -89,6 +92,7 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS bpm_task_candidate_active()")
         op.execute("DROP STATISTICS IF EXISTS st_task_candidate_group_active")
     op.drop_index("ix_task_open_owner", "bpm_task")
+    op.drop_index("ix_instance_business_key", "bpm_process_instance")
     op.drop_index("ix_task_open_branch_priority", "bpm_task")
     op.drop_index("ix_task_open_priority", "bpm_task")
     op.drop_index("ix_task_open_branch_due", "bpm_task")
