@@ -240,6 +240,7 @@ class ProcessInstance(Base):
 
 
 _OPEN = "status IN ('open', 'claimed')"
+_UNBRANCHED = f"branch_code IS NULL AND {_OPEN}"
 
 
 class Task(Base):
@@ -312,6 +313,10 @@ class Task(Base):
               sqlite_where=text(_OPEN)),
         Index("ix_task_open_branch_priority", "branch_code", "priority", "due_at", "id", postgresql_where=text(_OPEN),
               sqlite_where=text(_OPEN)),
+        Index("ix_task_open_unbranched_due", "due_at", "priority", "id", postgresql_where=text(_UNBRANCHED),
+              sqlite_where=text(_UNBRANCHED)),
+        Index("ix_task_open_unbranched_priority", "priority", "due_at", "id", postgresql_where=text(_UNBRANCHED),
+              sqlite_where=text(_UNBRANCHED)),
         Index("ix_task_open_owner", "owner", postgresql_where=text(f"owner IS NOT NULL AND {_OPEN}"),
               sqlite_where=text(f"owner IS NOT NULL AND {_OPEN}")),
     )

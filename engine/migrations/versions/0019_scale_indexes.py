@@ -67,6 +67,14 @@ def upgrade() -> None:
                     postgresql_where=sa.text(OPEN), sqlite_where=sa.text(OPEN))
     op.create_index("ix_task_open_branch_priority", "bpm_task", ["branch_code", priority, due, "id"],
                     postgresql_where=sa.text(OPEN), sqlite_where=sa.text(OPEN))
+    # The tasks tied to no branch (every branch head sees them) in both orders, on their own:
+    # "branch_code IS NULL" gives no order on the branch indexes, and the planner then walked
+    # the whole firm's index looking for them (2.5 s for a branch head sorting by priority).
+    unbranched = sa.text(f"branch_code IS NULL AND {OPEN}")
+    op.create_index("ix_task_open_unbranched_due", "bpm_task", [due, priority, "id"],
+                    postgresql_where=unbranched, sqlite_where=unbranched)
+    op.create_index("ix_task_open_unbranched_priority", "bpm_task", [priority, due, "id"],
+                    postgresql_where=unbranched, sqlite_where=unbranched)
     # A case is looked up by its business key (the case page, the archive): without an index
     # that read every case ever opened (230 ms at 2.5 million cases).
     op.create_index("ix_instance_business_key", "bpm_process_instance", ["business_key"])
@@ -93,6 +101,8 @@ def downgrade() -> None:
         op.execute("DROP STATISTICS IF EXISTS st_task_candidate_group_active")
     op.drop_index("ix_task_open_owner", "bpm_task")
     op.drop_index("ix_instance_business_key", "bpm_process_instance")
+    op.drop_index("ix_task_open_unbranched_priority", "bpm_task")
+    op.drop_index("ix_task_open_unbranched_due", "bpm_task")
     op.drop_index("ix_task_open_branch_priority", "bpm_task")
     op.drop_index("ix_task_open_priority", "bpm_task")
     op.drop_index("ix_task_open_branch_due", "bpm_task")
