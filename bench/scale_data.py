@@ -14,7 +14,7 @@ reuses it (``--rebuild`` starts again). What it holds, by default:
 * 1,000,000 open tasks, each on a running case with its ``instance.started`` event: 100,000
   offered to the firm-wide ``call_center_agent`` group (a tenth of them claimed), 30,000 to the
   HQ complaint department, 20,000 to compliance, the rest a branch's (its counter clerks' group
-  or a service group; a quarter of them claimed) — 1 % tied to no branch, 5 % without a due
+  or a service group; about half of them claimed) — 1 % tied to no branch, 5 % without a due
   date, about one in six overdue, 1 % paused, one in a thousand recusing its branch's head;
 * 5,000,000 completed cases with their history: two completed steps each (with their candidate
   rows, inactive) and six audit events each (started, claimed, completed, claimed, completed,
