@@ -10,7 +10,7 @@ NODE_STAMP := $(UI)/node_modules/.installed
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint typecheck check bench bench-full mutate services browser clean
+.PHONY: run test lint typecheck check bench bench-full bench-scale mutate services browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,13 @@ bench-full: $(DEV_STAMP) services
 	$(BIN)/python bench/engine_throughput.py --instances 1000
 	$(BIN)/python bench/timers.py
 	$(BIN)/python bench/pages.py --scale 200000
+
+# The inbox and the board at a brokerage's size (docs/scale.md): the first run generates the
+# database bpm_scale on the test server (1,000,000 open tasks, 5,000,000 completed cases with
+# their history; about an hour on 2 cores) and later runs reuse it. Never part of `make test`.
+bench-scale: $(DEV_STAMP) services
+	$(BIN)/python bench/scale_data.py
+	$(BIN)/python bench/scale.py
 
 # Mutation testing over the modules listed in setup.cfg's [mutmut] section; long (an hour or
 # more on 2 cores), so never part of `make test`. MUTANTS narrows it, e.g.

@@ -38,7 +38,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     if record_policy:  # serving: production keys its audit trail (engine.audit)
         settings.require_audit_key()
-    database = database or Database(settings.database_url, audit_key=settings.audit_key)
+    database = database or Database(settings.database_url, audit_key=settings.audit_key,
+                                    read_url=settings.read_database_url)
     if runtime is None:
         # Under gunicorn, new timers are announced to rq; `bpm worker` fires them.
         runtime = build_runtime(settings, scheduler=rq_scheduler(settings))

@@ -61,6 +61,9 @@ class Settings:
     # How long an inbound message's idempotency key is remembered: a repeat within this
     # many hours gets the first answer instead of a second delivery.
     idempotency_hours: int = 168
+    # A PostgreSQL replica (streaming, hot standby) the board's and the figures' reads go to
+    # (docs/scale.md#replica); unset: the primary, in a read-only transaction all the same.
+    read_database_url: str | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -78,6 +81,9 @@ class Settings:
         env = os.environ if env is None else env
         database_url = env.get("BPM_DATABASE_URL") or f"sqlite:///{DEFAULT_DB_PATH}"
         _check_database_url(database_url)
+        read_database_url = env.get("BPM_READ_DATABASE_URL") or None
+        if read_database_url is not None:
+            _check_database_url(read_database_url)
         redis_url = env.get("BPM_REDIS_URL") or None
         if redis_url is not None:
             _check_redis_url(redis_url)
@@ -91,6 +97,7 @@ class Settings:
                               f"({max_variable_bytes}): a case holds its largest variable")
         return cls(
             database_url=database_url,
+            read_database_url=read_database_url,
             redis_url=redis_url,
             secret_key=secret_key,
             allow_script_tasks=_bool(env, "BPM_ALLOW_SCRIPT_TASKS", False),

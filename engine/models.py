@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -237,7 +238,12 @@ class ProcessInstance(Base):
         UniqueConstraint("process_key", "business_key", name="uq_instance_business_key"),
         Index("ix_instance_status", "status", "process_key"),
         Index("ix_instance_client", "client_id"),
+        Index("ix_instance_business_key", "business_key"),
     )
+
+
+_OPEN = "status IN ('open', 'claimed')"
+_UNBRANCHED = f"branch_code IS NULL AND {_OPEN}"
 
 
 class Task(Base):
@@ -296,12 +302,26 @@ class Task(Base):
         Index("ix_task_instance", "instance_id"),
         Index("ix_task_business_key", "business_key"),
         # The inbox's order, open tasks only (migration 0013 writes NULLS LAST on PostgreSQL).
-        Index("ix_task_open_due", "due_at", "id", postgresql_where=text("status IN ('open', 'claimed')"),
+        # (migrations 0013 and 0019 write NULLS LAST and DESC where they belong)
+        Index("ix_task_open_due", "due_at", "priority", "id", postgresql_where=text("status IN ('open', 'claimed')"),
               sqlite_where=text("status IN ('open', 'claimed')")),
         Index("ix_task_completed_by", "completed_by", postgresql_where=text("completed_by IS NOT NULL"),
               sqlite_where=text("completed_by IS NOT NULL")),
         Index("ix_task_escalated", "escalated_task_id", postgresql_where=text("escalated_task_id IS NOT NULL"),
               sqlite_where=text("escalated_task_id IS NOT NULL")),
+        # A branch's open tasks in due order (a branch head's lists and board; migration 0019).
+        Index("ix_task_open_branch_due", "branch_code", "due_at", "priority", "id", postgresql_where=text(_OPEN),
+              sqlite_where=text(_OPEN)),
+        Index("ix_task_open_priority", "priority", "due_at", "id", postgresql_where=text(_OPEN),
+              sqlite_where=text(_OPEN)),
+        Index("ix_task_open_branch_priority", "branch_code", "priority", "due_at", "id", postgresql_where=text(_OPEN),
+              sqlite_where=text(_OPEN)),
+        Index("ix_task_open_unbranched_due", "due_at", "priority", "id", postgresql_where=text(_UNBRANCHED),
+              sqlite_where=text(_UNBRANCHED)),
+        Index("ix_task_open_unbranched_priority", "priority", "due_at", "id", postgresql_where=text(_UNBRANCHED),
+              sqlite_where=text(_UNBRANCHED)),
+        Index("ix_task_open_owner", "owner", postgresql_where=text(f"owner IS NOT NULL AND {_OPEN}"),
+              sqlite_where=text(f"owner IS NOT NULL AND {_OPEN}")),
     )
 
 
@@ -312,8 +332,13 @@ class TaskCandidate(Base):
 
     task_id: Mapped[int] = mapped_column(ForeignKey("bpm_task.id"), primary_key=True)
     group_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Whether the task is still open: a trigger on the task's status keeps it (migration 0019),
+    # and the inbox reads only active rows; a completed task's rows stay for the figures.
+    active: Mapped[bool] = mapped_column(Boolean, server_default=true())
 
-    __table_args__ = (Index("ix_task_candidate_group", "group_key", "task_id"),)
+    __table_args__ = (Index("ix_task_candidate_group", "group_key", "task_id"),
+                      Index("ix_task_candidate_active", "group_key", "task_id", postgresql_where=text("active"),
+                            sqlite_where=text("active")))
 
 
 class TaskExclusion(Base):

@@ -57,12 +57,13 @@ def board() -> Any:
     ctx = bpm()
     person = actor()
     now = ctx.runtime.now()
-    with ctx.db.transaction() as db:
+    with ctx.db.reading() as db:
         found = boards.board(db, actor=person, by=by, now=now, process_key=process)
         # What only the page shows (an export is the table's counts).
         late = _late_work(db, person, by, now) if fmt == "html" else {}
         weeks = boards.trend(db, actor=person, now=now) if fmt == "html" else []
-        if fmt != "html":
+    if fmt != "html":
+        with ctx.db.transaction() as db:
             record_system_event(db, kind="board.exported", actor=person.username, at=now,
                                 data={"by": by, "process": process, "format": fmt, "rows": len(found.rows)})
     for row in found.rows:

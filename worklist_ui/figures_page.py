@@ -41,7 +41,7 @@ def figures_page() -> Any:
     first, last = _day("from"), _day("to")
     branch = (request.args.get("branch") or "").strip() or None
     scope = figures.scope_for(person, first=first, last=last, branch=branch, now=now)
-    with ctx.db.transaction() as db:
+    with ctx.db.reading() as db:
         config = figures.load_config(db)
         shown = {
             "complaints": figures.complaint_figures(db, scope=scope, now=now, config=config),

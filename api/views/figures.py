@@ -42,7 +42,7 @@ class OverdueTasks(MethodView):
         in the period, with ageing buckets; by branch, group, process, step, assignee."""
         ctx = bpm()
         scope = _scope(query)
-        with ctx.db.transaction() as session:
+        with ctx.db.reading() as session:
             return figures.overdue_tasks(session, scope=scope, by=query["by"], now=ctx.runtime.now(),
                                          config=figures.load_config(session), buckets=query["buckets"])
 
@@ -55,7 +55,7 @@ class Complaints(MethodView):
         """Resolution time (median, p90) and on-time rate by severity; 12386 feedback on time."""
         ctx = bpm()
         scope = _scope(query)
-        with ctx.db.transaction() as session:
+        with ctx.db.reading() as session:
             return figures.complaint_figures(session, scope=scope, now=ctx.runtime.now(),
                                              config=figures.load_config(session))
 
@@ -68,7 +68,7 @@ class Retention(MethodView):
         """Retention attempt and success rates, and the guard metric (obstruction, late execution)."""
         ctx = bpm()
         scope = _scope(query)
-        with ctx.db.transaction() as session:
+        with ctx.db.reading() as session:
             return figures.retention_figures(session, scope=scope, now=ctx.runtime.now())
 
 
@@ -80,7 +80,7 @@ class NewAccountCallbacks(MethodView):
         """New-account callbacks completed within one calendar month (target 100 %)."""
         ctx = bpm()
         scope = _scope(query)
-        with ctx.db.transaction() as session:
+        with ctx.db.reading() as session:
             return figures.new_account_callbacks(session, scope=scope, now=ctx.runtime.now(),
                                                  config=figures.load_config(session))
 
@@ -93,7 +93,7 @@ class PeriodicCallbacks(MethodView):
         """Clients called back periodically against 10 % of the prior year-end active clients."""
         ctx = bpm()
         scope = _scope(query)
-        with ctx.db.transaction() as session:
+        with ctx.db.reading() as session:
             return figures.periodic_callbacks(session, scope=scope, config=figures.load_config(session))
 
 
@@ -105,7 +105,7 @@ class Satisfaction(MethodView):
         """Satisfaction scores (complaint follow-up, callback questionnaire) by branch or group."""
         ctx = bpm()
         scope = _scope(query)
-        with ctx.db.transaction() as session:
+        with ctx.db.reading() as session:
             return figures.satisfaction(session, scope=scope, by=query["by"], config=figures.load_config(session))
 
 
@@ -118,5 +118,5 @@ class GroupAssessment(MethodView):
         referrals, score and rank."""
         ctx = bpm()
         scope = _scope(query)
-        with ctx.db.transaction() as session:
+        with ctx.db.reading() as session:
             return figures.group_assessment(session, scope=scope, config=figures.load_config(session))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, case, func, literal, or_, select
+from sqlalchemy import String, and_, case, func, literal, or_, select, true
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
@@ -107,24 +107,36 @@ def board(session: Session, *, actor: Actor, by: str, now: datetime, process_key
         "process": Task.process_key,
         "step": Task.process_key + literal("/", String) + Task.element_id,
     }[by]
-    columns = [func.count(Task.id.distinct()) if by == "group" else func.count(), counted(breached),
-               counted(at_risk), counted(paused), counted(undated),
+    columns = [func.count(), counted(breached), counted(at_risk), counted(paused), counted(undated),
                func.min(case((breached, Task.due_at), else_=None))]
     where = [Task.status.in_(ACTIVE_TASK_STATES), *_scoped(actor)]
     if process_key:
         where.append(Task.process_key == process_key)
-    stmt = select(key, *columns).where(*where)
+    # A step's name comes with its counts: naming the steps afterwards read every open task again.
+    stmt = select(key, *columns, *([func.max(Task.name)] if by == "step" else [])).where(*where)
     if by == "group":
-        # A task offered to several groups counts once in each; a claimed task, in none.
-        stmt = stmt.outerjoin(TaskCandidate, and_(TaskCandidate.task_id == Task.id, Task.assignee.is_(None)))
-    found = session.execute(stmt.group_by(key)).all()
+        # A task offered to several groups counts once in each; a claimed task, in none. Only
+        # the open tasks' candidate rows are joined (a completed task's stay for the figures).
+        stmt = stmt.outerjoin(TaskCandidate, and_(TaskCandidate.task_id == Task.id, Task.assignee.is_(None),
+                                                  TaskCandidate.active == true()))
+    found: list[Any] = list(session.execute(stmt.group_by(key)).all())
     names = _names(session, by, [row[0] for row in found])
+    if by == "step":
+        names = {k: f"{(names.get(k) or k).split(' · ')[0]} · {row[-1] or k.split('/', 1)[1]}"
+                 for row in found if (k := row[0])}
+        found = [row[:-1] for row in found]
     rows = [_row(by, row[0], names.get(row[0]) or row[0] or "", row[1:]) for row in found]
     rows.sort(key=lambda r: (-r.breached, -r.at_risk, -r.open, r.name))
-    totals = session.execute(select(func.count(), counted(breached), counted(at_risk), counted(paused),
-                                    counted(undated), func.min(case((breached, Task.due_at), else_=None)))
-                             .where(*where)).one()
-    return Board(by, rows, _row(by, "", "", totals), now)
+    if by == "group":
+        # Rows of groups overlap (one task, two groups): the total counts each task once.
+        totals = session.execute(select(*columns).where(*where)).one()
+        return Board(by, rows, _row(by, "", "", totals), now)
+    # Otherwise every task is in exactly one row: the total is their sum, not a second scan.
+    oldest = [r.oldest_breach for r in rows if r.oldest_breach is not None]
+    total = _row(by, "", "", (sum(r.open for r in rows), sum(r.breached for r in rows), sum(r.at_risk for r in rows),
+                              sum(r.paused for r in rows), sum(r.no_deadline for r in rows),
+                              min(oldest) if oldest else None))
+    return Board(by, rows, total, now)
 
 
 def count_all(session: Session, *, actor: Actor, query: tasks.InboxQuery, now: datetime) -> int:
@@ -155,12 +167,8 @@ def _names(session: Session, by: str, keys: list[str]) -> dict[str, str]:
             select(ProcessVersion.process_key, ProcessVersion.name).order_by(ProcessVersion.version)).all()}
         if by == "process":
             return {k: processes.get(k, k) for k in wanted}
-        in_processes = sorted({k.split("/", 1)[0] for k in wanted})
-        steps = {f"{p}/{e}": n for p, e, n in session.execute(
-            select(Task.process_key, Task.element_id, func.max(Task.name))
-            .where(Task.process_key.in_(in_processes), Task.status.in_(ACTIVE_TASK_STATES))
-            .group_by(Task.process_key, Task.element_id)).all() if n}
-        return {k: f"{processes.get(k.split('/', 1)[0], k)} · {steps.get(k, k.split('/', 1)[1])}" for k in wanted}
+        # The step's own name is the board query's (its largest name among the open tasks).
+        return {k: f"{processes.get(k.split('/', 1)[0], k)} · " for k in wanted}
     return {}
 
 

@@ -17,7 +17,21 @@ from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import ColumnElement, Integer, Select, String, and_, bindparam, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    true,
+    union,
+)
 from sqlalchemy.orm import Session, aliased
 
 from engine.access.identity import Actor, actor_for, get_user
@@ -86,11 +100,6 @@ def offered_clause(groups: Any, bound_groups: Any, branch: Any) -> Any:
         exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(groups)),
         and_(or_(Task.branch_code.is_(None), Task.branch_code == branch),
              exists().where(TaskCandidate.task_id == Task.id, TaskCandidate.group_key.in_(bound_groups))))
-
-
-def _offered_to_me() -> Any:
-    return offered_clause(bindparam("groups", expanding=True), bindparam("bound_groups", expanding=True),
-                          bindparam("my_branch", type_=String))
 
 
 def principals(actor: Actor) -> list[str]:
@@ -460,48 +469,99 @@ def not_recused(principals: Any) -> list[ColumnElement[bool]]:
                             TaskExclusion.case_wide.is_(True), TaskExclusion.principal.in_(principals))]
 
 
+def _offered(groups: Any) -> Any:
+    """The tasks open and offered to any of ``groups``: their candidate rows that are still
+    active (a partial index, migration 0019), so a queue is read by its open tasks only."""
+    return Task.id.in_(select(TaskCandidate.task_id).where(TaskCandidate.group_key.in_(groups),
+                                                          TaskCandidate.active == true()))
+
+
+# Each "who may see it" branch of the inbox, as (shape flag, condition) builders: an OR of
+# them defeats every index (the planner reads every open task and sorts them), while each on
+# its own is one index range in due order; the inbox asks each for a page and merges them.
+def _visibility_branches(assignee_me: bool, candidate_me: bool, has_free: bool, has_bound: bool,
+                         supervisor: bool, branch_scoped: bool) -> list[list[Any]] | None:
+    """The conditions of the union's branches; ``None``: no condition (a supervisor at
+    headquarters sees every task)."""
+    me = bindparam("me", type_=String)
+    free = _offered(bindparam("groups", expanding=True))
+    bound = [or_(Task.branch_code.is_(None), Task.branch_code == bindparam("my_branch", type_=String)),
+             _offered(bindparam("bound_groups", expanding=True))]
+    if assignee_me:
+        return [[Task.assignee == me]]
+    if candidate_me:
+        found = [[Task.assignee.is_(None), free]] if has_free else []
+        if has_bound:
+            # Written as two branches, not an OR: each is an index range of its own.
+            found += [[Task.assignee.is_(None), Task.branch_code.is_(None), bound[1]],
+                      [Task.assignee.is_(None), Task.branch_code == bindparam("my_branch", type_=String), bound[1]]]
+        return found or [[false()]]
+    if supervisor and not branch_scoped:
+        return None
+    found = [[Task.assignee == me], [Task.owner == me]]
+    if has_free:
+        found.append([free])
+    if has_bound:
+        found += [[Task.branch_code.is_(None), bound[1]],
+                  [Task.branch_code == bindparam("my_branch", type_=String), bound[1]]]
+    if supervisor:
+        # A branch supervisor also sees their branch's tasks and tasks tied to no branch:
+        # on top of their own and their groups', never instead of them (a candidate
+        # outside the branch still finds the task they may claim).
+        found += [[Task.branch_code == bindparam("supervised_branch", type_=String)], [Task.branch_code.is_(None)]]
+    return found
+
+
 @lru_cache(maxsize=512)
 def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any], Select[Any]]:
     """The inbox query for one combination of filters, with every value a bound parameter.
 
     Built once per shape: constructing a statement of this size (and its cache key) costs
-    more than running it, and the inbox is the most frequent request there is."""
-    assignee_me, candidate_me, overdue, at_risk, due_within, by_group, supervisor, *by_column = shape
-    stmt = select(Task).where(Task.status.in_(bindparam("status", expanding=True)))
-    if assignee_me:
-        stmt = stmt.where(Task.assignee == bindparam("me"))
-    if candidate_me:
-        stmt = stmt.where(Task.assignee.is_(None), _offered_to_me())
+    more than running it, and the inbox is the most frequent request there is.
+
+    Who may see a task is several conditions (theirs, delegated by them, offered to their
+    groups, in the branch they supervise); each becomes a branch of a UNION that reads one
+    index range in the list's order and stops after a page (``window`` rows), and the page
+    is taken from their merge: a page costs about (branches x page) rows, however long the
+    queues. Counts stop at ``cap`` rows in each branch for the same reason."""
+    (assignee_me, candidate_me, overdue, at_risk, due_within, by_group, supervisor, has_free, has_bound,
+     branch_scoped, open_only, *by_column) = shape
+    where: list[Any] = [Task.status.in_(bindparam("status", expanding=True))]
     if overdue:
-        stmt = stmt.where(Task.due_at < bindparam("now"))
+        where.append(Task.due_at < bindparam("now"))
     if at_risk:
-        stmt = stmt.where(Task.due_at >= bindparam("now"), Task.at_risk_at <= bindparam("now"))
+        where += [Task.due_at >= bindparam("now"), Task.at_risk_at <= bindparam("now")]
     if due_within:
-        stmt = stmt.where(Task.due_at >= bindparam("now"), Task.due_at < bindparam("until"))
+        where += [Task.due_at >= bindparam("now"), Task.due_at < bindparam("until")]
     if by_group:
-        stmt = stmt.where(exists().where(TaskCandidate.task_id == Task.id,
-                                         TaskCandidate.group_key == bindparam("group", type_=String)))
+        # Open tasks: the group's active candidate rows (its open queue); otherwise all of them.
+        offered = select(TaskCandidate.task_id).where(TaskCandidate.group_key == bindparam("group", type_=String))
+        where.append(Task.id.in_(offered.where(TaskCandidate.active == true()) if open_only else offered))
     for (name, column), wanted in zip(_FILTERS, by_column, strict=True):
         if wanted:
-            stmt = stmt.where(column == bindparam(name, type_=String))
-    stmt = stmt.where(*not_recused(bindparam("principals", expanding=True)))
-    if not (assignee_me or candidate_me):
-        # "Mine" and "my groups' unclaimed" already imply the visibility rule below; saying
-        # it again doubled the planner's work on the most frequent query (and misled it).
-        in_my_groups = and_(Task.status.in_(ACTIVE_TASK_STATES), _offered_to_me())
-        visible = [Task.assignee == bindparam("me"), Task.owner == bindparam("me"), in_my_groups]
-        if supervisor:
-            # A branch supervisor also sees their branch's tasks and tasks tied to no branch:
-            # on top of their own and their groups', never instead of them (a candidate
-            # outside the branch still finds the task they may claim).
-            branch = bindparam("supervised_branch", type_=String)
-            visible.append(or_(branch.is_(None), Task.branch_code.is_(None), Task.branch_code == branch))
-        stmt = stmt.where(or_(*visible))
-    page = (stmt.order_by(*_ORDER[sort])
+            where.append(column == bindparam(name, type_=String))
+    where += not_recused(bindparam("principals", expanding=True))
+    branches = _visibility_branches(assignee_me, candidate_me, has_free, has_bound, supervisor, branch_scoped)
+    order = _ORDER[sort]
+    if branches is None or len(branches) == 1:
+        stmt = select(Task).where(*where, *(branches[0] if branches else []))
+        page = (stmt.order_by(*order)
+                .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
+        capped = select(func.count()).select_from(stmt.with_only_columns(Task.id)
+                                                  .limit(bindparam("cap", type_=Integer)).subquery())
+        return page, select(func.count()).select_from(stmt.subquery()), capped
+    windows = [select(Task.id).where(*where, *branch).order_by(*order)
+               .limit(bindparam("window", type_=Integer)).subquery() for branch in branches]
+    merged = union(*(select(w.c.id) for w in windows)).subquery()
+    page = (select(Task).where(Task.id.in_(select(merged.c.id))).order_by(*order)
             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
-    capped = select(func.count()).select_from(stmt.with_only_columns(Task.id)
-                                              .limit(bindparam("cap", type_=Integer)).subquery())
-    return page, select(func.count()).select_from(stmt.subquery()), capped
+    capped_parts = [select(Task.id).where(*where, *branch).limit(bindparam("cap", type_=Integer)).subquery()
+                    for branch in branches]
+    capped_union = union(*(select(c.c.id) for c in capped_parts)).subquery()
+    capped = select(func.count()).select_from(select(capped_union.c.id).limit(bindparam("cap", type_=Integer))
+                                              .subquery())
+    everything = union(*(select(Task.id).where(*where, *branch) for branch in branches)).subquery()
+    return page, select(func.count()).select_from(everything), capped
 
 
 def _statements_and_params(actor: Actor, query: InboxQuery,
@@ -509,11 +569,13 @@ def _statements_and_params(actor: Actor, query: InboxQuery,
     if query.sort not in SORTS:
         raise InvalidInput(f"sort must be one of {', '.join(SORTS)}", field="sort")
     supervisor = actor.has_role(SUPERVISOR)
+    free, bound, my_branch = offer_groups(actor)
     shape = (query.assignee_me, query.candidate_me, query.overdue, query.at_risk, query.due_within is not None,
-             bool(query.group), supervisor, *(bool(getattr(query, name)) for name, _ in _FILTERS))
+             bool(query.group), supervisor, bool(free), bool(bound), supervised_branch(actor) is not None,
+             set(query.status) <= set(ACTIVE_TASK_STATES), *(bool(getattr(query, name)) for name, _ in _FILTERS))
     params: dict[str, Any] = {
-        "status": list(query.status), "me": actor.username,
-        **dict(zip(("groups", "bound_groups", "my_branch"), offer_groups(actor), strict=True)),
+        "status": list(query.status), "me": actor.username, "groups": free, "bound_groups": bound,
+        "my_branch": my_branch, "window": query.limit + query.offset,
         "now": now, "until": now + query.due_within if query.due_within is not None else now,
         "group": query.group, "principals": principals(actor), "limit": query.limit, "offset": query.offset,
         "supervised_branch": supervised_branch(actor),
