@@ -58,9 +58,50 @@ class RqScheduler:
         except RedisError as exc:
             log.warning("could not enqueue timer %s (%s); the sweep will deliver it", timer_id, exc)
 
+    def forget(self, timer_ids: list[int]) -> int:
+        """Drop the jobs of timers fired by another timer's delivery (a batch, see
+        ``firing.fire_batch``): each would cost rq's whole bookkeeping to change nothing. Only a
+        job still waiting (scheduled or queued) is dropped; one a worker already runs finishes as
+        a no-op. Best effort: a Redis failure leaves the jobs, which then change nothing."""
+        if not timer_ids:
+            return 0
+        ids = [job_id(t) for t in timer_ids]
+        try:
+            return int(self._forget(keys=[Job.key_for(i) for i in ids],
+                                    args=[self.queue.scheduled_job_registry.key, self.queue.key, *ids]))
+        except RedisError as exc:
+            log.warning("could not drop the jobs of %d timers fired in a batch (%s); they run as no-ops",
+                        len(ids), exc)
+            return 0
+
+    @property
+    def _forget(self) -> Any:
+        script = getattr(self, "_forget_script", None)
+        if script is None:
+            script = self._forget_script = self.queue.connection.register_script(_FORGET)
+        return script
+
     def enqueue(self, timer_id: int, due_at: datetime, *, pipeline: Any = None) -> None:
         self.queue.enqueue_at(wake_time(due_at), FIRE_JOB, timer_id, job_id=job_id(timer_id), retry=RETRY,
                               result_ttl=0, failure_ttl=7 * 24 * 3600, pipeline=pipeline)
+
+
+# Atomic in Redis, so rq's scheduler cannot move a job onto the queue halfway through: a job
+# hash that is gone makes rq's scheduler and its dequeue skip the job id.
+_FORGET = """
+local dropped = 0
+for i, key in ipairs(KEYS) do
+  local status = redis.call('HGET', key, 'status')
+  if status == 'scheduled' or status == 'queued' then
+    local id = ARGV[i + 2]
+    redis.call('DEL', key)
+    redis.call('ZREM', ARGV[1], id)
+    redis.call('LREM', ARGV[2], 1, id)
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
 
 
 def wake_time(due_at: datetime) -> datetime:
