@@ -66,7 +66,7 @@ def _fire_one(session: Session, rt: Runtime, timer_id: int) -> tuple[bool, int |
         timer = session.execute(select(Timer).where(Timer.id == timer_id)).scalar_one_or_none()
         if timer is None or timer.kind != TimerKind.SCHEDULE or timer.status != TimerStatus.WAITING \
                 or timer.due_at >= now:
-            return False
+            return False, None
         # No instance to lock: the claim alone makes a second delivery a no-op.
         return _claim(session, timer, now) and schedules.start_slot(session, rt, timer, now=now), None
     instance, timer = found

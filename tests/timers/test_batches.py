@@ -56,7 +56,7 @@ def test_one_delivery_fires_the_other_due_timers_once_each_and_every_audit_chain
         traveller.move_to(START + timedelta(minutes=30))
         later = _start(db, rt, people, 1, first=4)[0]  # due half an hour after the others
         traveller.move_to(DUE)
-        (first, delivered), others = started[0], started[1:]
+        (_, delivered), others = started[0], started[1:]
         with db.transaction() as s:
             fired, batch = firing.fire_batch(s, rt, delivered)
         assert fired is True
