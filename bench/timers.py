@@ -351,7 +351,8 @@ def workers_running(database_url: str, redis_url: str, sweep_interval: float = S
         workers.stop_all()
 
 
-def wait_for_registered(redis: Redis, count: int, timeout: float = 30.0) -> None:
+def wait_for_registered(redis: Redis, count: int, timeout: float = 180.0) -> None:
+    # Generous: on a host loaded by others a worker takes tens of seconds just to import.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if redis.scard(f"rq:workers:{QUEUE_NAME}") >= count:

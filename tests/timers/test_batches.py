@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import time_machine
 from redis import Redis
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from engine import audit
 from engine.models import AuditEvent, ProcessInstance, Timer
@@ -84,6 +84,9 @@ def test_a_batch_leaves_an_instance_someone_else_holds_to_its_own_delivery(db, r
         with db.transaction() as holder:
             locked_instance(holder, held_instance)  # a user's completion, another worker's batch
             with db.transaction() as s:
+                # One thread holds both transactions: a batch that waited for the lock would wait
+                # for ever, so waiting fails the test instead (it never waits when it is right).
+                s.execute(text("SET LOCAL lock_timeout = '20s'"))
                 fired, batch = firing.fire_batch(s, rt, delivered)
             assert (fired, batch) == (True, [third])
         assert _statuses(db, [held_timer]) == ["waiting"]
@@ -107,7 +110,27 @@ def test_a_firing_that_raises_rolls_the_batch_back_is_counted_and_the_delivered_
         # The timer that raised is left to its own deliveries: the next batch goes without it.
         assert firing.fire_batch_once(db, rt, third) == (True, [])
         assert _statuses(db, [broken_timer]) == ["waiting"]
+        with db.transaction() as s:
+            assert s.get(Timer, broken_timer).attempts == 1
     assert sorted(_fired_events(db)) == sorted(i for i, _ in _fired_instances(db))
+
+
+def test_a_cycle_timer_fired_in_a_batch_keeps_its_delivery_for_the_next_occurrence(db, rt, people):
+    with time_machine.travel(START, tick=False) as traveller:
+        (_, delivered), = _start(db, rt, people, 1)
+        deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H: the row waits again, an hour later
+        with db.transaction() as s:
+            cycle_instance = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
+                                             data={}).id
+        with db.transaction() as s:
+            cycle_timer = s.execute(select(Timer.id).where(Timer.instance_id == cycle_instance)).scalar_one()
+        traveller.move_to(DUE)
+        with db.transaction() as s:
+            assert firing.fire_batch(s, rt, delivered) == (True, [])  # its job must not be dropped
+        with db.transaction() as s:
+            timer = s.get(Timer, cycle_timer)
+            assert (timer.status, timer.due_at) == ("waiting", START + timedelta(hours=2))
+    assert _fired_events(db)[cycle_instance] == 1
 
 
 def _fired_instances(db) -> list[tuple[int, int]]:
