@@ -115,7 +115,7 @@ def wake_time(due_at: datetime) -> datetime:
 
 def sweep(session: Session, scheduler: RqScheduler, now: datetime, *,
           horizon: timedelta = timedelta(seconds=10), stale_after: timedelta = timedelta(seconds=30),
-          limit: int = 5000) -> int:
+          limit: int = 1000) -> int:
     """Enqueue unfired timers due before ``now + horizon`` that Redis does not hold (a
     flush, a restart, an enqueue that failed after commit, a job rq gave up on); returns
     how many were enqueued.
@@ -125,6 +125,11 @@ def sweep(session: Session, scheduler: RqScheduler, now: datetime, *,
     not multiplied by re-deliveries; a job "started" on a timer overdue by more than
     ``stale_after`` belongs to a worker that died (firing takes milliseconds) and is
     delivered again. A live duplicate is harmless: the timer row is claimed once.
+
+    At most ``limit`` timers, oldest due first, are looked at per run (the sweep runs twice a
+    second): under a backlog of thousands of due timers, checking each one's job on every run
+    cost the worker as much CPU as firing them, while a backlog is drained oldest first by the
+    batches (``firing.fire_batch``), which fire due timers whatever became of their jobs.
     """
     rows = session.execute(
         select(Timer.id, Timer.due_at).where(Timer.status == TimerStatus.WAITING, Timer.due_at < now + horizon)
