@@ -61,8 +61,8 @@ class RqScheduler:
     def forget(self, timer_ids: list[int]) -> int:
         """Drop the jobs of timers fired by another timer's delivery (a batch, see
         ``firing.fire_batch``): each would cost rq's whole bookkeeping to change nothing. Only a
-        job still waiting (scheduled or queued) is dropped; one a worker already runs finishes as
-        a no-op. Best effort: a Redis failure leaves the jobs, which then change nothing."""
+        job still waiting (in rq's scheduled registry or its queue) is dropped; one a worker already
+        took finishes as a no-op. Best effort: a Redis failure leaves the jobs, which then change nothing."""
         if not timer_ids:
             return 0
         ids = [job_id(t) for t in timer_ids]
@@ -86,17 +86,17 @@ class RqScheduler:
                               result_ttl=0, failure_ttl=7 * 24 * 3600, pipeline=pipeline)
 
 
-# Atomic in Redis, so rq's scheduler cannot move a job onto the queue halfway through: a job
-# hash that is gone makes rq's scheduler and its dequeue skip the job id.
+# Atomic in Redis. A job is dropped only when it is taken out of rq's scheduled registry or out
+# of the queue here: one a worker already popped (it then runs as a no-op) keeps its record,
+# since rq's bookkeeping fails on a job whose record vanished while it ran. rq's scheduler and
+# its dequeue skip a job id whose record is gone.
 _FORGET = """
 local dropped = 0
 for i, key in ipairs(KEYS) do
-  local status = redis.call('HGET', key, 'status')
-  if status == 'scheduled' or status == 'queued' then
-    local id = ARGV[i + 2]
+  local id = ARGV[i + 2]
+  local taken = redis.call('ZREM', ARGV[1], id) + redis.call('LREM', ARGV[2], 1, id)
+  if taken > 0 then
     redis.call('DEL', key)
-    redis.call('ZREM', ARGV[1], id)
-    redis.call('LREM', ARGV[2], 1, id)
     dropped = dropped + 1
   end
 end
