@@ -164,6 +164,7 @@ def fire_batch(session: Session, rt: Runtime, timer_id: int, *, limit: int = BAT
     progress = progress if progress is not None else BatchProgress()
     progress.current = timer_id
     fired, own_instance = _fire_one(session, rt, timer_id)
+    progress.current = None  # from here on, a failure is the batch's, not this timer's
     if limit <= 1:
         return fired, []
     now = rt.now()
@@ -304,8 +305,8 @@ def fire_batch_once(db: Database, rt: Runtime, timer_id: int, *, limit: int = BA
     (:func:`fire_batch`), as one unit of work.
 
     If a firing raises, the whole batch is rolled back: the attempt is counted on the timer that
-    raised (as :func:`fire_once` does), and this delivery's own timer is fired again alone. The
-    other timers of the batch keep their own deliveries."""
+    raised (as :func:`fire_once` does), and unless that was this delivery's own timer, it is fired
+    again alone. The other timers of the batch keep their own deliveries."""
     progress = BatchProgress()
     try:
         with db.transaction() as session:
@@ -313,11 +314,16 @@ def fire_batch_once(db: Database, rt: Runtime, timer_id: int, *, limit: int = BA
     except (OperationalError, InterfaceError):
         raise
     except Exception as exc:
-        culprit = progress.current if progress.current is not None else timer_id
-        log.exception("timer %s could not be fired (in a batch delivered for timer %s)", culprit, timer_id)
-        _count_attempt(db, culprit, exc)
+        culprit = progress.current
+        log.exception("timer %s could not be fired (in a batch delivered for timer %s)",
+                      culprit if culprit is not None else "(none in particular)", timer_id)
         if culprit == timer_id:
+            _count_attempt(db, timer_id, exc)
             return False, []
+        if culprit is not None:
+            _count_attempt(db, culprit, exc)
+        # Another timer's firing, or the batch itself (its statements, its commit): this
+        # delivery's own timer is tried again alone, and counted only if it fails alone.
         return fire_once(db, rt, timer_id), []
 
 
