@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
 
@@ -78,6 +79,9 @@ log = logging.getLogger(__name__)
 # execution record, and the second, finishing a moment later, finds its own gone and raises
 # this from rq's success bookkeeping, after the job itself returned.
 _LOST_EXECUTION = re.compile(r"Execution \S+ not found in Redis")
+# The same when the job's own record is gone: a run of a job id queued twice (the sweep's hand-
+# over beside rq's scheduler) while a batch that fired the timer dropped the other copy's record.
+_LOST_STATUS = re.compile(r"Failed to retrieve status for job")
 
 
 class TimerWorker(SimpleWorker):
@@ -85,7 +89,8 @@ class TimerWorker(SimpleWorker):
 
     def handle_exception(self, job: Job, *exc_info: object) -> None:
         exc = exc_info[1]
-        if isinstance(exc, ValueError) and _LOST_EXECUTION.search(str(exc)):
+        if (isinstance(exc, ValueError) and _LOST_EXECUTION.search(str(exc))) or (
+                isinstance(exc, InvalidJobOperation) and _LOST_STATUS.search(str(exc))):
             # The timer's firing committed, or found the occurrence claimed, before this was
             # raised (the database's claim fires it once): rq's retry runs again and changes
             # nothing. A warning with the timer's id, not a traceback nobody reads.

@@ -96,8 +96,8 @@ class BenchError(Exception):
 
 
 # -- database and Redis ---------------------------------------------------------------------
-def bench_url(server_url: str) -> URL:
-    return make_url(server_url).set(database=DATABASE)
+def bench_url(server_url: str, database: str = DATABASE) -> URL:
+    return make_url(server_url).set(database=database)
 
 
 def url_string(url: URL) -> str:
@@ -351,7 +351,8 @@ def workers_running(database_url: str, redis_url: str, sweep_interval: float = S
         workers.stop_all()
 
 
-def wait_for_registered(redis: Redis, count: int, timeout: float = 30.0) -> None:
+def wait_for_registered(redis: Redis, count: int, timeout: float = 180.0) -> None:
+    # Generous: on a host loaded by others a worker takes tens of seconds just to import.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if redis.scard(f"rq:workers:{QUEUE_NAME}") >= count:
@@ -782,6 +783,9 @@ def main() -> int:
     parser.add_argument("--busy", type=int, default=0, metavar="N",
                         help="keep N cores busy (a spinning process each) while Part A's window and drain run")
     parser.add_argument("--server-url", default=SERVER_URL, help=f"maintenance database URL (default {SERVER_URL})")
+    parser.add_argument("--database", default=DATABASE,
+                        help=f"the benchmark's own database, dropped and migrated afresh (default {DATABASE}); "
+                        "another name keeps two people's runs on one server apart")
     parser.add_argument("--redis-url", default=REDIS_URL, help=f"a spare Redis database (default {REDIS_URL})")
     args = parser.parse_args()
     args.timers = args.timers or (1_000 if args.quick else 10_000)
@@ -790,7 +794,7 @@ def main() -> int:
     args.idle_seconds = args.idle_seconds or (10.0 if args.quick else 30.0)
     args.drain = args.drain or (60.0 if args.quick else 300.0)
 
-    url = bench_url(args.server_url)
+    url = bench_url(args.server_url, args.database)
     engine = create_engine(args.server_url)
     with engine.connect() as conn:
         pg_version = str(conn.execute(text("SHOW server_version")).scalar_one()).split(" ")[0]

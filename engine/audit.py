@@ -121,12 +121,24 @@ def _plain(message: bytes) -> str:
 
 def _row(key: AuditKey | None, stream: str, seq: int, prev_hash: str, *, at: datetime, actor: str | None,
          kind: str, instance_id: int | None, task_uuid: str | None, data: dict[str, Any]) -> dict[str, Any]:
-    data = json.loads(json.dumps(data, default=str))  # what is hashed is what is stored
+    # What is hashed is what is stored: values JSON would change go through it first.
+    data = dict(data) if _plain_json(data) else json.loads(json.dumps(data, default=str))
     message = _message(prev_hash, stream=stream, seq=seq, occurred_at=at, actor=actor, kind=kind,
                        instance_id=instance_id, task_uuid=task_uuid, data=data)
     return {"stream": stream, "seq": seq, "occurred_at": at, "actor": actor, "kind": kind,
             "instance_id": instance_id, "task_uuid": task_uuid, "data": data, "prev_hash": prev_hash,
             "hash": key.mac(message) if key is not None else _plain(message)}
+
+
+# Exactly these types: a subclass (a StrEnum, an IntEnum) is written as its plain value.
+_EXACT = frozenset((str, int, bool, type(None)))
+
+
+def _plain_json(data: dict[str, Any]) -> bool:
+    """Whether ``data`` reads back from JSON exactly as it is (text keys; text, integer, boolean
+    or null values), so the round trip that makes what is hashed what is stored can be skipped:
+    most events (a timer fired, an instance completed) carry only such values."""
+    return all(type(k) is str and type(v) in _EXACT for k, v in data.items())
 
 
 def _event_message(event: AuditEvent, prev_hash: str) -> bytes:

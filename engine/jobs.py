@@ -13,6 +13,7 @@ from engine.config import Settings
 from engine.db import Database
 from engine.process.runtime import Runtime
 from engine.timers import firing
+from engine.timers.queueing import RqScheduler
 
 
 @lru_cache(maxsize=1)
@@ -24,6 +25,11 @@ def _context() -> tuple[Database, Runtime]:
 
 
 def fire_timer_job(timer_id: int) -> bool:
-    """Raises only when the database is unreachable, so rq retries with backoff."""
+    """Fires the timer and, in the same transaction, other due ones (``firing.fire_batch``),
+    then drops the jobs of those others, which would change nothing. Raises only when the
+    database is unreachable, so rq retries with backoff."""
     db, rt = _context()
-    return firing.fire_once(db, rt, timer_id)
+    fired, others = firing.fire_batch_once(db, rt, timer_id)
+    if others and isinstance(rt.scheduler, RqScheduler):
+        rt.scheduler.forget(others)
+    return fired

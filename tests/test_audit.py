@@ -147,3 +147,26 @@ def test_tampering_with_the_system_stream_is_detected(db, people, finished):
     with db.engine.begin() as conn:  # pretend the deployment was a user change
         conn.execute(text("UPDATE bpm_audit_event SET kind = 'user.created' WHERE id = :id"), {"id": deployed.id})
     assert [(b.stream, b.seq) for b in _verify(db).broken] == [("system", deployed.seq)]
+
+
+def test_event_data_is_stored_as_it_was_hashed_whether_it_is_plain_or_converted(db, rt):
+    """Plain data (text, integers, booleans, null) is kept as given, other values as JSON gives
+    them back; either way the stored event verifies, and a caller changing its dict afterwards
+    changes neither what was hashed nor what is stored."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    at = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
+    plain = {"who": "张三", "count": 3, "ok": True, "none": None}
+    converted = {"at": at, "ratio": Decimal("1.5"), "nested": {"list": (1, 2)}, 7: "seven"}
+    with db.transaction() as s:
+        audit.record_system_event(s, kind="test.converted", actor="tester", at=at, data=converted)
+        audit.record_system_event(s, kind="test.plain", actor="tester", at=at, data=plain)
+        plain["who"] = "李四"  # after the append, before the flush: what was recorded stays
+    with db.transaction() as s:
+        stored = dict(s.execute(select(AuditEvent.kind, AuditEvent.data)
+                                .where(AuditEvent.kind.in_(("test.plain", "test.converted")))).all())
+    assert stored["test.plain"] == {"who": "张三", "count": 3, "ok": True, "none": None}
+    assert stored["test.converted"] == {"at": "2026-03-02 01:00:00+00:00", "ratio": "1.5",
+                                        "nested": {"list": [1, 2]}, "7": "seven"}
+    assert _verify(db).ok

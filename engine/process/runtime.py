@@ -210,6 +210,17 @@ def lock_instance_row(session: Session, statement: Any, params: dict[str, Any]) 
     return entities[0] if len(entities) == 1 else tuple(entities)
 
 
+def lock_instance_rows(session: Session, statement: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Every row of a statement that locks several instances (built with ``also``): the
+    entities of each row, the reference-data revisions remembered once."""
+    found: list[tuple[Any, ...]] = []
+    for row in session.execute(statement, params).all():
+        *entities, calendar_revision, sla_revision = row
+        remember_revisions(session, calendar_revision, sla_revision)
+        found.append(tuple(entities))
+    return found
+
+
 _LOCK_BY_ID = lock_statement(ProcessInstance.id == bindparam("instance_id"))
 
 

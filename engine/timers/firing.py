@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, tuple_, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -39,7 +40,7 @@ from engine.errors import InvalidInput, NotFound, PermissionDenied
 from engine.models import ACTIVE_TIMER_STATES, InstanceStatus, ProcessInstance, Timer, TimerKind, TimerStatus
 from engine.process import instances
 from engine.process.projection import settled_timer, timer_due
-from engine.process.runtime import Runtime, lock_instance_row, lock_statement, locked_instance
+from engine.process.runtime import Runtime, lock_instance_row, lock_instance_rows, lock_statement, locked_instance
 from engine.process.unit_of_work import audit, run_and_save
 from engine.sla import case_clock, milestones
 from engine.timers import schedules
@@ -52,6 +53,11 @@ TIMER_ACTOR = Actor.system("timer")
 
 def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
     """Fire one timer if it is due and still waiting; return whether it fired."""
+    return _fire_one(session, rt, timer_id)[0]
+
+
+def _fire_one(session: Session, rt: Runtime, timer_id: int) -> tuple[bool, int | None]:
+    """:func:`fire`, and the id of the timer's instance (None for a schedule's timer)."""
     now = rt.now()
     # Usually one statement: the timer's instance locked, the timer read along with it.
     found = lock_instance_row(session, _LOCK_WITH_TIMER, {"timer_id": timer_id})
@@ -60,20 +66,27 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
         timer = session.execute(select(Timer).where(Timer.id == timer_id)).scalar_one_or_none()
         if timer is None or timer.kind != TimerKind.SCHEDULE or timer.status != TimerStatus.WAITING \
                 or timer.due_at >= now:
-            return False
+            return False, None
         # No instance to lock: the claim alone makes a second delivery a no-op.
-        return _claim(session, timer, now) and schedules.start_slot(session, rt, timer, now=now)
+        return _claim(session, timer, now) and schedules.start_slot(session, rt, timer, now=now), None
     instance, timer = found
+    return _fire_locked(session, rt, instance, timer, now), instance.id
+
+
+def _fire_locked(session: Session, rt: Runtime, instance: ProcessInstance, timer: Timer, now: datetime, *,
+                 claimed: bool = False) -> bool:
+    """Fire ``timer`` of ``instance``, whose lock this transaction holds. ``claimed``: its
+    occurrence was claimed already (a batch claims all of its rows in one statement)."""
     if timer.status != TimerStatus.WAITING or timer.due_at >= now:
         return False
     if instance.status not in (InstanceStatus.RUNNING, InstanceStatus.FAILED):
         # The instance ended or was cancelled: nothing may happen, and the row is settled.
-        session.execute(update(Timer).where(Timer.id == timer_id, Timer.status == TimerStatus.WAITING)
+        session.execute(update(Timer).where(Timer.id == timer.id, Timer.status == TimerStatus.WAITING)
                         .values(status=TimerStatus.CANCELLED))
         return False
     # The claim is the authority: the read above took no lock, so its status and due time may
     # be those of before a delivery that held the instance lock meanwhile.
-    if not _claim(session, timer, now):
+    if not claimed and not _claim(session, timer, now):
         return False  # another delivery got here first
     if timer.kind == TimerKind.SLA:
         milestones.fire_milestone(session, timer=timer, instance=instance, now=now, evaluator=rt.evaluator)
@@ -82,7 +95,7 @@ def fire(session: Session, rt: Runtime, timer_id: int) -> bool:
         case_clock.fire_milestone(session, timer=timer, instance=instance, now=now, evaluator=rt.evaluator)
         return True
     if instance.status != InstanceStatus.RUNNING:
-        _unclaim(session, timer_id)  # a failed instance's timers wait for its retry
+        _unclaim(session, timer.id)  # a failed instance's timers wait for its retry
         return False
     return _fire_bpmn(session, rt, timer, instance, now)
 
@@ -108,6 +121,88 @@ def _claim(session: Session, timer: Timer, now: datetime) -> bool:
 
 def _unclaim(session: Session, timer_id: int) -> None:
     session.connection().execute(_UNCLAIM, {"timer_id": timer_id})
+
+
+# -- batches --------------------------------------------------------------------------------------
+# One delivery fires its own timer and, in the same transaction, up to BATCH - 1 others that are
+# due: under load a worker's cost per firing is mostly what is paid once per job and once per
+# transaction (rq's bookkeeping, about twenty Redis round trips; the begin, the lock and the
+# commit), so one job for fifty firings pays it once. See docs/timers.md#batches.
+BATCH = 50
+
+# The instances of due timers, locked in the order every change locks an instance, oldest due
+# first. SKIP LOCKED: an instance someone else holds (a user's completion, another worker's
+# batch) is left to its own delivery instead of being waited for, so a batch never waits for a
+# second lock and two batches never deadlock over each other's rows. A timer whose firing
+# already raised (``attempts``) is fired by its own deliveries only, so that one broken timer does
+# not roll back every batch that would include it.
+_LOCK_DUE = (lock_statement(ProcessInstance.id == Timer.instance_id, Timer.status == TimerStatus.WAITING,
+                            Timer.due_at < bindparam("now"), Timer.id != bindparam("timer_id"),
+                            ProcessInstance.status.in_((InstanceStatus.RUNNING, InstanceStatus.FAILED)),
+                            or_(Timer.attempts.is_(None), Timer.attempts == 0), also=Timer)
+             .order_by(Timer.due_at).limit(bindparam("limit"))
+             .with_for_update(of=ProcessInstance, skip_locked=True))
+
+
+@dataclass
+class BatchProgress:
+    """Which timer a batch was firing when it raised: that one's attempt is counted."""
+
+    current: int | None = None
+
+
+def fire_batch(session: Session, rt: Runtime, timer_id: int, *, limit: int = BATCH,
+               progress: BatchProgress | None = None) -> tuple[bool, list[int]]:
+    """Fire ``timer_id`` as :func:`fire` does, then up to ``limit - 1`` other due timers of
+    other instances, in this transaction. Returns whether ``timer_id`` fired and the ids of the
+    others that fired and stay fired (a cycle timer waiting for its next occurrence does not):
+    their own deliveries would change nothing and can be dropped.
+
+    Each occurrence is still claimed by its due time (one UPDATE for the batch), each instance
+    is locked before its timer is touched, and each instance's audit chain is appended under its
+    own lock: a batch fires every occurrence at most once, like single deliveries do."""
+    progress = progress if progress is not None else BatchProgress()
+    progress.current = timer_id
+    fired, own_instance = _fire_one(session, rt, timer_id)
+    progress.current = None  # from here on, a failure is the batch's, not this timer's
+    if limit <= 1:
+        return fired, []
+    now = rt.now()
+    rows = lock_instance_rows(session, _LOCK_DUE, {"now": now, "timer_id": timer_id, "limit": limit - 1})
+    # One timer per instance: a second one of the same instance waits for its own delivery, as
+    # firing the first may settle it (a boundary timer ends the task another timer watches).
+    seen = {own_instance}
+    batch: list[tuple[ProcessInstance, Timer]] = []
+    for instance, timer in rows:
+        if instance.id not in seen:
+            seen.add(instance.id)
+            batch.append((instance, timer))
+    if not batch:
+        return fired, []
+    claimed = _claim_many(session, [timer for _, timer in batch], now)
+    done: list[int] = []
+    for instance, timer in batch:
+        if timer.id in claimed:
+            progress.current = timer.id
+            if _fire_locked(session, rt, instance, timer, now, claimed=True):
+                done.append(timer.id)
+    progress.current = None
+    if not done:
+        return fired, []
+    # A cycle timer's row waits again for its next occurrence, whose delivery must stay.
+    session.flush()
+    settled = set(session.connection().execute(
+        select(Timer.id).where(Timer.id.in_(done), Timer.status != TimerStatus.WAITING)).scalars())
+    return fired, [t for t in done if t in settled]
+
+
+def _claim_many(session: Session, timers: list[Timer], now: datetime) -> set[int]:
+    """Claim the occurrences of ``timers`` (each at the due time it was read with) in one
+    statement; returns the ids claimed."""
+    statement = (update(Timer).where(Timer.status == TimerStatus.WAITING,
+                                     tuple_(Timer.id, Timer.due_at).in_([(t.id, t.due_at) for t in timers]))
+                 .values(status=TimerStatus.FIRED, fired_at=now).returning(Timer.id))
+    return set(session.connection().execute(statement).scalars())
 
 
 def _fire_bpmn(session: Session, rt: Runtime, timer: Timer, instance: ProcessInstance, now: datetime) -> bool:
@@ -201,14 +296,45 @@ def fire_once(db: Database, rt: Runtime, timer_id: int) -> bool:
         raise
     except Exception as exc:
         log.exception("timer %s could not be fired", timer_id)
-        with db.transaction() as session:
-            timer = session.get(Timer, timer_id)
-            if timer is not None and timer.status == TimerStatus.WAITING:
-                timer.attempts = (timer.attempts or 0) + 1
-                timer.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                if timer.attempts >= MAX_ATTEMPTS:
-                    timer.status = TimerStatus.FAILED
+        _count_attempt(db, timer_id, exc)
         return False
+
+
+def fire_batch_once(db: Database, rt: Runtime, timer_id: int, *, limit: int = BATCH) -> tuple[bool, list[int]]:
+    """One delivery of ``timer_id`` that fires other due timers along with it
+    (:func:`fire_batch`), as one unit of work.
+
+    If a firing raises, the whole batch is rolled back: the attempt is counted on the timer that
+    raised (as :func:`fire_once` does), and unless that was this delivery's own timer, it is fired
+    again alone. The other timers of the batch keep their own deliveries."""
+    progress = BatchProgress()
+    try:
+        with db.transaction() as session:
+            return fire_batch(session, rt, timer_id, limit=limit, progress=progress)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception as exc:
+        culprit = progress.current
+        log.exception("timer %s could not be fired (in a batch delivered for timer %s)",
+                      culprit if culprit is not None else "(none in particular)", timer_id)
+        if culprit == timer_id:
+            _count_attempt(db, timer_id, exc)
+            return False, []
+        if culprit is not None:
+            _count_attempt(db, culprit, exc)
+        # Another timer's firing, or the batch itself (its statements, its commit): this
+        # delivery's own timer is tried again alone, and counted only if it fails alone.
+        return fire_once(db, rt, timer_id), []
+
+
+def _count_attempt(db: Database, timer_id: int, exc: Exception) -> None:
+    with db.transaction() as session:
+        timer = session.get(Timer, timer_id)
+        if timer is not None and timer.status == TimerStatus.WAITING:
+            timer.attempts = (timer.attempts or 0) + 1
+            timer.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            if timer.attempts >= MAX_ATTEMPTS:
+                timer.status = TimerStatus.FAILED
 
 
 def fire_due(db: Database, rt: Runtime, *, limit: int = 500) -> int:

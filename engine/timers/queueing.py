@@ -58,9 +58,50 @@ class RqScheduler:
         except RedisError as exc:
             log.warning("could not enqueue timer %s (%s); the sweep will deliver it", timer_id, exc)
 
+    def forget(self, timer_ids: list[int]) -> int:
+        """Drop the jobs of timers fired by another timer's delivery (a batch, see
+        ``firing.fire_batch``): each would cost rq's whole bookkeeping to change nothing. Only a
+        job still waiting (in rq's scheduled registry or its queue) is dropped; one a worker already
+        took finishes as a no-op. Best effort: a Redis failure leaves the jobs, which then change nothing."""
+        if not timer_ids:
+            return 0
+        ids = [job_id(t) for t in timer_ids]
+        try:
+            return int(self._forget(keys=[Job.key_for(i) for i in ids],
+                                    args=[self.queue.scheduled_job_registry.key, self.queue.key, *ids]))
+        except RedisError as exc:
+            log.warning("could not drop the jobs of %d timers fired in a batch (%s); they run as no-ops",
+                        len(ids), exc)
+            return 0
+
+    @property
+    def _forget(self) -> Any:
+        script = getattr(self, "_forget_script", None)
+        if script is None:
+            script = self._forget_script = self.queue.connection.register_script(_FORGET)
+        return script
+
     def enqueue(self, timer_id: int, due_at: datetime, *, pipeline: Any = None) -> None:
         self.queue.enqueue_at(wake_time(due_at), FIRE_JOB, timer_id, job_id=job_id(timer_id), retry=RETRY,
                               result_ttl=0, failure_ttl=7 * 24 * 3600, pipeline=pipeline)
+
+
+# Atomic in Redis. A job is dropped only when it is taken out of rq's scheduled registry or out
+# of the queue here: one a worker already popped (it then runs as a no-op) keeps its record,
+# since rq's bookkeeping fails on a job whose record vanished while it ran. rq's scheduler and
+# its dequeue skip a job id whose record is gone.
+_FORGET = """
+local dropped = 0
+for i, key in ipairs(KEYS) do
+  local id = ARGV[i + 2]
+  local taken = redis.call('ZREM', ARGV[1], id) + redis.call('LREM', ARGV[2], 1, id)
+  if taken > 0 then
+    redis.call('DEL', key)
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
 
 
 def wake_time(due_at: datetime) -> datetime:
@@ -74,7 +115,7 @@ def wake_time(due_at: datetime) -> datetime:
 
 def sweep(session: Session, scheduler: RqScheduler, now: datetime, *,
           horizon: timedelta = timedelta(seconds=10), stale_after: timedelta = timedelta(seconds=30),
-          limit: int = 5000) -> int:
+          limit: int = 1000) -> int:
     """Enqueue unfired timers due before ``now + horizon`` that Redis does not hold (a
     flush, a restart, an enqueue that failed after commit, a job rq gave up on); returns
     how many were enqueued.
@@ -84,6 +125,11 @@ def sweep(session: Session, scheduler: RqScheduler, now: datetime, *,
     not multiplied by re-deliveries; a job "started" on a timer overdue by more than
     ``stale_after`` belongs to a worker that died (firing takes milliseconds) and is
     delivered again. A live duplicate is harmless: the timer row is claimed once.
+
+    At most ``limit`` timers, oldest due first, are looked at per run (the sweep runs twice a
+    second): under a backlog of thousands of due timers, checking each one's job on every run
+    cost the worker as much CPU as firing them, while a backlog is drained oldest first by the
+    batches (``firing.fire_batch``), which fire due timers whatever became of their jobs.
     """
     rows = session.execute(
         select(Timer.id, Timer.due_at).where(Timer.status == TimerStatus.WAITING, Timer.due_at < now + horizon)
