@@ -736,3 +736,50 @@ def test_an_escalation_closes_when_its_step_is_done_or_cancelled(db, rt, staff):
         assert escalations() == [("register.escalation", "cancelled"), ("investigate.escalation", "cancelled")]
     assert [(e, g, a, d) for e, g, a, _, d in case.offered] == [
         ("register", INTAKE, None, sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s104", sh(2026, 3, 3, 13, 1))]
+
+
+def test_a_major_complaint_has_a_30_working_day_whole_case_deadline_shown_on_the_case(db, rt, staff, client):
+    """限时办结 for a major complaint (brief §2.1, complaint.sla.resolve.major): 30 WD from its
+    arrival on Monday 2 March 2026 09:00, on the working-day calendar: March gives 21 working
+    days after the 2nd, 1–3 April three more, 清明 (6 April) is skipped, 7–14 April the last six.
+    Not the general 15 WD (23 March), and not 30 calendar days (1 April)."""
+    from engine.access import identity
+    from engine.sla import case_clock
+
+    case = Case(db, rt, staff, "CMP-20260302-0901")
+    due = sh(2026, 4, 14, 9)
+    with time_machine.travel(MONDAY_9, tick=False):
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C01", amount_claimed=80000))
+        assert case.data()["severity"] == "major"
+        with db.transaction() as s:
+            kept = case_clock.get(s, case.instance_id)
+            assert kept is not None and (kept.policy, kept.base_due_at, kept.due_at) == \
+                ("complaint.resolution", due, due)
+            token = identity.issue_token(s, username="s103", now=rt.now())
+        body = client.get(f"/api/v1/instances/{case.instance_id}", headers={"Authorization": f"Bearer {token}"}).json
+    assert datetime.fromisoformat(body["case_clock"]["due_at"]) == due
+    assert body["case_clock"]["state"] == "running"
+
+
+def test_a_low_satisfaction_score_opens_a_quality_ticket_for_the_cs_director_due_when_the_case_is(db, rt, staff):
+    """服务质量整改 (brief §2.1 C17: a score ≤ 2 opens a quality ticket for the branch's 客服总监)
+    carries ``dueByCaseClock``: it is due when the case is, 15 WD after a general complaint's
+    arrival (Monday 23 March 2026 09:00), although the clock stopped when the client was told."""
+    case = Case(db, rt, staff, "CMP-20260302-0902")
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        case.do("register", "s104", registration(channel="counter", client_id="C01"))
+        case.do("acknowledge", "s104", CONTACTED)
+        case.do("investigate", "s108", {"facts_found": "佣金模板错误", "root_cause": "fees", "staff_at_fault": False})
+        case.do("propose_resolution", "s108", {"resolution_type": "explanation", "compensation_amount": 0,
+                                               "resolution_text": "说明并致歉"})
+        case.do("approve_branch", "s101", {"decision": "approve"})
+        case.do("communicate_result", "s104", COMMUNICATED)
+        case.do("close_case", "s103", {"closure_reason": "resolved"})
+        _satisfaction(case, clock, who="s005", csat=2)
+        ticket = case.open_task()
+        assert (ticket.element_id, ticket.candidate_groups, ticket.assignee, ticket.due_at) == \
+            ("quality_ticket", ["HZ01:branch_cs_director"], None, sh(2026, 3, 23, 9))
+        case.do("quality_ticket", "s103", {"findings": "客户对答复不满意", "actions": "复盘佣金模板变更"})
+    assert case.end_state() == "E1"
