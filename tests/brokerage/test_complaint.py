@@ -124,6 +124,18 @@ def test_a_general_complaint_is_resolved_by_the_branch(db, rt, staff):
         ("satisfaction_callback", ["call_center_agent"], "s004"),
     ]
     data = case.data()
+    # Who was offered each step and when it was due: 4 business hours from 09:00, then each
+    # step's policy from its creation at 10:00 (complaint.sla.ack 1 WD, investigate.general 5 WD,
+    # propose 2 WD, approve.branch 2 WD — the investigator and proposer kept off), 反馈客户 when
+    # the case is (15 WD from 09:00), close 1 WD, the satisfaction call 3 WD from 03-03 10:01.
+    assert case.offered == [
+        ("register", INTAKE, None, [], sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s003", [], sh(2026, 3, 3, 10)),
+        ("investigate", HANDLERS, None, [], sh(2026, 3, 9, 10)),
+        ("propose_resolution", HANDLERS, None, [], sh(2026, 3, 4, 10)),
+        ("approve_branch", ["HZ01:branch_head"], None, ["user:s103", "user:s106"], sh(2026, 3, 4, 10)),
+        ("communicate_result", INTAKE, "s003", [], sh(2026, 3, 23, 9)),
+        ("close_case", ["HZ01:branch_cs_director"], None, [], sh(2026, 3, 3, 10)),
+        ("satisfaction_callback", ["call_center_agent"], None, [], sh(2026, 3, 6, 10, 1))]
     assert data["archived"] is True and data["notifications"] == []
 
 
@@ -172,6 +184,25 @@ def test_a_major_complaint_goes_through_compliance_and_headquarters(db, rt, staf
         ("disciplinary_followup", ["HZ01:branch_head"]),
         ("satisfaction_callback", ["call_center_agent"]), ("quality_ticket", ["HZ01:branch_cs_director"]),
     ]
+    # Major: investigate.major 10 WD, compliance review 3 WD, propose/approve 2 WD (the approvers
+    # never the investigator s106 nor the proposer s103), 反馈客户 and the quality ticket when the
+    # case is (30 WD: 14 April, 清明 skipped), HQ's close 1 WD, the follow-up 10 WD, the
+    # satisfaction call 3 WD from 03-03 09:01.
+    approvers_kept_off = ["user:s103", "user:s106"]
+    assert case.offered == [
+        ("register", INTAKE, None, [], sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s003", [], sh(2026, 3, 3, 9)),
+        ("investigate", HANDLERS, None, [], sh(2026, 3, 16, 9)),
+        ("compliance_review", ["compliance"], None, [], sh(2026, 3, 5, 9)),
+        ("propose_resolution", HANDLERS, None, [], sh(2026, 3, 4, 9)),
+        ("approve_hq", ["hq_complaint_dept"], None, approvers_kept_off, sh(2026, 3, 4, 9)),
+        ("propose_resolution", HANDLERS, None, [], sh(2026, 3, 4, 9)),
+        ("approve_hq", ["hq_complaint_dept"], None, approvers_kept_off, sh(2026, 3, 4, 9)),
+        ("approve_compliance", ["compliance"], None, approvers_kept_off, sh(2026, 3, 4, 9)),
+        ("communicate_result", INTAKE, "s003", [], sh(2026, 4, 14, 9)),
+        ("close_case_hq", ["hq_complaint_dept"], None, [], sh(2026, 3, 3, 9)),
+        ("disciplinary_followup", ["HZ01:branch_head"], None, [], sh(2026, 3, 16, 9)),
+        ("satisfaction_callback", ["call_center_agent"], None, [], sh(2026, 3, 6, 9, 1)),
+        ("quality_ticket", ["HZ01:branch_cs_director"], None, [], sh(2026, 4, 14, 9))]
 
 
 @pytest.mark.parametrize(("kind", "element", "who", "groups", "form"), [
@@ -187,6 +218,8 @@ def test_a_request_that_is_not_a_complaint_is_redirected(db, rt, staff, kind, el
         task = case.do(element, who, form)
     assert task.candidate_groups == groups
     assert case.end_state() == "E5"
+    # Neither the brief (C3) nor workflows/sla/complaint.json gives the redirection a deadline.
+    assert case.offered == [("register", INTAKE, None, [], sh(2026, 3, 2, 13)), (element, groups, None, [], None)]
 
 
 def test_the_client_withdraws_during_the_investigation(db, rt, staff):
@@ -208,6 +241,13 @@ def test_the_client_withdraws_during_the_investigation(db, rt, staff):
         case.do("withdrawal_verify", "s005", {"withdrawal_voluntary": True})
     assert case.end_state() == "E2"
     assert case.data()["withdrawal_note"] == "客户来电表示不再追究"
+    # 确认撤诉 has no deadline of its own (none in the brief nor the SLA policies); the
+    # verification call (3 WD) is never the owner who took and confirmed the withdrawal.
+    assert case.offered == [
+        ("register", INTAKE, None, [], sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s003", [], sh(2026, 3, 3, 9)),
+        ("confirm_withdrawal", INTAKE, "s003", [], None),
+        ("close_case", ["HZ01:branch_cs_director"], None, [], sh(2026, 3, 3, 9)),
+        ("withdrawal_verify", ["call_center_agent"], None, ["user:s003"], sh(2026, 3, 5, 9))]
     with db.transaction() as s:
         assert s.execute(select(MessageSubscription).where(
             MessageSubscription.instance_id == case.instance_id)).first() is None
@@ -235,6 +275,16 @@ def test_an_extension_is_approved_and_told_to_the_client_while_the_investigation
         case.do("close_case", "s103", {"closure_reason": "withdrawn"})
         case.do("withdrawal_verify", "s004", {"withdrawal_voluntary": True})
     assert case.end_state() == "E2"
+    # 延期审批 is due when the case is (15 WD: 23 March), 告知客户延期 when the extended case is
+    # (10 WD later, 清明 skipped: 7 April); the investigation keeps its own 5 WD.
+    assert case.offered == [
+        ("register", INTAKE, None, [], sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s003", [], sh(2026, 3, 3, 9)),
+        ("approve_extension", ["HZ01:branch_cs_director"], None, [], sh(2026, 3, 23, 9)),
+        ("notify_extension", INTAKE, "s003", [], sh(2026, 4, 7, 9)),
+        ("investigate", HANDLERS, None, [], sh(2026, 3, 9, 9)),
+        ("confirm_withdrawal", INTAKE, "s003", [], None),
+        ("close_case", ["HZ01:branch_cs_director"], None, [], sh(2026, 3, 3, 9)),
+        ("withdrawal_verify", ["call_center_agent"], None, ["user:s003"], sh(2026, 3, 5, 9))]
 
 
 def test_a_12386_transfer_meets_the_regulator_due_date_and_is_referred_to_mediation(db, rt, staff):
@@ -267,6 +317,21 @@ def test_a_12386_transfer_meets_the_regulator_due_date_and_is_referred_to_mediat
         case.do("report_regulator", "s007", {"regulator_feedback_at": "2026-03-06T15:00:00+08:00",
                                              "feedback_summary": "已解释，客户申请协会调解"})
     assert case.end_state() == "E3"
+    # Regulator-transferred: contact 2 WD, the major track's 10 WD investigation and 2 WD
+    # proposal, 反馈客户 when the case is (min(30 WD, 20 March 17:00 − 2 WD) = 18 March 17:00),
+    # the redress 2 WD, and the feedback by the regulator's own date. s107 investigated and
+    # proposed, so she does not approve.
+    assert case.offered == [
+        ("register_12386", ["hq_complaint_dept"], None, [], sh(2026, 3, 2, 13)),
+        ("acknowledge", INTAKE, "s007", [], sh(2026, 3, 4, 9)),
+        ("investigate", HANDLERS, None, [], sh(2026, 3, 16, 9)),
+        ("compliance_review", ["compliance"], None, [], sh(2026, 3, 5, 9)),
+        ("propose_resolution", HANDLERS, None, [], sh(2026, 3, 4, 9)),
+        ("approve_branch", ["HZ01:branch_head"], None, ["user:s107"], sh(2026, 3, 4, 9)),
+        ("communicate_result", INTAKE, "s007", [], sh(2026, 3, 18, 17)),
+        ("inform_redress", ["hq_complaint_dept"], "s007", [], sh(2026, 3, 4, 9)),
+        ("close_case_hq", ["hq_complaint_dept"], None, [], sh(2026, 3, 3, 9)),
+        ("report_regulator", ["hq_complaint_dept"], None, [], sh(2026, 3, 20, 17))]
 
 
 def test_no_answer_from_the_client_closes_the_case_as_no_response(db, rt, staff):
@@ -291,6 +356,16 @@ def test_no_answer_from_the_client_closes_the_case_as_no_response(db, rt, staff)
         case.do("close_case", "s103", {"closure_reason": "no_response"})
         _satisfaction(case, clock, who="s003")
     assert case.end_state() == "E4"
+    # The closure is created when the wait ends (03-16 09:01): 1 WD; the satisfaction call a day
+    # and a minute after it: 3 WD.
+    assert case.offered == [
+        ("register", INTAKE, None, [], sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s003", [], sh(2026, 3, 3, 9)),
+        ("investigate", HANDLERS, None, [], sh(2026, 3, 9, 9)),
+        ("propose_resolution", HANDLERS, None, [], sh(2026, 3, 4, 9)),
+        ("approve_branch", ["HZ01:branch_head"], None, ["user:s108"], sh(2026, 3, 4, 9)),
+        ("communicate_result", INTAKE, "s003", [], sh(2026, 3, 23, 9)),
+        ("close_case", ["HZ01:branch_cs_director"], None, [], sh(2026, 3, 17, 9, 1)),
+        ("satisfaction_callback", ["call_center_agent"], None, [], sh(2026, 3, 20, 9, 2))]
 
 
 # What workflows/callback.bpmn sends (its throw_complaint payload) when a client complains
