@@ -858,3 +858,137 @@ def test_a_low_satisfaction_score_opens_a_quality_ticket_for_the_cs_director_due
             ("quality_ticket", ["HZ01:branch_cs_director"], None, sh(2026, 3, 23, 9))
         case.do("quality_ticket", "s103", {"findings": "客户对答复不满意", "actions": "复盘佣金模板变更"})
     assert case.end_state() == "E1"
+
+
+HZ01_G1 = ("s107", "s106", "s105")  # 杜娟, the subject below, and the other members of her group HZ01-G1
+
+
+class RecusedCase(Case):
+    """A complaint naming 杜娟 (s107): before each step is taken, neither she nor anyone of her
+    service group HZ01-G1 finds it in an inbox (theirs, or their groups') or can claim it."""
+
+    def __init__(self, reached: set[str], *args: Any) -> None:
+        super().__init__(*args)
+        self.reached = reached
+
+    def do(self, element: str, who: str, data: dict[str, Any], *, alone: bool = True) -> Task:
+        task = next((t for t in self.open_tasks() if t.element_id == element), None)
+        assert task is not None, f"{element} is not open"
+        if element not in ("register", "register_12386"):  # nobody is named before the registration
+            assert {"group:HZ01-G1", "user:s107"} <= set(task.excluded or []), (element, task.excluded)
+            for username in HZ01_G1:
+                for query in (tasks.InboxQuery(business_key=self.key),
+                              tasks.InboxQuery(business_key=self.key, candidate_me=True)):
+                    with self.db.transaction() as s:
+                        inbox, _ = tasks.inbox(s, actor=self.staff[username], query=query, now=self.rt.now())
+                    assert task.id not in {t.id for t in inbox}, f"{element} is offered to {username}"
+                with pytest.raises(TaskNotFound), self.db.transaction() as s:
+                    tasks.claim(s, self.rt, task_id=task.id, actor=self.staff[username])
+            self.reached.add(element)
+        return super().do(element, who, data, alone=alone)
+
+
+def test_the_subject_and_their_group_are_neither_offered_nor_able_to_claim_any_step_the_complaint_reaches(
+        db, rt, staff):
+    """Recusal at run time (issue 13 item 2), over five walks of complaints naming 杜娟 (s107):
+    (a) a general complaint with an extension, compliance's regulatory report and disciplinary
+    follow-up, HQ and compliance approval, a rejected result, the redress, and a low score's
+    quality ticket; (b) a 12386 transfer approved by the branch, closed by HQ and fed back to
+    the regulator; (c) a withdrawal found involuntary, reopened and reviewed by compliance;
+    (d) a joint complaint's group plan; (e) a consultation and a report, redirected. Together
+    they reach every user task of complaint.bpmn but the two registrations, at which nobody is
+    named yet."""
+    from lxml import etree
+
+    reached: set[str] = set()
+    # Each complaint on another business line: three naming her on one line would be a group.
+    subject = {"subject_staff_ids": ["s107"]}
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        # (a)
+        a = RecusedCase(reached, db, rt, staff, "CMP-20260302-1101")
+        a.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        a.do("register", "s104", registration(channel="counter", client_id="C01", **subject))
+        a.do("acknowledge", "s104", CONTACTED)
+        a.send("complaint_extension_requested", {"extension_reason": "需调取交易所数据"}, actor=staff["s104"])
+        a.do("approve_extension", "s103", {"extension_decision": "approve", "extension_days": 5}, alone=False)
+        a.do("notify_extension", "s104", {"reason": "需调取交易所数据", "new_due_at": "2026-03-30T09:00:00+08:00"},
+             alone=False)
+        a.do("investigate", "s108", {"facts_found": "员工服务态度恶劣", "root_cause": "service_attitude",
+                                     "staff_at_fault": True, "loss_amount_claimed": 60000,
+                                     "loss_amount_assessed": 60000})
+        a.do("compliance_review", "s109", {"violation_confirmed": True, "violation_type": "service_attitude",
+                                           "regulatory_report_required": True, "disciplinary_referral": True,
+                                           "opinion": "须报告并问责"})
+        a.do("regulatory_report", "s006", {"reported_at": "2026-03-02T10:00:00+08:00",
+                                           "report_recipient": "csrc_bureau", "report_summary": "员工违规"},
+             alone=False)
+        a.do("disciplinary_followup", "s101", {"disciplinary_action": "warning", "disciplinary_note": "警告"},
+             alone=False)
+        a.do("propose_resolution", "s108", {"resolution_type": "compensation", "compensation_amount": 60000,
+                                            "resolution_text": "补偿 6 万元"})
+        a.do("approve_hq", "s007", {"decision": "approve"})
+        a.do("approve_compliance", "s006", {"decision": "approve"})
+        a.do("communicate_result", "s104", {**COMMUNICATED, "client_response": "rejects"})
+        a.do("inform_redress", "s104", {"informed_at": "2026-03-02T10:00:00+08:00", "mediation_requested": False})
+        closer = a.open_task().element_id
+        a.do(closer, "s103" if closer == "close_case" else "s008", {"closure_reason": "resolved"})
+        clock.shift(timedelta(days=1, minutes=1))
+        assert firing.fire_due(db, rt) >= 1
+        a.do("satisfaction_callback", "s005", {"csat": 2, "resolved_in_client_view": False})
+        a.do("quality_ticket", "s103", {"findings": "客户对处理结果不满", "actions": "服务态度培训"})
+        assert a.end_state() == "E1"
+        # (b)
+        clock.move_to(MONDAY_9)
+        due = "2026-03-20T17:00:00+08:00"
+        b = RecusedCase(reached, db, rt, staff, "CMP-20260302-1102")
+        b.receive("complaint_12386_transfer", {"channel": "12386", "client_id": "C01", "regulator_ref": "R-11",
+                                               "regulator_due_at": due}, sender="s007")
+        b.do("register_12386", "s007", registration(channel="12386", client_id="C01", regulator_ref="R-11",
+                                                    regulator_due_at=due, business_line="margin", **subject))
+        b.do("acknowledge", "s007", CONTACTED)
+        b.do("investigate", "s108", {"facts_found": "系统延迟", "root_cause": "trading_system",
+                                     "staff_at_fault": False})
+        b.do("compliance_review", "s109", {"violation_confirmed": False, "regulatory_report_required": False,
+                                           "disciplinary_referral": False, "opinion": "未见违规"})
+        b.do("propose_resolution", "s103", {"resolution_type": "explanation", "compensation_amount": 0,
+                                            "resolution_text": "说明"})
+        b.do("approve_branch", "s101", {"decision": "approve"})
+        b.do("communicate_result", "s007", COMMUNICATED)
+        b.do("close_case_hq", "s008", {"closure_reason": "resolved"})
+        b.do("report_regulator", "s007", {"regulator_feedback_at": "2026-03-02T15:00:00+08:00",
+                                          "feedback_summary": "已说明"})
+        # (c)
+        c = RecusedCase(reached, db, rt, staff, "CMP-20260302-1103")
+        c.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        c.do("register", "s104", registration(channel="counter", client_id="C01", business_line="account_services",
+                                              **subject))
+        c.do("acknowledge", "s104", CONTACTED)
+        c.send("client_withdraws", {"withdrawal_note": "客户撤诉"}, actor=staff["s104"])
+        c.do("confirm_withdrawal", "s104", {"withdrawal_reason": "no_longer_interested",
+                                            "withdrawal_confirmed_by_client": True})
+        c.do("close_case", "s103", {"closure_reason": "withdrawn"})
+        c.do("withdrawal_verify", "s005", {"withdrawal_voluntary": False, "comment": "客户称被要求撤诉"})
+        c.do("compliance_involuntary", "s109", {"finding": "员工要求客户撤诉", "pressure_confirmed": True},
+             alone=False)
+        c.do("acknowledge", "s104", CONTACTED)
+        # (d)
+        d = RecusedCase(reached, db, rt, staff, "CMP-20260302-1104")
+        d.receive("complaint_received", COUNTER_VISIT, sender="s104")
+        d.do("register", "s104", registration(channel="counter", client_id="C01", joint_complaint=True,
+                                              business_line="advisory", **subject))
+        d.do("group_plan", "s007", {"plan": "总部牵头统一答复", "update_interval_wd": 5})
+        # (e)
+        for number, (kind, element, who, form) in enumerate([
+                ("consultation", "answer_or_forward", "s003",
+                 {"answer": "已解释", "answered_at": "2026-03-02T09:30:00+08:00"}),
+                ("report", "forward_report", "s109", {"received_by_compliance": True, "opinion": "立案核查"})], 5):
+            e = RecusedCase(reached, db, rt, staff, f"CMP-20260302-110{number}")
+            e.receive("complaint_received", COUNTER_VISIT, sender="s104")
+            e.do("register", "s104", registration(channel="counter", client_id="C01", request_kind=kind,
+                                                  business_line="other", **subject))
+            e.do(element, who, form)
+            assert e.end_state() == "E5"
+    tree = etree.parse(str(WORKFLOWS / "complaint.bpmn"))
+    ns = {"bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL"}
+    steps = {t.get("id") for t in tree.iterfind(".//bpmn:userTask", ns)} - {"register", "register_12386"}
+    assert len(steps) == 24 and reached == steps, sorted(steps ^ reached)
