@@ -408,6 +408,9 @@ def test_a_complaint_from_a_callback_is_classified_without_a_second_registration
         case.do("investigate", "s108", {"facts_found": "风险等级不匹配", "root_cause": "suitability",
                                         "staff_at_fault": True})
     assert [(e, who) for e, _, who in case.handled] == [("acknowledge", "s004"), ("investigate", "s108")]
+    recused = ["group:HZ01-G1", "user:s107"]
+    assert case.offered == [("acknowledge", INTAKE, "s004", recused, sh(2026, 3, 3, 9)),  # 1 WD
+                            ("investigate", HANDLERS, None, recused, sh(2026, 3, 16, 9))]  # major: 10 WD
 
 
 def test_classification_reads_its_thresholds_from_the_case_or_the_defaults():
@@ -496,10 +499,15 @@ def test_the_registrar_owns_the_client_contact_and_a_departure_hands_it_to_the_b
         assert (case.data()["channel"], case.data()["communication_channel"]) == ("counter", "phone")
         assert case.instance().facts["channel"] == "counter"
         case.do("inform_redress", "s103", {"informed_at": "2026-03-06T10:00:00+08:00", "mediation_requested": False})
-    assert [(e, g, a) for e, g, a, _, _ in case.offered] == [
-        ("register", INTAKE, None), ("acknowledge", INTAKE, "s104"), ("investigate", HANDLERS, None),
-        ("propose_resolution", HANDLERS, None), ("approve_branch", ["HZ01:branch_head"], None),
-        ("communicate_result", INTAKE, "s103"), ("inform_redress", ["hq_complaint_dept"], "s103"),
+    # The investigation was created on 03-02 09:00 (5 WD), the later steps on 03-03 09:00 (2 WD
+    # each); 反馈客户 when the case is (15 WD).
+    assert case.offered == [
+        ("register", INTAKE, None, [], sh(2026, 3, 2, 13)), ("acknowledge", INTAKE, "s104", [], sh(2026, 3, 3, 9)),
+        ("investigate", HANDLERS, None, [], sh(2026, 3, 9, 9)),
+        ("propose_resolution", HANDLERS, None, [], sh(2026, 3, 5, 9)),
+        ("approve_branch", ["HZ01:branch_head"], None, ["user:s106", "user:s108"], sh(2026, 3, 5, 9)),
+        ("communicate_result", INTAKE, "s103", [], sh(2026, 3, 23, 9)),
+        ("inform_redress", ["hq_complaint_dept"], "s103", [], sh(2026, 3, 5, 9)),
     ]
     with db.transaction() as s:
         (handover,) = s.execute(select(AuditEvent).where(AuditEvent.stream == f"instance:{case.instance_id}",
@@ -519,6 +527,8 @@ def test_a_departure_moves_the_open_contact_step_to_the_successor(db, rt, staff)
         ack = case.open_task()
         assert (ack.element_id, ack.assignee, ack.status) == ("acknowledge", "s103", "claimed")
         case.do("acknowledge", "s103", CONTACTED)
+    assert case.offered == [("register", INTAKE, None, [], sh(2026, 3, 2, 13)),
+                            ("acknowledge", INTAKE, "s103", [], sh(2026, 3, 3, 9))]
 
 
 def test_every_step_after_registration_recuses_the_subject_and_their_group_from_the_whole_case():
@@ -566,8 +576,10 @@ def test_on_a_12386_case_about_a_counter_operator_neither_she_nor_her_group_is_o
             assert inbox == []
         case.do("confirm_withdrawal", "s007", {"withdrawal_reason": "no_longer_interested",
                                                "withdrawal_confirmed_by_client": True})
-    assert [(e, a, x) for e, _, a, x, _ in case.offered] == [
-        ("register_12386", None, []), ("acknowledge", "s007", recused), ("confirm_withdrawal", "s007", recused)]
+    sx01 = ["call_center_agent", "SX01:counter_staff"]
+    assert case.offered == [  # contact within 2 WD; 确认撤诉 has no deadline of its own
+        ("register_12386", ["hq_complaint_dept"], None, [], sh(2026, 3, 2, 13)),
+        ("acknowledge", sx01, "s007", recused, sh(2026, 3, 4, 9)), ("confirm_withdrawal", sx01, "s007", recused, None)]
 
 
 def test_a_registrar_in_the_subjects_group_is_not_given_the_contact_steps(db, rt, staff):
@@ -583,6 +595,8 @@ def test_a_registrar_in_the_subjects_group_is_not_given_the_contact_steps(db, rt
         with pytest.raises(TaskNotFound), db.transaction() as s:
             tasks.claim(s, rt, task_id=ack.id, actor=staff["s105"])
         case.do("acknowledge", "s104", CONTACTED)
+    assert case.offered == [("register", INTAKE, None, [], sh(2026, 3, 2, 13)),
+                            ("acknowledge", INTAKE, None, ["group:HZ01-G1", "user:s107"], sh(2026, 3, 3, 9))]
 
 
 def test_a_12386_registration_refuses_a_due_date_and_a_receipt_time_that_are_not_moments(db, rt, staff):
@@ -628,8 +642,9 @@ def test_whoever_investigated_or_proposed_does_not_approve_and_the_approval_goes
         ("approve_branch", ["hq_complaint_dept"], None, ["user:s301"]),
         ("communicate_result", sx01, "s003", []), ("close_case", ["SX01:branch_cs_director"], None, []),
     ]
-    assert [d for *_, d in case.offered][:4] == [sh(2026, 3, 2, 13), sh(2026, 3, 3, 9), sh(2026, 3, 9, 9),
-                                                 sh(2026, 3, 4, 9)]
+    assert [d for *_, d in case.offered] == [sh(2026, 3, 2, 13), sh(2026, 3, 3, 9), sh(2026, 3, 9, 9),
+                                             sh(2026, 3, 4, 9), sh(2026, 3, 4, 9), sh(2026, 3, 23, 9),
+                                             sh(2026, 3, 3, 9)]
 
 
 def _notified(db, case: Case) -> list[tuple[str, str]]:
