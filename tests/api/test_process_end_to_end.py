@@ -23,6 +23,8 @@ from engine.access.roles import INTEGRATION
 from engine.brokerage import demo
 from engine.brokerage.services import callback as callback_services
 from engine.calendars import SHANGHAI
+from engine.db import Database
+from engine.models import Task
 from engine.process.runtime import Runtime
 from engine.timers import firing
 from tests.brokerage.test_callback import ANSWERS_OK, IDENTITY_OK, REACHED
@@ -58,9 +60,11 @@ def sh(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: 
 class Http:
     """The HTTP side of a test: who is signed in, their inboxes, and the outside systems."""
 
-    def __init__(self, client: FlaskClient, rt: Runtime, systems: dict[str, dict[str, str]]) -> None:
-        self.client, self.rt, self.systems = client, rt, systems
+    def __init__(self, client: FlaskClient, rt: Runtime, systems: dict[str, dict[str, str]], db: Database) -> None:
+        self.client, self.rt, self.systems, self.db = client, rt, systems, db
         self._logins: dict[str, tuple[datetime, dict[str, str]]] = {}
+        # Each step taken as it was offered: (element, candidate groups, assignee, excluded, due in Beijing time).
+        self.offered_steps: list[tuple[str, list[str], str | None, list[str], datetime | None]] = []
 
     def login(self, username: str) -> dict[str, str]:
         """A demo person signs in with the demo password (again once the last token is old)."""
@@ -94,6 +98,12 @@ class Http:
         """``username`` finds ``element`` in their inbox and completes it with ``data``."""
         found = [t for t in self.offered(username, key) if t["element_id"] == element]
         assert len(found) == 1, f"{element} is not in {username}'s inbox: {self.offered(username, key)}"
+        with self.db.transaction() as s:
+            kept = s.get(Task, found[0]["id"])
+            assert kept is not None
+            excluded = sorted(kept.excluded or [])
+        self.offered_steps.append((element, list(found[0]["candidate_groups"]), found[0]["assignee"], excluded,
+                                   due(found[0]) if found[0]["due_at"] else None))
         done = self.client.post(f"{API}/tasks/{found[0]['id']}/complete", json={"data": data},
                                 headers=self.login(username))
         assert done.status_code == 200, done.get_data(as_text=True)
@@ -151,7 +161,7 @@ def http(db, rt, client, demo_loaded) -> Http:
             identity.create_user(s, username=username, display_name=name, now=rt.now(), groups=[INTEGRATION])
             token = identity.issue_token(s, username=username, now=rt.now())
             systems[username] = {"Authorization": f"Bearer {token}"}
-    return Http(client, rt, systems)
+    return Http(client, rt, systems, db)
 
 
 def due(task: dict[str, Any]) -> datetime:
@@ -170,6 +180,9 @@ INVESTIGATED = {"facts_found": "风险测评 C3，产品 R4，无风险不匹配
 COMPLIANCE_OPINION = {"violation_confirmed": True, "violation_type": "suitability", "regulatory_report_required": False,
                       "disciplinary_referral": True, "opinion": "适当性管理违规，建议按核定损失补偿并问责"}
 RECUSED = ("s107", "s106", "s105")  # the subject, and the other members of her group HZ01-G1
+INTAKE = ["call_center_agent", "HZ01:counter_staff"]
+HANDLERS = ["HZ01:branch_cs_director", "HZ01:account_manager"]
+SUBJECT = ["group:HZ01-G1", "user:s107"]  # what every step after the registration excludes
 
 
 def _complaint_call(http: Http) -> dict[str, Any]:
@@ -242,6 +255,23 @@ def test_a_mis_selling_complaint_is_investigated_without_the_accused_group_and_r
         ("s003", "register"), ("s003", "acknowledge"), ("s103", "investigate"), ("s109", "compliance_review"),
         ("s103", "propose_resolution"), ("s007", "approve_hq"), ("s003", "communicate_result"),
         ("s008", "close_case_hq"), ("s004", "satisfaction_callback"), ("s101", "disciplinary_followup")]
+    # Who was offered each step, and when it was due (Thursday 12 June 2025 10:00 onwards; no
+    # holiday in the window): registration 4 business hours; contact 1 WD; the major track's
+    # 10 WD investigation; review 3 WD and proposal 2 WD from 06-13 15:00; HQ's approval 2 WD
+    # without the investigator-proposer s103; 反馈客户 when the case is (30 WD: 07-24, brief
+    # §4.5); HQ's close 1 WD from 06-17 10:00; the satisfaction call 3 WD from 06-18 10:01; the
+    # disciplinary follow-up 10 WD from the review. 杜娟 and her group are kept off every step.
+    assert http.offered_steps == [
+        ("register", INTAKE, None, [], sh(2025, 6, 12, 14)),
+        ("acknowledge", INTAKE, "s003", SUBJECT, sh(2025, 6, 13, 10)),
+        ("investigate", HANDLERS, None, SUBJECT, sh(2025, 6, 26, 10)),
+        ("compliance_review", ["compliance"], None, SUBJECT, sh(2025, 6, 18, 15)),
+        ("propose_resolution", HANDLERS, None, SUBJECT, sh(2025, 6, 17, 15)),
+        ("approve_hq", ["hq_complaint_dept"], None, ["group:HZ01-G1", "user:s103", "user:s107"], sh(2025, 6, 17, 15)),
+        ("communicate_result", INTAKE, "s003", SUBJECT, sh(2025, 7, 24, 10)),
+        ("close_case_hq", ["hq_complaint_dept"], None, SUBJECT, sh(2025, 6, 18, 10)),
+        ("satisfaction_callback", ["call_center_agent"], None, SUBJECT, sh(2025, 6, 23, 10, 1)),
+        ("disciplinary_followup", ["HZ01:branch_head"], None, SUBJECT, sh(2025, 6, 27, 15))]
 
 
 def test_the_accused_and_her_group_are_not_offered_the_resolution_of_the_complaint_either(http):
@@ -255,6 +285,12 @@ def test_the_accused_and_her_group_are_not_offered_the_resolution_of_the_complai
         for username in RECUSED:
             http.refused(username, propose)
             assert http.sees(username, key) == []
+    assert http.offered_steps == [
+        ("register", INTAKE, None, [], sh(2025, 6, 12, 14)),
+        ("acknowledge", INTAKE, "s003", SUBJECT, sh(2025, 6, 13, 10)),
+        ("investigate", HANDLERS, None, SUBJECT, sh(2025, 6, 26, 10)),
+        ("compliance_review", ["compliance"], None, SUBJECT, sh(2025, 6, 17, 10))]
+    assert (propose["candidate_groups"], due(propose)) == (HANDLERS, sh(2025, 6, 16, 10))  # 2 WD
 
 
 def test_the_client_withdraws_her_complaint_by_phone_during_the_investigation(http):
@@ -286,6 +322,15 @@ def test_the_client_withdraws_her_complaint_by_phone_during_the_investigation(ht
     withdrawals = [(e["actor"], e["data"]["payload"]) for e in http.history("s007", instance_id)
                    if e["kind"] == "message.received" and e["data"]["message"] == "client_withdraws"]
     assert withdrawals == [("hotline", {"withdrawal_note": "客户来电表示已与营业部协商解决"})]
+    # 确认撤诉 has no deadline (none in the brief or the SLA policies); HQ's close 1 WD from
+    # 06-16 11:00; the verification call 3 WD, never by the owner who took the withdrawal.
+    assert http.offered_steps == [
+        ("register", INTAKE, None, [], sh(2025, 6, 12, 14)),
+        ("acknowledge", INTAKE, "s003", SUBJECT, sh(2025, 6, 13, 10)),
+        ("confirm_withdrawal", INTAKE, "s003", SUBJECT, None),
+        ("close_case_hq", ["hq_complaint_dept"], None, SUBJECT, sh(2025, 6, 17, 11)),
+        ("withdrawal_verify", ["call_center_agent"], None, ["group:HZ01-G1", "user:s003", "user:s107"],
+         sh(2025, 6, 19, 11))]
 
 
 def test_the_withdrawal_is_verified_by_an_agent_who_did_not_take_it(http):
@@ -301,6 +346,12 @@ def test_the_withdrawal_is_verified_by_an_agent_who_did_not_take_it(http):
         http.take("s008", key, "close_case_hq", {"closure_reason": "withdrawn"})
         verify = http.open_task("s004", key, "withdrawal_verify")
         http.refused("s003", verify)
+    assert http.offered_steps == [
+        ("register", INTAKE, None, [], sh(2025, 6, 12, 14)),
+        ("acknowledge", INTAKE, "s003", SUBJECT, sh(2025, 6, 13, 10)),
+        ("confirm_withdrawal", INTAKE, "s003", SUBJECT, None),
+        ("close_case_hq", ["hq_complaint_dept"], None, SUBJECT, sh(2025, 6, 13, 10))]
+    assert (verify["candidate_groups"], due(verify)) == (["call_center_agent"], sh(2025, 6, 17, 10))  # 3 WD
 
 
 # -- 转销户挽留 retention.bpmn (brief §2.2) ---------------------------------------------------------
@@ -382,6 +433,21 @@ def test_a_transfer_completes_beside_the_retention_talk_and_starts_its_post_clos
     assert callback["data"]["origin_business_key"] == key
     assert http.completed_by("s004", callback["id"]) == [
         ("s004", "call_attempt"), ("s004", "verify_identity"), ("s004", "questionnaire")]
+    # Acceptance 2 business hours from 09:30; the instructions by the close of the trading day
+    # (diagram); the talk and the completion notice 1 TD (the make-up Sunday is not one); the
+    # reviews 5 WD without the two who worked the case; the post-closure call 5 WD, not to the
+    # client's service group. Identity check and questionnaire carry no deadline of their own.
+    sx01 = ["SX01:counter_staff"]
+    assert http.offered_steps == [
+        ("accept", sx01, None, [], sh(2025, 9, 26, 11, 30)),
+        ("retention_conversation", ["SX01-G1"], None, [], sh(2025, 9, 29, 10)),
+        ("submit_instructions", sx01, None, [], sh(2025, 9, 26, 15)),
+        ("complete_notify", sx01, None, [], sh(2025, 9, 30, 10)),
+        ("review_ops", ["SX01:branch_ops_director"], None, ["user:s302", "user:s303"], sh(2025, 10, 13, 10, 30)),
+        ("review_head", ["SX01:branch_head"], None, ["user:s302", "user:s303"], sh(2025, 10, 13, 10, 30)),
+        ("call_attempt", ["call_center_agent"], None, ["group:SX01-G1"], sh(2025, 10, 13, 10, 30)),
+        ("verify_identity", ["call_center_agent"], "s004", ["group:SX01-G1"], None),
+        ("questionnaire", ["call_center_agent"], "s004", ["group:SX01-G1"], None)]
 
 
 def test_a_client_retained_by_the_talk_withdraws_the_request_in_the_app(http):
@@ -409,6 +475,15 @@ def test_a_client_retained_by_the_talk_withdraws_the_request_in_the_app(http):
     assert http.completed_by("s301", instance_id) == [
         ("s302", "accept"), ("s304", "retention_conversation"), ("s302", "confirm_withdrawal"),
         ("s301", "review_ops"), ("s301", "review_head")]
+    # The withdrawal is confirmed within 4 business hours of 11:00; the reviews 5 WD from 11:00
+    # (the make-up Sunday 09-28 counts, 10-01..08 does not), without the two who worked the case.
+    sx01 = ["SX01:counter_staff"]
+    assert http.offered_steps == [
+        ("accept", sx01, None, [], sh(2025, 9, 26, 11, 30)),
+        ("retention_conversation", ["SX01-G1"], None, [], sh(2025, 9, 29, 9, 30)),
+        ("confirm_withdrawal", sx01, None, [], sh(2025, 9, 26, 15)),
+        ("review_ops", ["SX01:branch_ops_director"], None, ["user:s302", "user:s304"], sh(2025, 10, 10, 11)),
+        ("review_head", ["SX01:branch_head"], None, ["user:s302", "user:s304"], sh(2025, 10, 10, 11))]
 
 
 # -- 贵宾客户 vip_onboarding.bpmn (brief §2.4) ------------------------------------------------------
@@ -463,6 +538,11 @@ def test_a_nominated_client_is_welcomed_by_her_group_and_approved_by_the_branch_
     assert (done["data"]["nominated_by"], done["data"]["approval_level"]) == ("s108", "branch")
     assert http.completed_by("s101", instance_id) == [
         ("s108", "nominate"), ("s104", "verify_welcome"), ("s101", "approve_branch")]
+    # Welcome 5 WD from the evaluation (09-26 10:00: 28, 29, 30 September, 9, 10 October).
+    assert http.offered_steps == [
+        ("nominate", ["HZ01:account_manager"], None, [], sh(2025, 9, 28, 10)),
+        ("verify_welcome", ["HZ01-G2"], None, [], sh(2025, 10, 10, 10)),
+        ("approve_branch", ["HZ01:branch_head"], None, ["group:HZ01-G2", "user:s108"], sh(2025, 10, 9, 10))]
 
 
 def test_the_nominated_client_declines_in_the_app_while_the_approval_waits(http):
@@ -479,3 +559,7 @@ def test_the_nominated_client_declines_in_the_app_while_the_approval_waits(http)
     assert (done["status"], done["facts"]["outcome"], done["facts"]["vip_tier"]) == ("completed", "declined", "gold")
     assert done["data"]["vip_opt_out"] is True and "benefits" not in done["data"]
     assert http.completed_by("s101", instance_id) == [("s108", "nominate"), ("s108", "verify_welcome")]
+    assert http.offered_steps == [
+        ("nominate", ["HZ01:account_manager"], None, [], sh(2025, 9, 28, 10)),
+        ("verify_welcome", ["HZ01-G2"], None, [], sh(2025, 10, 10, 10))]
+    assert (approve["candidate_groups"], due(approve)) == (["HZ01:branch_head"], sh(2025, 9, 30, 10))  # 3 WD
