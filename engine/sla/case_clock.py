@@ -230,5 +230,8 @@ def _message(key: str, fraction: float, due: datetime, *, english: bool) -> tupl
 
 
 def due_for_step(session: Session, instance_id: int) -> datetime | None:
+    """The case's deadline for a step that is part of answering it; None once the case has
+    answered (the clock stopped), so a step opened later takes its own policy's due date
+    instead of one already past."""
     clock = session.execute(select(CaseClock).where(CaseClock.instance_id == instance_id)).scalar_one_or_none()
-    return clock.due_at if clock is not None else None
+    return clock.due_at if clock is not None and clock.stopped_at is None else None
