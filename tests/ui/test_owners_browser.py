@@ -80,3 +80,41 @@ def test_an_owner_edits_checks_fixes_and_deploys_a_draft_in_the_browser(page: Pa
                                                     ProcessVersion.version == 2)).scalar_one()
         assert 'camunda:candidateGroups="call_center_agent"' in v2.bpmn_xml
         assert 'camunda:formKey="complaint_register"' in v2.bpmn_xml
+
+
+def test_a_second_owners_stale_save_gets_the_conflict_and_overwrites_nothing(page: Page, browser, server, db,
+                                                                            demo_cases_loaded):
+    """Two owners open the complaint's draft; s102 saves first, so s001's save, made on the
+    revision they opened, is refused with who saved and when; s102's change stays."""
+    from engine.models import ProcessDraft
+
+    draft = f"{server}/processes/complaint/draft"
+    sign_in(page, server, "s001")
+    page.goto(draft)
+    expect(page.locator("#modeler[data-ready='true']")).to_be_visible()
+    other_context = browser.new_context(locale="zh-CN", timezone_id="Asia/Shanghai",
+                                        viewport={"width": 1280, "height": 800})
+    other = other_context.new_page()
+    try:
+        sign_in(other, server, "s102")
+        other.goto(draft)
+        expect(other.locator("#modeler[data-ready='true']")).to_be_visible()
+        _select(other, "register")
+        _field(other, "CamundaPlatform__UserAssignment", "candidateGroups").fill("call_center_agent")
+        other.click("button[data-action='save']")
+        expect(other.locator("#draft-state")).not_to_have_text("有未保存的修改")
+    finally:
+        other_context.close()
+
+    _select(page, "register")
+    _field(page, "CamundaPlatform__UserAssignment", "candidateGroups").fill("hq_complaint_dept")
+    page.click("button[data-action='save']")
+    message = page.locator("#draft-message")
+    expect(message).to_contain_text("s102")
+    expect(message).to_have_class(re.compile("flash-warning"))
+    assert _serious(page) == []
+    with db.transaction() as s:
+        stored = s.get(ProcessDraft, "complaint")
+        assert stored is not None and stored.saved_by == "s102"
+        assert 'camunda:candidateGroups="call_center_agent"' in stored.bpmn_xml
+        assert "hq_complaint_dept" not in stored.bpmn_xml.split('id="register"')[1].split(">")[0]
