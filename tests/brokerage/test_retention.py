@@ -198,6 +198,17 @@ def test_a_transfer_completes_beside_a_conversation_that_does_not_retain_the_cli
     returns = [(k, a) for k, a, d in trail if d.get("message") == "retention_exchange_result"]
     assert returns == [("message.received", "csdc")]
     assert case.completions() == [(e, who) for e, _, who in case.handled]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # accept 09:30+2 WH; the talk 1 TD from 10:00; instructions by the 15:00 close; completion 1 TD
+    # from the 06-17 10:00 result; both reviews 5 WD from then (06-18..06-24), recusing who worked it.
+    assert case.offers() == [
+        ("accept", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("retention_conversation", ["SX01-G1"], None, [], sh(2025, 6, 17, 10)),
+        ("submit_instructions", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("complete_notify", ["SX01:counter_staff"], None, [], sh(2025, 6, 18, 10)),
+        ("review_ops", ["SX01:branch_ops_director"], None, ["user:s302", "user:s303"], sh(2025, 6, 24, 10)),
+        ("review_head", ["SX01:branch_head"], None, ["user:s302", "user:s303"], sh(2025, 6, 24, 10)),
+    ]
 
 
 def test_a_closure_without_a_retention_conversation_goes_straight_through(db, rt, staff):
@@ -220,6 +231,15 @@ def test_a_closure_without_a_retention_conversation_goes_straight_through(db, rt
                                             Task.element_id == "retention_conversation")).first() is None
     data = case.data()
     assert data.get("retention_handled_by") is None and data["review_by_branch_head"] is False
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # Fri 06-13: accept 09:30+2 WH, instructions by 15:00; completion 1 TD from 15:00 (Mon 06-16);
+    # review 5 WD from Fri 15:00 (06-16..06-20), recusing the counter clerk.
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 13, 11, 30)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2025, 6, 13, 15)),
+        ("complete_notify", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("review_ops", ["HZ01:branch_ops_director"], None, ["user:s104"], sh(2025, 6, 20, 15)),
+    ]
 
 
 def test_the_post_closure_callback_is_started_as_a_callback_process(db, rt, staff):
@@ -248,6 +268,14 @@ def test_the_post_closure_callback_is_started_as_a_callback_process(db, rt, staf
     assert (data["callback_type"], data["origin_business_key"], data["service_group"]) == \
         ("post_closure", "RET-20250613-0001", "HZ01:account_manager")  # branch-pool client: the branch's AMs
     assert started[:2] == ["instance.started", "message.received"]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # As the closure above; the review is still open (no assignee).
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 13, 11, 30)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2025, 6, 13, 15)),
+        ("complete_notify", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("review_ops", ["HZ01:branch_ops_director"], None, ["user:s104"], sh(2025, 6, 20, 15)),
+    ]
 
 
 def test_a_request_sent_without_a_case_number_is_numbered_ret_date_sequence(db, rt, staff):
@@ -292,6 +320,17 @@ def test_a_retained_client_withdraws_the_request_themselves(db, rt, staff):
         result = figures.retention_figures(s, scope=june, now=sh(2025, 6, 30))
     assert (result.requests, result.open_to_talk, result.conversations_held, result.retained) == (1, 1, 1, 1)
     assert result.success_rate == 1.0
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # Talk 1 TD from 09:30; the cancelled instructions were due by 15:00; confirm 11:00+4 WH;
+    # reviews 5 WD from 11:00 (06-17..06-23), recusing both who worked it.
+    assert case.offers() == [
+        ("accept", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("retention_conversation", ["SX01-G1"], None, [], sh(2025, 6, 17, 9, 30)),
+        ("submit_instructions", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("confirm_withdrawal", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("review_ops", ["SX01:branch_ops_director"], None, ["user:s302", "user:s304"], sh(2025, 6, 23, 11)),
+        ("review_head", ["SX01:branch_head"], None, ["user:s302", "user:s304"], sh(2025, 6, 23, 11)),
+    ]
 
 
 def test_the_client_may_withdraw_while_blocking_items_are_being_cleared(db, rt, staff):
@@ -309,6 +348,14 @@ def test_the_client_may_withdraw_while_blocking_items_are_being_cleared(db, rt, 
     with db.transaction() as s:  # the lapse timer died with the wait
         assert s.execute(select(Timer.status).where(Timer.instance_id == case.instance_id,
                                                     Timer.element_id == "lapse_timer")).scalar_one() == "cancelled"
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # inform 09:30+4 WH; confirm 4 WH from 09:30; review 5 WD from 09:30 (06-17..06-23).
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("inform_blocking", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 13, 30)),
+        ("confirm_withdrawal", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 13, 30)),
+        ("review_ops", ["HZ01:branch_ops_director"], None, ["user:s104"], sh(2025, 6, 23, 9, 30)),
+    ]
 
 
 def test_submitting_the_instructions_cuts_the_conversation_off_and_ends_the_right_to_withdraw(db, rt, staff):
@@ -325,6 +372,13 @@ def test_submitting_the_instructions_cuts_the_conversation_off_and_ends_the_righ
                                actor=identity.Actor.system("client"), payload={})
     assert ("retention_conversation", "s303") not in case.completions()
     assert case.data().get("retention_handled_by") is None
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # The talk (cut off, never claimed) was due 1 TD from 09:30; instructions by the 15:00 close.
+    assert case.offers() == [
+        ("accept", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("retention_conversation", ["SX01-G1"], None, [], sh(2025, 6, 17, 9, 30)),
+        ("submit_instructions", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+    ]
 
 
 def test_a_withdrawal_also_closes_a_conversation_still_open(db, rt, staff):
@@ -341,6 +395,16 @@ def test_a_withdrawal_also_closes_a_conversation_still_open(db, rt, staff):
         case.do("review_ops", "s301", REVIEWED)
         case.do("review_head", "s301", REVIEWED)
     assert case.end_state() == "X2" and case.data().get("retention_handled_by") is None
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # Both cancelled tracks as offered; confirm 09:30+4 WH; reviews 5 WD from 09:30 (06-23).
+    assert case.offers() == [
+        ("accept", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("retention_conversation", ["SX01-G1"], None, [], sh(2025, 6, 17, 9, 30)),
+        ("submit_instructions", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("confirm_withdrawal", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 13, 30)),
+        ("review_ops", ["SX01:branch_ops_director"], None, ["user:s302"], sh(2025, 6, 23, 9, 30)),
+        ("review_head", ["SX01:branch_head"], None, ["user:s302"], sh(2025, 6, 23, 9, 30)),
+    ]
 
 
 # -- preconditions, X3 and X4 -----------------------------------------------------------------
@@ -362,6 +426,13 @@ def test_blocking_items_are_explained_and_the_request_goes_on_once_the_client_cl
     assert (data["preconditions_met"], data["blocking_items"], data["precondition_checks"]) == (True, [], 2)
     assert [d["message"] for k, _, d in case.trail() if k == "message.received"] == \
         ["retention_request_received", "retention_items_cleared"]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # inform 09:30+4 WH; the instructions by the close of the re-check day (06-18 15:00).
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("inform_blocking", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 13, 30)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2025, 6, 18, 15)),
+    ]
 
 
 def test_a_request_whose_items_are_not_cleared_lapses_after_twenty_trading_days(db, rt, staff):
@@ -395,6 +466,13 @@ def test_a_request_whose_items_are_not_cleared_lapses_after_twenty_trading_days(
         case.do("review_ops", "s102", REVIEWED)  # lapses are always reviewed
     assert case.instance().status == "completed" and case.end_state() == "X3"
     assert ("timer.fired", "timer") in [(k, a) for k, a, _ in case.trail()]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # accept 10:00+2 WH; inform +4 WH; review 5 WD from the lapse 10-28 10:01 (10-29..11-04).
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 9, 22, 12)),
+        ("inform_blocking", ["HZ01:counter_staff"], None, [], sh(2025, 9, 22, 14)),
+        ("review_ops", ["HZ01:branch_ops_director"], None, ["user:s104"], sh(2025, 11, 4, 10, 1)),
+    ]
 
 
 def test_a_judicial_freeze_is_refused_with_its_legal_basis(db, rt, staff):
@@ -409,6 +487,13 @@ def test_a_judicial_freeze_is_refused_with_its_legal_basis(db, rt, staff):
         assert rejection.candidate_groups == ["HZ01:counter_staff"]
         case.do("review_ops", "s102", REVIEWED)
     assert case.end_state() == "X4" and case.data()["outcome"] == "rejected"
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # inform_rejection 09:30+4 WH; review 5 WD from 09:30 (06-17..06-23), recusing s104.
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("inform_rejection", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 13, 30)),
+        ("review_ops", ["HZ01:branch_ops_director"], None, ["user:s104"], sh(2025, 6, 23, 9, 30)),
+    ]
 
 
 def test_an_unverified_identity_is_refused_before_anything_else(db, rt, staff):
@@ -427,20 +512,33 @@ def test_an_unverified_identity_is_refused_before_anything_else(db, rt, staff):
     with db.transaction() as s:
         assert s.execute(select(Task).where(Task.business_key == case.key, Task.element_id.in_(
             ("submit_instructions", "retention_conversation")))).first() is None
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # inform_rejection 09:30+4 WH; review 5 WD from 09:30 (06-17..06-23), recusing s104.
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("inform_rejection", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 13, 30)),
+        ("review_ops", ["HZ01:branch_ops_director"], None, ["user:s104"], sh(2025, 6, 23, 9, 30)),
+    ]
 
 
 # -- the operational track -----------------------------------------------------------------------
-@pytest.mark.parametrize(("ready", "due"), [
-    (sh(2025, 6, 16, 14, 59), sh(2025, 6, 16, 15)),  # Monday before the close: that day's close
-    (sh(2025, 6, 16, 15), sh(2025, 6, 17, 15)),  # at the close: the next trading day's
-    (sh(2025, 6, 13, 18, 40), sh(2025, 6, 16, 15)),  # Friday evening: over the weekend to Monday
-    (sh(2025, 9, 30, 16), sh(2025, 10, 9, 15)),  # the day before National Day (10-01..10-08 closed)
-    (sh(2025, 9, 28, 10), sh(2025, 9, 29, 15)),  # make-up Sunday 09-28: branches open, exchanges closed
-    (sh(2025, 10, 10, 16), sh(2025, 10, 13, 15)),  # Friday: Saturday 10-11 is a make-up working day, not a TD
-    (sh(2025, 10, 11, 10, 30), sh(2025, 10, 13, 15)),  # ready on that make-up Saturday
+# accepted: 2 working hours (09:00–17:00, make-up days count) from the request, 10 minutes before ready.
+@pytest.mark.parametrize(("ready", "due", "accept_due"), [
+    # Monday before the close: that day's close
+    (sh(2025, 6, 16, 14, 59), sh(2025, 6, 16, 15), sh(2025, 6, 16, 16, 49)),
+    (sh(2025, 6, 16, 15), sh(2025, 6, 17, 15), sh(2025, 6, 16, 16, 50)),  # at the close: the next trading day's
+    (sh(2025, 6, 13, 18, 40), sh(2025, 6, 16, 15), sh(2025, 6, 16, 11)),  # Friday evening: over the weekend to Monday
+    # the day before National Day (10-01..10-08 closed)
+    (sh(2025, 9, 30, 16), sh(2025, 10, 9, 15), sh(2025, 10, 9, 9, 50)),
+    # make-up Sunday 09-28: branches open, exchanges closed
+    (sh(2025, 9, 28, 10), sh(2025, 9, 29, 15), sh(2025, 9, 28, 11, 50)),
+    # Friday: Saturday 10-11 is a make-up working day, not a TD
+    (sh(2025, 10, 10, 16), sh(2025, 10, 13, 15), sh(2025, 10, 11, 9, 50)),
+    (sh(2025, 10, 11, 10, 30), sh(2025, 10, 13, 15), sh(2025, 10, 11, 12, 20)),  # ready on that make-up Saturday
 ], ids=["before-close", "at-close", "friday-evening", "before-national-day", "make-up-sunday",
         "before-make-up-saturday", "on-make-up-saturday"])
-def test_instructions_are_due_by_the_close_of_the_trading_day_the_request_became_ready(db, rt, staff, ready, due):
+def test_instructions_are_due_by_the_close_of_the_trading_day_the_request_became_ready(db, rt, staff, ready, due,
+                                                                                      accept_due):
     # Timer behaviour changed with the date functions: this was "1 TD from the clock start"
     # (retention.sla.submit); the diagram now gives the due date, the policy the reminders.
     case = Case(db, rt, staff, "RET-TD")
@@ -455,6 +553,8 @@ def test_instructions_are_due_by_the_close_of_the_trading_day_the_request_became
                                                        Timer.due_at == due)).scalars().all()
     assert sorted((p["action"], p["to"]) for p in breach) == [
         ("escalate", "branch:branch_ops_director"), ("escalate", "compliance")]
+    assert case.offers() == [("accept", ["HZ01:counter_staff"], None, [], accept_due),
+                             ("submit_instructions", ["HZ01:counter_staff"], None, [], due)]
 
 
 def test_the_submission_cut_off_and_the_result_check_time_are_tunables(db, rt, staff):
@@ -470,6 +570,12 @@ def test_the_submission_cut_off_and_the_result_check_time_are_tunables(db, rt, s
         [chase_at] = s.execute(select(Timer.due_at).where(Timer.instance_id == case.instance_id, Timer.kind == "bpmn",
                                                           Timer.element_id == "result_due")).scalars().all()
     assert chase_at == sh(2025, 6, 18, 9, 30)  # T+1 at the case's check time
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # accept 14:30+2 WH; instructions by the next TD's 14:00 cut-off.
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 16, 30)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2025, 6, 17, 14)),
+    ]
 
 
 def test_a_due_date_beyond_the_known_calendar_is_flagged(db, rt, staff):
@@ -481,6 +587,12 @@ def test_a_due_date_beyond_the_known_calendar_is_flagged(db, rt, staff):
     # 2027-01-01 is a Friday: beyond the known data only weekends are closed, so it is a
     # guess (New Year's Day will close the exchanges) and the task says so.
     assert (submit.due_at, submit.calendar_incomplete) == (sh(2027, 1, 1, 15), True)
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # accept 12-31 16:00+2 WH (1 h that day, 1 h on Fri 2027-01-01, a guessed working day).
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2027, 1, 1, 10)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2027, 1, 1, 15)),
+    ]
 
 
 def test_instructions_not_submitted_within_a_trading_day_escalate_and_flag_compliance(db, rt, staff):
@@ -499,6 +611,13 @@ def test_instructions_not_submitted_within_a_trading_day_escalate_and_flag_compl
         case.do("submit_instructions", "s104", SUBMITTED)  # late, but nothing ever stops it
     kinds = [k for k, _, _ in case.trail()]
     assert kinds.count("sla.escalated") == 2 and "sla.breached" in kinds
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # The late submission (result due 06-17 10:00 already past) is chased at once: 10:01+2 WH.
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 12)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("chase_result", ["HZ01:counter_staff"], None, [], sh(2025, 6, 17, 12, 1)),
+    ]
 
 
 def test_an_exchange_failure_is_resolved_resubmitted_and_then_completed(db, rt, staff):
@@ -522,6 +641,15 @@ def test_an_exchange_failure_is_resolved_resubmitted_and_then_completed(db, rt, 
     assert case.end_state() == "X1"
     assert [d["payload"]["exchange_result"] for k, _, d in case.trail()
             if k == "message.received" and d["message"] == "retention_exchange_result"] == ["failed", "success"]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # resolve 1 TD from 06-17 10:00; completion 1 TD from 06-18 10:00; review 5 WD (06-19..06-25).
+    assert case.offers() == [
+        ("accept", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("submit_instructions", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("resolve_failure", ["SX01:counter_staff"], None, [], sh(2025, 6, 18, 10)),
+        ("complete_notify", ["SX01:counter_staff"], None, [], sh(2025, 6, 19, 10)),
+        ("review_ops", ["SX01:branch_ops_director"], None, ["user:s302"], sh(2025, 6, 25, 10)),
+    ]
 
 
 # -- waiting for the exchange (A2/A3) ----------------------------------------------------------
@@ -534,21 +662,33 @@ def _submitted(db, rt, staff, key: str, submitted_at: str) -> Case:
     return case
 
 
-@pytest.mark.parametrize(("submitted_at", "chase_at"), [
-    ("2025-06-16T10:30:00+08:00", sh(2025, 6, 17, 10)),  # Monday: T+1 is Tuesday
-    ("2025-06-16T15:00:00+08:00", sh(2025, 6, 18, 10)),  # at the 15:00 cut-off: T is the next trading day
-    ("2025-06-13T14:00:00+08:00", sh(2025, 6, 16, 10)),  # Friday: over the weekend
-    ("2025-06-13T16:00:00+08:00", sh(2025, 6, 17, 10)),  # Friday after the cut-off: T Monday, T+1 Tuesday
-    ("2025-09-30T14:00:00+08:00", sh(2025, 10, 9, 10)),  # before National Day (10-01..10-08 closed)
-    ("2025-09-26T14:00:00+08:00", sh(2025, 9, 29, 10)),  # Friday: make-up Sunday 09-28 is no trading day
-    ("2025-09-28T10:00:00+08:00", sh(2025, 9, 30, 10)),  # recorded on that make-up Sunday: T is Monday
+# offered: (accept due 2 WH after the request, submit due at the ready day's 15:00 close or the next TD's).
+@pytest.mark.parametrize(("submitted_at", "chase_at", "offered"), [
+    # Monday: T+1 is Tuesday
+    ("2025-06-16T10:30:00+08:00", sh(2025, 6, 17, 10), (sh(2025, 6, 16, 12, 30), sh(2025, 6, 16, 15))),
+    # at the 15:00 cut-off: T is the next trading day
+    ("2025-06-16T15:00:00+08:00", sh(2025, 6, 18, 10), (sh(2025, 6, 16, 17), sh(2025, 6, 17, 15))),
+    # Friday: over the weekend
+    ("2025-06-13T14:00:00+08:00", sh(2025, 6, 16, 10), (sh(2025, 6, 13, 16), sh(2025, 6, 13, 15))),
+    # Friday after the cut-off: T Monday, T+1 Tuesday
+    ("2025-06-13T16:00:00+08:00", sh(2025, 6, 17, 10), (sh(2025, 6, 16, 10), sh(2025, 6, 16, 15))),
+    # before National Day (10-01..10-08 closed)
+    ("2025-09-30T14:00:00+08:00", sh(2025, 10, 9, 10), (sh(2025, 9, 30, 16), sh(2025, 9, 30, 15))),
+    # Friday: make-up Sunday 09-28 is no trading day
+    ("2025-09-26T14:00:00+08:00", sh(2025, 9, 29, 10), (sh(2025, 9, 26, 16), sh(2025, 9, 26, 15))),
+    # recorded on that make-up Sunday: T is Monday
+    ("2025-09-28T10:00:00+08:00", sh(2025, 9, 30, 10), (sh(2025, 9, 28, 12), sh(2025, 9, 29, 15))),
 ], ids=["monday", "at-cut-off", "friday", "friday-after-cut-off", "before-national-day",
         "before-make-up-sunday", "on-make-up-sunday"])
-def test_the_exchange_result_is_awaited_until_ten_on_the_next_trading_day(db, rt, staff, submitted_at, chase_at):
+def test_the_exchange_result_is_awaited_until_ten_on_the_next_trading_day(db, rt, staff, submitted_at, chase_at,
+                                                                          offered):
     with time_machine.travel(datetime.fromisoformat(submitted_at), tick=False):
         case = _submitted(db, rt, staff, "RET-WAIT", submitted_at)
     assert case.subscriptions() == ["retention_exchange_result"]  # the result may come at any time
     assert case.waiting_timers() == [("result_due", chase_at)]
+    accept_due, submit_due = offered
+    assert case.offers() == [("accept", ["HZ01:counter_staff"], None, [], accept_due),
+                             ("submit_instructions", ["HZ01:counter_staff"], None, [], submit_due)]
 
 
 def test_a_result_missing_at_ten_on_the_next_trading_day_is_chased_and_recorded(db, rt, staff):
@@ -572,6 +712,16 @@ def test_a_result_missing_at_ten_on_the_next_trading_day_is_chased_and_recorded(
     assert (data["exchange_result"], data["result_chased_by"], data["outcome"]) == ("success", "s104", "completed")
     assert "s104" in data["review_excluded_users"]
     assert ("timer.fired", "timer") in [(k, a) for k, a, _ in case.trail()]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # accept 14:00+2 WH; the chase 10-09 10:01+2 WH; completion 1 TD from 10:20 (10-10); review
+    # 5 WD from 10-09 10:20: 10-10, Sat 10-11 (make-up working day), 10-13, 10-14, 10-15.
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 9, 30, 16)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2025, 9, 30, 15)),
+        ("chase_result", ["HZ01:counter_staff"], None, [], sh(2025, 10, 9, 12, 1)),
+        ("complete_notify", ["HZ01:counter_staff"], None, [], sh(2025, 10, 10, 10, 20)),
+        ("review_ops", ["HZ01:branch_ops_director"], None, ["user:s104"], sh(2025, 10, 15, 10, 20)),
+    ]
 
 
 def test_a_result_arriving_while_it_is_chased_closes_the_chase_and_a_resubmission_waits_again(db, rt, staff):
@@ -591,6 +741,14 @@ def test_a_result_arriving_while_it_is_chased_closes_the_chase_and_a_resubmissio
         # Resubmitted after the cut-off: T is Wednesday 06-18, the result is due Thursday 10:00.
         assert case.waiting_timers() == [("result_due", sh(2025, 6, 19, 10))]
         assert case.subscriptions() == ["retention_exchange_result"]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # The cancelled chase 10:01+2 WH; resolve 1 TD from the failure at 06-17 10:15.
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 12, 30)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("chase_result", ["HZ01:counter_staff"], None, [], sh(2025, 6, 17, 12, 1)),
+        ("resolve_failure", ["HZ01:counter_staff"], None, [], sh(2025, 6, 18, 10, 15)),
+    ]
 
 
 def test_a_calendar_correction_applies_to_waits_armed_after_the_revision_moves(db, rt, staff):
@@ -604,6 +762,16 @@ def test_a_calendar_correction_applies_to_waits_armed_after_the_revision_moves(d
     # the correction counts on the corrected calendar.
     assert before.waiting_timers() == [("result_due", sh(2025, 6, 17, 10))]
     assert after.waiting_timers() == [("result_due", sh(2025, 6, 18, 10))]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # accept 10:30+2 WH and the instructions by 15:00, both before and after the correction.
+    assert before.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 12, 30)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+    ]
+    assert after.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 12, 30)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+    ]
 
 
 def test_a_chase_time_beyond_the_known_calendar_is_flagged_in_the_case(db, rt, staff):
@@ -614,6 +782,13 @@ def test_a_chase_time_beyond_the_known_calendar_is_flagged_in_the_case(db, rt, s
         clock.move_to(sh(2027, 1, 1, 10, 1))
         firing.fire_due(db, rt)
         assert case.task_data("chase_result")["calendar_incomplete"] is True
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # accept 10:00+2 WH; the chase on 2027-01-01 (guessed working day) 10:01+2 WH.
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2026, 12, 31, 12)),
+        ("submit_instructions", ["HZ01:counter_staff"], None, [], sh(2026, 12, 31, 15)),
+        ("chase_result", ["HZ01:counter_staff"], None, [], sh(2027, 1, 1, 12, 1)),
+    ]
 
 
 # -- R6: the post-hoc review -------------------------------------------------------------------
@@ -641,6 +816,13 @@ def test_nobody_reviews_a_case_they_worked_on(db, rt, staff):
         case.do("review_ops", "s102", REVIEWED)
     assert case.data()["review_excluded_users"] == ["s104", "s110"]  # accepted_by, rejected_by
     assert case.instance().status == "completed" and case.end_state() == "X4"
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # review 5 WD from 09:30 (06-17..06-23), recusing both s110 (accepted) and s104 (rejected).
+    assert case.offers() == [
+        ("accept", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("inform_rejection", ["HZ01:counter_staff"], None, [], sh(2025, 6, 16, 13, 30)),
+        ("review_ops", ["HZ01:branch_ops_director"], None, ["user:s104", "user:s110"], sh(2025, 6, 23, 9, 30)),
+    ]
 
 
 def test_completed_cases_are_sampled_for_review_by_the_configured_rate(db, rt, staff):
@@ -654,6 +836,13 @@ def test_completed_cases_are_sampled_for_review_by_the_configured_rate(db, rt, s
     assert case.instance().status == "completed"
     assert case.own_ends() == {"end_completed", "end_review_skipped"}
     assert (case.data()["review_required"], case.open_tasks()) == (False, [])
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # The result came at 09:30: completion 1 TD from then (06-17 09:30); no review offered.
+    assert case.offers() == [
+        ("accept", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("submit_instructions", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("complete_notify", ["SX01:counter_staff"], None, [], sh(2025, 6, 17, 9, 30)),
+    ]
 
 
 # -- service functions -------------------------------------------------------------------------
@@ -835,6 +1024,14 @@ def test_a_full_closure_closes_the_account_and_ends_the_clients_open_cases(db, r
     assert closed["cases_ended"] == [
         {"business_key": "VIP-20250616-0007", "process_key": "vip_onboarding", "how": "vip_account_closed"},
         {"business_key": "CB-20250616-0077", "process_key": "callback", "how": "cancelled"}]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # completion 1 TD from 06-16 15:00; review 5 WD from then (06-17..06-23).
+    assert case.offers() == [
+        ("accept", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("submit_instructions", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("complete_notify", ["SX01:counter_staff"], None, [], sh(2025, 6, 17, 15)),
+        ("review_ops", ["SX01:branch_ops_director"], None, ["user:s302"], sh(2025, 6, 23, 15)),
+    ]
 
 
 def test_a_transfer_alone_leaves_the_account_and_the_clients_cases_as_they_were(db, rt, staff):
@@ -848,6 +1045,14 @@ def test_a_transfer_alone_leaves_the_account_and_the_clients_cases_as_they_were(
     with db.transaction() as s:
         assert s.get(ProcessInstance, callback_id).status == "running"
     assert not [k for k, _, _ in case.trail() if k == "client.account_closed"]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # completion 1 TD from 06-16 15:00; review 5 WD from then (06-17..06-23).
+    assert case.offers() == [
+        ("accept", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("submit_instructions", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+        ("complete_notify", ["SX01:counter_staff"], None, [], sh(2025, 6, 17, 15)),
+        ("review_ops", ["SX01:branch_ops_director"], None, ["user:s302"], sh(2025, 6, 23, 15)),
+    ]
 
 
 def test_the_escalations_of_the_instructions_close_when_the_instructions_are_submitted(db, rt, staff):
@@ -879,3 +1084,10 @@ def test_the_escalations_of_the_instructions_close_when_the_instructions_are_sub
         closed = s.execute(select(AuditEvent.data).where(AuditEvent.stream == f"instance:{case.instance_id}",
                                                          AuditEvent.kind == "task.escalation_closed")).scalars().all()
     assert [(c["escalated_task_id"], c["because"]) for c in closed] == [(submit.id, "completed")] * 2
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # The talk (cut off) 1 TD from 09:30; instructions by the 15:00 close.
+    assert case.offers() == [
+        ("accept", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 11, 30)),
+        ("retention_conversation", ["SX01-G1"], None, [], sh(2025, 6, 17, 9, 30)),
+        ("submit_instructions", ["SX01:counter_staff"], None, [], sh(2025, 6, 16, 15)),
+    ]

@@ -162,6 +162,11 @@ def test_an_upgrade_is_verified_by_the_clients_own_group_and_activated(db, rt, s
     trail = case.trail()
     assert trail[0][:2] == ("instance.started", "vip-monthly") and trail[-1][0] == "instance.completed"
     assert case.completions() == [("s108", "verify_welcome")]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # verify_welcome: 5 WD from the evaluation (06-03 10:00 → 06-10 10:00).
+    assert case.offers() == [
+        ("verify_welcome", ["HZ01-G2"], None, [], sh(2025, 6, 10, 10)),
+    ]
 
 
 def test_a_diamond_upgrade_is_approved_by_the_branch_head_but_not_by_one_from_the_clients_group(db, rt, staff):
@@ -182,6 +187,12 @@ def test_a_diamond_upgrade_is_approved_by_the_branch_head_but_not_by_one_from_th
     assert (data["target_tier"], data["vip_tier"], data["approval_level"]) == ("diamond", "diamond", "branch")
     assert case.handled == [("verify_welcome", ["HZ01-G2"], "s108"), ("approve_branch", ["HZ01:branch_head"], "s101")]
     assert not [e for e in case.trail() if e[1] == "s110"]  # nothing happened in 顾敏's name
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # approve_branch 3 WD from 06-04 10:00 (06-09), recusing the client's group HZ01-G2.
+    assert case.offers() == [
+        ("verify_welcome", ["HZ01-G2"], None, [], sh(2025, 6, 10, 10)),
+        ("approve_branch", ["HZ01:branch_head"], None, ["group:HZ01-G2"], sh(2025, 6, 9, 10)),
+    ]
 
 
 def test_a_nomination_needs_an_approver_who_is_not_the_nominator(db, rt, staff):
@@ -210,6 +221,14 @@ def test_a_nomination_needs_an_approver_who_is_not_the_nominator(db, rt, staff):
     data = case.data()
     assert (data["trigger"], data["is_override"], data["vip_tier"]) == ("nomination", False, "diamond")
     assert case.completions() == [("s110", "nominate"), ("s106", "verify_welcome"), ("s101", "approve_branch")]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # nominate 1 WD from 06-10 10:00; welcome 5 WD from the evaluation (06-03); approve 3 WD from
+    # 06-10 (06-13), recusing the nominator s110 and the client's group.
+    assert case.offers() == [
+        ("nominate", ["HZ01:account_manager"], None, [], sh(2025, 6, 11, 10)),
+        ("verify_welcome", ["HZ01-G1"], None, [], sh(2025, 6, 10, 10)),
+        ("approve_branch", ["HZ01:branch_head"], None, ["group:HZ01-G1", "user:s110"], sh(2025, 6, 13, 10)),
+    ]
 
 
 def test_an_override_below_the_threshold_goes_to_headquarters_and_a_rejection_changes_nothing(db, rt, staff):
@@ -230,6 +249,13 @@ def test_an_override_below_the_threshold_goes_to_headquarters_and_a_rejection_ch
     assert data["vip_tier"] == "gold" and "benefits" not in data  # nothing was activated
     assert case.registry() == ("gold", date(2025, 3, 3), None)  # as the registry had it (demo data)
     assert case.completions() == [("s108", "nominate"), ("s108", "verify_welcome"), ("s001", "approve_hq")]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # approve_hq 3 WD from 06-10 10:00 (06-13), recusing the nominator s108 and the client's group.
+    assert case.offers() == [
+        ("nominate", ["HZ01:account_manager"], None, [], sh(2025, 6, 11, 10)),
+        ("verify_welcome", ["HZ01-G2"], None, [], sh(2025, 6, 10, 10)),
+        ("approve_hq", ["hq_brokerage_mgmt"], None, ["group:HZ01-G2", "user:s108"], sh(2025, 6, 13, 10)),
+    ]
 
 
 @pytest.mark.parametrize(("client", "assets", "welcome", "who", "reason"), [
@@ -247,6 +273,8 @@ def test_advisory_benefits_are_withheld_without_a_suitability_match(db, rt, staf
         case.do("verify_welcome", who, welcome)
     assert case.end_state() == "end_activated"
     assert case.handled == [("verify_welcome", [CLIENTS[client]["service_group"]], who)]
+    # Who was offered the one step and when it was due: 5 WD from the evaluation (06-03 10:00).
+    assert case.offers() == [("verify_welcome", [CLIENTS[client]["service_group"]], None, [], sh(2025, 6, 10, 10))]
     assert case.completions() == [(who, "verify_welcome")]
     data = case.data()
     assert data["vip_tier"] == "gold" and data["advisory_benefits_enabled"] is False
@@ -284,6 +312,13 @@ def test_an_unassigned_client_with_an_expired_assessment_is_assigned_and_reasses
     data = case.data()
     assert data["service_group"] == "SX01-G1" and data["risk_assessment_valid"] is True
     assert data["advisory_benefits_enabled"] is True and "sms_weekly_picks" in data["benefits"]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # welcome 5 WD from 06-03 10:00; assign_group 3 WD (06-06); reassess_risk 10 WD (06-17).
+    assert case.offers() == [
+        ("verify_welcome", ["SX01:account_manager"], None, [], sh(2025, 6, 10, 10)),
+        ("assign_group", ["SX01:branch_head"], None, [], sh(2025, 6, 6, 10)),
+        ("reassess_risk", ["SX01:counter_staff", "SX01-G1"], None, [], sh(2025, 6, 17, 10)),
+    ]
 
 
 GRACE_START = evaluation("C07", "gold", 180_000, months_below_threshold=2, preferred_channels=["phone"])
@@ -334,6 +369,11 @@ def test_a_downgrade_follows_the_grace_period_and_the_pre_downgrade_contact(db, 
     kinds = [k for k, _, _ in case.trail()]
     assert kinds.count("timer.fired") == 2 and kinds.count("message.received") == 1
     assert case.completions() == [("s304", "pre_downgrade_contact")]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # The contact: 10 WD before the 08-01 effective date (07-18..07-31).
+    assert case.offers() == [
+        ("pre_downgrade_contact", ["SX01-G1"], None, [], sh(2025, 7, 18)),
+    ]
 
 
 def test_a_grace_period_ending_too_late_for_ten_working_days_of_notice_moves_the_downgrade_a_month(db, rt, staff):
@@ -358,6 +398,11 @@ def test_a_grace_period_ending_too_late_for_ten_working_days_of_notice_moves_the
                                                   "recording_id": "REC-VIP-8"})
         [due] = case.timers("downgrade_due")
         assert due.due_at == sh(2025, 12, 1)
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # The contact: 10 WD before the 12-01 effective date (11-17..11-28).
+    assert case.offers() == [
+        ("pre_downgrade_contact", ["SX01-G1"], None, [], sh(2025, 11, 17)),
+    ]
 
 
 def test_the_welcome_call_is_due_five_working_days_after_the_evaluation_not_after_the_case_started(db, rt, staff):
@@ -371,6 +416,11 @@ def test_the_welcome_call_is_due_five_working_days_after_the_evaluation_not_afte
         assert (welcome.due_at, welcome.due_source) == (sh(2025, 6, 10, 10), "policy")  # 5 WD from 06-03 10:00
         case.do("verify_welcome", "s108", WELCOMED)
     assert case.end_state() == "end_activated"
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # 5 WD from the evaluation at 06-03 10:00, not from the start.
+    assert case.offers() == [
+        ("verify_welcome", ["HZ01-G2"], None, [], sh(2025, 6, 10, 10)),
+    ]
 
 
 def test_no_downgrade_when_the_assets_recover_within_the_grace_period(db, rt, staff):
@@ -393,6 +443,7 @@ def test_no_downgrade_when_the_assets_recover_within_the_grace_period(db, rt, st
     assert case.registry() == ("gold", date(2024, 5, 6), None)
     assert [k for k, _, _ in case.trail() if k not in passage.KINDS] == [
         "instance.started", "message.received", "client.vip_tier", "instance.completed"]
+    assert case.offers() == []  # no step was ever offered to anyone
 
 
 def test_assets_recovering_after_the_contact_but_before_the_effective_date_cancel_the_downgrade(db, rt, staff):
@@ -407,6 +458,11 @@ def test_assets_recovering_after_the_contact_but_before_the_effective_date_cance
     assert case.end_state() == "end_recovered_notice"
     assert [t.status for t in case.timers("downgrade_due")] == ["cancelled"]
     assert case.data()["vip_tier"] == "gold"
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # The contact: 10 WD before the 07-01 effective date (06-17..06-30).
+    assert case.offers() == [
+        ("pre_downgrade_contact", ["SX01-G1"], None, [], sh(2025, 6, 17)),
+    ]
 
 
 def test_a_client_close_to_the_next_threshold_gets_a_nurturing_plan(db, rt, staff):
@@ -424,6 +480,11 @@ def test_a_client_close_to_the_next_threshold_gets_a_nurturing_plan(db, rt, staf
     assert (data["change_type"], data["prospect_target_tier"], data["prospect"]) == ("prospect", "gold", True)
     assert data["vip_tier"] == "silver"  # nothing the client sees changes
     assert case.completions() == [("s206", "nurture_plan")]
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # nurture_plan 10 WD from 06-03 10:00 (06-04..06-17).
+    assert case.offers() == [
+        ("nurture_plan", ["NB01-G2"], None, [], sh(2025, 6, 17, 10)),
+    ]
 
 
 def test_an_evaluation_without_change_ends_at_once(db, rt, staff):
@@ -432,6 +493,7 @@ def test_an_evaluation_without_change_ends_at_once(db, rt, staff):
         case.start(evaluation("C02", "diamond", 2_300_000))
     assert case.end_state() == "end_no_change"
     assert case.open_tasks() == [] and case.data()["change_type"] == "none"
+    assert case.offers() == []  # no step was ever offered to anyone
 
 
 def test_the_client_declines_at_the_welcome_call_or_by_message_during_the_approval(db, rt, staff):
@@ -450,6 +512,15 @@ def test_the_client_declines_at_the_welcome_call_or_by_message_during_the_approv
     for case in (by_form, by_message):
         assert case.end_state() == "end_declined"
         assert case.data()["vip_opt_out"] is True and "benefits" not in case.data()
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # welcome 5 WD from 06-03 10:00; the cancelled approval 3 WD from 06-03 10:00 (06-06).
+    assert by_form.offers() == [
+        ("verify_welcome", ["HZ01-G2"], None, [], sh(2025, 6, 10, 10)),
+    ]
+    assert by_message.offers() == [
+        ("verify_welcome", ["NB01-G1"], None, [], sh(2025, 6, 10, 10)),
+        ("approve_branch", ["NB01:branch_head"], None, ["group:NB01-G1"], sh(2025, 6, 6, 10)),
+    ]
 
 
 def test_closing_the_account_during_the_grace_period_ends_the_case(db, rt, staff):
@@ -462,6 +533,7 @@ def test_closing_the_account_during_the_grace_period_ends_the_case(db, rt, staff
     assert [t.status for t in case.timers("grace_expired")] == ["cancelled"]
     assert (case.data()["vip_tier"], case.data()["benefits"]) == ("none", [])
     assert case.registry() == (None, None, None)
+    assert case.offers() == []  # no step was ever offered to anyone
 
 
 def test_due_dates_are_on_working_days_counting_make_up_days(db, rt, staff):
@@ -473,6 +545,11 @@ def test_due_dates_are_on_working_days_counting_make_up_days(db, rt, staff):
     # 5 WD: Sun 09-28 is a 调休 working day (not a trading day), 10-01..08 are holidays.
     assert (welcome.due_at, welcome.calendar_incomplete) == (sh(2025, 10, 10, 10), False)
     assert welcome.at_risk_at == sh(2025, 10, 9, 10)  # 80 % of the target: 4 WD
+    # Who was offered each step (groups, preset assignee, recused) and its due date:
+    # 5 WD from 09-26 10:00: Sun 09-28 (make-up), 09-29, 09-30, 10-09, 10-10.
+    assert case.offers() == [
+        ("verify_welcome", ["HZ01-G2"], None, [], sh(2025, 10, 10, 10)),
+    ]
 
 
 def test_every_threshold_and_the_grace_period_come_from_the_defaults_or_the_start_data():
@@ -514,6 +591,7 @@ def test_the_grace_period_is_configurable_per_instance(db, rt, staff):
     data = case.data()
     assert data["downgrade_effective_at"] == "2025-12-01T00:00:00+08:00"
     assert data["downgrade_grace_months"] == 6 and data["silver_threshold"] == settings.default("vip.silver")
+    assert case.offers() == []  # no step was ever offered to anyone
 
 
 def test_the_diagram_deploys_and_has_interchange_for_every_element(rt):

@@ -3,6 +3,7 @@ inbox, then complete it as that person."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 
 from SpiffWorkflow.bpmn.specs.mixins.events.end_event import EndEvent
@@ -16,6 +17,8 @@ from engine.process import instances, messages, tasks
 from engine.process.runtime import Runtime
 
 Handled = tuple[str, list[str], str]  # (element, candidate groups, completed by)
+# (element, candidate groups, preset assignee, excluded users, due): how a step was offered.
+Offer = tuple[str, list[str], str | None, list[str], datetime | None]
 
 
 class CaseDriver:
@@ -32,6 +35,7 @@ class CaseDriver:
         self.db, self.rt, self.staff, self.key = db, rt, staff, key
         self.instance_id: int | None = None
         self.handled: list[Handled] = []
+        self._offered: dict[int, Offer] = {}  # each task as first seen open, by task id
 
     # -- reading ------------------------------------------------------------------------------
     def open_tasks(self) -> list[Task]:
@@ -40,7 +44,21 @@ class CaseDriver:
         if self.process_key is not None:
             query = query.where(Task.process_key == self.process_key)
         with self.db.transaction() as s:
-            return list(s.execute(query.order_by(Task.id)).scalars())
+            found = list(s.execute(query.order_by(Task.id)).scalars())
+        for task in found:
+            self._offered.setdefault(task.id, _offer(task))
+        return found
+
+    def offers(self) -> list[Offer]:
+        """Every user task the case reached, in the order it was created (done, open or
+        cancelled), as it was offered: (element, candidate groups, assignee, excluded, due).
+        The assignee is the one preset when the task was first seen open, not who later
+        claimed or completed it; a task never seen open is read as it is now."""
+        query = select(Task).where(Task.business_key == self.key, Task.kind == TaskKind.BPMN)
+        if self.process_key is not None:
+            query = query.where(Task.process_key == self.process_key)
+        with self.db.transaction() as s:
+            return [self._offered.get(t.id) or _offer(t) for t in s.execute(query.order_by(Task.id)).scalars()]
 
     def open_task(self) -> Task:
         (task,) = self.open_tasks()
@@ -104,3 +122,8 @@ class CaseDriver:
                                payload=payload or {})
         if self.never_fails:
             self.assert_not_failed()
+
+
+def _offer(task: Task) -> Offer:
+    return (task.element_id, list(task.candidate_groups or []), task.assignee, sorted(task.excluded or []),
+            task.due_at)
