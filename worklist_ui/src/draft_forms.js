@@ -24,6 +24,7 @@ export function startForms(section, root) {
   let current = "";
   let timer = null;
   let sequence = 0;
+  let opening = 0;
 
   function say(target, words, kind) {
     target.textContent = words;
@@ -71,8 +72,13 @@ export function startForms(section, root) {
 
   async function open(key) {
     if (!key) return;
+    // Only the form asked for last may fill the editor: an earlier answer arriving late (the
+    // page's first load racing the owner's choice) would put another form's text under this
+    // key, or undo what the owner has typed since.
+    const mine = ++opening;
     const answer = await fetch(formUrl(key), { credentials: "same-origin" });
     const data = await answer.json();
+    if (mine !== opening) return;
     if (!answer.ok) { say(message, data.message, "error"); return; }
     text.value = data.text;
     dirty = false;
