@@ -50,6 +50,15 @@ def server(app: Any, demo_cases_loaded: dict[str, str]) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@pytest.fixture
+def quiet_page(page: Any, server: str) -> Iterator[None]:
+    """Leave the page on about:blank before the server and its database go: the modeler
+    keeps asking the server (lint lists, expression checks) after a test's last step, and a
+    request served while the database is disposed keeps a connection nobody closes."""
+    yield
+    page.goto("about:blank")
+
+
 def sign_in(page: Any, server: str, username: str, password: str = "demo") -> None:
     page.goto(f"{server}/login")
     page.fill("#username", username)

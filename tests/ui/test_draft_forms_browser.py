@@ -13,6 +13,7 @@ import os
 import zipfile
 from pathlib import Path
 
+import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
@@ -20,6 +21,8 @@ from engine.process import deployments, drafts
 from tests.ui.conftest import SCREENSHOTS, sign_in
 from tests.ui.test_owners import _actor
 from tests.ui.test_owners_browser import _field, _select
+
+pytestmark = pytest.mark.usefixtures("quiet_page")
 
 
 def _serious(page: Page) -> list[tuple[str, str, str]]:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
 from engine.models import ProcessVersion
 from tests.ui.conftest import screenshot, sign_in
+
+pytestmark = pytest.mark.usefixtures("quiet_page")
 
 
 def _serious(page: Page) -> list[tuple[str, str, str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
@@ -16,6 +17,8 @@ from engine.process import tasks
 from tests.ui.conftest import screenshot, sign_in
 from tests.ui.test_owners import _actor, _register_data, _start_complaint
 from tests.ui.test_owners_browser import _field, _select, _serious
+
+pytestmark = pytest.mark.usefixtures("quiet_page")
 
 
 def _case(db, business_key):
