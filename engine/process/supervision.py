@@ -6,6 +6,8 @@ candidate only."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -48,16 +50,11 @@ def remind(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reason:
     now = rt.now()
     step = task.name or task.element_id
     when = f"{task.due_at.astimezone(SHANGHAI):%Y-%m-%d %H:%M}" if task.due_at else None
-    # One language per recipient (their page language, Chinese unless they chose English).
-    for username, language in languages(session, recipients).items():
-        if language == "en":
-            subject = f"[{task.business_key}] {step}: a reminder from {actor.username}"
-            body = f"{actor.username}: {text} ({step}{f', due {when} Beijing time' if when else ''})"
-        else:
-            subject = f"[{task.business_key}] {step}：督办提醒"
-            body = f"{actor.username} 督办：{text}（{step}{f'，{when} 到期' if when else ''}）"
-        session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
-                                 instance_id=task.instance_id, task_id=task.id, created_at=now, attempts=0))
+    _tell(session, recipients, task=task, about=task.id, now=now, texts={
+        "en": (f"[{task.business_key}] {step}: a reminder from {actor.username}",
+               f"{actor.username}: {text} ({step}{f', due {when} Beijing time' if when else ''})"),
+        "zh": (f"[{task.business_key}] {step}：督办提醒",
+               f"{actor.username} 督办：{text}（{step}{f'，{when} 到期' if when else ''}）")})
     record_instance_event(session, _case(session, task), kind="task.reminded", actor=actor.username, at=now,
                           task_uuid=task.task_uuid, data={"task_id": task.id, "reason": text, "to": recipients})
     return recipients
@@ -107,20 +104,26 @@ def escalate(session: Session, rt: Runtime, *, task_id: int, actor: Actor, reaso
     now = rt.now()
     escalation = open_escalation(session, instance, task, groups, now)
     step = task.name or task.element_id
-    for username, language in languages(session, recipients).items():
-        if language == "en":
-            subject = f"[{task.business_key}] {step}: escalated by {actor.username}"
-            body = f"{actor.username} escalated {step} to you: {text}"
-        else:
-            subject = f"[{task.business_key}] {step}：升级督办"
-            body = f"{actor.username} 将「{step}」升级给您：{text}"
-        session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
-                                 instance_id=task.instance_id, task_id=escalation.id, created_at=now, attempts=0))
+    _tell(session, recipients, task=task, about=escalation.id, now=now, texts={
+        "en": (f"[{task.business_key}] {step}: escalated by {actor.username}",
+               f"{actor.username} escalated {step} to you: {text}"),
+        "zh": (f"[{task.business_key}] {step}：升级督办", f"{actor.username} 将「{step}」升级给您：{text}")})
     record_instance_event(session, instance, kind="task.escalated", actor=actor.username, at=now,
                           task_uuid=task.task_uuid,
                           data={"task_id": task.id, "escalation_task_id": escalation.id, "to": groups,
                                 "reason": text})
     return escalation
+
+
+def _tell(session: Session, recipients: list[str], *, task: Task, about: int, now: datetime,
+          texts: dict[str, tuple[str, str]]) -> None:
+    """A notification to each recipient in their language (the one they chose for the pages,
+    Chinese unless English): ``texts`` holds (subject, body) by language; ``about`` is the
+    task the notice links to."""
+    for username, language in languages(session, recipients).items():
+        subject, body = texts[language]
+        session.add(Notification(channel="default", recipient=username, subject=subject, body=body,
+                                 instance_id=task.instance_id, task_id=about, created_at=now, attempts=0))
 
 
 def _open_task(session: Session, task_id: int, actor: Actor, refusal: str) -> Task:
