@@ -75,10 +75,16 @@ export function startForms(section, root) {
     // Only the form asked for last may fill the editor: an earlier answer arriving late (the
     // page's first load racing the owner's choice) would put another form's text under this
     // key, or undo what the owner has typed since.
+    // The editor is read-only until the chosen form is in it, so nothing typed meanwhile is
+    // replaced by the form's text when it arrives.
     const mine = ++opening;
+    text.readOnly = true;
+    section.setAttribute("aria-busy", "true");
     const answer = await fetch(formUrl(key), { credentials: "same-origin" });
     const data = await answer.json();
     if (mine !== opening) return;
+    text.readOnly = false;
+    section.removeAttribute("aria-busy");
     if (!answer.ok) { say(message, data.message, "error"); return; }
     text.value = data.text;
     dirty = false;
