@@ -10,6 +10,7 @@ text, so the deploy lint refuses a form that uses one (:func:`unchecked_formats`
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
@@ -48,16 +49,21 @@ def declared_fields(schema: Any) -> set[str] | None:
     cannot carry variables the process owner never put on the form."""
     if not isinstance(schema, dict) or any(key in schema for key in _OPEN_KEYWORDS):
         return None
-    names: set[str] = set()
+    return {name for part in _parts(schema, ("if", "then", "else")) for name in part.get("properties") or {}}
+
+
+def _parts(schema: Any, also: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """``schema`` and every sub-schema under its ``allOf``/``anyOf``/``oneOf`` lists and under
+    the single-schema keywords ``also`` names, at any depth (what is not an object is passed
+    over): the places a form's fields can be declared or tested."""
     parts = [schema]
     while parts:
         part = parts.pop()
         if not isinstance(part, dict):
             continue
-        names.update(part.get("properties") or {})
+        yield part
         parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
-        parts += [part[key] for key in ("if", "then", "else") if key in part]
-    return names
+        parts += [part[key] for key in also if key in part]
 
 
 def shape_problems(schema: Any) -> list[str]:
@@ -121,31 +127,16 @@ def _input_fields(schema: dict[str, Any]) -> set[str]:
     """The fields a form has inputs for: ``properties`` at the top and in its ``allOf``/
     ``anyOf``/``oneOf`` parts and their ``then``/``else``, but not the names an ``if`` only
     tests (those are what is being checked)."""
-    names: set[str] = set()
-    parts: list[Any] = [schema]
-    while parts:
-        part = parts.pop()
-        if not isinstance(part, dict):
-            continue
-        names.update(part.get("properties") or {})
-        parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
-        parts += [part[key] for key in ("then", "else") if key in part]
-    return names
+    return {name for part in _parts(schema, ("then", "else")) for name in part.get("properties") or {}}
 
 
 def _condition_names(condition: Any) -> set[str]:
     """The field names an ``if`` tests: its ``properties`` and ``required``, also under
     ``not``, ``allOf``, ``anyOf`` and ``oneOf``."""
     names: set[str] = set()
-    parts = [condition]
-    while parts:
-        part = parts.pop()
-        if not isinstance(part, dict):
-            continue
+    for part in _parts(condition, ("not",)):
         names.update(part.get("properties") or {})
         names.update(n for n in part.get("required") or [] if isinstance(n, str))
-        parts += [part["not"]] if "not" in part else []
-        parts += [child for key in ("allOf", "anyOf", "oneOf") for child in part.get(key) or []]
     return names
 
 
