@@ -47,6 +47,7 @@ ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/api/v1/processes"): (),
     ("get", "/api/v1/processes/{process_key}/versions"): (404,),
     ("get", "/api/v1/processes/{process_key}/versions/{version}/bpmn"): (404,),
+    ("post", "/api/v1/processes/{process_key}/versions/{version}/redeploy"): _WRITE,
     ("get", "/api/v1/processes/{process_key}/diff"): (403, 404),
     ("post", "/api/v1/processes/{process_key}/diff"): (403, 404),
     ("post", "/api/v1/processes/{process_key}/migrations"): (403, 404, 503),

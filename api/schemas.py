@@ -178,6 +178,8 @@ class VersionOut(Schema):
         "every start event of the process: kind none (POST /processes/{key}/instances), "
         "message (POST /messages with the message name) or timer")})
     created_at = fields.DateTime()
+    redeployed_from = fields.Integer(allow_none=True, metadata={
+        "description": "a rollback: the earlier version whose diagram and forms this one deploys again"})
 
 
 class DeployedOut(VersionOut):
@@ -186,6 +188,13 @@ class DeployedOut(VersionOut):
 
 class DeployOut(Schema):
     versions = fields.List(fields.Nested(DeployedOut))
+
+
+class RedeployIn(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500),
+                           metadata={"description": "why the earlier version comes back (audited)"})
+    if_latest = fields.Integer(load_default=None, validate=validate.Range(min=1), metadata={
+        "description": "the latest version the caller saw when deciding; another deployed since: 409"})
 
 
 class ProblemOut(Schema):

@@ -154,6 +154,21 @@ class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 
 
+class VersionConflict(Conflict):
+    """A deploy meant for the latest version the caller saw, when another was deployed since
+    (or a rollback to the version that already is the latest): refused, nothing stored."""
+
+    code = "version_conflict"
+
+    def __init__(self, process_key: str, *, seen: int, latest: Any, message: str | None = None) -> None:
+        number = latest.version if latest is not None else 0
+        if message is None:
+            message = (f"{process_key} is at version {number} now, not version {seen} as when you looked: "
+                       "look at what changed, then decide again")
+        super().__init__(message, latest_version=number)
+        self.latest_version = number
+
+
 # -- bad input ---------------------------------------------------------------------------
 class InvalidInput(BpmError):
     code = "invalid_input"

@@ -184,6 +184,8 @@ class ProcessVersion(Base):
     business_key_format: Mapped[str | None] = mapped_column(String(128))
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # A rollback: the earlier version whose diagram and forms this one deploys again.
+    redeployed_from: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (UniqueConstraint("process_key", "version", name="uq_process_version"),)
 

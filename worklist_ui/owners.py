@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template, request, url_for
+from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext
 from flask_login import login_required
 
@@ -22,7 +22,7 @@ from api.errors import status_for
 from engine import errors
 from engine.access.masking import mask_text
 from engine.bpmn.parser import MAX_BPMN_BYTES
-from engine.process import catalogue, drafts
+from engine.process import catalogue, deployments, drafts, version_diff
 from worklist_ui.i18n import beijing
 from worklist_ui.session import actor
 
@@ -39,6 +39,8 @@ def install(pages: Blueprint) -> None:
         ("/processes/<string:key>/draft/deploy", "draft_deploy", draft_deploy, ["POST"]),
         ("/processes/<string:key>/draft/export.zip", "draft_export", draft_export, ["GET"]),
         ("/processes/<string:key>/versions/<int:version>/export.zip", "version_export", version_export, ["GET"]),
+        ("/processes/<string:key>/versions/<int:version>/redeploy", "version_redeploy", version_redeploy,
+         ["GET", "POST"]),
     ]
     for rule, endpoint, view, methods in routes:
         pages.add_url_rule(rule, endpoint=endpoint, view_func=login_required(view), methods=methods)
@@ -202,3 +204,55 @@ def version_export(key: str, version: int) -> Any:
     with ctx.db.transaction() as db:
         name, data = drafts.export(db, key, version=version, actor=actor())
     return _zip(name, data)
+
+
+# -- rolling back ------------------------------------------------------------------------------
+def version_redeploy(key: str, version: int) -> Any:
+    """Roll back: a page that shows what deploying ``version`` again changes against the
+    latest version and whether today's lint accepts it, then deploys it with a reason
+    (``deployments.redeploy``, the API's service)."""
+    ctx = bpm()
+    person = actor()
+    refusal: errors.BpmError | None = None
+    reason = ""
+    if request.method == "POST":
+        reason = request.form.get("reason", "")
+        seen = request.form.get("if_latest", "")
+        try:
+            with ctx.db.transaction() as db:
+                deployed = deployments.redeploy(db, ctx.runtime, key, version, actor=person, reason=reason,
+                                                if_latest=int(seen) if seen.isdigit() else None)
+                number, created = deployed.version.version, deployed.created
+            flash(gettext("Version %(old)d deployed again as version %(num)d: new cases start on it",
+                          old=version, num=number) if created
+                  else gettext("Version %(num)d already has this content: no new version", num=number))
+            return redirect(url_for("pages.process", key=key), 303)
+        except errors.BpmError as exc:
+            if isinstance(exc, (errors.PermissionDenied, errors.NotFound)):
+                raise
+            refusal = exc
+    with ctx.db.transaction() as db:
+        found = catalogue.get(db, key, actor=person)
+        chosen = deployments.get_version(db, key, version)
+        problems = deployments.redeploy_check(db, ctx.runtime, key, version, actor=person)
+        latest, _, changes = version_diff.diff(db, ctx.runtime, key, actor=person, version=version)
+    row = next(v for v in found.versions if v.version == version)
+    page = render_template("redeploy.html", process=found, chosen=row, forms=sorted(chosen.forms or {}),
+                           latest=latest, changes=changes, problems=problems, reason=reason,
+                           refusal=_redeploy_refusal(refusal, version) if refusal else None)
+    return (page, status_for(refusal)) if refusal else page
+
+
+def _redeploy_refusal(exc: errors.BpmError, version: int) -> str:
+    """The refusal in the reader's language; the engine's own words for the rest."""
+    if isinstance(exc, errors.VersionConflict):
+        if exc.latest_version == version:
+            return gettext("Version %(num)d is the latest version: new cases already start on it", num=version)
+        return gettext("Version %(num)d was deployed after you opened this page: look at what changes now, "
+                       "then decide again", num=exc.latest_version)
+    if isinstance(exc, errors.DeploymentRejected):
+        return gettext("Refused: %(num)d problem(s); nothing was saved.", num=len(exc.problems))
+    if exc.details.get("field") == "reason":
+        return gettext("State why the earlier version comes back (at most %(num)d characters): it is audited",
+                       num=deployments.MAX_REASON)
+    return mask_text(exc.message)

@@ -742,4 +742,36 @@ ZH = {
         "日历尚未收录 %(year)d 年：用到该年日期的截止时间暂按周一至周五为工作日计算，并标记为日历不完整。",
     "The file is too large for a year's notice": "文件过大，不像是一年的放假安排通知",
     "on %(day)s": "周%(day)s",
+    "Roll back": "回退",
+    "Cancel": "取消",
+    "Latest: new cases start on it": "最新版本：新案件从此版本启动",
+    "Deploy again…": "重新部署…",
+    "(version %(num)d deployed again)": "（版本 %(num)d 的重新部署）",
+    "Deploy version %(num)d again": "重新部署版本 %(num)d",
+    "Roll back %(name)s: deploy version %(num)d again": "回退%(name)s：重新部署版本 %(num)d",
+    ("Version %(num)d's diagram and forms are deployed again as the next version, checked by the same lint as "
+     "any deploy and recorded in the audit trail with your reason. New cases start on it; running cases stay on "
+     "their versions (move them on the page for moving running cases)."):
+        "版本 %(num)d 的流程图和表单将作为下一个版本重新部署，经过与任何部署相同的检查，"
+        "并连同您填写的原因记入审计日志。"
+        "新案件从新版本启动；运行中的案件仍留在原版本（如需迁移，请到“迁移运行中的案件”页面）。",
+    "Latest version now": "当前最新版本",
+    "%(num)d form(s)": "%(num)d 个表单",
+    "What deploying version %(num)d again changes against version %(old)d":
+        "重新部署版本 %(num)d 相对版本 %(old)d 的变化",
+    "Today's deploy check": "按当前规则的部署检查",
+    ("Version %(num)d would be refused today: fix it in the draft instead (export its zip here, import it into "
+     "the draft, correct it, deploy)."):
+        "按当前规则，版本 %(num)d 无法部署：请改在草稿中修正（在此导出其压缩包，导入草稿，修改后再部署）。",
+    "No problems: this version can be deployed again": "没有问题：此版本可以重新部署",
+    "Why does version %(num)d come back? (audited)": "为什么恢复版本 %(num)d？（记入审计日志）",
+    "Version %(old)d deployed again as version %(num)d: new cases start on it":
+        "版本 %(old)d 已重新部署为版本 %(num)d：新案件从此版本启动",
+    "Version %(num)d already has this content: no new version": "版本 %(num)d 已是相同内容：未产生新版本",
+    "Version %(num)d is the latest version: new cases already start on it":
+        "版本 %(num)d 就是最新版本：新案件已从此版本启动",
+    ("Version %(num)d was deployed after you opened this page: look at what changes now, then decide again"):
+        "在您打开此页面之后，版本 %(num)d 已部署：请查看现在的变化后重新决定",
+    "State why the earlier version comes back (at most %(num)d characters): it is audited":
+        "请填写恢复早期版本的原因（最多 %(num)d 个字符）：将记入审计日志",
 }

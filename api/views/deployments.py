@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 
 from api.auth import current_actor
 from api.context import bpm
-from api.schemas import CheckOut, DeployOut, DeployQuery, VersionOut
+from api.schemas import CheckOut, DeployedOut, DeployOut, DeployQuery, RedeployIn, VersionOut
 from engine.bpmn import bundle as bundles
 from engine.errors import InvalidInput
 from engine.process import deployments
@@ -122,3 +122,24 @@ class ProcessVersionDiagram(MethodView):
         with ctx.db.transaction() as session:
             xml = deployments.get_version(session, process_key, version).bpmn_xml
         return Response(xml, mimetype="application/xml")
+
+
+@blp.route("/processes/<string:process_key>/versions/<int:version>/redeploy")
+class ProcessVersionRedeploy(MethodView):
+    @blp.arguments(RedeployIn)
+    @blp.response(201, DeployedOut)
+    @blp.alt_response(200, schema=DeployedOut, description="the latest version already has this content: "
+                      "no new version (created false)")
+    def post(self, body: dict[str, Any], process_key: str, version: int) -> Any:
+        """Roll back: deploy an earlier version's diagram and forms again, as the next version
+        (process owners). The same lint as any deploy (422 ``deployment_invalid`` when, say, a
+        candidate group it names was removed since) and the same audit event, naming the
+        version it came from and the reason. Running cases stay on their versions. 409 when
+        ``version`` is the latest, or when ``if_latest`` is not the latest any more."""
+        ctx = bpm()
+        actor = current_actor()
+        with ctx.db.transaction() as session:
+            result = deployments.redeploy(session, ctx.runtime, process_key, version, actor=actor,
+                                          reason=body["reason"], if_latest=body["if_latest"])
+            out = {**{f: getattr(result.version, f) for f in VersionOut().fields}, "created": result.created}
+        return out, 201 if result.created else 200

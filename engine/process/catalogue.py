@@ -35,6 +35,8 @@ class VersionRow:
     running: int
     failed: int
     start_messages: list[str]
+    # A rollback: the earlier version this one deploys again.
+    redeployed_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def _summaries(session: Session, process_key: str | None) -> list[ProcessSummary
             version=version.version, name=version.name, deployed_by=deployment.deployed_by,
             deployed_at=version.created_at, running=by_version.get((version.id, InstanceStatus.RUNNING), 0),
             failed=by_version.get((version.id, InstanceStatus.FAILED), 0),
-            start_messages=list(version.start_messages or [])))
+            start_messages=list(version.start_messages or []), redeployed_from=version.redeployed_from))
     return list(summaries.values())
 
 

@@ -21,7 +21,14 @@ from engine.bpmn import lint as linter
 from engine.bpmn.bundle import Bundle
 from engine.bpmn.parser import PAYLOAD_FORM, ParsedProcess, camunda_of, parse_files, properties_of
 from engine.bpmn.serializer import dump_spec
-from engine.errors import DeploymentRejected, PermissionDenied, Problem, ProcessNotFound
+from engine.errors import (
+    DeploymentRejected,
+    InvalidInput,
+    PermissionDenied,
+    Problem,
+    ProcessNotFound,
+    VersionConflict,
+)
 from engine.models import Deployment, ProcessVersion
 from engine.process.runtime import Runtime
 
@@ -115,12 +122,21 @@ def lint(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> list
     return check(session, rt, bundle)[1]
 
 
-def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> list[DeployedVersion]:
-    """Store a new version of each process whose XML or forms changed; all or nothing."""
+def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor, only: str | None = None,
+           if_latest: int | None = None, redeployed_from: int | None = None,
+           audit: dict[str, Any] | None = None) -> list[DeployedVersion]:
+    """Store a new version of each process whose XML or forms changed; all or nothing.
+
+    ``only`` deploys that one process of the bundle (a file may hold several);
+    ``if_latest`` refuses (VersionConflict) when that process's latest version is no longer
+    the one the caller saw; ``redeployed_from`` marks the new version as that earlier one
+    deployed again; ``audit`` adds to each ``process.deployed`` event."""
     require_deployer(actor)
     processes, problems = check(session, rt, bundle)
     if problems:
         raise DeploymentRejected(problems)
+    if only is not None:
+        processes = [p for p in processes if p.key == only]
     now = rt.now()
     deployment: Deployment | None = None
     results = []
@@ -129,7 +145,9 @@ def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> li
         digest = hashlib.sha256(
             process.xml.encode() + json.dumps(forms, sort_keys=True).encode()
         ).hexdigest()
-        latest = latest_version(session, process.key)
+        latest = _latest_serialized(session, process.key)
+        if if_latest is not None and (latest.version if latest else 0) != if_latest:
+            raise VersionConflict(process.key, seen=if_latest, latest=latest)
         if latest is not None and latest.sha256 == digest:
             results.append(DeployedVersion(latest, created=False))
             continue
@@ -145,16 +163,72 @@ def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor) -> li
             forms=forms, start_messages=_start_messages(process),
             start_routes=start_routes(process), starter_groups=process.starter_groups,
             report_variables=process.report_variables, business_key_format=process.business_key_format,
-            sha256=digest, created_at=now,
+            sha256=digest, created_at=now, redeployed_from=redeployed_from,
         )
         session.add(version)
         session.flush()
         record_system_event(session, kind="process.deployed", actor=actor.username, at=now,
                             data={"process_key": version.process_key, "version": version.version,
                                   "version_id": version.id, "sha256": digest,
-                                  "deployment_id": deployment.id})
+                                  "deployment_id": deployment.id,
+                                  **({"redeployed_from": redeployed_from} if redeployed_from else {}),
+                                  **(audit or {})})
         results.append(DeployedVersion(version, created=True))
     return results
+
+
+def _latest_serialized(session: Session, process_key: str) -> ProcessVersion | None:
+    """The latest version, read after any deploy of the same process in flight has finished:
+    locking the latest row makes a second deployer wait for the first's commit, and the
+    fresh read then sees the version it stored, so both never number theirs alike."""
+    session.execute(select(ProcessVersion.id).where(ProcessVersion.process_key == process_key)
+                    .order_by(ProcessVersion.version.desc()).limit(1).with_for_update())
+    return latest_version(session, process_key)
+
+
+MAX_REASON = 500
+
+
+def redeploy(session: Session, rt: Runtime, process_key: str, version: int, *, actor: Actor, reason: str,
+             if_latest: int | None = None) -> DeployedVersion:
+    """Roll back: deploy an earlier version's diagram and forms again as the next version, so
+    new cases start on what it did. Checked by the same lint as any deploy (a candidate
+    group or service removed since refuses it, with the problems) and audited the same way,
+    with the version it came from and the reason. Running cases stay on their versions;
+    moving them is a migration. ``if_latest`` is the latest version the owner saw when
+    deciding: a deploy since then refuses it."""
+    require_deployer(actor)
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("a rollback states its reason (it is audited)", field="reason")
+    if len(reason) > MAX_REASON:
+        raise InvalidInput(f"the reason is longer than {MAX_REASON} characters", field="reason")
+    chosen = get_version(session, process_key, version)
+    latest = get_latest(session, process_key)
+    if chosen.version == latest.version:
+        raise VersionConflict(process_key, seen=version, latest=latest,
+                              message=f"version {version} is the latest version of {process_key}: "
+                                      "new cases already start on it")
+    results = deploy(session, rt, _bundle_of(chosen), actor=actor, only=process_key, if_latest=if_latest,
+                     redeployed_from=version, audit={"reason": reason})
+    return next(r for r in results if r.version.process_key == process_key)
+
+
+def redeploy_check(session: Session, rt: Runtime, process_key: str, version: int, *,
+                   actor: Actor) -> list[Problem]:
+    """What would refuse deploying ``version`` again today (a candidate group or a service
+    removed since, a rule the lint gained), storing nothing: the rollback page shows it
+    before the owner decides."""
+    require_deployer(actor)
+    chosen = get_version(session, process_key, version)
+    return check(session, rt, _bundle_of(chosen))[1]
+
+
+def _bundle_of(version: ProcessVersion) -> Bundle:
+    bundle = Bundle(name=f"{version.process_key} v{version.version} again")
+    bundle.bpmn[version.source_file] = version.bpmn_xml.encode("utf-8")
+    bundle.forms.update(version.forms or {})
+    return bundle
 
 
 def latest_version(session: Session, process_key: str) -> ProcessVersion | None:

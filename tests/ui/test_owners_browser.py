@@ -121,3 +121,33 @@ def test_a_second_owners_stale_save_gets_the_conflict_and_overwrites_nothing(pag
         assert stored is not None and stored.saved_by == "s102"
         assert 'camunda:candidateGroups="call_center_agent"' in stored.bpmn_xml
         assert "hq_complaint_dept" not in stored.bpmn_xml.split('id="register"')[1].split(">")[0]
+
+
+def test_an_owner_rolls_version_2_back_to_version_1_and_new_cases_start_on_its_diagram(page: Page, server, db,
+                                                                                      rt, demo_cases_loaded):
+    from engine.process import deployments
+    from tests.ui.test_owners import _start_complaint
+    from tests.ui.test_owners_rollback import deploy_version_2
+
+    _, _, v1_groups = _start_complaint(db, rt, "CMP-20261125-0911")
+    deploy_version_2(db, rt)
+    sign_in(page, server, "s001")
+    page.goto(f"{server}/processes/complaint")
+    expect(page.locator("tr[data-version='2'] [data-redeploy]")).to_have_count(0)  # the latest
+    page.locator("tr[data-version='1'] [data-redeploy]").click()
+    expect(page.locator("h1")).to_contain_text("重新部署版本 1")
+    expect(page.locator("#version-changes li[data-element-id='register']")).to_contain_text("hq_complaint_dept")
+    expect(page.locator("#redeploy-ok")).to_be_visible()
+    assert _serious(page) == []
+    page.fill("#redeploy-reason", "总部集中登记试行结束，恢复营业部登记")
+    screenshot(page, "owner-rollback")
+    page.click("button:has-text('重新部署版本 1')")
+    page.wait_for_url(f"{server}/processes/complaint")
+    expect(page.locator(".flash")).to_contain_text("版本 1 已重新部署为版本 3")
+    expect(page.locator("tr[data-version='3']")).to_contain_text("版本 1 的重新部署")
+    assert _serious(page) == []
+
+    version_id, _, groups = _start_complaint(db, rt, "CMP-20261125-0912")
+    with db.transaction() as s:
+        assert version_id == deployments.get_version(s, "complaint", 3).id
+    assert groups == v1_groups and groups != ["hq_complaint_dept"]
