@@ -177,3 +177,32 @@ def _wait_until_blocked_on_a_lock(db, attempts: int = 500) -> None:
             return
         threading.Event().wait(0.01)
     raise AssertionError("the second start never blocked on the first one's row")
+
+
+def test_two_owners_deploying_one_process_at_once_get_consecutive_versions(db, rt, people):
+    """The second deploy waits for the first's commit and numbers its version after it: without
+    the wait both would take version 2 and one would fail on the unique number."""
+    from engine.process import deployments
+    from tests.conftest import deploy_fixture
+    from tests.process.test_deploy import _review_changed
+
+    deploy_fixture(db, rt, "review", people.owner)
+    outcome: dict[str, Any] = {}
+
+    def other() -> None:
+        try:
+            with db.transaction() as s:
+                outcome["theirs"] = [d.version.version for d in deployments.deploy(
+                    s, rt, _review_changed(**{"P15D": "P5D"}), actor=people.owner)]
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=other)
+    with db.transaction() as first:
+        mine = [d.version.version for d in deployments.deploy(
+            first, rt, _review_changed(**{"P15D": "P10D"}), actor=people.owner)]
+        thread.start()
+        _wait_until_blocked_on_a_lock(db)
+    thread.join(timeout=30)
+    assert "error" not in outcome, outcome.get("error")
+    assert (mine, outcome["theirs"]) == ([2], [3])
