@@ -278,6 +278,9 @@ class Task(Base):
     # SLA clock (engine.sla.clock): where the due date came from, the clock's start, pauses.
     due_source: Mapped[str | None] = mapped_column(String(16))
     sla_policy_id: Mapped[int | None] = mapped_column(ForeignKey("bpm_sla_policy.id"))
+    # The step's own choice of policy (its ``slaPolicy`` property), kept so a recompute after
+    # a policy change chooses as the task's creation did.
+    sla_policy_key: Mapped[str | None] = mapped_column(String(128))
     sla_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sla_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Total wall-clock time the clock was paused ("waiting for client").

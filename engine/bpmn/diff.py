@@ -17,7 +17,7 @@ from typing import Any
 
 from lxml import etree
 
-from engine.bpmn.parser import parse_xml
+from engine.bpmn.parser import SLA_POLICY, parse_xml
 
 BPMN = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 CAMUNDA = "http://camunda.org/schema/1.0/bpmn"
@@ -114,9 +114,10 @@ class VersionDiff:
         return {c.element_id: c for c in self.changes}
 
 
-# (element id, lane name) -> the SLA policy keys that would time the step, in the order they
-# are tried; given by the caller, who has the policies.
-PolicyLookup = Callable[[str, str | None], list[str]]
+# (element id, lane name, the policy the step names in its slaPolicy property) -> the SLA
+# policy keys that would time the step, in the order they are tried; given by the caller,
+# who has the policies.
+PolicyLookup = Callable[[str, str | None, str | None], list[str]]
 
 
 def compare(process_key: str, before_xml: str | bytes, after_xml: str | bytes, *,
@@ -140,8 +141,9 @@ def compare(process_key: str, before_xml: str | bytes, after_xml: str | bytes, *
                 changes.append(FieldChange("form", form_key, form_key, Words(
                     "；".join(w.zh for w in form_words), "; ".join(w.en for w in form_words))))
         if policies is not None and facts["type"] == "userTask":
-            was = ", ".join(policies(element_id, old[element_id].get("lane"))) or None
-            now = ", ".join(policies(element_id, facts.get("lane"))) or None
+            before = old[element_id]
+            was = ", ".join(policies(element_id, before.get("lane"), before.get(f"property:{SLA_POLICY}"))) or None
+            now = ", ".join(policies(element_id, facts.get("lane"), facts.get(f"property:{SLA_POLICY}"))) or None
             if was != now:
                 changes.append(FieldChange("sla", was, now))
         if changes:

@@ -32,6 +32,7 @@ from engine.bpmn.parser import (
     RECUSAL_SCOPE,
     RECUSAL_SCOPES,
     SEPARATE_FROM,
+    SLA_POLICY,
     STEP_WRITABLE_VARIABLES,
     WRITES_ENGINE_VARIABLES,
     ParsedProcess,
@@ -76,7 +77,10 @@ def lint(
     services: ServiceRegistry,
     allow_scripts: bool,
     known_groups: Collection[str] | None,
+    known_policies: Collection[str] | None = None,
 ) -> list[Problem]:
+    """Every problem of ``processes``. ``known_groups`` and ``known_policies`` (the active SLA
+    policies' keys) are None when no database is at hand: names are then not checked."""
     problems: list[Problem] = []
     for process in processes:
         specs = [process.spec, *process.subprocess_specs.values()]
@@ -123,13 +127,14 @@ def lint(
                     continue  # SpiffWorkflow's internal Start/End/split specs
                 _lint_task(task_spec, element, report, check_expr, forms=forms, services=services,
                            evaluator=evaluator, allow_scripts=allow_scripts,
-                           known_groups=known_groups)
+                           known_groups=known_groups, known_policies=known_policies)
     return problems
 
 
 def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
                forms: dict[str, Any], services: ServiceRegistry, evaluator: SafeEvaluator,
-               allow_scripts: bool, known_groups: Collection[str] | None) -> None:
+               allow_scripts: bool, known_groups: Collection[str] | None,
+               known_policies: Collection[str] | None) -> None:
     scripts = []
     if isinstance(task_spec, ScriptTask):
         scripts.append(("script task", task_spec.script or ""))
@@ -150,6 +155,11 @@ def _lint_task(task_spec: Any, element: str, report: Any, check_expr: Any, *,
     if payload_form is not None and payload_form not in forms:
         report(element, f"property {PAYLOAD_FORM!r}: form {payload_form!r} not found: add forms/{payload_form}.json "
                         "to the bundle")
+
+    policy = properties_of(task_spec).get(SLA_POLICY)
+    if policy is not None and known_policies is not None and policy not in known_policies:
+        report(element, f"property {SLA_POLICY!r}: SLA policy {policy!r} does not exist or is not active: "
+                        "create or activate it on the SLA policies page, or fix the key")
 
     camunda = camunda_of(task_spec)
     for attr in _EXPRESSION_ATTRIBUTES:

@@ -102,6 +102,10 @@ def exclusion_parts(raw: str) -> list[str]:
     return _ONE_EXPRESSION.findall(raw) if _SEVERAL_EXPRESSIONS.match(raw) else [raw] if raw else []
 
 
+# On a user task: the key of the SLA policy that times it, chosen in the diagram instead of by
+# the policies' matching rules (process, step, lane, priority, case data). A policy that has
+# been deactivated since falls back to those rules; the deploy refuses a key no active policy has.
+SLA_POLICY = "slaPolicy"
 # On a message catch event or receive task: the payload fields that become case variables.
 PAYLOAD_VARIABLES = "payloadVariables"
 # On a message catch event or receive task: a form of the bundle the payload must satisfy, so

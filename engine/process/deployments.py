@@ -53,6 +53,7 @@ def check(session: Session | None, rt: Runtime, bundle: Bundle) -> tuple[list[Pa
             processes, forms=bundle.forms, evaluator=rt.evaluator, services=rt.services,
             allow_scripts=rt.settings.allow_script_tasks,
             known_groups=group_keys(session) if session is not None else None,
+            known_policies={p.key for p in rt.policies.active(session)} if session is not None else None,
         ))
     return processes, problems
 

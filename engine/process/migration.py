@@ -42,7 +42,7 @@ from engine.access import identity
 from engine.access.identity import Actor
 from engine.audit import record_instance_event
 from engine.bpmn.diff import Words, form_changes, retyped_fields
-from engine.bpmn.parser import camunda_of
+from engine.bpmn.parser import SLA_POLICY, camunda_of, properties_of
 from engine.bpmn.script_engine import attach_calendar
 from engine.bpmn.serializer import SERIALIZER, dump_state, load_state
 from engine.calendars import SHANGHAI
@@ -393,6 +393,7 @@ def _task_plan(session: Session, rt: Runtime, instance: ProcessInstance, row: Ta
                            f"step “{name}” assignee: {row.assignee or '(none)'} → {assignee or '(to be claimed)'}"))
     # The SLA clock keeps its start: the step has been open since it was created.
     probe = Task(process_key=instance.process_key, element_id=spec.bpmn_id, lane=spec.lane,
+                 sla_policy_key=properties_of(spec).get(SLA_POLICY),
                  priority=given.priority, due_at=given.due_at, calendar_incomplete=given.calendar_incomplete,
                  due_source="diagram" if given.due_at is not None else None)
     policy = clock.match(session, rt, probe, task.data)
@@ -472,6 +473,7 @@ def _reproject_task(session: Session, rt: Runtime, instance: ProcessInstance, pl
                     now: datetime) -> None:
     row, spec, given = plan.row, plan.spiff_task.task_spec, plan.assignment
     row.element_id, row.name, row.lane = spec.bpmn_id, spec.bpmn_name, spec.lane
+    row.sla_policy_key = properties_of(spec).get(SLA_POLICY)
     row.form_key = camunda_of(spec).get("formKey")
     row.priority, row.follow_up_at = given.priority, given.follow_up_at
     if sorted(row.candidate_groups or []) != sorted(given.groups):

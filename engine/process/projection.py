@@ -32,6 +32,7 @@ from engine.bpmn.parser import (
     EXCLUDE_USERS,
     RECUSAL_SCOPE,
     SEPARATE_FROM,
+    SLA_POLICY,
     camunda_of,
     exclusion_parts,
     properties_of,
@@ -285,7 +286,7 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         priority=assigned.priority, created_at=now, due_at=assigned.due_at, follow_up_at=assigned.follow_up_at,
         business_key=instance.business_key, client_id=instance.client_id,
         branch_code=instance.branch_code, form_key=camunda.get("formKey"), excluded=excluded or None,
-        calendar_incomplete=assigned.calendar_incomplete,
+        calendar_incomplete=assigned.calendar_incomplete, sla_policy_key=properties_of(spec).get(SLA_POLICY),
     )
     # Due date and SLA fields before the INSERT, milestones (which need the id) after it.
     policy = clock.start_clock(session, rt, instance=instance, task=row, data=task.data, now=now)

@@ -21,7 +21,9 @@ def policy_lookup(session: Session, rt: Runtime, process_key: str) -> PolicyLook
     case."""
     policies = rt.policies.active(session)
 
-    def lookup(element_id: str, lane: str | None) -> list[str]:
+    def lookup(element_id: str, lane: str | None, named: str | None) -> list[str]:
+        if named and any(p.active and p.key == named for p in policies):
+            return [named]  # the step's own choice (engine.sla.clock.first_match)
         return [p.key for p in policies if p.active
                 and p.process_key in (None, process_key)
                 and p.element_id in (None, element_id)

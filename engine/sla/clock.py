@@ -3,7 +3,7 @@ risk, breached, paused), and pausing it while the task waits for the client."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,8 +40,14 @@ def match(session: Session, rt: SlaHost, task: Task, data: dict[str, Any]) -> Po
     return first_match(rt.policies.active(session), task, data)
 
 
-def first_match(policies: Iterable[PolicyRow], task: Task, data: dict[str, Any]) -> PolicyRow | None:
-    """The first of ``policies`` (in matching order) that applies to the task."""
+def first_match(policies: Sequence[PolicyRow], task: Task, data: dict[str, Any]) -> PolicyRow | None:
+    """The policy the step names (its ``slaPolicy`` property) when it is active, else the
+    first of ``policies`` (in matching order) that applies to the task."""
+    named = task.sla_policy_key
+    if named:
+        chosen = next((p for p in policies if p.active and p.key == named), None)
+        if chosen is not None:
+            return chosen
     return next((p for p in policies if _matches(p, task, data)), None)
 
 

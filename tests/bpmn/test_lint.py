@@ -68,6 +68,11 @@ CASES = [
      "ask", "__globals__"),
     ("due_date_expression_syntax", linear(("ask", user_task("ask", extra='camunda:dueDate="${due +}"'))),
      "ask", "camunda:dueDate"),
+    ("sla_policy_unknown", linear(("ask", '    <bpmn:userTask id="ask" name="审批" camunda:candidateGroups="clerks" '
+                                          'camunda:formKey="any"><bpmn:extensionElements><camunda:properties>'
+                                          '<camunda:property name="slaPolicy" value="no_such_policy"/>'
+                                          "</camunda:properties></bpmn:extensionElements></bpmn:userTask>\n")),
+     "ask", "SLA policy 'no_such_policy' does not exist"),
 ]
 
 

@@ -314,6 +314,27 @@ def test_the_diff_names_the_sla_policy_a_step_gains_or_loses(db, rt, people):
     assert "SLA 策略：p.counter → （无）" in change.words().zh
 
 
+def test_the_diff_names_the_policy_a_step_chooses_by_name_over_the_matching_one(db, rt, people):
+    with db.transaction() as s:
+        for key, lane in (("p.counter", "柜台"), ("p.fast", None)):
+            sla_admin.upsert_policy(s, rt, actor=people.owner, data={
+                "key": key, "name": key, "process_key": "p", "lane": lane, "element_id": None if lane else "zz",
+                "target_amount": 1, "target_unit": "CD", "milestones": []})
+    steps = linear(("a", user_task("a", name="登记")))
+    _deploy(db, rt, process(_in_lane(steps, "柜台")), people.owner)
+    named = steps.replace('camunda:formKey="any" />',
+                          'camunda:formKey="any"><bpmn:extensionElements><camunda:properties>'
+                          '<camunda:property name="slaPolicy" value="p.fast"/></camunda:properties>'
+                          "</bpmn:extensionElements></bpmn:userTask>")
+    assert "p.fast" in named
+    with db.transaction() as s:
+        _, _, found = version_diff.diff(s, rt, "p", actor=people.owner,
+                                        draft_xml=process(_in_lane(named, "柜台")).encode())
+    [change] = found.changes
+    assert [f.field for f in change.changes] == ["property:slaPolicy", "sla"]
+    assert "SLA 策略：p.counter → p.fast" in change.words().zh
+
+
 def test_a_claim_is_kept_while_the_holder_may_still_take_the_step_and_released_otherwise(db, rt, people):
     _deploy(db, rt, V1, people.owner)
     kept, released = _start(db, rt, people.clerk, "M-81"), _start(db, rt, people.clerk, "M-82")

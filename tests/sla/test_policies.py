@@ -305,3 +305,61 @@ def test_a_cancelled_task_has_its_clock_settled(db, rt, people, review):
         assert sla_clock.state(task, rt.now()) == (sla_clock.CLOSED, None)
         task.breached_at = rt.now()
         assert sla_clock.state(task, rt.now()) == (sla_clock.BREACHED, None)
+
+
+def _review_naming_a_policy(db, rt, people, key: str):
+    """Version 2 of the review fixture: its register step names SLA policy ``key``."""
+    from engine.process import deployments
+    from tests.support.bpmn import fixture_bundle
+
+    bundle = fixture_bundle("review")
+    xml = bundle.bpmn["review.bpmn"].decode()
+    step = 'camunda:priority="${priority}" camunda:dueDate="${due_at}"/>'
+    assert step in xml
+    bundle.bpmn["review.bpmn"] = xml.replace(step, step.removesuffix("/>") + (
+        '><bpmn:extensionElements><camunda:properties>'
+        f'<camunda:property name="slaPolicy" value="{key}"/>'
+        "</camunda:properties></bpmn:extensionElements></bpmn:userTask>")).encode()
+    with db.transaction() as s:
+        return deployments.deploy(s, rt, bundle, actor=people.owner)
+
+
+@pytest.mark.sqlite
+def test_a_step_that_names_its_policy_is_timed_by_it_before_the_matching_rules(db, rt, people, review):
+    _policy(db, rt, people)  # matches register by its step id: 2 working days
+    # Written for the big approval: its own rules never match register.
+    _policy(db, rt, people, key="review.fast", position=20, element_id="approve_big", target_amount=1,
+            milestones=[])
+    _review_naming_a_policy(db, rt, people, "review.fast")
+    with time_machine.travel(MONDAY_9, tick=False):
+        _start(db, rt, people, key="R-N")
+    task = _task(db, "R-N")
+    assert (task.sla_policy_key, task.due_at) == ("review.fast", sh(2026, 3, 3, 9))
+    with db.transaction() as s:
+        assert s.get(type(task), task.id).sla_policy_id == sla_admin.get_policy(s, "review.fast",
+                                                                                actor=people.owner).id
+    # A change to the named policy recomputes the task by it, as its creation chose.
+    with time_machine.travel(MONDAY_9, tick=False):
+        _policy(db, rt, people, key="review.fast", position=20, element_id="approve_big", target_amount=3,
+                milestones=[])
+    assert _task(db, "R-N").due_at == sh(2026, 3, 5, 9)
+    # Deactivated, the matching rules time the step again.
+    with time_machine.travel(MONDAY_9, tick=False):
+        _policy(db, rt, people, key="review.fast", position=20, element_id="approve_big", target_amount=3,
+                milestones=[], active=False)
+    assert _task(db, "R-N").due_at == sh(2026, 3, 4, 9)
+
+
+def test_a_deploy_naming_a_policy_that_does_not_exist_or_is_inactive_is_refused(db, rt, people, review):
+    from engine.errors import DeploymentRejected
+
+    with pytest.raises(DeploymentRejected) as caught:
+        _review_naming_a_policy(db, rt, people, "review.none")
+    (problem,) = caught.value.problems
+    assert problem.element_id == "register" and "'review.none' does not exist or is not active" in problem.message
+    _policy(db, rt, people, key="review.off", active=False)
+    with pytest.raises(DeploymentRejected):
+        _review_naming_a_policy(db, rt, people, "review.off")
+    _policy(db, rt, people, key="review.off", active=True)
+    (deployed,) = _review_naming_a_policy(db, rt, people, "review.off")
+    assert deployed.version.version == 2
