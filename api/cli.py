@@ -132,6 +132,35 @@ def deploy(ctx: Context, paths: tuple[Path, ...], check: bool) -> None:
         click.echo(f"{state}: {result.version.process_key} v{result.version.version}")
 
 
+@main.command()
+@click.argument("process_key")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--reason", required=True, help="Why the earlier version comes back (audited).")
+@click.option("--as", "username", help="The process owner doing it, for the audit trail (default: cli).")
+@pass_ctx
+def redeploy(ctx: Context, process_key: str, version: int, reason: str, username: str | None) -> None:
+    """Roll back: deploy VERSION of PROCESS_KEY again as its next version.
+
+    The same lint and audit as any deploy; new cases start on it, running cases stay on
+    their versions. Exit 1 with one line per problem when today's lint refuses the version."""
+    rt = ctx.runtime()
+    try:
+        with ctx.db.transaction() as session:
+            actor = identity.Actor.system("cli")
+            if username:
+                actor = identity.actor_for(session, identity.get_user(session, username))
+            result = deployments.redeploy(session, rt, process_key, version, actor=actor, reason=reason)
+            number, created = result.version.version, result.created
+    except DeploymentRejected as exc:
+        for problem in exc.problems:
+            click.echo(problem.format())
+        sys.exit(1)
+    if created:
+        click.echo(f"deployed: {process_key} v{number} (version {version} again)")
+    else:
+        click.echo(f"unchanged: {process_key} v{number} already has version {version}'s content")
+
+
 def _check(ctx: Context, rt: Runtime, the_bundle: bundle.Bundle) -> list[Any]:
     """Lint with the database when there is one (do the candidate groups exist?)."""
     try:

@@ -162,6 +162,35 @@ def test_deploy_of_a_rejected_bundle_prints_the_problems_and_stores_nothing(data
     assert counts(db) == (0, 0)
 
 
+# -- bpm redeploy ---------------------------------------------------------------------------
+@pytest.mark.sqlite
+def test_redeploy_brings_an_earlier_version_back_as_the_next_one(database_url, db, people, tmp_path,
+                                                                 monkeypatch, capsys):
+    changed = tmp_path / "review"
+    (changed / "forms").mkdir(parents=True)
+    (changed / "review.bpmn").write_bytes((REVIEW / "review.bpmn").read_bytes().replace(
+        "经理审批".encode(), "经理复核".encode()))
+    for form in (REVIEW / "forms").glob("*.json"):
+        (changed / "forms" / form.name).write_bytes(form.read_bytes())
+    assert bpm(database_url, "deploy", REVIEW).exit_code == 0
+    assert bpm(database_url, "deploy", changed).stdout.strip() == "deployed: review v2"
+    result = bpm(database_url, "redeploy", "review", 1, "--reason", "复核改名撤回", "--as", "owner")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "deployed: review v3 (version 1 again)"
+    with db.transaction() as s:
+        third = s.execute(select(ProcessVersion).where(ProcessVersion.version == 3)).scalar_one()
+        assert third.redeployed_from == 1 and "经理审批" in third.bpmn_xml
+        assert s.get(Deployment, third.deployment_id).deployed_by == "owner"
+    # The latest version itself, or no reason: a one-line error, nothing stored.
+    code, _, err = run_entry_point(monkeypatch, capsys, "redeploy", "review", 3, "--reason", "x",
+                                   BPM_DATABASE_URL=database_url)
+    assert code == 1 and err.startswith("error: version_conflict: version 3 is the latest")
+    code, _, err = run_entry_point(monkeypatch, capsys, "redeploy", "review", 1, "--reason", " ",
+                                   BPM_DATABASE_URL=database_url)
+    assert code == 1 and "a rollback states its reason" in err
+    assert counts(db) == (3, 3)
+
+
 # -- bpm user / group -----------------------------------------------------------------------
 @pytest.mark.sqlite
 def test_user_create_with_groups_and_a_token_that_the_api_accepts(database_url, db, client):
