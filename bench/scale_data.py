@@ -309,8 +309,10 @@ def open_work(conn: Connection, size: Size) -> None:
                CASE WHEN i % 20 <> 7 AND i % 2 = 0 AND {due} < now() THEN {due} END, false,
                CASE WHEN i % 1000 = 501 AND b IS NOT NULL THEN json_build_array('user:' || {USER.format(u='b')}) END
         FROM scale_open"""), x)
-    conn.execute(text(f"""INSERT INTO bpm_task_candidate (task_id, group_key, active)
-        SELECT {tb} + i, grp, true FROM scale_open"""))
+    # The candidate rows carry their task's order (migration 0024), written here rather than
+    # left to the insert trigger, which would look each task up again.
+    conn.execute(text(f"""INSERT INTO bpm_task_candidate (task_id, group_key, active, priority, due_at)
+        SELECT t.id, s.grp, true, t.priority, t.due_at FROM scale_open s JOIN bpm_task t ON t.id = {tb} + s.i"""))
     conn.execute(text(f"""INSERT INTO bpm_task_exclusion (task_id, principal, case_wide)
         SELECT {tb} + i, 'user:' || {USER.format(u='b')}, false
         FROM scale_open WHERE i % 1000 = 501 AND b IS NOT NULL"""))
@@ -373,8 +375,8 @@ def history(conn: Connection, size: Size) -> None:
                        {USER.format(u=who)}, 'H' || lpad(j::text, 9, '0'),
                        'C' || lpad((j % 100000 + 1)::text, 7, '0'), {BRANCH.format(b='j % :nb + 1')}, 'bpmn', 0, false
                 FROM generate_series(CAST(:lo AS bigint), :hi) j"""), y)
-            conn.execute(text(f"""INSERT INTO bpm_task_candidate (task_id, group_key, active)
-                SELECT {tb} + 2 * j + {step}, {BRANCH.format(b='j % :nb + 1')} || {group}, false
+            conn.execute(text(f"""INSERT INTO bpm_task_candidate (task_id, group_key, active, priority)
+                SELECT {tb} + 2 * j + {step}, {BRANCH.format(b='j % :nb + 1')} || {group}, false, 50
                 FROM generate_series(CAST(:lo AS bigint), :hi) j"""), y)
         conn.execute(text(f"""INSERT INTO bpm_audit_event (stream, seq, occurred_at, actor, kind, instance_id,
                 task_uuid, data, prev_hash, hash)

@@ -340,10 +340,18 @@ class TaskCandidate(Base):
     # Whether the task is still open: a trigger on the task's status keeps it (migration 0019),
     # and the inbox reads only active rows; a completed task's rows stay for the figures.
     active: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    # The open task's due date and priority, so a group's queue is read in the inbox's order
+    # from its own index (migration 0024): the task's trigger keeps them, and a row written
+    # without them takes them from its task.
+    priority: Mapped[int | None] = mapped_column(Integer)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_task_candidate_group", "group_key", "task_id"),
-                      Index("ix_task_candidate_active", "group_key", "task_id", postgresql_where=text("active"),
-                            sqlite_where=text("active")))
+                      # (migration 0024 writes NULLS LAST and DESC where they belong)
+                      Index("ix_task_candidate_queue_due", "group_key", "due_at", "priority", "task_id",
+                            postgresql_where=text("active"), sqlite_where=text("active")),
+                      Index("ix_task_candidate_queue_priority", "group_key", "priority", "due_at", "task_id",
+                            postgresql_where=text("active"), sqlite_where=text("active")))
 
 
 class TaskExclusion(Base):

@@ -476,40 +476,82 @@ def _offered(groups: Any) -> Any:
                                                           TaskCandidate.active == true()))
 
 
+# A person in at most this many groups offered every task naming them reads each group's
+# queue as a branch of its own, from the group's candidate rows in the list's order (migration
+# 0024); more groups (an administrator's) are read as one branch, offered to any of them.
+QUEUE_BRANCHES = 6
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """One branch of the inbox's union: its conditions on ``Task`` and, for a group's queue,
+    the number of the group (``queue_<n>``) whose candidate rows it reads in order."""
+
+    where: tuple[Any, ...]
+    queue: int | None = None
+
+
 # Each "who may see it" branch of the inbox, as (shape flag, condition) builders: an OR of
 # them defeats every index (the planner reads every open task and sorts them), while each on
 # its own is one index range in due order; the inbox asks each for a page and merges them.
-def _visibility_branches(assignee_me: bool, candidate_me: bool, has_free: bool, has_bound: bool,
-                         supervisor: bool, branch_scoped: bool) -> list[list[Any]] | None:
-    """The conditions of the union's branches; ``None``: no condition (a supervisor at
-    headquarters sees every task)."""
+def _visibility_branches(assignee_me: bool, candidate_me: bool, free_groups: int, has_bound: bool,
+                         supervisor: bool, branch_scoped: bool) -> list[_Branch] | None:
+    """The union's branches; ``None``: no condition (a supervisor at headquarters sees every
+    task). ``free_groups``: how many groups offer the person every task naming them, or
+    ``QUEUE_BRANCHES + 1`` for more than are read one by one."""
     me = bindparam("me", type_=String)
-    free = _offered(bindparam("groups", expanding=True))
+    if free_groups > QUEUE_BRANCHES:
+        queues = [_Branch((_offered(bindparam("groups", expanding=True)),))]
+    else:
+        queues = [_Branch((), queue=n) for n in range(free_groups)]
     bound = [or_(Task.branch_code.is_(None), Task.branch_code == bindparam("my_branch", type_=String)),
              _offered(bindparam("bound_groups", expanding=True))]
     if assignee_me:
-        return [[Task.assignee == me]]
+        return [_Branch((Task.assignee == me,))]
     if candidate_me:
-        found = [[Task.assignee.is_(None), free]] if has_free else []
+        found = [_Branch((Task.assignee.is_(None), *q.where), q.queue) for q in queues]
         if has_bound:
             # Written as two branches, not an OR: each is an index range of its own.
-            found += [[Task.assignee.is_(None), Task.branch_code.is_(None), bound[1]],
-                      [Task.assignee.is_(None), Task.branch_code == bindparam("my_branch", type_=String), bound[1]]]
-        return found or [[false()]]
+            found += [_Branch((Task.assignee.is_(None), Task.branch_code.is_(None), bound[1])),
+                      _Branch((Task.assignee.is_(None), Task.branch_code == bindparam("my_branch", type_=String),
+                               bound[1]))]
+        return found or [_Branch((false(),))]
     if supervisor and not branch_scoped:
         return None
-    found = [[Task.assignee == me], [Task.owner == me]]
-    if has_free:
-        found.append([free])
+    found = [_Branch((Task.assignee == me,)), _Branch((Task.owner == me,)), *queues]
     if has_bound:
-        found += [[Task.branch_code.is_(None), bound[1]],
-                  [Task.branch_code == bindparam("my_branch", type_=String), bound[1]]]
+        found += [_Branch((Task.branch_code.is_(None), bound[1])),
+                  _Branch((Task.branch_code == bindparam("my_branch", type_=String), bound[1]))]
     if supervisor:
         # A branch supervisor also sees their branch's tasks and tasks tied to no branch:
         # on top of their own and their groups', never instead of them (a candidate
         # outside the branch still finds the task they may claim).
-        found += [[Task.branch_code == bindparam("supervised_branch", type_=String)], [Task.branch_code.is_(None)]]
+        found += [_Branch((Task.branch_code == bindparam("supervised_branch", type_=String),)),
+                  _Branch((Task.branch_code.is_(None),))]
     return found
+
+
+_QUEUE_ORDER: dict[str, tuple[Any, ...]] = {
+    "due": (TaskCandidate.due_at.asc().nulls_last(), TaskCandidate.priority.desc(), TaskCandidate.task_id),
+    "priority": (TaskCandidate.priority.desc(), TaskCandidate.due_at.asc().nulls_last(), TaskCandidate.task_id),
+}
+
+
+def _branch_select(columns: Any, branch: _Branch, where: list[Any], sort: str, due_ranges: list[Any]) -> Select[Any]:
+    """``SELECT columns`` of one branch, ordered as the list is. A group's queue is read from
+    its candidate rows, whose due date and priority are the task's (migration 0024): in the
+    list's order that is one index range of the group, stopped after a page, instead of every
+    task the group was offered sorted, or the firm's open tasks walked for the group's. The
+    list's due-date conditions are said of the candidate row too, so the range starts there."""
+    if branch.queue is None:
+        return select(*columns).where(*where, *branch.where).order_by(*_ORDER[sort])
+    group = bindparam(f"queue_{branch.queue}", type_=String)
+    if sort not in _QUEUE_ORDER:  # newest first: the candidate rows have no creation time
+        return select(*columns).where(*where, *branch.where, _offered([group])).order_by(*_ORDER[sort])
+    return (select(*columns).join(TaskCandidate, TaskCandidate.task_id == Task.id)
+            .where(TaskCandidate.group_key == group, TaskCandidate.active == true(),
+                   *[r(TaskCandidate.due_at) for r in due_ranges], *where, *branch.where)
+            .order_by(*_QUEUE_ORDER[sort]))
 
 
 @lru_cache(maxsize=512)
@@ -524,15 +566,18 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
     index range in the list's order and stops after a page (``window`` rows), and the page
     is taken from their merge: a page costs about (branches x page) rows, however long the
     queues. Counts stop at ``cap`` rows in each branch for the same reason."""
-    (assignee_me, candidate_me, overdue, at_risk, due_within, by_group, supervisor, has_free, has_bound,
+    (assignee_me, candidate_me, overdue, at_risk, due_within, by_group, supervisor, free_groups, has_bound,
      branch_scoped, open_only, *by_column) = shape
     where: list[Any] = [Task.status.in_(bindparam("status", expanding=True))]
+    due_ranges: list[Any] = []  # the due-date conditions, of whichever column is read
     if overdue:
-        where.append(Task.due_at < bindparam("now"))
+        due_ranges.append(lambda due: due < bindparam("now"))
     if at_risk:
-        where += [Task.due_at >= bindparam("now"), Task.at_risk_at <= bindparam("now")]
+        due_ranges.append(lambda due: due >= bindparam("now"))
+        where.append(Task.at_risk_at <= bindparam("now"))
     if due_within:
-        where += [Task.due_at >= bindparam("now"), Task.due_at < bindparam("until")]
+        due_ranges += [lambda due: due >= bindparam("now"), lambda due: due < bindparam("until")]
+    where += [r(Task.due_at) for r in due_ranges]
     if by_group:
         # Open tasks: the group's active candidate rows (its open queue); otherwise all of them.
         offered = select(TaskCandidate.task_id).where(TaskCandidate.group_key == bindparam("group", type_=String))
@@ -541,26 +586,26 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
         if wanted:
             where.append(column == bindparam(name, type_=String))
     where += not_recused(bindparam("principals", expanding=True))
-    branches = _visibility_branches(assignee_me, candidate_me, has_free, has_bound, supervisor, branch_scoped)
+    branches = _visibility_branches(assignee_me, candidate_me, free_groups, has_bound, supervisor, branch_scoped)
     order = _ORDER[sort]
     if branches is None or len(branches) == 1:
-        stmt = select(Task).where(*where, *(branches[0] if branches else []))
-        page = (stmt.order_by(*order)
-                .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
-        capped = select(func.count()).select_from(stmt.with_only_columns(Task.id)
-                                                  .limit(bindparam("cap", type_=Integer)).subquery())
-        return page, select(func.count()).select_from(stmt.subquery()), capped
-    windows = [select(Task.id).where(*where, *branch).order_by(*order)
+        branch = branches[0] if branches else _Branch(())
+        stmt = _branch_select([Task], branch, where, sort, due_ranges)
+        page = stmt.limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer))
+        ids = stmt.with_only_columns(Task.id).order_by(None)
+        capped = select(func.count()).select_from(ids.limit(bindparam("cap", type_=Integer)).subquery())
+        return page, select(func.count()).select_from(ids.subquery()), capped
+    windows = [_branch_select([Task.id], branch, where, sort, due_ranges)
                .limit(bindparam("window", type_=Integer)).subquery() for branch in branches]
     merged = union(*(select(w.c.id) for w in windows)).subquery()
     page = (select(Task).where(Task.id.in_(select(merged.c.id))).order_by(*order)
             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
-    capped_parts = [select(Task.id).where(*where, *branch).limit(bindparam("cap", type_=Integer)).subquery()
-                    for branch in branches]
+    every = [_branch_select([Task.id], branch, where, sort, due_ranges).order_by(None) for branch in branches]
+    capped_parts = [part.limit(bindparam("cap", type_=Integer)).subquery() for part in every]
     capped_union = union(*(select(c.c.id) for c in capped_parts)).subquery()
     capped = select(func.count()).select_from(select(capped_union.c.id).limit(bindparam("cap", type_=Integer))
                                               .subquery())
-    everything = union(*(select(Task.id).where(*where, *branch) for branch in branches)).subquery()
+    everything = union(*every).subquery()
     return page, select(func.count()).select_from(everything), capped
 
 
@@ -571,7 +616,8 @@ def _statements_and_params(actor: Actor, query: InboxQuery,
     supervisor = actor.has_role(SUPERVISOR)
     free, bound, my_branch = offer_groups(actor)
     shape = (query.assignee_me, query.candidate_me, query.overdue, query.at_risk, query.due_within is not None,
-             bool(query.group), supervisor, bool(free), bool(bound), supervised_branch(actor) is not None,
+             bool(query.group), supervisor, min(len(free), QUEUE_BRANCHES + 1), bool(bound),
+             supervised_branch(actor) is not None,
              set(query.status) <= set(ACTIVE_TASK_STATES), *(bool(getattr(query, name)) for name, _ in _FILTERS))
     params: dict[str, Any] = {
         "status": list(query.status), "me": actor.username, "groups": free, "bound_groups": bound,
@@ -579,6 +625,7 @@ def _statements_and_params(actor: Actor, query: InboxQuery,
         "now": now, "until": now + query.due_within if query.due_within is not None else now,
         "group": query.group, "principals": principals(actor), "limit": query.limit, "offset": query.offset,
         "supervised_branch": supervised_branch(actor),
+        **({f"queue_{n}": group for n, group in enumerate(free)} if len(free) <= QUEUE_BRANCHES else {}),
         **{name: getattr(query, name) for name, _ in _FILTERS},
     }
     return _inbox_statements(shape, query.sort), params

@@ -164,6 +164,12 @@ QUERIES = {
     "branch HZ01 by priority": tasks.InboxQuery(branch="HZ01", sort="priority"),
     "held by wang, newest": tasks.InboxQuery(assignee="wang", sort="created"),
     "completed too": tasks.InboxQuery(status=("open", "claimed", "completed")),
+    # A firm-wide group's queue is read from its candidate rows in the list's order.
+    "my groups by priority": tasks.InboxQuery(candidate_me=True, sort="priority"),
+    "my groups overdue by priority": tasks.InboxQuery(candidate_me=True, overdue=True, sort="priority"),
+    "my groups due within 3 h": tasks.InboxQuery(candidate_me=True, due_within=timedelta(hours=3)),
+    "my groups, newest": tasks.InboxQuery(candidate_me=True, sort="created"),
+    "default by priority": tasks.InboxQuery(sort="priority"),
 }
 
 
@@ -201,6 +207,41 @@ def test_a_closed_task_leaves_its_groups_queues(db: Any, rt: Any, review: str) -
         s.execute(update(Task).where(Task.id == closed).values(status=TaskStatus.OPEN))
     with db.transaction() as s:
         assert set(s.execute(select(TaskCandidate.active).where(TaskCandidate.task_id == closed)).scalars()) == {True}
+
+
+def test_a_queues_order_follows_its_tasks_due_dates_and_priorities(db: Any, rt: Any, review: str) -> None:
+    """The trigger keeps each open task's due date and priority on its candidate rows (a row
+    written without them takes them from its task), so a queue read from them lists the tasks
+    in the order a recount gives, after an SLA recompute or an escalation changed them."""
+    generate(db, rt)
+
+    def pairs(s: Any) -> set[tuple[bool, bool]]:
+        rows = s.execute(select(Task.priority, Task.due_at, TaskCandidate.priority, TaskCandidate.due_at)
+                         .join(TaskCandidate, TaskCandidate.task_id == Task.id)
+                         .where(TaskCandidate.active.is_(True))).all()
+        return {(tp == cp, td == cd) for tp, td, cp, cd in rows}
+
+    with db.transaction() as s:
+        assert pairs(s) == {(True, True)}
+        queued = s.execute(select(Task.id).join(TaskCandidate, TaskCandidate.task_id == Task.id)
+                           .where(TaskCandidate.group_key == "call_center_agent", TaskCandidate.active.is_(True),
+                                  Task.assignee.is_(None)).order_by(Task.id)).scalars().all()
+        assert len(queued) >= 4
+        # The last of the queue becomes the most urgent; the first loses its deadline.
+        s.execute(update(Task).where(Task.id == queued[-1]).values(priority=99, due_at=rt.now() - timedelta(hours=9)))
+        s.execute(update(Task).where(Task.id == queued[0]).values(due_at=None, priority=1))
+    with db.transaction() as s:
+        assert pairs(s) == {(True, True)}
+    found, case_wide = everything(db)
+    agent, now = ACTORS["agent"], rt.now()
+    for sort in ("due", "priority"):
+        query = tasks.InboxQuery(candidate_me=True, sort=sort)
+        want = expected_inbox(found, case_wide, agent, query, now)
+        with db.transaction() as s:
+            page, _ = tasks.inbox(s, actor=agent, query=replace(query, limit=3), now=now)
+        assert [t.id for t in page] == want[:3], sort
+        assert page[0].id == queued[-1], sort
+        assert want[-1] == queued[0], sort
 
 
 _STATE_COLUMN = {"on_track": "on_track", "at_risk": "at_risk", "breached": "breached", "paused": "paused",
