@@ -78,12 +78,18 @@ def _plan_for_the_values(engine: Engine) -> None:
     firm-wide queue of 100,000 tasks from a branch's queue of a hundred and was measured
     1.4-1.6x slower (docs/scale.md). A plan made for the values costs a fraction of a
     millisecond more and keeps every list on its index. Set when a connection is made (not
-    as a connect option, which would replace the URL's own ``options``, a search_path say)."""
+    as a connect option, which would replace the URL's own ``options``, a search_path say).
+
+    JIT compilation is off for the same reason: PostgreSQL compiles a statement whose
+    estimated cost passes ``jit_above_cost``, and at a brokerage's size the inbox's
+    statements pass it and then spent 150-200 ms compiling to run for a few milliseconds
+    (docs/scale.md). Nothing the product asks is a long analytical scan that would repay it."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         with dbapi_conn.cursor() as cursor:
             cursor.execute("SET plan_cache_mode = force_custom_plan")
+            cursor.execute("SET jit = off")
         dbapi_conn.commit()
 
 
