@@ -541,13 +541,18 @@ def _branch_select(columns: Any, branch: _Branch, where: list[Any], sort: str, d
     """``SELECT columns`` of one branch, ordered as the list is. A group's queue is read from
     its candidate rows, whose due date and priority are the task's (migration 0024): in the
     list's order that is one index range of the group, stopped after a page, instead of every
-    task the group was offered sorted, or the firm's open tasks walked for the group's. The
-    list's due-date conditions are said of the candidate row too, so the range starts there."""
+    task the group was offered sorted, or the firm's open tasks walked for the group's.
+    ``due_ranges`` (the list's due-date conditions) are said of the column the branch reads
+    in order, and of that one only: said of both, the planner takes them for independent
+    conditions, expects next to no rows and picks plans that are slow for many."""
     if branch.queue is None:
-        return select(*columns).where(*where, *branch.where).order_by(*_ORDER[sort])
+        return (select(*columns).where(*where, *[r(Task.due_at) for r in due_ranges], *branch.where)
+                .order_by(*_ORDER[sort]))
     group = bindparam(f"queue_{branch.queue}", type_=String)
     if sort not in _QUEUE_ORDER:  # newest first: the candidate rows have no creation time
-        return select(*columns).where(*where, *branch.where, _offered([group])).order_by(*_ORDER[sort])
+        return (select(*columns).where(*where, *[r(Task.due_at) for r in due_ranges], *branch.where,
+                                       _offered([group]))
+                .order_by(*_ORDER[sort]))
     return (select(*columns).join(TaskCandidate, TaskCandidate.task_id == Task.id)
             .where(TaskCandidate.group_key == group, TaskCandidate.active == true(),
                    *[r(TaskCandidate.due_at) for r in due_ranges], *where, *branch.where)
@@ -577,7 +582,6 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
         where.append(Task.at_risk_at <= bindparam("now"))
     if due_within:
         due_ranges += [lambda due: due >= bindparam("now"), lambda due: due < bindparam("until")]
-    where += [r(Task.due_at) for r in due_ranges]
     if by_group:
         # Open tasks: the group's active candidate rows (its open queue); otherwise all of them.
         offered = select(TaskCandidate.task_id).where(TaskCandidate.group_key == bindparam("group", type_=String))
