@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from engine.models import AuditEvent, InstanceStatus, ProcessInstance, ProcessVersion, Task
+from engine.access import identity
+from engine.bpmn import bundle as bundles
+from engine.config import PROJECT_ROOT
+from engine.models import AuditEvent, InstanceStatus, MessageSubscription, ProcessInstance, ProcessVersion, Task
 from engine.process import deployments, instances, migration, tasks
 from tests.support.bpmn import bundle_of, flow, process, user_task
 
@@ -332,3 +335,30 @@ def _pair_bundle(called):
     bundle = bundle_of(_caller())
     bundle.bpmn["q.bpmn"] = called.encode("utf-8")
     return bundle
+
+
+def test_the_demo_transfer_in_both_tracks_of_the_retention_process_moves_and_keeps_both(db, rt, demo_cases_loaded):
+    # The shipped retention process: both tracks of 并行办理 open inside the embedded
+    # subprocess, each step with a boundary event, the client's withdrawal awaited.
+    key = demo_cases_loaded["RET-20250616-0002"]
+    with db.transaction() as s:
+        owner = identity.actor_for(s, identity.get_user(s, "s001"))
+        case = s.execute(select(ProcessInstance.id).where(ProcessInstance.business_key == key)).scalar_one()
+    before = {row[1]: row for row in _open(db, case)}
+    assert set(before) == {"retention_conversation", "submit_instructions"}
+    bundle = bundles.from_paths([PROJECT_ROOT / "workflows"])
+    step = 'id="retention_conversation" name="挽留沟通'
+    xml = bundle.bpmn["retention.bpmn"]
+    bundle.bpmn["retention.bpmn"] = xml.replace(f'{step}"'.encode(), f'{step}（录音）"'.encode())
+    with db.transaction() as s:
+        [deployed] = deployments.deploy(s, rt, bundle, actor=owner, only="retention")
+        moved = migration.migrate(s, rt, instance_id=case, process_key="retention",
+                                  to_version=deployed.version.version, actor=owner)
+    assert moved.moved, moved.reasons
+    after = {row[1]: row for row in _open(db, case)}
+    assert {e: (r[0], r[4]) for e, r in after.items()} == {e: (r[0], r[4]) for e, r in before.items()}
+    assert after["retention_conversation"][2] == "挽留沟通（录音）"
+    with db.transaction() as s:
+        assert s.execute(select(MessageSubscription.message_name)
+                         .where(MessageSubscription.instance_id == case)).scalars().all() \
+            == ["retention_client_withdraws"]
