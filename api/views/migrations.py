@@ -88,8 +88,9 @@ class MessageOut(Schema):
 class ReasonOut(MessageOut):
     code = fields.String(metadata={"description": "active_step_removed, passed_step_removed, step_kind_changed, "
                                                   "form_missing, form_incompatible, subprocess_removed, "
-                                                  "state_unreadable, assignment_invalid, not_running, same_version, "
-                                                  "other_process, instance_not_found, concurrent_change"})
+                                                  "join_unreachable, state_unreadable, assignment_invalid, "
+                                                  "not_running, same_version, other_process, instance_not_found, "
+                                                  "concurrent_change"})
 
 
 class CaseOutcomeOut(Schema):

@@ -269,6 +269,10 @@ class ParsedProcess:
     # save, so supervisors' figures are SQL over rows, never a deserialization per case.
     report_variables: list[str] = field(default_factory=list)
     business_key_format: str | None = None
+    # The other files of the bundle holding processes this one calls (file name -> XML):
+    # their specs are frozen into this process's version, so a change to one is a change
+    # to this process too.
+    called_xml: dict[str, str] = field(default_factory=dict)
 
 
 def element_lines(tree: etree._ElementTree) -> dict[str, int]:
@@ -331,11 +335,23 @@ def parse_files(files: dict[str, bytes]) -> tuple[list[ParsedProcess], list[Prob
                               _camunda_properties(process_parser.node).get(REPORT_VARIABLES, "").split(",")
                               if v.strip()],
             business_key_format=_camunda_properties(process_parser.node).get(BUSINESS_KEY_FORMAT) or None,
+            called_xml={name: files[name].decode("utf-8") for name in sorted(_called_files(parser, subprocess_specs))
+                        if name != filename},
         ))
     if not processes and not problems:
         problems.append(Problem(sorted(files)[0] if files else "-", None, None,
                                 "no executable process (isExecutable=\"true\") found"))
     return processes, problems
+
+
+def _called_files(parser: ProductParser, subprocess_specs: dict[str, BpmnProcessSpec]) -> set[str]:
+    found = set()
+    for name in subprocess_specs:
+        try:
+            found.add(parser.get_process_parser(name).filename)
+        except Exception:  # noqa: BLE001 - an embedded subprocess's id is in its parent's file
+            continue
+    return found
 
 
 def _validation_problem(exc: ValidationException, filename: str,

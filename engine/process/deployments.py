@@ -143,8 +143,12 @@ def deploy(session: Session, rt: Runtime, bundle: Bundle, *, actor: Actor, only:
     results = []
     for process in processes:
         forms = _forms_used(process, bundle.forms)
+        # A called process in another file is part of this version's spec: a change to it
+        # alone is a new version of the caller (new cases run it; running ones may move).
+        # Without calls the digest is what it always was, so unchanged processes stay put.
+        called = "".join(f"\n<!-- {name} -->\n{xml}" for name, xml in sorted(process.called_xml.items()))
         digest = hashlib.sha256(
-            process.xml.encode() + json.dumps(forms, sort_keys=True).encode()
+            process.xml.encode() + called.encode() + json.dumps(forms, sort_keys=True).encode()
         ).hexdigest()
         latest = _latest_serialized(session, process.key)
         if if_latest is not None and (latest.version if latest else 0) != if_latest:

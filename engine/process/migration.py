@@ -18,7 +18,9 @@ A case can move when (a) every task it has started or passed exists in the new v
 removed step the case already passed would leave its history pointing at nothing), (b) every
 active step keeps its kind (a user task does not become a service task under someone's
 hands), (c) an active step's form exists in the new version and keeps the type of every
-field it had, and (d) the moved state reads back under the new version. The open tasks,
+field it had, (d) no parallel join the case is in or heading for would wait for a flow its
+tokens can no longer reach (see :func:`_stranded_joins`), and (e) the moved state reads back
+under the new version. The open tasks,
 message subscriptions and BPMN timers are then projected again from the new version: a
 task keeps its row (its claim, comments, drafts and SLA start) with the new candidate
 groups, assignment, form and due date; timers and subscriptions are written afresh.
@@ -32,6 +34,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from SpiffWorkflow.bpmn.specs.mixins.parallel_gateway import ParallelGateway
 from SpiffWorkflow.bpmn.util.diff import WorkflowDiff, diff_workflow
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
@@ -250,17 +253,29 @@ def _plan(session: Session, rt: Runtime, instance: ProcessInstance | None, insta
     if not outcome.can_move:
         return outcome, None
 
-    _move(top_diff, workflow, spec)
-    workflow.subprocess_specs = subprocess_specs
-    for sub_id, sub_diff in sub_diffs.items():
-        sub = workflow.subprocesses[sub_id]
-        assert sub_diff is not None
-        _move(sub_diff, sub, subprocess_specs[sub.spec.name])
     try:
+        # Resetting a token re-runs its spec's update under the new version (a join checks
+        # its threshold again): what that raises is a refusal, not a failed request.
+        _move(top_diff, workflow, spec)
+        workflow.subprocess_specs = subprocess_specs
+        for sub_id, sub_diff in sub_diffs.items():
+            sub = workflow.subprocesses[sub_id]
+            assert sub_diff is not None
+            _move(sub_diff, sub, subprocess_specs[sub.spec.name])
         moved = load_state(dump_state(workflow), spec, subprocess_specs, rt.script_engine)
     except Exception as exc:  # noqa: BLE001 - whatever the library raises, the case stays
         outcome.refuse("state_unreadable", f"迁移后的案件状态无法在新版本下读取：{type(exc).__name__}",
                        f"the moved state cannot be read under the new version: {type(exc).__name__}: {exc}")
+        return outcome, None
+    for join, missing in _stranded_joins(moved):
+        names = [_label(s) for s in missing]
+        outcome.refuse("join_unreachable",
+                       f"并行网关「{_label(join)}」在新版本中还要等待「{'、'.join(names)}」，案件已无法到达那里，"
+                       "汇合将永远不会完成",
+                       f"the parallel join “{_label(join)}” would wait in the new version for "
+                       f"{', '.join(f'“{n}”' for n in names)}, which the case can no longer reach: "
+                       "the join would never complete")
+    if not outcome.can_move:
         return outcome, None
     attach_calendar(moved, rt.calendar_snapshot(session))
 
@@ -339,6 +354,57 @@ def _check_active(outcome: CaseOutcome, task: Any, new_spec: Any, current: Proce
         for words in form_changes(old_form, new_form):
             outcome.changes.append(Words(f"步骤「{name}」的表单 {new_key}：{words.zh}",
                                          f"step “{name}” form {new_key}: {words.en}"))
+
+
+def _stranded_joins(workflow: BpmnWorkflow) -> list[tuple[Any, list[Any]]]:
+    """The parallel joins of the moved case, in the process and in each subprocess it is
+    in, that would wait for an incoming flow no token of the case can reach any more, with
+    those flows' sources.
+
+    A parallel join fires once a token has come along every incoming flow. The case's
+    tokens that already arrived came along the old version's flows, and a split it already
+    passed does not start the new version's extra branches: a join that gained an incoming
+    flow (a branch added to the split, a step put between an arrived branch and the join)
+    would wait for ever, with the case running and nothing open. An inclusive join only
+    waits for what its tokens can still reach, so it is not checked."""
+    stranded = []
+    for wf in (workflow, *workflow.subprocesses.values()):
+        own = list(wf.tasks.values())
+        for spec in wf.spec.task_specs.values():
+            if not isinstance(spec, ParallelGateway) or len(spec.inputs) < 2:
+                continue
+            mine = [t for t in own if t.task_spec is spec]
+            reach = _reachable([t.task_spec for t in own if t.has_state(ACTIVE) and t.task_spec is not spec],
+                               stop=spec)
+            waiting = any(t.has_state(TaskState.WAITING) for t in mine)
+            if not waiting and not any(i in reach for i in spec.inputs):
+                continue  # behind the case, or on a path it does not take
+            # Tokens that arrived: the join's tasks whose incoming step is done, the one
+            # waiting and those it cancelled as the next token came (SpiffWorkflow counts them).
+            arrived = {t.parent.task_spec for t in mine if waiting and t.parent is not None
+                       and t.has_state(TaskState.WAITING | TaskState.CANCELLED)
+                       and t.parent.has_state(TaskState.COMPLETED)}
+            missing = [i for i in spec.inputs if i not in arrived and i not in reach]
+            if missing:
+                stranded.append((spec, missing))
+    return stranded
+
+
+def _reachable(sources: list[Any], *, stop: Any) -> set[Any]:
+    """The specs a token at one of ``sources`` can come to, not going through ``stop``."""
+    seen: set[Any] = set()
+    pending = [s for s in sources if s is not stop]
+    while pending:
+        spec = pending.pop()
+        if spec in seen:
+            continue
+        seen.add(spec)
+        pending.extend(o for o in spec.outputs if o is not stop and o not in seen)
+    return seen
+
+
+def _label(spec: Any) -> str:
+    return str(getattr(spec, "bpmn_name", None) or getattr(spec, "bpmn_id", None) or spec.name)
 
 
 def _move(diff: WorkflowDiff, workflow: Any, spec: Any) -> None:
