@@ -5,11 +5,13 @@ reach is refused, and the case carries on, untouched, on the old one."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from engine.access import identity
 from engine.bpmn import bundle as bundles
 from engine.config import PROJECT_ROOT
+from engine.errors import DeploymentRejected
 from engine.models import AuditEvent, InstanceStatus, MessageSubscription, ProcessInstance, ProcessVersion, Task
 from engine.process import deployments, instances, migration, tasks
 from tests.support.bpmn import bundle_of, flow, process, user_task
@@ -362,3 +364,16 @@ def test_the_demo_transfer_in_both_tracks_of_the_retention_process_moves_and_kee
         assert s.execute(select(MessageSubscription.message_name)
                          .where(MessageSubscription.instance_id == case)).scalars().all() \
             == ["retention_client_withdraws"]
+
+
+def test_rolling_back_a_caller_whose_called_process_is_in_another_file_is_refused_by_name(db, rt, people):
+    """A version keeps its own file only: deploying it again cannot bring back the called
+    process's file, and the deploy check says which process it could not find (a 422 over
+    the API, never a failed request)."""
+    _deploy_pair(db, rt, people.owner, _caller(), _called())
+    _deploy_pair(db, rt, people.owner, _caller(), _called(x_groups="managers"))
+    with pytest.raises(DeploymentRejected) as refused, db.transaction() as s:
+        deployments.redeploy(s, rt, "p", 1, actor=people.owner, reason="恢复")
+    assert any("'q'" in p.message for p in refused.value.problems), refused.value.problems
+    with db.transaction() as s:
+        assert deployments.get_latest(s, "p").version == 2
