@@ -40,9 +40,11 @@ def test_the_whole_target_is_the_due_date_itself_whatever_the_arithmetic_would_s
     calendar = _calendar()
     # A due date moved by a pause is no longer start + target: the 100 % milestone follows it.
     moved = Due(sh(2025, 6, 20, 11), False)
+    # A diagram's due date may fall outside business hours: its 100 % is that moment, not the closing time.
+    night = sh(2025, 6, 20, 20)
     for fraction in (1.0, 1.0 + 1e-12):
         assert milestones.milestone_due(calendar, sh(2025, 6, 12, 10), moved, Decimal(3), "WD", fraction) == moved.at
-        assert milestones.diagram_milestone_due(calendar, sh(2025, 6, 12, 10), moved.at, "WD", fraction) == moved.at
+        assert milestones.diagram_milestone_due(calendar, sh(2025, 6, 12, 10), night, "WD", fraction) == night
     # Past the target, the share is counted on: 150 % of 2 WD from Thursday 10:00 is 3 WD later.
     start = sh(2025, 6, 12, 10)
     assert milestones.milestone_due(calendar, start, _due(calendar, start, 2, "WD"), Decimal(2), "WD",
@@ -114,8 +116,6 @@ def test_a_diagram_due_dates_share_is_counted_in_working_time_up_to_it():
     start, due = sh(2025, 6, 12, 13), sh(2025, 6, 16, 13)  # Thursday 13:00 to Monday 13:00: 16 working hours
     assert milestones.diagram_milestone_due(calendar, start, due, "WD", 0.5) == sh(2025, 6, 13, 13)
     assert milestones.diagram_milestone_due(calendar, start, due, "WH", 0.25) == sh(2025, 6, 12, 17)
-    # Past the due date, a share is never later than it.
-    assert milestones.diagram_milestone_due(calendar, start, due, "WD", 1.5) == due
 
 
 def test_a_diagram_due_dates_trading_share_skips_the_make_up_sunday():
@@ -132,6 +132,7 @@ def test_a_diagram_due_dates_share_under_a_calendar_unit_policy_is_the_wall_cloc
     calendar = _calendar()
     start, due = sh(2025, 6, 12, 13), sh(2025, 6, 16, 13)
     assert milestones.diagram_milestone_due(calendar, start, due, unit, 0.5) == sh(2025, 6, 14, 13)
+    assert milestones.diagram_milestone_due(calendar, start, due, unit, 1.5) == sh(2025, 6, 18, 13)  # past it
 
 
 def test_a_diagram_window_without_working_time_is_shared_by_the_wall_clock():
