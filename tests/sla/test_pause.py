@@ -270,6 +270,154 @@ def test_a_pause_over_days_the_calendar_does_not_know_yet_flags_the_task(db, rt,
     assert task.due_at == sh(2027, 1, 4, 13) and task.calendar_incomplete
 
 
+def _start_as(db, rt, people, key: str, due_at: datetime | None = None) -> tuple[int, int]:
+    """A review case ``key``; its register task's (instance id, task id)."""
+    with db.transaction() as s:
+        instance = instances.start(s, rt, process_key="review", business_key=key, actor=people.clerk,
+                                   data={"priority": 50, "due_at": due_at.isoformat() if due_at else None})
+        task_id = s.execute(select(Task.id).where(Task.instance_id == instance.id,
+                                                  Task.element_id == "register")).scalar_one()
+        return instance.id, task_id
+
+
+def _timer_states(db, task_id: int) -> set[str]:
+    with db.transaction() as s:
+        task_uuid = s.get(Task, task_id).task_uuid
+        return set(s.execute(select(Timer.status).where(Timer.task_uuid == task_uuid)).scalars())
+
+
+@pytest.mark.sqlite
+def test_pausing_and_resuming_one_task_holds_and_releases_only_its_own_milestones(db, rt, people, review):
+    _policy(db, rt, people, "WD", 3)
+    with time_machine.travel(WEEKEND["start"], tick=False) as clock:
+        first, second = _start_as(db, rt, people, "R-1"), _start_as(db, rt, people, "R-2")
+        clock.move_to(WEEKEND["pause"])
+        _pause(db, rt, people, *first)
+        assert (_timer_states(db, first[1]), _timer_states(db, second[1])) == ({"paused"}, {"waiting"})
+        _pause(db, rt, people, *second)
+        clock.move_to(WEEKEND["resume"])
+        _resume(db, rt, people, *first)
+    assert (_timer_states(db, first[1]), _timer_states(db, second[1])) == ({"waiting"}, {"paused"})
+
+
+class _Told:
+    """A scheduler that remembers what it was told (the rq scheduler in production)."""
+
+    def __init__(self) -> None:
+        self.timers: list[tuple[int, datetime]] = []
+
+    def timer_created(self, timer_id: int, due_at: datetime) -> None:
+        self.timers.append((timer_id, due_at))
+
+
+@pytest.mark.sqlite
+def test_the_scheduler_is_told_where_resumed_milestones_now_fall(db, rt, people, review):
+    case = CASES["WD-weekend"]
+    _policy(db, rt, people, case.unit, case.amount)
+    with time_machine.travel(case.start, tick=False) as clock:
+        instance_id, task_id = _start_as(db, rt, people, "R-1")
+        clock.move_to(case.pause)
+        assert firing.fire_due(db, rt) == 1  # the 50 % reminder, before the pause
+        _pause(db, rt, people, instance_id, task_id)
+        clock.move_to(case.resume)
+        rt.scheduler = told = _Told()
+        _resume(db, rt, people, instance_id, task_id)
+    # The two held milestones, each announced once, at its moved time.
+    assert sorted(due for _, due in told.timers) == [case.at_80[1], case.due[1]]
+    assert len({timer_id for timer_id, _ in told.timers}) == 2
+
+
+@pytest.mark.sqlite
+def test_each_pause_and_resume_is_audited_with_who_which_task_and_the_new_due_date(db, rt, people, review):
+    _policy(db, rt, people, "WH", 20)
+    with time_machine.travel(WEEKEND["start"], tick=False) as clock:
+        instance_id, task_id = _start_as(db, rt, people, "R-1")
+        clock.move_to(sh(2025, 6, 12, 11))
+        _pause(db, rt, people, instance_id, task_id)
+        clock.move_to(sh(2025, 6, 12, 12))
+        _resume(db, rt, people, instance_id, task_id)
+        clock.move_to(sh(2025, 6, 13, 9))
+        _pause(db, rt, people, instance_id, task_id)
+        _pause(db, rt, people, instance_id, task_id)  # already paused: nothing more happens
+        clock.move_to(sh(2025, 6, 13, 9, 30))
+        _resume(db, rt, people, instance_id, task_id)
+        _resume(db, rt, people, instance_id, task_id)  # already running: nothing more happens
+    with db.transaction() as s:
+        task = s.get(Task, task_id)
+        events = s.execute(select(AuditEvent).where(AuditEvent.kind.in_(("sla.paused", "sla.resumed")))
+                           .order_by(AuditEvent.id)).scalars().all()
+        seen = [(e.kind, e.actor, e.task_uuid, {**e.data, **({"due_at": datetime.fromisoformat(e.data["due_at"])}
+                                                          if "due_at" in e.data else {})}) for e in events]
+    # 20 WH from Thursday 10:00 were due Monday 14:00; an hour and a half of pauses.
+    assert task.due_at == sh(2025, 6, 16, 15, 30)
+    assert task.sla_paused_seconds == 5400 and task.sla_paused_at is None
+    assert sla_clock.pauses(task) == [(sh(2025, 6, 12, 11), sh(2025, 6, 12, 12)),
+                                      (sh(2025, 6, 13, 9), sh(2025, 6, 13, 9, 30))]
+    paused = {"task_id": task_id, "reason": "等待客户补充材料"}
+    resumed = {"task_id": task_id, "unit": "WH"}
+    assert seen == [
+        ("sla.paused", "li", task.task_uuid, paused),
+        ("sla.resumed", "li", task.task_uuid, {**resumed, "paused_seconds": 3600.0, "counted_seconds": 3600.0,
+                                                "due_at": sh(2025, 6, 16, 15)}),
+        ("sla.paused", "li", task.task_uuid, paused),
+        ("sla.resumed", "li", task.task_uuid, {**resumed, "paused_seconds": 1800.0, "counted_seconds": 1800.0,
+                                                "due_at": sh(2025, 6, 16, 15, 30)}),
+    ]
+
+
+@pytest.mark.sqlite
+def test_without_a_policy_a_diagram_due_date_moves_by_the_wall_clock_paused(db, rt, people, review):
+    own_due = sh(2025, 6, 17, 17)
+    with time_machine.travel(WEEKEND["start"], tick=False) as clock:
+        instance_id, task_id = _start_as(db, rt, people, "R-1", due_at=own_due)
+        clock.move_to(WEEKEND["pause"])
+        _pause(db, rt, people, instance_id, task_id)
+        clock.move_to(WEEKEND["resume"])
+        _resume(db, rt, people, instance_id, task_id)
+    with db.transaction() as s:
+        task = s.get(Task, task_id)
+    # Friday 16:00 to Monday 10:00 is 66 hours; the at-risk moment (80 % of the window) moves as much.
+    assert task.due_at == own_due + timedelta(hours=66)
+    assert task.at_risk_at == WEEKEND["start"] + (own_due - WEEKEND["start"]) * 0.8 + timedelta(hours=66)
+
+
+@pytest.mark.sqlite
+def test_a_task_without_a_due_date_pauses_and_resumes_with_nothing_to_move(db, rt, people, review):
+    with time_machine.travel(WEEKEND["start"], tick=False) as clock:
+        instance_id, task_id = _start_as(db, rt, people, "R-1")
+        _pause(db, rt, people, instance_id, task_id)
+        clock.move_to(WEEKEND["pause"])
+        _resume(db, rt, people, instance_id, task_id)
+    with db.transaction() as s:
+        task = s.get(Task, task_id)
+        resumed = s.execute(select(AuditEvent.data).where(AuditEvent.kind == "sla.resumed")).scalar_one()
+    assert (task.due_at, task.at_risk_at, task.sla_paused_at) == (None, None, None)
+    assert (resumed["due_at"], resumed["unit"]) == (None, "CMIN")
+    waited = (WEEKEND["pause"] - WEEKEND["start"]).total_seconds()
+    assert resumed["paused_seconds"] == resumed["counted_seconds"] == waited
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize(("unit", "moved_due"), [
+    # The make-up Sunday is working time: 10 working hours paused (Friday 16–17, Sunday 9–17,
+    # Monday 9–10), counted from Monday 17:00 past the National Day holiday.
+    ("WD", sh(2025, 10, 9, 11)),
+    # The exchanges are closed on it: two trading hours (Friday 16–17, Monday 9–10).
+    ("TD", sh(2025, 9, 30, 11)),
+])
+def test_a_diagram_due_date_moves_by_the_working_or_trading_time_paused_across_a_make_up_sunday(
+        db, rt, people, review, unit, moved_due):
+    _policy(db, rt, people, unit, 3)
+    with time_machine.travel(MAKE_UP["start"], tick=False) as clock:
+        instance_id, task_id = _start_as(db, rt, people, "R-1", due_at=sh(2025, 9, 29, 17))
+        clock.move_to(MAKE_UP["pause"])
+        _pause(db, rt, people, instance_id, task_id)
+        clock.move_to(MAKE_UP["resume"])
+        _resume(db, rt, people, instance_id, task_id)
+    with db.transaction() as s:
+        assert s.get(Task, task_id).due_at == moved_due
+
+
 # -- the calendar arithmetic pauses rely on --------------------------------------------------
 LUNCH = BusinessHours(periods=((time(9), time(11, 30)), (time(13), time(17))))
 
