@@ -3,6 +3,7 @@ time-machine; nothing sleeps for a timer."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -169,7 +170,7 @@ def test_a_cycle_timer_catching_up_once_audits_the_occurrences_it_skipped(db, rt
 
 @pytest.mark.sqlite
 def test_a_firing_that_raises_is_counted_with_its_error_type_and_at_most_2000_characters_of_it(
-        db, rt, people, review, monkeypatch):
+        db, rt, people, review, monkeypatch, caplog):
     def broken(*_args, **_kwargs):
         raise ValueError("x" * 3000)
 
@@ -178,7 +179,10 @@ def test_a_firing_that_raises_is_counted_with_its_error_type_and_at_most_2000_ch
         timer_id = _timer(db, instance_id).id
         traveller.move_to(START + timedelta(days=16))
         monkeypatch.setattr(firing, "fire", broken)
-        assert firing.fire_once(db, rt, timer_id) is False
+        with caplog.at_level(logging.ERROR, logger=firing.__name__):
+            assert firing.fire_once(db, rt, timer_id) is False
+    assert [r.getMessage() for r in caplog.records if r.name == firing.__name__] == [
+        f"timer {timer_id} could not be fired"]
     timer = _timer(db, instance_id)
     assert (timer.status, timer.attempts) == ("waiting", 1)
     assert timer.last_error == "ValueError: " + "x" * 1988
