@@ -5,16 +5,20 @@ batch nothing but a retry of the delivered timer alone. Time moves with time-mac
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import time_machine
 from redis import Redis
 from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
 from engine import audit
 from engine.models import AuditEvent, ProcessInstance, Timer
 from engine.process import instances
 from engine.process.runtime import locked_instance
+from engine.sla import admin as sla_admin
 from engine.timers import firing
 from engine.timers.queueing import RqScheduler, job_id
 from tests.conftest import REDIS_URL, deploy_fixture
@@ -106,7 +110,7 @@ def test_a_firing_that_raises_rolls_the_batch_back_is_counted_and_the_delivered_
         assert _statuses(db, [delivered, broken_timer, third]) == ["fired", "waiting", "waiting"]
         with db.transaction() as s:
             broken = s.get(Timer, broken_timer)
-            assert broken.attempts == 1 and broken.last_error
+            assert broken.attempts == 1 and "decompressing" in broken.last_error  # what raised, not its absence
         # The timer that raised is left to its own deliveries: the next batch goes without it.
         assert firing.fire_batch_once(db, rt, third) == (True, [])
         assert _statuses(db, [broken_timer]) == ["waiting"]
@@ -131,6 +135,99 @@ def test_a_cycle_timer_fired_in_a_batch_keeps_its_delivery_for_the_next_occurren
             timer = s.get(Timer, cycle_timer)
             assert (timer.status, timer.due_at) == ("waiting", START + timedelta(hours=2))
     assert _fired_events(db)[cycle_instance] == 1
+
+
+def test_a_batch_takes_at_most_its_limit_oldest_due_first_and_a_limit_of_one_takes_none(db, rt, people):
+    with time_machine.travel(START, tick=False) as traveller:
+        started = []
+        for n in range(4):  # due a minute apart: the batch's order is the due time's
+            traveller.move_to(START + timedelta(minutes=n))
+            started += _start(db, rt, people, 1, first=n)
+        timers = [t for _, t in started]
+        now = START + timedelta(hours=1, minutes=3, seconds=1)
+        traveller.move_to(now)
+        assert firing.fire_batch_once(db, rt, timers[0], limit=1) == (True, [])
+        assert _statuses(db, timers) == ["fired", "waiting", "waiting", "waiting"]
+        with db.transaction() as s:
+            assert firing.fire_batch(s, rt, timers[3], limit=2) == (True, [timers[1]])
+        assert _statuses(db, timers) == ["fired", "fired", "waiting", "fired"]
+        with db.transaction() as s:
+            assert s.get(Timer, timers[1]).fired_at == now
+
+
+def test_a_delivered_timer_that_raises_in_a_batch_is_tried_once_and_counted_once(db, rt, people, caplog):
+    with time_machine.travel(START, tick=False) as traveller:
+        (broken_instance, delivered), (_, other) = _start(db, rt, people, 2)
+        with db.transaction() as s:  # a state no workflow can be restored from
+            s.execute(update(ProcessInstance).where(ProcessInstance.id == broken_instance)
+                      .values(state=b"not a workflow"))
+        traveller.move_to(DUE)
+        with caplog.at_level(logging.ERROR, logger=firing.__name__):
+            assert firing.fire_batch_once(db, rt, delivered) == (False, [])
+    # Its own failure is not the batch's: not retried alone (it would fail the same way).
+    assert [r.getMessage() for r in caplog.records if r.name == firing.__name__] == [
+        f"timer {delivered} could not be fired (in a batch delivered for timer {delivered})"]
+    assert _statuses(db, [delivered, other]) == ["waiting", "waiting"]
+    with db.transaction() as s:
+        assert (s.get(Timer, delivered).attempts, s.get(Timer, other).attempts) == (1, 0)
+        assert "decompressing" in s.get(Timer, delivered).last_error
+
+
+@pytest.mark.parametrize("failing", ["claim", "commit"])
+def test_a_batch_that_fails_itself_counts_no_timer_and_fires_the_delivered_one_alone(db, rt, people, monkeypatch,
+                                                                                     caplog, failing):
+    failures: list[str] = []
+
+    def fail(what: str) -> None:
+        failures.append(what)
+        raise RuntimeError(f"the batch's {what} failed")
+
+    real_commit = Session.commit
+
+    def commit_failing_once(self: Session) -> None:
+        if not failures:
+            fail("commit")
+        real_commit(self)
+
+    with time_machine.travel(START, tick=False) as traveller:
+        timers = [t for _, t in _start(db, rt, people, 3)]
+        traveller.move_to(DUE)
+        if failing == "claim":
+            monkeypatch.setattr(firing, "_claim_many", lambda *_args: fail("claim"))
+        else:  # after every firing of the batch: the transaction's end
+            monkeypatch.setattr(Session, "commit", commit_failing_once)
+        with caplog.at_level(logging.ERROR, logger=firing.__name__):
+            assert firing.fire_batch_once(db, rt, timers[0]) == (True, [])
+    assert failures == [failing]
+    assert [r.getMessage() for r in caplog.records if r.name == firing.__name__] == [
+        f"timer (none in particular) could not be fired (in a batch delivered for timer {timers[0]})"]
+    assert _statuses(db, timers) == ["fired", "waiting", "waiting"]
+    with db.transaction() as s:
+        assert [s.get(Timer, t).attempts for t in timers] == [0, 0, 0]
+
+
+def test_a_batch_fires_one_timer_per_instance_and_leaves_the_instances_others_to_their_deliveries(
+        db, rt, people, review):
+    policy = {"key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
+              "element_id": "register", "target_amount": 2, "target_unit": "WD", "business_hours": "default",
+              "milestones": [{"at": 0.5, "action": "raise_priority", "by": 20},
+                             {"at": 0.8, "action": "raise_priority", "by": 10}]}
+    with db.transaction() as s:
+        sla_admin.upsert_policy(s, rt, data=policy, actor=people.owner)
+    with time_machine.travel(START, tick=False) as traveller:
+        (_, delivered), = _start(db, rt, people, 1)
+        with db.transaction() as s:
+            reviewed = instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk,
+                                       data={"priority": 50, "due_at": None}).id
+        with db.transaction() as s:
+            milestones = list(s.execute(select(Timer.id).where(Timer.instance_id == reviewed, Timer.kind == "sla")
+                                        .order_by(Timer.due_at)).scalars())
+            last_due = s.get(Timer, milestones[-1]).due_at
+        assert len(milestones) == 2
+        traveller.move_to(last_due + timedelta(seconds=1))  # both milestones of the one instance due
+        with db.transaction() as s:
+            assert firing.fire_batch(s, rt, delivered) == (True, [milestones[0]])
+        assert _statuses(db, milestones) == ["fired", "waiting"]
 
 
 def _fired_instances(db) -> list[tuple[int, int]]:

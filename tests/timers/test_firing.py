@@ -3,15 +3,17 @@ time-machine; nothing sleeps for a timer."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from engine.models import AuditEvent, ProcessInstance, Timer
+from engine.models import AuditEvent, ProcessInstance, Task, Timer
 from engine.process import instances, tasks
+from engine.sla import admin as sla_admin
 from engine.timers import firing
 
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
@@ -164,3 +166,98 @@ def test_a_cycle_timer_catching_up_once_audits_the_occurrences_it_skipped(db, rt
     assert (caught_up["skipped_occurrences"], caught_up["catch_up"]) == (3, "once")
     assert set(on_time) == {"element_id", "due_at"}  # nothing skipped, nothing to say
     assert datetime.fromisoformat(on_time["due_at"]) == START + timedelta(hours=5)
+
+
+@pytest.mark.sqlite
+def test_a_firing_that_raises_is_counted_with_its_error_type_and_at_most_2000_characters_of_it(
+        db, rt, people, review, monkeypatch, caplog):
+    def broken(*_args, **_kwargs):
+        raise ValueError("x" * 3000)
+
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        timer_id = _timer(db, instance_id).id
+        traveller.move_to(START + timedelta(days=16))
+        monkeypatch.setattr(firing, "fire", broken)
+        with caplog.at_level(logging.ERROR, logger=firing.__name__):
+            assert firing.fire_once(db, rt, timer_id) is False
+    assert [r.getMessage() for r in caplog.records if r.name == firing.__name__] == [
+        f"timer {timer_id} could not be fired"]
+    timer = _timer(db, instance_id)
+    assert (timer.status, timer.attempts) == ("waiting", 1)
+    assert timer.last_error == "ValueError: " + "x" * 1988
+
+
+@pytest.mark.sqlite
+def test_a_failure_of_a_timer_that_no_longer_exists_is_logged_not_raised(db, rt, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise ValueError("its instance was purged meanwhile")
+
+    monkeypatch.setattr(firing, "fire", broken)
+    assert firing.fire_once(db, rt, 999_999) is False
+
+
+@pytest.mark.sqlite
+def test_an_sla_milestone_delivered_early_or_at_its_due_instant_does_nothing_and_fires_just_after(
+        db, rt, people, review):
+    # A delivery may come early (another host's clock): the row's due time decides, strictly.
+    policy = {"key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
+              "element_id": "register", "target_amount": 2, "target_unit": "WD", "business_hours": "default",
+              "milestones": [{"at": 0.5, "action": "raise_priority", "by": 20}]}
+    with db.transaction() as s:
+        sla_admin.upsert_policy(s, rt, data=policy, actor=people.owner)
+    with time_machine.travel(START, tick=False) as traveller:
+        with db.transaction() as s:
+            instance_id = instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk,
+                                          data={"priority": 50, "due_at": None}).id
+        with db.transaction() as s:
+            milestone = s.execute(select(Timer).where(Timer.instance_id == instance_id, Timer.kind == "sla")
+                                  ).scalar_one()
+        for moment in (START + timedelta(minutes=1), milestone.due_at):
+            traveller.move_to(moment)
+            with db.transaction() as s:
+                assert firing.fire(s, rt, milestone.id) is False
+                assert s.get(Timer, milestone.id).status == "waiting"
+        traveller.move_to(milestone.due_at + timedelta(seconds=1))
+        with db.transaction() as s:
+            assert firing.fire(s, rt, milestone.id) is True
+        with db.transaction() as s:
+            fired = s.get(Timer, milestone.id)
+            assert (fired.status, fired.fired_at) == ("fired", milestone.due_at + timedelta(seconds=1))
+
+
+@pytest.mark.sqlite
+def test_a_waiting_timer_of_an_instance_that_ended_is_settled_as_cancelled_when_delivered(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        running_id = _to_waiting_for_ack(db, rt, people, key="R-2")
+        timer_id = _timer(db, instance_id).id
+        with db.transaction() as s:  # ended without settling its timer (a row an older release left)
+            s.execute(update(ProcessInstance).where(ProcessInstance.id == instance_id).values(status="completed"))
+        traveller.move_to(START + timedelta(days=16))
+        with db.transaction() as s:
+            assert firing.fire(s, rt, timer_id) is False
+    assert _timer(db, instance_id).status == "cancelled"
+    assert _fired_events(db, instance_id) == []
+    assert _timer(db, running_id).status == "waiting"  # only that row is settled
+
+
+@pytest.mark.sqlite
+def test_a_fired_sla_milestone_evaluates_the_expression_naming_its_groups(db, rt, people, review):
+    policy = {"key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
+              "element_id": "register", "target_amount": 2, "target_unit": "WD", "business_hours": "default",
+              "milestones": [{"at": 0.5, "action": "reassign", "to": "${'managers'}"}]}
+    with db.transaction() as s:
+        sla_admin.upsert_policy(s, rt, data=policy, actor=people.owner)
+    with time_machine.travel(START, tick=False) as traveller:
+        with db.transaction() as s:
+            instance_id = instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk,
+                                          data={"priority": 50, "due_at": None}).id
+        milestone = _timer(db, instance_id)
+        traveller.move_to(milestone.due_at + timedelta(seconds=1))
+        with db.transaction() as s:
+            assert firing.fire(s, rt, milestone.id) is True
+    with db.transaction() as s:
+        task = s.execute(select(Task).where(Task.instance_id == instance_id, Task.element_id == "register")
+                         ).scalar_one()
+        assert task.candidate_groups == ["managers"]
