@@ -79,7 +79,11 @@ def diagram_milestone_due(calendar: BusinessCalendar, start: datetime, due_at: d
         trading = unit == Unit.TRADING_DAYS
         span, _ = calendar.business_time(start, due_at, trading=trading)
         if span > timedelta():
-            return min(calendar.add_business_time(start, span * fraction, trading=trading).at, due_at)
+            point = calendar.add_business_time(start, span * fraction, trading=trading).at
+            # Short of the whole, a share never passes the due date (one set at night would
+            # otherwise put the last share at the next opening); past it, it counts on, so an
+            # escalation at 150 % does not go out with the breach.
+            return min(point, due_at) if fraction < 1.0 else point
     return start + (due_at - start) * fraction
 
 

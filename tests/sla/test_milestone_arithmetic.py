@@ -51,6 +51,15 @@ def test_the_whole_target_is_the_due_date_itself_whatever_the_arithmetic_would_s
                                     1.5) == sh(2025, 6, 17, 10)
 
 
+def test_a_share_of_a_diagrams_due_date_past_the_whole_counts_on_in_working_time():
+    """150 % of a due date the diagram set is after it (an escalation that goes out with the
+    breach tells nobody anything new), counted in working time like the shares before it."""
+    calendar = _calendar()
+    start, due = sh(2025, 6, 12, 10), sh(2025, 6, 16, 10)  # Thursday 10:00 to Monday 10:00: 2 WD
+    assert milestones.diagram_milestone_due(calendar, start, due, "WD", 1.5) == sh(2025, 6, 17, 10)
+    assert milestones.diagram_milestone_due(calendar, start, due, "WD", 0.5) == sh(2025, 6, 13, 10)
+
+
 def test_whole_working_days_then_the_rest_in_business_hours():
     calendar = _calendar()
     start = sh(2025, 6, 12, 10)  # Thursday
