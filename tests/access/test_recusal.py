@@ -143,6 +143,35 @@ def test_separation_of_duties_on_one_step_leaves_the_case_readable(db, rt, peopl
         tasks.claim(s, rt, task_id=qa.id, actor=boss_as_subject)
 
 
+def test_an_open_step_makes_its_case_readable_to_those_it_is_offered_to_and_not_to_those_it_recuses(db, rt, people):
+    # Offered the open QA (clerks, managers), took no other part: a member reads the case by
+    # that offer alone, the recused subject (a manager) does not, and the recusal reaches no
+    # other case: offered the QA of a second case, the same manager reads that one.
+    recusing, qa = _start_qa(db, rt, people, subject="wang")
+    with db.transaction() as s:
+        other = instances.start(s, rt, process_key="qa_check", business_key="QA-2", actor=people.clerk,
+                                data={"subject": "nobody", "subject_group": ""}).id
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open_task(db, other, "call").id, actor=people.clerk, data={})
+    member = Actor(username="offered", groups=frozenset({"clerks"}))
+    subject = Actor(username="wang", groups=frozenset({"managers"}))
+    with db.transaction() as s:
+        assert instances.readable(s, recusing, member)
+        assert not instances.readable(s, recusing, subject)
+        assert instances.readable(s, other, subject)
+    # No longer offered either QA, the member follows the case whose QA they handed on (its
+    # owner) and the one whose QA they did.
+    with db.transaction() as s:
+        tasks.claim(s, rt, task_id=qa.id, actor=member)
+    with db.transaction() as s:
+        tasks.delegate(s, rt, task_id=qa.id, username=people.teammate.username, actor=member)
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open_task(db, other, "qa").id, actor=member, data={})
+    with db.transaction() as s:
+        assert instances.readable(s, recusing, member) and instances.readable(s, other, member)
+        assert not instances.readable(s, recusing, Actor(username="nobody", groups=frozenset({"clerks"})))
+
+
 def test_deploy_refuses_an_unknown_recusal_scope(db, rt, people):
     bad = process(linear(("t", _task_with("t", "clerks", excludeUsers="${subject}", recusalScope="branch"))),
                   key="bad_scope")
