@@ -172,6 +172,21 @@ def test_an_open_step_makes_its_case_readable_to_those_it_is_offered_to_and_not_
         assert not instances.readable(s, recusing, Actor(username="nobody", groups=frozenset({"clerks"})))
 
 
+def test_who_held_a_step_of_a_case_no_longer_follows_it_once_the_case_is_cancelled(db, rt, people):
+    # Holding a step counts while the step is active; the step of a cancelled case is not.
+    instance_id, qa = _start_qa(db, rt, people)
+    holder = Actor(username="holder", groups=frozenset({"clerks"}))
+    with db.transaction() as s:
+        tasks.claim(s, rt, task_id=qa.id, actor=holder)
+    with db.transaction() as s:
+        assert instances.readable(s, instance_id, holder)
+    with db.transaction() as s:
+        instances.cancel(s, rt, instance_id=instance_id, actor=people.supervisor, reason="重复登记")
+    with db.transaction() as s:
+        assert s.get(Task, qa.id).assignee == "holder"
+        assert not instances.readable(s, instance_id, holder)
+
+
 def test_deploy_refuses_an_unknown_recusal_scope(db, rt, people):
     bad = process(linear(("t", _task_with("t", "clerks", excludeUsers="${subject}", recusalScope="branch"))),
                   key="bad_scope")
