@@ -130,6 +130,17 @@ def test_someone_recused_case_wide_from_a_step_cannot_read_the_case(db, rt, peop
         assert instances.get(s, instance_id, actor=people.supervisor).id == instance_id
 
 
+def test_a_case_wide_recusal_hides_that_case_and_no_other(db, rt, people):
+    recusing, _qa = _start_qa(db, rt, people, subject="wang", xml=QA_CASE_WIDE)
+    with db.transaction() as s:
+        other = instances.start(s, rt, process_key="qa_check", business_key="QA-2", actor=people.clerk,
+                                data={"subject": "nobody", "subject_group": ""}).id
+    boss_as_subject = Actor(username="wang", groups=frozenset({"supervisor"}))
+    with db.transaction() as s:
+        assert not instances.readable(s, recusing, boss_as_subject)
+        assert instances.readable(s, other, boss_as_subject)
+
+
 def test_separation_of_duties_on_one_step_leaves_the_case_readable(db, rt, people):
     # The default scope is the task: the caller is kept off the QA of their own call but
     # still follows the case they worked on.
