@@ -68,7 +68,7 @@ def test_a_workflow_run_leaves_every_chain_intact(db, people, finished):
         events = s.execute(select(AuditEvent).order_by(AuditEvent.stream, AuditEvent.seq)).scalars().all()
     streams = {e.stream for e in events}
     assert {f"instance:{one}", f"instance:{two}", "system"} <= streams
-    assert report.events == len(events)
+    assert (report.streams, report.events) == (len(streams), len(events))
     for stream in streams:  # each chain links to its predecessor from seq 1, empty hash first
         chain = [e for e in events if e.stream == stream]
         assert [e.seq for e in chain] == list(range(1, len(chain) + 1))
@@ -159,14 +159,30 @@ def test_event_data_is_stored_as_it_was_hashed_whether_it_is_plain_or_converted(
     at = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)
     plain = {"who": "张三", "count": 3, "ok": True, "none": None}
     converted = {"at": at, "ratio": Decimal("1.5"), "nested": {"list": (1, 2)}, 7: "seven"}
+    mixed = {"who": "张三", "at": at}  # one value JSON would change is enough to convert
     with db.transaction() as s:
         audit.record_system_event(s, kind="test.converted", actor="tester", at=at, data=converted)
         audit.record_system_event(s, kind="test.plain", actor="tester", at=at, data=plain)
+        audit.record_system_event(s, kind="test.mixed", actor="tester", at=at, data=mixed)
         plain["who"] = "李四"  # after the append, before the flush: what was recorded stays
     with db.transaction() as s:
         stored = dict(s.execute(select(AuditEvent.kind, AuditEvent.data)
-                                .where(AuditEvent.kind.in_(("test.plain", "test.converted")))).all())
+                                .where(AuditEvent.kind.in_(("test.plain", "test.converted", "test.mixed")))).all())
     assert stored["test.plain"] == {"who": "张三", "count": 3, "ok": True, "none": None}
     assert stored["test.converted"] == {"at": "2026-03-02 01:00:00+00:00", "ratio": "1.5",
                                         "nested": {"list": [1, 2]}, "7": "seven"}
+    assert stored["test.mixed"] == {"who": "张三", "at": "2026-03-02 01:00:00+00:00"}
     assert _verify(db).ok
+
+
+def test_the_hashed_text_of_an_event_is_fixed_so_chains_written_before_keep_verifying():
+    """What is hashed: the previous hash, then the event as compact JSON with its data's keys
+    sorted (PostgreSQL's JSONB hands them back in its own order) and text as it is. A change
+    to any of it would report every event already written as altered."""
+    from datetime import UTC, datetime
+
+    message = audit._message("ab" * 32, stream="instance:7", seq=3, occurred_at=datetime(2026, 3, 2, 1, 0, tzinfo=UTC),
+                             actor="张三", kind="task.completed", instance_id=7, task_uuid="u-1",
+                             data={"b": 1, "a": "甲"})
+    assert message == ("ab" * 32 + '|["instance:7",3,"2026-03-02T01:00:00.000000+00:00","张三","task.completed",'
+                       '7,"u-1",{"a":"甲","b":1}]').encode()

@@ -126,6 +126,22 @@ def test_each_event_is_an_hmac_under_the_key_not_a_plain_hash(db, case):
         assert audit.verify(s).broken == []
 
 
+def test_the_secret_derives_one_key_per_purpose_and_an_id_that_does_not_reveal_it():
+    # Built directly, not through the cached key_from: these are the derivations every chain
+    # and anchor already written depends on, so none of them may change.
+    secret = AUDIT_KEY.encode()
+    key = audit.AuditKey(secret)
+
+    def derive(purpose: bytes) -> bytes:
+        return hmac.new(secret, purpose, hashlib.sha256).digest()
+
+    assert key.mac(b"event") == hmac.new(derive(b"bpm audit chain v1"), b"event", hashlib.sha256).hexdigest()
+    assert key.mac(b"event") == key.mac(b"event")  # the keyed state is copied, not consumed
+    assert key.sign(b"anchor") == hmac.new(derive(b"bpm audit anchor v1"), b"anchor", hashlib.sha256).hexdigest()
+    assert key.key_id == derive(b"bpm audit key id v1").hex()[:16]
+    assert len(key.key_id) == 16 and key.key_id not in secret.hex()
+
+
 def test_drill_an_edited_event_with_the_plain_chain_recomputed_is_reported(database_url, db, case):
     stream = f"instance:{case}"
     assert verify(database_url)[0] == 0
@@ -179,6 +195,37 @@ def test_drill_a_system_stream_cut_back_is_reported_against_the_anchor(database_
     assert code == 1 and len(broken) == 1 and "anchor 2 (" in broken[0] and broken[0].startswith("BROKEN system #")
 
 
+def test_streams_cut_back_behind_their_head_or_their_anchor_are_each_reported_once(db, rt, case, anchors):
+    with db.transaction() as s:
+        audit.anchor(s, anchors, now=rt.now())
+    stream = f"instance:{case}"
+    events = events_of(db, stream)
+    system = events_of(db, audit.SYSTEM_STREAM)
+    assert len(system) >= 2
+    with db.engine.begin() as conn:  # the case's head left as it was: the head and the anchor both tell
+        conn.execute(text("DELETE FROM bpm_audit_event WHERE id = :id"), {"id": events[-1].id})
+    truncate(db, audit.SYSTEM_STREAM, 1)  # the head moved back with it: only the anchor tells
+    with db.transaction() as s:
+        broken = audit.verify(s, anchors=anchors).broken
+    assert [(b.stream, b.seq, b.event_id) for b in broken] == [
+        (stream, events[-1].seq, events[-2].id), (audit.SYSTEM_STREAM, system[-1].seq, system[-2].id)]
+    assert broken[0].reason == (f"chain ends at #{events[-2].seq} but the head says #{events[-1].seq} "
+                                "(events were removed from the end)")
+
+
+def test_a_stream_emptied_together_with_its_head_is_reported_against_its_anchor(db, rt, anchors):
+    with db.transaction() as s:
+        audit.record_system_event(s, kind="test.solo", actor="tester", at=rt.now(), stream="solo")
+    with db.transaction() as s:
+        audit.anchor(s, anchors, now=rt.now())
+    truncate(db, "solo", 1)  # no event left, the head back at #0
+    with db.transaction() as s:
+        broken = audit.verify(s, anchors=anchors).broken
+    assert [(b.stream, b.seq, b.event_id) for b in broken] == [("solo", 1, 0)]
+    assert broken[0].reason.startswith("chain ends at #0 but anchor 1 (")
+    assert broken[0].reason.endswith(" pinned #1 (events were removed from the end)")
+
+
 def test_without_anchors_the_truncation_goes_unseen_and_verify_says_so(database_url, db, case):
     # What the key alone cannot show; the operator is told, on every run.
     truncate(db, f"instance:{case}", 2)
@@ -204,6 +251,38 @@ def test_the_embedded_default_without_a_key_keeps_a_plain_chain_that_a_forger_ca
     code, broken, output = verify(url, BPM_AUDIT_KEY="")
     assert (code, broken) == (0, [])
     assert "unkeyed: BPM_AUDIT_KEY is not set, so the chains are plain SHA-256" in output
+
+
+def test_an_event_whose_previous_hash_was_changed_is_reported_and_not_anchored(db, rt, case, anchors):
+    # The event's own hash still matches its content: only the link to the one before breaks.
+    stream = f"instance:{case}"
+    target = events_of(db, stream)[2]
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE bpm_audit_event SET prev_hash = :h WHERE id = :id"), {"h": "0" * 64, "id": target.id})
+    expected = [audit.BrokenLink(stream, target.seq, target.id, "previous-hash does not match the preceding event")]
+    with db.transaction() as s:
+        assert audit.verify(s).broken == expected
+    with db.transaction() as s:
+        report = audit.anchor(s, anchors, now=rt.now())
+    assert report.broken == expected and report.file is not None
+    assert stream not in json.loads(report.file.read_text(encoding="utf-8"))["heads"]
+
+
+def test_a_stream_emptied_behind_its_head_is_reported_beside_an_altered_one(db, rt, case):
+    # A stream of a single event, deleted with its head left at #1; an altered stream before it
+    # in the report does not stop the check of the heads after it.
+    with db.transaction() as s:
+        audit.record_system_event(s, kind="test.solo", actor="tester", at=rt.now(), stream="solo")
+    [solo] = events_of(db, "solo")
+    stream = f"instance:{case}"
+    first = events_of(db, stream)[0]
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE bpm_audit_event SET actor = 'mallory' WHERE id = :id"), {"id": first.id})
+        conn.execute(text("DELETE FROM bpm_audit_event WHERE id = :id"), {"id": solo.id})
+    with db.transaction() as s:
+        broken = audit.verify(s).broken
+    assert [(b.stream, b.seq, b.event_id) for b in broken] == [(stream, 1, first.id), ("solo", 1, 0)]
+    assert broken[1].reason == "chain ends at #0 but the head says #1 (events were removed from the end)"
 
 
 # -- every hashed column ------------------------------------------------------------------------
@@ -260,6 +339,33 @@ def test_an_anchor_refuses_to_pin_a_stream_whose_new_events_do_not_verify(databa
     assert list(json.loads(written.read_text(encoding="utf-8"))["heads"]) == [audit.SYSTEM_STREAM]
 
 
+def test_an_anchor_checks_the_streams_in_batches_and_pins_every_one(db, rt, anchors):
+    # More streams than one query takes (200): each checked once, none left out.
+    names = [f"batch:{i:03d}" for i in range(201)]
+    with db.transaction() as s:
+        for name in names:
+            audit.record_system_event(s, kind="test.batch", actor="tester", at=rt.now(), stream=name)
+    with db.transaction() as s:
+        report = audit.anchor(s, anchors, now=rt.now())
+    assert report.broken == [] and report.file is not None
+    heads = json.loads(report.file.read_text(encoding="utf-8"))["heads"]
+    assert set(names) <= set(heads) and report.streams == len(heads)
+    with db.transaction() as s:
+        assert audit.verify(s, anchors=anchors).ok
+
+
+def test_an_anchor_of_another_format_is_not_an_anchor(db, rt, case, anchors):
+    with db.transaction() as s:
+        written = audit.anchor(s, anchors, now=rt.now()).file
+    assert written is not None
+    document = json.loads(written.read_text(encoding="utf-8"))
+    written.write_text(json.dumps({**document, "format": "bpm-audit-anchor/2"}), encoding="utf-8")
+    with db.transaction() as s:
+        report = audit.verify(s, anchors=anchors)
+    assert report.anchor_problems == [f"{written.name}: not an anchor: format 'bpm-audit-anchor/2', "
+                                      "expected 'bpm-audit-anchor/1'"]
+
+
 def test_an_edited_a_forged_or_a_missing_anchor_is_reported(database_url, db, rt, people, case, anchors):
     from engine.access import identity
 
@@ -308,6 +414,22 @@ def test_an_anchor_directory_that_is_not_there_is_an_error_not_a_new_directory(d
         assert str(result.exception) == f"BPM_AUDIT_ANCHOR_DIR {str(missing)!r} is not a directory"
 
 
+def test_anchoring_or_verifying_against_anchors_without_the_key_is_refused(database_url, db, rt, anchors):
+    # The command line refuses the anchor directory without the key already (Settings); the
+    # engine refuses it too, for any other caller.
+    unkeyed = Database(database_url)
+    try:
+        with unkeyed.transaction() as s, pytest.raises(ConfigError) as refused:
+            audit.verify(s, anchors=anchors)
+        assert str(refused.value) == "BPM_AUDIT_ANCHOR_DIR needs BPM_AUDIT_KEY: the anchors are signed with it"
+        with unkeyed.transaction() as s, pytest.raises(ConfigError) as refused:
+            audit.anchor(s, anchors, now=rt.now())
+        assert str(refused.value) == "BPM_AUDIT_KEY is not set: anchors are signed with the audit key"
+    finally:
+        unkeyed.dispose()
+    assert list(anchors.iterdir()) == []
+
+
 # -- events from before the key -----------------------------------------------------------------
 def test_events_from_before_the_key_verify_once_pinned_by_a_keyed_event_or_the_first_anchor(
         database_url, db, rt, people, case, anchors):
@@ -315,6 +437,7 @@ def test_events_from_before_the_key_verify_once_pinned_by_a_keyed_event_or_the_f
     stream = f"instance:{case}"
     rewrite_plain(db, stream, 1)
     rewrite_plain(db, audit.SYSTEM_STREAM, 1)
+    plain = len(events_of(db, stream)) + len(events_of(db, audit.SYSTEM_STREAM))
     code, broken, _ = verify(database_url)
     assert code == 1 and {line.split()[1] for line in broken} == {stream, audit.SYSTEM_STREAM}
 
@@ -329,6 +452,8 @@ def test_events_from_before_the_key_verify_once_pinned_by_a_keyed_event_or_the_f
     code, broken, output = verify(database_url, anchors)
     assert (code, broken) == (0, [])
     assert "event(s) written before the audit key, pinned by later events or anchors" in output
+    with db.transaction() as s:
+        assert audit.verify(s, anchors=anchors).plain_events == plain  # every one of them, once
 
     # From then on a rewrite of those plain events is caught by the anchor.
     rewrite_plain(db, audit.SYSTEM_STREAM, 1, actor="mallory")

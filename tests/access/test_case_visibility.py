@@ -63,6 +63,14 @@ def test_each_role_reads_the_cases_of_its_scope(db, cases, username, expected):
     assert _visible(db, username, cases) == expected
 
 
+def test_a_group_member_of_no_branch_reads_the_groups_clients_cases(db, cases):
+    # No branch, so no branch pool: the group's clients alone.
+    member = Actor(username="hq-member", groups=frozenset({"HZ01-G2"}), branch_code=None)
+    with db.transaction() as s:
+        listed = {i.id for i in instances.get_all(s, actor=member, limit=500)}
+    assert {client for client, instance_id in cases.items() if instance_id in listed} == {"C06"}
+
+
 def test_a_case_outside_the_scope_does_not_exist_for_the_reader(db, cases):
     with pytest.raises(InstanceNotFound), db.transaction() as s:
         instances.get(s, cases["C04"], actor=_actor(s, "s101"))

@@ -59,6 +59,8 @@ def test_another_branchs_supervisor_cannot_act_on_a_case_they_cannot_read(db, rt
         run(s, nb_head)
     # The case's own refusal, the same as for a case that does not exist; nothing changed.
     assert type(refused.value) is (NotFound if command == "reschedule" else InstanceNotFound)
+    if command != "reschedule":
+        assert str(refused.value) == f"no instance {running if command == 'cancel' else failed}"
     assert row_counts(db) == before
     with db.transaction() as s:
         run(s, hz_head)

@@ -130,6 +130,17 @@ def test_someone_recused_case_wide_from_a_step_cannot_read_the_case(db, rt, peop
         assert instances.get(s, instance_id, actor=people.supervisor).id == instance_id
 
 
+def test_a_case_wide_recusal_hides_that_case_and_no_other(db, rt, people):
+    recusing, _qa = _start_qa(db, rt, people, subject="wang", xml=QA_CASE_WIDE)
+    with db.transaction() as s:
+        other = instances.start(s, rt, process_key="qa_check", business_key="QA-2", actor=people.clerk,
+                                data={"subject": "nobody", "subject_group": ""}).id
+    boss_as_subject = Actor(username="wang", groups=frozenset({"supervisor"}))
+    with db.transaction() as s:
+        assert not instances.readable(s, recusing, boss_as_subject)
+        assert instances.readable(s, other, boss_as_subject)
+
+
 def test_separation_of_duties_on_one_step_leaves_the_case_readable(db, rt, people):
     # The default scope is the task: the caller is kept off the QA of their own call but
     # still follows the case they worked on.
@@ -141,6 +152,50 @@ def test_separation_of_duties_on_one_step_leaves_the_case_readable(db, rt, peopl
         assert qa.id not in [t.id for t in found]
     with pytest.raises(TaskNotFound), db.transaction() as s:
         tasks.claim(s, rt, task_id=qa.id, actor=boss_as_subject)
+
+
+def test_an_open_step_makes_its_case_readable_to_those_it_is_offered_to_and_not_to_those_it_recuses(db, rt, people):
+    # Offered the open QA (clerks, managers), took no other part: a member reads the case by
+    # that offer alone, the recused subject (a manager) does not, and the recusal reaches no
+    # other case: offered the QA of a second case, the same manager reads that one.
+    recusing, qa = _start_qa(db, rt, people, subject="wang")
+    with db.transaction() as s:
+        other = instances.start(s, rt, process_key="qa_check", business_key="QA-2", actor=people.clerk,
+                                data={"subject": "nobody", "subject_group": ""}).id
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open_task(db, other, "call").id, actor=people.clerk, data={})
+    member = Actor(username="offered", groups=frozenset({"clerks"}))
+    subject = Actor(username="wang", groups=frozenset({"managers"}))
+    with db.transaction() as s:
+        assert instances.readable(s, recusing, member)
+        assert not instances.readable(s, recusing, subject)
+        assert instances.readable(s, other, subject)
+    # No longer offered either QA, the member follows the case whose QA they handed on (its
+    # owner) and the one whose QA they did.
+    with db.transaction() as s:
+        tasks.claim(s, rt, task_id=qa.id, actor=member)
+    with db.transaction() as s:
+        tasks.delegate(s, rt, task_id=qa.id, username=people.teammate.username, actor=member)
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_open_task(db, other, "qa").id, actor=member, data={})
+    with db.transaction() as s:
+        assert instances.readable(s, recusing, member) and instances.readable(s, other, member)
+        assert not instances.readable(s, recusing, Actor(username="nobody", groups=frozenset({"clerks"})))
+
+
+def test_who_held_a_step_of_a_case_no_longer_follows_it_once_the_case_is_cancelled(db, rt, people):
+    # Holding a step counts while the step is active; the step of a cancelled case is not.
+    instance_id, qa = _start_qa(db, rt, people)
+    holder = Actor(username="holder", groups=frozenset({"clerks"}))
+    with db.transaction() as s:
+        tasks.claim(s, rt, task_id=qa.id, actor=holder)
+    with db.transaction() as s:
+        assert instances.readable(s, instance_id, holder)
+    with db.transaction() as s:
+        instances.cancel(s, rt, instance_id=instance_id, actor=people.supervisor, reason="重复登记")
+    with db.transaction() as s:
+        assert s.get(Task, qa.id).assignee == "holder"
+        assert not instances.readable(s, instance_id, holder)
 
 
 def test_deploy_refuses_an_unknown_recusal_scope(db, rt, people):

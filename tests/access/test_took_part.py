@@ -34,7 +34,8 @@ def _reads(db, username: str, instance_id: int) -> bool:
     with db.transaction() as s:
         try:
             instances.get(s, instance_id, actor=who)
-        except InstanceNotFound:
+        except InstanceNotFound as refused:
+            assert str(refused) == f"no instance {instance_id}"  # the same as for no such case
             assert instance_id not in [i.id for i in instances.get_all(s, actor=who, limit=500)]
             return False
         assert instance_id in [i.id for i in instances.get_all(s, actor=who, limit=500)]
@@ -94,6 +95,23 @@ def test_reading_a_case_does_not_make_a_person_its_handler(db, rt, complaint):
         messages.correlate(s, rt, name="client_withdraws", correlation_key=key, actor=_actor(db, "s104"),
                            payload=withdraw)
     assert "confirm_withdrawal" in [t.element_id for t in _open(db, complaint)]
+
+
+def test_a_handler_of_one_complaint_is_not_a_handler_of_the_next(db, rt, complaint):
+    # 沈洁 (s105) registers the first complaint: she took part in it without starting it. An
+    # agent registers the second: offered its registration while it waited, she took no part.
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_task(db, complaint, "register").id, actor=_actor(db, "s105"),
+                       data=REGISTRATION)
+    with db.transaction() as s:
+        second = messages.correlate(s, rt, name="complaint_received", correlation_key=None,
+                                    actor=_actor(db, "s104"), payload={"channel": "counter", "client_id": "C02"}).id
+    with db.transaction() as s:
+        tasks.complete(s, rt, task_id=_task(db, second, "register").id, actor=_actor(db, "s005"), data=REGISTRATION)
+    clerk = _actor(db, "s105")
+    with db.transaction() as s:
+        assert instances.handles(s, complaint, clerk)
+        assert not instances.handles(s, second, clerk)
 
 
 def test_an_outside_system_messages_any_case(db, rt, complaint):
