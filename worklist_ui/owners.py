@@ -2,7 +2,7 @@
 many cases run on it) and start routes; the draft editor (bpmn-js with the Camunda 7
 properties panel), which saves the draft on the server with an ETag, checks it with the
 deploy's own lint, deploys it as the next version and exports a version or the draft as a
-zip bundle.
+zip bundle; and the rollback page, which deploys an earlier version again.
 
 The editor's calls answer JSON: a refusal carries its reason (and, for lint, the problems
 located by element) so the page can show it on the canvas. Who may do what is decided by
