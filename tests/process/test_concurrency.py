@@ -206,3 +206,23 @@ def test_two_owners_deploying_one_process_at_once_get_consecutive_versions(db, r
     thread.join(timeout=30)
     assert "error" not in outcome, outcome.get("error")
     assert (mine, outcome["theirs"]) == ([2], [3])
+
+
+def test_locking_an_instance_the_session_already_holds_reads_what_another_transaction_committed(
+        db, rt, people, review):
+    """The lock re-reads the row: a session that loaded the case before another transaction
+    changed it (a step completed elsewhere moves the audit chain on) must not go on from its
+    stale copy once it holds the lock, or it would write over that change."""
+    from sqlalchemy import update
+
+    from engine.process.runtime import locked_instance
+
+    instance_id, _ = _start(db, rt, people, "STALE-1")
+    with db.transaction() as s:
+        held = s.get(ProcessInstance, instance_id)
+        seen = held.audit_seq
+        with db.transaction() as other:
+            other.execute(update(ProcessInstance).where(ProcessInstance.id == instance_id)
+                          .values(audit_seq=ProcessInstance.audit_seq + 7))
+        locked = locked_instance(s, instance_id)
+        assert locked is held and locked.audit_seq == seen + 7
