@@ -24,7 +24,7 @@ from engine.bpmn.values import value_problems
 from engine.process import catalogue, drafts
 from worklist_ui import forms
 from worklist_ui.i18n import beijing
-from worklist_ui.owners import _if_match, _json, etag
+from worklist_ui.owners import _if_match, _json, bounded_body, etag
 from worklist_ui.session import actor
 
 # A new form starts as this: one required text field, so the preview shows something at once.
@@ -86,12 +86,8 @@ def form_save(key: str, form_key: str) -> Any:
         person = actor()
         catalogue.require_owner(person)  # before the upload is read
         revision = _if_match()
-        if (request.content_length or 0) > drafts.MAX_FORM_BYTES:
-            raise errors.DraftRejected([errors.Problem(
-                f"forms/{form_key}.json", None, None, f"the form is larger than {drafts.MAX_FORM_BYTES} bytes")])
-        data = request.get_data(cache=False)
-        if not data:
-            raise errors.InvalidInput(gettext("Send the form's JSON as the request body"))
+        data = bounded_body(f"forms/{form_key}.json", drafts.MAX_FORM_BYTES, "the form",
+                            gettext("Send the form's JSON as the request body"))
         with ctx.db.transaction() as db:
             draft, problems = drafts.save_form(db, key, form_key, data, if_match=revision, actor=person,
                                                now=ctx.runtime.now())
@@ -172,12 +168,7 @@ def draft_import(key: str) -> Any:
         person = actor()
         catalogue.require_owner(person)  # before the upload is read
         revision = _if_match()
-        if (request.content_length or 0) > drafts.MAX_IMPORT_BYTES:
-            raise errors.DraftRejected([errors.Problem(
-                "upload", None, None, f"the zip is larger than {drafts.MAX_IMPORT_BYTES} bytes")])
-        data = request.get_data(cache=False)
-        if not data:
-            raise errors.InvalidInput(gettext("Choose a zip file to import"))
+        data = bounded_body("upload", drafts.MAX_IMPORT_BYTES, "the zip", gettext("Choose a zip file to import"))
         name = (request.args.get("filename") or "bundle.zip")[:200]
         with ctx.db.transaction() as db:
             draft, taken = drafts.import_bundle(db, ctx.runtime, key, data, filename=name, if_match=revision,

@@ -103,15 +103,21 @@ class _PreconditionRequired(Exception):
     """A save or deploy that does not say which revision it started from."""
 
 
-def _body(key: str) -> bytes:
-    """The diagram sent, bounded before it is read: larger than a deploy takes is refused."""
-    if (request.content_length or 0) > MAX_BPMN_BYTES:
-        raise errors.DraftRejected([errors.Problem(
-            f"{key}.bpmn", None, None, f"the diagram is larger than {MAX_BPMN_BYTES} bytes")])
+def bounded_body(file: str, limit: int, what: str, empty: str) -> bytes:
+    """The upload, refused before it is read when it says it is larger than ``limit`` (a
+    DraftRejected naming ``file``), and refused with ``empty`` when there is none."""
+    if (request.content_length or 0) > limit:
+        raise errors.DraftRejected([errors.Problem(file, None, None, f"{what} is larger than {limit} bytes")])
     data = request.get_data(cache=False)
     if not data:
-        raise errors.InvalidInput(gettext("Send the diagram's XML as the request body"))
+        raise errors.InvalidInput(empty)
     return data
+
+
+def _body(key: str) -> bytes:
+    """The diagram sent, bounded before it is read: larger than a deploy takes is refused."""
+    return bounded_body(f"{key}.bpmn", MAX_BPMN_BYTES, "the diagram",
+                        gettext("Send the diagram's XML as the request body"))
 
 
 def _json(call: Any) -> Any:
