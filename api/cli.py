@@ -124,9 +124,7 @@ def deploy(ctx: Context, paths: tuple[Path, ...], check: bool) -> None:
         with ctx.db.transaction() as session:
             results = deployments.deploy(session, rt, the_bundle, actor=identity.Actor.system("cli"))
     except DeploymentRejected as exc:
-        for problem in exc.problems:
-            click.echo(problem.format())
-        sys.exit(1)
+        _refused(exc)
     for result in results:
         state = "deployed" if result.created else "unchanged"
         click.echo(f"{state}: {result.version.process_key} v{result.version.version}")
@@ -152,13 +150,18 @@ def redeploy(ctx: Context, process_key: str, version: int, reason: str, username
             result = deployments.redeploy(session, rt, process_key, version, actor=actor, reason=reason)
             number, created = result.version.version, result.created
     except DeploymentRejected as exc:
-        for problem in exc.problems:
-            click.echo(problem.format())
-        sys.exit(1)
+        _refused(exc)
     if created:
         click.echo(f"deployed: {process_key} v{number} (version {version} again)")
     else:
         click.echo(f"unchanged: {process_key} v{number} already has version {version}'s content")
+
+
+def _refused(exc: DeploymentRejected) -> NoReturn:
+    """A refused deploy: one ``file:line element-id: message`` line per problem, exit 1."""
+    for problem in exc.problems:
+        click.echo(problem.format())
+    sys.exit(1)
 
 
 def _check(ctx: Context, rt: Runtime, the_bundle: bundle.Bundle) -> list[Any]:

@@ -12,7 +12,7 @@ from engine.access import identity
 from engine.bpmn.bundle import Bundle
 from engine.models import AuditEvent, Group, GroupMember, ProcessVersion
 from engine.process import deployments
-from tests.ui.test_owners import OWNER, STAFF, _signed_in
+from tests.ui.test_owners import OWNER, STAFF, _signed_in, _with_groups
 
 PAGE = "/processes/complaint/versions/1/redeploy"
 
@@ -22,9 +22,7 @@ def deploy_version_2(db, rt, groups="hq_complaint_dept"):
     with db.transaction() as s:
         owner = identity.actor_for(s, identity.get_user(s, OWNER))
         v1 = deployments.get_version(s, "complaint", 1)
-        xml, count = re.subn(r'(<bpmn:userTask id="register"[^>]*camunda:candidateGroups=")[^"]*"',
-                             rf'\g<1>{groups}"', v1.bpmn_xml)
-        assert count == 1
+        xml = _with_groups(v1.bpmn_xml, "register", groups)
         bundle = Bundle(name="v2")
         bundle.bpmn["complaint.bpmn"] = xml.encode()
         bundle.forms.update(v1.forms)
