@@ -665,6 +665,19 @@ def figures_import_snapshot(ctx: Context, path: Path) -> None:
         sys.exit(1)
 
 
+@figures_group.command("count-board")
+@pass_ctx
+def figures_count_board(ctx: Context) -> None:
+    """Count the supervisors' board for the whole firm now (a snapshot the board pages read
+    for the next few minutes); the app and the timer workers count one every minute."""
+    from engine.process import board_snapshot
+
+    rt = ctx.runtime()
+    with ctx.db.transaction() as session:
+        snapshot = board_snapshot.build(session, now=rt.now())
+    click.echo(f"board counted as of {snapshot.as_of.isoformat()} in {snapshot.took_ms} ms")
+
+
 @figures_group.command("set")
 @click.argument("key")
 @click.argument("value")
@@ -768,6 +781,7 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
     In production run gunicorn: ``gunicorn 'api.wsgi:app'``."""
     from api import create_app
+    from engine.process.board_snapshot import Refresher
     from engine.timers.firing import EmbeddedRunner
     from engine.timers.notify import Notifier
     rt = build_runtime(ctx.settings, scheduler=rq_scheduler(ctx.settings))
@@ -779,12 +793,17 @@ def serve(ctx: Context, host: str, port: int) -> None:
         rt.scheduler = runner
         runner.start()
         timers_note = "timers: embedded runner"
+    # The supervisors' board is counted once a minute in the background (rq workers count it
+    # too; a round another process counted recently is skipped).
+    board = Refresher(ctx.db, rt.now)
+    board.start()
     app = create_app(ctx.settings, database=ctx.db, runtime=rt, record_policy=True)
     click.echo(f"Brokerage BPM is running at http://{host}:{port}/  "
                f"(API: http://{host}:{port}/api/v1/openapi.json; demo login s104 / demo; {timers_note})")
     try:
         app.run(host=host, port=port, debug=False, use_reloader=False)
     finally:
+        board.stop()
         if runner is not None:
             runner.stop()
 

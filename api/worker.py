@@ -27,6 +27,7 @@ from rq.job_lifecycle import call_exception_handlers
 from engine.bootstrap import build_runtime
 from engine.config import Settings
 from engine.db import Database
+from engine.process.board_snapshot import Refresher
 from engine.timers.notify import Notifier
 from engine.timers.queueing import QUEUE_NAME, RqScheduler, Sweeper
 
@@ -42,11 +43,16 @@ def run(settings: Settings, db: Database, *, sweep_interval: float, stale_after:
                       stale_after=timedelta(seconds=stale_after),
                       after_sweep=lambda: notifier.deliver_pending(db, rt), on_error=on_sweep_error)
     sweeper.start()
+    board = None if burst else Refresher(db, rt.now)  # the supervisors' board, once a minute
+    if board is not None:
+        board.start()
     die_with_parent()
     try:
         make_worker(settings.redis_url).work(with_scheduler=True, burst=burst)
     finally:
         sweeper.stop()
+        if board is not None:
+            board.stop()
 
 
 def die_with_parent() -> None:

@@ -586,6 +586,68 @@ class Notification(Base):
                       Index("ix_notification_recipient", "recipient", "id"))
 
 
+class BoardSnapshot(Base):
+    """The supervisors' board counted for the whole firm at one moment (``as_of``), so a
+    board page reads a few thousand counted rows instead of every open task
+    (engine.process.board_snapshot). Kept until the next one is complete."""
+
+    __tablename__ = "bpm_board_snapshot"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The overdue figure's period (the year to date at ``as_of``): its work closed late.
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    took_ms: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_board_snapshot_as_of", "as_of"),)
+
+
+class BoardCell(Base):
+    """One board row's counts for one branch and process: the board of any scope (a branch
+    with the tasks tied to none, the firm) is a sum of cells. ``branch_code`` and ``key`` are
+    "" for none (no branch; nobody holds it; no group queue)."""
+
+    __tablename__ = "bpm_board_cell"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("bpm_board_snapshot.id"))
+    dimension: Mapped[str] = mapped_column(String(8))
+    branch_code: Mapped[str] = mapped_column(String(32))
+    process_key: Mapped[str] = mapped_column(String(128))
+    key: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(256))  # a step's name
+    # The board's counts (engine.process.board), over the open tasks.
+    open: Mapped[int] = mapped_column(Integer, default=0)
+    breached: Mapped[int] = mapped_column(Integer, default=0)
+    at_risk: Mapped[int] = mapped_column(Integer, default=0)
+    paused: Mapped[int] = mapped_column(Integer, default=0)
+    undated: Mapped[int] = mapped_column(Integer, default=0)
+    oldest_breach: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The overdue figure's (engine.brokerage.figures.overdue_tasks), beside them on the page.
+    overdue: Mapped[int] = mapped_column(Integer, default=0)
+    late_at_risk: Mapped[int] = mapped_column(Integer, default=0)
+    closed_late: Mapped[int] = mapped_column(Integer, default=0)
+    regulatory: Mapped[int] = mapped_column(Integer, default=0)
+    ageing: Mapped[list[int] | None] = mapped_column(JSON)  # overdue tasks per ageing bucket
+
+    __table_args__ = (Index("ix_board_cell_read", "snapshot_id", "dimension", "branch_code"),)
+
+
+class BoardWeek(Base):
+    """One branch's week of the board's 12-week trend at the snapshot's moment."""
+
+    __tablename__ = "bpm_board_week"
+
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("bpm_board_snapshot.id"),
+                                             primary_key=True)
+    branch_code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    week_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    breached: Mapped[int] = mapped_column(Integer)
+    completed: Mapped[int] = mapped_column(Integer)
+    on_time: Mapped[int] = mapped_column(Integer)
+
+
 class Comment(Base):
     """A note on a case by someone who may read it; audited on the case like every change."""
 

@@ -20,6 +20,7 @@ from engine.audit import record_system_event
 from engine.brokerage import figures
 from engine.calendars import SHANGHAI
 from engine.process import board as boards
+from engine.process import board_snapshot as snapshots
 from engine.process import tasks, worklist
 from worklist_ui.i18n import beijing, duration, label, tier_name
 from worklist_ui.session import actor
@@ -58,10 +59,10 @@ def board() -> Any:
     person = actor()
     now = ctx.runtime.now()
     with ctx.db.reading() as db:
-        found = boards.board(db, actor=person, by=by, now=now, process_key=process)
-        # What only the page shows (an export is the table's counts).
-        late = _late_work(db, person, by, now) if fmt == "html" else {}
-        weeks = boards.trend(db, actor=person, now=now) if fmt == "html" else []
+        # From the minute's snapshot when there is one (engine.process.board_snapshot); the
+        # overdue figure and the trend only for the page (an export is the table's counts).
+        shown = snapshots.view(db, actor=person, by=by, now=now, process_key=process, with_figures=fmt == "html")
+    found = shown.board
     if fmt != "html":
         with ctx.db.transaction() as db:
             record_system_event(db, kind="board.exported", actor=person.username, at=now,
@@ -72,8 +73,8 @@ def board() -> Any:
         return _csv(found)
     if fmt == "xlsx":
         return _xlsx(found)
-    return render_template("board.html", board=found, by=by, process=process, now=now, late=late,
-                           weeks=weeks, chart=_chart(weeks),
+    return render_template("board.html", board=found, by=by, process=process, now=now, late=shown.late,
+                           weeks=shown.weeks, chart=_chart(shown.weeks), from_snapshot=shown.from_snapshot,
                            dimensions=_dimension_names(), drill_down=drill_down, bucket_name=bucket_name,
                            lateness=lambda moment: duration((now - moment).total_seconds()))
 
@@ -98,27 +99,6 @@ def _chart(weeks: list[boards.Week]) -> dict[str, Any]:
                       for i, w in enumerate(weeks) if w.on_time_rate is not None)
     return {"bars": bars, "line": points, "width": len(weeks) * (width + gap), "height": height,
             "bar_width": width, "top": top}
-
-
-# The figure of overdue work names its dimensions as the API does.
-_FIGURE_DIMENSION = {"branch": "branch", "group": "group", "person": "assignee", "process": "process", "step": "step"}
-
-
-def _late_work(db: Any, person: Any, by: str, now: Any) -> dict[str, Any]:
-    """What the overdue-tasks figure adds to the board, by the board's row keys: overdue work on
-    regulatory deadlines, work closed late this month, and how long the overdue work has been
-    overdue (the configured ageing buckets). The figure is the same as ``GET /figures/
-    overdue-tasks``; the board shows it beside its own counts."""
-    dimension = _FIGURE_DIMENSION[by]
-    found = figures.overdue_tasks(db, scope=figures.scope_for(person, now=now), by=[dimension], now=now,
-                                  config=figures.load_config(db))
-
-    def key(row: figures.TaskFigureRow) -> str:
-        if by == "step":
-            return f"{row.key.get('process') or ''}/{row.key.get('step') or ''}"
-        return str(row.key.get(dimension) or "")
-
-    return {"rows": {key(row): row for row in found.rows}, "total": found.total}
 
 
 TASK_COLUMNS = ("Case", "Process", "Step", "Client", "Class", "Tier", "Due (Beijing time)", "Deadline", "Priority",

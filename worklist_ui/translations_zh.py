@@ -253,6 +253,8 @@ ZH = {
     "Total": "合计",
     "Open work by %(dimension)s": "按%(dimension)s统计的在办事项",
     "As of %(moment)s (Beijing time); refreshes every minute.": "统计时点：%(moment)s（北京时间），每分钟自动刷新。",
+    "As of %(moment)s (Beijing time): the board is counted every minute; this page refreshes itself.":
+        "统计时点：%(moment)s（北京时间）：看板每分钟统计一次，本页自动刷新。",
     "Totals": "合计",
     "longest %(late)s late": "最久已逾期 %(late)s",
     "Count by": "统计维度",

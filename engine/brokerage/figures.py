@@ -299,6 +299,11 @@ def _dimensions(by: Sequence[str]) -> list[str]:
     return [d for d in TASK_DIMENSIONS if d in wanted]
 
 
+def bucket_spans(edges: Sequence[int]) -> list[tuple[int, int | None]]:
+    """The ageing buckets' (first, last) whole working days overdue; the last has no end."""
+    return [(0, edges[0]), *((low + 1, high) for low, high in itertools.pairwise(edges)), (edges[-1] + 1, None)]
+
+
 def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: datetime, config: FigureConfig,
                   buckets: Sequence[int] | None = None) -> TaskFigures:
     """Open tasks overdue or at risk at :meth:`Scope.as_of`, tasks closed late in the period,
@@ -361,8 +366,7 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
             counts = ages.setdefault(tuple(key), [0] * (len(edges) + 1))
             counts[sum(1 for e in edges if age > e)] += 1
 
-    spans = [(0, edges[0]), *((low + 1, high) for low, high in itertools.pairwise(edges)),
-             (edges[-1] + 1, None)]
+    spans = bucket_spans(edges)
 
     def row(values: Any, dimensions: list[str]) -> TaskFigureRow:
         counts = [int(v or 0) for v in values[len(dimensions):]]

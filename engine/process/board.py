@@ -76,67 +76,115 @@ def require_supervisor(actor: Actor) -> None:
         raise PermissionDenied("the board is for supervisors")
 
 
-def _scoped(actor: Actor) -> list[Any]:
+def scoped(actor: Actor) -> list[Any]:
     """The tasks a supervisor may see, as WHERE clauses: none that recuses them, and their
     branch's and those tied to no branch (the firm at headquarters)."""
-    where: list[Any] = tasks.not_recused(tasks.principals(actor))
+    return [*tasks.not_recused(tasks.principals(actor)), *in_branch_scope(actor)]
+
+
+def in_branch_scope(actor: Actor) -> list[Any]:
+    """A branch's supervisor's tasks: their branch's and those tied to no branch; at
+    headquarters (and for administrators), every task."""
     branch = tasks.supervised_branch(actor)
-    if branch is not None:
-        where.append(or_(Task.branch_code.is_(None), Task.branch_code == branch))
-    return where
+    return [] if branch is None else [or_(Task.branch_code.is_(None), Task.branch_code == branch)]
+
+
+def recusing(actor: Actor) -> Any:
+    """The tasks that recuse ``actor``, themselves or case-wide: what the board hides from them."""
+    return or_(*(~clause for clause in tasks.not_recused(tasks.principals(actor))))
 
 
 def board(session: Session, *, actor: Actor, by: str, now: datetime, process_key: str | None = None) -> Board:
     """Open, on track, at risk, breached, paused and undated tasks per ``by`` (branch, group,
-    person, process or step), busiest breach first, with the total over the reader's scope."""
+    person, process or step), busiest breach first, with the total over the reader's scope,
+    counted live (engine.process.board_snapshot reads the same from a snapshot)."""
     require_supervisor(actor)
+    check_dimension(by)
+    where = [Task.status.in_(ACTIVE_TASK_STATES), *scoped(actor)]
+    rows = counted(session, by=by, now=now, where=where, process_key=process_key)
+    if by == "group":
+        # Rows of groups overlap (one task, two groups): the total counts each task once.
+        totals = session.execute(select(*measures(now)).where(*where, *_of_process(process_key))).one()
+        return Board(by, rows, row_of(by, "", "", totals), now)
+    return Board(by, rows, total_of(by, rows), now)
+
+
+def check_dimension(by: str) -> None:
     if by not in DIMENSIONS:
         raise InvalidInput(f"by must be one of {', '.join(DIMENSIONS)}", field="by")
+
+
+def measures(now: datetime) -> list[Any]:
+    """The board's counts of the tasks selected, at ``now``: open, breached, at risk, paused,
+    undated, and the due time of the longest-breached (the rules of engine.sla.clock.state:
+    paused first, then breached, at risk, on track)."""
     paused = Task.sla_paused_at.is_not(None)
     undated = and_(~paused, Task.due_at.is_(None))
     breached = and_(~paused, Task.due_at.is_not(None), or_(Task.breached_at.is_not(None), Task.due_at < now))
     at_risk = and_(~paused, Task.due_at >= now, Task.breached_at.is_(None), Task.at_risk_at <= now)
 
-    def counted(condition: Any) -> Any:
+    def count(condition: Any) -> Any:
         return func.sum(case((condition, 1), else_=0))
 
-    key: Any = {
+    return [func.count(), count(breached), count(at_risk), count(paused), count(undated),
+            func.min(case((breached, Task.due_at), else_=None))]
+
+
+def key_of(by: str) -> Any:
+    """A board row's key as SQL ("" for none); the group's needs :func:`offered_to_groups`."""
+    return {
         "branch": func.coalesce(Task.branch_code, ""),
         "group": func.coalesce(TaskCandidate.group_key, ""),
         "person": func.coalesce(Task.assignee, ""),
         "process": Task.process_key,
         "step": Task.process_key + literal("/", String) + Task.element_id,
     }[by]
-    columns = [func.count(), counted(breached), counted(at_risk), counted(paused), counted(undated),
-               func.min(case((breached, Task.due_at), else_=None))]
-    where = [Task.status.in_(ACTIVE_TASK_STATES), *_scoped(actor)]
-    if process_key:
-        where.append(Task.process_key == process_key)
+
+
+def offered_to_groups(stmt: Any) -> Any:
+    """A task offered to several groups counts once in each; a claimed task, in none. Only the
+    open tasks' candidate rows are joined (a completed task's stay for the figures)."""
+    return stmt.outerjoin(TaskCandidate, and_(TaskCandidate.task_id == Task.id, Task.assignee.is_(None),
+                                              TaskCandidate.active == true()))
+
+
+def _of_process(process_key: str | None) -> list[Any]:
+    return [Task.process_key == process_key] if process_key else []
+
+
+def counted(session: Session, *, by: str, now: datetime, where: list[Any], process_key: str | None = None,
+            only_key: str | None = None) -> list[BoardRow]:
+    """The board's rows over the tasks ``where`` selects, named and in the board's order
+    (``only_key``: that one row)."""
+    key = key_of(by)
+    where = [*where, *_of_process(process_key), *([key == only_key] if only_key is not None else [])]
     # A step's name comes with its counts: naming the steps afterwards read every open task again.
-    stmt = select(key, *columns, *([func.max(Task.name)] if by == "step" else [])).where(*where)
+    stmt = select(key, *measures(now), *([func.max(Task.name)] if by == "step" else [])).where(*where)
     if by == "group":
-        # A task offered to several groups counts once in each; a claimed task, in none. Only
-        # the open tasks' candidate rows are joined (a completed task's stay for the figures).
-        stmt = stmt.outerjoin(TaskCandidate, and_(TaskCandidate.task_id == Task.id, Task.assignee.is_(None),
-                                                  TaskCandidate.active == true()))
+        stmt = offered_to_groups(stmt)
     found: list[Any] = list(session.execute(stmt.group_by(key)).all())
-    names = _names(session, by, [row[0] for row in found])
+    step_names = {row[0]: row[-1] for row in found} if by == "step" else {}
+    return named(session, by, [(row[0], row[1:7]) for row in found], step_names)
+
+
+def named(session: Session, by: str, found: list[tuple[str, Any]], step_names: dict[str, str | None]) -> list[BoardRow]:
+    """Board rows from (key, counts) pairs, with the names people know them by, busiest breach
+    first; ``step_names``: a step's own name by its key."""
+    names = _names(session, by, [key for key, _ in found])
     if by == "step":
-        names = {k: f"{(names.get(k) or k).split(' · ')[0]} · {row[-1] or k.split('/', 1)[1]}"
-                 for row in found if (k := row[0])}
-        found = [row[:-1] for row in found]
-    rows = [_row(by, row[0], names.get(row[0]) or row[0] or "", row[1:]) for row in found]
+        names = {k: f"{(names.get(k) or k).split(' · ')[0]} · {step_names.get(k) or k.split('/', 1)[1]}"
+                 for k, _ in found if k}
+    rows = [row_of(by, key, names.get(key) or key or "", values) for key, values in found]
     rows.sort(key=lambda r: (-r.breached, -r.at_risk, -r.open, r.name))
-    if by == "group":
-        # Rows of groups overlap (one task, two groups): the total counts each task once.
-        totals = session.execute(select(*columns).where(*where)).one()
-        return Board(by, rows, _row(by, "", "", totals), now)
-    # Otherwise every task is in exactly one row: the total is their sum, not a second scan.
+    return rows
+
+
+def total_of(by: str, rows: list[BoardRow]) -> BoardRow:
+    """The total of rows that each hold a task once (every dimension but the group)."""
     oldest = [r.oldest_breach for r in rows if r.oldest_breach is not None]
-    total = _row(by, "", "", (sum(r.open for r in rows), sum(r.breached for r in rows), sum(r.at_risk for r in rows),
-                              sum(r.paused for r in rows), sum(r.no_deadline for r in rows),
-                              min(oldest) if oldest else None))
-    return Board(by, rows, total, now)
+    return row_of(by, "", "", (sum(r.open for r in rows), sum(r.breached for r in rows), sum(r.at_risk for r in rows),
+                             sum(r.paused for r in rows), sum(r.no_deadline for r in rows),
+                             min(oldest) if oldest else None))
 
 
 def count_all(session: Session, *, actor: Actor, query: tasks.InboxQuery, now: datetime) -> int:
@@ -145,7 +193,7 @@ def count_all(session: Session, *, actor: Actor, query: tasks.InboxQuery, now: d
     return total
 
 
-def _row(by: str, key: str, name: str, values: Any) -> BoardRow:
+def row_of(by: str, key: str, name: str, values: Any) -> BoardRow:
     opened, breached, at_risk, paused, undated, oldest = values
     opened, breached, at_risk, paused, undated = (int(v or 0) for v in (opened, breached, at_risk, paused, undated))
     return BoardRow(key=key, name=name, open=opened, on_track=opened - breached - at_risk - paused - undated,
@@ -188,10 +236,22 @@ def trend(session: Session, *, actor: Actor, now: datetime, weeks: int = 12) -> 
     """The last ``weeks`` weeks (this one included), oldest first, over the supervisor's scope:
     breaches opened, deadlines met and missed. One query: a sum per week and measure."""
     require_supervisor(actor)
-    this_monday = (now.astimezone(SHANGHAI) - timedelta(days=now.astimezone(SHANGHAI).weekday())).replace(
-        hour=0, minute=0, second=0, microsecond=0)
-    starts = [this_monday - timedelta(weeks=weeks - 1 - i) for i in range(weeks)]
-    edges = [*starts, this_monday + timedelta(weeks=1)]
+    return weekly(session, now=now, where=scoped(actor), weeks=weeks).get("") or week_starts(now, weeks)
+
+
+def week_starts(now: datetime, weeks: int = 12) -> list[Week]:
+    """The last ``weeks`` weeks, this one included, oldest first, with nothing counted."""
+    local = now.astimezone(SHANGHAI)
+    this_monday = (local - timedelta(days=local.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    return [Week(this_monday - timedelta(weeks=weeks - 1 - i), 0, 0, 0) for i in range(weeks)]
+
+
+def weekly(session: Session, *, now: datetime, where: list[Any], weeks: int = 12,
+           by_branch: bool = False) -> dict[str, list[Week]]:
+    """:func:`trend`'s weeks over the tasks ``where`` selects, per branch ("" for none) with
+    ``by_branch``, else under "" alone (no entry when no task counts)."""
+    starts = [w.start for w in week_starts(now, weeks)]
+    edges = [*starts, starts[-1] + timedelta(weeks=1)]
     # When a task's deadline passed while it was open: its recorded breach, else its due time
     # for a task still open or completed after it.
     breach_at = func.coalesce(Task.breached_at, case((or_(Task.completed_at.is_(None), Task.completed_at > Task.due_at),
@@ -202,7 +262,9 @@ def trend(session: Session, *, actor: Actor, now: datetime, weeks: int = 12) -> 
         done = and_(Task.status == TaskStatus.COMPLETED, Task.completed_at >= low, Task.completed_at < high)
         columns.append(func.sum(case((done, 1), else_=0)))
         columns.append(func.sum(case((and_(done, Task.completed_at <= Task.due_at), 1), else_=0)))
-    where = [Task.due_at.is_not(None), or_(Task.completed_at >= edges[0], Task.completed_at.is_(None)),
-             *_scoped(actor)]
-    values = session.execute(select(*columns).where(*where)).one()
-    return [Week(start, *(int(v or 0) for v in values[i * 3:i * 3 + 3])) for i, start in enumerate(starts)]
+    branch = func.coalesce(Task.branch_code, "") if by_branch else literal("", String)
+    stmt = select(branch, func.count(), *columns).where(
+        Task.due_at.is_not(None), or_(Task.completed_at >= edges[0], Task.completed_at.is_(None)), *where)
+    found = session.execute(stmt.group_by(branch) if by_branch else stmt).all()
+    return {row[0]: [Week(start, *(int(v or 0) for v in row[2 + i * 3:5 + i * 3])) for i, start in enumerate(starts)]
+            for row in found if row[1]}

@@ -411,3 +411,19 @@ def test_a_bad_setting_stops_the_app_factory_at_start(monkeypatch, tmp_path):
     monkeypatch.setenv("BPM_REDIS_URL", "nope")
     with pytest.raises(ConfigError, match="BPM_REDIS_URL"):
         create_app()
+
+
+@pytest.mark.sqlite
+def test_count_board_keeps_a_snapshot_the_board_then_reads(database_url, db, rt, demo_cases_loaded):
+    from engine.models import BoardCell, BoardSnapshot
+    from engine.process import board_snapshot
+
+    result = bpm(database_url, "figures", "count-board")
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"board counted as of \S+ in \d+ ms\n", result.stdout)
+    with db.transaction() as s:
+        (snapshot,) = s.execute(select(BoardSnapshot)).scalars().all()
+        cells = s.execute(select(func.count()).select_from(BoardCell)
+                          .where(BoardCell.snapshot_id == snapshot.id)).scalar()
+        assert cells > 0
+        assert board_snapshot.latest(s, now=snapshot.as_of) is not None

@@ -18,11 +18,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from engine.access.identity import Actor
 from engine.models import (
     ACTIVE_TASK_STATES,
+    BoardCell,
+    BoardSnapshot,
     ProcessInstance,
     ProcessVersion,
     Task,
@@ -31,7 +33,7 @@ from engine.models import (
     TaskStatus,
 )
 from engine.process import board as boards
-from engine.process import tasks
+from engine.process import board_snapshot, tasks
 from engine.sla import clock as sla_clock
 
 # On both stores: the SQLite default keeps the same index branches and trigger.
@@ -285,3 +287,142 @@ def test_board_counts_equal_a_recount(db: Any, rt: Any, review: str, who: str, b
     want = expected_board(found, case_wide, actor, by, now)
     assert got == {k: +v for k, v in want.items()}
     assert got["<total>"]["breached"] and got["<total>"]["paused"] and got["<total>"]["at_risk"]
+
+
+def _counts(row: boards.BoardRow) -> tuple[Any, ...]:
+    return (row.open, row.on_track, row.at_risk, row.breached, row.paused, row.no_deadline, row.oldest_breach)
+
+
+@pytest.mark.parametrize("who", ["boss", "hq"])
+@pytest.mark.parametrize("by", boards.DIMENSIONS)
+def test_the_board_read_from_a_snapshot_equals_a_recount(db: Any, rt: Any, review: str, who: str, by: str) -> None:
+    """A snapshot counts the whole firm once; the reader's board is its scope's cells less the
+    tasks recusing the reader (``boss`` is recused from some, ``hq`` from a whole case): the
+    same numbers, longest breaches included, as the live count and the task-by-task recount."""
+    generate(db, rt)
+    found, case_wide = everything(db)
+    actor, now = ACTORS[who], rt.now()
+    with db.transaction() as s:
+        board_snapshot.build(s, now=now)
+    with db.transaction() as s:
+        shown = board_snapshot.view(s, actor=actor, by=by, now=now + timedelta(seconds=30), with_figures=False)
+        live = boards.board(s, actor=actor, by=by, now=now)
+    assert shown.from_snapshot and shown.board.as_of == now
+    got = {row.key: Counter({k: v for k, v in (("open", row.open), ("on_track", row.on_track),
+                                                ("at_risk", row.at_risk), ("breached", row.breached),
+                                                ("paused", row.paused), ("no_deadline", row.no_deadline)) if v})
+           for row in [*shown.board.rows, replace(shown.board.total, key="<total>")]}
+    assert got == {k: +v for k, v in expected_board(found, case_wide, actor, by, now).items()}
+    assert {r.key: _counts(r) for r in shown.board.rows} == {r.key: _counts(r) for r in live.rows}
+    assert [r.key for r in shown.board.rows] == [r.key for r in live.rows]  # the board's order
+    assert _counts(shown.board.total) == _counts(live.total)
+    assert [r.name for r in shown.board.rows] == [r.name for r in live.rows]
+
+
+def test_a_longest_breach_that_recuses_the_reader_is_not_theirs_in_a_snapshot(db: Any, rt: Any, review: str) -> None:
+    """The longest-breached task of a row recuses the branch head: their row shows the next
+    longest, as the live count does; a reader it does not recuse sees it."""
+    generate(db, rt)
+    now = rt.now()
+    with db.transaction() as s:
+        hidden_task = s.execute(select(Task).join(TaskExclusion, TaskExclusion.task_id == Task.id).where(
+            TaskExclusion.principal == "user:boss", Task.status.in_(ACTIVE_TASK_STATES),
+            Task.sla_paused_at.is_(None)).order_by(Task.id).limit(1)).scalar_one()
+        hidden_task.due_at = now - timedelta(days=30)  # longer breached than any other task
+        hidden_task.branch_code = "HZ01"
+        board_snapshot.build(s, now=now)
+    for who, sees_it in (("boss", False), ("hq", True)):
+        with db.transaction() as s:
+            shown = board_snapshot.view(s, actor=ACTORS[who], by="branch", now=now, with_figures=False).board
+            live = boards.board(s, actor=ACTORS[who], by="branch", now=now)
+        row = next(r for r in shown.rows if r.key == "HZ01")
+        assert (row.oldest_breach == now - timedelta(days=30)) is sees_it
+        assert row.oldest_breach == next(r for r in live.rows if r.key == "HZ01").oldest_breach
+
+
+@pytest.mark.parametrize("who", ["boss", "hq"])
+@pytest.mark.parametrize("by", boards.DIMENSIONS)
+def test_the_overdue_figure_and_trend_read_from_a_snapshot_equal_the_live_ones(db: Any, rt: Any, review: str,
+                                                                                who: str, by: str) -> None:
+    generate(db, rt)
+    actor, now = ACTORS[who], rt.now()
+    with db.transaction() as s:
+        board_snapshot.build(s, now=now)
+    with db.transaction() as s:
+        shown = board_snapshot.view(s, actor=actor, by=by, now=now)
+        late = board_snapshot.live_late_work(s, actor=actor, by=by, now=now)
+        weeks = boards.trend(s, actor=actor, now=now)
+    assert shown.from_snapshot and shown.late is not None
+
+    def figure(row: Any) -> tuple[Any, ...]:
+        return (row.overdue, row.at_risk, row.closed_late, row.regulatory_overdue,
+                [(b.from_days, b.to_days, b.count) for b in row.ageing])
+
+    assert {k: figure(r) for k, r in shown.late.rows.items()} == {k: figure(r) for k, r in late.rows.items()}
+    assert figure(shown.late.total) == figure(late.total)
+    assert late.total.overdue and late.total.closed_late  # the generated data has both
+    assert shown.weeks == weeks
+    assert weeks[-1].completed and weeks[-1].breached
+
+
+def test_a_stale_snapshot_is_not_shown_and_the_refresher_counts_every_minute(db: Any, rt: Any, review: str) -> None:
+    generate(db, rt)
+    now = rt.now()
+    boss = ACTORS["boss"]
+    refresher = board_snapshot.Refresher(db, lambda: clock[0])
+    clock = [now]
+    first = refresher.run_once()
+    assert first is not None and first.as_of == now
+    clock[0] = now + timedelta(seconds=20)
+    assert refresher.run_once() is None  # counted 20 s ago: not due
+    with db.transaction() as s:
+        before = board_snapshot.view(s, actor=boss, by="branch", now=clock[0], with_figures=False)
+        task = next(t for t in s.execute(select(Task).where(Task.status.in_(ACTIVE_TASK_STATES),
+                                                            Task.branch_code == "HZ01").order_by(Task.id)).scalars()
+                    if not t.excluded)
+        task.status, task.completed_at = TaskStatus.COMPLETED, clock[0]
+    with db.transaction() as s:
+        still = board_snapshot.view(s, actor=boss, by="branch", now=clock[0], with_figures=False)
+    # Until the next count the board is the snapshot's, as of the moment it shows.
+    assert still.from_snapshot and still.board.as_of == now
+    assert _counts(still.board.total) == _counts(before.board.total)
+    clock[0] = now + timedelta(minutes=1)
+    second = refresher.run_once()
+    assert second is not None and second.as_of == clock[0]
+    with db.transaction() as s:
+        after = board_snapshot.view(s, actor=boss, by="branch", now=clock[0], with_figures=False)
+        live = boards.board(s, actor=boss, by="branch", now=clock[0])
+        late = board_snapshot.view(s, actor=boss, by="branch", now=clock[0] + board_snapshot.MAX_AGE
+                                   + timedelta(seconds=1), with_figures=False)
+    assert after.board.total.open == before.board.total.open - 1 == live.total.open
+    assert not late.from_snapshot and late.board.as_of > clock[0]  # too old: counted live
+    for minute in range(2, 2 + board_snapshot.KEEP + 1):
+        clock[0] = now + timedelta(minutes=minute)
+        refresher.run_once()
+    with db.transaction() as s:
+        kept = s.execute(select(BoardSnapshot.id)).scalars().all()
+        cells = s.execute(select(func.count()).select_from(BoardCell)
+                          .where(BoardCell.snapshot_id.not_in(kept))).scalar()
+    assert len(kept) == board_snapshot.KEEP and cells == 0
+
+
+def test_the_snapshot_tables_migrate_down_and_up_and_match_the_model(database_url: str, db: Any) -> None:
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    from engine.db import Base
+    from engine.schema import alembic_config
+
+    config = alembic_config(database_url)
+    db.dispose()
+    try:
+        command.downgrade(config, "0024")  # the revision before the snapshot's tables
+        assert not {"bpm_board_snapshot", "bpm_board_cell", "bpm_board_week"} & set(
+            inspect(db.engine).get_table_names())
+    finally:
+        command.upgrade(config, "head")
+    with db.engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert [d for d in differences if "bpm_board" in repr(d)] == []

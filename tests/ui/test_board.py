@@ -15,9 +15,10 @@ from openpyxl import load_workbook
 from sqlalchemy import select
 
 from engine.access import identity
+from engine.calendars import SHANGHAI
 from engine.models import ACTIVE_TASK_STATES, AuditEvent, Task, User
 from engine.process import board as boards
-from engine.process import tasks
+from engine.process import board_snapshot, tasks
 from engine.sla import clock as sla_clock
 from tests.ui.test_pages import sign_in
 
@@ -91,6 +92,28 @@ def test_the_board_page_links_each_number_to_the_tasks_behind_it(client, demo_ca
     assert "CB-20260910-0107" in listed
 
 
+@pytest.mark.parametrize("username", ["s002", "s101"])
+def test_the_board_page_reads_the_minutes_snapshot_and_says_as_of_when(client, db, rt, demo_cases_loaded,
+                                                                       username):
+    """Counted 40 s before the page is asked for, the board shows the snapshot's moment and its
+    numbers, the same as counting live at that moment (the page refreshes itself)."""
+    from datetime import timedelta
+
+    counted_at = rt.now() - timedelta(seconds=40)
+    with db.transaction() as s:
+        board_snapshot.build(s, now=counted_at)
+        live = boards.board(s, actor=_actor(s, username), by="branch", now=counted_at)
+    sign_in(client, username, "demo")
+    html = client.get("/board?by=branch").get_data(as_text=True)
+    assert f'data-as-of="{counted_at.isoformat()}"' in html
+    assert "看板每分钟统计一次" in html and 'hx-trigger="every 60s"' in html
+    tiles = re.search(r'<dl class="totals".*?</dl>', html, re.S).group(0)
+    assert re.search(rf">{live.total.open}</a></dd>", tiles) and re.search(rf">{live.total.breached}</a>", tiles)
+    for row in live.rows:
+        cells = re.search(rf'<tr data-board-row="{row.key}".*?</tr>', html, re.S).group(0)
+        assert re.search(rf'<td class="num"><a href="[^"]*">{row.open}</a></td>', cells), row.key
+
+
 def test_the_board_is_refused_to_staff_who_supervise_nobody(client, demo_cases_loaded):
     sign_in(client, "s003", "demo")
     answer = client.get("/board")
@@ -129,10 +152,11 @@ def test_the_board_exports_as_csv_with_a_bom_and_as_xlsx_each_audited(client, db
         [("s002", "csv", "process", len(rows) - 2), ("s002", "xlsx", "process", len(rows) - 2)]
 
 
-def test_the_board_shows_the_overdue_figure_beside_its_counts(client, demo_cases_loaded, auth):
+def test_the_board_shows_the_overdue_figure_beside_its_counts(client, rt, demo_cases_loaded, auth):
     """Regulatory overdue, closed late this month and how long work has been overdue: the
-    numbers of GET /figures/overdue-tasks for the same person, on the board's rows."""
-    figure = client.get("/api/v1/figures/overdue-tasks?by=branch", headers=auth("s002")).json
+    numbers of GET /figures/overdue-tasks for the same person and this month, on the board's rows."""
+    month = rt.now().astimezone(SHANGHAI).strftime("%Y-%m-01")
+    figure = client.get(f"/api/v1/figures/overdue-tasks?by=branch&from={month}", headers=auth("s002")).json
     sign_in(client, "s002", "demo")
     html = client.get("/board?by=branch").get_data(as_text=True)
     rows = {r["key"]["branch"]: r for r in figure["rows"]}
