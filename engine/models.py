@@ -327,6 +327,9 @@ class Task(Base):
               sqlite_where=text(_UNBRANCHED)),
         Index("ix_task_open_owner", "owner", postgresql_where=text(f"owner IS NOT NULL AND {_OPEN}"),
               sqlite_where=text(f"owner IS NOT NULL AND {_OPEN}")),
+        # Work closed in a period (the overdue figure's, the board's trend; migration 0025).
+        Index("ix_task_completed_at", "completed_at", postgresql_where=text("completed_at IS NOT NULL"),
+              sqlite_where=text("completed_at IS NOT NULL")),
     )
 
 
@@ -363,6 +366,9 @@ class TaskExclusion(Base):
     principal: Mapped[str] = mapped_column(String(160), primary_key=True)
     # The task's recusalScope is "case": the principal cannot read the case either.
     case_wide: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    # The tasks recusing one person (the board takes them out of its counts; migration 0025).
+    __table_args__ = (Index("ix_task_exclusion_principal", "principal"),)
 
 
 class MessageSubscription(Base):

@@ -35,6 +35,7 @@ from engine.calendars import SHANGHAI, BusinessCalendar, Unit, check_plausible
 from engine.db import UTCDateTime
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import (
+    ACTIVE_TASK_STATES,
     Branch,
     Client,
     ClientSnapshot,
@@ -304,25 +305,61 @@ def bucket_spans(edges: Sequence[int]) -> list[tuple[int, int | None]]:
     return [(0, edges[0]), *((low + 1, high) for low, high in itertools.pairwise(edges)), (edges[-1] + 1, None)]
 
 
-def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: datetime, config: FigureConfig,
-                  buckets: Sequence[int] | None = None) -> TaskFigures:
-    """Open tasks overdue or at risk at :meth:`Scope.as_of`, tasks closed late in the period,
-    by any of branch, candidate group, process, step and assignee, with ageing buckets in whole
-    working days overdue (``buckets``: the last day count of each bucket but the open-ended last)."""
-    dims = _dimensions(by)
-    edges = settings.check_buckets(buckets) if buckets is not None else config.ageing_buckets
-    as_of = scope.as_of(now)
+@dataclass(frozen=True)
+class TaskRules:
+    """The overdue figure's rules for one task, as SQL over ``bpm_task`` (with ``bpm_sla_policy``
+    outer-joined for ``regulatory``), at one moment: the figure and the board's snapshot count
+    by the same ones."""
+
+    clock: Any  # where the task's clock stands: the moment, or its pause if paused before it
+    is_open: Any
+    maybe: Any  # implied by open or closed in the period, said so an index can find it
+    overdue: Any
+    at_risk: Any
+    closed_late: Any
+    regulatory: Any
+
+
+def task_rules(scope: Scope, as_of: datetime, config: FigureConfig) -> TaskRules:
     at = literal(as_of, UTCDateTime())
     # A paused clock stopped at the pause: a task paused before its due date is not overdue,
     # and one paused after it ages no further.
     clock = case((and_(Task.sla_paused_at.is_not(None), Task.sla_paused_at < at), Task.sla_paused_at), else_=at)
     is_open = and_(Task.created_at <= at, or_(Task.completed_at.is_(None), Task.completed_at > at))
-    overdue = and_(is_open, Task.due_at < clock)
-    at_risk = and_(is_open, Task.due_at >= clock, Task.at_risk_at <= clock)
+    # What is implied by both open at ``as_of`` and closed in the period, said so an index can
+    # find it (the open tasks', ix_task_completed_at's range) instead of reading every task
+    # ever completed: a task has a completion time once, and only once, it is no longer open.
+    maybe = or_(Task.status.in_(ACTIVE_TASK_STATES), Task.completed_at >= min(scope.start, as_of))
     closed_late = and_(Task.status == TaskStatus.COMPLETED, Task.completed_at >= scope.start,
                        Task.completed_at < scope.end, Task.completed_at > Task.due_at)
     regulatory = or_(SlaPolicy.key.in_(config.regulatory_policies) if config.regulatory_policies else false(),
                      *(and_(Task.process_key == p, Task.element_id == e) for p, e in config.regulatory_steps))
+    return TaskRules(clock=clock, is_open=is_open, maybe=maybe, overdue=and_(is_open, Task.due_at < clock),
+                     at_risk=and_(is_open, Task.due_at >= clock, Task.at_risk_at <= clock), closed_late=closed_late,
+                     regulatory=regulatory)
+
+
+def age_bucket(calendar: BusinessCalendar, edges: Sequence[int], due_at: datetime, stopped: datetime) -> int:
+    """Which ageing bucket an overdue task is in: by the whole working days from its due time
+    to where its clock stands."""
+    age = math.floor(working_days_between(calendar, due_at, stopped) + 1e-9)
+    return sum(1 for e in edges if age > e)
+
+
+def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: datetime, config: FigureConfig,
+                  buckets: Sequence[int] | None = None, with_total: bool = True, named: bool = True) -> TaskFigures:
+    """Open tasks overdue or at risk at :meth:`Scope.as_of`, tasks closed late in the period,
+    by any of branch, candidate group, process, step and assignee, with ageing buckets in whole
+    working days overdue (``buckets``: the last day count of each bucket but the open-ended last).
+    ``with_total=False`` leaves the total empty and ``named=False`` the rows unnamed (the board's
+    snapshot sums its own totals and names its own rows)."""
+    dims = _dimensions(by)
+    edges = settings.check_buckets(buckets) if buckets is not None else config.ageing_buckets
+    as_of = scope.as_of(now)
+    rules = task_rules(scope, as_of, config)
+    overdue, at_risk, closed_late, regulatory, clock = (rules.overdue, rules.at_risk, rules.closed_late,
+                                                        rules.regulatory, rules.clock)
+    is_open, maybe = rules.is_open, rules.maybe
     measures = [
         _count(overdue).label("overdue"), _count(at_risk).label("at_risk"), _count(closed_late).label("closed_late"),
         _count(and_(overdue, regulatory)).label("regulatory"),
@@ -348,7 +385,7 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
         keys = [columns[d].label(d) for d in dimensions]
         stmt = filtered(select(*keys, *measures).select_from(Task)
                         .outerjoin(SlaPolicy, SlaPolicy.id == Task.sla_policy_id)
-                        .where(Task.due_at.is_not(None), or_(is_open, closed_late)), dimensions)
+                        .where(Task.due_at.is_not(None), maybe, or_(is_open, closed_late)), dimensions)
         return list(session.execute(stmt.group_by(*keys) if keys else stmt).all())
 
     # How long work has been overdue is counted in whole working days on the business calendar
@@ -360,11 +397,9 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
     def age_buckets(dimensions: list[str]) -> None:
         keys = [columns[d].label(d) for d in dimensions]
         stopped_at = type_coerce(clock, UTCDateTime()).label("stopped_at")
-        stmt = filtered(select(*keys, Task.due_at, stopped_at).select_from(Task).where(overdue), dimensions)
+        stmt = filtered(select(*keys, Task.due_at, stopped_at).select_from(Task).where(maybe, overdue), dimensions)
         for *key, due_at, stopped in session.execute(stmt).all():
-            age = math.floor(working_days_between(calendar, due_at, stopped) + 1e-9)
-            counts = ages.setdefault(tuple(key), [0] * (len(edges) + 1))
-            counts[sum(1 for e in edges if age > e)] += 1
+            ages.setdefault(tuple(key), [0] * (len(edges) + 1))[age_bucket(calendar, edges, due_at, stopped)] += 1
 
     spans = bucket_spans(edges)
 
@@ -376,15 +411,18 @@ def overdue_tasks(session: Session, *, scope: Scope, by: Sequence[str], now: dat
         return TaskFigureRow(key={d: values[i] for i, d in enumerate(dimensions)}, overdue=counts[0],
                              at_risk=counts[1], closed_late=counts[2], regulatory_overdue=counts[3], ageing=ageing)
 
-    age_buckets([])
-    (total,) = query([])
-    total_row = row(total, [])
-    ages.clear()
+    total_row = row([0, 0, 0, 0], [])
+    if with_total:
+        age_buckets([])
+        (total,) = query([])
+        total_row = row(total, [])
+        ages.clear()
     if dims:
         age_buckets(dims)
     rows = [row(r, dims) for r in query(dims)] if dims else []
     rows = [r for r in rows if r.overdue or r.at_risk or r.closed_late]
-    rows = _named(session, rows)
+    if named:
+        rows = _named(session, rows)
     rows.sort(key=lambda r: (-r.overdue, -r.at_risk, -r.closed_late, [str(v) for v in r.key.values()]))
     return TaskFigures(as_of=as_of, by=dims, total=total_row, rows=rows)
 

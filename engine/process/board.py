@@ -27,6 +27,7 @@ from engine.models import (
     ProcessVersion,
     Task,
     TaskCandidate,
+    TaskExclusion,
     TaskStatus,
     User,
 )
@@ -89,9 +90,16 @@ def in_branch_scope(actor: Actor) -> list[Any]:
     return [] if branch is None else [or_(Task.branch_code.is_(None), Task.branch_code == branch)]
 
 
-def recusing(actor: Actor) -> Any:
-    """The tasks that recuse ``actor``, themselves or case-wide: what the board hides from them."""
-    return or_(*(~clause for clause in tasks.not_recused(tasks.principals(actor))))
+def recusing(session: Session, actor: Actor) -> list[int]:
+    """The ids of the tasks that recuse ``actor``, themselves or case-wide (every task of the
+    case), whatever their status: what the board hides from them. Few, and found from the
+    exclusions by principal (a WHERE clause saying the same would read every task)."""
+    principals = tasks.principals(actor)
+    own = select(TaskExclusion.task_id).where(TaskExclusion.principal.in_(principals))
+    cases = (select(Task.instance_id).join(TaskExclusion, TaskExclusion.task_id == Task.id)
+             .where(TaskExclusion.principal.in_(principals), TaskExclusion.case_wide.is_(True)))
+    return sorted(set(session.execute(own).scalars())
+                  | set(session.execute(select(Task.id).where(Task.instance_id.in_(cases))).scalars()))
 
 
 def board(session: Session, *, actor: Actor, by: str, now: datetime, process_key: str | None = None) -> Board:
@@ -264,7 +272,7 @@ def weekly(session: Session, *, now: datetime, where: list[Any], weeks: int = 12
         columns.append(func.sum(case((and_(done, Task.completed_at <= Task.due_at), 1), else_=0)))
     branch = func.coalesce(Task.branch_code, "") if by_branch else literal("", String)
     stmt = select(branch, func.count(), *columns).where(
-        Task.due_at.is_not(None), or_(Task.completed_at >= edges[0], Task.completed_at.is_(None)), *where)
+        Task.due_at.is_not(None), or_(Task.completed_at >= edges[0], Task.status.in_(ACTIVE_TASK_STATES)), *where)
     found = session.execute(stmt.group_by(branch) if by_branch else stmt).all()
     return {row[0]: [Week(start, *(int(v or 0) for v in row[2 + i * 3:5 + i * 3])) for i, start in enumerate(starts)]
             for row in found if row[1]}

@@ -19,25 +19,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, type_coerce
 from sqlalchemy.orm import Session
 
 from engine.access.identity import Actor
 from engine.brokerage import figures
 from engine.calendars import SHANGHAI
-from engine.models import ACTIVE_TASK_STATES, BoardCell, BoardSnapshot, BoardWeek, Task
+from engine.db import UTCDateTime
+from engine.models import ACTIVE_TASK_STATES, BoardCell, BoardSnapshot, BoardWeek, SlaPolicy, Task, TaskCandidate
 from engine.process import board as boards
 from engine.process import tasks
+from engine.sla import calendar_store
 
 log = logging.getLogger(__name__)
 
-EVERY = timedelta(minutes=1)  # how often the refresher counts
-MAX_AGE = timedelta(minutes=3)  # an older snapshot is not shown: the board is counted live
+EVERY = timedelta(minutes=1)  # how often the refresher counts, at most
+# Counting takes seconds of the database's time at a national brokerage's size (docs/scale.md):
+# the refresher waits this many times as long as the last count took, if that is longer than
+# EVERY, so counting never keeps more than a fifth of a core busy.
+SHARE = 4
+MAX_AGE = timedelta(minutes=5)  # an older snapshot is not shown: the board is counted live
 KEEP = 2  # snapshots kept: a reader who took the previous one still finds its rows
 
 # The board's dimensions and the overdue figure's names for them.
@@ -117,23 +123,45 @@ def build(session: Session, *, now: datetime) -> BoardSnapshot:
     for b, process, key, *values in session.execute(by_group.group_by(branch, Task.process_key, group)):
         add_counts(cell("group", b, process, key), values)
 
-    # The overdue figure: the same two cuts, its own rules (engine.brokerage.figures).
+    # The overdue figure beside the board, by its own rules (engine.brokerage.figures): a row
+    # per task overdue or at risk now and per task closed late this month (a few hundred
+    # thousand at most: a task's ageing is worked out once, not once per cut), with a row per
+    # candidate group of the task (the figure counts a task in each group offered it).
     config = figures.load_config(session)
-    scope = figures.Scope(start=start, end=end)
-    for by in (["branch", "assignee", "process", "step"], ["branch", "group", "process"]):
-        for row in figures.overdue_tasks(session, scope=scope, by=by, now=now, config=config).rows:
-            k = row.key
-            keys = ([("group", k.get("group"))] if "group" in by else
-                    [("branch", k.get("branch")), ("person", k.get("assignee")), ("process", k.get("process")),
-                     ("step", f"{k.get('process') or ''}/{k.get('step') or ''}")])
+    rules = figures.task_rules(figures.Scope(start=start, end=end), now, config)
+    ages = Ageing(calendar_store.CALENDARS.get(session, config.business_hours), config.ageing_buckets, now)
+    spans = figures.bucket_spans(config.ageing_buckets)
+    stopped = type_coerce(rules.clock, UTCDateTime())
+    columns = (Task.id, Task.branch_code, Task.process_key, Task.assignee, Task.element_id, TaskCandidate.group_key)
+    late = (select(*columns, case((rules.overdue, 1), else_=0), case((rules.at_risk, 1), else_=0),
+                   case((and_(rules.overdue, rules.regulatory), 1), else_=0), literal(0), Task.due_at, stopped)
+            .outerjoin(SlaPolicy, SlaPolicy.id == Task.sla_policy_id)
+            .where(rules.maybe, or_(rules.overdue, rules.at_risk)))
+    closed = select(*columns, literal(0), literal(0), literal(0), literal(1), Task.due_at, Task.due_at).where(
+        rules.closed_late, Task.due_at.is_not(None))
+    seen: set[int] = set()
+    for stmt in (late, closed):
+        stmt = stmt.outerjoin(TaskCandidate, TaskCandidate.task_id == Task.id)
+        for task_id, b, process, person, element, group_key, overdue, at_risk, regulatory, closed_late, due, clock in (
+                session.execute(stmt)):
+            bucket = ages.bucket(due, clock) if overdue else None
+            keys = [("group", group_key)]
+            if task_id not in seen:  # its other rows are its other groups
+                seen.add(task_id)
+                keys += [("branch", b), ("person", person), ("process", process), ("step", f"{process}/{element}")]
             for dimension, key in keys:
-                target = cell(dimension, k.get("branch"), k.get("process"), key)
-                target["overdue"] += row.overdue
-                target["late_at_risk"] += row.at_risk
-                target["closed_late"] += row.closed_late
-                target["regulatory"] += row.regulatory_overdue
-                target["ageing"] = _add_ageing(target["ageing"], [[b.from_days, b.to_days, b.count]
-                                                                  for b in row.ageing])
+                target = cell(dimension, b, process, key)
+                target["overdue"] += overdue
+                target["late_at_risk"] += at_risk
+                target["regulatory"] += regulatory
+                target["closed_late"] += closed_late
+                if bucket is not None:
+                    if target["ageing"] is None:
+                        target["ageing"] = [0] * len(spans)
+                    target["ageing"][bucket] += 1
+    for target in cells.values():
+        if target["ageing"] is not None:
+            target["ageing"] = [[low, high, n] for (low, high), n in zip(spans, target["ageing"], strict=True)]
     if cells:
         session.execute(insert(BoardCell), list(cells.values()))
     weeks = boards.weekly(session, now=now, where=[], by_branch=True)
@@ -144,6 +172,41 @@ def build(session: Session, *, now: datetime) -> BoardSnapshot:
     snapshot.took_ms = round((time.perf_counter() - started) * 1000)
     _prune(session)
     return snapshot
+
+
+class Ageing:
+    """Which ageing bucket an overdue task is in (:func:`figures.age_bucket`), for many tasks
+    whose clocks stand at one moment ``at``: the working days from a due time to ``at`` only
+    shrink as the due time moves later, so each bucket's edge is one due time, found once by
+    halving (to the microsecond), and a task's bucket is how many edges its due time is not
+    after. A task whose clock stopped elsewhere (paused) is worked out by itself."""
+
+    def __init__(self, calendar: Any, edges: Sequence[int], at: datetime) -> None:
+        self.calendar, self.edges, self.at = calendar, edges, at
+        self.bounds = [self._latest_older_than(edge) for edge in edges]
+
+    def bucket(self, due: datetime, clock: datetime) -> int:
+        if clock != self.at:
+            return figures.age_bucket(self.calendar, self.edges, due, clock)
+        return sum(1 for bound in self.bounds if due <= bound)
+
+    def _older(self, due: datetime, edge: int) -> bool:
+        return figures.age_bucket(self.calendar, [edge], due, self.at) == 1
+
+    def _latest_older_than(self, edge: int) -> datetime:
+        """The latest due time more than ``edge`` whole working days before ``at``."""
+        span = timedelta(days=7 * (edge + 1) + 30)
+        for _ in range(8):  # long holidays: look further back, up to about 35 years
+            if self._older(self.at - span, edge):
+                break
+            span *= 2
+        else:
+            return self.at - span  # no working days on record back then: nothing that old
+        low, high = self.at - span, self.at  # older at low, not at high
+        while high - low > timedelta(microseconds=1):
+            middle = low + (high - low) / 2
+            low, high = (middle, high) if self._older(middle, edge) else (low, middle)
+        return low
 
 
 def _add_ageing(into: list[list[Any]] | None, more: list[list[Any]]) -> list[list[Any]]:
@@ -231,8 +294,10 @@ def _board(session: Session, snapshot: BoardSnapshot, *, actor: Actor, by: str,
             .where(*_cells(snapshot, by, branches, process_key), BoardCell.open > 0).group_by(BoardCell.key))
     counted = {row[0]: (list(row[1:7]), row[7]) for row in session.execute(stmt)}
     # Take out what recuses the reader, counted live at the snapshot's moment.
-    hidden = [Task.status.in_(ACTIVE_TASK_STATES), *boards.in_branch_scope(actor), boards.recusing(actor)]
-    taken_out = boards.counted(session, by=by, now=snapshot.as_of, where=hidden, process_key=process_key)
+    recused = boards.recusing(session, actor)
+    hidden = [Task.id.in_(recused), Task.status.in_(ACTIVE_TASK_STATES), *boards.in_branch_scope(actor)]
+    taken_out = (boards.counted(session, by=by, now=snapshot.as_of, where=hidden, process_key=process_key)
+                 if recused else [])
     recount: list[str] = []
     for row in taken_out:
         values, _ = counted.get(row.key, ([0] * 6, None))
@@ -250,7 +315,8 @@ def _board(session: Session, snapshot: BoardSnapshot, *, actor: Actor, by: str,
         return boards.Board(by, rows, boards.total_of(by, rows), snapshot.as_of)
     # A task offered to two groups is in both groups' rows: the total is the branches'.
     totals = session.execute(select(*sums).where(*_cells(snapshot, "branch", branches, process_key))).one()
-    out = boards.counted(session, by="branch", now=snapshot.as_of, where=hidden, process_key=process_key)
+    out = (boards.counted(session, by="branch", now=snapshot.as_of, where=hidden, process_key=process_key)
+           if recused else [])
     less = [sum(getattr(r, name) for r in out) for name in ("open", "breached", "at_risk", "paused", "no_deadline")]
     oldest = [r.oldest_breach for r in rows if r.oldest_breach is not None]
     total = boards.row_of(by, "", "", [*(max(0, int(v or 0) - d) for v, d in zip(totals, less, strict=True)),
@@ -299,7 +365,9 @@ def _weeks(session: Session, snapshot: BoardSnapshot, *, actor: Actor) -> list[b
     counted = {start: [int(b or 0), int(c or 0), int(t or 0)] for start, b, c, t in session.execute(
         select(BoardWeek.week_start, func.sum(BoardWeek.breached), func.sum(BoardWeek.completed),
                func.sum(BoardWeek.on_time)).where(*where).group_by(BoardWeek.week_start))}
-    hidden = boards.weekly(session, now=snapshot.as_of, where=[*boards.in_branch_scope(actor), boards.recusing(actor)])
+    recused = boards.recusing(session, actor)
+    hidden = boards.weekly(session, now=snapshot.as_of, where=[Task.id.in_(recused), *boards.in_branch_scope(actor)]
+                           ) if recused else {}
     less = {w.start: (w.breached, w.completed, w.on_time) for w in hidden.get("", [])}
     weeks = []
     for week in boards.week_starts(snapshot.as_of):
@@ -320,16 +388,21 @@ class Refresher:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> BoardSnapshot | None:
-        """Count one if the newest is older than ``every`` (less a tenth, for the sleep's
+        """Count one if the newest is older than the wait (less a tenth, for the sleep's
         drift); return it, or None when it was not due."""
         now = self.now()
         with self.db.transaction() as session:
-            newest = session.execute(select(func.max(BoardSnapshot.as_of)).where(BoardSnapshot.as_of <= now)).scalar()
-            if newest is not None and now - newest < self.every * 0.9:
+            newest = session.execute(select(BoardSnapshot.as_of, BoardSnapshot.took_ms).where(
+                BoardSnapshot.as_of <= now).order_by(BoardSnapshot.as_of.desc()).limit(1)).first()
+            if newest is not None and now - newest.as_of < self.wait(newest.took_ms) * 0.9:
                 return None
             snapshot = build(session, now=now)
         log.info("board snapshot counted in %d ms", snapshot.took_ms)
         return snapshot
+
+    def wait(self, took_ms: int) -> timedelta:
+        """Between two counts: ``every``, or :data:`SHARE` times as long as the last one took."""
+        return max(self.every, timedelta(milliseconds=took_ms * SHARE))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="bpm-board", daemon=True)
@@ -344,8 +417,9 @@ class Refresher:
         backoff = self.every.total_seconds()
         while not self._stop.is_set():
             try:
-                self.run_once()
-                wait = backoff = self.every.total_seconds()
+                counted = self.run_once()
+                backoff = self.every.total_seconds()
+                wait = self.wait(counted.took_ms).total_seconds() if counted is not None else backoff
             except Exception as exc:  # noqa: BLE001 - database away: the board is counted live meanwhile
                 log.warning("board snapshot failed (%s: %s); retrying in %.0f s", type(exc).__name__, exc, backoff)
                 wait, backoff = backoff, min(backoff * 2, 600.0)

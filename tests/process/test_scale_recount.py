@@ -426,3 +426,46 @@ def test_the_snapshot_tables_migrate_down_and_up_and_match_the_model(database_ur
     with db.engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [d for d in differences if "bpm_board" in repr(d)] == []
+
+
+def test_the_snapshots_ageing_buckets_are_the_figures_for_every_due_time(db: Any, rt: Any) -> None:
+    """The snapshot finds each ageing bucket's edge once (a due time) instead of counting the
+    working days of every overdue task: for due times every 53 minutes over 40 days, weekends
+    and nights included, and a clock stopped by a pause, the bucket is the figure's."""
+    from engine.brokerage import figures
+    from engine.sla import calendar_store
+
+    now = rt.now()
+    with db.transaction() as s:
+        config = figures.load_config(s)
+        calendar = calendar_store.CALENDARS.get(s, config.business_hours)
+    edges = config.ageing_buckets
+    ages = board_snapshot.Ageing(calendar, edges, now)
+    paused = now - timedelta(days=3, hours=5)
+    seen = Counter()
+    for step in range(0, 40 * 24 * 60, 53):
+        due = now - timedelta(minutes=step)
+        bucket = ages.bucket(due, now)
+        assert bucket == figures.age_bucket(calendar, edges, due, now), due
+        seen[bucket] += 1
+        if due < paused:
+            assert ages.bucket(due, paused) == figures.age_bucket(calendar, edges, due, paused)
+    assert sorted(seen) == list(range(len(edges) + 1))  # every bucket was reached
+    for bound in ages.bounds:  # each edge to the microsecond
+        assert ages.bucket(bound, now) > ages.bucket(bound + timedelta(microseconds=1), now)
+
+
+def test_a_long_count_spaces_the_next_one_out(db: Any, rt: Any, review: str) -> None:
+    """A count that took 30 s is followed by the next one after 2 minutes, not 1: counting
+    keeps at most a fifth of a core busy however large the firm."""
+    now = rt.now()
+    clock = [now]
+    refresher = board_snapshot.Refresher(db, lambda: clock[0])
+    first = refresher.run_once()
+    assert first is not None
+    with db.transaction() as s:
+        s.execute(update(BoardSnapshot).where(BoardSnapshot.id == first.id).values(took_ms=30_000))
+    clock[0] = now + timedelta(seconds=61)
+    assert refresher.run_once() is None
+    clock[0] = now + timedelta(minutes=2)
+    assert refresher.run_once() is not None
