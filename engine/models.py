@@ -348,6 +348,9 @@ class TaskCandidate(Base):
     # without them takes them from its task.
     priority: Mapped[int | None] = mapped_column(Integer)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Whether someone holds the open task (migration 0025), kept so by the same trigger: a queue
+    # of unclaimed tasks is then read from the group's rows alone.
+    claimed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_task_candidate_group", "group_key", "task_id"),
                       # (migration 0024 writes NULLS LAST and DESC where they belong)

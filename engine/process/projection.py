@@ -309,7 +309,8 @@ def _insert_task(session: Session, rt: Runtime, instance: ProcessInstance, task:
         row.id = connection.execute(_INSERT_TASK, values).scalar_one()
         if groups:
             connection.execute(_INSERT_CANDIDATE, [{"task_id": row.id, "group_key": g, "priority": row.priority,
-                                                    "due_at": row.due_at} for g in groups])
+                                                    "due_at": row.due_at, "claimed": row.assignee is not None}
+                                                   for g in groups])
     session.info.setdefault(_OPENED_TASKS, []).append(row)
     if excluded:
         connection.execute(_INSERT_EXCLUSION, [{"task_id": row.id, "principal": p,
@@ -342,12 +343,12 @@ _TASK_COLUMNS = [c for c in Task.__table__.columns if c.key != "id"]
 _TASK_DEFAULTS = {c.key: (c.default.arg if c.default is not None and not callable(c.default.arg) else None)
                   for c in _TASK_COLUMNS}
 _NEW_TASK = (insert(Task).values({c.key: bindparam(c.key, type_=c.type) for c in _TASK_COLUMNS})
-             .returning(Task.id, Task.priority, Task.due_at).cte("new_task"))
+             .returning(Task.id, Task.priority, Task.due_at, Task.assignee).cte("new_task"))
 # The candidate rows carry the task's order (migration 0024), from the row just inserted.
 _INSERT_TASK_WITH_CANDIDATES = (
     insert(TaskCandidate)
-    .from_select(["task_id", "priority", "due_at", "group_key"],
-                 select(_NEW_TASK.c.id, _NEW_TASK.c.priority, _NEW_TASK.c.due_at,
+    .from_select(["task_id", "priority", "due_at", "claimed", "group_key"],
+                 select(_NEW_TASK.c.id, _NEW_TASK.c.priority, _NEW_TASK.c.due_at, _NEW_TASK.c.assignee.is_not(None),
                         func.unnest(bindparam("groups", type_=ARRAY(String)))))
     .returning(TaskCandidate.task_id)
 )

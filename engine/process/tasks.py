@@ -489,6 +489,10 @@ class _Branch:
 
     where: tuple[Any, ...]
     queue: int | None = None
+    # Only tasks nobody holds: said of the candidate row when the queue is read from its rows
+    # (said of the task, the planner takes it for a filter keeping a twentieth of the rows,
+    # most tasks being history held by someone, and sorts the whole queue; migration 0025).
+    unclaimed: bool = False
 
 
 # Each "who may see it" branch of the inbox, as (shape flag, condition) builders: an OR of
@@ -509,7 +513,8 @@ def _visibility_branches(assignee_me: bool, candidate_me: bool, free_groups: int
     if assignee_me:
         return [_Branch((Task.assignee == me,))]
     if candidate_me:
-        found = [_Branch((Task.assignee.is_(None), *q.where), q.queue) for q in queues]
+        found = [_Branch(q.where, q.queue, unclaimed=True) if q.queue is not None
+                 else _Branch((Task.assignee.is_(None), *q.where)) for q in queues]
         if has_bound:
             # Written as two branches, not an OR: each is an index range of its own.
             found += [_Branch((Task.assignee.is_(None), Task.branch_code.is_(None), bound[1])),
@@ -551,10 +556,11 @@ def _branch_select(columns: Any, branch: _Branch, where: list[Any], sort: str, d
     group = bindparam(f"queue_{branch.queue}", type_=String)
     if sort not in _QUEUE_ORDER:  # newest first: the candidate rows have no creation time
         return (select(*columns).where(*where, *[r(Task.due_at) for r in due_ranges], *branch.where,
-                                       _offered([group]))
+                                       *([Task.assignee.is_(None)] if branch.unclaimed else []), _offered([group]))
                 .order_by(*_ORDER[sort]))
     return (select(*columns).join(TaskCandidate, TaskCandidate.task_id == Task.id)
             .where(TaskCandidate.group_key == group, TaskCandidate.active == true(),
+                   *([TaskCandidate.claimed.is_(False)] if branch.unclaimed else []),
                    *[r(TaskCandidate.due_at) for r in due_ranges], *where, *branch.where)
             .order_by(*_QUEUE_ORDER[sort]))
 
@@ -572,8 +578,9 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
     is taken from their merge: a page costs about (branches x page) rows, however long the
     queues. Counts stop at ``cap`` rows in each branch for the same reason."""
     (assignee_me, candidate_me, overdue, at_risk, due_within, by_group, supervisor, free_groups, has_bound,
-     branch_scoped, open_only, *by_column) = shape
-    where: list[Any] = [Task.status.in_(bindparam("status", expanding=True))]
+     branch_scoped, open_only, all_open, *by_column) = shape
+    status = Task.status.in_(bindparam("status", expanding=True))
+    where: list[Any] = [status]
     due_ranges: list[Any] = []  # the due-date conditions, of whichever column is read
     if overdue:
         due_ranges.append(lambda due: due < bindparam("now"))
@@ -592,19 +599,29 @@ def _inbox_statements(shape: _Shape, sort: str) -> tuple[Select[Any], Select[Any
     where += not_recused(bindparam("principals", expanding=True))
     branches = _visibility_branches(assignee_me, candidate_me, free_groups, has_bound, supervisor, branch_scoped)
     order = _ORDER[sort]
+    # A group's queue read from its active candidate rows holds only open and claimed tasks (the
+    # trigger keeps ``active`` so): said of the task as well, the status is taken for a filter
+    # that keeps a tenth of the rows (most tasks are history), the planner expects a handful
+    # from a queue of thousands, and sorts the whole queue instead of reading a page in order.
+    queue_where = [w for w in where if w is not status] if all_open else where
+
+    def where_of(branch: _Branch) -> list[Any]:
+        return queue_where if branch.queue is not None and sort in _QUEUE_ORDER else where
+
     if branches is None or len(branches) == 1:
         branch = branches[0] if branches else _Branch(())
-        stmt = _branch_select([Task], branch, where, sort, due_ranges)
+        stmt = _branch_select([Task], branch, where_of(branch), sort, due_ranges)
         page = stmt.limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer))
         ids = stmt.with_only_columns(Task.id).order_by(None)
         capped = select(func.count()).select_from(ids.limit(bindparam("cap", type_=Integer)).subquery())
         return page, select(func.count()).select_from(ids.subquery()), capped
-    windows = [_branch_select([Task.id], branch, where, sort, due_ranges)
+    windows = [_branch_select([Task.id], branch, where_of(branch), sort, due_ranges)
                .limit(bindparam("window", type_=Integer)).subquery() for branch in branches]
     merged = union(*(select(w.c.id) for w in windows)).subquery()
     page = (select(Task).where(Task.id.in_(select(merged.c.id))).order_by(*order)
             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
-    every = [_branch_select([Task.id], branch, where, sort, due_ranges).order_by(None) for branch in branches]
+    every = [_branch_select([Task.id], branch, where_of(branch), sort, due_ranges)
+             .order_by(None) for branch in branches]
     capped_parts = [part.limit(bindparam("cap", type_=Integer)).subquery() for part in every]
     capped_union = union(*(select(c.c.id) for c in capped_parts)).subquery()
     capped = select(func.count()).select_from(select(capped_union.c.id).limit(bindparam("cap", type_=Integer))
@@ -622,7 +639,8 @@ def _statements_and_params(actor: Actor, query: InboxQuery,
     shape = (query.assignee_me, query.candidate_me, query.overdue, query.at_risk, query.due_within is not None,
              bool(query.group), supervisor, min(len(free), QUEUE_BRANCHES + 1), bool(bound),
              supervised_branch(actor) is not None,
-             set(query.status) <= set(ACTIVE_TASK_STATES), *(bool(getattr(query, name)) for name, _ in _FILTERS))
+             set(query.status) <= set(ACTIVE_TASK_STATES), set(query.status) == set(ACTIVE_TASK_STATES),
+             *(bool(getattr(query, name)) for name, _ in _FILTERS))
     params: dict[str, Any] = {
         "status": list(query.status), "me": actor.username, "groups": free, "bound_groups": bound,
         "my_branch": my_branch, "window": query.limit + query.offset,

@@ -471,3 +471,37 @@ def test_a_long_count_spaces_the_next_one_out(db: Any, rt: Any, review: str) -> 
     assert refresher.run_once() is None
     clock[0] = now + timedelta(minutes=2)
     assert refresher.run_once() is not None
+
+
+def test_a_claimed_task_leaves_its_groups_queue_and_comes_back_when_released(db: Any, rt: Any, review: str) -> None:
+    """The candidate rows say whether their task is held (the trigger keeps ``claimed`` on
+    every change of holder), and "my groups" reads the queue from them: a claim takes the task
+    out of every candidate's queue, a release, a delegation to nobody, puts it back."""
+    generate(db, rt)
+
+    def claimed_flags(s: Any) -> set[bool]:
+        rows = s.execute(select(Task.assignee, TaskCandidate.claimed)
+                         .join(TaskCandidate, TaskCandidate.task_id == Task.id)
+                         .where(TaskCandidate.active.is_(True))).all()
+        return {(assignee is not None) == claimed for assignee, claimed in rows}
+
+    agent, now = ACTORS["agent"], rt.now()
+    query = tasks.InboxQuery(candidate_me=True, limit=500)
+    with db.transaction() as s:
+        assert claimed_flags(s) == {True}
+        before = [t.id for t in tasks.inbox(s, actor=agent, query=query, now=now)[0]]
+        first = before[0]
+        # Claimed the way the engine claims: holder and status in one UPDATE.
+        s.execute(update(Task).where(Task.id == first).values(assignee="someone", status=TaskStatus.CLAIMED))
+    with db.transaction() as s:
+        assert claimed_flags(s) == {True}
+        assert first not in [t.id for t in tasks.inbox(s, actor=agent, query=query, now=now)[0]]
+        # Handed to someone else (the status stays claimed): still out of the queue.
+        s.execute(update(Task).where(Task.id == first).values(assignee="another"))
+    with db.transaction() as s:
+        assert claimed_flags(s) == {True}
+        assert first not in [t.id for t in tasks.inbox(s, actor=agent, query=query, now=now)[0]]
+        s.execute(update(Task).where(Task.id == first).values(assignee=None, status=TaskStatus.OPEN))
+    with db.transaction() as s:
+        assert claimed_flags(s) == {True}
+        assert [t.id for t in tasks.inbox(s, actor=agent, query=query, now=now)[0]] == before
