@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def watched(person: Any = person) -> None:
             with db.transaction() as s:
-                worklist.rows_of(s, worklist.watched(s, actor=person, limit=50)[0], now=now)
+                worklist.rows_of(s, worklist.watched(s, actor=person, now=now, limit=50)[0], now=now)
 
         def done(person: Any = person) -> None:
             with db.transaction() as s:

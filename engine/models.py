@@ -310,8 +310,9 @@ class Task(Base):
         # (migrations 0013 and 0019 write NULLS LAST and DESC where they belong)
         Index("ix_task_open_due", "due_at", "priority", "id", postgresql_where=text("status IN ('open', 'claimed')"),
               sqlite_where=text("status IN ('open', 'claimed')")),
-        Index("ix_task_completed_by", "completed_by", postgresql_where=text("completed_by IS NOT NULL"),
-              sqlite_where=text("completed_by IS NOT NULL")),
+        # A person's steps done, by when (已办, 已关注; migration 0025 added the time).
+        Index("ix_task_completed_by_at", "completed_by", "completed_at",
+              postgresql_where=text("completed_by IS NOT NULL"), sqlite_where=text("completed_by IS NOT NULL")),
         Index("ix_task_escalated", "escalated_task_id", postgresql_where=text("escalated_task_id IS NOT NULL"),
               sqlite_where=text("escalated_task_id IS NOT NULL")),
         # A branch's open tasks in due order (a branch head's lists and board; migration 0019).

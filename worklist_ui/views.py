@@ -199,14 +199,14 @@ def inbox() -> Any:
         counts = {
             "mine": tasks.count(db, actor=person, query=tasks.InboxQuery(assignee_me=True), now=now, cap=COUNT_CAP),
             "group": tasks.count(db, actor=person, query=tasks.InboxQuery(candidate_me=True), now=now, cap=COUNT_CAP),
-            "watched": worklist.watched(db, actor=person, limit=1)[1],
+            "watched": worklist.watched(db, actor=person, now=now, limit=1)[1],
             "done": worklist.done(db, actor=person, now=now, limit=1)[1],
         }
         if supervisor:
             # A supervisor's view: every task they may see (their branch, or the firm at HQ).
             counts["team"] = tasks.count(db, actor=person, query=tasks.InboxQuery(), now=now, cap=COUNT_CAP)
         if tab == "watched":
-            found, total = worklist.watched(db, actor=person, limit=PAGE_SIZE, offset=offset)
+            found, total = worklist.watched(db, actor=person, now=now, limit=PAGE_SIZE, offset=offset)
         elif tab == "done":
             found, total = worklist.done(db, actor=person, now=now, limit=PAGE_SIZE, offset=offset)
         else:

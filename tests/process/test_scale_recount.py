@@ -426,7 +426,8 @@ def test_the_snapshot_tables_migrate_down_and_up_and_match_the_model(database_ur
         command.upgrade(config, "head")
     with db.engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    mine = ("bpm_board", "ix_task_completed_at", "ix_task_exclusion_principal")
+    mine = ("bpm_board", "ix_task_completed_at", "ix_task_exclusion_principal", "ix_task_completed_by",
+            "claimed")
     assert [d for d in differences if any(name in repr(d) for name in mine)] == []
 
 
@@ -505,3 +506,30 @@ def test_a_claimed_task_leaves_its_groups_queue_and_comes_back_when_released(db:
     with db.transaction() as s:
         assert claimed_flags(s) == {True}
         assert [t.id for t in tasks.inbox(s, actor=agent, query=query, now=now)[0]] == before
+
+
+def test_watched_lists_the_open_steps_of_cases_done_a_step_of_within_half_a_year(db: Any, rt: Any, review: str) -> None:
+    """已关注: the open steps, held by others or nobody, of running cases the person completed a
+    step of in the last 180 days, none recusing them; a step done longer ago watches nothing."""
+    from engine.process import worklist
+
+    generate(db, rt)
+    found, _ = everything(db)
+    li, now = ACTORS["li"], rt.now()
+    cases = {t.instance_id for t in found if t.completed_by == "li"}
+    want = sorted((t for t in found if t.instance_id in cases and t.status in ACTIVE_TASK_STATES
+                   and t.assignee != "li" and not tasks.is_excluded(t, li)),
+                  key=lambda t: (t.due_at is None, t.due_at or now, t.id))
+    assert want, "the generated data has such steps"
+
+    def listed() -> list[int]:
+        with db.transaction() as s:
+            steps, total = worklist.watched(s, actor=li, now=now, limit=500)
+        assert total == len(steps)
+        return [t.id for t in steps]
+
+    assert listed() == [t.id for t in want]
+    for days, still in ((179, True), (181, False)):
+        with db.transaction() as s:
+            s.execute(update(Task).where(Task.completed_by == "li").values(completed_at=now - timedelta(days=days)))
+        assert listed() == ([t.id for t in want] if still else [])
