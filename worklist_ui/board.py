@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -39,9 +39,15 @@ def _unnamed(by: str) -> str:
             "person": gettext("Not claimed")}.get(by, "–")
 
 
-def drill_down(row: boards.BoardRow, **extra: str) -> str:
-    """The task list behind a number: the supervisor's list with the row's filters."""
-    return url_for("pages.inbox") + "?" + urlencode({"tab": "team", **row.filters, **extra})
+def drill_downs() -> Callable[..., str]:
+    """``drill_down(row, **extra)``: the task list behind a number, the supervisor's list with
+    the row's filters (the list's address is looked up once: a firm's board has thousands of links)."""
+    inbox = url_for("pages.inbox") + "?"
+
+    def drill_down(row: boards.BoardRow, **extra: str) -> str:
+        return inbox + urlencode({"tab": "team", **row.filters, **extra})
+
+    return drill_down
 
 
 def install(pages: Blueprint) -> None:
@@ -75,7 +81,7 @@ def board() -> Any:
         return _xlsx(found)
     return render_template("board.html", board=found, by=by, process=process, now=now, late=shown.late,
                            weeks=shown.weeks, chart=_chart(shown.weeks), from_snapshot=shown.from_snapshot,
-                           dimensions=_dimension_names(), drill_down=drill_down, bucket_name=bucket_name,
+                           dimensions=_dimension_names(), drill_down=drill_downs(), bucket_name=bucket_name,
                            lateness=lambda moment: duration((now - moment).total_seconds()))
 
 
