@@ -4,17 +4,22 @@ time-machine; nothing sleeps for a timer."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 
+from engine.access.identity import Actor
+from engine.db import Database
 from engine.models import AuditEvent, ProcessInstance, Task, Timer
 from engine.process import instances, tasks
 from engine.sla import admin as sla_admin
 from engine.timers import firing
+from tests.support import probe
 
 START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
 
@@ -35,6 +40,11 @@ def _to_waiting_for_ack(db, rt, people, key="R-1"):
 def _timer(db, instance_id):
     with db.transaction() as s:
         return s.execute(select(Timer).where(Timer.instance_id == instance_id)).scalar_one()
+
+
+def _timer_row(db, timer_id):
+    with db.transaction() as s:
+        return s.get(Timer, timer_id)
 
 
 def _status(db, instance_id):
@@ -132,7 +142,7 @@ def test_the_embedded_runner_sleeps_until_the_next_due_timer(db, rt, people, rev
         instance_id = _to_waiting_for_ack(db, rt, people)
         runner = firing.EmbeddedRunner(db, rt, max_sleep=3600 * 24 * 30)
         wait = runner.run_once()
-        assert wait == pytest.approx(timedelta(days=15).total_seconds() + 0.005, abs=0.01)
+        assert wait == timedelta(days=15, milliseconds=5).total_seconds()  # just after the due instant
         traveller.move_to(START + timedelta(days=15, seconds=1))
         assert runner.run_once() == 3600 * 24 * 30  # nothing left to wait for
     assert _status(db, instance_id) == "completed"
@@ -261,3 +271,128 @@ def test_a_fired_sla_milestone_evaluates_the_expression_naming_its_groups(db, rt
         task = s.execute(select(Task).where(Task.instance_id == instance_id, Task.element_id == "register")
                          ).scalar_one()
         assert task.candidate_groups == ["managers"]
+
+
+@pytest.mark.sqlite
+def test_a_failed_cases_timer_delivered_when_due_waits_and_its_retry_passes_it_once(db, rt, people):
+    probe.deploy(db, rt)
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = probe.start(db, rt, "P-1", None)
+        probe.fail(db, rt, instance_id, Actor(username="handler", groups=frozenset({probe.HANDLERS})))
+        timer = probe.timer_of(db, instance_id)
+        traveller.move_to(timer.due_at + timedelta(seconds=1))
+        with db.transaction() as s:
+            assert firing.fire(s, rt, timer.id) is False
+        # The claim is put back: the row waits as before, and nothing happened in the case.
+        waiting = _timer_row(db, timer.id)
+        assert (waiting.status, waiting.due_at, waiting.fired_at) == ("waiting", timer.due_at, None)
+        assert (_status(db, instance_id), _fired_events(db, instance_id)) == ("failed", [])
+        with db.transaction() as s:
+            instances.correct_data(s, rt, instance_id=instance_id, actor=people.supervisor, set={"amount": 5},
+                                   reason="补录金额")
+            instances.retry(s, rt, instance_id=instance_id, actor=people.supervisor)
+        assert firing.fire_due(db, rt) == 0  # the retried run passed the due timer itself
+    fired = _timer_row(db, timer.id)
+    assert (fired.status, fired.fired_at) == ("fired", timer.due_at + timedelta(seconds=1))
+    with db.transaction() as s:
+        passed = s.execute(select(AuditEvent.data["element_id"].as_string()).where(
+            AuditEvent.instance_id == instance_id, AuditEvent.kind == "event.intermediate")).scalars().all()
+    assert (passed, _status(db, instance_id)) == (["nap"], "running")
+
+
+@pytest.mark.sqlite
+def test_a_timer_its_process_does_not_yet_hold_due_is_put_back_and_fires_when_the_process_does(
+        db, rt, people, review):
+    # The row says due a day before the diagram does (the skew between a host's clock and the
+    # one that wrote it): SpiffWorkflow's time decides, and the row waits for the next delivery.
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        timer_id = _timer(db, instance_id).id
+        early = START + timedelta(days=14)
+        with db.transaction() as s:
+            s.execute(update(Timer).where(Timer.id == timer_id).values(due_at=early))
+        traveller.move_to(early + timedelta(seconds=1))
+        with db.transaction() as s:
+            assert firing.fire(s, rt, timer_id) is False
+        waiting = _timer_row(db, timer_id)
+        assert (waiting.status, waiting.due_at, waiting.fired_at) == ("waiting", early, None)
+        assert (_status(db, instance_id), _fired_events(db, instance_id)) == ("running", [])
+        traveller.move_to(START + timedelta(days=15, seconds=1))
+        assert firing.fire_due(db, rt) == 1
+    fired = _timer_row(db, timer_id)
+    assert (fired.status, fired.fired_at) == ("fired", START + timedelta(days=15, seconds=1))
+    assert _status(db, instance_id) == "completed" and len(_fired_events(db, instance_id)) == 1
+
+
+def away_database() -> Database:
+    """A database nobody answers at: a port just given back, so each connection is refused at once."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+    return Database(f"postgresql+psycopg://postgres@127.0.0.1:{port}/test")
+
+
+def run_loop(runner: firing.EmbeddedRunner, scene) -> list[tuple[float | None, bool]]:
+    """Run the runner's loop in this thread. Instead of sleeping, ``scene(n)`` plays what
+    happens during the n-th sleep, and the sleep is noted: how long, and whether it was woken
+    (which would end it early). The loop stops after the sleep in which ``scene`` returns False."""
+    waits: list[tuple[float | None, bool]] = []
+
+    def wait(timeout: float | None = None) -> bool:
+        if scene(len(waits) + 1) is False:
+            runner._stop.set()
+        waits.append((timeout, runner._wake.is_set()))
+        return waits[-1][1]
+
+    runner._wake.wait = wait  # type: ignore[method-assign]
+    runner._loop()
+    return waits
+
+
+@pytest.mark.sqlite
+def test_the_embedded_runner_backs_off_while_the_database_is_away_and_starts_again_once_it_is_back(
+        db, rt, people, review, caplog):
+    away, errors = away_database(), []
+    with time_machine.travel(START, tick=False):
+        _to_waiting_for_ack(db, rt, people)  # due in 15 days: the runner sleeps its longest
+        runner = firing.EmbeddedRunner(away, rt, max_sleep=600.0, on_error=errors.append)
+
+        def scene(n: int) -> bool:
+            runner.db = db if n == 8 else away  # back for one round after eight failures
+            return n < 11
+
+        with caplog.at_level(logging.WARNING, logger=firing.__name__):
+            waits = run_loop(runner, scene)
+    assert [seconds for seconds, _ in waits] == [1, 2, 4, 8, 16, 32, 60, 60, 600, 1, 2]
+    assert len(errors) == 10 and all(isinstance(exc, OperationalError) for exc in errors)
+    retries = [r.getMessage() for r in caplog.records if r.name == firing.__name__]
+    assert len(retries) == 10 and all(m.startswith("timer runner: (psycopg.OperationalError)") for m in retries)
+    assert [m.rsplit("; ", 1)[1] for m in retries[:3]] == ["retrying in 1 s", "retrying in 2 s", "retrying in 4 s"]
+
+
+@pytest.mark.sqlite
+def test_a_new_timer_wakes_the_embedded_runner_once(db, rt, people, review):
+    with time_machine.travel(START, tick=False):
+        runner = firing.EmbeddedRunner(db, rt, max_sleep=600.0)
+
+        def scene(n: int) -> bool:
+            if n == 1:  # a timer is made while the runner sleeps
+                runner.timer_created(1, START + timedelta(minutes=1))
+            return n < 3
+
+        waits = run_loop(runner, scene)
+    # That sleep ends early; the next ones do not: the wake-up is used up.
+    assert waits == [(600.0, True), (600.0, False), (600.0, False)]
+
+
+@pytest.mark.sqlite
+def test_the_embedded_runner_does_not_wait_for_a_timer_already_due(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        timer_id = _timer(db, instance_id).id
+        with db.transaction() as s:  # due by the row, not yet by the diagram: it stays waiting
+            s.execute(update(Timer).where(Timer.id == timer_id).values(due_at=START + timedelta(minutes=1)))
+        traveller.move_to(START + timedelta(minutes=2))
+        runner = firing.EmbeddedRunner(db, rt, max_sleep=600.0)
+        assert runner.run_once() == 0.0
+        assert _timer_row(db, timer_id).status == "waiting"
