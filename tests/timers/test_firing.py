@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from engine.access.identity import Actor
 from engine.db import Database
+from engine.errors import InvalidInput, PermissionDenied
 from engine.models import AuditEvent, ProcessInstance, Task, Timer
 from engine.process import instances, tasks
 from engine.sla import admin as sla_admin
@@ -396,3 +397,78 @@ def test_the_embedded_runner_does_not_wait_for_a_timer_already_due(db, rt, peopl
         runner = firing.EmbeddedRunner(db, rt, max_sleep=600.0)
         assert runner.run_once() == 0.0
         assert _timer_row(db, timer_id).status == "waiting"
+
+
+# -- moving a timer (the API's and the CLI's POST /timers/{id}/reschedule, bpm timer reschedule) -----
+def _reschedule(db, rt, timer_id, due_at, actor):
+    with db.transaction() as s:
+        return firing.reschedule(s, rt, timer_id=timer_id, due_at=due_at, actor=actor).due_at
+
+
+@pytest.mark.sqlite
+def test_a_moved_cycle_timer_fires_at_its_new_time_and_keeps_its_period_from_there(db, rt, people):
+    from tests.conftest import deploy_fixture
+
+    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    with time_machine.travel(START, tick=False) as traveller:
+        with db.transaction() as s:
+            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
+                                          data={}).id
+        timer_id = _timer(db, instance_id).id
+        moved = START + timedelta(minutes=30)  # the first occurrence was due at START + 1 h
+        assert _reschedule(db, rt, timer_id, moved, people.supervisor) == moved
+        for due in (moved, moved + timedelta(hours=1)):
+            traveller.move_to(due + timedelta(seconds=1))
+            assert firing.fire_due(db, rt) == 1
+            again = _timer_row(db, timer_id)
+            assert (again.status, again.due_at) == ("waiting", due + timedelta(hours=1))
+    assert [datetime.fromisoformat(e["due_at"]) for e in _fired_events(db, instance_id)] == [
+        moved, moved + timedelta(hours=1)]
+
+
+@pytest.mark.sqlite
+def test_a_failed_cases_timer_can_be_moved_the_move_is_audited_with_its_task_and_wakes_the_runner(db, rt, people):
+    probe.deploy(db, rt)
+    runner = firing.EmbeddedRunner(db, rt)
+    rt.scheduler = runner  # as ``bpm serve`` does
+    with time_machine.travel(START, tick=False):
+        instance_id = probe.start(db, rt, "P-1", None)
+        probe.fail(db, rt, instance_id, Actor(username="handler", groups=frozenset({probe.HANDLERS})))
+        timer = probe.timer_of(db, instance_id)
+        runner._wake.clear()  # whatever the start announced
+        later = timer.due_at + timedelta(days=1)
+        assert _reschedule(db, rt, timer.id, later, people.supervisor) == later
+    assert runner._wake.is_set()  # it sleeps until the new time, not the old
+    with db.transaction() as s:
+        event = s.execute(select(AuditEvent).where(AuditEvent.kind == "timer.rescheduled")).scalar_one()
+    assert (event.instance_id, event.task_uuid, event.actor) == (instance_id, timer.task_uuid, "boss")
+    assert (_status(db, instance_id), _timer_row(db, timer.id).due_at) == ("failed", later)
+
+
+@pytest.mark.sqlite
+def test_a_timer_whose_task_no_longer_waits_in_its_process_cannot_be_moved(db, rt, people, review):
+    with time_machine.travel(START, tick=False):
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        timer = _timer(db, instance_id)
+        with db.transaction() as s:  # a row left waiting for a step the case has passed
+            done = s.execute(select(Task.task_uuid).where(Task.instance_id == instance_id,
+                                                          Task.element_id == "register")).scalar_one()
+            s.execute(update(Timer).where(Timer.id == timer.id).values(task_uuid=done))
+        with pytest.raises(InvalidInput) as refused:
+            _reschedule(db, rt, timer.id, START + timedelta(days=1), people.supervisor)
+    assert str(refused.value) == f"timer {timer.id} is no longer waiting in its process"
+    assert _timer_row(db, timer.id).due_at == timer.due_at
+
+
+@pytest.mark.sqlite
+def test_moving_a_timer_is_refused_to_a_clerk_and_for_a_time_without_an_offset_with_the_reason(
+        db, rt, people, review):
+    with time_machine.travel(START, tick=False):
+        timer = _timer(db, _to_waiting_for_ack(db, rt, people))
+        with pytest.raises(PermissionDenied) as refused:
+            _reschedule(db, rt, timer.id, START + timedelta(days=1), people.clerk)
+        assert str(refused.value) == "rescheduling a timer needs the supervisor or admin role"
+        with pytest.raises(ValueError) as naive:
+            _reschedule(db, rt, timer.id, datetime(2026, 3, 3, 9), people.supervisor)
+        assert str(naive.value).startswith("due_at must be timezone-aware, got datetime")
+    assert _timer_row(db, timer.id).due_at == timer.due_at
