@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from engine.access.identity import Actor
+from engine.bootstrap import build_runtime
 from engine.db import Database
 from engine.errors import InvalidInput, PermissionDenied
 from engine.models import AuditEvent, ProcessInstance, Task, Timer
@@ -177,6 +178,53 @@ def test_a_cycle_timer_catching_up_once_audits_the_occurrences_it_skipped(db, rt
     assert (caught_up["skipped_occurrences"], caught_up["catch_up"]) == (3, "once")
     assert set(on_time) == {"element_id", "due_at"}  # nothing skipped, nothing to say
     assert datetime.fromisoformat(on_time["due_at"]) == START + timedelta(hours=5)
+
+
+@pytest.mark.sqlite
+def test_a_cycle_timer_delivered_at_an_occurrence_instant_fires_the_one_before_and_leaves_that_one_due(
+        db, rt, people):
+    from tests.conftest import deploy_fixture
+
+    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    with time_machine.travel(START, tick=False) as traveller:
+        with db.transaction() as s:
+            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
+                                          data={}).id
+        traveller.move_to(START + timedelta(hours=3))  # the third occurrence is due now, not yet past
+        assert firing.fire_due(db, rt) == 1
+        waiting = _timer(db, instance_id)
+    (caught_up,) = _fired_events(db, instance_id)
+    assert (caught_up["skipped_occurrences"], datetime.fromisoformat(caught_up["occurrence_at"])) == (
+        1, START + timedelta(hours=2))
+    assert (waiting.status, waiting.due_at) == ("waiting", START + timedelta(hours=3))
+
+
+@pytest.mark.sqlite
+def test_a_cycle_timer_behind_by_all_its_occurrences_fires_the_last_once_and_ends(db, rt, people):
+    from tests.conftest import deploy_fixture
+
+    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    with time_machine.travel(START, tick=False) as traveller:
+        with db.transaction() as s:
+            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
+                                          data={}).id
+        traveller.move_to(START + timedelta(hours=10))  # down while all five were due
+        assert firing.fire_due(db, rt) == 1
+        assert firing.fire_due(db, rt) == 0
+    (caught_up,) = _fired_events(db, instance_id)
+    assert caught_up["skipped_occurrences"] == 4
+    assert datetime.fromisoformat(caught_up["occurrence_at"]) == START + timedelta(hours=5)
+    assert _timer(db, instance_id).status == "fired"  # no sixth occurrence to wait for
+
+
+@pytest.mark.sqlite
+def test_a_worker_that_has_loaded_nothing_yet_fires_a_timer(db, settings, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        traveller.move_to(START + timedelta(days=15, seconds=1))
+        worker = build_runtime(settings)  # another process: no workflow, diagram or calendar cached
+        assert firing.fire_due(db, worker) == 1
+    assert _status(db, instance_id) == "completed"
 
 
 @pytest.mark.sqlite
@@ -384,6 +432,13 @@ def test_a_new_timer_wakes_the_embedded_runner_once(db, rt, people, review):
         waits = run_loop(runner, scene)
     # That sleep ends early; the next ones do not: the wake-up is used up.
     assert waits == [(600.0, True), (600.0, False), (600.0, False)]
+
+
+@pytest.mark.sqlite
+def test_with_nothing_due_the_embedded_runner_looks_again_after_thirty_seconds(db, rt):
+    # As ``bpm serve`` makes it: a timer made by another process (the CLI, another app) wakes no
+    # one here, so it is seen within that bound.
+    assert firing.EmbeddedRunner(db, rt).run_once() == 30.0
 
 
 @pytest.mark.sqlite
