@@ -77,6 +77,19 @@ def test_nothing_fires_before_the_due_time_and_it_fires_just_after(db, rt, peopl
 
 
 @pytest.mark.sqlite
+def test_the_fired_timer_is_audited_with_its_step_its_task_and_its_due_time(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        timer = _timer(db, instance_id)
+        traveller.move_to(START + timedelta(days=15, seconds=1))
+        assert firing.fire_due(db, rt) == 1
+    with db.transaction() as s:
+        event = s.execute(select(AuditEvent).where(AuditEvent.kind == "timer.fired")).scalar_one()
+    assert (event.instance_id, event.actor, event.task_uuid) == (instance_id, "timer", timer.task_uuid)
+    assert event.data == {"element_id": "ack_timeout", "due_at": timer.due_at.isoformat()}
+
+
+@pytest.mark.sqlite
 def test_a_second_delivery_of_the_same_timer_changes_nothing(db, rt, people, review):
     with time_machine.travel(START, tick=False) as traveller:
         instance_id = _to_waiting_for_ack(db, rt, people)
