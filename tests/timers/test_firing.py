@@ -241,6 +241,39 @@ def test_a_worker_that_has_loaded_nothing_yet_fires_a_timer(db, settings, rt, pe
 
 
 @pytest.mark.sqlite
+def test_a_fired_cycle_occurrence_tells_the_scheduler_of_the_next(db, rt, people):
+    from tests.conftest import deploy_fixture
+
+    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    with time_machine.travel(START, tick=False) as traveller:
+        with db.transaction() as s:
+            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
+                                          data={}).id
+        runner = firing.EmbeddedRunner(db, rt)
+        rt.scheduler = runner  # as ``bpm serve`` does
+        traveller.move_to(START + timedelta(hours=1, seconds=1))
+        assert firing.fire_due(db, rt) == 1
+    assert runner._wake.is_set()
+    assert _timer(db, instance_id).due_at == START + timedelta(hours=2)
+
+
+@pytest.mark.sqlite
+def test_a_sweep_fires_at_most_its_limit_oldest_due_first(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        later_id = _to_waiting_for_ack(db, rt, people, key="R-1")
+        traveller.shift(timedelta(minutes=1))
+        earlier_id = _to_waiting_for_ack(db, rt, people, key="R-2")
+        with db.transaction() as s:  # R-2's timer is due first
+            s.execute(update(Timer).where(Timer.instance_id == earlier_id)
+                      .values(due_at=START + timedelta(days=15) - timedelta(minutes=1)))
+        traveller.move_to(START + timedelta(days=16))
+        assert firing.fire_due(db, rt, limit=1) == 1
+        assert (_status(db, earlier_id), _status(db, later_id)) == ("completed", "running")
+        assert firing.fire_due(db, rt, limit=1) == 1
+    assert _status(db, later_id) == "completed"
+
+
+@pytest.mark.sqlite
 def test_a_firing_that_raises_is_counted_with_its_error_type_and_at_most_2000_characters_of_it(
         db, rt, people, review, monkeypatch, caplog):
     def broken(*_args, **_kwargs):
