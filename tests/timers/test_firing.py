@@ -258,19 +258,19 @@ def test_a_fired_cycle_occurrence_tells_the_scheduler_of_the_next(db, rt, people
 
 
 @pytest.mark.sqlite
-def test_a_sweep_fires_at_most_its_limit_oldest_due_first(db, rt, people, review):
+def test_a_sweep_fires_at_most_its_limit_oldest_due_first_and_says_how_many_fired(db, rt, people, review):
     with time_machine.travel(START, tick=False) as traveller:
-        later_id = _to_waiting_for_ack(db, rt, people, key="R-1")
+        later_ids = [_to_waiting_for_ack(db, rt, people, key=key) for key in ("R-1", "R-2")]
         traveller.shift(timedelta(minutes=1))
-        earlier_id = _to_waiting_for_ack(db, rt, people, key="R-2")
-        with db.transaction() as s:  # R-2's timer is due first
+        earlier_id = _to_waiting_for_ack(db, rt, people, key="R-3")
+        with db.transaction() as s:  # R-3's timer, the last made, is due first
             s.execute(update(Timer).where(Timer.instance_id == earlier_id)
                       .values(due_at=START + timedelta(days=15) - timedelta(minutes=1)))
         traveller.move_to(START + timedelta(days=16))
         assert firing.fire_due(db, rt, limit=1) == 1
-        assert (_status(db, earlier_id), _status(db, later_id)) == ("completed", "running")
-        assert firing.fire_due(db, rt, limit=1) == 1
-    assert _status(db, later_id) == "completed"
+        assert [_status(db, i) for i in (earlier_id, *later_ids)] == ["completed", "running", "running"]
+        assert firing.fire_due(db, rt) == 2
+    assert [_status(db, i) for i in later_ids] == ["completed", "completed"]
 
 
 @pytest.mark.sqlite
