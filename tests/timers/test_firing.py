@@ -500,6 +500,27 @@ def test_the_embedded_runner_does_not_wait_for_a_timer_already_due(db, rt, peopl
         assert _timer_row(db, timer_id).status == "waiting"
 
 
+@pytest.mark.sqlite
+def test_the_timer_list_is_soonest_first_at_most_its_limit_filtered_by_status_and_refused_to_a_clerk(
+        db, rt, people, review):
+    with time_machine.travel(START, tick=False):
+        first, second, third = (_timer(db, _to_waiting_for_ack(db, rt, people, key=key)).id
+                                for key in ("R-1", "R-2", "R-3"))
+        with db.transaction() as s:  # the last made is due first; the other two at the same instant
+            s.execute(update(Timer).where(Timer.id == third).values(due_at=START + timedelta(days=1)))
+        with db.transaction() as s:
+            instances.cancel(s, rt, instance_id=_timer_row(db, second).instance_id, actor=people.supervisor,
+                             reason="重复登记")
+        with db.transaction() as s:
+            listed = [t.id for t in firing.visible(s, actor=people.supervisor)]
+            two = [t.id for t in firing.visible(s, actor=people.supervisor, limit=2)]
+            waiting = [t.id for t in firing.visible(s, actor=people.supervisor, status="waiting")]
+        with pytest.raises(PermissionDenied) as refused, db.transaction() as s:
+            firing.visible(s, actor=people.clerk)
+    assert (listed, two, waiting) == ([third, first, second], [third, first], [third, first])
+    assert str(refused.value) == "the timer list is for supervisors and process owners"
+
+
 # -- moving a timer (the API's and the CLI's POST /timers/{id}/reschedule, bpm timer reschedule) -----
 def _reschedule(db, rt, timer_id, due_at, actor):
     with db.transaction() as s:
