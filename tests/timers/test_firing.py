@@ -274,6 +274,19 @@ def test_a_sweep_fires_at_most_its_limit_oldest_due_first_and_says_how_many_fire
 
 
 @pytest.mark.sqlite
+def test_a_sweeps_limit_is_spent_on_waiting_timers_only(db, rt, people, review):
+    with time_machine.travel(START, tick=False) as traveller:
+        fired_id = _to_waiting_for_ack(db, rt, people, key="R-1")
+        traveller.shift(timedelta(minutes=1))
+        due_id = _to_waiting_for_ack(db, rt, people, key="R-2")
+        traveller.move_to(START + timedelta(days=16))
+        with db.transaction() as s:  # R-1's timer, due first, fired already
+            assert firing.fire(s, rt, _timer(db, fired_id).id) is True
+        assert firing.fire_due(db, rt, limit=1) == 1
+    assert _status(db, due_id) == "completed"
+
+
+@pytest.mark.sqlite
 def test_a_firing_that_raises_is_counted_with_its_error_type_and_at_most_2000_characters_of_it(
         db, rt, people, review, monkeypatch, caplog):
     def broken(*_args, **_kwargs):
