@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from engine.access.identity import Actor
@@ -532,6 +532,17 @@ def test_the_timer_list_is_soonest_first_at_most_its_limit_filtered_by_status_an
             firing.visible(s, actor=people.clerk)
     assert (listed, two, waiting) == ([third, first, second], [third, first], [third, first])
     assert str(refused.value) == "the timer list is for supervisors and process owners"
+
+
+@pytest.mark.sqlite
+def test_the_timer_list_holds_at_most_a_hundred_unless_asked_for_more(db, rt, people):
+    with db.transaction() as s:  # 101 schedules' next runs, a minute apart
+        s.execute(insert(Timer), [{"kind": "schedule", "element_id": f"S{i:03}", "due_at": START + timedelta(minutes=i),
+                                   "status": "waiting", "created_at": START} for i in range(101)])
+    with db.transaction() as s:
+        listed = [t.element_id for t in firing.visible(s, actor=people.owner)]
+        assert len(firing.visible(s, actor=people.owner, limit=200)) == 101
+    assert listed == [f"S{i:03}" for i in range(100)]
 
 
 # -- moving a timer (the API's and the CLI's POST /timers/{id}/reschedule, bpm timer reschedule) -----
