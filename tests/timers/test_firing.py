@@ -274,6 +274,19 @@ def test_a_sweep_fires_at_most_its_limit_oldest_due_first_and_says_how_many_fire
 
 
 @pytest.mark.sqlite
+def test_a_sweep_takes_at_most_five_hundred_timers(db, rt):
+    with db.transaction() as s:  # 501 due runs of a schedule since deleted: each is only settled
+        s.execute(insert(Timer), [{"kind": "schedule", "element_id": "gone", "payload": {"schedule_id": 0},
+                                   "due_at": START + timedelta(seconds=i), "status": "waiting", "created_at": START}
+                                  for i in range(501)])
+    with time_machine.travel(START + timedelta(hours=1), tick=False):
+        firing.fire_due(db, rt)
+    with db.transaction() as s:
+        left = s.execute(select(Timer.due_at).where(Timer.status == "waiting")).scalars().all()
+    assert left == [START + timedelta(seconds=500)]
+
+
+@pytest.mark.sqlite
 def test_a_sweeps_limit_is_spent_on_waiting_timers_only(db, rt, people, review):
     with time_machine.travel(START, tick=False) as traveller:
         fired_id = _to_waiting_for_ack(db, rt, people, key="R-1")
