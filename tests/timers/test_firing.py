@@ -287,6 +287,20 @@ def test_a_sweep_takes_at_most_five_hundred_timers(db, rt):
 
 
 @pytest.mark.sqlite
+def test_a_schedules_timer_delivered_early_or_at_its_instant_stays_and_one_that_is_gone_is_no_error(db, rt):
+    with db.transaction() as s:
+        timer_id = s.execute(insert(Timer).returning(Timer.id), {
+            "kind": "schedule", "element_id": "CBQ", "payload": {"schedule_id": 0}, "due_at": START,
+            "status": "waiting", "created_at": START}).scalar_one()
+    for moment in (START - timedelta(minutes=1), START):
+        with time_machine.travel(moment, tick=False), db.transaction() as s:
+            assert firing.fire(s, rt, timer_id) is False
+        assert (_timer_row(db, timer_id).status, _timer_row(db, timer_id).fired_at) == ("waiting", None)
+    with db.transaction() as s:
+        assert firing.fire(s, rt, timer_id + 1) is False  # no such timer
+
+
+@pytest.mark.sqlite
 def test_a_sweeps_limit_is_spent_on_waiting_timers_only(db, rt, people, review):
     with time_machine.travel(START, tick=False) as traveller:
         fired_id = _to_waiting_for_ack(db, rt, people, key="R-1")
