@@ -287,7 +287,7 @@ def test_a_sweep_takes_at_most_five_hundred_timers(db, rt):
 
 
 @pytest.mark.sqlite
-def test_a_schedules_timer_delivered_early_or_at_its_instant_stays_and_one_that_is_gone_is_no_error(db, rt):
+def test_a_schedules_timer_waits_until_past_its_instant_and_one_whose_schedule_is_gone_is_only_settled(db, rt):
     with db.transaction() as s:
         timer_id = s.execute(insert(Timer).returning(Timer.id), {
             "kind": "schedule", "element_id": "CBQ", "payload": {"schedule_id": 0}, "due_at": START,
@@ -298,6 +298,10 @@ def test_a_schedules_timer_delivered_early_or_at_its_instant_stays_and_one_that_
         assert (_timer_row(db, timer_id).status, _timer_row(db, timer_id).fired_at) == ("waiting", None)
     with db.transaction() as s:
         assert firing.fire(s, rt, timer_id + 1) is False  # no such timer
+    with time_machine.travel(START + timedelta(seconds=1), tick=False), db.transaction() as s:
+        assert firing.fire(s, rt, timer_id) is False  # due, but its schedule was deleted: only settled
+    assert (_timer_row(db, timer_id).status, _timer_row(db, timer_id).fired_at) == (
+        "fired", START + timedelta(seconds=1))
 
 
 @pytest.mark.sqlite
