@@ -469,13 +469,3 @@ def visible(session: Session, *, actor: Actor, status: str | None = None, limit:
         query = query.where(Timer.status == status)
     return list(session.execute(query).scalars())
 
-
-def get_all(session: Session, *, instance_id: int | None = None, status: str | None = None,
-            limit: int = 100) -> list[Timer]:
-    """Every timer, unscoped: for the engine's own use and the CLI (an operator's shell)."""
-    query = select(Timer).order_by(Timer.due_at).limit(limit)
-    if instance_id is not None:
-        query = query.where(Timer.instance_id == instance_id)
-    if status:
-        query = query.where(Timer.status == status)
-    return list(session.execute(query).scalars())

@@ -115,3 +115,18 @@ def test_a_policy_that_cannot_drive_a_case_clock_is_refused(client, db, rt, staf
     answer = client.put(f"{API}/sla/policies/{complaint_clock.POLICY}", headers=auth("owner"),
                         json={**body, "milestones": [{"at": 0.5, "action": "notify"}]})
     assert "groups to tell" in assert_problem(answer, 400, "invalid_input")["detail"]
+
+
+def test_a_case_clock_milestone_naming_its_group_by_an_expression_reaches_that_group(db, rt, staff):
+    changed = {**_shipped(), "milestones": [{"at": 1.0, "action": "escalate", "to": ["${'hq_complaint_dept'}"]}]}
+    with db.transaction() as s:
+        sla_admin.upsert_policy(s, rt, data=changed, actor=staff["s001"])
+    with time_machine.travel(MONDAY_9, tick=False) as clock:
+        case = _case(db, rt, staff, "CMP-20260302-0974")
+        clock.move_to(DUE + timedelta(minutes=1))
+        assert firing.fire_due(db, rt) >= 1
+    with db.transaction() as s:
+        told = s.execute(select(Notification.recipient).where(Notification.instance_id == case.instance_id,
+                                                              Notification.task_id.is_(None))
+                         .order_by(Notification.recipient)).scalars().all()
+    assert told == ["s007", "s008"]  # the HQ complaint department

@@ -204,6 +204,29 @@ class Recorder:
         self.sent.append(recipient.username)
 
 
+@pytest.mark.sqlite
+def test_the_embedded_runner_fires_and_delivers_in_a_thread_of_its_own_until_stopped(db, rt, half_way):
+    told = threading.Event()
+
+    class Teller(Recorder):  # lets the test know once both clerks were told
+        def send(self, *, recipient: User, subject: str, body: str) -> None:
+            super().send(recipient=recipient, subject=subject, body=body)
+            if len(self.sent) == 2:
+                told.set()
+
+    teller = Teller()
+    firing.EmbeddedRunner(db, rt).stop()  # one never started: nothing to stop
+    runner = firing.EmbeddedRunner(db, rt, max_sleep=3600.0, notifier=Notifier({"log": teller}))
+    runner.start()
+    assert told.wait(timeout=30)
+    thread = runner._thread
+    assert thread is not None and (thread.name, thread.daemon) == ("bpm-timers", True)
+    runner.stop()  # wakes it from its sleep of up to an hour
+    assert not thread.is_alive()
+    assert teller.sent == ["li", "zhao"]
+    assert [(n.recipient, n.sent_at) for n in outbox(db)] == [("li", HALF_WAY), ("zhao", HALF_WAY)]
+
+
 class SlowServer:
     """A channel standing for a slow SMTP server: each send waits until the test lets it
     finish. ``sending.get()`` hands the test the recipient and the event that finishes it."""
