@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from SpiffWorkflow.exceptions import TaskNotFoundException
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import and_, bindparam, exists, func, or_, select, tuple_, update
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -421,7 +422,10 @@ def reschedule(session: Session, rt: Runtime, *, timer_id: int, due_at: datetime
         raise InvalidInput(f"timer {timer_id} is {timer.status}; only waiting timers can be moved")
     if timer.kind == TimerKind.BPMN:
         workflow = rt.load(session, instance)
-        task = workflow.get_task_from_id(UUID(timer.task_uuid)) if timer.task_uuid else None
+        try:
+            task = workflow.get_task_from_id(UUID(timer.task_uuid)) if timer.task_uuid else None
+        except TaskNotFoundException:  # a row naming a step its workflow no longer has
+            task = None
         if task is None or not task.has_state(TaskState.WAITING):
             raise InvalidInput(f"timer {timer_id} is no longer waiting in its process")
         value = task.internal_data.get("event_value")

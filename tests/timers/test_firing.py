@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -631,6 +632,21 @@ def test_a_timer_whose_task_no_longer_waits_in_its_process_cannot_be_moved(db, r
             done = s.execute(select(Task.task_uuid).where(Task.instance_id == instance_id,
                                                           Task.element_id == "register")).scalar_one()
             s.execute(update(Timer).where(Timer.id == timer.id).values(task_uuid=done))
+        with pytest.raises(InvalidInput) as refused:
+            _reschedule(db, rt, timer.id, START + timedelta(days=1), people.supervisor)
+    assert str(refused.value) == f"timer {timer.id} is no longer waiting in its process"
+    assert _timer_row(db, timer.id).due_at == timer.due_at
+
+
+@pytest.mark.sqlite
+def test_a_timer_naming_a_step_its_workflow_does_not_have_is_refused_not_an_error(db, rt, people, review):
+    """A row left naming a step the workflow has no trace of (restored from a backup, edited by
+    hand) is refused with the reason, as a step no longer waiting is: a 400, never a 500."""
+    with time_machine.travel(START, tick=False):
+        instance_id = _to_waiting_for_ack(db, rt, people)
+        timer = _timer(db, instance_id)
+        with db.transaction() as s:
+            s.execute(update(Timer).where(Timer.id == timer.id).values(task_uuid=str(uuid.uuid4())))
         with pytest.raises(InvalidInput) as refused:
             _reschedule(db, rt, timer.id, START + timedelta(days=1), people.supervisor)
     assert str(refused.value) == f"timer {timer.id} is no longer waiting in its process"
