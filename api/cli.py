@@ -670,7 +670,7 @@ def figures_import_snapshot(ctx: Context, path: Path) -> None:
 def figures_count_board(ctx: Context) -> None:
     """Count the supervisors' board for the whole firm now (a snapshot the board pages read
     for the next few minutes); the app and the timer workers count one every minute."""
-    from engine.process import board_snapshot
+    from engine.brokerage import board_snapshot
 
     rt = ctx.runtime()
     with ctx.db.transaction() as session:
@@ -781,7 +781,7 @@ def serve(ctx: Context, host: str, port: int) -> None:
 
     In production run gunicorn: ``gunicorn 'api.wsgi:app'``."""
     from api import create_app
-    from engine.process.board_snapshot import Refresher
+    from engine.brokerage.board_snapshot import Refresher
     from engine.timers.firing import EmbeddedRunner
     from engine.timers.notify import Notifier
     rt = build_runtime(ctx.settings, scheduler=rq_scheduler(ctx.settings))

@@ -25,9 +25,9 @@ from rq.job import Job
 from rq.job_lifecycle import call_exception_handlers
 
 from engine.bootstrap import build_runtime
+from engine.brokerage.board_snapshot import Refresher
 from engine.config import Settings
 from engine.db import Database
-from engine.process.board_snapshot import Refresher
 from engine.timers.notify import Notifier
 from engine.timers.queueing import QUEUE_NAME, RqScheduler, Sweeper
 

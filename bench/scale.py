@@ -149,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     from api import create_app
     from engine.access.identity import actor_for, get_user
     from engine.bootstrap import build_runtime
+    from engine.brokerage import board_snapshot as snapshots
     from engine.config import Settings
     from engine.db import Database
     from engine.process import board as boards
-    from engine.process import board_snapshot as snapshots
     from engine.process import tasks, worklist
 
     settings = Settings.from_env({"BPM_DATABASE_URL": url, "BPM_AUDIT_KEY": scale_data.AUDIT_KEY})

@@ -599,7 +599,7 @@ class Notification(Base):
 class BoardSnapshot(Base):
     """The supervisors' board counted for the whole firm at one moment (``as_of``), so a
     board page reads a few thousand counted rows instead of every open task
-    (engine.process.board_snapshot). Kept until the next one is complete."""
+    (engine.brokerage.board_snapshot). Kept until the next one is complete."""
 
     __tablename__ = "bpm_board_snapshot"
 

@@ -17,10 +17,10 @@ from openpyxl import Workbook
 
 from api.context import bpm
 from engine.audit import record_system_event
+from engine.brokerage import board_snapshot as snapshots
 from engine.brokerage import figures
 from engine.calendars import SHANGHAI
 from engine.process import board as boards
-from engine.process import board_snapshot as snapshots
 from engine.process import tasks, worklist
 from worklist_ui.i18n import beijing, duration, label, tier_name
 from worklist_ui.session import actor
@@ -65,7 +65,7 @@ def board() -> Any:
     person = actor()
     now = ctx.runtime.now()
     with ctx.db.reading() as db:
-        # From the minute's snapshot when there is one (engine.process.board_snapshot); the
+        # From the minute's snapshot when there is one (engine.brokerage.board_snapshot); the
         # overdue figure and the trend only for the page (an export is the table's counts).
         shown = snapshots.view(db, actor=person, by=by, now=now, process_key=process, with_figures=fmt == "html")
     found = shown.board

@@ -105,7 +105,7 @@ def recusing(session: Session, actor: Actor) -> list[int]:
 def board(session: Session, *, actor: Actor, by: str, now: datetime, process_key: str | None = None) -> Board:
     """Open, on track, at risk, breached, paused and undated tasks per ``by`` (branch, group,
     person, process or step), busiest breach first, with the total over the reader's scope,
-    counted live (engine.process.board_snapshot reads the same from a snapshot)."""
+    counted live (engine.brokerage.board_snapshot reads the same from a snapshot)."""
     require_supervisor(actor)
     check_dimension(by)
     where = [Task.status.in_(ACTIVE_TASK_STATES), *scoped(actor)]

@@ -415,8 +415,8 @@ def test_a_bad_setting_stops_the_app_factory_at_start(monkeypatch, tmp_path):
 
 @pytest.mark.sqlite
 def test_count_board_keeps_a_snapshot_the_board_then_reads(database_url, db, rt, demo_cases_loaded):
+    from engine.brokerage import board_snapshot
     from engine.models import BoardCell, BoardSnapshot
-    from engine.process import board_snapshot
 
     result = bpm(database_url, "figures", "count-board")
     assert result.exit_code == 0, result.output

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from engine.access.identity import Actor
+from engine.brokerage import board_snapshot
 from engine.models import (
     ACTIVE_TASK_STATES,
     BoardCell,
@@ -33,7 +34,7 @@ from engine.models import (
     TaskStatus,
 )
 from engine.process import board as boards
-from engine.process import board_snapshot, tasks
+from engine.process import tasks
 from engine.sla import clock as sla_clock
 
 # On both stores: the SQLite default keeps the same index branches and trigger.

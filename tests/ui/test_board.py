@@ -15,10 +15,11 @@ from openpyxl import load_workbook
 from sqlalchemy import select
 
 from engine.access import identity
+from engine.brokerage import board_snapshot
 from engine.calendars import SHANGHAI
 from engine.models import ACTIVE_TASK_STATES, AuditEvent, Task, User
 from engine.process import board as boards
-from engine.process import board_snapshot, tasks
+from engine.process import tasks
 from engine.sla import clock as sla_clock
 from tests.ui.test_pages import sign_in
 
