@@ -166,6 +166,9 @@ def test_an_escalation_closes_when_its_step_is_completed(db, rt, people, review)
     assert _events(db, "task.escalation_closed") == [
         ("system", {"task_id": escalation.id, "escalated_task_id": task_id, "element_id": "register.escalation",
                     "because": "completed"})]
+    with db.transaction() as s:  # the closing is filed under the escalation task, not the step
+        assert s.execute(select(AuditEvent.task_uuid).where(AuditEvent.kind == "task.escalation_closed")
+                         ).scalar_one() == s.get(Task, escalation.id).task_uuid
 
 
 @pytest.mark.sqlite
