@@ -15,8 +15,9 @@ import pytest
 import time_machine
 from sqlalchemy import select, update
 
+from engine.access import assignment, identity
 from engine.calendars import SHANGHAI
-from engine.models import AuditEvent, Notification, Task, TaskCandidate, Timer
+from engine.models import AuditEvent, Group, Notification, Task, TaskCandidate, Timer, User
 from engine.process import instances, tasks
 from engine.sla import admin as sla_admin
 from engine.sla import milestones
@@ -229,3 +230,62 @@ def test_a_step_escalated_twice_has_two_open_escalations_and_either_is_found(db,
                                                      Task.status == "open")).scalars())
         assert len(opened) == 2
         assert milestones.open_escalation_of(s, s.get(Task, task_id)).id in opened
+
+
+@pytest.mark.sqlite
+def test_a_notice_to_the_assignee_of_a_step_nobody_has_claimed_reaches_its_candidates(db, rt, people, review):
+    _policy(db, rt, people, {"at": 0.25, "action": "notify", "to": "assignee"})
+    with time_machine.travel(MONDAY_9, tick=False):
+        _start(db, rt, people)
+    _fire_days_later(db, rt, 1)
+    assert _notices(db) == [("li", "[R-1] 登记：已用时 25%"), ("zhao", "[R-1] 登记：已用时 25%")]
+
+
+def _compliance_officers(db, rt) -> None:
+    """sun at headquarters, zhou (who reads English) and qian (departed) at HZ01, wu at NB02."""
+    with db.transaction() as s:
+        identity.ensure_group(s, key="compliance")
+        for username, branch in (("sun", None), ("zhou", "HZ01"), ("qian", "HZ01"), ("wu", "NB02")):
+            identity.create_user(s, username=username, display_name=username, now=rt.now(), branch_code=branch,
+                                 groups=["compliance"])
+        s.execute(update(User).where(User.username == "zhou").values(locale="en-GB"))
+        s.execute(update(User).where(User.username == "qian").values(active=False))
+
+
+@pytest.mark.sqlite
+def test_a_notice_to_compliance_reaches_the_steps_branch_and_headquarters_or_every_branch_for_a_step_of_none(
+        db, rt, people, review):
+    _compliance_officers(db, rt)
+    _policy(db, rt, people, {"at": 0.25, "action": "notify", "to": "compliance"})
+    with time_machine.travel(MONDAY_9, tick=False):
+        branch_step = _start(db, rt, people)
+        _start(db, rt, people, key="R-2")  # its step names no branch
+    with db.transaction() as s:
+        s.execute(update(Task).where(Task.id == branch_step).values(branch_code="HZ01"))
+    with time_machine.travel(MONDAY_9 + DAY + timedelta(seconds=1), tick=False):
+        assert firing.fire_due(db, rt) == 2
+    assert _notices(db) == [("sun", "[R-1] 登记：已用时 25%"), ("sun", "[R-2] 登记：已用时 25%"),
+                            ("wu", "[R-2] 登记：已用时 25%"),
+                            ("zhou", "[R-1] 登记: 25% of the time allowed used"),
+                            ("zhou", "[R-2] 登记: 25% of the time allowed used")]
+
+
+@pytest.mark.sqlite
+def test_a_notice_names_its_role_by_expression_by_display_name_or_by_the_cases_branch(
+        db, rt, people, review, monkeypatch):
+    with db.transaction() as s:
+        s.execute(update(Group).where(Group.key == "managers").values(name="营业部经理"))
+        for branch, username in (("HZ01", "boss"), ("NB02", "chen")):
+            identity.ensure_group(s, key=f"{branch}:branch_head")
+            identity.add_member(s, group_key=f"{branch}:branch_head", username=username)
+    monkeypatch.setattr(assignment, "_KEYS", {})  # the display name is looked up, not remembered from before
+    _policy(db, rt, people, {"at": 0.25, "action": "notify", "to": "${'clerks'}"},
+            {"at": 0.5, "action": "notify", "to": "营业部经理"},
+            {"at": 0.75, "action": "notify", "to": "branch:branch_head"})
+    with time_machine.travel(MONDAY_9, tick=False), db.transaction() as s:
+        instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk, branch_code="HZ01",
+                        data={"priority": 50, "due_at": None})
+    for days in (1, 2, 3):
+        _fire_days_later(db, rt, days)
+    assert _notices(db) == [("boss", "[R-1] 登记：已用时 75%"), ("li", "[R-1] 登记：已用时 25%"),
+                            ("wang", "[R-1] 登记：已用时 50%"), ("zhao", "[R-1] 登记：已用时 25%")]
