@@ -289,3 +289,68 @@ def test_a_notice_names_its_role_by_expression_by_display_name_or_by_the_cases_b
         _fire_days_later(db, rt, days)
     assert _notices(db) == [("boss", "[R-1] 登记：已用时 75%"), ("li", "[R-1] 登记：已用时 25%"),
                             ("wang", "[R-1] 登记：已用时 50%"), ("zhao", "[R-1] 登记：已用时 25%")]
+
+
+def _armed(db, task_id: int) -> list[tuple[float, str, datetime]]:
+    """The step's milestone rows: (share, status, due time), by share."""
+    with db.transaction() as s:
+        task_uuid = s.get(Task, task_id).task_uuid
+        rows = s.execute(select(Timer).where(Timer.task_uuid == task_uuid)).scalars()
+        return sorted((row.payload["at"], row.status, row.due_at) for row in rows)
+
+
+@pytest.mark.sqlite
+def test_a_recompute_after_the_target_does_not_fire_its_milestone_again(db, rt, people, review):
+    step = {"at": 1.0, "action": "raise_priority", "by": 10}
+    _policy(db, rt, people, step)
+    with time_machine.travel(MONDAY_9, tick=False):
+        task_id = _start(db, rt, people)
+    _fire_days_later(db, rt, 4)  # the target, Friday 09:00: breached
+    with time_machine.travel(MONDAY_9 + 4 * DAY + timedelta(hours=1), tick=False) as clock:
+        _policy(db, rt, people, step)  # saving the policy recomputes the open step
+        clock.shift(timedelta(seconds=1))
+        assert firing.fire_due(db, rt) == 0
+    assert [status for _, status, _ in _armed(db, task_id)] == ["fired"]
+    with db.transaction() as s:
+        assert s.get(Task, task_id).priority == 60
+
+
+@pytest.mark.sqlite
+def test_a_diagram_due_date_puts_the_milestones_at_shares_of_the_working_time_up_to_it(db, rt, people, review):
+    _policy(db, rt, people, {"at": 0.25, "action": "notify", "to": "candidates"},
+            {"at": 0.75, "action": "notify", "to": "candidates"})
+    with time_machine.travel(MONDAY_9, tick=False), db.transaction() as s:
+        instance = instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk,
+                                   data={"priority": 50, "due_at": (MONDAY_9 + DAY + timedelta(hours=8)).isoformat()})
+        task_id = s.execute(select(Task.id).where(Task.instance_id == instance.id)).scalar_one()
+    # Monday 09:00 to Tuesday 17:00 is 16 working hours, not the policy's 4 working days.
+    assert _armed(db, task_id) == [(0.25, "waiting", MONDAY_9 + timedelta(hours=4)),
+                                   (0.75, "waiting", MONDAY_9 + DAY + timedelta(hours=4))]
+
+
+@pytest.mark.sqlite
+def test_a_step_whose_clock_started_before_it_arrived_skips_the_milestones_past_and_is_breached_if_late(
+        db, rt, people, review):
+    data = {"key": "review.register", "name": "登记 4 个工作日", "position": 10, "process_key": "review",
+            "element_id": "register", "target_amount": 4, "target_unit": "WD", "anchor_variable": "received_at",
+            "milestones": [{"at": 0.5, "action": "notify", "to": "candidates"},
+                           {"at": 1.0, "action": "raise_priority", "by": 10}]}
+    with db.transaction() as s:
+        sla_admin.upsert_policy(s, rt, data=data, actor=people.owner)
+
+    def arrives(key: str, at: datetime) -> int:
+        with time_machine.travel(at, tick=False), db.transaction() as s:
+            instance = instances.start(s, rt, process_key="review", business_key=key, actor=people.clerk,
+                                       data={"priority": 50, "due_at": None, "received_at": MONDAY_9.isoformat()})
+            return s.execute(select(Task.id).where(Task.instance_id == instance.id)).scalar_one()
+
+    in_time = arrives("R-1", MONDAY_9 + 2 * DAY + timedelta(hours=1))  # Wednesday 10:00, past the half-way point
+    assert _armed(db, in_time) == [(1.0, "waiting", MONDAY_9 + 4 * DAY)]
+    late_at = MONDAY_9 + 7 * DAY + timedelta(hours=1)  # the next Monday, past the target
+    late = arrives("R-2", late_at)
+    assert _armed(db, late) == [(1.0, "waiting", late_at)]
+    with time_machine.travel(late_at + timedelta(seconds=1), tick=False), db.transaction() as s:
+        assert firing.fire(s, rt, s.execute(select(Timer.id).where(Timer.due_at == late_at)).scalar_one())
+    with db.transaction() as s:
+        assert (s.get(Task, late).breached_at, s.get(Task, late).priority) == (late_at + timedelta(seconds=1), 60)
+    assert _notices(db) == []
