@@ -354,3 +354,18 @@ def test_a_step_whose_clock_started_before_it_arrived_skips_the_milestones_past_
     with db.transaction() as s:
         assert (s.get(Task, late).breached_at, s.get(Task, late).priority) == (late_at + timedelta(seconds=1), 60)
     assert _notices(db) == []
+
+
+@pytest.mark.sqlite
+def test_a_recompute_at_the_very_moment_a_milestone_is_due_keeps_it_to_fire(db, rt, people, review):
+    # A row fires only once its due time has passed: at that instant it has not yet.
+    step = {"at": 0.5, "action": "raise_priority", "by": 10}
+    _policy(db, rt, people, step)
+    with time_machine.travel(MONDAY_9, tick=False):
+        task_id = _start(db, rt, people)
+    with time_machine.travel(MONDAY_9 + 2 * DAY, tick=False) as clock:
+        _policy(db, rt, people, step)  # saving the policy recomputes the open step
+        clock.shift(timedelta(seconds=1))
+        assert firing.fire_due(db, rt) == 1
+    with db.transaction() as s:
+        assert s.get(Task, task_id).priority == 60
