@@ -353,6 +353,17 @@ def test_the_scheduler_is_told_where_resumed_milestones_now_fall(db, rt, people,
 
 
 @pytest.mark.sqlite
+def test_the_scheduler_is_told_of_the_milestones_a_new_step_arms(db, rt, people, review):
+    case = CASES["WD-weekend"]
+    _policy(db, rt, people, case.unit, case.amount)
+    rt.scheduler = told = _Told()
+    with time_machine.travel(case.start, tick=False):
+        _start_as(db, rt, people, "R-1")
+    assert sorted(due for _, due in told.timers) == [due for _, _, due in _milestones(db)]
+    assert len({timer_id for timer_id, _ in told.timers}) == 3
+
+
+@pytest.mark.sqlite
 def test_each_pause_and_resume_is_audited_with_who_which_task_and_the_new_due_date(db, rt, people, review):
     _policy(db, rt, people, "WH", 20)
     with time_machine.travel(WEEKEND["start"], tick=False) as clock:
