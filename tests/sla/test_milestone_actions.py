@@ -326,6 +326,8 @@ def test_a_diagram_due_date_puts_the_milestones_at_shares_of_the_working_time_up
     # Monday 09:00 to Tuesday 17:00 is 16 working hours, not the policy's 4 working days.
     assert _armed(db, task_id) == [(0.25, "waiting", MONDAY_9 + timedelta(hours=4)),
                                    (0.75, "waiting", MONDAY_9 + DAY + timedelta(hours=4))]
+    with db.transaction() as s:  # at risk from 80 % of them: 12 h 48 min
+        assert s.get(Task, task_id).at_risk_at == MONDAY_9 + DAY + timedelta(hours=4, minutes=48)
 
 
 @pytest.mark.sqlite
