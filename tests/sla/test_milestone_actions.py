@@ -93,6 +93,8 @@ def test_a_notice_to_the_assignee_reaches_only_them_once_the_step_is_claimed(db,
         rows = s.execute(select(Notification)).scalars().all()
         assert {(n.task_id, n.created_at.astimezone(SHANGHAI).date()) for n in rows if n.recipient == "wang"} == \
             {(task_id, (MONDAY_9 + 3 * DAY).date())}
+        # Each notice names its case, and none has been tried yet (the notifier counts its tries).
+        assert {(n.instance_id, n.attempts) for n in rows} == {(s.get(Task, task_id).instance_id, 0)}
     recorded = _events(db, "sla.milestone")
     assert [(actor, data["at"], data["action"], data["policy"]) for actor, data in recorded] == [
         ("sla", 0.25, "notify", "review.register"), ("sla", 0.5, "notify", "review.register"),
