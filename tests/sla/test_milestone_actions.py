@@ -373,3 +373,14 @@ def test_a_recompute_at_the_very_moment_a_milestone_is_due_keeps_it_to_fire(db, 
         assert firing.fire_due(db, rt) == 1
     with db.transaction() as s:
         assert s.get(Task, task_id).priority == 60
+
+
+@pytest.mark.sqlite
+def test_the_members_of_several_groups_are_listed_once_each_by_username(db, rt, people):
+    # The order a supervisor's reminder reports whom it reached in (engine.process.supervision.remind).
+    with db.transaction() as s:
+        for username in ("zz", "aa"):
+            identity.create_user(s, username=username, display_name=username, now=rt.now(),
+                                 groups=["managers", "clerks"])
+        assert milestones.members(s, ["managers", "clerks"], Task(branch_code=None)) == [
+            "aa", "li", "wang", "zhao", "zz"]
