@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import time_machine
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from engine.access import assignment, identity
 from engine.calendars import SHANGHAI
@@ -384,3 +384,38 @@ def test_the_members_of_several_groups_are_listed_once_each_by_username(db, rt, 
                                  groups=["managers", "clerks"])
         assert milestones.members(s, ["managers", "clerks"], Task(branch_code=None)) == [
             "aa", "li", "wang", "zhao", "zz"]
+
+
+@pytest.mark.sqlite
+def test_the_target_milestone_records_the_breach_once_and_audits_it_on_the_step(db, rt, people, review):
+    _policy(db, rt, people, {"at": 1.0, "action": "raise_priority", "by": 10},
+            {"at": 1.25, "action": "raise_priority", "by": 10})
+    with time_machine.travel(MONDAY_9, tick=False):
+        task_id = _start(db, rt, people)
+    _fire_days_later(db, rt, 4)  # the target, Friday 09:00
+    _fire_days_later(db, rt, 7)  # 125 %, the next Monday 09:00: breached already
+    with db.transaction() as s:
+        step = s.get(Task, task_id)
+        assert step.breached_at == MONDAY_9 + 4 * DAY + timedelta(seconds=1)
+        events = s.execute(select(AuditEvent.kind, AuditEvent.actor, AuditEvent.task_uuid, AuditEvent.data)
+                           .where(AuditEvent.kind.in_(("sla.milestone", "sla.breached"))).order_by(AuditEvent.id)).all()
+    assert [(kind, actor, task_uuid) for kind, actor, task_uuid, _ in events] == [
+        ("sla.milestone", "sla", step.task_uuid), ("sla.breached", "sla", step.task_uuid),
+        ("sla.milestone", "sla", step.task_uuid)]
+    breached = events[1].data
+    assert (breached["task_id"], datetime.fromisoformat(breached["due_at"])) == (task_id, MONDAY_9 + 4 * DAY)
+
+
+@pytest.mark.sqlite
+def test_a_milestone_whose_step_is_gone_fails_saying_which_step_and_timer(db, rt, people, review):
+    _policy(db, rt, people, {"at": 0.25, "action": "raise_priority", "by": 10})
+    with time_machine.travel(MONDAY_9, tick=False):
+        task_id = _start(db, rt, people)
+    with db.transaction() as s:  # removed by hand: the engine never deletes a step
+        timer_id = s.execute(select(Timer.id).where(Timer.kind == "sla")).scalar_one()
+        s.execute(delete(TaskCandidate).where(TaskCandidate.task_id == task_id))
+        s.execute(delete(Task).where(Task.id == task_id))
+    with time_machine.travel(MONDAY_9 + DAY + timedelta(seconds=1), tick=False):
+        assert firing.fire_once(db, rt, timer_id) is False
+    with db.transaction() as s:
+        assert s.get(Timer, timer_id).last_error == f"NotFound: task {task_id} of SLA timer {timer_id} is gone"
