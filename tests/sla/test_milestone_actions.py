@@ -236,11 +236,16 @@ def test_a_step_escalated_twice_has_two_open_escalations_and_either_is_found(db,
 
 @pytest.mark.sqlite
 def test_a_notice_to_the_assignee_of_a_step_nobody_has_claimed_reaches_its_candidates(db, rt, people, review):
-    _policy(db, rt, people, {"at": 0.25, "action": "notify", "to": "assignee"})
+    # A notice whose "to" was left out (stored as null) is for the assignee too.
+    _policy(db, rt, people, {"at": 0.25, "action": "notify", "to": "assignee"},
+            {"at": 0.5, "action": "notify", "to": None})
     with time_machine.travel(MONDAY_9, tick=False):
         _start(db, rt, people)
     _fire_days_later(db, rt, 1)
     assert _notices(db) == [("li", "[R-1] 登记：已用时 25%"), ("zhao", "[R-1] 登记：已用时 25%")]
+    _fire_days_later(db, rt, 2)
+    assert _notices(db) == [("li", "[R-1] 登记：已用时 25%"), ("li", "[R-1] 登记：已用时 50%"),
+                            ("zhao", "[R-1] 登记：已用时 25%"), ("zhao", "[R-1] 登记：已用时 50%")]
 
 
 def _compliance_officers(db, rt) -> None:
