@@ -424,3 +424,33 @@ def test_a_milestone_whose_step_is_gone_fails_saying_which_step_and_timer(db, rt
         assert firing.fire_once(db, rt, timer_id) is False
     with db.transaction() as s:
         assert s.get(Timer, timer_id).last_error == f"NotFound: task {task_id} of SLA timer {timer_id} is gone"
+
+
+@pytest.mark.sqlite
+def test_a_reassignment_and_an_escalation_name_their_role_by_display_name_expression_or_the_cases_branch(
+        db, rt, people, review, monkeypatch):
+    with db.transaction() as s:
+        s.execute(update(Group).where(Group.key == "managers").values(name="营业部经理"))
+        identity.ensure_group(s, key="HZ01:branch_head")
+        identity.add_member(s, group_key="HZ01:branch_head", username="boss")
+    monkeypatch.setattr(assignment, "_KEYS", {})  # the display name is looked up, not remembered from before
+    _policy(db, rt, people, {"at": 0.25, "action": "reassign", "to": "营业部经理"},
+            {"at": 0.5, "action": "reassign", "to": "branch:branch_head"},
+            {"at": 0.75, "action": "escalate", "to": "${'managers'}"},
+            {"at": 1.0, "action": "escalate", "to": "branch:branch_head"})
+    with time_machine.travel(MONDAY_9, tick=False), db.transaction() as s:
+        instance = instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk,
+                                   branch_code="HZ01", data={"priority": 50, "due_at": None})
+        task_id = s.execute(select(Task.id).where(Task.instance_id == instance.id)).scalar_one()
+    given = []
+    for days in (1, 2, 3, 4):
+        _fire_days_later(db, rt, days)
+        with db.transaction() as s:
+            given.append(s.get(Task, task_id).candidate_groups)
+    assert given[:2] == [["managers"], ["HZ01:branch_head"]]
+    with db.transaction() as s:
+        step_uuid = s.get(Task, task_id).task_uuid
+        assert s.execute(select(Task.candidate_groups).where(Task.kind == "escalation").order_by(Task.id)
+                         ).scalars().all() == [["managers"], ["HZ01:branch_head"]]
+        assert s.execute(select(AuditEvent.task_uuid).where(AuditEvent.kind == "task.reassigned")
+                         ).scalars().all() == [step_uuid, step_uuid]
