@@ -146,6 +146,9 @@ def test_an_escalation_opens_a_task_above_the_step_and_notifies_the_role(db, rt,
     assert _notices(db) == [("wang", "[R-1] 登记：已升级")]
     assert _events(db, "sla.escalated") == [
         ("sla", {"task_id": task_id, "escalation_task_id": escalation_id, "to": ["managers"]})]
+    with db.transaction() as s:  # filed under the step that was escalated
+        assert s.execute(select(AuditEvent.task_uuid).where(AuditEvent.kind == "sla.escalated")).scalar_one() == \
+            s.get(Task, task_id).task_uuid
 
 
 @pytest.mark.sqlite
