@@ -103,6 +103,15 @@ def test_a_trading_days_share_is_never_on_a_make_up_sunday():
                                     0.75) == sh(2025, 9, 30, 10)
 
 
+def test_a_working_days_share_below_one_day_starts_on_the_make_up_sunday_after_a_closed_day():
+    calendar = _calendar()
+    saturday = sh(2025, 9, 27, 10)  # closed: the working clock starts on Sunday 28 September, the trading one on Monday
+    assert milestones.milestone_due(calendar, saturday, _due(calendar, saturday, 1, "WD"), Decimal(1), "WD",
+                                    0.5) == sh(2025, 9, 28, 13)
+    assert milestones.milestone_due(calendar, saturday, _due(calendar, saturday, 1, "TD"), Decimal(1), "TD",
+                                    0.5) == sh(2025, 9, 29, 13)
+
+
 def test_a_share_of_working_hours_counts_business_hours():
     calendar = _calendar()
     start = sh(2025, 6, 13, 15)  # Friday

@@ -201,6 +201,31 @@ def test_a_recompute_after_the_resume_keeps_the_pause_excluded_in_business_time(
 
 
 @pytest.mark.sqlite
+def test_a_recompute_during_a_pause_holds_every_milestone_still_ahead_of_the_pause(db, rt, people, review):
+    """Saving the policy while the clock is paused, after the moments where the 80 % and the
+    target were due before the pause: both are re-armed held, none fires, and the resume
+    moves them as usual."""
+    case = CASES["WD-weekend"]
+    _policy(db, rt, people, case.unit, case.amount)
+    with time_machine.travel(case.start, tick=False) as clock:
+        instance_id, task_id = _start_as(db, rt, people, "R-1")
+        clock.move_to(case.pause)
+        assert firing.fire_due(db, rt) == 1  # the 50 % reminder, before the pause
+        _pause(db, rt, people, instance_id, task_id)
+        clock.move_to(case.due[0] + timedelta(hours=1))
+        rt.scheduler = told = _Told()
+        _policy(db, rt, people, case.unit, case.amount)  # saving a policy recomputes open tasks
+        assert _milestones(db) == [(0.5, "fired", case.fired), (0.8, "paused", case.at_80[0]),
+                                   (1.0, "paused", case.due[0])]
+        assert firing.fire_due(db, rt) == 0 and told.timers == []
+        clock.move_to(case.due[0] + timedelta(hours=2))
+        _resume(db, rt, people, instance_id, task_id)
+    # Paused from Friday 16:00 to Tuesday 12:00: 1 + 8 + 3 working hours.
+    assert _milestones(db) == [(0.5, "fired", case.fired), (0.8, "waiting", sh(2025, 6, 18, 9, 12)),
+                               (1.0, "waiting", sh(2025, 6, 18, 14))]
+
+
+@pytest.mark.sqlite
 def test_a_recompute_measures_past_pauses_on_the_calendar_as_it_now_is(db, rt, people, review):
     """The pause intervals are kept, not only their length: a day an administrator closes
     afterwards (here the Friday the pause began on) neither counts towards the target nor
@@ -325,6 +350,17 @@ def test_the_scheduler_is_told_where_resumed_milestones_now_fall(db, rt, people,
     # The two held milestones, each announced once, at its moved time.
     assert sorted(due for _, due in told.timers) == [case.at_80[1], case.due[1]]
     assert len({timer_id for timer_id, _ in told.timers}) == 2
+
+
+@pytest.mark.sqlite
+def test_the_scheduler_is_told_of_the_milestones_a_new_step_arms(db, rt, people, review):
+    case = CASES["WD-weekend"]
+    _policy(db, rt, people, case.unit, case.amount)
+    rt.scheduler = told = _Told()
+    with time_machine.travel(case.start, tick=False):
+        _start_as(db, rt, people, "R-1")
+    assert sorted(due for _, due in told.timers) == [due for _, _, due in _milestones(db)]
+    assert len({timer_id for timer_id, _ in told.timers}) == 3
 
 
 @pytest.mark.sqlite
