@@ -106,6 +106,12 @@ def test_the_wait_grows_from_a_minute_to_a_quarter_hour_to_a_lockout_that_is_aud
         [event] = system_events(db, "auth.locked_out")
         assert event.actor is None
         assert event.data == {"username": "li", "address": OFFICE, "attempts": 20, "within_hours": 24}
+        # The wait is told in hours, rounded up, until the lock ends.
+        for left, told in ((23 * 3600 + 10, "24 h"), (2 * 3600, "2 h")):
+            clock.shift(timedelta(seconds=24 * 3600 - elapsed - left))
+            elapsed = 24 * 3600 - left
+            detail = assert_problem(attempt(client, "li", "li-pw"), 429, "signin_locked")["detail"]
+            assert f"it is locked for {told} (until 2026-03-03 01:00 UTC)" in detail
         clock.shift(timedelta(seconds=24 * 3600 - elapsed + 1))
         assert attempt(client, "li", "li-pw").status_code == 200
 
@@ -121,7 +127,9 @@ def test_a_throttled_attempt_is_told_how_long_to_wait_in_seconds_then_minutes(cl
         clock.shift(timedelta(seconds=61))
         statuses(client, "li", ["wrong"] * 5)
         assert detail() == "too many failed sign-ins for this username: try again in 14 min"  # 839 s
-        clock.shift(timedelta(seconds=719))
+        clock.shift(timedelta(seconds=718))
+        assert detail() == "too many failed sign-ins for this username: try again in 3 min"  # 121 s
+        clock.shift(timedelta(seconds=1))
         assert detail() == "too many failed sign-ins for this username: try again in 2 min"  # 120 s
         clock.shift(timedelta(seconds=1))
         assert detail() == "too many failed sign-ins for this username: try again in 119 s"
