@@ -4,6 +4,7 @@ address, in memory (the embedded default) and in Redis shared by several process
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import timedelta
 
@@ -273,6 +274,19 @@ def test_sign_in_goes_on_throttled_in_memory_when_redis_is_down(settings, db, rt
     assert statuses(client, "li", ["wrong"] * 5) == [401] * 5
     assert_problem(attempt(client, "li", "li-pw"), 429, "signin_throttled")
     assert "Redis unavailable" in caplog.text
+
+
+def test_sign_in_goes_on_in_memory_when_redis_takes_connections_but_never_answers(settings, db, rt, people, caplog):
+    """A hung Redis holds each sign-in for its read timeout (2 s a call), not for ever."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)  # connections wait in the backlog; nothing is ever read or answered
+    try:
+        client = worker_app(settings, db, rt, f"redis://127.0.0.1:{hung.getsockname()[1]}/0").test_client()
+        assert attempt(client, "li", "li-pw").status_code == 200
+    finally:
+        hung.close()
+    assert "Redis unavailable (Timeout reading" in caplog.text
 
 
 # -- behind a reverse proxy -----------------------------------------------------------------
