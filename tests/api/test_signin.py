@@ -125,7 +125,9 @@ def test_a_throttled_attempt_is_told_how_long_to_wait_in_seconds_then_minutes(cl
     with time_machine.travel("2026-03-02 01:00:00+00:00", tick=False) as clock:
         statuses(client, "li", ["wrong"] * 5)
         assert detail() == "too many failed sign-ins for this username: try again in 60 s"
-        clock.shift(timedelta(seconds=61))
+        clock.shift(timedelta(seconds=59.5))
+        assert detail() == "too many failed sign-ins for this username: try again in 1 s"  # half a second
+        clock.shift(timedelta(seconds=1.5))
         statuses(client, "li", ["wrong"] * 5)
         assert detail() == "too many failed sign-ins for this username: try again in 14 min"  # 839 s
         clock.shift(timedelta(seconds=718))
@@ -281,12 +283,14 @@ def test_sign_in_goes_on_in_memory_when_redis_takes_connections_but_never_answer
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(8)  # connections wait in the backlog; nothing is ever read or answered
+    port = hung.getsockname()[1]
     try:
-        client = worker_app(settings, db, rt, f"redis://127.0.0.1:{hung.getsockname()[1]}/0").test_client()
+        client = worker_app(settings, db, rt, f"redis://127.0.0.1:{port}/0").test_client()
         assert attempt(client, "li", "li-pw").status_code == 200
     finally:
         hung.close()
-    assert "Redis unavailable (Timeout reading" in caplog.text
+    assert (f"sign-in throttling: Redis unavailable (Timeout reading from 127.0.0.1:{port}); "
+            "counting in this process's memory") in caplog.messages
 
 
 # -- behind a reverse proxy -----------------------------------------------------------------
