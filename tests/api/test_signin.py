@@ -107,6 +107,7 @@ def test_the_wait_grows_from_a_minute_to_a_quarter_hour_to_a_lockout_that_is_aud
         [event] = system_events(db, "auth.locked_out")
         assert event.actor is None
         assert event.data == {"username": "li", "address": OFFICE, "attempts": 20, "within_hours": 24}
+        assert type(event.data["within_hours"]) is int  # whole hours, recorded as 24, not 24.0
         # The wait is told in hours, rounded up, until the lock ends.
         for left, told in ((23 * 3600 + 10, "24 h"), (2 * 3600, "2 h")):
             clock.shift(timedelta(seconds=24 * 3600 - elapsed - left))
