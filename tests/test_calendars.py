@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import date, datetime, time
 
 import pytest
+from sqlalchemy import select
 
 from engine.bpmn.date_functions import DateFunctions
 from engine.calendars import SHANGHAI, BusinessCalendar, BusinessHours, DayInfo, Unit, seed_days
 from engine.errors import InvalidInput
+from engine.models import Task
+from engine.process import deployments, instances, tasks
 from engine.sla import admin as sla_admin
 from engine.sla import calendar_store
+from tests.support.bpmn import bundle_of, linear, process, user_task
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +112,35 @@ def test_diagram_date_functions_see_an_administrators_correction_once_the_revisi
     assert after == "2025-06-17T10:00:00+08:00"
     # A snapshot is one revision: what a unit of work already computed with does not change under it.
     assert again == before
+
+
+@pytest.mark.sqlite
+def test_a_step_computes_with_the_corrected_calendar_though_a_step_before_the_correction_loaded_it(
+        db, rt, people):
+    """The statement that locks a case brings the calendar's revision along (the shared cache
+    is reloaded when it moved). A first step's due date is computed as the case starts; the
+    second's as the first is completed, under the case's lock."""
+    due = "camunda:dueDate=\"${add_trading_days('2025-06-13T16:00:00+08:00', 1, at='10:00')}\""
+    xml = process(linear(("first", user_task("first", extra=due)), ("second", user_task("second", extra=due))),
+                  key="dated")
+    with db.transaction() as s:
+        deployments.deploy(s, rt, bundle_of(xml), actor=people.owner)
+        cases = [instances.start(s, rt, process_key="dated", business_key=key, actor=people.clerk, data={}).id
+                 for key in ("D-1", "D-2")]
+
+    def open_task(instance_id):
+        with db.transaction() as s:
+            return s.execute(select(Task).where(Task.instance_id == instance_id, Task.status == "open")).scalar_one()
+
+    def complete_first(instance_id):
+        with db.transaction() as s:
+            tasks.complete(s, rt, task_id=open_task(instance_id).id, actor=people.clerk, data={})
+        return open_task(instance_id)
+
+    assert [open_task(c).due_at for c in cases] == [sh(2025, 6, 16, 10)] * 2
+    assert complete_first(cases[1]).due_at == sh(2025, 6, 16, 10)  # a step before the correction
+    with db.transaction() as s:  # the exchanges stay closed on Monday 06-16
+        sla_admin.set_day(s, day=date(2025, 6, 16), working=False, trading=False, name="临时休市",
+                          actor=people.owner, now=rt.now())
+    second = complete_first(cases[0])
+    assert second.element_id == "second" and second.due_at == sh(2025, 6, 17, 10)

@@ -4,6 +4,8 @@ address, in memory (the embedded default) and in Redis shared by several process
 
 from __future__ import annotations
 
+import socket
+import time
 from datetime import timedelta
 
 import pytest
@@ -58,6 +60,16 @@ def retry_after(response) -> int:
     return int(response.headers["Retry-After"])
 
 
+@pytest.fixture
+def local_zone_shanghai(monkeypatch):
+    """The server's local time zone is Beijing time, not UTC."""
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
 def test_a_burst_of_wrong_passwords_is_throttled_and_then_the_right_one_is_refused_too(client, people):
     """The attack of the issue: many wrong passwords in a few seconds, then the right one."""
     assert statuses(client, "li", [f"guess-{n}" for n in range(5)]) == [401] * 5
@@ -71,7 +83,8 @@ def test_a_burst_of_wrong_passwords_is_throttled_and_then_the_right_one_is_refus
 
 
 @pytest.mark.sqlite
-def test_the_wait_grows_from_a_minute_to_a_quarter_hour_to_a_lockout_that_is_audited(client, db, people):
+def test_the_wait_grows_from_a_minute_to_a_quarter_hour_to_a_lockout_that_is_audited(client, db, people,
+                                                                                     local_zone_shanghai):
     with time_machine.travel("2026-03-02 01:00:00+00:00", tick=False) as clock:
         assert statuses(client, "li", ["wrong"] * 5) == [401] * 5
         assert retry_after(attempt(client, "li", "li-pw")) == 60
@@ -88,12 +101,42 @@ def test_the_wait_grows_from_a_minute_to_a_quarter_hour_to_a_lockout_that_is_aud
         locked = assert_problem(attempt(client, "li", "li-pw"), 429, "signin_locked")
         elapsed = 61 + 2 * 16 * 60
         assert locked["retry_after"] == 24 * 3600 - elapsed and retry_after(attempt(client, "li", "li-pw")) > 20 * 3600
-        assert "an administrator" in locked["detail"]
+        # In UTC whatever the server's own zone (the fixture local_zone_shanghai sets it).
+        assert locked["detail"] == ("too many failed sign-ins for this username: it is locked for 24 h "
+                                    "(until 2026-03-03 01:00 UTC) unless an administrator unlocks it")
         [event] = system_events(db, "auth.locked_out")
         assert event.actor is None
         assert event.data == {"username": "li", "address": OFFICE, "attempts": 20, "within_hours": 24}
+        assert type(event.data["within_hours"]) is int  # whole hours, recorded as 24, not 24.0
+        # The wait is told in hours, rounded up, until the lock ends.
+        for left, told in ((23 * 3600 + 10, "24 h"), (2 * 3600, "2 h")):
+            clock.shift(timedelta(seconds=24 * 3600 - elapsed - left))
+            elapsed = 24 * 3600 - left
+            detail = assert_problem(attempt(client, "li", "li-pw"), 429, "signin_locked")["detail"]
+            assert f"it is locked for {told} (until 2026-03-03 01:00 UTC)" in detail
         clock.shift(timedelta(seconds=24 * 3600 - elapsed + 1))
         assert attempt(client, "li", "li-pw").status_code == 200
+
+
+@pytest.mark.sqlite
+def test_a_throttled_attempt_is_told_how_long_to_wait_in_seconds_then_minutes(client, people):
+    def detail() -> str:
+        return assert_problem(attempt(client, "li", "li-pw"), 429, "signin_throttled")["detail"]
+
+    with time_machine.travel("2026-03-02 01:00:00+00:00", tick=False) as clock:
+        statuses(client, "li", ["wrong"] * 5)
+        assert detail() == "too many failed sign-ins for this username: try again in 60 s"
+        clock.shift(timedelta(seconds=59.5))
+        assert detail() == "too many failed sign-ins for this username: try again in 1 s"  # half a second
+        clock.shift(timedelta(seconds=1.5))
+        statuses(client, "li", ["wrong"] * 5)
+        assert detail() == "too many failed sign-ins for this username: try again in 14 min"  # 839 s
+        clock.shift(timedelta(seconds=718))
+        assert detail() == "too many failed sign-ins for this username: try again in 3 min"  # 121 s
+        clock.shift(timedelta(seconds=1))
+        assert detail() == "too many failed sign-ins for this username: try again in 2 min"  # 120 s
+        clock.shift(timedelta(seconds=1))
+        assert detail() == "too many failed sign-ins for this username: try again in 119 s"
 
 
 def test_a_successful_sign_in_clears_the_count(client, people):
@@ -137,7 +180,8 @@ def test_an_address_is_throttled_after_30_failures_a_minute_whatever_the_usernam
     for n in range(30):
         assert attempt(client, f"probe{n}", "wrong", GATEWAY).status_code == 401
     problem = assert_problem(attempt(client, "li", "li-pw", GATEWAY), 429, "signin_throttled")
-    assert "from this address" in problem["detail"] and 1 <= problem["retry_after"] <= 60
+    assert 1 <= problem["retry_after"] <= 60
+    assert problem["detail"] == f"too many failed sign-ins from this address: try again in {problem['retry_after']} s"
     # Only that address: li signs in from the office.
     assert attempt(client, "li", "li-pw", OFFICE).status_code == 200
 
@@ -151,8 +195,9 @@ def test_an_administrator_unlocks_a_locked_username_and_it_is_audited(client, db
             clock.shift(timedelta(minutes=16))
         assert_problem(attempt(client, "li", "li-pw"), 429, "signin_locked")
 
-        assert_problem(client.post(f"{API}/auth/unlock", json={"username": "li"}, headers=auth("boss")),
-                       403, "forbidden")
+        refused = assert_problem(client.post(f"{API}/auth/unlock", json={"username": "li"}, headers=auth("boss")),
+                                 403, "forbidden")
+        assert refused["detail"] == "unlocking a sign-in needs the admin role"
         assert_problem(client.post(f"{API}/auth/unlock", json={"username": "nobody"}, headers=auth("owner")),
                        404, "user_not_found")
         assert_problem(client.post(f"{API}/auth/unlock", json={}, headers=auth("owner")), 422, "invalid_request")
@@ -196,9 +241,12 @@ def test_gunicorn_workers_count_failures_together_in_redis(settings, db, rt, peo
     assert statuses(first, "li", ["wrong"] * 3) + statuses(second, "li", ["wrong"] * 2) == [401] * 5
     assert_problem(attempt(first, "li", "li-pw"), 429, "signin_throttled")
     assert_problem(attempt(second, "li", "li-pw"), 429, "signin_throttled")
-    # Nothing of the username or the address is kept in Redis, only digests.
-    keys = b" ".join(Redis.from_url(redis_13).keys("*"))
+    # Nothing of the username or the address is kept in Redis, only digests, under keys of their
+    # own (the queue's jobs may share the database).
+    names = Redis.from_url(redis_13).keys("*")
+    keys = b" ".join(names)
     assert keys and b"/li/" not in keys and OFFICE.encode() not in keys
+    assert all(name.startswith(b"bpm-signin:") for name in names), names
 
 
 def test_bpm_user_unlock_reaches_the_workers_through_redis(settings, db, rt, people, redis_14):
@@ -229,6 +277,21 @@ def test_sign_in_goes_on_throttled_in_memory_when_redis_is_down(settings, db, rt
     assert statuses(client, "li", ["wrong"] * 5) == [401] * 5
     assert_problem(attempt(client, "li", "li-pw"), 429, "signin_throttled")
     assert "Redis unavailable" in caplog.text
+
+
+def test_sign_in_goes_on_in_memory_when_redis_takes_connections_but_never_answers(settings, db, rt, people, caplog):
+    """A hung Redis holds each sign-in for its read timeout (2 s a call), not for ever."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)  # connections wait in the backlog; nothing is ever read or answered
+    port = hung.getsockname()[1]
+    try:
+        client = worker_app(settings, db, rt, f"redis://127.0.0.1:{port}/0").test_client()
+        assert attempt(client, "li", "li-pw").status_code == 200
+    finally:
+        hung.close()
+    assert (f"sign-in throttling: Redis unavailable (Timeout reading from 127.0.0.1:{port}); "
+            "counting in this process's memory") in caplog.messages
 
 
 # -- behind a reverse proxy -----------------------------------------------------------------

@@ -226,3 +226,20 @@ def test_locking_an_instance_the_session_already_holds_reads_what_another_transa
                           .values(audit_seq=ProcessInstance.audit_seq + 7))
         locked = locked_instance(s, instance_id)
         assert locked is held and locked.audit_seq == seen + 7
+
+
+def test_the_lock_refuses_a_case_that_does_not_exist_or_has_ended_and_says_which_and_why(db, rt, people, review):
+    """What the caller shows (a 404 or 409's message): the case's id, and for an ended case its
+    status, so a person whose step lost the race learns the case was cancelled meanwhile."""
+    from engine.errors import InstanceNotFound, InstanceNotRunning
+    from engine.process.runtime import locked_instance
+
+    instance_id, _ = _start(db, rt, people, "ENDED-1")
+    with db.transaction() as s:
+        instances.cancel(s, rt, instance_id=instance_id, actor=people.supervisor, reason="重复登记")
+    with pytest.raises(InstanceNotRunning) as ended, db.transaction() as s:
+        locked_instance(s, instance_id)
+    assert str(ended.value) == f"instance {instance_id} is cancelled"
+    with pytest.raises(InstanceNotFound) as missing, db.transaction() as s:
+        locked_instance(s, instance_id + 1000)
+    assert str(missing.value) == f"no instance {instance_id + 1000}"

@@ -191,3 +191,22 @@ def test_duplicate_business_key_is_refused_per_process(db, rt, people, review):
         keys = s.execute(select(ProcessInstance.process_key).where(ProcessInstance.business_key == "R-1")).scalars()
         assert sorted(keys) == ["other", "review"]
         assert s.execute(select(Task.process_key).where(Task.business_key == "R-1")).scalars().all()
+
+
+def test_a_script_task_runs_where_the_setting_allows_script_tasks(db, settings, people):
+    """BPM_ALLOW_SCRIPT_TASKS lets such a diagram deploy and its script run as the case reaches it."""
+    from dataclasses import replace
+
+    from engine.bootstrap import build_runtime
+
+    rt = build_runtime(replace(settings, allow_script_tasks=True))
+    script = ('    <bpmn:scriptTask id="calc" name="计算"><bpmn:script>total = amount * 2</bpmn:script>'
+              "</bpmn:scriptTask>\n")
+    _deploy(db, rt, bundle_of(process(linear(("calc", script), ("check", user_task("check"))), key="scripted")),
+            people.owner)
+    with db.transaction() as s:
+        instance = instances.start(s, rt, process_key="scripted", business_key="S-1", actor=people.clerk,
+                                   data={"amount": 21})
+        assert instance.status == "running"
+        assert instances.data_of(s, rt, instance)["total"] == 42
+    assert _open_task(db, people.clerk, "S-1").element_id == "check"

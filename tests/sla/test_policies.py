@@ -9,6 +9,7 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
+from engine.bootstrap import build_runtime
 from engine.calendars import SHANGHAI
 from engine.models import AuditEvent, Notification, ProcessInstance, Task, Timer
 from engine.process import instances, tasks
@@ -363,3 +364,23 @@ def test_a_deploy_naming_a_policy_that_does_not_exist_or_is_inactive_is_refused(
     _policy(db, rt, people, key="review.off", active=True)
     (deployed,) = _review_naming_a_policy(db, rt, people, "review.off")
     assert deployed.version.version == 2
+
+
+@pytest.mark.sqlite
+def test_a_policy_saved_by_another_process_times_the_next_step_taken_here(db, rt, settings, people, review):
+    """The statement that locks a case brings the SLA revision along, and a process reloads its
+    policies when it moved: a policy saved by another process (the administrator's worker) times
+    the next step taken here, though a step taken here before the change had loaded them."""
+    elsewhere = build_runtime(settings)
+    register = {"amount": 100, "summary": "小额登记"}
+    with time_machine.travel(MONDAY_9, tick=False):
+        for key in ("R-1", "R-2"):
+            _start(db, rt, people, key)
+        with db.transaction() as s:
+            tasks.complete(s, rt, task_id=_task(db, "R-2").id, actor=people.clerk, data=register)
+        assert _task(db, "R-2", "approve_small").due_at is None  # no policy yet
+        _policy(db, elsewhere, people, key="review.approve", name="审批 2 个工作日", element_id="approve_small")
+        with db.transaction() as s:
+            tasks.complete(s, rt, task_id=_task(db, "R-1").id, actor=people.clerk, data=register)
+    approve = _task(db, "R-1", "approve_small")
+    assert approve.due_at == sh(2026, 3, 4, 9) and approve.due_source == "policy"
