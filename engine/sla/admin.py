@@ -412,6 +412,12 @@ def validate_policy(session: Session, data: dict[str, Any]) -> None:
         if milestone["action"] in ("reassign", "escalate") and not milestone.get("to"):
             raise InvalidInput(f"a {milestone['action']} milestone needs 'to' (a role or group)",
                                field=f"milestones/{i}/to")
+        to = milestone.get("to")
+        if any(isinstance(t, str) and t.startswith("client:") for t in (to if isinstance(to, list) else [to])):
+            # A milestone fires with no case data to hand: "the client's own group" would
+            # resolve to nobody, and the notice or escalation would go nowhere, silently.
+            raise InvalidInput("a milestone cannot reach the client's group ('client:…'): it fires without the "
+                               "case's data; name a role or a group, or 'candidates'", field=f"milestones/{i}/to")
 
 
 def list_policies(session: Session, *, actor: Actor) -> list[SlaPolicy]:

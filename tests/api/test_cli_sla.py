@@ -201,6 +201,9 @@ def test_calendar_errors_are_one_line(database_url, db, monkeypatch, capsys):
      " \"milestones\": [{\"at\": 0.5, \"action\": \"sms\"}]}]", "action"),
     ("[{\"key\": \"a\", \"name\": \"n\", \"target_amount\": 1, \"target_unit\": \"WD\","
      " \"milestones\": [{\"at\": 1, \"action\": \"reassign\"}]}]", "needs 'to'"),
+    ("[{\"key\": \"a\", \"name\": \"n\", \"target_amount\": 1, \"target_unit\": \"WD\","
+     " \"milestones\": [{\"at\": 1, \"action\": \"notify\", \"to\": \"client:service_group\"}]}]",
+     "cannot reach the client's group"),
 ])
 def test_sla_load_of_a_bad_file_is_one_line_and_saves_nothing(database_url, db, monkeypatch, capsys, tmp_path,
                                                                content, message):

@@ -139,14 +139,16 @@ def test_the_policy_list_shows_every_policy_in_matching_order(app, db, demo_case
     ({"position": "first"}, "position", "Not a valid integer"),
     ({"business_hours": "night-shift"}, "business_hours", "no business hours named 'night-shift'"),
     ({"milestones-0-action": "reassign", "milestones-0-to": ""}, "milestones/0/to", "needs 'to'"),
+    ({"milestones-0-action": "escalate", "milestones-0-to": "client:service_group"}, "milestones/0/to",
+     "cannot reach the client's group"),
     ({"milestones-1-action": "sms"}, "milestones/1/action", "Must be one of"),
     ({"milestones-0-at": "half"}, "milestones/0/at", "Not a valid number"),
     ({"milestones-0-at": "7"}, "milestones/0/at", "Must be greater than 0 and less than or equal to 5"),
     ({"match_data": "severity"}, "match_data", "变量=值"),
     ({"anchor_variable": "9lives"}, "anchor_variable", "a variable name"),
     ({"name": ""}, "name", "Length must be between 1 and 256"),
-], ids=["unit", "amount-text", "amount-zero", "position", "hours", "reassign-to-nobody", "action", "at-text",
-        "at-too-far", "match-data", "anchor", "name"])
+], ids=["unit", "amount-text", "amount-zero", "position", "hours", "reassign-to-nobody", "to-the-client",
+        "action", "at-text", "at-too-far", "match-data", "anchor", "name"])
 def test_a_bad_policy_is_refused_beside_its_field_with_the_apis_reason_and_nothing_saved(
         app, db, demo_cases_loaded, change, field, message):
     client, token = _owner(app)
