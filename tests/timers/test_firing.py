@@ -50,6 +50,18 @@ def _timer_row(db, timer_id):
         return s.get(Timer, timer_id)
 
 
+def _deploy_cycle(db, rt, people):
+    """The fixture diagram whose waiting task has a cycle timer: R5/PT1H."""
+    from tests.conftest import deploy_fixture
+
+    deploy_fixture(db, rt, "cycle", people.owner)
+
+
+def _start_cycle_case(db, rt, people):
+    with db.transaction() as s:
+        return instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk, data={}).id
+
+
 def _status(db, instance_id):
     with db.transaction() as s:
         return s.get(ProcessInstance, instance_id).status
@@ -173,13 +185,9 @@ def _fired_events(db, instance_id):
 
 @pytest.mark.sqlite
 def test_a_cycle_timer_catching_up_once_audits_the_occurrences_it_skipped(db, rt, people):
-    from tests.conftest import deploy_fixture
-
-    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    _deploy_cycle(db, rt, people)
     with time_machine.travel(START, tick=False) as traveller:
-        with db.transaction() as s:
-            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
-                                          data={}).id
+        instance_id = _start_cycle_case(db, rt, people)
         traveller.move_to(START + timedelta(hours=4, minutes=30))  # down while +1 h … +4 h were due
         assert firing.fire_due(db, rt) == 1
         traveller.move_to(START + timedelta(hours=5, seconds=1))  # the fifth, on time
@@ -197,13 +205,9 @@ def test_a_cycle_timer_catching_up_once_audits_the_occurrences_it_skipped(db, rt
 @pytest.mark.sqlite
 def test_a_cycle_timer_delivered_at_an_occurrence_instant_fires_the_one_before_and_leaves_that_one_due(
         db, rt, people):
-    from tests.conftest import deploy_fixture
-
-    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    _deploy_cycle(db, rt, people)
     with time_machine.travel(START, tick=False) as traveller:
-        with db.transaction() as s:
-            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
-                                          data={}).id
+        instance_id = _start_cycle_case(db, rt, people)
         traveller.move_to(START + timedelta(hours=3))  # the third occurrence is due now, not yet past
         assert firing.fire_due(db, rt) == 1
         waiting = _timer(db, instance_id)
@@ -215,13 +219,9 @@ def test_a_cycle_timer_delivered_at_an_occurrence_instant_fires_the_one_before_a
 
 @pytest.mark.sqlite
 def test_a_cycle_timer_behind_by_all_its_occurrences_fires_the_last_once_and_ends(db, rt, people):
-    from tests.conftest import deploy_fixture
-
-    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    _deploy_cycle(db, rt, people)
     with time_machine.travel(START, tick=False) as traveller:
-        with db.transaction() as s:
-            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
-                                          data={}).id
+        instance_id = _start_cycle_case(db, rt, people)
         traveller.move_to(START + timedelta(hours=10))  # down while all five were due
         assert firing.fire_due(db, rt) == 1
         assert firing.fire_due(db, rt) == 0
@@ -243,13 +243,9 @@ def test_a_worker_that_has_loaded_nothing_yet_fires_a_timer(db, settings, rt, pe
 
 @pytest.mark.sqlite
 def test_a_fired_cycle_occurrence_tells_the_scheduler_of_the_next(db, rt, people):
-    from tests.conftest import deploy_fixture
-
-    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    _deploy_cycle(db, rt, people)
     with time_machine.travel(START, tick=False) as traveller:
-        with db.transaction() as s:
-            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
-                                          data={}).id
+        instance_id = _start_cycle_case(db, rt, people)
         runner = firing.EmbeddedRunner(db, rt)
         rt.scheduler = runner  # as ``bpm serve`` does
         traveller.move_to(START + timedelta(hours=1, seconds=1))
@@ -585,13 +581,9 @@ def _reschedule(db, rt, timer_id, due_at, actor):
 
 @pytest.mark.sqlite
 def test_a_moved_cycle_timer_fires_at_its_new_time_and_keeps_its_period_from_there(db, rt, people):
-    from tests.conftest import deploy_fixture
-
-    deploy_fixture(db, rt, "cycle", people.owner)  # R5/PT1H on a waiting task
+    _deploy_cycle(db, rt, people)
     with time_machine.travel(START, tick=False) as traveller:
-        with db.transaction() as s:
-            instance_id = instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk,
-                                          data={}).id
+        instance_id = _start_cycle_case(db, rt, people)
         timer_id = _timer(db, instance_id).id
         moved = START + timedelta(minutes=30)  # the first occurrence was due at START + 1 h
         assert _reschedule(db, rt, timer_id, moved, people.supervisor) == moved
