@@ -344,7 +344,8 @@ _TASK_DEFAULTS = {c.key: (c.default.arg if c.default is not None and not callabl
                   for c in _TASK_COLUMNS}
 _NEW_TASK = (insert(Task).values({c.key: bindparam(c.key, type_=c.type) for c in _TASK_COLUMNS})
              .returning(Task.id, Task.priority, Task.due_at, Task.assignee).cte("new_task"))
-# The candidate rows carry the task's order (migration 0024), from the row just inserted.
+# The candidate rows carry the task's order (migration 0024) and whether it is held (0025), from the
+# row just inserted.
 _INSERT_TASK_WITH_CANDIDATES = (
     insert(TaskCandidate)
     .from_select(["task_id", "priority", "due_at", "claimed", "group_key"],
