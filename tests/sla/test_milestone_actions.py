@@ -183,10 +183,9 @@ def test_completing_a_step_cancels_its_own_waiting_milestones_only(db, rt, peopl
             {"at": 0.75, "action": "notify", "to": "assignee"})
     with time_machine.travel(MONDAY_9, tick=False):
         task_id = _start(db, rt, people)
+        other_id = _start(db, rt, people, key="R-2")
         with db.transaction() as s:
-            other = instances.start(s, rt, process_key="review", business_key="R-2", actor=people.clerk,
-                                    data={"priority": 50, "due_at": None})
-            other_uuid = s.execute(select(Task.task_uuid).where(Task.instance_id == other.id)).scalar_one()
+            other_uuid = s.get(Task, other_id).task_uuid
     with time_machine.travel(MONDAY_9 + DAY + timedelta(seconds=1), tick=False):
         assert firing.fire_due(db, rt) == 2  # both cases' 25 %
     with time_machine.travel(MONDAY_9 + 2 * DAY, tick=False), db.transaction() as s:

@@ -200,6 +200,15 @@ def test_a_recompute_after_the_resume_keeps_the_pause_excluded_in_business_time(
                                (1.0, "waiting", case.due[1])]
 
 
+def _paused_after_the_reminder(db, rt, people, case: Case, clock) -> tuple[int, int]:
+    """Start a case, let its 50 % reminder fire at the case's pause moment, then pause it."""
+    instance_id, task_id = _start_as(db, rt, people, "R-1")
+    clock.move_to(case.pause)
+    assert firing.fire_due(db, rt) == 1  # the 50 % reminder, before the pause
+    _pause(db, rt, people, instance_id, task_id)
+    return instance_id, task_id
+
+
 @pytest.mark.sqlite
 def test_a_recompute_during_a_pause_holds_every_milestone_still_ahead_of_the_pause(db, rt, people, review):
     """Saving the policy while the clock is paused, after the moments where the 80 % and the
@@ -208,10 +217,7 @@ def test_a_recompute_during_a_pause_holds_every_milestone_still_ahead_of_the_pau
     case = CASES["WD-weekend"]
     _policy(db, rt, people, case.unit, case.amount)
     with time_machine.travel(case.start, tick=False) as clock:
-        instance_id, task_id = _start_as(db, rt, people, "R-1")
-        clock.move_to(case.pause)
-        assert firing.fire_due(db, rt) == 1  # the 50 % reminder, before the pause
-        _pause(db, rt, people, instance_id, task_id)
+        instance_id, task_id = _paused_after_the_reminder(db, rt, people, case, clock)
         clock.move_to(case.due[0] + timedelta(hours=1))
         rt.scheduler = told = _Told()
         _policy(db, rt, people, case.unit, case.amount)  # saving a policy recomputes open tasks
@@ -340,10 +346,7 @@ def test_the_scheduler_is_told_where_resumed_milestones_now_fall(db, rt, people,
     case = CASES["WD-weekend"]
     _policy(db, rt, people, case.unit, case.amount)
     with time_machine.travel(case.start, tick=False) as clock:
-        instance_id, task_id = _start_as(db, rt, people, "R-1")
-        clock.move_to(case.pause)
-        assert firing.fire_due(db, rt) == 1  # the 50 % reminder, before the pause
-        _pause(db, rt, people, instance_id, task_id)
+        instance_id, task_id = _paused_after_the_reminder(db, rt, people, case, clock)
         clock.move_to(case.resume)
         rt.scheduler = told = _Told()
         _resume(db, rt, people, instance_id, task_id)

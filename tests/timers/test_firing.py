@@ -28,16 +28,14 @@ START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
 
 
 def _to_waiting_for_ack(db, rt, people, key="R-1"):
-    with db.transaction() as s:
-        inst = instances.start(s, rt, process_key="review", business_key=key, actor=people.clerk,
-                               data={"priority": 50, "due_at": None})
+    instance_id = _start_review_case(db, rt, people, key)
     with db.transaction() as s:
         task = tasks.inbox(s, actor=people.clerk, query=tasks.InboxQuery(business_key=key), now=rt.now())[0][0]
         tasks.complete(s, rt, task_id=task.id, actor=people.clerk, data={"amount": 10, "summary": "小额"})
     with db.transaction() as s:
         task = tasks.inbox(s, actor=people.clerk, query=tasks.InboxQuery(business_key=key), now=rt.now())[0][0]
         tasks.complete(s, rt, task_id=task.id, actor=people.clerk, data={"approved": True})
-    return inst.id
+    return instance_id
 
 
 def _timer(db, instance_id):
@@ -60,6 +58,21 @@ def _deploy_cycle(db, rt, people):
 def _start_cycle_case(db, rt, people):
     with db.transaction() as s:
         return instances.start(s, rt, process_key="cycle", business_key="C-1", actor=people.clerk, data={}).id
+
+
+def _review_policy(db, rt, people, milestone):
+    """The review diagram's registration step timed by a 2-working-day policy with one milestone."""
+    policy = {"key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
+              "element_id": "register", "target_amount": 2, "target_unit": "WD", "business_hours": "default",
+              "milestones": [milestone]}
+    with db.transaction() as s:
+        sla_admin.upsert_policy(s, rt, data=policy, actor=people.owner)
+
+
+def _start_review_case(db, rt, people, key="R-1"):
+    with db.transaction() as s:
+        return instances.start(s, rt, process_key="review", business_key=key, actor=people.clerk,
+                               data={"priority": 50, "due_at": None}).id
 
 
 def _status(db, instance_id):
@@ -347,18 +360,10 @@ def test_a_failure_of_a_timer_that_no_longer_exists_is_logged_not_raised(db, rt,
 def test_an_sla_milestone_delivered_early_or_at_its_due_instant_does_nothing_and_fires_just_after(
         db, rt, people, review):
     # A delivery may come early (another host's clock): the row's due time decides, strictly.
-    policy = {"key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
-              "element_id": "register", "target_amount": 2, "target_unit": "WD", "business_hours": "default",
-              "milestones": [{"at": 0.5, "action": "raise_priority", "by": 20}]}
-    with db.transaction() as s:
-        sla_admin.upsert_policy(s, rt, data=policy, actor=people.owner)
+    _review_policy(db, rt, people, {"at": 0.5, "action": "raise_priority", "by": 20})
     with time_machine.travel(START, tick=False) as traveller:
-        with db.transaction() as s:
-            instance_id = instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk,
-                                          data={"priority": 50, "due_at": None}).id
-        with db.transaction() as s:
-            milestone = s.execute(select(Timer).where(Timer.instance_id == instance_id, Timer.kind == "sla")
-                                  ).scalar_one()
+        instance_id = _start_review_case(db, rt, people)
+        milestone = _timer(db, instance_id)
         for moment in (START + timedelta(minutes=1), milestone.due_at):
             traveller.move_to(moment)
             with db.transaction() as s:
@@ -390,15 +395,9 @@ def test_a_waiting_timer_of_an_instance_that_ended_is_settled_as_cancelled_when_
 
 @pytest.mark.sqlite
 def test_a_fired_sla_milestone_evaluates_the_expression_naming_its_groups(db, rt, people, review):
-    policy = {"key": "review.register", "name": "登记 2 个工作日", "position": 10, "process_key": "review",
-              "element_id": "register", "target_amount": 2, "target_unit": "WD", "business_hours": "default",
-              "milestones": [{"at": 0.5, "action": "reassign", "to": "${'managers'}"}]}
-    with db.transaction() as s:
-        sla_admin.upsert_policy(s, rt, data=policy, actor=people.owner)
+    _review_policy(db, rt, people, {"at": 0.5, "action": "reassign", "to": "${'managers'}"})
     with time_machine.travel(START, tick=False) as traveller:
-        with db.transaction() as s:
-            instance_id = instances.start(s, rt, process_key="review", business_key="R-1", actor=people.clerk,
-                                          data={"priority": 50, "due_at": None}).id
+        instance_id = _start_review_case(db, rt, people)
         milestone = _timer(db, instance_id)
         traveller.move_to(milestone.due_at + timedelta(seconds=1))
         with db.transaction() as s:
