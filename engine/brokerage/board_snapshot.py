@@ -247,11 +247,13 @@ def view(session: Session, *, actor: Actor, by: str, now: datetime, process_key:
             return BoardView(found, None, [], from_snapshot=False)
         return BoardView(found, live_late_work(session, actor=actor, by=by, now=now),
                          boards.trend(session, actor=actor, now=now), from_snapshot=False)
-    found = _board(session, snapshot, actor=actor, by=by, process_key=process_key)
+    # The tasks the reader may not see: taken out of the board's counts and of the trend's.
+    recused = boards.recusing(session, actor)
+    found = _board(session, snapshot, actor=actor, by=by, process_key=process_key, recused=recused)
     if not with_figures:
         return BoardView(found, None, [], from_snapshot=True)
-    return BoardView(found, _late_work(session, snapshot, actor=actor, by=by), _weeks(session, snapshot, actor=actor),
-                     from_snapshot=True)
+    return BoardView(found, _late_work(session, snapshot, actor=actor, by=by),
+                     _weeks(session, snapshot, actor=actor, recused=recused), from_snapshot=True)
 
 
 def live_late_work(session: Session, *, actor: Actor, by: str, now: datetime) -> LateWork:
@@ -286,15 +288,14 @@ def _board_branches(actor: Actor) -> list[str] | None:
     return None if branch is None else [branch, ""]
 
 
-def _board(session: Session, snapshot: BoardSnapshot, *, actor: Actor, by: str,
-           process_key: str | None) -> boards.Board:
+def _board(session: Session, snapshot: BoardSnapshot, *, actor: Actor, by: str, process_key: str | None,
+           recused: list[int]) -> boards.Board:
     branches = _board_branches(actor)
     sums = [func.sum(getattr(BoardCell, name)) for name in _COUNTS]
     stmt = (select(BoardCell.key, *sums, func.min(BoardCell.oldest_breach), func.max(BoardCell.name))
             .where(*_cells(snapshot, by, branches, process_key), BoardCell.open > 0).group_by(BoardCell.key))
     counted = {row[0]: (list(row[1:7]), row[7]) for row in session.execute(stmt)}
     # Take out what recuses the reader, counted live at the snapshot's moment.
-    recused = boards.recusing(session, actor)
     hidden = [Task.id.in_(recused), Task.status.in_(ACTIVE_TASK_STATES), *boards.in_branch_scope(actor)]
     taken_out = (boards.counted(session, by=by, now=snapshot.as_of, where=hidden, process_key=process_key)
                  if recused else [])
@@ -359,13 +360,12 @@ def _figure_row(values: list[Any], empty: list[list[Any]]) -> figures.TaskFigure
                                  ageing=[figures.Bucket(low, high, n) for low, high, n in ageing or empty])
 
 
-def _weeks(session: Session, snapshot: BoardSnapshot, *, actor: Actor) -> list[boards.Week]:
+def _weeks(session: Session, snapshot: BoardSnapshot, *, actor: Actor, recused: list[int]) -> list[boards.Week]:
     branches = _board_branches(actor)
     where = [BoardWeek.snapshot_id == snapshot.id, *([BoardWeek.branch_code.in_(branches)] if branches else [])]
     counted = {start: [int(b or 0), int(c or 0), int(t or 0)] for start, b, c, t in session.execute(
         select(BoardWeek.week_start, func.sum(BoardWeek.breached), func.sum(BoardWeek.completed),
                func.sum(BoardWeek.on_time)).where(*where).group_by(BoardWeek.week_start))}
-    recused = boards.recusing(session, actor)
     hidden = boards.weekly(session, now=snapshot.as_of, where=[Task.id.in_(recused), *boards.in_branch_scope(actor)]
                            ) if recused else {}
     less = {w.start: (w.breached, w.completed, w.on_time) for w in hidden.get("", [])}
