@@ -534,3 +534,27 @@ def test_watched_lists_the_open_steps_of_cases_done_a_step_of_within_half_a_year
         with db.transaction() as s:
             s.execute(update(Task).where(Task.completed_by == "li").values(completed_at=now - timedelta(days=days)))
         assert listed() == ([t.id for t in want] if still else [])
+
+
+def test_the_refresher_counts_in_a_thread_of_its_own_until_stopped(db: Any, rt: Any, review: str) -> None:
+    """What `bpm serve` and the timer workers start: it counts at once, then waits its minute,
+    and stopping it wakes it from that wait."""
+    import threading
+
+    counted = threading.Event()
+
+    class Told(board_snapshot.Refresher):
+        def run_once(self) -> Any:
+            found = super().run_once()
+            counted.set()
+            return found
+
+    refresher = Told(db, rt.now)
+    refresher.start()
+    assert counted.wait(timeout=30)
+    thread = refresher._thread
+    assert thread is not None and (thread.name, thread.daemon) == ("bpm-board", True)
+    refresher.stop()
+    assert not thread.is_alive()
+    with db.transaction() as s:
+        assert board_snapshot.latest(s, now=rt.now()) is not None
